@@ -1,0 +1,75 @@
+/*
+ * The guest runtime's API for images (freestanding, no libc).
+ *
+ * An image defines `int main(const struct umbra_boot_info *boot)`. The runtime
+ * calls it on every vCPU after loading its own GDT (with a per-vCPU TSS) and
+ * IDT. When main returns on vCPU 0 the VM exits with main's return value; on
+ * any other vCPU the vCPU halts. Any exception the image does not expect is
+ * reported to umbra (vector, RIP, error code, CR2), which stops the VM.
+ */
+#ifndef UMBRA_GUEST_H
+#define UMBRA_GUEST_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "umbra_abi.h"
+
+int main(const struct umbra_boot_info *boot);
+
+/* Hypercalls (see umbra_abi.h for the register convention). */
+static inline long hypercall4(unsigned long nr, unsigned long a0, unsigned long a1,
+			      unsigned long a2, unsigned long a3)
+{
+	register unsigned long r8 __asm__("r8") = a2;
+	register unsigned long r9 __asm__("r9") = a3;
+	unsigned long ret = nr;
+
+	__asm__ volatile("outl %%eax, %%dx"
+			 : "+a"(ret)
+			 : "d"((uint16_t)UMBRA_HC_PORT), "D"(a0), "S"(a1), "r"(r8), "r"(r9)
+			 : "memory");
+	return (long)ret;
+}
+
+__attribute__((noreturn)) void guest_exit(int code);
+
+/* Console (UMBRA_CONSOLE_PORT). printf supports %d %i %u %x %X %p %s %c %%,
+ * the l/ll/z length modifiers, a field width and the 0 and - flags. */
+void console_putc(char c);
+void console_write(const char *s, size_t len);
+int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int vprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
+int snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Freestanding helpers the compiler may also emit calls to. */
+void *memset(void *dst, int c, size_t n);
+void *memcpy(void *dst, const void *src, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+int strcmp(const char *a, const char *b);
+
+static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
+__attribute__((noreturn)) static inline void cpu_halt_forever(void)
+{
+	for (;;)
+		__asm__ volatile("cli; hlt");
+}
+static inline uint64_t read_cr2(void)
+{
+	uint64_t v;
+	__asm__ volatile("mov %%cr2, %0" : "=r"(v));
+	return v;
+}
+static inline uint64_t read_cr3(void)
+{
+	uint64_t v;
+	__asm__ volatile("mov %%cr3, %0" : "=r"(v));
+	return v;
+}
+
+/* A sense-reversing barrier for all nr_vcpus vCPUs. */
+void vcpu_barrier(const struct umbra_boot_info *boot);
+
+#endif

@@ -1,0 +1,120 @@
+/*
+ * umbra guest ABI: the boot state a guest finds and the hypercalls it may make.
+ *
+ * This header is the only thing shared between guest/ and vmm/. docs/abi.md is
+ * the prose version; both describe UMBRA_ABI_VERSION below. Any incompatible
+ * change bumps the version; a guest checks boot_info->abi_version first.
+ *
+ * Everything here is freestanding C (no libc) so that guest code can include it.
+ */
+#ifndef UMBRA_ABI_H
+#define UMBRA_ABI_H
+
+#include <stdint.h>
+
+#define UMBRA_ABI_VERSION 1u
+#define UMBRA_BOOT_MAGIC 0x52424d55u /* "UMBR" in memory (little-endian) */
+
+/*
+ * Guest-physical layout at boot (all addresses identity-mapped, see below).
+ *
+ *   0x0000_0000 .. 0x0000_0fff   never mapped (NULL dereferences fault)
+ *   UMBRA_GDT_GPA                umbra's boot GDT (null, code64, data, TSS)
+ *   UMBRA_TSS_GPA                a 64-bit TSS (no IST stacks at boot)
+ *   UMBRA_PT_GPA ..              boot page tables: PML4, PDPT, PDs
+ *   UMBRA_IMAGE_MIN_GPA ..       the ELF image's PT_LOAD segments
+ *   ... free RAM ...             boot_info.free_start .. boot_info.free_end
+ *   top of RAM                   per-vCPU stacks, boot info at each stack top
+ */
+#define UMBRA_GDT_GPA 0x1000u
+#define UMBRA_TSS_GPA 0x1800u
+#define UMBRA_PT_GPA 0x2000u
+#define UMBRA_IMAGE_MIN_GPA 0x100000u /* PT_LOAD segments must start here or above */
+
+/* Boot GDT selectors (the guest may load its own GDT; the runtime does). */
+#define UMBRA_SEL_CODE64 0x08u
+#define UMBRA_SEL_DATA 0x10u
+#define UMBRA_SEL_TSS 0x18u
+
+/* Each vCPU gets UMBRA_VCPU_STACK_SIZE bytes at the top of RAM: vCPU i's region
+ * is [ram_size - (i+1)*size, ram_size - i*size); its boot_info sits at the top
+ * of the region and RSP starts just below it, 16-byte aligned. */
+#define UMBRA_VCPU_STACK_SIZE 0x10000u
+
+#define UMBRA_MAX_VCPUS 64u
+#define UMBRA_MAX_SEGMENTS 16u
+#define UMBRA_CMDLINE_MAX 256u
+#define UMBRA_SEGMENT_NAME_MAX 32u
+
+/* A shared segment attached to this VM (none in ABI version 1's skeleton; the
+ * field exists so the layout does not change when segments arrive). */
+struct umbra_segment_info {
+	char name[UMBRA_SEGMENT_NAME_MAX]; /* NUL-terminated */
+	uint64_t gpa;                      /* guest-physical base, 2 MiB aligned */
+	uint64_t size;                     /* bytes, multiple of 4 KiB */
+	uint64_t flags;                    /* UMBRA_SEGMENT_* */
+};
+
+#define UMBRA_SEGMENT_WRITABLE 0x1u
+
+/*
+ * Boot-information block. RDI holds its guest-physical (= virtual) address at
+ * entry. One block per vCPU; every field but vcpu_id and the stack bounds is
+ * the same in all blocks of a VM.
+ */
+struct umbra_boot_info {
+	uint32_t magic;        /* UMBRA_BOOT_MAGIC */
+	uint32_t abi_version;  /* UMBRA_ABI_VERSION */
+	uint32_t size;         /* sizeof(struct umbra_boot_info) as built by umbra */
+	uint32_t vcpu_id;      /* 0 .. nr_vcpus - 1 */
+	uint32_t nr_vcpus;
+	uint32_t nr_segments;  /* valid entries in segments[] */
+	uint64_t ram_size;     /* bytes of private RAM at guest-physical 0 */
+	uint64_t free_start;   /* first free page after the image and boot data */
+	uint64_t free_end;     /* end of free RAM (start of the vCPU stacks) */
+	uint64_t stack_bottom; /* this vCPU's stack region */
+	uint64_t stack_top;
+	char cmdline[UMBRA_CMDLINE_MAX]; /* NUL-terminated, from --cmdline */
+	struct umbra_segment_info segments[UMBRA_MAX_SEGMENTS];
+};
+
+/*
+ * Hypercalls: `out %eax, %dx` with DX = UMBRA_HC_PORT. Registers at the out:
+ * RAX = hypercall number, RDI, RSI, R8, R9 = arguments 0..3. umbra writes the
+ * result to RAX: 0 or a positive value on success, a negative UMBRA_E* on error.
+ * An invalid hypercall (unknown number, bad argument) also prints an error
+ * naming the hypercall and the argument on umbra's console, and stops the VM
+ * (exit status UMBRA_STATUS_GUEST_ERROR).
+ */
+#define UMBRA_HC_PORT 0x0510u
+
+enum umbra_hypercall {
+	UMBRA_HC_EXIT = 0,      /* a0 = exit code 0..UMBRA_EXIT_CODE_MAX; never returns */
+	UMBRA_HC_EXCEPTION = 1, /* a0 = vector, a1 = RIP, a2 = error code, a3 = CR2;
+	                           an unexpected exception: umbra reports it and
+	                           stops the VM; never returns */
+	UMBRA_HC_CONSOLE_WRITE = 2, /* a0 = guest-physical address, a1 = length
+	                               (1..UMBRA_CONSOLE_WRITE_MAX, inside RAM);
+	                               prints the bytes; returns the length */
+	UMBRA_HC_NR
+};
+
+#define UMBRA_CONSOLE_WRITE_MAX 4096u
+
+/* Errors returned in RAX (as negative numbers). */
+#define UMBRA_EINVAL 22
+
+/* Console: a 16550-style UART's transmit register. Writes of one byte to
+ * UMBRA_CONSOLE_PORT are printed; reads of the line-status register
+ * (UMBRA_CONSOLE_PORT + 5) return "transmitter empty". */
+#define UMBRA_CONSOLE_PORT 0x3f8u
+
+/* umbra's exit status: the guest's exit code 0..UMBRA_EXIT_CODE_MAX when it
+ * exits through UMBRA_HC_EXIT; otherwise one of these. */
+#define UMBRA_EXIT_CODE_MAX 119
+#define UMBRA_STATUS_GUEST_ERROR 120 /* exception, triple fault, bad hypercall, failed entry */
+#define UMBRA_STATUS_IMAGE_ERROR 121 /* image missing or malformed */
+#define UMBRA_STATUS_NO_KVM 122      /* /dev/kvm missing or a KVM call failed */
+#define UMBRA_STATUS_USAGE 123       /* bad command line */
+
+#endif /* UMBRA_ABI_H */

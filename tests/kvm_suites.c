@@ -1,0 +1,8 @@
+#include <stddef.h>
+
+#include "tests.h"
+
+const struct test_suite_entry test_suites[] = {
+	{ "kvm", kvm_suite },
+	{ NULL, NULL },
+};

@@ -1,0 +1,410 @@
+/*
+ * Integration suite: the umbra program runs guest images on real KVM (directly
+ * where /dev/kvm exists, otherwise inside the sandbox, see scripts/kvm-test).
+ *
+ * UMBRA_BIN and UMBRA_GUEST_DIR override where the program and the images are
+ * (the sandbox puts them under /umbra).
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests.h"
+#include "umbra_abi.h"
+
+#define RUN_TIMEOUT_S 60
+#define OUTPUT_MAX (256 * 1024)
+
+struct run_result {
+	int status; /* exit status, or 128 + signal */
+	char out[OUTPUT_MAX];
+	char err[OUTPUT_MAX];
+};
+
+static const char *umbra_bin(void)
+{
+	const char *bin = getenv("UMBRA_BIN");
+	return bin ? bin : UMBRA_DEFAULT_BIN;
+}
+
+static void guest_image(const char *name, char *path, size_t size)
+{
+	const char *dir = getenv("UMBRA_GUEST_DIR");
+	snprintf(path, size, "%s/%s.elf", dir ? dir : UMBRA_DEFAULT_GUEST_DIR, name);
+}
+
+static void append(char *buf, size_t *len, const char *data, size_t n)
+{
+	if (n > OUTPUT_MAX - 1 - *len)
+		n = OUTPUT_MAX - 1 - *len;
+	memcpy(buf + *len, data, n);
+	*len += n;
+	buf[*len] = '\0';
+}
+
+/* Runs umbra with args (NULL-terminated, without argv[0]), collecting stdout,
+ * stderr and the exit status; kills it after RUN_TIMEOUT_S. */
+static void run_umbra(const char *const args[], struct run_result *r)
+{
+	int out_pipe[2], err_pipe[2];
+	const char *argv[32];
+	int argc = 0;
+
+	argv[argc++] = umbra_bin();
+	for (; args[argc - 1] && argc < 31; argc++)
+		argv[argc] = args[argc - 1];
+	argv[argc] = NULL;
+	memset(r, 0, sizeof(*r));
+	ck_assert_int_eq(pipe(out_pipe), 0);
+	ck_assert_int_eq(pipe(err_pipe), 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		dup2(out_pipe[1], 1);
+		dup2(err_pipe[1], 2);
+		close(out_pipe[0]);
+		close(err_pipe[0]);
+		execv(argv[0], (char *const *)argv);
+		fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	close(out_pipe[1]);
+	close(err_pipe[1]);
+
+	struct pollfd fds[2] = { { out_pipe[0], POLLIN, 0 }, { err_pipe[0], POLLIN, 0 } };
+	size_t out_len = 0, err_len = 0;
+	time_t deadline = time(NULL) + RUN_TIMEOUT_S;
+	int open_fds = 2;
+	while (open_fds > 0) {
+		int left = (int)(deadline - time(NULL));
+		if (left <= 0) {
+			kill(pid, SIGKILL);
+			break;
+		}
+		if (poll(fds, 2, left * 1000) < 0 && errno != EINTR)
+			break;
+		for (int i = 0; i < 2; i++) {
+			if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP)))
+				continue;
+			char chunk[4096];
+			ssize_t n = read(fds[i].fd, chunk, sizeof(chunk));
+			if (n <= 0) {
+				close(fds[i].fd);
+				fds[i].fd = -1;
+				open_fds--;
+			} else if (i == 0) {
+				append(r->out, &out_len, chunk, (size_t)n);
+			} else {
+				append(r->err, &err_len, chunk, (size_t)n);
+			}
+		}
+	}
+	for (int i = 0; i < 2; i++)
+		if (fds[i].fd >= 0)
+			close(fds[i].fd);
+	int wstatus;
+	ck_assert_int_eq(waitpid(pid, &wstatus, 0), pid);
+	r->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+}
+
+#define assert_status(r, want)                                                              \
+	ck_assert_msg((r)->status == (want), "exit status: expected %d, got %d\nstdout:\n%s\nstderr:\n%s", \
+		      (want), (r)->status, (r)->out, (r)->err)
+#define assert_contains(hay, needle, r)                                                     \
+	ck_assert_msg(strstr((hay), (needle)) != NULL,                                     \
+		      "expected output containing \"%s\"\nstdout:\n%s\nstderr:\n%s", (needle), (r)->out, (r)->err)
+
+static struct run_result result;
+
+START_TEST(test_hello_prints_and_exits_zero)
+{
+	char img[512];
+
+	guest_image("hello", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, NULL }, &result);
+	assert_status(&result, 0);
+	assert_contains(result.out, "hello from vCPU 0 of 1 (abi 1, 64 MiB RAM)", &result);
+	assert_contains(result.out, "hello: all 1 vCPUs checked in", &result);
+	ck_assert_msg(result.err[0] == '\0', "expected nothing on stderr, got:\n%s", result.err);
+}
+END_TEST
+
+START_TEST(test_uart_port_prints_bytes)
+{
+	char img[512];
+
+	guest_image("hello", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--cmdline", "uart", "--stats", NULL }, &result);
+	assert_status(&result, 0);
+	assert_contains(result.out, "hello: all 1 vCPUs checked in\nhello through the UART\n", &result);
+	/* 23 bytes, each a status-register read and a data write. */
+	assert_contains(result.err, "umbra: vm0: 49 KVM exits: console=46 hypercall=3\n", &result);
+}
+END_TEST
+
+/* The guest's exit code is umbra's exit status, for the codes at the edges. */
+static const int exit_codes[] = { 0, 1, 7, 42, UMBRA_EXIT_CODE_MAX };
+
+START_TEST(test_exit_code_is_umbra_status)
+{
+	char img[512], cmdline[32];
+
+	guest_image("hello", img, sizeof(img));
+	snprintf(cmdline, sizeof(cmdline), "exit=%d", exit_codes[_i]);
+	run_umbra((const char *[]){ "run", img, "--cmdline", cmdline, NULL }, &result);
+	assert_status(&result, exit_codes[_i]);
+}
+END_TEST
+
+START_TEST(test_every_vcpu_runs_with_its_own_boot_info)
+{
+	char img[512], line[128];
+
+	guest_image("hello", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--vcpus", "4", "--mem", "128M", NULL }, &result);
+	assert_status(&result, 0);
+	for (int i = 0; i < 4; i++) {
+		snprintf(line, sizeof(line), "[vm0/%d] hello from vCPU %d of 4 (abi 1, 128 MiB RAM)", i, i);
+		assert_contains(result.out, line, &result);
+	}
+	assert_contains(result.out, "[vm0/0] hello: all 4 vCPUs checked in", &result);
+}
+END_TEST
+
+START_TEST(test_stats_count_exits_of_hello)
+{
+	char img[512];
+
+	guest_image("hello", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--stats", NULL }, &result);
+	assert_status(&result, 0);
+	/* hello makes two printf calls, each one console-write hypercall, then
+	 * the exit hypercall: three exits, nothing else. */
+	assert_contains(result.err, "umbra: vm0: 3 KVM exits: hypercall=3\n", &result);
+}
+END_TEST
+
+/* Exceptions raised on purpose by the fault image, and what umbra must report. */
+static const struct {
+	const char *kind;
+	const char *report;
+} faults[] = {
+	{ "pf-write", "guest exception #PF (vector 14) at RIP 0x" },
+	{ "pf-read", "guest exception #PF (vector 14) at RIP 0x" },
+	{ "ud", "guest exception #UD (vector 6) at RIP 0x" },
+	{ "de", "guest exception #DE (vector 0) at RIP 0x" },
+	{ "gp", "guest exception #GP (vector 13) at RIP 0x" },
+	{ "triple", "triple fault (KVM_EXIT_SHUTDOWN)" },
+};
+
+START_TEST(test_fault_is_reported_and_stops_vm)
+{
+	char img[512];
+
+	guest_image("fault", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--cmdline", faults[_i].kind, NULL }, &result);
+	assert_status(&result, UMBRA_STATUS_GUEST_ERROR);
+	assert_contains(result.err, faults[_i].report, &result);
+	ck_assert_msg(strstr(result.out, "did not fault") == NULL, "%s did not fault:\n%s", faults[_i].kind,
+		      result.out);
+}
+END_TEST
+
+START_TEST(test_page_fault_reports_error_code_and_cr2)
+{
+	char img[512];
+
+	guest_image("fault", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--cmdline", "pf-write", NULL }, &result);
+	assert_contains(result.err, ", error code 0x2, CR2 0x7f0000001000", &result);
+	run_umbra((const char *[]){ "run", img, "--cmdline", "pf-read", NULL }, &result);
+	assert_contains(result.err, ", error code 0, CR2 0x7f0000001000", &result);
+}
+END_TEST
+
+START_TEST(test_triple_fault_dumps_registers)
+{
+	char img[512];
+
+	guest_image("fault", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--cmdline", "triple", NULL }, &result);
+	assert_status(&result, UMBRA_STATUS_GUEST_ERROR);
+	assert_contains(result.err, "RIP=", &result);
+	assert_contains(result.err, "CR0=0000000080010033", &result);
+	assert_contains(result.err, "IDT=0/0", &result); /* the fault image emptied the IDT */
+}
+END_TEST
+
+/* A guest that breaks the ABI is stopped with a clear error. */
+static const struct {
+	const char *kind;
+	const char *report;
+} misbehaviours[] = {
+	{ "bad-hypercall", "bad hypercall: unknown number 999 (RAX)" },
+	{ "bad-exit-code", "bad hypercall: exit code 200 (argument 0) is outside 0..119" },
+	{ "bad-port", "unhandled port I/O: out to port 0x80, size 1, count 1" },
+	{ "mmio", "write of 4 bytes at guest-physical 0xc0000000, where there is no RAM or device" },
+	{ "console-outside-ram", "bad hypercall: console write buffer 0xc0000000+16 (arguments 0, 1) is outside guest RAM" },
+	{ "console-too-long", "bad hypercall: console write of 4097 bytes (argument 1) is outside 1..4096" },
+	{ "halt", "every vCPU halted without the exit hypercall" },
+};
+
+START_TEST(test_misbehaving_guest_is_stopped)
+{
+	char img[512];
+
+	guest_image("misbehave", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--vcpus", "2", "--cmdline", misbehaviours[_i].kind, NULL },
+		  &result);
+	assert_status(&result, UMBRA_STATUS_GUEST_ERROR);
+	assert_contains(result.err, misbehaviours[_i].report, &result);
+	ck_assert_msg(strstr(result.out, "was not stopped") == NULL, "%s was not stopped:\n%s",
+		      misbehaviours[_i].kind, result.out);
+}
+END_TEST
+
+/* ---- bad images and command lines, end to end through the program ---- */
+
+static void write_file(const char *path, const void *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, data, len), (ssize_t)len);
+	close(fd);
+}
+
+static size_t read_file(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY);
+	ck_assert_msg(fd >= 0, "cannot open %s", path);
+	ssize_t n = read(fd, buf, size);
+	close(fd);
+	ck_assert_int_gt(n, 0);
+	return (size_t)n;
+}
+
+enum patch { PATCH_NONE, PATCH_CLASS32, PATCH_MACHINE, PATCH_PADDR_LOW, PATCH_TRUNCATE, PATCH_MAGIC };
+
+static const struct {
+	enum patch patch;
+	const char *report;
+} bad_images[] = {
+	{ PATCH_MAGIC, "not an ELF file (bad magic)" },
+	{ PATCH_CLASS32, "not ELF64" },
+	{ PATCH_MACHINE, "wrong machine 3 (want x86-64, 62)" },
+	{ PATCH_PADDR_LOW, "lies outside the loadable RAM" },
+	{ PATCH_TRUNCATE, "lies outside the file" },
+};
+
+START_TEST(test_malformed_image_is_rejected)
+{
+	static char buf[1 << 20];
+	char img[512], bad[] = "/tmp/umbra-bad-XXXXXX";
+	size_t len;
+
+	guest_image("hello", img, sizeof(img));
+	len = read_file(img, buf, sizeof(buf));
+	switch (bad_images[_i].patch) {
+	case PATCH_MAGIC: buf[1] = 'X'; break;
+	case PATCH_CLASS32: buf[4] = 1; break;
+	case PATCH_MACHINE: buf[18] = 3; buf[19] = 0; break;
+	case PATCH_PADDR_LOW: {
+		uint64_t phoff, paddr = 0x1000;
+		memcpy(&phoff, buf + 32, 8);
+		memcpy(buf + phoff + 24, &paddr, 8); /* first phdr's p_paddr */
+		memcpy(buf + phoff + 16, &paddr, 8); /* and p_vaddr */
+		break;
+	}
+	case PATCH_TRUNCATE: len = 0x1100; break;
+	case PATCH_NONE: break;
+	}
+	int fd = mkstemp(bad);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	write_file(bad, buf, len);
+	run_umbra((const char *[]){ "run", bad, NULL }, &result);
+	unlink(bad);
+	assert_status(&result, UMBRA_STATUS_IMAGE_ERROR);
+	assert_contains(result.err, bad_images[_i].report, &result);
+}
+END_TEST
+
+START_TEST(test_missing_image_is_named)
+{
+	run_umbra((const char *[]){ "run", "/nonexistent/image.elf", NULL }, &result);
+	assert_status(&result, UMBRA_STATUS_IMAGE_ERROR);
+	assert_contains(result.err, "cannot open image '/nonexistent/image.elf': No such file or directory", &result);
+}
+END_TEST
+
+static const struct {
+	const char *args[6];
+	const char *report;
+} bad_command_lines[] = {
+	{ { "run", NULL }, "run: no IMAGE given" },
+	{ { "run", "x.elf", "--mem", "3M", NULL }, "--mem '3M': must be a multiple of 2M from 4M to 64G" },
+	{ { "run", "x.elf", "--mem", "lots", NULL }, "--mem 'lots': not a size" },
+	{ { "run", "x.elf", "--vcpus", "0", NULL }, "--vcpus '0': must be a number from 1 to 64" },
+	{ { "run", "x.elf", "--vcpus", NULL }, "--vcpus needs a number" },
+	{ { "run", "x.elf", "--frobnicate", NULL }, "unknown option '--frobnicate'" },
+	{ { "launch", NULL }, "unknown command 'launch'" },
+};
+
+START_TEST(test_bad_command_line_is_named)
+{
+	run_umbra(bad_command_lines[_i].args, &result);
+	assert_status(&result, UMBRA_STATUS_USAGE);
+	assert_contains(result.err, bad_command_lines[_i].report, &result);
+}
+END_TEST
+
+START_TEST(test_help_documents_every_option)
+{
+	static const char *const options[] = { "--mem SIZE", "--vcpus N", "--cmdline STRING", "--stats",
+					       "--help", "--version", "exit status" };
+
+	run_umbra((const char *[]){ "--help", NULL }, &result);
+	assert_status(&result, 0);
+	for (size_t i = 0; i < sizeof(options) / sizeof(options[0]); i++)
+		assert_contains(result.out, options[i], &result);
+}
+END_TEST
+
+Suite *kvm_suite(void)
+{
+	Suite *s = suite_create("kvm");
+	TCase *tc = tcase_create("guests");
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, test_hello_prints_and_exits_zero);
+	tcase_add_loop_test(tc, test_exit_code_is_umbra_status, 0, sizeof(exit_codes) / sizeof(exit_codes[0]));
+	tcase_add_test(tc, test_every_vcpu_runs_with_its_own_boot_info);
+	tcase_add_test(tc, test_stats_count_exits_of_hello);
+	tcase_add_test(tc, test_uart_port_prints_bytes);
+	tcase_add_loop_test(tc, test_fault_is_reported_and_stops_vm, 0, sizeof(faults) / sizeof(faults[0]));
+	tcase_add_test(tc, test_page_fault_reports_error_code_and_cr2);
+	tcase_add_test(tc, test_triple_fault_dumps_registers);
+	tcase_add_loop_test(tc, test_misbehaving_guest_is_stopped, 0,
+			    sizeof(misbehaviours) / sizeof(misbehaviours[0]));
+	suite_add_tcase(s, tc);
+
+	TCase *bad = tcase_create("bad_input");
+	tcase_set_timeout(bad, 120);
+	tcase_add_loop_test(bad, test_malformed_image_is_rejected, 0, sizeof(bad_images) / sizeof(bad_images[0]));
+	tcase_add_test(bad, test_missing_image_is_named);
+	tcase_add_loop_test(bad, test_bad_command_line_is_named, 0,
+			    sizeof(bad_command_lines) / sizeof(bad_command_lines[0]));
+	tcase_add_test(bad, test_help_documents_every_option);
+	suite_add_tcase(s, bad);
+	return s;
+}

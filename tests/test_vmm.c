@@ -1,0 +1,260 @@
+/*
+ * vmm/ host-side units that need no KVM: the command line and ELF validation.
+ * (Everything that runs a VM is in test_kvm.c, on real KVM.)
+ */
+#include <check.h>
+#include <elf.h>
+#include <errno.h>
+#include <string.h>
+
+#include "tests.h"
+#include "umbra_abi.h"
+#include "vmm.h"
+
+static const struct {
+	const char *text;
+	int ret;
+	uint64_t value;
+} sizes[] = {
+	{ "4096", 0, 4096 },     { "64M", 0, 64ull << 20 }, { "1G", 0, 1ull << 30 },
+	{ "512k", 0, 512 << 10 }, { "64MiB", 0, 64ull << 20 }, { "2MB", 0, 2ull << 20 },
+	{ "", -EINVAL, 0 },       { "-1M", -EINVAL, 0 },     { "12Q", -EINVAL, 0 },
+	{ "M", -EINVAL, 0 },      { "1M2", -EINVAL, 0 },     { "99999999999999999999", -EINVAL, 0 },
+	{ "17179869184G", -ERANGE, 0 },
+};
+
+START_TEST(test_parse_size_accepts_units_and_rejects_junk)
+{
+	uint64_t v = 0;
+	int ret = vmm_parse_size(sizes[_i].text, &v);
+
+	ck_assert_msg(ret == sizes[_i].ret, "'%s': expected return %d, got %d", sizes[_i].text, sizes[_i].ret, ret);
+	if (ret == 0)
+		ck_assert_msg(v == sizes[_i].value, "'%s': expected %llu, got %llu", sizes[_i].text,
+			      (unsigned long long)sizes[_i].value, (unsigned long long)v);
+}
+END_TEST
+
+static int parse(struct vmm_options *o, struct vmm_error *err, const char *const *args)
+{
+	char *argv[16];
+	int argc = 0;
+
+	argv[argc++] = (char *)"umbra";
+	while (*args)
+		argv[argc++] = (char *)*args++;
+	argv[argc] = NULL;
+	return vmm_options_parse(argc, argv, o, err);
+}
+
+START_TEST(test_run_options_in_any_order)
+{
+	struct vmm_options o;
+	struct vmm_error err = { "" };
+
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "--mem=128M", "img.elf", "--vcpus", "3",
+							   "--cmdline", "a b", "--stats", NULL }), 0);
+	ck_assert_int_eq(o.command, VMM_CMD_RUN);
+	ck_assert_str_eq(o.image, "img.elf");
+	ck_assert_uint_eq(o.mem, 128ull << 20);
+	ck_assert_uint_eq(o.vcpus, 3);
+	ck_assert_str_eq(o.cmdline, "a b");
+	ck_assert(o.stats);
+}
+END_TEST
+
+START_TEST(test_run_defaults)
+{
+	struct vmm_options o;
+
+	ck_assert_int_eq(parse(&o, NULL, (const char *[]){ "run", "img.elf", NULL }), 0);
+	ck_assert_uint_eq(o.mem, VMM_MEM_DEFAULT);
+	ck_assert_uint_eq(o.vcpus, 1);
+	ck_assert_str_eq(o.cmdline, "");
+	ck_assert(!o.stats);
+}
+END_TEST
+
+static const struct {
+	const char *args[8];
+	const char *msg;
+} bad_args[] = {
+	{ { NULL }, "no command given" },
+	{ { "run", NULL }, "no IMAGE given" },
+	{ { "run", "a", "b", NULL }, "unexpected argument 'b': image already given as 'a'" },
+	{ { "run", "a", "--mem", "5M", NULL }, "--mem '5M': must be a multiple of 2M from 4M to 64G" },
+	{ { "run", "a", "--mem", "128G", NULL }, "--mem '128G': must be a multiple of 2M from 4M to 64G" },
+	{ { "run", "a", "--mem", "4M", "--vcpus", "64", NULL }, "too small for 64 vCPUs" },
+	{ { "run", "a", "--vcpus", "65", NULL }, "--vcpus '65': must be a number from 1 to 64" },
+	{ { "run", "a", "--vcpus", "2x", NULL }, "--vcpus '2x': must be a number from 1 to 64" },
+	{ { "run", "a", "--mem", NULL }, "--mem needs a size" },
+	{ { "run", "a", "-x", NULL }, "unknown option '-x'" },
+	{ { "--version", "extra", NULL }, "unexpected argument 'extra' after --version" },
+};
+
+START_TEST(test_bad_arguments_are_named)
+{
+	struct vmm_options o;
+	struct vmm_error err = { "" };
+	int ret = parse(&o, &err, bad_args[_i].args);
+
+	ck_assert_msg(ret == -EINVAL, "expected -EINVAL, got %d", ret);
+	ck_assert_msg(strstr(err.msg, bad_args[_i].msg), "expected message containing \"%s\", got \"%s\"",
+		      bad_args[_i].msg, err.msg);
+}
+END_TEST
+
+START_TEST(test_cmdline_length_is_bounded)
+{
+	char long_cmdline[UMBRA_CMDLINE_MAX + 1];
+	struct vmm_options o;
+	struct vmm_error err = { "" };
+
+	memset(long_cmdline, 'x', UMBRA_CMDLINE_MAX);
+	long_cmdline[UMBRA_CMDLINE_MAX] = '\0';
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "a", "--cmdline", long_cmdline, NULL }), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "at most 255"), "got \"%s\"", err.msg);
+	long_cmdline[UMBRA_CMDLINE_MAX - 1] = '\0';
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "a", "--cmdline", long_cmdline, NULL }), 0);
+}
+END_TEST
+
+/* ---- ELF ---- */
+
+#define LOAD_MIN 0x100000ull
+#define LOAD_MAX 0x400000ull
+
+/* A minimal valid image: header, two program headers, 256 bytes of code. */
+struct test_elf {
+	Elf64_Ehdr eh;
+	Elf64_Phdr ph[2];
+	uint8_t code[256];
+};
+
+static void make_elf(struct test_elf *e)
+{
+	memset(e, 0, sizeof(*e));
+	memcpy(e->eh.e_ident, ELFMAG, SELFMAG);
+	e->eh.e_ident[EI_CLASS] = ELFCLASS64;
+	e->eh.e_ident[EI_DATA] = ELFDATA2LSB;
+	e->eh.e_ident[EI_VERSION] = EV_CURRENT;
+	e->eh.e_type = ET_EXEC;
+	e->eh.e_machine = EM_X86_64;
+	e->eh.e_version = EV_CURRENT;
+	e->eh.e_entry = LOAD_MIN + 16;
+	e->eh.e_phoff = offsetof(struct test_elf, ph);
+	e->eh.e_ehsize = sizeof(Elf64_Ehdr);
+	e->eh.e_phentsize = sizeof(Elf64_Phdr);
+	e->eh.e_phnum = 2;
+	e->ph[0] = (Elf64_Phdr){ .p_type = PT_LOAD, .p_flags = PF_R | PF_X, .p_offset = offsetof(struct test_elf, code),
+				 .p_vaddr = LOAD_MIN, .p_paddr = LOAD_MIN, .p_filesz = 128, .p_memsz = 128 };
+	e->ph[1] = (Elf64_Phdr){ .p_type = PT_LOAD, .p_flags = PF_R | PF_W,
+				 .p_offset = offsetof(struct test_elf, code) + 128, .p_vaddr = LOAD_MIN + 0x1000,
+				 .p_paddr = LOAD_MIN + 0x1000, .p_filesz = 128, .p_memsz = 0x2000 };
+	for (int i = 0; i < 256; i++)
+		e->code[i] = (uint8_t)i;
+}
+
+START_TEST(test_valid_elf_is_parsed_and_loaded)
+{
+	static uint8_t ram[LOAD_MAX];
+	struct test_elf e;
+	struct elf_image img;
+	struct vmm_error err = { "" };
+
+	make_elf(&e);
+	ck_assert_msg(elf_image_parse(&e, sizeof(e), LOAD_MIN, LOAD_MAX, &img, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(img.nr_segments, 2);
+	ck_assert_uint_eq(img.entry, LOAD_MIN + 16);
+	ck_assert_uint_eq(img.end, LOAD_MIN + 0x3000);
+	memset(ram, 0xaa, sizeof(ram));
+	elf_image_load(&img, &e, ram);
+	ck_assert_int_eq(memcmp(ram + LOAD_MIN, e.code, 128), 0);
+	ck_assert_int_eq(memcmp(ram + LOAD_MIN + 0x1000, e.code + 128, 128), 0);
+	for (uint64_t a = LOAD_MIN + 0x1000 + 128; a < LOAD_MIN + 0x3000; a++)
+		ck_assert_msg(ram[a] == 0, "bss byte at %#llx: expected 0, got %#x", (unsigned long long)a, ram[a]);
+	ck_assert_uint_eq(ram[LOAD_MIN + 0x3000], 0xaa); /* nothing past the image */
+}
+END_TEST
+
+enum elf_defect {
+	DEF_MAGIC, DEF_CLASS, DEF_ENDIAN, DEF_MACHINE, DEF_TYPE, DEF_PHENTSIZE, DEF_PHOFF, DEF_NO_LOAD,
+	DEF_FILESZ, DEF_OFFSET, DEF_BELOW_RAM, DEF_ABOVE_RAM, DEF_WRAP, DEF_OVERLAP, DEF_ENTRY, DEF_VADDR,
+	DEF_SHORT,
+};
+
+static const struct {
+	enum elf_defect defect;
+	const char *msg;
+} elf_defects[] = {
+	{ DEF_MAGIC, "not an ELF file" },
+	{ DEF_CLASS, "not ELF64" },
+	{ DEF_ENDIAN, "not little-endian" },
+	{ DEF_MACHINE, "wrong machine 40" },
+	{ DEF_TYPE, "ELF type 3 is not an executable" },
+	{ DEF_PHENTSIZE, "program header size 32" },
+	{ DEF_PHOFF, "program headers (offset 0xfffffffffffffff0, 2 entries) lie outside the file" },
+	{ DEF_NO_LOAD, "no loadable (PT_LOAD) segments" },
+	{ DEF_FILESZ, "segment 0: file size 0x200 exceeds memory size 0x80" },
+	{ DEF_OFFSET, "segment 1: file range" },
+	{ DEF_BELOW_RAM, "segment 0: guest-physical range 0x1000..0x1080 lies outside the loadable RAM" },
+	{ DEF_ABOVE_RAM, "segment 1: guest-physical range" },
+	{ DEF_WRAP, "segment 1: guest-physical range" },
+	{ DEF_OVERLAP, "segment 1 overlaps an earlier segment at 0x100000" },
+	{ DEF_ENTRY, "entry point 0x101000 is not in an executable segment" },
+	{ DEF_VADDR, "segment 0: virtual address 0xffffffff80100000 differs from physical" },
+	{ DEF_SHORT, "truncated ELF header" },
+};
+
+START_TEST(test_defective_elf_is_rejected_with_reason)
+{
+	struct test_elf e;
+	struct elf_image img;
+	struct vmm_error err = { "" };
+	size_t len = sizeof(e);
+
+	make_elf(&e);
+	switch (elf_defects[_i].defect) {
+	case DEF_MAGIC: e.eh.e_ident[0] = 0; break;
+	case DEF_CLASS: e.eh.e_ident[EI_CLASS] = ELFCLASS32; break;
+	case DEF_ENDIAN: e.eh.e_ident[EI_DATA] = ELFDATA2MSB; break;
+	case DEF_MACHINE: e.eh.e_machine = EM_ARM; break;
+	case DEF_TYPE: e.eh.e_type = ET_DYN; break;
+	case DEF_PHENTSIZE: e.eh.e_phentsize = 32; break;
+	case DEF_PHOFF: e.eh.e_phoff = ~0ull - 15; break;
+	case DEF_NO_LOAD: e.ph[0].p_type = e.ph[1].p_type = PT_NOTE; break;
+	case DEF_FILESZ: e.ph[0].p_filesz = 0x200; break;
+	case DEF_OFFSET: e.ph[1].p_offset = sizeof(e) - 64; break;
+	case DEF_BELOW_RAM: e.ph[0].p_paddr = e.ph[0].p_vaddr = 0x1000; break;
+	case DEF_ABOVE_RAM: e.ph[1].p_memsz = LOAD_MAX; break;
+	case DEF_WRAP: e.ph[1].p_paddr = e.ph[1].p_vaddr = ~0ull - 0xfff; break;
+	case DEF_OVERLAP: e.ph[1].p_paddr = e.ph[1].p_vaddr = LOAD_MIN + 64; break;
+	case DEF_ENTRY: e.eh.e_entry = LOAD_MIN + 0x1000; break;
+	case DEF_VADDR: e.ph[0].p_vaddr = 0xffffffff80100000ull; break;
+	case DEF_SHORT: len = 40; break;
+	}
+	int ret = elf_image_parse(&e, len, LOAD_MIN, LOAD_MAX, &img, &err);
+	ck_assert_msg(ret == -ENOEXEC, "defect %d: expected -ENOEXEC, got %d", _i, ret);
+	ck_assert_msg(strstr(err.msg, elf_defects[_i].msg), "expected message containing \"%s\", got \"%s\"",
+		      elf_defects[_i].msg, err.msg);
+}
+END_TEST
+
+Suite *vmm_suite(void)
+{
+	Suite *s = suite_create("vmm");
+	TCase *opts = tcase_create("options");
+	TCase *elf = tcase_create("elf");
+
+	tcase_add_loop_test(opts, test_parse_size_accepts_units_and_rejects_junk, 0, sizeof(sizes) / sizeof(sizes[0]));
+	tcase_add_test(opts, test_run_options_in_any_order);
+	tcase_add_test(opts, test_run_defaults);
+	tcase_add_loop_test(opts, test_bad_arguments_are_named, 0, sizeof(bad_args) / sizeof(bad_args[0]));
+	tcase_add_test(opts, test_cmdline_length_is_bounded);
+	suite_add_tcase(s, opts);
+	tcase_add_test(elf, test_valid_elf_is_parsed_and_loaded);
+	tcase_add_loop_test(elf, test_defective_elf_is_rejected_with_reason, 0,
+			    sizeof(elf_defects) / sizeof(elf_defects[0]));
+	suite_add_tcase(s, elf);
+	return s;
+}

@@ -1,0 +1,24 @@
+/*
+ * The Check suites. Each tests/test_<module>.c exports <module>_suite();
+ * runner.c runs the suites listed by the executable's suite table.
+ */
+#ifndef UMBRA_TESTS_H
+#define UMBRA_TESTS_H
+
+#include <check.h>
+
+struct test_suite_entry {
+	const char *name;
+	Suite *(*create)(void);
+};
+
+/* Defined once per runner executable (native_suites.c, kvm_suites.c). */
+extern const struct test_suite_entry test_suites[];
+
+Suite *notifier_suite(void);
+Suite *notifier_torture_suite(void);
+Suite *shadow_suite(void);
+Suite *vmm_suite(void);
+Suite *kvm_suite(void);
+
+#endif

@@ -1,0 +1,754 @@
+/*
+ * A KVM virtual machine: RAM, the long-mode boot state, vCPU threads and the
+ * handling of every exit.
+ *
+ * Threads: main() calls vm_run(), which starts one thread per vCPU and joins
+ * them. A vCPU thread runs KVM_RUN and handles exits itself. Stopping the VM
+ * (the guest exits, or fails) is vm_stop(): the first caller records the exit
+ * status, then every vCPU is kicked out of KVM_RUN (immediate_exit + signal).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "umbra_abi.h"
+#include "vmm.h"
+
+#define PAGE_SIZE 4096ull
+#define LARGE_PAGE_SIZE (2ull << 20)
+#define KICK_SIGNAL SIGUSR1
+#define CONSOLE_LINE_MAX 1024
+
+/* x86 control bits used for the boot state. */
+#define X86_CR0_PE (1ull << 0)
+#define X86_CR0_MP (1ull << 1)
+#define X86_CR0_ET (1ull << 4)
+#define X86_CR0_NE (1ull << 5)
+#define X86_CR0_WP (1ull << 16)
+#define X86_CR0_PG (1ull << 31)
+#define X86_CR4_PAE (1ull << 5)
+#define X86_CR4_OSFXSR (1ull << 9)
+#define X86_CR4_OSXMMEXCPT (1ull << 10)
+#define X86_EFER_LME (1ull << 8)
+#define X86_EFER_LMA (1ull << 10)
+#define X86_EFER_NXE (1ull << 11)
+#define X86_PTE_PRESENT (1ull << 0)
+#define X86_PTE_WRITABLE (1ull << 1)
+#define X86_PTE_LARGE (1ull << 7)
+
+struct vcpu {
+	struct vm *vm;
+	unsigned int id;
+	int fd;
+	struct kvm_run *run;
+	pthread_t thread;
+	bool thread_started; /* atomic: read by whichever thread stops the VM */
+	/* Console bytes of this vCPU until a newline; only its thread touches it. */
+	char line[CONSOLE_LINE_MAX];
+	size_t line_len;
+};
+
+struct vm {
+	char name[32];
+	int kvm_fd; /* borrowed */
+	int vm_fd;
+	int ram_fd; /* memfd backing guest RAM */
+	void *ram;
+	uint64_t ram_size;
+	size_t run_size;
+	bool has_nx;
+	char cmdline[UMBRA_CMDLINE_MAX];
+	struct kvm_cpuid2 *cpuid;
+	unsigned int nr_vcpus;
+	struct vcpu *vcpus;
+
+	/* lock protects stopped, exit_status and nr_halted; it is taken by vCPU
+	 * threads when they stop the VM or halt. Nests inside nothing. */
+	pthread_mutex_t lock;
+	bool stopped;
+	int exit_status;
+	unsigned int nr_halted;
+
+	_Atomic uint64_t exits[VM_EXIT_NR];
+};
+
+const char *const vm_exit_kind_names[VM_EXIT_NR] = {
+	[VM_EXIT_CONSOLE] = "console",
+	[VM_EXIT_HYPERCALL] = "hypercall",
+	[VM_EXIT_IO_OTHER] = "io-other",
+	[VM_EXIT_MMIO] = "mmio",
+	[VM_EXIT_HLT] = "hlt",
+	[VM_EXIT_SHUTDOWN] = "shutdown",
+	[VM_EXIT_FAIL_ENTRY] = "fail-entry",
+	[VM_EXIT_INTERNAL_ERROR] = "internal-error",
+	[VM_EXIT_INTERRUPTED] = "interrupted",
+	[VM_EXIT_OTHER] = "other",
+};
+
+/* Serialises whole lines of output from all vCPUs (console and reports). */
+static pthread_mutex_t output_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int vmm_kvm_open(int *kvm_fd, struct vmm_error *err)
+{
+	int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+
+	if (fd < 0) {
+		int e = errno;
+		if (e == ENOENT)
+			return vmm_error_set(err, ENOENT,
+					     "/dev/kvm does not exist on this machine; run umbra inside the KVM "
+					     "sandbox instead: scripts/sandbox --add build/vmm/umbra --add build/guest "
+					     "-- /umbra/umbra run /umbra/guest/IMAGE.elf");
+		return vmm_error_set(err, e, "cannot open /dev/kvm: %s", strerror(e));
+	}
+	int version = ioctl(fd, KVM_GET_API_VERSION, 0);
+	if (version != KVM_API_VERSION) {
+		close(fd);
+		return vmm_error_set(err, ENOTSUP, "KVM API version %d, umbra needs %d", version,
+				     KVM_API_VERSION);
+	}
+	if (ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_IMMEDIATE_EXIT) <= 0 ||
+	    ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY) <= 0) {
+		close(fd);
+		return vmm_error_set(err, ENOTSUP, "KVM lacks KVM_CAP_IMMEDIATE_EXIT or KVM_CAP_USER_MEMORY");
+	}
+	*kvm_fd = fd;
+	return 0;
+}
+
+/* ---- boot state ---- */
+
+uint64_t vm_image_load_max(uint64_t mem, unsigned int vcpus)
+{
+	return mem - (uint64_t)vcpus * UMBRA_VCPU_STACK_SIZE;
+}
+
+static uint64_t stacks_base(const struct vm *vm)
+{
+	return vm_image_load_max(vm->ram_size, vm->nr_vcpus);
+}
+
+static uint64_t boot_tables_end(uint64_t ram_size)
+{
+	/* PML4, PDPT, one 4 KiB page table for the first 2 MiB, one PD per GiB. */
+	return UMBRA_PT_GPA + 3 * PAGE_SIZE + ((ram_size + (1ull << 30) - 1) >> 30) * PAGE_SIZE;
+}
+
+/* The boot GDT and TSS, matching the segment state set in setup_sregs(). */
+static void write_boot_gdt(struct vm *vm)
+{
+	uint64_t *gdt = (uint64_t *)((char *)vm->ram + UMBRA_GDT_GPA);
+	uint64_t base = UMBRA_TSS_GPA, limit = 103;
+
+	gdt[0] = 0;
+	gdt[1] = 0x00af9b000000ffffull; /* code64: L, P, execute/read, accessed */
+	gdt[2] = 0x00cf93000000ffffull; /* data: P, read/write, accessed */
+	gdt[3] = (limit & 0xffff) | ((base & 0xffffff) << 16) | (0x8bull << 40) | ((base >> 24 & 0xff) << 56);
+	gdt[4] = base >> 32;
+	/* TSS: all zero but the I/O map base, which points past its end. */
+	*(uint16_t *)((char *)vm->ram + UMBRA_TSS_GPA + 102) = 104;
+}
+
+/* Identity-maps guest RAM: 4 KiB pages for the first 2 MiB, with page 0 left
+ * unmapped so that NULL dereferences fault, and 2 MiB pages above. */
+static uint64_t write_boot_page_tables(struct vm *vm)
+{
+	uint64_t *ram = vm->ram;
+	uint64_t pml4 = UMBRA_PT_GPA, pdpt = pml4 + PAGE_SIZE, pt0 = pdpt + PAGE_SIZE;
+	uint64_t pd = pt0 + PAGE_SIZE;
+	uint64_t nr_pds = (vm->ram_size + (1ull << 30) - 1) >> 30;
+	const uint64_t rw = X86_PTE_PRESENT | X86_PTE_WRITABLE;
+
+	ram[pml4 / 8] = pdpt | rw;
+	for (uint64_t i = 0; i < nr_pds; i++)
+		ram[pdpt / 8 + i] = (pd + i * PAGE_SIZE) | rw;
+	for (uint64_t i = 1; i < 512; i++)
+		ram[pt0 / 8 + i] = (i * PAGE_SIZE) | rw;
+	for (uint64_t gpa = 0; gpa < vm->ram_size; gpa += LARGE_PAGE_SIZE) {
+		uint64_t *pde = &ram[pd / 8 + gpa / LARGE_PAGE_SIZE];
+		*pde = gpa == 0 ? (pt0 | rw) : (gpa | rw | X86_PTE_LARGE);
+	}
+	return pml4;
+}
+
+static void write_boot_info(struct vm *vm, unsigned int id, uint64_t free_start)
+{
+	uint64_t region = vm->ram_size - (uint64_t)(id + 1) * UMBRA_VCPU_STACK_SIZE;
+	uint64_t top = region + UMBRA_VCPU_STACK_SIZE;
+	uint64_t info_gpa = (top - sizeof(struct umbra_boot_info)) & ~63ull;
+	struct umbra_boot_info *bi = (struct umbra_boot_info *)((char *)vm->ram + info_gpa);
+
+	memset(bi, 0, sizeof(*bi));
+	bi->magic = UMBRA_BOOT_MAGIC;
+	bi->abi_version = UMBRA_ABI_VERSION;
+	bi->size = sizeof(*bi);
+	bi->vcpu_id = id;
+	bi->nr_vcpus = vm->nr_vcpus;
+	bi->nr_segments = 0;
+	bi->ram_size = vm->ram_size;
+	bi->free_start = free_start;
+	bi->free_end = stacks_base(vm);
+	bi->stack_bottom = region;
+	bi->stack_top = info_gpa;
+	memcpy(bi->cmdline, vm->cmdline, sizeof(bi->cmdline));
+}
+
+static void set_segment(struct kvm_segment *seg, uint16_t selector, uint8_t type, bool code)
+{
+	*seg = (struct kvm_segment){
+		.base = 0, .limit = 0xffffffff, .selector = selector, .type = type,
+		.present = 1, .dpl = 0, .db = code ? 0 : 1, .s = 1, .l = code ? 1 : 0, .g = 1,
+	};
+}
+
+static int setup_vcpu_state(struct vm *vm, struct vcpu *vcpu, uint64_t entry, uint64_t cr3,
+			    struct vmm_error *err)
+{
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+
+	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0)
+		return vmm_error_set(err, errno, "KVM_GET_SREGS: %s", strerror(errno));
+	set_segment(&sregs.cs, UMBRA_SEL_CODE64, 0xb, true);
+	set_segment(&sregs.ds, UMBRA_SEL_DATA, 0x3, false);
+	sregs.es = sregs.fs = sregs.gs = sregs.ss = sregs.ds;
+	sregs.tr = (struct kvm_segment){ .base = UMBRA_TSS_GPA, .limit = 103, .selector = UMBRA_SEL_TSS,
+					 .type = 0xb, .present = 1 };
+	sregs.ldt = (struct kvm_segment){ .unusable = 1, .type = 0x2, .present = 0 };
+	sregs.gdt.base = UMBRA_GDT_GPA;
+	sregs.gdt.limit = 5 * 8 - 1;
+	sregs.idt.base = 0;
+	sregs.idt.limit = 0; /* the guest installs its own IDT first thing */
+	sregs.cr0 = X86_CR0_PE | X86_CR0_MP | X86_CR0_ET | X86_CR0_NE | X86_CR0_WP | X86_CR0_PG;
+	sregs.cr3 = cr3;
+	sregs.cr4 = X86_CR4_PAE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT;
+	sregs.efer = X86_EFER_LME | X86_EFER_LMA | (vm->has_nx ? X86_EFER_NXE : 0);
+	if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0)
+		return vmm_error_set(err, errno, "KVM_SET_SREGS (long mode) on vCPU %u: %s", vcpu->id,
+				     strerror(errno));
+
+	uint64_t region = vm->ram_size - (uint64_t)(vcpu->id + 1) * UMBRA_VCPU_STACK_SIZE;
+	uint64_t info_gpa = (region + UMBRA_VCPU_STACK_SIZE - sizeof(struct umbra_boot_info)) & ~63ull;
+	memset(&regs, 0, sizeof(regs));
+	regs.rip = entry;
+	regs.rsp = info_gpa;
+	regs.rdi = info_gpa;
+	regs.rflags = 0x2;
+	if (ioctl(vcpu->fd, KVM_SET_REGS, &regs) < 0)
+		return vmm_error_set(err, errno, "KVM_SET_REGS on vCPU %u: %s", vcpu->id, strerror(errno));
+	return 0;
+}
+
+static int get_supported_cpuid(struct vm *vm, struct vmm_error *err)
+{
+	for (unsigned int n = 64; n <= 4096; n *= 2) {
+		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(c->entries[0]));
+		if (!c)
+			return vmm_error_set(err, ENOMEM, "out of memory for CPUID entries");
+		c->nent = n;
+		if (ioctl(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+			vm->cpuid = c;
+			for (unsigned int i = 0; i < c->nent; i++)
+				if (c->entries[i].function == 0x80000001)
+					vm->has_nx = c->entries[i].edx & (1u << 20);
+			return 0;
+		}
+		int e = errno;
+		free(c);
+		if (e != E2BIG)
+			return vmm_error_set(err, e, "KVM_GET_SUPPORTED_CPUID: %s", strerror(e));
+	}
+	return vmm_error_set(err, E2BIG, "KVM_GET_SUPPORTED_CPUID: too many entries");
+}
+
+static int set_vcpu_cpuid(struct vm *vm, struct vcpu *vcpu, struct vmm_error *err)
+{
+	for (unsigned int i = 0; i < vm->cpuid->nent; i++) {
+		struct kvm_cpuid_entry2 *e = &vm->cpuid->entries[i];
+		if (e->function == 1) /* initial APIC id = vCPU id */
+			e->ebx = (e->ebx & 0x00ffffffu) | (vcpu->id << 24);
+	}
+	if (ioctl(vcpu->fd, KVM_SET_CPUID2, vm->cpuid) < 0)
+		return vmm_error_set(err, errno, "KVM_SET_CPUID2 on vCPU %u: %s", vcpu->id, strerror(errno));
+	return 0;
+}
+
+int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out, struct vmm_error *err)
+{
+	struct vm *vm;
+	int ret;
+
+	if (config->vcpus == 0 || config->vcpus > UMBRA_MAX_VCPUS)
+		return vmm_error_set(err, EINVAL, "%u vCPUs: must be 1 to %u", config->vcpus, UMBRA_MAX_VCPUS);
+	if (config->mem % VMM_MEM_ALIGN || config->mem < VMM_MEM_MIN || config->mem > VMM_MEM_MAX)
+		return vmm_error_set(err, EINVAL, "RAM size %" PRIu64 ": must be a multiple of 2 MiB from 4 MiB to 64 GiB",
+				     config->mem);
+	if (config->mem - (uint64_t)config->vcpus * UMBRA_VCPU_STACK_SIZE < 2 * UMBRA_IMAGE_MIN_GPA)
+		return vmm_error_set(err, EINVAL, "RAM of %" PRIu64 " MiB is too small for %u vCPUs' stacks and an image",
+				     config->mem >> 20, config->vcpus);
+	if (strlen(config->cmdline) >= UMBRA_CMDLINE_MAX)
+		return vmm_error_set(err, EINVAL, "command line longer than %u bytes", UMBRA_CMDLINE_MAX - 1);
+
+	vm = calloc(1, sizeof(*vm));
+	if (!vm)
+		return vmm_error_set(err, ENOMEM, "out of memory");
+	snprintf(vm->name, sizeof(vm->name), "%s", config->name);
+	snprintf(vm->cmdline, sizeof(vm->cmdline), "%s", config->cmdline);
+	vm->kvm_fd = kvm_fd;
+	vm->ram_size = config->mem;
+	vm->nr_vcpus = config->vcpus;
+	vm->ram_fd = vm->vm_fd = -1;
+	vm->ram = MAP_FAILED;
+	pthread_mutex_init(&vm->lock, NULL);
+
+	vm->vm_fd = ioctl(kvm_fd, KVM_CREATE_VM, 0);
+	if (vm->vm_fd < 0) {
+		ret = vmm_error_set(err, errno, "KVM_CREATE_VM: %s", strerror(errno));
+		goto free_vm;
+	}
+	int run_size = ioctl(kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+	if (run_size < (int)sizeof(struct kvm_run)) {
+		ret = vmm_error_set(err, EINVAL, "KVM_GET_VCPU_MMAP_SIZE returned %d", run_size);
+		goto close_vm;
+	}
+	vm->run_size = (size_t)run_size;
+	ret = get_supported_cpuid(vm, err);
+	if (ret)
+		goto close_vm;
+
+	vm->ram_fd = memfd_create("umbra-ram", MFD_CLOEXEC);
+	if (vm->ram_fd < 0 || ftruncate(vm->ram_fd, (off_t)vm->ram_size) < 0) {
+		ret = vmm_error_set(err, errno, "guest RAM memfd of %" PRIu64 " bytes: %s", vm->ram_size,
+				    strerror(errno));
+		goto free_cpuid;
+	}
+	vm->ram = mmap(NULL, vm->ram_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, vm->ram_fd, 0);
+	if (vm->ram == MAP_FAILED) {
+		ret = vmm_error_set(err, errno, "mmap of guest RAM: %s", strerror(errno));
+		goto close_ram;
+	}
+	struct kvm_userspace_memory_region region = {
+		.slot = 0, .guest_phys_addr = 0, .memory_size = vm->ram_size,
+		.userspace_addr = (uint64_t)(uintptr_t)vm->ram,
+	};
+	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
+		ret = vmm_error_set(err, errno, "KVM_SET_USER_MEMORY_REGION (RAM): %s", strerror(errno));
+		goto unmap_ram;
+	}
+
+	vm->vcpus = calloc(vm->nr_vcpus, sizeof(*vm->vcpus));
+	if (!vm->vcpus) {
+		ret = vmm_error_set(err, ENOMEM, "out of memory");
+		goto unmap_ram;
+	}
+	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
+		struct vcpu *vcpu = &vm->vcpus[i];
+
+		vcpu->vm = vm;
+		vcpu->id = i;
+		vcpu->run = MAP_FAILED;
+		vcpu->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, (unsigned long)i);
+		if (vcpu->fd < 0) {
+			ret = vmm_error_set(err, errno, "KVM_CREATE_VCPU %u: %s", i, strerror(errno));
+			goto destroy_vcpus;
+		}
+		vcpu->run = mmap(NULL, vm->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu->fd, 0);
+		if (vcpu->run == MAP_FAILED) {
+			ret = vmm_error_set(err, errno, "mmap of vCPU %u's kvm_run: %s", i, strerror(errno));
+			goto destroy_vcpus;
+		}
+		ret = set_vcpu_cpuid(vm, vcpu, err);
+		if (ret)
+			goto destroy_vcpus;
+	}
+	*out = vm;
+	return 0;
+
+destroy_vcpus:
+	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
+		if (vm->vcpus[i].run != MAP_FAILED && vm->vcpus[i].run)
+			munmap(vm->vcpus[i].run, vm->run_size);
+		if (vm->vcpus[i].fd > 0)
+			close(vm->vcpus[i].fd);
+	}
+	free(vm->vcpus);
+unmap_ram:
+	munmap(vm->ram, vm->ram_size);
+close_ram:
+	if (vm->ram_fd >= 0)
+		close(vm->ram_fd);
+free_cpuid:
+	free(vm->cpuid);
+close_vm:
+	close(vm->vm_fd);
+free_vm:
+	pthread_mutex_destroy(&vm->lock);
+	free(vm);
+	return ret;
+}
+
+int vm_load_image(struct vm *vm, const struct elf_image *image, const void *buf,
+		  struct vmm_error *err)
+{
+	int ret;
+
+	if (image->end > stacks_base(vm))
+		return vmm_error_set(err, EINVAL, "image ends at %#" PRIx64 ", past the loadable RAM", image->end);
+	_Static_assert(UMBRA_PT_GPA + 3 * 4096 + 64 * 4096 <= UMBRA_IMAGE_MIN_GPA,
+		       "boot page tables for 64 GiB fit below the image");
+	_Static_assert(UMBRA_TSS_GPA + 104 <= UMBRA_PT_GPA && UMBRA_GDT_GPA + 40 <= UMBRA_TSS_GPA,
+		       "boot GDT, TSS and page tables do not overlap");
+	if (boot_tables_end(vm->ram_size) > UMBRA_IMAGE_MIN_GPA)
+		return vmm_error_set(err, EINVAL, "boot page tables overlap the image area");
+	elf_image_load(image, buf, vm->ram);
+	write_boot_gdt(vm);
+	uint64_t cr3 = write_boot_page_tables(vm);
+	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
+		write_boot_info(vm, i, image->end);
+		ret = setup_vcpu_state(vm, &vm->vcpus[i], image->entry, cr3, err);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/* ---- running ---- */
+
+static void kick_signal_handler(int sig)
+{
+	(void)sig; /* its only job is to interrupt KVM_RUN */
+}
+
+static void vcpu_kick(struct vcpu *vcpu)
+{
+	__atomic_store_n(&vcpu->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&vcpu->thread_started, __ATOMIC_ACQUIRE))
+		pthread_kill(vcpu->thread, KICK_SIGNAL);
+}
+
+static bool vm_is_stopped(struct vm *vm)
+{
+	return __atomic_load_n(&vm->stopped, __ATOMIC_ACQUIRE);
+}
+
+/* Records status (the first stop wins) and kicks every vCPU out of KVM_RUN. */
+static void vm_stop(struct vm *vm, int status)
+{
+	pthread_mutex_lock(&vm->lock);
+	if (!vm->stopped) {
+		vm->exit_status = status;
+		__atomic_store_n(&vm->stopped, true, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&vm->lock);
+	for (unsigned int i = 0; i < vm->nr_vcpus; i++)
+		vcpu_kick(&vm->vcpus[i]);
+}
+
+static void console_flush_locked(struct vcpu *vcpu)
+{
+	if (!vcpu->line_len)
+		return;
+	if (vcpu->vm->nr_vcpus > 1)
+		fprintf(stdout, "[%s/%u] ", vcpu->vm->name, vcpu->id);
+	fwrite(vcpu->line, 1, vcpu->line_len, stdout);
+	if (vcpu->line[vcpu->line_len - 1] != '\n')
+		fputc('\n', stdout);
+	fflush(stdout);
+	vcpu->line_len = 0;
+}
+
+static void console_put(struct vcpu *vcpu, char c)
+{
+	vcpu->line[vcpu->line_len++] = c;
+	if (c == '\n' || vcpu->line_len == sizeof(vcpu->line)) {
+		pthread_mutex_lock(&output_lock);
+		console_flush_locked(vcpu);
+		pthread_mutex_unlock(&output_lock);
+	}
+}
+
+static void dump_registers_locked(struct vcpu *vcpu)
+{
+	struct kvm_regs r;
+	struct kvm_sregs s;
+
+	if (ioctl(vcpu->fd, KVM_GET_REGS, &r) < 0 || ioctl(vcpu->fd, KVM_GET_SREGS, &s) < 0) {
+		fprintf(stderr, "  (registers unavailable: %s)\n", strerror(errno));
+		return;
+	}
+	fprintf(stderr,
+		"  RIP=%016llx RSP=%016llx RFLAGS=%08llx\n"
+		"  RAX=%016llx RBX=%016llx RCX=%016llx RDX=%016llx\n"
+		"  RSI=%016llx RDI=%016llx RBP=%016llx R8 =%016llx\n"
+		"  R9 =%016llx R10=%016llx R11=%016llx R12=%016llx\n"
+		"  R13=%016llx R14=%016llx R15=%016llx\n"
+		"  CR0=%016llx CR2=%016llx CR3=%016llx CR4=%016llx EFER=%llx\n"
+		"  CS=%04x (base %llx, l=%u) SS=%04x DS=%04x TR=%04x GDT=%llx/%x IDT=%llx/%x\n",
+		r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9,
+		r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, s.cr0, s.cr2, s.cr3, s.cr4, s.efer,
+		s.cs.selector, s.cs.base, s.cs.l, s.ss.selector, s.ds.selector, s.tr.selector, s.gdt.base,
+		s.gdt.limit, s.idt.base, s.idt.limit);
+}
+
+/* Reports a guest failure (with registers if dump) and stops the VM with
+ * UMBRA_STATUS_GUEST_ERROR. Only the first failure of a VM is reported. */
+static void __attribute__((format(printf, 3, 4)))
+vcpu_fail(struct vcpu *vcpu, bool dump, const char *fmt, ...)
+{
+	struct vm *vm = vcpu->vm;
+	va_list ap;
+
+	if (vm_is_stopped(vm))
+		return;
+	pthread_mutex_lock(&output_lock);
+	console_flush_locked(vcpu);
+	fprintf(stderr, "umbra: %s vCPU %u: ", vm->name, vcpu->id);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	if (dump)
+		dump_registers_locked(vcpu);
+	pthread_mutex_unlock(&output_lock);
+	vm_stop(vm, UMBRA_STATUS_GUEST_ERROR);
+}
+
+static const char *exception_mnemonic(uint64_t vector)
+{
+	static const char *const names[32] = {
+		"#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS",
+		"#NP", "#SS", "#GP", "#PF", "reserved", "#MF", "#AC", "#MC", "#XM", "#VE",
+		"#CP", "reserved", "reserved", "reserved", "reserved", "reserved", "reserved",
+		"#HV", "#VC", "#SX", "reserved",
+	};
+	return vector < 32 ? names[vector] : "interrupt";
+}
+
+static void handle_hypercall(struct vcpu *vcpu)
+{
+	struct kvm_regs regs;
+	int64_t result = 0;
+
+	if (ioctl(vcpu->fd, KVM_GET_REGS, &regs) < 0) {
+		vcpu_fail(vcpu, false, "KVM_GET_REGS failed at a hypercall: %s", strerror(errno));
+		return;
+	}
+	switch (regs.rax) {
+	case UMBRA_HC_EXIT:
+		if (regs.rdi > UMBRA_EXIT_CODE_MAX) {
+			vcpu_fail(vcpu, false, "bad hypercall: exit code %llu (argument 0) is outside 0..%d",
+				  regs.rdi, UMBRA_EXIT_CODE_MAX);
+			return;
+		}
+		pthread_mutex_lock(&output_lock);
+		console_flush_locked(vcpu);
+		pthread_mutex_unlock(&output_lock);
+		vm_stop(vcpu->vm, (int)regs.rdi);
+		return;
+	case UMBRA_HC_CONSOLE_WRITE: {
+		struct vm *vm = vcpu->vm;
+		uint64_t gpa = regs.rdi, len = regs.rsi;
+		if (len == 0 || len > UMBRA_CONSOLE_WRITE_MAX) {
+			vcpu_fail(vcpu, false, "bad hypercall: console write of %llu bytes (argument 1) is outside 1..%u",
+				  regs.rsi, UMBRA_CONSOLE_WRITE_MAX);
+			return;
+		}
+		if (gpa >= vm->ram_size || len > vm->ram_size - gpa) {
+			vcpu_fail(vcpu, false,
+				  "bad hypercall: console write buffer %#llx+%llu (arguments 0, 1) is outside guest RAM",
+				  regs.rdi, regs.rsi);
+			return;
+		}
+		for (uint64_t i = 0; i < len; i++)
+			console_put(vcpu, ((const char *)vm->ram)[gpa + i]);
+		result = (int64_t)len;
+		break;
+	}
+	case UMBRA_HC_EXCEPTION:
+		vcpu_fail(vcpu, false,
+			  "guest exception %s (vector %llu) at RIP %#llx, error code %#llx, CR2 %#llx",
+			  exception_mnemonic(regs.rdi), regs.rdi, regs.rsi, regs.r8, regs.r9);
+		return;
+	default:
+		vcpu_fail(vcpu, true, "bad hypercall: unknown number %llu (RAX)", regs.rax);
+		result = -UMBRA_EINVAL;
+		break;
+	}
+	regs.rax = (uint64_t)result;
+	if (ioctl(vcpu->fd, KVM_SET_REGS, &regs) < 0)
+		vcpu_fail(vcpu, false, "KVM_SET_REGS failed after a hypercall: %s", strerror(errno));
+}
+
+static void handle_io(struct vcpu *vcpu)
+{
+	struct kvm_run *run = vcpu->run;
+	uint8_t *data = (uint8_t *)run + run->io.data_offset;
+	uint16_t port = run->io.port;
+	bool out = run->io.direction == KVM_EXIT_IO_OUT;
+
+	if (port == UMBRA_HC_PORT && out && run->io.size == 4 && run->io.count == 1) {
+		__atomic_fetch_add(&vcpu->vm->exits[VM_EXIT_HYPERCALL], 1, __ATOMIC_RELAXED);
+		handle_hypercall(vcpu);
+		return;
+	}
+	if (port >= UMBRA_CONSOLE_PORT && port <= UMBRA_CONSOLE_PORT + 7 && run->io.size == 1) {
+		__atomic_fetch_add(&vcpu->vm->exits[VM_EXIT_CONSOLE], 1, __ATOMIC_RELAXED);
+		for (uint32_t i = 0; i < run->io.count; i++) {
+			if (out && port == UMBRA_CONSOLE_PORT)
+				console_put(vcpu, (char)data[i]);
+			else if (!out) /* LSR: transmitter empty; other registers read 0 */
+				data[i] = port == UMBRA_CONSOLE_PORT + 5 ? 0x60 : 0;
+			/* Writes to the UART's configuration registers have no effect. */
+		}
+		return;
+	}
+	__atomic_fetch_add(&vcpu->vm->exits[VM_EXIT_IO_OTHER], 1, __ATOMIC_RELAXED);
+	vcpu_fail(vcpu, true, "unhandled port I/O: %s port %#x, size %u, count %u%s",
+		  out ? "out to" : "in from", port, run->io.size, run->io.count,
+		  port == UMBRA_HC_PORT ? " (hypercalls are a 4-byte out, count 1)" : "");
+}
+
+static void handle_exit(struct vcpu *vcpu)
+{
+	struct kvm_run *run = vcpu->run;
+	struct vm *vm = vcpu->vm;
+
+	switch (run->exit_reason) {
+	case KVM_EXIT_IO:
+		handle_io(vcpu);
+		break;
+	case KVM_EXIT_MMIO:
+		__atomic_fetch_add(&vm->exits[VM_EXIT_MMIO], 1, __ATOMIC_RELAXED);
+		vcpu_fail(vcpu, true, "%s of %u bytes at guest-physical %#llx, where there is no RAM or device",
+			  run->mmio.is_write ? "write" : "read", run->mmio.len, run->mmio.phys_addr);
+		break;
+	case KVM_EXIT_HLT: {
+		__atomic_fetch_add(&vm->exits[VM_EXIT_HLT], 1, __ATOMIC_RELAXED);
+		pthread_mutex_lock(&vm->lock);
+		bool all = ++vm->nr_halted == vm->nr_vcpus;
+		pthread_mutex_unlock(&vm->lock);
+		if (all)
+			vcpu_fail(vcpu, false, "every vCPU halted without the exit hypercall");
+		break;
+	}
+	case KVM_EXIT_SHUTDOWN:
+		__atomic_fetch_add(&vm->exits[VM_EXIT_SHUTDOWN], 1, __ATOMIC_RELAXED);
+		vcpu_fail(vcpu, true, "triple fault (KVM_EXIT_SHUTDOWN)");
+		break;
+	case KVM_EXIT_FAIL_ENTRY:
+		__atomic_fetch_add(&vm->exits[VM_EXIT_FAIL_ENTRY], 1, __ATOMIC_RELAXED);
+		vcpu_fail(vcpu, true, "VM entry failed (KVM_EXIT_FAIL_ENTRY), hardware reason %#llx",
+			  run->fail_entry.hardware_entry_failure_reason);
+		break;
+	case KVM_EXIT_INTERNAL_ERROR:
+		__atomic_fetch_add(&vm->exits[VM_EXIT_INTERNAL_ERROR], 1, __ATOMIC_RELAXED);
+		vcpu_fail(vcpu, true, "KVM internal error, suberror %u (%s)", run->internal.suberror,
+			  run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION ? "emulation failed" :
+			  run->internal.suberror == KVM_INTERNAL_ERROR_DELIVERY_EV ? "event delivery failed" :
+			  "see linux/kvm.h");
+		break;
+	default:
+		__atomic_fetch_add(&vm->exits[VM_EXIT_OTHER], 1, __ATOMIC_RELAXED);
+		vcpu_fail(vcpu, true, "unexpected KVM exit reason %u", run->exit_reason);
+		break;
+	}
+}
+
+static void *vcpu_thread(void *arg)
+{
+	struct vcpu *vcpu = arg;
+	struct vm *vm = vcpu->vm;
+	sigset_t kick;
+
+	sigemptyset(&kick);
+	sigaddset(&kick, KICK_SIGNAL);
+	pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
+
+	while (!vm_is_stopped(vm)) {
+		int r = ioctl(vcpu->fd, KVM_RUN, 0);
+		if (r < 0) {
+			if (errno == EINTR || errno == EAGAIN) {
+				__atomic_fetch_add(&vm->exits[VM_EXIT_INTERRUPTED], 1, __ATOMIC_RELAXED);
+				__atomic_store_n(&vcpu->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+				continue;
+			}
+			vcpu_fail(vcpu, true, "KVM_RUN failed: %s", strerror(errno));
+			break;
+		}
+		handle_exit(vcpu);
+		if (vcpu->run->exit_reason == KVM_EXIT_HLT)
+			break; /* interrupts are off: nothing can wake this vCPU */
+	}
+	pthread_mutex_lock(&output_lock);
+	console_flush_locked(vcpu);
+	pthread_mutex_unlock(&output_lock);
+	return NULL;
+}
+
+int vm_run(struct vm *vm)
+{
+	struct sigaction sa = { .sa_handler = kick_signal_handler };
+	sigset_t kick, old;
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(KICK_SIGNAL, &sa, NULL); /* no SA_RESTART: KVM_RUN returns EINTR */
+	/* vCPU threads inherit a mask with the kick signal blocked and unblock it
+	 * themselves, so that it is never delivered to the main thread. */
+	sigemptyset(&kick);
+	sigaddset(&kick, KICK_SIGNAL);
+	pthread_sigmask(SIG_BLOCK, &kick, &old);
+	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
+		struct vcpu *vcpu = &vm->vcpus[i];
+		int e = pthread_create(&vcpu->thread, NULL, vcpu_thread, vcpu);
+		if (e) {
+			fprintf(stderr, "umbra: %s: cannot start vCPU %u's thread: %s\n", vm->name, i, strerror(e));
+			vm_stop(vm, UMBRA_STATUS_NO_KVM);
+			break;
+		}
+		__atomic_store_n(&vcpu->thread_started, true, __ATOMIC_RELEASE);
+		if (vm_is_stopped(vm))
+			vcpu_kick(vcpu);
+	}
+	for (unsigned int i = 0; i < vm->nr_vcpus; i++)
+		if (vm->vcpus[i].thread_started)
+			pthread_join(vm->vcpus[i].thread, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return vm->exit_status;
+}
+
+void vm_get_stats(const struct vm *vm, struct vm_stats *stats)
+{
+	memset(stats, 0, sizeof(*stats));
+	for (int i = 0; i < VM_EXIT_NR; i++) {
+		stats->exits[i] = __atomic_load_n(&vm->exits[i], __ATOMIC_RELAXED);
+		stats->exits_total += stats->exits[i];
+	}
+}
+
+void vm_destroy(struct vm *vm)
+{
+	if (!vm)
+		return;
+	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
+		munmap(vm->vcpus[i].run, vm->run_size);
+		close(vm->vcpus[i].fd);
+	}
+	free(vm->vcpus);
+	munmap(vm->ram, vm->ram_size);
+	close(vm->ram_fd);
+	free(vm->cpuid);
+	close(vm->vm_fd);
+	pthread_mutex_destroy(&vm->lock);
+	free(vm);
+}
