@@ -1,0 +1,281 @@
+/*
+ * notifier/deliver.c - delivering invalidations and young queries.
+ *
+ * Every walk runs inside an RCU read-side critical section and counts in the
+ * subscriptions present for the invalidation's generation (see
+ * notifier_internal.h).  No lock is taken on the list.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "notifier/notifier_internal.h"
+
+void notifier_range_init(struct notifier_range *range, struct notifier_object *obj,
+			 enum notifier_event event, uint64_t first, uint64_t last,
+			 unsigned int flags)
+{
+	memset(range, 0, sizeof(*range));
+	range->obj = obj;
+	range->first = first;
+	range->last = last;
+	range->event = event;
+	range->flags = flags;
+}
+
+static bool nt_pages_valid(const struct notifier_object *obj, uint64_t first, uint64_t last)
+{
+	return first <= last && last < obj->npages;
+}
+
+static bool nt_range_valid(const struct notifier_range *range)
+{
+	return range->obj && nt_pages_valid(range->obj, range->first, range->last) &&
+	       (unsigned int)range->event < NOTIFIER_EVENT_NR &&
+	       (range->flags & ~NOTIFIER_RANGE_MAY_BLOCK) == 0 &&
+	       range->internal.state != NT_RANGE_STARTED;
+}
+
+/* A callback's answer: 0, or -EAGAIN allowed only when it may not block. */
+static int nt_check_answer(const struct notifier_range *range, int r)
+{
+	if (r == 0)
+		return 0;
+	NT_BUG_ON(notifier_range_may_block(range) || r != -EAGAIN);
+	return -EAGAIN;
+}
+
+/* Deliver invalidate_range_end to @sub (held by the start walk) and drop it. */
+static void nt_end_one(struct notifier_object *obj, struct notifier_subscription *sub,
+		       const struct notifier_range *range, const struct nt_trace_hook *hook)
+{
+	sub->ops->invalidate_range_end(sub, range);
+	nt_trace(hook, NOTIFIER_TRACE_RANGE_END, obj, sub, range->first, range->last,
+		 range->event, 0);
+	nt_sub_unhold(sub);
+}
+
+/*
+ * NOTIFIER_MODE_RANGE, inside the critical section that read @gen.
+ * Subscriptions with an end callback are held from their start to their end.
+ * On the first failure the starts that succeeded are ended (they are exactly
+ * the present subscriptions before the failed one: presence for @gen cannot
+ * change and the list order of present subscriptions is stable) and -EAGAIN
+ * is returned.
+ */
+static int nt_start_range_mode(struct notifier_object *obj, struct notifier_range *range,
+			       const struct nt_trace_hook *hook)
+{
+	uint64_t gen = range->internal.gen;
+	struct notifier_subscription *sub, *failed = NULL;
+	uint64_t ncb = 0, nend = 0;
+
+	nt_for_each_present_sub(sub, obj, gen) {
+		const struct notifier_ops *ops = sub->ops;
+		int r;
+
+		if (ops->invalidate_range_end)
+			nt_sub_hold(sub);
+		if (!ops->invalidate_range_start)
+			continue;
+		r = ops->invalidate_range_start(sub, range);
+		ncb++;
+		nt_trace(hook, NOTIFIER_TRACE_RANGE_START, obj, sub, range->first, range->last,
+			 range->event, r);
+		if (nt_check_answer(range, r)) {
+			if (ops->invalidate_range_end)
+				nt_sub_unhold(sub);
+			failed = sub;
+			break;
+		}
+	}
+	nt_count(obj, NT_CTR(cb_range_start), ncb);
+	if (!failed)
+		return 0;
+
+	nt_count(obj, NT_CTR(cb_eagain), 1);
+	nt_for_each_present_sub(sub, obj, gen) {
+		if (sub == failed)
+			break;
+		if (sub->ops->invalidate_range_end) {
+			nt_end_one(obj, sub, range, hook);
+			nend++;
+		}
+	}
+	nt_count(obj, NT_CTR(cb_range_end), nend);
+	return -EAGAIN;
+}
+
+static void nt_unhold_page_subs(struct notifier_object *obj, uint64_t gen)
+{
+	struct notifier_subscription *sub;
+
+	nt_rcu_read_lock();
+	nt_for_each_present_sub(sub, obj, gen)
+		if (sub->ops->invalidate_page)
+			nt_sub_unhold(sub);
+	nt_rcu_read_unlock();
+}
+
+/*
+ * NOTIFIER_MODE_PAGE, entered inside the critical section that read @gen;
+ * returns outside it.  Each page is its own walk in its own critical section
+ * (as each 2008 invalidate_page call was); the subscriptions are held across
+ * them so that a concurrent unsubscribe waits for the last page.
+ */
+static int nt_start_page_mode(struct notifier_object *obj, struct notifier_range *range,
+			      const struct nt_trace_hook *hook)
+{
+	uint64_t gen = range->internal.gen;
+	struct notifier_subscription *sub;
+	uint64_t ncb = 0;
+	int ret = 0;
+
+	nt_for_each_present_sub(sub, obj, gen)
+		if (sub->ops->invalidate_page)
+			nt_sub_hold(sub);
+	nt_rcu_read_unlock();
+
+	for (uint64_t page = range->first; page <= range->last && !ret; page++) {
+		nt_rcu_read_lock();
+		hook = nt_trace_hook(obj);
+		nt_for_each_present_sub(sub, obj, gen) {
+			int r;
+
+			if (!sub->ops->invalidate_page)
+				continue;
+			r = sub->ops->invalidate_page(sub, range, page);
+			ncb++;
+			nt_trace(hook, NOTIFIER_TRACE_PAGE, obj, sub, page, page, range->event, r);
+			if (nt_check_answer(range, r)) {
+				nt_count(obj, NT_CTR(cb_eagain), 1);
+				ret = -EAGAIN;
+				break;
+			}
+		}
+		nt_rcu_read_unlock();
+	}
+	nt_count(obj, NT_CTR(cb_page), ncb);
+	nt_unhold_page_subs(obj, gen);
+	return ret;
+}
+
+int notifier_invalidate_range_start(struct notifier_range *range)
+{
+	struct notifier_object *obj = range->obj;
+	const struct nt_trace_hook *hook;
+	enum notifier_mode mode;
+	int ret;
+
+	if (!nt_range_valid(range))
+		return -EINVAL;
+	mode = notifier_object_mode(obj);
+	range->internal.mode = mode;
+
+	nt_rcu_read_lock();
+	range->internal.gen = nt_seq_range_begin(obj, range);
+	hook = nt_trace_hook(obj);
+	if (mode == NOTIFIER_MODE_RANGE) {
+		ret = nt_start_range_mode(obj, range, hook);
+		nt_rcu_read_unlock();
+	} else {
+		ret = nt_start_page_mode(obj, range, hook);	/* unlocks */
+	}
+
+	if (ret) {
+		nt_seq_range_finish(obj, range);
+		nt_count(obj, NT_CTR(aborts), 1);
+		return ret;
+	}
+	range->internal.state = NT_RANGE_STARTED;
+	nt_count(obj, NT_CTR(starts), 1);
+	nt_count(obj, NT_CTR(pages), notifier_range_npages(range));
+	nt_count(obj, NT_CTR_EVENT(range->event), 1);
+	nt_count(obj, NT_CTR_MODE(mode), 1);
+	return 0;
+}
+
+void notifier_invalidate_range_end(struct notifier_range *range)
+{
+	struct notifier_object *obj = range->obj;
+
+	NT_BUG_ON(range->internal.state != NT_RANGE_STARTED);
+	if (range->internal.state != NT_RANGE_STARTED)
+		return;	/* release builds: ignore an end without a start */
+
+	if (range->internal.mode == NOTIFIER_MODE_RANGE) {
+		uint64_t gen = range->internal.gen, nend = 0;
+		const struct nt_trace_hook *hook;
+		struct notifier_subscription *sub;
+
+		nt_rcu_read_lock();
+		hook = nt_trace_hook(obj);
+		nt_for_each_present_sub(sub, obj, gen) {
+			if (sub->ops->invalidate_range_end) {
+				nt_end_one(obj, sub, range, hook);
+				nend++;
+			}
+		}
+		nt_rcu_read_unlock();
+		nt_count(obj, NT_CTR(cb_range_end), nend);
+	}
+	nt_seq_range_finish(obj, range);
+	range->internal.state = NT_RANGE_IDLE;
+	nt_count(obj, NT_CTR(ends), 1);
+}
+
+int notifier_clear_young(struct notifier_object *obj, uint64_t first, uint64_t last)
+{
+	struct notifier_subscription *sub;
+	const struct nt_trace_hook *hook;
+	int young = 0;
+	uint64_t gen;
+
+	if (!nt_pages_valid(obj, first, last))
+		return -EINVAL;
+	nt_rcu_read_lock();
+	gen = __atomic_load_n(&obj->next_gen, __ATOMIC_ACQUIRE);
+	hook = nt_trace_hook(obj);
+	nt_for_each_present_sub(sub, obj, gen) {
+		int r;
+
+		if (!sub->ops->clear_young)
+			continue;
+		r = sub->ops->clear_young(sub, obj, first, last);
+		nt_trace(hook, NOTIFIER_TRACE_CLEAR_YOUNG, obj, sub, first, last,
+			 NOTIFIER_EVENT_NR, r);
+		young |= r != 0;
+	}
+	nt_rcu_read_unlock();
+	nt_count(obj, NT_CTR(clear_young), 1);
+	return young;
+}
+
+int notifier_test_young(struct notifier_object *obj, uint64_t page)
+{
+	struct notifier_subscription *sub;
+	const struct nt_trace_hook *hook;
+	int young = 0;
+	uint64_t gen;
+
+	if (!nt_pages_valid(obj, page, page))
+		return -EINVAL;
+	nt_rcu_read_lock();
+	gen = __atomic_load_n(&obj->next_gen, __ATOMIC_ACQUIRE);
+	hook = nt_trace_hook(obj);
+	nt_for_each_present_sub(sub, obj, gen) {
+		int r;
+
+		if (!sub->ops->test_young)
+			continue;
+		r = sub->ops->test_young(sub, obj, page);
+		nt_trace(hook, NOTIFIER_TRACE_TEST_YOUNG, obj, sub, page, page,
+			 NOTIFIER_EVENT_NR, r);
+		if (r) {
+			young = 1;
+			break;
+		}
+	}
+	nt_rcu_read_unlock();
+	nt_count(obj, NT_CTR(test_young), 1);
+	return young;
+}

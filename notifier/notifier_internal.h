@@ -1,0 +1,248 @@
+/*
+ * notifier/notifier_internal.h - private to the notifier library sources.
+ *
+ * Who may deliver to a subscription: generations.
+ *
+ * Each object counts generations (next_gen, only advanced under obj->lock).
+ * A subscription is born at generation `birth` when it is linked, and dies at
+ * generation `death` when unsubscribe or destroy begins (UINT64_MAX while it
+ * lives).  A walk reads the object's generation G once, inside its RCU
+ * read-side critical section, and delivers to exactly the subscriptions with
+ *
+ *	birth < G <= death			("present for G")
+ *
+ * That set is fixed for G: it does not change however the list changes
+ * during the walk, so an invalidation's start walk, its unwind walk and its
+ * end walk (a later critical section, same G) all agree on who got a start.
+ *
+ * Why a dying subscription stays safe to call: unsubscribe advances next_gen
+ * (assigning `death`), then waits for a grace period.  Any walk whose
+ * critical section began after that sees G > death; any walk that began
+ * before has finished (grace period).  Deliveries that span critical
+ * sections (a range's start ... end, the pages of a page-mode range) hold a
+ * reference in sub->active, taken in the start walk, and unsubscribe waits
+ * for active to drain before it calls release() and unlinks.  After that no
+ * walk can ever count the subscription present again.
+ *
+ * Memory: a subscription is unlinked under obj->lock after it has drained
+ * and is freed by call_rcu, so a walker that still holds a pointer to it
+ * (it read `next` before the unlink) can read its generations safely.
+ *
+ * The list itself is a singly-linked RCU list written with C11 atomics
+ * (__atomic_* builtins): release stores publish, acquire loads traverse.
+ * liburcu's rculist macros use volatile accesses plus fences, which are
+ * correct but invisible to ThreadSanitizer; atomics keep TSan exact.
+ */
+#ifndef UMBRA_NOTIFIER_INTERNAL_H
+#define UMBRA_NOTIFIER_INTERNAL_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <urcu/urcu-memb.h>
+
+#include "notifier/notifier.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define NOTIFIER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define NOTIFIER_TSAN 1
+#endif
+#endif
+#ifndef NOTIFIER_TSAN
+#define NOTIFIER_TSAN 0
+#endif
+
+#if NOTIFIER_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
+/*
+ * Misuse by the caller or a broken invariant: abort in debug builds (like
+ * assert); release builds carry on where the code says how.
+ */
+#if NOTIFIER_DEBUG
+#define NT_BUG_ON(cond) do { if (cond) abort(); } while (0)
+#else
+#define NT_BUG_ON(cond) ((void)sizeof(cond))
+#endif
+
+#define NT_GEN_ALIVE UINT64_MAX
+
+/* sub->active: references held by in-flight deliveries; bit 31 = waiter. */
+#define NT_ACTIVE_WAITER 0x80000000u
+#define NT_ACTIVE_MASK 0x7fffffffu
+
+/* sub->state, under obj->lock. */
+enum nt_sub_state {
+	NT_SUB_ATTACHED,	/* on the list, death == NT_GEN_ALIVE */
+	NT_SUB_DETACHING,	/* death assigned, draining */
+	NT_SUB_RELEASED,	/* release() done, unlinked */
+};
+
+/* range->internal.state */
+enum nt_range_state {
+	NT_RANGE_IDLE = 0,
+	NT_RANGE_STARTED = 0x5157a27d,
+};
+
+struct notifier_subscription {
+	struct notifier_subscription *next;	/* RCU list link (atomic) */
+	struct notifier_object *obj;		/* immutable */
+	const struct notifier_ops *ops;		/* immutable */
+	void *priv;				/* immutable */
+	uint64_t birth;				/* immutable once published */
+	uint64_t death;				/* atomic; NT_GEN_ALIVE while attached */
+	uint32_t active;			/* atomic; see NT_ACTIVE_* */
+	enum nt_sub_state state;		/* under obj->lock */
+	struct rcu_head rcu;
+};
+
+struct nt_trace_hook {
+	notifier_trace_fn fn;
+	void *arg;
+};
+
+/* Counters: updated with relaxed atomic adds, read with relaxed loads. */
+struct nt_counters {
+	uint64_t v[sizeof(struct notifier_stats) / sizeof(uint64_t)];
+};
+
+struct notifier_object {
+	char name[NOTIFIER_NAME_MAX];
+	uint64_t npages;
+	uint32_t refs;				/* atomic */
+	int mode;				/* atomic, enum notifier_mode */
+
+	/*
+	 * lock - the subscription lock (rank NOTIFIER_LOCK_RANK_OBJECT).
+	 * Protects: the list's shape (head/tail/next stores), next_gen
+	 * stores, every sub->state, dead, trace stores.  Held across
+	 * release() callbacks.  Never taken by deliveries.
+	 */
+	struct notifier_mutex lock;
+	struct notifier_subscription *head;	/* RCU list (atomic) */
+	struct notifier_subscription *tail;	/* under lock */
+	uint64_t next_gen;			/* atomic; stored under lock */
+	bool dead;				/* atomic; stored under lock */
+	struct nt_trace_hook *trace;		/* RCU pointer (atomic); under lock */
+
+	/*
+	 * seq_lock - the sequence lock (rank NOTIFIER_LOCK_RANK_SEQ, a leaf:
+	 * nothing is taken while it is held).  Protects seq, in_progress,
+	 * the active range list and waiters; seq_cond waits on it.
+	 */
+	struct notifier_mutex seq_lock;
+	pthread_cond_t seq_cond;
+	uint64_t seq;				/* advanced at every end/abort */
+	unsigned int in_progress;		/* ranges started and not ended */
+	struct notifier_range *active;		/* those ranges, doubly linked */
+	unsigned int waiters;			/* threads in read_begin's wait */
+
+	struct nt_counters counters;
+	struct rcu_head rcu;
+};
+
+/* Index of a notifier_stats field in nt_counters. */
+#define NT_CTR(field) (offsetof(struct notifier_stats, field) / sizeof(uint64_t))
+#define NT_CTR_EVENT(ev) (NT_CTR(events) + (size_t)(ev))
+#define NT_CTR_MODE(m) (NT_CTR(starts_by_mode) + (size_t)(m))
+
+static inline void nt_count(struct notifier_object *obj, size_t idx, uint64_t n)
+{
+	if (n)
+		__atomic_fetch_add(&obj->counters.v[idx], n, __ATOMIC_RELAXED);
+}
+
+/*
+ * RCU read side.  The TSan annotation models what a grace period
+ * guarantees (every critical section that began before it has ended) with a
+ * release at each unlock and an acquire after each grace period, since
+ * liburcu itself is not instrumented.
+ */
+extern char nt_rcu_tsan_token;
+
+static inline void nt_rcu_read_lock(void)
+{
+	urcu_memb_read_lock();
+}
+
+static inline void nt_rcu_read_unlock(void)
+{
+#if NOTIFIER_TSAN
+	__tsan_release(&nt_rcu_tsan_token);
+#endif
+	urcu_memb_read_unlock();
+}
+
+/* Call after a grace period has elapsed (synchronize or call_rcu callback). */
+static inline void nt_rcu_after_grace_period(void)
+{
+#if NOTIFIER_TSAN
+	__tsan_acquire(&nt_rcu_tsan_token);
+#endif
+}
+
+void nt_synchronize_rcu(void);
+void nt_call_rcu(struct rcu_head *head, void (*func)(struct rcu_head *head));
+
+static inline bool nt_sub_is_present(const struct notifier_subscription *sub, uint64_t gen)
+{
+	return sub->birth < gen && gen <= __atomic_load_n(&sub->death, __ATOMIC_ACQUIRE);
+}
+
+static inline struct notifier_subscription *nt_first(struct notifier_object *obj)
+{
+	return __atomic_load_n(&obj->head, __ATOMIC_ACQUIRE);
+}
+
+static inline struct notifier_subscription *nt_next(const struct notifier_subscription *sub)
+{
+	return __atomic_load_n(&sub->next, __ATOMIC_ACQUIRE);
+}
+
+/* Walk the RCU list; caller is in a read-side critical section. */
+#define nt_for_each_sub(sub, obj) \
+	for ((sub) = nt_first(obj); (sub); (sub) = nt_next(sub))
+
+/* Walk the subscriptions present for generation @gen. */
+#define nt_for_each_present_sub(sub, obj, gen) \
+	nt_for_each_sub(sub, obj) if (!nt_sub_is_present(sub, gen)) {} else
+
+/* Take / drop an in-flight reference (see the top of this file). */
+static inline void nt_sub_hold(struct notifier_subscription *sub)
+{
+	__atomic_fetch_add(&sub->active, 1, __ATOMIC_RELAXED);
+}
+
+void nt_sub_unhold(struct notifier_subscription *sub);
+
+uint64_t nt_now_ns(void);
+
+/* Report one delivery to the trace hook @hook (may be NULL). */
+static inline void nt_trace(const struct nt_trace_hook *hook, enum notifier_trace_kind kind,
+			    const struct notifier_object *obj,
+			    const struct notifier_subscription *sub, uint64_t first,
+			    uint64_t last, enum notifier_event event, int result)
+{
+	if (__builtin_expect(hook != NULL, 0)) {
+		struct notifier_trace_record rec = {
+			.kind = kind, .time_ns = nt_now_ns(), .obj = obj, .sub = sub,
+			.first = first, .last = last, .event = event, .result = result,
+		};
+		hook->fn(hook->arg, &rec);
+	}
+}
+
+static inline const struct nt_trace_hook *nt_trace_hook(struct notifier_object *obj)
+{
+	return __atomic_load_n(&obj->trace, __ATOMIC_ACQUIRE);
+}
+
+/* seq.c: the invalidation side of the sequence/retry protocol. */
+uint64_t nt_seq_range_begin(struct notifier_object *obj, struct notifier_range *range);
+void nt_seq_range_finish(struct notifier_object *obj, struct notifier_range *range);
+void nt_seq_init(struct notifier_object *obj);
+void nt_seq_exit(struct notifier_object *obj);
+
+#endif /* UMBRA_NOTIFIER_INTERNAL_H */

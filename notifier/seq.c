@@ -1,0 +1,108 @@
+/*
+ * notifier/seq.c - the sequence/retry protocol (docs/notifiers.md, "The
+ * sequence/retry protocol", has the two-thread diagram).
+ *
+ * Per object, under seq_lock: `seq`, advanced when a range ends (or aborts);
+ * `in_progress`, the number of ranges started and not ended; and the list of
+ * those ranges, so that a reader only waits for and retries on the ranges
+ * that overlap the pages it reads.  This is KVM's mmu_invalidate_seq /
+ * mmu_invalidate_in_progress / mmu_invalidate_range_{start,end}, with the
+ * in-progress ranges kept exactly instead of merged.
+ */
+#include "notifier/notifier_internal.h"
+
+void nt_seq_init(struct notifier_object *obj)
+{
+	notifier_mutex_init(&obj->seq_lock, "notifier.object.seq_lock", NOTIFIER_LOCK_RANK_SEQ);
+	obj->seq = 0;
+	obj->in_progress = 0;
+	obj->active = NULL;
+	obj->waiters = 0;
+}
+
+void nt_seq_exit(struct notifier_object *obj)
+{
+	notifier_mutex_exit(&obj->seq_lock);
+}
+
+static bool nt_overlaps_active_locked(struct notifier_object *obj, uint64_t first, uint64_t last)
+{
+	notifier_mutex_assert_held(&obj->seq_lock);
+	for (const struct notifier_range *r = obj->active; r; r = r->internal.next_active)
+		if (r->first <= last && first <= r->last)
+			return true;
+	return false;
+}
+
+/*
+ * Mark @range in progress and return the subscriber generation the walks of
+ * this invalidation use.  Called inside an RCU read-side critical section,
+ * before any callback: a reader that takes seq_lock after this sees the
+ * range; one that took it before is ordered before the walk, so either its
+ * subscription is counted in (it was born before the generation read here)
+ * and the walk reaches it, or its read_retry sees the range.
+ */
+uint64_t nt_seq_range_begin(struct notifier_object *obj, struct notifier_range *range)
+{
+	uint64_t gen;
+
+	notifier_mutex_lock(&obj->seq_lock);
+	obj->in_progress++;
+	range->internal.prev_active = NULL;
+	range->internal.next_active = obj->active;
+	if (obj->active)
+		obj->active->internal.prev_active = range;
+	obj->active = range;
+	gen = __atomic_load_n(&obj->next_gen, __ATOMIC_ACQUIRE);
+	notifier_mutex_unlock(&obj->seq_lock);
+	return gen;
+}
+
+/* Take @range out of progress and advance the sequence (end or abort). */
+void nt_seq_range_finish(struct notifier_object *obj, struct notifier_range *range)
+{
+	notifier_mutex_lock(&obj->seq_lock);
+	if (range->internal.prev_active)
+		range->internal.prev_active->internal.next_active = range->internal.next_active;
+	else
+		obj->active = range->internal.next_active;
+	if (range->internal.next_active)
+		range->internal.next_active->internal.prev_active = range->internal.prev_active;
+	range->internal.prev_active = range->internal.next_active = NULL;
+	obj->in_progress--;
+	obj->seq++;
+	if (obj->waiters)
+		pthread_cond_broadcast(&obj->seq_cond);
+	notifier_mutex_unlock(&obj->seq_lock);
+}
+
+uint64_t notifier_read_begin(struct notifier_object *obj, uint64_t first, uint64_t last)
+{
+	uint64_t seq;
+	bool waited = false;
+
+	notifier_mutex_lock(&obj->seq_lock);
+	while (nt_overlaps_active_locked(obj, first, last)) {
+		if (!waited)
+			nt_count(obj, NT_CTR(read_waits), 1);	/* counted as it starts to sleep */
+		waited = true;
+		obj->waiters++;
+		notifier_cond_wait(&obj->seq_cond, &obj->seq_lock);
+		obj->waiters--;
+	}
+	seq = obj->seq;
+	notifier_mutex_unlock(&obj->seq_lock);
+	nt_count(obj, NT_CTR(read_begins), 1);
+	return seq;
+}
+
+bool notifier_read_retry(struct notifier_object *obj, uint64_t first, uint64_t last, uint64_t seq)
+{
+	bool retry;
+
+	notifier_mutex_lock(&obj->seq_lock);
+	retry = obj->seq != seq || nt_overlaps_active_locked(obj, first, last);
+	notifier_mutex_unlock(&obj->seq_lock);
+	nt_count(obj, NT_CTR(read_retries), retry);
+	return retry;
+}
