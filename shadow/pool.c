@@ -1,5 +1,7 @@
 /*
- * The table pool: a memfd of 4 KiB pages with a descriptor each.
+ * The table pool: a memfd of 4 KiB pages with a descriptor each
+ * (shadow_internal.h, struct shadow_page), addressed by the guest-physical
+ * address at which the VMM maps the pool (SHADOW_POOL_GPA + index * 4 KiB).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -9,14 +11,12 @@
 
 #include "shadow_internal.h"
 
-#define NO_PAGE UINT32_MAX
-
 int shadow_pool_create(size_t nr_pages, struct shadow_pool **out)
 {
 	struct shadow_pool *pool;
 	int ret;
 
-	if (nr_pages == 0 || nr_pages >= NO_PAGE)
+	if (nr_pages == 0 || nr_pages > SHADOW_POOL_MAX_PAGES)
 		return -EINVAL;
 	pool = calloc(1, sizeof(*pool));
 	if (!pool)
@@ -42,10 +42,12 @@ int shadow_pool_create(size_t nr_pages, struct shadow_pool **out)
 		ret = -errno;
 		goto close_fd;
 	}
-	for (size_t i = 0; i < nr_pages; i++)
-		pool->pages[i].next_free = i + 1 < nr_pages ? (uint32_t)(i + 1) : NO_PAGE;
+	for (size_t i = 0; i < nr_pages; i++) {
+		pool->pages[i].next = i + 1 < nr_pages ? (uint32_t)(i + 1) : SHADOW_NO_PAGE;
+		notifier_mutex_init(&pool->pages[i].lock, "shadow.page.lock", NOTIFIER_LOCK_RANK_TABLE);
+	}
 	pool->free_head = 0;
-	pthread_mutex_init(&pool->lock, NULL);
+	notifier_mutex_init(&pool->lock, "shadow.pool.lock", SHADOW_LOCK_RANK_POOL);
 	*out = pool;
 	return 0;
 
@@ -64,7 +66,9 @@ void shadow_pool_destroy(struct shadow_pool *pool)
 		return;
 	munmap(pool->base, pool->nr_pages * SHADOW_PAGE_SIZE);
 	close(pool->fd);
-	pthread_mutex_destroy(&pool->lock);
+	for (size_t i = 0; i < pool->nr_pages; i++)
+		notifier_mutex_exit(&pool->pages[i].lock);
+	notifier_mutex_exit(&pool->lock);
 	free(pool->pages);
 	free(pool);
 }
@@ -79,62 +83,101 @@ size_t shadow_pool_nr_pages(const struct shadow_pool *pool)
 	return pool->nr_pages;
 }
 
-static int page_index(const struct shadow_pool *pool, uint64_t gpa, size_t *index)
+bool shadow_pool_contains(const struct shadow_pool *pool, uint64_t gpa)
 {
-	if (gpa < SHADOW_POOL_GPA || gpa % SHADOW_PAGE_SIZE)
+	return gpa >= SHADOW_POOL_GPA && gpa - SHADOW_POOL_GPA < pool->nr_pages * SHADOW_PAGE_SIZE;
+}
+
+static int page_index(const struct shadow_pool *pool, uint64_t gpa, uint32_t *index)
+{
+	if (!shadow_pool_contains(pool, gpa) || gpa % SHADOW_PAGE_SIZE)
 		return -EINVAL;
-	uint64_t i = (gpa - SHADOW_POOL_GPA) / SHADOW_PAGE_SIZE;
-	if (i >= pool->nr_pages)
-		return -EINVAL;
-	*index = (size_t)i;
+	*index = pool_page_index(gpa);
 	return 0;
+}
+
+int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index)
+{
+	struct shadow_page *sp;
+	uint32_t i;
+
+	if (level < 1 || level > SPTE_LEVELS)
+		return -EINVAL;
+	notifier_mutex_lock(&pool->lock);
+	i = pool->free_head;
+	if (i == SHADOW_NO_PAGE) {
+		notifier_mutex_unlock(&pool->lock);
+		return -ENOMEM;
+	}
+	sp = &pool->pages[i];
+	pool->free_head = sp->next;
+	sp->level = (uint8_t)level;
+	pool->in_use[level]++;
+	notifier_mutex_unlock(&pool->lock);
+
+	/* The page is ours alone until published. */
+	sp->next = SHADOW_NO_PAGE;
+	sp->direct = false;
+	sp->access = 0;
+	sp->gpa = 0;
+	sp->gva = 0;
+	sp->nr_present = 0;
+	sp->users = NULL;
+	__atomic_store_n(&sp->use_count, 0, __ATOMIC_RELAXED);
+	memset(pool_entries(pool, i), 0, SHADOW_PAGE_SIZE);
+	*index = i;
+	return 0;
+}
+
+void pool_free_index(struct shadow_pool *pool, uint32_t index)
+{
+	struct shadow_page *sp = &pool->pages[index];
+
+	notifier_mutex_lock(&pool->lock);
+	pool->in_use[sp->level]--;
+	sp->level = 0;
+	sp->next = pool->free_head;
+	pool->free_head = index;
+	notifier_mutex_unlock(&pool->lock);
 }
 
 int shadow_pool_alloc(struct shadow_pool *pool, int level, uint64_t *gpa)
 {
-	if (level < 1 || level > SPTE_LEVELS)
-		return -EINVAL;
-	pthread_mutex_lock(&pool->lock);
-	uint32_t i = pool->free_head;
-	if (i == NO_PAGE) {
-		pthread_mutex_unlock(&pool->lock);
-		return -ENOMEM;
-	}
-	pool->free_head = pool->pages[i].next_free;
-	pool->pages[i].level = level;
-	pool->in_use[level]++;
-	pthread_mutex_unlock(&pool->lock);
-	memset((char *)pool->base + (size_t)i * SHADOW_PAGE_SIZE, 0, SHADOW_PAGE_SIZE);
-	*gpa = SHADOW_POOL_GPA + (uint64_t)i * SHADOW_PAGE_SIZE;
+	uint32_t i;
+	int ret = pool_alloc_index(pool, level, &i);
+
+	if (ret)
+		return ret;
+	*gpa = pool_page_gpa(i);
 	return 0;
 }
 
 int shadow_pool_free(struct shadow_pool *pool, uint64_t gpa)
 {
-	size_t i;
+	struct shadow_page *sp;
+	uint32_t i;
+	int ret = 0;
 
 	if (page_index(pool, gpa, &i))
 		return -EINVAL;
-	pthread_mutex_lock(&pool->lock);
-	if (pool->pages[i].level == 0) {
-		pthread_mutex_unlock(&pool->lock);
-		return -EINVAL;
-	}
-	pool->in_use[pool->pages[i].level]--;
-	pool->pages[i].level = 0;
-	pool->pages[i].next_free = pool->free_head;
-	pool->free_head = (uint32_t)i;
-	pthread_mutex_unlock(&pool->lock);
+	sp = &pool->pages[i];
+	notifier_mutex_lock(&pool->lock);
+	if (sp->level == 0 || sp->users || __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED))
+		ret = -EINVAL;
+	notifier_mutex_unlock(&pool->lock);
+	if (ret)
+		return ret;
+	pool_free_index(pool, i);
 	return 0;
 }
 
 uint64_t *shadow_pool_table(struct shadow_pool *pool, uint64_t gpa)
 {
-	size_t i;
+	uint32_t i;
 
 	if (page_index(pool, gpa, &i))
 		return NULL;
-	return pool->base + i * SPTE_ENTRIES;
+	return pool_entries(pool, i);
 }
 
 size_t shadow_pool_pages_in_use(struct shadow_pool *pool, int level)
@@ -143,9 +186,46 @@ size_t shadow_pool_pages_in_use(struct shadow_pool *pool, int level)
 
 	if (level < 0 || level > SPTE_LEVELS)
 		return 0;
-	pthread_mutex_lock(&pool->lock);
+	notifier_mutex_lock(&pool->lock);
 	for (int l = level ? level : 1; l <= (level ? level : SPTE_LEVELS); l++)
 		n += pool->in_use[l];
-	pthread_mutex_unlock(&pool->lock);
+	notifier_mutex_unlock(&pool->lock);
 	return n;
+}
+
+int pool_user_add(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *mmu,
+		  uint32_t parent, uint32_t slot)
+{
+	struct shadow_page *sp = &pool->pages[index];
+	struct shadow_page_user *u = malloc(sizeof(*u));
+
+	if (!u)
+		return -ENOMEM;
+	u->mmu = mmu;
+	u->parent = parent;
+	u->index = slot;
+	notifier_mutex_lock(&sp->lock);
+	u->next = sp->users;
+	sp->users = u;
+	notifier_mutex_unlock(&sp->lock);
+	__atomic_fetch_add(&sp->use_count, 1, __ATOMIC_ACQ_REL);
+	return 0;
+}
+
+void pool_user_del(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *mmu,
+		   uint32_t parent, uint32_t slot)
+{
+	struct shadow_page *sp = &pool->pages[index];
+	struct shadow_page_user **pp, *u = NULL;
+
+	notifier_mutex_lock(&sp->lock);
+	for (pp = &sp->users; *pp; pp = &(*pp)->next) {
+		if ((*pp)->mmu == mmu && (*pp)->parent == parent && (*pp)->index == slot) {
+			u = *pp;
+			*pp = u->next;
+			break;
+		}
+	}
+	notifier_mutex_unlock(&sp->lock);
+	free(u);
 }

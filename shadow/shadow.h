@@ -1,45 +1,483 @@
 /*
- * shadow/: the shadow MMU library.
+ * shadow/: the shadow MMU library (docs/shadow.md is the design as built,
+ * docs/locking.md the lock order).
  *
- * Today: the table pool, one memfd-backed region of 4 KiB table pages that the
- * VMM will map read-only into every VM at the same guest-physical address
- * (SHADOW_POOL_GPA), so that a table page is valid for all its sharers.
- * Table pages are addressed by their guest-physical address in the pool.
+ * A guest owns its page tables (guest virtual -> guest physical, in its own
+ * RAM); umbra's P2M maps guest-physical pages to pages of memory objects
+ * (notifier/), and each memory object sits at a fixed *machine* address (the
+ * KVM guest-physical address of its memslot).  The shadow MMU composes the
+ * two into x86-64 4-level tables, kept in one table pool that the VMM maps
+ * read-only at SHADOW_POOL_GPA in every VM: those are the tables the CPU
+ * really walks.
+ *
+ * Pieces, one file each:
+ *   pool.c   the table pool and its per-page descriptors
+ *   walk.c   the x86 page walker (guest tables, and the software vCPU's walk
+ *            of the shadow tables), effective rights and error codes
+ *   mmu.c    per-VM shadow MMU: slots, P2M, roots, fault, sync, zap
+ *   rmap.c   reverse map: backing page -> shadow entries
+ *   notify.c the MMU-notifier subscription of each slot
+ *   vcpu.c   the software vCPU (walker + TLB)
+ *
+ * Errors are 0 or -errno (plus the documented positive fault results); the
+ * library never prints or exits.  Threads that run shadow_mmu_fault() or
+ * shadow_mmu_destroy() need nothing special; threads that invalidate memory
+ * objects follow notifier/notifier.h (liburcu registration).
  */
 #ifndef UMBRA_SHADOW_H
 #define UMBRA_SHADOW_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "notifier/notifier.h"
 
 /* Guest-physical base of the pool in every VM: above any guest RAM (64 GiB). */
 #define SHADOW_POOL_GPA (1ull << 36)
 #define SHADOW_PAGE_SIZE 4096u
+#define SHADOW_PAGE_SHIFT 12
+/* Most table pages one pool can have (entry locations are 32-bit). */
+#define SHADOW_POOL_MAX_PAGES (1u << 23)
+/* x86-64 4-level paging. */
+#define SHADOW_LEVELS 4
+
+/* ---- the table pool ------------------------------------------------- */
 
 struct shadow_pool;
 
 /*
- * Creates a pool of nr_pages table pages backed by a memfd (its fd is given by
- * shadow_pool_fd for the VMM to map). Returns 0 or -errno. May block.
+ * Creates a pool of @nr_pages table pages (1..SHADOW_POOL_MAX_PAGES) backed
+ * by a memfd (shadow_pool_fd() gives it to the VMM to map).  May block
+ * (allocates).  Returns 0 and sets *@out, -EINVAL, -ENOMEM or the memfd's
+ * -errno.
  */
 int shadow_pool_create(size_t nr_pages, struct shadow_pool **out);
-/* Frees the pool; every page must have been freed. */
+/* Frees the pool.  Every page must have been freed (every shadow MMU using
+ * it destroyed).  May block. */
 void shadow_pool_destroy(struct shadow_pool *pool);
+/* The pool's memfd, for the VMM to map read-only at SHADOW_POOL_GPA in
+ * every VM (owned by the pool: do not close it).  Lock-free. */
 int shadow_pool_fd(const struct shadow_pool *pool);
+/* Number of table pages.  Lock-free. */
 size_t shadow_pool_nr_pages(const struct shadow_pool *pool);
 
 /*
- * Allocates one zeroed table page at the given level (1..4) and returns its
- * guest-physical address in *gpa. Returns 0, or -ENOMEM when the pool is full,
- * -EINVAL for a bad level. Thread-safe; takes the pool's lock.
+ * Allocates one zeroed table page at @level (1..4) and returns its
+ * guest-physical address in *@gpa.  The page's descriptor starts with use
+ * count 0, no users, not direct, shadowing nothing.  Thread-safe: takes the
+ * pool's free-list lock (a leaf).  Never blocks otherwise.  Returns 0,
+ * -ENOMEM when the pool is full, -EINVAL for a bad level.
  */
 int shadow_pool_alloc(struct shadow_pool *pool, int level, uint64_t *gpa);
-/* Returns a page to the pool. -EINVAL if gpa is not an allocated page. */
+/* Returns a page to the pool; its use count must be 0 and its users list
+ * empty.  Same locking as alloc.  -EINVAL if @gpa is not an allocated page
+ * or still has users. */
 int shadow_pool_free(struct shadow_pool *pool, uint64_t gpa);
-/* Host pointer to the 512 entries of the page at gpa, or NULL if gpa is not
- * a page of the pool. */
+/* Host pointer to the 512 entries of the page at @gpa, or NULL if @gpa is not
+ * a page of the pool.  Lock-free. */
 uint64_t *shadow_pool_table(struct shadow_pool *pool, uint64_t gpa);
-/* Pages in use at a level (1..4), or in all levels for level 0. */
+/* True if @gpa lies inside the pool's guest-physical range. */
+bool shadow_pool_contains(const struct shadow_pool *pool, uint64_t gpa);
+/* Pages in use at a level (1..4), or in all levels for level 0.  Takes the
+ * free-list lock. */
 size_t shadow_pool_pages_in_use(struct shadow_pool *pool, int level);
+
+/* ---- x86 paging: access kinds, error codes, the walker --------------- */
+
+/* Page-fault error code bits (Intel SDM vol. 3A 4.7, AMD APM vol. 2 8.4.2). */
+#define SHADOW_PFERR_PRESENT (1u << 0) /* 0: not present; 1: protection or reserved bit */
+#define SHADOW_PFERR_WRITE (1u << 1)
+#define SHADOW_PFERR_USER (1u << 2)
+#define SHADOW_PFERR_RSVD (1u << 3)
+#define SHADOW_PFERR_FETCH (1u << 4) /* only when EFER.NXE or CR4.SMEP */
+
+/* An access is a set of these; they are the error code's W, U and I/D bits.
+ * A read is 0 (supervisor) or SHADOW_ACCESS_USER. */
+#define SHADOW_ACCESS_WRITE SHADOW_PFERR_WRITE
+#define SHADOW_ACCESS_USER SHADOW_PFERR_USER
+#define SHADOW_ACCESS_FETCH SHADOW_PFERR_FETCH
+#define SHADOW_ACCESS_MASK (SHADOW_ACCESS_WRITE | SHADOW_ACCESS_USER | SHADOW_ACCESS_FETCH)
+
+/* Effective rights of a translation (AND of W and U, OR of XD, over levels). */
+#define SHADOW_RIGHT_WRITE (1u << 0)
+#define SHADOW_RIGHT_USER (1u << 1)
+#define SHADOW_RIGHT_EXEC (1u << 2)
+#define SHADOW_RIGHTS_ALL (SHADOW_RIGHT_WRITE | SHADOW_RIGHT_USER | SHADOW_RIGHT_EXEC)
+
+/* The paging controls of a (guest) CPU that change the walk's outcome. */
+struct shadow_paging_mode {
+	bool wp;		/* CR0.WP: supervisor writes obey R/W */
+	bool nxe;		/* EFER.NXE: XD honoured (else bit 63 is reserved) */
+	bool smep;		/* CR4.SMEP: no supervisor fetch from user pages */
+	bool gbpages;		/* CPUID 1 GiB pages (else PDPTE.PS is reserved) */
+	unsigned int maxphyaddr; /* physical address bits, 32..52 */
+};
+
+/* The mode umbra's guests boot in (docs/abi.md): WP, NXE, 1 GiB pages, 46 bits. */
+extern const struct shadow_paging_mode shadow_default_mode;
+
+/* How the walker reads (and, for A/D, updates) the tables it walks. */
+struct shadow_mem_ops {
+	/* Reads the 8-byte entry at physical address @pa (8-aligned) into *@val
+	 * atomically.  Returns 0 or -EFAULT when @pa is not readable memory. */
+	int (*read)(void *ctx, uint64_t pa, uint64_t *val);
+	/* Replaces the entry at @pa by @new if it still holds @old (atomic
+	 * compare-and-exchange).  Returns 0, -EAGAIN if it changed, -EFAULT, or
+	 * -EROFS when the memory must not be written (the shadow pool).  NULL
+	 * when the walker must never write (then A/D are not updated). */
+	int (*cmpxchg)(void *ctx, uint64_t pa, uint64_t old, uint64_t new_val);
+};
+
+/* shadow_walk() flags */
+#define SHADOW_WALK_SET_AD (1u << 0) /* set A in every entry used, D in the leaf on a write,
+				      * as a CPU does, on a walk that succeeds */
+
+/* What one walk found. */
+struct shadow_walk {
+	uint64_t va;
+	unsigned int access;		/* the access asked for */
+	int leaf_level;			/* 1, 2 (2 MiB) or 3 (1 GiB); 0 if no leaf reached */
+	int fault_level;		/* level of the entry that faulted; 0 if none */
+	uint64_t table[SHADOW_LEVELS + 1];	/* [level]: pa of the table read at that level */
+	uint64_t entry[SHADOW_LEVELS + 1];	/* [level]: the entry read there */
+	unsigned int rights_above[SHADOW_LEVELS + 1]; /* [level]: rights of levels > level */
+	unsigned int rights;		/* effective rights at the leaf */
+	bool dirty;			/* the leaf's D bit (after a SET_AD write) */
+	uint64_t pa;			/* translation of va (valid on success) */
+	uint32_t error_code;		/* on -EFAULT: what the CPU reports */
+};
+
+/*
+ * Walks the 4-level tables rooted at @cr3 (bits 12..maxphyaddr-1 are the
+ * PML4 address; the rest of @cr3 is ignored: no PCID) for a linear address
+ * @va and an access @access (SHADOW_ACCESS_*), as the CPU does under @mode:
+ * stops at the first not-present entry (error code P=0) or the first present
+ * entry with a reserved bit set (P=1, RSVD=1); then checks the effective
+ * rights (U/S and R/W ANDed, XD ORed over all levels; CR0.WP, EFER.NXE and
+ * CR4.SMEP as in Intel SDM vol. 3A 4.6) and reports a protection fault with
+ * P=1.  The error code always carries the access's W and U bits, and I/D for
+ * a fetch only when EFER.NXE or CR4.SMEP is set.
+ *
+ * Reads go through @ops->read (entries may change under it: each is read
+ * once, atomically).  With SHADOW_WALK_SET_AD, a successful walk sets A in
+ * each entry it used and D in the leaf for a write, by @ops->cmpxchg
+ * (re-walking if an entry changed meanwhile).
+ * Locks: none taken; may block only if @ops do.
+ * Returns 0 (translation in @w->pa, rights in @w->rights), -EFAULT (a page
+ * fault: @w->error_code), -EINVAL (@va is not canonical: a #GP, not a #PF),
+ * -EIO (@ops->read failed: a table outside memory), or -EROFS (an A/D update
+ * was refused: @ops->cmpxchg answered -EROFS).
+ */
+int shadow_walk(const struct shadow_paging_mode *mode, const struct shadow_mem_ops *ops, void *ctx,
+		uint64_t cr3, uint64_t va, unsigned int access, unsigned int flags,
+		struct shadow_walk *w);
+
+/*
+ * The protection check alone: would an access @access to a translation with
+ * effective @rights fault under @mode?  Returns 0 if allowed, else the error
+ * code (P=1 plus the access's bits).  Pure function.
+ */
+uint32_t shadow_permission_fault(const struct shadow_paging_mode *mode, unsigned int rights,
+				 unsigned int access);
+
+/* Error code bits of @access alone (W, U, and I/D where @mode reports it). */
+uint32_t shadow_access_error_code(const struct shadow_paging_mode *mode, unsigned int access);
+
+/* ---- TLB flush interface (software vCPU now, KVM vCPU in vmm/ later) --- */
+
+struct shadow_tlb;
+
+/*
+ * What the shadow MMU asks of every vCPU that may cache its translations.
+ * Both are called with the VM's mmu_lock held (and possibly a table lock,
+ * rank NOTIFIER_LOCK_RANK_TABLE), from any thread.  They must not take
+ * mmu_lock, a table lock or the pool lock; they may take a lock of rank
+ * NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF and may wait, briefly, for a vCPU in
+ * guest mode to acknowledge (a vCPU not in guest mode may be flushed at its
+ * next entry instead, as KVM's remote flush does).
+ * On return: the vCPU will not use any translation it cached before the call
+ * (for flush_va: any translation of the page containing @va) for an access
+ * that begins after the call returned, and any walk of the shadow tables it
+ * had in progress has finished (so table pages zapped before the call may be
+ * freed).
+ */
+struct shadow_tlb_ops {
+	void (*flush_all)(struct shadow_tlb *tlb);
+	void (*flush_va)(struct shadow_tlb *tlb, uint64_t va);
+};
+
+/* Embedded in each vCPU; registered with shadow_mmu_tlb_register(). */
+struct shadow_tlb {
+	const struct shadow_tlb_ops *ops;
+	/* Owned by the shadow MMU while registered (under its mmu_lock). */
+	struct shadow_tlb *next;
+	uint64_t root;	/* pool gpa of the root this vCPU runs on, 0 if none */
+	uint64_t cr3;	/* the guest CR3 that root shadows */
+};
+
+/* ---- per-VM shadow MMU ---------------------------------------------- */
+
+struct shadow_mmu;
+
+/*
+ * A slot: one memory object placed in the VM's machine address space (the
+ * KVM guest-physical address of its memslot), readable by the host at @host.
+ */
+struct shadow_slot_ops {
+	/*
+	 * get_page - make page @page of the slot's object resident (fault it in,
+	 * swap it in) before the shadow MMU maps it; @write if the mapping will
+	 * be writable.  Called by shadow_mmu_fault() between
+	 * notifier_read_begin() and notifier_read_retry(), with no shadow lock
+	 * held.  May block.  Returns 0 or -errno (the fault then fails with it).
+	 * NULL: every page is always resident.
+	 */
+	int (*get_page)(void *priv, uint64_t page, bool write);
+};
+
+struct shadow_slot {
+	struct notifier_object *obj;	/* the object (a reference is taken) */
+	uint64_t mpa;			/* machine address of its page 0, page-aligned */
+	void *host;			/* host mapping of the whole object */
+	bool readonly;			/* never map it writable */
+	const struct shadow_slot_ops *ops; /* may be NULL */
+	void *priv;			/* for @ops */
+};
+
+/* Most slots per shadow MMU. */
+#define SHADOW_MAX_SLOTS 16
+
+struct shadow_mmu_config {
+	struct shadow_pool *pool;	/* shared by every VM; must outlive the MMU */
+	uint64_t max_gpa;		/* guest-physical space covered by the P2M */
+	unsigned int nr_roots;		/* root cache bound (>= 1); 0: 8 */
+	struct shadow_paging_mode mode;	/* the guest's paging controls */
+};
+
+/* Counters, monotonic since creation (read without a snapshot guarantee). */
+struct shadow_mmu_stats {
+	uint64_t faults;		/* shadow_mmu_fault calls */
+	uint64_t fixed;			/* ... that installed (or found) a mapping */
+	uint64_t guest_faults;		/* ... reflected to the guest */
+	uint64_t retries;		/* seq/retry collisions (notifier or guest-table sync) */
+	uint64_t installs;		/* leaf SPTEs written */
+	uint64_t zapped;		/* present SPTEs cleared (leaves and tables) */
+	uint64_t tables_created;
+	uint64_t tables_freed;
+	uint64_t invlpg;
+	uint64_t cr3_loads;
+	uint64_t root_evictions;
+	uint64_t syncs;			/* whole-root syncs (CR3 load, full flush) */
+	uint64_t flushes_all;		/* flush_all requests sent to vCPUs */
+	uint64_t flushes_va;		/* flush_va requests sent to vCPUs */
+	uint64_t invalidations;		/* notifier invalidations (range or page) handled */
+};
+
+/*
+ * Creates an empty shadow MMU for one VM: no slots, identity-free P2M (every
+ * gfn unmapped), no roots.  May block.  Returns 0 and sets *@out, -EINVAL
+ * (no pool, max_gpa not page-aligned or 0, bad mode), -ENOMEM.
+ */
+int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu **out);
+
+/*
+ * Tears the MMU down: unsubscribes from every slot's object, zaps and frees
+ * every shadow table (the pool's pages in use drop by all this MMU held),
+ * frees the reverse maps and the P2M.  Every registered TLB must have been
+ * unregistered.  Locks: takes mmu_lock and object locks; the caller holds
+ * none.  May block (notifier grace periods).  Not from a notifier callback.
+ */
+void shadow_mmu_destroy(struct shadow_mmu *mmu);
+
+/*
+ * Adds a slot and subscribes to its object (from now on every invalidation of
+ * the object zaps what the MMU maps of it).  Returns 0 and the slot's id in
+ * *@id, -EINVAL (bad slot, overlap of machine ranges), -ENOSPC (too many
+ * slots), -ENODEV (object being destroyed), -ENOMEM.  Caller holds no shadow
+ * lock.  May block.
+ */
+int shadow_mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *slot, int *id);
+
+/*
+ * Points the P2M at slot @slot_id for @npages guest-physical pages from @gpa:
+ * gfn gpa/4K + i -> page @first_page + i of the slot's object.  Replacing an
+ * existing entry zaps every shadow entry mapping the old backing page (and
+ * flushes vCPUs) before returning.  @slot_id < 0 unmaps.  Takes mmu_lock.
+ * Returns 0, -EINVAL (outside max_gpa, outside the object, bad slot).
+ */
+int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, int slot_id,
+		       uint64_t first_page);
+
+/*
+ * Looks @gpa up in the P2M: 0 and the machine address of the backing byte in
+ * *@mpa (and its host pointer in *@host if non-NULL), or -EFAULT if @gpa is
+ * not backed.  Lock-free (a snapshot).
+ */
+int shadow_mmu_p2m_lookup(struct shadow_mmu *mmu, uint64_t gpa, uint64_t *mpa, void **host);
+
+/*
+ * Registers @tlb (its ops set) as a vCPU that may cache the MMU's
+ * translations: from now on every zap reaches it.  Unregister drops its root
+ * pin and removes it; after unregister returns no op of @tlb is running or
+ * will run.  Both take mmu_lock.  Cannot fail.
+ */
+void shadow_mmu_tlb_register(struct shadow_mmu *mmu, struct shadow_tlb *tlb);
+void shadow_mmu_tlb_unregister(struct shadow_mmu *mmu, struct shadow_tlb *tlb);
+
+/*
+ * CR3 load on the vCPU of @tlb: find the root for @cr3 in the cache, or make
+ * one (evicting the least recently used root that no vCPU runs on), sync it
+ * against the guest's tables (a CR3 load flushes the TLB), pin it for @tlb
+ * (unpinning the previous one) and return its pool gpa in *@root.  Other
+ * vCPUs that may cache zapped entries are flushed; @tlb itself is not (the
+ * caller flushes its own TLB, as a CR3 load does).
+ * @tlb gives up its previous root first (it becomes evictable).
+ * Locks: takes mmu_lock.  Returns 0, -EBUSY (every cached root is in use by
+ * other vCPUs and the cache is full), -ENOMEM (pool full); on failure @tlb
+ * runs on no root (tlb->root is 0).
+ */
+int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
+			uint64_t *root);
+
+/* Results of shadow_mmu_fault() besides -errno. */
+#define SHADOW_FAULT_FIXED 0	/* the shadow now allows the access: retry it */
+#define SHADOW_FAULT_GUEST 1	/* the guest's own tables forbid it: inject #PF */
+
+/*
+ * Resolves a page fault taken at @va with the access @access on the vCPU
+ * running the root of @cr3: walks the guest's tables (setting A/D as a CPU
+ * would); if they forbid the access returns SHADOW_FAULT_GUEST with the x86
+ * error code in *@error_code; else looks the guest-physical page up in the
+ * P2M, makes the backing page resident (slot get_page), and installs the
+ * shadow entries with the notifier sequence/retry protocol (and the MMU's own
+ * guest-table sync sequence), retrying instead of installing a mapping an
+ * invalidation or an invlpg began to remove.  Returns SHADOW_FAULT_FIXED.
+ * Locks: takes mmu_lock and table locks; the caller holds none.  May block
+ * (notifier_read_begin waits for overlapping invalidations; get_page).
+ * Errors: -EINVAL (non-canonical @va), -ENOENT (no root for @cr3: load it
+ * first), -EFAULT (the guest-physical page, or a guest table, has no
+ * backing: MMIO or a wild address), -ENODEV (the object was released),
+ * -ENOMEM (pool full even after zapping everything), or get_page's error.
+ */
+int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access,
+		     uint32_t *error_code);
+
+/*
+ * invlpg @va in the address space @cr3: removes the shadow translation of
+ * @va (and any shadow table on its path that no longer matches the guest's
+ * tables), and flushes it from every registered vCPU.  No-op if @cr3 has no
+ * root.  On return no vCPU can reach what @va mapped before the call unless
+ * the guest's tables still map it.  Takes mmu_lock.
+ */
+void shadow_mmu_invlpg(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va);
+
+/*
+ * Full flush of the address space @cr3 (MOV CR3 without a switch, CR4.PGE
+ * toggle): syncs the whole root against the guest's tables (every entry that
+ * no longer matches is zapped) and flushes vCPUs if anything was zapped.
+ * Returns 0, or -ENOENT if @cr3 has no root.  Takes mmu_lock.
+ */
+int shadow_mmu_flush(struct shadow_mmu *mmu, uint64_t cr3);
+
+/*
+ * Zaps every shadow entry that maps pages [first, last] of slot @slot_id's
+ * object, through the reverse map, and flushes every vCPU that may cache one,
+ * before returning.  Takes mmu_lock.  Returns the number of entries zapped,
+ * or -EINVAL.  (The notifier callbacks do the same under their own rules.)
+ */
+long shadow_mmu_zap_range(struct shadow_mmu *mmu, int slot_id, uint64_t first, uint64_t last);
+
+/*
+ * Zaps every shadow table below every root (roots stay cached and pinned;
+ * vCPUs fault their translations back).  Takes mmu_lock.
+ */
+void shadow_mmu_zap_all(struct shadow_mmu *mmu);
+
+/* Number of shadow entries that map page @page of slot @slot_id (reverse
+ * map size).  Takes mmu_lock. */
+size_t shadow_mmu_rmap_count(struct shadow_mmu *mmu, int slot_id, uint64_t page);
+
+/* Copies the counters.  Lock-free. */
+void shadow_mmu_stats(const struct shadow_mmu *mmu, struct shadow_mmu_stats *stats);
+
+/* The pool and paging mode given at creation. */
+struct shadow_pool *shadow_mmu_pool(const struct shadow_mmu *mmu);
+const struct shadow_paging_mode *shadow_mmu_mode(const struct shadow_mmu *mmu);
+
+/*
+ * Debug check of the MMU's invariants (every present leaf is in the reverse
+ * map and vice versa; use counts match parents; accounting): 0, or -EUCLEAN
+ * on the first violation.  Takes mmu_lock.  For tests.
+ */
+int shadow_mmu_check(struct shadow_mmu *mmu);
+
+/* ---- the software vCPU ---------------------------------------------- */
+
+struct shadow_vcpu;
+
+struct shadow_vcpu_config {
+	unsigned int tlb_entries;	/* direct-mapped TLB size; 0: no TLB */
+};
+
+/* What an access reached. */
+struct shadow_vcpu_result {
+	void *host;			/* host pointer of the byte at va */
+	uint64_t mpa;			/* its machine address */
+	uint32_t error_code;		/* on -EFAULT */
+	bool tlb_hit;
+};
+
+struct shadow_vcpu_stats {
+	uint64_t accesses, tlb_hits, walks, faults, flushes_all, flushes_va;
+};
+
+/*
+ * Creates a software vCPU of @mmu (using the MMU's paging mode) and registers
+ * its TLB with the MMU.  It has no root until shadow_vcpu_load_cr3().
+ * Returns 0, -ENOMEM.  Takes mmu_lock.  May block.
+ */
+int shadow_vcpu_create(struct shadow_mmu *mmu, const struct shadow_vcpu_config *config,
+		       struct shadow_vcpu **out);
+/* Unregisters and frees it.  Not concurrently with its own accesses. */
+void shadow_vcpu_destroy(struct shadow_vcpu *vcpu);
+
+/*
+ * MOV CR3: shadow_mmu_load_cr3() then a flush of this vCPU's TLB.  Returns
+ * shadow_mmu_load_cr3()'s result.  Not concurrently with this vCPU's access.
+ */
+int shadow_vcpu_load_cr3(struct shadow_vcpu *vcpu, uint64_t cr3);
+
+/*
+ * One access at @va of kind @access, as the CPU performs it on the shadow
+ * tables: TLB lookup, else a hardware walk of the pool from the current root
+ * (4-level, with the MMU's paging mode) and a TLB fill.  A fault drops the
+ * TLB entry of @va (as a #PF does).
+ * Returns 0 (*@res: host pointer and machine address), -EFAULT (a #PF,
+ * res->error_code), -EINVAL (non-canonical), -ENOENT (no root loaded),
+ * -EROFS (the walk would have had to write A/D into the read-only pool: a
+ * shadow entry without A, or a writable leaf without D — a bug), -EIO (a
+ * shadow entry points outside the pool or at no slot — a bug).
+ * Locks: takes only the vCPU's TLB lock (rank SUBSCRIBER_LEAF).  Never
+ * blocks.  One thread per vCPU.
+ */
+int shadow_vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
+		       struct shadow_vcpu_result *res);
+
+/* access, and on a page fault shadow_mmu_fault() + access again, until it
+ * succeeds or the fault is the guest's (-EFAULT with res->error_code) or
+ * another error.  May block. */
+int shadow_vcpu_access_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
+				struct shadow_vcpu_result *res);
+
+/* invlpg: shadow_mmu_invlpg() on the current CR3, and the local flush. */
+void shadow_vcpu_invlpg(struct shadow_vcpu *vcpu, uint64_t va);
+/* full flush: shadow_mmu_flush() on the current CR3, and the local flush. */
+int shadow_vcpu_flush(struct shadow_vcpu *vcpu);
+
+/* Copies the vCPU's counters (relaxed reads).  Lock-free. */
+void shadow_vcpu_stats(const struct shadow_vcpu *vcpu, struct shadow_vcpu_stats *stats);
+/* Number of valid TLB entries (tests). */
+unsigned int shadow_vcpu_tlb_valid(struct shadow_vcpu *vcpu);
 
 #endif

@@ -6,6 +6,8 @@ const struct test_suite_entry test_suites[] = {
 	{ "notifier", notifier_suite },
 	{ "notifier_torture", notifier_torture_suite },
 	{ "shadow", shadow_suite },
+	{ "shadow_walk", shadow_walk_suite },
+	{ "shadow_torture", shadow_torture_suite },
 	{ "vmm", vmm_suite },
 	{ NULL, NULL },
 };

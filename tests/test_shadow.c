@@ -1,13 +1,20 @@
 /*
- * shadow/: the entry format and the table pool.
+ * shadow/: the entry format, the table pool with its descriptors, the per-VM
+ * shadow MMU (fault, sync, reverse map, zap, teardown), its notifier
+ * subscription, and the software vCPU.  The walker's rules are in
+ * test_shadow_walk.c, the concurrent torture in test_shadow_torture.c.
  */
 #include <check.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "shadow.h"
+#include "shadow_internal.h"
 #include "spte.h"
+#include "test_shadow_util.h"
 #include "tests.h"
 
 static const struct {
@@ -128,11 +135,812 @@ START_TEST(test_pool_memfd_shows_entries_to_a_second_mapping)
 }
 END_TEST
 
+
+/* ---- the shadow MMU and the software vCPU ---------------------------------- */
+
+#define VA1 0x00007f0000123000ull
+#define VA2 0x00007f0000456000ull
+#define GPA_A (GM_DATA + 5 * GM_PAGE)
+#define GPA_B (GM_DATA + 9 * GM_PAGE)
+#define GPA_C (GM_DATA + 13 * GM_PAGE)
+#define UW (SPTE_WRITABLE | SPTE_USER)
+
+static struct shadow_vcpu *vcpu_new(struct gm *gm, unsigned int tlb, uint64_t cr3)
+{
+	struct shadow_vcpu_config cfg = { .tlb_entries = tlb };
+	struct shadow_vcpu *v;
+
+	ck_assert_int_eq(shadow_vcpu_create(gm->mmu, &cfg, &v), 0);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3), 0);
+	return v;
+}
+
+/* Access with fault-in; asserts success and returns the guest-physical
+ * address reached (machine address = gpa: identity P2M at 0). */
+static uint64_t reach(struct shadow_vcpu *v, uint64_t va, unsigned int access)
+{
+	struct shadow_vcpu_result res;
+	int ret = shadow_vcpu_access_fault_in(v, va, access, &res);
+
+	ck_assert_msg(ret == 0, "access %#llx: expected 0, got %d (ec %#x)", (unsigned long long)va,
+		      ret, res.error_code);
+	return res.mpa;
+}
+
+static void assert_check(struct gm *gm)
+{
+	int ret = shadow_mmu_check(gm->mmu);
+
+	ck_assert_msg(ret == 0, "shadow_mmu_check: expected 0, got %d", ret);
+}
+
+START_TEST(test_fault_installs_translation_that_vcpu_reaches)
+{
+	struct shadow_vcpu_result res;
+	struct gm gm;
+	uint32_t ec = 0;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+
+	/* The shadow is empty: the CPU raises a not-present fault. */
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1 + 8, SHADOW_ACCESS_USER, &res), -EFAULT);
+	ck_assert_uint_eq(res.error_code, SHADOW_PFERR_USER);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1 + 8, SHADOW_ACCESS_USER, &ec),
+			 SHADOW_FAULT_FIXED);
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1 + 8, SHADOW_ACCESS_USER, &res), 0);
+	ck_assert_ptr_eq(res.host, gm.host + GPA_A + 8);
+	ck_assert_uint_eq(res.mpa, GPA_A + 8);
+	ck_assert(!res.tlb_hit);
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1 + 16, SHADOW_ACCESS_USER, &res), 0);
+	ck_assert(res.tlb_hit);
+	for (int level = 1; level <= 4; level++)
+		ck_assert_msg(shadow_pool_pages_in_use(gm.pool, level) == 1,
+			      "level %d: expected 1 table, got %zu", level,
+			      shadow_pool_pages_in_use(gm.pool, level));
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 1);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_descriptors_record_role_use_count_and_users)
+{
+	struct gm gm;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 0, cr3);
+
+	reach(v, VA1, 0);
+	/* Follow the shadow path by hand and compare each descriptor with the
+	 * guest table it must shadow. */
+	uint64_t guest_table = cr3, table = 0;
+	for (uint32_t i = 0; i < gm.pool->nr_pages; i++)
+		if (gm.pool->pages[i].level == 4)
+			table = SHADOW_POOL_GPA + (uint64_t)i * SHADOW_PAGE_SIZE;
+	uint32_t parent = SHADOW_NO_PAGE;
+	for (int level = 4; level >= 1; level--) {
+		uint32_t idx = (uint32_t)((table - SHADOW_POOL_GPA) / SHADOW_PAGE_SIZE);
+		struct shadow_page *sp = &gm.pool->pages[idx];
+
+		ck_assert_int_eq(sp->level, level);
+		ck_assert(!sp->direct);
+		ck_assert_msg(sp->gpa == guest_table, "level %d: expected to shadow %#llx, got %#llx",
+			      level, (unsigned long long)guest_table, (unsigned long long)sp->gpa);
+		ck_assert_uint_eq(sp->use_count, 1);
+		ck_assert_ptr_nonnull(sp->users);
+		ck_assert_ptr_null(sp->users->next);
+		ck_assert_ptr_eq(sp->users->mmu, gm.mmu);
+		ck_assert_uint_eq(sp->users->parent, parent);
+		ck_assert_uint_eq(sp->nr_present, 1);
+		uint64_t spte = shadow_pool_table(gm.pool, table)[SPTE_INDEX(VA1, level)];
+		if (level > 1) {
+			guest_table = spte_addr(gm_read(&gm, guest_table + SPTE_INDEX(VA1, level) * 8));
+			parent = idx;
+			table = spte_addr(spte);
+		} else {
+			ck_assert_uint_eq(spte_addr(spte), GPA_A);
+		}
+	}
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+static const struct {
+	const char *what;
+	uint64_t flags;		/* guest PTE (0: not mapped) */
+	unsigned int access;
+	uint32_t ec;
+} guest_faults[] = {
+	{ "not mapped", 0, SHADOW_ACCESS_WRITE, SHADOW_PFERR_WRITE },
+	{ "user read of a supervisor page", SPTE_PRESENT | SPTE_WRITABLE, SHADOW_ACCESS_USER,
+	  SHADOW_PFERR_PRESENT | SHADOW_PFERR_USER },
+	{ "user write to a read-only page", SPTE_PRESENT | SPTE_USER,
+	  SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE,
+	  SHADOW_PFERR_PRESENT | SHADOW_PFERR_USER | SHADOW_PFERR_WRITE },
+	{ "fetch from an NX page", SPTE_PRESENT | SPTE_NX, SHADOW_ACCESS_FETCH,
+	  SHADOW_PFERR_PRESENT | SHADOW_PFERR_FETCH },
+	{ "reserved bit 51", SPTE_PRESENT | (1ull << 51), 0, SHADOW_PFERR_PRESENT | SHADOW_PFERR_RSVD },
+};
+
+START_TEST(test_fault_reflects_guest_own_fault_with_error_code)
+{
+	struct gm gm;
+	uint32_t ec = 0;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_entry(&gm, cr3, VA1, 1);
+	if (guest_faults[_i].flags)
+		gm_write(&gm, gm_entry(&gm, cr3, VA1, 1), GPA_A | guest_faults[_i].flags);
+	struct shadow_vcpu *v = vcpu_new(&gm, 8, cr3);
+	int ret = shadow_mmu_fault(gm.mmu, cr3, VA1, guest_faults[_i].access, &ec);
+
+	ck_assert_msg(ret == SHADOW_FAULT_GUEST, "%s: expected the guest's fault, got %d",
+		      guest_faults[_i].what, ret);
+	ck_assert_msg(ec == guest_faults[_i].ec, "%s: expected error code %#x, got %#x",
+		      guest_faults[_i].what, guest_faults[_i].ec, ec);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 0);
+	struct shadow_vcpu_result res;
+	ck_assert_int_eq(shadow_vcpu_access_fault_in(v, VA1, guest_faults[_i].access, &res), -EFAULT);
+	ck_assert_uint_eq(res.error_code, guest_faults[_i].ec);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_fault_errors_for_unbacked_gpa_and_missing_root)
+{
+	struct gm gm;
+	uint32_t ec;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, 1024 * GM_PAGE, 1, UW); /* beyond RAM: MMIO */
+	gm_map(&gm, cr3, VA2, GPA_A, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 8, cr3);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1, 0, &ec), -EFAULT);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, 0x0000800000000000ull, 0, &ec), -EINVAL);
+	uint64_t other = gm_table(&gm);
+	gm_map(&gm, other, VA2, GPA_A, 1, UW);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, other, VA2, 0, &ec), -ENOENT);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA2, 0x100, &ec), -EINVAL);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_read_fault_maps_read_only_until_guest_dirty_is_set)
+{
+	struct shadow_vcpu_result res;
+	struct gm gm;
+	uint32_t ec;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	uint64_t pte = gm_entry(&gm, cr3, VA1, 1);
+	struct shadow_vcpu *v = vcpu_new(&gm, 8, cr3);
+
+	reach(v, VA1, SHADOW_ACCESS_USER);
+	ck_assert_msg(gm_read(&gm, pte) & SPTE_ACCESSED, "a fault walk sets the guest's A");
+	ck_assert_msg(!(gm_read(&gm, pte) & SPTE_DIRTY), "a read must not set the guest's D");
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE, &res),
+			 -EFAULT);
+	ck_assert_uint_eq(res.error_code,
+			  SHADOW_PFERR_PRESENT | SHADOW_PFERR_USER | SHADOW_PFERR_WRITE);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE,
+					  &ec),
+			 SHADOW_FAULT_FIXED);
+	ck_assert_msg(gm_read(&gm, pte) & SPTE_DIRTY, "a write fault sets the guest's D");
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE, &res), 0);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 1);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_invlpg_removes_stale_translation_from_every_vcpu)
+{
+	struct shadow_vcpu_result res;
+	struct gm gm;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	struct shadow_vcpu *v0 = vcpu_new(&gm, 64, cr3), *v1 = vcpu_new(&gm, 64, cr3);
+
+	ck_assert_uint_eq(reach(v0, VA1, 0), GPA_A);
+	ck_assert_uint_eq(reach(v1, VA1, 0), GPA_A);
+	gm_map(&gm, cr3, VA1, GPA_B, 1, UW);
+	/* Before invlpg the old translation may still be used (as on x86). */
+	ck_assert_int_eq(shadow_vcpu_access(v1, VA1, 0, &res), 0);
+	ck_assert_uint_eq(res.mpa, GPA_A);
+	shadow_vcpu_invlpg(v0, VA1);
+	/* v1 did not invlpg itself, but the shared shadow entry is gone and its
+	 * TLB was flushed: it can no longer reach A. */
+	ck_assert_int_eq(shadow_vcpu_access(v1, VA1, 0, &res), -EFAULT);
+	ck_assert_uint_eq(reach(v1, VA1, 0), GPA_B);
+	ck_assert_uint_eq(reach(v0, VA1, 0), GPA_B);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 0);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v0);
+	shadow_vcpu_destroy(v1);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_invlpg_drops_shadow_table_of_replaced_guest_table)
+{
+	struct gm gm;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+
+	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
+	/* The guest points the PDE at a new page table mapping VA1 to C. */
+	uint64_t pt = gm_table(&gm);
+	gm_write(&gm, pt + SPTE_INDEX(VA1, 1) * 8, GPA_C | SPTE_PRESENT | UW);
+	gm_write(&gm, gm_entry(&gm, cr3, VA1, 2), pt | GM_DIR);
+	shadow_vcpu_invlpg(v, VA1);
+	ck_assert_uint_eq(reach(v, VA1, 0), GPA_C);
+	struct shadow_mmu_stats st;
+	shadow_mmu_stats(gm.mmu, &st);
+	ck_assert_uint_ge(st.tables_freed, 1);
+	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 1), 1);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_cr3_load_syncs_cached_root_and_keeps_valid_entries)
+{
+	struct shadow_vcpu_result res;
+	struct shadow_mmu_stats before, after;
+	struct gm gm;
+
+	gm_init(&gm, 1024);
+	uint64_t x = gm_table(&gm), y = gm_table(&gm);
+	gm_map(&gm, x, VA1, GPA_A, 1, UW);
+	gm_map(&gm, x, VA2, GPA_C, 1, UW);
+	gm_map(&gm, y, VA1, GPA_C, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 64, x);
+
+	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
+	ck_assert_uint_eq(reach(v, VA2, 0), GPA_C);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(v, y), 0);
+	ck_assert_uint_eq(reach(v, VA1, 0), GPA_C);
+	/* While X is not loaded, its guest changes VA1 without invlpg. */
+	gm_map(&gm, x, VA1, GPA_B, 1, UW);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(v, x), 0);
+	shadow_mmu_stats(gm.mmu, &before);
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1, 0, &res), -EFAULT);
+	ck_assert_uint_eq(reach(v, VA1, 0), GPA_B);
+	/* VA2 did not change: its shadow entry survived the sync (no fault). */
+	ck_assert_int_eq(shadow_vcpu_access(v, VA2, 0, &res), 0);
+	ck_assert_uint_eq(res.mpa, GPA_C);
+	shadow_mmu_stats(gm.mmu, &after);
+	ck_assert_uint_eq(after.faults - before.faults, 1);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_full_flush_syncs_changed_permissions)
+{
+	struct shadow_vcpu_result res;
+	struct gm gm;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+
+	reach(v, VA1, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE);
+	/* The guest write-protects VA1 and makes its PDE supervisor-only. */
+	gm_map(&gm, cr3, VA1, GPA_A, 1, SPTE_USER);
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE, &res), 0);
+	ck_assert_int_eq(shadow_vcpu_flush(v), 0);
+	ck_assert_int_eq(shadow_vcpu_access_fault_in(v, VA1, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE,
+						     &res),
+			 -EFAULT);
+	ck_assert_uint_eq(res.error_code,
+			  SHADOW_PFERR_PRESENT | SHADOW_PFERR_WRITE | SHADOW_PFERR_USER);
+	ck_assert_uint_eq(reach(v, VA1, SHADOW_ACCESS_USER), GPA_A);
+	gm_write(&gm, gm_entry(&gm, cr3, VA1, 2), gm_read(&gm, gm_entry(&gm, cr3, VA1, 2)) & ~SPTE_USER);
+	ck_assert_int_eq(shadow_vcpu_flush(v), 0);
+	ck_assert_int_eq(shadow_vcpu_access_fault_in(v, VA1, SHADOW_ACCESS_USER, &res), -EFAULT);
+	ck_assert_uint_eq(res.error_code, SHADOW_PFERR_PRESENT | SHADOW_PFERR_USER);
+	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_root_cache_is_bounded_and_evicts_lru_unpinned_root)
+{
+	struct gm gm;
+	struct shadow_mmu_stats st;
+
+	gm_init_full(&gm, 1024, NULL, 256, 2, NULL, NULL, NULL);
+	uint64_t cr3[3];
+	for (int i = 0; i < 3; i++) {
+		cr3[i] = gm_table(&gm);
+		gm_map(&gm, cr3[i], VA1, GPA_A + (uint64_t)i * GM_PAGE, 1, UW);
+	}
+	struct shadow_vcpu *v = vcpu_new(&gm, 8, cr3[0]);
+	for (int round = 0; round < 2; round++) {
+		for (int i = 0; i < 3; i++) {
+			ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3[i]), 0);
+			ck_assert_uint_eq(reach(v, VA1, 0), GPA_A + (uint64_t)i * GM_PAGE);
+			ck_assert_uint_le(shadow_pool_pages_in_use(gm.pool, 4), 2);
+		}
+	}
+	shadow_mmu_stats(gm.mmu, &st);
+	ck_assert_uint_eq(st.root_evictions, 4);
+	/* Two vCPUs pin two roots: a third CR3 finds no root to evict. */
+	struct shadow_vcpu *w = vcpu_new(&gm, 8, cr3[0]);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3[1]), 0);
+	struct shadow_vcpu_config cfg = { .tlb_entries = 8 };
+	struct shadow_vcpu *x;
+	ck_assert_int_eq(shadow_vcpu_create(gm.mmu, &cfg, &x), 0);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(x, cr3[2]), -EBUSY);
+	ck_assert_uint_eq(reach(w, VA1, 0), GPA_A);
+	assert_check(&gm);
+	shadow_vcpu_destroy(x);
+	shadow_vcpu_destroy(w);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_guest_2m_page_is_shadowed_by_4k_entries)
+{
+	const uint64_t va = 0x0000000040000000ull, frame = 0x400000, frame2 = 0x600000;
+	struct gm gm;
+
+	gm_init(&gm, 2048); /* 8 MiB */
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, va, frame, 2, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+
+	ck_assert_uint_eq(reach(v, va + 0x3123, 0), frame + 0x3123);
+	ck_assert_uint_eq(reach(v, va + 0x1ff008, SHADOW_ACCESS_USER), frame + 0x1ff008);
+	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 1), 1);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, (frame + 0x3000) / GM_PAGE), 1);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, (frame + 0x1ff000) / GM_PAGE), 1);
+	/* The guest moves the large page: invlpg drops the direct table. */
+	gm_map(&gm, cr3, va, frame2, 2, UW);
+	shadow_vcpu_invlpg(v, va);
+	ck_assert_uint_eq(reach(v, va + 0x1ff008, 0), frame2 + 0x1ff008);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, (frame + 0x1ff000) / GM_PAGE), 0);
+	/* A write to the clean large page re-creates the table writable. */
+	ck_assert_uint_eq(reach(v, va + 0x10, SHADOW_ACCESS_WRITE), frame2 + 0x10);
+	ck_assert_msg(gm_read(&gm, gm_entry(&gm, cr3, va, 2)) & SPTE_DIRTY, "expected D on the PDE");
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_guest_1g_page_is_shadowed_by_4k_entries)
+{
+	const uint64_t va = 0x0000008040000000ull; /* PML4 1, PDPT 1 */
+	struct gm gm;
+	uint32_t ec;
+
+	gm_init(&gm, 2048); /* the 1 GiB page at 0 is backed for its first 8 MiB */
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, va, 0, 3, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+
+	ck_assert_uint_eq(reach(v, va + GPA_A + 0x18, 0), GPA_A + 0x18);
+	ck_assert_uint_eq(reach(v, va + 0x201000, 0), 0x201000);
+	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 2), 1);
+	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 1), 2);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, va + 0x800000, 0, &ec), -EFAULT);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_zap_range_removes_every_alias_of_backing_page)
+{
+	struct shadow_vcpu_result res;
+	struct gm gm;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	gm_map(&gm, cr3, VA2, GPA_A, 1, UW);
+	gm_map(&gm, cr3, 0xffff800000000000ull, GPA_A, 1, SPTE_WRITABLE);
+	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+
+	reach(v, VA1, 0);
+	reach(v, VA2, 0);
+	reach(v, 0xffff800000000000ull, 0);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 3);
+	assert_check(&gm);
+	ck_assert_int_eq(shadow_mmu_zap_range(gm.mmu, gm.slot, GPA_A / GM_PAGE, GPA_A / GM_PAGE), 3);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 0);
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1, 0, &res), -EFAULT);
+	ck_assert_int_eq(shadow_vcpu_access(v, VA2, 0, &res), -EFAULT);
+	ck_assert_int_eq(shadow_vcpu_access(v, 0xffff800000000000ull, 0, &res), -EFAULT);
+	ck_assert_int_eq(shadow_mmu_zap_range(gm.mmu, gm.slot, 5, 4), -EINVAL);
+	ck_assert_int_eq(shadow_mmu_zap_range(gm.mmu, 7, 0, 0), -EINVAL);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+struct fault_thread {
+	struct gm *gm;
+	uint64_t cr3, va;
+	int ret;
+	bool done;
+};
+
+static void *fault_thread_fn(void *arg)
+{
+	struct fault_thread *ft = arg;
+	uint32_t ec;
+
+	ft->ret = shadow_mmu_fault(ft->gm->mmu, ft->cr3, ft->va, 0, &ec);
+	__atomic_store_n(&ft->done, true, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/* Run in both delivery modes: range start/end, and per-page (2008). */
+START_TEST(test_invalidate_range_start_unmaps_and_flushes_before_return)
+{
+	struct shadow_vcpu_result res;
+	struct notifier_range range;
+	struct gm gm;
+	pthread_t t;
+
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	gm_init(&gm, 1024);
+	ck_assert_int_eq(notifier_object_set_mode(gm.ram, _i ? NOTIFIER_MODE_PAGE : NOTIFIER_MODE_RANGE),
+			 0);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	gm_map(&gm, cr3, VA2, GPA_B, 1, UW);
+	struct shadow_vcpu *v0 = vcpu_new(&gm, 64, cr3), *v1 = vcpu_new(&gm, 64, cr3);
+	reach(v0, VA1, 0);
+	reach(v1, VA1, 0);
+	reach(v1, VA2, 0);
+
+	notifier_range_init(&range, gm.ram, NOTIFIER_EVENT_SWAPOUT, GPA_A / GM_PAGE,
+			    GPA_B / GM_PAGE, NOTIFIER_RANGE_MAY_BLOCK);
+	ck_assert_int_eq(notifier_invalidate_range_start(&range), 0);
+	/* Both TLBs held A: neither vCPU can reach A or B any more. */
+	ck_assert_int_eq(shadow_vcpu_access(v0, VA1, 0, &res), -EFAULT);
+	ck_assert_int_eq(shadow_vcpu_access(v1, VA1, 0, &res), -EFAULT);
+	ck_assert_int_eq(shadow_vcpu_access(v1, VA2, 0, &res), -EFAULT);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 0);
+	/* A fault on the range waits for its end instead of mapping it. */
+	struct fault_thread ft = { .gm = &gm, .cr3 = cr3, .va = VA1 };
+	ck_assert_int_eq(pthread_create(&t, NULL, fault_thread_fn, &ft), 0);
+	usleep(50000);
+	ck_assert_msg(!__atomic_load_n(&ft.done, __ATOMIC_ACQUIRE),
+		      "a fault completed while its page's invalidation was in progress");
+	ck_assert_int_eq(shadow_vcpu_access(v0, VA1, 0, &res), -EFAULT);
+	notifier_invalidate_range_end(&range);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_int_eq(ft.ret, SHADOW_FAULT_FIXED);
+	ck_assert_uint_eq(reach(v0, VA1, 0), GPA_A);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v0);
+	shadow_vcpu_destroy(v1);
+	gm_fini(&gm);
+	notifier_thread_exit();
+}
+END_TEST
+
+static struct gm *invalidating_gm;
+static int get_page_calls;
+
+/* A get_page that races with a swapout: the page's invalidation starts (and
+ * ends) after notifier_read_begin() and before the fault installs. */
+static int racing_get_page(void *priv, uint64_t page, bool write)
+{
+	struct notifier_range range;
+
+	if (get_page_calls++ == 0) {
+		notifier_range_init(&range, invalidating_gm->ram, NOTIFIER_EVENT_SWAPOUT, page, page,
+				    NOTIFIER_RANGE_MAY_BLOCK);
+		ck_assert_int_eq(notifier_invalidate_range_start(&range), 0);
+		notifier_invalidate_range_end(&range);
+	}
+	return 0;
+}
+
+static const struct shadow_slot_ops racing_ops = { .get_page = racing_get_page };
+
+START_TEST(test_fault_retries_when_invalidation_begins_during_resolution)
+{
+	struct shadow_mmu_stats st;
+	struct gm gm;
+	uint32_t ec;
+
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	gm_init_full(&gm, 1024, NULL, 256, 0, NULL, &racing_ops, NULL);
+	invalidating_gm = &gm;
+	get_page_calls = 0;
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 8, cr3);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1, 0, &ec), SHADOW_FAULT_FIXED);
+	shadow_mmu_stats(gm.mmu, &st);
+	ck_assert_msg(st.retries == 1, "expected 1 retry, got %llu", (unsigned long long)st.retries);
+	ck_assert_int_eq(get_page_calls, 2);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 1);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+	notifier_thread_exit();
+}
+END_TEST
+
+struct nonblock_arg {
+	struct gm *gm;
+	int ret;
+};
+
+static void *nonblocking_invalidate(void *p)
+{
+	struct nonblock_arg *a = p;
+	struct notifier_range range;
+
+	notifier_thread_init();
+	notifier_range_init(&range, a->gm->ram, NOTIFIER_EVENT_PROTECT, 0, 3, 0);
+	a->ret = notifier_invalidate_range_start(&range);
+	if (a->ret == 0)
+		notifier_invalidate_range_end(&range);
+	notifier_thread_exit();
+	return NULL;
+}
+
+START_TEST(test_nonblocking_invalidation_answers_eagain_when_mmu_lock_is_held)
+{
+	struct nonblock_arg a;
+	struct gm gm;
+	pthread_t t;
+
+	gm_init(&gm, 1024);
+	a.gm = &gm;
+	notifier_mutex_lock(&gm.mmu->mmu_lock);
+	ck_assert_int_eq(pthread_create(&t, NULL, nonblocking_invalidate, &a), 0);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	notifier_mutex_unlock(&gm.mmu->mmu_lock);
+	ck_assert_int_eq(a.ret, -EAGAIN);
+	ck_assert_int_eq(pthread_create(&t, NULL, nonblocking_invalidate, &a), 0);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_int_eq(a.ret, 0);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_p2m_redirect_zaps_old_backing_page)
+{
+	struct shadow_vcpu_result res;
+	struct gm gm;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+
+	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
+	/* Copy-on-write style: gfn A is now backed by page C of the object. */
+	ck_assert_int_eq(shadow_mmu_map_gpa(gm.mmu, GPA_A, 1, gm.slot, GPA_C / GM_PAGE), 0);
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1, 0, &res), -EFAULT);
+	ck_assert_uint_eq(reach(v, VA1, 0), GPA_C);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 0);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_C / GM_PAGE), 1);
+	uint64_t mpa;
+	ck_assert_int_eq(shadow_mmu_p2m_lookup(gm.mmu, GPA_A + 4, &mpa, NULL), 0);
+	ck_assert_uint_eq(mpa, GPA_C + 4);
+	ck_assert_int_eq(shadow_mmu_map_gpa(gm.mmu, GPA_A, 1, -1, 0), 0);
+	ck_assert_int_eq(shadow_mmu_p2m_lookup(gm.mmu, GPA_A, &mpa, NULL), -EFAULT);
+	ck_assert_int_eq(shadow_mmu_map_gpa(gm.mmu, 1023 * GM_PAGE, 2, gm.slot, 0), -EINVAL);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_young_tracks_faults_and_clear_forces_refault)
+{
+	struct shadow_vcpu_result res;
+	struct gm gm;
+	uint64_t page = GPA_A / GM_PAGE;
+
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+
+	ck_assert_int_eq(notifier_test_young(gm.ram, page), 0);
+	reach(v, VA1, 0);
+	ck_assert_int_eq(notifier_test_young(gm.ram, page), 1);
+	ck_assert_int_eq(notifier_clear_young(gm.ram, page, page), 1);
+	ck_assert_int_eq(notifier_test_young(gm.ram, page), 0);
+	ck_assert_int_eq(notifier_clear_young(gm.ram, page, page), 0);
+	/* Cleared means unmapped: the next access faults and marks it again. */
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1, 0, &res), -EFAULT);
+	reach(v, VA1, 0);
+	ck_assert_int_eq(notifier_test_young(gm.ram, page), 1);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+	notifier_thread_exit();
+}
+END_TEST
+
+START_TEST(test_object_release_unmaps_everything_and_refuses_faults)
+{
+	struct shadow_vcpu_result res;
+	struct gm gm;
+	uint32_t ec;
+
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	gm_map(&gm, cr3, VA2, GPA_B, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+	reach(v, VA1, 0);
+	reach(v, VA2, 0);
+	notifier_object_destroy(gm.ram);
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1, 0, &res), -EFAULT);
+	ck_assert_int_eq(shadow_vcpu_access(v, VA2, 0, &res), -EFAULT);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 0);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1, 0, &ec), -ENODEV);
+	shadow_vcpu_destroy(v);
+	shadow_mmu_destroy(gm.mmu);
+	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 0), 0);
+	shadow_pool_destroy(gm.pool);
+	munmap(gm.host, gm.npages * GM_PAGE);
+	notifier_thread_exit();
+}
+END_TEST
+
+START_TEST(test_pool_exhaustion_zaps_everything_and_recovers)
+{
+	struct gm gm;
+
+	/* 8 pages: each VA below needs a root plus 3 tables of its own. */
+	gm_init_full(&gm, 1024, NULL, 8, 0, NULL, NULL, NULL);
+	uint64_t cr3 = gm_table(&gm);
+	for (uint64_t i = 0; i < 4; i++)
+		gm_map(&gm, cr3, i << 39, GPA_A + i * GM_PAGE, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 0, cr3);
+	for (int round = 0; round < 3; round++)
+		for (uint64_t i = 0; i < 4; i++)
+			ck_assert_uint_eq(reach(v, i << 39, 0), GPA_A + i * GM_PAGE);
+	ck_assert_uint_le(shadow_pool_pages_in_use(gm.pool, 0), 8);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_vcpu_tlb_size_is_configurable)
+{
+	static const struct {
+		unsigned int entries;
+		unsigned int expect_hits;
+	} sizes[] = { { 0, 0 }, { 1, 2 }, { 64, 4 } };
+	struct shadow_vcpu_result res;
+	struct shadow_vcpu_stats st;
+	struct gm gm;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	gm_map(&gm, cr3, VA2, GPA_B, 1, UW);
+	for (unsigned int k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		struct shadow_vcpu *v = vcpu_new(&gm, sizes[k].entries, cr3);
+
+		reach(v, VA1, 0);
+		reach(v, VA2, 0);
+		shadow_vcpu_stats(v, &st);
+		uint64_t hits0 = st.tlb_hits;
+		/* VA1, VA1, VA2, VA2: a 1-entry TLB hits twice, a 64-entry four times. */
+		ck_assert_int_eq(shadow_vcpu_access(v, VA1, 0, &res), 0);
+		ck_assert_int_eq(shadow_vcpu_access(v, VA1, 0, &res), 0);
+		ck_assert_int_eq(shadow_vcpu_access(v, VA2, 0, &res), 0);
+		ck_assert_int_eq(shadow_vcpu_access(v, VA2, 0, &res), 0);
+		shadow_vcpu_stats(v, &st);
+		ck_assert_msg(st.tlb_hits - hits0 == sizes[k].expect_hits,
+			      "%u entries: expected %u hits, got %llu", sizes[k].entries,
+			      sizes[k].expect_hits, (unsigned long long)(st.tlb_hits - hits0));
+		ck_assert_uint_le(shadow_vcpu_tlb_valid(v), sizes[k].entries);
+		shadow_vcpu_destroy(v);
+	}
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_vcpu_refuses_shadow_entry_without_preset_accessed)
+{
+	struct shadow_vcpu_result res;
+	struct gm gm;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 0, cr3);
+	reach(v, VA1, SHADOW_ACCESS_WRITE);
+	/* Find the shadow leaf and clear its A: the CPU would have to write
+	 * the read-only pool, which the model reports. */
+	uint64_t *leaf = NULL;
+	for (uint32_t i = 0; i < gm.pool->nr_pages && !leaf; i++)
+		if (gm.pool->pages[i].level == 1)
+			leaf = shadow_pool_table(gm.pool, SHADOW_POOL_GPA + (uint64_t)i * SHADOW_PAGE_SIZE) +
+			       SPTE_INDEX(VA1, 1);
+	ck_assert_ptr_nonnull(leaf);
+	ck_assert(spte_is_accessed(*leaf) && spte_is_dirty(*leaf));
+	*leaf &= ~SPTE_ACCESSED;
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1, 0, &res), -EROFS);
+	*leaf |= SPTE_ACCESSED;
+	*leaf &= ~SPTE_DIRTY;
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1, 0, &res), 0);
+	ck_assert_int_eq(shadow_vcpu_access(v, VA1, SHADOW_ACCESS_WRITE, &res), -EROFS);
+	*leaf |= SPTE_DIRTY;
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_teardown_frees_every_table_of_many_roots)
+{
+	struct gm gm;
+
+	gm_init(&gm, 4096);
+	struct shadow_vcpu *v = NULL;
+	for (int r = 0; r < 4; r++) {
+		uint64_t cr3 = gm_table(&gm);
+		for (uint64_t i = 0; i < 16; i++)
+			gm_map(&gm, cr3, (i << 30) | (i << 21) | (i << 12), GM_DATA + i * GM_PAGE, 1,
+			       UW);
+		if (!v)
+			v = vcpu_new(&gm, 16, cr3);
+		else
+			ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3), 0);
+		for (uint64_t i = 0; i < 16; i++)
+			reach(v, (i << 30) | (i << 21) | (i << 12), 0);
+	}
+	ck_assert_uint_gt(shadow_pool_pages_in_use(gm.pool, 0), 4 * 32);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm); /* asserts the pool is empty */
+}
+END_TEST
+
 Suite *shadow_suite(void)
 {
 	Suite *s = suite_create("shadow");
 	TCase *spte = tcase_create("spte");
 	TCase *pool = tcase_create("pool");
+	TCase *mmu = tcase_create("mmu");
+	TCase *notify = tcase_create("notifier");
+	TCase *vcpu = tcase_create("vcpu");
 
 	tcase_add_loop_test(spte, test_leaf_presets_accessed_and_dirty_only_when_writable, 0,
 			    sizeof(leaf_rights) / sizeof(leaf_rights[0]));
@@ -142,6 +950,33 @@ Suite *shadow_suite(void)
 	tcase_add_test(pool, test_pool_allocates_zeroed_pages_until_full);
 	tcase_add_test(pool, test_pool_rejects_foreign_addresses_and_levels);
 	tcase_add_test(pool, test_pool_memfd_shows_entries_to_a_second_mapping);
+	tcase_add_test(pool, test_descriptors_record_role_use_count_and_users);
+	tcase_add_test(pool, test_pool_exhaustion_zaps_everything_and_recovers);
 	suite_add_tcase(s, pool);
+	tcase_add_test(mmu, test_fault_installs_translation_that_vcpu_reaches);
+	tcase_add_loop_test(mmu, test_fault_reflects_guest_own_fault_with_error_code, 0,
+			    sizeof(guest_faults) / sizeof(guest_faults[0]));
+	tcase_add_test(mmu, test_fault_errors_for_unbacked_gpa_and_missing_root);
+	tcase_add_test(mmu, test_read_fault_maps_read_only_until_guest_dirty_is_set);
+	tcase_add_test(mmu, test_invlpg_removes_stale_translation_from_every_vcpu);
+	tcase_add_test(mmu, test_invlpg_drops_shadow_table_of_replaced_guest_table);
+	tcase_add_test(mmu, test_cr3_load_syncs_cached_root_and_keeps_valid_entries);
+	tcase_add_test(mmu, test_full_flush_syncs_changed_permissions);
+	tcase_add_test(mmu, test_root_cache_is_bounded_and_evicts_lru_unpinned_root);
+	tcase_add_test(mmu, test_guest_2m_page_is_shadowed_by_4k_entries);
+	tcase_add_test(mmu, test_guest_1g_page_is_shadowed_by_4k_entries);
+	tcase_add_test(mmu, test_zap_range_removes_every_alias_of_backing_page);
+	tcase_add_test(mmu, test_p2m_redirect_zaps_old_backing_page);
+	tcase_add_test(mmu, test_teardown_frees_every_table_of_many_roots);
+	suite_add_tcase(s, mmu);
+	tcase_add_loop_test(notify, test_invalidate_range_start_unmaps_and_flushes_before_return, 0, 2);
+	tcase_add_test(notify, test_fault_retries_when_invalidation_begins_during_resolution);
+	tcase_add_test(notify, test_nonblocking_invalidation_answers_eagain_when_mmu_lock_is_held);
+	tcase_add_test(notify, test_young_tracks_faults_and_clear_forces_refault);
+	tcase_add_test(notify, test_object_release_unmaps_everything_and_refuses_faults);
+	suite_add_tcase(s, notify);
+	tcase_add_test(vcpu, test_vcpu_tlb_size_is_configurable);
+	tcase_add_test(vcpu, test_vcpu_refuses_shadow_entry_without_preset_accessed);
+	suite_add_tcase(s, vcpu);
 	return s;
 }

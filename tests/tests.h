@@ -18,6 +18,8 @@ extern const struct test_suite_entry test_suites[];
 Suite *notifier_suite(void);
 Suite *notifier_torture_suite(void);
 Suite *shadow_suite(void);
+Suite *shadow_walk_suite(void);
+Suite *shadow_torture_suite(void);
 Suite *vmm_suite(void);
 Suite *kvm_suite(void);
 

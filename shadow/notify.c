@@ -1,0 +1,119 @@
+/*
+ * The shadow MMU as a subscriber of each slot's memory object
+ * (notifier/notifier.h has the callback contracts).  Every callback
+ * serialises on the VM's mmu_lock, the lock the fault path holds around
+ * notifier_read_retry() and the install: so once a callback has zapped a
+ * range under mmu_lock and flushed the vCPUs, no fault can install an entry
+ * for it until the invalidation ends (read_retry answers "retry").
+ */
+#include <errno.h>
+
+#include "shadow_internal.h"
+
+/* Takes mmu_lock as the range allows: blocking, or try (else -EAGAIN). */
+static int lock_for_range(struct shadow_mmu *mmu, bool may_block)
+{
+	if (may_block) {
+		notifier_mutex_lock(&mmu->mmu_lock);
+		return 0;
+	}
+	return notifier_mutex_trylock(&mmu->mmu_lock) ? 0 : -EAGAIN;
+}
+
+static int zap_pages(struct shadow_mmu_slot *slot, const struct notifier_range *range,
+		     uint64_t first, uint64_t last)
+{
+	struct shadow_mmu *mmu = slot->mmu;
+	struct zap_batch b;
+	int ret;
+
+	ret = lock_for_range(mmu, notifier_range_may_block(range));
+	if (ret)
+		return ret;
+	zap_batch_init(&b);
+	zap_slot_range_locked(mmu, slot, first, last, &b);
+	zap_batch_finish_locked(mmu, &b); /* every vCPU flushed before we return */
+	mmu_stat_inc(mmu, invalidations);
+	notifier_mutex_unlock(&mmu->mmu_lock);
+	return 0;
+}
+
+static int shadow_invalidate_range_start(struct notifier_subscription *sub,
+					 const struct notifier_range *range)
+{
+	return zap_pages(notifier_subscription_priv(sub), range, range->first, range->last);
+}
+
+static void shadow_invalidate_range_end(struct notifier_subscription *sub,
+					const struct notifier_range *range)
+{
+	/* Nothing to undo: the library's sequence advances after this, and
+	 * faults that collided with the range retry. */
+}
+
+static int shadow_invalidate_page(struct notifier_subscription *sub,
+				  const struct notifier_range *range, uint64_t page)
+{
+	return zap_pages(notifier_subscription_priv(sub), range, page, page);
+}
+
+/*
+ * Access tracking without hardware A bits (the pool is read-only): a page is
+ * young when a fault installed a mapping of it since the last clear.
+ * Clearing also zaps its mappings so that the next access faults and marks
+ * it young again (what KVM does for SPTEs without A/D bits).  The callback
+ * may not sleep: if mmu_lock is contended, it answers "young" and clears
+ * nothing, which only keeps the page from looking idle.
+ */
+static int shadow_clear_young(struct notifier_subscription *sub, struct notifier_object *obj,
+			      uint64_t first, uint64_t last)
+{
+	struct shadow_mmu_slot *slot = notifier_subscription_priv(sub);
+	struct shadow_mmu *mmu = slot->mmu;
+	struct zap_batch b;
+	int young = 0;
+
+	if (!notifier_mutex_trylock(&mmu->mmu_lock))
+		return 1;
+	zap_batch_init(&b);
+	for (uint64_t p = first; p <= last && p < slot->npages; p++) {
+		if (__atomic_exchange_n(&slot->young[p], 0, __ATOMIC_RELAXED)) {
+			young = 1;
+			zap_slot_range_locked(mmu, slot, p, p, &b);
+		}
+	}
+	zap_batch_finish_locked(mmu, &b);
+	notifier_mutex_unlock(&mmu->mmu_lock);
+	return young;
+}
+
+static int shadow_test_young(struct notifier_subscription *sub, struct notifier_object *obj,
+			     uint64_t page)
+{
+	struct shadow_mmu_slot *slot = notifier_subscription_priv(sub);
+
+	return page < slot->npages && __atomic_load_n(&slot->young[page], __ATOMIC_RELAXED);
+}
+
+static void shadow_release(struct notifier_subscription *sub, struct notifier_object *obj)
+{
+	struct shadow_mmu_slot *slot = notifier_subscription_priv(sub);
+	struct shadow_mmu *mmu = slot->mmu;
+	struct zap_batch b;
+
+	notifier_mutex_lock(&mmu->mmu_lock);
+	__atomic_store_n(&slot->released, true, __ATOMIC_RELEASE);
+	zap_batch_init(&b);
+	zap_slot_range_locked(mmu, slot, 0, slot->npages - 1, &b);
+	zap_batch_finish_locked(mmu, &b);
+	notifier_mutex_unlock(&mmu->mmu_lock);
+}
+
+const struct notifier_ops shadow_notifier_ops = {
+	.invalidate_range_start = shadow_invalidate_range_start,
+	.invalidate_range_end = shadow_invalidate_range_end,
+	.invalidate_page = shadow_invalidate_page,
+	.clear_young = shadow_clear_young,
+	.test_young = shadow_test_young,
+	.release = shadow_release,
+};

@@ -1,0 +1,303 @@
+/*
+ * The software vCPU: a model of what a CPU does with the shadow tables.  It
+ * walks the pool from its root with the architectural walker (walk.c) under
+ * the guest's paging mode, reading entries atomically as the hardware
+ * walker does, and caches translations in a direct-mapped TLB of
+ * configurable size.  The shadow MMU reaches it through struct
+ * shadow_tlb_ops, the interface a KVM vCPU implements in vmm/.
+ *
+ * tlb_lock (rank NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF) protects the TLB and the
+ * current root, and is held for a whole access (lookup, walk, fill): a flush
+ * (which takes it) therefore waits for any walk in progress, and an access
+ * that begins after the flush returned cannot use a translation cached
+ * before.  This is the model of "a flush IPI is taken at an instruction
+ * boundary".
+ */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "shadow_internal.h"
+
+struct tlb_entry {
+	uint64_t vpn;		/* va >> 12 */
+	uint64_t mpa;		/* machine address of the page */
+	char *host;		/* host address of the page */
+	unsigned int rights;
+	bool valid;
+};
+
+struct shadow_vcpu {
+	struct shadow_tlb tlb;	/* registered with the MMU */
+	struct shadow_mmu *mmu;
+	struct shadow_paging_mode mode;
+	struct notifier_mutex tlb_lock;
+	uint64_t root;		/* pool gpa of the current root; under tlb_lock */
+	unsigned int nr_entries;
+	struct tlb_entry *entries; /* under tlb_lock */
+	struct shadow_vcpu_stats stats; /* relaxed atomics */
+};
+
+#define vcpu_stat_inc(v, f) __atomic_fetch_add(&(v)->stats.f, 1, __ATOMIC_RELAXED)
+
+static struct shadow_vcpu *tlb_to_vcpu(struct shadow_tlb *tlb)
+{
+	return (struct shadow_vcpu *)tlb; /* tlb is the first member */
+}
+
+static void tlb_flush_all_locked(struct shadow_vcpu *vcpu)
+{
+	notifier_mutex_assert_held(&vcpu->tlb_lock);
+	for (unsigned int i = 0; i < vcpu->nr_entries; i++)
+		vcpu->entries[i].valid = false;
+}
+
+static void vcpu_flush_all(struct shadow_tlb *tlb)
+{
+	struct shadow_vcpu *vcpu = tlb_to_vcpu(tlb);
+
+	notifier_mutex_lock(&vcpu->tlb_lock);
+	tlb_flush_all_locked(vcpu);
+	notifier_mutex_unlock(&vcpu->tlb_lock);
+	vcpu_stat_inc(vcpu, flushes_all);
+}
+
+static void tlb_flush_va_locked(struct shadow_vcpu *vcpu, uint64_t va)
+{
+	uint64_t vpn = va >> SHADOW_PAGE_SHIFT;
+	struct tlb_entry *e;
+
+	notifier_mutex_assert_held(&vcpu->tlb_lock);
+	if (!vcpu->nr_entries)
+		return;
+	e = &vcpu->entries[vpn % vcpu->nr_entries];
+	if (e->valid && e->vpn == vpn)
+		e->valid = false;
+}
+
+static void vcpu_flush_va(struct shadow_tlb *tlb, uint64_t va)
+{
+	struct shadow_vcpu *vcpu = tlb_to_vcpu(tlb);
+
+	notifier_mutex_lock(&vcpu->tlb_lock);
+	tlb_flush_va_locked(vcpu, va);
+	notifier_mutex_unlock(&vcpu->tlb_lock);
+	vcpu_stat_inc(vcpu, flushes_va);
+}
+
+static const struct shadow_tlb_ops vcpu_tlb_ops = {
+	.flush_all = vcpu_flush_all,
+	.flush_va = vcpu_flush_va,
+};
+
+/* The pool as the CPU sees it: readable, never writable (A/D writes fail). */
+static int pool_read(void *ctx, uint64_t pa, uint64_t *val)
+{
+	struct shadow_pool *pool = ctx;
+	uint64_t *table;
+
+	if (!shadow_pool_contains(pool, pa))
+		return -EFAULT;
+	table = shadow_pool_table(pool, pa & ~(uint64_t)(SHADOW_PAGE_SIZE - 1));
+	*val = spte_read(table + (pa & (SHADOW_PAGE_SIZE - 1)) / sizeof(uint64_t));
+	return 0;
+}
+
+static int pool_cmpxchg(void *ctx, uint64_t pa, uint64_t old, uint64_t new_val)
+{
+	return -EROFS;
+}
+
+static const struct shadow_mem_ops pool_mem_ops = {
+	.read = pool_read,
+	.cmpxchg = pool_cmpxchg,
+};
+
+int shadow_vcpu_create(struct shadow_mmu *mmu, const struct shadow_vcpu_config *config,
+		       struct shadow_vcpu **out)
+{
+	struct shadow_vcpu *vcpu = calloc(1, sizeof(*vcpu));
+
+	if (!vcpu)
+		return -ENOMEM;
+	vcpu->mmu = mmu;
+	vcpu->mode = *shadow_mmu_mode(mmu);
+	vcpu->nr_entries = config ? config->tlb_entries : 0;
+	if (vcpu->nr_entries) {
+		vcpu->entries = calloc(vcpu->nr_entries, sizeof(*vcpu->entries));
+		if (!vcpu->entries) {
+			free(vcpu);
+			return -ENOMEM;
+		}
+	}
+	notifier_mutex_init(&vcpu->tlb_lock, "shadow.vcpu.tlb_lock",
+			    NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF);
+	vcpu->tlb.ops = &vcpu_tlb_ops;
+	shadow_mmu_tlb_register(mmu, &vcpu->tlb);
+	*out = vcpu;
+	return 0;
+}
+
+void shadow_vcpu_destroy(struct shadow_vcpu *vcpu)
+{
+	if (!vcpu)
+		return;
+	shadow_mmu_tlb_unregister(vcpu->mmu, &vcpu->tlb);
+	notifier_mutex_exit(&vcpu->tlb_lock);
+	free(vcpu->entries);
+	free(vcpu);
+}
+
+int shadow_vcpu_load_cr3(struct shadow_vcpu *vcpu, uint64_t cr3)
+{
+	uint64_t root;
+	int ret = shadow_mmu_load_cr3(vcpu->mmu, &vcpu->tlb, cr3, &root);
+
+	notifier_mutex_lock(&vcpu->tlb_lock);
+	/* On failure the vCPU has no root (its old one was given up). */
+	vcpu->root = ret ? 0 : root;
+	tlb_flush_all_locked(vcpu); /* MOV CR3 flushes (no PCID, no global shadow entries) */
+	notifier_mutex_unlock(&vcpu->tlb_lock);
+	return ret;
+}
+
+static uint64_t vcpu_cr3(struct shadow_vcpu *vcpu)
+{
+	/* tlb.cr3 is written under mmu_lock by load_cr3, on this vCPU's own
+	 * thread: reading it here, on the same thread, needs no lock. */
+	return vcpu->tlb.cr3;
+}
+
+int shadow_vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
+		       struct shadow_vcpu_result *res)
+{
+	struct shadow_pool *pool = shadow_mmu_pool(vcpu->mmu);
+	uint64_t vpn = va >> SHADOW_PAGE_SHIFT, off = va & (SHADOW_PAGE_SIZE - 1);
+	struct tlb_entry *e = NULL;
+	struct shadow_walk w;
+	int ret;
+
+	res->host = NULL;
+	res->mpa = 0;
+	res->error_code = 0;
+	res->tlb_hit = false;
+	vcpu_stat_inc(vcpu, accesses);
+	notifier_mutex_lock(&vcpu->tlb_lock);
+	if (!vcpu->root) {
+		ret = -ENOENT;
+		goto unlock;
+	}
+	if (vcpu->nr_entries) {
+		e = &vcpu->entries[vpn % vcpu->nr_entries];
+		if (e->valid && e->vpn == vpn) {
+			uint32_t ec = shadow_permission_fault(&vcpu->mode, e->rights, access);
+
+			if (ec) {
+				/* A #PF invalidates the TLB entries of its address. */
+				e->valid = false;
+				res->error_code = ec;
+				vcpu_stat_inc(vcpu, faults);
+				ret = -EFAULT;
+				goto unlock;
+			}
+			res->host = e->host + off;
+			res->mpa = e->mpa + off;
+			res->tlb_hit = true;
+			vcpu_stat_inc(vcpu, tlb_hits);
+			ret = 0;
+			goto unlock;
+		}
+	}
+	vcpu_stat_inc(vcpu, walks);
+	ret = shadow_walk(&vcpu->mode, &pool_mem_ops, pool, vcpu->root, va, access,
+			  SHADOW_WALK_SET_AD, &w);
+	if (ret == -EFAULT) {
+		if (e && e->valid && e->vpn == vpn)
+			e->valid = false;
+		res->error_code = w.error_code;
+		vcpu_stat_inc(vcpu, faults);
+		goto unlock;
+	}
+	if (ret)
+		goto unlock;
+	/* The walk asked for A/D writes only where they were missing (-EROFS
+	 * above); a writable leaf without D would be written on this write. */
+	uint64_t page_mpa = w.pa & ~(uint64_t)(SHADOW_PAGE_SIZE - 1), bp;
+	struct shadow_mmu_slot *slot = mmu_mpa_to_slot(vcpu->mmu, page_mpa, &bp);
+
+	if (!slot) {
+		ret = -EIO;
+		goto unlock;
+	}
+	res->host = (char *)slot->s.host + (bp << SHADOW_PAGE_SHIFT) + off;
+	res->mpa = w.pa;
+	if (e) {
+		e->vpn = vpn;
+		e->mpa = page_mpa;
+		e->host = (char *)slot->s.host + (bp << SHADOW_PAGE_SHIFT);
+		e->rights = w.rights;
+		e->valid = true;
+	}
+	ret = 0;
+unlock:
+	notifier_mutex_unlock(&vcpu->tlb_lock);
+	return ret;
+}
+
+int shadow_vcpu_access_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
+				struct shadow_vcpu_result *res)
+{
+	for (unsigned int tries = 0; tries < 1000000; tries++) {
+		uint32_t ec;
+		int ret = shadow_vcpu_access(vcpu, va, access, res);
+
+		if (ret != -EFAULT)
+			return ret;
+		ret = shadow_mmu_fault(vcpu->mmu, vcpu_cr3(vcpu), va, access, &ec);
+		if (ret == SHADOW_FAULT_GUEST) {
+			res->error_code = ec;
+			return -EFAULT;
+		}
+		if (ret < 0)
+			return ret;
+	}
+	return -ELOOP;
+}
+
+void shadow_vcpu_invlpg(struct shadow_vcpu *vcpu, uint64_t va)
+{
+	shadow_mmu_invlpg(vcpu->mmu, vcpu_cr3(vcpu), va);
+	notifier_mutex_lock(&vcpu->tlb_lock);
+	tlb_flush_va_locked(vcpu, va);
+	notifier_mutex_unlock(&vcpu->tlb_lock);
+}
+
+int shadow_vcpu_flush(struct shadow_vcpu *vcpu)
+{
+	int ret = shadow_mmu_flush(vcpu->mmu, vcpu_cr3(vcpu));
+
+	notifier_mutex_lock(&vcpu->tlb_lock);
+	tlb_flush_all_locked(vcpu);
+	notifier_mutex_unlock(&vcpu->tlb_lock);
+	return ret;
+}
+
+void shadow_vcpu_stats(const struct shadow_vcpu *vcpu, struct shadow_vcpu_stats *stats)
+{
+	stats->accesses = __atomic_load_n(&vcpu->stats.accesses, __ATOMIC_RELAXED);
+	stats->tlb_hits = __atomic_load_n(&vcpu->stats.tlb_hits, __ATOMIC_RELAXED);
+	stats->walks = __atomic_load_n(&vcpu->stats.walks, __ATOMIC_RELAXED);
+	stats->faults = __atomic_load_n(&vcpu->stats.faults, __ATOMIC_RELAXED);
+	stats->flushes_all = __atomic_load_n(&vcpu->stats.flushes_all, __ATOMIC_RELAXED);
+	stats->flushes_va = __atomic_load_n(&vcpu->stats.flushes_va, __ATOMIC_RELAXED);
+}
+
+unsigned int shadow_vcpu_tlb_valid(struct shadow_vcpu *vcpu)
+{
+	unsigned int n = 0;
+
+	notifier_mutex_lock(&vcpu->tlb_lock);
+	for (unsigned int i = 0; i < vcpu->nr_entries; i++)
+		n += vcpu->entries[i].valid;
+	notifier_mutex_unlock(&vcpu->tlb_lock);
+	return n;
+}

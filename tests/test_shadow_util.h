@@ -1,0 +1,149 @@
+/*
+ * Helpers shared by the shadow suites (test_shadow*.c): a "guest machine"
+ * with RAM in a memory object (identity P2M, machine address = guest
+ * physical), a shadow MMU, and a builder for the guest's own page tables.
+ * Header-only (static inline) so that each suite stays one file.
+ */
+#ifndef UMBRA_TEST_SHADOW_UTIL_H
+#define UMBRA_TEST_SHADOW_UTIL_H
+
+#include <check.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "notifier/notifier.h"
+#include "shadow.h"
+#include "spte.h"
+
+#define GM_PAGE 4096ull
+/* Guest page tables are allocated from this gpa upwards; data pages lie above
+ * GM_DATA. */
+#define GM_TABLES 0x1000ull
+#define GM_DATA 0x100000ull
+
+struct gm {
+	struct shadow_pool *pool;
+	struct notifier_object *ram;
+	uint8_t *host;
+	uint64_t npages;
+	struct shadow_mmu *mmu;
+	int slot;
+	uint64_t next_table;
+	bool own_pool;
+};
+
+static inline void gm_init_full(struct gm *gm, uint64_t ram_pages, struct shadow_pool *pool,
+				size_t pool_pages, unsigned int nr_roots,
+				const struct shadow_paging_mode *mode,
+				const struct shadow_slot_ops *ops, void *priv)
+{
+	struct shadow_mmu_config cfg = { 0 };
+	struct shadow_slot slot = { 0 };
+
+	memset(gm, 0, sizeof(*gm));
+	gm->npages = ram_pages;
+	gm->host = mmap(NULL, ram_pages * GM_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			-1, 0);
+	ck_assert_ptr_ne(gm->host, MAP_FAILED);
+	ck_assert_int_eq(notifier_object_create("guest-ram", ram_pages, &gm->ram), 0);
+	if (pool) {
+		gm->pool = pool;
+	} else {
+		ck_assert_int_eq(shadow_pool_create(pool_pages, &gm->pool), 0);
+		gm->own_pool = true;
+	}
+	cfg.pool = gm->pool;
+	cfg.max_gpa = ram_pages * GM_PAGE;
+	cfg.nr_roots = nr_roots;
+	cfg.mode = mode ? *mode : shadow_default_mode;
+	ck_assert_int_eq(shadow_mmu_create(&cfg, &gm->mmu), 0);
+	slot.obj = gm->ram;
+	slot.mpa = 0;
+	slot.host = gm->host;
+	slot.ops = ops;
+	slot.priv = priv;
+	ck_assert_int_eq(shadow_mmu_add_slot(gm->mmu, &slot, &gm->slot), 0);
+	ck_assert_int_eq(shadow_mmu_map_gpa(gm->mmu, 0, ram_pages, gm->slot, 0), 0);
+	gm->next_table = GM_TABLES;
+}
+
+static inline void gm_init(struct gm *gm, uint64_t ram_pages)
+{
+	gm_init_full(gm, ram_pages, NULL, 256, 0, NULL, NULL, NULL);
+}
+
+/* Destroys the MMU, the object and (if owned) the pool; checks no table leaked. */
+static inline void gm_fini(struct gm *gm)
+{
+	shadow_mmu_destroy(gm->mmu);
+	notifier_object_destroy(gm->ram);
+	if (gm->own_pool) {
+		ck_assert_msg(shadow_pool_pages_in_use(gm->pool, 0) == 0,
+			      "expected every table freed at teardown, got %zu in use",
+			      shadow_pool_pages_in_use(gm->pool, 0));
+		shadow_pool_destroy(gm->pool);
+	}
+	munmap(gm->host, gm->npages * GM_PAGE);
+}
+
+static inline uint64_t *gm_ptr(struct gm *gm, uint64_t gpa)
+{
+	return (uint64_t *)(gm->host + gpa);
+}
+
+static inline uint64_t gm_read(struct gm *gm, uint64_t gpa)
+{
+	return __atomic_load_n(gm_ptr(gm, gpa), __ATOMIC_ACQUIRE);
+}
+
+static inline void gm_write(struct gm *gm, uint64_t gpa, uint64_t val)
+{
+	__atomic_store_n(gm_ptr(gm, gpa), val, __ATOMIC_RELEASE);
+}
+
+/* A zeroed guest table page. */
+static inline uint64_t gm_table(struct gm *gm)
+{
+	uint64_t gpa = gm->next_table;
+
+	ck_assert_msg(gpa + GM_PAGE <= GM_DATA, "guest table area full");
+	gm->next_table += GM_PAGE;
+	memset(gm->host + gpa, 0, GM_PAGE);
+	return gpa;
+}
+
+/* Non-leaf guest entries get these rights. */
+#define GM_DIR (SPTE_PRESENT | SPTE_WRITABLE | SPTE_USER)
+
+/*
+ * Guest-physical address of the entry for @va at @level in the tables of
+ * @cr3, creating missing tables (with GM_DIR entries) above it.
+ */
+static inline uint64_t gm_entry(struct gm *gm, uint64_t cr3, uint64_t va, int level)
+{
+	uint64_t table = cr3;
+
+	for (int l = SPTE_LEVELS; l > level; l--) {
+		uint64_t egpa = table + SPTE_INDEX(va, l) * 8, e = gm_read(gm, egpa);
+
+		if (!(e & SPTE_PRESENT)) {
+			e = gm_table(gm) | GM_DIR;
+			gm_write(gm, egpa, e);
+		}
+		table = spte_addr(e);
+	}
+	return table + SPTE_INDEX(va, level) * 8;
+}
+
+/* Maps @va -> @gpa at @level (1: 4 KiB, 2: 2 MiB, 3: 1 GiB) with @flags
+ * (P is added; PS added for a large level). */
+static inline void gm_map(struct gm *gm, uint64_t cr3, uint64_t va, uint64_t gpa, int level,
+			  uint64_t flags)
+{
+	uint64_t e = gpa | flags | SPTE_PRESENT | (level > 1 ? SPTE_LARGE : 0);
+
+	gm_write(gm, gm_entry(gm, cr3, va, level), e);
+}
+
+#endif
