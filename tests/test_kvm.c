@@ -125,6 +125,7 @@ static void run_umbra(const char *const args[], struct run_result *r)
 		      "expected output containing \"%s\"\nstdout:\n%s\nstderr:\n%s", (needle), (r)->out, (r)->err)
 
 static struct run_result result;
+static char img_dir_probe[512];
 
 START_TEST(test_hello_prints_and_exits_zero)
 {
@@ -148,7 +149,7 @@ START_TEST(test_uart_port_prints_bytes)
 	assert_status(&result, 0);
 	assert_contains(result.out, "hello: all 1 vCPUs checked in\nhello through the UART\n", &result);
 	/* 23 bytes, each a status-register read and a data write. */
-	assert_contains(result.err, "umbra: vm0: 49 KVM exits: console=46 hypercall=3\n", &result);
+	assert_contains(result.err, "umbra: vm0: exit status 0, 49 KVM exits: console=46 hypercall=3\n", &result);
 }
 END_TEST
 
@@ -190,7 +191,7 @@ START_TEST(test_stats_count_exits_of_hello)
 	assert_status(&result, 0);
 	/* hello makes two printf calls, each one console-write hypercall, then
 	 * the exit hypercall: three exits, nothing else. */
-	assert_contains(result.err, "umbra: vm0: 3 KVM exits: hypercall=3\n", &result);
+	assert_contains(result.err, "umbra: vm0: exit status 0, 3 KVM exits: hypercall=3\n", &result);
 }
 END_TEST
 
@@ -239,9 +240,12 @@ START_TEST(test_triple_fault_dumps_registers)
 	guest_image("fault", img, sizeof(img));
 	run_umbra((const char *[]){ "run", img, "--cmdline", "triple", NULL }, &result);
 	assert_status(&result, UMBRA_STATUS_GUEST_ERROR);
+	/* The dump is there; its values are not checked: after a shutdown, AMD's
+	 * KVM re-initialises the VMCB, so it shows the reset state there (Intel
+	 * keeps the faulting state). */
 	assert_contains(result.err, "RIP=", &result);
-	assert_contains(result.err, "CR0=0000000080010033", &result);
-	assert_contains(result.err, "IDT=0/0", &result); /* the fault image emptied the IDT */
+	assert_contains(result.err, "CR0=", &result);
+	assert_contains(result.err, "EFER=", &result);
 }
 END_TEST
 
@@ -273,7 +277,7 @@ START_TEST(test_misbehaving_guest_is_stopped)
 }
 END_TEST
 
-/* ---- bad images and command lines, end to end through the program ---- */
+/* ---- many VMs, segments, config files, statistics ---- */
 
 static void write_file(const char *path, const void *data, size_t len)
 {
@@ -292,6 +296,161 @@ static size_t read_file(const char *path, char *buf, size_t size)
 	ck_assert_int_gt(n, 0);
 	return (size_t)n;
 }
+
+
+static char tmpdir[64];
+
+static void tmpdir_setup(void)
+{
+	snprintf(tmpdir, sizeof(tmpdir), "/tmp/umbra-kvm-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+}
+
+static void tmpdir_teardown(void)
+{
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+static void write_text(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	ck_assert_ptr_nonnull(f);
+	fputs(text, f);
+	fclose(f);
+}
+
+START_TEST(test_many_vms_each_prefix_their_lines_and_status_is_first_failure)
+{
+	char img[512], line[64];
+
+	guest_image("hello", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--vms", "4", "--mem", "16M", NULL }, &result);
+	assert_status(&result, 0);
+	for (int i = 0; i < 4; i++) {
+		snprintf(line, sizeof(line), "[vm%d] hello from vCPU 0 of 1 (abi 1, 16 MiB RAM)\n", i);
+		assert_contains(result.out, line, &result);
+	}
+}
+END_TEST
+
+START_TEST(test_memtouch_verifies_ram_on_every_vcpu)
+{
+	char img[512];
+
+	guest_image("memtouch", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--vcpus", "2", "--mem", "32M", "--cmdline", "mib=16 rounds=2",
+				    NULL }, &result);
+	assert_status(&result, 0);
+	assert_contains(result.out, "memtouch: 16 MiB x 2 rounds on 2 vCPUs: ok", &result);
+}
+END_TEST
+
+/* FNV-1a 64, as the guest images compute it. */
+static uint64_t fnv1a(uint64_t hash, const uint8_t *p, size_t len)
+{
+	while (len--) {
+		hash ^= *p++;
+		hash *= 0x100000001b3ull;
+	}
+	return hash;
+}
+
+/* A config with a preloaded read-only segment read by 4 VMs, and a writable
+ * segment that one VM fills while another attaches it too. */
+START_TEST(test_config_runs_vms_sharing_segments_with_preloaded_content)
+{
+	static uint8_t data[4 << 20];
+	char path[256], cfg[256], json[4096], dir[512], expect[80], stats[256];
+
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(i * 7 + (i >> 12));
+	snprintf(path, sizeof(path), "%s/seg.bin", tmpdir);
+	write_file(path, data, 3 << 20); /* the last MiB stays zero */
+	uint64_t sum = fnv1a(0xcbf29ce484222325ull, data, 3 << 20);
+	static const uint8_t zeroes[1 << 20];
+	sum = fnv1a(sum, zeroes, sizeof(zeroes));
+	snprintf(expect, sizeof(expect), "seg=data rounds=3 expect=%#llx", (unsigned long long)sum);
+	guest_image("segread", img_dir_probe, sizeof(img_dir_probe));
+	snprintf(dir, sizeof(dir), "%s", img_dir_probe);
+	*strrchr(dir, '/') = '\0';
+	snprintf(json, sizeof(json),
+		 "{ \"segments\": [\n"
+		 "    { \"name\": \"data\", \"size\": \"4M\", \"gpa\": \"0x2000000000\", \"writable\": false, \"file\": \"seg.bin\" },\n"
+		 "    { \"name\": \"scratch\", \"size\": 2097152, \"gpa\": \"0x2000400000\" } ],\n"
+		 "  \"vms\": [\n"
+		 "    { \"name\": \"reader\", \"count\": 4, \"image\": \"%s/segread.elf\", \"mem\": \"8M\",\n"
+		 "      \"cmdline\": \"%s\", \"segments\": [\"data\"] },\n"
+		 "    { \"name\": \"writer\", \"image\": \"%s/segwrite.elf\", \"mem\": \"8M\", \"vcpus\": 2,\n"
+		 "      \"cmdline\": \"seg=scratch value=5\", \"segments\": [\"data\", \"scratch\"] } ] }\n",
+		 dir, expect, dir);
+	snprintf(cfg, sizeof(cfg), "%s/run.json", tmpdir);
+	write_text(cfg, json);
+	snprintf(stats, sizeof(stats), "%s/stats.json", tmpdir);
+	run_umbra((const char *[]){ "run", "--config", cfg, "--stats-json", stats, NULL }, &result);
+	assert_status(&result, 0);
+	char line[160];
+	for (int i = 0; i < 4; i++) {
+		snprintf(line, sizeof(line), "[reader%d] segread: data at 0x2000000000, 4 MiB, 3 rounds: sum %#llx\n", i,
+			 (unsigned long long)sum);
+		assert_contains(result.out, line, &result);
+	}
+	assert_contains(result.out, "[writer/0] segwrite: scratch filled, sum 0x", &result);
+
+	/* The statistics file is JSON naming every VM with its status and exits. */
+	static char json_out[64 * 1024];
+	size_t n = read_file(stats, json_out, sizeof(json_out) - 1);
+	json_out[n] = '\0';
+	assert_contains(json_out, "\"name\": \"reader3\"", &result);
+	assert_contains(json_out, "\"exit_status\": 0", &result);
+	assert_contains(json_out, "\"hypercall\": 2", &result); /* one printf, one exit */
+	assert_contains(json_out, "\"writable\": false", &result);
+}
+END_TEST
+
+START_TEST(test_write_to_read_only_segment_stops_only_that_vm)
+{
+	char cfg[256], json[4096], dir[512];
+
+	guest_image("segwrite", img_dir_probe, sizeof(img_dir_probe));
+	snprintf(dir, sizeof(dir), "%s", img_dir_probe);
+	*strrchr(dir, '/') = '\0';
+	snprintf(json, sizeof(json),
+		 "{ \"segments\": [ { \"name\": \"ro\", \"size\": \"2M\", \"gpa\": \"0x4000000000\", \"writable\": false } ],\n"
+		 "  \"vms\": [ { \"name\": \"bad\", \"image\": \"%s/segwrite.elf\", \"mem\": \"8M\",\n"
+		 "               \"cmdline\": \"seg=ro\", \"segments\": [\"ro\"] },\n"
+		 "             { \"name\": \"good\", \"count\": 2, \"image\": \"%s/segread.elf\", \"mem\": \"8M\",\n"
+		 "               \"cmdline\": \"seg=ro rounds=2\", \"segments\": [\"ro\"] } ] }\n",
+		 dir, dir);
+	snprintf(cfg, sizeof(cfg), "%s/ro.json", tmpdir);
+	write_text(cfg, json);
+	run_umbra((const char *[]){ "run", "--config", cfg, NULL }, &result);
+	assert_status(&result, UMBRA_STATUS_GUEST_ERROR);
+	assert_contains(result.err, "umbra: bad vCPU 0: write of 1 bytes at guest-physical 0x4000000000, in read-only segment 'ro'", &result);
+	assert_contains(result.out, "[good0] segread: ro at 0x4000000000, 2 MiB, 2 rounds: sum 0x", &result);
+	assert_contains(result.out, "[good1] segread: ro at 0x4000000000, 2 MiB, 2 rounds: sum 0x", &result);
+	assert_contains(result.err, "umbra: bad: exit status 120", &result);
+}
+END_TEST
+
+START_TEST(test_bad_config_is_named)
+{
+	char cfg[256];
+
+	snprintf(cfg, sizeof(cfg), "%s/bad.json", tmpdir);
+	write_text(cfg, "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x.elf\", \"mem\": \"3M\" } ] }");
+	run_umbra((const char *[]){ "run", "--config", cfg, NULL }, &result);
+	assert_status(&result, UMBRA_STATUS_USAGE);
+	assert_contains(result.err, "vms[0].mem: 3145728 bytes: must be a multiple of 2M", &result);
+	run_umbra((const char *[]){ "run", "--config", "/nonexistent.json", NULL }, &result);
+	assert_status(&result, UMBRA_STATUS_USAGE);
+	assert_contains(result.err, "cannot open config '/nonexistent.json': No such file or directory", &result);
+}
+END_TEST
+
+/* ---- bad images and command lines, end to end through the program ---- */
 
 enum patch { PATCH_NONE, PATCH_CLASS32, PATCH_MACHINE, PATCH_PADDR_LOW, PATCH_TRUNCATE, PATCH_MAGIC };
 
@@ -397,6 +556,16 @@ Suite *kvm_suite(void)
 	tcase_add_loop_test(tc, test_misbehaving_guest_is_stopped, 0,
 			    sizeof(misbehaviours) / sizeof(misbehaviours[0]));
 	suite_add_tcase(s, tc);
+
+	TCase *many = tcase_create("many_vms");
+	tcase_set_timeout(many, 300);
+	tcase_add_checked_fixture(many, tmpdir_setup, tmpdir_teardown);
+	tcase_add_test(many, test_many_vms_each_prefix_their_lines_and_status_is_first_failure);
+	tcase_add_test(many, test_memtouch_verifies_ram_on_every_vcpu);
+	tcase_add_test(many, test_config_runs_vms_sharing_segments_with_preloaded_content);
+	tcase_add_test(many, test_write_to_read_only_segment_stops_only_that_vm);
+	tcase_add_test(many, test_bad_config_is_named);
+	suite_add_tcase(s, many);
 
 	TCase *bad = tcase_create("bad_input");
 	tcase_set_timeout(bad, 120);

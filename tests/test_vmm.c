@@ -240,6 +240,90 @@ START_TEST(test_defective_elf_is_rejected_with_reason)
 }
 END_TEST
 
+/* ---- config files ---- */
+
+START_TEST(test_config_expands_counts_and_resolves_paths)
+{
+	struct plan plan;
+	struct vmm_error err = { "" };
+	const char *text =
+		"{ \"segments\": [ { \"name\": \"s\", \"size\": \"4M\", \"gpa\": \"0x2000000000\", \"file\": \"d.bin\" },\n"
+		"                { \"name\": \"t\", \"size\": 2097152, \"gpa\": 137443147776, \"writable\": false } ],\n"
+		"  \"vms\": [ { \"name\": \"r\", \"count\": 3, \"image\": \"g.elf\", \"vcpus\": 2, \"segments\": [\"t\", \"s\"] },\n"
+		"           { \"name\": \"w\", \"image\": \"/abs/w.elf\", \"mem\": \"32M\", \"cmdline\": \"x=1\" } ] }";
+
+	ck_assert_msg(plan_from_config_text(text, "/cfg", "t.json", &plan, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(plan.nr_segments, 2);
+	ck_assert_str_eq(plan.segments[0].file, "/cfg/d.bin");
+	ck_assert(plan.segments[0].writable && !plan.segments[1].writable);
+	ck_assert_uint_eq(plan.segments[1].gpa, 0x2000400000ull);
+	ck_assert_uint_eq(plan.nr_vms, 4);
+	const char *names[] = { "r0", "r1", "r2", "w" };
+	for (int i = 0; i < 4; i++)
+		ck_assert_str_eq(plan.vms[i].name, names[i]);
+	ck_assert_str_eq(plan.vms[2].image, "/cfg/g.elf");
+	ck_assert_str_eq(plan.vms[3].image, "/abs/w.elf");
+	ck_assert_uint_eq(plan.vms[1].vcpus, 2);
+	ck_assert_uint_eq(plan.vms[1].mem, VMM_MEM_DEFAULT);
+	ck_assert_uint_eq(plan.vms[1].nr_segments, 2);
+	ck_assert_uint_eq(plan.vms[1].segments[0], 1);
+	ck_assert_uint_eq(plan.vms[1].segments[1], 0);
+	ck_assert_uint_eq(plan.vms[3].mem, 32ull << 20);
+	ck_assert_str_eq(plan.vms[3].cmdline, "x=1");
+	plan_free(&plan);
+}
+END_TEST
+
+#define VM_OK "{ \"name\": \"a\", \"image\": \"a.elf\" }"
+#define SEG(gpa, size) "{ \"name\": \"s\", \"size\": " size ", \"gpa\": " gpa " }"
+
+static const struct {
+	const char *text;
+	const char *msg;
+} bad_configs[] = {
+	{ "", "line 1: not valid JSON (unexpected end of file)" },
+	{ "{ \"vms\": [\n" VM_OK ",\n ]", "line 3: not valid JSON" },
+	{ "[]", "top level: expected an object" },
+	{ "{ \"vms\": [] }", "vms: expected a non-empty array of VMs" },
+	{ "{ \"vms\": [" VM_OK "], \"extra\": 1 }", "extra: unknown key" },
+	{ "{ \"vms\": [ { \"name\": \"a\" } ] }", "vms[0].image: missing" },
+	{ "{ \"vms\": [ { \"name\": \"a b\", \"image\": \"x\" } ] }", "vms[0].name: 'a b' must be" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": 5 } ] }", "vms[0].image: expected a string, got int" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"vcpus\": 65 } ] }", "vms[0].vcpus: 65 is outside 1..64" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"count\": 300 } ] }", "vms[0].count: 300 is outside 1..256" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"mem\": \"lots\" } ] }", "vms[0].mem: 'lots' is not a size" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"colour\": 1 } ] }", "vms[0].colour: unknown key" },
+	{ "{ \"vms\": [ " VM_OK ", " VM_OK " ] }", "VM name 'a' is used twice" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"segments\": [\"nope\"] } ] }",
+	  "vms[0].segments[0]: no segment is called 'nope'" },
+	{ "{ \"segments\": [" SEG("\"0x2000000000\"", "\"3M\"") "], \"vms\": [" VM_OK "] }",
+	  "segments[0].size: must be a multiple of 2M" },
+	{ "{ \"segments\": [" SEG("\"0x1000\"", "\"2M\"") "], \"vms\": [" VM_OK "] }",
+	  "segments[0].gpa: 0x1000+0x200000 must be 2M-aligned and lie within" },
+	{ "{ \"segments\": [" SEG("\"zero\"", "\"2M\"") "], \"vms\": [" VM_OK "] }",
+	  "segments[0].gpa: 'zero' is not an address" },
+	{ "{ \"segments\": [" SEG("\"0x2000000000\"", "\"4M\"") ", "
+	  "{ \"name\": \"u\", \"size\": \"2M\", \"gpa\": \"0x2000200000\" } ], \"vms\": [" VM_OK "] }",
+	  "segments[1].gpa: overlaps segment 's'" },
+	{ "{ \"segments\": [" SEG("\"0x2000000000\"", "\"2M\"") ", " SEG("\"0x2000400000\"", "\"2M\"")
+	  "], \"vms\": [" VM_OK "] }", "segments[1].name: 's' is already the name of segments[0]" },
+	{ "{ \"segments\": [ { \"name\": \"s\", \"size\": \"2M\", \"gpa\": \"0x2000000000\", \"writable\": 1 } ], "
+	  "\"vms\": [" VM_OK "] }", "segments[0].writable: expected true or false, got int" },
+};
+
+START_TEST(test_bad_config_names_key_and_problem)
+{
+	struct plan plan;
+	struct vmm_error err = { "" };
+	int ret = plan_from_config_text(bad_configs[_i].text, "", "c.json", &plan, &err);
+
+	ck_assert_msg(ret == -EINVAL, "config %d: expected -EINVAL, got %d", _i, ret);
+	ck_assert_msg(strncmp(err.msg, "config 'c.json': ", 17) == 0, "message must name the file, got \"%s\"", err.msg);
+	ck_assert_msg(strstr(err.msg, bad_configs[_i].msg), "config %d: expected message containing \"%s\", got \"%s\"",
+		      _i, bad_configs[_i].msg, err.msg);
+}
+END_TEST
+
 Suite *vmm_suite(void)
 {
 	Suite *s = suite_create("vmm");
@@ -256,5 +340,9 @@ Suite *vmm_suite(void)
 	tcase_add_loop_test(elf, test_defective_elf_is_rejected_with_reason, 0,
 			    sizeof(elf_defects) / sizeof(elf_defects[0]));
 	suite_add_tcase(s, elf);
+	TCase *config = tcase_create("config");
+	tcase_add_test(config, test_config_expands_counts_and_resolves_paths);
+	tcase_add_loop_test(config, test_bad_config_names_key_and_problem, 0, sizeof(bad_configs) / sizeof(bad_configs[0]));
+	suite_add_tcase(s, config);
 	return s;
 }

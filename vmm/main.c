@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,63 +53,205 @@ static int read_image(const char *path, void **buf, size_t *len, struct vmm_erro
 	return 0;
 }
 
-static void print_stats(const char *name, const struct vm_stats *stats)
+/* An image read and validated once per distinct (path, load limit). */
+struct loaded_image {
+	const char *path;
+	uint64_t load_max;
+	void *buf;
+	size_t len;
+	struct elf_image elf;
+};
+
+static void print_stats(const char *name, int status, const struct vm_stats *stats)
 {
-	fprintf(stderr, "umbra: %s: %llu KVM exits:", name, (unsigned long long)stats->exits_total);
+	fprintf(stderr, "umbra: %s: exit status %d, %llu KVM exits:", name, status,
+		(unsigned long long)stats->exits_total);
 	for (int i = 0; i < VM_EXIT_NR; i++)
 		if (stats->exits[i])
 			fprintf(stderr, " %s=%llu", vm_exit_kind_names[i], (unsigned long long)stats->exits[i]);
 	fputc('\n', stderr);
 }
 
+/* Writes every VM's statistics to path as JSON (docs/stats.md). */
+static int write_stats_json(const char *path, const struct plan *plan, struct vm *const *vms,
+			    const int *status, struct vmm_error *err)
+{
+	struct json_object *root = json_object_new_object();
+	struct json_object *jvms = json_object_new_array();
+	struct json_object *jsegs = json_object_new_array();
+
+	json_object_object_add(root, "umbra_version", json_object_new_string(UMBRA_VERSION));
+	json_object_object_add(root, "abi_version", json_object_new_int(UMBRA_ABI_VERSION));
+	for (unsigned int i = 0; i < plan->nr_segments; i++) {
+		const struct plan_segment *ps = &plan->segments[i];
+		struct json_object *js = json_object_new_object();
+		json_object_object_add(js, "name", json_object_new_string(ps->name));
+		json_object_object_add(js, "gpa", json_object_new_uint64(ps->gpa));
+		json_object_object_add(js, "size", json_object_new_uint64(ps->size));
+		json_object_object_add(js, "writable", json_object_new_boolean(ps->writable));
+		json_object_array_add(jsegs, js);
+	}
+	json_object_object_add(root, "segments", jsegs);
+	for (unsigned int i = 0; i < plan->nr_vms; i++) {
+		const struct plan_vm *pv = &plan->vms[i];
+		struct json_object *jv = json_object_new_object();
+		struct json_object *jexits = json_object_new_object();
+		struct json_object *jattached = json_object_new_array();
+		struct vm_stats stats = { { 0 }, 0 };
+
+		if (vms[i])
+			vm_get_stats(vms[i], &stats);
+		json_object_object_add(jv, "name", json_object_new_string(pv->name));
+		json_object_object_add(jv, "image", json_object_new_string(pv->image));
+		json_object_object_add(jv, "vcpus", json_object_new_int((int)pv->vcpus));
+		json_object_object_add(jv, "mem", json_object_new_uint64(pv->mem));
+		json_object_object_add(jv, "exit_status", json_object_new_int(status[i]));
+		for (unsigned int k = 0; k < pv->nr_segments; k++)
+			json_object_array_add(jattached, json_object_new_string(plan->segments[pv->segments[k]].name));
+		json_object_object_add(jv, "segments", jattached);
+		json_object_object_add(jexits, "total", json_object_new_uint64(stats.exits_total));
+		for (int k = 0; k < VM_EXIT_NR; k++)
+			json_object_object_add(jexits, vm_exit_kind_names[k], json_object_new_uint64(stats.exits[k]));
+		json_object_object_add(jv, "exits", jexits);
+		json_object_array_add(jvms, jv);
+	}
+	json_object_object_add(root, "vms", jvms);
+	int ret = json_object_to_file_ext(path, root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED);
+	json_object_put(root);
+	if (ret < 0)
+		return vmm_error_set(err, EIO, "--stats-json '%s': %s", path, json_util_get_last_err());
+	return 0;
+}
+
+static int load_images(const struct plan *plan, struct loaded_image *images, unsigned int *nr_images,
+		       unsigned int *vm_image, struct vmm_error *err)
+{
+	*nr_images = 0;
+	for (unsigned int i = 0; i < plan->nr_vms; i++) {
+		const struct plan_vm *pv = &plan->vms[i];
+		uint64_t load_max = vm_image_load_max(pv->mem, pv->vcpus);
+		unsigned int k;
+
+		for (k = 0; k < *nr_images; k++)
+			if (strcmp(images[k].path, pv->image) == 0 && images[k].load_max == load_max)
+				break;
+		vm_image[i] = k;
+		if (k < *nr_images)
+			continue;
+		struct loaded_image *li = &images[(*nr_images)++];
+		li->path = pv->image;
+		li->load_max = load_max;
+		if (read_image(pv->image, &li->buf, &li->len, err))
+			return -ENOEXEC;
+		if (elf_image_parse(li->buf, li->len, UMBRA_IMAGE_MIN_GPA, load_max, &li->elf, err)) {
+			char msg[VMM_ERROR_MAX];
+			snprintf(msg, sizeof(msg), "%s", err->msg);
+			return vmm_error_set(err, ENOEXEC, "image '%s': %s", pv->image, msg);
+		}
+	}
+	return 0;
+}
+
 static int run(const struct vmm_options *opts)
 {
 	struct vmm_error err = { "" };
-	struct vm *vm = NULL;
-	void *image = NULL;
-	size_t image_len = 0;
-	int kvm_fd, status;
+	struct plan plan;
+	struct segment *segments[UMBRA_MAX_SEGMENTS] = { NULL };
+	struct loaded_image *images = NULL;
+	unsigned int nr_images = 0, *vm_image = NULL;
+	struct vm **vms = NULL;
+	int *status = NULL;
+	int kvm_fd = -1, ret;
 
-	struct elf_image elf;
-	if (read_image(opts->image, &image, &image_len, &err)) {
+	ret = opts->config ? plan_from_config(opts->config, &plan, &err) : plan_from_options(opts, &plan, &err);
+	if (ret) {
 		fprintf(stderr, "umbra: %s\n", err.msg);
-		return UMBRA_STATUS_IMAGE_ERROR;
+		return ret == -ENOMEM ? UMBRA_STATUS_NO_KVM : UMBRA_STATUS_USAGE;
 	}
-	if (elf_image_parse(image, image_len, UMBRA_IMAGE_MIN_GPA, vm_image_load_max(opts->mem, opts->vcpus),
-			    &elf, &err)) {
-		fprintf(stderr, "umbra: image '%s': %s\n", opts->image, err.msg);
-		status = UMBRA_STATUS_IMAGE_ERROR;
-		goto free_image;
+	images = calloc(plan.nr_vms, sizeof(*images));
+	vm_image = calloc(plan.nr_vms, sizeof(*vm_image));
+	vms = calloc(plan.nr_vms, sizeof(*vms));
+	status = calloc(plan.nr_vms, sizeof(*status));
+	if (!images || !vm_image || !vms || !status) {
+		fprintf(stderr, "umbra: out of memory\n");
+		ret = UMBRA_STATUS_NO_KVM;
+		goto free_all;
+	}
+	if (load_images(&plan, images, &nr_images, vm_image, &err)) {
+		fprintf(stderr, "umbra: %s\n", err.msg);
+		ret = UMBRA_STATUS_IMAGE_ERROR;
+		goto free_all;
+	}
+	for (unsigned int i = 0; i < plan.nr_segments; i++) {
+		if (segment_create(&plan.segments[i], &segments[i], &err)) {
+			fprintf(stderr, "umbra: %s\n", err.msg);
+			ret = UMBRA_STATUS_SEGMENT_ERROR;
+			goto free_all;
+		}
 	}
 	if (vmm_kvm_open(&kvm_fd, &err)) {
 		fprintf(stderr, "umbra: %s\n", err.msg);
-		status = UMBRA_STATUS_NO_KVM;
-		goto free_image;
+		ret = UMBRA_STATUS_NO_KVM;
+		goto free_all;
 	}
-	struct vm_config config = { "vm0", opts->mem, opts->vcpus, opts->cmdline };
-	if (vm_create(kvm_fd, &config, &vm, &err)) {
-		fprintf(stderr, "umbra: cannot create the VM: %s\n", err.msg);
-		status = UMBRA_STATUS_NO_KVM;
-		goto close_kvm;
+	vmm_signals_init();
+	for (unsigned int i = 0; i < plan.nr_vms; i++) {
+		const struct plan_vm *pv = &plan.vms[i];
+		struct segment *attached[UMBRA_MAX_SEGMENTS];
+		const struct loaded_image *li = &images[vm_image[i]];
+
+		for (unsigned int k = 0; k < pv->nr_segments; k++)
+			attached[k] = segments[pv->segments[k]];
+		struct vm_config config = { pv->name, pv->mem, pv->vcpus, pv->cmdline, pv->nr_segments, attached,
+					    plan.nr_vms > 1 };
+		if (vm_create(kvm_fd, &config, &vms[i], &err)) {
+			fprintf(stderr, "umbra: %s: cannot create the VM: %s\n", pv->name, err.msg);
+			ret = UMBRA_STATUS_NO_KVM;
+			goto destroy_vms;
+		}
+		if (vm_load_image(vms[i], &li->elf, li->buf, &err)) {
+			fprintf(stderr, "umbra: %s: cannot load image '%s': %s\n", pv->name, pv->image, err.msg);
+			ret = UMBRA_STATUS_NO_KVM;
+			goto destroy_vms;
+		}
 	}
-	if (vm_load_image(vm, &elf, image, &err)) {
-		fprintf(stderr, "umbra: cannot load image '%s': %s\n", opts->image, err.msg);
-		status = UMBRA_STATUS_NO_KVM;
-		goto destroy_vm;
+	for (unsigned int i = 0; i < plan.nr_vms; i++)
+		vm_start(vms[i]);
+	ret = 0;
+	for (unsigned int i = 0; i < plan.nr_vms; i++) {
+		status[i] = vm_wait(vms[i]);
+		if (ret == 0)
+			ret = status[i];
 	}
-	status = vm_run(vm);
-	if (opts->stats) {
+	for (unsigned int i = 0; i < plan.nr_vms; i++) {
 		struct vm_stats stats;
-		vm_get_stats(vm, &stats);
-		print_stats("vm0", &stats);
+		vm_get_stats(vms[i], &stats);
+		if (opts->stats)
+			print_stats(plan.vms[i].name, status[i], &stats);
+		else if (plan.nr_vms > 1 && status[i] != 0)
+			fprintf(stderr, "umbra: %s: exit status %d\n", plan.vms[i].name, status[i]);
 	}
-destroy_vm:
-	vm_destroy(vm);
-close_kvm:
-	close(kvm_fd);
-free_image:
-	free(image);
-	return status;
+	if (opts->stats_json && write_stats_json(opts->stats_json, &plan, vms, status, &err)) {
+		fprintf(stderr, "umbra: %s\n", err.msg);
+		if (ret == 0)
+			ret = UMBRA_STATUS_USAGE;
+	}
+destroy_vms:
+	for (unsigned int i = 0; i < plan.nr_vms; i++)
+		vm_destroy(vms[i]);
+free_all:
+	if (kvm_fd >= 0)
+		close(kvm_fd);
+	for (unsigned int i = 0; i < plan.nr_segments; i++)
+		segment_destroy(segments[i]);
+	for (unsigned int i = 0; i < nr_images; i++)
+		free(images[i].buf);
+	free(images);
+	free(vm_image);
+	free(vms);
+	free(status);
+	plan_free(&plan);
+	return ret;
 }
 
 int main(int argc, char **argv)

@@ -12,27 +12,37 @@
 #include "vmm.h"
 
 const char vmm_usage[] =
-	"usage: umbra run IMAGE [--mem SIZE] [--vcpus N] [--cmdline STRING] [--stats]\n"
+	"usage: umbra run IMAGE [--vms N] [--mem SIZE] [--vcpus N] [--cmdline STRING]\n"
+	"                 [--stats] [--stats-json FILE]\n"
+	"       umbra run --config FILE [--stats] [--stats-json FILE]\n"
 	"       umbra --help | --version\n"
 	"\n"
-	"Runs the freestanding x86-64 ELF64 guest IMAGE in a KVM virtual machine,\n"
-	"entered directly in 64-bit long mode (see docs/abi.md for the boot state\n"
-	"and the hypercall interface).\n"
+	"Runs freestanding x86-64 ELF64 guest images in KVM virtual machines, all in\n"
+	"this one process, entered directly in 64-bit long mode (docs/abi.md: the\n"
+	"boot state and the hypercalls).\n"
 	"\n"
 	"options of run:\n"
-	"  --mem SIZE        guest RAM, a multiple of 2 MiB from 4M to 64G, with an\n"
-	"                    optional K, M or G suffix (binary units); default 64M\n"
-	"  --vcpus N         number of vCPUs, 1 to 64; default 1\n"
+	"  --vms N           run N VMs of IMAGE (vm0 .. vmN-1), 1 to 256; default 1.\n"
+	"                    With several VMs each console line starts with [vmK]\n"
+	"  --mem SIZE        guest RAM per VM, a multiple of 2 MiB from 4M to 64G,\n"
+	"                    with an optional K, M or G suffix (binary units);\n"
+	"                    default 64M\n"
+	"  --vcpus N         vCPUs per VM, 1 to 64; default 1\n"
 	"  --cmdline STRING  passed to the guest in its boot information block\n"
 	"                    (at most 255 bytes)\n"
-	"  --stats           print the VM's KVM exits by reason when it stops\n"
+	"  --config FILE     a JSON file describing VMs and shared segments\n"
+	"                    (docs/config.md); replaces IMAGE and the options above\n"
+	"  --stats           print each VM's statistics when it stops (stderr)\n"
+	"  --stats-json FILE write the statistics of every VM as JSON to FILE\n"
 	"  -h, --help        this text\n"
 	"  --version         umbra's version and guest ABI version\n"
 	"\n"
 	"exit status: the guest's exit code (0-119) when it exits through the exit\n"
-	"hypercall; 120 guest error (unexpected exception, triple fault, bad\n"
+	"hypercall; with several VMs, that of the first VM (in order) that did not\n"
+	"exit with 0. 120 guest error (unexpected exception, triple fault, bad\n"
 	"hypercall, failed VM entry, all vCPUs halted); 121 image missing or\n"
-	"malformed; 122 KVM unavailable or failing; 123 bad command line.\n"
+	"malformed; 122 KVM unavailable or failing; 123 bad command line or config;\n"
+	"124 a segment file could not be read.\n"
 	"\n"
 	"umbra needs /dev/kvm. Where it is missing, run umbra inside the KVM sandbox:\n"
 	"  scripts/sandbox --add build/vmm/umbra --add build/guest -- \\\n"
@@ -80,6 +90,31 @@ int vmm_parse_size(const char *text, uint64_t *out)
 	return 0;
 }
 
+int vmm_check_mem(const char *what, uint64_t mem, unsigned int vcpus, struct vmm_error *err)
+{
+	if (mem < VMM_MEM_MIN || mem > VMM_MEM_MAX || mem % VMM_MEM_ALIGN)
+		return vmm_error_set(err, EINVAL, "%s: must be a multiple of 2M from 4M to 64G", what);
+	if (mem - (uint64_t)vcpus * UMBRA_VCPU_STACK_SIZE < 2 * UMBRA_IMAGE_MIN_GPA)
+		return vmm_error_set(err, EINVAL, "%s is too small for %u vCPUs (each has a %u KiB stack)", what,
+				     vcpus, UMBRA_VCPU_STACK_SIZE >> 10);
+	return 0;
+}
+
+int vmm_check_vcpus(const char *what, unsigned long vcpus, struct vmm_error *err)
+{
+	if (vcpus == 0 || vcpus > UMBRA_MAX_VCPUS)
+		return vmm_error_set(err, EINVAL, "%s: must be a number from 1 to %u", what, UMBRA_MAX_VCPUS);
+	return 0;
+}
+
+int vmm_check_cmdline(const char *what, const char *cmdline, struct vmm_error *err)
+{
+	if (strlen(cmdline) >= UMBRA_CMDLINE_MAX)
+		return vmm_error_set(err, EINVAL, "%s: %zu bytes, at most %u allowed", what, strlen(cmdline),
+				     UMBRA_CMDLINE_MAX - 1);
+	return 0;
+}
+
 static int parse_uint(const char *text, unsigned long max, unsigned long *out)
 {
 	char *end;
@@ -121,6 +156,7 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		.command = VMM_CMD_HELP,
 		.mem = VMM_MEM_DEFAULT,
 		.vcpus = 1,
+		.vms = 1,
 		.cmdline = "",
 	};
 	if (argc < 2)
@@ -138,9 +174,13 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		return vmm_error_set(err, EINVAL, "unknown command '%s' (try 'umbra --help')", cmd);
 	opts->command = VMM_CMD_RUN;
 
+	uint64_t mem = VMM_MEM_DEFAULT;
+	const char *mem_text = "64M";
+	bool run_option = false; /* an option that --config replaces */
 	for (int i = 2; i < argc; i++) {
 		const char *arg = argv[i];
 		const char *value;
+		char what[64];
 		unsigned long n;
 
 		if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
@@ -149,27 +189,43 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		} else if (option_is(arg, "--mem")) {
 			if (!(value = option_value(argc, argv, &i, 5)))
 				return vmm_error_set(err, EINVAL, "--mem needs a size, e.g. --mem 64M");
-			uint64_t mem;
 			if (vmm_parse_size(value, &mem))
 				return vmm_error_set(err, EINVAL, "--mem '%s': not a size (use e.g. 64M or 1G)", value);
-			if (mem < VMM_MEM_MIN || mem > VMM_MEM_MAX || mem % VMM_MEM_ALIGN)
-				return vmm_error_set(err, EINVAL,
-						     "--mem '%s': must be a multiple of 2M from 4M to 64G", value);
-			opts->mem = mem;
+			mem_text = value;
+			run_option = true;
 		} else if (option_is(arg, "--vcpus")) {
 			if (!(value = option_value(argc, argv, &i, 7)))
 				return vmm_error_set(err, EINVAL, "--vcpus needs a number");
-			if (parse_uint(value, UMBRA_MAX_VCPUS, &n) || n == 0)
-				return vmm_error_set(err, EINVAL, "--vcpus '%s': must be a number from 1 to %u",
-						     value, UMBRA_MAX_VCPUS);
+			snprintf(what, sizeof(what), "--vcpus '%s'", value);
+			n = 0; /* stays 0, and is rejected, if value is not a number */
+			(void)parse_uint(value, UMBRA_MAX_VCPUS, &n);
+			if (vmm_check_vcpus(what, n, err))
+				return -EINVAL;
 			opts->vcpus = (unsigned int)n;
+			run_option = true;
+		} else if (option_is(arg, "--vms")) {
+			if (!(value = option_value(argc, argv, &i, 5)))
+				return vmm_error_set(err, EINVAL, "--vms needs a number");
+			if (parse_uint(value, VMM_MAX_VMS, &n) || n == 0)
+				return vmm_error_set(err, EINVAL, "--vms '%s': must be a number from 1 to %u", value,
+						     VMM_MAX_VMS);
+			opts->vms = (unsigned int)n;
+			run_option = true;
 		} else if (option_is(arg, "--cmdline")) {
 			if (!(value = option_value(argc, argv, &i, 9)))
 				return vmm_error_set(err, EINVAL, "--cmdline needs a string");
-			if (strlen(value) >= UMBRA_CMDLINE_MAX)
-				return vmm_error_set(err, EINVAL, "--cmdline: %zu bytes, at most %u allowed",
-						     strlen(value), UMBRA_CMDLINE_MAX - 1);
+			if (vmm_check_cmdline("--cmdline", value, err))
+				return -EINVAL;
 			opts->cmdline = value;
+			run_option = true;
+		} else if (option_is(arg, "--config")) {
+			if (!(value = option_value(argc, argv, &i, 8)))
+				return vmm_error_set(err, EINVAL, "--config needs a file name");
+			opts->config = value;
+		} else if (option_is(arg, "--stats-json")) {
+			if (!(value = option_value(argc, argv, &i, 12)))
+				return vmm_error_set(err, EINVAL, "--stats-json needs a file name");
+			opts->stats_json = value;
 		} else if (strcmp(arg, "--stats") == 0) {
 			opts->stats = true;
 		} else if (arg[0] == '-' && arg[1] != '\0') {
@@ -181,10 +237,22 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 			opts->image = arg;
 		}
 	}
+	if (opts->config) {
+		if (opts->image)
+			return vmm_error_set(err, EINVAL, "run: give either IMAGE ('%s') or --config, not both",
+					     opts->image);
+		if (run_option)
+			return vmm_error_set(err, EINVAL,
+					     "run: --vms, --mem, --vcpus and --cmdline do not apply with --config "
+					     "(set them in the config file)");
+		return 0;
+	}
 	if (!opts->image)
 		return vmm_error_set(err, EINVAL, "run: no IMAGE given (usage: umbra run IMAGE [options])");
-	if (opts->mem - (uint64_t)opts->vcpus * UMBRA_VCPU_STACK_SIZE < 2 * UMBRA_IMAGE_MIN_GPA)
-		return vmm_error_set(err, EINVAL, "--mem %" PRIu64 "M is too small for %u vCPUs (each has a %u KiB stack)",
-				     opts->mem >> 20, opts->vcpus, UMBRA_VCPU_STACK_SIZE >> 10);
+	char what[64];
+	snprintf(what, sizeof(what), "--mem '%s'", mem_text);
+	if (vmm_check_mem(what, mem, opts->vcpus, err))
+		return -EINVAL;
+	opts->mem = mem;
 	return 0;
 }

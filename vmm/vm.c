@@ -69,6 +69,10 @@ struct vm {
 	size_t run_size;
 	bool has_nx;
 	char cmdline[UMBRA_CMDLINE_MAX];
+	bool prefix_output;
+	unsigned int nr_segments;
+	struct segment *segments[UMBRA_MAX_SEGMENTS]; /* borrowed from main */
+	uint64_t boot_tables_end;
 	struct kvm_cpuid2 *cpuid;
 	unsigned int nr_vcpus;
 	struct vcpu *vcpus;
@@ -139,12 +143,6 @@ static uint64_t stacks_base(const struct vm *vm)
 	return vm_image_load_max(vm->ram_size, vm->nr_vcpus);
 }
 
-static uint64_t boot_tables_end(uint64_t ram_size)
-{
-	/* PML4, PDPT, one 4 KiB page table for the first 2 MiB, one PD per GiB. */
-	return UMBRA_PT_GPA + 3 * PAGE_SIZE + ((ram_size + (1ull << 30) - 1) >> 30) * PAGE_SIZE;
-}
-
 /* The boot GDT and TSS, matching the segment state set in setup_sregs(). */
 static void write_boot_gdt(struct vm *vm)
 {
@@ -160,26 +158,67 @@ static void write_boot_gdt(struct vm *vm)
 	*(uint16_t *)((char *)vm->ram + UMBRA_TSS_GPA + 102) = 104;
 }
 
-/* Identity-maps guest RAM: 4 KiB pages for the first 2 MiB, with page 0 left
- * unmapped so that NULL dereferences fault, and 2 MiB pages above. */
+/* Boot page-table builder: page-table pages come from a bump allocator that
+ * starts after the PML4 and the PDPT and must stay below the image. */
+struct boot_tables {
+	uint64_t *ram;
+	uint64_t pml4, pdpt, next;
+};
+
+static uint64_t boot_table_alloc(struct boot_tables *bt)
+{
+	uint64_t page = bt->next;
+
+	bt->next += PAGE_SIZE;
+	return page;
+}
+
+/* Identity-maps the 2 MiB page at gpa (2 MiB aligned, below 512 GiB). */
+static void boot_map_2m(struct boot_tables *bt, uint64_t gpa)
+{
+	const uint64_t rw = X86_PTE_PRESENT | X86_PTE_WRITABLE;
+	uint64_t *pdpte = &bt->ram[bt->pdpt / 8 + (gpa >> 30)];
+
+	if (!(*pdpte & X86_PTE_PRESENT))
+		*pdpte = boot_table_alloc(bt) | rw;
+	uint64_t pd = *pdpte & ~(PAGE_SIZE - 1);
+	bt->ram[pd / 8 + ((gpa >> 21) & 511)] = gpa | rw | X86_PTE_LARGE;
+}
+
+/*
+ * Identity-maps guest RAM and the attached segments: RAM with 4 KiB pages in
+ * the first 2 MiB (page 0 left unmapped so that NULL dereferences fault) and
+ * 2 MiB pages above; segments with 2 MiB pages. Returns the PML4's address,
+ * or 0 if the tables would not fit below the image.
+ */
 static uint64_t write_boot_page_tables(struct vm *vm)
 {
-	uint64_t *ram = vm->ram;
-	uint64_t pml4 = UMBRA_PT_GPA, pdpt = pml4 + PAGE_SIZE, pt0 = pdpt + PAGE_SIZE;
-	uint64_t pd = pt0 + PAGE_SIZE;
-	uint64_t nr_pds = (vm->ram_size + (1ull << 30) - 1) >> 30;
 	const uint64_t rw = X86_PTE_PRESENT | X86_PTE_WRITABLE;
+	struct boot_tables bt = { vm->ram, UMBRA_PT_GPA, UMBRA_PT_GPA + PAGE_SIZE, UMBRA_PT_GPA + 2 * PAGE_SIZE };
+	uint64_t nr_pds = (vm->ram_size + (1ull << 30) - 1) >> 30;
 
-	ram[pml4 / 8] = pdpt | rw;
-	for (uint64_t i = 0; i < nr_pds; i++)
-		ram[pdpt / 8 + i] = (pd + i * PAGE_SIZE) | rw;
-	for (uint64_t i = 1; i < 512; i++)
-		ram[pt0 / 8 + i] = (i * PAGE_SIZE) | rw;
-	for (uint64_t gpa = 0; gpa < vm->ram_size; gpa += LARGE_PAGE_SIZE) {
-		uint64_t *pde = &ram[pd / 8 + gpa / LARGE_PAGE_SIZE];
-		*pde = gpa == 0 ? (pt0 | rw) : (gpa | rw | X86_PTE_LARGE);
+	for (unsigned int i = 0; i < vm->nr_segments; i++)
+		nr_pds += (vm->segments[i]->size >> 30) + 2;
+	if (bt.next + (nr_pds + 1) * PAGE_SIZE > UMBRA_IMAGE_MIN_GPA)
+		return 0;
+	((uint64_t *)vm->ram)[bt.pml4 / 8] = bt.pdpt | rw;
+	for (uint64_t gpa = LARGE_PAGE_SIZE; gpa < vm->ram_size; gpa += LARGE_PAGE_SIZE)
+		boot_map_2m(&bt, gpa);
+	/* The first 2 MiB through a page table, without page 0. */
+	uint64_t pd0 = ((uint64_t *)vm->ram)[bt.pdpt / 8] & ~(PAGE_SIZE - 1);
+	if (!pd0) {
+		pd0 = boot_table_alloc(&bt);
+		((uint64_t *)vm->ram)[bt.pdpt / 8] = pd0 | rw;
 	}
-	return pml4;
+	uint64_t pt0 = boot_table_alloc(&bt);
+	((uint64_t *)vm->ram)[pd0 / 8] = pt0 | rw;
+	for (uint64_t i = 1; i < 512; i++)
+		((uint64_t *)vm->ram)[pt0 / 8 + i] = (i * PAGE_SIZE) | rw;
+	for (unsigned int i = 0; i < vm->nr_segments; i++)
+		for (uint64_t off = 0; off < vm->segments[i]->size; off += LARGE_PAGE_SIZE)
+			boot_map_2m(&bt, vm->segments[i]->gpa + off);
+	vm->boot_tables_end = bt.next;
+	return bt.pml4;
 }
 
 static void write_boot_info(struct vm *vm, unsigned int id, uint64_t free_start)
@@ -195,7 +234,14 @@ static void write_boot_info(struct vm *vm, unsigned int id, uint64_t free_start)
 	bi->size = sizeof(*bi);
 	bi->vcpu_id = id;
 	bi->nr_vcpus = vm->nr_vcpus;
-	bi->nr_segments = 0;
+	bi->nr_segments = vm->nr_segments;
+	for (unsigned int i = 0; i < vm->nr_segments; i++) {
+		struct umbra_segment_info *si = &bi->segments[i];
+		memcpy(si->name, vm->segments[i]->name, sizeof(si->name));
+		si->gpa = vm->segments[i]->gpa;
+		si->size = vm->segments[i]->size;
+		si->flags = vm->segments[i]->writable ? UMBRA_SEGMENT_WRITABLE : 0;
+	}
 	bi->ram_size = vm->ram_size;
 	bi->free_start = free_start;
 	bi->free_end = stacks_base(vm);
@@ -305,6 +351,14 @@ int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out, struc
 		return vmm_error_set(err, ENOMEM, "out of memory");
 	snprintf(vm->name, sizeof(vm->name), "%s", config->name);
 	snprintf(vm->cmdline, sizeof(vm->cmdline), "%s", config->cmdline);
+	vm->prefix_output = config->prefix_output || config->vcpus > 1;
+	if (config->nr_segments > UMBRA_MAX_SEGMENTS) {
+		free(vm);
+		return vmm_error_set(err, EINVAL, "%u segments: at most %u", config->nr_segments, UMBRA_MAX_SEGMENTS);
+	}
+	vm->nr_segments = config->nr_segments;
+	for (unsigned int i = 0; i < config->nr_segments; i++)
+		vm->segments[i] = config->segments[i];
 	vm->kvm_fd = kvm_fd;
 	vm->ram_size = config->mem;
 	vm->nr_vcpus = config->vcpus;
@@ -345,6 +399,24 @@ int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out, struc
 	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0) {
 		ret = vmm_error_set(err, errno, "KVM_SET_USER_MEMORY_REGION (RAM): %s", strerror(errno));
 		goto unmap_ram;
+	}
+	for (unsigned int i = 0; i < vm->nr_segments; i++) {
+		const struct segment *seg = vm->segments[i];
+		struct kvm_userspace_memory_region r = {
+			.slot = 1 + i, .guest_phys_addr = seg->gpa, .memory_size = seg->size,
+			.userspace_addr = (uint64_t)(uintptr_t)seg->host,
+			.flags = seg->writable ? 0 : KVM_MEM_READONLY,
+		};
+		if (!seg->writable && ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_READONLY_MEM) <= 0) {
+			ret = vmm_error_set(err, ENOTSUP, "segment '%s' is read-only, but KVM lacks KVM_CAP_READONLY_MEM",
+					    seg->name);
+			goto unmap_ram;
+		}
+		if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0) {
+			ret = vmm_error_set(err, errno, "KVM_SET_USER_MEMORY_REGION (segment '%s' at %#" PRIx64 "): %s",
+					    seg->name, seg->gpa, strerror(errno));
+			goto unmap_ram;
+		}
 	}
 
 	vm->vcpus = calloc(vm->nr_vcpus, sizeof(*vm->vcpus));
@@ -405,15 +477,13 @@ int vm_load_image(struct vm *vm, const struct elf_image *image, const void *buf,
 
 	if (image->end > stacks_base(vm))
 		return vmm_error_set(err, EINVAL, "image ends at %#" PRIx64 ", past the loadable RAM", image->end);
-	_Static_assert(UMBRA_PT_GPA + 3 * 4096 + 64 * 4096 <= UMBRA_IMAGE_MIN_GPA,
-		       "boot page tables for 64 GiB fit below the image");
 	_Static_assert(UMBRA_TSS_GPA + 104 <= UMBRA_PT_GPA && UMBRA_GDT_GPA + 40 <= UMBRA_TSS_GPA,
 		       "boot GDT, TSS and page tables do not overlap");
-	if (boot_tables_end(vm->ram_size) > UMBRA_IMAGE_MIN_GPA)
-		return vmm_error_set(err, EINVAL, "boot page tables overlap the image area");
 	elf_image_load(image, buf, vm->ram);
 	write_boot_gdt(vm);
 	uint64_t cr3 = write_boot_page_tables(vm);
+	if (!cr3)
+		return vmm_error_set(err, EINVAL, "boot page tables for RAM and segments do not fit below 1 MiB");
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
 		write_boot_info(vm, i, image->end);
 		ret = setup_vcpu_state(vm, &vm->vcpus[i], image->entry, cr3, err);
@@ -461,6 +531,8 @@ static void console_flush_locked(struct vcpu *vcpu)
 		return;
 	if (vcpu->vm->nr_vcpus > 1)
 		fprintf(stdout, "[%s/%u] ", vcpu->vm->name, vcpu->id);
+	else if (vcpu->vm->prefix_output)
+		fprintf(stdout, "[%s] ", vcpu->vm->name);
 	fwrite(vcpu->line, 1, vcpu->line_len, stdout);
 	if (vcpu->line[vcpu->line_len - 1] != '\n')
 		fputc('\n', stdout);
@@ -628,11 +700,20 @@ static void handle_exit(struct vcpu *vcpu)
 	case KVM_EXIT_IO:
 		handle_io(vcpu);
 		break;
-	case KVM_EXIT_MMIO:
+	case KVM_EXIT_MMIO: {
+		const struct segment *ro = NULL;
 		__atomic_fetch_add(&vm->exits[VM_EXIT_MMIO], 1, __ATOMIC_RELAXED);
-		vcpu_fail(vcpu, true, "%s of %u bytes at guest-physical %#llx, where there is no RAM or device",
-			  run->mmio.is_write ? "write" : "read", run->mmio.len, run->mmio.phys_addr);
+		for (unsigned int i = 0; i < vm->nr_segments; i++)
+			if (run->mmio.phys_addr - vm->segments[i]->gpa < vm->segments[i]->size)
+				ro = vm->segments[i];
+		if (ro && run->mmio.is_write)
+			vcpu_fail(vcpu, true, "write of %u bytes at guest-physical %#llx, in read-only segment '%s'",
+				  run->mmio.len, run->mmio.phys_addr, ro->name);
+		else
+			vcpu_fail(vcpu, true, "%s of %u bytes at guest-physical %#llx, where there is no RAM or device",
+				  run->mmio.is_write ? "write" : "read", run->mmio.len, run->mmio.phys_addr);
 		break;
+	}
 	case KVM_EXIT_HLT: {
 		__atomic_fetch_add(&vm->exits[VM_EXIT_HLT], 1, __ATOMIC_RELAXED);
 		pthread_mutex_lock(&vm->lock);
@@ -696,35 +777,50 @@ static void *vcpu_thread(void *arg)
 	return NULL;
 }
 
-int vm_run(struct vm *vm)
+void vmm_signals_init(void)
 {
 	struct sigaction sa = { .sa_handler = kick_signal_handler };
-	sigset_t kick, old;
+	sigset_t kick;
 
 	sigemptyset(&sa.sa_mask);
 	sigaction(KICK_SIGNAL, &sa, NULL); /* no SA_RESTART: KVM_RUN returns EINTR */
 	/* vCPU threads inherit a mask with the kick signal blocked and unblock it
-	 * themselves, so that it is never delivered to the main thread. */
+	 * themselves, so that it is never delivered to another thread. */
 	sigemptyset(&kick);
 	sigaddset(&kick, KICK_SIGNAL);
-	pthread_sigmask(SIG_BLOCK, &kick, &old);
+	pthread_sigmask(SIG_BLOCK, &kick, NULL);
+}
+
+int vm_start(struct vm *vm)
+{
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *vcpu = &vm->vcpus[i];
 		int e = pthread_create(&vcpu->thread, NULL, vcpu_thread, vcpu);
 		if (e) {
+			pthread_mutex_lock(&output_lock);
 			fprintf(stderr, "umbra: %s: cannot start vCPU %u's thread: %s\n", vm->name, i, strerror(e));
+			pthread_mutex_unlock(&output_lock);
 			vm_stop(vm, UMBRA_STATUS_NO_KVM);
-			break;
+			return -e;
 		}
 		__atomic_store_n(&vcpu->thread_started, true, __ATOMIC_RELEASE);
 		if (vm_is_stopped(vm))
 			vcpu_kick(vcpu);
 	}
+	return 0;
+}
+
+int vm_wait(struct vm *vm)
+{
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++)
-		if (vm->vcpus[i].thread_started)
+		if (__atomic_load_n(&vm->vcpus[i].thread_started, __ATOMIC_ACQUIRE))
 			pthread_join(vm->vcpus[i].thread, NULL);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return vm->exit_status;
+}
+
+const char *vm_name(const struct vm *vm)
+{
+	return vm->name;
 }
 
 void vm_get_stats(const struct vm *vm, struct vm_stats *stats)

@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "umbra_abi.h"
+
 #define VMM_ERROR_MAX 512
 
 /* A human-readable account of what was wrong, naming the culprit. */
@@ -36,14 +38,25 @@ enum vmm_command {
 #define VMM_MEM_MAX (64ull << 30)
 #define VMM_MEM_DEFAULT (64ull << 20)
 #define VMM_MEM_ALIGN (2ull << 20) /* boot tables map RAM with 2 MiB pages */
+#define VMM_MAX_VMS 256u
+#define VMM_NAME_MAX 24 /* VM names, including the NUL */
+/* Guest-physical layout of a VM: RAM from 0 (at most 64 GiB), the shadow
+ * table pool at SHADOW_POOL_GPA (64 GiB), shared segments from 128 GiB. */
+#define VMM_SEGMENT_GPA_MIN (128ull << 30)
+#define VMM_SEGMENTS_TOTAL_MAX (64ull << 30)
+#define VMM_SEGMENT_GPA_END (1ull << 39) /* the boot PDPT covers 512 GiB */
+#define VMM_SEGMENT_ALIGN (2ull << 20)
 
 struct vmm_options {
 	enum vmm_command command;
-	const char *image;   /* run: path of the ELF64 image */
-	uint64_t mem;        /* run: bytes of guest RAM */
-	unsigned int vcpus;  /* run: number of vCPUs */
-	const char *cmdline; /* run: string passed in the boot info ("" if none) */
-	bool stats;          /* run: print exit statistics at the end */
+	const char *image;      /* run: path of the ELF64 image (or NULL with config) */
+	const char *config;     /* run: path of a JSON config (or NULL) */
+	uint64_t mem;           /* run: bytes of guest RAM */
+	unsigned int vcpus;     /* run: number of vCPUs */
+	unsigned int vms;       /* run: number of VMs of the image */
+	const char *cmdline;    /* run: string passed in the boot info ("" if none) */
+	bool stats;             /* run: print statistics at the end */
+	const char *stats_json; /* run: write statistics as JSON here (or NULL) */
 };
 
 /* Parses argv into opts. On a bad command line returns -EINVAL with err
@@ -52,7 +65,71 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		      struct vmm_error *err);
 /* Parses a size such as 64M, 1G, 2097152 or 512K (binary units). */
 int vmm_parse_size(const char *text, uint64_t *out);
+/* Validators shared by the command line and the config file: 0 or -EINVAL
+ * with err saying what the value must be (what names the value). */
+int vmm_check_mem(const char *what, uint64_t mem, unsigned int vcpus, struct vmm_error *err);
+int vmm_check_vcpus(const char *what, unsigned long vcpus, struct vmm_error *err);
+int vmm_check_cmdline(const char *what, const char *cmdline, struct vmm_error *err);
 extern const char vmm_usage[];
+
+/* ---- the plan: which VMs and segments to run ---- */
+
+struct plan_segment {
+	char name[UMBRA_SEGMENT_NAME_MAX];
+	uint64_t gpa;
+	uint64_t size;
+	bool writable;
+	char *file; /* preload from this file, or NULL for zeroes */
+};
+
+struct plan_vm {
+	char name[VMM_NAME_MAX];
+	char *image;
+	uint64_t mem;
+	unsigned int vcpus;
+	char cmdline[UMBRA_CMDLINE_MAX];
+	unsigned int nr_segments;
+	unsigned int segments[UMBRA_MAX_SEGMENTS]; /* indexes into plan.segments */
+};
+
+struct plan {
+	unsigned int nr_segments;
+	struct plan_segment segments[UMBRA_MAX_SEGMENTS];
+	unsigned int nr_vms;
+	struct plan_vm *vms;
+};
+
+/* Builds a plan of opts->vms identical VMs from the command line. */
+int plan_from_options(const struct vmm_options *opts, struct plan *plan, struct vmm_error *err);
+/*
+ * Builds a plan from a JSON config file (format in docs/config.md). Image and
+ * segment file paths are relative to the config file's directory. Options
+ * given on the command line (--cmdline, --vcpus, --mem) do not apply.
+ * Returns 0, or -EINVAL / -ENOENT with err naming the file, the key and the
+ * problem.
+ */
+int plan_from_config(const char *path, struct plan *plan, struct vmm_error *err);
+/* Parses config text (for tests); base_dir prefixes relative paths. */
+int plan_from_config_text(const char *text, const char *base_dir, const char *what,
+			  struct plan *plan, struct vmm_error *err);
+void plan_free(struct plan *plan);
+
+/* ---- shared segments ---- */
+
+/* A named memfd that VMs attach at the same guest-physical address. */
+struct segment {
+	char name[UMBRA_SEGMENT_NAME_MAX];
+	uint64_t gpa;
+	uint64_t size;
+	bool writable;
+	int fd;
+	void *host; /* the VMM's mapping */
+};
+
+/* Creates the segment and preloads it from pseg->file (which must not be
+ * larger than the segment). Returns 0 or -errno with err. */
+int segment_create(const struct plan_segment *pseg, struct segment **out, struct vmm_error *err);
+void segment_destroy(struct segment *seg);
 
 /* ---- ELF64 images ---- */
 
@@ -95,6 +172,9 @@ struct vm_config {
 	uint64_t mem;
 	unsigned int vcpus;
 	const char *cmdline;
+	unsigned int nr_segments;
+	struct segment *const *segments; /* attached at their gpa, in this order */
+	bool prefix_output; /* prefix console lines with the VM's name */
 };
 
 /* Exits counted per VM (indexes of vm_stats.exits). */
@@ -133,9 +213,16 @@ uint64_t vm_image_load_max(uint64_t mem, unsigned int vcpus);
  * mode, boot tables, stack, boot info in RDI). */
 int vm_load_image(struct vm *vm, const struct elf_image *image, const void *buf,
 		  struct vmm_error *err);
-/* Runs the vCPUs until the guest exits or fails; returns umbra's exit status
- * (the guest's exit code or an UMBRA_STATUS_*). Guest errors are printed. */
-int vm_run(struct vm *vm);
+/* Blocks the vCPU kick signal in the calling thread (and so in the threads it
+ * creates afterwards) and installs its handler. Call once, before vm_start. */
+void vmm_signals_init(void);
+/* Starts the vCPU threads. Returns 0, or -errno (the VM is then stopped with
+ * UMBRA_STATUS_NO_KVM; vm_wait still must be called). */
+int vm_start(struct vm *vm);
+/* Waits for the VM to stop; returns umbra's exit status for it (the guest's
+ * exit code or an UMBRA_STATUS_*). Guest errors have been printed. */
+int vm_wait(struct vm *vm);
+const char *vm_name(const struct vm *vm);
 void vm_get_stats(const struct vm *vm, struct vm_stats *stats);
 void vm_destroy(struct vm *vm);
 

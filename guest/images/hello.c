@@ -6,22 +6,6 @@
  */
 #include "guest.h"
 
-static int parse_exit_code(const char *cmdline)
-{
-	int code = 0;
-
-	for (const char *p = cmdline; *p; p++) {
-		if ((p == cmdline || p[-1] == ' ') && p[0] == 'e' && p[1] == 'x' && p[2] == 'i' &&
-		    p[3] == 't' && p[4] == '=') {
-			code = 0;
-			for (p += 5; *p >= '0' && *p <= '9'; p++)
-				code = code * 10 + (*p - '0');
-			break;
-		}
-	}
-	return code;
-}
-
 int main(const struct umbra_boot_info *boot)
 {
 	printf("hello from vCPU %u of %u (abi %u, %lu MiB RAM)\n", boot->vcpu_id, boot->nr_vcpus,
@@ -36,11 +20,9 @@ int main(const struct umbra_boot_info *boot)
 		return 1;
 	}
 	printf("hello: all %u vCPUs checked in\n", boot->nr_vcpus);
-	for (const char *p = boot->cmdline; *p; p++) {
-		if ((p == boot->cmdline || p[-1] == ' ') && memcmp(p, "uart", 4) == 0 && (p[4] == ' ' || !p[4])) {
-			for (const char *m = "hello through the UART\n"; *m; m++)
-				console_putc(*m);
-		}
-	}
-	return parse_exit_code(boot->cmdline);
+	char flag[2];
+	if (cmdline_get(boot->cmdline, "uart", flag, sizeof(flag)))
+		for (const char *m = "hello through the UART\n"; *m; m++)
+			console_putc(*m);
+	return (int)cmdline_u64(boot->cmdline, "exit", 0);
 }

@@ -69,6 +69,23 @@ static inline uint64_t read_cr3(void)
 	return v;
 }
 
+/* Command line "key=value key2=value2 flag": copies key's value into buf
+ * (NUL-terminated, truncated to size) and returns 1, or returns 0 if absent.
+ * A bare "flag" has the empty value. */
+int cmdline_get(const char *cmdline, const char *key, char *buf, size_t size);
+/* key's value as a number (decimal or 0x hex), or def if absent or malformed. */
+uint64_t cmdline_u64(const char *cmdline, const char *key, uint64_t def);
+/* The attached segment called name, or NULL. */
+const struct umbra_segment_info *boot_segment(const struct umbra_boot_info *boot, const char *name);
+/* The attached segment named by the command line's key (e.g. "seg=data"), or
+ * NULL after printing why not (prefixed with prog). */
+const struct umbra_segment_info *cmdline_segment(const struct umbra_boot_info *boot, const char *prog,
+						 const char *key);
+
+/* FNV-1a, 64-bit, over len bytes (continuing from hash; start with FNV_OFFSET). */
+#define FNV_OFFSET 0xcbf29ce484222325ull
+uint64_t fnv1a(uint64_t hash, const void *data, size_t len);
+
 /* A sense-reversing barrier for all nr_vcpus vCPUs. */
 void vcpu_barrier(const struct umbra_boot_info *boot);
 

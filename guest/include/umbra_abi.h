@@ -115,6 +115,7 @@ enum umbra_hypercall {
 #define UMBRA_STATUS_GUEST_ERROR 120 /* exception, triple fault, bad hypercall, failed entry */
 #define UMBRA_STATUS_IMAGE_ERROR 121 /* image missing or malformed */
 #define UMBRA_STATUS_NO_KVM 122      /* /dev/kvm missing or a KVM call failed */
-#define UMBRA_STATUS_USAGE 123       /* bad command line */
+#define UMBRA_STATUS_USAGE 123       /* bad command line or config */
+#define UMBRA_STATUS_SEGMENT_ERROR 124 /* a segment could not be created or preloaded */
 
 #endif /* UMBRA_ABI_H */
