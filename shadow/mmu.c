@@ -707,6 +707,8 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 			return -EFAULT;
 		if (__atomic_load_n(&slot->released, __ATOMIC_ACQUIRE))
 			return -ENODEV;
+		if ((access & SHADOW_ACCESS_WRITE) && slot->s.readonly)
+			return -EACCES; /* the guest may write it, its backing may not be written */
 
 		/* The sequence/retry protocol (docs/notifiers.md, docs/shadow.md). */
 		nseq = notifier_read_begin(slot->s.obj, page, page);

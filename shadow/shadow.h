@@ -34,7 +34,7 @@
 #include "notifier/notifier.h"
 
 /* Guest-physical base of the pool in every VM: above any guest RAM (64 GiB). */
-#define SHADOW_POOL_GPA (1ull << 36)
+#define SHADOW_POOL_GPA (1ull << 39)
 #define SHADOW_PAGE_SIZE 4096u
 #define SHADOW_PAGE_SHIFT 12
 /* Most table pages one pool can have (entry locations are 32-bit). */

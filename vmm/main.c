@@ -64,12 +64,39 @@ struct loaded_image {
 
 static void print_stats(const char *name, int status, const struct vm_stats *stats)
 {
+	const struct shadow_mmu_stats *sh = &stats->shadow;
+
 	fprintf(stderr, "umbra: %s: exit status %d, %llu KVM exits:", name, status,
 		(unsigned long long)stats->exits_total);
 	for (int i = 0; i < VM_EXIT_NR; i++)
 		if (stats->exits[i])
 			fprintf(stderr, " %s=%llu", vm_exit_kind_names[i], (unsigned long long)stats->exits[i]);
-	fputc('\n', stderr);
+	fprintf(stderr, "\numbra: %s: hypercalls:", name);
+	for (int i = 0; i < UMBRA_HC_NR; i++)
+		if (stats->hypercalls[i])
+			fprintf(stderr, " %s=%llu", vm_hypercall_names[i], (unsigned long long)stats->hypercalls[i]);
+	fprintf(stderr,
+		"\numbra: %s: shadow: faults=%llu fixed=%llu guest=%llu retries=%llu installs=%llu zapped=%llu "
+		"tables=%llu (created %llu, freed %llu) invlpg=%llu cr3_loads=%llu syncs=%llu invalidations=%llu\n"
+		"umbra: %s: shootdowns: requests=%llu kicks=%llu nmis=%llu acks=%llu\n",
+		name, (unsigned long long)sh->faults, (unsigned long long)sh->fixed,
+		(unsigned long long)sh->guest_faults, (unsigned long long)sh->retries,
+		(unsigned long long)sh->installs, (unsigned long long)sh->zapped,
+		(unsigned long long)(sh->tables_created - sh->tables_freed), (unsigned long long)sh->tables_created,
+		(unsigned long long)sh->tables_freed, (unsigned long long)sh->invlpg,
+		(unsigned long long)sh->cr3_loads, (unsigned long long)sh->syncs,
+		(unsigned long long)sh->invalidations, name, (unsigned long long)stats->flush_requests,
+		(unsigned long long)stats->kicks, (unsigned long long)stats->nmis,
+		(unsigned long long)stats->flush_acks);
+}
+
+static struct json_object *json_counters(const char *const *names, const uint64_t *values, int n)
+{
+	struct json_object *o = json_object_new_object();
+
+	for (int i = 0; i < n; i++)
+		json_object_object_add(o, names[i], json_object_new_uint64(values[i]));
+	return o;
 }
 
 /* Writes every VM's statistics to path as JSON (docs/stats.md). */
@@ -97,7 +124,9 @@ static int write_stats_json(const char *path, const struct plan *plan, struct vm
 		struct json_object *jv = json_object_new_object();
 		struct json_object *jexits = json_object_new_object();
 		struct json_object *jattached = json_object_new_array();
-		struct vm_stats stats = { { 0 }, 0 };
+		struct vm_stats stats;
+
+		memset(&stats, 0, sizeof(stats));
 
 		if (vms[i])
 			vm_get_stats(vms[i], &stats);
@@ -113,6 +142,20 @@ static int write_stats_json(const char *path, const struct plan *plan, struct vm
 		for (int k = 0; k < VM_EXIT_NR; k++)
 			json_object_object_add(jexits, vm_exit_kind_names[k], json_object_new_uint64(stats.exits[k]));
 		json_object_object_add(jv, "exits", jexits);
+		json_object_object_add(jv, "hypercalls", json_counters(vm_hypercall_names, stats.hypercalls, UMBRA_HC_NR));
+		static const char *const shadow_names[] = { "faults", "fixed", "guest_faults", "retries", "installs",
+							    "zapped", "tables_created", "tables_freed", "invlpg",
+							    "cr3_loads", "syncs", "invalidations" };
+		const struct shadow_mmu_stats *sh = &stats.shadow;
+		uint64_t shadow_values[] = { sh->faults, sh->fixed, sh->guest_faults, sh->retries, sh->installs,
+					     sh->zapped, sh->tables_created, sh->tables_freed, sh->invlpg,
+					     sh->cr3_loads, sh->syncs, sh->invalidations };
+		struct json_object *jshadow = json_counters(shadow_names, shadow_values, 12);
+		json_object_object_add(jshadow, "tables", json_object_new_uint64(sh->tables_created - sh->tables_freed));
+		json_object_object_add(jv, "shadow", jshadow);
+		static const char *const shootdown_names[] = { "requests", "kicks", "nmis", "acks" };
+		uint64_t shootdown_values[] = { stats.flush_requests, stats.kicks, stats.nmis, stats.flush_acks };
+		json_object_object_add(jv, "shootdowns", json_counters(shootdown_names, shootdown_values, 4));
 		json_object_array_add(jvms, jv);
 	}
 	json_object_object_add(root, "vms", jvms);
@@ -160,6 +203,7 @@ static int run(const struct vmm_options *opts)
 	struct loaded_image *images = NULL;
 	unsigned int nr_images = 0, *vm_image = NULL;
 	struct vm **vms = NULL;
+	struct vmm_host *host = NULL;
 	int *status = NULL;
 	int kvm_fd = -1, ret;
 
@@ -189,7 +233,12 @@ static int run(const struct vmm_options *opts)
 			goto free_all;
 		}
 	}
-	if (vmm_kvm_open(&kvm_fd, &err)) {
+	if (vmm_kvm_open(&kvm_fd, &err) || vmm_check_nested_paging(&err)) {
+		fprintf(stderr, "umbra: %s\n", err.msg);
+		ret = UMBRA_STATUS_NO_KVM;
+		goto free_all;
+	}
+	if (vmm_host_create(VMM_POOL_PAGES_DEFAULT, &host, &err)) {
 		fprintf(stderr, "umbra: %s\n", err.msg);
 		ret = UMBRA_STATUS_NO_KVM;
 		goto free_all;
@@ -202,7 +251,7 @@ static int run(const struct vmm_options *opts)
 
 		for (unsigned int k = 0; k < pv->nr_segments; k++)
 			attached[k] = segments[pv->segments[k]];
-		struct vm_config config = { pv->name, pv->mem, pv->vcpus, pv->cmdline, pv->nr_segments, attached,
+		struct vm_config config = { host, pv->name, pv->mem, pv->vcpus, pv->cmdline, pv->nr_segments, attached,
 					    plan.nr_vms > 1 };
 		if (vm_create(kvm_fd, &config, &vms[i], &err)) {
 			fprintf(stderr, "umbra: %s: cannot create the VM: %s\n", pv->name, err.msg);
@@ -240,6 +289,7 @@ destroy_vms:
 	for (unsigned int i = 0; i < plan.nr_vms; i++)
 		vm_destroy(vms[i]);
 free_all:
+	vmm_host_destroy(host);
 	if (kvm_fd >= 0)
 		close(kvm_fd);
 	for (unsigned int i = 0; i < plan.nr_segments; i++)

@@ -69,6 +69,11 @@ int segment_create(const struct plan_segment *pseg, struct segment **out, struct
 	}
 	if (pseg->file && (ret = preload(seg, pseg->file, err)))
 		goto unmap;
+	ret = notifier_object_create(seg->name, seg->size / NOTIFIER_PAGE_SIZE, &seg->obj);
+	if (ret) {
+		vmm_error_set(err, -ret, "segment '%s': memory object: %s", seg->name, strerror(-ret));
+		goto unmap;
+	}
 	*out = seg;
 	return 0;
 
@@ -85,6 +90,7 @@ void segment_destroy(struct segment *seg)
 {
 	if (!seg)
 		return;
+	notifier_object_destroy(seg->obj);
 	munmap(seg->host, seg->size);
 	close(seg->fd);
 	free(seg);

@@ -13,6 +13,7 @@
 #include <linux/kvm.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -57,6 +58,32 @@ struct vcpu {
 	/* Console bytes of this vCPU until a newline; only its thread touches it. */
 	char line[CONSOLE_LINE_MAX];
 	size_t line_len;
+
+	/* Shadow paging. tlb is registered with the VM's shadow MMU, which calls
+	 * its ops (with mmu_lock held) to flush this vCPU. guest_cr3 is the
+	 * address space it runs (its thread only). */
+	struct shadow_tlb tlb;
+	uint64_t guest_cr3;
+	/* TLB-shootdown mailbox: flush_req counts flush requests (atomic);
+	 * nmi_done is how many of them the vCPU thread has turned into an
+	 * injected NMI (its thread only); nmi_ready says the guest's NMI
+	 * handler is installed (atomic, set once by UMBRA_HC_READY). */
+	uint64_t flush_req;
+	uint64_t nmi_done;
+	bool nmi_ready;
+	/* mode_lock protects in_guest and exit_seq: in_guest is true while the
+	 * thread is in (or about to enter) KVM_RUN; exit_seq counts returns from
+	 * KVM_RUN. Requesters that find in_guest wait on mode_cond for the next
+	 * return. A leaf lock (taken under mmu_lock by the flush ops). */
+	pthread_mutex_t mode_lock;
+	pthread_cond_t mode_cond;
+	bool in_guest;
+	uint64_t exit_seq;
+};
+
+/* A range the guest asked to keep mapped in every address space. */
+struct pin {
+	uint64_t va, len;
 };
 
 struct vm {
@@ -74,6 +101,16 @@ struct vm {
 	struct segment *segments[UMBRA_MAX_SEGMENTS]; /* borrowed from main */
 	uint64_t boot_tables_end;
 	struct kvm_cpuid2 *cpuid;
+
+	/* Shadow paging: the VM's shadow MMU, its RAM as a memory object, and
+	 * the slot ids of RAM, the pool and each segment. */
+	struct vmm_host *host;
+	struct shadow_mmu *mmu;
+	struct notifier_object *ram_obj;
+	int ram_slot, segment_slots[UMBRA_MAX_SEGMENTS];
+	/* pins, nr_pins: under lock. */
+	struct pin pins[UMBRA_MAX_PINS];
+	unsigned int nr_pins;
 	unsigned int nr_vcpus;
 	struct vcpu *vcpus;
 
@@ -85,6 +122,8 @@ struct vm {
 	unsigned int nr_halted;
 
 	_Atomic uint64_t exits[VM_EXIT_NR];
+	_Atomic uint64_t hypercalls[UMBRA_HC_NR];
+	_Atomic uint64_t flush_requests, kicks, nmis, flush_acks;
 };
 
 const char *const vm_exit_kind_names[VM_EXIT_NR] = {
@@ -98,6 +137,19 @@ const char *const vm_exit_kind_names[VM_EXIT_NR] = {
 	[VM_EXIT_INTERNAL_ERROR] = "internal-error",
 	[VM_EXIT_INTERRUPTED] = "interrupted",
 	[VM_EXIT_OTHER] = "other",
+};
+
+const char *const vm_hypercall_names[UMBRA_HC_NR] = {
+	[UMBRA_HC_EXIT] = "exit",
+	[UMBRA_HC_EXCEPTION] = "exception",
+	[UMBRA_HC_CONSOLE_WRITE] = "console_write",
+	[UMBRA_HC_SET_CR3] = "set_cr3",
+	[UMBRA_HC_PAGE_FAULT] = "page_fault",
+	[UMBRA_HC_INVLPG] = "invlpg",
+	[UMBRA_HC_FLUSH] = "flush",
+	[UMBRA_HC_FLUSH_ACK] = "flush_ack",
+	[UMBRA_HC_PIN] = "pin",
+	[UMBRA_HC_READY] = "ready",
 };
 
 /* Serialises whole lines of output from all vCPUs (console and reports). */
@@ -130,6 +182,106 @@ int vmm_kvm_open(int *kvm_fd, struct vmm_error *err)
 	*kvm_fd = fd;
 	return 0;
 }
+
+/* ---- the process's shared state: the shadow-table pool ---- */
+
+int vmm_host_create(size_t nr_pages, struct vmm_host **out, struct vmm_error *err)
+{
+	struct vmm_host *host = calloc(1, sizeof(*host));
+	int ret;
+
+	if (!host)
+		return vmm_error_set(err, ENOMEM, "out of memory");
+	host->pool_pages = nr_pages;
+	ret = shadow_pool_create(nr_pages, &host->pool);
+	if (ret) {
+		vmm_error_set(err, -ret, "shadow table pool of %zu pages: %s", nr_pages, strerror(-ret));
+		goto free_host;
+	}
+	ret = notifier_object_create("shadow-pool", nr_pages, &host->pool_obj);
+	if (ret) {
+		vmm_error_set(err, -ret, "shadow table pool's memory object: %s", strerror(-ret));
+		goto destroy_pool;
+	}
+	host->pool_ro = mmap(NULL, nr_pages * SHADOW_PAGE_SIZE, PROT_READ, MAP_SHARED,
+			     shadow_pool_fd(host->pool), 0);
+	host->pool_rw = shadow_pool_table(host->pool, SHADOW_POOL_GPA);
+	if (host->pool_ro == MAP_FAILED) {
+		ret = vmm_error_set(err, errno, "read-only mapping of the shadow table pool: %s", strerror(errno));
+		goto destroy_object;
+	}
+	*out = host;
+	return 0;
+
+destroy_object:
+	notifier_object_destroy(host->pool_obj);
+destroy_pool:
+	shadow_pool_destroy(host->pool);
+free_host:
+	free(host);
+	return ret;
+}
+
+void vmm_host_destroy(struct vmm_host *host)
+{
+	if (!host)
+		return;
+	munmap(host->pool_ro, host->pool_pages * SHADOW_PAGE_SIZE);
+	notifier_object_destroy(host->pool_obj);
+	shadow_pool_destroy(host->pool);
+	free(host);
+}
+
+/* ---- TLB shootdown (the shadow MMU's flush interface on a KVM vCPU) ---- */
+
+static __thread struct vcpu *current_vcpu; /* the vCPU this thread runs, if any */
+
+static void vcpu_kick(struct vcpu *vcpu);
+
+/*
+ * Posts a flush request in the vCPU's mailbox and, if the vCPU is in guest
+ * mode, kicks it out of KVM_RUN and waits until it has left it (as KVM's
+ * remote TLB flush waits only for vCPUs in guest mode). Before it enters the
+ * guest again, the vCPU thread injects an NMI; the guest's NMI handler
+ * reloads CR3 (flushing its TLB) before it runs anything else, and
+ * acknowledges. Called with the VM's mmu_lock held (the shadow MMU's
+ * contract); takes mode_lock, a leaf.
+ */
+static void vcpu_request_flush(struct vcpu *vcpu)
+{
+	struct vm *vm = vcpu->vm;
+
+	__atomic_fetch_add(&vcpu->flush_req, 1, __ATOMIC_SEQ_CST);
+	__atomic_fetch_add(&vm->flush_requests, 1, __ATOMIC_RELAXED);
+	if (current_vcpu == vcpu)
+		return; /* its own thread: outside guest mode, flushed before it re-enters */
+	pthread_mutex_lock(&vcpu->mode_lock);
+	if (vcpu->in_guest) {
+		uint64_t seq = vcpu->exit_seq;
+		__atomic_fetch_add(&vm->kicks, 1, __ATOMIC_RELAXED);
+		vcpu_kick(vcpu);
+		while (vcpu->in_guest && vcpu->exit_seq == seq)
+			pthread_cond_wait(&vcpu->mode_cond, &vcpu->mode_lock);
+	}
+	pthread_mutex_unlock(&vcpu->mode_lock);
+}
+
+static void kvm_tlb_flush_all(struct shadow_tlb *tlb)
+{
+	vcpu_request_flush((struct vcpu *)((char *)tlb - offsetof(struct vcpu, tlb)));
+}
+
+/* The NMI handler flushes the whole TLB: a per-address request is a full one. */
+static void kvm_tlb_flush_va(struct shadow_tlb *tlb, uint64_t va)
+{
+	(void)va;
+	kvm_tlb_flush_all(tlb);
+}
+
+static const struct shadow_tlb_ops kvm_tlb_ops = {
+	.flush_all = kvm_tlb_flush_all,
+	.flush_va = kvm_tlb_flush_va,
+};
 
 /* ---- boot state ---- */
 
@@ -221,7 +373,7 @@ static uint64_t write_boot_page_tables(struct vm *vm)
 	return bt.pml4;
 }
 
-static void write_boot_info(struct vm *vm, unsigned int id, uint64_t free_start)
+static void write_boot_info(struct vm *vm, unsigned int id, uint64_t free_start, uint64_t boot_cr3)
 {
 	uint64_t region = vm->ram_size - (uint64_t)(id + 1) * UMBRA_VCPU_STACK_SIZE;
 	uint64_t top = region + UMBRA_VCPU_STACK_SIZE;
@@ -248,6 +400,46 @@ static void write_boot_info(struct vm *vm, unsigned int id, uint64_t free_start)
 	bi->stack_bottom = region;
 	bi->stack_top = info_gpa;
 	memcpy(bi->cmdline, vm->cmdline, sizeof(bi->cmdline));
+	bi->boot_cr3 = boot_cr3;
+	bi->pool_gpa = SHADOW_POOL_GPA;
+	bi->pool_size = (uint64_t)vm->host->pool_pages * SHADOW_PAGE_SIZE;
+}
+
+/* Pre-faults every pinned range into the shadow of guest_cr3: writable where
+ * the guest's tables allow it, else readable. Ranges the guest does not map
+ * there are skipped. Returns 0, or -ENOMEM when the pool is exhausted. */
+static int prefault_pins(struct vm *vm, uint64_t guest_cr3)
+{
+	struct pin pins[UMBRA_MAX_PINS];
+	unsigned int nr;
+
+	pthread_mutex_lock(&vm->lock);
+	nr = vm->nr_pins;
+	memcpy(pins, vm->pins, sizeof(pins));
+	pthread_mutex_unlock(&vm->lock);
+	for (unsigned int i = 0; i < nr; i++) {
+		for (uint64_t va = pins[i].va & ~(PAGE_SIZE - 1); va < pins[i].va + pins[i].len; va += PAGE_SIZE) {
+			uint32_t ec;
+			int r = shadow_mmu_fault(vm->mmu, guest_cr3, va, SHADOW_ACCESS_WRITE, &ec);
+			if (r == SHADOW_FAULT_GUEST || r == -EACCES)
+				r = shadow_mmu_fault(vm->mmu, guest_cr3, va, 0, &ec);
+			if (r == -ENOMEM)
+				return r;
+		}
+	}
+	return 0;
+}
+
+/* Switches the vCPU to the shadow of the address space guest_cr3 and returns
+ * the shadow root (the CR3 the CPU must load) in *root. */
+static int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root)
+{
+	int ret = shadow_mmu_load_cr3(vcpu->vm->mmu, &vcpu->tlb, guest_cr3, root);
+
+	if (ret)
+		return ret;
+	vcpu->guest_cr3 = guest_cr3;
+	return prefault_pins(vcpu->vm, guest_cr3);
 }
 
 static void set_segment(struct kvm_segment *seg, uint16_t selector, uint8_t type, bool code)
@@ -330,6 +522,147 @@ static int set_vcpu_cpuid(struct vm *vm, struct vcpu *vcpu, struct vmm_error *er
 	return 0;
 }
 
+#define POOL_MEMSLOT 32
+
+/*
+ * Hardware nested paging is required: with KVM's own shadow paging (npt=0,
+ * ept=0) KVM write-protects the guest page tables it shadows and never sees
+ * umbra's edits of the table pool, which are made from the host, so its
+ * shadow of umbra's shadow goes stale.
+ *
+ * AMD's nested paging checks the CPU's reads of guest page tables against the
+ * nested tables as writes, so a guest walking shadow tables in a
+ * KVM_MEM_READONLY memslot takes nested faults that KVM then emulates at the
+ * wrong address. On AMD the pool must therefore be a writable memslot: shadow
+ * entries carry A/D preset, so the CPU never writes them, and guests reach
+ * memory only through shadow entries umbra makes, which never map the pool;
+ * but a guest that loads a CR3 of its own could write shared tables. On Intel
+ * (EPT) the pool is read-only and such a write stops the VM.
+ */
+static bool module_param_is(const char *path, char value)
+{
+	char c = 0;
+	FILE *f = fopen(path, "re");
+
+	if (!f)
+		return false;
+	if (fread(&c, 1, 1, f) != 1)
+		c = 0;
+	fclose(f);
+	return c == value || (value == 'Y' && c == '1') || (value == 'N' && c == '0');
+}
+
+int vmm_check_nested_paging(struct vmm_error *err)
+{
+	if (module_param_is("/sys/module/kvm_amd/parameters/npt", 'N') ||
+	    module_param_is("/sys/module/kvm_intel/parameters/ept", 'N'))
+		return vmm_error_set(err, ENOTSUP,
+				     "KVM runs without hardware nested paging (kvm_amd.npt=0 or kvm_intel.ept=0); umbra "
+				     "needs it, because KVM's own shadow paging never sees umbra's edits of shadow tables");
+	return 0;
+}
+
+static bool pool_must_be_writable(void)
+{
+	static int cached = -1;
+
+	if (cached < 0) {
+		cached = module_param_is("/sys/module/kvm_amd/parameters/npt", 'Y');
+		if (cached)
+			fprintf(stderr, "umbra: note: AMD nested paging: the shadow table pool is a writable memslot, so a "
+					"guest that bypasses shadow paging could write shared shadow tables "
+					"(docs/abi.md)\n");
+	}
+	return cached;
+}
+
+/* The paging controls of the boot state, as the shadow MMU must model them. */
+static struct shadow_paging_mode vm_paging_mode(const struct vm *vm)
+{
+	struct shadow_paging_mode mode = shadow_default_mode;
+
+	mode.wp = true;
+	mode.nxe = vm->has_nx;
+	mode.smep = false;
+	for (unsigned int i = 0; i < vm->cpuid->nent; i++) {
+		const struct kvm_cpuid_entry2 *e = &vm->cpuid->entries[i];
+		if (e->function == 0x80000001)
+			mode.gbpages = e->edx & (1u << 26);
+		if (e->function == 0x80000008 && (e->eax & 0xff) >= 32 && (e->eax & 0xff) <= 52)
+			mode.maxphyaddr = e->eax & 0xff;
+	}
+	return mode;
+}
+
+/* Maps the table pool into the VM and creates its shadow MMU with
+ * slots for RAM, the pool and each segment, and the identity P2M. */
+static int vm_paging_init(struct vm *vm, struct vmm_error *err)
+{
+	struct vmm_host *host = vm->host;
+	uint64_t pool_bytes = (uint64_t)host->pool_pages * SHADOW_PAGE_SIZE;
+	bool writable = pool_must_be_writable();
+	struct kvm_userspace_memory_region r = {
+		.slot = POOL_MEMSLOT, .flags = writable ? 0 : KVM_MEM_READONLY, .guest_phys_addr = SHADOW_POOL_GPA,
+		.memory_size = pool_bytes,
+		.userspace_addr = (uint64_t)(uintptr_t)(writable ? host->pool_rw : host->pool_ro),
+	};
+	char name[64];
+	int ret;
+
+	if (!writable && ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_READONLY_MEM) <= 0)
+		return vmm_error_set(err, ENOTSUP, "KVM lacks KVM_CAP_READONLY_MEM, needed to map the shadow table pool");
+	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
+		return vmm_error_set(err, errno, "KVM_SET_USER_MEMORY_REGION (shadow table pool): %s", strerror(errno));
+	snprintf(name, sizeof(name), "%s-ram", vm->name);
+	ret = notifier_object_create(name, vm->ram_size / SHADOW_PAGE_SIZE, &vm->ram_obj);
+	if (ret)
+		return vmm_error_set(err, -ret, "memory object for RAM: %s", strerror(-ret));
+	uint64_t max_gpa = vm->ram_size;
+	for (unsigned int i = 0; i < vm->nr_segments; i++)
+		if (vm->segments[i]->gpa + vm->segments[i]->size > max_gpa)
+			max_gpa = vm->segments[i]->gpa + vm->segments[i]->size;
+	struct shadow_mmu_config config = { host->pool, max_gpa, 0, vm_paging_mode(vm) };
+	ret = shadow_mmu_create(&config, &vm->mmu);
+	if (ret) {
+		vmm_error_set(err, -ret, "shadow MMU: %s", strerror(-ret));
+		goto destroy_ram_obj;
+	}
+	/* The pool itself is not in the P2M: a guest that maps a shadow table
+	 * in its own page tables gets no shadow entry for it (see
+	 * report_unbacked_fault()). */
+	struct shadow_slot ram = { vm->ram_obj, 0, vm->ram, false, NULL, NULL };
+	if ((ret = shadow_mmu_add_slot(vm->mmu, &ram, &vm->ram_slot)) ||
+	    (ret = shadow_mmu_map_gpa(vm->mmu, 0, vm->ram_size / SHADOW_PAGE_SIZE, vm->ram_slot, 0))) {
+		vmm_error_set(err, -ret, "shadow MMU slot for RAM: %s", strerror(-ret));
+		goto destroy_mmu;
+	}
+	for (unsigned int i = 0; i < vm->nr_segments; i++) {
+		struct segment *seg = vm->segments[i];
+		struct shadow_slot slot = { seg->obj, seg->gpa, seg->host, !seg->writable, NULL, NULL };
+		if ((ret = shadow_mmu_add_slot(vm->mmu, &slot, &vm->segment_slots[i])) ||
+		    (ret = shadow_mmu_map_gpa(vm->mmu, seg->gpa, seg->size / SHADOW_PAGE_SIZE,
+					      vm->segment_slots[i], 0))) {
+			vmm_error_set(err, -ret, "shadow MMU slot for segment '%s': %s", seg->name, strerror(-ret));
+			goto destroy_mmu;
+		}
+	}
+	return 0;
+
+destroy_mmu:
+	shadow_mmu_destroy(vm->mmu);
+	vm->mmu = NULL;
+destroy_ram_obj:
+	notifier_object_destroy(vm->ram_obj);
+	vm->ram_obj = NULL;
+	return ret;
+}
+
+static void vm_paging_exit(struct vm *vm)
+{
+	shadow_mmu_destroy(vm->mmu);
+	notifier_object_destroy(vm->ram_obj);
+}
+
 int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out, struct vmm_error *err)
 {
 	struct vm *vm;
@@ -360,6 +693,7 @@ int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out, struc
 	for (unsigned int i = 0; i < config->nr_segments; i++)
 		vm->segments[i] = config->segments[i];
 	vm->kvm_fd = kvm_fd;
+	vm->host = config->host;
 	vm->ram_size = config->mem;
 	vm->nr_vcpus = config->vcpus;
 	vm->ram_fd = vm->vm_fd = -1;
@@ -419,10 +753,13 @@ int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out, struc
 		}
 	}
 
+	ret = vm_paging_init(vm, err);
+	if (ret)
+		goto unmap_ram;
 	vm->vcpus = calloc(vm->nr_vcpus, sizeof(*vm->vcpus));
 	if (!vm->vcpus) {
 		ret = vmm_error_set(err, ENOMEM, "out of memory");
-		goto unmap_ram;
+		goto exit_paging;
 	}
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *vcpu = &vm->vcpus[i];
@@ -443,18 +780,30 @@ int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out, struc
 		ret = set_vcpu_cpuid(vm, vcpu, err);
 		if (ret)
 			goto destroy_vcpus;
+		pthread_mutex_init(&vcpu->mode_lock, NULL);
+		pthread_cond_init(&vcpu->mode_cond, NULL);
+		vcpu->tlb.ops = &kvm_tlb_ops;
+		shadow_mmu_tlb_register(vm->mmu, &vcpu->tlb);
 	}
 	*out = vm;
 	return 0;
 
 destroy_vcpus:
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
-		if (vm->vcpus[i].run != MAP_FAILED && vm->vcpus[i].run)
-			munmap(vm->vcpus[i].run, vm->run_size);
-		if (vm->vcpus[i].fd > 0)
-			close(vm->vcpus[i].fd);
+		struct vcpu *vcpu = &vm->vcpus[i];
+		if (vcpu->tlb.ops) {
+			shadow_mmu_tlb_unregister(vm->mmu, &vcpu->tlb);
+			pthread_cond_destroy(&vcpu->mode_cond);
+			pthread_mutex_destroy(&vcpu->mode_lock);
+		}
+		if (vcpu->run != MAP_FAILED && vcpu->run)
+			munmap(vcpu->run, vm->run_size);
+		if (vcpu->fd > 0)
+			close(vcpu->fd);
 	}
 	free(vm->vcpus);
+exit_paging:
+	vm_paging_exit(vm);
 unmap_ram:
 	munmap(vm->ram, vm->ram_size);
 close_ram:
@@ -484,9 +833,24 @@ int vm_load_image(struct vm *vm, const struct elf_image *image, const void *buf,
 	uint64_t cr3 = write_boot_page_tables(vm);
 	if (!cr3)
 		return vmm_error_set(err, EINVAL, "boot page tables for RAM and segments do not fit below 1 MiB");
+	/* What the guest runs before its own #PF handler exists stays mapped in
+	 * every address space: the boot GDT/TSS page, the image, the stacks. */
+	uint64_t image_start = image->segments[0].gpa;
+	for (unsigned int i = 1; i < image->nr_segments; i++)
+		if (image->segments[i].gpa < image_start)
+			image_start = image->segments[i].gpa;
+	vm->pins[0] = (struct pin){ UMBRA_GDT_GPA, PAGE_SIZE };
+	vm->pins[1] = (struct pin){ image_start, image->end - image_start };
+	vm->pins[2] = (struct pin){ stacks_base(vm), vm->ram_size - stacks_base(vm) };
+	vm->nr_pins = 3;
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
-		write_boot_info(vm, i, image->end);
-		ret = setup_vcpu_state(vm, &vm->vcpus[i], image->entry, cr3, err);
+		uint64_t root;
+		write_boot_info(vm, i, image->end, cr3);
+		ret = vcpu_load_guest_cr3(&vm->vcpus[i], cr3, &root);
+		if (ret)
+			return vmm_error_set(err, -ret, "shadowing the boot page tables for vCPU %u: %s", i,
+					     strerror(-ret));
+		ret = setup_vcpu_state(vm, &vm->vcpus[i], image->entry, root, err);
 		if (ret)
 			return ret;
 	}
@@ -607,6 +971,164 @@ static const char *exception_mnemonic(uint64_t vector)
 	return vector < 32 ? names[vector] : "interrupt";
 }
 
+static bool is_canonical(uint64_t va)
+{
+	return (uint64_t)((int64_t)(va << 16) >> 16) == va;
+}
+
+/* The guest's memory as the shadow walker reads it (RAM and segments). */
+static int guest_mem_read(void *ctx, uint64_t pa, uint64_t *val)
+{
+	struct vm *vm = ctx;
+
+	if (pa + 8 <= vm->ram_size) {
+		*val = __atomic_load_n((uint64_t *)((char *)vm->ram + pa), __ATOMIC_RELAXED);
+		return 0;
+	}
+	for (unsigned int i = 0; i < vm->nr_segments; i++) {
+		const struct segment *seg = vm->segments[i];
+		if (pa - seg->gpa < seg->size) {
+			*val = __atomic_load_n((uint64_t *)((char *)seg->host + (pa - seg->gpa)), __ATOMIC_RELAXED);
+			return 0;
+		}
+	}
+	return -EFAULT;
+}
+
+static const struct shadow_mem_ops guest_mem_ops = { .read = guest_mem_read };
+
+/* A fault the shadow MMU could not back: say what the guest's tables point at. */
+static void report_unbacked_fault(struct vcpu *vcpu, uint64_t va, unsigned int access)
+{
+	struct vm *vm = vcpu->vm;
+	struct shadow_walk w;
+	const struct shadow_paging_mode *mode = shadow_mmu_mode(vm->mmu);
+	uint64_t pool_end = SHADOW_POOL_GPA + (uint64_t)vm->host->pool_pages * SHADOW_PAGE_SIZE;
+
+	if (shadow_walk(mode, &guest_mem_ops, vm, vcpu->guest_cr3, va, access, 0, &w) != 0)
+		vcpu_fail(vcpu, true, "page fault at %#llx: a guest page table lies outside RAM",
+			  (unsigned long long)va);
+	else if (w.pa >= SHADOW_POOL_GPA && w.pa < pool_end)
+		vcpu_fail(vcpu, true, "%s at %#llx: the guest's page tables map it to guest-physical %#llx, a shadow "
+			  "page table (the pool is umbra's, never the guest's)",
+			  access & SHADOW_ACCESS_WRITE ? "write" : "access", (unsigned long long)va,
+			  (unsigned long long)w.pa);
+	else
+		vcpu_fail(vcpu, true, "page fault at %#llx: the guest's page tables map it to guest-physical %#llx, "
+			  "where there is no RAM or segment", (unsigned long long)va, (unsigned long long)w.pa);
+}
+
+/* The paging hypercalls (docs/abi.md). Returns the result for RAX, or
+ * INT64_MIN when the VM was stopped (a bad argument or a failure). */
+static int64_t handle_paging_hypercall(struct vcpu *vcpu, const struct kvm_regs *regs)
+{
+	struct vm *vm = vcpu->vm;
+	uint64_t a0 = regs->rdi, a1 = regs->rsi;
+	const int64_t stopped = INT64_MIN;
+	uint32_t ec = 0;
+	int r;
+
+	switch (regs->rax) {
+	case UMBRA_HC_SET_CR3: {
+		struct kvm_sregs sregs;
+		uint64_t root;
+		if (a0 == 0 || a0 % PAGE_SIZE || a0 >= vm->ram_size) {
+			vcpu_fail(vcpu, false, "bad hypercall: set_cr3: guest CR3 %#llx (argument 0) is not a 4 KiB-aligned "
+				  "page in RAM", (unsigned long long)a0);
+			return stopped;
+		}
+		r = vcpu_load_guest_cr3(vcpu, a0, &root);
+		if (r) {
+			vcpu_fail(vcpu, false, "set_cr3 %#llx: %s", (unsigned long long)a0,
+				  r == -EBUSY ? "every cached shadow root is in use by another vCPU" :
+				  r == -ENOMEM ? "the shadow table pool is exhausted" : strerror(-r));
+			return stopped;
+		}
+		if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) {
+			vcpu_fail(vcpu, false, "KVM_GET_SREGS at set_cr3: %s", strerror(errno));
+			return stopped;
+		}
+		sregs.cr3 = root;
+		if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0) {
+			vcpu_fail(vcpu, false, "KVM_SET_SREGS at set_cr3: %s", strerror(errno));
+			return stopped;
+		}
+		return 0;
+	}
+	case UMBRA_HC_PAGE_FAULT:
+		if (!is_canonical(a0)) {
+			vcpu_fail(vcpu, false, "bad hypercall: page fault at %#llx (argument 0): not a canonical address",
+				  (unsigned long long)a0);
+			return stopped;
+		}
+		r = shadow_mmu_fault(vm->mmu, vcpu->guest_cr3, a0,
+				     (unsigned int)a1 & SHADOW_ACCESS_MASK, &ec);
+		if (r == SHADOW_FAULT_FIXED)
+			return 0;
+		if (r == SHADOW_FAULT_GUEST)
+			return (int64_t)(UMBRA_PF_GUEST | ec);
+		if (r == -EFAULT)
+			report_unbacked_fault(vcpu, a0, (unsigned int)a1 & SHADOW_ACCESS_MASK);
+		else if (r == -EACCES)
+			vcpu_fail(vcpu, true, "write at %#llx to a read-only segment", (unsigned long long)a0);
+		else if (r == -ENOMEM)
+			vcpu_fail(vcpu, false, "page fault at %#llx: the shadow table pool (%zu pages) is exhausted",
+				  (unsigned long long)a0, vm->host->pool_pages);
+		else
+			vcpu_fail(vcpu, true, "page fault at %#llx: the shadow MMU failed: %s", (unsigned long long)a0,
+				  strerror(-r));
+		return stopped;
+	case UMBRA_HC_INVLPG:
+		if (!is_canonical(a0)) {
+			vcpu_fail(vcpu, false, "bad hypercall: invlpg %#llx (argument 0): not a canonical address",
+				  (unsigned long long)a0);
+			return stopped;
+		}
+		shadow_mmu_invlpg(vm->mmu, vcpu->guest_cr3, a0);
+		return 0;
+	case UMBRA_HC_FLUSH:
+		r = shadow_mmu_flush(vm->mmu, vcpu->guest_cr3);
+		if (r) {
+			vcpu_fail(vcpu, false, "flush of address space %#llx: %s", (unsigned long long)vcpu->guest_cr3,
+				  strerror(-r));
+			return stopped;
+		}
+		return 0;
+	case UMBRA_HC_FLUSH_ACK:
+		__atomic_fetch_add(&vm->flush_acks, 1, __ATOMIC_RELAXED);
+		return 0;
+	case UMBRA_HC_READY:
+		/* The guest reloads CR3 after this: requests so far are served. */
+		vcpu->nmi_done = __atomic_load_n(&vcpu->flush_req, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&vcpu->nmi_ready, true, __ATOMIC_RELEASE);
+		return 0;
+	case UMBRA_HC_PIN: {
+		if (a1 == 0 || a1 > UMBRA_PIN_MAX_BYTES || !is_canonical(a0) || !is_canonical(a0 + a1 - 1) ||
+		    a0 + a1 < a0) {
+			vcpu_fail(vcpu, false, "bad hypercall: pin %#llx+%#llx (arguments 0, 1): must be 1 byte to 64 MiB "
+				  "of canonical addresses", (unsigned long long)a0, (unsigned long long)a1);
+			return stopped;
+		}
+		pthread_mutex_lock(&vm->lock);
+		bool full = vm->nr_pins == UMBRA_MAX_PINS;
+		if (!full)
+			vm->pins[vm->nr_pins++] = (struct pin){ a0, a1 };
+		pthread_mutex_unlock(&vm->lock);
+		if (full) {
+			vcpu_fail(vcpu, false, "bad hypercall: pin: more than %u pinned ranges", UMBRA_MAX_PINS);
+			return stopped;
+		}
+		if (prefault_pins(vm, vcpu->guest_cr3)) {
+			vcpu_fail(vcpu, false, "pin: the shadow table pool is exhausted");
+			return stopped;
+		}
+		return 0;
+	}
+	}
+	vcpu_fail(vcpu, true, "bad hypercall: unknown number %llu (RAX)", regs->rax);
+	return stopped;
+}
+
 static void handle_hypercall(struct vcpu *vcpu)
 {
 	struct kvm_regs regs;
@@ -616,6 +1138,8 @@ static void handle_hypercall(struct vcpu *vcpu)
 		vcpu_fail(vcpu, false, "KVM_GET_REGS failed at a hypercall: %s", strerror(errno));
 		return;
 	}
+	if (regs.rax < UMBRA_HC_NR)
+		__atomic_fetch_add(&vcpu->vm->hypercalls[regs.rax], 1, __ATOMIC_RELAXED);
 	switch (regs.rax) {
 	case UMBRA_HC_EXIT:
 		if (regs.rdi > UMBRA_EXIT_CODE_MAX) {
@@ -653,8 +1177,9 @@ static void handle_hypercall(struct vcpu *vcpu)
 			  exception_mnemonic(regs.rdi), regs.rdi, regs.rsi, regs.r8, regs.r9);
 		return;
 	default:
-		vcpu_fail(vcpu, true, "bad hypercall: unknown number %llu (RAX)", regs.rax);
-		result = -UMBRA_EINVAL;
+		result = handle_paging_hypercall(vcpu, &regs);
+		if (result == INT64_MIN)
+			return;
 		break;
 	}
 	regs.rax = (uint64_t)result;
@@ -706,7 +1231,11 @@ static void handle_exit(struct vcpu *vcpu)
 		for (unsigned int i = 0; i < vm->nr_segments; i++)
 			if (run->mmio.phys_addr - vm->segments[i]->gpa < vm->segments[i]->size)
 				ro = vm->segments[i];
-		if (ro && run->mmio.is_write)
+		uint64_t pool_bytes = (uint64_t)vm->host->pool_pages * SHADOW_PAGE_SIZE;
+		if (run->mmio.is_write && run->mmio.phys_addr - SHADOW_POOL_GPA < pool_bytes)
+			vcpu_fail(vcpu, true, "write of %u bytes at guest-physical %#llx, a shadow page table (the pool "
+				  "is read-only to guests)", run->mmio.len, run->mmio.phys_addr);
+		else if (ro && run->mmio.is_write)
 			vcpu_fail(vcpu, true, "write of %u bytes at guest-physical %#llx, in read-only segment '%s'",
 				  run->mmio.len, run->mmio.phys_addr, ro->name);
 		else
@@ -746,25 +1275,58 @@ static void handle_exit(struct vcpu *vcpu)
 	}
 }
 
+/* True when a posted flush request has not yet become an injected NMI. */
+static bool vcpu_flush_pending(struct vcpu *vcpu)
+{
+	return __atomic_load_n(&vcpu->nmi_ready, __ATOMIC_ACQUIRE) &&
+	       __atomic_load_n(&vcpu->flush_req, __ATOMIC_SEQ_CST) != vcpu->nmi_done;
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct vcpu *vcpu = arg;
 	struct vm *vm = vcpu->vm;
 	sigset_t kick;
 
+	current_vcpu = vcpu;
 	sigemptyset(&kick);
 	sigaddset(&kick, KICK_SIGNAL);
 	pthread_sigmask(SIG_UNBLOCK, &kick, NULL);
 
 	while (!vm_is_stopped(vm)) {
+		/* The mailbox: turn flush requests into one NMI, which the guest
+		 * takes before it executes anything else. */
+		if (vcpu_flush_pending(vcpu)) {
+			vcpu->nmi_done = __atomic_load_n(&vcpu->flush_req, __ATOMIC_SEQ_CST);
+			if (ioctl(vcpu->fd, KVM_NMI) < 0) {
+				vcpu_fail(vcpu, true, "KVM_NMI (TLB shootdown) failed: %s", strerror(errno));
+				break;
+			}
+			__atomic_fetch_add(&vm->nmis, 1, __ATOMIC_RELAXED);
+		}
+		/* Enter guest mode unless a request slipped in: a requester that
+		 * sees in_guest kicks us and waits for the next exit. */
+		pthread_mutex_lock(&vcpu->mode_lock);
+		if (vcpu_flush_pending(vcpu)) {
+			pthread_mutex_unlock(&vcpu->mode_lock);
+			continue;
+		}
+		vcpu->in_guest = true;
+		pthread_mutex_unlock(&vcpu->mode_lock);
 		int r = ioctl(vcpu->fd, KVM_RUN, 0);
+		int run_errno = errno;
+		pthread_mutex_lock(&vcpu->mode_lock);
+		vcpu->in_guest = false;
+		vcpu->exit_seq++;
+		pthread_cond_broadcast(&vcpu->mode_cond);
+		pthread_mutex_unlock(&vcpu->mode_lock);
 		if (r < 0) {
-			if (errno == EINTR || errno == EAGAIN) {
+			if (run_errno == EINTR || run_errno == EAGAIN) {
 				__atomic_fetch_add(&vm->exits[VM_EXIT_INTERRUPTED], 1, __ATOMIC_RELAXED);
 				__atomic_store_n(&vcpu->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
 				continue;
 			}
-			vcpu_fail(vcpu, true, "KVM_RUN failed: %s", strerror(errno));
+			vcpu_fail(vcpu, true, "KVM_RUN failed: %s", strerror(run_errno));
 			break;
 		}
 		handle_exit(vcpu);
@@ -830,6 +1392,13 @@ void vm_get_stats(const struct vm *vm, struct vm_stats *stats)
 		stats->exits[i] = __atomic_load_n(&vm->exits[i], __ATOMIC_RELAXED);
 		stats->exits_total += stats->exits[i];
 	}
+	for (int i = 0; i < UMBRA_HC_NR; i++)
+		stats->hypercalls[i] = __atomic_load_n(&vm->hypercalls[i], __ATOMIC_RELAXED);
+	shadow_mmu_stats(vm->mmu, &stats->shadow);
+	stats->flush_requests = __atomic_load_n(&vm->flush_requests, __ATOMIC_RELAXED);
+	stats->kicks = __atomic_load_n(&vm->kicks, __ATOMIC_RELAXED);
+	stats->nmis = __atomic_load_n(&vm->nmis, __ATOMIC_RELAXED);
+	stats->flush_acks = __atomic_load_n(&vm->flush_acks, __ATOMIC_RELAXED);
 }
 
 void vm_destroy(struct vm *vm)
@@ -837,10 +1406,15 @@ void vm_destroy(struct vm *vm)
 	if (!vm)
 		return;
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
-		munmap(vm->vcpus[i].run, vm->run_size);
-		close(vm->vcpus[i].fd);
+		struct vcpu *vcpu = &vm->vcpus[i];
+		shadow_mmu_tlb_unregister(vm->mmu, &vcpu->tlb);
+		pthread_cond_destroy(&vcpu->mode_cond);
+		pthread_mutex_destroy(&vcpu->mode_lock);
+		munmap(vcpu->run, vm->run_size);
+		close(vcpu->fd);
 	}
 	free(vm->vcpus);
+	vm_paging_exit(vm);
 	munmap(vm->ram, vm->ram_size);
 	close(vm->ram_fd);
 	free(vm->cpuid);

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "shadow.h"
 #include "umbra_abi.h"
 
 #define VMM_ERROR_MAX 512
@@ -40,8 +41,9 @@ enum vmm_command {
 #define VMM_MEM_ALIGN (2ull << 20) /* boot tables map RAM with 2 MiB pages */
 #define VMM_MAX_VMS 256u
 #define VMM_NAME_MAX 24 /* VM names, including the NUL */
-/* Guest-physical layout of a VM: RAM from 0 (at most 64 GiB), the shadow
- * table pool at SHADOW_POOL_GPA (64 GiB), shared segments from 128 GiB. */
+/* Guest-physical layout of a VM: RAM from 0 (at most 64 GiB), shared
+ * segments from 128 GiB to 512 GiB, the shadow table pool at SHADOW_POOL_GPA
+ * (512 GiB). */
 #define VMM_SEGMENT_GPA_MIN (128ull << 30)
 #define VMM_SEGMENTS_TOTAL_MAX (64ull << 30)
 #define VMM_SEGMENT_GPA_END (1ull << 39) /* the boot PDPT covers 512 GiB */
@@ -124,6 +126,7 @@ struct segment {
 	bool writable;
 	int fd;
 	void *host; /* the VMM's mapping */
+	struct notifier_object *obj; /* the memory object every attached VM subscribes to */
 };
 
 /* Creates the segment and preloads it from pseg->file (which must not be
@@ -163,11 +166,29 @@ int elf_image_parse(const void *buf, size_t len, uint64_t load_min, uint64_t loa
  * zero-fills each segment's tail past filesz. */
 void elf_image_load(const struct elf_image *image, const void *buf, void *ram);
 
+/* ---- the process: what every VM shares ---- */
+
+#define VMM_POOL_PAGES_DEFAULT 16384u /* 64 MiB of shadow tables */
+
+/* The shadow-table pool, mapped read-only at SHADOW_POOL_GPA in every VM. */
+struct vmm_host {
+	struct shadow_pool *pool;
+	struct notifier_object *pool_obj; /* the pool as a (read-only) memory object */
+	void *pool_ro;                    /* the VMM's read-only mapping, for memslots */
+	void *pool_rw;                    /* the library's mapping (AMD NPT, see vm.c) */
+	size_t pool_pages;
+};
+
+/* Creates the pool of nr_pages table pages. Returns 0 or -errno with err. */
+int vmm_host_create(size_t nr_pages, struct vmm_host **out, struct vmm_error *err);
+void vmm_host_destroy(struct vmm_host *host);
+
 /* ---- VMs ---- */
 
 struct vm;
 
 struct vm_config {
+	struct vmm_host *host;
 	const char *name; /* for messages, e.g. "vm0" */
 	uint64_t mem;
 	unsigned int vcpus;
@@ -195,9 +216,18 @@ enum vm_exit_kind {
 struct vm_stats {
 	uint64_t exits[VM_EXIT_NR];
 	uint64_t exits_total;
+	uint64_t hypercalls[UMBRA_HC_NR]; /* by number */
+	struct shadow_mmu_stats shadow;
+	/* TLB shootdowns: flush requests posted to vCPU mailboxes, kicks of
+	 * vCPUs in guest mode, NMIs injected, acknowledgements from the guest. */
+	uint64_t flush_requests, kicks, nmis, flush_acks;
 };
 
 extern const char *const vm_exit_kind_names[VM_EXIT_NR];
+
+/* -ENOTSUP with err when KVM runs without hardware nested paging (see vm.c). */
+int vmm_check_nested_paging(struct vmm_error *err);
+extern const char *const vm_hypercall_names[UMBRA_HC_NR];
 
 /* Opens /dev/kvm; -ENOENT (with a message saying how to use the sandbox)
  * when it is missing, -errno for other failures. */

@@ -10,26 +10,39 @@
  *   halt            every vCPU halts with interrupts off, nobody exits
  *   console-outside-ram   console write of a buffer beyond RAM
  *   console-too-long      console write longer than UMBRA_CONSOLE_WRITE_MAX
+ *   bad-cr3         set_cr3 with a CR3 that is not a page in RAM
+ *   pin-huge        pin of more than 64 MiB
+ *   write-shadow-table   maps a shadow table (in the pool) and writes it
+ *   bypass-shadow   loads a CR3 of its own (not umbra's shadow) and writes
+ *                   a shadow table through it: the read-only pool stops it
  */
 #include "guest.h"
+#include "paging.h"
 
 #define NO_RAM_GPA 0xc0000000ull /* 3 GiB: beyond any --mem used in tests */
 
-static void map_and_write_no_ram(void)
+/* Maps the page at guest-physical gpa at USER_BASE, writable, and writes it. */
+static void map_and_write(uint64_t gpa)
 {
-	/* The boot tables identity-map RAM; add a 2 MiB mapping of NO_RAM_GPA in
-	 * the PD that covers its GiB (allocating the PD from free RAM if absent). */
-	uint64_t *pml4 = (uint64_t *)(read_cr3() & ~0xfffull);
-	uint64_t *pdpt = (uint64_t *)(pml4[0] & 0x000ffffffffff000ull);
-	uint64_t *pde = &pdpt[NO_RAM_GPA >> 30];
-	static uint64_t pd[512] __attribute__((aligned(4096)));
+	if (pt_map(as_current(), USER_BASE, gpa, PTE_W)) {
+		printf("misbehave: out of memory for page tables\n");
+		return;
+	}
+	*(volatile uint32_t *)USER_BASE = 0x12345678;
+}
 
-	if (!(*pde & 1))
-		*pde = (uint64_t)pd | 0x3;
-	uint64_t *pd_table = (uint64_t *)(*pde & 0x000ffffffffff000ull);
-	pd_table[(NO_RAM_GPA >> 21) & 511] = NO_RAM_GPA | 0x83; /* P, W, PS */
-	__asm__ volatile("mov %%cr3, %%rax; mov %%rax, %%cr3" ::: "rax", "memory");
-	*(volatile uint32_t *)NO_RAM_GPA = 0x12345678;
+/* Runs on page tables of its own, without telling umbra, and writes the
+ * shadow table pool through them. */
+static void bypass_shadow(const struct umbra_boot_info *boot)
+{
+	struct address_space own;
+
+	if (as_create(&own) || pt_map(&own, USER_BASE, boot->pool_gpa, PTE_W)) {
+		printf("misbehave: out of memory for page tables\n");
+		return;
+	}
+	__asm__ volatile("mov %0, %%cr3" : : "r"(own.cr3) : "memory");
+	*(volatile uint64_t *)USER_BASE = 0x12345678;
 }
 
 int main(const struct umbra_boot_info *boot)
@@ -49,7 +62,15 @@ int main(const struct umbra_boot_info *boot)
 	else if (strcmp(kind, "bad-port") == 0)
 		__asm__ volatile("outb %%al, $0x80" : : "a"(0));
 	else if (strcmp(kind, "mmio") == 0)
-		map_and_write_no_ram();
+		map_and_write(NO_RAM_GPA);
+	else if (strcmp(kind, "write-shadow-table") == 0)
+		map_and_write(boot->pool_gpa);
+	else if (strcmp(kind, "bypass-shadow") == 0)
+		bypass_shadow(boot);
+	else if (strcmp(kind, "bad-cr3") == 0)
+		hypercall4(UMBRA_HC_SET_CR3, 0x1234, 0, 0, 0);
+	else if (strcmp(kind, "pin-huge") == 0)
+		hypercall4(UMBRA_HC_PIN, USER_BASE, 1ull << 30, 0, 0);
 	else if (strcmp(kind, "console-outside-ram") == 0)
 		hypercall4(UMBRA_HC_CONSOLE_WRITE, NO_RAM_GPA, 16, 0, 0);
 	else if (strcmp(kind, "console-too-long") == 0)

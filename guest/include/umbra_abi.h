@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 
-#define UMBRA_ABI_VERSION 1u
+#define UMBRA_ABI_VERSION 2u
 #define UMBRA_BOOT_MAGIC 0x52424d55u /* "UMBR" in memory (little-endian) */
 
 /*
@@ -76,6 +76,11 @@ struct umbra_boot_info {
 	uint64_t stack_top;
 	char cmdline[UMBRA_CMDLINE_MAX]; /* NUL-terminated, from --cmdline */
 	struct umbra_segment_info segments[UMBRA_MAX_SEGMENTS];
+	/* Version 2: the guest CR3 of the boot page tables (the CPU's CR3 holds
+	 * umbra's shadow of them, in the table pool: never load it yourself). */
+	uint64_t boot_cr3;
+	uint64_t pool_gpa;   /* guest-physical base of the shadow-table pool */
+	uint64_t pool_size;  /* its size in bytes (mapped read-only) */
 };
 
 /*
@@ -96,10 +101,33 @@ enum umbra_hypercall {
 	UMBRA_HC_CONSOLE_WRITE = 2, /* a0 = guest-physical address, a1 = length
 	                               (1..UMBRA_CONSOLE_WRITE_MAX, inside RAM);
 	                               prints the bytes; returns the length */
+	/* Paravirtual shadow paging (docs/abi.md). The guest owns its page tables
+	 * in its RAM; the CPU runs on umbra's shadow of them. */
+	UMBRA_HC_SET_CR3 = 3,    /* a0 = guest CR3 (a 4 KiB-aligned PML4 in RAM):
+	                            switch this vCPU to that address space; the
+	                            guest then reloads CR3 (mov %cr3,%rax;
+	                            mov %rax,%cr3) to flush its own TLB */
+	UMBRA_HC_PAGE_FAULT = 4, /* a0 = CR2, a1 = the #PF error code: from the
+	                            guest's #PF handler. Returns 0 (fixed: return
+	                            and retry the access) or UMBRA_PF_GUEST | error
+	                            code (the guest's own tables forbid it) */
+	UMBRA_HC_INVLPG = 5,     /* a0 = linear address; then invlpg it locally */
+	UMBRA_HC_FLUSH = 6,      /* full flush of the current address space;
+	                            then reload CR3 locally */
+	UMBRA_HC_FLUSH_ACK = 7,  /* from the NMI handler, after it flushed */
+	UMBRA_HC_PIN = 8,        /* a0 = linear address, a1 = length: keep this
+	                            range mapped (pre-faulted) in every address
+	                            space of the VM; at most UMBRA_MAX_PINS */
+	UMBRA_HC_READY = 9,      /* this vCPU's IDT, with its NMI handler, is
+	                            loaded: umbra may inject shootdown NMIs from
+	                            now on; the guest then reloads CR3 */
 	UMBRA_HC_NR
 };
 
 #define UMBRA_CONSOLE_WRITE_MAX 4096u
+#define UMBRA_PF_GUEST (1ull << 32)
+#define UMBRA_MAX_PINS 16u
+#define UMBRA_PIN_MAX_BYTES (64ull << 20)
 
 /* Errors returned in RAX (as negative numbers). */
 #define UMBRA_EINVAL 22

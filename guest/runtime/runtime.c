@@ -3,6 +3,7 @@
  */
 #include "guest.h"
 #include "runtime.h"
+#include "paging.h"
 
 #define GDT_ENTRIES 5 /* null, code64, data, TSS (two slots) */
 #define IST_STACK_SIZE 8192u
@@ -130,15 +131,56 @@ exception_handler_t set_exception_handler(unsigned int vector, exception_handler
 	return old;
 }
 
+uint32_t runtime_vcpu_id(void)
+{
+	struct descriptor_table_pointer gdtr;
+
+	__asm__ volatile("sgdt %0" : "=m"(gdtr));
+	return (uint32_t)((gdtr.base - (uint64_t)gdt) / sizeof(gdt[0]));
+}
+
+extern const char probe_read_insn[], probe_read_resume[], probe_write_insn[], probe_write_resume[];
+
+/* A page fault: umbra resolves shadow faults; what remains is the guest's. */
+static int handle_page_fault(struct exception_frame *frame, uint64_t cr2)
+{
+	long r = hypercall4(UMBRA_HC_PAGE_FAULT, cr2, frame->error_code, 0, 0);
+
+	if (r == 0)
+		return 1; /* fixed in the shadow: retry the access */
+	frame->error_code = (uint32_t)r; /* the guest tables' view of the fault */
+	if (paging_handle_own_fault(cr2, (uint32_t)r))
+		return 1;
+	if (frame->rip == (uint64_t)probe_read_insn || frame->rip == (uint64_t)probe_write_insn) {
+		frame->rax = (1ull << 63) | (uint32_t)r;
+		frame->rip = frame->rip == (uint64_t)probe_read_insn ? (uint64_t)probe_read_resume :
+								      (uint64_t)probe_write_resume;
+		return 1;
+	}
+	return handlers[14] && handlers[14](frame);
+}
+
 /* Called from exception_common with interrupts off. */
 void exception_dispatch(struct exception_frame *frame);
 void exception_dispatch(struct exception_frame *frame)
 {
-	exception_handler_t h = frame->vector < 32 ? handlers[frame->vector] : NULL;
+	uint64_t cr2 = read_cr2(); /* before anything can fault again */
 
-	if (h && h(frame))
+	if (frame->vector == 2) {
+		/* A TLB shootdown from umbra: flush, then acknowledge. */
+		__asm__ volatile("mov %%cr3, %%rax; mov %%rax, %%cr3" ::: "rax", "memory");
+		hypercall4(UMBRA_HC_FLUSH_ACK, 0, 0, 0, 0);
 		return;
-	hypercall4(UMBRA_HC_EXCEPTION, frame->vector, frame->rip, frame->error_code, read_cr2());
+	}
+	if (frame->vector == 14) {
+		if (handle_page_fault(frame, cr2))
+			return;
+	} else {
+		exception_handler_t h = frame->vector < 32 ? handlers[frame->vector] : NULL;
+		if (h && h(frame))
+			return;
+	}
+	hypercall4(UMBRA_HC_EXCEPTION, frame->vector, frame->rip, frame->error_code, cr2);
 	cpu_halt_forever(); /* not reached: umbra stops the VM */
 }
 
@@ -176,6 +218,10 @@ __attribute__((noreturn)) void runtime_start(const struct umbra_boot_info *boot)
 	gdt_load(boot);
 	idt_init_once(boot->vcpu_id);
 	idt_load();
+	paging_init(boot);
+	/* The NMI handler is in place: shootdowns may come; start from a clean TLB. */
+	hypercall4(UMBRA_HC_READY, 0, 0, 0, 0);
+	__asm__ volatile("mov %%cr3, %%rax; mov %%rax, %%cr3" ::: "rax", "memory");
 
 	int ret = main(boot);
 	if (boot->vcpu_id == 0)
