@@ -39,6 +39,8 @@ static uint64_t cr3_key(const struct shadow_mmu *mmu, uint64_t cr3)
 	return cr3 & SPTE_ADDR_MASK & ((1ull << mmu->mode.maxphyaddr) - 1);
 }
 
+static uint64_t canonical(uint64_t va);
+
 static void bump_sync_seq_locked(struct shadow_mmu *mmu)
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
@@ -78,9 +80,15 @@ static int p2m_get(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_mmu_slot 
 	e = __atomic_load_n(&mmu->p2m[gfn], __ATOMIC_ACQUIRE);
 	if (!e)
 		return -EFAULT;
-	*slot = &mmu->slots[(e >> P2M_SLOT_SHIFT) - 1];
+	*slot = &mmu->slots[((e & P2M_SLOT_MASK) >> P2M_SLOT_SHIFT) - 1];
 	*page = e & P2M_PAGE_MASK;
 	return 0;
+}
+
+/* True if gfn is shared copy-on-write with a clone (lock-free snapshot). */
+static bool p2m_is_cow(struct shadow_mmu *mmu, uint64_t gfn)
+{
+	return gfn < mmu->p2m_pages && (__atomic_load_n(&mmu->p2m[gfn], __ATOMIC_ACQUIRE) & P2M_COW);
 }
 
 int shadow_mmu_p2m_lookup(struct shadow_mmu *mmu, uint64_t gpa, uint64_t *mpa, void **host)
@@ -116,8 +124,8 @@ static int guest_cmpxchg(void *ctx, uint64_t pa, uint64_t old, uint64_t new_val)
 
 	if (p2m_get(mmu, pa >> SHADOW_PAGE_SHIFT, &slot, &page))
 		return -EFAULT;
-	if (slot->s.readonly)
-		return -EROFS;
+	if (slot->s.readonly || p2m_is_cow(mmu, pa >> SHADOW_PAGE_SHIFT))
+		return -EROFS; /* a COW guest table: shadow_mmu_fault copies it first */
 	uint64_t *p = (uint64_t *)((char *)slot->s.host + (page << SHADOW_PAGE_SHIFT) +
 				   (pa & (SHADOW_PAGE_SIZE - 1)));
 	return __atomic_compare_exchange_n(p, &old, new_val, false, __ATOMIC_ACQ_REL,
@@ -184,9 +192,9 @@ static uint64_t spte_set_locked(struct shadow_mmu *mmu, uint32_t page, unsigned 
 	old = spte_read(sptep);
 	spte_write(sptep, spte);
 	if (spte_is_present(old) && !spte_is_present(spte))
-		sp->nr_present--;
+		__atomic_fetch_sub(&sp->nr_present, 1, __ATOMIC_RELAXED);
 	else if (!spte_is_present(old) && spte_is_present(spte))
-		sp->nr_present++;
+		__atomic_fetch_add(&sp->nr_present, 1, __ATOMIC_RELAXED);
 	notifier_mutex_unlock(&sp->lock);
 	return old;
 }
@@ -195,6 +203,9 @@ void zap_batch_init(struct zap_batch *b)
 {
 	b->nr_va = 0;
 	b->flush_all = false;
+	b->nr_tables = 0;
+	b->tables_overflow = false;
+	b->nr_puts = 0;
 	b->free_head = SHADOW_NO_PAGE;
 	b->zapped = 0;
 }
@@ -207,48 +218,122 @@ static void batch_add_va(struct zap_batch *b, uint64_t va)
 		b->flush_all = true;
 }
 
-static void zap_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
-			    struct zap_batch *b);
-
-static void zap_table_entries_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_batch *b)
+void batch_add_table(struct zap_batch *b, uint32_t page)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
-	uint64_t *sptes = mmu_sptes(mmu, page);
-
-	for (unsigned int i = 0; i < SPTE_ENTRIES && mmu_page(mmu, page)->nr_present; i++)
-		if (spte_is_present(spte_read(&sptes[i])))
-			zap_spte_locked(mmu, page, i, b);
+	for (unsigned int k = 0; k < b->nr_tables; k++)
+		if (b->tables[k] == page)
+			return;
+	if (b->nr_tables < ZAP_MAX_TABLES)
+		b->tables[b->nr_tables++] = page;
+	else
+		b->tables_overflow = true;
 }
 
-/* Drops the reference that entry @index of @parent (or root slot @index
- * when @parent is SHADOW_NO_PAGE) held on table @child; the last one zaps
- * the child's entries and queues it for freeing after the flush. */
-static void table_put_locked(struct shadow_mmu *mmu, uint32_t child, uint32_t parent,
-			     uint32_t index, struct zap_batch *b)
+/* Removes the reverse-map entry of leaf @old at entry @i of @page.
+ * Called with rmap_lock held. */
+static void leaf_rmap_del_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
+				 uint64_t old)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
-	struct shadow_page *sp = mmu_page(mmu, child);
-
-	pool_user_del(mmu->pool, child, mmu, parent, index);
-	if (__atomic_sub_fetch(&sp->use_count, 1, __ATOMIC_ACQ_REL) == 0) {
-		zap_table_entries_locked(mmu, child, b);
-		b->flush_all = true; /* paging-structure caches too */
-		sp->next = b->free_head;
-		b->free_head = child;
-	}
-}
-
-static void leaf_unlink_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
-			       uint64_t old, struct zap_batch *b)
-{
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	notifier_mutex_assert_held(&mmu->pool->rmap_lock);
 	struct shadow_mmu_slot *slot;
 	uint64_t bp;
 
 	slot = mmu_mpa_to_slot(mmu, spte_addr(old), &bp);
 	if (slot)
 		rmap_del(&slot->rmap[bp], sptep_make(page, i));
-	batch_add_va(b, mmu_page(mmu, page)->gva + ((uint64_t)i << SHADOW_PAGE_SHIFT));
+}
+
+/* The va of entry @i of leaf table @page, for this VM's flush. */
+static void batch_add_leaf_va(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
+			      struct zap_batch *b)
+{
+	struct shadow_page *sp = mmu_page(mmu, page);
+
+	if (sp->canon)
+		b->flush_all = true; /* one table, a different va in each VM */
+	else
+		batch_add_va(b, sp->gva + ((uint64_t)i << SHADOW_PAGE_SHIFT));
+}
+
+uint64_t leaf_clear_rmap_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
+				struct zap_batch *b)
+{
+	notifier_mutex_assert_held(&mmu->pool->rmap_lock);
+	uint64_t old = spte_set_locked(mmu, page, i, 0);
+
+	if (spte_is_present(old)) {
+		leaf_rmap_del_locked(mmu, page, i, old);
+		b->zapped++;
+		batch_add_leaf_va(mmu, page, i, b);
+	}
+	return old;
+}
+
+static void table_put_now_locked(struct shadow_mmu *mmu, uint32_t child, uint32_t parent,
+				 uint32_t index);
+
+/*
+ * Frees table @page, whose use count just dropped to 0: no parent entry
+ * points at it and every vCPU that walked it was flushed (each user flushed
+ * its vCPUs before dropping its reference), so nothing reaches it.  Its
+ * leaves leave the reverse map; its children lose a reference (and are freed
+ * in turn at 0).  A canonical table leaves its object's array.
+ */
+static void table_free_locked(struct shadow_mmu *mmu, uint32_t page)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_page *sp = mmu_page(mmu, page);
+	uint64_t *sptes = mmu_sptes(mmu, page);
+
+	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
+		uint64_t spte = spte_read(&sptes[i]);
+
+		if (!spte_is_present(spte))
+			continue;
+		if (spte_is_leaf(spte, sp->level)) {
+			notifier_mutex_lock(&mmu->pool->rmap_lock);
+			spte = spte_set_locked(mmu, page, i, 0);
+			if (spte_is_present(spte))
+				leaf_rmap_del_locked(mmu, page, i, spte);
+			notifier_mutex_unlock(&mmu->pool->rmap_lock);
+		} else {
+			spte_set_locked(mmu, page, i, 0);
+			table_put_now_locked(mmu, pool_page_index(spte_addr(spte)), page, i);
+		}
+	}
+	if (sp->canon) {
+		notifier_mutex_lock(&mmu->pool->rmap_lock);
+		if (sp->canon_obj->canon[sp->canon_key] == page)
+			sp->canon_obj->canon[sp->canon_key] = SHADOW_NO_PAGE;
+		notifier_mutex_unlock(&mmu->pool->rmap_lock);
+		sp->canon = false;
+		sp->canon_obj = NULL;
+	}
+	pool_free_index(mmu->pool, page);
+	mmu_stat_inc(mmu, tables_freed);
+}
+
+/* Drops the reference of entry @index of @parent (root slot @index when
+ * @parent is SHADOW_NO_PAGE) on @child, now: the caller has flushed. */
+static void table_put_now_locked(struct shadow_mmu *mmu, uint32_t child, uint32_t parent,
+				 uint32_t index)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_page *sp = mmu_page(mmu, child);
+
+	pool_user_del(mmu->pool, child, mmu, parent, index);
+	if (__atomic_sub_fetch(&sp->use_count, 1, __ATOMIC_ACQ_REL) == 0)
+		table_free_locked(mmu, child);
+}
+
+/* Queues the drop of a table reference for after the batch's flush. */
+static void batch_add_put(struct shadow_mmu *mmu, struct zap_batch *b, uint32_t child,
+			  uint32_t parent, uint32_t index)
+{
+	if (b->nr_puts == ZAP_MAX_PUTS)
+		zap_batch_finish_locked(mmu, b);
+	b->puts[b->nr_puts++] = (struct zap_put){ .child = child, .parent = parent, .index = index };
+	b->flush_all = true; /* paging-structure caches too */
 }
 
 static void zap_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
@@ -256,21 +341,138 @@ static void zap_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int 
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	int level = mmu_page(mmu, page)->level;
-	uint64_t old = spte_set_locked(mmu, page, i, 0);
+	uint64_t old = spte_read(mmu_sptes(mmu, page) + i);
 
 	if (!spte_is_present(old))
 		return;
+	if (spte_is_leaf(old, level)) {
+		notifier_mutex_lock(&mmu->pool->rmap_lock);
+		leaf_clear_rmap_locked(mmu, page, i, b);
+		notifier_mutex_unlock(&mmu->pool->rmap_lock);
+		return;
+	}
+	/* Non-leaf entries change only in tables this VM alone reaches. */
+	old = spte_set_locked(mmu, page, i, 0);
+	if (!spte_is_present(old))
+		return;
 	b->zapped++;
-	if (spte_is_leaf(old, level))
-		leaf_unlink_locked(mmu, page, i, old, b);
-	else
-		table_put_locked(mmu, pool_page_index(spte_addr(old)), page, i, b);
+	batch_add_put(mmu, b, pool_page_index(spte_addr(old)), page, i);
+}
+
+static void zap_table_entries_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_batch *b)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	uint64_t *sptes = mmu_sptes(mmu, page);
+
+	for (unsigned int i = 0;
+	     i < SPTE_ENTRIES && __atomic_load_n(&mmu_page(mmu, page)->nr_present, __ATOMIC_RELAXED);
+	     i++)
+		if (spte_is_present(spte_read(&sptes[i])))
+			zap_spte_locked(mmu, page, i, b);
+}
+
+void mmu_flush_remote(struct shadow_mmu *mmu)
+{
+	notifier_mutex_lock(&mmu->tlbs_lock);
+	for (struct shadow_tlb *tlb = mmu->tlbs; tlb; tlb = tlb->next) {
+		tlb->ops->flush_all(tlb);
+		mmu_stat_inc(mmu, flushes_all);
+	}
+	notifier_mutex_unlock(&mmu->tlbs_lock);
+	mmu_stat_inc(mmu, remote_flushes);
+}
+
+/*
+ * The pmd-rmap walk: flush every VM that reaches table @page (level
+ * @level), by following the users lists up to the roots.  A root's user
+ * names its VM exactly; it is flushed while the root's table lock is held,
+ * so it cannot be destroyed meanwhile (destroy unlinks its roots under that
+ * lock).  @self is flushed only when the path is shared (otherwise its own
+ * batch flushes it, by va).  Each VM is flushed once per batch (@gen).  A
+ * parent freed and reused between two steps only costs extra flushes: every
+ * VM that reached @page through it flushed before dropping it.
+ */
+static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, int level, bool shared,
+			      uint64_t gen)
+{
+	notifier_mutex_assert_held(&self->pool->rmap_lock);
+	struct shadow_page *sp = mmu_page(self, page);
+	uint32_t stack[16], *parents = stack, nr = 0, cap = 16;
+
+	notifier_mutex_lock(&sp->lock);
+	/* Freed and reused since we read the link? (level is written under
+	 * the pool lock, so read it atomically.) */
+	if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) != level) {
+		notifier_mutex_unlock(&sp->lock);
+		return;
+	}
+	shared |= __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) > 1 || sp->canon;
+	for (struct shadow_page_user *u = sp->users; u; u = u->next) {
+		if (u->parent == SHADOW_NO_PAGE) {
+			if ((u->mmu != self || shared) &&
+			    __atomic_exchange_n(&u->mmu->flush_mark, gen, __ATOMIC_ACQ_REL) != gen)
+				mmu_flush_remote(u->mmu);
+			continue;
+		}
+		if (nr == cap) {
+			uint32_t *n = malloc(2 * cap * sizeof(*n));
+
+			if (!n) {
+				/* No memory: flush everyone instead. */
+				notifier_mutex_unlock(&sp->lock);
+				goto flush_everyone;
+			}
+			memcpy(n, parents, nr * sizeof(*n));
+			if (parents != stack)
+				free(parents);
+			parents = n;
+			cap *= 2;
+		}
+		parents[nr++] = u->parent;
+	}
+	notifier_mutex_unlock(&sp->lock);
+	for (uint32_t k = 0; k < nr; k++)
+		if (level < SPTE_LEVELS)
+			pmd_rmap_flush_up(self, parents[k], level + 1, shared, gen);
+	if (parents != stack)
+		free(parents);
+	return;
+flush_everyone:
+	/* Called with rmap_lock held: pool->mmus is stable. */
+	if (parents != stack)
+		free(parents);
+	for (struct shadow_mmu *m = self->pool->mmus; m; m = m->pool_next)
+		mmu_flush_remote(m);
+}
+
+/*
+ * The remote half of a batch: flush every VM that reaches a table in which
+ * a leaf was cleared in place (pmd-rmap walk), or every VM of the pool on
+ * overflow.  Called with rmap_lock held, so that a later clearer of the same
+ * page, which finds the reverse map already empty, cannot return before
+ * these flushes are done (two invalidations of one page racing).
+ */
+static void batch_flush_remote_locked(struct shadow_mmu *mmu, struct zap_batch *b)
+{
+	notifier_mutex_assert_held(&mmu->pool->rmap_lock);
+	if (b->tables_overflow) {
+		for (struct shadow_mmu *m = mmu->pool->mmus; m; m = m->pool_next)
+			if (m != mmu)
+				mmu_flush_remote(m);
+	} else if (b->nr_tables) {
+		uint64_t gen = __atomic_add_fetch(&mmu->pool->flush_gen, 1, __ATOMIC_RELAXED);
+
+		for (unsigned int k = 0; k < b->nr_tables; k++)
+			pmd_rmap_flush_up(mmu, b->tables[k], 1, false, gen);
+	}
+	b->nr_tables = 0;
+	b->tables_overflow = false;
 }
 
 void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
-	if (b->zapped || b->free_head != SHADOW_NO_PAGE) {
+	if (b->zapped || b->nr_puts || b->free_head != SHADOW_NO_PAGE) {
 		for (struct shadow_tlb *tlb = mmu->tlbs; tlb; tlb = tlb->next) {
 			if (b->flush_all) {
 				tlb->ops->flush_all(tlb);
@@ -283,7 +485,15 @@ void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 		}
 		mmu_stat_add(mmu, zapped, b->zapped);
 	}
-	/* Every vCPU is flushed: no walk can be inside these pages any more. */
+	/* Leaves cleared in place: every other VM that reaches those tables. */
+	if (b->nr_tables || b->tables_overflow) {
+		notifier_mutex_lock(&mmu->pool->rmap_lock);
+		batch_flush_remote_locked(mmu, b);
+		notifier_mutex_unlock(&mmu->pool->rmap_lock);
+	}
+	/* Every vCPU is flushed: drop the references (flush before put). */
+	for (unsigned int k = 0; k < b->nr_puts; k++)
+		table_put_now_locked(mmu, b->puts[k].child, b->puts[k].parent, b->puts[k].index);
 	while (b->free_head != SHADOW_NO_PAGE) {
 		uint32_t next = mmu_page(mmu, b->free_head)->next;
 
@@ -294,24 +504,38 @@ void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 	zap_batch_init(b);
 }
 
+/*
+ * Non-local: clears, in place, every leaf in the pool that maps pages
+ * [first, last] of @slot's object (whichever VM installed it, private or
+ * shared table), and queues the tables for the pmd-rmap flush.
+ */
 void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t first,
 			   uint64_t last, struct zap_batch *b)
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	if (last >= slot->npages)
 		last = slot->npages - 1;
+	notifier_mutex_lock(&mmu->pool->rmap_lock);
 	for (uint64_t p = first; p <= last; p++) {
 		struct shadow_rmap *rmap = &slot->rmap[p];
 
 		while (rmap->nr) {
-			uint32_t nr = rmap->nr;
-			shadow_sptep_t s = rmap_get(rmap, nr - 1);
+			shadow_sptep_t s = rmap_get(rmap, rmap->nr - 1);
+			uint64_t old = spte_set_locked(mmu, sptep_page(s), sptep_index(s), 0);
 
-			zap_spte_locked(mmu, sptep_page(s), sptep_index(s), b);
-			if (rmap->nr == nr) /* not unlinked: a corrupt entry; drop it */
-				rmap_del(rmap, s);
+			rmap_del(rmap, s);
+			if (!spte_is_present(old))
+				continue;
+			b->zapped++;
+			batch_add_leaf_va(mmu, sptep_page(s), sptep_index(s), b);
+			batch_add_table(b, sptep_page(s));
 		}
 	}
+	/* Other VMs' vCPUs are flushed before the reverse map shows the
+	 * pages unmapped (our own ones in zap_batch_finish_locked, under our
+	 * mmu_lock, before our callback returns). */
+	batch_flush_remote_locked(mmu, b);
+	notifier_mutex_unlock(&mmu->pool->rmap_lock);
 }
 
 /* ---- what the guest's tables say an entry should be -------------------- */
@@ -403,6 +627,9 @@ static bool leaf_matches(struct shadow_mmu *mmu, uint64_t spte, const struct exp
 	mpa = slot->s.mpa + (page << SHADOW_PAGE_SHIFT);
 	/* Exactly the entry a fault would install now, or its read-only form
 	 * (installed before the guest's D was set). */
+	/* A copy-on-write page is installed read-only; a writable leaf of one
+	 * made before the clone stays valid behind the write-protected entries
+	 * above it (docs/sharing.md, "Write protection"). */
 	return spte == make_leaf(mmu, mpa, e->rights, slot->s.readonly) ||
 	       spte == make_leaf(mmu, mpa, e->rights & ~SHADOW_RIGHT_WRITE, true);
 }
@@ -410,6 +637,45 @@ static bool leaf_matches(struct shadow_mmu *mmu, uint64_t spte, const struct exp
 /* ---- sync ---------------------------------------------------------------- */
 
 static void sync_table_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_batch *b);
+
+/* Shared: more than one parent entry (or root) points at it, or it is a
+ * segment's canonical table.  A VM changes only tables it alone reaches,
+ * i.e. non-shared tables below non-shared tables (roots are never shared). */
+static bool table_is_shared(struct shadow_mmu *mmu, uint32_t page)
+{
+	struct shadow_page *sp = mmu_page(mmu, page);
+
+	return __atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE) > 1 || sp->canon;
+}
+
+/* Read-only: does every present entry of the subtree at @page agree with
+ * this VM's guest tables and P2M now? */
+static bool subtree_matches_locked(struct shadow_mmu *mmu, uint32_t page)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_page *sp = mmu_page(mmu, page);
+	uint64_t *sptes = mmu_sptes(mmu, page);
+
+	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
+		uint64_t spte = spte_read(&sptes[i]);
+		struct expect e;
+
+		if (!spte_is_present(spte))
+			continue;
+		expect_entry(mmu, sp, i, &e);
+		if (sp->level == 1) {
+			if (!leaf_matches(mmu, spte, &e))
+				return false;
+			continue;
+		}
+		uint32_t child = pool_page_index(spte_addr(spte));
+
+		if (e.kind != EXPECT_TABLE || !role_matches(mmu_page(mmu, child), &e.role) ||
+		    !subtree_matches_locked(mmu, child))
+			return false;
+	}
+	return true;
+}
 
 /*
  * Checks present entry @i of @page against the guest's tables; zaps it (and
@@ -440,8 +706,18 @@ static bool sync_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int
 		zap_spte_locked(mmu, page, i, b);
 		return false;
 	}
-	if (recurse)
-		sync_table_locked(mmu, child, b);
+	if (recurse) {
+		if (table_is_shared(mmu, child)) {
+			/* Never change a shared table for one VM: if anything
+			 * below differs from our guest's tables, leave it. */
+			if (!subtree_matches_locked(mmu, child)) {
+				zap_spte_locked(mmu, page, i, b);
+				return false;
+			}
+		} else {
+			sync_table_locked(mmu, child, b);
+		}
+	}
 	return true;
 }
 
@@ -450,9 +726,153 @@ static void sync_table_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	uint64_t *sptes = mmu_sptes(mmu, page);
 
-	for (unsigned int i = 0; i < SPTE_ENTRIES && mmu_page(mmu, page)->nr_present; i++)
+	for (unsigned int i = 0; i < SPTE_ENTRIES && __atomic_load_n(&mmu_page(mmu, page)->nr_present, __ATOMIC_RELAXED); i++)
 		if (spte_is_present(spte_read(&sptes[i])))
 			sync_spte_locked(mmu, page, i, true, b);
+}
+
+/* Read-only: does the path of @va below @page agree with our guest now? */
+static bool path_matches_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t va)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	for (;;) {
+		struct shadow_page *sp = mmu_page(mmu, page);
+		unsigned int i = SPTE_INDEX(va, sp->level);
+		uint64_t spte = spte_read(mmu_sptes(mmu, page) + i);
+		struct expect e;
+
+		if (!spte_is_present(spte))
+			return true;
+		expect_entry(mmu, sp, i, &e);
+		if (sp->level == 1)
+			return leaf_matches(mmu, spte, &e);
+		page = pool_page_index(spte_addr(spte));
+		if (e.kind != EXPECT_TABLE || !role_matches(mmu_page(mmu, page), &e.role))
+			return false;
+	}
+}
+
+
+/*
+ * Local zap (a change for this VM only: a P2M redirect, a copy-on-write
+ * break): this VM stops reaching leaf @s, without changing what any other
+ * VM reaches.  The pmd-rmap walk up from the leaf's table finds this VM's
+ * paths to it; on each, the topmost shared table is left (our entry to it,
+ * in a table we alone reach, is zapped), or, if nothing on the path is
+ * shared, the leaf itself is cleared.
+ */
+struct chain_link {
+	uint32_t table;
+	unsigned int index;
+};
+
+static bool find_chain(struct shadow_mmu *mmu, uint32_t page, int level, struct chain_link *chain,
+		       int depth)
+{
+	struct shadow_page *sp = mmu_page(mmu, page);
+	struct chain_link up[32];
+	int nr = 0;
+	bool root = false;
+
+	notifier_mutex_lock(&sp->lock);
+	/* Freed and reused since we read the link? (level is written under
+	 * the pool lock, so read it atomically.) */
+	if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) != level) {
+		notifier_mutex_unlock(&sp->lock);
+		return false;
+	}
+	for (struct shadow_page_user *u = sp->users; u && nr < 32; u = u->next) {
+		if (u->parent == SHADOW_NO_PAGE)
+			root |= u->mmu == mmu && mmu->roots[u->index].page == page;
+		else
+			up[nr++] = (struct chain_link){ .table = u->parent, .index = u->index };
+	}
+	notifier_mutex_unlock(&sp->lock);
+	if (root)
+		return true;
+	for (int k = 0; k < nr && level < SPTE_LEVELS; k++) {
+		chain[depth] = up[k];
+		if (find_chain(mmu, up[k].table, level + 1, chain, depth + 1))
+			return true;
+	}
+	return false;
+}
+
+static int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
+			     uint32_t old, uint64_t gva, struct zap_batch *b, uint32_t *out);
+
+static void zap_local_locked(struct shadow_mmu *mmu, shadow_sptep_t s, struct zap_batch *b)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	struct chain_link chain[SPTE_LEVELS + 1];
+
+	for (int tries = 0; tries < 64; tries++) {
+		const int depth = SPTE_LEVELS - 1; /* leaves live in level-1 tables */
+
+		chain[0] = (struct chain_link){ .table = sptep_page(s), .index = sptep_index(s) };
+		if (!spte_is_present(spte_read(mmu_sptes(mmu, chain[0].table) + chain[0].index)))
+			return;
+		if (!find_chain(mmu, chain[0].table, 1, chain, 1))
+			return; /* we do not reach it */
+		/* The walk up read each users list under its own lock only: a
+		 * parent may have been freed and reused meanwhile.  Check the
+		 * path from our root down (our root and the tables below it
+		 * that we hold cannot change under our mmu_lock). */
+		bool valid = true;
+
+		for (int k = depth; k >= 1 && valid; k--) {
+			uint64_t e = spte_read(mmu_sptes(mmu, chain[k].table) + chain[k].index);
+
+			valid = spte_is_present(e) && !spte_is_leaf(e, k + 1) &&
+				pool_page_index(spte_addr(e)) == chain[k - 1].table;
+		}
+		if (!valid)
+			continue;
+		/* chain[k] is an entry of a level k + 1 table; chain[depth] is in
+		 * our root.  Privatize the shared tables on the path, top-down
+		 * (each copy makes the next table down shared), then clear the
+		 * leaf in our own copy; if a copy fails, leave the shared
+		 * table instead (zap our entry to it). */
+		uint64_t va = 0;
+
+		for (int k = depth; k >= 0; k--)
+			va |= (uint64_t)chain[k].index << SPTE_LEVEL_SHIFT(k + 1);
+		va = canonical(va);
+		for (int k = depth - 1; k >= 0; k--) {
+			uint32_t copy;
+
+			if (!table_is_shared(mmu, chain[k].table))
+				continue;
+			if (table_copy_locked(mmu, chain[k + 1].table, chain[k + 1].index, chain[k].table,
+					      va & SPTE_LEVEL_MASK(k + 2), b, &copy)) {
+				zap_spte_locked(mmu, chain[k + 1].table, chain[k + 1].index, b);
+				goto next;
+			}
+			chain[k].table = copy;
+		}
+		zap_spte_locked(mmu, chain[0].table, chain[0].index, b);
+		return;
+next:;
+	}
+}
+
+static void zap_slot_range_local_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
+					uint64_t first, uint64_t last, struct zap_batch *b)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	for (uint64_t p = first; p <= last && p < slot->npages; p++) {
+		shadow_sptep_t snap[64];
+		uint32_t nr = 0, k;
+		shadow_sptep_t s;
+
+		notifier_mutex_lock(&mmu->pool->rmap_lock);
+		for_each_rmap_sptep(&slot->rmap[p], k, s)
+			if (nr < 64)
+				snap[nr++] = s;
+		notifier_mutex_unlock(&mmu->pool->rmap_lock);
+		for (k = 0; k < nr; k++)
+			zap_local_locked(mmu, snap[k], b);
+	}
 }
 
 /* ---- roots ----------------------------------------------------------------- */
@@ -481,7 +901,7 @@ static void root_evict_locked(struct shadow_mmu *mmu, struct shadow_root *root, 
 	uint32_t page = root->page;
 
 	root->page = SHADOW_NO_PAGE;
-	table_put_locked(mmu, page, SHADOW_NO_PAGE, (uint32_t)(root - mmu->roots), b);
+	batch_add_put(mmu, b, page, SHADOW_NO_PAGE, (uint32_t)(root - mmu->roots));
 	b->zapped++; /* a root went away: flush (it was not pinned, but be exact) */
 }
 
@@ -573,12 +993,188 @@ unlock:
 /* ---- fault ------------------------------------------------------------------ */
 
 /*
- * Returns the child table for entry @i of @parent with role @role, creating
- * it (and zapping a stale one) as needed.
+ * Privatize (unshare) the shared table @old that entry @i of @parent points
+ * at: copy its entries into a new table that only this VM reaches, point
+ * @parent's entry at the copy, and queue the drop of our reference on @old
+ * for after the flush.  The lock-free use-count protocol (docs/sharing.md):
+ * no lock of any other VM is taken; two VMs that privatize @old at once both
+ * copy, and whichever drops the count to 0 frees it.  @parent is this VM's
+ * alone, so nobody else writes the entry; @old's non-leaf entries do not
+ * change while we hold our reference (only a table's last user changes
+ * them); its leaves may be cleared under us by a non-local zap, so they are
+ * read and registered in the reverse map under rmap_lock.
+ * The copy is write-protected (every entry loses W, leaves lose D): entries
+ * that point at copy-on-write data or at still-shared tables must not grant
+ * writes (docs/sharing.md, "Write protection").
+ */
+static int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
+			     uint32_t old, uint64_t gva, struct zap_batch *b, uint32_t *out)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_page *osp = mmu_page(mmu, old), *sp;
+	uint64_t *from = mmu_sptes(mmu, old), *to;
+	uint32_t copy, present = 0;
+	int ret;
+
+	ret = pool_alloc_index(mmu->pool, osp->level, &copy);
+	if (ret)
+		return ret;
+	sp = mmu_page(mmu, copy);
+	sp->direct = osp->direct;
+	sp->access = osp->access;
+	sp->gpa = osp->gpa;
+	sp->gva = gva;
+	to = mmu_sptes(mmu, copy);
+	notifier_mutex_lock(&mmu->pool->rmap_lock);
+	for (unsigned int k = 0; k < SPTE_ENTRIES; k++) {
+		uint64_t e = spte_read(&from[k]);
+
+		if (!spte_is_present(e))
+			continue;
+		if (spte_is_leaf(e, osp->level)) {
+			struct shadow_mmu_slot *slot;
+			uint64_t bp;
+
+			slot = mmu_mpa_to_slot(mmu, spte_addr(e), &bp);
+			if (!slot || rmap_add(&slot->rmap[bp], sptep_make(copy, k)))
+				continue; /* not copied: it faults back */
+			e &= ~(SPTE_WRITABLE | SPTE_DIRTY);
+		} else {
+			if (pool_user_add(mmu->pool, pool_page_index(spte_addr(e)), mmu, copy, k))
+				continue;
+			e &= ~SPTE_WRITABLE;
+		}
+		spte_write(&to[k], e);
+		present++;
+	}
+	__atomic_store_n(&sp->nr_present, present, __ATOMIC_RELAXED);
+	notifier_mutex_unlock(&mmu->pool->rmap_lock);
+	ret = pool_user_add(mmu->pool, copy, mmu, parent, i);
+	if (ret) {
+		table_free_locked(mmu, copy); /* unpublished: undo the copy */
+		return ret;
+	}
+	/* Release store: the copy's entries are visible before the copy is. */
+	spte_set_locked(mmu, parent, i, spte_make_table(pool_page_gpa(copy)));
+	mmu_stat_inc(mmu, tables_created);
+	mmu_stat_inc(mmu, privatizations);
+	b->zapped++;
+	batch_add_put(mmu, b, old, parent, i);
+	*out = copy;
+	return 0;
+}
+
+/* Removes W from every entry of @page, which this VM alone reaches, before
+ * an entry above it grants W again (docs/sharing.md, "Write protection").
+ * No flush: no vCPU could write through it (the entry above lacked W). */
+static void table_wrprot_locked(struct shadow_mmu *mmu, uint32_t page)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	uint64_t *sptes = mmu_sptes(mmu, page);
+	int level = mmu_page(mmu, page)->level;
+
+	notifier_mutex_lock(&mmu->pool->rmap_lock);
+	for (unsigned int k = 0; k < SPTE_ENTRIES; k++) {
+		uint64_t e = spte_read(&sptes[k]);
+
+		if (!spte_is_present(e) || !(e & SPTE_WRITABLE))
+			continue;
+		e &= spte_is_leaf(e, level) ? ~(SPTE_WRITABLE | SPTE_DIRTY) : ~SPTE_WRITABLE;
+		spte_set_locked(mmu, page, k, e);
+	}
+	notifier_mutex_unlock(&mmu->pool->rmap_lock);
+}
+
+/*
+ * The canonical table of a 2 MiB run of a shared segment, if the guest maps
+ * it that way: the 512 pages from @role->gpa are, in this VM's P2M, pages
+ * run * 512 .. run * 512 + 511 of one shared slot (no copy-on-write).
+ * Found or created under rmap_lock, with its use count raised for the caller
+ * (inc-not-zero: a table whose count reached 0 is being freed and is not
+ * reused).  Returns 0 and the table in *@out, or -ENOENT (not eligible).
+ */
+static int canon_get_locked(struct shadow_mmu *mmu, const struct role *role, uint64_t gva,
+			    struct zap_batch *b, uint32_t *out)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_mmu_slot *slot = NULL, *s;
+	uint64_t gfn = role->gpa >> SHADOW_PAGE_SHIFT, first = 0, pg;
+	struct pool_obj *po;
+	struct shadow_page *sp;
+	uint32_t key, idx;
+	int ret = 0;
+
+	if (role->gpa % SPTE_LEVEL_SIZE(2))
+		return -ENOENT;
+	for (uint64_t k = 0; k < SPTE_ENTRIES; k++) {
+		if (p2m_get(mmu, gfn + k, &s, &pg) || p2m_is_cow(mmu, gfn + k))
+			return -ENOENT;
+		if (k == 0) {
+			slot = s;
+			first = pg;
+			if (!slot->shared || first % SPTE_ENTRIES)
+				return -ENOENT;
+		} else if (s != slot || pg != first + k) {
+			return -ENOENT;
+		}
+	}
+	po = slot->pobj;
+	key = (uint32_t)(first / SPTE_ENTRIES * 8 + (role->access & 7));
+	notifier_mutex_lock(&mmu->pool->rmap_lock);
+	idx = po->canon[key];
+	if (idx != SHADOW_NO_PAGE) {
+		sp = mmu_page(mmu, idx);
+		uint32_t c = __atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE);
+
+		while (c && !__atomic_compare_exchange_n(&sp->use_count, &c, c + 1, false,
+							 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			;
+		if (c && sp->gpa == role->gpa) {
+			mmu_stat_inc(mmu, canon_reused);
+			goto found;
+		}
+		if (c) {
+			/* Same run at another guest-physical address: not ours. */
+			__atomic_fetch_sub(&sp->use_count, 1, __ATOMIC_ACQ_REL);
+			ret = -ENOENT;
+			goto unlock;
+		}
+	}
+	ret = pool_alloc_index(mmu->pool, 1, &idx);
+	if (ret)
+		goto unlock;
+	sp = mmu_page(mmu, idx);
+	sp->direct = true;
+	sp->access = role->access;
+	sp->gpa = role->gpa;
+	sp->gva = gva;
+	sp->canon = true;
+	sp->canon_obj = po;
+	sp->canon_key = key;
+	__atomic_store_n(&sp->use_count, 1, __ATOMIC_RELEASE);
+	po->canon[key] = idx;
+	mmu_stat_inc(mmu, tables_created);
+	mmu_stat_inc(mmu, canon_created);
+found:
+	mmu->sharing = true;
+	*out = idx;
+unlock:
+	notifier_mutex_unlock(&mmu->pool->rmap_lock);
+	(void)b;
+	return ret;
+}
+
+/*
+ * Returns the child table for entry @i of @parent (a table this VM alone
+ * reaches) with role @role, creating it (and zapping a stale one) as
+ * needed; a shared child is privatized first (except a canonical leaf
+ * table, whose leaves are the same for every user and are filled in place).
+ * With @want_w the entry is left granting writes (the child write-protected
+ * first if the entry did not).
  */
 static int child_get_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
-			    const struct role *role, uint64_t gva, struct zap_batch *b,
-			    uint32_t *out)
+			    const struct role *role, uint64_t gva, bool want_w,
+			    struct zap_batch *b, uint32_t *out)
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	uint64_t spte = spte_read(mmu_sptes(mmu, parent) + i);
@@ -589,11 +1185,34 @@ static int child_get_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned in
 
 	if (spte_is_present(spte)) {
 		child = pool_page_index(spte_addr(spte));
-		if (role_matches(mmu_page(mmu, child), role)) {
+		sp = mmu_page(mmu, child);
+		if (role_matches(sp, role)) {
+			if (sp->canon) {
+				/* Canonical: its leaves never grant more than the role. */
+			} else if (table_is_shared(mmu, child)) {
+				return table_copy_locked(mmu, parent, i, child, gva, b, out);
+			} else if (want_w && !(spte & SPTE_WRITABLE)) {
+				table_wrprot_locked(mmu, child);
+			} else {
+				*out = child;
+				return 0;
+			}
+			if (want_w && !(spte & SPTE_WRITABLE))
+				spte_set_locked(mmu, parent, i, spte_make_table(pool_page_gpa(child)));
 			*out = child;
 			return 0;
 		}
 		zap_spte_locked(mmu, parent, i, b); /* shadows what the guest no longer has */
+	}
+	if (level == 1 && role->direct && canon_get_locked(mmu, role, gva, b, &child) == 0) {
+		ret = pool_user_link(mmu->pool, child, mmu, parent, i);
+		if (ret) {
+			batch_add_put(mmu, b, child, SHADOW_NO_PAGE, UINT32_MAX);
+			return ret;
+		}
+		spte_set_locked(mmu, parent, i, spte_make_table(pool_page_gpa(child)));
+		*out = child;
+		return 0;
 	}
 	ret = pool_alloc_index(mmu->pool, level, &child);
 	if (ret)
@@ -621,7 +1240,9 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	const uint64_t va = w->va;
 	const int leaf = w->leaf_level;
+	const bool cow = p2m_is_cow(mmu, w->pa >> SHADOW_PAGE_SHIFT);
 	const unsigned int rights = leaf_rights(w->rights, w->dirty);
+	const bool want_w = (rights & SHADOW_RIGHT_WRITE) && !cow && !slot->s.readonly;
 	uint32_t table = root;
 	int ret;
 
@@ -640,24 +1261,37 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 					      .gpa = base + off };
 		}
 		ret = child_get_locked(mmu, table, SPTE_INDEX(va, level), &role,
-				       va & SPTE_LEVEL_MASK(level), b, &table);
+				       va & SPTE_LEVEL_MASK(level), want_w, b, &table);
 		if (ret)
 			return ret;
 	}
 
 	unsigned int i = SPTE_INDEX(va, 1);
 	uint64_t mpa = slot->s.mpa + (page << SHADOW_PAGE_SHIFT);
-	uint64_t spte = make_leaf(mmu, mpa, rights, slot->s.readonly);
-	uint64_t old = spte_read(mmu_sptes(mmu, table) + i);
+	uint64_t spte = make_leaf(mmu, mpa, rights, slot->s.readonly || cow);
+	uint64_t old;
 
-	if (old == spte)
+	/* A leaf and its reverse-map entry change together, under rmap_lock
+	 * (a non-local zap may clear this table's leaves at any time). */
+	notifier_mutex_lock(&mmu->pool->rmap_lock);
+	old = spte_read(mmu_sptes(mmu, table) + i);
+	if (old == spte) {
+		notifier_mutex_unlock(&mmu->pool->rmap_lock);
 		return 0; /* another vCPU fixed it, or the faulting TLB entry was stale */
+	}
 	ret = rmap_add(&slot->rmap[page], sptep_make(table, i));
-	if (ret)
+	if (ret) {
+		notifier_mutex_unlock(&mmu->pool->rmap_lock);
 		return ret;
+	}
 	old = spte_set_locked(mmu, table, i, spte);
-	if (spte_is_present(old))
-		leaf_unlink_locked(mmu, table, i, old, b);
+	if (spte_is_present(old)) {
+		leaf_rmap_del_locked(mmu, table, i, old);
+		b->zapped++;
+		batch_add_leaf_va(mmu, table, i, b);
+		batch_add_table(b, table);
+	}
+	notifier_mutex_unlock(&mmu->pool->rmap_lock);
 	__atomic_store_n(&slot->young[page], 1, __ATOMIC_RELAXED);
 	mmu_stat_inc(mmu, installs);
 	return 0;
@@ -701,10 +1335,33 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 			mmu_stat_inc(mmu, guest_faults);
 			return SHADOW_FAULT_GUEST;
 		}
+		if (ret == -EROFS) {
+			/* A/D must go into a guest table shared copy-on-write
+			 * with a clone: copy those tables first. */
+			for (int l = SPTE_LEVELS; l >= w.leaf_level && l >= 1; l--) {
+				bool needs_ad = !(w.entry[l] & SPTE_ACCESSED) ||
+						(l == w.leaf_level && (access & SHADOW_ACCESS_WRITE) &&
+						 !(w.entry[l] & SPTE_DIRTY));
+
+				if (!needs_ad || !p2m_is_cow(mmu, w.table[l] >> SHADOW_PAGE_SHIFT))
+					continue;
+				ret = shadow_mmu_cow_break(mmu, w.table[l]);
+				if (ret)
+					return ret;
+			}
+			continue;
+		}
 		if (ret)
 			return ret == -EIO ? -EFAULT : ret;
 		if (p2m_get(mmu, w.pa >> SHADOW_PAGE_SHIFT, &slot, &page))
 			return -EFAULT;
+		if ((access & SHADOW_ACCESS_WRITE) && p2m_is_cow(mmu, w.pa >> SHADOW_PAGE_SHIFT)) {
+			/* The first write to a page shared with a clone. */
+			ret = shadow_mmu_cow_break(mmu, w.pa);
+			if (ret)
+				return ret;
+			continue;
+		}
 		if (__atomic_load_n(&slot->released, __ATOMIC_ACQUIRE))
 			return -ENODEV;
 		if ((access & SHADOW_ACCESS_WRITE) && slot->s.readonly)
@@ -784,6 +1441,15 @@ void shadow_mmu_invlpg(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va)
 			 * goes with everything below it. */
 			if (!sync_spte_locked(mmu, it.page, it.index, false, &b))
 				break;
+			/* A shared table below is never changed for one VM: keep
+			 * it if it still agrees with our guest, else leave it. */
+			uint32_t child = pool_page_index(spte_addr(spte_read(it.sptep)));
+
+			if (table_is_shared(mmu, child)) {
+				if (!path_matches_locked(mmu, child, va))
+					zap_spte_locked(mmu, it.page, it.index, &b);
+				break;
+			}
 		}
 	}
 	bump_sync_seq_locked(mmu);
@@ -852,7 +1518,7 @@ void shadow_mmu_zap_all(struct shadow_mmu *mmu)
 
 /* ---- slots and P2M --------------------------------------------------------------- */
 
-int shadow_mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, int *id)
+static int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool shared, int *id)
 {
 	struct shadow_mmu_slot *slot;
 	uint64_t npages;
@@ -879,11 +1545,15 @@ int shadow_mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, int
 	memset(slot, 0, sizeof(*slot));
 	slot->s = *s;
 	slot->npages = npages;
+	slot->shared = shared;
 	slot->id = n;
 	slot->mmu = mmu;
-	slot->rmap = calloc(npages, sizeof(*slot->rmap));
+	ret = pool_obj_get(mmu->pool, s->obj, s->mpa, &slot->pobj);
+	if (ret)
+		return ret;
+	slot->rmap = slot->pobj->rmap;
 	slot->young = calloc(npages, 1);
-	if (!slot->rmap || !slot->young) {
+	if (!slot->young) {
 		ret = -ENOMEM;
 		goto free_arrays;
 	}
@@ -898,10 +1568,21 @@ int shadow_mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, int
 
 free_arrays:
 	free(slot->young);
-	free(slot->rmap);
+	pool_obj_put(mmu->pool, slot->pobj);
 	slot->young = NULL;
 	slot->rmap = NULL;
+	slot->pobj = NULL;
 	return ret;
+}
+
+int shadow_mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, int *id)
+{
+	return mmu_add_slot(mmu, s, false, id);
+}
+
+int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *s, int *id)
+{
+	return mmu_add_slot(mmu, s, true, id);
 }
 
 int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, int slot_id,
@@ -929,10 +1610,11 @@ int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, in
 		if (old) {
 			/* Whatever maps the old backing page goes (conservative:
 			 * every entry of that page, whichever gfn it came from). */
-			struct shadow_mmu_slot *os = &mmu->slots[(old >> P2M_SLOT_SHIFT) - 1];
+			struct shadow_mmu_slot *os =
+				&mmu->slots[((old & P2M_SLOT_MASK) >> P2M_SLOT_SHIFT) - 1];
 			uint64_t op = old & P2M_PAGE_MASK;
 
-			zap_slot_range_locked(mmu, os, op, op, &b);
+			zap_slot_range_local_locked(mmu, os, op, op, &b);
 		}
 		__atomic_store_n(&mmu->p2m[gfn + i], e, __ATOMIC_RELEASE);
 	}
@@ -949,20 +1631,24 @@ void shadow_mmu_tlb_register(struct shadow_mmu *mmu, struct shadow_tlb *tlb)
 	notifier_mutex_lock(&mmu->mmu_lock);
 	tlb->root = 0;
 	tlb->cr3 = 0;
+	notifier_mutex_lock(&mmu->tlbs_lock);
 	tlb->next = mmu->tlbs;
 	mmu->tlbs = tlb;
+	notifier_mutex_unlock(&mmu->tlbs_lock);
 	notifier_mutex_unlock(&mmu->mmu_lock);
 }
 
 void shadow_mmu_tlb_unregister(struct shadow_mmu *mmu, struct shadow_tlb *tlb)
 {
 	notifier_mutex_lock(&mmu->mmu_lock);
+	notifier_mutex_lock(&mmu->tlbs_lock);
 	for (struct shadow_tlb **pp = &mmu->tlbs; *pp; pp = &(*pp)->next) {
 		if (*pp == tlb) {
 			*pp = tlb->next;
 			break;
 		}
 	}
+	notifier_mutex_unlock(&mmu->tlbs_lock);
 	if (tlb->root) {
 		struct shadow_root *root = root_of_page_locked(mmu, tlb->root);
 
@@ -1003,6 +1689,12 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		mmu->roots[r].page = SHADOW_NO_PAGE;
 	notifier_mutex_init(&mmu->mmu_lock, "shadow.mmu_lock", NOTIFIER_LOCK_RANK_MMU);
+	notifier_mutex_init(&mmu->tlbs_lock, "shadow.mmu.tlbs_lock", SHADOW_LOCK_RANK_TLBS);
+	mmu->cow_slot = -1;
+	notifier_mutex_lock(&mmu->pool->rmap_lock);
+	mmu->pool_next = mmu->pool->mmus;
+	mmu->pool->mmus = mmu;
+	notifier_mutex_unlock(&mmu->pool->rmap_lock);
 	*out = mmu;
 	return 0;
 
@@ -1021,22 +1713,32 @@ void shadow_mmu_destroy(struct shadow_mmu *mmu)
 	if (!mmu)
 		return;
 	n = __atomic_load_n(&mmu->nr_slots, __ATOMIC_ACQUIRE);
-	/* release() zaps what each object maps; afterwards no callback runs. */
-	for (int i = 0; i < n; i++)
-		notifier_unsubscribe(mmu->slots[i].sub);
+	/* First drop every root: tables shared with other VMs lose one user
+	 * (and stay theirs); tables only we reached are freed. */
 	zap_batch_init(&b);
 	notifier_mutex_lock(&mmu->mmu_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
 			root_evict_locked(mmu, &mmu->roots[r], &b);
 	zap_batch_finish_locked(mmu, &b);
+	mmu->destroying = true;
 	notifier_mutex_unlock(&mmu->mmu_lock);
+	/* release() has nothing of ours left to zap; afterwards no callback runs. */
+	for (int i = 0; i < n; i++)
+		notifier_unsubscribe(mmu->slots[i].sub);
+	notifier_mutex_lock(&mmu->pool->rmap_lock);
+	for (struct shadow_mmu **pp = &mmu->pool->mmus; *pp; pp = &(*pp)->pool_next) {
+		if (*pp == mmu) {
+			*pp = mmu->pool_next;
+			break;
+		}
+	}
+	notifier_mutex_unlock(&mmu->pool->rmap_lock);
 	for (int i = 0; i < n; i++) {
-		for (uint64_t p = 0; p < mmu->slots[i].npages; p++)
-			rmap_free(&mmu->slots[i].rmap[p]);
-		free(mmu->slots[i].rmap);
+		pool_obj_put(mmu->pool, mmu->slots[i].pobj);
 		free(mmu->slots[i].young);
 	}
+	notifier_mutex_exit(&mmu->tlbs_lock);
 	notifier_mutex_exit(&mmu->mmu_lock);
 	free(mmu->roots);
 	free(mmu->p2m);
@@ -1052,9 +1754,9 @@ size_t shadow_mmu_rmap_count(struct shadow_mmu *mmu, int slot_id, uint64_t page)
 
 	if (!slot || page >= slot->npages)
 		return 0;
-	notifier_mutex_lock(&mmu->mmu_lock);
+	notifier_mutex_lock(&mmu->pool->rmap_lock);
 	n = slot->rmap[page].nr;
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	notifier_mutex_unlock(&mmu->pool->rmap_lock);
 	return n;
 }
 
@@ -1082,19 +1784,41 @@ static uint64_t canonical(uint64_t va)
 	return (uint64_t)((int64_t)(va << 16) >> 16);
 }
 
+struct check_ctx {
+	uint64_t leaves, tables;
+	uint8_t *cow[SHADOW_MAX_SLOTS];	/* [slot][page]: shared copy-on-write in our P2M */
+};
+
+static bool users_has_locked(struct shadow_page *sp, struct shadow_mmu *mmu, uint32_t parent,
+			     uint32_t index, uint32_t *nr)
+{
+	bool found = false;
+
+	*nr = 0;
+	for (struct shadow_page_user *u = sp->users; u; u = u->next) {
+		(*nr)++;
+		found |= u->parent == parent && u->index == index &&
+			 (parent != SHADOW_NO_PAGE || u->mmu == mmu);
+	}
+	return found;
+}
+
+/* @path_w: every entry above grants W.  Called with mmu_lock and rmap_lock. */
 static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t parent,
-			      uint32_t index, uint64_t *leaves, uint64_t *tables)
+			      uint32_t index, bool path_w, struct check_ctx *c)
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t *sptes = mmu_sptes(mmu, page);
-	uint32_t present = 0;
+	uint32_t present = 0, nr_users;
+	bool linked;
 	int ret;
 
-	(*tables)++;
-	if (!sp->level || __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) != 1 || !sp->users ||
-	    sp->users->next || sp->users->mmu != mmu || sp->users->parent != parent ||
-	    sp->users->index != index)
+	c->tables++;
+	notifier_mutex_lock(&sp->lock);
+	linked = users_has_locked(sp, mmu, parent, index, &nr_users);
+	notifier_mutex_unlock(&sp->lock);
+	if (!sp->level || !linked || __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) != nr_users)
 		return -EUCLEAN;
 	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
 		uint64_t spte = spte_read(&sptes[i]);
@@ -1117,50 +1841,272 @@ static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t pa
 			slot = mmu_mpa_to_slot(mmu, spte_addr(spte), &bp);
 			if (!slot)
 				return -EUCLEAN;
+			/* Write protection: no write can reach shared data. */
+			if (path_w && spte_is_writable(spte) && c->cow[slot->id] && c->cow[slot->id][bp])
+				return -EUCLEAN;
 			for_each_rmap_sptep(&slot->rmap[bp], k, s)
 				found |= s == sptep_make(page, i);
 			if (!found)
 				return -EUCLEAN;
-			(*leaves)++;
+			c->leaves++;
 			continue;
 		}
 		uint32_t child = pool_page_index(spte_addr(spte));
+		struct shadow_page *csp = mmu_page(mmu, child);
 
-		if (!shadow_pool_contains(mmu->pool, spte_addr(spte)) ||
-		    mmu_page(mmu, child)->level != sp->level - 1 ||
-		    mmu_page(mmu, child)->gva !=
-			    canonical(sp->gva + ((uint64_t)i << SPTE_LEVEL_SHIFT(sp->level))))
+		if (!shadow_pool_contains(mmu->pool, spte_addr(spte)) || csp->level != sp->level - 1 ||
+		    (!csp->canon &&
+		     csp->gva != canonical(sp->gva + ((uint64_t)i << SPTE_LEVEL_SHIFT(sp->level)))))
 			return -EUCLEAN;
-		ret = check_table_locked(mmu, child, page, i, leaves, tables);
+		ret = check_table_locked(mmu, child, page, i, path_w && spte_is_writable(spte), c);
 		if (ret)
 			return ret;
 	}
-	return present == sp->nr_present ? 0 : -EUCLEAN;
+	return present == __atomic_load_n(&sp->nr_present, __ATOMIC_RELAXED) ? 0 : -EUCLEAN;
 }
 
 int shadow_mmu_check(struct shadow_mmu *mmu)
 {
-	uint64_t leaves = 0, tables = 0, rmapped = 0;
+	struct check_ctx c = { 0 };
 	int n, ret = 0;
 
 	notifier_mutex_lock(&mmu->mmu_lock);
+	n = __atomic_load_n(&mmu->nr_slots, __ATOMIC_ACQUIRE);
+	for (uint64_t g = 0; g < mmu->p2m_pages && !ret; g++) {
+		uint64_t e = __atomic_load_n(&mmu->p2m[g], __ATOMIC_RELAXED);
+		int id = (int)((e & P2M_SLOT_MASK) >> P2M_SLOT_SHIFT) - 1;
+
+		if (!(e & P2M_COW))
+			continue;
+		if (!c.cow[id])
+			c.cow[id] = calloc(mmu->slots[id].npages, 1);
+		if (!c.cow[id])
+			ret = -ENOMEM;
+		else
+			c.cow[id][e & P2M_PAGE_MASK] = 1;
+	}
+	notifier_mutex_lock(&mmu->pool->rmap_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots && !ret; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
-			ret = check_table_locked(mmu, mmu->roots[r].page, SHADOW_NO_PAGE, r, &leaves,
-						 &tables);
-	n = __atomic_load_n(&mmu->nr_slots, __ATOMIC_ACQUIRE);
-	for (int i = 0; i < n; i++)
-		for (uint64_t p = 0; p < mmu->slots[i].npages; p++)
-			rmapped += mmu->slots[i].rmap[p].nr;
-	if (!ret && rmapped != leaves)
-		ret = -EUCLEAN;
-	{
-		struct shadow_mmu_stats st;
+			ret = check_table_locked(mmu, mmu->roots[r].page, SHADOW_NO_PAGE, r, true, &c);
+	/* The other direction: every reverse-map entry is a present leaf
+	 * mapping that page (whichever VM's table it is in). */
+	for (int i = 0; i < n && !ret; i++) {
+		struct shadow_mmu_slot *slot = &mmu->slots[i];
 
+		for (uint64_t p = 0; p < slot->npages && !ret; p++) {
+			uint32_t k;
+			shadow_sptep_t s;
+
+			for_each_rmap_sptep(&slot->rmap[p], k, s) {
+				uint64_t spte = spte_read(mmu_sptes(mmu, sptep_page(s)) + sptep_index(s));
+
+				if (!spte_is_present(spte) || mmu_page(mmu, sptep_page(s))->level != 1 ||
+				    spte_addr(spte) != slot->s.mpa + (p << SHADOW_PAGE_SHIFT))
+					ret = -EUCLEAN;
+			}
+		}
+	}
+	notifier_mutex_unlock(&mmu->pool->rmap_lock);
+	if (!ret && !mmu->sharing) {
+		struct shadow_mmu_stats st;
+		uint64_t rmapped = 0;
+
+		/* Alone in its objects: everything is its own. */
+		for (int i = 0; i < n; i++)
+			if (mmu->slots[i].pobj->refs == 1)
+				for (uint64_t p = 0; p < mmu->slots[i].npages; p++)
+					rmapped += mmu->slots[i].rmap[p].nr;
 		shadow_mmu_stats(mmu, &st);
-		if (!ret && st.tables_created - st.tables_freed != tables)
+		if (st.tables_created - st.tables_freed != c.tables)
+			ret = -EUCLEAN;
+		bool alone = true;
+
+		for (int i = 0; i < n; i++)
+			alone &= mmu->slots[i].pobj->refs == 1;
+		if (!ret && alone && rmapped != c.leaves)
 			ret = -EUCLEAN;
 	}
 	notifier_mutex_unlock(&mmu->mmu_lock);
+	for (int i = 0; i < SHADOW_MAX_SLOTS; i++)
+		free(c.cow[i]);
+	return ret;
+}
+
+/* ---- sharing: clone, copy-on-write (docs/sharing.md) ---------------------------------- */
+
+int shadow_mmu_set_cow_slot(struct shadow_mmu *mmu, int slot_id)
+{
+	struct shadow_mmu_slot *slot = slot_of_id(mmu, slot_id);
+
+	if (!slot || slot->s.readonly || slot->shared)
+		return -EINVAL;
+	notifier_mutex_lock(&mmu->mmu_lock);
+	mmu->cow_slot = slot_id;
+	__atomic_store_n(&mmu->cow_next, 0, __ATOMIC_RELAXED);
+	notifier_mutex_unlock(&mmu->mmu_lock);
+	return 0;
+}
+
+int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa)
+{
+	uint64_t gfn = gpa >> SHADOW_PAGE_SHIFT;
+	struct zap_batch b;
+	int ret;
+
+	if (gfn >= mmu->p2m_pages)
+		return -EINVAL;
+	for (;;) {
+		uint64_t e = __atomic_load_n(&mmu->p2m[gfn], __ATOMIC_ACQUIRE), p, q, seq_s, seq_c;
+		struct shadow_mmu_slot *s, *cs;
+
+		if (!(e & P2M_COW))
+			return 0;
+		cs = slot_of_id(mmu, __atomic_load_n(&mmu->cow_slot, __ATOMIC_RELAXED));
+		if (!cs)
+			return -EROFS;
+		q = __atomic_fetch_add(&mmu->cow_next, 1, __ATOMIC_RELAXED);
+		if (q >= cs->npages)
+			return -ENOMEM;
+		s = &mmu->slots[((e & P2M_SLOT_MASK) >> P2M_SLOT_SHIFT) - 1];
+		p = e & P2M_PAGE_MASK;
+		/* Both pages with the sequence/retry protocol, no lock held. */
+		seq_s = notifier_read_begin(s->s.obj, p, p);
+		if (s->s.ops && s->s.ops->get_page && (ret = s->s.ops->get_page(s->s.priv, p, false)))
+			return ret;
+		seq_c = notifier_read_begin(cs->s.obj, q, q);
+		if (cs->s.ops && cs->s.ops->get_page && (ret = cs->s.ops->get_page(cs->s.priv, q, true)))
+			return ret;
+		notifier_mutex_lock(&mmu->mmu_lock);
+		if (__atomic_load_n(&mmu->p2m[gfn], __ATOMIC_RELAXED) != e ||
+		    notifier_read_retry(s->s.obj, p, p, seq_s) ||
+		    notifier_read_retry(cs->s.obj, q, q, seq_c)) {
+			notifier_mutex_unlock(&mmu->mmu_lock);
+			mmu_stat_inc(mmu, retries);
+			continue; /* page q is lost: the bump allocator never reuses */
+		}
+		/* Nobody writes p (every sharer maps it read-only) and no
+		 * invalidation of p or q can pass our mmu_lock: copy. */
+		memcpy((char *)cs->s.host + (q << SHADOW_PAGE_SHIFT),
+		       (char *)s->s.host + (p << SHADOW_PAGE_SHIFT), SHADOW_PAGE_SIZE);
+		__atomic_store_n(&mmu->p2m[gfn], ((uint64_t)(cs->id + 1) << P2M_SLOT_SHIFT) | q,
+				 __ATOMIC_RELEASE);
+		bump_sync_seq_locked(mmu);
+		/* Our mappings of the old page go; the other sharers keep
+		 * theirs (we leave the shared tables that hold them). */
+		zap_batch_init(&b);
+		zap_slot_range_local_locked(mmu, s, p, p, &b);
+		zap_batch_finish_locked(mmu, &b);
+		notifier_mutex_unlock(&mmu->mmu_lock);
+		mmu_stat_inc(mmu, cow_breaks);
+		return 0;
+	}
+}
+
+int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
+		     struct shadow_mmu **out)
+{
+	struct shadow_mmu_config cfg = {
+		.pool = parent->pool,
+		.max_gpa = parent->p2m_pages << SHADOW_PAGE_SHIFT,
+		.nr_roots = parent->nr_roots,
+		.mode = parent->mode,
+	};
+	struct shadow_mmu *child;
+	struct zap_batch b;
+	int n, id, ret;
+
+	if (!cow || __atomic_load_n(&parent->cow_slot, __ATOMIC_RELAXED) < 0)
+		return -EINVAL;
+	ret = shadow_mmu_create(&cfg, &child);
+	if (ret)
+		return ret;
+	n = __atomic_load_n(&parent->nr_slots, __ATOMIC_ACQUIRE);
+	for (int i = 0; i < n; i++) {
+		ret = mmu_add_slot(child, &parent->slots[i].s, parent->slots[i].shared, &id);
+		if (ret)
+			goto destroy_child;
+	}
+	ret = shadow_mmu_add_slot(child, cow, &id);
+	if (ret)
+		goto destroy_child;
+	child->cow_slot = id;
+
+	zap_batch_init(&b);
+	notifier_mutex_lock(&parent->mmu_lock);
+	/* Roots first (they can fail): a copy of each, whose entries point at
+	 * the parent's tables, one more reference each.  No lower level is
+	 * walked: the cost is 512 entries per cached root. */
+	for (unsigned int r = 0; r < parent->nr_roots; r++) {
+		struct shadow_root *pr = &parent->roots[r];
+		uint64_t *from, *to;
+		uint32_t page, present = 0;
+		struct shadow_page *sp;
+
+		if (pr->page == SHADOW_NO_PAGE)
+			continue;
+		ret = pool_alloc_index(parent->pool, SPTE_LEVELS, &page);
+		if (ret)
+			goto unlock_parent;
+		sp = mmu_page(parent, page);
+		sp->access = SHADOW_RIGHTS_ALL;
+		sp->gpa = pr->cr3;
+		ret = pool_user_add(parent->pool, page, child, SHADOW_NO_PAGE, r);
+		if (ret) {
+			pool_free_index(parent->pool, page);
+			goto unlock_parent;
+		}
+		child->roots[r] = (struct shadow_root){ .cr3 = pr->cr3, .page = page,
+							.last_used = pr->last_used };
+		mmu_stat_inc(child, tables_created);
+		from = mmu_sptes(parent, pr->page);
+		to = mmu_sptes(parent, page);
+		for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
+			uint64_t e = spte_read(&from[i]);
+
+			if (!spte_is_present(e))
+				continue;
+			ret = pool_user_add(parent->pool, pool_page_index(spte_addr(e)), child, page, i);
+			if (ret)
+				goto unlock_parent; /* the child's destroy drops what we took */
+			/* Write protection: a write through either root faults. */
+			spte_write(&to[i], e & ~SPTE_WRITABLE);
+			__atomic_store_n(&sp->nr_present, ++present, __ATOMIC_RELAXED);
+			if (e & SPTE_WRITABLE)
+				spte_set_locked(parent, pr->page, i, e & ~SPTE_WRITABLE);
+		}
+	}
+	/* The P2M: every private page becomes copy-on-write for both. */
+	for (uint64_t g = 0; g < parent->p2m_pages; g++) {
+		uint64_t e = __atomic_load_n(&parent->p2m[g], __ATOMIC_RELAXED);
+
+		if (!e)
+			continue;
+		if (!parent->slots[((e & P2M_SLOT_MASK) >> P2M_SLOT_SHIFT) - 1].shared &&
+		    !(e & P2M_COW)) {
+			e |= P2M_COW;
+			__atomic_store_n(&parent->p2m[g], e, __ATOMIC_RELEASE);
+		}
+		__atomic_store_n(&child->p2m[g], e, __ATOMIC_RELEASE);
+	}
+	child->tick = parent->tick;
+	child->sharing = parent->sharing = true;
+	bump_sync_seq_locked(parent);
+	/* The parent's vCPUs must not keep a writable translation. */
+	b.flush_all = true;
+	b.zapped++;
+	zap_batch_finish_locked(parent, &b);
+	notifier_mutex_unlock(&parent->mmu_lock);
+	mmu_stat_inc(child, clones);
+	*out = child;
+	return 0;
+
+unlock_parent:
+	b.flush_all = true;
+	b.zapped++;
+	zap_batch_finish_locked(parent, &b);
+	notifier_mutex_unlock(&parent->mmu_lock);
+destroy_child:
+	shadow_mmu_destroy(child);
 	return ret;
 }

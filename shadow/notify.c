@@ -104,7 +104,12 @@ static void shadow_release(struct notifier_subscription *sub, struct notifier_ob
 	notifier_mutex_lock(&mmu->mmu_lock);
 	__atomic_store_n(&slot->released, true, __ATOMIC_RELEASE);
 	zap_batch_init(&b);
-	zap_slot_range_locked(mmu, slot, 0, slot->npages - 1, &b);
+	/* A VM being destroyed has dropped its roots already: the leaves of
+	 * the object still in the pool belong to other VMs' (shared) tables,
+	 * which stay valid for them.  Otherwise (the object goes away) every
+	 * leaf of it goes, for every VM (the non-local zap). */
+	if (!mmu->destroying)
+		zap_slot_range_locked(mmu, slot, 0, slot->npages - 1, &b);
 	zap_batch_finish_locked(mmu, &b);
 	notifier_mutex_unlock(&mmu->mmu_lock);
 }

@@ -48,6 +48,7 @@ int shadow_pool_create(size_t nr_pages, struct shadow_pool **out)
 	}
 	pool->free_head = 0;
 	notifier_mutex_init(&pool->lock, "shadow.pool.lock", SHADOW_LOCK_RANK_POOL);
+	notifier_mutex_init(&pool->rmap_lock, "shadow.pool.rmap_lock", SHADOW_LOCK_RANK_RMAP);
 	*out = pool;
 	return 0;
 
@@ -69,6 +70,7 @@ void shadow_pool_destroy(struct shadow_pool *pool)
 	for (size_t i = 0; i < pool->nr_pages; i++)
 		notifier_mutex_exit(&pool->pages[i].lock);
 	notifier_mutex_exit(&pool->lock);
+	notifier_mutex_exit(&pool->rmap_lock);
 	free(pool->pages);
 	free(pool);
 }
@@ -111,7 +113,7 @@ int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index)
 	}
 	sp = &pool->pages[i];
 	pool->free_head = sp->next;
-	sp->level = (uint8_t)level;
+	__atomic_store_n(&sp->level, (uint8_t)level, __ATOMIC_RELAXED); /* walk-ups read it racily */
 	pool->in_use[level]++;
 	notifier_mutex_unlock(&pool->lock);
 
@@ -123,6 +125,9 @@ int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index)
 	sp->gva = 0;
 	sp->nr_present = 0;
 	sp->users = NULL;
+	sp->canon = false;
+	sp->canon_obj = NULL;
+	sp->canon_key = 0;
 	__atomic_store_n(&sp->use_count, 0, __ATOMIC_RELAXED);
 	memset(pool_entries(pool, i), 0, SHADOW_PAGE_SIZE);
 	*index = i;
@@ -135,7 +140,7 @@ void pool_free_index(struct shadow_pool *pool, uint32_t index)
 
 	notifier_mutex_lock(&pool->lock);
 	pool->in_use[sp->level]--;
-	sp->level = 0;
+	__atomic_store_n(&sp->level, 0, __ATOMIC_RELAXED);
 	sp->next = pool->free_head;
 	pool->free_head = index;
 	notifier_mutex_unlock(&pool->lock);
@@ -193,6 +198,24 @@ size_t shadow_pool_pages_in_use(struct shadow_pool *pool, int level)
 	return n;
 }
 
+int pool_user_link(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *mmu,
+		   uint32_t parent, uint32_t slot)
+{
+	struct shadow_page *sp = &pool->pages[index];
+	struct shadow_page_user *u = malloc(sizeof(*u));
+
+	if (!u)
+		return -ENOMEM;
+	u->mmu = mmu;
+	u->parent = parent;
+	u->index = slot;
+	notifier_mutex_lock(&sp->lock);
+	u->next = sp->users;
+	sp->users = u;
+	notifier_mutex_unlock(&sp->lock);
+	return 0;
+}
+
 int pool_user_add(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *mmu,
 		  uint32_t parent, uint32_t slot)
 {
@@ -220,7 +243,10 @@ void pool_user_del(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *
 
 	notifier_mutex_lock(&sp->lock);
 	for (pp = &sp->users; *pp; pp = &(*pp)->next) {
-		if ((*pp)->mmu == mmu && (*pp)->parent == parent && (*pp)->index == slot) {
+		/* A link below a root is named by its parent entry alone (the
+		 * parent may be shared: whoever drops it removes the link). */
+		if ((*pp)->parent == parent && (*pp)->index == slot &&
+		    (parent != SHADOW_NO_PAGE || (*pp)->mmu == mmu)) {
 			u = *pp;
 			*pp = u->next;
 			break;
@@ -228,4 +254,71 @@ void pool_user_del(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *
 	}
 	notifier_mutex_unlock(&sp->lock);
 	free(u);
+}
+
+int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t mpa,
+		 struct pool_obj **out)
+{
+	uint64_t npages = notifier_object_npages(obj), nruns = (npages + 511) / 512;
+	struct pool_obj *po;
+	int ret = 0;
+
+	notifier_mutex_lock(&pool->rmap_lock);
+	for (po = pool->objs; po; po = po->next)
+		if (po->obj == obj && po->mpa == mpa)
+			break;
+	if (po) {
+		po->refs++;
+		goto unlock;
+	}
+	po = calloc(1, sizeof(*po));
+	if (!po) {
+		ret = -ENOMEM;
+		goto unlock;
+	}
+	po->rmap = calloc(npages, sizeof(*po->rmap));
+	po->canon = malloc(nruns * 8 * sizeof(*po->canon));
+	if (!po->rmap || !po->canon) {
+		ret = -ENOMEM;
+		goto free_po;
+	}
+	for (uint64_t k = 0; k < nruns * 8; k++)
+		po->canon[k] = SHADOW_NO_PAGE;
+	po->obj = obj;
+	po->mpa = mpa;
+	po->npages = npages;
+	po->refs = 1;
+	po->next = pool->objs;
+	pool->objs = po;
+	goto unlock;
+free_po:
+	free(po->rmap);
+	free(po->canon);
+	free(po);
+	po = NULL;
+unlock:
+	notifier_mutex_unlock(&pool->rmap_lock);
+	*out = po;
+	return ret;
+}
+
+void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
+{
+	notifier_mutex_lock(&pool->rmap_lock);
+	if (--po->refs) {
+		notifier_mutex_unlock(&pool->rmap_lock);
+		return;
+	}
+	for (struct pool_obj **pp = &pool->objs; *pp; pp = &(*pp)->next) {
+		if (*pp == po) {
+			*pp = po->next;
+			break;
+		}
+	}
+	notifier_mutex_unlock(&pool->rmap_lock);
+	for (uint64_t p = 0; p < po->npages; p++)
+		rmap_free(&po->rmap[p]);
+	free(po->rmap);
+	free(po->canon);
+	free(po);
 }

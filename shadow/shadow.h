@@ -33,7 +33,8 @@
 
 #include "notifier/notifier.h"
 
-/* Guest-physical base of the pool in every VM: above any guest RAM (64 GiB). */
+/* Guest-physical base of the pool in every VM: above all guest RAM and shared
+ * segments (the VMM keeps those below 512 GiB). */
 #define SHADOW_POOL_GPA (1ull << 39)
 #define SHADOW_PAGE_SIZE 4096u
 #define SHADOW_PAGE_SHIFT 12
@@ -272,6 +273,13 @@ struct shadow_mmu_stats {
 	uint64_t flushes_all;		/* flush_all requests sent to vCPUs */
 	uint64_t flushes_va;		/* flush_va requests sent to vCPUs */
 	uint64_t invalidations;		/* notifier invalidations (range or page) handled */
+	/* sharing (issue 5) */
+	uint64_t clones;		/* shadow_mmu_clone() calls that made this MMU's clone */
+	uint64_t privatizations;	/* shared tables copied before a change (unshare) */
+	uint64_t cow_breaks;		/* guest pages copied on write (P2M copy-on-write) */
+	uint64_t canon_created;		/* canonical segment tables created */
+	uint64_t canon_reused;		/* ... and found already there */
+	uint64_t remote_flushes;	/* times another VM's zap flushed this VM (pmd-rmap) */
 };
 
 /*
@@ -357,7 +365,8 @@ int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t
  * (notifier_read_begin waits for overlapping invalidations; get_page).
  * Errors: -EINVAL (non-canonical @va), -ENOENT (no root for @cr3: load it
  * first), -EFAULT (the guest-physical page, or a guest table, has no
- * backing: MMIO or a wild address), -ENODEV (the object was released),
+ * backing: MMIO or a wild address), -EACCES (a write to a read-only
+ * slot that the guest's own tables allow), -ENODEV (the object was released),
  * -ENOMEM (pool full even after zapping everything), or get_page's error.
  */
 int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access,
@@ -411,6 +420,115 @@ const struct shadow_paging_mode *shadow_mmu_mode(const struct shadow_mmu *mmu);
  * on the first violation.  Takes mmu_lock.  For tests.
  */
 int shadow_mmu_check(struct shadow_mmu *mmu);
+
+/* ---- sharing across VMs (issue 5, docs/sharing.md) ------------------ */
+
+/*
+ * Names slot @slot_id (a private object of this VM, not shared, not
+ * read-only, not mapped in the P2M) as where this VM's copy-on-write copies
+ * go: each copy takes the next unused page of it (pages are not reused).
+ * Required before shadow_mmu_clone() on the parent.  Takes mmu_lock.
+ * Returns 0 or -EINVAL.
+ */
+int shadow_mmu_set_cow_slot(struct shadow_mmu *mmu, int slot_id);
+
+/*
+ * Adds a slot for a shared segment: as shadow_mmu_add_slot(), and where the
+ * guest maps a 2 MiB-aligned run of the object with one 2 MiB (or 1 GiB)
+ * page, contiguously in the P2M (and not copy-on-write), the VM uses the
+ * run's canonical shadow table: one per (run, guest-physical address,
+ * rights), created on first use, shared by every VM that maps the run that
+ * way, counted by users and freed by the last.  Every VM must place the
+ * object at the same @slot->mpa (and, to share, at the same guest-physical
+ * address).  A clone keeps it shared (never copy-on-write).  Same locking
+ * and errors as shadow_mmu_add_slot().
+ */
+int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *slot, int *id);
+
+/*
+ * Clones @parent (fork-style sharing): the child gets the parent's slots
+ * (same ids, objects and machine addresses) plus @cow as its copy-on-write
+ * slot (the next id), a copy of the P2M in which every page of a non-shared
+ * slot is copy-on-write for both VMs, and a copy of each cached root whose
+ * entries point at the parent's tables, whose use counts go up by one.
+ * Nothing below the roots is walked or copied: the cost is one page per
+ * cached root plus the P2M copy (8 bytes per guest page).  Both roots'
+ * entries lose W (a write through either faults and privatizes) and the
+ * parent's vCPUs are flushed before it returns.  The child has no vCPUs.
+ * Locks: takes the parent's mmu_lock (after subscribing the child's slots
+ * with none held); the caller holds no shadow lock.  May block.
+ * Returns 0 and *@out, -EINVAL (no cow slot on the parent, bad @cow),
+ * -ENOMEM, or add_slot's errors.
+ */
+int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
+		     struct shadow_mmu **out);
+
+/*
+ * Gives guest-physical page @gpa a private copy if it is still shared
+ * copy-on-write with a clone (what the first guest write does; the VMM
+ * calls it before writing guest memory on the guest's behalf): copies it
+ * into the next page of the cow slot, points the P2M at the copy, and zaps
+ * every shadow entry of the old page (every sharer refaults the same
+ * translation it had; none ever sees the copy).  No-op if not shared.
+ * Locks: takes mmu_lock; the caller holds none (uses
+ * notifier_read_begin() and get_page: may block).  Returns 0, -EINVAL,
+ * -EROFS (no cow slot), -ENOMEM (cow slot full), or get_page's error.
+ */
+int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa);
+
+/* ---- eviction (swapout to an in-memory store) ------------------------ */
+
+struct shadow_store;
+
+/* Byte that fills an evicted page until it is restored. */
+#define SHADOW_STORE_POISON 0xa5
+
+/*
+ * Creates an in-memory swap store for @obj, whose pages the host reaches at
+ * @host.  Give every VM's slot of @obj { .ops = &shadow_store_slot_ops,
+ * .priv = store }: its get_page is the restore hook.  May block.
+ * Returns 0 and *@out, -EINVAL, -ENOMEM.
+ */
+int shadow_store_create(struct notifier_object *obj, void *host, struct shadow_store **out);
+/* Frees the store and what it holds (evicted contents are lost).  No
+ * eviction or restore may be running. */
+void shadow_store_destroy(struct shadow_store *st);
+
+/*
+ * evict(object, page): sends a swapout invalidation of @page to every
+ * subscriber of the object (every VM that maps it, through private or
+ * shared tables: each VM's callback clears every leaf of the page in the
+ * pool and flushes every vCPU of every VM that reaches those tables, found
+ * through the pmd-rmap), then saves the content and poisons the page
+ * (SHADOW_STORE_POISON).  The next access faults, and the slot's get_page
+ * (the restore hook) copies the content back before the page is mapped.
+ * On return 0: no vCPU of any VM reaches the page until it is restored.
+ * Locks: the caller holds none; the thread is registered with liburcu
+ * (notifier_thread_init).  May block.  Returns 0, -EALREADY (already
+ * evicted; the invalidation was still sent), -EINVAL, -ENOMEM.
+ */
+int shadow_store_evict(struct shadow_store *st, uint64_t page);
+/* True if @page is in memory.  Takes the store lock. */
+bool shadow_store_is_resident(struct shadow_store *st, uint64_t page);
+/* Counters: evictions done and restores done. */
+void shadow_store_stats(struct shadow_store *st, uint64_t *evictions, uint64_t *restores);
+/* get_page = restore from the store (priv: the store). */
+extern const struct shadow_slot_ops shadow_store_slot_ops;
+
+/* ---- pool-wide checks -------------------------------------------------- */
+
+/*
+ * Debug check of the whole pool, across every VM (tests, with no other
+ * thread using the pool): each allocated page's use count equals its users
+ * list, each user's parent entry (or root-cache slot of a live VM) points
+ * at it; every present leaf is in the reverse map of its object page and
+ * every reverse-map entry is a present leaf of that page; canonical tables
+ * and their arrays agree; the per-level counts equal the allocated pages.
+ * Takes rmap_lock and table locks.  Returns 0 or -EUCLEAN.
+ */
+int shadow_pool_check(struct shadow_pool *pool);
+/* Number of table pages with more than one user (shared).  Takes rmap_lock. */
+size_t shadow_pool_shared_pages(struct shadow_pool *pool);
 
 /* ---- the software vCPU ---------------------------------------------- */
 
@@ -469,6 +587,21 @@ int shadow_vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int acces
  * another error.  May block. */
 int shadow_vcpu_access_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
 				struct shadow_vcpu_result *res);
+
+/*
+ * One 8-byte data access at @va (8-aligned) as one instruction: the
+ * translation as shadow_vcpu_access() does it, and, under the same TLB lock,
+ * the load into *@val (read, fetch) or the store of *@val (write).  A flush
+ * that returned before the call is seen by the translation and the data
+ * access alike; one that begins during it waits for both.  Returns as
+ * shadow_vcpu_access(), or -EINVAL for a misaligned @va.  Never blocks.
+ */
+int shadow_vcpu_access64(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
+			 uint64_t *val, struct shadow_vcpu_result *res);
+/* access64, with shadow_mmu_fault() on page faults, as
+ * shadow_vcpu_access_fault_in().  May block. */
+int shadow_vcpu_access64_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
+				  uint64_t *val, struct shadow_vcpu_result *res);
 
 /* invlpg: shadow_mmu_invlpg() on the current CR3, and the local flush. */
 void shadow_vcpu_invlpg(struct shadow_vcpu *vcpu, uint64_t va);

@@ -28,6 +28,14 @@ _Static_assert(SHADOW_LEVELS == SPTE_LEVELS, "one level count");
 #define SHADOW_LOCK_RANK_POOL (NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF + 2)
 _Static_assert(SHADOW_LOCK_RANK_POOL < NOTIFIER_LOCK_RANK_SEQ, "pool lock slots below seq_lock");
 
+/* The pool-wide reverse-map lock: inside mmu_lock, outside table locks. */
+#define SHADOW_LOCK_RANK_RMAP (NOTIFIER_LOCK_RANK_MMU + 2)
+/* A VM's TLB-list lock: inside table locks, outside the vCPUs' tlb_lock. */
+#define SHADOW_LOCK_RANK_TLBS (NOTIFIER_LOCK_RANK_TABLE + 2)
+_Static_assert(SHADOW_LOCK_RANK_RMAP < NOTIFIER_LOCK_RANK_TABLE &&
+		       SHADOW_LOCK_RANK_TLBS < NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF,
+	       "mmu_lock < rmap_lock < table lock < tlbs_lock < vCPU tlb_lock");
+
 #define SHADOW_NO_PAGE UINT32_MAX
 
 /*
@@ -38,6 +46,9 @@ _Static_assert(SHADOW_LOCK_RANK_POOL < NOTIFIER_LOCK_RANK_SEQ, "pool lock slots 
  * non-local operation walks this list to reach every VM that maps the table.
  */
 struct shadow_page_user {
+	/* The VM that made the link: exact for a root (parent SHADOW_NO_PAGE),
+	 * informational below (the parent table may be shared by many VMs; the
+	 * VMs reaching a table are found by walking up to the roots). */
 	struct shadow_mmu *mmu;
 	uint32_t parent;
 	uint32_t index;
@@ -82,6 +93,30 @@ struct shadow_page {
 	struct notifier_mutex lock;
 	struct shadow_page_user *users;
 	uint32_t next;
+	bool canon;		/* a segment's canonical table (in pool_obj.canon) */
+	struct pool_obj *canon_obj; /* its object while canon */
+	uint32_t canon_key;	/* its index in canon_obj->canon */
+};
+
+/*
+ * What the pool knows of one memory object placed at one machine address
+ * (shared by every VM's slot of that object at that address; a shared table
+ * maps the same object at the same machine address for all its users).
+ *  rmap   the reverse map, backing page -> every leaf location in the pool
+ *         that maps it, whichever VM installed it (under pool->rmap_lock);
+ *  canon  canonical tables of the segment: [run * 8 + rights] -> pool index
+ *         or SHADOW_NO_PAGE; a 2 MiB run is pages [run * 512, run * 512 + 511]
+ *         (under pool->rmap_lock; the table holds no reference: it is in
+ *         the array exactly while its use count is > 0).
+ */
+struct pool_obj {
+	struct notifier_object *obj;
+	uint64_t mpa;
+	uint64_t npages;
+	unsigned int refs;		/* slots using it, under rmap_lock */
+	struct shadow_rmap *rmap;
+	uint32_t *canon;
+	struct pool_obj *next;
 };
 
 struct shadow_pool {
@@ -94,6 +129,14 @@ struct shadow_pool {
 	struct notifier_mutex lock;
 	uint32_t free_head; /* SHADOW_NO_PAGE when the pool is full */
 	size_t in_use[SPTE_LEVELS + 1];
+	/* rmap_lock (SHADOW_LOCK_RANK_RMAP) protects every pool_obj (list,
+	 * rmaps, canonical arrays), the list of MMUs, and is held for every
+	 * write of a *leaf* entry (with the table lock inside it), so that a
+	 * leaf and its reverse-map entry change together whichever VM writes. */
+	struct notifier_mutex rmap_lock;
+	struct pool_obj *objs;
+	struct shadow_mmu *mmus;	/* every MMU of the pool (flush-everyone fallback, checks) */
+	uint64_t flush_gen;		/* atomic: batch ids for remote-flush dedup */
 };
 
 /* Pool index <-> gpa; entry locations (index * 512 + entry) fit 32 bits. */
@@ -124,6 +167,14 @@ int pool_user_add(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *m
 		  uint32_t parent, uint32_t slot);
 void pool_user_del(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *mmu,
 		   uint32_t parent, uint32_t slot);
+/* Adds a user without raising the use count (the caller already did). */
+int pool_user_link(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *mmu,
+		   uint32_t parent, uint32_t slot);
+/* The pool_obj of @obj placed at @mpa, created with one reference, or an
+ * extra reference on the existing one; put drops it.  Take rmap_lock. */
+int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t mpa,
+		 struct pool_obj **out);
+void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po);
 
 /* ---- the walker's helpers (walk.c) ------------------------------------ */
 
@@ -168,11 +219,13 @@ static inline shadow_sptep_t rmap_get(const struct shadow_rmap *rmap, uint32_t i
 
 struct shadow_mmu_slot {
 	struct shadow_slot s;		/* immutable after add */
+	bool shared;			/* a segment (shadow_mmu_add_segment), immutable */
 	uint64_t npages;		/* immutable */
 	int id;
 	struct shadow_mmu *mmu;
 	struct notifier_subscription *sub;
-	struct shadow_rmap *rmap;	/* [npages], under mmu_lock */
+	struct pool_obj *pobj;		/* shared with other VMs' slots of the object */
+	struct shadow_rmap *rmap;	/* pobj->rmap: [npages], under pool->rmap_lock */
 	uint8_t *young;			/* [npages], atomic bytes */
 	bool released;			/* atomic; set under mmu_lock by release() */
 };
@@ -184,12 +237,33 @@ struct shadow_root {
 	uint64_t last_used;
 };
 
-/* Zap batch: what to flush and what to free once flushed (under mmu_lock). */
+/*
+ * Zap batch (under mmu_lock): what to flush, and what to do once flushed.
+ *  va / flush_all   this VM's own vCPUs;
+ *  tables           tables in which a leaf was cleared in place: every VM
+ *                   that reaches one (pmd-rmap walk up to the roots) is
+ *                   flushed too (tables_overflow: flush every VM of the pool);
+ *  puts             table references dropped from a parent entry: the
+ *                   use count is decremented only after the flush, so a
+ *                   racing unsharer that frees the table cannot free it
+ *                   under a walk of one of our vCPUs (flush before put);
+ *  free_head        pages to free after the flush.
+ */
 #define ZAP_MAX_VA 16
+#define ZAP_MAX_TABLES 32
+#define ZAP_MAX_PUTS 64
+struct zap_put {
+	uint32_t child, parent, index;
+};
 struct zap_batch {
 	unsigned int nr_va;
 	bool flush_all;
 	uint64_t va[ZAP_MAX_VA];
+	unsigned int nr_tables;
+	bool tables_overflow;
+	uint32_t tables[ZAP_MAX_TABLES];
+	unsigned int nr_puts;
+	struct zap_put puts[ZAP_MAX_PUTS];
 	uint32_t free_head;		/* pages to free after the flush */
 	uint64_t zapped;
 };
@@ -221,13 +295,26 @@ struct shadow_mmu {
 	struct shadow_root *roots;	/* under mmu_lock */
 	uint64_t tick;			/* LRU clock, under mmu_lock */
 
-	struct shadow_tlb *tlbs;	/* registered vCPUs, under mmu_lock */
+	/* tlbs_lock (SHADOW_LOCK_RANK_TLBS): lets another VM's zap flush our
+	 * vCPUs (pmd-rmap) without our mmu_lock.  The list is written under
+	 * both mmu_lock and tlbs_lock, read under either. */
+	struct notifier_mutex tlbs_lock;
+	struct shadow_tlb *tlbs;	/* registered vCPUs */
+	uint64_t flush_mark;		/* atomic: last remote-flush batch id */
+	struct shadow_mmu *pool_next;	/* pool->mmus link, under pool->rmap_lock */
+
+	int cow_slot;			/* slot for copy-on-write copies, -1: none */
+	uint64_t cow_next;		/* atomic: next free page of the cow slot */
+	bool sharing;			/* ever cloned or used a canonical table */
+	bool destroying;		/* roots dropped by destroy (under mmu_lock) */
 
 	struct shadow_mmu_stats stats;	/* relaxed atomic adds */
 };
 
 #define P2M_SLOT_SHIFT 48
+#define P2M_COW (1ull << 62)		/* shared with a clone: copy before writing */
 #define P2M_PAGE_MASK ((1ull << P2M_SLOT_SHIFT) - 1)
+#define P2M_SLOT_MASK (0xffull << P2M_SLOT_SHIFT)
 
 #define mmu_stat_add(mmu, field, n) __atomic_fetch_add(&(mmu)->stats.field, (n), __ATOMIC_RELAXED)
 #define mmu_stat_inc(mmu, field) mmu_stat_add(mmu, field, 1)
@@ -241,6 +328,13 @@ void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b);
 /* Zap every SPTE mapping pages [first, last] of @slot (rmap walk). */
 void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t first,
 			   uint64_t last, struct zap_batch *b);
+
+/* Flush every vCPU of @mmu (from another VM's zap): takes its tlbs_lock. */
+void mmu_flush_remote(struct shadow_mmu *mmu);
+/* Clears leaf @i of @page in place (rmap_lock held). Returns the old entry. */
+uint64_t leaf_clear_rmap_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
+				struct zap_batch *b);
+void batch_add_table(struct zap_batch *b, uint32_t page);
 
 /* notify.c */
 extern const struct notifier_ops shadow_notifier_ops;

@@ -167,8 +167,35 @@ static uint64_t vcpu_cr3(struct shadow_vcpu *vcpu)
 	return vcpu->tlb.cr3;
 }
 
+static int vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
+		       struct shadow_vcpu_result *res, uint64_t *data);
+
 int shadow_vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
 		       struct shadow_vcpu_result *res)
+{
+	return vcpu_access(vcpu, va, access, res, NULL);
+}
+
+int shadow_vcpu_access64(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
+			 uint64_t *val, struct shadow_vcpu_result *res)
+{
+	if (va % sizeof(uint64_t) || !val)
+		return -EINVAL;
+	return vcpu_access(vcpu, va, access, res, val);
+}
+
+/* The data access, done under tlb_lock like the translation: a flush that
+ * returned before the access began is seen by both (one instruction). */
+static void vcpu_data_op(void *host, unsigned int access, uint64_t *data)
+{
+	if (access & SHADOW_ACCESS_WRITE)
+		__atomic_store_n((uint64_t *)host, *data, __ATOMIC_RELEASE);
+	else
+		*data = __atomic_load_n((uint64_t *)host, __ATOMIC_ACQUIRE);
+}
+
+static int vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
+		       struct shadow_vcpu_result *res, uint64_t *data)
 {
 	struct shadow_pool *pool = shadow_mmu_pool(vcpu->mmu);
 	uint64_t vpn = va >> SHADOW_PAGE_SHIFT, off = va & (SHADOW_PAGE_SIZE - 1);
@@ -202,6 +229,8 @@ int shadow_vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int acces
 			res->host = e->host + off;
 			res->mpa = e->mpa + off;
 			res->tlb_hit = true;
+			if (data)
+				vcpu_data_op(res->host, access, data);
 			vcpu_stat_inc(vcpu, tlb_hits);
 			ret = 0;
 			goto unlock;
@@ -237,6 +266,8 @@ int shadow_vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int acces
 		e->rights = w.rights;
 		e->valid = true;
 	}
+	if (data)
+		vcpu_data_op(res->host, access, data);
 	ret = 0;
 unlock:
 	notifier_mutex_unlock(&vcpu->tlb_lock);
@@ -300,4 +331,24 @@ unsigned int shadow_vcpu_tlb_valid(struct shadow_vcpu *vcpu)
 		n += vcpu->entries[i].valid;
 	notifier_mutex_unlock(&vcpu->tlb_lock);
 	return n;
+}
+
+int shadow_vcpu_access64_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
+				  uint64_t *val, struct shadow_vcpu_result *res)
+{
+	for (unsigned int tries = 0; tries < 1000000; tries++) {
+		uint32_t ec;
+		int ret = shadow_vcpu_access64(vcpu, va, access, val, res);
+
+		if (ret != -EFAULT)
+			return ret;
+		ret = shadow_mmu_fault(vcpu->mmu, vcpu_cr3(vcpu), va, access, &ec);
+		if (ret == SHADOW_FAULT_GUEST) {
+			res->error_code = ec;
+			return -EFAULT;
+		}
+		if (ret < 0)
+			return ret;
+	}
+	return -ELOOP;
 }

@@ -8,6 +8,8 @@ const struct test_suite_entry test_suites[] = {
 	{ "shadow", shadow_suite },
 	{ "shadow_walk", shadow_walk_suite },
 	{ "shadow_torture", shadow_torture_suite },
+	{ "shadow_share", shadow_share_suite },
+	{ "shadow_share_torture", shadow_share_torture_suite },
 	{ "vmm", vmm_suite },
 	{ NULL, NULL },
 };

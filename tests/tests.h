@@ -20,6 +20,8 @@ Suite *notifier_torture_suite(void);
 Suite *shadow_suite(void);
 Suite *shadow_walk_suite(void);
 Suite *shadow_torture_suite(void);
+Suite *shadow_share_suite(void);
+Suite *shadow_share_torture_suite(void);
 Suite *vmm_suite(void);
 Suite *kvm_suite(void);
 

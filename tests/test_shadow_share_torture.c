@@ -1,0 +1,485 @@
+/*
+ * Sharing under concurrency (issue 5): 8 VMs (4 base VMs and their clones,
+ * made while the base VMs run), 2 software vCPUs each, against an evictor
+ * (swapout of data and segment pages to the in-memory store, both delivery
+ * modes), a remapper (guest page-table changes with invlpg, segment
+ * permission changes, segment detach/attach in the P2M) and the vCPUs' own
+ * copy-on-write and privatizing writes.  After each phase the threads stop
+ * and the invariant checker runs (shadow_pool_check: use counts, users
+ * lists, reverse maps, canonical tables, pool accounting; shadow_mmu_check
+ * per VM, including write protection of copy-on-write data), then the clones
+ * are destroyed (teardown of shared tables) and checked again.
+ *
+ * The oracle, on every data access (one instruction: shadow_vcpu_access64):
+ *  - no access ever reads SHADOW_STORE_POISON: an evicted page is reached
+ *    only through a stale translation (every sharer must have been flushed
+ *    when the eviction's invalidate_range_start returned);
+ *  - data page i of a VM is written only by its vCPU i % 2, with values
+ *    tagged by the VM; the owner reads back exactly its last write (a lost
+ *    write: a store through a stale translation into an evicted copy, or
+ *    into a page another VM now owns); before a clone's first write, it
+ *    reads a value tagged by its parent (or the base lineage) - never a
+ *    sibling's, never the parent's writes made after its own copy.  The
+ *    other vCPU reads only values tagged by this VM's lineage.
+ *  - segment pages: each (VM, vCPU) owns one and reads back its last write
+ *    (when the access succeeds: the remapper may have detached or
+ *    write-protected the run).
+ * UMBRA_SHARE_TORTURE_SECONDS lengthens it (default 6).
+ */
+#include <check.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shadow.h"
+#include "test_shadow_share_util.h"
+#include "tests.h"
+
+#define NBASE 4
+#define NVMS (2 * NBASE)
+#define NDATA 32
+#define RAM_PAGES 2048
+#define DATA_GPA 0x200000ull		/* data pages: RAM pages 512.. */
+#define DATA_VA 0x0000004000000000ull
+#define SEG_GPA 0x400000ull		/* the segment run, 2 MiB-aligned */
+#define SEG_VA 0x0000008000000000ull
+#define SEG_PAGES 512
+#define POISON64 0xa5a5a5a5a5a5a5a5ull
+#define TAG(vm) ((uint64_t)((vm) + 1) << 40)
+#define TAG_OF(v) ((v) >> 40)
+
+struct tvm {
+	int id, parent;			/* parent: -1 for a base VM */
+	struct shadow_mmu *mmu;
+	struct hobj ram;		/* base VMs: RAM with a store */
+	struct hobj cow;
+	struct gm gm;			/* base VMs: guest table builder */
+	uint64_t cr3;
+	struct shadow_vcpu *v[2];
+	pthread_t thr[2];
+	uint64_t exp[NDATA];		/* owner's last write, 0 = none yet */
+	uint64_t seg_exp[2];
+	int seg_slot;
+	bool live;
+};
+
+struct torture {
+	struct shadow_pool *pool;
+	struct hobj seg;
+	struct tvm vm[NVMS];
+	bool stop;			/* atomic */
+	int cow_gen;
+	uint64_t accesses, evictions, remaps, clones, seg_toggles; /* atomic */
+	pthread_mutex_t fail_lock;
+	int violations;
+	char first[256];
+};
+
+static void oracle_fail(struct torture *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void oracle_fail(struct torture *t, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&t->fail_lock);
+	if (t->violations++ == 0) {
+		va_start(ap, fmt);
+		vsnprintf(t->first, sizeof(t->first), fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&t->fail_lock);
+	__atomic_store_n(&t->stop, true, __ATOMIC_RELAXED);
+}
+
+static bool stopping(struct torture *t)
+{
+	return __atomic_load_n(&t->stop, __ATOMIC_RELAXED);
+}
+
+static uint64_t rnd(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+/* Tag of VM @vm's lineage: itself or its parent. */
+static bool in_lineage(struct torture *t, int vm, uint64_t val)
+{
+	uint64_t tag = TAG_OF(val);
+
+	return tag == (uint64_t)vm + 1 || (t->vm[vm].parent >= 0 && tag == (uint64_t)t->vm[vm].parent + 1);
+}
+
+struct vcpu_arg {
+	struct torture *t;
+	int vm, idx;
+};
+
+static void *vcpu_thread(void *p)
+{
+	struct vcpu_arg *a = p;
+	struct torture *t = a->t;
+	struct tvm *vm = &t->vm[a->vm];
+	struct shadow_vcpu *v = vm->v[a->idx];
+	struct shadow_vcpu_result res;
+	uint64_t seed = 0x9e3779b97f4a7c15ull * (uint64_t)(a->vm * 2 + a->idx + 1), ctr = 0;
+
+	while (!stopping(t)) {
+		uint64_t r = rnd(&seed), val;
+		unsigned int i = (unsigned int)(r % NDATA);
+		bool own = (int)(i % 2) == a->idx;
+		int ret;
+
+		/* Leave the cores to the evictor and remapper now and then. */
+		if (__atomic_fetch_add(&t->accesses, 1, __ATOMIC_RELAXED) % 16 == 0)
+			sched_yield();
+		if ((r >> 8) % 8 == 0) {
+			/* The segment: our own page in the run. */
+			uint64_t va = SEG_VA + (uint64_t)(a->vm * 2 + a->idx) * GM_PAGE;
+
+			if ((r >> 12) % 2) {
+				val = TAG(a->vm) | ++ctr;
+				ret = shadow_vcpu_access64_fault_in(v, va, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE,
+								    &val, &res);
+				if (ret == 0)
+					vm->seg_exp[a->idx] = val;
+			} else {
+				ret = shadow_vcpu_access64_fault_in(v, va, SHADOW_ACCESS_USER, &val, &res);
+				if (ret == 0 && val == POISON64)
+					oracle_fail(t, "VM %d vCPU %d read an evicted segment page", a->vm, a->idx);
+				else if (ret == 0 && vm->seg_exp[a->idx] && val != vm->seg_exp[a->idx])
+					oracle_fail(t, "VM %d vCPU %d segment: expected %#llx, got %#llx", a->vm,
+					     a->idx, (unsigned long long)vm->seg_exp[a->idx],
+					     (unsigned long long)val);
+			}
+			if (ret && ret != -EFAULT)
+				oracle_fail(t, "VM %d segment access: expected 0 or -EFAULT, got %d", a->vm, ret);
+			continue;
+		}
+		uint64_t va = DATA_VA + (uint64_t)i * GM_PAGE;
+
+		if (own && (r >> 16) % 3 == 0) {
+			val = TAG(a->vm) | ++ctr;
+			ret = shadow_vcpu_access64_fault_in(v, va, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE, &val,
+							    &res);
+			if (ret)
+				oracle_fail(t, "VM %d vCPU %d write page %u: expected 0, got %d", a->vm, a->idx, i, ret);
+			else
+				__atomic_store_n(&vm->exp[i], val, __ATOMIC_RELAXED);
+			continue;
+		}
+		ret = shadow_vcpu_access64_fault_in(v, va, SHADOW_ACCESS_USER, &val, &res);
+		if (ret) {
+			oracle_fail(t, "VM %d vCPU %d read page %u: expected 0, got %d", a->vm, a->idx, i, ret);
+		} else if (val == POISON64) {
+			oracle_fail(t, "VM %d vCPU %d read page %u: reached an evicted page", a->vm, a->idx, i);
+		} else if (own && vm->exp[i] && val != vm->exp[i]) {
+			oracle_fail(t, "VM %d vCPU %d page %u: expected its last write %#llx, got %#llx", a->vm,
+			     a->idx, i, (unsigned long long)vm->exp[i], (unsigned long long)val);
+		} else if (!in_lineage(t, a->vm, val)) {
+			oracle_fail(t, "VM %d vCPU %d page %u: value %#llx is not of its lineage", a->vm, a->idx, i,
+			     (unsigned long long)val);
+		}
+	}
+	return NULL;
+}
+
+static void vm_start(struct torture *t, int k, struct vcpu_arg *args)
+{
+	struct tvm *vm = &t->vm[k];
+
+	for (int j = 0; j < 2; j++) {
+		vm->v[j] = sh_vcpu(vm->mmu, 32, vm->cr3);
+		args[k * 2 + j] = (struct vcpu_arg){ .t = t, .vm = k, .idx = j };
+		ck_assert_int_eq(pthread_create(&vm->thr[j], NULL, vcpu_thread, &args[k * 2 + j]), 0);
+	}
+}
+
+static void vm_join(struct torture *t, int k)
+{
+	for (int j = 0; j < 2; j++) {
+		pthread_join(t->vm[k].thr[j], NULL);
+		shadow_vcpu_destroy(t->vm[k].v[j]);
+		t->vm[k].v[j] = NULL;
+	}
+}
+
+static void base_init(struct torture *t, int k)
+{
+	struct tvm *vm = &t->vm[k];
+	struct shadow_mmu_config cfg = { .pool = t->pool, .max_gpa = RAM_PAGES * GM_PAGE,
+					 .mode = shadow_default_mode };
+	struct shadow_slot s;
+	int id;
+
+	memset(vm, 0, sizeof(*vm));
+	vm->id = k;
+	vm->parent = -1;
+	hobj_init(&vm->ram, "ram", RAM_PAGES, true);
+	hobj_init(&vm->cow, "cow", 4096, false);
+	ck_assert_int_eq(shadow_mmu_create(&cfg, &vm->mmu), 0);
+	s = hobj_slot(&vm->ram, 0);
+	ck_assert_int_eq(shadow_mmu_add_slot(vm->mmu, &s, &id), 0);
+	ck_assert_int_eq(shadow_mmu_map_gpa(vm->mmu, 0, RAM_PAGES, id, 0), 0);
+	s = hobj_slot(&t->seg, SH_SEG_MPA);
+	ck_assert_int_eq(shadow_mmu_add_segment(vm->mmu, &s, &vm->seg_slot), 0);
+	ck_assert_int_eq(shadow_mmu_map_gpa(vm->mmu, SEG_GPA, SEG_PAGES, vm->seg_slot, 0), 0);
+	s = hobj_slot(&vm->cow, SH_COW_MPA(k));
+	ck_assert_int_eq(shadow_mmu_add_slot(vm->mmu, &s, &id), 0);
+	ck_assert_int_eq(shadow_mmu_set_cow_slot(vm->mmu, id), 0);
+	vm->gm.host = vm->ram.host;
+	vm->gm.npages = RAM_PAGES;
+	vm->gm.next_table = GM_TABLES;
+	vm->cr3 = gm_table(&vm->gm);
+	for (unsigned int i = 0; i < NDATA; i++) {
+		gm_map(&vm->gm, vm->cr3, DATA_VA + i * GM_PAGE, DATA_GPA + i * GM_PAGE, 1,
+		       SPTE_WRITABLE | SPTE_USER);
+		*(uint64_t *)(vm->ram.host + DATA_GPA + i * GM_PAGE) = TAG(k);
+	}
+	gm_map(&vm->gm, vm->cr3, SEG_VA, SEG_GPA, 2, SPTE_WRITABLE | SPTE_USER | SPTE_DIRTY);
+	__atomic_store_n(&vm->live, true, __ATOMIC_RELEASE);
+}
+
+static void clone_of(struct torture *t, int parent, int k)
+{
+	struct tvm *vm = &t->vm[k];
+	struct shadow_slot s;
+
+	/* The remapper may be looking at this slot (it reads nothing but
+	 * @live until @live is published with a release store). */
+	vm->id = k;
+	vm->parent = parent;
+	memset(vm->exp, 0, sizeof(vm->exp));
+	memset(vm->seg_exp, 0, sizeof(vm->seg_exp));
+	hobj_init(&vm->cow, "cow", 4096, false);
+	s = hobj_slot(&vm->cow, SH_COW_MPA(k));
+	ck_assert_int_eq(shadow_mmu_clone(t->vm[parent].mmu, &s, &vm->mmu), 0);
+	vm->cr3 = t->vm[parent].cr3;
+	vm->seg_slot = t->vm[parent].seg_slot;
+	__atomic_store_n(&vm->live, true, __ATOMIC_RELEASE);
+	__atomic_fetch_add(&t->clones, 1, __ATOMIC_RELAXED);
+}
+
+static void vm_fini(struct torture *t, int k)
+{
+	struct tvm *vm = &t->vm[k];
+
+	__atomic_store_n(&vm->live, false, __ATOMIC_RELEASE);
+	shadow_mmu_destroy(vm->mmu);
+	vm->mmu = NULL;
+}
+
+/* Evictor: data pages of base VMs' RAM (shared copy-on-write with their
+ * clones) and segment pages; the delivery mode flips now and then. */
+static void *evictor_thread(void *p)
+{
+	struct torture *t = p;
+	uint64_t seed = 0xfeedface;
+
+	notifier_thread_init();
+	while (!stopping(t)) {
+		uint64_t r = rnd(&seed);
+		int k = (int)(r % NBASE), ret;
+
+		if ((r >> 10) % 64 == 0) {
+			enum notifier_mode m = (r >> 16) % 2 ? NOTIFIER_MODE_PAGE : NOTIFIER_MODE_RANGE;
+
+			notifier_object_set_mode(t->vm[k].ram.obj, m);
+			notifier_object_set_mode(t->seg.obj, m);
+		}
+		if ((r >> 20) % 4 == 0)
+			ret = shadow_store_evict(t->seg.store, (r >> 24) % (2 * NVMS));
+		else
+			ret = shadow_store_evict(t->vm[k].ram.store,
+						 DATA_GPA / GM_PAGE + (r >> 24) % NDATA);
+		if (ret && ret != -EALREADY)
+			oracle_fail(t, "evict: expected 0, got %d", ret);
+		__atomic_fetch_add(&t->evictions, 1, __ATOMIC_RELAXED);
+		sched_yield();
+	}
+	notifier_thread_exit();
+	return NULL;
+}
+
+/* Remapper: guest page-table changes on live VMs (a copy-on-write guest
+ * table in a clone), each followed by invlpg, and segment changes. */
+static void *remapper_thread(void *p)
+{
+	struct torture *t = p;
+	uint64_t seed = 0xabcdef12345ull;
+
+	while (!stopping(t)) {
+		uint64_t r = rnd(&seed);
+		int k = (int)(r % NVMS);
+		struct tvm *vm = &t->vm[k];
+
+		if (!__atomic_load_n(&vm->live, __ATOMIC_ACQUIRE))
+			continue;
+		struct tvm *base = &t->vm[vm->parent >= 0 ? vm->parent : k];
+
+		/* Guest tables are at the same gpa in a clone: find the entry
+		 * through the base's builder, write it through this VM's P2M. */
+		uint64_t va, pte, val;
+		uint64_t op = (r >> 8) % 4;
+
+		if (op <= 1) {
+			unsigned int i = (unsigned int)((r >> 16) % NDATA);
+
+			va = DATA_VA + i * GM_PAGE;
+			pte = gm_entry(&base->gm, base->cr3, va, 1);
+			val = (DATA_GPA + i * GM_PAGE) | SPTE_PRESENT | SPTE_WRITABLE | SPTE_USER;
+			if (op == 1)
+				val |= SPTE_ACCESSED | SPTE_DIRTY;
+		} else if (op == 2) {
+			/* The segment run: writable or read-only (leaves and
+			 * rejoins the canonical table). */
+			va = SEG_VA;
+			pte = gm_entry(&base->gm, base->cr3, va, 2);
+			val = SEG_GPA | SPTE_PRESENT | SPTE_LARGE | SPTE_USER | SPTE_DIRTY |
+			      ((r >> 20) % 2 ? SPTE_WRITABLE : 0);
+		} else {
+			/* Detach / attach the segment in this VM's P2M. */
+			bool attach = (r >> 20) % 2;
+
+			if (shadow_mmu_map_gpa(vm->mmu, SEG_GPA, SEG_PAGES, attach ? vm->seg_slot : -1, 0))
+				oracle_fail(t, "segment %s failed", attach ? "attach" : "detach");
+			__atomic_fetch_add(&t->seg_toggles, 1, __ATOMIC_RELAXED);
+			continue;
+		}
+		if (shadow_mmu_cow_break(vm->mmu, pte)) {
+			oracle_fail(t, "cow_break of a guest table failed");
+			continue;
+		}
+		__atomic_store_n(vm_ptr(vm->mmu, pte), val, __ATOMIC_RELEASE);
+		shadow_mmu_invlpg(vm->mmu, vm->cr3, va);
+		__atomic_fetch_add(&t->remaps, 1, __ATOMIC_RELAXED);
+		sched_yield();
+	}
+	return NULL;
+}
+
+static void check_all(struct torture *t, const char *when)
+{
+	int ret = shadow_pool_check(t->pool);
+
+	ck_assert_msg(ret == 0, "%s: shadow_pool_check: expected 0, got %d", when, ret);
+	for (int k = 0; k < NVMS; k++) {
+		if (!__atomic_load_n(&t->vm[k].live, __ATOMIC_ACQUIRE))
+			continue;
+		ret = shadow_mmu_check(t->vm[k].mmu);
+		ck_assert_msg(ret == 0, "%s: shadow_mmu_check(VM %d): expected 0, got %d", when, k, ret);
+	}
+}
+
+/* Quiesced: every VM reads back exactly what its owners last wrote. */
+static void check_contents(struct torture *t)
+{
+	for (int k = 0; k < NVMS; k++) {
+		struct tvm *vm = &t->vm[k];
+		struct shadow_vcpu *v = sh_vcpu(vm->mmu, 0, vm->cr3);
+
+		for (unsigned int i = 0; i < NDATA; i++) {
+			struct shadow_vcpu_result res;
+			uint64_t val;
+			int ret = shadow_vcpu_access64_fault_in(v, DATA_VA + i * GM_PAGE, SHADOW_ACCESS_USER,
+								&val, &res);
+
+			ck_assert_msg(ret == 0, "VM %d page %u: expected 0, got %d", k, i, ret);
+			ck_assert_msg(!vm->exp[i] || val == vm->exp[i],
+				      "VM %d page %u: expected %#llx, got %#llx", k, i,
+				      (unsigned long long)vm->exp[i], (unsigned long long)val);
+			ck_assert_msg(in_lineage(t, k, val), "VM %d page %u: %#llx not of its lineage", k, i,
+				      (unsigned long long)val);
+		}
+		shadow_vcpu_destroy(v);
+	}
+}
+
+START_TEST(test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase)
+{
+	struct torture *t = calloc(1, sizeof(*t));
+	struct vcpu_arg args[NVMS * 2];
+	const char *env = getenv("UMBRA_SHARE_TORTURE_SECONDS");
+	double seconds = env ? atof(env) : 6.0;
+	int phases = 3;
+	pthread_t ev, rm;
+
+	ck_assert_ptr_nonnull(t);
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	pthread_mutex_init(&t->fail_lock, NULL);
+	ck_assert_int_eq(shadow_pool_create(4096, &t->pool), 0);
+	hobj_init(&t->seg, "segment", SEG_PAGES, true);
+	for (int k = 0; k < NBASE; k++)
+		base_init(t, k);
+	for (int phase = 0; phase < phases && !t->violations; phase++) {
+		struct timespec d = { .tv_sec = (time_t)(seconds / phases),
+				      .tv_nsec = (long)((seconds / phases - (time_t)(seconds / phases)) * 1e9) };
+
+		__atomic_store_n(&t->stop, false, __ATOMIC_RELAXED);
+		for (int k = 0; k < NBASE; k++)
+			vm_start(t, k, args);
+		ck_assert_int_eq(pthread_create(&ev, NULL, evictor_thread, t), 0);
+		ck_assert_int_eq(pthread_create(&rm, NULL, remapper_thread, t), 0);
+		/* Clone each base VM while everything runs. */
+		for (int k = 0; k < NBASE; k++) {
+			clone_of(t, k, NBASE + k);
+			vm_start(t, NBASE + k, args);
+		}
+		nanosleep(&d, NULL);
+		__atomic_store_n(&t->stop, true, __ATOMIC_RELAXED);
+		pthread_join(ev, NULL);
+		pthread_join(rm, NULL);
+		for (int k = 0; k < NVMS; k++)
+			vm_join(t, k);
+		if (t->violations)
+			break;
+		check_all(t, "after the phase");
+		check_contents(t);
+		/* The clones go: their shared tables lose a user each. */
+		for (int k = NBASE; k < NVMS; k++) {
+			vm_fini(t, k);
+			hobj_fini(&t->vm[k].cow);
+			check_all(t, "after a clone's destroy");
+		}
+	}
+	ck_assert_msg(t->violations == 0, "%d oracle violations; first: %s", t->violations, t->first);
+	ck_assert_msg(__atomic_load_n(&t->evictions, __ATOMIC_RELAXED) > 0 &&
+			      __atomic_load_n(&t->remaps, __ATOMIC_RELAXED) > 0 && t->clones == NBASE * (uint64_t)phases,
+		      "expected evictions, remaps and %d clones, got %llu, %llu, %llu", NBASE * phases,
+		      (unsigned long long)t->evictions, (unsigned long long)t->remaps,
+		      (unsigned long long)t->clones);
+	for (int k = 0; k < NBASE; k++) {
+		vm_fini(t, k);
+		check_all(t, "after a base VM's destroy");
+	}
+	ck_assert_msg(shadow_pool_pages_in_use(t->pool, 0) == 0, "expected an empty pool, got %zu pages",
+		      shadow_pool_pages_in_use(t->pool, 0));
+	for (int k = 0; k < NBASE; k++) {
+		hobj_fini(&t->vm[k].ram);
+		hobj_fini(&t->vm[k].cow);
+	}
+	hobj_fini(&t->seg);
+	shadow_pool_destroy(t->pool);
+	pthread_mutex_destroy(&t->fail_lock);
+	free(t);
+}
+END_TEST
+
+Suite *shadow_share_torture_suite(void)
+{
+	Suite *s = suite_create("shadow_share_torture");
+	TCase *tc = tcase_create("torture");
+
+	tcase_set_timeout(tc, 600);
+	tcase_add_test(tc, test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase);
+	suite_add_tcase(s, tc);
+	return s;
+}

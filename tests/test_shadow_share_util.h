@@ -1,0 +1,100 @@
+/*
+ * Helpers of the sharing suites (test_shadow_share.c, test_shadow_share_torture.c):
+ * VMs on one pool, each with private RAM (identity P2M at machine address 0
+ * for the first VM; a clone shares it copy-on-write), a copy-on-write slot,
+ * optionally a shared segment, and guest tables built in RAM.
+ */
+#ifndef UMBRA_TEST_SHADOW_SHARE_UTIL_H
+#define UMBRA_TEST_SHADOW_SHARE_UTIL_H
+
+#include "test_shadow_util.h"
+
+/* A host-side memory object: the notifier object, its pages, its store. */
+struct hobj {
+	struct notifier_object *obj;
+	uint8_t *host;
+	uint64_t npages;
+	struct shadow_store *store;
+};
+
+static inline void hobj_init(struct hobj *h, const char *name, uint64_t npages, bool store)
+{
+	memset(h, 0, sizeof(*h));
+	h->npages = npages;
+	h->host = mmap(NULL, npages * GM_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		       0);
+	ck_assert_ptr_ne(h->host, MAP_FAILED);
+	ck_assert_int_eq(notifier_object_create(name, npages, &h->obj), 0);
+	if (store)
+		ck_assert_int_eq(shadow_store_create(h->obj, h->host, &h->store), 0);
+}
+
+static inline void hobj_fini(struct hobj *h)
+{
+	notifier_object_destroy(h->obj);
+	shadow_store_destroy(h->store);
+	munmap(h->host, h->npages * GM_PAGE);
+}
+
+static inline struct shadow_slot hobj_slot(struct hobj *h, uint64_t mpa)
+{
+	struct shadow_slot s = { .obj = h->obj, .mpa = mpa, .host = h->host };
+
+	if (h->store) {
+		s.ops = &shadow_store_slot_ops;
+		s.priv = h->store;
+	}
+	return s;
+}
+
+/* Machine addresses: RAM at 0, segments at 1 GiB, cow slots from 4 GiB. */
+#define SH_SEG_MPA (1ull << 30)
+#define SH_COW_MPA(k) ((4ull << 30) + (uint64_t)(k) * (256ull << 20))
+
+/* Host pointer of guest-physical @gpa in @mmu (through its P2M). */
+static inline uint64_t *vm_ptr(struct shadow_mmu *mmu, uint64_t gpa)
+{
+	uint64_t mpa;
+	void *host;
+
+	ck_assert_int_eq(shadow_mmu_p2m_lookup(mmu, gpa, &mpa, &host), 0);
+	return host;
+}
+
+/* The host writes guest memory of @mmu for its guest: copy-on-write first. */
+static inline void vm_write(struct shadow_mmu *mmu, uint64_t gpa, uint64_t val)
+{
+	ck_assert_int_eq(shadow_mmu_cow_break(mmu, gpa), 0);
+	__atomic_store_n(vm_ptr(mmu, gpa), val, __ATOMIC_RELEASE);
+}
+
+static inline uint64_t vm_read(struct shadow_mmu *mmu, uint64_t gpa)
+{
+	return __atomic_load_n(vm_ptr(mmu, gpa), __ATOMIC_ACQUIRE);
+}
+
+static inline struct shadow_vcpu *sh_vcpu(struct shadow_mmu *mmu, unsigned int tlb, uint64_t cr3)
+{
+	struct shadow_vcpu_config cfg = { .tlb_entries = tlb };
+	struct shadow_vcpu *v;
+
+	ck_assert_int_eq(shadow_vcpu_create(mmu, &cfg, &v), 0);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3), 0);
+	return v;
+}
+
+static inline void assert_pool_check(struct shadow_pool *pool)
+{
+	int ret = shadow_pool_check(pool);
+
+	ck_assert_msg(ret == 0, "shadow_pool_check: expected 0, got %d", ret);
+}
+
+static inline void assert_mmu_check(struct shadow_mmu *mmu)
+{
+	int ret = shadow_mmu_check(mmu);
+
+	ck_assert_msg(ret == 0, "shadow_mmu_check: expected 0, got %d", ret);
+}
+
+#endif
