@@ -1933,6 +1933,55 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 	return ret;
 }
 
+/* Counts @page and the tables below it, each once (@seen: one bit per pool
+ * page).  Called with mmu_lock and rmap_lock. */
+static void usage_table_locked(struct shadow_mmu *mmu, uint32_t page, uint8_t *seen,
+			       struct shadow_table_usage *u)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_page *sp = mmu_page(mmu, page);
+	const uint64_t *sptes = mmu_sptes(mmu, page);
+
+	if (seen[page / 8] & (1u << (page % 8)))
+		return;
+	seen[page / 8] |= (uint8_t)(1u << (page % 8));
+	u->tables++;
+	if (sp->level >= 1 && sp->level <= SHADOW_LEVELS)
+		u->by_level[sp->level]++;
+	if (__atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) > 1 || sp->canon)
+		u->shared++;
+	else
+		u->private_++;
+	if (sp->level <= 1)
+		return;
+	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
+		uint64_t spte = spte_read(&sptes[i]);
+
+		if (spte_is_present(spte) && !spte_is_leaf(spte, sp->level) &&
+		    shadow_pool_contains(mmu->pool, spte_addr(spte)))
+			usage_table_locked(mmu, pool_page_index(spte_addr(spte)), seen, u);
+	}
+}
+
+int shadow_mmu_table_usage(struct shadow_mmu *mmu, struct shadow_table_usage *usage)
+{
+	size_t nr_pages = shadow_pool_nr_pages(mmu->pool);
+	uint8_t *seen = calloc((nr_pages + 7) / 8, 1);
+
+	memset(usage, 0, sizeof(*usage));
+	if (!seen)
+		return -ENOMEM;
+	notifier_mutex_lock(&mmu->mmu_lock);
+	notifier_mutex_lock(&mmu->pool->rmap_lock);
+	for (unsigned int r = 0; r < mmu->nr_roots; r++)
+		if (mmu->roots[r].page != SHADOW_NO_PAGE)
+			usage_table_locked(mmu, mmu->roots[r].page, seen, usage);
+	notifier_mutex_unlock(&mmu->pool->rmap_lock);
+	notifier_mutex_unlock(&mmu->mmu_lock);
+	free(seen);
+	return 0;
+}
+
 /* ---- sharing: clone, copy-on-write (docs/sharing.md) ---------------------------------- */
 
 int shadow_mmu_set_cow_slot(struct shadow_mmu *mmu, int slot_id)

@@ -410,6 +410,28 @@ size_t shadow_mmu_rmap_count(struct shadow_mmu *mmu, int slot_id, uint64_t page)
 /* Copies the counters.  Lock-free. */
 void shadow_mmu_stats(const struct shadow_mmu *mmu, struct shadow_mmu_stats *stats);
 
+/*
+ * The table pages this VM reaches now, through the roots it has cached:
+ * each distinct page counted once, as shared when another parent entry (of
+ * this VM or of another) also points at it or it is a segment's canonical
+ * table, private otherwise.  The sum of @tables over every VM of a pool is
+ * the table memory the VMs would need without sharing; the pool's pages in
+ * use are what they need with it.
+ */
+struct shadow_table_usage {
+	uint64_t tables;		/* distinct table pages reached */
+	uint64_t shared;		/* ... with more than one user, or canonical */
+	uint64_t private_;		/* ... with this one user */
+	uint64_t by_level[SHADOW_LEVELS + 1];	/* [1..4]: PT, PD, PDPT, PML4 */
+};
+
+/*
+ * Fills @usage by walking the VM's cached roots.  Takes mmu_lock and the
+ * pool's rmap_lock (so leaves and the tables below shared entries hold
+ * still).  May block.  Returns 0 or -ENOMEM.
+ */
+int shadow_mmu_table_usage(struct shadow_mmu *mmu, struct shadow_table_usage *usage);
+
 /* The pool and paging mode given at creation. */
 struct shadow_pool *shadow_mmu_pool(const struct shadow_mmu *mmu);
 const struct shadow_paging_mode *shadow_mmu_mode(const struct shadow_mmu *mmu);

@@ -6,6 +6,7 @@
  * (the sandbox puts them under /umbra).
  */
 #include <check.h>
+#include <json-c/json.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -125,7 +126,6 @@ static void run_umbra(const char *const args[], struct run_result *r)
 		      "expected output containing \"%s\"\nstdout:\n%s\nstderr:\n%s", (needle), (r)->out, (r)->err)
 
 static struct run_result result;
-static char img_dir_probe[512];
 
 START_TEST(test_hello_prints_and_exits_zero)
 {
@@ -371,22 +371,36 @@ static uint64_t fnv1a(uint64_t hash, const uint8_t *p, size_t len)
 
 /* A config with a preloaded read-only segment read by 4 VMs, and a writable
  * segment that one VM fills while another attaches it too. */
+/* Writes @len bytes of @data to @name in the test's directory and returns
+ * their FNV-1a sum (what segread computes over a segment of that size). */
+static uint64_t write_segment_file(const char *name, const void *data, size_t len)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+	write_file(path, data, len);
+	return fnv1a(0xcbf29ce484222325ull, data, len);
+}
+
+/* The directory of the guest images. */
+static void guest_image_dir(char *dir, size_t size)
+{
+	guest_image("segread", dir, size);
+	*strrchr(dir, '/') = '\0';
+}
+
 START_TEST(test_config_runs_vms_sharing_segments_with_preloaded_content)
 {
 	static uint8_t data[4 << 20];
-	char path[256], cfg[256], json[4096], dir[512], expect[80], stats[256];
+	char cfg[256], json[4096], dir[512], expect[80], stats[256];
 
 	for (size_t i = 0; i < sizeof(data); i++)
 		data[i] = (uint8_t)(i * 7 + (i >> 12));
-	snprintf(path, sizeof(path), "%s/seg.bin", tmpdir);
-	write_file(path, data, 3 << 20); /* the last MiB stays zero */
-	uint64_t sum = fnv1a(0xcbf29ce484222325ull, data, 3 << 20);
+	uint64_t sum = write_segment_file("seg.bin", data, 3 << 20); /* the last MiB stays zero */
 	static const uint8_t zeroes[1 << 20];
 	sum = fnv1a(sum, zeroes, sizeof(zeroes));
 	snprintf(expect, sizeof(expect), "seg=data rounds=3 expect=%#llx", (unsigned long long)sum);
-	guest_image("segread", img_dir_probe, sizeof(img_dir_probe));
-	snprintf(dir, sizeof(dir), "%s", img_dir_probe);
-	*strrchr(dir, '/') = '\0';
+	guest_image_dir(dir, sizeof(dir));
 	snprintf(json, sizeof(json),
 		 "{ \"segments\": [\n"
 		 "    { \"name\": \"data\", \"size\": \"4M\", \"gpa\": \"0x2000000000\", \"writable\": false, \"file\": \"seg.bin\" },\n"
@@ -422,13 +436,53 @@ START_TEST(test_config_runs_vms_sharing_segments_with_preloaded_content)
 }
 END_TEST
 
+/* Misbehaving VMs among well-behaved ones that share a segment with them:
+ * each is stopped with its error, the others finish and verify their data. */
+START_TEST(test_misbehaving_vms_are_stopped_while_the_others_finish)
+{
+	static uint8_t data[2 << 20];
+	char cfg[256], json[4096], dir[512], expect[96];
+
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(i * 13 + (i >> 9));
+	uint64_t sum = write_segment_file("seg2.bin", data, sizeof(data));
+	snprintf(expect, sizeof(expect), "seg=data rounds=20 expect=%#llx", (unsigned long long)sum);
+	guest_image_dir(dir, sizeof(dir));
+	snprintf(json, sizeof(json),
+		 "{ \"segments\": [ { \"name\": \"data\", \"size\": \"2M\", \"gpa\": \"0x2000000000\",\n"
+		 "                    \"writable\": false, \"file\": \"seg2.bin\" } ],\n"
+		 "  \"vms\": [ { \"name\": \"reader\", \"count\": 3, \"image\": \"%s/segread.elf\", \"mem\": \"8M\",\n"
+		 "              \"cmdline\": \"%s\", \"segments\": [\"data\"] },\n"
+		 "            { \"name\": \"tablewriter\", \"image\": \"%s/misbehave.elf\", \"mem\": \"8M\", \"vcpus\": 2,\n"
+		 "              \"cmdline\": \"write-shadow-table\", \"segments\": [\"data\"] },\n"
+		 "            { \"name\": \"badcr3\", \"image\": \"%s/misbehave.elf\", \"mem\": \"8M\",\n"
+		 "              \"cmdline\": \"bad-cr3\", \"segments\": [\"data\"] } ] }\n",
+		 dir, expect, dir, dir);
+	snprintf(cfg, sizeof(cfg), "%s/mixed.json", tmpdir);
+	write_text(cfg, json);
+	run_umbra((const char *[]){ "run", "--config", cfg, NULL }, &result);
+	assert_status(&result, UMBRA_STATUS_GUEST_ERROR);
+	char line[160];
+	for (int i = 0; i < 3; i++) {
+		snprintf(line, sizeof(line), "[reader%d] segread: data at 0x2000000000, 2 MiB, 20 rounds: sum %#llx\n", i,
+			 (unsigned long long)sum);
+		assert_contains(result.out, line, &result);
+	}
+	assert_contains(result.err, "write at 0x8000000000: the guest's page tables map it to guest-physical "
+				    "0x8000000000, a shadow page table", &result);
+	assert_contains(result.err, "set_cr3: guest CR3 0x1234 (argument 0) is not a 4 KiB-aligned page in RAM",
+			&result);
+	assert_contains(result.err, "umbra: tablewriter: exit status 120", &result);
+	assert_contains(result.err, "umbra: badcr3: exit status 120", &result);
+	ck_assert_msg(strstr(result.err, "umbra: reader") == NULL, "a reader failed:\n%s", result.err);
+}
+END_TEST
+
 START_TEST(test_write_to_read_only_segment_stops_only_that_vm)
 {
 	char cfg[256], json[4096], dir[512];
 
-	guest_image("segwrite", img_dir_probe, sizeof(img_dir_probe));
-	snprintf(dir, sizeof(dir), "%s", img_dir_probe);
-	*strrchr(dir, '/') = '\0';
+	guest_image_dir(dir, sizeof(dir));
 	snprintf(json, sizeof(json),
 		 "{ \"segments\": [ { \"name\": \"ro\", \"size\": \"2M\", \"gpa\": \"0x4000000000\", \"writable\": false } ],\n"
 		 "  \"vms\": [ { \"name\": \"bad\", \"image\": \"%s/segwrite.elf\", \"mem\": \"8M\",\n"
@@ -629,12 +683,116 @@ END_TEST
 START_TEST(test_help_documents_every_option)
 {
 	static const char *const options[] = { "--mem SIZE", "--vcpus N", "--cmdline STRING", "--stats",
-					       "--help", "--version", "exit status" };
+					       "--help", "--version", "--evict-ms MS", "--evict-pages N",
+					       "exit status" };
 
 	run_umbra((const char *[]){ "--help", NULL }, &result);
 	assert_status(&result, 0);
 	for (size_t i = 0; i < sizeof(options) / sizeof(options[0]); i++)
 		assert_contains(result.out, options[i], &result);
+}
+END_TEST
+
+/* ---- many VMs on shared segment tables, with evictions ---- */
+
+/* The integer at @path ("a.b.c") of JSON object @o; fails the test if absent. */
+static uint64_t json_u64(struct json_object *o, const char *path)
+{
+	char buf[128], *save = NULL;
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *key = strtok_r(buf, ".", &save); key; key = strtok_r(NULL, ".", &save)) {
+		struct json_object *next;
+
+		ck_assert_msg(json_object_object_get_ex(o, key, &next), "statistics: no \"%s\" (in %s)", key, path);
+		o = next;
+	}
+	return (uint64_t)json_object_get_uint64(o);
+}
+
+#define SHARED_VMS 8
+#define SHARED_SEG_SIZE (64u << 20)
+
+START_TEST(test_eight_vms_share_segment_tables_and_fault_back_evicted_pages)
+{
+	char cfg[256], json[4096], dir[512], expect[96], stats[256];
+	uint8_t *data = malloc(SHARED_SEG_SIZE);
+	uint64_t x = 0x9e3779b97f4a7c15ull;
+
+	ck_assert_ptr_nonnull(data);
+	for (size_t i = 0; i < SHARED_SEG_SIZE; i += 8) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		memcpy(data + i, &x, 8);
+	}
+	uint64_t sum = write_segment_file("seg64.bin", data, SHARED_SEG_SIZE);
+	free(data);
+	snprintf(expect, sizeof(expect), "seg=data rounds=4 expect=%#llx", (unsigned long long)sum);
+	guest_image_dir(dir, sizeof(dir));
+	snprintf(json, sizeof(json),
+		 "{ \"segments\": [\n"
+		 "    { \"name\": \"data\", \"size\": \"64M\", \"gpa\": \"0x2000000000\", \"writable\": false,\n"
+		 "      \"file\": \"seg64.bin\" } ],\n"
+		 "  \"vms\": [ { \"name\": \"reader\", \"count\": %d, \"image\": \"%s/segread.elf\", \"mem\": \"8M\",\n"
+		 "              \"vcpus\": 2, \"cmdline\": \"%s\", \"segments\": [\"data\"] } ] }\n",
+		 SHARED_VMS, dir, expect);
+	snprintf(cfg, sizeof(cfg), "%s/shared.json", tmpdir);
+	write_text(cfg, json);
+	snprintf(stats, sizeof(stats), "%s/shared-stats.json", tmpdir);
+	/* Every 2 ms the next 512 pages (2 MiB) of the segment are evicted,
+	 * while the eight VMs checksum it four times each. */
+	run_umbra((const char *[]){ "run", "--config", cfg, "--stats", "--stats-json", stats, "--evict-ms", "2",
+				    "--evict-pages", "512", NULL },
+		  &result);
+	assert_status(&result, 0);
+	char line[160];
+	for (int i = 0; i < SHARED_VMS; i++) {
+		snprintf(line, sizeof(line), "[reader%d/0] segread: data at 0x2000000000, 64 MiB, 4 rounds: sum %#llx\n",
+			 i, (unsigned long long)sum);
+		assert_contains(result.out, line, &result);
+	}
+
+	struct json_object *root = json_object_from_file(stats), *vms;
+	ck_assert_msg(root, "cannot parse %s: %s", stats, json_util_get_last_err());
+	ck_assert(json_object_object_get_ex(root, "vms", &vms));
+	ck_assert_uint_eq(json_object_array_length(vms), SHARED_VMS);
+	/* The segment's leaf tables exist once: 32 canonical tables (64 MiB in
+	 * 2 MiB runs), made by whichever VM came first, reached by all. */
+	uint64_t created = 0, invalidations = 0;
+	for (int i = 0; i < SHARED_VMS; i++) {
+		struct json_object *vm = json_object_array_get_idx(vms, (size_t)i);
+		uint64_t shared = json_u64(vm, "shadow.tables_reached.shared");
+
+		created += json_u64(vm, "shadow.sharing.canon_created");
+		ck_assert_msg(shared >= SHARED_SEG_SIZE >> 21, "reader%d: expected at least %u shared tables, got %llu",
+			      i, SHARED_SEG_SIZE >> 21, (unsigned long long)shared);
+		ck_assert_msg(json_u64(vm, "shadow.invalidations") > 0, "reader%d: no invalidation reached it", i);
+		invalidations += json_u64(vm, "shadow.invalidations");
+	}
+	ck_assert_msg(created == SHARED_SEG_SIZE >> 21, "canonical tables created: expected %u, got %llu",
+		      SHARED_SEG_SIZE >> 21, (unsigned long long)created);
+	uint64_t in_use = json_u64(root, "table_pages.in_use"), unshared = json_u64(root, "table_pages.unshared");
+	ck_assert_msg(unshared - in_use >= (SHARED_VMS - 1) * (SHARED_SEG_SIZE >> 21),
+		      "table pages: %llu in use, %llu unshared: expected a saving of at least %u",
+		      (unsigned long long)in_use, (unsigned long long)unshared,
+		      (SHARED_VMS - 1) * (SHARED_SEG_SIZE >> 21));
+	/* Pages were evicted while the guests ran, and faulted back. */
+	struct json_object *segs = NULL;
+	ck_assert(json_object_object_get_ex(root, "segments", &segs));
+	uint64_t evictions = json_u64(json_object_array_get_idx(segs, 0), "evictions");
+	uint64_t restores = json_u64(json_object_array_get_idx(segs, 0), "restores");
+	ck_assert_msg(evictions > 0 && restores > 0, "segment: expected evictions and restores, got %llu and %llu",
+		      (unsigned long long)evictions, (unsigned long long)restores);
+	/* The figures, for docs and closing notes. */
+	for (const char *keys[] = { "umbra: table memory:", "umbra: segment 'data':", "umbra: reader0: exit",
+				    "umbra: reader0: tables", "umbra: reader0: shootdowns", NULL },
+			**k = keys;
+	     *k; k++) {
+		const char *p = strstr(result.err, *k), *end = p ? strchr(p, '\n') : NULL;
+		if (p && end)
+			printf("eight-vms: %.*s\n", (int)(end - p), p);
+	}
+	printf("eight-vms: %llu invalidations delivered in all\n", (unsigned long long)invalidations);
+	json_object_put(root);
 }
 END_TEST
 
@@ -666,6 +824,8 @@ Suite *kvm_suite(void)
 	tcase_add_test(many, test_many_vms_each_prefix_their_lines_and_status_is_first_failure);
 	tcase_add_test(many, test_memtouch_verifies_ram_on_every_vcpu);
 	tcase_add_test(many, test_config_runs_vms_sharing_segments_with_preloaded_content);
+	tcase_add_test(many, test_eight_vms_share_segment_tables_and_fault_back_evicted_pages);
+	tcase_add_test(many, test_misbehaving_vms_are_stopped_while_the_others_finish);
 	tcase_add_test(many, test_write_to_read_only_segment_stops_only_that_vm);
 	tcase_add_test(many, test_bad_config_is_named);
 	suite_add_tcase(s, many);

@@ -409,6 +409,22 @@ START_TEST(test_segment_run_uses_one_canonical_table_for_every_vm)
 		      shadow_pool_pages_in_use(s.pool, 1));
 	ck_assert_uint_eq(shadow_pool_shared_pages(s.pool), 1);
 	assert_pool_check(s.pool);
+	/* Each VM reaches its own root, PDPT and PD and the one canonical PT:
+	 * unshared the VMs would need NVM * 4 tables, shared NVM * 3 + 1. */
+	uint64_t unshared = 0;
+	for (int k = 0; k < NVM; k++) {
+		struct shadow_table_usage u;
+
+		ck_assert_int_eq(shadow_mmu_table_usage(s.gm[k].mmu, &u), 0);
+		ck_assert_msg(u.shared == 1 && u.by_level[1] == 1 && u.private_ == u.tables - 1,
+			      "VM %d: expected 1 shared leaf table, got %llu shared of %llu (%llu leaf tables)", k,
+			      (unsigned long long)u.shared, (unsigned long long)u.tables,
+			      (unsigned long long)u.by_level[1]);
+		unshared += u.tables;
+	}
+	size_t in_use = shadow_pool_pages_in_use(s.pool, 0);
+	ck_assert_msg(in_use + (NVM - 1) == unshared, "expected %llu pool pages (unshared %llu less %d), got %zu",
+		      (unsigned long long)(unshared - (NVM - 1)), (unsigned long long)unshared, NVM - 1, in_use);
 	/* Eviction of a segment page reaches every VM's vCPU. */
 	for (int k = 0; k < NVM; k++) {
 		read_u64(s.v[k], SEG_VA + 7 * GM_PAGE, NULL);

@@ -60,6 +60,11 @@ START_TEST(test_run_options_in_any_order)
 	ck_assert_uint_eq(o.vcpus, 3);
 	ck_assert_str_eq(o.cmdline, "a b");
 	ck_assert(o.stats);
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "--evict-pages=9", "--config", "c.json",
+							   "--evict-ms", "20", NULL }), 0);
+	ck_assert_str_eq(o.config, "c.json");
+	ck_assert_uint_eq(o.evict_ms, 20);
+	ck_assert_uint_eq(o.evict_pages, 9);
 }
 END_TEST
 
@@ -72,6 +77,7 @@ START_TEST(test_run_defaults)
 	ck_assert_uint_eq(o.vcpus, 1);
 	ck_assert_str_eq(o.cmdline, "");
 	ck_assert(!o.stats);
+	ck_assert_uint_eq(o.evict_ms, 0);
 }
 END_TEST
 
@@ -90,6 +96,12 @@ static const struct {
 	{ { "run", "a", "--mem", NULL }, "--mem needs a size" },
 	{ { "run", "a", "-x", NULL }, "unknown option '-x'" },
 	{ { "--version", "extra", NULL }, "unexpected argument 'extra' after --version" },
+	{ { "run", "a", "--evict-ms", "0", NULL }, "--evict-ms '0': must be a number from 1 to 60000" },
+	{ { "run", "a", "--evict-ms", "60001", NULL }, "--evict-ms '60001': must be a number from 1 to 60000" },
+	{ { "run", "a", "--evict-ms", NULL }, "--evict-ms needs a number of milliseconds" },
+	{ { "run", "a", "--evict-ms", "5", "--evict-pages", "0", NULL },
+	  "--evict-pages '0': must be a number from 1 to 65536" },
+	{ { "run", "a", "--evict-pages", "8", NULL }, "--evict-pages needs --evict-ms" },
 };
 
 START_TEST(test_bad_arguments_are_named)

@@ -78,7 +78,9 @@ static void print_stats(const char *name, int status, const struct vm_stats *sta
 	fprintf(stderr,
 		"\numbra: %s: shadow: faults=%llu fixed=%llu guest=%llu retries=%llu installs=%llu zapped=%llu "
 		"tables=%llu (created %llu, freed %llu) invlpg=%llu cr3_loads=%llu syncs=%llu invalidations=%llu\n"
-		"umbra: %s: shootdowns: requests=%llu kicks=%llu nmis=%llu acks=%llu\n",
+		"umbra: %s: shootdowns: requests=%llu kicks=%llu nmis=%llu acks=%llu\n"
+		"umbra: %s: tables reached: %llu (private %llu, shared %llu); sharing: clones=%llu "
+		"privatizations=%llu cow_breaks=%llu canonical created=%llu reused=%llu remote_flushes=%llu\n",
 		name, (unsigned long long)sh->faults, (unsigned long long)sh->fixed,
 		(unsigned long long)sh->guest_faults, (unsigned long long)sh->retries,
 		(unsigned long long)sh->installs, (unsigned long long)sh->zapped,
@@ -87,7 +89,41 @@ static void print_stats(const char *name, int status, const struct vm_stats *sta
 		(unsigned long long)sh->cr3_loads, (unsigned long long)sh->syncs,
 		(unsigned long long)sh->invalidations, name, (unsigned long long)stats->flush_requests,
 		(unsigned long long)stats->kicks, (unsigned long long)stats->nmis,
-		(unsigned long long)stats->flush_acks);
+		(unsigned long long)stats->flush_acks, name, (unsigned long long)stats->tables.tables,
+		(unsigned long long)stats->tables.private_, (unsigned long long)stats->tables.shared,
+		(unsigned long long)sh->clones, (unsigned long long)sh->privatizations,
+		(unsigned long long)sh->cow_breaks, (unsigned long long)sh->canon_created,
+		(unsigned long long)sh->canon_reused, (unsigned long long)sh->remote_flushes);
+}
+
+/* Table memory of the whole process: the pool's pages in use, against the
+ * sum of what each VM reaches (what the VMs would need without sharing). */
+struct table_memory {
+	uint64_t pool_pages, in_use, unshared;
+};
+
+static void table_memory(const struct vmm_host *host, struct vm *const *vms, unsigned int nr_vms,
+			 struct table_memory *tm)
+{
+	tm->pool_pages = host->pool_pages;
+	tm->in_use = shadow_pool_pages_in_use(host->pool, 0);
+	tm->unshared = 0;
+	for (unsigned int i = 0; i < nr_vms; i++) {
+		struct vm_stats stats;
+
+		vm_get_stats(vms[i], &stats);
+		tm->unshared += stats.tables.tables;
+	}
+}
+
+static void print_table_memory(const struct table_memory *tm)
+{
+	fprintf(stderr,
+		"umbra: table memory: %llu KiB in use of a %llu KiB pool (%llu tables); "
+		"unshared it would be %llu KiB (%llu tables)\n",
+		(unsigned long long)tm->in_use * 4, (unsigned long long)tm->pool_pages * 4,
+		(unsigned long long)tm->in_use, (unsigned long long)tm->unshared * 4,
+		(unsigned long long)tm->unshared);
 }
 
 static struct json_object *json_counters(const char *const *names, const uint64_t *values, int n)
@@ -100,8 +136,9 @@ static struct json_object *json_counters(const char *const *names, const uint64_
 }
 
 /* Writes every VM's statistics to path as JSON (docs/stats.md). */
-static int write_stats_json(const char *path, const struct plan *plan, struct vm *const *vms,
-			    const int *status, struct vmm_error *err)
+static int write_stats_json(const char *path, const struct plan *plan, struct segment *const *segments,
+			    struct vm *const *vms, const int *status, const struct table_memory *tm,
+			    struct vmm_error *err)
 {
 	struct json_object *root = json_object_new_object();
 	struct json_object *jvms = json_object_new_array();
@@ -116,9 +153,17 @@ static int write_stats_json(const char *path, const struct plan *plan, struct vm
 		json_object_object_add(js, "gpa", json_object_new_uint64(ps->gpa));
 		json_object_object_add(js, "size", json_object_new_uint64(ps->size));
 		json_object_object_add(js, "writable", json_object_new_boolean(ps->writable));
+		uint64_t evictions = 0, restores = 0;
+		if (segments[i])
+			shadow_store_stats(segments[i]->store, &evictions, &restores);
+		json_object_object_add(js, "evictions", json_object_new_uint64(evictions));
+		json_object_object_add(js, "restores", json_object_new_uint64(restores));
 		json_object_array_add(jsegs, js);
 	}
 	json_object_object_add(root, "segments", jsegs);
+	static const char *const pool_names[] = { "pages", "in_use", "unshared" };
+	uint64_t pool_values[] = { tm->pool_pages, tm->in_use, tm->unshared };
+	json_object_object_add(root, "table_pages", json_counters(pool_names, pool_values, 3));
 	for (unsigned int i = 0; i < plan->nr_vms; i++) {
 		const struct plan_vm *pv = &plan->vms[i];
 		struct json_object *jv = json_object_new_object();
@@ -152,6 +197,16 @@ static int write_stats_json(const char *path, const struct plan *plan, struct vm
 					     sh->cr3_loads, sh->syncs, sh->invalidations };
 		struct json_object *jshadow = json_counters(shadow_names, shadow_values, 12);
 		json_object_object_add(jshadow, "tables", json_object_new_uint64(sh->tables_created - sh->tables_freed));
+		static const char *const sharing_names[] = { "clones", "privatizations", "cow_breaks",
+							     "canon_created", "canon_reused", "remote_flushes" };
+		uint64_t sharing_values[] = { sh->clones, sh->privatizations, sh->cow_breaks,
+					      sh->canon_created, sh->canon_reused, sh->remote_flushes };
+		json_object_object_add(jshadow, "sharing", json_counters(sharing_names, sharing_values, 6));
+		static const char *const table_names[] = { "reached", "private", "shared", "pt", "pd", "pdpt", "pml4" };
+		const struct shadow_table_usage *tu = &stats.tables;
+		uint64_t table_values[] = { tu->tables, tu->private_, tu->shared, tu->by_level[1],
+					    tu->by_level[2], tu->by_level[3], tu->by_level[4] };
+		json_object_object_add(jshadow, "tables_reached", json_counters(table_names, table_values, 7));
 		json_object_object_add(jv, "shadow", jshadow);
 		static const char *const shootdown_names[] = { "requests", "kicks", "nmis", "acks" };
 		uint64_t shootdown_values[] = { stats.flush_requests, stats.kicks, stats.nmis, stats.flush_acks };
@@ -204,6 +259,7 @@ static int run(const struct vmm_options *opts)
 	unsigned int nr_images = 0, *vm_image = NULL;
 	struct vm **vms = NULL;
 	struct vmm_host *host = NULL;
+	struct evictor *evictor = NULL;
 	int *status = NULL;
 	int kvm_fd = -1, ret;
 
@@ -211,6 +267,11 @@ static int run(const struct vmm_options *opts)
 	if (ret) {
 		fprintf(stderr, "umbra: %s\n", err.msg);
 		return ret == -ENOMEM ? UMBRA_STATUS_NO_KVM : UMBRA_STATUS_USAGE;
+	}
+	if (opts->evict_ms && plan.nr_segments == 0) {
+		fprintf(stderr, "umbra: --evict-ms: there are no segments to evict (declare them in a --config file)\n");
+		plan_free(&plan);
+		return UMBRA_STATUS_USAGE;
 	}
 	images = calloc(plan.nr_vms, sizeof(*images));
 	vm_image = calloc(plan.nr_vms, sizeof(*vm_image));
@@ -266,12 +327,19 @@ static int run(const struct vmm_options *opts)
 	}
 	for (unsigned int i = 0; i < plan.nr_vms; i++)
 		vm_start(vms[i]);
+	if (opts->evict_ms && evictor_start(segments, plan.nr_segments, opts->evict_ms, opts->evict_pages,
+					    &evictor, &err))
+		fprintf(stderr, "umbra: warning: %s; running without evictions\n", err.msg);
 	ret = 0;
 	for (unsigned int i = 0; i < plan.nr_vms; i++) {
 		status[i] = vm_wait(vms[i]);
 		if (ret == 0)
 			ret = status[i];
 	}
+	evictor_stop(evictor);
+	evictor = NULL;
+	struct table_memory tm;
+	table_memory(host, vms, plan.nr_vms, &tm);
 	for (unsigned int i = 0; i < plan.nr_vms; i++) {
 		struct vm_stats stats;
 		vm_get_stats(vms[i], &stats);
@@ -280,12 +348,22 @@ static int run(const struct vmm_options *opts)
 		else if (plan.nr_vms > 1 && status[i] != 0)
 			fprintf(stderr, "umbra: %s: exit status %d\n", plan.vms[i].name, status[i]);
 	}
-	if (opts->stats_json && write_stats_json(opts->stats_json, &plan, vms, status, &err)) {
+	if (opts->stats) {
+		print_table_memory(&tm);
+		for (unsigned int i = 0; i < plan.nr_segments; i++) {
+			uint64_t evictions, restores;
+			shadow_store_stats(segments[i]->store, &evictions, &restores);
+			fprintf(stderr, "umbra: segment '%s': evictions=%llu restores=%llu\n", segments[i]->name,
+				(unsigned long long)evictions, (unsigned long long)restores);
+		}
+	}
+	if (opts->stats_json && write_stats_json(opts->stats_json, &plan, segments, vms, status, &tm, &err)) {
 		fprintf(stderr, "umbra: %s\n", err.msg);
 		if (ret == 0)
 			ret = UMBRA_STATUS_USAGE;
 	}
 destroy_vms:
+	evictor_stop(evictor);
 	for (unsigned int i = 0; i < plan.nr_vms; i++)
 		vm_destroy(vms[i]);
 free_all:

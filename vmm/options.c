@@ -13,8 +13,9 @@
 
 const char vmm_usage[] =
 	"usage: umbra run IMAGE [--vms N] [--mem SIZE] [--vcpus N] [--cmdline STRING]\n"
-	"                 [--stats] [--stats-json FILE]\n"
+	"                 [--stats] [--stats-json FILE] [--evict-ms MS [--evict-pages N]]\n"
 	"       umbra run --config FILE [--stats] [--stats-json FILE]\n"
+	"                 [--evict-ms MS [--evict-pages N]]\n"
 	"       umbra --help | --version\n"
 	"\n"
 	"Runs freestanding x86-64 ELF64 guest images in KVM virtual machines, all in\n"
@@ -34,6 +35,13 @@ const char vmm_usage[] =
 	"                    (docs/config.md); replaces IMAGE and the options above\n"
 	"  --stats           print each VM's statistics when it stops (stderr)\n"
 	"  --stats-json FILE write the statistics of every VM as JSON to FILE\n"
+	"  --evict-ms MS     every MS milliseconds (1 to 60000), evict the next pages\n"
+	"                    of every shared segment to umbra's in-memory swap store\n"
+	"                    while the guests run: every VM that maps a page has it\n"
+	"                    invalidated and its vCPUs shot down, and faults it back\n"
+	"                    (needs segments, from --config)\n"
+	"  --evict-pages N   pages of each segment evicted each time, 1 to 65536;\n"
+	"                    default 64\n"
 	"  -h, --help        this text\n"
 	"  --version         umbra's version and guest ABI version\n"
 	"\n"
@@ -158,7 +166,9 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		.vcpus = 1,
 		.vms = 1,
 		.cmdline = "",
+		.evict_pages = VMM_EVICT_PAGES_DEFAULT,
 	};
+	bool evict_pages_given = false;
 	if (argc < 2)
 		return vmm_error_set(err, EINVAL, "no command given (try 'umbra --help')");
 	const char *cmd = argv[1];
@@ -226,6 +236,21 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 			if (!(value = option_value(argc, argv, &i, 12)))
 				return vmm_error_set(err, EINVAL, "--stats-json needs a file name");
 			opts->stats_json = value;
+		} else if (option_is(arg, "--evict-ms")) {
+			if (!(value = option_value(argc, argv, &i, 10)))
+				return vmm_error_set(err, EINVAL, "--evict-ms needs a number of milliseconds");
+			if (parse_uint(value, VMM_EVICT_MS_MAX, &n) || n == 0)
+				return vmm_error_set(err, EINVAL, "--evict-ms '%s': must be a number from 1 to %u",
+						     value, VMM_EVICT_MS_MAX);
+			opts->evict_ms = (unsigned int)n;
+		} else if (option_is(arg, "--evict-pages")) {
+			if (!(value = option_value(argc, argv, &i, 13)))
+				return vmm_error_set(err, EINVAL, "--evict-pages needs a number");
+			if (parse_uint(value, VMM_EVICT_PAGES_MAX, &n) || n == 0)
+				return vmm_error_set(err, EINVAL, "--evict-pages '%s': must be a number from 1 to %u",
+						     value, VMM_EVICT_PAGES_MAX);
+			opts->evict_pages = (unsigned int)n;
+			evict_pages_given = true;
 		} else if (strcmp(arg, "--stats") == 0) {
 			opts->stats = true;
 		} else if (arg[0] == '-' && arg[1] != '\0') {
@@ -237,6 +262,8 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 			opts->image = arg;
 		}
 	}
+	if (evict_pages_given && !opts->evict_ms)
+		return vmm_error_set(err, EINVAL, "--evict-pages needs --evict-ms (how often to evict)");
 	if (opts->config) {
 		if (opts->image)
 			return vmm_error_set(err, EINVAL, "run: give either IMAGE ('%s') or --config, not both",

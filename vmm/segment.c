@@ -74,9 +74,16 @@ int segment_create(const struct plan_segment *pseg, struct segment **out, struct
 		vmm_error_set(err, -ret, "segment '%s': memory object: %s", seg->name, strerror(-ret));
 		goto unmap;
 	}
+	ret = shadow_store_create(seg->obj, seg->host, &seg->store);
+	if (ret) {
+		vmm_error_set(err, -ret, "segment '%s': swap store: %s", seg->name, strerror(-ret));
+		goto destroy_obj;
+	}
 	*out = seg;
 	return 0;
 
+destroy_obj:
+	notifier_object_destroy(seg->obj);
 unmap:
 	munmap(seg->host, seg->size);
 close_fd:
@@ -90,6 +97,7 @@ void segment_destroy(struct segment *seg)
 {
 	if (!seg)
 		return;
+	shadow_store_destroy(seg->store);
 	notifier_object_destroy(seg->obj);
 	munmap(seg->host, seg->size);
 	close(seg->fd);

@@ -638,8 +638,13 @@ static int vm_paging_init(struct vm *vm, struct vmm_error *err)
 	}
 	for (unsigned int i = 0; i < vm->nr_segments; i++) {
 		struct segment *seg = vm->segments[i];
-		struct shadow_slot slot = { seg->obj, seg->gpa, seg->host, !seg->writable, NULL, NULL };
-		if ((ret = shadow_mmu_add_slot(vm->mmu, &slot, &vm->segment_slots[i])) ||
+		/* Every VM places the segment at the same machine (KVM
+		 * guest-physical) address, so the runs the guest maps with 2 MiB
+		 * pages use the canonical tables every VM shares; the store's
+		 * get_page restores evicted pages. */
+		struct shadow_slot slot = { seg->obj, seg->gpa, seg->host, !seg->writable, &shadow_store_slot_ops,
+					    seg->store };
+		if ((ret = shadow_mmu_add_segment(vm->mmu, &slot, &vm->segment_slots[i])) ||
 		    (ret = shadow_mmu_map_gpa(vm->mmu, seg->gpa, seg->size / SHADOW_PAGE_SIZE,
 					      vm->segment_slots[i], 0))) {
 			vmm_error_set(err, -ret, "shadow MMU slot for segment '%s': %s", seg->name, strerror(-ret));
@@ -1395,6 +1400,7 @@ void vm_get_stats(const struct vm *vm, struct vm_stats *stats)
 	for (int i = 0; i < UMBRA_HC_NR; i++)
 		stats->hypercalls[i] = __atomic_load_n(&vm->hypercalls[i], __ATOMIC_RELAXED);
 	shadow_mmu_stats(vm->mmu, &stats->shadow);
+	(void)shadow_mmu_table_usage(vm->mmu, &stats->tables); /* on -ENOMEM: zeroes */
 	stats->flush_requests = __atomic_load_n(&vm->flush_requests, __ATOMIC_RELAXED);
 	stats->kicks = __atomic_load_n(&vm->kicks, __ATOMIC_RELAXED);
 	stats->nmis = __atomic_load_n(&vm->nmis, __ATOMIC_RELAXED);

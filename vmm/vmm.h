@@ -59,7 +59,13 @@ struct vmm_options {
 	const char *cmdline;    /* run: string passed in the boot info ("" if none) */
 	bool stats;             /* run: print statistics at the end */
 	const char *stats_json; /* run: write statistics as JSON here (or NULL) */
+	unsigned int evict_ms;    /* run: evict segment pages every evict_ms ms (0: never) */
+	unsigned int evict_pages; /* run: ... this many pages of each segment each time */
 };
+
+#define VMM_EVICT_MS_MAX 60000u
+#define VMM_EVICT_PAGES_DEFAULT 64u
+#define VMM_EVICT_PAGES_MAX 65536u
 
 /* Parses argv into opts. On a bad command line returns -EINVAL with err
  * naming the offending option or value. */
@@ -127,12 +133,28 @@ struct segment {
 	int fd;
 	void *host; /* the VMM's mapping */
 	struct notifier_object *obj; /* the memory object every attached VM subscribes to */
+	struct shadow_store *store;  /* its swap store: evict() and the restore hook */
 };
 
 /* Creates the segment and preloads it from pseg->file (which must not be
  * larger than the segment). Returns 0 or -errno with err. */
 int segment_create(const struct plan_segment *pseg, struct segment **out, struct vmm_error *err);
 void segment_destroy(struct segment *seg);
+
+/*
+ * The evictor: a thread that, every @interval_ms, evicts the next @pages
+ * pages of each segment (round robin over the segment, wrapping) through
+ * shadow_store_evict(): every VM that maps a page is invalidated and its
+ * vCPUs shot down while they run; their next access faults the page back
+ * through the store's restore hook.  Returns 0 or -errno with err.
+ */
+struct evictor;
+int evictor_start(struct segment *const *segments, unsigned int nr_segments, unsigned int interval_ms,
+		  unsigned int pages, struct evictor **out, struct vmm_error *err);
+/* Stops the thread and frees the evictor (NULL is fine).  An eviction that
+ * fails (other than a page still evicted) is printed as a warning, once per
+ * segment, and counted. */
+void evictor_stop(struct evictor *ev);
 
 /* ---- ELF64 images ---- */
 
@@ -218,6 +240,7 @@ struct vm_stats {
 	uint64_t exits_total;
 	uint64_t hypercalls[UMBRA_HC_NR]; /* by number */
 	struct shadow_mmu_stats shadow;
+	struct shadow_table_usage tables; /* the tables the VM reaches now */
 	/* TLB shootdowns: flush requests posted to vCPU mailboxes, kicks of
 	 * vCPUs in guest mode, NMIs injected, acknowledgements from the guest. */
 	uint64_t flush_requests, kicks, nmis, flush_acks;

@@ -1,0 +1,135 @@
+/*
+ * The evictor: drives the engine's eviction (shadow_store_evict) of shared
+ * segment pages while the guests run, so that every VM mapping a page has it
+ * invalidated under it, its vCPUs shot down (NMI), and the page faulted back
+ * with its content through the store's restore hook.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "vmm.h"
+
+struct evictor {
+	pthread_t thread;
+	/* lock protects stop; cond wakes the thread early to stop. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool stop;
+	unsigned int interval_ms, pages, nr_segments;
+	struct segment *segments[UMBRA_MAX_SEGMENTS];
+	uint64_t cursor[UMBRA_MAX_SEGMENTS];	/* next page to evict, per segment */
+	bool warned[UMBRA_MAX_SEGMENTS];
+};
+
+/* Waits until the next tick; returns false when asked to stop. */
+static bool evictor_wait(struct evictor *ev)
+{
+	struct timespec until;
+	bool go;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += ev->interval_ms / 1000;
+	until.tv_nsec += (long)(ev->interval_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&ev->lock);
+	while (!ev->stop && pthread_cond_timedwait(&ev->cond, &ev->lock, &until) != ETIMEDOUT)
+		;
+	go = !ev->stop;
+	pthread_mutex_unlock(&ev->lock);
+	return go;
+}
+
+static void evict_some(struct evictor *ev, unsigned int i)
+{
+	struct segment *seg = ev->segments[i];
+	uint64_t npages = seg->size / NOTIFIER_PAGE_SIZE;
+
+	for (unsigned int k = 0; k < ev->pages && k < npages; k++) {
+		uint64_t page = ev->cursor[i];
+		int ret;
+
+		ev->cursor[i] = (page + 1) % npages;
+		/* -EALREADY: no VM touched it since the last round; the
+		 * invalidation was still sent, nothing to report. */
+		ret = shadow_store_evict(seg->store, page);
+		if (ret && ret != -EALREADY && !ev->warned[i]) {
+			fprintf(stderr, "umbra: warning: evicting page %" PRIu64 " of segment '%s': %s\n", page,
+				seg->name, strerror(-ret));
+			ev->warned[i] = true;
+		}
+	}
+}
+
+static void *evictor_thread(void *arg)
+{
+	struct evictor *ev = arg;
+
+	if (notifier_thread_init()) {
+		fprintf(stderr, "umbra: warning: the evictor could not register with liburcu; no evictions\n");
+		return NULL;
+	}
+	while (evictor_wait(ev))
+		for (unsigned int i = 0; i < ev->nr_segments; i++)
+			evict_some(ev, i);
+	notifier_thread_exit();
+	return NULL;
+}
+
+int evictor_start(struct segment *const *segments, unsigned int nr_segments, unsigned int interval_ms,
+		  unsigned int pages, struct evictor **out, struct vmm_error *err)
+{
+	struct evictor *ev;
+	pthread_condattr_t attr;
+	int ret;
+
+	if (nr_segments > UMBRA_MAX_SEGMENTS || interval_ms == 0 || pages == 0)
+		return vmm_error_set(err, EINVAL, "evictor: %u segments, every %u ms, %u pages: out of range",
+				     nr_segments, interval_ms, pages);
+	ev = calloc(1, sizeof(*ev));
+	if (!ev)
+		return vmm_error_set(err, ENOMEM, "evictor: out of memory");
+	ev->interval_ms = interval_ms;
+	ev->pages = pages;
+	ev->nr_segments = nr_segments;
+	memcpy(ev->segments, segments, nr_segments * sizeof(*segments));
+	pthread_mutex_init(&ev->lock, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&ev->cond, &attr);
+	pthread_condattr_destroy(&attr);
+	ret = pthread_create(&ev->thread, NULL, evictor_thread, ev);
+	if (ret) {
+		vmm_error_set(err, ret, "evictor: cannot create its thread: %s", strerror(ret));
+		goto destroy_sync;
+	}
+	*out = ev;
+	return 0;
+
+destroy_sync:
+	pthread_cond_destroy(&ev->cond);
+	pthread_mutex_destroy(&ev->lock);
+	free(ev);
+	return -ret;
+}
+
+void evictor_stop(struct evictor *ev)
+{
+	if (!ev)
+		return;
+	pthread_mutex_lock(&ev->lock);
+	ev->stop = true;
+	pthread_cond_signal(&ev->cond);
+	pthread_mutex_unlock(&ev->lock);
+	pthread_join(ev->thread, NULL);
+	pthread_cond_destroy(&ev->cond);
+	pthread_mutex_destroy(&ev->lock);
+	free(ev);
+}
