@@ -792,6 +792,9 @@ START_TEST(test_eight_vms_share_segment_tables_and_fault_back_evicted_pages)
 			printf("eight-vms: %.*s\n", (int)(end - p), p);
 	}
 	printf("eight-vms: %llu invalidations delivered in all\n", (unsigned long long)invalidations);
+	struct json_object *shadow0;
+	ck_assert(json_object_object_get_ex(json_object_array_get_idx(vms, 0), "shadow", &shadow0));
+	printf("eight-vms: reader0 shadow: %s\n", json_object_to_json_string(shadow0));
 	json_object_put(root);
 }
 END_TEST

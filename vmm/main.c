@@ -135,7 +135,7 @@ static struct json_object *json_counters(const char *const *names, const uint64_
 	return o;
 }
 
-/* Writes every VM's statistics to path as JSON (docs/stats.md). */
+/* Writes every VM's statistics to path as JSON (docs/config.md). */
 static int write_stats_json(const char *path, const struct plan *plan, struct segment *const *segments,
 			    struct vm *const *vms, const int *status, const struct table_memory *tm,
 			    struct vmm_error *err)
