@@ -219,20 +219,11 @@ int pool_user_link(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *
 int pool_user_add(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *mmu,
 		  uint32_t parent, uint32_t slot)
 {
-	struct shadow_page *sp = &pool->pages[index];
-	struct shadow_page_user *u = malloc(sizeof(*u));
+	int ret = pool_user_link(pool, index, mmu, parent, slot);
 
-	if (!u)
-		return -ENOMEM;
-	u->mmu = mmu;
-	u->parent = parent;
-	u->index = slot;
-	notifier_mutex_lock(&sp->lock);
-	u->next = sp->users;
-	sp->users = u;
-	notifier_mutex_unlock(&sp->lock);
-	__atomic_fetch_add(&sp->use_count, 1, __ATOMIC_ACQ_REL);
-	return 0;
+	if (!ret)
+		__atomic_fetch_add(&pool->pages[index].use_count, 1, __ATOMIC_ACQ_REL);
+	return ret;
 }
 
 void pool_user_del(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *mmu,

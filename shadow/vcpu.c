@@ -274,12 +274,14 @@ unlock:
 	return ret;
 }
 
-int shadow_vcpu_access_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
-				struct shadow_vcpu_result *res)
+/* The fault-in loop of access and access64: @val NULL for access. */
+static int access_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access, uint64_t *val,
+			   struct shadow_vcpu_result *res)
 {
 	for (unsigned int tries = 0; tries < 1000000; tries++) {
 		uint32_t ec;
-		int ret = shadow_vcpu_access(vcpu, va, access, res);
+		int ret = val ? shadow_vcpu_access64(vcpu, va, access, val, res) :
+				shadow_vcpu_access(vcpu, va, access, res);
 
 		if (ret != -EFAULT)
 			return ret;
@@ -292,6 +294,12 @@ int shadow_vcpu_access_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned 
 			return ret;
 	}
 	return -ELOOP;
+}
+
+int shadow_vcpu_access_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
+				struct shadow_vcpu_result *res)
+{
+	return access_fault_in(vcpu, va, access, NULL, res);
 }
 
 void shadow_vcpu_invlpg(struct shadow_vcpu *vcpu, uint64_t va)
@@ -336,19 +344,5 @@ unsigned int shadow_vcpu_tlb_valid(struct shadow_vcpu *vcpu)
 int shadow_vcpu_access64_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
 				  uint64_t *val, struct shadow_vcpu_result *res)
 {
-	for (unsigned int tries = 0; tries < 1000000; tries++) {
-		uint32_t ec;
-		int ret = shadow_vcpu_access64(vcpu, va, access, val, res);
-
-		if (ret != -EFAULT)
-			return ret;
-		ret = shadow_mmu_fault(vcpu->mmu, vcpu_cr3(vcpu), va, access, &ec);
-		if (ret == SHADOW_FAULT_GUEST) {
-			res->error_code = ec;
-			return -EFAULT;
-		}
-		if (ret < 0)
-			return ret;
-	}
-	return -ELOOP;
+	return access_fault_in(vcpu, va, access, val, res);
 }
