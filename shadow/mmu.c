@@ -371,6 +371,45 @@ static void zap_table_entries_locked(struct shadow_mmu *mmu, uint32_t page, stru
 			zap_spte_locked(mmu, page, i, b);
 }
 
+/* A growable array of 32-bit values (pool indices, entry locations): on the
+ * stack up to 16, then on the heap.  Not to be copied. */
+struct u32_vec {
+	uint32_t *v;
+	uint32_t nr, cap;
+	uint32_t stack[16];
+};
+
+static void u32_vec_init(struct u32_vec *a)
+{
+	a->v = a->stack;
+	a->nr = 0;
+	a->cap = 16;
+}
+
+/* Appends @x.  Returns 0, or -ENOMEM (the array unchanged). */
+static int u32_vec_push(struct u32_vec *a, uint32_t x)
+{
+	if (a->nr == a->cap) {
+		uint32_t *n = malloc(2 * (size_t)a->cap * sizeof(*n));
+
+		if (!n)
+			return -ENOMEM;
+		memcpy(n, a->v, a->nr * sizeof(*n));
+		if (a->v != a->stack)
+			free(a->v);
+		a->v = n;
+		a->cap *= 2;
+	}
+	a->v[a->nr++] = x;
+	return 0;
+}
+
+static void u32_vec_fini(struct u32_vec *a)
+{
+	if (a->v != a->stack)
+		free(a->v);
+}
+
 void mmu_flush_remote(struct shadow_mmu *mmu)
 {
 	notifier_mutex_lock(&mmu->tlbs_lock);
@@ -397,8 +436,9 @@ static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, int level,
 {
 	notifier_mutex_assert_held(&self->pool->rmap_lock);
 	struct shadow_page *sp = mmu_page(self, page);
-	uint32_t stack[16], *parents = stack, nr = 0, cap = 16;
+	struct u32_vec parents;
 
+	u32_vec_init(&parents);
 	notifier_mutex_lock(&sp->lock);
 	/* Freed and reused since we read the link? (level is written under
 	 * the pool lock, so read it atomically.) */
@@ -414,33 +454,21 @@ static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, int level,
 				mmu_flush_remote(u->mmu);
 			continue;
 		}
-		if (nr == cap) {
-			uint32_t *n = malloc(2 * cap * sizeof(*n));
-
-			if (!n) {
-				/* No memory: flush everyone instead. */
-				notifier_mutex_unlock(&sp->lock);
-				goto flush_everyone;
-			}
-			memcpy(n, parents, nr * sizeof(*n));
-			if (parents != stack)
-				free(parents);
-			parents = n;
-			cap *= 2;
+		if (u32_vec_push(&parents, u->parent)) {
+			/* No memory: flush everyone instead. */
+			notifier_mutex_unlock(&sp->lock);
+			goto flush_everyone;
 		}
-		parents[nr++] = u->parent;
 	}
 	notifier_mutex_unlock(&sp->lock);
-	for (uint32_t k = 0; k < nr; k++)
+	for (uint32_t k = 0; k < parents.nr; k++)
 		if (level < SPTE_LEVELS)
-			pmd_rmap_flush_up(self, parents[k], level + 1, shared, gen);
-	if (parents != stack)
-		free(parents);
+			pmd_rmap_flush_up(self, parents.v[k], level + 1, shared, gen);
+	u32_vec_fini(&parents);
 	return;
 flush_everyone:
 	/* Called with rmap_lock held: pool->mmus is stable. */
-	if (parents != stack)
-		free(parents);
+	u32_vec_fini(&parents);
 	for (struct shadow_mmu *m = self->pool->mmus; m; m = m->pool_next)
 		mmu_flush_remote(m);
 }
@@ -759,66 +787,98 @@ static bool path_matches_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t 
  * VM reaches.  The pmd-rmap walk up from the leaf's table finds this VM's
  * paths to it; on each, the topmost shared table is left (our entry to it,
  * in a table we alone reach, is zapped), or, if nothing on the path is
- * shared, the leaf itself is cleared.
+ * shared, the leaf itself is cleared.  No bound: every user of every table
+ * on the way up is followed, and every path of ours is handled.
  */
 struct chain_link {
 	uint32_t table;
 	unsigned int index;
 };
 
-static bool find_chain(struct shadow_mmu *mmu, uint32_t page, int level, struct chain_link *chain,
-		       int depth)
+/*
+ * Finds a path from one of this VM's roots down to table @page (at @level),
+ * filling chain[depth..]: 1 if found, 0 if we do not reach @page, -ENOMEM.
+ * A link whose parent entry no longer points at @page is skipped: its entry
+ * was cleared or redirected (to a copy) and its put is pending until the
+ * batch's flush, or it is another VM's link changing under us.  The links
+ * that are ours cannot change under our mmu_lock, so a path found is valid.
+ */
+static int find_chain(struct shadow_mmu *mmu, uint32_t page, int level, struct chain_link *chain,
+		      int depth)
 {
 	struct shadow_page *sp = mmu_page(mmu, page);
-	struct chain_link up[32];
-	int nr = 0;
+	struct u32_vec up;
 	bool root = false;
+	int ret = 0;
 
+	u32_vec_init(&up);
 	notifier_mutex_lock(&sp->lock);
 	/* Freed and reused since we read the link? (level is written under
 	 * the pool lock, so read it atomically.) */
 	if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) != level) {
 		notifier_mutex_unlock(&sp->lock);
-		return false;
+		return 0;
 	}
-	for (struct shadow_page_user *u = sp->users; u && nr < 32; u = u->next) {
+	for (struct shadow_page_user *u = sp->users; u && !root; u = u->next) {
 		if (u->parent == SHADOW_NO_PAGE)
-			root |= u->mmu == mmu && mmu->roots[u->index].page == page;
-		else
-			up[nr++] = (struct chain_link){ .table = u->parent, .index = u->index };
+			root = u->mmu == mmu && mmu->roots[u->index].page == page;
+		else if (!ret && level < SPTE_LEVELS)
+			ret = u32_vec_push(&up, sptep_make(u->parent, u->index));
 	}
 	notifier_mutex_unlock(&sp->lock);
 	if (root)
-		return true;
-	for (int k = 0; k < nr && level < SPTE_LEVELS; k++) {
-		chain[depth] = up[k];
-		if (find_chain(mmu, up[k].table, level + 1, chain, depth + 1))
-			return true;
+		ret = 1;
+	for (uint32_t k = 0; k < up.nr && !ret; k++) {
+		uint32_t parent = sptep_page(up.v[k]);
+		unsigned int i = sptep_index(up.v[k]);
+		uint64_t e = spte_read(mmu_sptes(mmu, parent) + i);
+
+		if (!spte_is_present(e) || spte_is_leaf(e, level + 1) ||
+		    pool_page_index(spte_addr(e)) != page)
+			continue;
+		chain[depth] = (struct chain_link){ .table = parent, .index = i };
+		ret = find_chain(mmu, parent, level + 1, chain, depth + 1);
 	}
-	return false;
+	u32_vec_fini(&up);
+	return ret;
 }
 
 static int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
 			     uint32_t old, uint64_t gva, struct zap_batch *b, uint32_t *out);
 
-static void zap_local_locked(struct shadow_mmu *mmu, shadow_sptep_t s, struct zap_batch *b)
+/* The fallback of a local zap: clear leaf @s in place, for every VM that
+ * reaches it (they refault), as an invalidation does. */
+static void zap_leaf_everywhere_locked(struct shadow_mmu *mmu, shadow_sptep_t s,
+				       struct zap_batch *b)
+{
+	notifier_mutex_lock(&mmu->pool->rmap_lock);
+	if (spte_is_present(leaf_clear_rmap_locked(mmu, sptep_page(s), sptep_index(s), b)))
+		batch_add_table(b, sptep_page(s));
+	notifier_mutex_unlock(&mmu->pool->rmap_lock);
+}
+
+/* Returns true if it changed anything.  Each round removes at least one of
+ * our paths to @s (the leaf is cleared, an entry of ours is zapped, or our
+ * entry to the leaf's table now points at a copy, its old link skipped by
+ * find_chain): it ends when none is left. */
+static bool zap_local_locked(struct shadow_mmu *mmu, shadow_sptep_t s, struct zap_batch *b)
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
+	const int depth = SPTE_LEVELS - 1; /* leaves live in level-1 tables */
 	struct chain_link chain[SPTE_LEVELS + 1];
+	bool changed = false;
 
-	for (int tries = 0; tries < 64; tries++) {
-		const int depth = SPTE_LEVELS - 1; /* leaves live in level-1 tables */
-
+	for (;;) {
 		chain[0] = (struct chain_link){ .table = sptep_page(s), .index = sptep_index(s) };
 		if (!spte_is_present(spte_read(mmu_sptes(mmu, chain[0].table) + chain[0].index)))
-			return;
-		if (!find_chain(mmu, chain[0].table, 1, chain, 1))
-			return; /* we do not reach it */
-		/* The walk up read each users list under its own lock only: a
-		 * parent may have been freed and reused meanwhile.  Check the
-		 * path from our root down (our root and the tables below it
-		 * that we hold cannot change under our mmu_lock). */
-		bool valid = true;
+			return changed;
+		int found = find_chain(mmu, chain[0].table, 1, chain, 1);
+
+		if (!found)
+			return changed; /* we do not reach it */
+		/* Check the path from our root down (our root and the tables
+		 * below it that we hold cannot change under our mmu_lock). */
+		bool valid = found > 0;
 
 		for (int k = depth; k >= 1 && valid; k--) {
 			uint64_t e = spte_read(mmu_sptes(mmu, chain[k].table) + chain[k].index);
@@ -826,8 +886,14 @@ static void zap_local_locked(struct shadow_mmu *mmu, shadow_sptep_t s, struct za
 			valid = spte_is_present(e) && !spte_is_leaf(e, k + 1) &&
 				pool_page_index(spte_addr(e)) == chain[k - 1].table;
 		}
-		if (!valid)
-			continue;
+		if (!valid) {
+			/* No memory for the walk up (or a path that changed,
+			 * which find_chain does not return): never leave the
+			 * mapping, clear it for everyone. */
+			zap_leaf_everywhere_locked(mmu, s, b);
+			return true;
+		}
+		changed = true;
 		/* chain[k] is an entry of a level k + 1 table; chain[depth] is in
 		 * our root.  Privatize the shared tables on the path, top-down
 		 * (each copy makes the next table down shared), then clear the
@@ -849,29 +915,52 @@ static void zap_local_locked(struct shadow_mmu *mmu, shadow_sptep_t s, struct za
 				goto next;
 			}
 			chain[k].table = copy;
+			/* An entry the copy could not take (no memory) is not in
+			 * it: our path ends there (it faults back). */
+			if (k > 0 && !spte_is_present(spte_read(mmu_sptes(mmu, copy) + chain[k].index)))
+				goto next;
 		}
 		zap_spte_locked(mmu, chain[0].table, chain[0].index, b);
-		return;
 next:;
 	}
 }
 
+/*
+ * Every leaf of pages [first, last] of @slot that this VM reaches, local
+ * zap.  A pass handles a snapshot of the page's reverse map (every entry);
+ * a copy made on the way may hold another leaf of the page, so passes go on
+ * until one changes nothing.  Without memory for the snapshot, the page is
+ * zapped for every VM instead (never left mapped).
+ */
 static void zap_slot_range_local_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 					uint64_t first, uint64_t last, struct zap_batch *b)
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	for (uint64_t p = first; p <= last && p < slot->npages; p++) {
-		shadow_sptep_t snap[64];
-		uint32_t nr = 0, k;
-		shadow_sptep_t s;
+		bool changed;
 
-		notifier_mutex_lock(&mmu->pool->rmap_lock);
-		for_each_rmap_sptep(&slot->rmap[p], k, s)
-			if (nr < 64)
-				snap[nr++] = s;
-		notifier_mutex_unlock(&mmu->pool->rmap_lock);
-		for (k = 0; k < nr; k++)
-			zap_local_locked(mmu, snap[k], b);
+		do {
+			struct u32_vec snap;
+			uint32_t k;
+			shadow_sptep_t s;
+			int ret = 0;
+
+			u32_vec_init(&snap);
+			notifier_mutex_lock(&mmu->pool->rmap_lock);
+			for_each_rmap_sptep(&slot->rmap[p], k, s)
+				if (!ret)
+					ret = u32_vec_push(&snap, s);
+			notifier_mutex_unlock(&mmu->pool->rmap_lock);
+			if (ret) {
+				u32_vec_fini(&snap);
+				zap_slot_range_locked(mmu, slot, p, p, b);
+				break;
+			}
+			changed = false;
+			for (k = 0; k < snap.nr; k++)
+				changed |= zap_local_locked(mmu, snap.v[k], b);
+			u32_vec_fini(&snap);
+		} while (changed);
 	}
 }
 
@@ -1119,25 +1208,27 @@ static int canon_get_locked(struct shadow_mmu *mmu, const struct role *role, uin
 		}
 	}
 	po = slot->pobj;
-	key = (uint32_t)(first / SPTE_ENTRIES * 8 + (role->access & 7));
+	key = canon_key(first / SPTE_ENTRIES, slot->s.readonly, role->access);
 	notifier_mutex_lock(&mmu->pool->rmap_lock);
 	idx = po->canon[key];
 	if (idx != SHADOW_NO_PAGE) {
 		sp = mmu_page(mmu, idx);
+		/* In the array under rmap_lock: still allocated (its free leaves
+		 * the array first), so its role is stable.  Check it before
+		 * taking a reference, which then never needs handing back. */
+		if (sp->gpa != role->gpa) {
+			/* Same run at another guest-physical address: not ours. */
+			ret = -ENOENT;
+			goto unlock;
+		}
 		uint32_t c = __atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE);
 
 		while (c && !__atomic_compare_exchange_n(&sp->use_count, &c, c + 1, false,
 							 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
 			;
-		if (c && sp->gpa == role->gpa) {
+		if (c) {
 			mmu_stat_inc(mmu, canon_reused);
 			goto found;
-		}
-		if (c) {
-			/* Same run at another guest-physical address: not ours. */
-			__atomic_fetch_sub(&sp->use_count, 1, __ATOMIC_ACQ_REL);
-			ret = -ENOENT;
-			goto unlock;
 		}
 	}
 	ret = pool_alloc_index(mmu->pool, 1, &idx);

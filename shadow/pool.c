@@ -268,12 +268,12 @@ int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t
 		goto unlock;
 	}
 	po->rmap = calloc(npages, sizeof(*po->rmap));
-	po->canon = malloc(nruns * 8 * sizeof(*po->canon));
+	po->canon = malloc(nruns * CANON_KEYS_PER_RUN * sizeof(*po->canon));
 	if (!po->rmap || !po->canon) {
 		ret = -ENOMEM;
 		goto free_po;
 	}
-	for (uint64_t k = 0; k < nruns * 8; k++)
+	for (uint64_t k = 0; k < nruns * CANON_KEYS_PER_RUN; k++)
 		po->canon[k] = SHADOW_NO_PAGE;
 	po->obj = obj;
 	po->mpa = mpa;

@@ -459,7 +459,7 @@ int shadow_mmu_set_cow_slot(struct shadow_mmu *mmu, int slot_id);
  * guest maps a 2 MiB-aligned run of the object with one 2 MiB (or 1 GiB)
  * page, contiguously in the P2M (and not copy-on-write), the VM uses the
  * run's canonical shadow table: one per (run, guest-physical address,
- * rights), created on first use, shared by every VM that maps the run that
+ * @slot->readonly, rights), created on first use, shared by every VM that maps the run that
  * way, counted by users and freed by the last.  Every VM must place the
  * object at the same @slot->mpa (and, to share, at the same guest-physical
  * address).  A clone keeps it shared (never copy-on-write).  Same locking
@@ -479,6 +479,10 @@ int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *slo
  * parent's vCPUs are flushed before it returns.  The child has no vCPUs.
  * Locks: takes the parent's mmu_lock (after subscribing the child's slots
  * with none held); the caller holds no shadow lock.  May block.
+ * Must not run concurrently with shadow_mmu_add_slot() or
+ * shadow_mmu_add_segment() on @parent (the caller serializes them): the
+ * slot list is copied before the parent's lock is taken, so a slot added
+ * meanwhile could be missing from the child while its P2M refers to it.
  * Returns 0 and *@out, -EINVAL (no cow slot on the parent, bad @cow),
  * -ENOMEM, or add_slot's errors.
  */

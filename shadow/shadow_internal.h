@@ -104,8 +104,10 @@ struct shadow_page {
  * maps the same object at the same machine address for all its users).
  *  rmap   the reverse map, backing page -> every leaf location in the pool
  *         that maps it, whichever VM installed it (under pool->rmap_lock);
- *  canon  canonical tables of the segment: [run * 8 + rights] -> pool index
- *         or SHADOW_NO_PAGE; a 2 MiB run is pages [run * 512, run * 512 + 511]
+ *  canon  canonical tables of the segment: [canon_key(run, readonly, rights)]
+ *         -> pool index or SHADOW_NO_PAGE; a 2 MiB run is pages
+ *         [run * 512, run * 512 + 511]; a read-only and a writable
+ *         attachment of the segment never share a table
  *         (under pool->rmap_lock; the table holds no reference: it is in
  *         the array exactly while its use count is > 0).
  */
@@ -118,6 +120,14 @@ struct pool_obj {
 	uint32_t *canon;
 	struct pool_obj *next;
 };
+
+/* Keys of one 2 MiB run in pool_obj.canon: the slot's readonly flag and the
+ * table's rights (SHADOW_RIGHTS_ALL, 3 bits). */
+#define CANON_KEYS_PER_RUN 16u
+static inline uint32_t canon_key(uint64_t run, bool readonly, unsigned int rights)
+{
+	return (uint32_t)(run * CANON_KEYS_PER_RUN + (readonly ? 8u : 0u) + (rights & 7u));
+}
 
 struct shadow_pool {
 	int fd;

@@ -236,7 +236,8 @@ int shadow_pool_check(struct shadow_pool *pool)
 					ret = -EUCLEAN;
 			}
 		}
-		for (uint64_t k = 0; k < (po->npages + 511) / 512 * 8 && !ret; k++) {
+		for (uint64_t k = 0; k < (po->npages + 511) / 512 * CANON_KEYS_PER_RUN && !ret;
+		     k++) {
 			uint32_t c = po->canon[k];
 
 			if (c != SHADOW_NO_PAGE &&

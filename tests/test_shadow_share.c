@@ -360,6 +360,181 @@ START_TEST(test_clone_guest_table_write_is_private_to_the_clone)
 }
 END_TEST
 
+/* ---- local zaps (copy-on-write break, P2M redirect) with many sharers ---- */
+
+#define HERD_MAX 70
+#define VA_FAR (VA_BASE + (2ull << 20)) /* same PD as VA_BASE, another leaf table */
+#define NEW_PAGE 200			/* map_gpa's redirect target in the data object */
+
+/* A parent VM and up to HERD_MAX clones, each with a vCPU (no TLB: every
+ * access walks the shadow tables). */
+struct herd {
+	struct shadow_pool *pool;
+	struct gm gm;
+	struct hobj data, cow[HERD_MAX + 1];
+	struct shadow_mmu *mmu[HERD_MAX + 1]; /* [0]: the parent */
+	struct shadow_vcpu *v[HERD_MAX + 1];
+	int data_id, n;
+	uint64_t cr3;
+};
+
+static void herd_init(struct herd *h)
+{
+	struct shadow_slot s;
+	int id;
+
+	memset(h, 0, sizeof(*h));
+	ck_assert_int_eq(shadow_pool_create(2048, &h->pool), 0);
+	gm_init_full(&h->gm, 1024, h->pool, 0, 0, NULL, NULL, NULL);
+	h->mmu[0] = h->gm.mmu;
+	hobj_init(&h->data, "data", 256, false);
+	for (uint64_t p = 0; p < 256; p++)
+		*(uint64_t *)(h->data.host + p * GM_PAGE) = 0x1000 + p;
+	s = hobj_slot(&h->data, DATA_MPA);
+	ck_assert_int_eq(shadow_mmu_add_slot(h->mmu[0], &s, &h->data_id), 0);
+	ck_assert_int_eq(shadow_mmu_map_gpa(h->mmu[0], DATA_GPA, 256, h->data_id, 0), 0);
+	hobj_init(&h->cow[0], "cow0", 256, false);
+	s = hobj_slot(&h->cow[0], SH_COW_MPA(0));
+	ck_assert_int_eq(shadow_mmu_add_slot(h->mmu[0], &s, &id), 0);
+	ck_assert_int_eq(shadow_mmu_set_cow_slot(h->mmu[0], id), 0);
+	h->cr3 = gm_table(&h->gm);
+}
+
+/* The parent's vCPU reads @va .. @va + @n pages, then @nclones clones are
+ * made; each writes @wva (privatizing the tables on its path). */
+static void herd_populate(struct herd *h, uint64_t va, uint64_t n, int nclones, uint64_t wva)
+{
+	struct shadow_slot s;
+
+	h->v[0] = sh_vcpu(h->mmu[0], 0, h->cr3);
+	for (uint64_t i = 0; i < n; i++)
+		read_u64(h->v[0], va + i * GM_PAGE, NULL);
+	read_u64(h->v[0], wva, NULL);
+	for (int k = 1; k <= nclones; k++) {
+		hobj_init(&h->cow[k], "cow", 256, false);
+		s = hobj_slot(&h->cow[k], SH_COW_MPA(k));
+		ck_assert_int_eq(shadow_mmu_clone(h->mmu[0], &s, &h->mmu[k]), 0);
+		h->v[k] = sh_vcpu(h->mmu[k], 0, h->cr3);
+		write_u64(h->v[k], wva, 0xc000 + k);
+	}
+	h->n = nclones;
+}
+
+static void herd_fini(struct herd *h)
+{
+	assert_pool_check(h->pool);
+	for (int k = h->n; k >= 0; k--) {
+		assert_mmu_check(h->mmu[k]);
+		shadow_vcpu_destroy(h->v[k]);
+		shadow_mmu_destroy(h->mmu[k]);
+	}
+	ck_assert_uint_eq(shadow_pool_pages_in_use(h->pool, 0), 0);
+	notifier_object_destroy(h->gm.ram);
+	munmap(h->gm.host, h->gm.npages * GM_PAGE);
+	hobj_fini(&h->data);
+	for (int k = 0; k <= h->n; k++)
+		hobj_fini(&h->cow[k]);
+	shadow_pool_destroy(h->pool);
+}
+
+/* A local zap of guest page @gpa for one VM, and what its guest reads there
+ * afterwards (the first read of @gpa was DATA's original value). */
+struct local_zap_op {
+	const char *name;
+	uint64_t (*run)(struct herd *h, int k, uint64_t gpa);
+};
+
+static uint64_t op_cow_break(struct herd *h, int k, uint64_t gpa)
+{
+	/* The VMM writes guest memory for the guest: copy on write first. */
+	vm_write(h->mmu[k], gpa, 0xdead0000ull + k);
+	return 0xdead0000ull + k;
+}
+
+static uint64_t op_map_gpa(struct herd *h, int k, uint64_t gpa)
+{
+	ck_assert_int_eq(shadow_mmu_map_gpa(h->mmu[k], gpa, 1, h->data_id, NEW_PAGE), 0);
+	return 0x1000 + NEW_PAGE;
+}
+
+/* Which operation, and in which order the clones run it (each run shortens
+ * the reverse map and the users lists: the clones furthest down them must
+ * go while the lists are still long; which end that is, is the lists'
+ * business, so both orders). */
+static const struct local_zap_case {
+	struct local_zap_op op;
+	bool oldest_first;
+} local_zap_cases[] = {
+	{ { "cow_break", op_cow_break }, false },
+	{ { "cow_break", op_cow_break }, true },
+	{ { "map_gpa", op_map_gpa }, false },
+	{ { "map_gpa", op_map_gpa }, true },
+};
+
+#define NR_LOCAL_ZAP_CASES ((int)(sizeof(local_zap_cases) / sizeof(local_zap_cases[0])))
+
+/* With @leaves leaves of data page 5 in the pool, every clone zaps page 5
+ * at @va locally: its guest must see the change, and every other VM the
+ * original page. */
+static void assert_local_zap_reaches_every_clone(struct herd *h, const struct local_zap_case *c,
+						 uint64_t va, size_t leaves)
+{
+	const uint64_t gpa = DATA_GPA + 5 * GM_PAGE;
+	size_t got_leaves = shadow_mmu_rmap_count(h->mmu[0], h->data_id, 5);
+
+	ck_assert_msg(got_leaves == leaves, "expected %zu leaves of page 5, got %zu", leaves,
+		      got_leaves);
+
+	for (int n = 0; n < h->n; n++) {
+		int k = c->oldest_first ? n + 1 : h->n - n;
+
+		ck_assert_uint_eq(read_u64(h->v[k], va, NULL), 0x1005);
+		uint64_t want = c->op.run(h, k, gpa), got = read_u64(h->v[k], va, NULL);
+
+		ck_assert_msg(got == want,
+			      "%s (%s first): clone %d of %d reads %#llx after it, expected %#llx (a "
+			      "stale mapping of the old page)", c->op.name,
+			      c->oldest_first ? "oldest" : "newest", k, h->n, (unsigned long long)got,
+			      (unsigned long long)want);
+	}
+	ck_assert_uint_eq(read_u64(h->v[0], va, NULL), 0x1005);
+	ck_assert_uint_eq(*(uint64_t *)(h->data.host + 5 * GM_PAGE), 0x1005);
+}
+
+/* _i: local_zap_cases.  70 clones each privatize the leaf table (a write to
+ * page 10 of the same table): 71 leaves of data page 5 in the pool. */
+START_TEST(test_local_zap_reaches_every_clone_beyond_64_leaves)
+{
+	struct herd h;
+
+	herd_init(&h);
+	for (uint64_t i = 0; i < 16; i++)
+		gm_map(&h.gm, h.cr3, VA_BASE + i * GM_PAGE, DATA_GPA + i * GM_PAGE, 1, UW);
+	herd_populate(&h, VA_BASE, 16, 70, VA_BASE + 10 * GM_PAGE);
+	assert_local_zap_reaches_every_clone(&h, &local_zap_cases[_i], VA_BASE + 5 * GM_PAGE, 71);
+	herd_fini(&h);
+}
+END_TEST
+
+/* _i: local_zap_cases.  40 clones each privatize root, PDPT and PD (a write
+ * in another leaf table of the same PD): the leaf table of VA_BASE stays
+ * shared, with 41 users. */
+START_TEST(test_local_zap_reaches_every_user_of_a_table_with_40_users)
+{
+	struct herd h;
+
+	herd_init(&h);
+	for (uint64_t i = 0; i < 8; i++) {
+		gm_map(&h.gm, h.cr3, VA_BASE + i * GM_PAGE, DATA_GPA + i * GM_PAGE, 1, UW);
+		gm_map(&h.gm, h.cr3, VA_FAR + i * GM_PAGE, DATA_GPA + (100 + i) * GM_PAGE, 1, UW);
+	}
+	herd_populate(&h, VA_BASE, 8, 40, VA_FAR);
+	/* One leaf of page 5, in the shared table. */
+	assert_local_zap_reaches_every_clone(&h, &local_zap_cases[_i], VA_BASE + 5 * GM_PAGE, 1);
+	herd_fini(&h);
+}
+END_TEST
+
 /* ---- shared segments: canonical tables ---------------------------------- */
 
 #define SEG_GPA 0x200000ull	/* 2 MiB-aligned, in every VM */
@@ -473,6 +648,66 @@ START_TEST(test_segment_run_uses_one_canonical_table_for_every_vm)
 }
 END_TEST
 
+/* _i: 0 = the read-only VM maps the run first, 1 = the writable one does. */
+START_TEST(test_readonly_and_writable_attachments_of_a_segment_never_share_a_leaf_table)
+{
+	struct shadow_vcpu_result res;
+	struct shadow_pool *pool;
+	struct gm gm[2];
+	struct shadow_vcpu *v[2];
+	struct hobj seg;
+	const int ro = 0, rw = 1;
+
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	ck_assert_int_eq(shadow_pool_create(512, &pool), 0);
+	hobj_init(&seg, "segment", 512, false);
+	for (uint64_t p = 0; p < 512; p++)
+		*(uint64_t *)(seg.host + p * GM_PAGE) = 0x5e00000 + p;
+	for (int k = 0; k < 2; k++) {
+		struct shadow_slot sl = hobj_slot(&seg, SH_SEG_MPA);
+		int id;
+
+		sl.readonly = k == ro;
+		gm_init_full(&gm[k], 1024, pool, 0, 0, NULL, NULL, NULL);
+		ck_assert_int_eq(shadow_mmu_add_segment(gm[k].mmu, &sl, &id), 0);
+		ck_assert_int_eq(shadow_mmu_map_gpa(gm[k].mmu, SEG_GPA, 512, id, 0), 0);
+		uint64_t cr3 = gm_table(&gm[k]);
+
+		/* Both guests map the run writable and dirty. */
+		gm_map(&gm[k], cr3, SEG_VA, SEG_GPA, 2, UW | SPTE_DIRTY);
+		v[k] = sh_vcpu(gm[k].mmu, 0, cr3);
+	}
+	int first = _i ? rw : ro, second = _i ? ro : rw;
+
+	ck_assert_uint_eq(read_u64(v[first], SEG_VA + 3 * GM_PAGE, NULL), 0x5e00003);
+	ck_assert_uint_eq(read_u64(v[second], SEG_VA + 3 * GM_PAGE, NULL), 0x5e00003);
+	write_u64(v[rw], SEG_VA + 4 * GM_PAGE, 0x77);
+	ck_assert_uint_eq(read_u64(v[ro], SEG_VA + 4 * GM_PAGE, NULL), 0x77);
+	int ret = shadow_vcpu_access(v[ro], SEG_VA + 4 * GM_PAGE,
+				     SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE, &res);
+
+	ck_assert_msg(ret == -EFAULT, "the read-only VM can write the segment through the "
+		      "writable VM's leaf: expected -EFAULT, got %d", ret);
+	ck_assert_int_eq(shadow_vcpu_access_fault_in(v[ro], SEG_VA + 4 * GM_PAGE,
+						     SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE, &res),
+			 -EACCES);
+	ck_assert_msg(shadow_pool_pages_in_use(pool, 1) == 2,
+		      "expected one leaf table per writability, got %zu",
+		      shadow_pool_pages_in_use(pool, 1));
+	assert_pool_check(pool);
+	for (int k = 0; k < 2; k++) {
+		assert_mmu_check(gm[k].mmu);
+		shadow_vcpu_destroy(v[k]);
+		shadow_mmu_destroy(gm[k].mmu);
+		notifier_object_destroy(gm[k].ram);
+		munmap(gm[k].host, gm[k].npages * GM_PAGE);
+	}
+	ck_assert_uint_eq(shadow_pool_pages_in_use(pool, 0), 0);
+	hobj_fini(&seg);
+	shadow_pool_destroy(pool);
+}
+END_TEST
+
 Suite *shadow_share_suite(void)
 {
 	Suite *s = suite_create("shadow_share");
@@ -485,7 +720,13 @@ Suite *shadow_share_suite(void)
 	tcase_add_test(clone, test_racing_unsharers_both_copy_and_tables_are_freed_once);
 	tcase_add_test(clone, test_parent_destroy_leaves_clone_its_shared_tables);
 	tcase_add_test(clone, test_clone_guest_table_write_is_private_to_the_clone);
+	tcase_add_loop_test(clone, test_local_zap_reaches_every_clone_beyond_64_leaves, 0,
+			    NR_LOCAL_ZAP_CASES);
+	tcase_add_loop_test(clone, test_local_zap_reaches_every_user_of_a_table_with_40_users, 0,
+			    NR_LOCAL_ZAP_CASES);
 	tcase_add_test(seg, test_segment_run_uses_one_canonical_table_for_every_vm);
+	tcase_add_loop_test(
+		seg, test_readonly_and_writable_attachments_of_a_segment_never_share_a_leaf_table, 0, 2);
 	suite_add_tcase(s, clone);
 	suite_add_tcase(s, seg);
 	return s;
