@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "notifier/notifier.h"
+#include "bench_util.h"
 #include "shadow.h"
 #include "spte.h"
 
@@ -37,27 +38,6 @@
 #define TABLES 0x1000ull
 #define DATA 0x400000ull /* 4 MiB: data pages from here */
 #define VA_BASE 0x0000004000000000ull
-
-static double now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static long minflt(void)
 {

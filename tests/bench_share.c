@@ -59,6 +59,7 @@
 #include <unistd.h>
 
 #include "notifier/notifier.h"
+#include "bench_util.h"
 #include "shadow.h"
 #include "shadow_internal.h"
 #include "spte.h"
@@ -68,36 +69,6 @@
 #define GIB (1ull << 30)
 #define RUN (2ull * MIB)
 #define PAGES_PER_RUN 512ull
-
-static double now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-/* Median of @v[0..n) (sorts a copy). */
-static double median(const double *v, int n)
-{
-	double *c = malloc((size_t)n * sizeof(*c));
-	double m;
-
-	if (!c)
-		abort();
-	memcpy(c, v, (size_t)n * sizeof(*c));
-	qsort(c, (size_t)n, sizeof(*c), cmp_double);
-	m = n % 2 ? c[n / 2] : (c[n / 2 - 1] + c[n / 2]) / 2;
-	free(c);
-	return m;
-}
 
 #define CHECK(expr)                                                                   \
 	do {                                                                          \
