@@ -191,9 +191,11 @@ struct shadow_tlb;
 
 /*
  * What the shadow MMU asks of every vCPU that may cache its translations.
- * Both are called with the VM's mmu_lock held (and possibly a table lock,
- * rank NOTIFIER_LOCK_RANK_TABLE), from any thread.  They must not take
- * mmu_lock, a table lock or the pool lock; they may take a lock of rank
+ * Both are called from any thread with either the VM's mmu_lock held, or,
+ * when another VM's zap of a shared table flushes this VM (pmd-rmap), with
+ * that VM's mmu_lock and this VM's tlbs_lock held (and possibly a table
+ * lock, rank NOTIFIER_LOCK_RANK_TABLE).  They must not take an mmu_lock, a
+ * table lock or the pool lock; they may take a lock of rank
  * NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF and may wait, briefly, for a vCPU in
  * guest mode to acknowledge (a vCPU not in guest mode may be flushed at its
  * next entry instead, as KVM's remote flush does).

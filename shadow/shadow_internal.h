@@ -6,8 +6,10 @@
  * Lock order (outermost first; ranks from notifier/lock.h):
  *
  *   notifier object lock     NOTIFIER_LOCK_RANK_OBJECT  (release() runs under it)
- *   mmu->mmu_lock            NOTIFIER_LOCK_RANK_MMU
+ *   mmu->mmu_lock            NOTIFIER_LOCK_RANK_MMU     (one VM's only, never two)
+ *   pool->rmap_lock          SHADOW_LOCK_RANK_RMAP
  *   shadow_page.lock         NOTIFIER_LOCK_RANK_TABLE   (one at a time)
+ *   mmu->tlbs_lock           SHADOW_LOCK_RANK_TLBS      (another VM's, for a remote flush)
  *   vcpu->tlb_lock           NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF
  *   pool->lock               SHADOW_LOCK_RANK_POOL      (leaf)
  *   notifier seq_lock        NOTIFIER_LOCK_RANK_SEQ     (leaf, inside read_retry)

@@ -244,8 +244,9 @@ static void vcpu_kick(struct vcpu *vcpu);
  * remote TLB flush waits only for vCPUs in guest mode). Before it enters the
  * guest again, the vCPU thread injects an NMI; the guest's NMI handler
  * reloads CR3 (flushing its TLB) before it runs anything else, and
- * acknowledges. Called with the VM's mmu_lock held (the shadow MMU's
- * contract); takes mode_lock, a leaf.
+ * acknowledges. Called under the shadow MMU's flush contract (this VM's
+ * mmu_lock, or another VM's mmu_lock and this VM's tlbs_lock: shadow.h,
+ * struct shadow_tlb_ops); takes mode_lock, a leaf.
  */
 static void vcpu_request_flush(struct vcpu *vcpu)
 {
