@@ -229,18 +229,28 @@ void batch_add_table(struct zap_batch *b, uint32_t page)
 		b->tables_overflow = true;
 }
 
-/* Removes the reverse-map entry of leaf @old at entry @i of @page.
- * Called with rmap_lock held. */
-static void leaf_rmap_del_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
-				 uint64_t old)
+/* The reverse-map stripe of the page leaf @spte maps, with its slot and
+ * page; NULL if no slot of ours holds that page (then no reverse map has
+ * the leaf).  Lock-free (the slots are published, never moved). */
+static struct notifier_mutex *leaf_stripe(struct shadow_mmu *mmu, uint64_t spte,
+					  struct shadow_mmu_slot **slot, uint64_t *bp)
 {
-	notifier_mutex_assert_held(&mmu->pool->rmap_lock);
-	struct shadow_mmu_slot *slot;
-	uint64_t bp;
+	*slot = mmu_mpa_to_slot(mmu, spte_addr(spte), bp);
+	return *slot ? pool_obj_stripe((*slot)->pobj, *bp) : NULL;
+}
 
-	slot = mmu_mpa_to_slot(mmu, spte_addr(old), &bp);
-	if (slot)
-		rmap_del(&slot->rmap[bp], sptep_make(page, i));
+/* Takes @want in place of @held (either may be NULL); returns @want.  For
+ * loops over leaves that mostly map pages of one stripe. */
+static struct notifier_mutex *stripe_switch(struct notifier_mutex *held,
+					    struct notifier_mutex *want)
+{
+	if (held == want)
+		return held;
+	if (held)
+		notifier_mutex_unlock(held);
+	if (want)
+		notifier_mutex_lock(want);
+	return want;
 }
 
 /* The va of entry @i of leaf table @page, for this VM's flush. */
@@ -255,18 +265,45 @@ static void batch_add_leaf_va(struct shadow_mmu *mmu, uint32_t page, unsigned in
 		batch_add_va(b, sp->gva + ((uint64_t)i << SHADOW_PAGE_SHIFT));
 }
 
-uint64_t leaf_clear_rmap_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
-				struct zap_batch *b)
+/*
+ * The leaf rule's clear (struct pool_obj): read the leaf, take the stripe of
+ * the page it maps, and clear it there if it still maps that page (a leaf
+ * that went to another page meanwhile is read again).  @b may be NULL (an
+ * unreachable table being freed: nothing to flush).
+ */
+uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->pool->rmap_lock);
-	uint64_t old = spte_set_locked(mmu, page, i, 0);
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	uint64_t *sptep = mmu_sptes(mmu, page) + i;
 
-	if (spte_is_present(old)) {
-		leaf_rmap_del_locked(mmu, page, i, old);
-		b->zapped++;
-		batch_add_leaf_va(mmu, page, i, b);
+	for (;;) {
+		uint64_t e = spte_read(sptep), now, old;
+		struct shadow_mmu_slot *slot;
+		struct notifier_mutex *stripe;
+		uint64_t bp;
+
+		if (!spte_is_present(e))
+			return e;
+		stripe = leaf_stripe(mmu, e, &slot, &bp);
+		if (stripe)
+			notifier_mutex_lock(stripe);
+		now = spte_read(sptep);
+		if (spte_is_present(now) && spte_addr(now) != spte_addr(e)) {
+			if (stripe)
+				notifier_mutex_unlock(stripe);
+			continue;
+		}
+		old = spte_set_locked(mmu, page, i, 0);
+		if (spte_is_present(old) && slot)
+			rmap_del(&slot->rmap[bp], sptep_make(page, i));
+		if (stripe)
+			notifier_mutex_unlock(stripe);
+		if (spte_is_present(old) && b) {
+			b->zapped++;
+			batch_add_leaf_va(mmu, page, i, b);
+		}
+		return old;
 	}
-	return old;
 }
 
 static void table_put_now_locked(struct shadow_mmu *mmu, uint32_t child, uint32_t parent,
@@ -291,21 +328,20 @@ static void table_free_locked(struct shadow_mmu *mmu, uint32_t page)
 		if (!spte_is_present(spte))
 			continue;
 		if (spte_is_leaf(spte, sp->level)) {
-			notifier_mutex_lock(&mmu->pool->rmap_lock);
-			spte = spte_set_locked(mmu, page, i, 0);
-			if (spte_is_present(spte))
-				leaf_rmap_del_locked(mmu, page, i, spte);
-			notifier_mutex_unlock(&mmu->pool->rmap_lock);
+			leaf_clear(mmu, page, i, NULL);
 		} else {
 			spte_set_locked(mmu, page, i, 0);
 			table_put_now_locked(mmu, pool_page_index(spte_addr(spte)), page, i);
 		}
 	}
 	if (sp->canon) {
-		notifier_mutex_lock(&mmu->pool->rmap_lock);
+		struct notifier_mutex *stripe = pool_obj_stripe(
+			sp->canon_obj, (uint64_t)(sp->canon_key / CANON_KEYS_PER_RUN) * SPTE_ENTRIES);
+
+		notifier_mutex_lock(stripe);
 		if (sp->canon_obj->canon[sp->canon_key] == page)
 			sp->canon_obj->canon[sp->canon_key] = SHADOW_NO_PAGE;
-		notifier_mutex_unlock(&mmu->pool->rmap_lock);
+		notifier_mutex_unlock(stripe);
 		sp->canon = false;
 		sp->canon_obj = NULL;
 	}
@@ -346,9 +382,7 @@ static void zap_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int 
 	if (!spte_is_present(old))
 		return;
 	if (spte_is_leaf(old, level)) {
-		notifier_mutex_lock(&mmu->pool->rmap_lock);
-		leaf_clear_rmap_locked(mmu, page, i, b);
-		notifier_mutex_unlock(&mmu->pool->rmap_lock);
+		leaf_clear(mmu, page, i, b);
 		return;
 	}
 	/* Non-leaf entries change only in tables this VM alone reaches. */
@@ -421,6 +455,16 @@ void mmu_flush_remote(struct shadow_mmu *mmu)
 	mmu_stat_inc(mmu, remote_flushes);
 }
 
+/* Flushes every vCPU of every MMU of @pool but @except (NULL: none). */
+static void flush_every_mmu(struct shadow_pool *pool, struct shadow_mmu *except)
+{
+	notifier_mutex_lock(&pool->mmus_lock);
+	for (struct shadow_mmu *m = pool->mmus; m; m = m->pool_next)
+		if (m != except)
+			mmu_flush_remote(m);
+	notifier_mutex_unlock(&pool->mmus_lock);
+}
+
 /*
  * The pmd-rmap walk: flush every VM that reaches table @page (level
  * @level), by following the users lists up to the roots.  A root's user
@@ -434,7 +478,6 @@ void mmu_flush_remote(struct shadow_mmu *mmu)
 static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, int level, bool shared,
 			      uint64_t gen)
 {
-	notifier_mutex_assert_held(&self->pool->rmap_lock);
 	struct shadow_page *sp = mmu_page(self, page);
 	struct u32_vec parents;
 
@@ -467,26 +510,22 @@ static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, int level,
 	u32_vec_fini(&parents);
 	return;
 flush_everyone:
-	/* Called with rmap_lock held: pool->mmus is stable. */
 	u32_vec_fini(&parents);
-	for (struct shadow_mmu *m = self->pool->mmus; m; m = m->pool_next)
-		mmu_flush_remote(m);
+	flush_every_mmu(self->pool, NULL);
 }
 
 /*
  * The remote half of a batch: flush every VM that reaches a table in which
  * a leaf was cleared in place (pmd-rmap walk), or every VM of the pool on
- * overflow.  Called with rmap_lock held, so that a later clearer of the same
- * page, which finds the reverse map already empty, cannot return before
- * these flushes are done (two invalidations of one page racing).
+ * overflow.  A non-local zap calls it with the stripe of the cleared pages
+ * held, so that a later clearer of the same page, which finds the reverse
+ * map already empty, cannot return before these flushes are done (two
+ * invalidations of one page racing).
  */
-static void batch_flush_remote_locked(struct shadow_mmu *mmu, struct zap_batch *b)
+static void batch_flush_remote(struct shadow_mmu *mmu, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->pool->rmap_lock);
 	if (b->tables_overflow) {
-		for (struct shadow_mmu *m = mmu->pool->mmus; m; m = m->pool_next)
-			if (m != mmu)
-				mmu_flush_remote(m);
+		flush_every_mmu(mmu->pool, mmu);
 	} else if (b->nr_tables) {
 		uint64_t gen = __atomic_add_fetch(&mmu->pool->flush_gen, 1, __ATOMIC_RELAXED);
 
@@ -514,11 +553,8 @@ void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 		mmu_stat_add(mmu, zapped, b->zapped);
 	}
 	/* Leaves cleared in place: every other VM that reaches those tables. */
-	if (b->nr_tables || b->tables_overflow) {
-		notifier_mutex_lock(&mmu->pool->rmap_lock);
-		batch_flush_remote_locked(mmu, b);
-		notifier_mutex_unlock(&mmu->pool->rmap_lock);
-	}
+	if (b->nr_tables || b->tables_overflow)
+		batch_flush_remote(mmu, b);
 	/* Every vCPU is flushed: drop the references (flush before put). */
 	for (unsigned int k = 0; k < b->nr_puts; k++)
 		table_put_now_locked(mmu, b->puts[k].child, b->puts[k].parent, b->puts[k].index);
@@ -535,7 +571,11 @@ void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 /*
  * Non-local: clears, in place, every leaf in the pool that maps pages
  * [first, last] of @slot's object (whichever VM installed it, private or
- * shared table), and queues the tables for the pmd-rmap flush.
+ * shared table), and flushes every other VM that reaches those tables.  One
+ * stripe at a time: the pages of the range under stripe k (runs r with
+ * r % POOL_OBJ_STRIPES == k) are cleared and the remote flush done before
+ * that stripe is dropped, so at most POOL_OBJ_STRIPES remote flushes
+ * whatever the range's size.
  */
 void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t first,
 			   uint64_t last, struct zap_batch *b)
@@ -543,27 +583,43 @@ void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	if (last >= slot->npages)
 		last = slot->npages - 1;
-	notifier_mutex_lock(&mmu->pool->rmap_lock);
-	for (uint64_t p = first; p <= last; p++) {
-		struct shadow_rmap *rmap = &slot->rmap[p];
+	if (first > last)
+		return;
+	const uint64_t r0 = first / SPTE_ENTRIES, r1 = last / SPTE_ENTRIES;
+	const uint64_t nr_stripes = r1 - r0 + 1 < POOL_OBJ_STRIPES ? r1 - r0 + 1 : POOL_OBJ_STRIPES;
 
-		while (rmap->nr) {
-			shadow_sptep_t s = rmap_get(rmap, rmap->nr - 1);
-			uint64_t old = spte_set_locked(mmu, sptep_page(s), sptep_index(s), 0);
+	for (uint64_t k = 0; k < nr_stripes; k++) {
+		struct notifier_mutex *stripe = pool_obj_stripe(slot->pobj, (r0 + k) * SPTE_ENTRIES);
 
-			rmap_del(rmap, s);
-			if (!spte_is_present(old))
-				continue;
-			b->zapped++;
-			batch_add_leaf_va(mmu, sptep_page(s), sptep_index(s), b);
-			batch_add_table(b, sptep_page(s));
+		notifier_mutex_lock(stripe);
+		for (uint64_t r = r0 + k; r <= r1; r += POOL_OBJ_STRIPES) {
+			uint64_t p = r * SPTE_ENTRIES > first ? r * SPTE_ENTRIES : first;
+			uint64_t end = r * SPTE_ENTRIES + SPTE_ENTRIES - 1 < last ?
+					       r * SPTE_ENTRIES + SPTE_ENTRIES - 1 : last;
+
+			for (; p <= end; p++) {
+				struct shadow_rmap *rmap = &slot->rmap[p];
+
+				while (rmap->nr) {
+					shadow_sptep_t s = rmap_get(rmap, rmap->nr - 1);
+					uint64_t old = spte_set_locked(mmu, sptep_page(s),
+								       sptep_index(s), 0);
+
+					rmap_del(rmap, s);
+					if (!spte_is_present(old))
+						continue;
+					b->zapped++;
+					batch_add_leaf_va(mmu, sptep_page(s), sptep_index(s), b);
+					batch_add_table(b, sptep_page(s));
+				}
+			}
 		}
+		/* Other VMs' vCPUs are flushed before the reverse map shows
+		 * the pages unmapped (our own ones in zap_batch_finish_locked,
+		 * under our mmu_lock, before our callback returns). */
+		batch_flush_remote(mmu, b);
+		notifier_mutex_unlock(stripe);
 	}
-	/* Other VMs' vCPUs are flushed before the reverse map shows the
-	 * pages unmapped (our own ones in zap_batch_finish_locked, under our
-	 * mmu_lock, before our callback returns). */
-	batch_flush_remote_locked(mmu, b);
-	notifier_mutex_unlock(&mmu->pool->rmap_lock);
 }
 
 /* ---- what the guest's tables say an entry should be -------------------- */
@@ -851,10 +907,8 @@ static int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned i
 static void zap_leaf_everywhere_locked(struct shadow_mmu *mmu, shadow_sptep_t s,
 				       struct zap_batch *b)
 {
-	notifier_mutex_lock(&mmu->pool->rmap_lock);
-	if (spte_is_present(leaf_clear_rmap_locked(mmu, sptep_page(s), sptep_index(s), b)))
+	if (spte_is_present(leaf_clear(mmu, sptep_page(s), sptep_index(s), b)))
 		batch_add_table(b, sptep_page(s));
-	notifier_mutex_unlock(&mmu->pool->rmap_lock);
 }
 
 /* Returns true if it changed anything.  Each round removes at least one of
@@ -946,11 +1000,11 @@ static void zap_slot_range_local_locked(struct shadow_mmu *mmu, struct shadow_mm
 			int ret = 0;
 
 			u32_vec_init(&snap);
-			notifier_mutex_lock(&mmu->pool->rmap_lock);
+			notifier_mutex_lock(pool_obj_stripe(slot->pobj, p));
 			for_each_rmap_sptep(&slot->rmap[p], k, s)
 				if (!ret)
 					ret = u32_vec_push(&snap, s);
-			notifier_mutex_unlock(&mmu->pool->rmap_lock);
+			notifier_mutex_unlock(pool_obj_stripe(slot->pobj, p));
 			if (ret) {
 				u32_vec_fini(&snap);
 				zap_slot_range_locked(mmu, slot, p, p, b);
@@ -1090,8 +1144,10 @@ unlock:
  * copy, and whichever drops the count to 0 frees it.  @parent is this VM's
  * alone, so nobody else writes the entry; @old's non-leaf entries do not
  * change while we hold our reference (only a table's last user changes
- * them); its leaves may be cleared under us by a non-local zap, so they are
- * read and registered in the reverse map under rmap_lock.
+ * them); its leaves may be cleared under us by a non-local zap, so each is
+ * read again and registered in the reverse map under its page's stripe (one
+ * stripe at a time, kept across leaves of the same stripe), and written into
+ * the copy there: a zap that takes the stripe later finds both locations.
  * The copy is write-protected (every entry loses W, leaves lose D): entries
  * that point at copy-on-write data or at still-shared tables must not grant
  * writes (docs/sharing.md, "Write protection").
@@ -1101,8 +1157,9 @@ static int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned i
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *osp = mmu_page(mmu, old), *sp;
-	uint64_t *from = mmu_sptes(mmu, old), *to;
-	uint32_t copy, present = 0;
+	uint64_t *from = mmu_sptes(mmu, old);
+	struct notifier_mutex *held = NULL;
+	uint32_t copy;
 	int ret;
 
 	ret = pool_alloc_index(mmu->pool, osp->level, &copy);
@@ -1113,8 +1170,6 @@ static int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned i
 	sp->access = osp->access;
 	sp->gpa = osp->gpa;
 	sp->gva = gva;
-	to = mmu_sptes(mmu, copy);
-	notifier_mutex_lock(&mmu->pool->rmap_lock);
 	for (unsigned int k = 0; k < SPTE_ENTRIES; k++) {
 		uint64_t e = spte_read(&from[k]);
 
@@ -1122,10 +1177,12 @@ static int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned i
 			continue;
 		if (spte_is_leaf(e, osp->level)) {
 			struct shadow_mmu_slot *slot;
-			uint64_t bp;
+			uint64_t bp, addr = spte_addr(e);
 
-			slot = mmu_mpa_to_slot(mmu, spte_addr(e), &bp);
-			if (!slot || rmap_add(&slot->rmap[bp], sptep_make(copy, k)))
+			held = stripe_switch(held, leaf_stripe(mmu, e, &slot, &bp));
+			e = spte_read(&from[k]);
+			if (!held || !spte_is_present(e) || spte_addr(e) != addr ||
+			    rmap_add(&slot->rmap[bp], sptep_make(copy, k)))
 				continue; /* not copied: it faults back */
 			e &= ~(SPTE_WRITABLE | SPTE_DIRTY);
 		} else {
@@ -1133,11 +1190,11 @@ static int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned i
 				continue;
 			e &= ~SPTE_WRITABLE;
 		}
-		spte_write(&to[k], e);
-		present++;
+		/* Under the copy's table lock: a zap may clear it as soon as
+		 * the stripe is dropped, and keeps nr_present right. */
+		spte_set_locked(mmu, copy, k, e);
 	}
-	__atomic_store_n(&sp->nr_present, present, __ATOMIC_RELAXED);
-	notifier_mutex_unlock(&mmu->pool->rmap_lock);
+	stripe_switch(held, NULL);
 	ret = pool_user_add(mmu->pool, copy, mmu, parent, i);
 	if (ret) {
 		table_free_locked(mmu, copy); /* unpublished: undo the copy */
@@ -1161,24 +1218,37 @@ static void table_wrprot_locked(struct shadow_mmu *mmu, uint32_t page)
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	uint64_t *sptes = mmu_sptes(mmu, page);
 	int level = mmu_page(mmu, page)->level;
+	struct notifier_mutex *held = NULL;
 
-	notifier_mutex_lock(&mmu->pool->rmap_lock);
 	for (unsigned int k = 0; k < SPTE_ENTRIES; k++) {
 		uint64_t e = spte_read(&sptes[k]);
 
 		if (!spte_is_present(e) || !(e & SPTE_WRITABLE))
 			continue;
-		e &= spte_is_leaf(e, level) ? ~(SPTE_WRITABLE | SPTE_DIRTY) : ~SPTE_WRITABLE;
+		if (spte_is_leaf(e, level)) {
+			/* A leaf changes under its page's stripe (a zap may
+			 * clear it meanwhile: read it again there). */
+			struct shadow_mmu_slot *slot;
+			uint64_t bp, addr = spte_addr(e);
+
+			held = stripe_switch(held, leaf_stripe(mmu, e, &slot, &bp));
+			e = spte_read(&sptes[k]);
+			if (!spte_is_present(e) || spte_addr(e) != addr)
+				continue;
+			e &= ~(SPTE_WRITABLE | SPTE_DIRTY);
+		} else {
+			e &= ~SPTE_WRITABLE;
+		}
 		spte_set_locked(mmu, page, k, e);
 	}
-	notifier_mutex_unlock(&mmu->pool->rmap_lock);
+	stripe_switch(held, NULL);
 }
 
 /*
  * The canonical table of a 2 MiB run of a shared segment, if the guest maps
  * it that way: the 512 pages from @role->gpa are, in this VM's P2M, pages
  * run * 512 .. run * 512 + 511 of one shared slot (no copy-on-write).
- * Found or created under rmap_lock, with its use count raised for the caller
+ * Found or created under the run's stripe, with its use count raised for the caller
  * (inc-not-zero: a table whose count reached 0 is being freed and is not
  * reused).  Returns 0 and the table in *@out, or -ENOENT (not eligible).
  */
@@ -1188,6 +1258,7 @@ static int canon_get_locked(struct shadow_mmu *mmu, const struct role *role, uin
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_mmu_slot *slot = NULL, *s;
 	uint64_t gfn = role->gpa >> SHADOW_PAGE_SHIFT, first = 0, pg;
+	struct notifier_mutex *stripe;
 	struct pool_obj *po;
 	struct shadow_page *sp;
 	uint32_t key, idx;
@@ -1209,11 +1280,12 @@ static int canon_get_locked(struct shadow_mmu *mmu, const struct role *role, uin
 	}
 	po = slot->pobj;
 	key = canon_key(first / SPTE_ENTRIES, slot->s.readonly, role->access);
-	notifier_mutex_lock(&mmu->pool->rmap_lock);
+	stripe = pool_obj_stripe(po, first);
+	notifier_mutex_lock(stripe);
 	idx = po->canon[key];
 	if (idx != SHADOW_NO_PAGE) {
 		sp = mmu_page(mmu, idx);
-		/* In the array under rmap_lock: still allocated (its free leaves
+		/* In the array under the stripe: still allocated (its free leaves
 		 * the array first), so its role is stable.  Check it before
 		 * taking a reference, which then never needs handing back. */
 		if (sp->gpa != role->gpa) {
@@ -1250,7 +1322,7 @@ found:
 	mmu->sharing = true;
 	*out = idx;
 unlock:
-	notifier_mutex_unlock(&mmu->pool->rmap_lock);
+	notifier_mutex_unlock(stripe);
 	(void)b;
 	return ret;
 }
@@ -1360,29 +1432,47 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 	unsigned int i = SPTE_INDEX(va, 1);
 	uint64_t mpa = slot->s.mpa + (page << SHADOW_PAGE_SHIFT);
 	uint64_t spte = make_leaf(mmu, mpa, rights, slot->s.readonly || cow);
+	uint64_t *sptep = mmu_sptes(mmu, table) + i;
+	struct notifier_mutex *stripe = pool_obj_stripe(slot->pobj, page);
 	uint64_t old;
 
-	/* A leaf and its reverse-map entry change together, under rmap_lock
-	 * (a non-local zap may clear this table's leaves at any time). */
-	notifier_mutex_lock(&mmu->pool->rmap_lock);
-	old = spte_read(mmu_sptes(mmu, table) + i);
+	/* The leaf rule (struct pool_obj): a leaf and its reverse-map entry
+	 * change together under the page's stripe, and a leaf that maps
+	 * another page is cleared first (under that page's stripe). */
+	for (;;) {
+		old = spte_read(sptep);
+		if (old == spte)
+			return 0; /* another vCPU fixed it, or the faulting TLB entry was stale */
+		if (spte_is_present(old) && spte_addr(old) != mpa) {
+			if (spte_is_present(leaf_clear(mmu, table, i, b)))
+				batch_add_table(b, table);
+			continue;
+		}
+		notifier_mutex_lock(stripe);
+		old = spte_read(sptep);
+		if (!spte_is_present(old) || spte_addr(old) == mpa)
+			break;
+		notifier_mutex_unlock(stripe);
+	}
 	if (old == spte) {
-		notifier_mutex_unlock(&mmu->pool->rmap_lock);
-		return 0; /* another vCPU fixed it, or the faulting TLB entry was stale */
+		notifier_mutex_unlock(stripe);
+		return 0;
 	}
-	ret = rmap_add(&slot->rmap[page], sptep_make(table, i));
-	if (ret) {
-		notifier_mutex_unlock(&mmu->pool->rmap_lock);
-		return ret;
+	if (!spte_is_present(old)) {
+		ret = rmap_add(&slot->rmap[page], sptep_make(table, i));
+		if (ret) {
+			notifier_mutex_unlock(stripe);
+			return ret;
+		}
 	}
-	old = spte_set_locked(mmu, table, i, spte);
+	spte_set_locked(mmu, table, i, spte);
+	notifier_mutex_unlock(stripe);
 	if (spte_is_present(old)) {
-		leaf_rmap_del_locked(mmu, table, i, old);
+		/* Same page, other rights: the old translation goes. */
 		b->zapped++;
 		batch_add_leaf_va(mmu, table, i, b);
 		batch_add_table(b, table);
 	}
-	notifier_mutex_unlock(&mmu->pool->rmap_lock);
 	__atomic_store_n(&slot->young[page], 1, __ATOMIC_RELAXED);
 	mmu_stat_inc(mmu, installs);
 	return 0;
@@ -1782,10 +1872,10 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 	notifier_mutex_init(&mmu->mmu_lock, "shadow.mmu_lock", NOTIFIER_LOCK_RANK_MMU);
 	notifier_mutex_init(&mmu->tlbs_lock, "shadow.mmu.tlbs_lock", SHADOW_LOCK_RANK_TLBS);
 	mmu->cow_slot = -1;
-	notifier_mutex_lock(&mmu->pool->rmap_lock);
+	notifier_mutex_lock(&mmu->pool->mmus_lock);
 	mmu->pool_next = mmu->pool->mmus;
 	mmu->pool->mmus = mmu;
-	notifier_mutex_unlock(&mmu->pool->rmap_lock);
+	notifier_mutex_unlock(&mmu->pool->mmus_lock);
 	*out = mmu;
 	return 0;
 
@@ -1817,14 +1907,14 @@ void shadow_mmu_destroy(struct shadow_mmu *mmu)
 	/* release() has nothing of ours left to zap; afterwards no callback runs. */
 	for (int i = 0; i < n; i++)
 		notifier_unsubscribe(mmu->slots[i].sub);
-	notifier_mutex_lock(&mmu->pool->rmap_lock);
+	notifier_mutex_lock(&mmu->pool->mmus_lock);
 	for (struct shadow_mmu **pp = &mmu->pool->mmus; *pp; pp = &(*pp)->pool_next) {
 		if (*pp == mmu) {
 			*pp = mmu->pool_next;
 			break;
 		}
 	}
-	notifier_mutex_unlock(&mmu->pool->rmap_lock);
+	notifier_mutex_unlock(&mmu->pool->mmus_lock);
 	for (int i = 0; i < n; i++) {
 		pool_obj_put(mmu->pool, mmu->slots[i].pobj);
 		free(mmu->slots[i].young);
@@ -1845,9 +1935,9 @@ size_t shadow_mmu_rmap_count(struct shadow_mmu *mmu, int slot_id, uint64_t page)
 
 	if (!slot || page >= slot->npages)
 		return 0;
-	notifier_mutex_lock(&mmu->pool->rmap_lock);
+	notifier_mutex_lock(pool_obj_stripe(slot->pobj, page));
 	n = slot->rmap[page].nr;
-	notifier_mutex_unlock(&mmu->pool->rmap_lock);
+	notifier_mutex_unlock(pool_obj_stripe(slot->pobj, page));
 	return n;
 }
 
@@ -1894,34 +1984,46 @@ static bool users_has_locked(struct shadow_page *sp, struct shadow_mmu *mmu, uin
 	return found;
 }
 
-/* @path_w: every entry above grants W.  Called with mmu_lock and rmap_lock. */
+/*
+ * @path_w: every entry above grants W.  Called with mmu_lock.  Another VM's
+ * zap may clear leaves of the table meanwhile: the entries are read and
+ * counted under the table lock, and each leaf is then checked against the
+ * reverse map under its page's stripe, if it still maps that page.
+ */
 static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t parent,
 			      uint32_t index, bool path_w, struct check_ctx *c)
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t *sptes = mmu_sptes(mmu, page);
-	uint32_t present = 0, nr_users;
+	uint64_t snap[SPTE_ENTRIES];
+	uint32_t present = 0, nr_present, nr_users;
 	bool linked;
 	int ret;
 
 	c->tables++;
 	notifier_mutex_lock(&sp->lock);
 	linked = users_has_locked(sp, mmu, parent, index, &nr_users);
+	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
+		snap[i] = spte_read(&sptes[i]);
+		present += spte_is_present(snap[i]);
+	}
+	nr_present = __atomic_load_n(&sp->nr_present, __ATOMIC_RELAXED);
 	notifier_mutex_unlock(&sp->lock);
-	if (!sp->level || !linked || __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) != nr_users)
+	if (!sp->level || !linked || __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) != nr_users ||
+	    present != nr_present)
 		return -EUCLEAN;
 	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
-		uint64_t spte = spte_read(&sptes[i]);
+		uint64_t spte = snap[i];
 
 		if (!spte_is_present(spte))
 			continue;
-		present++;
 		if (!spte_is_accessed(spte))
 			return -EUCLEAN;
 		if (spte_is_leaf(spte, sp->level)) {
 			struct shadow_mmu_slot *slot;
-			uint64_t bp;
+			struct notifier_mutex *stripe;
+			uint64_t bp, now;
 			uint32_t k;
 			shadow_sptep_t s;
 			bool found = false;
@@ -1929,14 +2031,20 @@ static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t pa
 			if (sp->level != 1 || spte_is_writable(spte) != spte_is_dirty(spte) ||
 			    (spte & SPTE_GLOBAL))
 				return -EUCLEAN;
-			slot = mmu_mpa_to_slot(mmu, spte_addr(spte), &bp);
-			if (!slot)
+			stripe = leaf_stripe(mmu, spte, &slot, &bp);
+			if (!stripe)
 				return -EUCLEAN;
 			/* Write protection: no write can reach shared data. */
 			if (path_w && spte_is_writable(spte) && c->cow[slot->id] && c->cow[slot->id][bp])
 				return -EUCLEAN;
-			for_each_rmap_sptep(&slot->rmap[bp], k, s)
-				found |= s == sptep_make(page, i);
+			notifier_mutex_lock(stripe);
+			now = spte_read(&sptes[i]);
+			if (spte_is_present(now) && spte_addr(now) == spte_addr(spte))
+				for_each_rmap_sptep(&slot->rmap[bp], k, s)
+					found |= s == sptep_make(page, i);
+			else
+				found = true; /* cleared by a zap since: nothing to check */
+			notifier_mutex_unlock(stripe);
 			if (!found)
 				return -EUCLEAN;
 			c->leaves++;
@@ -1953,7 +2061,7 @@ static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t pa
 		if (ret)
 			return ret;
 	}
-	return present == __atomic_load_n(&sp->nr_present, __ATOMIC_RELAXED) ? 0 : -EUCLEAN;
+	return 0;
 }
 
 int shadow_mmu_check(struct shadow_mmu *mmu)
@@ -1976,29 +2084,33 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 		else
 			c.cow[id][e & P2M_PAGE_MASK] = 1;
 	}
-	notifier_mutex_lock(&mmu->pool->rmap_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots && !ret; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
 			ret = check_table_locked(mmu, mmu->roots[r].page, SHADOW_NO_PAGE, r, true, &c);
 	/* The other direction: every reverse-map entry is a present leaf
-	 * mapping that page (whichever VM's table it is in). */
+	 * mapping that page (whichever VM's table it is in), under the
+	 * page's stripe. */
 	for (int i = 0; i < n && !ret; i++) {
 		struct shadow_mmu_slot *slot = &mmu->slots[i];
 
 		for (uint64_t p = 0; p < slot->npages && !ret; p++) {
+			struct notifier_mutex *stripe = pool_obj_stripe(slot->pobj, p);
 			uint32_t k;
 			shadow_sptep_t s;
 
+			notifier_mutex_lock(stripe);
 			for_each_rmap_sptep(&slot->rmap[p], k, s) {
 				uint64_t spte = spte_read(mmu_sptes(mmu, sptep_page(s)) + sptep_index(s));
 
-				if (!spte_is_present(spte) || mmu_page(mmu, sptep_page(s))->level != 1 ||
+				if (!spte_is_present(spte) ||
+				    __atomic_load_n(&mmu_page(mmu, sptep_page(s))->level,
+						    __ATOMIC_RELAXED) != 1 ||
 				    spte_addr(spte) != slot->s.mpa + (p << SHADOW_PAGE_SHIFT))
 					ret = -EUCLEAN;
 			}
+			notifier_mutex_unlock(stripe);
 		}
 	}
-	notifier_mutex_unlock(&mmu->pool->rmap_lock);
 	if (!ret && !mmu->sharing) {
 		struct shadow_mmu_stats st;
 		uint64_t rmapped = 0;
@@ -2025,7 +2137,7 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 }
 
 /* Counts @page and the tables below it, each once (@seen: one bit per pool
- * page).  Called with mmu_lock and rmap_lock. */
+ * page).  Called with mmu_lock. */
 static void usage_table_locked(struct shadow_mmu *mmu, uint32_t page, uint8_t *seen,
 			       struct shadow_table_usage *u)
 {
@@ -2063,11 +2175,9 @@ int shadow_mmu_table_usage(struct shadow_mmu *mmu, struct shadow_table_usage *us
 	if (!seen)
 		return -ENOMEM;
 	notifier_mutex_lock(&mmu->mmu_lock);
-	notifier_mutex_lock(&mmu->pool->rmap_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
 			usage_table_locked(mmu, mmu->roots[r].page, seen, usage);
-	notifier_mutex_unlock(&mmu->pool->rmap_lock);
 	notifier_mutex_unlock(&mmu->mmu_lock);
 	free(seen);
 	return 0;

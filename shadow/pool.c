@@ -48,7 +48,8 @@ int shadow_pool_create(size_t nr_pages, struct shadow_pool **out)
 	}
 	pool->free_head = 0;
 	notifier_mutex_init(&pool->lock, "shadow.pool.lock", SHADOW_LOCK_RANK_POOL);
-	notifier_mutex_init(&pool->rmap_lock, "shadow.pool.rmap_lock", SHADOW_LOCK_RANK_RMAP);
+	notifier_mutex_init(&pool->objs_lock, "shadow.pool.objs_lock", SHADOW_LOCK_RANK_OBJS);
+	notifier_mutex_init(&pool->mmus_lock, "shadow.pool.mmus_lock", SHADOW_LOCK_RANK_MMUS);
 	*out = pool;
 	return 0;
 
@@ -70,7 +71,8 @@ void shadow_pool_destroy(struct shadow_pool *pool)
 	for (size_t i = 0; i < pool->nr_pages; i++)
 		notifier_mutex_exit(&pool->pages[i].lock);
 	notifier_mutex_exit(&pool->lock);
-	notifier_mutex_exit(&pool->rmap_lock);
+	notifier_mutex_exit(&pool->objs_lock);
+	notifier_mutex_exit(&pool->mmus_lock);
 	free(pool->pages);
 	free(pool);
 }
@@ -254,7 +256,7 @@ int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t
 	struct pool_obj *po;
 	int ret = 0;
 
-	notifier_mutex_lock(&pool->rmap_lock);
+	notifier_mutex_lock(&pool->objs_lock);
 	for (po = pool->objs; po; po = po->next)
 		if (po->obj == obj && po->mpa == mpa)
 			break;
@@ -275,6 +277,8 @@ int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t
 	}
 	for (uint64_t k = 0; k < nruns * CANON_KEYS_PER_RUN; k++)
 		po->canon[k] = SHADOW_NO_PAGE;
+	for (unsigned int k = 0; k < POOL_OBJ_STRIPES; k++)
+		notifier_mutex_init(&po->stripes[k], "shadow.obj.stripe", SHADOW_LOCK_RANK_RMAP);
 	po->obj = obj;
 	po->mpa = mpa;
 	po->npages = npages;
@@ -288,16 +292,16 @@ free_po:
 	free(po);
 	po = NULL;
 unlock:
-	notifier_mutex_unlock(&pool->rmap_lock);
+	notifier_mutex_unlock(&pool->objs_lock);
 	*out = po;
 	return ret;
 }
 
 void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
 {
-	notifier_mutex_lock(&pool->rmap_lock);
+	notifier_mutex_lock(&pool->objs_lock);
 	if (--po->refs) {
-		notifier_mutex_unlock(&pool->rmap_lock);
+		notifier_mutex_unlock(&pool->objs_lock);
 		return;
 	}
 	for (struct pool_obj **pp = &pool->objs; *pp; pp = &(*pp)->next) {
@@ -306,7 +310,9 @@ void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
 			break;
 		}
 	}
-	notifier_mutex_unlock(&pool->rmap_lock);
+	notifier_mutex_unlock(&pool->objs_lock);
+	for (unsigned int k = 0; k < POOL_OBJ_STRIPES; k++)
+		notifier_mutex_exit(&po->stripes[k]);
 	for (uint64_t p = 0; p < po->npages; p++)
 		rmap_free(&po->rmap[p]);
 	free(po->rmap);

@@ -428,9 +428,10 @@ struct shadow_table_usage {
 };
 
 /*
- * Fills @usage by walking the VM's cached roots.  Takes mmu_lock and the
- * pool's rmap_lock (so leaves and the tables below shared entries hold
- * still).  May block.  Returns 0 or -ENOMEM.
+ * Fills @usage by walking the VM's cached roots.  Takes mmu_lock (the
+ * tables it reaches hold still: a shared table's non-leaf entries change
+ * only once it has one user left); counts of another VM's tables may be
+ * stale by the time it returns.  May block.  Returns 0 or -ENOMEM.
  */
 int shadow_mmu_table_usage(struct shadow_mmu *mmu, struct shadow_table_usage *usage);
 
@@ -552,10 +553,11 @@ extern const struct shadow_slot_ops shadow_store_slot_ops;
  * at it; every present leaf is in the reverse map of its object page and
  * every reverse-map entry is a present leaf of that page; canonical tables
  * and their arrays agree; the per-level counts equal the allocated pages.
- * Takes rmap_lock and table locks.  Returns 0 or -EUCLEAN.
+ * Takes the pool's list locks and table locks.  Returns 0 or -EUCLEAN.
  */
 int shadow_pool_check(struct shadow_pool *pool);
-/* Number of table pages with more than one user (shared).  Takes rmap_lock. */
+/* Number of table pages with more than one user (shared).  Lock-free
+ * snapshot (exact on a quiescent pool). */
 size_t shadow_pool_shared_pages(struct shadow_pool *pool);
 
 /* ---- the software vCPU ---------------------------------------------- */

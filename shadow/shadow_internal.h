@@ -7,7 +7,9 @@
  *
  *   notifier object lock     NOTIFIER_LOCK_RANK_OBJECT  (release() runs under it)
  *   mmu->mmu_lock            NOTIFIER_LOCK_RANK_MMU     (one VM's only, never two)
- *   pool->rmap_lock          SHADOW_LOCK_RANK_RMAP
+ *   pool->objs_lock          SHADOW_LOCK_RANK_OBJS      (the list of objects)
+ *   pool_obj.stripes[k]      SHADOW_LOCK_RANK_RMAP      (one stripe at a time)
+ *   pool->mmus_lock          SHADOW_LOCK_RANK_MMUS      (the list of MMUs)
  *   shadow_page.lock         NOTIFIER_LOCK_RANK_TABLE   (one at a time)
  *   mmu->tlbs_lock           SHADOW_LOCK_RANK_TLBS      (another VM's, for a remote flush)
  *   vcpu->tlb_lock           NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF
@@ -30,13 +32,17 @@ _Static_assert(SHADOW_LEVELS == SPTE_LEVELS, "one level count");
 #define SHADOW_LOCK_RANK_POOL (NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF + 2)
 _Static_assert(SHADOW_LOCK_RANK_POOL < NOTIFIER_LOCK_RANK_SEQ, "pool lock slots below seq_lock");
 
-/* The pool-wide reverse-map lock: inside mmu_lock, outside table locks. */
+/* The list of objects: inside mmu_lock, outside the reverse-map stripes. */
+#define SHADOW_LOCK_RANK_OBJS (NOTIFIER_LOCK_RANK_MMU + 1)
+/* A reverse-map stripe of one object: inside mmu_lock, outside table locks. */
 #define SHADOW_LOCK_RANK_RMAP (NOTIFIER_LOCK_RANK_MMU + 2)
+/* The list of MMUs (flush-everyone fallback): inside a stripe. */
+#define SHADOW_LOCK_RANK_MMUS (NOTIFIER_LOCK_RANK_MMU + 3)
 /* A VM's TLB-list lock: inside table locks, outside the vCPUs' tlb_lock. */
 #define SHADOW_LOCK_RANK_TLBS (NOTIFIER_LOCK_RANK_TABLE + 2)
-_Static_assert(SHADOW_LOCK_RANK_RMAP < NOTIFIER_LOCK_RANK_TABLE &&
+_Static_assert(SHADOW_LOCK_RANK_MMUS < NOTIFIER_LOCK_RANK_TABLE &&
 		       SHADOW_LOCK_RANK_TLBS < NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF,
-	       "mmu_lock < rmap_lock < table lock < tlbs_lock < vCPU tlb_lock");
+	       "mmu_lock < objs_lock < stripe < mmus_lock < table lock < tlbs_lock < vCPU tlb_lock");
 
 #define SHADOW_NO_PAGE UINT32_MAX
 
@@ -104,24 +110,44 @@ struct shadow_page {
  * What the pool knows of one memory object placed at one machine address
  * (shared by every VM's slot of that object at that address; a shared table
  * maps the same object at the same machine address for all its users).
+ *  stripes  the reverse-map locks (SHADOW_LOCK_RANK_RMAP): 2 MiB run r of
+ *         the object (pages [r * 512, r * 512 + 511]) is under
+ *         stripes[r % POOL_OBJ_STRIPES].  A stripe protects the reverse
+ *         map of its pages and the canonical tables of its runs, and is held
+ *         for every write of a *leaf* entry that maps one of its pages (with
+ *         the table lock inside it), whichever VM writes: a leaf and its
+ *         reverse-map entry change together.  A thread holds one stripe at
+ *         a time (no global lock, no stripe order to follow).
  *  rmap   the reverse map, backing page -> every leaf location in the pool
- *         that maps it, whichever VM installed it (under pool->rmap_lock);
+ *         that maps it, whichever VM installed it (under its stripe);
  *  canon  canonical tables of the segment: [canon_key(run, readonly, rights)]
- *         -> pool index or SHADOW_NO_PAGE; a 2 MiB run is pages
- *         [run * 512, run * 512 + 511]; a read-only and a writable
+ *         -> pool index or SHADOW_NO_PAGE; a read-only and a writable
  *         attachment of the segment never share a table
- *         (under pool->rmap_lock; the table holds no reference: it is in
+ *         (under the run's stripe; the table holds no reference: it is in
  *         the array exactly while its use count is > 0).
+ *
+ * Leaf rule: a present leaf that maps page p of the object is in rmap[p];
+ * a leaf goes from not present to mapping p, or from mapping p to not
+ * present (or keeps p and changes rights), always under p's stripe.  A leaf
+ * never goes from p to another page in one write (clear, then install).
  */
+#define POOL_OBJ_STRIPES 64u
 struct pool_obj {
 	struct notifier_object *obj;
 	uint64_t mpa;
 	uint64_t npages;
-	unsigned int refs;		/* slots using it, under rmap_lock */
+	unsigned int refs;		/* slots using it, under pool->objs_lock */
+	struct notifier_mutex stripes[POOL_OBJ_STRIPES];
 	struct shadow_rmap *rmap;
 	uint32_t *canon;
-	struct pool_obj *next;
+	struct pool_obj *next;		/* pool->objs, under pool->objs_lock */
 };
+
+/* The stripe of page @page of @po. */
+static inline struct notifier_mutex *pool_obj_stripe(struct pool_obj *po, uint64_t page)
+{
+	return &po->stripes[(page / 512u) % POOL_OBJ_STRIPES];
+}
 
 /* Keys of one 2 MiB run in pool_obj.canon: the slot's readonly flag and the
  * table's rights (SHADOW_RIGHTS_ALL, 3 bits). */
@@ -141,13 +167,17 @@ struct shadow_pool {
 	struct notifier_mutex lock;
 	uint32_t free_head; /* SHADOW_NO_PAGE when the pool is full */
 	size_t in_use[SPTE_LEVELS + 1];
-	/* rmap_lock (SHADOW_LOCK_RANK_RMAP) protects every pool_obj (list,
-	 * rmaps, canonical arrays), the list of MMUs, and is held for every
-	 * write of a *leaf* entry (with the table lock inside it), so that a
-	 * leaf and its reverse-map entry change together whichever VM writes. */
-	struct notifier_mutex rmap_lock;
+	/* objs_lock (SHADOW_LOCK_RANK_OBJS) protects the list of objects and
+	 * their refs; taken when a slot is added or removed and by the pool
+	 * check, never on a fault, privatize or zap path.  Each object's
+	 * reverse maps are under its own stripes (struct pool_obj). */
+	struct notifier_mutex objs_lock;
 	struct pool_obj *objs;
-	struct shadow_mmu *mmus;	/* every MMU of the pool (flush-everyone fallback, checks) */
+	/* mmus_lock (SHADOW_LOCK_RANK_MMUS) protects the list of MMUs: taken
+	 * by create / destroy and by the flush-everyone fallback of a remote
+	 * flush (inside a stripe); a listed MMU is not freed under it. */
+	struct notifier_mutex mmus_lock;
+	struct shadow_mmu *mmus;	/* every MMU of the pool (flush-everyone fallback) */
 	uint64_t flush_gen;		/* atomic: batch ids for remote-flush dedup */
 };
 
@@ -183,7 +213,7 @@ void pool_user_del(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *
 int pool_user_link(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *mmu,
 		   uint32_t parent, uint32_t slot);
 /* The pool_obj of @obj placed at @mpa, created with one reference, or an
- * extra reference on the existing one; put drops it.  Take rmap_lock. */
+ * extra reference on the existing one; put drops it.  Take objs_lock. */
 int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t mpa,
 		 struct pool_obj **out);
 void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po);
@@ -207,7 +237,7 @@ static inline shadow_sptep_t sptep_make(uint32_t page, unsigned int index)
 static inline uint32_t sptep_page(shadow_sptep_t s) { return s / SPTE_ENTRIES; }
 static inline unsigned int sptep_index(shadow_sptep_t s) { return s % SPTE_ENTRIES; }
 
-/* The SPTEs mapping one backing page.  Under mmu_lock. */
+/* The SPTEs mapping one backing page.  Under the page's stripe. */
 struct shadow_rmap {
 	uint32_t nr, cap;
 	union {
@@ -237,7 +267,7 @@ struct shadow_mmu_slot {
 	struct shadow_mmu *mmu;
 	struct notifier_subscription *sub;
 	struct pool_obj *pobj;		/* shared with other VMs' slots of the object */
-	struct shadow_rmap *rmap;	/* pobj->rmap: [npages], under pool->rmap_lock */
+	struct shadow_rmap *rmap;	/* pobj->rmap: [npages], under pobj's stripes */
 	uint8_t *young;			/* [npages], atomic bytes */
 	bool released;			/* atomic; set under mmu_lock by release() */
 };
@@ -313,7 +343,7 @@ struct shadow_mmu {
 	struct notifier_mutex tlbs_lock;
 	struct shadow_tlb *tlbs;	/* registered vCPUs */
 	uint64_t flush_mark;		/* atomic: last remote-flush batch id */
-	struct shadow_mmu *pool_next;	/* pool->mmus link, under pool->rmap_lock */
+	struct shadow_mmu *pool_next;	/* pool->mmus link, under pool->mmus_lock */
 
 	int cow_slot;			/* slot for copy-on-write copies, -1: none */
 	uint64_t cow_next;		/* atomic: next free page of the cow slot */
@@ -343,9 +373,9 @@ void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 
 /* Flush every vCPU of @mmu (from another VM's zap): takes its tlbs_lock. */
 void mmu_flush_remote(struct shadow_mmu *mmu);
-/* Clears leaf @i of @page in place (rmap_lock held). Returns the old entry. */
-uint64_t leaf_clear_rmap_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
-				struct zap_batch *b);
+/* Clears leaf @i of @page in place, if present, under the stripe of the page
+ * it maps.  Returns the old entry. */
+uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct zap_batch *b);
 void batch_add_table(struct zap_batch *b, uint32_t page);
 
 /* notify.c */

@@ -218,7 +218,10 @@ int shadow_pool_check(struct shadow_pool *pool)
 	size_t in_use[SPTE_LEVELS + 1] = { 0 };
 	int ret = 0;
 
-	notifier_mutex_lock(&pool->rmap_lock);
+	/* Quiescent pool (the contract): the lists held still, and no stripe
+	 * is needed to read the reverse maps. */
+	notifier_mutex_lock(&pool->objs_lock);
+	notifier_mutex_lock(&pool->mmus_lock);
 	for (uint32_t page = 0; page < pool->nr_pages && !ret; page++)
 		if (pool_page(pool, page)->level)
 			ret = check_page_locked(pool, page, in_use);
@@ -246,7 +249,8 @@ int shadow_pool_check(struct shadow_pool *pool)
 				ret = -EUCLEAN;
 		}
 	}
-	notifier_mutex_unlock(&pool->rmap_lock);
+	notifier_mutex_unlock(&pool->mmus_lock);
+	notifier_mutex_unlock(&pool->objs_lock);
 	/* Pool accounting: the per-level counts are the allocated pages. */
 	for (int l = 1; l <= SPTE_LEVELS && !ret; l++)
 		if (shadow_pool_pages_in_use(pool, l) != in_use[l])
@@ -258,13 +262,12 @@ size_t shadow_pool_shared_pages(struct shadow_pool *pool)
 {
 	size_t n = 0;
 
-	notifier_mutex_lock(&pool->rmap_lock);
 	for (uint32_t page = 0; page < pool->nr_pages; page++) {
 		struct shadow_page *sp = pool_page(pool, page);
 
-		if (sp->level && __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) > 1)
+		if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) &&
+		    __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) > 1)
 			n++;
 	}
-	notifier_mutex_unlock(&pool->rmap_lock);
 	return n;
 }

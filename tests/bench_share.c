@@ -303,6 +303,7 @@ static uint32_t eager_copy_table(struct shadow_mmu *mmu, uint32_t src)
 	struct shadow_pool *pool = mmu->pool;
 	struct shadow_page *ssp = pool_page(pool, src), *sp;
 	const uint64_t *from = pool_entries(pool, src);
+	struct notifier_mutex *held = NULL;
 	uint64_t *to;
 	uint32_t copy, present = 0;
 
@@ -313,8 +314,6 @@ static uint32_t eager_copy_table(struct shadow_mmu *mmu, uint32_t src)
 	sp->gpa = ssp->gpa;
 	sp->gva = ssp->gva;
 	to = pool_entries(pool, copy);
-	if (ssp->level == 1)
-		notifier_mutex_lock(&pool->rmap_lock);
 	for (unsigned int k = 0; k < SPTE_ENTRIES; k++) {
 		uint64_t e = spte_read(&from[k]);
 
@@ -325,6 +324,14 @@ static uint32_t eager_copy_table(struct shadow_mmu *mmu, uint32_t src)
 			struct shadow_mmu_slot *slot = mmu_mpa_to_slot(mmu, spte_addr(e), &bp);
 
 			ENSURE(slot, "leaf outside every slot");
+			/* The leaf rule: under the page's stripe, as the clone's
+			 * privatize does (one stripe held across its run). */
+			if (held != pool_obj_stripe(slot->pobj, bp)) {
+				if (held)
+					notifier_mutex_unlock(held);
+				held = pool_obj_stripe(slot->pobj, bp);
+				notifier_mutex_lock(held);
+			}
 			CHECK(rmap_add(&slot->rmap[bp], sptep_make(copy, k)));
 			e &= ~(SPTE_WRITABLE | SPTE_DIRTY);
 		} else {
@@ -336,8 +343,8 @@ static uint32_t eager_copy_table(struct shadow_mmu *mmu, uint32_t src)
 		spte_write(&to[k], e);
 		present++;
 	}
-	if (ssp->level == 1)
-		notifier_mutex_unlock(&pool->rmap_lock);
+	if (held)
+		notifier_mutex_unlock(held);
 	__atomic_store_n(&sp->nr_present, present, __ATOMIC_RELAXED);
 	return copy;
 }
