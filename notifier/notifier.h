@@ -54,6 +54,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <urcu/urcu-memb.h>
 
 #include "notifier/lock.h"
 
@@ -276,10 +277,40 @@ void notifier_thread_exit(void);
 
 /*
  * Wait until every deferred free queued by the library (subscriptions and
- * objects freed after a grace period) has run.  May block; not from a
- * callback.  Tests and programs call it before exit.
+ * objects freed after a grace period, and notifier_call_rcu work) has run.
+ * May block; not from a callback or a read-side critical section.  Tests
+ * and programs call it before exit.
  */
 void notifier_barrier(void);
+
+/* ---- RCU for other modules ------------------------------------------- */
+
+/*
+ * The library's liburcu-memb read side and deferred work, for modules that
+ * protect their own lock-free readers the same way (shadow/ defers the reuse
+ * of table pages past the walks that may still read them).  With
+ * ThreadSanitizer builds these carry the annotations liburcu lacks.
+ *
+ * notifier_rcu_read_lock / _unlock: a read-side critical section (nests).
+ *   The thread must be registered (notifier_thread_init); must not block
+ *   waiting for a grace period inside.
+ * notifier_call_rcu: runs @func(@work) on liburcu's worker thread after a
+ *   grace period; @work must live until then.  Counted by
+ *   notifier_barrier().  May be called from @func itself (requeue).  Never
+ *   blocks.
+ * notifier_thread_is_registered: whether notifier_thread_init ran on this
+ *   thread (and notifier_thread_exit did not since): for assertions.
+ */
+struct notifier_rcu_work {
+	struct rcu_head head;				/* private */
+	void (*func)(struct notifier_rcu_work *work);	/* private */
+};
+
+void notifier_rcu_read_lock(void);
+void notifier_rcu_read_unlock(void);
+void notifier_call_rcu(struct notifier_rcu_work *work,
+		       void (*func)(struct notifier_rcu_work *work));
+bool notifier_thread_is_registered(void);
 
 /* ---- memory objects ------------------------------------------------- */
 

@@ -126,6 +126,40 @@ void notifier_barrier(void)
 		nanosleep(&tick, NULL);
 }
 
+void notifier_rcu_read_lock(void)
+{
+	nt_rcu_read_lock();
+}
+
+void notifier_rcu_read_unlock(void)
+{
+	nt_rcu_read_unlock();
+}
+
+bool notifier_thread_is_registered(void)
+{
+	return nt_thread_registered;
+}
+
+static void nt_rcu_work_run(struct rcu_head *head)
+{
+	struct notifier_rcu_work *work = caa_container_of(head, struct notifier_rcu_work, head);
+
+#if NOTIFIER_TSAN
+	__tsan_acquire(head);
+#endif
+	nt_rcu_after_grace_period();
+	work->func(work);
+	nt_rcu_callback_done();
+}
+
+void notifier_call_rcu(struct notifier_rcu_work *work,
+		       void (*func)(struct notifier_rcu_work *work))
+{
+	work->func = func;
+	nt_call_rcu(&work->head, nt_rcu_work_run);
+}
+
 uint64_t nt_now_ns(void)
 {
 	struct timespec ts;

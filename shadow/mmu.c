@@ -1069,7 +1069,7 @@ static int root_create_locked(struct shadow_mmu *mmu, uint64_t key, struct zap_b
 			return -EBUSY;
 		root_evict_locked(mmu, slot, b);
 		mmu_stat_inc(mmu, root_evictions);
-		/* Free it now so that the new root can reuse the page. */
+		/* Free it now (reusable after a grace period: load_cr3 waits). */
 		zap_batch_finish_locked(mmu, b);
 	}
 	ret = pool_alloc_index(mmu->pool, SPTE_LEVELS, &page);
@@ -1093,8 +1093,8 @@ static int root_create_locked(struct shadow_mmu *mmu, uint64_t key, struct zap_b
 	return 0;
 }
 
-int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
-			uint64_t *root_gpa)
+static int load_cr3_once(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
+			 uint64_t *root_gpa)
 {
 	uint64_t key = cr3_key(mmu, cr3);
 	struct shadow_root *root, *old;
@@ -1130,6 +1130,18 @@ int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t
 unlock:
 	zap_batch_finish_locked(mmu, &b);
 	notifier_mutex_unlock(&mmu->mmu_lock);
+	return ret;
+}
+
+int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
+			uint64_t *root_gpa)
+{
+	int ret = load_cr3_once(mmu, tlb, cr3, root_gpa);
+
+	/* Pool full: an evicted root's page, or pages freed just before,
+	 * become reusable after a grace period. */
+	if (ret == -ENOMEM && pool_wait_deferred(mmu->pool))
+		ret = load_cr3_once(mmu, tlb, cr3, root_gpa);
 	return ret;
 }
 
@@ -1584,9 +1596,11 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 		zap_batch_finish_locked(mmu, &b);
 		notifier_mutex_unlock(&mmu->mmu_lock);
 		if (ret == -ENOMEM && !zapped_all) {
-			/* Pool full: drop every shadow table and try once more. */
+			/* Pool full: drop every shadow table and try once more,
+			 * when their pages are reusable (after a grace period). */
 			shadow_mmu_zap_all(mmu);
 			zapped_all = true;
+			pool_wait_deferred(mmu->pool);
 			continue;
 		}
 		if (ret)

@@ -47,6 +47,8 @@ int shadow_pool_create(size_t nr_pages, struct shadow_pool **out)
 		notifier_mutex_init(&pool->pages[i].lock, "shadow.page.lock", NOTIFIER_LOCK_RANK_TABLE);
 	}
 	pool->free_head = 0;
+	pool->dying_head = SHADOW_NO_PAGE;
+	pool->waiting_head = SHADOW_NO_PAGE;
 	notifier_mutex_init(&pool->lock, "shadow.pool.lock", SHADOW_LOCK_RANK_POOL);
 	notifier_mutex_init(&pool->objs_lock, "shadow.pool.objs_lock", SHADOW_LOCK_RANK_OBJS);
 	notifier_mutex_init(&pool->mmus_lock, "shadow.pool.mmus_lock", SHADOW_LOCK_RANK_MMUS);
@@ -66,6 +68,7 @@ void shadow_pool_destroy(struct shadow_pool *pool)
 {
 	if (!pool)
 		return;
+	pool_wait_deferred(pool); /* the queued callback touches the pool */
 	munmap(pool->base, pool->nr_pages * SHADOW_PAGE_SIZE);
 	close(pool->fd);
 	for (size_t i = 0; i < pool->nr_pages; i++)
@@ -136,16 +139,62 @@ int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index)
 	return 0;
 }
 
+/* After a grace period: the waiting pages become free; what died since
+ * waits for the next one. */
+static void pool_deferred_free(struct notifier_rcu_work *work)
+{
+	struct shadow_pool *pool = caa_container_of(work, struct shadow_pool, rcu);
+	bool requeue;
+
+	notifier_mutex_lock(&pool->lock);
+	while (pool->waiting_head != SHADOW_NO_PAGE) {
+		uint32_t i = pool->waiting_head;
+
+		pool->waiting_head = pool->pages[i].next;
+		pool->pages[i].next = pool->free_head;
+		pool->free_head = i;
+		pool->nr_deferred--;
+	}
+	requeue = pool->dying_head != SHADOW_NO_PAGE;
+	pool->waiting_head = pool->dying_head;
+	pool->dying_head = SHADOW_NO_PAGE;
+	pool->rcu_queued = requeue;
+	notifier_mutex_unlock(&pool->lock);
+	if (requeue)
+		notifier_call_rcu(&pool->rcu, pool_deferred_free);
+}
+
 void pool_free_index(struct shadow_pool *pool, uint32_t index)
 {
 	struct shadow_page *sp = &pool->pages[index];
+	bool queue = false;
 
 	notifier_mutex_lock(&pool->lock);
 	pool->in_use[sp->level]--;
 	__atomic_store_n(&sp->level, 0, __ATOMIC_RELAXED);
-	sp->next = pool->free_head;
-	pool->free_head = index;
+	sp->next = pool->dying_head;
+	pool->dying_head = index;
+	pool->nr_deferred++;
+	if (!pool->rcu_queued) {
+		pool->waiting_head = pool->dying_head;
+		pool->dying_head = SHADOW_NO_PAGE;
+		pool->rcu_queued = queue = true;
+	}
 	notifier_mutex_unlock(&pool->lock);
+	if (queue)
+		notifier_call_rcu(&pool->rcu, pool_deferred_free);
+}
+
+bool pool_wait_deferred(struct shadow_pool *pool)
+{
+	size_t n;
+
+	notifier_mutex_lock(&pool->lock);
+	n = pool->nr_deferred;
+	notifier_mutex_unlock(&pool->lock);
+	if (n)
+		notifier_barrier();
+	return n != 0;
 }
 
 int shadow_pool_alloc(struct shadow_pool *pool, int level, uint64_t *gpa)
@@ -175,6 +224,7 @@ int shadow_pool_free(struct shadow_pool *pool, uint64_t gpa)
 	if (ret)
 		return ret;
 	pool_free_index(pool, i);
+	pool_wait_deferred(pool); /* reusable on return, as documented */
 	return 0;
 }
 

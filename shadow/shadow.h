@@ -20,9 +20,12 @@
  *   vcpu.c   the software vCPU (walker + TLB)
  *
  * Errors are 0 or -errno (plus the documented positive fault results); the
- * library never prints or exits.  Threads that run shadow_mmu_fault() or
- * shadow_mmu_destroy() need nothing special; threads that invalidate memory
- * objects follow notifier/notifier.h (liburcu registration).
+ * library never prints or exits.  Threads that run the software vCPU's
+ * accesses (its lock-free walk is an RCU reader) or invalidate memory
+ * objects are registered with liburcu (notifier_thread_init, as
+ * notifier/notifier.h says); shadow_mmu_fault(), shadow_mmu_load_cr3() and
+ * shadow_mmu_destroy() need no registration, but must not run inside a
+ * read-side critical section (on a full pool they wait for a grace period).
  */
 #ifndef UMBRA_SHADOW_H
 #define UMBRA_SHADOW_H
@@ -55,7 +58,8 @@ struct shadow_pool;
  */
 int shadow_pool_create(size_t nr_pages, struct shadow_pool **out);
 /* Frees the pool.  Every page must have been freed (every shadow MMU using
- * it destroyed).  May block. */
+ * it destroyed).  Waits for the pages still waiting for a grace period
+ * (below).  May block: not from a read-side section. */
 void shadow_pool_destroy(struct shadow_pool *pool);
 /* The pool's memfd, for the VMM to map read-only at SHADOW_POOL_GPA in
  * every VM (owned by the pool: do not close it).  Lock-free. */
@@ -64,6 +68,13 @@ int shadow_pool_fd(const struct shadow_pool *pool);
 size_t shadow_pool_nr_pages(const struct shadow_pool *pool);
 
 /*
+ * Table pages are reused only after an RCU grace period (liburcu-memb,
+ * through notifier_call_rcu): a lock-free walker of the tables (the
+ * software vCPU's page walk, the pmd-rmap walk up the users lists) runs in
+ * notifier_rcu_read_lock() and never reads a page that was freed and
+ * reused under it.  A freed page leaves the in-use counts at once and
+ * becomes allocatable after the grace period.
+ *
  * Allocates one zeroed table page at @level (1..4) and returns its
  * guest-physical address in *@gpa.  The page's descriptor starts with use
  * count 0, no users, not direct, shadowing nothing.  Thread-safe: takes the
@@ -72,8 +83,9 @@ size_t shadow_pool_nr_pages(const struct shadow_pool *pool);
  */
 int shadow_pool_alloc(struct shadow_pool *pool, int level, uint64_t *gpa);
 /* Returns a page to the pool; its use count must be 0 and its users list
- * empty.  Same locking as alloc.  -EINVAL if @gpa is not an allocated page
- * or still has users. */
+ * empty.  Takes the pool lock; waits for the grace period, so that the page
+ * can be allocated again on return (may block: not from a read-side
+ * section).  -EINVAL if @gpa is not an allocated page or still has users. */
 int shadow_pool_free(struct shadow_pool *pool, uint64_t gpa);
 /* Host pointer to the 512 entries of the page at @gpa, or NULL if @gpa is not
  * a page of the pool.  Lock-free. */

@@ -163,10 +163,24 @@ struct shadow_pool {
 	uint64_t *base; /* host mapping of the whole pool */
 	struct shadow_page *pages;
 	/* lock (SHADOW_LOCK_RANK_POOL, a leaf) protects level of every
-	 * descriptor, free_head, the free list and in_use[]. */
+	 * descriptor, free_head, the free list, in_use[] and the deferred
+	 * lists below. */
 	struct notifier_mutex lock;
 	uint32_t free_head; /* SHADOW_NO_PAGE when the pool is full */
 	size_t in_use[SPTE_LEVELS + 1];
+	/*
+	 * Deferred reuse (RCU): a freed page leaves in_use at once (level 0)
+	 * but joins the free list only after a grace period, so a lock-free
+	 * walker inside notifier_rcu_read_lock() never reads a page that was
+	 * reused under it.  dying: freed since the queued callback was
+	 * queued; waiting: what the queued callback (rcu_queued) returns to
+	 * the free list, after which it requeues itself for dying, if any.
+	 * Both linked through shadow_page.next.
+	 */
+	uint32_t dying_head, waiting_head;
+	size_t nr_deferred;
+	bool rcu_queued;
+	struct notifier_rcu_work rcu;
 	/* objs_lock (SHADOW_LOCK_RANK_OBJS) protects the list of objects and
 	 * their refs; taken when a slot is added or removed and by the pool
 	 * check, never on a fault, privatize or zap path.  Each object's
@@ -202,8 +216,16 @@ static inline uint64_t *pool_entries(struct shadow_pool *pool, uint32_t index)
 	return pool->base + (size_t)index * SPTE_ENTRIES;
 }
 
+/* Takes a free page for a table of @level: 0, or -ENOMEM (none free now;
+ * see pool_wait_deferred). */
 int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index);
+/* Frees page @index, which nothing links any more: reusable after an RCU
+ * grace period.  Never blocks (callable from a read-side section). */
 void pool_free_index(struct shadow_pool *pool, uint32_t index);
+/* If freed pages wait for a grace period, waits until they are reusable and
+ * returns true.  May block: the caller holds no lock and is not in a
+ * read-side section. */
+bool pool_wait_deferred(struct shadow_pool *pool);
 /* Adds / removes a user of page @index (takes its table lock). */
 int pool_user_add(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *mmu,
 		  uint32_t parent, uint32_t slot);

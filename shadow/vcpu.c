@@ -6,12 +6,23 @@
  * configurable size.  The shadow MMU reaches it through struct
  * shadow_tlb_ops, the interface a KVM vCPU implements in vmm/.
  *
- * tlb_lock (rank NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF) protects the TLB and the
- * current root, and is held for a whole access (lookup, walk, fill): a flush
- * (which takes it) therefore waits for any walk in progress, and an access
- * that begins after the flush returned cannot use a translation cached
- * before.  This is the model of "a flush IPI is taken at an instruction
- * boundary".
+ * tlb_lock (rank NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF) protects the TLB, the
+ * current root and the flush generation.  A TLB hit and the data access are
+ * done under it, so an access that begins after a flush returned cannot use
+ * a translation cached before: the model of "a flush IPI is taken at an
+ * instruction boundary".
+ *
+ * The walk itself is lock-free, like the hardware's: it runs outside
+ * tlb_lock, inside an RCU read-side critical section (notifier_rcu_read_lock),
+ * so a flush does not wait for it.  A table the walk is reading may be
+ * unlinked, flushed and freed meanwhile; the pool reuses a freed page only
+ * after a grace period (pool.c), so the walk never reads a page reused
+ * under it.  What it read may be stale: the fill happens under tlb_lock only
+ * if no flush ran since the walk began (flush_gen unchanged), else the
+ * access starts again.
+ *
+ * Threads that call the access functions must be registered with liburcu
+ * (notifier_thread_init); debug builds abort otherwise.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -32,6 +43,7 @@ struct shadow_vcpu {
 	struct shadow_paging_mode mode;
 	struct notifier_mutex tlb_lock;
 	uint64_t root;		/* pool gpa of the current root; under tlb_lock */
+	uint64_t flush_gen;	/* bumped by every flush and root change; under tlb_lock */
 	unsigned int nr_entries;
 	struct tlb_entry *entries; /* under tlb_lock */
 	struct shadow_vcpu_stats stats; /* relaxed atomics */
@@ -47,6 +59,7 @@ static struct shadow_vcpu *tlb_to_vcpu(struct shadow_tlb *tlb)
 static void tlb_flush_all_locked(struct shadow_vcpu *vcpu)
 {
 	notifier_mutex_assert_held(&vcpu->tlb_lock);
+	vcpu->flush_gen++;
 	for (unsigned int i = 0; i < vcpu->nr_entries; i++)
 		vcpu->entries[i].valid = false;
 }
@@ -67,6 +80,7 @@ static void tlb_flush_va_locked(struct shadow_vcpu *vcpu, uint64_t va)
 	struct tlb_entry *e;
 
 	notifier_mutex_assert_held(&vcpu->tlb_lock);
+	vcpu->flush_gen++; /* a walk in flight may have read the old entry */
 	if (!vcpu->nr_entries)
 		return;
 	e = &vcpu->entries[vpn % vcpu->nr_entries];
@@ -201,14 +215,18 @@ static int vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int acces
 	uint64_t vpn = va >> SHADOW_PAGE_SHIFT, off = va & (SHADOW_PAGE_SIZE - 1);
 	struct tlb_entry *e = NULL;
 	struct shadow_walk w;
+	uint64_t root, gen;
 	int ret;
 
+	if (NOTIFIER_DEBUG && !notifier_thread_is_registered())
+		abort(); /* the walk needs an RCU reader: notifier_thread_init() */
 	res->host = NULL;
 	res->mpa = 0;
 	res->error_code = 0;
 	res->tlb_hit = false;
 	vcpu_stat_inc(vcpu, accesses);
 	notifier_mutex_lock(&vcpu->tlb_lock);
+again:
 	if (!vcpu->root) {
 		ret = -ENOENT;
 		goto unlock;
@@ -236,9 +254,18 @@ static int vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int acces
 			goto unlock;
 		}
 	}
+	/* The lock-free walk (RCU), then the fill if no flush came between. */
+	root = vcpu->root;
+	gen = vcpu->flush_gen;
+	notifier_mutex_unlock(&vcpu->tlb_lock);
 	vcpu_stat_inc(vcpu, walks);
-	ret = shadow_walk(&vcpu->mode, &pool_mem_ops, pool, vcpu->root, va, access,
-			  SHADOW_WALK_SET_AD, &w);
+	notifier_rcu_read_lock();
+	ret = shadow_walk(&vcpu->mode, &pool_mem_ops, pool, root, va, access, SHADOW_WALK_SET_AD,
+			  &w);
+	notifier_rcu_read_unlock();
+	notifier_mutex_lock(&vcpu->tlb_lock);
+	if (vcpu->flush_gen != gen)
+		goto again; /* flushed during the walk: it may have read stale entries */
 	if (ret == -EFAULT) {
 		if (e && e->valid && e->vpn == vpn)
 			e->valid = false;

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "shadow.h"
@@ -150,6 +151,8 @@ static struct shadow_vcpu *vcpu_new(struct gm *gm, unsigned int tlb, uint64_t cr
 	struct shadow_vcpu_config cfg = { .tlb_entries = tlb };
 	struct shadow_vcpu *v;
 
+	/* The vCPU's walk is an RCU reader: the accessing thread registers. */
+	ck_assert_int_eq(notifier_thread_init(), 0);
 	ck_assert_int_eq(shadow_vcpu_create(gm->mmu, &cfg, &v), 0);
 	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3), 0);
 	return v;
@@ -839,6 +842,82 @@ START_TEST(test_pool_exhaustion_zaps_everything_and_recovers)
 }
 END_TEST
 
+/* An RCU reader standing for a lock-free walker that is still reading a
+ * table: holds a read-side critical section until told to leave. */
+struct rcu_reader {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool inside, leave;
+};
+
+static void *rcu_reader_thread(void *p)
+{
+	struct rcu_reader *r = p;
+
+	notifier_thread_init();
+	notifier_rcu_read_lock();
+	pthread_mutex_lock(&r->lock);
+	r->inside = true;
+	pthread_cond_broadcast(&r->cond);
+	while (!r->leave)
+		pthread_cond_wait(&r->cond, &r->lock);
+	pthread_mutex_unlock(&r->lock);
+	notifier_rcu_read_unlock();
+	notifier_thread_exit();
+	return NULL;
+}
+
+START_TEST(test_freed_tables_are_not_reused_until_readers_leave)
+{
+	struct rcu_reader r = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
+	struct timespec wait = { .tv_nsec = 50 * 1000 * 1000 };
+	uint64_t gpa[3];
+	pthread_t thr;
+	struct gm gm;
+
+	/* 4 pages: the root and the 3 tables below it for one VA. */
+	gm_init_full(&gm, 1024, NULL, 4, 0, NULL, NULL, NULL);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	struct shadow_vcpu *v = vcpu_new(&gm, 0, cr3);
+	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
+	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 0), 4);
+	ck_assert_int_eq(pthread_create(&thr, NULL, rcu_reader_thread, &r), 0);
+	pthread_mutex_lock(&r.lock);
+	while (!r.inside)
+		pthread_cond_wait(&r.cond, &r.lock);
+	pthread_mutex_unlock(&r.lock);
+	/* The pinned root stays; the 3 tables below it are freed... */
+	shadow_mmu_zap_all(gm.mmu);
+	ck_assert_msg(shadow_pool_pages_in_use(gm.pool, 0) == 1,
+		      "expected 1 page in use after the zap, got %zu",
+		      shadow_pool_pages_in_use(gm.pool, 0));
+	/* ...but not reusable while a reader that began before may read them,
+	 * however long it stays. */
+	nanosleep(&wait, NULL);
+	ck_assert_msg(shadow_pool_alloc(gm.pool, 1, &gpa[0]) == -ENOMEM,
+		      "expected -ENOMEM while a reader is inside, got a page");
+	pthread_mutex_lock(&r.lock);
+	r.leave = true;
+	pthread_cond_broadcast(&r.cond);
+	pthread_mutex_unlock(&r.lock);
+	ck_assert_int_eq(pthread_join(thr, NULL), 0);
+	notifier_barrier();
+	for (int k = 0; k < 3; k++) {
+		int ret = shadow_pool_alloc(gm.pool, 1, &gpa[k]);
+
+		ck_assert_msg(ret == 0, "page %d after the grace period: expected 0, got %d", k, ret);
+	}
+	for (int k = 0; k < 3; k++)
+		ck_assert_int_eq(shadow_pool_free(gm.pool, gpa[k]), 0);
+	/* And the vCPU faults its way back. */
+	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
+	assert_check(&gm);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
 START_TEST(test_vcpu_tlb_size_is_configurable)
 {
 	static const struct {
@@ -952,6 +1031,7 @@ Suite *shadow_suite(void)
 	tcase_add_test(pool, test_pool_memfd_shows_entries_to_a_second_mapping);
 	tcase_add_test(pool, test_descriptors_record_role_use_count_and_users);
 	tcase_add_test(pool, test_pool_exhaustion_zaps_everything_and_recovers);
+	tcase_add_test(pool, test_freed_tables_are_not_reused_until_readers_leave);
 	suite_add_tcase(s, pool);
 	tcase_add_test(mmu, test_fault_installs_translation_that_vcpu_reaches);
 	tcase_add_loop_test(mmu, test_fault_reflects_guest_own_fault_with_error_code, 0,

@@ -254,8 +254,10 @@ static void *writer_thread(void *p)
 {
 	struct writer_arg *a = p;
 
+	notifier_thread_init(); /* the vCPU's walk is an RCU reader */
 	for (uint64_t i = a->parity; i < NDATA; i += 2)
 		write_u64(a->v, VA_BASE + i * GM_PAGE, a->tag + i);
+	notifier_thread_exit();
 	return NULL;
 }
 

@@ -123,7 +123,7 @@ struct vcpu_arg {
 	int vm, idx;
 };
 
-static void *vcpu_thread(void *p)
+static void *vcpu_thread_body(void *p)
 {
 	struct vcpu_arg *a = p;
 	struct torture *t = a->t;
@@ -190,6 +190,11 @@ static void *vcpu_thread(void *p)
 		}
 	}
 	return NULL;
+}
+
+static void *vcpu_thread(void *p)
+{
+	return run_rcu_registered(vcpu_thread_body, p);
 }
 
 static void vm_start(struct torture *t, int k, struct vcpu_arg *args)

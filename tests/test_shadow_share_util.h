@@ -78,6 +78,8 @@ static inline struct shadow_vcpu *sh_vcpu(struct shadow_mmu *mmu, unsigned int t
 	struct shadow_vcpu_config cfg = { .tlb_entries = tlb };
 	struct shadow_vcpu *v;
 
+	/* The vCPU's walk is an RCU reader: the accessing thread registers. */
+	ck_assert_int_eq(notifier_thread_init(), 0);
 	ck_assert_int_eq(shadow_vcpu_create(mmu, &cfg, &v), 0);
 	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3), 0);
 	return v;

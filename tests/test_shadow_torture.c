@@ -188,7 +188,7 @@ static void check_result(struct torture *t, unsigned int i, unsigned int access,
 		     (unsigned long long)lo, (unsigned long long)hi);
 }
 
-static void *vcpu_thread(void *p)
+static void *vcpu_thread_body(void *p)
 {
 	struct vcpu_arg *a = p;
 	struct torture *t = a->t;
@@ -250,6 +250,11 @@ static void *vcpu_thread(void *p)
 	}
 	shadow_vcpu_destroy(v);
 	return NULL;
+}
+
+static void *vcpu_thread(void *p)
+{
+	return run_rcu_registered(vcpu_thread_body, p);
 }
 
 /* Changes PTEs like a guest: write the entry, then invlpg in every address

@@ -146,4 +146,16 @@ static inline void gm_map(struct gm *gm, uint64_t cr3, uint64_t va, uint64_t gpa
 	gm_write(gm, gm_entry(gm, cr3, va, level), e);
 }
 
+/* Runs @fn(@arg) registered with liburcu, as every thread that runs a
+ * software vCPU must be (its walk is an RCU reader): a pthread body. */
+static inline void *run_rcu_registered(void *(*fn)(void *), void *arg)
+{
+	void *ret;
+
+	notifier_thread_init();
+	ret = fn(arg);
+	notifier_thread_exit();
+	return ret;
+}
+
 #endif
