@@ -442,6 +442,7 @@ static double a_clone_once(struct avm *a, enum a_kind kind, bool check)
 	shadow_mmu_destroy(child);
 	ENSURE(in_use(a->pool) == before, "after the clone's destroy: %zu pages, expected %zu",
 	       in_use(a->pool), before);
+	notifier_barrier(); /* freed pages are reusable after a grace period (untimed) */
 	return t;
 }
 
