@@ -11,7 +11,11 @@
  *    with spte_write (release), and, in this issue, also under the owning
  *    MMU's mmu_lock, which serialises the structure;
  *  - a table page is freed only after every registered vCPU was flushed
- *    (zap_batch_finish_locked), so no vCPU walk can be inside it;
+ *    (zap_batch_finish_locked), so no vCPU uses a translation through it;
+ *    a lock-free walk still reading it is an RCU reader, and the page is
+ *    reused only after a grace period (pool.c);
+ *  - a leaf changes only under the reverse-map stripe of the page it maps
+ *    (the leaf rule, struct pool_obj); one stripe at a time;
  *  - a leaf is installed only under mmu_lock after notifier_read_retry() said
  *    no invalidation of its backing page began since notifier_read_begin(),
  *    and after a check that no guest-table sync began since the guest walk.
@@ -484,7 +488,7 @@ static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, int level,
 	u32_vec_init(&parents);
 	notifier_mutex_lock(&sp->lock);
 	/* Freed and reused since we read the link? (level is written under
-	 * the pool lock, so read it atomically.) */
+	 * by alloc/free without a lock, so read it atomically.) */
 	if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) != level) {
 		notifier_mutex_unlock(&sp->lock);
 		return;
@@ -559,7 +563,7 @@ void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 	for (unsigned int k = 0; k < b->nr_puts; k++)
 		table_put_now_locked(mmu, b->puts[k].child, b->puts[k].parent, b->puts[k].index);
 	while (b->free_head != SHADOW_NO_PAGE) {
-		uint32_t next = mmu_page(mmu, b->free_head)->next;
+		uint32_t next = __atomic_load_n(&mmu_page(mmu, b->free_head)->next, __ATOMIC_RELAXED);
 
 		pool_free_index(mmu->pool, b->free_head);
 		mmu_stat_inc(mmu, tables_freed);
@@ -870,7 +874,7 @@ static int find_chain(struct shadow_mmu *mmu, uint32_t page, int level, struct c
 	u32_vec_init(&up);
 	notifier_mutex_lock(&sp->lock);
 	/* Freed and reused since we read the link? (level is written under
-	 * the pool lock, so read it atomically.) */
+	 * by alloc/free without a lock, so read it atomically.) */
 	if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) != level) {
 		notifier_mutex_unlock(&sp->lock);
 		return 0;
@@ -1265,7 +1269,7 @@ static void table_wrprot_locked(struct shadow_mmu *mmu, uint32_t page)
  * reused).  Returns 0 and the table in *@out, or -ENOENT (not eligible).
  */
 static int canon_get_locked(struct shadow_mmu *mmu, const struct role *role, uint64_t gva,
-			    struct zap_batch *b, uint32_t *out)
+			    uint32_t *out)
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_mmu_slot *slot = NULL, *s;
@@ -1335,7 +1339,6 @@ found:
 	*out = idx;
 unlock:
 	notifier_mutex_unlock(stripe);
-	(void)b;
 	return ret;
 }
 
@@ -1379,7 +1382,7 @@ static int child_get_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned in
 		}
 		zap_spte_locked(mmu, parent, i, b); /* shadows what the guest no longer has */
 	}
-	if (level == 1 && role->direct && canon_get_locked(mmu, role, gva, b, &child) == 0) {
+	if (level == 1 && role->direct && canon_get_locked(mmu, role, gva, &child) == 0) {
 		ret = pool_user_link(mmu->pool, child, mmu, parent, i);
 		if (ret) {
 			batch_add_put(mmu, b, child, SHADOW_NO_PAGE, UINT32_MAX);

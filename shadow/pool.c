@@ -46,10 +46,9 @@ int shadow_pool_create(size_t nr_pages, struct shadow_pool **out)
 		pool->pages[i].next = i + 1 < nr_pages ? (uint32_t)(i + 1) : SHADOW_NO_PAGE;
 		notifier_mutex_init(&pool->pages[i].lock, "shadow.page.lock", NOTIFIER_LOCK_RANK_TABLE);
 	}
-	pool->free_head = 0;
+	pool->free_top = 0; /* page 0, tag 0 */
 	pool->dying_head = SHADOW_NO_PAGE;
 	pool->waiting_head = SHADOW_NO_PAGE;
-	notifier_mutex_init(&pool->lock, "shadow.pool.lock", SHADOW_LOCK_RANK_POOL);
 	notifier_mutex_init(&pool->objs_lock, "shadow.pool.objs_lock", SHADOW_LOCK_RANK_OBJS);
 	notifier_mutex_init(&pool->mmus_lock, "shadow.pool.mmus_lock", SHADOW_LOCK_RANK_MMUS);
 	*out = pool;
@@ -73,7 +72,6 @@ void shadow_pool_destroy(struct shadow_pool *pool)
 	close(pool->fd);
 	for (size_t i = 0; i < pool->nr_pages; i++)
 		notifier_mutex_exit(&pool->pages[i].lock);
-	notifier_mutex_exit(&pool->lock);
 	notifier_mutex_exit(&pool->objs_lock);
 	notifier_mutex_exit(&pool->mmus_lock);
 	free(pool->pages);
@@ -103,27 +101,50 @@ static int page_index(const struct shadow_pool *pool, uint64_t gpa, uint32_t *in
 	return 0;
 }
 
+/*
+ * The free list is a Treiber stack of page indices, lock-free: free_top is
+ * (tag << 32 | index of the top page), and every change bumps the tag, so a
+ * pop that read a stale top (popped, freed and pushed back meanwhile) fails
+ * its compare-and-swap (no ABA).  Pages are pushed only by the RCU callback
+ * (a whole chain at once) and popped by alloc; `next` is read and written
+ * atomically because a stale pop may read it while the page is in use.
+ */
+#define FREE_TOP(tag, index) ((uint64_t)(tag) << 32 | (index))
+#define FREE_TOP_INDEX(top) ((uint32_t)(top))
+#define FREE_TOP_TAG(top) ((uint32_t)((top) >> 32))
+
+static uint32_t page_next(struct shadow_pool *pool, uint32_t i)
+{
+	return __atomic_load_n(&pool->pages[i].next, __ATOMIC_RELAXED);
+}
+
+static void page_set_next(struct shadow_pool *pool, uint32_t i, uint32_t next)
+{
+	__atomic_store_n(&pool->pages[i].next, next, __ATOMIC_RELAXED);
+}
+
 int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index)
 {
 	struct shadow_page *sp;
+	uint64_t top, new_top;
 	uint32_t i;
 
 	if (level < 1 || level > SPTE_LEVELS)
 		return -EINVAL;
-	notifier_mutex_lock(&pool->lock);
-	i = pool->free_head;
-	if (i == SHADOW_NO_PAGE) {
-		notifier_mutex_unlock(&pool->lock);
-		return -ENOMEM;
-	}
+	top = __atomic_load_n(&pool->free_top, __ATOMIC_ACQUIRE);
+	do {
+		i = FREE_TOP_INDEX(top);
+		if (i == SHADOW_NO_PAGE)
+			return -ENOMEM;
+		new_top = FREE_TOP(FREE_TOP_TAG(top) + 1, page_next(pool, i));
+	} while (!__atomic_compare_exchange_n(&pool->free_top, &top, new_top, false,
+					      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
 	sp = &pool->pages[i];
-	pool->free_head = sp->next;
 	__atomic_store_n(&sp->level, (uint8_t)level, __ATOMIC_RELAXED); /* walk-ups read it racily */
-	pool->in_use[level]++;
-	notifier_mutex_unlock(&pool->lock);
+	__atomic_fetch_add(&pool->in_use[level], 1, __ATOMIC_RELAXED);
 
 	/* The page is ours alone until published. */
-	sp->next = SHADOW_NO_PAGE;
+	page_set_next(pool, i, SHADOW_NO_PAGE);
 	sp->direct = false;
 	sp->access = 0;
 	sp->gpa = 0;
@@ -139,62 +160,75 @@ int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index)
 	return 0;
 }
 
-/* After a grace period: the waiting pages become free; what died since
- * waits for the next one. */
+static void pool_deferred_free(struct notifier_rcu_work *work);
+
+/*
+ * Hands the dying pages to a grace period, unless a callback is queued (it
+ * looks again when it is done).  Whoever sets rcu_queued owns waiting_head
+ * until its callback has run.  Lock-free; never blocks.
+ */
+static void pool_queue_dying(struct shadow_pool *pool)
+{
+	while (__atomic_load_n(&pool->dying_head, __ATOMIC_SEQ_CST) != SHADOW_NO_PAGE &&
+	       !__atomic_exchange_n(&pool->rcu_queued, true, __ATOMIC_SEQ_CST)) {
+		uint32_t w = __atomic_exchange_n(&pool->dying_head, SHADOW_NO_PAGE, __ATOMIC_SEQ_CST);
+
+		if (w != SHADOW_NO_PAGE) {
+			pool->waiting_head = w;
+			notifier_call_rcu(&pool->rcu, pool_deferred_free);
+			return;
+		}
+		__atomic_store_n(&pool->rcu_queued, false, __ATOMIC_SEQ_CST);
+	}
+}
+
+/* After a grace period: the waiting pages go on the free list (one push
+ * of the whole chain); what died since gets its own grace period. */
 static void pool_deferred_free(struct notifier_rcu_work *work)
 {
 	struct shadow_pool *pool = caa_container_of(work, struct shadow_pool, rcu);
-	bool requeue;
+	uint32_t head = pool->waiting_head, tail = head;
+	uint64_t top, n = 1;
 
-	notifier_mutex_lock(&pool->lock);
-	while (pool->waiting_head != SHADOW_NO_PAGE) {
-		uint32_t i = pool->waiting_head;
-
-		pool->waiting_head = pool->pages[i].next;
-		pool->pages[i].next = pool->free_head;
-		pool->free_head = i;
-		pool->nr_deferred--;
+	while (page_next(pool, tail) != SHADOW_NO_PAGE) {
+		tail = page_next(pool, tail);
+		n++;
 	}
-	requeue = pool->dying_head != SHADOW_NO_PAGE;
-	pool->waiting_head = pool->dying_head;
-	pool->dying_head = SHADOW_NO_PAGE;
-	pool->rcu_queued = requeue;
-	notifier_mutex_unlock(&pool->lock);
-	if (requeue)
-		notifier_call_rcu(&pool->rcu, pool_deferred_free);
+	pool->waiting_head = SHADOW_NO_PAGE;
+	top = __atomic_load_n(&pool->free_top, __ATOMIC_ACQUIRE);
+	do
+		page_set_next(pool, tail, FREE_TOP_INDEX(top));
+	while (!__atomic_compare_exchange_n(&pool->free_top, &top,
+					    FREE_TOP(FREE_TOP_TAG(top) + 1, head), false,
+					    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+	__atomic_fetch_sub(&pool->nr_deferred, n, __ATOMIC_RELEASE);
+	__atomic_store_n(&pool->rcu_queued, false, __ATOMIC_SEQ_CST);
+	pool_queue_dying(pool);
 }
 
 void pool_free_index(struct shadow_pool *pool, uint32_t index)
 {
 	struct shadow_page *sp = &pool->pages[index];
-	bool queue = false;
+	uint32_t top;
 
-	notifier_mutex_lock(&pool->lock);
-	pool->in_use[sp->level]--;
+	__atomic_fetch_add(&pool->nr_deferred, 1, __ATOMIC_RELAXED);
+	__atomic_fetch_sub(&pool->in_use[sp->level], 1, __ATOMIC_RELAXED);
 	__atomic_store_n(&sp->level, 0, __ATOMIC_RELAXED);
-	sp->next = pool->dying_head;
-	pool->dying_head = index;
-	pool->nr_deferred++;
-	if (!pool->rcu_queued) {
-		pool->waiting_head = pool->dying_head;
-		pool->dying_head = SHADOW_NO_PAGE;
-		pool->rcu_queued = queue = true;
-	}
-	notifier_mutex_unlock(&pool->lock);
-	if (queue)
-		notifier_call_rcu(&pool->rcu, pool_deferred_free);
+	/* Push on the dying stack (push-only: the consumer takes it whole). */
+	top = __atomic_load_n(&pool->dying_head, __ATOMIC_ACQUIRE);
+	do
+		page_set_next(pool, index, top);
+	while (!__atomic_compare_exchange_n(&pool->dying_head, &top, index, false, __ATOMIC_SEQ_CST,
+					    __ATOMIC_ACQUIRE));
+	pool_queue_dying(pool);
 }
 
 bool pool_wait_deferred(struct shadow_pool *pool)
 {
-	size_t n;
-
-	notifier_mutex_lock(&pool->lock);
-	n = pool->nr_deferred;
-	notifier_mutex_unlock(&pool->lock);
-	if (n)
-		notifier_barrier();
-	return n != 0;
+	if (!__atomic_load_n(&pool->nr_deferred, __ATOMIC_ACQUIRE))
+		return false;
+	notifier_barrier();
+	return true;
 }
 
 int shadow_pool_alloc(struct shadow_pool *pool, int level, uint64_t *gpa)
@@ -217,10 +251,9 @@ int shadow_pool_free(struct shadow_pool *pool, uint64_t gpa)
 	if (page_index(pool, gpa, &i))
 		return -EINVAL;
 	sp = &pool->pages[i];
-	notifier_mutex_lock(&pool->lock);
-	if (sp->level == 0 || sp->users || __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED))
+	if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) == 0 || sp->users ||
+	    __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED))
 		ret = -EINVAL;
-	notifier_mutex_unlock(&pool->lock);
 	if (ret)
 		return ret;
 	pool_free_index(pool, i);
@@ -243,10 +276,8 @@ size_t shadow_pool_pages_in_use(struct shadow_pool *pool, int level)
 
 	if (level < 0 || level > SPTE_LEVELS)
 		return 0;
-	notifier_mutex_lock(&pool->lock);
 	for (int l = level ? level : 1; l <= (level ? level : SPTE_LEVELS); l++)
-		n += pool->in_use[l];
-	notifier_mutex_unlock(&pool->lock);
+		n += __atomic_load_n(&pool->in_use[l], __ATOMIC_RELAXED);
 	return n;
 }
 

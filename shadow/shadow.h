@@ -69,21 +69,21 @@ size_t shadow_pool_nr_pages(const struct shadow_pool *pool);
 
 /*
  * Table pages are reused only after an RCU grace period (liburcu-memb,
- * through notifier_call_rcu): a lock-free walker of the tables (the
- * software vCPU's page walk, the pmd-rmap walk up the users lists) runs in
- * notifier_rcu_read_lock() and never reads a page that was freed and
- * reused under it.  A freed page leaves the in-use counts at once and
- * becomes allocatable after the grace period.
+ * through notifier_call_rcu): the lock-free walker of the tables (the
+ * software vCPU's page walk) runs in notifier_rcu_read_lock() and never
+ * reads a page that was freed and reused under it.  A freed page leaves the
+ * in-use counts at once and becomes allocatable after the grace period.
+ * Allocation and free are lock-free (no pool-wide lock).
  *
  * Allocates one zeroed table page at @level (1..4) and returns its
  * guest-physical address in *@gpa.  The page's descriptor starts with use
- * count 0, no users, not direct, shadowing nothing.  Thread-safe: takes the
- * pool's free-list lock (a leaf).  Never blocks otherwise.  Returns 0,
- * -ENOMEM when the pool is full, -EINVAL for a bad level.
+ * count 0, no users, not direct, shadowing nothing.  Thread-safe, lock-free,
+ * never blocks.  Returns 0, -ENOMEM when no page is free (pages freed less
+ * than a grace period ago are not), -EINVAL for a bad level.
  */
 int shadow_pool_alloc(struct shadow_pool *pool, int level, uint64_t *gpa);
 /* Returns a page to the pool; its use count must be 0 and its users list
- * empty.  Takes the pool lock; waits for the grace period, so that the page
+ * empty.  Waits for the grace period, so that the page
  * can be allocated again on return (may block: not from a read-side
  * section).  -EINVAL if @gpa is not an allocated page or still has users. */
 int shadow_pool_free(struct shadow_pool *pool, uint64_t gpa);
@@ -207,15 +207,18 @@ struct shadow_tlb;
  * when another VM's zap of a shared table flushes this VM (pmd-rmap), with
  * that VM's mmu_lock and this VM's tlbs_lock held (and possibly a table
  * lock, rank NOTIFIER_LOCK_RANK_TABLE).  They must not take an mmu_lock, a
- * table lock or the pool lock; they may take a lock of rank
+ * table lock or a reverse-map stripe; they may take a lock of rank
  * NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF and may wait, briefly, for a vCPU in
  * guest mode to acknowledge (a vCPU not in guest mode may be flushed at its
  * next entry instead, as KVM's remote flush does).
  * On return: the vCPU will not use any translation it cached before the call
  * (for flush_va: any translation of the page containing @va) for an access
- * that begins after the call returned, and any walk of the shadow tables it
- * had in progress has finished (so table pages zapped before the call may be
- * freed).
+ * that begins after the call returned, and a walk of the shadow tables it
+ * had in progress either has finished or will not fill its TLB from what it
+ * read (the software vCPU restarts such a walk: flush_gen).  Such a walk
+ * may still be reading a table zapped before the call: the page is freed
+ * at once but reused only after an RCU grace period (the walk is an RCU
+ * reader; a KVM vCPU's hardware walk is over once it acknowledged).
  */
 struct shadow_tlb_ops {
 	void (*flush_all)(struct shadow_tlb *tlb);

@@ -13,7 +13,6 @@
  *   shadow_page.lock         NOTIFIER_LOCK_RANK_TABLE   (one at a time)
  *   mmu->tlbs_lock           SHADOW_LOCK_RANK_TLBS      (another VM's, for a remote flush)
  *   vcpu->tlb_lock           NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF
- *   pool->lock               SHADOW_LOCK_RANK_POOL      (leaf)
  *   notifier seq_lock        NOTIFIER_LOCK_RANK_SEQ     (leaf, inside read_retry)
  */
 #ifndef UMBRA_SHADOW_INTERNAL_H
@@ -27,10 +26,6 @@
 #include "spte.h"
 
 _Static_assert(SHADOW_LEVELS == SPTE_LEVELS, "one level count");
-
-/* The pool's free-list lock: a leaf, below every other shadow lock. */
-#define SHADOW_LOCK_RANK_POOL (NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF + 2)
-_Static_assert(SHADOW_LOCK_RANK_POOL < NOTIFIER_LOCK_RANK_SEQ, "pool lock slots below seq_lock");
 
 /* The list of objects: inside mmu_lock, outside the reverse-map stripes. */
 #define SHADOW_LOCK_RANK_OBJS (NOTIFIER_LOCK_RANK_MMU + 1)
@@ -66,7 +61,7 @@ struct shadow_page_user {
 /*
  * The descriptor of one pool page.
  *
- *  level       0 when free; 1..4 while allocated.  Written under pool->lock
+ *  level       0 when free; 1..4 while allocated.  Written (atomically)
  *              by alloc/free; stable while the page is allocated.
  *  direct .. gva   the role: what the page shadows.  Written by the creator
  *              before the page is published (the parent entry's release
@@ -87,8 +82,9 @@ struct shadow_page_user {
  *              time.
  *  nr_present  present entries in the page (under lock).
  *  users       the pmd-rmap list (under lock).
- *  next        free-list link (under pool->lock) while free; zap-list link
- *              (under the zapping MMU's mmu_lock) while waiting to be freed.
+ *  next        free-list, dying or waiting link while free (atomic: see
+ *              pool.c's lock-free stacks); zap-list link (under the zapping
+ *              MMU's mmu_lock) while waiting to be freed.
  */
 struct shadow_page {
 	uint8_t level;
@@ -162,21 +158,22 @@ struct shadow_pool {
 	size_t nr_pages;
 	uint64_t *base; /* host mapping of the whole pool */
 	struct shadow_page *pages;
-	/* lock (SHADOW_LOCK_RANK_POOL, a leaf) protects level of every
-	 * descriptor, free_head, the free list, in_use[] and the deferred
-	 * lists below. */
-	struct notifier_mutex lock;
-	uint32_t free_head; /* SHADOW_NO_PAGE when the pool is full */
-	size_t in_use[SPTE_LEVELS + 1];
 	/*
+	 * Allocation and free take no lock (pool.c): the free list is a
+	 * tagged lock-free stack, free_top = tag << 32 | top index
+	 * (SHADOW_NO_PAGE: the pool is full); in_use[] are atomic counters.
+	 *
 	 * Deferred reuse (RCU): a freed page leaves in_use at once (level 0)
 	 * but joins the free list only after a grace period, so a lock-free
 	 * walker inside notifier_rcu_read_lock() never reads a page that was
-	 * reused under it.  dying: freed since the queued callback was
-	 * queued; waiting: what the queued callback (rcu_queued) returns to
-	 * the free list, after which it requeues itself for dying, if any.
-	 * Both linked through shadow_page.next.
+	 * reused under it.  dying: a push-only lock-free stack of pages freed
+	 * since the queued callback was queued; waiting: what the queued
+	 * callback returns to the free list (owned by whoever set rcu_queued,
+	 * atomic), after which the dying pages get their grace period.  Both
+	 * linked through shadow_page.next.  nr_deferred (atomic) counts both.
 	 */
+	uint64_t free_top;
+	size_t in_use[SPTE_LEVELS + 1];
 	uint32_t dying_head, waiting_head;
 	size_t nr_deferred;
 	bool rcu_queued;

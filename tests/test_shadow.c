@@ -918,6 +918,89 @@ START_TEST(test_freed_tables_are_not_reused_until_readers_leave)
 }
 END_TEST
 
+/* Lock-free allocator under contention: each thread stamps the pages it
+ * holds and checks the stamp before freeing them, so a page handed out twice
+ * at once (a lost or ABA'd update of the free list) is caught. */
+#define ALLOC_THREADS 4
+#define ALLOC_ROUNDS 4000
+#define ALLOC_HOLD 6
+
+struct alloc_arg {
+	struct shadow_pool *pool;
+	uint64_t id;
+	unsigned int bad, nomem;
+};
+
+static void *alloc_thread(void *p)
+{
+	struct alloc_arg *a = p;
+	uint32_t held[ALLOC_HOLD];
+
+	notifier_thread_init();
+	for (unsigned int r = 0; r < ALLOC_ROUNDS; r++) {
+		unsigned int n = 1 + r % ALLOC_HOLD, got = 0;
+
+		for (unsigned int k = 0; k < n; k++) {
+			if (pool_alloc_index(a->pool, 1 + k % SPTE_LEVELS, &held[got])) {
+				a->nomem++;
+				continue;
+			}
+			uint64_t *e = pool_entries(a->pool, held[got]);
+
+			a->bad += e[0] != 0 || e[511] != 0; /* not zeroed: someone else's */
+			__atomic_store_n(&e[0], a->id << 32 | r, __ATOMIC_RELAXED);
+			got++;
+		}
+		for (unsigned int k = 0; k < got; k++) {
+			uint64_t *e = pool_entries(a->pool, held[k]);
+
+			a->bad += __atomic_load_n(&e[0], __ATOMIC_RELAXED) != (a->id << 32 | r);
+			pool_free_index(a->pool, held[k]);
+		}
+		if (r % 512 == 0)
+			pool_wait_deferred(a->pool); /* let frees come back now and then */
+	}
+	notifier_thread_exit();
+	return NULL;
+}
+
+START_TEST(test_lock_free_allocator_never_hands_out_a_page_twice)
+{
+	struct alloc_arg args[ALLOC_THREADS];
+	pthread_t thr[ALLOC_THREADS];
+	struct shadow_pool *pool;
+	uint64_t gpa;
+	unsigned int nomem = 0;
+
+	ck_assert_int_eq(shadow_pool_create(64, &pool), 0);
+	for (int t = 0; t < ALLOC_THREADS; t++) {
+		args[t] = (struct alloc_arg){ .pool = pool, .id = (uint64_t)t + 1 };
+		ck_assert_int_eq(pthread_create(&thr[t], NULL, alloc_thread, &args[t]), 0);
+	}
+	for (int t = 0; t < ALLOC_THREADS; t++) {
+		ck_assert_int_eq(pthread_join(thr[t], NULL), 0);
+		ck_assert_msg(args[t].bad == 0, "thread %d: expected 0 pages shared, got %u", t,
+			      args[t].bad);
+		nomem += args[t].nomem;
+	}
+	ck_assert_msg(shadow_pool_pages_in_use(pool, 0) == 0, "expected 0 pages in use, got %zu",
+		      shadow_pool_pages_in_use(pool, 0));
+	/* Every page comes back after the grace period, each exactly once. */
+	notifier_barrier();
+	for (int k = 0; k < 64; k++) {
+		int ret = shadow_pool_alloc(pool, 1, &gpa);
+
+		ck_assert_msg(ret == 0, "page %d of 64: expected 0, got %d", k, ret);
+	}
+	ck_assert_int_eq(shadow_pool_alloc(pool, 1, &gpa), -ENOMEM);
+	ck_assert_uint_eq(shadow_pool_pages_in_use(pool, 1), 64);
+	(void)nomem; /* 64 pages for up to 24 held: -ENOMEM only while frees wait */
+	for (uint64_t k = 0; k < 64; k++)
+		ck_assert_int_eq(shadow_pool_free(pool, SHADOW_POOL_GPA + k * SHADOW_PAGE_SIZE), 0);
+	shadow_pool_destroy(pool);
+}
+END_TEST
+
 START_TEST(test_vcpu_tlb_size_is_configurable)
 {
 	static const struct {
@@ -1032,6 +1115,7 @@ Suite *shadow_suite(void)
 	tcase_add_test(pool, test_descriptors_record_role_use_count_and_users);
 	tcase_add_test(pool, test_pool_exhaustion_zaps_everything_and_recovers);
 	tcase_add_test(pool, test_freed_tables_are_not_reused_until_readers_leave);
+	tcase_add_test(pool, test_lock_free_allocator_never_hands_out_a_page_twice);
 	suite_add_tcase(s, pool);
 	tcase_add_test(mmu, test_fault_installs_translation_that_vcpu_reaches);
 	tcase_add_loop_test(mmu, test_fault_reflects_guest_own_fault_with_error_code, 0,

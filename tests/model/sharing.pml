@@ -22,19 +22,22 @@
  *   vm(v)    the shadow MMU operations of VM v, each under its mmu_lock:
  *            create, clone, attach a segment (canonical table), fault,
  *            privatize, teardown, unsubscribe;
- *   vcpu(v)  the software vCPU of VM v: a one-entry TLB and a lock-free
- *            walk of the pool in two steps (root entry, leaf entry) under
- *            its tlb_lock;
+ *   vcpu(v)  the software vCPU of VM v: a one-entry TLB and a walk of the
+ *            pool in two steps (root entry, leaf entry) that a flush waits
+ *            for (the C walk is lock-free and a flush does not wait: a walk
+ *            that a flush overlapped fills nothing and restarts, so it has
+ *            the same effect; docs/model.md);
  *   swapper  shadow_store_evict, again and again: range_start, whose shadow
  *            callback (zap_pages) runs for each subscribed VM, the
  *            eviction, range_end.
  *
- * Locks.  mmu_lock[v] and the vCPU's tlb_lock (walk[v] != NONE) are held
- * across steps.  pool->rmap_lock is a step's atomicity, except where the C
- * code holds it while it waits (the remote flushes of a non-local zap):
- * there rmap_held is set, and every step that takes rmap_lock waits for it.
- * Table locks and pool->lock are atomicity (their critical sections wait
- * for nothing).
+ * Locks.  mmu_lock[v] and the vCPU's walk (walk[v] != NONE) are held
+ * across steps.  rmap_lock below names the page's reverse-map stripe (the
+ * model has one page, so one stripe; pool_obj.stripes in C): a step's
+ * atomicity, except where the C code holds it while it waits (the remote
+ * flushes of a non-local zap): there rmap_held is set, and every step that
+ * takes the stripe waits for it.  Table locks and the lock-free pool
+ * allocator are atomicity (they wait for nothing).
  *
  * Properties (assertions, checked in every reachable state where they
  * apply): no vCPU walk inside a freed table and no table freed under a walk
@@ -92,7 +95,7 @@ bool iscanon[NT];	/* sp->canon */
 bool entry[NT];		/* the leaf that maps the page is present; every
 			 * present leaf is in the pool-wide rmap (I4) */
 byte canon = NONE;	/* pool_obj.canon[key] of the segment run (rmap_lock) */
-bool rmap_held;		/* pool->rmap_lock held across a wait */
+bool rmap_held;		/* the page's stripe ("rmap_lock") held across a wait */
 bool stop;		/* no operation starts any more (the deadlock check) */
 
 /* ---- per VM ----------------------------------------------------------- */
