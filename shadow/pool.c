@@ -67,7 +67,9 @@ void shadow_pool_destroy(struct shadow_pool *pool)
 {
 	if (!pool)
 		return;
-	pool_wait_deferred(pool); /* the queued callback touches the pool */
+	/* Not pool_wait_deferred: a callback still touches the pool after
+	 * its pages are counted free; the barrier waits for it to return. */
+	notifier_barrier();
 	munmap(pool->base, pool->nr_pages * SHADOW_PAGE_SIZE);
 	close(pool->fd);
 	for (size_t i = 0; i < pool->nr_pages; i++)
