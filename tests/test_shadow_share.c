@@ -8,6 +8,9 @@
 #include <check.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "shadow.h"
@@ -710,11 +713,573 @@ START_TEST(test_readonly_and_writable_attachments_of_a_segment_never_share_a_lea
 }
 END_TEST
 
+/* ---- teardown races: swapout vs teardown, teardown vs teardown ----------- */
+
+/*
+ * VMs that share tables (clones sharing everything below their roots; VMs
+ * sharing the canonical leaf tables of a segment's runs; or both) leave at
+ * once, one thread each behind a common start gate: they destroy
+ * themselves, or drop every table below their roots (zap_all) and come
+ * back.  Meanwhile, in the swapout races, a swapper clears the leaves of
+ * the shared pages in those very tables (store eviction, or a non-local
+ * zap_range through a bystander VM that has a slot of the object and no
+ * tables), and the surviving VM's vCPU keeps reading them.  After each iteration: no thread read a wrong value or
+ * failed a call, the pool and every live VM pass their checks, the pages in
+ * use at each level are exactly what the live VMs hold (a shared table
+ * freed twice, or never, changes them), and the survivor still reads what
+ * the host wrote.  The touched pages lie on RACE_PATHS paths (one per PML4
+ * slot; for the segment, one 2 MiB run each), so that each leaver drops
+ * RACE_PATHS shared references per level, each a chance to collide.
+ */
+#define RACE_MAX_VMS 4
+#define RACE_PATHS 8		/* PML4 slots used: 8 shared tables put per level by each leaver */
+#define RACE_PAGES 32		/* pages every vCPU touches, RACE_PAGES / RACE_PATHS per path */
+#define RACE_RUN_PAGES 512	/* a 2 MiB run of the segment, one per path */
+#define RACE_RAM_PAGES (SEG_GPA / GM_PAGE + RACE_PATHS * RACE_RUN_PAGES)
+/* Iterations per case (UMBRA_TEARDOWN_RACE_ITERATIONS overrides both):
+ * each is one chance for the leavers' puts to meet, a few ms apiece. */
+#define RACE_SWAPOUT_ITERATIONS 40
+#define RACE_TEARDOWN_ITERATIONS 100
+#define RACE_MIN_SWAPS 16	/* the swapper's and the reader's least work per iteration */
+#define RACE_MIN_READS 32
+#define RACE_ZAP_PAGES 4	/* pages per zap_range */
+#define RACE_REJOINS 6		/* LEAVE_ZAP_ALL: rounds of touch (rejoin) and zap_all */
+#define RACE_POISON64 0xa5a5a5a5a5a5a5a5ull
+
+/* Who shares what: VM k is a base VM (parent -1) or a clone of a VM made
+ * before it. */
+struct race_layout {
+	const char *name;
+	bool segment;		/* the shared pages: a segment's runs, else a data object */
+	int nvms;
+	int parent[RACE_MAX_VMS];
+};
+
+static const struct race_layout race_clone_pair = { "parent and clone", false, 2, { -1, 0 } };
+static const struct race_layout race_clones = { "parent, 2 clones and a clone's clone", false, 4,
+						{ -1, 0, 0, 1 } };
+static const struct race_layout race_segment_pair = { "2 VMs on a segment", true, 2, { -1, -1 } };
+static const struct race_layout race_segment = { "4 VMs on a segment", true, 4, { -1, -1, -1, -1 } };
+static const struct race_layout race_segment_clones = { "2 VMs on a segment and a clone of each",
+							true, 4, { -1, -1, 0, 1 } };
+
+enum race_swap { SWAP_NONE, SWAP_EVICT, SWAP_ZAP_RANGE };
+enum race_leave { LEAVE_DESTROY, LEAVE_ZAP_ALL };
+
+struct race_case {
+	const struct race_layout *layout;
+	enum race_swap swap;
+	enum race_leave leave;	/* what every VM but the survivor does */
+	int survivor;		/* stays, its vCPU reading throughout; -1: none */
+};
+
+struct race;
+
+struct race_vm {
+	struct race *r;
+	int k;
+	struct shadow_mmu *mmu;	/* NULL once destroyed */
+	struct shadow_vcpu *v;
+	struct gm gm;		/* a base VM's RAM and guest tables */
+	struct hobj cow;
+	uint64_t cr3;
+	pthread_t thr;
+};
+
+struct race {
+	const struct race_case *c;
+	struct shadow_pool *pool;	/* every iteration's VMs, emptied after each */
+	struct hobj obj;		/* the shared pages, with a store */
+	struct race_vm vm[RACE_MAX_VMS];
+	struct shadow_mmu *zapper;	/* SWAP_ZAP_RANGE: a slot of @obj, no tables */
+	int zapper_slot;
+	char what[160];			/* the case, for messages */
+	unsigned int iter;
+	uint64_t seed;
+	pthread_barrier_t start;
+	unsigned int nthreads, arrived;	/* the start gate (arrived: atomic) */
+	int leaving;			/* atomic: VMs still leaving */
+	pthread_mutex_t fail_lock;
+	int failures;
+	char first[512];
+};
+
+static void race_fail(struct race *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* From any thread (a Check assertion must not fire outside the test's own):
+ * kept for the main thread to report. */
+static void race_fail(struct race *r, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&r->fail_lock);
+	if (r->failures++ == 0) {
+		va_start(ap, fmt);
+		vsnprintf(r->first, sizeof(r->first), fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&r->fail_lock);
+}
+
+/*
+ * Every racing thread starts here: a barrier (sleeping while the others are
+ * created), then a spin until all have woken, so that those on a CPU leave
+ * the gate together rather than one wake-up apart.
+ */
+static void race_start(struct race *r)
+{
+	pthread_barrier_wait(&r->start);
+	__atomic_add_fetch(&r->arrived, 1, __ATOMIC_ACQ_REL);
+	while (__atomic_load_n(&r->arrived, __ATOMIC_ACQUIRE) < r->nthreads)
+		sched_yield();
+}
+
+static uint64_t race_rnd(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+/* Touched page @p: on path p % RACE_PATHS (PML4 slot 1 + path), page
+ * p / RACE_PATHS of it. */
+static uint64_t race_va(uint64_t p)
+{
+	return ((p % RACE_PATHS + 1) << 39) + p / RACE_PATHS * GM_PAGE;
+}
+
+/* Its page in the object: the data object's page p, or that page of the
+ * path's run of the segment. */
+static uint64_t race_obj_page(const struct race *r, uint64_t p)
+{
+	if (r->c->layout->segment)
+		return p % RACE_PATHS * RACE_RUN_PAGES + p / RACE_PATHS;
+	return p;
+}
+
+/* What the host wrote in page @page of the object (before any eviction). */
+static uint64_t race_value(const struct race *r, uint64_t page)
+{
+	return r->c->layout->segment ? 0x5e00000ull + page : 0x1000ull + page;
+}
+
+static struct shadow_slot race_obj_slot(struct race *r)
+{
+	return hobj_slot(&r->obj, r->c->layout->segment ? SH_SEG_MPA : DATA_MPA);
+}
+
+/* @nr reads by VM @vm's vCPU from page @first on (wrapping): each must
+ * succeed and find the host's value (never the eviction's poison). */
+static void race_touch(struct race *r, struct race_vm *vm, uint64_t first, uint64_t nr)
+{
+	for (uint64_t n = 0; n < nr; n++) {
+		uint64_t p = (first + n) % RACE_PAGES, want = race_value(r, race_obj_page(r, p)), val = 0;
+		struct shadow_vcpu_result res;
+		int ret = shadow_vcpu_access64_fault_in(vm->v, race_va(p), SHADOW_ACCESS_USER, &val, &res);
+
+		if (ret)
+			race_fail(r, "%s, iteration %u: VM %d reads page %llu: expected 0, got %d",
+				  r->what, r->iter, vm->k, (unsigned long long)p, ret);
+		else if (val != want)
+			race_fail(r, "%s, iteration %u: VM %d page %llu: expected %#llx, got %#llx%s",
+				  r->what, r->iter, vm->k, (unsigned long long)p,
+				  (unsigned long long)want, (unsigned long long)val,
+				  val == RACE_POISON64 ? " (evicted)" : "");
+	}
+}
+
+static void race_base_init(struct race *r, int k)
+{
+	struct race_vm *vm = &r->vm[k];
+	struct shadow_slot s = race_obj_slot(r);
+	int id;
+
+	gm_init_full(&vm->gm, RACE_RAM_PAGES, r->pool, 0, 0, NULL, NULL, NULL);
+	vm->mmu = vm->gm.mmu;
+	if (r->c->layout->segment) {
+		ck_assert_int_eq(shadow_mmu_add_segment(vm->mmu, &s, &id), 0);
+		ck_assert_int_eq(shadow_mmu_map_gpa(vm->mmu, SEG_GPA, RACE_PATHS * RACE_RUN_PAGES, id,
+						    0), 0);
+	} else {
+		ck_assert_int_eq(shadow_mmu_add_slot(vm->mmu, &s, &id), 0);
+		ck_assert_int_eq(shadow_mmu_map_gpa(vm->mmu, DATA_GPA, 256, id, 0), 0);
+	}
+	hobj_init(&vm->cow, "cow", 256, false);
+	s = hobj_slot(&vm->cow, SH_COW_MPA(k));
+	ck_assert_int_eq(shadow_mmu_add_slot(vm->mmu, &s, &id), 0);
+	ck_assert_int_eq(shadow_mmu_set_cow_slot(vm->mmu, id), 0);
+	vm->cr3 = gm_table(&vm->gm);
+	if (r->c->layout->segment) {
+		/* One writable, dirty 2 MiB guest page over each run: every base
+		 * VM takes the same canonical leaf table for it. */
+		for (uint64_t path = 0; path < RACE_PATHS; path++)
+			gm_map(&vm->gm, vm->cr3, race_va(path),
+			       SEG_GPA + path * RACE_RUN_PAGES * GM_PAGE, 2, UW | SPTE_DIRTY);
+	} else {
+		for (uint64_t p = 0; p < RACE_PAGES; p++)
+			gm_map(&vm->gm, vm->cr3, race_va(p), DATA_GPA + p * GM_PAGE, 1, UW);
+	}
+}
+
+static void race_clone_init(struct race *r, int k, int parent)
+{
+	struct race_vm *vm = &r->vm[k];
+	struct shadow_slot s;
+
+	hobj_init(&vm->cow, "cow", 256, false);
+	s = hobj_slot(&vm->cow, SH_COW_MPA(k));
+	ck_assert_int_eq(shadow_mmu_clone(r->vm[parent].mmu, &s, &vm->mmu), 0);
+	vm->cr3 = r->vm[parent].cr3;
+}
+
+static void assert_race_pages_in_use(struct race *r, const size_t want[SHADOW_LEVELS + 1],
+				     const char *when)
+{
+	for (int level = 1; level <= SHADOW_LEVELS; level++) {
+		size_t got = shadow_pool_pages_in_use(r->pool, level);
+
+		ck_assert_msg(got == want[level],
+			      "%s, iteration %u, %s: level %d: expected %zu table pages in use, got %zu",
+			      r->what, r->iter, when, level, want[level], got);
+	}
+}
+
+static void assert_race_pool_check(struct race *r, const char *when)
+{
+	int ret = shadow_pool_check(r->pool);
+
+	ck_assert_msg(ret == 0, "%s, iteration %u, %s: shadow_pool_check: expected 0, got %d", r->what,
+		      r->iter, when, ret);
+}
+
+/* VM @k's vCPU reads every touched page (faulting where needed): the
+ * host's values. */
+static void assert_race_reads(struct race *r, int k, const char *when)
+{
+	for (uint64_t p = 0; p < RACE_PAGES; p++) {
+		uint64_t got = read_u64(r->vm[k].v, race_va(p), NULL);
+		uint64_t want = race_value(r, race_obj_page(r, p));
+
+		ck_assert_msg(got == want, "%s, iteration %u, %s: VM %d page %llu: expected %#llx, got %#llx",
+			      r->what, r->iter, when, k, (unsigned long long)p,
+			      (unsigned long long)want, (unsigned long long)got);
+	}
+}
+
+/* The VMs, each with a vCPU that has read every page (the clones after
+ * their parent did: they read through its tables), and the sharing made. */
+static void race_setup(struct race *r)
+{
+	const struct race_layout *l = r->c->layout;
+	size_t want[SHADOW_LEVELS + 1] = { 0 };
+
+	for (int k = 0; k < l->nvms; k++) {
+		struct race_vm *vm = &r->vm[k];
+
+		memset(vm, 0, sizeof(*vm));
+		vm->r = r;
+		vm->k = k;
+		if (l->parent[k] < 0) {
+			race_base_init(r, k);
+			want[3] += RACE_PATHS;
+			want[2] += RACE_PATHS;
+			if (!l->segment || !want[1])
+				want[1] += RACE_PATHS;
+		} else {
+			race_clone_init(r, k, l->parent[k]);
+		}
+		want[4]++;
+		vm->v = sh_vcpu(vm->mmu, 16, vm->cr3);
+		assert_race_reads(r, k, "before the race");
+	}
+	/* Roots are private; below them, one table per level and path per
+	 * base VM (clones share their parent's), and one canonical leaf table
+	 * per run for every VM of the segment. */
+	assert_race_pages_in_use(r, want, "before the race");
+	ck_assert_msg(shadow_pool_shared_pages(r->pool) > 0,
+		      "%s, iteration %u: expected shared tables before the race, got none", r->what,
+		      r->iter);
+	r->zapper = NULL;
+	if (r->c->swap == SWAP_ZAP_RANGE) {
+		struct shadow_mmu_config cfg = { .pool = r->pool, .max_gpa = RACE_RAM_PAGES * GM_PAGE,
+						 .mode = shadow_default_mode };
+		struct shadow_slot s = race_obj_slot(r);
+
+		ck_assert_int_eq(shadow_mmu_create(&cfg, &r->zapper), 0);
+		if (l->segment)
+			ck_assert_int_eq(shadow_mmu_add_segment(r->zapper, &s, &r->zapper_slot), 0);
+		else
+			ck_assert_int_eq(shadow_mmu_add_slot(r->zapper, &s, &r->zapper_slot), 0);
+	}
+}
+
+/* A VM that leaves: touches a few pages (jitter, and faults where leaves
+ * were cleared), then destroys itself; or drops every table below its root
+ * (zap_all) and comes back for some of them, a few times, and at last for
+ * every page: it rejoins the canonical tables while the others leave them. */
+static void *race_leaver_thread(void *p)
+{
+	struct race_vm *vm = p;
+	struct race *r = vm->r;
+	uint64_t seed = r->seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(vm->k + 1));
+	uint64_t reach = r->c->swap == SWAP_NONE ? 2 : RACE_PAGES;
+
+	notifier_thread_init();
+	race_start(r);
+	if (r->c->leave == LEAVE_DESTROY) {
+		race_touch(r, vm, race_rnd(&seed), race_rnd(&seed) % reach);
+		shadow_vcpu_destroy(vm->v);
+		vm->v = NULL;
+		shadow_mmu_destroy(vm->mmu);
+		vm->mmu = NULL;
+	} else {
+		for (int round = 0; round < RACE_REJOINS; round++) {
+			race_touch(r, vm, race_rnd(&seed), race_rnd(&seed) % reach);
+			shadow_mmu_zap_all(vm->mmu);
+		}
+		race_touch(r, vm, 0, RACE_PAGES);
+	}
+	__atomic_sub_fetch(&r->leaving, 1, __ATOMIC_RELEASE);
+	notifier_thread_exit();
+	return NULL;
+}
+
+static bool race_others_leaving(struct race *r)
+{
+	return __atomic_load_n(&r->leaving, __ATOMIC_ACQUIRE) > 0;
+}
+
+/* Clears leaves of the touched pages, wherever they are in the pool, until
+ * every leaver is done. */
+static void *race_swapper_thread(void *p)
+{
+	struct race *r = p;
+	uint64_t seed = r->seed;
+
+	notifier_thread_init();
+	race_start(r);
+	for (unsigned int n = 0; n < RACE_MIN_SWAPS || race_others_leaving(r); n++) {
+		uint64_t page = race_obj_page(r, race_rnd(&seed) % RACE_PAGES);
+
+		if (r->c->swap == SWAP_EVICT) {
+			int ret = shadow_store_evict(r->obj.store, page);
+
+			if (ret && ret != -EALREADY)
+				race_fail(r, "%s, iteration %u: evict page %llu: expected 0 or "
+					  "-EALREADY, got %d", r->what, r->iter, (unsigned long long)page,
+					  ret);
+		} else {
+			long ret = shadow_mmu_zap_range(r->zapper, r->zapper_slot, page,
+							page + RACE_ZAP_PAGES - 1);
+
+			if (ret < 0)
+				race_fail(r, "%s, iteration %u: zap_range from page %llu: expected "
+					  ">= 0, got %ld", r->what, r->iter, (unsigned long long)page, ret);
+		}
+	}
+	notifier_thread_exit();
+	return NULL;
+}
+
+/* The survivor's vCPU reads on while the others leave. */
+static void *race_reader_thread(void *p)
+{
+	struct race_vm *vm = p;
+	struct race *r = vm->r;
+
+	notifier_thread_init();
+	race_start(r);
+	for (unsigned int n = 0; n < RACE_MIN_READS || race_others_leaving(r); n++)
+		race_touch(r, vm, n, 1);
+	notifier_thread_exit();
+	return NULL;
+}
+
+/* After the race: the checks, then every VM goes, and the pool is empty. */
+static void race_check_and_teardown(struct race *r)
+{
+	const struct race_layout *l = r->c->layout;
+	const int s = r->c->survivor;
+	size_t want[SHADOW_LEVELS + 1] = { 0 }, live = 0;
+
+	/* The first failure names the case and the iteration. */
+	ck_assert_msg(r->failures == 0, "%d failures in the race; first: %s", r->failures, r->first);
+	assert_race_pool_check(r, "after the race");
+	for (int k = 0; k < l->nvms; k++) {
+		if (!r->vm[k].mmu)
+			continue;
+		int ret = shadow_mmu_check(r->vm[k].mmu);
+
+		ck_assert_msg(ret == 0, "%s, iteration %u: shadow_mmu_check(VM %d): expected 0, got %d",
+			      r->what, r->iter, k, ret);
+		live++;
+	}
+	/* Every live VM (the survivor, and those that zapped all and came
+	 * back) on each path alone above the leaf tables, which the segment's
+	 * VMs share: one per run. */
+	want[4] = live;
+	want[3] = want[2] = RACE_PATHS * live;
+	want[1] = l->segment ? RACE_PATHS * (live > 0) : RACE_PATHS * live;
+	assert_race_pages_in_use(r, want, "after the race");
+	if (s >= 0)
+		assert_race_reads(r, s, "the survivor after the race");
+	for (int k = 0; k < l->nvms; k++) {
+		if (k == s || !r->vm[k].mmu)
+			continue;
+		shadow_vcpu_destroy(r->vm[k].v);
+		shadow_mmu_destroy(r->vm[k].mmu);
+		r->vm[k].mmu = NULL;
+	}
+	for (int level = 1; level <= SHADOW_LEVELS; level++)
+		want[level] = s < 0 ? 0 : level == SHADOW_LEVELS ? 1 : RACE_PATHS;
+	assert_race_pages_in_use(r, want, "with the survivor alone");
+	ck_assert_msg(shadow_pool_shared_pages(r->pool) == 0,
+		      "%s, iteration %u: expected no table with more than one user once one VM "
+		      "is left, got %zu", r->what, r->iter, shadow_pool_shared_pages(r->pool));
+	assert_race_pool_check(r, "with the survivor alone");
+	if (s >= 0) {
+		int ret = shadow_mmu_check(r->vm[s].mmu);
+
+		ck_assert_msg(ret == 0, "%s, iteration %u: shadow_mmu_check(survivor VM %d) "
+			      "alone: expected 0, got %d", r->what, r->iter, s, ret);
+		shadow_vcpu_destroy(r->vm[s].v);
+		shadow_mmu_destroy(r->vm[s].mmu);
+		r->vm[s].mmu = NULL;
+	}
+	shadow_mmu_destroy(r->zapper);
+	r->zapper = NULL;
+	memset(want, 0, sizeof(want));
+	assert_race_pages_in_use(r, want, "after every VM's destroy");
+	assert_race_pool_check(r, "after every VM's destroy");
+	for (int k = 0; k < l->nvms; k++) {
+		if (l->parent[k] < 0) {
+			notifier_object_destroy(r->vm[k].gm.ram);
+			munmap(r->vm[k].gm.host, r->vm[k].gm.npages * GM_PAGE);
+		}
+		hobj_fini(&r->vm[k].cow);
+	}
+}
+
+static void race_iteration(struct race *r)
+{
+	const struct race_layout *l = r->c->layout;
+	pthread_t swapper, reader;
+	int leavers = l->nvms - (r->c->survivor >= 0);
+
+	race_setup(r);
+	r->nthreads = (unsigned int)leavers + (r->c->swap != SWAP_NONE) + (r->c->survivor >= 0);
+	r->arrived = 0;
+	ck_assert_int_eq(pthread_barrier_init(&r->start, NULL, r->nthreads), 0);
+	__atomic_store_n(&r->leaving, leavers, __ATOMIC_RELAXED);
+	for (int k = 0; k < l->nvms; k++)
+		if (k != r->c->survivor)
+			ck_assert_int_eq(pthread_create(&r->vm[k].thr, NULL, race_leaver_thread,
+							&r->vm[k]), 0);
+	if (r->c->swap != SWAP_NONE)
+		ck_assert_int_eq(pthread_create(&swapper, NULL, race_swapper_thread, r), 0);
+	if (r->c->survivor >= 0)
+		ck_assert_int_eq(pthread_create(&reader, NULL, race_reader_thread,
+						&r->vm[r->c->survivor]), 0);
+	for (int k = 0; k < l->nvms; k++)
+		if (k != r->c->survivor)
+			pthread_join(r->vm[k].thr, NULL);
+	if (r->c->swap != SWAP_NONE)
+		pthread_join(swapper, NULL);
+	if (r->c->survivor >= 0)
+		pthread_join(reader, NULL);
+	pthread_barrier_destroy(&r->start);
+	race_check_and_teardown(r);
+}
+
+static void run_race(const struct race_case *c, int case_id, unsigned int iterations)
+{
+	const char *env = getenv("UMBRA_TEARDOWN_RACE_ITERATIONS");
+	struct race *r = calloc(1, sizeof(*r));
+	uint64_t seed = 0x2545f4914f6cdd1dull + (uint64_t)case_id;
+	char survivor[24] = "no survivor";
+
+	ck_assert_ptr_nonnull(r);
+	if (env)
+		iterations = (unsigned int)atoi(env);
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	r->c = c;
+	if (c->survivor >= 0)
+		snprintf(survivor, sizeof(survivor), "VM %d survives", c->survivor);
+	snprintf(r->what, sizeof(r->what), "%s, %s, %s, %s", c->layout->name,
+		 c->swap == SWAP_NONE ? "no swapout" : c->swap == SWAP_EVICT ? "evictions" : "zap_range",
+		 c->leave == LEAVE_DESTROY ? "the others destroyed" : "the others zap_all and rejoin",
+		 survivor);
+	pthread_mutex_init(&r->fail_lock, NULL);
+	ck_assert_int_eq(shadow_pool_create(512, &r->pool), 0);
+	hobj_init(&r->obj, "shared", c->layout->segment ? RACE_PATHS * RACE_RUN_PAGES : 256, true);
+	for (uint64_t p = 0; p < r->obj.npages; p++)
+		*(uint64_t *)(r->obj.host + p * GM_PAGE) = race_value(r, p);
+	for (r->iter = 0; r->iter < iterations; r->iter++) {
+		r->seed = race_rnd(&seed);
+		race_iteration(r);
+	}
+	hobj_fini(&r->obj);
+	shadow_pool_destroy(r->pool);
+	pthread_mutex_destroy(&r->fail_lock);
+	free(r);
+}
+
+/* Where a VM survives, its vCPU's faults on cleared leaves privatize
+ * (clones) or refill the canonical table in place (segment) while the
+ * others leave; where the others zap_all and rejoin, they take the
+ * canonical tables again while the last user of one may be freeing it. */
+static const struct race_case swapout_race_cases[] = {
+	{ &race_clones, SWAP_EVICT, LEAVE_DESTROY, -1 },
+	{ &race_clones, SWAP_EVICT, LEAVE_DESTROY, 0 },		/* the parent survives */
+	{ &race_clones, SWAP_ZAP_RANGE, LEAVE_DESTROY, -1 },
+	{ &race_clones, SWAP_ZAP_RANGE, LEAVE_DESTROY, 3 },	/* the clone's clone survives */
+	{ &race_clones, SWAP_EVICT, LEAVE_ZAP_ALL, 2 },
+	{ &race_segment, SWAP_EVICT, LEAVE_DESTROY, -1 },
+	{ &race_segment, SWAP_EVICT, LEAVE_DESTROY, 1 },
+	{ &race_segment, SWAP_ZAP_RANGE, LEAVE_DESTROY, -1 },
+	{ &race_segment, SWAP_EVICT, LEAVE_ZAP_ALL, -1 },
+	{ &race_segment_pair, SWAP_ZAP_RANGE, LEAVE_ZAP_ALL, -1 },
+	{ &race_segment_clones, SWAP_EVICT, LEAVE_DESTROY, -1 },
+	{ &race_segment_clones, SWAP_ZAP_RANGE, LEAVE_DESTROY, 2 },	/* a clone survives */
+};
+
+#define NR_SWAPOUT_RACE_CASES ((int)(sizeof(swapout_race_cases) / sizeof(swapout_race_cases[0])))
+
+/* _i: swapout_race_cases. */
+START_TEST(test_swapout_racing_last_user_teardown_frees_shared_tables_once)
+{
+	run_race(&swapout_race_cases[_i], _i, RACE_SWAPOUT_ITERATIONS);
+}
+END_TEST
+
+/* Every sharer destroyed at once, or all but one (whose vCPU reads on). */
+static const struct race_case teardown_race_cases[] = {
+	{ &race_clone_pair, SWAP_NONE, LEAVE_DESTROY, -1 },
+	{ &race_clones, SWAP_NONE, LEAVE_DESTROY, -1 },
+	{ &race_clones, SWAP_NONE, LEAVE_DESTROY, 3 },
+	{ &race_segment_pair, SWAP_NONE, LEAVE_DESTROY, -1 },
+	{ &race_segment, SWAP_NONE, LEAVE_DESTROY, -1 },
+	{ &race_segment, SWAP_NONE, LEAVE_DESTROY, 0 },
+	{ &race_segment_clones, SWAP_NONE, LEAVE_DESTROY, -1 },
+	{ &race_segment_clones, SWAP_NONE, LEAVE_DESTROY, 1 },
+};
+
+#define NR_TEARDOWN_RACE_CASES ((int)(sizeof(teardown_race_cases) / sizeof(teardown_race_cases[0])))
+
+/* _i: teardown_race_cases. */
+START_TEST(test_concurrent_teardown_of_sharers_frees_every_shared_table_once)
+{
+	run_race(&teardown_race_cases[_i], 100 + _i, RACE_TEARDOWN_ITERATIONS);
+}
+END_TEST
+
 Suite *shadow_share_suite(void)
 {
 	Suite *s = suite_create("shadow_share");
 	TCase *clone = tcase_create("clone");
 	TCase *seg = tcase_create("segment");
+	TCase *races = tcase_create("teardown_races");
 
 	tcase_add_test(clone, test_clone_copies_only_roots_and_shares_lower_tables);
 	tcase_add_loop_test(clone, test_first_write_copies_page_for_the_writer_only, 0, 2);
@@ -729,7 +1294,14 @@ Suite *shadow_share_suite(void)
 	tcase_add_test(seg, test_segment_run_uses_one_canonical_table_for_every_vm);
 	tcase_add_loop_test(
 		seg, test_readonly_and_writable_attachments_of_a_segment_never_share_a_leaf_table, 0, 2);
+	/* Room for the sanitizer builds; a Debug build takes ~1 s a case. */
+	tcase_set_timeout(races, 60);
+	tcase_add_loop_test(races, test_swapout_racing_last_user_teardown_frees_shared_tables_once, 0,
+			    NR_SWAPOUT_RACE_CASES);
+	tcase_add_loop_test(races, test_concurrent_teardown_of_sharers_frees_every_shared_table_once, 0,
+			    NR_TEARDOWN_RACE_CASES);
 	suite_add_tcase(s, clone);
 	suite_add_tcase(s, seg);
+	suite_add_tcase(s, races);
 	return s;
 }
