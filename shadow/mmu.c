@@ -487,8 +487,9 @@ static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, int level,
 
 	u32_vec_init(&parents);
 	notifier_mutex_lock(&sp->lock);
-	/* Freed and reused since we read the link? (level is written under
-	 * by alloc/free without a lock, so read it atomically.) */
+	/* Freed and reused since we read the link? (level is written by
+	 * alloc/free without a lock, so read it atomically; alloc resets what
+	 * we read here under this lock.) */
 	if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) != level) {
 		notifier_mutex_unlock(&sp->lock);
 		return;
@@ -873,8 +874,9 @@ static int find_chain(struct shadow_mmu *mmu, uint32_t page, int level, struct c
 
 	u32_vec_init(&up);
 	notifier_mutex_lock(&sp->lock);
-	/* Freed and reused since we read the link? (level is written under
-	 * by alloc/free without a lock, so read it atomically.) */
+	/* Freed and reused since we read the link? (level is written by
+	 * alloc/free without a lock, so read it atomically; alloc resets what
+	 * we read here under this lock.) */
 	if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) != level) {
 		notifier_mutex_unlock(&sp->lock);
 		return 0;

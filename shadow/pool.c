@@ -145,17 +145,23 @@ int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index)
 	__atomic_store_n(&sp->level, (uint8_t)level, __ATOMIC_RELAXED); /* walk-ups read it racily */
 	__atomic_fetch_add(&pool->in_use[level], 1, __ATOMIC_RELAXED);
 
-	/* The page is ours alone until published. */
+	/* The page is ours alone until published, except that a walk up the
+	 * users lists (pmd_rmap_flush_up, find_chain) that followed a stale
+	 * link may look at it, under its table lock: what it reads there is
+	 * reset under that lock (it finds no users, or ours later: extra
+	 * flushes at most). */
 	page_set_next(pool, i, SHADOW_NO_PAGE);
 	sp->direct = false;
 	sp->access = 0;
 	sp->gpa = 0;
 	sp->gva = 0;
+	notifier_mutex_lock(&sp->lock);
 	sp->nr_present = 0;
 	sp->users = NULL;
 	sp->canon = false;
 	sp->canon_obj = NULL;
 	sp->canon_key = 0;
+	notifier_mutex_unlock(&sp->lock);
 	__atomic_store_n(&sp->use_count, 0, __ATOMIC_RELAXED);
 	memset(pool_entries(pool, i), 0, SHADOW_PAGE_SIZE);
 	*index = i;

@@ -1211,11 +1211,15 @@ static void run_race(const struct race_case *c, int case_id, unsigned int iterat
 		 c->leave == LEAVE_DESTROY ? "the others destroyed" : "the others zap_all and rejoin",
 		 survivor);
 	pthread_mutex_init(&r->fail_lock, NULL);
-	ck_assert_int_eq(shadow_pool_create(512, &r->pool), 0);
+	ck_assert_int_eq(shadow_pool_create(2048, &r->pool), 0);
 	hobj_init(&r->obj, "shared", c->layout->segment ? RACE_PATHS * RACE_RUN_PAGES : 256, true);
 	for (uint64_t p = 0; p < r->obj.npages; p++)
 		*(uint64_t *)(r->obj.host + p * GM_PAGE) = race_value(r, p);
 	for (r->iter = 0; r->iter < iterations; r->iter++) {
+		/* The previous iteration's tables are reusable only after a
+		 * grace period: without this a fault of the setup could find
+		 * the pool empty, zap everything and rebuild unshared. */
+		notifier_barrier();
 		r->seed = race_rnd(&seed);
 		race_iteration(r);
 	}
