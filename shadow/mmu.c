@@ -183,6 +183,20 @@ static bool iter_next(struct shadow_mmu *mmu, struct shadow_iter *it, uint64_t v
 
 /* ---- entry writes, zaps, flush batches --------------------------------- */
 
+/* The leaf rule (struct pool_obj), checked in debug builds: a present leaf
+ * @e of a level-@level table changes only under its page's stripe. */
+static void assert_leaf_stripe_held(struct shadow_mmu *mmu, int level, uint64_t e)
+{
+	struct shadow_mmu_slot *slot;
+	uint64_t bp;
+
+	if (!NOTIFIER_DEBUG || !spte_is_present(e) || !spte_is_leaf(e, level))
+		return;
+	slot = mmu_mpa_to_slot(mmu, spte_addr(e), &bp);
+	if (slot)
+		notifier_mutex_assert_held(pool_obj_stripe(slot->pobj, bp));
+}
+
 /* Writes entry @i of @page under its table lock; returns the old value. */
 static uint64_t spte_set_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
 				uint64_t spte)
@@ -194,6 +208,8 @@ static uint64_t spte_set_locked(struct shadow_mmu *mmu, uint32_t page, unsigned 
 
 	notifier_mutex_lock(&sp->lock);
 	old = spte_read(sptep);
+	assert_leaf_stripe_held(mmu, sp->level, old);
+	assert_leaf_stripe_held(mmu, sp->level, spte);
 	spte_write(sptep, spte);
 	if (spte_is_present(old) && !spte_is_present(spte))
 		__atomic_fetch_sub(&sp->nr_present, 1, __ATOMIC_RELAXED);
@@ -241,20 +257,6 @@ static struct notifier_mutex *leaf_stripe(struct shadow_mmu *mmu, uint64_t spte,
 {
 	*slot = mmu_mpa_to_slot(mmu, spte_addr(spte), bp);
 	return *slot ? pool_obj_stripe((*slot)->pobj, *bp) : NULL;
-}
-
-/* Takes @want in place of @held (either may be NULL); returns @want.  For
- * loops over leaves that mostly map pages of one stripe. */
-static struct notifier_mutex *stripe_switch(struct notifier_mutex *held,
-					    struct notifier_mutex *want)
-{
-	if (held == want)
-		return held;
-	if (held)
-		notifier_mutex_unlock(held);
-	if (want)
-		notifier_mutex_lock(want);
-	return want;
 }
 
 /* The va of entry @i of leaf table @page, for this VM's flush. */
@@ -573,6 +575,24 @@ void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 	zap_batch_init(b);
 }
 
+/* Clears every leaf in @rmap (one page's, its stripe held), in place, and
+ * queues the tables for the remote flush. */
+static void zap_page_rmap_locked(struct shadow_mmu *mmu, struct shadow_rmap *rmap,
+				 struct zap_batch *b)
+{
+	while (rmap->nr) {
+		shadow_sptep_t s = rmap_get(rmap, rmap->nr - 1);
+		uint64_t old = spte_set_locked(mmu, sptep_page(s), sptep_index(s), 0);
+
+		rmap_del(rmap, s);
+		if (!spte_is_present(old))
+			continue;
+		b->zapped++;
+		batch_add_leaf_va(mmu, sptep_page(s), sptep_index(s), b);
+		batch_add_table(b, sptep_page(s));
+	}
+}
+
 /*
  * Non-local: clears, in place, every leaf in the pool that maps pages
  * [first, last] of @slot's object (whichever VM installed it, private or
@@ -602,22 +622,8 @@ void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 			uint64_t end = r * SPTE_ENTRIES + SPTE_ENTRIES - 1 < last ?
 					       r * SPTE_ENTRIES + SPTE_ENTRIES - 1 : last;
 
-			for (; p <= end; p++) {
-				struct shadow_rmap *rmap = &slot->rmap[p];
-
-				while (rmap->nr) {
-					shadow_sptep_t s = rmap_get(rmap, rmap->nr - 1);
-					uint64_t old = spte_set_locked(mmu, sptep_page(s),
-								       sptep_index(s), 0);
-
-					rmap_del(rmap, s);
-					if (!spte_is_present(old))
-						continue;
-					b->zapped++;
-					batch_add_leaf_va(mmu, sptep_page(s), sptep_index(s), b);
-					batch_add_table(b, sptep_page(s));
-				}
-			}
+			for (; p <= end; p++)
+				zap_page_rmap_locked(mmu, &slot->rmap[p], b);
 		}
 		/* Other VMs' vCPUs are flushed before the reverse map shows
 		 * the pages unmapped (our own ones in zap_batch_finish_locked,

@@ -145,6 +145,21 @@ static inline struct notifier_mutex *pool_obj_stripe(struct pool_obj *po, uint64
 	return &po->stripes[(page / 512u) % POOL_OBJ_STRIPES];
 }
 
+/* Takes @want in place of @held (either may be NULL); returns @want.  For
+ * loops over leaves that mostly map pages of one stripe (one held at a
+ * time). */
+static inline struct notifier_mutex *stripe_switch(struct notifier_mutex *held,
+						   struct notifier_mutex *want)
+{
+	if (held == want)
+		return held;
+	if (held)
+		notifier_mutex_unlock(held);
+	if (want)
+		notifier_mutex_lock(want);
+	return want;
+}
+
 /* Keys of one 2 MiB run in pool_obj.canon: the slot's readonly flag and the
  * table's rights (SHADOW_RIGHTS_ALL, 3 bits). */
 #define CANON_KEYS_PER_RUN 16u

@@ -326,12 +326,7 @@ static uint32_t eager_copy_table(struct shadow_mmu *mmu, uint32_t src)
 			ENSURE(slot, "leaf outside every slot");
 			/* The leaf rule: under the page's stripe, as the clone's
 			 * privatize does (one stripe held across its run). */
-			if (held != pool_obj_stripe(slot->pobj, bp)) {
-				if (held)
-					notifier_mutex_unlock(held);
-				held = pool_obj_stripe(slot->pobj, bp);
-				notifier_mutex_lock(held);
-			}
+			held = stripe_switch(held, pool_obj_stripe(slot->pobj, bp));
 			CHECK(rmap_add(&slot->rmap[bp], sptep_make(copy, k)));
 			e &= ~(SPTE_WRITABLE | SPTE_DIRTY);
 		} else {
@@ -343,8 +338,7 @@ static uint32_t eager_copy_table(struct shadow_mmu *mmu, uint32_t src)
 		spte_write(&to[k], e);
 		present++;
 	}
-	if (held)
-		notifier_mutex_unlock(held);
+	stripe_switch(held, NULL);
 	__atomic_store_n(&sp->nr_present, present, __ATOMIC_RELAXED);
 	return copy;
 }

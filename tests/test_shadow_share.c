@@ -799,9 +799,7 @@ struct race {
 	pthread_barrier_t start;
 	unsigned int nthreads, arrived;	/* the start gate (arrived: atomic) */
 	int leaving;			/* atomic: VMs still leaving */
-	pthread_mutex_t fail_lock;
-	int failures;
-	char first[512];
+	struct test_failures fails;
 };
 
 static void race_fail(struct race *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -812,13 +810,9 @@ static void race_fail(struct race *r, const char *fmt, ...)
 {
 	va_list ap;
 
-	pthread_mutex_lock(&r->fail_lock);
-	if (r->failures++ == 0) {
-		va_start(ap, fmt);
-		vsnprintf(r->first, sizeof(r->first), fmt, ap);
-		va_end(ap);
-	}
-	pthread_mutex_unlock(&r->fail_lock);
+	va_start(ap, fmt);
+	test_failures_vadd(&r->fails, fmt, ap);
+	va_end(ap);
 }
 
 /*
@@ -1104,7 +1098,8 @@ static void race_check_and_teardown(struct race *r)
 	size_t want[SHADOW_LEVELS + 1] = { 0 }, live = 0;
 
 	/* The first failure names the case and the iteration. */
-	ck_assert_msg(r->failures == 0, "%d failures in the race; first: %s", r->failures, r->first);
+	ck_assert_msg(r->fails.count == 0, "%d failures in the race; first: %s", r->fails.count,
+		      r->fails.first);
 	assert_race_pool_check(r, "after the race");
 	for (int k = 0; k < l->nvms; k++) {
 		if (!r->vm[k].mmu)
@@ -1210,7 +1205,7 @@ static void run_race(const struct race_case *c, int case_id, unsigned int iterat
 		 c->swap == SWAP_NONE ? "no swapout" : c->swap == SWAP_EVICT ? "evictions" : "zap_range",
 		 c->leave == LEAVE_DESTROY ? "the others destroyed" : "the others zap_all and rejoin",
 		 survivor);
-	pthread_mutex_init(&r->fail_lock, NULL);
+	test_failures_init(&r->fails);
 	ck_assert_int_eq(shadow_pool_create(2048, &r->pool), 0);
 	hobj_init(&r->obj, "shared", c->layout->segment ? RACE_PATHS * RACE_RUN_PAGES : 256, true);
 	for (uint64_t p = 0; p < r->obj.npages; p++)
@@ -1225,7 +1220,7 @@ static void run_race(const struct race_case *c, int case_id, unsigned int iterat
 	}
 	hobj_fini(&r->obj);
 	shadow_pool_destroy(r->pool);
-	pthread_mutex_destroy(&r->fail_lock);
+	test_failures_exit(&r->fails);
 	free(r);
 }
 

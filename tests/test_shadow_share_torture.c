@@ -76,9 +76,7 @@ struct torture {
 	bool stop;			/* atomic */
 	int cow_gen;
 	uint64_t accesses, evictions, remaps, clones, seg_toggles; /* atomic */
-	pthread_mutex_t fail_lock;
-	int violations;
-	char first[256];
+	struct test_failures fails;
 };
 
 static void oracle_fail(struct torture *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -87,13 +85,9 @@ static void oracle_fail(struct torture *t, const char *fmt, ...)
 {
 	va_list ap;
 
-	pthread_mutex_lock(&t->fail_lock);
-	if (t->violations++ == 0) {
-		va_start(ap, fmt);
-		vsnprintf(t->first, sizeof(t->first), fmt, ap);
-		va_end(ap);
-	}
-	pthread_mutex_unlock(&t->fail_lock);
+	va_start(ap, fmt);
+	test_failures_vadd(&t->fails, fmt, ap);
+	va_end(ap);
 	__atomic_store_n(&t->stop, true, __ATOMIC_RELAXED);
 }
 
@@ -419,12 +413,12 @@ START_TEST(test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase)
 
 	ck_assert_ptr_nonnull(t);
 	ck_assert_int_eq(notifier_thread_init(), 0);
-	pthread_mutex_init(&t->fail_lock, NULL);
+	test_failures_init(&t->fails);
 	ck_assert_int_eq(shadow_pool_create(4096, &t->pool), 0);
 	hobj_init(&t->seg, "segment", SEG_PAGES, true);
 	for (int k = 0; k < NBASE; k++)
 		base_init(t, k);
-	for (int phase = 0; phase < phases && !t->violations; phase++) {
+	for (int phase = 0; phase < phases && !t->fails.count; phase++) {
 		struct timespec d = { .tv_sec = (time_t)(seconds / phases),
 				      .tv_nsec = (long)((seconds / phases - (time_t)(seconds / phases)) * 1e9) };
 
@@ -444,7 +438,7 @@ START_TEST(test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase)
 		pthread_join(rm, NULL);
 		for (int k = 0; k < NVMS; k++)
 			vm_join(t, k);
-		if (t->violations)
+		if (t->fails.count)
 			break;
 		check_all(t, "after the phase");
 		check_contents(t);
@@ -455,7 +449,8 @@ START_TEST(test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase)
 			check_all(t, "after a clone's destroy");
 		}
 	}
-	ck_assert_msg(t->violations == 0, "%d oracle violations; first: %s", t->violations, t->first);
+	ck_assert_msg(t->fails.count == 0, "%d oracle violations; first: %s", t->fails.count,
+		      t->fails.first);
 	ck_assert_msg(__atomic_load_n(&t->evictions, __ATOMIC_RELAXED) > 0 &&
 			      __atomic_load_n(&t->remaps, __ATOMIC_RELAXED) > 0 && t->clones == NBASE * (uint64_t)phases,
 		      "expected evictions, remaps and %d clones, got %llu, %llu, %llu", NBASE * phases,
@@ -473,7 +468,7 @@ START_TEST(test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase)
 	}
 	hobj_fini(&t->seg);
 	shadow_pool_destroy(t->pool);
-	pthread_mutex_destroy(&t->fail_lock);
+	test_failures_exit(&t->fails);
 	free(t);
 }
 END_TEST

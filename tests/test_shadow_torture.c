@@ -52,9 +52,7 @@ struct torture {
 	uint64_t clock;				/* atomic */
 	bool stop;				/* atomic */
 	uint64_t accesses, guest_faults, swapins, remaps, swapouts; /* atomic */
-	pthread_mutex_t fail_lock;
-	int violations;
-	char first[256];
+	struct test_failures fails;
 };
 
 static void oracle_fail(struct torture *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -63,13 +61,9 @@ static void oracle_fail(struct torture *t, const char *fmt, ...)
 {
 	va_list ap;
 
-	pthread_mutex_lock(&t->fail_lock);
-	if (t->violations++ == 0) {
-		va_start(ap, fmt);
-		vsnprintf(t->first, sizeof(t->first), fmt, ap);
-		va_end(ap);
-	}
-	pthread_mutex_unlock(&t->fail_lock);
+	va_start(ap, fmt);
+	test_failures_vadd(&t->fails, fmt, ap);
+	va_end(ap);
 	__atomic_store_n(&t->stop, true, __ATOMIC_RELAXED);
 }
 
@@ -367,7 +361,7 @@ START_TEST(test_torture_vcpus_never_reach_a_stale_page)
 
 	ck_assert_ptr_nonnull(t);
 	ck_assert_int_eq(notifier_thread_init(), 0);
-	pthread_mutex_init(&t->fail_lock, NULL);
+	test_failures_init(&t->fails);
 	/* 3 roots cached for 4 address spaces: CR3 loads evict and re-sync. */
 	gm_init_full(&t->gm, 1024, NULL, 512, 3, NULL, &torture_slot_ops, t);
 	ck_assert_int_eq(notifier_object_set_mode(t->gm.ram, _i ? NOTIFIER_MODE_PAGE : NOTIFIER_MODE_RANGE),
@@ -407,7 +401,7 @@ START_TEST(test_torture_vcpus_never_reach_a_stale_page)
 	pthread_join(st, NULL);
 	pthread_join(ft, NULL);
 
-	ck_assert_msg(t->violations == 0, "%d violations; first: %s", t->violations, t->first);
+	ck_assert_msg(t->fails.count == 0, "%d violations; first: %s", t->fails.count, t->fails.first);
 	int ret = shadow_mmu_check(t->gm.mmu);
 	ck_assert_msg(ret == 0, "shadow_mmu_check after the torture: expected 0, got %d", ret);
 	struct shadow_mmu_stats s;
@@ -423,7 +417,7 @@ START_TEST(test_torture_vcpus_never_reach_a_stale_page)
 		      (unsigned long long)t->guest_faults, (unsigned long long)s.invalidations,
 		      (unsigned long long)s.fixed, (unsigned long long)s.zapped);
 	gm_fini(&t->gm); /* asserts every table freed */
-	pthread_mutex_destroy(&t->fail_lock);
+	test_failures_exit(&t->fails);
 	free(t);
 	notifier_thread_exit();
 }
