@@ -183,7 +183,7 @@ static int parse_segment(struct config_ctx *c, unsigned int i, struct json_objec
 	struct plan_segment *seg = &plan->segments[i];
 	struct json_object *v;
 	char key[64], path[32];
-	const char *s;
+	const char *s = NULL;
 	int ret;
 
 	snprintf(path, sizeof(path), "segments[%u]", i);
@@ -253,10 +253,10 @@ static int parse_vm(struct config_ctx *c, unsigned int i, struct json_object *jv
 {
 	static const char *const keys[] = { "name", "image", "count", "mem", "vcpus", "cmdline", "segments", NULL };
 	struct plan_vm proto = { .mem = VMM_MEM_DEFAULT, .vcpus = 1 };
-	unsigned long count = 1, n;
+	unsigned long count = 1, n = 0;
 	struct json_object *v;
 	char key[64], path[32];
-	const char *s, *image;
+	const char *s = NULL, *image = NULL;
 	int ret;
 
 	snprintf(path, sizeof(path), "vms[%u]", i);
