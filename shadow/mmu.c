@@ -43,7 +43,6 @@ static uint64_t cr3_key(const struct shadow_mmu *mmu, uint64_t cr3)
 	return cr3 & SPTE_ADDR_MASK & ((1ull << mmu->mode.maxphyaddr) - 1);
 }
 
-static uint64_t canonical(uint64_t va);
 
 static void bump_sync_seq_locked(struct shadow_mmu *mmu)
 {
@@ -969,7 +968,7 @@ static bool zap_local_locked(struct shadow_mmu *mmu, shadow_sptep_t s, struct za
 
 		for (int k = depth; k >= 0; k--)
 			va |= (uint64_t)chain[k].index << SPTE_LEVEL_SHIFT(k + 1);
-		va = canonical(va);
+		va = shadow_va_canonical(va);
 		for (int k = depth - 1; k >= 0; k--) {
 			uint32_t copy;
 
@@ -1985,11 +1984,6 @@ const struct shadow_paging_mode *shadow_mmu_mode(const struct shadow_mmu *mmu)
 	return &mmu->mode;
 }
 
-static uint64_t canonical(uint64_t va)
-{
-	return (uint64_t)((int64_t)(va << 16) >> 16);
-}
-
 struct check_ctx {
 	uint64_t leaves, tables;
 	uint8_t *cow[SHADOW_MAX_SLOTS];	/* [slot][page]: shared copy-on-write in our P2M */
@@ -2080,7 +2074,7 @@ static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t pa
 
 		if (!shadow_pool_contains(mmu->pool, spte_addr(spte)) || csp->level != sp->level - 1 ||
 		    (!csp->canon &&
-		     csp->gva != canonical(sp->gva + ((uint64_t)i << SPTE_LEVEL_SHIFT(sp->level)))))
+		     csp->gva != shadow_va_canonical(sp->gva + ((uint64_t)i << SPTE_LEVEL_SHIFT(sp->level)))))
 			return -EUCLEAN;
 		ret = check_table_locked(mmu, child, page, i, path_w && spte_is_writable(spte), c);
 		if (ret)

@@ -80,9 +80,12 @@ void shadow_pool_destroy(struct shadow_pool *pool)
 	free(pool);
 }
 
-int shadow_pool_fd(const struct shadow_pool *pool)
+void shadow_pool_memory(const struct shadow_pool *pool, struct shadow_pool_memory *mem)
 {
-	return pool->fd;
+	mem->gpa = SHADOW_POOL_GPA;
+	mem->bytes = pool->nr_pages * SHADOW_PAGE_SIZE;
+	mem->host = pool->base;
+	mem->fd = pool->fd;
 }
 
 size_t shadow_pool_nr_pages(const struct shadow_pool *pool)

@@ -52,7 +52,7 @@ struct shadow_pool;
 
 /*
  * Creates a pool of @nr_pages table pages (1..SHADOW_POOL_MAX_PAGES) backed
- * by a memfd (shadow_pool_fd() gives it to the VMM to map).  May block
+ * by a memfd (shadow_pool_memory() describes it to the VMM).  May block
  * (allocates).  Returns 0 and sets *@out, -EINVAL, -ENOMEM or the memfd's
  * -errno.
  */
@@ -61,9 +61,25 @@ int shadow_pool_create(size_t nr_pages, struct shadow_pool **out);
  * it destroyed).  Waits for the pages still waiting for a grace period
  * (below).  May block: not from a read-side section. */
 void shadow_pool_destroy(struct shadow_pool *pool);
-/* The pool's memfd, for the VMM to map read-only at SHADOW_POOL_GPA in
- * every VM (owned by the pool: do not close it).  Lock-free. */
-int shadow_pool_fd(const struct shadow_pool *pool);
+
+/*
+ * The pool's memory as one range, for the VMM to give its VMs as a memslot
+ * at @gpa.  @host is the library's own read-write mapping of the whole pool
+ * (the VMM may back a writable memslot with it); @fd is the memfd behind it,
+ * which the VMM may mmap again (read-only, for a read-only memslot).  Both
+ * stay valid until shadow_pool_destroy(); the pool owns them (do not unmap
+ * @host or close @fd).  The VMM must never write table pages through @host:
+ * the shadow MMU alone writes them, under its locks.
+ */
+struct shadow_pool_memory {
+	uint64_t gpa;		/* guest-physical base: SHADOW_POOL_GPA */
+	size_t bytes;		/* nr_pages * SHADOW_PAGE_SIZE */
+	void *host;		/* read-write host mapping of @bytes bytes */
+	int fd;			/* the memfd: offset 0 is @gpa */
+};
+
+/* Fills *@mem with the pool's memory (above).  Lock-free, cannot fail. */
+void shadow_pool_memory(const struct shadow_pool *pool, struct shadow_pool_memory *mem);
 /* Number of table pages.  Lock-free. */
 size_t shadow_pool_nr_pages(const struct shadow_pool *pool);
 
@@ -97,6 +113,19 @@ bool shadow_pool_contains(const struct shadow_pool *pool, uint64_t gpa);
 size_t shadow_pool_pages_in_use(struct shadow_pool *pool, int level);
 
 /* ---- x86 paging: access kinds, error codes, the walker --------------- */
+
+/* @va sign-extended from bit 47: what a 4-level x86-64 address means. */
+static inline uint64_t shadow_va_canonical(uint64_t va)
+{
+	return (uint64_t)((int64_t)(va << 16) >> 16);
+}
+
+/* True if @va is canonical (bits 63..47 all equal): any other address
+ * raises #GP, not #PF, on x86-64 with 4-level paging. */
+static inline bool shadow_va_is_canonical(uint64_t va)
+{
+	return shadow_va_canonical(va) == va;
+}
 
 /* Page-fault error code bits (Intel SDM vol. 3A 4.7, AMD APM vol. 2 8.4.2). */
 #define SHADOW_PFERR_PRESENT (1u << 0) /* 0: not present; 1: protection or reserved bit */

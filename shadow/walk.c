@@ -64,11 +64,6 @@ uint32_t shadow_permission_fault(const struct shadow_paging_mode *mode, unsigned
 	return fault ? SHADOW_PFERR_PRESENT | shadow_access_error_code(mode, access) : 0;
 }
 
-static bool va_is_canonical(uint64_t va)
-{
-	return (uint64_t)((int64_t)(va << 16) >> 16) == va;
-}
-
 int shadow_walk(const struct shadow_paging_mode *mode, const struct shadow_mem_ops *ops, void *ctx,
 		uint64_t cr3, uint64_t va, unsigned int access, unsigned int flags,
 		struct shadow_walk *w)
@@ -79,7 +74,7 @@ int shadow_walk(const struct shadow_paging_mode *mode, const struct shadow_mem_o
 	if ((access & ~SHADOW_ACCESS_MASK) ||
 	    ((access & SHADOW_ACCESS_WRITE) && (access & SHADOW_ACCESS_FETCH)))
 		return -EINVAL;
-	if (!va_is_canonical(va))
+	if (!shadow_va_is_canonical(va))
 		return -EINVAL;
 again:
 	memset(w, 0, sizeof(*w));

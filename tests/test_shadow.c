@@ -127,7 +127,12 @@ START_TEST(test_pool_memfd_shows_entries_to_a_second_mapping)
 	ck_assert_int_eq(shadow_pool_create(8, &pool), 0);
 	ck_assert_int_eq(shadow_pool_alloc(pool, 4, &gpa), 0);
 	shadow_pool_table(pool, gpa)[3] = spte_make_table(0x5000);
-	uint64_t *view = mmap(NULL, 8 * SHADOW_PAGE_SIZE, PROT_READ, MAP_SHARED, shadow_pool_fd(pool), 0);
+	struct shadow_pool_memory mem;
+
+	shadow_pool_memory(pool, &mem);
+	ck_assert_uint_eq(mem.gpa, SHADOW_POOL_GPA);
+	ck_assert_ptr_eq(mem.host, shadow_pool_table(pool, SHADOW_POOL_GPA));
+	uint64_t *view = mmap(NULL, 8 * SHADOW_PAGE_SIZE, PROT_READ, MAP_SHARED, mem.fd, 0);
 	ck_assert_ptr_ne(view, MAP_FAILED);
 	ck_assert_uint_eq(view[(gpa - SHADOW_POOL_GPA) / 8 + 3], spte_make_table(0x5000));
 	munmap(view, 8 * SHADOW_PAGE_SIZE);

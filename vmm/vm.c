@@ -198,23 +198,15 @@ int vmm_host_create(size_t nr_pages, struct vmm_host **out, struct vmm_error *er
 		vmm_error_set(err, -ret, "shadow table pool of %zu pages: %s", nr_pages, strerror(-ret));
 		goto free_host;
 	}
-	ret = notifier_object_create("shadow-pool", nr_pages, &host->pool_obj);
-	if (ret) {
-		vmm_error_set(err, -ret, "shadow table pool's memory object: %s", strerror(-ret));
-		goto destroy_pool;
-	}
-	host->pool_ro = mmap(NULL, nr_pages * SHADOW_PAGE_SIZE, PROT_READ, MAP_SHARED,
-			     shadow_pool_fd(host->pool), 0);
-	host->pool_rw = shadow_pool_table(host->pool, SHADOW_POOL_GPA);
+	shadow_pool_memory(host->pool, &host->pool_mem);
+	host->pool_ro = mmap(NULL, host->pool_mem.bytes, PROT_READ, MAP_SHARED, host->pool_mem.fd, 0);
 	if (host->pool_ro == MAP_FAILED) {
 		ret = vmm_error_set(err, errno, "read-only mapping of the shadow table pool: %s", strerror(errno));
-		goto destroy_object;
+		goto destroy_pool;
 	}
 	*out = host;
 	return 0;
 
-destroy_object:
-	notifier_object_destroy(host->pool_obj);
 destroy_pool:
 	shadow_pool_destroy(host->pool);
 free_host:
@@ -226,8 +218,7 @@ void vmm_host_destroy(struct vmm_host *host)
 {
 	if (!host)
 		return;
-	munmap(host->pool_ro, host->pool_pages * SHADOW_PAGE_SIZE);
-	notifier_object_destroy(host->pool_obj);
+	munmap(host->pool_ro, host->pool_mem.bytes);
 	shadow_pool_destroy(host->pool);
 	free(host);
 }
@@ -605,7 +596,7 @@ static int vm_paging_init(struct vm *vm, struct vmm_error *err)
 	struct kvm_userspace_memory_region r = {
 		.slot = POOL_MEMSLOT, .flags = writable ? 0 : KVM_MEM_READONLY, .guest_phys_addr = SHADOW_POOL_GPA,
 		.memory_size = pool_bytes,
-		.userspace_addr = (uint64_t)(uintptr_t)(writable ? host->pool_rw : host->pool_ro),
+		.userspace_addr = (uint64_t)(uintptr_t)(writable ? host->pool_mem.host : host->pool_ro),
 	};
 	char name[64];
 	int ret;
@@ -977,11 +968,6 @@ static const char *exception_mnemonic(uint64_t vector)
 	return vector < 32 ? names[vector] : "interrupt";
 }
 
-static bool is_canonical(uint64_t va)
-{
-	return (uint64_t)((int64_t)(va << 16) >> 16) == va;
-}
-
 /* The guest's memory as the shadow walker reads it (RAM and segments). */
 static int guest_mem_read(void *ctx, uint64_t pa, uint64_t *val)
 {
@@ -1062,7 +1048,7 @@ static int64_t handle_paging_hypercall(struct vcpu *vcpu, const struct kvm_regs 
 		return 0;
 	}
 	case UMBRA_HC_PAGE_FAULT:
-		if (!is_canonical(a0)) {
+		if (!shadow_va_is_canonical(a0)) {
 			vcpu_fail(vcpu, false, "bad hypercall: page fault at %#llx (argument 0): not a canonical address",
 				  (unsigned long long)a0);
 			return stopped;
@@ -1085,7 +1071,7 @@ static int64_t handle_paging_hypercall(struct vcpu *vcpu, const struct kvm_regs 
 				  strerror(-r));
 		return stopped;
 	case UMBRA_HC_INVLPG:
-		if (!is_canonical(a0)) {
+		if (!shadow_va_is_canonical(a0)) {
 			vcpu_fail(vcpu, false, "bad hypercall: invlpg %#llx (argument 0): not a canonical address",
 				  (unsigned long long)a0);
 			return stopped;
@@ -1109,7 +1095,7 @@ static int64_t handle_paging_hypercall(struct vcpu *vcpu, const struct kvm_regs 
 		__atomic_store_n(&vcpu->nmi_ready, true, __ATOMIC_RELEASE);
 		return 0;
 	case UMBRA_HC_PIN: {
-		if (a1 == 0 || a1 > UMBRA_PIN_MAX_BYTES || !is_canonical(a0) || !is_canonical(a0 + a1 - 1) ||
+		if (a1 == 0 || a1 > UMBRA_PIN_MAX_BYTES || !shadow_va_is_canonical(a0) || !shadow_va_is_canonical(a0 + a1 - 1) ||
 		    a0 + a1 < a0) {
 			vcpu_fail(vcpu, false, "bad hypercall: pin %#llx+%#llx (arguments 0, 1): must be 1 byte to 64 MiB "
 				  "of canonical addresses", (unsigned long long)a0, (unsigned long long)a1);

@@ -195,9 +195,8 @@ void elf_image_load(const struct elf_image *image, const void *buf, void *ram);
 /* The shadow-table pool, mapped read-only at SHADOW_POOL_GPA in every VM. */
 struct vmm_host {
 	struct shadow_pool *pool;
-	struct notifier_object *pool_obj; /* the pool as a (read-only) memory object */
+	struct shadow_pool_memory pool_mem; /* its memory (read-write host mapping, memfd) */
 	void *pool_ro;                    /* the VMM's read-only mapping, for memslots */
-	void *pool_rw;                    /* the library's mapping (AMD NPT, see vm.c) */
 	size_t pool_pages;
 };
 
