@@ -8,7 +8,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "notifier/notifier_internal.h"
+#include "notifier_internal.h"
 
 void notifier_range_init(struct notifier_range *range, struct notifier_object *obj,
 			 enum notifier_event event, uint64_t first, uint64_t last,
@@ -109,11 +109,11 @@ static void nt_unhold_page_subs(struct notifier_object *obj, uint64_t gen)
 {
 	struct notifier_subscription *sub;
 
-	nt_rcu_read_lock();
+	umbra_rcu_read_lock();
 	nt_for_each_present_sub(sub, obj, gen)
 		if (sub->ops->invalidate_page)
 			nt_sub_unhold(sub);
-	nt_rcu_read_unlock();
+	umbra_rcu_read_unlock();
 }
 
 /*
@@ -133,10 +133,10 @@ static int nt_start_page_mode(struct notifier_object *obj, struct notifier_range
 	nt_for_each_present_sub(sub, obj, gen)
 		if (sub->ops->invalidate_page)
 			nt_sub_hold(sub);
-	nt_rcu_read_unlock();
+	umbra_rcu_read_unlock();
 
 	for (uint64_t page = range->first; page <= range->last && !ret; page++) {
-		nt_rcu_read_lock();
+		umbra_rcu_read_lock();
 		hook = nt_trace_hook(obj);
 		nt_for_each_present_sub(sub, obj, gen) {
 			int r;
@@ -152,7 +152,7 @@ static int nt_start_page_mode(struct notifier_object *obj, struct notifier_range
 				break;
 			}
 		}
-		nt_rcu_read_unlock();
+		umbra_rcu_read_unlock();
 	}
 	nt_count(obj, NT_CTR(cb_page), ncb);
 	nt_unhold_page_subs(obj, gen);
@@ -168,19 +168,21 @@ int notifier_invalidate_range_start(struct notifier_range *range)
 
 	if (!nt_range_valid(range))
 		return -EINVAL;
+	nt_callbacks_begin(NT_RULE_DELIVER);
 	mode = notifier_object_mode(obj);
 	range->internal.mode = mode;
 
-	nt_rcu_read_lock();
+	umbra_rcu_read_lock();
 	range->internal.gen = nt_seq_range_begin(obj, range);
 	hook = nt_trace_hook(obj);
 	if (mode == NOTIFIER_MODE_RANGE) {
 		ret = nt_start_range_mode(obj, range, hook);
-		nt_rcu_read_unlock();
+		umbra_rcu_read_unlock();
 	} else {
 		ret = nt_start_page_mode(obj, range, hook);	/* unlocks */
 	}
 
+	nt_callbacks_end();
 	if (ret) {
 		nt_seq_range_finish(obj, range);
 		nt_count(obj, NT_CTR(aborts), 1);
@@ -207,7 +209,8 @@ void notifier_invalidate_range_end(struct notifier_range *range)
 		const struct nt_trace_hook *hook;
 		struct notifier_subscription *sub;
 
-		nt_rcu_read_lock();
+		nt_callbacks_begin(NT_RULE_DELIVER);
+		umbra_rcu_read_lock();
 		hook = nt_trace_hook(obj);
 		nt_for_each_present_sub(sub, obj, gen) {
 			if (sub->ops->invalidate_range_end) {
@@ -215,7 +218,8 @@ void notifier_invalidate_range_end(struct notifier_range *range)
 				nend++;
 			}
 		}
-		nt_rcu_read_unlock();
+		umbra_rcu_read_unlock();
+		nt_callbacks_end();
 		nt_count(obj, NT_CTR(cb_range_end), nend);
 	}
 	nt_seq_range_finish(obj, range);
@@ -232,7 +236,8 @@ int notifier_clear_young(struct notifier_object *obj, uint64_t first, uint64_t l
 
 	if (!nt_pages_valid(obj, first, last))
 		return -EINVAL;
-	nt_rcu_read_lock();
+	nt_callbacks_begin(NT_RULE_DELIVER);
+	umbra_rcu_read_lock();
 	gen = __atomic_load_n(&obj->next_gen, __ATOMIC_ACQUIRE);
 	hook = nt_trace_hook(obj);
 	nt_for_each_present_sub(sub, obj, gen) {
@@ -245,7 +250,8 @@ int notifier_clear_young(struct notifier_object *obj, uint64_t first, uint64_t l
 			 NOTIFIER_EVENT_NR, r);
 		young |= r != 0;
 	}
-	nt_rcu_read_unlock();
+	umbra_rcu_read_unlock();
+	nt_callbacks_end();
 	nt_count(obj, NT_CTR(clear_young), 1);
 	return young;
 }
@@ -259,7 +265,8 @@ int notifier_test_young(struct notifier_object *obj, uint64_t page)
 
 	if (!nt_pages_valid(obj, page, page))
 		return -EINVAL;
-	nt_rcu_read_lock();
+	nt_callbacks_begin(NT_RULE_DELIVER);
+	umbra_rcu_read_lock();
 	gen = __atomic_load_n(&obj->next_gen, __ATOMIC_ACQUIRE);
 	hook = nt_trace_hook(obj);
 	nt_for_each_present_sub(sub, obj, gen) {
@@ -275,7 +282,8 @@ int notifier_test_young(struct notifier_object *obj, uint64_t page)
 			break;
 		}
 	}
-	nt_rcu_read_unlock();
+	umbra_rcu_read_unlock();
+	nt_callbacks_end();
 	nt_count(obj, NT_CTR(test_young), 1);
 	return young;
 }

@@ -38,34 +38,55 @@
 
 #include <stdint.h>
 #include <stdlib.h>
-#include <urcu/urcu-memb.h>
 
-#include "notifier/notifier.h"
+#include "umbra/lock.h"
+#include "umbra/notifier.h"
+#include "umbra/rcu.h"
 
-#if defined(__SANITIZE_THREAD__)
-#define NOTIFIER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define NOTIFIER_TSAN 1
-#endif
-#endif
-#ifndef NOTIFIER_TSAN
-#define NOTIFIER_TSAN 0
-#endif
-
-#if NOTIFIER_TSAN
-#include <sanitizer/tsan_interface.h>
-#endif
 
 /*
  * Misuse by the caller or a broken invariant: abort in debug builds (like
  * assert); release builds carry on where the code says how.
  */
-#if NOTIFIER_DEBUG
+#if UMBRA_LOCK_DEBUG
 #define NT_BUG_ON(cond) do { if (cond) abort(); } while (0)
 #else
 #define NT_BUG_ON(cond) ((void)sizeof(cond))
 #endif
+
+/*
+ * The rules of the library's entry points (docs/locking.md), checked in
+ * debug builds: a violation prints the rule and the locks held, and aborts,
+ * where it would otherwise deadlock.  Every callback runs with the
+ * pseudo-lock nt_in_callback (rank UMBRA_LOCK_RANK_NOTIFIER_CALLBACK) held,
+ * so that a callback calling back into the library is caught by the same
+ * checks as a caller holding its mmu_lock.
+ */
+#define NT_RULE_DELIVER                                                              \
+	"invalidations and young queries are not started from a notifier callback " \
+	"or with a subscriber's lock held: their callbacks take that lock"
+#define NT_RULE_READ_BEGIN                                                            \
+	"notifier_read_begin is not called from a notifier callback or with a "      \
+	"subscriber's lock held: it may sleep until an invalidation ends, whose "    \
+	"callbacks take that lock"
+#define NT_RULE_SUBSCRIBE                                                             \
+	"notifier_subscribe, notifier_unsubscribe and notifier_object_destroy are "   \
+	"not called from a notifier callback or with a subscriber's lock held: they " \
+	"wait for deliveries whose callbacks take that lock"
+
+extern const struct umbra_pseudo_lock nt_in_callback;
+
+/* Checks @rule, then marks the thread as running callbacks. */
+static inline void nt_callbacks_begin(const char *rule)
+{
+	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_NOTIFIER_CALLBACK, rule);
+	umbra_pseudo_lock_acquire(&nt_in_callback);
+}
+
+static inline void nt_callbacks_end(void)
+{
+	umbra_pseudo_lock_release(&nt_in_callback);
+}
 
 #define NT_GEN_ALIVE UINT64_MAX
 
@@ -95,7 +116,7 @@ struct notifier_subscription {
 	uint64_t death;				/* atomic; NT_GEN_ALIVE while attached */
 	uint32_t active;			/* atomic; see NT_ACTIVE_* */
 	enum nt_sub_state state;		/* under obj->lock */
-	struct rcu_head rcu;
+	struct umbra_rcu_work rcu;
 };
 
 struct nt_trace_hook {
@@ -115,12 +136,12 @@ struct notifier_object {
 	int mode;				/* atomic, enum notifier_mode */
 
 	/*
-	 * lock - the subscription lock (rank NOTIFIER_LOCK_RANK_OBJECT).
+	 * lock - the subscription lock (rank UMBRA_LOCK_RANK_NOTIFIER_OBJECT).
 	 * Protects: the list's shape (head/tail/next stores), next_gen
 	 * stores, every sub->state, dead, trace stores.  Held across
 	 * release() callbacks.  Never taken by deliveries.
 	 */
-	struct notifier_mutex lock;
+	struct umbra_mutex lock;
 	struct notifier_subscription *head;	/* RCU list (atomic) */
 	struct notifier_subscription *tail;	/* under lock */
 	uint64_t next_gen;			/* atomic; stored under lock */
@@ -128,11 +149,11 @@ struct notifier_object {
 	struct nt_trace_hook *trace;		/* RCU pointer (atomic); under lock */
 
 	/*
-	 * seq_lock - the sequence lock (rank NOTIFIER_LOCK_RANK_SEQ, a leaf:
+	 * seq_lock - the sequence lock (rank UMBRA_LOCK_RANK_NOTIFIER_SEQ, a leaf:
 	 * nothing is taken while it is held).  Protects seq, in_progress,
 	 * the active range list and waiters; seq_cond waits on it.
 	 */
-	struct notifier_mutex seq_lock;
+	struct umbra_mutex seq_lock;
 	pthread_cond_t seq_cond;
 	uint64_t seq;				/* advanced at every end/abort */
 	unsigned int in_progress;		/* ranges started and not ended */
@@ -140,7 +161,7 @@ struct notifier_object {
 	unsigned int waiters;			/* threads in read_begin's wait */
 
 	struct nt_counters counters;
-	struct rcu_head rcu;
+	struct umbra_rcu_work rcu;
 };
 
 /* Index of a notifier_stats field in nt_counters. */
@@ -154,37 +175,6 @@ static inline void nt_count(struct notifier_object *obj, size_t idx, uint64_t n)
 		__atomic_fetch_add(&obj->counters.v[idx], n, __ATOMIC_RELAXED);
 }
 
-/*
- * RCU read side.  The TSan annotation models what a grace period
- * guarantees (every critical section that began before it has ended) with a
- * release at each unlock and an acquire after each grace period, since
- * liburcu itself is not instrumented.
- */
-extern char nt_rcu_tsan_token;
-
-static inline void nt_rcu_read_lock(void)
-{
-	urcu_memb_read_lock();
-}
-
-static inline void nt_rcu_read_unlock(void)
-{
-#if NOTIFIER_TSAN
-	__tsan_release(&nt_rcu_tsan_token);
-#endif
-	urcu_memb_read_unlock();
-}
-
-/* Call after a grace period has elapsed (synchronize or call_rcu callback). */
-static inline void nt_rcu_after_grace_period(void)
-{
-#if NOTIFIER_TSAN
-	__tsan_acquire(&nt_rcu_tsan_token);
-#endif
-}
-
-void nt_synchronize_rcu(void);
-void nt_call_rcu(struct rcu_head *head, void (*func)(struct rcu_head *head));
 
 static inline bool nt_sub_is_present(const struct notifier_subscription *sub, uint64_t gen)
 {

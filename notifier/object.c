@@ -1,5 +1,5 @@
 /*
- * notifier/object.c - memory objects, subscriptions, threads, RCU glue,
+ * notifier/object.c - memory objects, subscriptions, thread registration,
  * counters and the trace hook.
  */
 #include <errno.h>
@@ -12,15 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "notifier/notifier_internal.h"
+#include "notifier_internal.h"
 
-#if NOTIFIER_DEBUG
-__thread uint32_t notifier_lock_ranks_held;
-#endif
-
-char nt_rcu_tsan_token;
-
-static __thread bool nt_thread_registered;
 
 /* ---- names ----------------------------------------------------------- */
 
@@ -67,97 +60,28 @@ const char *notifier_trace_kind_name(enum notifier_trace_kind kind)
 	return names[kind];
 }
 
-/* ---- threads and RCU ------------------------------------------------ */
+const struct umbra_pseudo_lock nt_in_callback = {
+	.name = "a notifier callback", .rank = UMBRA_LOCK_RANK_NOTIFIER_CALLBACK,
+};
+
+/* ---- threads ------------------------------------------------------- */
 
 int notifier_thread_init(void)
 {
-	if (!nt_thread_registered) {
-		urcu_memb_register_thread();
-		nt_thread_registered = true;
-	}
+	umbra_rcu_register_thread();
 	return 0;
 }
 
 void notifier_thread_exit(void)
 {
-	if (nt_thread_registered) {
-		urcu_memb_unregister_thread();
-		nt_thread_registered = false;
-	}
+	umbra_rcu_unregister_thread();
 }
 
-void nt_synchronize_rcu(void)
-{
-	urcu_memb_synchronize_rcu();
-	nt_rcu_after_grace_period();
-}
-
-/* Deferred frees queued and not yet run (notifier_barrier waits for 0). */
-static uint32_t nt_rcu_pending;
-
-void nt_call_rcu(struct rcu_head *head, void (*func)(struct rcu_head *head))
-{
-	__atomic_fetch_add(&nt_rcu_pending, 1, __ATOMIC_RELAXED);
-#if NOTIFIER_TSAN
-	/* The hand-off through liburcu's queue is invisible to TSan. */
-	__tsan_release(head);
-#endif
-	urcu_memb_call_rcu(head, func);
-}
-
-/* Called last by every call_rcu callback of the library. */
-static void nt_rcu_callback_done(void)
-{
-	__atomic_fetch_sub(&nt_rcu_pending, 1, __ATOMIC_RELEASE);
-}
-
-/*
- * Our own barrier rather than urcu_memb_barrier(): the latter hands a
- * completion it allocates to liburcu's worker thread through uninstrumented
- * atomics, which ThreadSanitizer reports as a race on that allocation.
- * Counting our own callbacks is exact for what callers need (every deferred
- * free of this library has run) and visible to TSan.
- */
 void notifier_barrier(void)
 {
-	static const struct timespec tick = { .tv_nsec = 1000000 };
-
-	while (__atomic_load_n(&nt_rcu_pending, __ATOMIC_ACQUIRE) != 0)
-		nanosleep(&tick, NULL);
-}
-
-void notifier_rcu_read_lock(void)
-{
-	nt_rcu_read_lock();
-}
-
-void notifier_rcu_read_unlock(void)
-{
-	nt_rcu_read_unlock();
-}
-
-bool notifier_thread_is_registered(void)
-{
-	return nt_thread_registered;
-}
-
-static void nt_rcu_work_run(struct rcu_head *head)
-{
-	struct notifier_rcu_work *work = caa_container_of(head, struct notifier_rcu_work, head);
-
-#if NOTIFIER_TSAN
-	__tsan_acquire(head);
-#endif
-	nt_rcu_after_grace_period();
-	work->func(work);
-	nt_rcu_callback_done();
-}
-
-void notifier_call_rcu(struct notifier_rcu_work *work,
-		       void (*func)(struct notifier_rcu_work *work))
-{
-	work->func = func;
-	nt_call_rcu(&work->head, nt_rcu_work_run);
+	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_NOTIFIER_CALLBACK,
+				   "notifier_barrier is not called from a notifier callback or with a subscriber's lock held");
+	umbra_rcu_barrier();
 }
 
 uint64_t nt_now_ns(void)
@@ -217,7 +141,7 @@ int notifier_object_create(const char *name, uint64_t npages, struct notifier_ob
 	obj->refs = 1;
 	obj->mode = NOTIFIER_MODE_RANGE;
 	obj->next_gen = 1;	/* births start at 1 so that gen 0 sees nobody */
-	notifier_mutex_init(&obj->lock, "notifier.object.lock", NOTIFIER_LOCK_RANK_OBJECT);
+	umbra_mutex_init(&obj->lock, "notifier.object.lock", UMBRA_LOCK_RANK_NOTIFIER_OBJECT);
 	nt_seq_init(obj);
 	*objp = obj;
 	return 0;
@@ -227,19 +151,14 @@ free_obj:
 	return -ENOMEM;
 }
 
-static void nt_object_free_rcu(struct rcu_head *head)
+static void nt_object_free_rcu(struct umbra_rcu_work *work)
 {
-	struct notifier_object *obj = caa_container_of(head, struct notifier_object, rcu);
+	struct notifier_object *obj = umbra_container_of(work, struct notifier_object, rcu);
 
-#if NOTIFIER_TSAN
-	__tsan_acquire(head);
-#endif
-	nt_rcu_after_grace_period();
 	nt_seq_exit(obj);
 	pthread_cond_destroy(&obj->seq_cond);
-	notifier_mutex_exit(&obj->lock);
+	umbra_mutex_exit(&obj->lock);
 	free(obj);
-	nt_rcu_callback_done();
 }
 
 void notifier_object_get(struct notifier_object *obj)
@@ -258,7 +177,7 @@ void notifier_object_put(struct notifier_object *obj)
 		struct nt_trace_hook *hook = __atomic_load_n(&obj->trace, __ATOMIC_ACQUIRE);
 
 		free(hook);	/* no walk can run on an unreferenced object */
-		nt_call_rcu(&obj->rcu, nt_object_free_rcu);
+		umbra_call_rcu(&obj->rcu, nt_object_free_rcu);
 	}
 }
 
@@ -298,14 +217,14 @@ static uint64_t nt_next_gen_locked(struct notifier_object *obj)
 {
 	uint64_t gen;
 
-	notifier_mutex_assert_held(&obj->lock);
+	umbra_mutex_assert_held(&obj->lock);
 	gen = __atomic_load_n(&obj->next_gen, __ATOMIC_RELAXED);
 	return gen;
 }
 
 static void nt_advance_gen_locked(struct notifier_object *obj)
 {
-	notifier_mutex_assert_held(&obj->lock);
+	umbra_mutex_assert_held(&obj->lock);
 	__atomic_store_n(&obj->next_gen, __atomic_load_n(&obj->next_gen, __ATOMIC_RELAXED) + 1,
 			 __ATOMIC_SEQ_CST);
 }
@@ -315,7 +234,7 @@ static void nt_sub_unlink_locked(struct notifier_object *obj, struct notifier_su
 {
 	struct notifier_subscription *prev = NULL, *cur;
 
-	notifier_mutex_assert_held(&obj->lock);
+	umbra_mutex_assert_held(&obj->lock);
 	for (cur = obj->head; cur && cur != sub; cur = cur->next)
 		prev = cur;
 	NT_BUG_ON(!cur);	/* not on the list: library bug */
@@ -335,9 +254,12 @@ static void nt_sub_release_locked(struct notifier_object *obj, struct notifier_s
 {
 	const struct nt_trace_hook *hook;
 
-	notifier_mutex_assert_held(&obj->lock);
-	if (sub->ops->release)
+	umbra_mutex_assert_held(&obj->lock);
+	if (sub->ops->release) {
+		umbra_pseudo_lock_acquire(&nt_in_callback);
 		sub->ops->release(sub, obj);
+		umbra_pseudo_lock_release(&nt_in_callback);
+	}
 	sub->state = NT_SUB_RELEASED;
 	nt_sub_unlink_locked(obj, sub);
 	nt_count(obj, NT_CTR(releases), 1);
@@ -351,10 +273,11 @@ void notifier_object_destroy(struct notifier_object *obj)
 	struct notifier_subscription *sub, *next;
 	uint64_t death;
 
-	notifier_mutex_lock(&obj->lock);
+	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_NOTIFIER_OBJECT, NT_RULE_SUBSCRIBE);
+	umbra_mutex_lock(&obj->lock);
 	NT_BUG_ON(obj->dead);	/* destroyed twice */
 	if (obj->dead) {
-		notifier_mutex_unlock(&obj->lock);
+		umbra_mutex_unlock(&obj->lock);
 		return;
 	}
 	__atomic_store_n(&obj->dead, true, __ATOMIC_RELEASE);
@@ -372,13 +295,13 @@ void notifier_object_destroy(struct notifier_object *obj)
 	 * deliveries never take it, and a concurrent unsubscribe waiting on it
 	 * finds its subscription released when it gets it.
 	 */
-	nt_synchronize_rcu();
+	umbra_synchronize_rcu();
 	for (sub = obj->head; sub; sub = next) {
 		next = sub->next;
 		nt_sub_drain(sub);
 		nt_sub_release_locked(obj, sub);
 	}
-	notifier_mutex_unlock(&obj->lock);
+	umbra_mutex_unlock(&obj->lock);
 	notifier_object_put(obj);
 }
 
@@ -403,7 +326,8 @@ int notifier_subscribe(struct notifier_object *obj, const struct notifier_ops *o
 	sub->death = NT_GEN_ALIVE;
 	sub->state = NT_SUB_ATTACHED;
 
-	notifier_mutex_lock(&obj->lock);
+	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_NOTIFIER_OBJECT, NT_RULE_SUBSCRIBE);
+	umbra_mutex_lock(&obj->lock);
 	if (obj->dead) {
 		ret = -ENODEV;
 		goto unlock;
@@ -418,26 +342,19 @@ int notifier_subscribe(struct notifier_object *obj, const struct notifier_ops *o
 	obj->tail = sub;
 	nt_advance_gen_locked(obj);
 	nt_count(obj, NT_CTR(subscribes), 1);
-	notifier_mutex_unlock(&obj->lock);
+	umbra_mutex_unlock(&obj->lock);
 	*subp = sub;
 	return 0;
 
 unlock:
-	notifier_mutex_unlock(&obj->lock);
+	umbra_mutex_unlock(&obj->lock);
 	free(sub);
 	return ret;
 }
 
-static void nt_sub_free_rcu(struct rcu_head *head)
+static void nt_sub_free_rcu(struct umbra_rcu_work *work)
 {
-	struct notifier_subscription *sub = caa_container_of(head, struct notifier_subscription, rcu);
-
-#if NOTIFIER_TSAN
-	__tsan_acquire(head);
-#endif
-	nt_rcu_after_grace_period();
-	free(sub);
-	nt_rcu_callback_done();
+	free(umbra_container_of(work, struct notifier_subscription, rcu));
 }
 
 void notifier_unsubscribe(struct notifier_subscription *sub)
@@ -445,14 +362,15 @@ void notifier_unsubscribe(struct notifier_subscription *sub)
 	struct notifier_object *obj = sub->obj;
 	bool wait;
 
-	notifier_mutex_lock(&obj->lock);
+	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_NOTIFIER_OBJECT, NT_RULE_SUBSCRIBE);
+	umbra_mutex_lock(&obj->lock);
 	/*
 	 * DETACHING under the lock means another unsubscribe of sub is
 	 * running (destroy keeps the lock while its subscriptions detach).
 	 */
 	NT_BUG_ON(sub->state == NT_SUB_DETACHING);	/* unsubscribed twice */
 	if (sub->state == NT_SUB_DETACHING) {
-		notifier_mutex_unlock(&obj->lock);
+		umbra_mutex_unlock(&obj->lock);
 		return;
 	}
 	wait = sub->state == NT_SUB_ATTACHED;
@@ -461,20 +379,20 @@ void notifier_unsubscribe(struct notifier_subscription *sub)
 		nt_advance_gen_locked(obj);
 		sub->state = NT_SUB_DETACHING;
 	}
-	notifier_mutex_unlock(&obj->lock);
+	umbra_mutex_unlock(&obj->lock);
 
 	if (wait) {
 		/* Walks that could count sub in end, then the ranges they hold. */
-		nt_synchronize_rcu();
+		umbra_synchronize_rcu();
 		nt_sub_drain(sub);
-		notifier_mutex_lock(&obj->lock);
+		umbra_mutex_lock(&obj->lock);
 		/* destroy() may have released it meanwhile. */
 		if (sub->state != NT_SUB_RELEASED)
 			nt_sub_release_locked(obj, sub);
-		notifier_mutex_unlock(&obj->lock);
+		umbra_mutex_unlock(&obj->lock);
 	}
 	nt_count(obj, NT_CTR(unsubscribes), 1);
-	nt_call_rcu(&sub->rcu, nt_sub_free_rcu);
+	umbra_call_rcu(&sub->rcu, nt_sub_free_rcu);
 	notifier_object_put(obj);
 }
 
@@ -509,14 +427,14 @@ int notifier_object_set_trace(struct notifier_object *obj, notifier_trace_fn fn,
 		hook->fn = fn;
 		hook->arg = arg;
 	}
-	notifier_mutex_lock(&obj->lock);
+	umbra_mutex_lock(&obj->lock);
 	old = obj->trace;
 	__atomic_store_n(&obj->trace, hook, __ATOMIC_RELEASE);
-	notifier_mutex_unlock(&obj->lock);
+	umbra_mutex_unlock(&obj->lock);
 	if (old) {
 		/* The old hook may be running: its arg is the caller's to free
 		 * once we return, so wait for the walks using it. */
-		nt_synchronize_rcu();
+		umbra_synchronize_rcu();
 		free(old);
 	}
 	return 0;

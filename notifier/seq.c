@@ -9,11 +9,11 @@
  * mmu_invalidate_in_progress / mmu_invalidate_range_{start,end}, with the
  * in-progress ranges kept exactly instead of merged.
  */
-#include "notifier/notifier_internal.h"
+#include "notifier_internal.h"
 
 void nt_seq_init(struct notifier_object *obj)
 {
-	notifier_mutex_init(&obj->seq_lock, "notifier.object.seq_lock", NOTIFIER_LOCK_RANK_SEQ);
+	umbra_mutex_init(&obj->seq_lock, "notifier.object.seq_lock", UMBRA_LOCK_RANK_NOTIFIER_SEQ);
 	obj->seq = 0;
 	obj->in_progress = 0;
 	obj->active = NULL;
@@ -22,12 +22,12 @@ void nt_seq_init(struct notifier_object *obj)
 
 void nt_seq_exit(struct notifier_object *obj)
 {
-	notifier_mutex_exit(&obj->seq_lock);
+	umbra_mutex_exit(&obj->seq_lock);
 }
 
 static bool nt_overlaps_active_locked(struct notifier_object *obj, uint64_t first, uint64_t last)
 {
-	notifier_mutex_assert_held(&obj->seq_lock);
+	umbra_mutex_assert_held(&obj->seq_lock);
 	for (const struct notifier_range *r = obj->active; r; r = r->internal.next_active)
 		if (r->first <= last && first <= r->last)
 			return true;
@@ -46,7 +46,7 @@ uint64_t nt_seq_range_begin(struct notifier_object *obj, struct notifier_range *
 {
 	uint64_t gen;
 
-	notifier_mutex_lock(&obj->seq_lock);
+	umbra_mutex_lock(&obj->seq_lock);
 	obj->in_progress++;
 	range->internal.prev_active = NULL;
 	range->internal.next_active = obj->active;
@@ -54,14 +54,14 @@ uint64_t nt_seq_range_begin(struct notifier_object *obj, struct notifier_range *
 		obj->active->internal.prev_active = range;
 	obj->active = range;
 	gen = __atomic_load_n(&obj->next_gen, __ATOMIC_ACQUIRE);
-	notifier_mutex_unlock(&obj->seq_lock);
+	umbra_mutex_unlock(&obj->seq_lock);
 	return gen;
 }
 
 /* Take @range out of progress and advance the sequence (end or abort). */
 void nt_seq_range_finish(struct notifier_object *obj, struct notifier_range *range)
 {
-	notifier_mutex_lock(&obj->seq_lock);
+	umbra_mutex_lock(&obj->seq_lock);
 	if (range->internal.prev_active)
 		range->internal.prev_active->internal.next_active = range->internal.next_active;
 	else
@@ -73,7 +73,7 @@ void nt_seq_range_finish(struct notifier_object *obj, struct notifier_range *ran
 	obj->seq++;
 	if (obj->waiters)
 		pthread_cond_broadcast(&obj->seq_cond);
-	notifier_mutex_unlock(&obj->seq_lock);
+	umbra_mutex_unlock(&obj->seq_lock);
 }
 
 uint64_t notifier_read_begin(struct notifier_object *obj, uint64_t first, uint64_t last)
@@ -81,17 +81,18 @@ uint64_t notifier_read_begin(struct notifier_object *obj, uint64_t first, uint64
 	uint64_t seq;
 	bool waited = false;
 
-	notifier_mutex_lock(&obj->seq_lock);
+	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_NOTIFIER_CALLBACK, NT_RULE_READ_BEGIN);
+	umbra_mutex_lock(&obj->seq_lock);
 	while (nt_overlaps_active_locked(obj, first, last)) {
 		if (!waited)
 			nt_count(obj, NT_CTR(read_waits), 1);	/* counted as it starts to sleep */
 		waited = true;
 		obj->waiters++;
-		notifier_cond_wait(&obj->seq_cond, &obj->seq_lock);
+		umbra_cond_wait(&obj->seq_cond, &obj->seq_lock);
 		obj->waiters--;
 	}
 	seq = obj->seq;
-	notifier_mutex_unlock(&obj->seq_lock);
+	umbra_mutex_unlock(&obj->seq_lock);
 	nt_count(obj, NT_CTR(read_begins), 1);
 	return seq;
 }
@@ -100,9 +101,9 @@ bool notifier_read_retry(struct notifier_object *obj, uint64_t first, uint64_t l
 {
 	bool retry;
 
-	notifier_mutex_lock(&obj->seq_lock);
+	umbra_mutex_lock(&obj->seq_lock);
 	retry = obj->seq != seq || nt_overlaps_active_locked(obj, first, last);
-	notifier_mutex_unlock(&obj->seq_lock);
+	umbra_mutex_unlock(&obj->seq_lock);
 	nt_count(obj, NT_CTR(read_retries), retry);
 	return retry;
 }

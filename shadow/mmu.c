@@ -46,7 +46,7 @@ static uint64_t cr3_key(const struct shadow_mmu *mmu, uint64_t cr3)
 
 static void bump_sync_seq_locked(struct shadow_mmu *mmu)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	__atomic_fetch_add(&mmu->sync_seq, 1, __ATOMIC_RELEASE);
 }
 
@@ -189,23 +189,23 @@ static void assert_leaf_stripe_held(struct shadow_mmu *mmu, int level, uint64_t 
 	struct shadow_mmu_slot *slot;
 	uint64_t bp;
 
-	if (!NOTIFIER_DEBUG || !spte_is_present(e) || !spte_is_leaf(e, level))
+	if (!UMBRA_LOCK_DEBUG || !spte_is_present(e) || !spte_is_leaf(e, level))
 		return;
 	slot = mmu_mpa_to_slot(mmu, spte_addr(e), &bp);
 	if (slot)
-		notifier_mutex_assert_held(pool_obj_stripe(slot->pobj, bp));
+		umbra_mutex_assert_held(pool_obj_stripe(slot->pobj, bp));
 }
 
 /* Writes entry @i of @page under its table lock; returns the old value. */
 static uint64_t spte_set_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
 				uint64_t spte)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t *sptep = mmu_sptes(mmu, page) + i;
 	uint64_t old;
 
-	notifier_mutex_lock(&sp->lock);
+	umbra_mutex_lock(&sp->lock);
 	old = spte_read(sptep);
 	assert_leaf_stripe_held(mmu, sp->level, old);
 	assert_leaf_stripe_held(mmu, sp->level, spte);
@@ -214,7 +214,7 @@ static uint64_t spte_set_locked(struct shadow_mmu *mmu, uint32_t page, unsigned 
 		__atomic_fetch_sub(&sp->nr_present, 1, __ATOMIC_RELAXED);
 	else if (!spte_is_present(old) && spte_is_present(spte))
 		__atomic_fetch_add(&sp->nr_present, 1, __ATOMIC_RELAXED);
-	notifier_mutex_unlock(&sp->lock);
+	umbra_mutex_unlock(&sp->lock);
 	return old;
 }
 
@@ -251,7 +251,7 @@ void batch_add_table(struct zap_batch *b, uint32_t page)
 /* The reverse-map stripe of the page leaf @spte maps, with its slot and
  * page; NULL if no slot of ours holds that page (then no reverse map has
  * the leaf).  Lock-free (the slots are published, never moved). */
-static struct notifier_mutex *leaf_stripe(struct shadow_mmu *mmu, uint64_t spte,
+static struct umbra_mutex *leaf_stripe(struct shadow_mmu *mmu, uint64_t spte,
 					  struct shadow_mmu_slot **slot, uint64_t *bp)
 {
 	*slot = mmu_mpa_to_slot(mmu, spte_addr(spte), bp);
@@ -278,31 +278,31 @@ static void batch_add_leaf_va(struct shadow_mmu *mmu, uint32_t page, unsigned in
  */
 uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	uint64_t *sptep = mmu_sptes(mmu, page) + i;
 
 	for (;;) {
 		uint64_t e = spte_read(sptep), now, old;
 		struct shadow_mmu_slot *slot;
-		struct notifier_mutex *stripe;
+		struct umbra_mutex *stripe;
 		uint64_t bp;
 
 		if (!spte_is_present(e))
 			return e;
 		stripe = leaf_stripe(mmu, e, &slot, &bp);
 		if (stripe)
-			notifier_mutex_lock(stripe);
+			umbra_mutex_lock(stripe);
 		now = spte_read(sptep);
 		if (spte_is_present(now) && spte_addr(now) != spte_addr(e)) {
 			if (stripe)
-				notifier_mutex_unlock(stripe);
+				umbra_mutex_unlock(stripe);
 			continue;
 		}
 		old = spte_set_locked(mmu, page, i, 0);
 		if (spte_is_present(old) && slot)
 			rmap_del(&slot->rmap[bp], sptep_make(page, i));
 		if (stripe)
-			notifier_mutex_unlock(stripe);
+			umbra_mutex_unlock(stripe);
 		if (spte_is_present(old) && b) {
 			b->zapped++;
 			batch_add_leaf_va(mmu, page, i, b);
@@ -323,7 +323,7 @@ static void table_put_now_locked(struct shadow_mmu *mmu, uint32_t child, uint32_
  */
 static void table_free_locked(struct shadow_mmu *mmu, uint32_t page)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t *sptes = mmu_sptes(mmu, page);
 
@@ -340,13 +340,13 @@ static void table_free_locked(struct shadow_mmu *mmu, uint32_t page)
 		}
 	}
 	if (sp->canon) {
-		struct notifier_mutex *stripe = pool_obj_stripe(
+		struct umbra_mutex *stripe = pool_obj_stripe(
 			sp->canon_obj, (uint64_t)(sp->canon_key / CANON_KEYS_PER_RUN) * SPTE_ENTRIES);
 
-		notifier_mutex_lock(stripe);
+		umbra_mutex_lock(stripe);
 		if (sp->canon_obj->canon[sp->canon_key] == page)
 			sp->canon_obj->canon[sp->canon_key] = SHADOW_NO_PAGE;
-		notifier_mutex_unlock(stripe);
+		umbra_mutex_unlock(stripe);
 		sp->canon = false;
 		sp->canon_obj = NULL;
 	}
@@ -359,7 +359,7 @@ static void table_free_locked(struct shadow_mmu *mmu, uint32_t page)
 static void table_put_now_locked(struct shadow_mmu *mmu, uint32_t child, uint32_t parent,
 				 uint32_t index)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, child);
 
 	pool_user_del(mmu->pool, child, mmu, parent, index);
@@ -380,7 +380,7 @@ static void batch_add_put(struct shadow_mmu *mmu, struct zap_batch *b, uint32_t 
 static void zap_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
 			    struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	int level = mmu_page(mmu, page)->level;
 	uint64_t old = spte_read(mmu_sptes(mmu, page) + i);
 
@@ -400,7 +400,7 @@ static void zap_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int 
 
 static void zap_table_entries_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	uint64_t *sptes = mmu_sptes(mmu, page);
 
 	for (unsigned int i = 0;
@@ -451,23 +451,23 @@ static void u32_vec_fini(struct u32_vec *a)
 
 void mmu_flush_remote(struct shadow_mmu *mmu)
 {
-	notifier_mutex_lock(&mmu->tlbs_lock);
+	umbra_mutex_lock(&mmu->tlbs_lock);
 	for (struct shadow_tlb *tlb = mmu->tlbs; tlb; tlb = tlb->next) {
 		tlb->ops->flush_all(tlb);
 		mmu_stat_inc(mmu, flushes_all);
 	}
-	notifier_mutex_unlock(&mmu->tlbs_lock);
+	umbra_mutex_unlock(&mmu->tlbs_lock);
 	mmu_stat_inc(mmu, remote_flushes);
 }
 
 /* Flushes every vCPU of every MMU of @pool but @except (NULL: none). */
 static void flush_every_mmu(struct shadow_pool *pool, struct shadow_mmu *except)
 {
-	notifier_mutex_lock(&pool->mmus_lock);
+	umbra_mutex_lock(&pool->mmus_lock);
 	for (struct shadow_mmu *m = pool->mmus; m; m = m->pool_next)
 		if (m != except)
 			mmu_flush_remote(m);
-	notifier_mutex_unlock(&pool->mmus_lock);
+	umbra_mutex_unlock(&pool->mmus_lock);
 }
 
 /*
@@ -487,12 +487,12 @@ static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, int level,
 	struct u32_vec parents;
 
 	u32_vec_init(&parents);
-	notifier_mutex_lock(&sp->lock);
+	umbra_mutex_lock(&sp->lock);
 	/* Freed and reused since we read the link? (level is written by
 	 * alloc/free without a lock, so read it atomically; alloc resets what
 	 * we read here under this lock.) */
 	if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) != level) {
-		notifier_mutex_unlock(&sp->lock);
+		umbra_mutex_unlock(&sp->lock);
 		return;
 	}
 	shared |= __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) > 1 || sp->canon;
@@ -505,11 +505,11 @@ static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, int level,
 		}
 		if (u32_vec_push(&parents, u->parent)) {
 			/* No memory: flush everyone instead. */
-			notifier_mutex_unlock(&sp->lock);
+			umbra_mutex_unlock(&sp->lock);
 			goto flush_everyone;
 		}
 	}
-	notifier_mutex_unlock(&sp->lock);
+	umbra_mutex_unlock(&sp->lock);
 	for (uint32_t k = 0; k < parents.nr; k++)
 		if (level < SPTE_LEVELS)
 			pmd_rmap_flush_up(self, parents.v[k], level + 1, shared, gen);
@@ -544,7 +544,7 @@ static void batch_flush_remote(struct shadow_mmu *mmu, struct zap_batch *b)
 
 void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	if (b->zapped || b->nr_puts || b->free_head != SHADOW_NO_PAGE) {
 		for (struct shadow_tlb *tlb = mmu->tlbs; tlb; tlb = tlb->next) {
 			if (b->flush_all) {
@@ -604,7 +604,7 @@ static void zap_page_rmap_locked(struct shadow_mmu *mmu, struct shadow_rmap *rma
 void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t first,
 			   uint64_t last, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	if (last >= slot->npages)
 		last = slot->npages - 1;
 	if (first > last)
@@ -613,9 +613,9 @@ void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 	const uint64_t nr_stripes = r1 - r0 + 1 < POOL_OBJ_STRIPES ? r1 - r0 + 1 : POOL_OBJ_STRIPES;
 
 	for (uint64_t k = 0; k < nr_stripes; k++) {
-		struct notifier_mutex *stripe = pool_obj_stripe(slot->pobj, (r0 + k) * SPTE_ENTRIES);
+		struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, (r0 + k) * SPTE_ENTRIES);
 
-		notifier_mutex_lock(stripe);
+		umbra_mutex_lock(stripe);
 		for (uint64_t r = r0 + k; r <= r1; r += POOL_OBJ_STRIPES) {
 			uint64_t p = r * SPTE_ENTRIES > first ? r * SPTE_ENTRIES : first;
 			uint64_t end = r * SPTE_ENTRIES + SPTE_ENTRIES - 1 < last ?
@@ -628,7 +628,7 @@ void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 		 * the pages unmapped (our own ones in zap_batch_finish_locked,
 		 * under our mmu_lock, before our callback returns). */
 		batch_flush_remote(mmu, b);
-		notifier_mutex_unlock(stripe);
+		umbra_mutex_unlock(stripe);
 	}
 }
 
@@ -746,7 +746,7 @@ static bool table_is_shared(struct shadow_mmu *mmu, uint32_t page)
  * this VM's guest tables and P2M now? */
 static bool subtree_matches_locked(struct shadow_mmu *mmu, uint32_t page)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t *sptes = mmu_sptes(mmu, page);
 
@@ -779,7 +779,7 @@ static bool subtree_matches_locked(struct shadow_mmu *mmu, uint32_t page)
 static bool sync_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, bool recurse,
 			     struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t spte = spte_read(mmu_sptes(mmu, page) + i);
 	struct expect e;
@@ -817,7 +817,7 @@ static bool sync_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int
 
 static void sync_table_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	uint64_t *sptes = mmu_sptes(mmu, page);
 
 	for (unsigned int i = 0; i < SPTE_ENTRIES && __atomic_load_n(&mmu_page(mmu, page)->nr_present, __ATOMIC_RELAXED); i++)
@@ -828,7 +828,7 @@ static void sync_table_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_
 /* Read-only: does the path of @va below @page agree with our guest now? */
 static bool path_matches_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t va)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	for (;;) {
 		struct shadow_page *sp = mmu_page(mmu, page);
 		unsigned int i = SPTE_INDEX(va, sp->level);
@@ -878,12 +878,12 @@ static int find_chain(struct shadow_mmu *mmu, uint32_t page, int level, struct c
 	int ret = 0;
 
 	u32_vec_init(&up);
-	notifier_mutex_lock(&sp->lock);
+	umbra_mutex_lock(&sp->lock);
 	/* Freed and reused since we read the link? (level is written by
 	 * alloc/free without a lock, so read it atomically; alloc resets what
 	 * we read here under this lock.) */
 	if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) != level) {
-		notifier_mutex_unlock(&sp->lock);
+		umbra_mutex_unlock(&sp->lock);
 		return 0;
 	}
 	for (struct shadow_page_user *u = sp->users; u && !root; u = u->next) {
@@ -892,7 +892,7 @@ static int find_chain(struct shadow_mmu *mmu, uint32_t page, int level, struct c
 		else if (!ret && level < SPTE_LEVELS)
 			ret = u32_vec_push(&up, sptep_make(u->parent, u->index));
 	}
-	notifier_mutex_unlock(&sp->lock);
+	umbra_mutex_unlock(&sp->lock);
 	if (root)
 		ret = 1;
 	for (uint32_t k = 0; k < up.nr && !ret; k++) {
@@ -928,7 +928,7 @@ static void zap_leaf_everywhere_locked(struct shadow_mmu *mmu, shadow_sptep_t s,
  * find_chain): it ends when none is left. */
 static bool zap_local_locked(struct shadow_mmu *mmu, shadow_sptep_t s, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	const int depth = SPTE_LEVELS - 1; /* leaves live in level-1 tables */
 	struct chain_link chain[SPTE_LEVELS + 1];
 	bool changed = false;
@@ -1000,7 +1000,7 @@ next:;
 static void zap_slot_range_local_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 					uint64_t first, uint64_t last, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	for (uint64_t p = first; p <= last && p < slot->npages; p++) {
 		bool changed;
 
@@ -1011,11 +1011,11 @@ static void zap_slot_range_local_locked(struct shadow_mmu *mmu, struct shadow_mm
 			int ret = 0;
 
 			u32_vec_init(&snap);
-			notifier_mutex_lock(pool_obj_stripe(slot->pobj, p));
+			umbra_mutex_lock(pool_obj_stripe(slot->pobj, p));
 			for_each_rmap_sptep(&slot->rmap[p], k, s)
 				if (!ret)
 					ret = u32_vec_push(&snap, s);
-			notifier_mutex_unlock(pool_obj_stripe(slot->pobj, p));
+			umbra_mutex_unlock(pool_obj_stripe(slot->pobj, p));
 			if (ret) {
 				u32_vec_fini(&snap);
 				zap_slot_range_locked(mmu, slot, p, p, b);
@@ -1033,7 +1033,7 @@ static void zap_slot_range_local_locked(struct shadow_mmu *mmu, struct shadow_mm
 
 static struct shadow_root *root_find_locked(struct shadow_mmu *mmu, uint64_t key)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE && mmu->roots[r].cr3 == key)
 			return &mmu->roots[r];
@@ -1042,7 +1042,7 @@ static struct shadow_root *root_find_locked(struct shadow_mmu *mmu, uint64_t key
 
 static struct shadow_root *root_of_page_locked(struct shadow_mmu *mmu, uint64_t gpa)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE && pool_page_gpa(mmu->roots[r].page) == gpa)
 			return &mmu->roots[r];
@@ -1051,7 +1051,7 @@ static struct shadow_root *root_of_page_locked(struct shadow_mmu *mmu, uint64_t 
 
 static void root_evict_locked(struct shadow_mmu *mmu, struct shadow_root *root, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	uint32_t page = root->page;
 
 	root->page = SHADOW_NO_PAGE;
@@ -1062,7 +1062,7 @@ static void root_evict_locked(struct shadow_mmu *mmu, struct shadow_root *root, 
 static int root_create_locked(struct shadow_mmu *mmu, uint64_t key, struct zap_batch *b,
 			      struct shadow_root **out)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_root *slot = NULL;
 	struct shadow_page *sp;
 	uint32_t page;
@@ -1113,7 +1113,7 @@ static int load_cr3_once(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_
 	int ret = 0;
 
 	zap_batch_init(&b);
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	mmu_stat_inc(mmu, cr3_loads);
 	/* The vCPU leaves its current root first: that root may be evicted
 	 * to make room (it is not in use any more once we switch). */
@@ -1140,7 +1140,7 @@ static int load_cr3_once(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_
 	bump_sync_seq_locked(mmu);
 unlock:
 	zap_batch_finish_locked(mmu, &b);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 	return ret;
 }
 
@@ -1178,10 +1178,10 @@ int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t
 static int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
 			     uint32_t old, uint64_t gva, struct zap_batch *b, uint32_t *out)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *osp = mmu_page(mmu, old), *sp;
 	uint64_t *from = mmu_sptes(mmu, old);
-	struct notifier_mutex *held = NULL;
+	struct umbra_mutex *held = NULL;
 	uint32_t copy;
 	int ret;
 
@@ -1238,10 +1238,10 @@ static int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned i
  * No flush: no vCPU could write through it (the entry above lacked W). */
 static void table_wrprot_locked(struct shadow_mmu *mmu, uint32_t page)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	uint64_t *sptes = mmu_sptes(mmu, page);
 	int level = mmu_page(mmu, page)->level;
-	struct notifier_mutex *held = NULL;
+	struct umbra_mutex *held = NULL;
 
 	for (unsigned int k = 0; k < SPTE_ENTRIES; k++) {
 		uint64_t e = spte_read(&sptes[k]);
@@ -1278,10 +1278,10 @@ static void table_wrprot_locked(struct shadow_mmu *mmu, uint32_t page)
 static int canon_get_locked(struct shadow_mmu *mmu, const struct role *role, uint64_t gva,
 			    uint32_t *out)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_mmu_slot *slot = NULL, *s;
 	uint64_t gfn = role->gpa >> SHADOW_PAGE_SHIFT, first = 0, pg;
-	struct notifier_mutex *stripe;
+	struct umbra_mutex *stripe;
 	struct pool_obj *po;
 	struct shadow_page *sp;
 	uint32_t key, idx;
@@ -1304,7 +1304,7 @@ static int canon_get_locked(struct shadow_mmu *mmu, const struct role *role, uin
 	po = slot->pobj;
 	key = canon_key(first / SPTE_ENTRIES, slot->s.readonly, role->access);
 	stripe = pool_obj_stripe(po, first);
-	notifier_mutex_lock(stripe);
+	umbra_mutex_lock(stripe);
 	idx = po->canon[key];
 	if (idx != SHADOW_NO_PAGE) {
 		sp = mmu_page(mmu, idx);
@@ -1345,7 +1345,7 @@ found:
 	mmu->sharing = true;
 	*out = idx;
 unlock:
-	notifier_mutex_unlock(stripe);
+	umbra_mutex_unlock(stripe);
 	return ret;
 }
 
@@ -1361,7 +1361,7 @@ static int child_get_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned in
 			    const struct role *role, uint64_t gva, bool want_w,
 			    struct zap_batch *b, uint32_t *out)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	uint64_t spte = spte_read(mmu_sptes(mmu, parent) + i);
 	int level = mmu_page(mmu, parent)->level - 1;
 	struct shadow_page *sp;
@@ -1422,7 +1422,7 @@ static int child_get_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned in
 static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
 			  struct shadow_mmu_slot *slot, uint64_t page, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	const uint64_t va = w->va;
 	const int leaf = w->leaf_level;
 	const bool cow = p2m_is_cow(mmu, w->pa >> SHADOW_PAGE_SHIFT);
@@ -1455,7 +1455,7 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 	uint64_t mpa = slot->s.mpa + (page << SHADOW_PAGE_SHIFT);
 	uint64_t spte = make_leaf(mmu, mpa, rights, slot->s.readonly || cow);
 	uint64_t *sptep = mmu_sptes(mmu, table) + i;
-	struct notifier_mutex *stripe = pool_obj_stripe(slot->pobj, page);
+	struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, page);
 	uint64_t old;
 
 	/* The leaf rule (struct pool_obj): a leaf and its reverse-map entry
@@ -1470,25 +1470,25 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 				batch_add_table(b, table);
 			continue;
 		}
-		notifier_mutex_lock(stripe);
+		umbra_mutex_lock(stripe);
 		old = spte_read(sptep);
 		if (!spte_is_present(old) || spte_addr(old) == mpa)
 			break;
-		notifier_mutex_unlock(stripe);
+		umbra_mutex_unlock(stripe);
 	}
 	if (old == spte) {
-		notifier_mutex_unlock(stripe);
+		umbra_mutex_unlock(stripe);
 		return 0;
 	}
 	if (!spte_is_present(old)) {
 		ret = rmap_add(&slot->rmap[page], sptep_make(table, i));
 		if (ret) {
-			notifier_mutex_unlock(stripe);
+			umbra_mutex_unlock(stripe);
 			return ret;
 		}
 	}
 	spte_set_locked(mmu, table, i, spte);
-	notifier_mutex_unlock(stripe);
+	umbra_mutex_unlock(stripe);
 	if (spte_is_present(old)) {
 		/* Same page, other rights: the old translation goes. */
 		b->zapped++;
@@ -1579,11 +1579,11 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 			if (ret)
 				return ret;
 		}
-		notifier_mutex_lock(&mmu->mmu_lock);
+		umbra_mutex_lock(&mmu->mmu_lock);
 		if (notifier_read_retry(slot->s.obj, page, page, nseq))
 			goto retry;
 		if (__atomic_load_n(&slot->released, __ATOMIC_RELAXED)) {
-			notifier_mutex_unlock(&mmu->mmu_lock);
+			umbra_mutex_unlock(&mmu->mmu_lock);
 			return -ENODEV;
 		}
 		if (__atomic_load_n(&mmu->sync_seq, __ATOMIC_ACQUIRE) != seq) {
@@ -1599,12 +1599,12 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 		struct shadow_root *root = root_find_locked(mmu, cr3_key(mmu, cr3));
 
 		if (!root) {
-			notifier_mutex_unlock(&mmu->mmu_lock);
+			umbra_mutex_unlock(&mmu->mmu_lock);
 			return -ENOENT;
 		}
 		ret = install_locked(mmu, root->page, &w, slot, page, &b);
 		zap_batch_finish_locked(mmu, &b);
-		notifier_mutex_unlock(&mmu->mmu_lock);
+		umbra_mutex_unlock(&mmu->mmu_lock);
 		if (ret == -ENOMEM && !zapped_all) {
 			/* Pool full: drop every shadow table and try once more,
 			 * when their pages are reusable (after a grace period). */
@@ -1618,7 +1618,7 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 		mmu_stat_inc(mmu, fixed);
 		return SHADOW_FAULT_FIXED;
 retry:
-		notifier_mutex_unlock(&mmu->mmu_lock);
+		umbra_mutex_unlock(&mmu->mmu_lock);
 		mmu_stat_inc(mmu, retries);
 	}
 }
@@ -1632,7 +1632,7 @@ void shadow_mmu_invlpg(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va)
 	struct zap_batch b;
 
 	zap_batch_init(&b);
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	mmu_stat_inc(mmu, invlpg);
 	root = root_find_locked(mmu, cr3_key(mmu, cr3));
 	if (root) {
@@ -1659,7 +1659,7 @@ void shadow_mmu_invlpg(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va)
 	}
 	bump_sync_seq_locked(mmu);
 	zap_batch_finish_locked(mmu, &b);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 }
 
 int shadow_mmu_flush(struct shadow_mmu *mmu, uint64_t cr3)
@@ -1669,7 +1669,7 @@ int shadow_mmu_flush(struct shadow_mmu *mmu, uint64_t cr3)
 	int ret = 0;
 
 	zap_batch_init(&b);
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	root = root_find_locked(mmu, cr3_key(mmu, cr3));
 	if (root) {
 		sync_table_locked(mmu, root->page, &b);
@@ -1679,7 +1679,7 @@ int shadow_mmu_flush(struct shadow_mmu *mmu, uint64_t cr3)
 	}
 	bump_sync_seq_locked(mmu);
 	zap_batch_finish_locked(mmu, &b);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 	return ret;
 }
 
@@ -1692,17 +1692,17 @@ long shadow_mmu_zap_range(struct shadow_mmu *mmu, int slot_id, uint64_t first, u
 	if (!slot || first > last || first >= slot->npages)
 		return -EINVAL;
 	zap_batch_init(&b);
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	zap_slot_range_locked(mmu, slot, first, last, &b);
 	n = (long)b.zapped;
 	zap_batch_finish_locked(mmu, &b);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 	return n;
 }
 
 static void zap_all_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
 			zap_table_entries_locked(mmu, mmu->roots[r].page, b);
@@ -1715,10 +1715,10 @@ void shadow_mmu_zap_all(struct shadow_mmu *mmu)
 	struct zap_batch b;
 
 	zap_batch_init(&b);
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	zap_all_locked(mmu, &b);
 	zap_batch_finish_locked(mmu, &b);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 }
 
 /* ---- slots and P2M --------------------------------------------------------------- */
@@ -1765,9 +1765,9 @@ static int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, boo
 	ret = notifier_subscribe(s->obj, &shadow_notifier_ops, slot, &slot->sub);
 	if (ret)
 		goto free_arrays;
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	__atomic_store_n(&mmu->nr_slots, n + 1, __ATOMIC_RELEASE);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 	*id = n;
 	return 0;
 
@@ -1805,7 +1805,7 @@ int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, in
 			return -EINVAL;
 	}
 	zap_batch_init(&b);
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	for (uint64_t i = 0; i < npages; i++) {
 		uint64_t e = slot ? ((uint64_t)(slot_id + 1) << P2M_SLOT_SHIFT) | (first_page + i) : 0;
 		uint64_t old = __atomic_load_n(&mmu->p2m[gfn + i], __ATOMIC_RELAXED);
@@ -1825,7 +1825,7 @@ int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, in
 	}
 	bump_sync_seq_locked(mmu);
 	zap_batch_finish_locked(mmu, &b);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 	return 0;
 }
 
@@ -1833,27 +1833,27 @@ int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, in
 
 void shadow_mmu_tlb_register(struct shadow_mmu *mmu, struct shadow_tlb *tlb)
 {
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	tlb->root = 0;
 	tlb->cr3 = 0;
-	notifier_mutex_lock(&mmu->tlbs_lock);
+	umbra_mutex_lock(&mmu->tlbs_lock);
 	tlb->next = mmu->tlbs;
 	mmu->tlbs = tlb;
-	notifier_mutex_unlock(&mmu->tlbs_lock);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->tlbs_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 }
 
 void shadow_mmu_tlb_unregister(struct shadow_mmu *mmu, struct shadow_tlb *tlb)
 {
-	notifier_mutex_lock(&mmu->mmu_lock);
-	notifier_mutex_lock(&mmu->tlbs_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->tlbs_lock);
 	for (struct shadow_tlb **pp = &mmu->tlbs; *pp; pp = &(*pp)->next) {
 		if (*pp == tlb) {
 			*pp = tlb->next;
 			break;
 		}
 	}
-	notifier_mutex_unlock(&mmu->tlbs_lock);
+	umbra_mutex_unlock(&mmu->tlbs_lock);
 	if (tlb->root) {
 		struct shadow_root *root = root_of_page_locked(mmu, tlb->root);
 
@@ -1861,7 +1861,7 @@ void shadow_mmu_tlb_unregister(struct shadow_mmu *mmu, struct shadow_tlb *tlb)
 			root->pins--;
 		tlb->root = 0;
 	}
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 }
 
 /* ---- create / destroy ------------------------------------------------------------------ */
@@ -1893,13 +1893,13 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 	}
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		mmu->roots[r].page = SHADOW_NO_PAGE;
-	notifier_mutex_init(&mmu->mmu_lock, "shadow.mmu_lock", NOTIFIER_LOCK_RANK_MMU);
-	notifier_mutex_init(&mmu->tlbs_lock, "shadow.mmu.tlbs_lock", SHADOW_LOCK_RANK_TLBS);
+	umbra_mutex_init(&mmu->mmu_lock, "shadow.mmu_lock", UMBRA_LOCK_RANK_MMU);
+	umbra_mutex_init(&mmu->tlbs_lock, "shadow.mmu.tlbs_lock", UMBRA_LOCK_RANK_TLBS);
 	mmu->cow_slot = -1;
-	notifier_mutex_lock(&mmu->pool->mmus_lock);
+	umbra_mutex_lock(&mmu->pool->mmus_lock);
 	mmu->pool_next = mmu->pool->mmus;
 	mmu->pool->mmus = mmu;
-	notifier_mutex_unlock(&mmu->pool->mmus_lock);
+	umbra_mutex_unlock(&mmu->pool->mmus_lock);
 	*out = mmu;
 	return 0;
 
@@ -1921,30 +1921,30 @@ void shadow_mmu_destroy(struct shadow_mmu *mmu)
 	/* First drop every root: tables shared with other VMs lose one user
 	 * (and stay theirs); tables only we reached are freed. */
 	zap_batch_init(&b);
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
 			root_evict_locked(mmu, &mmu->roots[r], &b);
 	zap_batch_finish_locked(mmu, &b);
 	mmu->destroying = true;
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 	/* release() has nothing of ours left to zap; afterwards no callback runs. */
 	for (int i = 0; i < n; i++)
 		notifier_unsubscribe(mmu->slots[i].sub);
-	notifier_mutex_lock(&mmu->pool->mmus_lock);
+	umbra_mutex_lock(&mmu->pool->mmus_lock);
 	for (struct shadow_mmu **pp = &mmu->pool->mmus; *pp; pp = &(*pp)->pool_next) {
 		if (*pp == mmu) {
 			*pp = mmu->pool_next;
 			break;
 		}
 	}
-	notifier_mutex_unlock(&mmu->pool->mmus_lock);
+	umbra_mutex_unlock(&mmu->pool->mmus_lock);
 	for (int i = 0; i < n; i++) {
 		pool_obj_put(mmu->pool, mmu->slots[i].pobj);
 		free(mmu->slots[i].young);
 	}
-	notifier_mutex_exit(&mmu->tlbs_lock);
-	notifier_mutex_exit(&mmu->mmu_lock);
+	umbra_mutex_exit(&mmu->tlbs_lock);
+	umbra_mutex_exit(&mmu->mmu_lock);
 	free(mmu->roots);
 	free(mmu->p2m);
 	free(mmu);
@@ -1959,9 +1959,9 @@ size_t shadow_mmu_rmap_count(struct shadow_mmu *mmu, int slot_id, uint64_t page)
 
 	if (!slot || page >= slot->npages)
 		return 0;
-	notifier_mutex_lock(pool_obj_stripe(slot->pobj, page));
+	umbra_mutex_lock(pool_obj_stripe(slot->pobj, page));
 	n = slot->rmap[page].nr;
-	notifier_mutex_unlock(pool_obj_stripe(slot->pobj, page));
+	umbra_mutex_unlock(pool_obj_stripe(slot->pobj, page));
 	return n;
 }
 
@@ -2012,7 +2012,7 @@ static bool users_has_locked(struct shadow_page *sp, struct shadow_mmu *mmu, uin
 static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t parent,
 			      uint32_t index, bool path_w, struct check_ctx *c)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t *sptes = mmu_sptes(mmu, page);
 	uint64_t snap[SPTE_ENTRIES];
@@ -2021,14 +2021,14 @@ static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t pa
 	int ret;
 
 	c->tables++;
-	notifier_mutex_lock(&sp->lock);
+	umbra_mutex_lock(&sp->lock);
 	linked = users_has_locked(sp, mmu, parent, index, &nr_users);
 	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
 		snap[i] = spte_read(&sptes[i]);
 		present += spte_is_present(snap[i]);
 	}
 	nr_present = __atomic_load_n(&sp->nr_present, __ATOMIC_RELAXED);
-	notifier_mutex_unlock(&sp->lock);
+	umbra_mutex_unlock(&sp->lock);
 	if (!sp->level || !linked || __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) != nr_users ||
 	    present != nr_present)
 		return -EUCLEAN;
@@ -2041,7 +2041,7 @@ static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t pa
 			return -EUCLEAN;
 		if (spte_is_leaf(spte, sp->level)) {
 			struct shadow_mmu_slot *slot;
-			struct notifier_mutex *stripe;
+			struct umbra_mutex *stripe;
 			uint64_t bp, now;
 			uint32_t k;
 			shadow_sptep_t s;
@@ -2056,14 +2056,14 @@ static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t pa
 			/* Write protection: no write can reach shared data. */
 			if (path_w && spte_is_writable(spte) && c->cow[slot->id] && c->cow[slot->id][bp])
 				return -EUCLEAN;
-			notifier_mutex_lock(stripe);
+			umbra_mutex_lock(stripe);
 			now = spte_read(&sptes[i]);
 			if (spte_is_present(now) && spte_addr(now) == spte_addr(spte))
 				for_each_rmap_sptep(&slot->rmap[bp], k, s)
 					found |= s == sptep_make(page, i);
 			else
 				found = true; /* cleared by a zap since: nothing to check */
-			notifier_mutex_unlock(stripe);
+			umbra_mutex_unlock(stripe);
 			if (!found)
 				return -EUCLEAN;
 			c->leaves++;
@@ -2088,7 +2088,7 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 	struct check_ctx c = { 0 };
 	int n, ret = 0;
 
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	n = __atomic_load_n(&mmu->nr_slots, __ATOMIC_ACQUIRE);
 	for (uint64_t g = 0; g < mmu->p2m_pages && !ret; g++) {
 		uint64_t e = __atomic_load_n(&mmu->p2m[g], __ATOMIC_RELAXED);
@@ -2113,11 +2113,11 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 		struct shadow_mmu_slot *slot = &mmu->slots[i];
 
 		for (uint64_t p = 0; p < slot->npages && !ret; p++) {
-			struct notifier_mutex *stripe = pool_obj_stripe(slot->pobj, p);
+			struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, p);
 			uint32_t k;
 			shadow_sptep_t s;
 
-			notifier_mutex_lock(stripe);
+			umbra_mutex_lock(stripe);
 			for_each_rmap_sptep(&slot->rmap[p], k, s) {
 				uint64_t spte = spte_read(mmu_sptes(mmu, sptep_page(s)) + sptep_index(s));
 
@@ -2127,7 +2127,7 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 				    spte_addr(spte) != slot->s.mpa + (p << SHADOW_PAGE_SHIFT))
 					ret = -EUCLEAN;
 			}
-			notifier_mutex_unlock(stripe);
+			umbra_mutex_unlock(stripe);
 		}
 	}
 	if (!ret && !mmu->sharing) {
@@ -2149,7 +2149,7 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 		if (!ret && alone && rmapped != c.leaves)
 			ret = -EUCLEAN;
 	}
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 	for (int i = 0; i < SHADOW_MAX_SLOTS; i++)
 		free(c.cow[i]);
 	return ret;
@@ -2160,7 +2160,7 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 static void usage_table_locked(struct shadow_mmu *mmu, uint32_t page, uint8_t *seen,
 			       struct shadow_table_usage *u)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
+	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	const uint64_t *sptes = mmu_sptes(mmu, page);
 
@@ -2193,11 +2193,11 @@ int shadow_mmu_table_usage(struct shadow_mmu *mmu, struct shadow_table_usage *us
 	memset(usage, 0, sizeof(*usage));
 	if (!seen)
 		return -ENOMEM;
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
 			usage_table_locked(mmu, mmu->roots[r].page, seen, usage);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 	free(seen);
 	return 0;
 }
@@ -2210,10 +2210,10 @@ int shadow_mmu_set_cow_slot(struct shadow_mmu *mmu, int slot_id)
 
 	if (!slot || slot->s.readonly || slot->shared)
 		return -EINVAL;
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	mmu->cow_slot = slot_id;
 	__atomic_store_n(&mmu->cow_next, 0, __ATOMIC_RELAXED);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 	return 0;
 }
 
@@ -2246,11 +2246,11 @@ int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa)
 		seq_c = notifier_read_begin(cs->s.obj, q, q);
 		if (cs->s.ops && cs->s.ops->get_page && (ret = cs->s.ops->get_page(cs->s.priv, q, true)))
 			return ret;
-		notifier_mutex_lock(&mmu->mmu_lock);
+		umbra_mutex_lock(&mmu->mmu_lock);
 		if (__atomic_load_n(&mmu->p2m[gfn], __ATOMIC_RELAXED) != e ||
 		    notifier_read_retry(s->s.obj, p, p, seq_s) ||
 		    notifier_read_retry(cs->s.obj, q, q, seq_c)) {
-			notifier_mutex_unlock(&mmu->mmu_lock);
+			umbra_mutex_unlock(&mmu->mmu_lock);
 			mmu_stat_inc(mmu, retries);
 			continue; /* page q is lost: the bump allocator never reuses */
 		}
@@ -2266,7 +2266,7 @@ int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa)
 		zap_batch_init(&b);
 		zap_slot_range_local_locked(mmu, s, p, p, &b);
 		zap_batch_finish_locked(mmu, &b);
-		notifier_mutex_unlock(&mmu->mmu_lock);
+		umbra_mutex_unlock(&mmu->mmu_lock);
 		mmu_stat_inc(mmu, cow_breaks);
 		return 0;
 	}
@@ -2302,7 +2302,7 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
 	child->cow_slot = id;
 
 	zap_batch_init(&b);
-	notifier_mutex_lock(&parent->mmu_lock);
+	umbra_mutex_lock(&parent->mmu_lock);
 	/* Roots first (they can fail): a copy of each, whose entries point at
 	 * the parent's tables, one more reference each.  No lower level is
 	 * walked: the cost is 512 entries per cached root. */
@@ -2365,7 +2365,7 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
 	b.flush_all = true;
 	b.zapped++;
 	zap_batch_finish_locked(parent, &b);
-	notifier_mutex_unlock(&parent->mmu_lock);
+	umbra_mutex_unlock(&parent->mmu_lock);
 	mmu_stat_inc(child, clones);
 	*out = child;
 	return 0;
@@ -2374,7 +2374,7 @@ unlock_parent:
 	b.flush_all = true;
 	b.zapped++;
 	zap_batch_finish_locked(parent, &b);
-	notifier_mutex_unlock(&parent->mmu_lock);
+	umbra_mutex_unlock(&parent->mmu_lock);
 destroy_child:
 	shadow_mmu_destroy(child);
 	return ret;

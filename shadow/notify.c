@@ -14,10 +14,10 @@
 static int lock_for_range(struct shadow_mmu *mmu, bool may_block)
 {
 	if (may_block) {
-		notifier_mutex_lock(&mmu->mmu_lock);
+		umbra_mutex_lock(&mmu->mmu_lock);
 		return 0;
 	}
-	return notifier_mutex_trylock(&mmu->mmu_lock) ? 0 : -EAGAIN;
+	return umbra_mutex_trylock(&mmu->mmu_lock) ? 0 : -EAGAIN;
 }
 
 static int zap_pages(struct shadow_mmu_slot *slot, const struct notifier_range *range,
@@ -34,7 +34,7 @@ static int zap_pages(struct shadow_mmu_slot *slot, const struct notifier_range *
 	zap_slot_range_locked(mmu, slot, first, last, &b);
 	zap_batch_finish_locked(mmu, &b); /* every vCPU flushed before we return */
 	mmu_stat_inc(mmu, invalidations);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 	return 0;
 }
 
@@ -73,7 +73,7 @@ static int shadow_clear_young(struct notifier_subscription *sub, struct notifier
 	struct zap_batch b;
 	int young = 0;
 
-	if (!notifier_mutex_trylock(&mmu->mmu_lock))
+	if (!umbra_mutex_trylock(&mmu->mmu_lock))
 		return 1;
 	zap_batch_init(&b);
 	for (uint64_t p = first; p <= last && p < slot->npages; p++) {
@@ -83,7 +83,7 @@ static int shadow_clear_young(struct notifier_subscription *sub, struct notifier
 		}
 	}
 	zap_batch_finish_locked(mmu, &b);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 	return young;
 }
 
@@ -101,7 +101,7 @@ static void shadow_release(struct notifier_subscription *sub, struct notifier_ob
 	struct shadow_mmu *mmu = slot->mmu;
 	struct zap_batch b;
 
-	notifier_mutex_lock(&mmu->mmu_lock);
+	umbra_mutex_lock(&mmu->mmu_lock);
 	__atomic_store_n(&slot->released, true, __ATOMIC_RELEASE);
 	zap_batch_init(&b);
 	/* A VM being destroyed has dropped its roots already: the leaves of
@@ -111,7 +111,7 @@ static void shadow_release(struct notifier_subscription *sub, struct notifier_ob
 	if (!mmu->destroying)
 		zap_slot_range_locked(mmu, slot, 0, slot->npages - 1, &b);
 	zap_batch_finish_locked(mmu, &b);
-	notifier_mutex_unlock(&mmu->mmu_lock);
+	umbra_mutex_unlock(&mmu->mmu_lock);
 }
 
 const struct notifier_ops shadow_notifier_ops = {

@@ -44,13 +44,13 @@ int shadow_pool_create(size_t nr_pages, struct shadow_pool **out)
 	}
 	for (size_t i = 0; i < nr_pages; i++) {
 		pool->pages[i].next = i + 1 < nr_pages ? (uint32_t)(i + 1) : SHADOW_NO_PAGE;
-		notifier_mutex_init(&pool->pages[i].lock, "shadow.page.lock", NOTIFIER_LOCK_RANK_TABLE);
+		umbra_mutex_init(&pool->pages[i].lock, "shadow.page.lock", UMBRA_LOCK_RANK_TABLE);
 	}
 	pool->free_top = 0; /* page 0, tag 0 */
 	pool->dying_head = SHADOW_NO_PAGE;
 	pool->waiting_head = SHADOW_NO_PAGE;
-	notifier_mutex_init(&pool->objs_lock, "shadow.pool.objs_lock", SHADOW_LOCK_RANK_OBJS);
-	notifier_mutex_init(&pool->mmus_lock, "shadow.pool.mmus_lock", SHADOW_LOCK_RANK_MMUS);
+	umbra_mutex_init(&pool->objs_lock, "shadow.pool.objs_lock", UMBRA_LOCK_RANK_OBJS);
+	umbra_mutex_init(&pool->mmus_lock, "shadow.pool.mmus_lock", UMBRA_LOCK_RANK_MMUS);
 	*out = pool;
 	return 0;
 
@@ -73,9 +73,9 @@ void shadow_pool_destroy(struct shadow_pool *pool)
 	munmap(pool->base, pool->nr_pages * SHADOW_PAGE_SIZE);
 	close(pool->fd);
 	for (size_t i = 0; i < pool->nr_pages; i++)
-		notifier_mutex_exit(&pool->pages[i].lock);
-	notifier_mutex_exit(&pool->objs_lock);
-	notifier_mutex_exit(&pool->mmus_lock);
+		umbra_mutex_exit(&pool->pages[i].lock);
+	umbra_mutex_exit(&pool->objs_lock);
+	umbra_mutex_exit(&pool->mmus_lock);
 	free(pool->pages);
 	free(pool);
 }
@@ -158,20 +158,20 @@ int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index)
 	sp->access = 0;
 	sp->gpa = 0;
 	sp->gva = 0;
-	notifier_mutex_lock(&sp->lock);
+	umbra_mutex_lock(&sp->lock);
 	sp->nr_present = 0;
 	sp->users = NULL;
 	sp->canon = false;
 	sp->canon_obj = NULL;
 	sp->canon_key = 0;
-	notifier_mutex_unlock(&sp->lock);
+	umbra_mutex_unlock(&sp->lock);
 	__atomic_store_n(&sp->use_count, 0, __ATOMIC_RELAXED);
 	memset(pool_entries(pool, i), 0, SHADOW_PAGE_SIZE);
 	*index = i;
 	return 0;
 }
 
-static void pool_deferred_free(struct notifier_rcu_work *work);
+static void pool_deferred_free(struct umbra_rcu_work *work);
 
 /*
  * Hands the dying pages to a grace period, unless a callback is queued (it
@@ -186,7 +186,7 @@ static void pool_queue_dying(struct shadow_pool *pool)
 
 		if (w != SHADOW_NO_PAGE) {
 			pool->waiting_head = w;
-			notifier_call_rcu(&pool->rcu, pool_deferred_free);
+			umbra_call_rcu(&pool->rcu, pool_deferred_free);
 			return;
 		}
 		__atomic_store_n(&pool->rcu_queued, false, __ATOMIC_SEQ_CST);
@@ -195,9 +195,9 @@ static void pool_queue_dying(struct shadow_pool *pool)
 
 /* After a grace period: the waiting pages go on the free list (one push
  * of the whole chain); what died since gets its own grace period. */
-static void pool_deferred_free(struct notifier_rcu_work *work)
+static void pool_deferred_free(struct umbra_rcu_work *work)
 {
-	struct shadow_pool *pool = caa_container_of(work, struct shadow_pool, rcu);
+	struct shadow_pool *pool = umbra_container_of(work, struct shadow_pool, rcu);
 	uint32_t head = pool->waiting_head, tail = head;
 	uint64_t top, n = 1;
 
@@ -303,10 +303,10 @@ int pool_user_link(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *
 	u->mmu = mmu;
 	u->parent = parent;
 	u->index = slot;
-	notifier_mutex_lock(&sp->lock);
+	umbra_mutex_lock(&sp->lock);
 	u->next = sp->users;
 	sp->users = u;
-	notifier_mutex_unlock(&sp->lock);
+	umbra_mutex_unlock(&sp->lock);
 	return 0;
 }
 
@@ -326,7 +326,7 @@ void pool_user_del(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *
 	struct shadow_page *sp = &pool->pages[index];
 	struct shadow_page_user **pp, *u = NULL;
 
-	notifier_mutex_lock(&sp->lock);
+	umbra_mutex_lock(&sp->lock);
 	for (pp = &sp->users; *pp; pp = &(*pp)->next) {
 		/* A link below a root is named by its parent entry alone (the
 		 * parent may be shared: whoever drops it removes the link). */
@@ -337,7 +337,7 @@ void pool_user_del(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *
 			break;
 		}
 	}
-	notifier_mutex_unlock(&sp->lock);
+	umbra_mutex_unlock(&sp->lock);
 	free(u);
 }
 
@@ -348,7 +348,7 @@ int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t
 	struct pool_obj *po;
 	int ret = 0;
 
-	notifier_mutex_lock(&pool->objs_lock);
+	umbra_mutex_lock(&pool->objs_lock);
 	for (po = pool->objs; po; po = po->next)
 		if (po->obj == obj && po->mpa == mpa)
 			break;
@@ -370,7 +370,7 @@ int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t
 	for (uint64_t k = 0; k < nruns * CANON_KEYS_PER_RUN; k++)
 		po->canon[k] = SHADOW_NO_PAGE;
 	for (unsigned int k = 0; k < POOL_OBJ_STRIPES; k++)
-		notifier_mutex_init(&po->stripes[k], "shadow.obj.stripe", SHADOW_LOCK_RANK_RMAP);
+		umbra_mutex_init(&po->stripes[k], "shadow.obj.stripe", UMBRA_LOCK_RANK_RMAP);
 	po->obj = obj;
 	po->mpa = mpa;
 	po->npages = npages;
@@ -384,16 +384,16 @@ free_po:
 	free(po);
 	po = NULL;
 unlock:
-	notifier_mutex_unlock(&pool->objs_lock);
+	umbra_mutex_unlock(&pool->objs_lock);
 	*out = po;
 	return ret;
 }
 
 void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
 {
-	notifier_mutex_lock(&pool->objs_lock);
+	umbra_mutex_lock(&pool->objs_lock);
 	if (--po->refs) {
-		notifier_mutex_unlock(&pool->objs_lock);
+		umbra_mutex_unlock(&pool->objs_lock);
 		return;
 	}
 	for (struct pool_obj **pp = &pool->objs; *pp; pp = &(*pp)->next) {
@@ -402,9 +402,9 @@ void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
 			break;
 		}
 	}
-	notifier_mutex_unlock(&pool->objs_lock);
+	umbra_mutex_unlock(&pool->objs_lock);
 	for (unsigned int k = 0; k < POOL_OBJ_STRIPES; k++)
-		notifier_mutex_exit(&po->stripes[k]);
+		umbra_mutex_exit(&po->stripes[k]);
 	for (uint64_t p = 0; p < po->npages; p++)
 		rmap_free(&po->rmap[p]);
 	free(po->rmap);

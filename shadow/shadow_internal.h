@@ -3,17 +3,17 @@
  * helpers the files share.  docs/shadow.md describes them; docs/locking.md
  * gives the lock order.
  *
- * Lock order (outermost first; ranks from notifier/lock.h):
+ * Lock order (outermost first; ranks from the table in include/umbra/lock.h):
  *
- *   notifier object lock     NOTIFIER_LOCK_RANK_OBJECT  (release() runs under it)
- *   mmu->mmu_lock            NOTIFIER_LOCK_RANK_MMU     (one VM's only, never two)
- *   pool->objs_lock          SHADOW_LOCK_RANK_OBJS      (the list of objects)
- *   pool_obj.stripes[k]      SHADOW_LOCK_RANK_RMAP      (one stripe at a time)
- *   pool->mmus_lock          SHADOW_LOCK_RANK_MMUS      (the list of MMUs)
- *   shadow_page.lock         NOTIFIER_LOCK_RANK_TABLE   (one at a time)
- *   mmu->tlbs_lock           SHADOW_LOCK_RANK_TLBS      (another VM's, for a remote flush)
- *   vcpu->tlb_lock           NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF
- *   notifier seq_lock        NOTIFIER_LOCK_RANK_SEQ     (leaf, inside read_retry)
+ *   notifier object lock     UMBRA_LOCK_RANK_NOTIFIER_OBJECT  (release() runs under it)
+ *   mmu->mmu_lock            UMBRA_LOCK_RANK_MMU     (one VM's only, never two)
+ *   pool->objs_lock          UMBRA_LOCK_RANK_OBJS      (the list of objects)
+ *   pool_obj.stripes[k]      UMBRA_LOCK_RANK_RMAP      (one stripe at a time)
+ *   pool->mmus_lock          UMBRA_LOCK_RANK_MMUS      (the list of MMUs)
+ *   shadow_page.lock         UMBRA_LOCK_RANK_TABLE   (one at a time)
+ *   mmu->tlbs_lock           UMBRA_LOCK_RANK_TLBS      (another VM's, for a remote flush)
+ *   vcpu->tlb_lock           UMBRA_LOCK_RANK_SUBSCRIBER_LEAF
+ *   notifier seq_lock        UMBRA_LOCK_RANK_NOTIFIER_SEQ     (leaf, inside read_retry)
  */
 #ifndef UMBRA_SHADOW_INTERNAL_H
 #define UMBRA_SHADOW_INTERNAL_H
@@ -21,22 +21,16 @@
 #include <pthread.h>
 #include <stdint.h>
 
-#include "notifier/lock.h"
-#include "shadow.h"
+#include "umbra/lock.h"
+#include "umbra/shadow.h"
 #include "spte.h"
 
 _Static_assert(SHADOW_LEVELS == SPTE_LEVELS, "one level count");
 
-/* The list of objects: inside mmu_lock, outside the reverse-map stripes. */
-#define SHADOW_LOCK_RANK_OBJS (NOTIFIER_LOCK_RANK_MMU + 1)
-/* A reverse-map stripe of one object: inside mmu_lock, outside table locks. */
-#define SHADOW_LOCK_RANK_RMAP (NOTIFIER_LOCK_RANK_MMU + 2)
-/* The list of MMUs (flush-everyone fallback): inside a stripe. */
-#define SHADOW_LOCK_RANK_MMUS (NOTIFIER_LOCK_RANK_MMU + 3)
-/* A VM's TLB-list lock: inside table locks, outside the vCPUs' tlb_lock. */
-#define SHADOW_LOCK_RANK_TLBS (NOTIFIER_LOCK_RANK_TABLE + 2)
-_Static_assert(SHADOW_LOCK_RANK_MMUS < NOTIFIER_LOCK_RANK_TABLE &&
-		       SHADOW_LOCK_RANK_TLBS < NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF,
+_Static_assert(UMBRA_LOCK_RANK_MMU < UMBRA_LOCK_RANK_OBJS && UMBRA_LOCK_RANK_OBJS < UMBRA_LOCK_RANK_RMAP &&
+		       UMBRA_LOCK_RANK_RMAP < UMBRA_LOCK_RANK_MMUS && UMBRA_LOCK_RANK_MMUS < UMBRA_LOCK_RANK_TABLE &&
+		       UMBRA_LOCK_RANK_TABLE < UMBRA_LOCK_RANK_TLBS &&
+		       UMBRA_LOCK_RANK_TLBS < UMBRA_LOCK_RANK_SUBSCRIBER_LEAF,
 	       "mmu_lock < objs_lock < stripe < mmus_lock < table lock < tlbs_lock < vCPU tlb_lock");
 
 #define SHADOW_NO_PAGE UINT32_MAX
@@ -76,7 +70,7 @@ struct shadow_page_user {
  *  use_count   atomic: how many users point at the page (parent entries and
  *              root-cache references).  The user that drops it to 0 frees it
  *              (after the TLB flush).
- *  lock        the per-table lock (rank NOTIFIER_LOCK_RANK_TABLE): held for
+ *  lock        the per-table lock (rank UMBRA_LOCK_RANK_TABLE): held for
  *              every write of one of the page's 512 entries and for
  *              nr_present and users.  Taken inside mmu_lock; never two at a
  *              time.
@@ -94,7 +88,7 @@ struct shadow_page {
 	uint64_t gva;
 	uint32_t use_count;
 	uint32_t nr_present;
-	struct notifier_mutex lock;
+	struct umbra_mutex lock;
 	struct shadow_page_user *users;
 	uint32_t next;
 	bool canon;		/* a segment's canonical table (in pool_obj.canon) */
@@ -106,7 +100,7 @@ struct shadow_page {
  * What the pool knows of one memory object placed at one machine address
  * (shared by every VM's slot of that object at that address; a shared table
  * maps the same object at the same machine address for all its users).
- *  stripes  the reverse-map locks (SHADOW_LOCK_RANK_RMAP): 2 MiB run r of
+ *  stripes  the reverse-map locks (UMBRA_LOCK_RANK_RMAP): 2 MiB run r of
  *         the object (pages [r * 512, r * 512 + 511]) is under
  *         stripes[r % POOL_OBJ_STRIPES].  A stripe protects the reverse
  *         map of its pages and the canonical tables of its runs, and is held
@@ -133,14 +127,14 @@ struct pool_obj {
 	uint64_t mpa;
 	uint64_t npages;
 	unsigned int refs;		/* slots using it, under pool->objs_lock */
-	struct notifier_mutex stripes[POOL_OBJ_STRIPES];
+	struct umbra_mutex stripes[POOL_OBJ_STRIPES];
 	struct shadow_rmap *rmap;
 	uint32_t *canon;
 	struct pool_obj *next;		/* pool->objs, under pool->objs_lock */
 };
 
 /* The stripe of page @page of @po. */
-static inline struct notifier_mutex *pool_obj_stripe(struct pool_obj *po, uint64_t page)
+static inline struct umbra_mutex *pool_obj_stripe(struct pool_obj *po, uint64_t page)
 {
 	return &po->stripes[(page / 512u) % POOL_OBJ_STRIPES];
 }
@@ -148,15 +142,15 @@ static inline struct notifier_mutex *pool_obj_stripe(struct pool_obj *po, uint64
 /* Takes @want in place of @held (either may be NULL); returns @want.  For
  * loops over leaves that mostly map pages of one stripe (one held at a
  * time). */
-static inline struct notifier_mutex *stripe_switch(struct notifier_mutex *held,
-						   struct notifier_mutex *want)
+static inline struct umbra_mutex *stripe_switch(struct umbra_mutex *held,
+						   struct umbra_mutex *want)
 {
 	if (held == want)
 		return held;
 	if (held)
-		notifier_mutex_unlock(held);
+		umbra_mutex_unlock(held);
 	if (want)
-		notifier_mutex_lock(want);
+		umbra_mutex_lock(want);
 	return want;
 }
 
@@ -180,7 +174,7 @@ struct shadow_pool {
 	 *
 	 * Deferred reuse (RCU): a freed page leaves in_use at once (level 0)
 	 * but joins the free list only after a grace period, so a lock-free
-	 * walker inside notifier_rcu_read_lock() never reads a page that was
+	 * walker inside umbra_rcu_read_lock() never reads a page that was
 	 * reused under it.  dying: a push-only lock-free stack of pages freed
 	 * since the queued callback was queued; waiting: what the queued
 	 * callback returns to the free list (owned by whoever set rcu_queued,
@@ -192,17 +186,17 @@ struct shadow_pool {
 	uint32_t dying_head, waiting_head;
 	size_t nr_deferred;
 	bool rcu_queued;
-	struct notifier_rcu_work rcu;
-	/* objs_lock (SHADOW_LOCK_RANK_OBJS) protects the list of objects and
+	struct umbra_rcu_work rcu;
+	/* objs_lock (UMBRA_LOCK_RANK_OBJS) protects the list of objects and
 	 * their refs; taken when a slot is added or removed and by the pool
 	 * check, never on a fault, privatize or zap path.  Each object's
 	 * reverse maps are under its own stripes (struct pool_obj). */
-	struct notifier_mutex objs_lock;
+	struct umbra_mutex objs_lock;
 	struct pool_obj *objs;
-	/* mmus_lock (SHADOW_LOCK_RANK_MMUS) protects the list of MMUs: taken
+	/* mmus_lock (UMBRA_LOCK_RANK_MMUS) protects the list of MMUs: taken
 	 * by create / destroy and by the flush-everyone fallback of a remote
 	 * flush (inside a stripe); a listed MMU is not freed under it. */
-	struct notifier_mutex mmus_lock;
+	struct umbra_mutex mmus_lock;
 	struct shadow_mmu *mmus;	/* every MMU of the pool (flush-everyone fallback) */
 	uint64_t flush_gen;		/* atomic: batch ids for remote-flush dedup */
 };
@@ -349,7 +343,7 @@ struct shadow_mmu {
 	struct shadow_paging_mode mode; /* immutable */
 
 	/*
-	 * mmu_lock (NOTIFIER_LOCK_RANK_MMU): the per-VM lock.  Protects the
+	 * mmu_lock (UMBRA_LOCK_RANK_MMU): the per-VM lock.  Protects the
 	 * structure of this VM's shadow tables (which tables exist, their
 	 * users entries for this VM), the reverse maps, the root cache, the
 	 * TLB list, P2M stores and sync_seq stores.  Taken by the fault
@@ -357,7 +351,7 @@ struct shadow_mmu {
 	 * loads, flushes, zaps and the notifier callbacks.  Never held while
 	 * calling notifier_read_begin(), get_page or notifier (un)subscribe.
 	 */
-	struct notifier_mutex mmu_lock;
+	struct umbra_mutex mmu_lock;
 	uint64_t sync_seq;		/* atomic; bumped under mmu_lock by every sync / P2M change */
 
 	uint64_t p2m_pages;
@@ -371,10 +365,10 @@ struct shadow_mmu {
 	struct shadow_root *roots;	/* under mmu_lock */
 	uint64_t tick;			/* LRU clock, under mmu_lock */
 
-	/* tlbs_lock (SHADOW_LOCK_RANK_TLBS): lets another VM's zap flush our
+	/* tlbs_lock (UMBRA_LOCK_RANK_TLBS): lets another VM's zap flush our
 	 * vCPUs (pmd-rmap) without our mmu_lock.  The list is written under
 	 * both mmu_lock and tlbs_lock, read under either. */
-	struct notifier_mutex tlbs_lock;
+	struct umbra_mutex tlbs_lock;
 	struct shadow_tlb *tlbs;	/* registered vCPUs */
 	uint64_t flush_mark;		/* atomic: last remote-flush batch id */
 	struct shadow_mmu *pool_next;	/* pool->mmus link, under pool->mmus_lock */

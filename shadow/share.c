@@ -16,11 +16,11 @@ struct shadow_store {
 	struct notifier_object *obj;
 	char *host;
 	uint64_t npages;
-	/* lock (NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF): saved[], the counters,
+	/* lock (UMBRA_LOCK_RANK_SUBSCRIBER_LEAF): saved[], the counters,
 	 * and the page contents while they move.  Taken with no shadow lock
 	 * held (get_page runs outside them; evict outside the invalidation's
 	 * callbacks). */
-	struct notifier_mutex lock;
+	struct umbra_mutex lock;
 	void **saved;			/* [npages]: NULL = resident */
 	uint64_t evictions, restores;
 };
@@ -42,7 +42,7 @@ int shadow_store_create(struct notifier_object *obj, void *host, struct shadow_s
 	}
 	st->obj = obj;
 	st->host = host;
-	notifier_mutex_init(&st->lock, "shadow.store.lock", NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF);
+	umbra_mutex_init(&st->lock, "shadow.store.lock", UMBRA_LOCK_RANK_SUBSCRIBER_LEAF);
 	*out = st;
 	return 0;
 }
@@ -53,7 +53,7 @@ void shadow_store_destroy(struct shadow_store *st)
 		return;
 	for (uint64_t p = 0; p < st->npages; p++)
 		free(st->saved[p]);
-	notifier_mutex_exit(&st->lock);
+	umbra_mutex_exit(&st->lock);
 	free(st->saved);
 	free(st);
 }
@@ -77,7 +77,7 @@ int shadow_store_evict(struct shadow_store *st, uint64_t page)
 		return ret;
 	}
 	/* No VM maps the page now, and none can map it until the end. */
-	notifier_mutex_lock(&st->lock);
+	umbra_mutex_lock(&st->lock);
 	if (!st->saved[page]) {
 		memcpy(buf, st->host + page * SHADOW_PAGE_SIZE, SHADOW_PAGE_SIZE);
 		/* Poison: a stale translation would read this, not the data. */
@@ -88,7 +88,7 @@ int shadow_store_evict(struct shadow_store *st, uint64_t page)
 	} else {
 		ret = -EALREADY;
 	}
-	notifier_mutex_unlock(&st->lock);
+	umbra_mutex_unlock(&st->lock);
 	notifier_invalidate_range_end(&range);
 	free(buf);
 	return ret;
@@ -98,18 +98,18 @@ bool shadow_store_is_resident(struct shadow_store *st, uint64_t page)
 {
 	bool resident;
 
-	notifier_mutex_lock(&st->lock);
+	umbra_mutex_lock(&st->lock);
 	resident = page < st->npages && !st->saved[page];
-	notifier_mutex_unlock(&st->lock);
+	umbra_mutex_unlock(&st->lock);
 	return resident;
 }
 
 void shadow_store_stats(struct shadow_store *st, uint64_t *evictions, uint64_t *restores)
 {
-	notifier_mutex_lock(&st->lock);
+	umbra_mutex_lock(&st->lock);
 	*evictions = st->evictions;
 	*restores = st->restores;
-	notifier_mutex_unlock(&st->lock);
+	umbra_mutex_unlock(&st->lock);
 }
 
 /* The restore hook: the slot's get_page. */
@@ -120,14 +120,14 @@ static int store_get_page(void *priv, uint64_t page, bool write)
 	(void)write;
 	if (page >= st->npages)
 		return -EINVAL;
-	notifier_mutex_lock(&st->lock);
+	umbra_mutex_lock(&st->lock);
 	if (st->saved[page]) {
 		memcpy(st->host + page * SHADOW_PAGE_SIZE, st->saved[page], SHADOW_PAGE_SIZE);
 		free(st->saved[page]);
 		st->saved[page] = NULL;
 		st->restores++;
 	}
-	notifier_mutex_unlock(&st->lock);
+	umbra_mutex_unlock(&st->lock);
 	return 0;
 }
 
@@ -171,7 +171,7 @@ static int check_page_locked(struct shadow_pool *pool, uint32_t page, size_t *in
 	int ret = 0;
 
 	in_use[sp->level]++;
-	notifier_mutex_lock(&sp->lock);
+	umbra_mutex_lock(&sp->lock);
 	for (struct shadow_page_user *u = sp->users; u && !ret; u = u->next) {
 		nr_users++;
 		if (u->parent == SHADOW_NO_PAGE) {
@@ -189,7 +189,7 @@ static int check_page_locked(struct shadow_pool *pool, uint32_t page, size_t *in
 			 pool_page_gpa(page))
 			ret = -EUCLEAN;
 	}
-	notifier_mutex_unlock(&sp->lock);
+	umbra_mutex_unlock(&sp->lock);
 	if (ret)
 		return ret;
 	if (!nr_users || __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) != nr_users)
@@ -220,8 +220,8 @@ int shadow_pool_check(struct shadow_pool *pool)
 
 	/* Quiescent pool (the contract): the lists held still, and no stripe
 	 * is needed to read the reverse maps. */
-	notifier_mutex_lock(&pool->objs_lock);
-	notifier_mutex_lock(&pool->mmus_lock);
+	umbra_mutex_lock(&pool->objs_lock);
+	umbra_mutex_lock(&pool->mmus_lock);
 	for (uint32_t page = 0; page < pool->nr_pages && !ret; page++)
 		if (pool_page(pool, page)->level)
 			ret = check_page_locked(pool, page, in_use);
@@ -249,8 +249,8 @@ int shadow_pool_check(struct shadow_pool *pool)
 				ret = -EUCLEAN;
 		}
 	}
-	notifier_mutex_unlock(&pool->mmus_lock);
-	notifier_mutex_unlock(&pool->objs_lock);
+	umbra_mutex_unlock(&pool->mmus_lock);
+	umbra_mutex_unlock(&pool->objs_lock);
 	/* Pool accounting: the per-level counts are the allocated pages. */
 	for (int l = 1; l <= SPTE_LEVELS && !ret; l++)
 		if (shadow_pool_pages_in_use(pool, l) != in_use[l])

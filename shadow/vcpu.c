@@ -6,14 +6,14 @@
  * configurable size.  The shadow MMU reaches it through struct
  * shadow_tlb_ops, the interface a KVM vCPU implements in vmm/.
  *
- * tlb_lock (rank NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF) protects the TLB, the
+ * tlb_lock (rank UMBRA_LOCK_RANK_SUBSCRIBER_LEAF) protects the TLB, the
  * current root and the flush generation.  A TLB hit and the data access are
  * done under it, so an access that begins after a flush returned cannot use
  * a translation cached before: the model of "a flush IPI is taken at an
  * instruction boundary".
  *
  * The walk itself is lock-free, like the hardware's: it runs outside
- * tlb_lock, inside an RCU read-side critical section (notifier_rcu_read_lock),
+ * tlb_lock, inside an RCU read-side critical section (umbra_rcu_read_lock),
  * so a flush does not wait for it.  A table the walk is reading may be
  * unlinked, flushed and freed meanwhile; the pool reuses a freed page only
  * after a grace period (pool.c), so the walk never reads a page reused
@@ -41,7 +41,7 @@ struct shadow_vcpu {
 	struct shadow_tlb tlb;	/* registered with the MMU */
 	struct shadow_mmu *mmu;
 	struct shadow_paging_mode mode;
-	struct notifier_mutex tlb_lock;
+	struct umbra_mutex tlb_lock;
 	uint64_t root;		/* pool gpa of the current root; under tlb_lock */
 	uint64_t flush_gen;	/* bumped by every flush and root change; under tlb_lock */
 	unsigned int nr_entries;
@@ -58,7 +58,7 @@ static struct shadow_vcpu *tlb_to_vcpu(struct shadow_tlb *tlb)
 
 static void tlb_flush_all_locked(struct shadow_vcpu *vcpu)
 {
-	notifier_mutex_assert_held(&vcpu->tlb_lock);
+	umbra_mutex_assert_held(&vcpu->tlb_lock);
 	vcpu->flush_gen++;
 	for (unsigned int i = 0; i < vcpu->nr_entries; i++)
 		vcpu->entries[i].valid = false;
@@ -68,9 +68,9 @@ static void vcpu_flush_all(struct shadow_tlb *tlb)
 {
 	struct shadow_vcpu *vcpu = tlb_to_vcpu(tlb);
 
-	notifier_mutex_lock(&vcpu->tlb_lock);
+	umbra_mutex_lock(&vcpu->tlb_lock);
 	tlb_flush_all_locked(vcpu);
-	notifier_mutex_unlock(&vcpu->tlb_lock);
+	umbra_mutex_unlock(&vcpu->tlb_lock);
 	vcpu_stat_inc(vcpu, flushes_all);
 }
 
@@ -79,7 +79,7 @@ static void tlb_flush_va_locked(struct shadow_vcpu *vcpu, uint64_t va)
 	uint64_t vpn = va >> SHADOW_PAGE_SHIFT;
 	struct tlb_entry *e;
 
-	notifier_mutex_assert_held(&vcpu->tlb_lock);
+	umbra_mutex_assert_held(&vcpu->tlb_lock);
 	vcpu->flush_gen++; /* a walk in flight may have read the old entry */
 	if (!vcpu->nr_entries)
 		return;
@@ -92,9 +92,9 @@ static void vcpu_flush_va(struct shadow_tlb *tlb, uint64_t va)
 {
 	struct shadow_vcpu *vcpu = tlb_to_vcpu(tlb);
 
-	notifier_mutex_lock(&vcpu->tlb_lock);
+	umbra_mutex_lock(&vcpu->tlb_lock);
 	tlb_flush_va_locked(vcpu, va);
-	notifier_mutex_unlock(&vcpu->tlb_lock);
+	umbra_mutex_unlock(&vcpu->tlb_lock);
 	vcpu_stat_inc(vcpu, flushes_va);
 }
 
@@ -143,8 +143,8 @@ int shadow_vcpu_create(struct shadow_mmu *mmu, const struct shadow_vcpu_config *
 			return -ENOMEM;
 		}
 	}
-	notifier_mutex_init(&vcpu->tlb_lock, "shadow.vcpu.tlb_lock",
-			    NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF);
+	umbra_mutex_init(&vcpu->tlb_lock, "shadow.vcpu.tlb_lock",
+			    UMBRA_LOCK_RANK_SUBSCRIBER_LEAF);
 	vcpu->tlb.ops = &vcpu_tlb_ops;
 	shadow_mmu_tlb_register(mmu, &vcpu->tlb);
 	*out = vcpu;
@@ -156,7 +156,7 @@ void shadow_vcpu_destroy(struct shadow_vcpu *vcpu)
 	if (!vcpu)
 		return;
 	shadow_mmu_tlb_unregister(vcpu->mmu, &vcpu->tlb);
-	notifier_mutex_exit(&vcpu->tlb_lock);
+	umbra_mutex_exit(&vcpu->tlb_lock);
 	free(vcpu->entries);
 	free(vcpu);
 }
@@ -166,11 +166,11 @@ int shadow_vcpu_load_cr3(struct shadow_vcpu *vcpu, uint64_t cr3)
 	uint64_t root;
 	int ret = shadow_mmu_load_cr3(vcpu->mmu, &vcpu->tlb, cr3, &root);
 
-	notifier_mutex_lock(&vcpu->tlb_lock);
+	umbra_mutex_lock(&vcpu->tlb_lock);
 	/* On failure the vCPU has no root (its old one was given up). */
 	vcpu->root = ret ? 0 : root;
 	tlb_flush_all_locked(vcpu); /* MOV CR3 flushes (no PCID, no global shadow entries) */
-	notifier_mutex_unlock(&vcpu->tlb_lock);
+	umbra_mutex_unlock(&vcpu->tlb_lock);
 	return ret;
 }
 
@@ -218,14 +218,14 @@ static int vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int acces
 	uint64_t root, gen;
 	int ret;
 
-	if (NOTIFIER_DEBUG && !notifier_thread_is_registered())
+	if (UMBRA_LOCK_DEBUG && !umbra_rcu_thread_is_registered())
 		abort(); /* the walk needs an RCU reader: notifier_thread_init() */
 	res->host = NULL;
 	res->mpa = 0;
 	res->error_code = 0;
 	res->tlb_hit = false;
 	vcpu_stat_inc(vcpu, accesses);
-	notifier_mutex_lock(&vcpu->tlb_lock);
+	umbra_mutex_lock(&vcpu->tlb_lock);
 again:
 	if (!vcpu->root) {
 		ret = -ENOENT;
@@ -257,13 +257,13 @@ again:
 	/* The lock-free walk (RCU), then the fill if no flush came between. */
 	root = vcpu->root;
 	gen = vcpu->flush_gen;
-	notifier_mutex_unlock(&vcpu->tlb_lock);
+	umbra_mutex_unlock(&vcpu->tlb_lock);
 	vcpu_stat_inc(vcpu, walks);
-	notifier_rcu_read_lock();
+	umbra_rcu_read_lock();
 	ret = shadow_walk(&vcpu->mode, &pool_mem_ops, pool, root, va, access, SHADOW_WALK_SET_AD,
 			  &w);
-	notifier_rcu_read_unlock();
-	notifier_mutex_lock(&vcpu->tlb_lock);
+	umbra_rcu_read_unlock();
+	umbra_mutex_lock(&vcpu->tlb_lock);
 	if (vcpu->flush_gen != gen)
 		goto again; /* flushed during the walk: it may have read stale entries */
 	if (ret == -EFAULT) {
@@ -297,7 +297,7 @@ again:
 		vcpu_data_op(res->host, access, data);
 	ret = 0;
 unlock:
-	notifier_mutex_unlock(&vcpu->tlb_lock);
+	umbra_mutex_unlock(&vcpu->tlb_lock);
 	return ret;
 }
 
@@ -332,18 +332,18 @@ int shadow_vcpu_access_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned 
 void shadow_vcpu_invlpg(struct shadow_vcpu *vcpu, uint64_t va)
 {
 	shadow_mmu_invlpg(vcpu->mmu, vcpu_cr3(vcpu), va);
-	notifier_mutex_lock(&vcpu->tlb_lock);
+	umbra_mutex_lock(&vcpu->tlb_lock);
 	tlb_flush_va_locked(vcpu, va);
-	notifier_mutex_unlock(&vcpu->tlb_lock);
+	umbra_mutex_unlock(&vcpu->tlb_lock);
 }
 
 int shadow_vcpu_flush(struct shadow_vcpu *vcpu)
 {
 	int ret = shadow_mmu_flush(vcpu->mmu, vcpu_cr3(vcpu));
 
-	notifier_mutex_lock(&vcpu->tlb_lock);
+	umbra_mutex_lock(&vcpu->tlb_lock);
 	tlb_flush_all_locked(vcpu);
-	notifier_mutex_unlock(&vcpu->tlb_lock);
+	umbra_mutex_unlock(&vcpu->tlb_lock);
 	return ret;
 }
 
@@ -361,10 +361,10 @@ unsigned int shadow_vcpu_tlb_valid(struct shadow_vcpu *vcpu)
 {
 	unsigned int n = 0;
 
-	notifier_mutex_lock(&vcpu->tlb_lock);
+	umbra_mutex_lock(&vcpu->tlb_lock);
 	for (unsigned int i = 0; i < vcpu->nr_entries; i++)
 		n += vcpu->entries[i].valid;
-	notifier_mutex_unlock(&vcpu->tlb_lock);
+	umbra_mutex_unlock(&vcpu->tlb_lock);
 	return n;
 }
 

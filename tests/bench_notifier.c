@@ -22,13 +22,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "notifier/notifier.h"
+#include "umbra/notifier.h"
 
 #define OBJ_PAGES 262144u
 #define MAX_SUBS 256
 
 struct bsub {
-	struct notifier_mutex lock;
+	struct umbra_mutex lock;
 	uint64_t invalidated;	/* pages this subscriber has been told about */
 	uint64_t ends;
 } __attribute__((aligned(64)));
@@ -39,9 +39,9 @@ static int b_start(struct notifier_subscription *sub, const struct notifier_rang
 {
 	struct bsub *b = notifier_subscription_priv(sub);
 
-	notifier_mutex_lock(&b->lock);
+	umbra_mutex_lock(&b->lock);
 	b->invalidated += notifier_range_npages(r);
-	notifier_mutex_unlock(&b->lock);
+	umbra_mutex_unlock(&b->lock);
 	return 0;
 }
 
@@ -49,9 +49,9 @@ static void b_end(struct notifier_subscription *sub, const struct notifier_range
 {
 	struct bsub *b = notifier_subscription_priv(sub);
 
-	notifier_mutex_lock(&b->lock);
+	umbra_mutex_lock(&b->lock);
 	b->ends++;
-	notifier_mutex_unlock(&b->lock);
+	umbra_mutex_unlock(&b->lock);
 }
 
 static int b_page(struct notifier_subscription *sub, const struct notifier_range *r,
@@ -59,9 +59,9 @@ static int b_page(struct notifier_subscription *sub, const struct notifier_range
 {
 	struct bsub *b = notifier_subscription_priv(sub);
 
-	notifier_mutex_lock(&b->lock);
+	umbra_mutex_lock(&b->lock);
 	b->invalidated++;
-	notifier_mutex_unlock(&b->lock);
+	umbra_mutex_unlock(&b->lock);
 	return 0;
 }
 
@@ -143,7 +143,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	for (unsigned int i = 0; i < MAX_SUBS; i++)
-		notifier_mutex_init(&subs[i].lock, "bench.sub", NOTIFIER_LOCK_RANK_MMU);
+		umbra_mutex_init(&subs[i].lock, "bench.sub", UMBRA_LOCK_RANK_MMU);
 
 	printf("# bench-notifier: one invalidation of N pages, range (start+end) vs per-page "
 	       "(invalidate_page), best of %d runs of >= %ld ms\n", reps, min_ms);
@@ -177,7 +177,7 @@ int main(int argc, char **argv)
 	notifier_object_destroy(obj);
 	notifier_barrier();
 	for (unsigned int i = 0; i < MAX_SUBS; i++)
-		notifier_mutex_exit(&subs[i].lock);
+		umbra_mutex_exit(&subs[i].lock);
 	notifier_thread_exit();
 	return 0;
 }

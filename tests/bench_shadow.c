@@ -29,9 +29,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "notifier/notifier.h"
+#include "umbra/notifier.h"
 #include "bench_util.h"
-#include "shadow.h"
+#include "umbra/shadow.h"
 #include "spte.h"
 
 #define PAGE 4096ull

@@ -58,9 +58,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "notifier/notifier.h"
+#include "umbra/notifier.h"
 #include "bench_util.h"
-#include "shadow.h"
+#include "umbra/shadow.h"
 #include "shadow_internal.h"
 #include "spte.h"
 
@@ -303,7 +303,7 @@ static uint32_t eager_copy_table(struct shadow_mmu *mmu, uint32_t src)
 	struct shadow_pool *pool = mmu->pool;
 	struct shadow_page *ssp = pool_page(pool, src), *sp;
 	const uint64_t *from = pool_entries(pool, src);
-	struct notifier_mutex *held = NULL;
+	struct umbra_mutex *held = NULL;
 	uint64_t *to;
 	uint32_t copy, present = 0;
 
@@ -349,7 +349,7 @@ static void eager_copy(struct shadow_mmu *child)
 {
 	struct shadow_pool *pool = child->pool;
 
-	notifier_mutex_lock(&child->mmu_lock);
+	umbra_mutex_lock(&child->mmu_lock);
 	for (unsigned int r = 0; r < child->nr_roots; r++) {
 		uint32_t root = child->roots[r].page;
 		uint64_t *entries;
@@ -367,9 +367,9 @@ static void eager_copy(struct shadow_mmu *child)
 			old = pool_page_index(spte_addr(e));
 			c = eager_copy_table(child, old);
 			CHECK(pool_user_add(pool, c, child, root, i));
-			notifier_mutex_lock(&rsp->lock);
+			umbra_mutex_lock(&rsp->lock);
 			spte_write(&entries[i], (e & ~SPTE_ADDR_MASK) | pool_page_gpa(c));
-			notifier_mutex_unlock(&rsp->lock);
+			umbra_mutex_unlock(&rsp->lock);
 			/* The shared table loses the child's link (the parent
 			 * still holds it: no free, no flush: the child has no
 			 * vCPU). */
@@ -379,7 +379,7 @@ static void eager_copy(struct shadow_mmu *child)
 			       "the parent's table lost its last user");
 		}
 	}
-	notifier_mutex_unlock(&child->mmu_lock);
+	umbra_mutex_unlock(&child->mmu_lock);
 }
 
 /* Pool indices of every table below @mmu's roots (depth first). */

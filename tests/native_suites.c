@@ -3,6 +3,7 @@
 #include "tests.h"
 
 const struct test_suite_entry test_suites[] = {
+	{ "base", base_suite },
 	{ "notifier", notifier_suite },
 	{ "notifier_torture", notifier_torture_suite },
 	{ "shadow", shadow_suite },

@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "tests.h"
-#include "umbra_abi.h"
+#include "umbra/abi.h"
 
 #define RUN_TIMEOUT_S 60
 #define OUTPUT_MAX (256 * 1024)

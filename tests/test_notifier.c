@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "notifier/notifier.h"
+#include "umbra/notifier.h"
 #include "tests.h"
 
 #define expect_eq(what, expected, got)                                                   \
@@ -104,7 +104,7 @@ static int log_find(enum log_kind kind, int sub, unsigned int from)
 
 struct tsub {
 	int id;
-	struct notifier_mutex mmu_lock;
+	struct umbra_mutex mmu_lock;
 	uint64_t map[NPAGES];		/* 0: unmapped; else the version mapped */
 	bool young[NPAGES];
 	int start_answer;		/* what invalidate_range_start returns */
@@ -119,12 +119,12 @@ static void tsub_init(struct tsub *t, int id)
 {
 	memset(t, 0, sizeof(*t));
 	t->id = id;
-	notifier_mutex_init(&t->mmu_lock, "test.mmu_lock", NOTIFIER_LOCK_RANK_MMU);
+	umbra_mutex_init(&t->mmu_lock, "test.mmu_lock", UMBRA_LOCK_RANK_MMU);
 }
 
 static void tsub_exit(struct tsub *t)
 {
-	notifier_mutex_exit(&t->mmu_lock);
+	umbra_mutex_exit(&t->mmu_lock);
 }
 
 static struct tsub *tsub_of(struct notifier_subscription *sub)
@@ -134,17 +134,17 @@ static struct tsub *tsub_of(struct notifier_subscription *sub)
 
 static void tsub_zap_locked(struct tsub *t, uint64_t first, uint64_t last)
 {
-	notifier_mutex_assert_held(&t->mmu_lock);
+	umbra_mutex_assert_held(&t->mmu_lock);
 	for (uint64_t p = first; p <= last && p < NPAGES; p++)
 		t->map[p] = 0;
 }
 
 static void tsub_map_all(struct tsub *t, uint64_t version)
 {
-	notifier_mutex_lock(&t->mmu_lock);
+	umbra_mutex_lock(&t->mmu_lock);
 	for (uint64_t p = 0; p < NPAGES; p++)
 		t->map[p] = version;
-	notifier_mutex_unlock(&t->mmu_lock);
+	umbra_mutex_unlock(&t->mmu_lock);
 }
 
 static void tsub_note_call(struct tsub *t)
@@ -161,9 +161,9 @@ static int t_start(struct notifier_subscription *sub, const struct notifier_rang
 	log_add(L_START, t->id, r->first, r->last, r);
 	if (t->start_answer)
 		return t->start_answer;
-	notifier_mutex_lock(&t->mmu_lock);
+	umbra_mutex_lock(&t->mmu_lock);
 	tsub_zap_locked(t, r->first, r->last);
-	notifier_mutex_unlock(&t->mmu_lock);
+	umbra_mutex_unlock(&t->mmu_lock);
 	return 0;
 }
 
@@ -184,9 +184,9 @@ static int t_page(struct notifier_subscription *sub, const struct notifier_range
 	log_add(L_PAGE, t->id, page, page, r);
 	if (t->fail_page_armed && page == t->fail_page)
 		return -EAGAIN;
-	notifier_mutex_lock(&t->mmu_lock);
+	umbra_mutex_lock(&t->mmu_lock);
 	tsub_zap_locked(t, page, page);
-	notifier_mutex_unlock(&t->mmu_lock);
+	umbra_mutex_unlock(&t->mmu_lock);
 	return 0;
 }
 
@@ -198,12 +198,12 @@ static int t_clear_young(struct notifier_subscription *sub, struct notifier_obje
 
 	tsub_note_call(t);
 	log_add(L_CLEAR, t->id, first, last, NULL);
-	notifier_mutex_lock(&t->mmu_lock);
+	umbra_mutex_lock(&t->mmu_lock);
 	for (uint64_t p = first; p <= last; p++) {
 		young |= t->young[p];
 		t->young[p] = false;
 	}
-	notifier_mutex_unlock(&t->mmu_lock);
+	umbra_mutex_unlock(&t->mmu_lock);
 	return young;
 }
 
@@ -215,9 +215,9 @@ static int t_test_young(struct notifier_subscription *sub, struct notifier_objec
 
 	tsub_note_call(t);
 	log_add(L_TEST, t->id, page, page, NULL);
-	notifier_mutex_lock(&t->mmu_lock);
+	umbra_mutex_lock(&t->mmu_lock);
 	young = t->young[page];
-	notifier_mutex_unlock(&t->mmu_lock);
+	umbra_mutex_unlock(&t->mmu_lock);
 	return young;
 }
 
@@ -227,9 +227,9 @@ static void t_release(struct notifier_subscription *sub, struct notifier_object 
 
 	tsub_note_call(t);
 	log_add(L_RELEASE, t->id, 0, notifier_object_npages(obj) - 1, NULL);
-	notifier_mutex_lock(&t->mmu_lock);
+	umbra_mutex_lock(&t->mmu_lock);
 	tsub_zap_locked(t, 0, NPAGES - 1);
-	notifier_mutex_unlock(&t->mmu_lock);
+	umbra_mutex_unlock(&t->mmu_lock);
 	t->releases++;
 	__atomic_store_n(&t->released, true, __ATOMIC_RELEASE);
 }
@@ -869,11 +869,11 @@ START_TEST(test_read_retry_answers_for_each_interleaving)
 			notifier_invalidate_range_end(&r);
 			started = false;
 		}
-		notifier_mutex_lock(&t.mmu_lock);
+		umbra_mutex_lock(&t.mmu_lock);
 		ck_assert_msg(notifier_read_retry(obj, 4, 4, seq) == cases[i].retry,
 			      "%s: expected retry=%d, got %d", cases[i].what, cases[i].retry,
 			      !cases[i].retry);
-		notifier_mutex_unlock(&t.mmu_lock);
+		umbra_mutex_unlock(&t.mmu_lock);
 		if (started)
 			notifier_invalidate_range_end(&r);
 	}
@@ -988,7 +988,7 @@ static void *fault_thread(void *p)
 			sem_post(&race.resolved);
 			sem_wait(&race.changed);
 		}
-		notifier_mutex_lock(&race.t.mmu_lock);
+		umbra_mutex_lock(&race.t.mmu_lock);
 		retry = notifier_read_retry(obj, page, page, seq);
 		if (race.attempts == 1)
 			race.first_v_was_stale = v != __atomic_load_n(&race.backing, __ATOMIC_ACQUIRE);
@@ -996,7 +996,7 @@ static void *fault_thread(void *p)
 			race.t.map[page] = v;
 			race.installed = v;
 		}
-		notifier_mutex_unlock(&race.t.mmu_lock);
+		umbra_mutex_unlock(&race.t.mmu_lock);
 		if (race.attempts == 1)
 			sem_post(&race.attempted);
 		if (!retry)
@@ -1159,11 +1159,11 @@ END_TEST
 
 /* ---- the lock helper ------------------------------------------------- */
 
-static struct notifier_mutex held_elsewhere;
+static struct umbra_mutex held_elsewhere;
 
 static void *check_not_owner(void *p)
 {
-	*(bool *)p = notifier_mutex_is_held(&held_elsewhere);
+	*(bool *)p = umbra_mutex_is_held(&held_elsewhere);
 	return NULL;
 }
 
@@ -1172,37 +1172,37 @@ START_TEST(test_mutex_knows_its_owner)
 	pthread_t th;
 	bool other_sees_held = true;
 
-	notifier_mutex_init(&held_elsewhere, "test", NOTIFIER_LOCK_RANK_MMU);
-	notifier_mutex_lock(&held_elsewhere);
-	ck_assert_msg(notifier_mutex_is_held(&held_elsewhere), "expected the owner to hold it");
+	umbra_mutex_init(&held_elsewhere, "test", UMBRA_LOCK_RANK_MMU);
+	umbra_mutex_lock(&held_elsewhere);
+	ck_assert_msg(umbra_mutex_is_held(&held_elsewhere), "expected the owner to hold it");
 	pthread_create(&th, NULL, check_not_owner, &other_sees_held);
 	pthread_join(th, NULL);
-#if NOTIFIER_DEBUG
+#if UMBRA_LOCK_DEBUG
 	ck_assert_msg(!other_sees_held, "expected another thread not to hold it");
 #endif
-	notifier_mutex_unlock(&held_elsewhere);
-	notifier_mutex_exit(&held_elsewhere);
+	umbra_mutex_unlock(&held_elsewhere);
+	umbra_mutex_exit(&held_elsewhere);
 }
 END_TEST
 
-#if NOTIFIER_DEBUG
+#if UMBRA_LOCK_DEBUG
 START_TEST(test_mutex_aborts_on_rank_inversion)
 {
-	struct notifier_mutex outer, inner;
+	struct umbra_mutex outer, inner;
 
-	notifier_mutex_init(&outer, "outer", NOTIFIER_LOCK_RANK_OBJECT);
-	notifier_mutex_init(&inner, "inner", NOTIFIER_LOCK_RANK_SEQ);
-	notifier_mutex_lock(&inner);
-	notifier_mutex_lock(&outer);	/* aborts */
+	umbra_mutex_init(&outer, "outer", UMBRA_LOCK_RANK_NOTIFIER_OBJECT);
+	umbra_mutex_init(&inner, "inner", UMBRA_LOCK_RANK_NOTIFIER_SEQ);
+	umbra_mutex_lock(&inner);
+	umbra_mutex_lock(&outer);	/* aborts */
 }
 END_TEST
 
 START_TEST(test_mutex_assert_held_aborts_when_not_held)
 {
-	struct notifier_mutex m;
+	struct umbra_mutex m;
 
-	notifier_mutex_init(&m, "m", NOTIFIER_LOCK_RANK_MMU);
-	notifier_mutex_assert_held(&m);	/* aborts */
+	umbra_mutex_init(&m, "m", UMBRA_LOCK_RANK_MMU);
+	umbra_mutex_assert_held(&m);	/* aborts */
 }
 END_TEST
 #endif
@@ -1269,7 +1269,7 @@ Suite *notifier_suite(void)
 
 	tc = tcase_create("lock");
 	tcase_add_test(tc, test_mutex_knows_its_owner);
-#if NOTIFIER_DEBUG
+#if UMBRA_LOCK_DEBUG
 	/* These abort by design: only where each test runs in its own process. */
 	if (!getenv("CK_FORK") || strcmp(getenv("CK_FORK"), "no") != 0) {
 		tcase_add_test_raise_signal(tc, test_mutex_aborts_on_rank_inversion, SIGABRT);

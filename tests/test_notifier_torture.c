@@ -39,7 +39,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "notifier/notifier.h"
+#include "umbra/notifier.h"
 #include "tests.h"
 
 #if defined(__SANITIZE_THREAD__)
@@ -100,7 +100,7 @@ enum slot_state { SLOT_FREE, SLOT_ATTACHED, SLOT_DETACHING };
 struct tslot {
 	struct tobj *tobj;
 	int busy;				/* atomic: claimed by one thread */
-	struct notifier_mutex mmu_lock;
+	struct umbra_mutex mmu_lock;
 	enum slot_state state;			/* under mmu_lock */
 	struct tinc *inc;			/* owner thread only */
 	struct notifier_subscription *sub;	/* owner thread only */
@@ -178,7 +178,7 @@ static int c_start(struct notifier_subscription *sub, const struct notifier_rang
 		__atomic_fetch_add(&seen[i].eagain, 1, __ATOMIC_RELAXED);
 		return -EAGAIN;
 	}
-	notifier_mutex_lock(&s->mmu_lock);
+	umbra_mutex_lock(&s->mmu_lock);
 	check_alive_locked(inc, "invalidate_range_start");
 	for (uint64_t p = r->first; p <= r->last; p++)
 		s->map[p] = 0;
@@ -186,7 +186,7 @@ static int c_start(struct notifier_subscription *sub, const struct notifier_rang
 		oracle_fail("D: more than %d ranges open on one subscription", MAX_OPEN);
 	else
 		inc->open[inc->nopen++] = r;
-	notifier_mutex_unlock(&s->mmu_lock);
+	umbra_mutex_unlock(&s->mmu_lock);
 	return 0;
 }
 
@@ -197,7 +197,7 @@ static void c_end(struct notifier_subscription *sub, const struct notifier_range
 	unsigned int i;
 
 	__atomic_fetch_add(&seen[tobj_index(r->obj)].range_end, 1, __ATOMIC_RELAXED);
-	notifier_mutex_lock(&s->mmu_lock);
+	umbra_mutex_lock(&s->mmu_lock);
 	check_alive_locked(inc, "invalidate_range_end");
 	for (i = 0; i < inc->nopen; i++)
 		if (inc->open[i] == r)
@@ -207,7 +207,7 @@ static void c_end(struct notifier_subscription *sub, const struct notifier_range
 		     (unsigned long long)r->first, (unsigned long long)r->last);
 	else
 		inc->open[i] = inc->open[--inc->nopen];
-	notifier_mutex_unlock(&s->mmu_lock);
+	umbra_mutex_unlock(&s->mmu_lock);
 }
 
 static int c_page(struct notifier_subscription *sub, const struct notifier_range *r,
@@ -224,10 +224,10 @@ static int c_page(struct notifier_subscription *sub, const struct notifier_range
 		__atomic_fetch_add(&seen[i].eagain, 1, __ATOMIC_RELAXED);
 		return -EAGAIN;
 	}
-	notifier_mutex_lock(&s->mmu_lock);
+	umbra_mutex_lock(&s->mmu_lock);
 	check_alive_locked(inc, "invalidate_page");
 	s->map[page] = 0;
-	notifier_mutex_unlock(&s->mmu_lock);
+	umbra_mutex_unlock(&s->mmu_lock);
 	return 0;
 }
 
@@ -237,11 +237,11 @@ static int c_clear_young(struct notifier_subscription *sub, struct notifier_obje
 	struct tinc *inc = inc_of(sub);
 	int young = 0;
 
-	notifier_mutex_lock(&inc->slot->mmu_lock);
+	umbra_mutex_lock(&inc->slot->mmu_lock);
 	check_alive_locked(inc, "clear_young");
 	for (uint64_t p = first; p <= last; p++)
 		young |= inc->slot->map[p] != 0;
-	notifier_mutex_unlock(&inc->slot->mmu_lock);
+	umbra_mutex_unlock(&inc->slot->mmu_lock);
 	return young;
 }
 
@@ -251,10 +251,10 @@ static int c_test_young(struct notifier_subscription *sub, struct notifier_objec
 	struct tinc *inc = inc_of(sub);
 	int young;
 
-	notifier_mutex_lock(&inc->slot->mmu_lock);
+	umbra_mutex_lock(&inc->slot->mmu_lock);
 	check_alive_locked(inc, "test_young");
 	young = inc->slot->map[page] != 0;
-	notifier_mutex_unlock(&inc->slot->mmu_lock);
+	umbra_mutex_unlock(&inc->slot->mmu_lock);
 	return young;
 }
 
@@ -263,14 +263,14 @@ static void c_release(struct notifier_subscription *sub, struct notifier_object 
 	struct tinc *inc = inc_of(sub);
 	struct tslot *s = inc->slot;
 
-	notifier_mutex_lock(&s->mmu_lock);
+	umbra_mutex_lock(&s->mmu_lock);
 	check_alive_locked(inc, "release");
 	if (inc->nopen)
 		oracle_fail("D: release with %u ranges started and not ended", inc->nopen);
 	memset(s->map, 0, sizeof(s->map));
 	inc->released = true;
 	inc->releases++;
-	notifier_mutex_unlock(&s->mmu_lock);
+	umbra_mutex_unlock(&s->mmu_lock);
 }
 
 static const struct notifier_ops torture_ops = {
@@ -307,11 +307,11 @@ static void op_subscribe(struct tslot *s)
 		return;
 	}
 	inc->slot = s;
-	notifier_mutex_lock(&s->mmu_lock);
+	umbra_mutex_lock(&s->mmu_lock);
 	for (int p = 0; p < NPAGES; p++)
 		if (s->map[p])
 			oracle_fail("E: free slot still maps page %d", p);
-	notifier_mutex_unlock(&s->mmu_lock);
+	umbra_mutex_unlock(&s->mmu_lock);
 	ret = notifier_subscribe(s->tobj->obj, &torture_ops, inc, &s->sub);
 	if (ret) {
 		oracle_fail("subscribe: expected 0, got %d", ret);
@@ -319,9 +319,9 @@ static void op_subscribe(struct tslot *s)
 		return;
 	}
 	s->inc = inc;
-	notifier_mutex_lock(&s->mmu_lock);
+	umbra_mutex_lock(&s->mmu_lock);
 	s->state = SLOT_ATTACHED;
-	notifier_mutex_unlock(&s->mmu_lock);
+	umbra_mutex_unlock(&s->mmu_lock);
 	__atomic_fetch_add(&tally.subscribes, 1, __ATOMIC_RELAXED);
 }
 
@@ -329,15 +329,15 @@ static void op_unsubscribe(struct tslot *s)
 {
 	struct tinc *inc = s->inc;
 
-	notifier_mutex_lock(&s->mmu_lock);
+	umbra_mutex_lock(&s->mmu_lock);
 	s->state = SLOT_DETACHING;
-	notifier_mutex_unlock(&s->mmu_lock);
+	umbra_mutex_unlock(&s->mmu_lock);
 	notifier_unsubscribe(s->sub);
-	notifier_mutex_lock(&s->mmu_lock);
+	umbra_mutex_lock(&s->mmu_lock);
 	if (inc->releases != 1)
 		oracle_fail("E: expected 1 release when unsubscribe returns, got %u", inc->releases);
 	s->state = SLOT_FREE;
-	notifier_mutex_unlock(&s->mmu_lock);
+	umbra_mutex_unlock(&s->mmu_lock);
 	free(inc);	/* a later callback would be a use after free */
 	s->inc = NULL;
 	s->sub = NULL;
@@ -356,9 +356,9 @@ static void op_fault(struct tobj *t, struct tslot *s)
 
 		if (rnd_below(4) == 0)
 			sched_yield();	/* widen the resolve-to-install window */
-		notifier_mutex_lock(&s->mmu_lock);
+		umbra_mutex_lock(&s->mmu_lock);
 		if (notifier_read_retry(t->obj, page, page, seq)) {
-			notifier_mutex_unlock(&s->mmu_lock);
+			umbra_mutex_unlock(&s->mmu_lock);
 			__atomic_fetch_add(&tally.retries, 1, __ATOMIC_RELAXED);
 			continue;
 		}
@@ -373,7 +373,7 @@ static void op_fault(struct tobj *t, struct tslot *s)
 			     (unsigned long long)page, (unsigned long long)old,
 			     (unsigned long long)now);
 		s->map[page] = v;
-		notifier_mutex_unlock(&s->mmu_lock);
+		umbra_mutex_unlock(&s->mmu_lock);
 		return;
 	}
 }
@@ -406,14 +406,14 @@ static void op_invalidate(struct tobj *t)
 	for (int i = 0; i < NSLOTS; i++) {
 		struct tslot *s = &t->slot[i];
 
-		notifier_mutex_lock(&s->mmu_lock);
+		umbra_mutex_lock(&s->mmu_lock);
 		if (s->state == SLOT_ATTACHED) {
 			for (uint64_t p = r.first; p <= r.last; p++)
 				if (s->map[p])
 					oracle_fail("C: after start, slot %d still maps page %llu", i,
 					     (unsigned long long)p);
 		}
-		notifier_mutex_unlock(&s->mmu_lock);
+		umbra_mutex_unlock(&s->mmu_lock);
 	}
 	if (rnd_below(4) == 0)
 		sched_yield();	/* widen the start-to-end window */
@@ -524,8 +524,8 @@ START_TEST(test_torture_mixed_operations_never_install_stale_mappings)
 			tobjs[i].backing[p] = ++version_counter;
 		for (int j = 0; j < NSLOTS; j++) {
 			tobjs[i].slot[j].tobj = &tobjs[i];
-			notifier_mutex_init(&tobjs[i].slot[j].mmu_lock, "torture.mmu_lock",
-					    NOTIFIER_LOCK_RANK_MMU);
+			umbra_mutex_init(&tobjs[i].slot[j].mmu_lock, "torture.mmu_lock",
+					    UMBRA_LOCK_RANK_MMU);
 		}
 	}
 
@@ -594,7 +594,7 @@ START_TEST(test_torture_mixed_operations_never_install_stale_mappings)
 			s->inc = NULL;
 		}
 		for (int j = 0; j < NSLOTS; j++)
-			notifier_mutex_exit(&tobjs[i].slot[j].mmu_lock);
+			umbra_mutex_exit(&tobjs[i].slot[j].mmu_lock);
 	}
 	notifier_barrier();
 

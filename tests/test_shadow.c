@@ -12,7 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "shadow.h"
+#include "umbra/shadow.h"
 #include "shadow_internal.h"
 #include "spte.h"
 #include "test_shadow_util.h"
@@ -730,10 +730,10 @@ START_TEST(test_nonblocking_invalidation_answers_eagain_when_mmu_lock_is_held)
 
 	gm_init(&gm, 1024);
 	a.gm = &gm;
-	notifier_mutex_lock(&gm.mmu->mmu_lock);
+	umbra_mutex_lock(&gm.mmu->mmu_lock);
 	ck_assert_int_eq(pthread_create(&t, NULL, nonblocking_invalidate, &a), 0);
 	ck_assert_int_eq(pthread_join(t, NULL), 0);
-	notifier_mutex_unlock(&gm.mmu->mmu_lock);
+	umbra_mutex_unlock(&gm.mmu->mmu_lock);
 	ck_assert_int_eq(a.ret, -EAGAIN);
 	ck_assert_int_eq(pthread_create(&t, NULL, nonblocking_invalidate, &a), 0);
 	ck_assert_int_eq(pthread_join(t, NULL), 0);
@@ -860,14 +860,14 @@ static void *rcu_reader_thread(void *p)
 	struct rcu_reader *r = p;
 
 	notifier_thread_init();
-	notifier_rcu_read_lock();
+	umbra_rcu_read_lock();
 	pthread_mutex_lock(&r->lock);
 	r->inside = true;
 	pthread_cond_broadcast(&r->cond);
 	while (!r->leave)
 		pthread_cond_wait(&r->cond, &r->lock);
 	pthread_mutex_unlock(&r->lock);
-	notifier_rcu_read_unlock();
+	umbra_rcu_read_unlock();
 	notifier_thread_exit();
 	return NULL;
 }

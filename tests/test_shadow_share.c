@@ -13,7 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "shadow.h"
+#include "umbra/shadow.h"
 #include "shadow_internal.h"
 #include "spte.h"
 #include "test_shadow_share_util.h"

@@ -37,7 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "shadow.h"
+#include "umbra/shadow.h"
 #include "test_shadow_share_util.h"
 #include "tests.h"
 

@@ -26,7 +26,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "shadow.h"
+#include "umbra/shadow.h"
 #include "test_shadow_util.h"
 #include "tests.h"
 

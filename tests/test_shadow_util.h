@@ -15,8 +15,8 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "notifier/notifier.h"
-#include "shadow.h"
+#include "umbra/notifier.h"
+#include "umbra/shadow.h"
 #include "spte.h"
 
 #define GM_PAGE 4096ull

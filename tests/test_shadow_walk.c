@@ -8,7 +8,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "shadow.h"
+#include "umbra/shadow.h"
 #include "spte.h"
 #include "tests.h"
 

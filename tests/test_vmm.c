@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "tests.h"
-#include "umbra_abi.h"
+#include "umbra/abi.h"
 #include "vmm.h"
 
 static const struct {

@@ -15,6 +15,7 @@ struct test_suite_entry {
 /* Defined once per runner executable (native_suites.c, kvm_suites.c). */
 extern const struct test_suite_entry test_suites[];
 
+Suite *base_suite(void);
 Suite *notifier_suite(void);
 Suite *notifier_torture_suite(void);
 Suite *shadow_suite(void);

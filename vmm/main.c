@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "umbra_abi.h"
+#include "umbra/abi.h"
 #include "vmm.h"
 
 #define IMAGE_SIZE_MAX (256u << 20)

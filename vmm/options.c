@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "umbra_abi.h"
+#include "umbra/abi.h"
 #include "vmm.h"
 
 const char vmm_usage[] =

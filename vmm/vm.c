@@ -23,7 +23,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "umbra_abi.h"
+#include "umbra/abi.h"
 #include "vmm.h"
 
 #define PAGE_SIZE 4096ull

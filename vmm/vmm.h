@@ -13,8 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "shadow.h"
-#include "umbra_abi.h"
+#include "umbra/shadow.h"
+#include "umbra/abi.h"
 
 #define VMM_ERROR_MAX 512
 

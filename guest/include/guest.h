@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "umbra_abi.h"
+#include "umbra/abi.h"
 
 int main(const struct umbra_boot_info *boot);
 

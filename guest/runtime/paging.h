@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 
-#include "umbra_abi.h"
+#include "umbra/abi.h"
 
 #define PTE_P (1ull << 0)
 #define PTE_W (1ull << 1)

@@ -1,5 +1,5 @@
 /*
- * notifier/notifier.h - MMU notifiers for guest memory.
+ * umbra/notifier.h - MMU notifiers for guest memory.
  *
  * A *memory object* is host memory that guests map: a VM's private RAM, a
  * named shared segment.  It is page-granular (NOTIFIER_PAGE_SIZE) and sized in
@@ -41,10 +41,10 @@
  *
  * Errors are 0 or a negative errno; the library never prints or exits.
  *
- * Locks (see notifier/lock.h for the rank table):
- *   object->lock  (NOTIFIER_LOCK_RANK_OBJECT) serialises subscribe,
+ * Locks (see include/umbra/lock.h for the rank table):
+ *   object->lock  (UMBRA_LOCK_RANK_NOTIFIER_OBJECT) serialises subscribe,
  *                 unsubscribe, destroy and set_trace; release() runs under it.
- *   object->seq_lock (NOTIFIER_LOCK_RANK_SEQ, leaf) guards the sequence /
+ *   object->seq_lock (UMBRA_LOCK_RANK_NOTIFIER_SEQ, leaf) guards the sequence /
  *                 in-progress state; held only inside the library.
  *   No library lock is held while invalidate_range_start/end,
  *   invalidate_page, clear_young or test_young run.
@@ -54,9 +54,9 @@
 
 #include <stdbool.h>
 #include <stdint.h>
-#include <urcu/urcu-memb.h>
 
-#include "notifier/lock.h"
+#include "umbra/lock.h"
+#include "umbra/rcu.h"
 
 #define NOTIFIER_PAGE_SHIFT 12
 #define NOTIFIER_PAGE_SIZE (1ull << NOTIFIER_PAGE_SHIFT)
@@ -145,7 +145,7 @@ static inline uint64_t notifier_range_npages(const struct notifier_range *range)
  *  - Several callbacks of one subscriber may run at the same time on
  *    different threads (overlapping invalidations, young queries): the
  *    subscriber serialises with its own lock (e.g. the per-VM mmu_lock, rank
- *    NOTIFIER_LOCK_RANK_MMU), which is the lock it must also hold around
+ *    UMBRA_LOCK_RANK_MMU), which is the lock it must also hold around
  *    notifier_read_retry().
  *  - No callback runs after release() has been called, and release() runs
  *    exactly once, after every other callback of the subscription returned.
@@ -250,7 +250,7 @@ struct notifier_ops {
 	 *   it has returned and after every invalidate_range_start() of it has
 	 *   been ended; no callback follows.
 	 * Locks held: the object's subscription lock (rank
-	 *   NOTIFIER_LOCK_RANK_OBJECT), so it may take the subscriber's own
+	 *   UMBRA_LOCK_RANK_NOTIFIER_OBJECT), so it may take the subscriber's own
 	 *   locks but must not subscribe to or unsubscribe from @obj.
 	 * May block: yes.  Cannot fail.
 	 * On return: the subscriber maps no page of @obj and has flushed every
@@ -264,8 +264,9 @@ struct notifier_ops {
 /* ---- threads -------------------------------------------------------- */
 
 /*
- * Register the calling thread with liburcu-memb so that it may call the
- * delivery functions.  Idempotent per thread.  Returns 0.
+ * Register the calling thread with liburcu-memb (umbra_rcu_register_thread)
+ * so that it may call the delivery functions.  Idempotent per thread.
+ * Returns 0.
  */
 int notifier_thread_init(void);
 
@@ -277,40 +278,12 @@ void notifier_thread_exit(void);
 
 /*
  * Wait until every deferred free queued by the library (subscriptions and
- * objects freed after a grace period, and notifier_call_rcu work) has run.
- * May block; not from a callback or a read-side critical section.  Tests
- * and programs call it before exit.
+ * objects freed after a grace period) and every other umbra_call_rcu work
+ * has run (umbra_rcu_barrier).  May block; not from a callback, with a
+ * subscriber's lock held, or in a read-side critical section.  Tests and
+ * programs call it before exit.
  */
 void notifier_barrier(void);
-
-/* ---- RCU for other modules ------------------------------------------- */
-
-/*
- * The library's liburcu-memb read side and deferred work, for modules that
- * protect their own lock-free readers the same way (shadow/ defers the reuse
- * of table pages past the walks that may still read them).  With
- * ThreadSanitizer builds these carry the annotations liburcu lacks.
- *
- * notifier_rcu_read_lock / _unlock: a read-side critical section (nests).
- *   The thread must be registered (notifier_thread_init); must not block
- *   waiting for a grace period inside.
- * notifier_call_rcu: runs @func(@work) on liburcu's worker thread after a
- *   grace period; @work must live until then.  Counted by
- *   notifier_barrier().  May be called from @func itself (requeue).  Never
- *   blocks.
- * notifier_thread_is_registered: whether notifier_thread_init ran on this
- *   thread (and notifier_thread_exit did not since): for assertions.
- */
-struct notifier_rcu_work {
-	struct rcu_head head;				/* private */
-	void (*func)(struct notifier_rcu_work *work);	/* private */
-};
-
-void notifier_rcu_read_lock(void);
-void notifier_rcu_read_unlock(void);
-void notifier_call_rcu(struct notifier_rcu_work *work,
-		       void (*func)(struct notifier_rcu_work *work));
-bool notifier_thread_is_registered(void);
 
 /* ---- memory objects ------------------------------------------------- */
 

@@ -34,7 +34,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "notifier/notifier.h"
+#include "umbra/notifier.h"
 
 /* Guest-physical base of the pool in every VM: above all guest RAM and shared
  * segments (the VMM keeps those below 512 GiB). */
@@ -85,8 +85,8 @@ size_t shadow_pool_nr_pages(const struct shadow_pool *pool);
 
 /*
  * Table pages are reused only after an RCU grace period (liburcu-memb,
- * through notifier_call_rcu): the lock-free walker of the tables (the
- * software vCPU's page walk) runs in notifier_rcu_read_lock() and never
+ * through umbra_call_rcu): the lock-free walker of the tables (the
+ * software vCPU's page walk) runs in umbra_rcu_read_lock() and never
  * reads a page that was freed and reused under it.  A freed page leaves the
  * in-use counts at once and becomes allocatable after the grace period.
  * Allocation and free are lock-free (no pool-wide lock).
@@ -235,9 +235,9 @@ struct shadow_tlb;
  * Both are called from any thread with either the VM's mmu_lock held, or,
  * when another VM's zap of a shared table flushes this VM (pmd-rmap), with
  * that VM's mmu_lock and this VM's tlbs_lock held (and possibly a table
- * lock, rank NOTIFIER_LOCK_RANK_TABLE).  They must not take an mmu_lock, a
+ * lock, rank UMBRA_LOCK_RANK_TABLE).  They must not take an mmu_lock, a
  * table lock or a reverse-map stripe; they may take a lock of rank
- * NOTIFIER_LOCK_RANK_SUBSCRIBER_LEAF and may wait, briefly, for a vCPU in
+ * UMBRA_LOCK_RANK_SUBSCRIBER_LEAF and may wait, briefly, for a vCPU in
  * guest mode to acknowledge (a vCPU not in guest mode may be flushed at its
  * next entry instead, as KVM's remote flush does).
  * On return: the vCPU will not use any translation it cached before the call

@@ -1,0 +1,327 @@
+/*
+ * umbra/lock.h - mutexes that know their owner and their rank, and the one
+ * rank table of every lock in umbra.
+ *
+ * umbra documents every lock where it is declared, with its place in the
+ * nesting order, and asserts both in debug builds (UMBRA_DEBUG=1, the default
+ * for CMAKE_BUILD_TYPE=Debug).  struct umbra_mutex is the small wrapper that
+ * makes this possible; notifier/, shadow/ and vmm/ use it for all their
+ * locks, so that one rank table orders them all.
+ *
+ *   umbra_mutex_init(&m, "vm.mmu_lock", UMBRA_LOCK_RANK_MMU);
+ *   umbra_mutex_lock(&m);
+ *   umbra_mutex_assert_held(&m);      // in every foo_locked() function
+ *   umbra_mutex_unlock(&m);
+ *
+ * Ranks.  A thread may only acquire a lock whose rank is strictly greater
+ * than the rank of every ranked lock it already holds (locks are taken
+ * outermost first).  Rank 0 means "unranked": never checked, for leaf locks
+ * private to one file that call nothing while held.  Two locks of one rank
+ * are never held together.  Debug builds print what was violated (the lock
+ * taken, the lock held, the rule) to stderr and abort; release builds
+ * compile all of this away to plain pthread calls.
+ *
+ * Pseudo-locks.  A rule that is not about a mutex ("a notifier callback does
+ * not call back into the notifier library") is expressed as a pseudo-lock:
+ * umbra_pseudo_lock_acquire() marks its rank held for the thread, so that
+ * the rank checks of every lock and rule assertion below see it.
+ *
+ * Rule assertions.  umbra_assert_unlocked_from(rank, rule) aborts, naming
+ * @rule and the offending lock, if the thread holds any lock of rank >=
+ * @rank.  Library entry points that may block on other threads' callbacks
+ * (notifier_read_begin, notifier_invalidate_range_start/end, subscribe,
+ * unsubscribe, the shadow MMU's get_page calls) use it, so that a violation
+ * aborts with the rule's name instead of deadlocking.
+ *
+ * The order, outermost first (docs/locking.md describes each lock):
+ *
+ *   VMM_RUN          vmm: a VM's run state (vm->lock)
+ *   NOTIFIER_OBJECT  notifier object's subscription lock (subscribe,
+ *                    unsubscribe, destroy; the release callback runs under it)
+ *   NOTIFIER_CALLBACK  pseudo-lock: held while a notifier callback runs
+ *   MMU              a subscriber's main lock: the per-VM mmu_lock, taken by
+ *                    its notifier callbacks and held around read_retry
+ *   OBJS             shadow: the pool's list of memory objects
+ *   RMAP             shadow: one reverse-map stripe of one object
+ *   MMUS             shadow: the pool's list of MMUs
+ *   TABLE            shadow: one shadow table's lock
+ *   TLBS             shadow: one VM's list of vCPU TLBs (remote flush)
+ *   SUBSCRIBER_LEAF  any other lock a callback takes, e.g. a vCPU's tlb_lock
+ *   VMM_LEAF         vmm: leaf locks (mode_lock, the console's output_lock,
+ *                    the evictor's lock)
+ *   NOTIFIER_SEQ     notifier object's sequence lock (leaf; taken by
+ *                    read_begin/read_retry and by the invalidation side)
+ *
+ * Ranks are spaced so that a module can slot a new lock in between without
+ * renumbering.
+ */
+#ifndef UMBRA_LOCK_H
+#define UMBRA_LOCK_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* UMBRA_DEBUG may be undefined (release builds); -Wundef wants it spelt out. */
+#if defined(UMBRA_DEBUG) && UMBRA_DEBUG
+#define UMBRA_LOCK_DEBUG 1
+#else
+#define UMBRA_LOCK_DEBUG 0
+#endif
+
+enum umbra_lock_rank {
+	UMBRA_LOCK_RANK_NONE = 0,
+	UMBRA_LOCK_RANK_VMM_RUN = 2,
+	UMBRA_LOCK_RANK_NOTIFIER_OBJECT = 4,
+	UMBRA_LOCK_RANK_NOTIFIER_CALLBACK = 6,
+	UMBRA_LOCK_RANK_MMU = 8,
+	UMBRA_LOCK_RANK_OBJS = 9,
+	UMBRA_LOCK_RANK_RMAP = 10,
+	UMBRA_LOCK_RANK_MMUS = 11,
+	UMBRA_LOCK_RANK_TABLE = 12,
+	UMBRA_LOCK_RANK_TLBS = 14,
+	UMBRA_LOCK_RANK_SUBSCRIBER_LEAF = 20,
+	UMBRA_LOCK_RANK_VMM_LEAF = 24,
+	UMBRA_LOCK_RANK_NOTIFIER_SEQ = 28,
+	UMBRA_LOCK_RANK_MAX = 31,
+};
+
+struct umbra_mutex {
+	pthread_mutex_t mutex;
+#if UMBRA_LOCK_DEBUG
+	uintptr_t owner;	/* pthread_self() of the holder, 0 if free (atomic) */
+	const char *name;
+	unsigned int rank;
+#endif
+};
+
+/* A rule held for a stretch of code, with a rank like a lock's (above). */
+struct umbra_pseudo_lock {
+	const char *name;
+	unsigned int rank;
+};
+
+#if UMBRA_LOCK_DEBUG
+/* Bit r set: this thread holds a lock of rank r (base/lock.c). */
+extern __thread uint32_t umbra_lock_ranks_held;
+/* The name of the lock of rank r this thread holds (base/lock.c). */
+extern __thread const char *umbra_lock_names_held[UMBRA_LOCK_RANK_MAX + 1];
+
+/*
+ * Prints "umbra: lock rule violated: @what" with the lock @name (rank
+ * @rank) and every lock the thread holds, then aborts.  Debug builds only.
+ */
+void umbra_lock_violation(const char *what, const char *name, unsigned int rank)
+	__attribute__((noreturn, cold));
+#endif
+
+/*
+ * Initialise @m.  @name is kept (not copied) for the violation messages;
+ * @rank is one of enum umbra_lock_rank.  Cannot fail (a default pthread
+ * mutex needs no resources).
+ */
+static inline void umbra_mutex_init(struct umbra_mutex *m, const char *name, unsigned int rank)
+{
+	pthread_mutex_init(&m->mutex, NULL);
+#if UMBRA_LOCK_DEBUG
+	__atomic_store_n(&m->owner, (uintptr_t)0, __ATOMIC_RELAXED);
+	m->name = name;
+	m->rank = rank;
+#else
+	(void)name;
+	(void)rank;
+#endif
+}
+
+/* Release @m's resources.  @m must not be held. */
+static inline void umbra_mutex_exit(struct umbra_mutex *m)
+{
+#if UMBRA_LOCK_DEBUG
+	if (__atomic_load_n(&m->owner, __ATOMIC_RELAXED) != 0)
+		umbra_lock_violation("destroying a mutex that is held", m->name, m->rank);
+#endif
+	pthread_mutex_destroy(&m->mutex);
+}
+
+/* True if the calling thread holds @m (debug builds only; true otherwise). */
+static inline bool umbra_mutex_is_held(struct umbra_mutex *m)
+{
+#if UMBRA_LOCK_DEBUG
+	return __atomic_load_n(&m->owner, __ATOMIC_RELAXED) == (uintptr_t)pthread_self();
+#else
+	(void)m;
+	return true;
+#endif
+}
+
+#if UMBRA_LOCK_DEBUG
+#define umbra_mutex_assert_held(m)                                                         \
+	do {                                                                               \
+		if (!umbra_mutex_is_held(m))                                               \
+			umbra_lock_violation("the caller must hold this lock (" __FILE__ ")", \
+					     (m)->name, (m)->rank);                        \
+	} while (0)
+#define umbra_mutex_assert_not_held(m)                                                     \
+	do {                                                                               \
+		if (__atomic_load_n(&(m)->owner, __ATOMIC_RELAXED) == (uintptr_t)pthread_self()) \
+			umbra_lock_violation("the caller must not hold this lock (" __FILE__ ")", \
+					     (m)->name, (m)->rank);                        \
+	} while (0)
+/* Abort, naming @rule, if this thread holds any lock of rank >= @rank. */
+#define umbra_assert_unlocked_from(rank, rule)                                             \
+	do {                                                                               \
+		if (umbra_lock_ranks_held >> (rank))                                       \
+			umbra_lock_violation(rule, NULL, (rank));                          \
+	} while (0)
+#else
+#define umbra_mutex_assert_held(m) ((void)(m))
+#define umbra_mutex_assert_not_held(m) ((void)(m))
+#define umbra_assert_unlocked_from(rank, rule) ((void)(rank), (void)(rule))
+#endif
+/* Abort if this thread holds any lock of rank >= @rank. */
+#define umbra_assert_no_lock_from_rank(rank) \
+	umbra_assert_unlocked_from(rank, "no lock of this rank or above may be held here")
+
+#if UMBRA_LOCK_DEBUG
+static inline void umbra_lock_note_acquired(const char *name, unsigned int rank)
+{
+	if (rank) {
+		umbra_lock_ranks_held |= 1u << rank;
+		umbra_lock_names_held[rank] = name;
+	}
+}
+
+static inline void umbra_lock_note_released(unsigned int rank)
+{
+	if (rank) {
+		umbra_lock_ranks_held &= ~(1u << rank);
+		umbra_lock_names_held[rank] = NULL;
+	}
+}
+
+static inline void umbra_lock_check_order(const char *name, unsigned int rank)
+{
+	if (rank && (umbra_lock_ranks_held >> rank))
+		umbra_lock_violation("rank order: a lock of equal or higher rank is held", name, rank);
+}
+
+static inline void umbra_mutex_note_acquired(struct umbra_mutex *m)
+{
+	__atomic_store_n(&m->owner, (uintptr_t)pthread_self(), __ATOMIC_RELAXED);
+	umbra_lock_note_acquired(m->name, m->rank);
+}
+
+static inline void umbra_mutex_note_releasing(struct umbra_mutex *m)
+{
+	if (__atomic_load_n(&m->owner, __ATOMIC_RELAXED) != (uintptr_t)pthread_self())
+		umbra_lock_violation("unlocking a mutex this thread does not hold", m->name, m->rank);
+	umbra_lock_note_released(m->rank);
+	__atomic_store_n(&m->owner, (uintptr_t)0, __ATOMIC_RELAXED);
+}
+
+static inline void umbra_mutex_check_order(struct umbra_mutex *m)
+{
+	if (__atomic_load_n(&m->owner, __ATOMIC_RELAXED) == (uintptr_t)pthread_self())
+		umbra_lock_violation("recursive locking", m->name, m->rank);
+	umbra_lock_check_order(m->name, m->rank);
+}
+#endif
+
+/* Acquire @m; may block.  Debug builds check the rank order first. */
+static inline void umbra_mutex_lock(struct umbra_mutex *m)
+{
+#if UMBRA_LOCK_DEBUG
+	umbra_mutex_check_order(m);
+#endif
+	pthread_mutex_lock(&m->mutex);
+#if UMBRA_LOCK_DEBUG
+	umbra_mutex_note_acquired(m);
+#endif
+}
+
+/*
+ * Try to acquire @m without blocking: true if acquired.  Debug builds hold
+ * trylock to the same rank order as umbra_mutex_lock().
+ */
+static inline bool umbra_mutex_trylock(struct umbra_mutex *m)
+{
+#if UMBRA_LOCK_DEBUG
+	umbra_mutex_check_order(m);
+#endif
+	if (pthread_mutex_trylock(&m->mutex) != 0)
+		return false;
+#if UMBRA_LOCK_DEBUG
+	umbra_mutex_note_acquired(m);
+#endif
+	return true;
+}
+
+/* Release @m, which the calling thread must hold. */
+static inline void umbra_mutex_unlock(struct umbra_mutex *m)
+{
+#if UMBRA_LOCK_DEBUG
+	umbra_mutex_note_releasing(m);
+#endif
+	pthread_mutex_unlock(&m->mutex);
+}
+
+/*
+ * pthread_cond_wait() on @m, keeping the owner and rank bookkeeping right.
+ * @m must be held; it is held again on return.
+ */
+static inline void umbra_cond_wait(pthread_cond_t *cond, struct umbra_mutex *m)
+{
+#if UMBRA_LOCK_DEBUG
+	umbra_mutex_note_releasing(m);
+#endif
+	pthread_cond_wait(cond, &m->mutex);
+#if UMBRA_LOCK_DEBUG
+	umbra_mutex_note_acquired(m);
+#endif
+}
+
+/*
+ * pthread_cond_timedwait() on @m (CLOCK_REALTIME @abstime, as pthread's),
+ * keeping the bookkeeping right.  Returns its result (0 or ETIMEDOUT).
+ */
+static inline int umbra_cond_timedwait(pthread_cond_t *cond, struct umbra_mutex *m,
+				       const struct timespec *abstime)
+{
+	int ret;
+
+#if UMBRA_LOCK_DEBUG
+	umbra_mutex_note_releasing(m);
+#endif
+	ret = pthread_cond_timedwait(cond, &m->mutex, abstime);
+#if UMBRA_LOCK_DEBUG
+	umbra_mutex_note_acquired(m);
+#endif
+	return ret;
+}
+
+/*
+ * Mark @p held by this thread until umbra_pseudo_lock_release(): taking it
+ * obeys the rank order as a mutex does, and every lock or rule check made
+ * meanwhile sees it.  Nothing to do in release builds.
+ */
+static inline void umbra_pseudo_lock_acquire(const struct umbra_pseudo_lock *p)
+{
+#if UMBRA_LOCK_DEBUG
+	umbra_lock_check_order(p->name, p->rank);
+	umbra_lock_note_acquired(p->name, p->rank);
+#else
+	(void)p;
+#endif
+}
+
+static inline void umbra_pseudo_lock_release(const struct umbra_pseudo_lock *p)
+{
+#if UMBRA_LOCK_DEBUG
+	umbra_lock_note_released(p->rank);
+#else
+	(void)p;
+#endif
+}
+
+#endif /* UMBRA_LOCK_H */

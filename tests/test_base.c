@@ -1,0 +1,178 @@
+/*
+ * base/: the lock-rank checker and its rules (include/umbra/lock.h).
+ *
+ * Each seeded violation runs in a child process whose stderr is a pipe; the
+ * test expects the child to die of SIGABRT and its message to name the rule
+ * and the lock held.  Debug builds only: release builds compile the checks
+ * away.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests.h"
+#include "umbra/lock.h"
+#include "umbra/notifier.h"
+
+#if UMBRA_LOCK_DEBUG
+
+/* A subscriber's main lock, as a VM's mmu_lock is. */
+static struct umbra_mutex subscriber_lock;
+static struct notifier_object *obj;
+
+static void setup_object(void)
+{
+	notifier_thread_init();
+	umbra_mutex_init(&subscriber_lock, "test.mmu_lock", UMBRA_LOCK_RANK_MMU);
+	if (notifier_object_create("violations", 16, &obj))
+		abort();
+}
+
+/* Holding the subscriber's lock across notifier_read_begin. */
+static void read_begin_under_subscriber_lock(void)
+{
+	setup_object();
+	umbra_mutex_lock(&subscriber_lock);
+	(void)notifier_read_begin(obj, 0, 15);
+}
+
+static int ignore_page(struct notifier_subscription *sub, const struct notifier_range *range,
+		       uint64_t page)
+{
+	return 0;
+}
+
+static int reenter_subscribe(struct notifier_subscription *sub, const struct notifier_range *range)
+{
+	static const struct notifier_ops other_ops = {
+		.invalidate_range_start = reenter_subscribe, .invalidate_page = ignore_page,
+	};
+	struct notifier_subscription *other;
+
+	return notifier_subscribe(notifier_subscription_object(sub), &other_ops, NULL, &other);
+}
+
+/* A callback that calls back into the library (subscribes from inside). */
+static void callback_reenters_library(void)
+{
+	static const struct notifier_ops ops = {
+		.invalidate_range_start = reenter_subscribe, .invalidate_page = ignore_page,
+	};
+	struct notifier_subscription *sub;
+	struct notifier_range range;
+
+	setup_object();
+	if (notifier_subscribe(obj, &ops, NULL, &sub))
+		abort();
+	notifier_range_init(&range, obj, NOTIFIER_EVENT_UNMAP, 0, 15, NOTIFIER_RANGE_MAY_BLOCK);
+	(void)notifier_invalidate_range_start(&range);
+}
+
+/* Taking the subscriber's lock inside a shadow-table-ranked lock. */
+static void rank_inversion(void)
+{
+	struct umbra_mutex table;
+
+	umbra_mutex_init(&table, "test.table_lock", UMBRA_LOCK_RANK_TABLE);
+	umbra_mutex_init(&subscriber_lock, "test.mmu_lock", UMBRA_LOCK_RANK_MMU);
+	umbra_mutex_lock(&table);
+	umbra_mutex_lock(&subscriber_lock);
+}
+
+static const struct violation {
+	const char *what;
+	void (*run)(void);
+	const char *rule;	/* the message must contain these */
+	const char *held;
+} violations[] = {
+	{ "read_begin under the subscriber's lock", read_begin_under_subscriber_lock,
+	  "notifier_read_begin is not called from a notifier callback or with a subscriber's lock held",
+	  "holds 'test.mmu_lock'" },
+	{ "a callback re-entering the library", callback_reenters_library,
+	  "notifier_subscribe, notifier_unsubscribe and notifier_object_destroy are not called from a notifier callback",
+	  "holds 'a notifier callback'" },
+	{ "mmu_lock taken inside a table lock", rank_inversion,
+	  "rank order: a lock of equal or higher rank is held: lock 'test.mmu_lock'",
+	  "holds 'test.table_lock'" },
+};
+
+START_TEST(test_seeded_violation_aborts_naming_the_rule)
+{
+	const struct violation *v = &violations[_i];
+	char msg[4096] = "";
+	size_t len = 0;
+	int fds[2], status;
+	ssize_t n;
+	pid_t pid;
+
+	ck_assert_int_eq(pipe(fds), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		close(fds[0]);
+		dup2(fds[1], STDERR_FILENO);
+		v->run();
+		_exit(0);	/* no abort: the parent reports it */
+	}
+	close(fds[1]);
+	while (len < sizeof(msg) - 1 && (n = read(fds[0], msg + len, sizeof(msg) - 1 - len)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		ck_assert_int_gt(n, 0);
+		len += (size_t)n;
+	}
+	msg[len] = '\0';
+	close(fds[0]);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT,
+		      "%s: expected SIGABRT, got %s %d (stderr: '%s')", v->what,
+		      WIFSIGNALED(status) ? "signal" : "exit status",
+		      WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status), msg);
+	ck_assert_msg(strstr(msg, "umbra: lock rule violated: ") && strstr(msg, v->rule),
+		      "%s: expected the message to name the rule '%s', got '%s'", v->what, v->rule, msg);
+	ck_assert_msg(strstr(msg, v->held), "%s: expected the message to say '%s', got '%s'",
+		      v->what, v->held, msg);
+}
+END_TEST
+
+#endif /* UMBRA_LOCK_DEBUG */
+
+START_TEST(test_pseudo_lock_is_held_only_between_acquire_and_release)
+{
+	static const struct umbra_pseudo_lock p = { .name = "test.pseudo", .rank = UMBRA_LOCK_RANK_NOTIFIER_CALLBACK };
+	struct umbra_mutex m;
+
+	umbra_mutex_init(&m, "test.mmu_lock", UMBRA_LOCK_RANK_MMU);
+	umbra_pseudo_lock_acquire(&p);
+#if UMBRA_LOCK_DEBUG
+	ck_assert_msg(umbra_lock_ranks_held & (1u << UMBRA_LOCK_RANK_NOTIFIER_CALLBACK),
+		      "expected the pseudo-lock's rank held after acquire");
+#endif
+	umbra_mutex_lock(&m);	/* rank 8 inside rank 6: allowed */
+	umbra_mutex_unlock(&m);
+	umbra_pseudo_lock_release(&p);
+#if UMBRA_LOCK_DEBUG
+	ck_assert_msg(umbra_lock_ranks_held == 0, "expected no rank held after release, got %#x",
+		      umbra_lock_ranks_held);
+#endif
+	umbra_mutex_exit(&m);
+}
+END_TEST
+
+Suite *base_suite(void)
+{
+	Suite *s = suite_create("base");
+	TCase *tc = tcase_create("lock rules");
+
+#if UMBRA_LOCK_DEBUG
+	tcase_add_loop_test(tc, test_seeded_violation_aborts_naming_the_rule, 0,
+			    (int)(sizeof(violations) / sizeof(violations[0])));
+#endif
+	tcase_add_test(tc, test_pseudo_lock_is_held_only_between_acquire_and_release);
+	suite_add_tcase(s, tc);
+	return s;
+}
