@@ -319,7 +319,7 @@ struct shadow_mmu_stats {
 	uint64_t flushes_all;		/* flush_all requests sent to vCPUs */
 	uint64_t flushes_va;		/* flush_va requests sent to vCPUs */
 	uint64_t invalidations;		/* notifier invalidations (range or page) handled */
-	/* sharing (issue 5) */
+	/* sharing */
 	uint64_t clones;		/* shadow_mmu_clone() calls that made this MMU's clone */
 	uint64_t privatizations;	/* shared tables copied before a change (unshare) */
 	uint64_t cow_breaks;		/* guest pages copied on write (P2M copy-on-write) */
@@ -490,7 +490,7 @@ const struct shadow_paging_mode *shadow_mmu_mode(const struct shadow_mmu *mmu);
  */
 int shadow_mmu_check(struct shadow_mmu *mmu);
 
-/* ---- sharing across VMs (issue 5, docs/sharing.md) ------------------ */
+/* ---- sharing across VMs (docs/sharing.md) ----------------------------- */
 
 /*
  * Names slot @slot_id (a private object of this VM, not shared, not
