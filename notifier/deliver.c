@@ -8,7 +8,9 @@
 #include <errno.h>
 #include <string.h>
 
+#include "hold.h"
 #include "notifier_internal.h"
+#include "seq.h"
 
 void notifier_range_init(struct notifier_range *range, struct notifier_object *obj,
 			 enum notifier_event event, uint64_t first, uint64_t last,

@@ -38,6 +38,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "umbra/lock.h"
 #include "umbra/notifier.h"
@@ -199,15 +200,14 @@ static inline struct notifier_subscription *nt_next(const struct notifier_subscr
 #define nt_for_each_present_sub(sub, obj, gen) \
 	nt_for_each_sub(sub, obj) if (!nt_sub_is_present(sub, gen)) {} else
 
-/* Take / drop an in-flight reference (see the top of this file). */
-static inline void nt_sub_hold(struct notifier_subscription *sub)
+/* A timestamp for trace records (CLOCK_MONOTONIC, ns). */
+static inline uint64_t nt_now_ns(void)
 {
-	__atomic_fetch_add(&sub->active, 1, __ATOMIC_RELAXED);
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
-
-void nt_sub_unhold(struct notifier_subscription *sub);
-
-uint64_t nt_now_ns(void);
 
 /* Report one delivery to the trace hook @hook (may be NULL). */
 static inline void nt_trace(const struct nt_trace_hook *hook, enum notifier_trace_kind kind,
@@ -228,11 +228,5 @@ static inline const struct nt_trace_hook *nt_trace_hook(struct notifier_object *
 {
 	return __atomic_load_n(&obj->trace, __ATOMIC_ACQUIRE);
 }
-
-/* seq.c: the invalidation side of the sequence/retry protocol. */
-uint64_t nt_seq_range_begin(struct notifier_object *obj, struct notifier_range *range);
-void nt_seq_range_finish(struct notifier_object *obj, struct notifier_range *range);
-void nt_seq_init(struct notifier_object *obj);
-void nt_seq_exit(struct notifier_object *obj);
 
 #endif /* UMBRA_NOTIFIER_INTERNAL_H */

@@ -3,16 +3,13 @@
  * counters and the trace hook.
  */
 #include <errno.h>
-#include <limits.h>
-#include <linux/futex.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
 
+#include "hold.h"
 #include "notifier_internal.h"
+#include "seq.h"
 
 
 /* ---- names ----------------------------------------------------------- */
@@ -82,45 +79,6 @@ void notifier_barrier(void)
 	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_NOTIFIER_CALLBACK,
 				   "notifier_barrier is not called from a notifier callback or with a subscriber's lock held");
 	umbra_rcu_barrier();
-}
-
-uint64_t nt_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* ---- in-flight references ------------------------------------------- */
-
-static void nt_futex_wait(uint32_t *addr, uint32_t val)
-{
-	syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
-}
-
-static void nt_futex_wake_all(uint32_t *addr)
-{
-	syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-}
-
-void nt_sub_unhold(struct notifier_subscription *sub)
-{
-	uint32_t old = __atomic_fetch_sub(&sub->active, 1, __ATOMIC_RELEASE);
-
-	if ((old & NT_ACTIVE_MASK) == 1 && (old & NT_ACTIVE_WAITER))
-		nt_futex_wake_all(&sub->active);
-}
-
-/* Wait until no delivery holds @sub (its death is assigned, grace period past). */
-static void nt_sub_drain(struct notifier_subscription *sub)
-{
-	uint32_t v = __atomic_or_fetch(&sub->active, NT_ACTIVE_WAITER, __ATOMIC_ACQ_REL);
-
-	while (v & NT_ACTIVE_MASK) {
-		nt_futex_wait(&sub->active, v);
-		v = __atomic_load_n(&sub->active, __ATOMIC_ACQUIRE);
-	}
 }
 
 /* ---- objects --------------------------------------------------------- */

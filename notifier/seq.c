@@ -9,7 +9,7 @@
  * mmu_invalidate_in_progress / mmu_invalidate_range_{start,end}, with the
  * in-progress ranges kept exactly instead of merged.
  */
-#include "notifier_internal.h"
+#include "seq.h"
 
 void nt_seq_init(struct notifier_object *obj)
 {
