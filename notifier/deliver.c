@@ -229,8 +229,14 @@ void notifier_invalidate_range_end(struct notifier_range *range)
 	nt_count(obj, NT_CTR(ends), 1);
 }
 
-int notifier_clear_young(struct notifier_object *obj, uint64_t first, uint64_t last)
+/*
+ * One walk for both young queries: clear_young asks every present
+ * subscriber (each clears its own accessed bits) and ORs the answers;
+ * test_young (@test) stops at the first subscriber that says young.
+ */
+static int nt_young_walk(struct notifier_object *obj, uint64_t first, uint64_t last, bool test)
 {
+	const enum notifier_trace_kind kind = test ? NOTIFIER_TRACE_TEST_YOUNG : NOTIFIER_TRACE_CLEAR_YOUNG;
 	struct notifier_subscription *sub;
 	const struct nt_trace_hook *hook;
 	int young = 0;
@@ -245,47 +251,26 @@ int notifier_clear_young(struct notifier_object *obj, uint64_t first, uint64_t l
 	nt_for_each_present_sub(sub, obj, gen) {
 		int r;
 
-		if (!sub->ops->clear_young)
+		if (test ? !sub->ops->test_young : !sub->ops->clear_young)
 			continue;
-		r = sub->ops->clear_young(sub, obj, first, last);
-		nt_trace(hook, NOTIFIER_TRACE_CLEAR_YOUNG, obj, sub, first, last,
-			 NOTIFIER_EVENT_NR, r);
+		r = test ? sub->ops->test_young(sub, obj, first) : sub->ops->clear_young(sub, obj, first, last);
+		nt_trace(hook, kind, obj, sub, first, last, NOTIFIER_EVENT_NR, r);
 		young |= r != 0;
+		if (young && test)
+			break;
 	}
 	umbra_rcu_read_unlock();
 	nt_callbacks_end();
-	nt_count(obj, NT_CTR(clear_young), 1);
+	nt_count(obj, test ? NT_CTR(test_young) : NT_CTR(clear_young), 1);
 	return young;
+}
+
+int notifier_clear_young(struct notifier_object *obj, uint64_t first, uint64_t last)
+{
+	return nt_young_walk(obj, first, last, false);
 }
 
 int notifier_test_young(struct notifier_object *obj, uint64_t page)
 {
-	struct notifier_subscription *sub;
-	const struct nt_trace_hook *hook;
-	int young = 0;
-	uint64_t gen;
-
-	if (!nt_pages_valid(obj, page, page))
-		return -EINVAL;
-	nt_callbacks_begin(NT_RULE_DELIVER);
-	umbra_rcu_read_lock();
-	gen = __atomic_load_n(&obj->next_gen, __ATOMIC_ACQUIRE);
-	hook = nt_trace_hook(obj);
-	nt_for_each_present_sub(sub, obj, gen) {
-		int r;
-
-		if (!sub->ops->test_young)
-			continue;
-		r = sub->ops->test_young(sub, obj, page);
-		nt_trace(hook, NOTIFIER_TRACE_TEST_YOUNG, obj, sub, page, page,
-			 NOTIFIER_EVENT_NR, r);
-		if (r) {
-			young = 1;
-			break;
-		}
-	}
-	umbra_rcu_read_unlock();
-	nt_callbacks_end();
-	nt_count(obj, NT_CTR(test_young), 1);
-	return young;
+	return nt_young_walk(obj, page, page, true);
 }
