@@ -77,6 +77,11 @@ void umbra_rcu_read_unlock(void)
 	urcu_memb_read_unlock();
 }
 
+bool umbra_rcu_is_reader(void)
+{
+	return urcu_memb_read_ongoing();
+}
+
 /* Call after a grace period has elapsed (synchronize or callback). */
 static inline void rcu_after_grace_period(void)
 {

@@ -182,6 +182,19 @@ static inline bool nt_sub_is_present(const struct notifier_subscription *sub, ui
 	return sub->birth < gen && gen <= __atomic_load_n(&sub->death, __ATOMIC_ACQUIRE);
 }
 
+/* The loop test of nt_for_each_sub: debug builds check that the walker is
+ * in an RCU read-side critical section, as KVM's root iterators assert
+ * their lock in the loop condition. */
+static inline bool nt_sub_walk_continues(const struct notifier_subscription *sub)
+{
+#if UMBRA_LOCK_DEBUG
+	if (!umbra_rcu_is_reader())
+		umbra_lock_violation("the subscriber list is walked inside umbra_rcu_read_lock()",
+				     "the RCU read side", 0);
+#endif
+	return sub != NULL;
+}
+
 static inline struct notifier_subscription *nt_first(struct notifier_object *obj)
 {
 	return __atomic_load_n(&obj->head, __ATOMIC_ACQUIRE);
@@ -194,7 +207,7 @@ static inline struct notifier_subscription *nt_next(const struct notifier_subscr
 
 /* Walk the RCU list; caller is in a read-side critical section. */
 #define nt_for_each_sub(sub, obj) \
-	for ((sub) = nt_first(obj); (sub); (sub) = nt_next(sub))
+	for ((sub) = nt_first(obj); nt_sub_walk_continues(sub); (sub) = nt_next(sub))
 
 /* Walk the subscriptions present for generation @gen. */
 #define nt_for_each_present_sub(sub, obj, gen) \

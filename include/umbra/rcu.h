@@ -35,6 +35,10 @@ bool umbra_rcu_thread_is_registered(void);
 void umbra_rcu_read_lock(void);
 void umbra_rcu_read_unlock(void);
 
+/* Whether the calling thread is inside a read-side critical section (for
+ * the assertions of lock-free iterators).  Lock-free. */
+bool umbra_rcu_is_reader(void);
+
 /* Wait for a grace period.  May block: not inside a read-side critical
  * section, not from an umbra_call_rcu callback. */
 void umbra_synchronize_rcu(void);
