@@ -26,7 +26,9 @@ uint64_t vm_image_load_max(uint64_t mem, unsigned int vcpus)
 	return mem - (uint64_t)vcpus * UMBRA_VCPU_STACK_SIZE;
 }
 
-/* A 64-bit TSS descriptor's low entry: base[31:0], limit[15:0], access byte. */
+/* A 64-bit TSS descriptor's low entry (Intel SDM vol. 3A 8.2.3): limit[15:0]
+ * in bits 0-15, base[23:0] in bits 16-39, the access byte in bits 40-47,
+ * base[31:24] in bits 56-63 (limit[19:16] and the flags stay 0). */
 static uint64_t tss_descriptor_low(uint64_t base, uint64_t limit)
 {
 	return (limit & 0xffff) | ((base & 0xffffff) << 16) | (BOOT_GDT_TSS_ACCESS << 40) |

@@ -285,7 +285,7 @@ static int vm_check_config(const struct vm_config *config, struct vmm_error *err
 	if (config->mem % VMM_MEM_ALIGN || config->mem < VMM_MEM_MIN || config->mem > VMM_MEM_MAX)
 		return vmm_error_set(err, EINVAL, "RAM size %" PRIu64 ": must be a multiple of 2 MiB from 4 MiB to 64 GiB",
 				     config->mem);
-	if (vm_image_load_max(config->mem, config->vcpus) < 2 * UMBRA_IMAGE_MIN_GPA)
+	if (vm_image_load_max(config->mem, config->vcpus) < VMM_RAM_BELOW_STACKS_MIN)
 		return vmm_error_set(err, EINVAL, "RAM of %" PRIu64 " MiB is too small for %u vCPUs' stacks and an image",
 				     config->mem >> 20, config->vcpus);
 	if (strlen(config->cmdline) >= UMBRA_CMDLINE_MAX)

@@ -11,6 +11,8 @@
 
 #include "vm_internal.h"
 
+#define PAGE_KIB (SHADOW_PAGE_SIZE / 1024) /* KiB in a table page */
+
 const char *const vm_exit_kind_names[VM_EXIT_NR] = {
 #define VM_EXIT_KIND_NAME(kind, name) [VM_EXIT_##kind] = name,
 	VM_EXIT_KINDS(VM_EXIT_KIND_NAME)
@@ -140,8 +142,8 @@ void vmm_stats_print_process(const struct table_memory *tm, struct segment *cons
 	fprintf(stderr,
 		"umbra: table memory: %llu KiB in use of a %llu KiB pool (%llu tables); "
 		"unshared it would be %llu KiB (%llu tables)\n",
-		(unsigned long long)tm->in_use * 4, (unsigned long long)tm->pool_pages * 4,
-		(unsigned long long)tm->in_use, (unsigned long long)tm->unshared * 4,
+		(unsigned long long)(tm->in_use * PAGE_KIB), (unsigned long long)(tm->pool_pages * PAGE_KIB),
+		(unsigned long long)tm->in_use, (unsigned long long)(tm->unshared * PAGE_KIB),
 		(unsigned long long)tm->unshared);
 	for (unsigned int i = 0; i < nr_segments; i++) {
 		struct segment_stats ss;

@@ -82,6 +82,9 @@ enum vmm_command {
 #define VMM_MEM_MAX (64ull << 30)
 #define VMM_MEM_DEFAULT (64ull << 20)
 #define VMM_MEM_ALIGN (2ull << 20) /* boot tables map RAM with 2 MiB pages */
+/* RAM below the vCPU stacks holds the boot area (below UMBRA_IMAGE_MIN_GPA)
+ * and at least as much again for the image. */
+#define VMM_RAM_BELOW_STACKS_MIN (2ull * UMBRA_IMAGE_MIN_GPA)
 #define VMM_MAX_VMS 256u
 #define VMM_NAME_MAX 24 /* VM names, including the NUL */
 /* Guest-physical layout of a VM: RAM from 0 (at most 64 GiB), shared
