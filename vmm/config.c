@@ -259,7 +259,7 @@ static int parse_vm_segments(struct config_ctx *c, const char *path, struct json
 			     const struct plan *plan, struct plan_vm *proto)
 {
 	char key[64];
-	const char *s;
+	const char *s = NULL;
 	int ret;
 
 	snprintf(key, sizeof(key), "%s.segments", path);

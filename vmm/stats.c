@@ -81,9 +81,7 @@ struct segment_stats {
 
 static void segment_get_stats(const struct segment *seg, struct segment_stats *ss)
 {
-	memset(ss, 0, sizeof(*ss));
-	if (seg)
-		shadow_store_stats(seg->store, &ss->evictions, &ss->restores);
+	shadow_store_stats(seg->store, &ss->evictions, &ss->restores);
 }
 
 void table_memory_get(const struct vmm_host *host, struct vm *const *vms, unsigned int nr_vms,
@@ -178,9 +176,10 @@ static struct json_object *json_group(enum vm_stat_group group, const uint64_t *
 static struct json_object *json_segment(const struct plan_segment *ps, const struct segment *seg)
 {
 	struct json_object *js = json_object_new_object();
-	struct segment_stats ss;
+	struct segment_stats ss = { 0 };
 
-	segment_get_stats(seg, &ss);
+	if (seg)
+		segment_get_stats(seg, &ss);
 	json_object_object_add(js, "name", json_object_new_string(ps->name));
 	json_add_u64(js, "gpa", ps->gpa);
 	json_add_u64(js, "size", ps->size);
