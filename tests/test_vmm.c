@@ -649,6 +649,37 @@ START_TEST(test_boot_info_blocks_describe_the_vm)
 }
 END_TEST
 
+/* ---- statistics: one list for --stats and --stats-json ---- */
+
+START_TEST(test_stats_report_every_shadow_counter_once_per_group)
+{
+	struct vm_stats st;
+	uint64_t values[VM_STAT_NR], *counters = (uint64_t *)&st.shadow;
+	const size_t nr_counters = sizeof(st.shadow) / sizeof(uint64_t);
+
+	/* Every counter of struct shadow_mmu_stats gets a distinct value; each
+	 * must come out of VM_STATS (so both outputs report it). */
+	memset(&st, 0, sizeof(st));
+	for (size_t i = 0; i < nr_counters; i++)
+		counters[i] = 1000 + i;
+	vm_stats_values(&st, values);
+	for (size_t i = 0; i < nr_counters; i++) {
+		bool found = false;
+		for (int k = 0; k < VM_STAT_NR; k++)
+			found |= values[k] == 1000 + i;
+		ck_assert_msg(found, "shadow_mmu_stats counter %zu (value %zu): expected in VM_STATS, got no entry", i,
+			      1000 + i);
+	}
+	for (int k = 0; k < VM_STAT_NR; k++) {
+		const struct vm_stat_desc *d = &vm_stat_descs[k];
+		ck_assert_msg(d->key && (!d->before) == (!d->after), "entry %d: expected a key and both texts or none", k);
+		for (int j = 0; j < k; j++)
+			ck_assert_msg(vm_stat_descs[j].group != d->group || strcmp(vm_stat_descs[j].key, d->key) != 0,
+				      "entry %d: expected a key unique in its group, got '%s' twice", k, d->key);
+	}
+}
+END_TEST
+
 Suite *vmm_suite(void)
 {
 	Suite *s = suite_create("vmm");
@@ -678,5 +709,8 @@ Suite *vmm_suite(void)
 			    sizeof(boot_efers) / sizeof(boot_efers[0]));
 	tcase_add_test(boot, test_boot_info_blocks_describe_the_vm);
 	suite_add_tcase(s, boot);
+	TCase *stats = tcase_create("stats");
+	tcase_add_test(stats, test_stats_report_every_shadow_counter_once_per_group);
+	suite_add_tcase(s, stats);
 	return s;
 }
