@@ -767,7 +767,15 @@ START_TEST(test_eight_vms_share_segment_tables_and_fault_back_evicted_pages)
 			      i, SHARED_SEG_SIZE >> 21, (unsigned long long)shared);
 		ck_assert_msg(json_u64(vm, "shadow.invalidations") > 0, "reader%d: no invalidation reached it", i);
 		invalidations += json_u64(vm, "shadow.invalidations");
+		/* A VM's zap flushes its own vCPUs before it drops anything. */
+		uint64_t flushes = json_u64(vm, "shadow.flushes_all") + json_u64(vm, "shadow.flushes_va");
+		ck_assert_msg(json_u64(vm, "shadow.zapped") == 0 || flushes > 0,
+			      "reader%d: expected flushes after %llu zapped entries, got none", i,
+			      (unsigned long long)json_u64(vm, "shadow.zapped"));
+		(void)json_u64(vm, "shadow.root_evictions");
 	}
+	assert_contains(result.err, " root_evictions=", &result);
+	assert_contains(result.err, " flushes_all=", &result);
 	ck_assert_msg(created == SHARED_SEG_SIZE >> 21, "canonical tables created: expected %u, got %llu",
 		      SHARED_SEG_SIZE >> 21, (unsigned long long)created);
 	uint64_t in_use = json_u64(root, "table_pages.in_use"), unshared = json_u64(root, "table_pages.unshared");

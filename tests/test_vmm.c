@@ -1,11 +1,14 @@
 /*
- * vmm/ host-side units that need no KVM: the command line and ELF validation.
+ * vmm/ host-side units that need no KVM: the command line, ELF validation,
+ * config files and the boot state (boot.c), checked against docs/abi.md.
  * (Everything that runs a VM is in test_kvm.c, on real KVM.)
  */
 #include <check.h>
 #include <elf.h>
 #include <errno.h>
+#include <linux/kvm.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "tests.h"
 #include "umbra/abi.h"
@@ -336,6 +339,347 @@ START_TEST(test_bad_config_names_key_and_problem)
 }
 END_TEST
 
+/* ---- the boot state (docs/abi.md, "Boot state") ---- */
+
+#define MIB (1ull << 20)
+#define GIB (1ull << 30)
+
+/* Guest RAM for a boot test: anonymous, so that only what is written is
+ * backed. */
+static void *boot_ram(uint64_t size)
+{
+	void *ram = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	ck_assert_msg(ram != MAP_FAILED, "mmap of %llu bytes of test RAM failed", (unsigned long long)size);
+	return ram;
+}
+
+static int boot_ram_read(void *ctx, uint64_t pa, uint64_t *val)
+{
+	const struct boot_layout *l = ctx;
+
+	if (pa + 8 > l->ram_size)
+		return -EFAULT;
+	memcpy(val, (const char *)l->ram + pa, 8);
+	return 0;
+}
+
+static const struct shadow_mem_ops boot_ram_ops = { .read = boot_ram_read };
+
+static struct segment boot_segments[] = {
+	{ .name = "one", .gpa = 128 * GIB, .size = 4 * MIB, .writable = true, .fd = -1 },
+	{ .name = "two", .gpa = 130 * GIB - 2 * MIB, .size = 6 * MIB, .writable = false, .fd = -1 },
+};
+
+static struct segment *const boot_segment_ptrs[] = { &boot_segments[0], &boot_segments[1] };
+
+/* Layouts whose boot page tables are checked. */
+static const struct {
+	uint64_t ram_size;
+	unsigned int nr_segments;
+} boot_layouts[] = {
+	{ 4 * MIB, 0 },            /* the smallest RAM */
+	{ 64 * MIB, 2 },           /* the default, with a segment across a GiB boundary */
+	{ GIB + 2 * MIB, 1 },      /* RAM over 1 GiB: a second page directory */
+};
+
+/* Walks va in the boot tables: returns 0 and the translation, or the
+ * walker's error. Checks that what is mapped is writable and executable. */
+static int boot_translate(const struct boot_layout *l, uint64_t cr3, uint64_t va, uint64_t *pa, int *level)
+{
+	struct shadow_walk w;
+	int ret = shadow_walk(&shadow_default_mode, &boot_ram_ops, (void *)l, cr3, va, SHADOW_ACCESS_WRITE, 0, &w);
+
+	if (ret)
+		return ret;
+	*pa = w.pa;
+	*level = w.leaf_level;
+	ret = shadow_walk(&shadow_default_mode, &boot_ram_ops, (void *)l, cr3, va, SHADOW_ACCESS_FETCH, 0, &w);
+	ck_assert_msg(ret == 0, "va %#llx: mapped writable, expected executable too, got %d on a fetch",
+		      (unsigned long long)va, ret);
+	return 0;
+}
+
+static void assert_identity(const struct boot_layout *l, uint64_t cr3, uint64_t va, int expected_level)
+{
+	uint64_t pa = 0;
+	int level = 0, ret = boot_translate(l, cr3, va, &pa, &level);
+
+	ck_assert_msg(ret == 0, "va %#llx: expected mapped, got walk error %d", (unsigned long long)va, ret);
+	ck_assert_msg(pa == va, "va %#llx: expected the identity, got pa %#llx", (unsigned long long)va,
+		      (unsigned long long)pa);
+	ck_assert_msg(level == expected_level, "va %#llx: expected a level-%d leaf, got level %d",
+		      (unsigned long long)va, expected_level, level);
+}
+
+static void assert_unmapped(const struct boot_layout *l, uint64_t cr3, uint64_t va)
+{
+	uint64_t pa = 0;
+	int level = 0, ret = boot_translate(l, cr3, va, &pa, &level);
+
+	ck_assert_msg(ret == -EFAULT, "va %#llx: expected not mapped (-EFAULT), got %d (pa %#llx)",
+		      (unsigned long long)va, ret, (unsigned long long)pa);
+}
+
+START_TEST(test_boot_page_tables_identity_map_ram_and_segments)
+{
+	struct boot_layout l = { boot_ram(boot_layouts[_i].ram_size), boot_layouts[_i].ram_size, 1,
+				 boot_layouts[_i].nr_segments, boot_segment_ptrs, "", 0 };
+	uint64_t end = 0, cr3 = boot_write_page_tables(&l, &end);
+
+	ck_assert_msg(cr3 == UMBRA_PT_GPA, "layout %d: expected CR3 %#x, got %#llx", _i, UMBRA_PT_GPA,
+		      (unsigned long long)cr3);
+	ck_assert_msg(end > UMBRA_PT_GPA && end <= UMBRA_IMAGE_MIN_GPA,
+		      "layout %d: expected the tables to end in (%#x, %#x], got %#llx", _i, UMBRA_PT_GPA,
+		      UMBRA_IMAGE_MIN_GPA, (unsigned long long)end);
+	/* RAM: page 0 unmapped, 4 KiB pages up to 2 MiB, 2 MiB pages above. */
+	assert_unmapped(&l, cr3, 0);
+	assert_unmapped(&l, cr3, 0xfff);
+	assert_identity(&l, cr3, 0x1000, 1);
+	assert_identity(&l, cr3, UMBRA_IMAGE_MIN_GPA, 1);
+	assert_identity(&l, cr3, 2 * MIB - 8, 1);
+	assert_identity(&l, cr3, 2 * MIB, 2);
+	assert_identity(&l, cr3, l.ram_size - 8, 2);
+	assert_unmapped(&l, cr3, l.ram_size);
+	/* Segments: 2 MiB pages over their whole range, nothing past it. */
+	for (unsigned int i = 0; i < l.nr_segments; i++) {
+		const struct segment *seg = l.segments[i];
+		assert_identity(&l, cr3, seg->gpa, 2);
+		assert_identity(&l, cr3, seg->gpa + seg->size - 8, 2);
+		assert_unmapped(&l, cr3, seg->gpa + seg->size);
+		assert_unmapped(&l, cr3, seg->gpa - 8);
+	}
+	/* Nothing else: not the table pool, not the top of the PML4 slot. */
+	assert_unmapped(&l, cr3, SHADOW_POOL_GPA);
+	assert_unmapped(&l, cr3, 256 * GIB);
+	munmap(l.ram, l.ram_size);
+}
+END_TEST
+
+START_TEST(test_boot_page_tables_that_do_not_fit_are_refused)
+{
+	/* 16 segments of 16 GiB need more page directories than fit below
+	 * the image (1 MiB): the builder must say so before writing. */
+	static struct segment big[UMBRA_MAX_SEGMENTS];
+	struct segment *ptrs[UMBRA_MAX_SEGMENTS];
+	struct boot_layout l = { boot_ram(4 * MIB), 4 * MIB, 1, UMBRA_MAX_SEGMENTS, ptrs, "", 0 };
+	uint64_t end = 0;
+
+	for (unsigned int i = 0; i < UMBRA_MAX_SEGMENTS; i++) {
+		big[i] = (struct segment){ .gpa = 128 * GIB + i * 16 * GIB, .size = 16 * GIB, .fd = -1 };
+		ptrs[i] = &big[i];
+	}
+	uint64_t cr3 = boot_write_page_tables(&l, &end);
+	ck_assert_msg(cr3 == 0, "expected 0 (tables do not fit), got CR3 %#llx", (unsigned long long)cr3);
+	munmap(l.ram, l.ram_size);
+}
+END_TEST
+
+/* A segment descriptor's fields (Intel SDM vol. 3A 3.4.5). */
+struct descriptor {
+	uint64_t base, limit;
+	unsigned int type, s, dpl, p, l, db, g;
+};
+
+static struct descriptor decode_descriptor(uint64_t d)
+{
+	return (struct descriptor){
+		.base = ((d >> 16) & 0xffffff) | ((d >> 56) & 0xff) << 24,
+		.limit = (d & 0xffff) | ((d >> 48) & 0xf) << 16,
+		.type = (d >> 40) & 0xf, .s = (d >> 44) & 1, .dpl = (d >> 45) & 3, .p = (d >> 47) & 1,
+		.l = (d >> 53) & 1, .db = (d >> 54) & 1, .g = (d >> 55) & 1,
+	};
+}
+
+/* The descriptor must match what boot_set_sregs() loads for the selector. */
+static void assert_descriptor_matches(const char *what, struct descriptor d, const struct kvm_segment *seg)
+{
+	ck_assert_msg(d.type == seg->type && d.s == seg->s && d.dpl == seg->dpl && d.p == seg->present &&
+			      d.l == seg->l && d.db == seg->db && d.g == seg->g,
+		      "%s: GDT type %u s %u dpl %u p %u l %u db %u g %u, but the register has type %u s %u dpl %u "
+		      "p %u l %u db %u g %u", what, d.type, d.s, d.dpl, d.p, d.l, d.db, d.g, seg->type, seg->s,
+		      seg->dpl, seg->present, seg->l, seg->db, seg->g);
+}
+
+START_TEST(test_boot_gdt_is_flat_long_mode)
+{
+	uint64_t ram[UMBRA_PT_GPA / 8] = { 0 };
+	const uint64_t *gdt = ram + UMBRA_GDT_GPA / 8;
+	struct kvm_sregs sregs;
+
+	memset(&sregs, 0, sizeof(sregs));
+	boot_write_gdt(ram);
+	boot_set_sregs(&sregs, UMBRA_PT_GPA, true);
+	ck_assert_msg(gdt[0] == 0, "GDT entry 0: expected null, got %#llx", (unsigned long long)gdt[0]);
+
+	struct descriptor code = decode_descriptor(gdt[UMBRA_SEL_CODE64 / 8]);
+	ck_assert_msg(code.p && code.s && (code.type & 0x8) && code.l && !code.db && code.dpl == 0,
+		      "code64 (%#x): expected present, code, L=1, D=0, DPL 0; got p %u s %u type %#x l %u db %u dpl %u",
+		      UMBRA_SEL_CODE64, code.p, code.s, code.type, code.l, code.db, code.dpl);
+	ck_assert_msg(code.base == 0 && code.limit == 0xfffff && code.g, "code64: expected flat, got base %#llx "
+		      "limit %#llx g %u", (unsigned long long)code.base, (unsigned long long)code.limit, code.g);
+	assert_descriptor_matches("CS", code, &sregs.cs);
+
+	struct descriptor data = decode_descriptor(gdt[UMBRA_SEL_DATA / 8]);
+	ck_assert_msg(data.p && data.s && !(data.type & 0x8) && (data.type & 0x2) && data.dpl == 0,
+		      "data (%#x): expected present, writable data, DPL 0; got p %u s %u type %#x dpl %u",
+		      UMBRA_SEL_DATA, data.p, data.s, data.type, data.dpl);
+	ck_assert_msg(data.base == 0 && data.limit == 0xfffff && data.g, "data: expected flat");
+	assert_descriptor_matches("DS", data, &sregs.ds);
+	assert_descriptor_matches("SS", data, &sregs.ss);
+
+	struct descriptor tss = decode_descriptor(gdt[UMBRA_SEL_TSS / 8]);
+	uint64_t tss_base = tss.base | gdt[UMBRA_SEL_TSS / 8 + 1] << 32;
+	ck_assert_msg(tss.p && !tss.s && tss.type == 0xb && tss_base == UMBRA_TSS_GPA && tss.limit == 103,
+		      "TSS (%#x): expected a present 64-bit TSS at %#x, limit 103; got p %u s %u type %#x base %#llx "
+		      "limit %llu", UMBRA_SEL_TSS, UMBRA_TSS_GPA, tss.p, tss.s, tss.type, (unsigned long long)tss_base,
+		      (unsigned long long)tss.limit);
+	ck_assert_msg(sregs.tr.selector == UMBRA_SEL_TSS && sregs.tr.base == tss_base && sregs.tr.limit == tss.limit &&
+			      sregs.tr.type == tss.type,
+		      "TR: expected selector %#x base %#llx limit %llu type %#x as in the GDT", UMBRA_SEL_TSS,
+		      (unsigned long long)tss_base, (unsigned long long)tss.limit, tss.type);
+	uint16_t iomap = *(const uint16_t *)((const char *)ram + UMBRA_TSS_GPA + 102);
+	ck_assert_msg(iomap == 104, "TSS I/O map base: expected 104 (no I/O map), got %u", iomap);
+	ck_assert_msg(sregs.gdt.base == UMBRA_GDT_GPA && sregs.gdt.limit == 5 * 8 - 1,
+		      "GDTR: expected %#x/39, got %#llx/%u", UMBRA_GDT_GPA, (unsigned long long)sregs.gdt.base,
+		      sregs.gdt.limit);
+}
+END_TEST
+
+/* The control registers of docs/abi.md, with and without NX. */
+static const struct {
+	bool nxe;
+	uint64_t efer;
+} boot_efers[] = {
+	{ false, 0x500 }, /* LME, LMA */
+	{ true, 0xd00 },  /* LME, LMA, NXE */
+};
+
+START_TEST(test_boot_registers_enter_long_mode_at_the_entry)
+{
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+	const uint64_t cr3 = SHADOW_POOL_GPA + 0x5000, entry = 0x101234, info = 0x3ffc0;
+
+	memset(&sregs, 0xff, sizeof(sregs));
+	boot_set_sregs(&sregs, cr3, boot_efers[_i].nxe);
+	ck_assert_msg(sregs.cr0 == 0x80010033, "CR0: expected PE MP ET NE WP PG (0x80010033), got %#llx", sregs.cr0);
+	ck_assert_msg(sregs.cr4 == 0x620, "CR4: expected PAE OSFXSR OSXMMEXCPT (0x620), got %#llx", sregs.cr4);
+	ck_assert_msg(sregs.efer == boot_efers[_i].efer, "EFER (nxe %d): expected %#llx, got %#llx",
+		      boot_efers[_i].nxe, (unsigned long long)boot_efers[_i].efer, sregs.efer);
+	ck_assert_msg(sregs.cr3 == cr3, "CR3: expected %#llx, got %#llx", (unsigned long long)cr3, sregs.cr3);
+	ck_assert_msg(sregs.idt.base == 0 && sregs.idt.limit == 0, "IDTR: expected 0/0, got %#llx/%u",
+		      sregs.idt.base, sregs.idt.limit);
+	ck_assert_msg(sregs.cs.selector == UMBRA_SEL_CODE64 && sregs.cs.l == 1 && sregs.cs.db == 0,
+		      "CS: expected %#x, 64-bit; got %#x l %u db %u", UMBRA_SEL_CODE64, sregs.cs.selector, sregs.cs.l,
+		      sregs.cs.db);
+	const struct kvm_segment *data[] = { &sregs.ds, &sregs.es, &sregs.fs, &sregs.gs, &sregs.ss };
+	for (unsigned int k = 0; k < 5; k++)
+		ck_assert_msg(data[k]->selector == UMBRA_SEL_DATA && data[k]->base == 0 && data[k]->present,
+			      "data segment %u: expected selector %#x, base 0, present; got %#x, %#llx, %u", k,
+			      UMBRA_SEL_DATA, data[k]->selector, data[k]->base, data[k]->present);
+	ck_assert_msg(sregs.ldt.unusable, "LDTR: expected unusable");
+
+	memset(&regs, 0xff, sizeof(regs));
+	boot_set_regs(&regs, entry, info);
+	ck_assert_msg(regs.rip == entry, "RIP: expected %#llx, got %#llx", (unsigned long long)entry, regs.rip);
+	ck_assert_msg(regs.rsp == info && regs.rdi == info, "RSP, RDI: expected %#llx, got %#llx, %#llx",
+		      (unsigned long long)info, regs.rsp, regs.rdi);
+	ck_assert_msg(regs.rflags == 0x2, "RFLAGS: expected 0x2, got %#llx", regs.rflags);
+	ck_assert_msg(regs.rax == 0 && regs.rbx == 0 && regs.rsi == 0 && regs.r15 == 0,
+		      "other registers: expected 0, got rax %#llx rbx %#llx rsi %#llx r15 %#llx", regs.rax, regs.rbx,
+		      regs.rsi, regs.r15);
+}
+END_TEST
+
+START_TEST(test_boot_info_blocks_describe_the_vm)
+{
+	const uint64_t ram_size = 8 * MIB, stack = UMBRA_VCPU_STACK_SIZE, pool_size = 64 * MIB;
+	const unsigned int nr_vcpus = 3;
+	struct boot_layout l = { boot_ram(ram_size), ram_size, nr_vcpus, 2, boot_segment_ptrs, "a b", pool_size };
+
+	ck_assert_msg(vm_image_load_max(ram_size, nr_vcpus) == ram_size - nr_vcpus * stack,
+		      "load max: expected %#llx, got %#llx", (unsigned long long)(ram_size - nr_vcpus * stack),
+		      (unsigned long long)vm_image_load_max(ram_size, nr_vcpus));
+	for (unsigned int id = 0; id < nr_vcpus; id++) {
+		uint64_t gpa = boot_info_gpa(ram_size, id), bottom = ram_size - (id + 1) * stack;
+		boot_write_info(&l, id, 0x123000, UMBRA_PT_GPA);
+		const struct umbra_boot_info *bi = (const void *)((const char *)l.ram + gpa);
+
+		ck_assert_msg(gpa % 64 == 0 && gpa >= bottom && gpa + sizeof(*bi) <= bottom + stack,
+			      "vCPU %u: expected a 64-byte aligned block at the top of [%#llx, %#llx), got %#llx", id,
+			      (unsigned long long)bottom, (unsigned long long)(bottom + stack), (unsigned long long)gpa);
+		ck_assert_msg(bi->magic == UMBRA_BOOT_MAGIC && bi->abi_version == UMBRA_ABI_VERSION &&
+				      bi->size == sizeof(*bi),
+			      "vCPU %u: expected magic %#x, ABI %u, size %zu; got %#x, %u, %u", id, UMBRA_BOOT_MAGIC,
+			      UMBRA_ABI_VERSION, sizeof(*bi), bi->magic, bi->abi_version, bi->size);
+		ck_assert_msg(bi->vcpu_id == id && bi->nr_vcpus == nr_vcpus, "vCPU %u: expected id %u of %u, got %u of %u",
+			      id, id, nr_vcpus, bi->vcpu_id, bi->nr_vcpus);
+		ck_assert_msg(bi->ram_size == ram_size && bi->free_start == 0x123000 &&
+				      bi->free_end == ram_size - nr_vcpus * stack,
+			      "vCPU %u: expected RAM %#llx, free [0x123000, %#llx); got %#llx, [%#llx, %#llx)", id,
+			      (unsigned long long)ram_size, (unsigned long long)(ram_size - nr_vcpus * stack),
+			      (unsigned long long)bi->ram_size, (unsigned long long)bi->free_start,
+			      (unsigned long long)bi->free_end);
+		ck_assert_msg(bi->stack_bottom == bottom && bi->stack_top == gpa,
+			      "vCPU %u: expected stack [%#llx, %#llx), got [%#llx, %#llx)", id, (unsigned long long)bottom,
+			      (unsigned long long)gpa, (unsigned long long)bi->stack_bottom,
+			      (unsigned long long)bi->stack_top);
+		ck_assert_msg(strcmp(bi->cmdline, "a b") == 0, "vCPU %u: expected cmdline \"a b\", got \"%s\"", id,
+			      bi->cmdline);
+		ck_assert_msg(bi->boot_cr3 == UMBRA_PT_GPA && bi->pool_gpa == SHADOW_POOL_GPA &&
+				      bi->pool_size == pool_size,
+			      "vCPU %u: expected boot_cr3 %#x, pool %#llx+%#llx; got %#llx, %#llx+%#llx", id, UMBRA_PT_GPA,
+			      (unsigned long long)SHADOW_POOL_GPA, (unsigned long long)pool_size,
+			      (unsigned long long)bi->boot_cr3, (unsigned long long)bi->pool_gpa,
+			      (unsigned long long)bi->pool_size);
+		ck_assert_msg(bi->nr_segments == 2, "vCPU %u: expected 2 segments, got %u", id, bi->nr_segments);
+		for (unsigned int k = 0; k < 2; k++) {
+			const struct umbra_segment_info *si = &bi->segments[k];
+			uint32_t flags = boot_segments[k].writable ? UMBRA_SEGMENT_WRITABLE : 0;
+			ck_assert_msg(strcmp(si->name, boot_segments[k].name) == 0 && si->gpa == boot_segments[k].gpa &&
+					      si->size == boot_segments[k].size && si->flags == flags,
+				      "vCPU %u segment %u: expected '%s' %#llx+%#llx flags %u, got '%s' %#llx+%#llx flags %u",
+				      id, k, boot_segments[k].name, (unsigned long long)boot_segments[k].gpa,
+				      (unsigned long long)boot_segments[k].size, flags, si->name,
+				      (unsigned long long)si->gpa, (unsigned long long)si->size, (unsigned int)si->flags);
+		}
+	}
+	munmap(l.ram, l.ram_size);
+}
+END_TEST
+
+/* ---- statistics: one list for --stats and --stats-json ---- */
+
+START_TEST(test_stats_report_every_shadow_counter_once_per_group)
+{
+	struct vm_stats st;
+	uint64_t values[VM_STAT_NR], *counters = (uint64_t *)&st.shadow;
+	const size_t nr_counters = sizeof(st.shadow) / sizeof(uint64_t);
+
+	/* Every counter of struct shadow_mmu_stats gets a distinct value; each
+	 * must come out of VM_STATS (so both outputs report it). */
+	memset(&st, 0, sizeof(st));
+	for (size_t i = 0; i < nr_counters; i++)
+		counters[i] = 1000 + i;
+	vm_stats_values(&st, values);
+	for (size_t i = 0; i < nr_counters; i++) {
+		bool found = false;
+		for (int k = 0; k < VM_STAT_NR; k++)
+			found |= values[k] == 1000 + i;
+		ck_assert_msg(found, "shadow_mmu_stats counter %zu (value %zu): expected in VM_STATS, got no entry", i,
+			      1000 + i);
+	}
+	for (int k = 0; k < VM_STAT_NR; k++) {
+		const struct vm_stat_desc *d = &vm_stat_descs[k];
+		ck_assert_msg(d->key && (!d->before) == (!d->after), "entry %d: expected a key and both texts or none", k);
+		for (int j = 0; j < k; j++)
+			ck_assert_msg(vm_stat_descs[j].group != d->group || strcmp(vm_stat_descs[j].key, d->key) != 0,
+				      "entry %d: expected a key unique in its group, got '%s' twice", k, d->key);
+	}
+}
+END_TEST
+
 Suite *vmm_suite(void)
 {
 	Suite *s = suite_create("vmm");
@@ -356,5 +700,17 @@ Suite *vmm_suite(void)
 	tcase_add_test(config, test_config_expands_counts_and_resolves_paths);
 	tcase_add_loop_test(config, test_bad_config_names_key_and_problem, 0, sizeof(bad_configs) / sizeof(bad_configs[0]));
 	suite_add_tcase(s, config);
+	TCase *boot = tcase_create("boot");
+	tcase_add_loop_test(boot, test_boot_page_tables_identity_map_ram_and_segments, 0,
+			    sizeof(boot_layouts) / sizeof(boot_layouts[0]));
+	tcase_add_test(boot, test_boot_page_tables_that_do_not_fit_are_refused);
+	tcase_add_test(boot, test_boot_gdt_is_flat_long_mode);
+	tcase_add_loop_test(boot, test_boot_registers_enter_long_mode_at_the_entry, 0,
+			    sizeof(boot_efers) / sizeof(boot_efers[0]));
+	tcase_add_test(boot, test_boot_info_blocks_describe_the_vm);
+	suite_add_tcase(s, boot);
+	TCase *stats = tcase_create("stats");
+	tcase_add_test(stats, test_stats_report_every_shadow_counter_once_per_group);
+	suite_add_tcase(s, stats);
 	return s;
 }

@@ -51,6 +51,11 @@ int plan_from_options(const struct vmm_options *opts, struct plan *plan, struct 
 
 /* ---- config file ---- */
 
+/* Characters of a VM name in a config: room is left for the index (at most
+ * 3 digits: VMM_MAX_VMS) of a VM with a count, and the NUL. */
+#define CONFIG_VM_NAME_MAX (VMM_NAME_MAX - 5)
+_Static_assert(VMM_MAX_VMS <= 1000, "a VM's index has at most 3 digits");
+
 struct config_ctx {
 	const char *what; /* the file, for messages */
 	const char *base_dir;
@@ -249,6 +254,63 @@ static int parse_segment(struct config_ctx *c, unsigned int i, struct json_objec
 	return 0;
 }
 
+/* vms[i].segments: names of declared segments, each attached once. */
+static int parse_vm_segments(struct config_ctx *c, const char *path, struct json_object *v,
+			     const struct plan *plan, struct plan_vm *proto)
+{
+	char key[64];
+	const char *s = NULL;
+	int ret;
+
+	snprintf(key, sizeof(key), "%s.segments", path);
+	if (!json_object_is_type(v, json_type_array))
+		return config_error(c, key, "expected an array of segment names, got %s", type_name(v));
+	for (size_t k = 0; k < json_object_array_length(v); k++) {
+		struct json_object *name = json_object_array_get_idx(v, k);
+		snprintf(key, sizeof(key), "%s.segments[%zu]", path, k);
+		if ((ret = get_string(c, key, name, &s)))
+			return ret;
+		unsigned int found = plan->nr_segments;
+		for (unsigned int j = 0; j < plan->nr_segments; j++)
+			if (strcmp(plan->segments[j].name, s) == 0)
+				found = j;
+		if (found == plan->nr_segments)
+			return config_error(c, key, "no segment is called '%s'", s);
+		for (unsigned int j = 0; j < proto->nr_segments; j++)
+			if (proto->segments[j] == found)
+				return config_error(c, key, "'%s' is attached twice", s);
+		proto->segments[proto->nr_segments++] = found;
+	}
+	return 0;
+}
+
+/* Adds count VMs like proto to the plan, numbered NAME0, NAME1, ... when
+ * count > 1; names must be unique. */
+static int add_vms(struct config_ctx *c, const char *path, const struct plan_vm *proto, unsigned long count,
+		   const char *image, struct plan *plan)
+{
+	if (plan->nr_vms + count > VMM_MAX_VMS)
+		return config_error(c, path, "more than %u VMs in all", VMM_MAX_VMS);
+	for (unsigned long k = 0; k < count; k++) {
+		struct plan_vm *vm = &plan->vms[plan->nr_vms];
+		*vm = *proto;
+		if (count > 1) {
+			/* name has at most CONFIG_VM_NAME_MAX characters, k at most 3 digits */
+			char numbered[VMM_NAME_MAX + 24];
+			int len = snprintf(numbered, sizeof(numbered), "%s%lu", proto->name, k);
+			memcpy(vm->name, numbered, (size_t)len + 1 <= sizeof(vm->name) ? (size_t)len + 1 : 0);
+		}
+		for (unsigned int j = 0; j < plan->nr_vms; j++)
+			if (strcmp(plan->vms[j].name, vm->name) == 0)
+				return config_error(c, path, "VM name '%s' is used twice", vm->name);
+		vm->image = resolve_path(c, image);
+		if (!vm->image)
+			return vmm_error_set(c->err, ENOMEM, "out of memory");
+		plan->nr_vms++;
+	}
+	return 0;
+}
+
 static int parse_vm(struct config_ctx *c, unsigned int i, struct json_object *jv, struct plan *plan)
 {
 	static const char *const keys[] = { "name", "image", "count", "mem", "vcpus", "cmdline", "segments", NULL };
@@ -269,8 +331,8 @@ static int parse_vm(struct config_ctx *c, unsigned int i, struct json_object *jv
 		return config_error(c, key, "missing");
 	if ((ret = get_string(c, key, v, &s)))
 		return ret;
-	if (!is_valid_name(s, VMM_NAME_MAX - 4))
-		return config_error(c, key, "'%s' must be 1 to %d letters, digits, '-' or '_'", s, VMM_NAME_MAX - 5);
+	if (!is_valid_name(s, CONFIG_VM_NAME_MAX + 1))
+		return config_error(c, key, "'%s' must be 1 to %d letters, digits, '-' or '_'", s, CONFIG_VM_NAME_MAX);
 	snprintf(proto.name, sizeof(proto.name), "%s", s);
 
 	snprintf(key, sizeof(key), "%s.image", path);
@@ -306,47 +368,9 @@ static int parse_vm(struct config_ctx *c, unsigned int i, struct json_object *jv
 			return config_error(c, key, "%zu bytes, at most %u allowed", strlen(s), UMBRA_CMDLINE_MAX - 1);
 		snprintf(proto.cmdline, sizeof(proto.cmdline), "%s", s);
 	}
-	if (json_object_object_get_ex(jv, "segments", &v)) {
-		snprintf(key, sizeof(key), "%s.segments", path);
-		if (!json_object_is_type(v, json_type_array))
-			return config_error(c, key, "expected an array of segment names, got %s", type_name(v));
-		for (size_t k = 0; k < json_object_array_length(v); k++) {
-			struct json_object *name = json_object_array_get_idx(v, k);
-			snprintf(key, sizeof(key), "%s.segments[%zu]", path, k);
-			if ((ret = get_string(c, key, name, &s)))
-				return ret;
-			unsigned int found = plan->nr_segments;
-			for (unsigned int j = 0; j < plan->nr_segments; j++)
-				if (strcmp(plan->segments[j].name, s) == 0)
-					found = j;
-			if (found == plan->nr_segments)
-				return config_error(c, key, "no segment is called '%s'", s);
-			for (unsigned int j = 0; j < proto.nr_segments; j++)
-				if (proto.segments[j] == found)
-					return config_error(c, key, "'%s' is attached twice", s);
-			proto.segments[proto.nr_segments++] = found;
-		}
-	}
-	if (plan->nr_vms + count > VMM_MAX_VMS)
-		return config_error(c, path, "more than %u VMs in all", VMM_MAX_VMS);
-	for (unsigned long k = 0; k < count; k++) {
-		struct plan_vm *vm = &plan->vms[plan->nr_vms];
-		*vm = proto;
-		if (count > 1) {
-			/* name has at most VMM_NAME_MAX - 5 characters, k at most 3 digits */
-			char numbered[VMM_NAME_MAX + 24];
-			int len = snprintf(numbered, sizeof(numbered), "%s%lu", proto.name, k);
-			memcpy(vm->name, numbered, (size_t)len + 1 <= sizeof(vm->name) ? (size_t)len + 1 : 0);
-		}
-		for (unsigned int j = 0; j < plan->nr_vms; j++)
-			if (strcmp(plan->vms[j].name, vm->name) == 0)
-				return config_error(c, path, "VM name '%s' is used twice", vm->name);
-		vm->image = resolve_path(c, image);
-		if (!vm->image)
-			return vmm_error_set(c->err, ENOMEM, "out of memory");
-		plan->nr_vms++;
-	}
-	return 0;
+	if (json_object_object_get_ex(jv, "segments", &v) && (ret = parse_vm_segments(c, path, v, plan, &proto)))
+		return ret;
+	return add_vms(c, path, &proto, count, image, plan);
 }
 
 int plan_from_config_text(const char *text, const char *base_dir, const char *what, struct plan *plan,

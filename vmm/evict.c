@@ -14,10 +14,15 @@
 
 #include "vmm.h"
 
+#define MS_PER_S 1000u
+#define NS_PER_MS 1000000L
+#define NS_PER_S 1000000000L
+
 struct evictor {
 	pthread_t thread;
-	/* lock protects stop; cond wakes the thread early to stop. */
-	pthread_mutex_t lock;
+	/* lock (UMBRA_LOCK_RANK_VMM_EVICTOR) protects stop; cond (CLOCK_MONOTONIC)
+	 * wakes the thread early to stop. */
+	struct umbra_mutex lock;
 	pthread_cond_t cond;
 	bool stop;
 	unsigned int interval_ms, pages, nr_segments;
@@ -33,17 +38,17 @@ static bool evictor_wait(struct evictor *ev)
 	bool go;
 
 	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += ev->interval_ms / 1000;
-	until.tv_nsec += (long)(ev->interval_ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
+	until.tv_sec += ev->interval_ms / MS_PER_S;
+	until.tv_nsec += (long)(ev->interval_ms % MS_PER_S) * NS_PER_MS;
+	if (until.tv_nsec >= NS_PER_S) {
 		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
+		until.tv_nsec -= NS_PER_S;
 	}
-	pthread_mutex_lock(&ev->lock);
-	while (!ev->stop && pthread_cond_timedwait(&ev->cond, &ev->lock, &until) != ETIMEDOUT)
+	umbra_mutex_lock(&ev->lock);
+	while (!ev->stop && umbra_cond_timedwait(&ev->cond, &ev->lock, &until) != ETIMEDOUT)
 		;
 	go = !ev->stop;
-	pthread_mutex_unlock(&ev->lock);
+	umbra_mutex_unlock(&ev->lock);
 	return go;
 }
 
@@ -100,7 +105,7 @@ int evictor_start(struct segment *const *segments, unsigned int nr_segments, uns
 	ev->pages = pages;
 	ev->nr_segments = nr_segments;
 	memcpy(ev->segments, segments, nr_segments * sizeof(*segments));
-	pthread_mutex_init(&ev->lock, NULL);
+	umbra_mutex_init(&ev->lock, "vmm.evictor.lock", UMBRA_LOCK_RANK_VMM_EVICTOR);
 	pthread_condattr_init(&attr);
 	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
 	pthread_cond_init(&ev->cond, &attr);
@@ -115,7 +120,7 @@ int evictor_start(struct segment *const *segments, unsigned int nr_segments, uns
 
 destroy_sync:
 	pthread_cond_destroy(&ev->cond);
-	pthread_mutex_destroy(&ev->lock);
+	umbra_mutex_exit(&ev->lock);
 	free(ev);
 	return -ret;
 }
@@ -124,12 +129,12 @@ void evictor_stop(struct evictor *ev)
 {
 	if (!ev)
 		return;
-	pthread_mutex_lock(&ev->lock);
+	umbra_mutex_lock(&ev->lock);
 	ev->stop = true;
 	pthread_cond_signal(&ev->cond);
-	pthread_mutex_unlock(&ev->lock);
+	umbra_mutex_unlock(&ev->lock);
 	pthread_join(ev->thread, NULL);
 	pthread_cond_destroy(&ev->cond);
-	pthread_mutex_destroy(&ev->lock);
+	umbra_mutex_exit(&ev->lock);
 	free(ev);
 }

@@ -102,7 +102,7 @@ int vmm_check_mem(const char *what, uint64_t mem, unsigned int vcpus, struct vmm
 {
 	if (mem < VMM_MEM_MIN || mem > VMM_MEM_MAX || mem % VMM_MEM_ALIGN)
 		return vmm_error_set(err, EINVAL, "%s: must be a multiple of 2M from 4M to 64G", what);
-	if (mem - (uint64_t)vcpus * UMBRA_VCPU_STACK_SIZE < 2 * UMBRA_IMAGE_MIN_GPA)
+	if (vm_image_load_max(mem, vcpus) < VMM_RAM_BELOW_STACKS_MIN)
 		return vmm_error_set(err, EINVAL, "%s is too small for %u vCPUs (each has a %u KiB stack)", what,
 				     vcpus, UMBRA_VCPU_STACK_SIZE >> 10);
 	return 0;
@@ -137,11 +137,13 @@ static int parse_uint(const char *text, unsigned long max, unsigned long *out)
 	return 0;
 }
 
-/* Returns the value of option argv[*i] (either "--opt=value" or "--opt value"),
- * advancing *i past a separate value; NULL if the value is missing. */
-static const char *option_value(int argc, char *const argv[], int *i, size_t name_len)
+/* Returns the value of option argv[*i], named name (either "--opt=value"
+ * or "--opt value"), advancing *i past a separate value; NULL if the value
+ * is missing. */
+static const char *option_value(int argc, char *const argv[], int *i, const char *name)
 {
 	const char *arg = argv[*i];
+	size_t name_len = strlen(name);
 
 	if (arg[name_len] == '=')
 		return arg + name_len + 1;
@@ -157,6 +159,156 @@ static bool option_is(const char *arg, const char *name)
 	return strncmp(arg, name, n) == 0 && (arg[n] == '\0' || arg[n] == '=');
 }
 
+/* What the options of run leave for the final checks. */
+struct run_args {
+	uint64_t mem;
+	const char *mem_text;
+	bool vm_option;         /* an option that --config replaces was given */
+	bool evict_pages_given;
+};
+
+/* The options that describe the VMs (--mem, --vcpus, --vms, --cmdline),
+ * which --config replaces. Returns 1 if argv[*i] is one (handled), 0 if it
+ * is not, -EINVAL with err. */
+static int parse_vm_option(int argc, char *const argv[], int *i, struct vmm_options *opts, struct run_args *ra,
+			   struct vmm_error *err)
+{
+	const char *arg = argv[*i], *value;
+	char what[64];
+	unsigned long n;
+
+	if (option_is(arg, "--mem")) {
+		if (!(value = option_value(argc, argv, i, "--mem")))
+			return vmm_error_set(err, EINVAL, "--mem needs a size, e.g. --mem 64M");
+		if (vmm_parse_size(value, &ra->mem))
+			return vmm_error_set(err, EINVAL, "--mem '%s': not a size (use e.g. 64M or 1G)", value);
+		ra->mem_text = value;
+	} else if (option_is(arg, "--vcpus")) {
+		if (!(value = option_value(argc, argv, i, "--vcpus")))
+			return vmm_error_set(err, EINVAL, "--vcpus needs a number");
+		snprintf(what, sizeof(what), "--vcpus '%s'", value);
+		n = 0; /* stays 0, and is rejected, if value is not a number */
+		(void)parse_uint(value, UMBRA_MAX_VCPUS, &n);
+		if (vmm_check_vcpus(what, n, err))
+			return -EINVAL;
+		opts->vcpus = (unsigned int)n;
+	} else if (option_is(arg, "--vms")) {
+		if (!(value = option_value(argc, argv, i, "--vms")))
+			return vmm_error_set(err, EINVAL, "--vms needs a number");
+		if (parse_uint(value, VMM_MAX_VMS, &n) || n == 0)
+			return vmm_error_set(err, EINVAL, "--vms '%s': must be a number from 1 to %u", value,
+					     VMM_MAX_VMS);
+		opts->vms = (unsigned int)n;
+	} else if (option_is(arg, "--cmdline")) {
+		if (!(value = option_value(argc, argv, i, "--cmdline")))
+			return vmm_error_set(err, EINVAL, "--cmdline needs a string");
+		if (vmm_check_cmdline("--cmdline", value, err))
+			return -EINVAL;
+		opts->cmdline = value;
+	} else {
+		return 0;
+	}
+	ra->vm_option = true;
+	return 1;
+}
+
+/* The other options of run: --config, --stats, --stats-json, --evict-ms,
+ * --evict-pages. Returns 1 if argv[*i] is one (handled), 0 if it is not,
+ * -EINVAL with err. */
+static int parse_run_option(int argc, char *const argv[], int *i, struct vmm_options *opts, struct run_args *ra,
+			    struct vmm_error *err)
+{
+	const char *arg = argv[*i], *value;
+	unsigned long n;
+
+	if (option_is(arg, "--config")) {
+		if (!(value = option_value(argc, argv, i, "--config")))
+			return vmm_error_set(err, EINVAL, "--config needs a file name");
+		opts->config = value;
+	} else if (option_is(arg, "--stats-json")) {
+		if (!(value = option_value(argc, argv, i, "--stats-json")))
+			return vmm_error_set(err, EINVAL, "--stats-json needs a file name");
+		opts->stats_json = value;
+	} else if (option_is(arg, "--evict-ms")) {
+		if (!(value = option_value(argc, argv, i, "--evict-ms")))
+			return vmm_error_set(err, EINVAL, "--evict-ms needs a number of milliseconds");
+		if (parse_uint(value, VMM_EVICT_MS_MAX, &n) || n == 0)
+			return vmm_error_set(err, EINVAL, "--evict-ms '%s': must be a number from 1 to %u",
+					     value, VMM_EVICT_MS_MAX);
+		opts->evict_ms = (unsigned int)n;
+	} else if (option_is(arg, "--evict-pages")) {
+		if (!(value = option_value(argc, argv, i, "--evict-pages")))
+			return vmm_error_set(err, EINVAL, "--evict-pages needs a number");
+		if (parse_uint(value, VMM_EVICT_PAGES_MAX, &n) || n == 0)
+			return vmm_error_set(err, EINVAL, "--evict-pages '%s': must be a number from 1 to %u",
+					     value, VMM_EVICT_PAGES_MAX);
+		opts->evict_pages = (unsigned int)n;
+		ra->evict_pages_given = true;
+	} else if (strcmp(arg, "--stats") == 0) {
+		opts->stats = true;
+	} else {
+		return 0;
+	}
+	return 1;
+}
+
+/* The checks of run once every argument is read. */
+static int check_run_options(struct vmm_options *opts, const struct run_args *ra, struct vmm_error *err)
+{
+	char what[64];
+
+	if (ra->evict_pages_given && !opts->evict_ms)
+		return vmm_error_set(err, EINVAL, "--evict-pages needs --evict-ms (how often to evict)");
+	if (opts->config) {
+		if (opts->image)
+			return vmm_error_set(err, EINVAL, "run: give either IMAGE ('%s') or --config, not both",
+					     opts->image);
+		if (ra->vm_option)
+			return vmm_error_set(err, EINVAL,
+					     "run: --vms, --mem, --vcpus and --cmdline do not apply with --config "
+					     "(set them in the config file)");
+		return 0;
+	}
+	if (!opts->image)
+		return vmm_error_set(err, EINVAL, "run: no IMAGE given (usage: umbra run IMAGE [options])");
+	snprintf(what, sizeof(what), "--mem '%s'", ra->mem_text);
+	if (vmm_check_mem(what, ra->mem, opts->vcpus, err))
+		return -EINVAL;
+	opts->mem = ra->mem;
+	return 0;
+}
+
+/* The arguments of run (argv[2..]). */
+static int parse_run(int argc, char *const argv[], struct vmm_options *opts, struct vmm_error *err)
+{
+	struct run_args ra = { .mem = VMM_MEM_DEFAULT, .mem_text = "64M" };
+
+	opts->command = VMM_CMD_RUN;
+	for (int i = 2; i < argc; i++) {
+		const char *arg = argv[i];
+		int ret;
+
+		if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+			opts->command = VMM_CMD_HELP;
+			return 0;
+		}
+		ret = parse_vm_option(argc, argv, &i, opts, &ra, err);
+		if (ret == 0)
+			ret = parse_run_option(argc, argv, &i, opts, &ra, err);
+		if (ret < 0)
+			return ret;
+		if (ret > 0)
+			continue;
+		if (arg[0] == '-' && arg[1] != '\0')
+			return vmm_error_set(err, EINVAL, "unknown option '%s' (try 'umbra --help')", arg);
+		if (opts->image)
+			return vmm_error_set(err, EINVAL, "unexpected argument '%s': image already given as '%s'",
+					     arg, opts->image);
+		opts->image = arg;
+	}
+	return check_run_options(opts, &ra, err);
+}
+
 int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		      struct vmm_error *err)
 {
@@ -168,7 +320,6 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		.cmdline = "",
 		.evict_pages = VMM_EVICT_PAGES_DEFAULT,
 	};
-	bool evict_pages_given = false;
 	if (argc < 2)
 		return vmm_error_set(err, EINVAL, "no command given (try 'umbra --help')");
 	const char *cmd = argv[1];
@@ -182,104 +333,5 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 	}
 	if (strcmp(cmd, "run") != 0)
 		return vmm_error_set(err, EINVAL, "unknown command '%s' (try 'umbra --help')", cmd);
-	opts->command = VMM_CMD_RUN;
-
-	uint64_t mem = VMM_MEM_DEFAULT;
-	const char *mem_text = "64M";
-	bool run_option = false; /* an option that --config replaces */
-	for (int i = 2; i < argc; i++) {
-		const char *arg = argv[i];
-		const char *value;
-		char what[64];
-		unsigned long n;
-
-		if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-			opts->command = VMM_CMD_HELP;
-			return 0;
-		} else if (option_is(arg, "--mem")) {
-			if (!(value = option_value(argc, argv, &i, 5)))
-				return vmm_error_set(err, EINVAL, "--mem needs a size, e.g. --mem 64M");
-			if (vmm_parse_size(value, &mem))
-				return vmm_error_set(err, EINVAL, "--mem '%s': not a size (use e.g. 64M or 1G)", value);
-			mem_text = value;
-			run_option = true;
-		} else if (option_is(arg, "--vcpus")) {
-			if (!(value = option_value(argc, argv, &i, 7)))
-				return vmm_error_set(err, EINVAL, "--vcpus needs a number");
-			snprintf(what, sizeof(what), "--vcpus '%s'", value);
-			n = 0; /* stays 0, and is rejected, if value is not a number */
-			(void)parse_uint(value, UMBRA_MAX_VCPUS, &n);
-			if (vmm_check_vcpus(what, n, err))
-				return -EINVAL;
-			opts->vcpus = (unsigned int)n;
-			run_option = true;
-		} else if (option_is(arg, "--vms")) {
-			if (!(value = option_value(argc, argv, &i, 5)))
-				return vmm_error_set(err, EINVAL, "--vms needs a number");
-			if (parse_uint(value, VMM_MAX_VMS, &n) || n == 0)
-				return vmm_error_set(err, EINVAL, "--vms '%s': must be a number from 1 to %u", value,
-						     VMM_MAX_VMS);
-			opts->vms = (unsigned int)n;
-			run_option = true;
-		} else if (option_is(arg, "--cmdline")) {
-			if (!(value = option_value(argc, argv, &i, 9)))
-				return vmm_error_set(err, EINVAL, "--cmdline needs a string");
-			if (vmm_check_cmdline("--cmdline", value, err))
-				return -EINVAL;
-			opts->cmdline = value;
-			run_option = true;
-		} else if (option_is(arg, "--config")) {
-			if (!(value = option_value(argc, argv, &i, 8)))
-				return vmm_error_set(err, EINVAL, "--config needs a file name");
-			opts->config = value;
-		} else if (option_is(arg, "--stats-json")) {
-			if (!(value = option_value(argc, argv, &i, 12)))
-				return vmm_error_set(err, EINVAL, "--stats-json needs a file name");
-			opts->stats_json = value;
-		} else if (option_is(arg, "--evict-ms")) {
-			if (!(value = option_value(argc, argv, &i, 10)))
-				return vmm_error_set(err, EINVAL, "--evict-ms needs a number of milliseconds");
-			if (parse_uint(value, VMM_EVICT_MS_MAX, &n) || n == 0)
-				return vmm_error_set(err, EINVAL, "--evict-ms '%s': must be a number from 1 to %u",
-						     value, VMM_EVICT_MS_MAX);
-			opts->evict_ms = (unsigned int)n;
-		} else if (option_is(arg, "--evict-pages")) {
-			if (!(value = option_value(argc, argv, &i, 13)))
-				return vmm_error_set(err, EINVAL, "--evict-pages needs a number");
-			if (parse_uint(value, VMM_EVICT_PAGES_MAX, &n) || n == 0)
-				return vmm_error_set(err, EINVAL, "--evict-pages '%s': must be a number from 1 to %u",
-						     value, VMM_EVICT_PAGES_MAX);
-			opts->evict_pages = (unsigned int)n;
-			evict_pages_given = true;
-		} else if (strcmp(arg, "--stats") == 0) {
-			opts->stats = true;
-		} else if (arg[0] == '-' && arg[1] != '\0') {
-			return vmm_error_set(err, EINVAL, "unknown option '%s' (try 'umbra --help')", arg);
-		} else if (opts->image) {
-			return vmm_error_set(err, EINVAL, "unexpected argument '%s': image already given as '%s'",
-					     arg, opts->image);
-		} else {
-			opts->image = arg;
-		}
-	}
-	if (evict_pages_given && !opts->evict_ms)
-		return vmm_error_set(err, EINVAL, "--evict-pages needs --evict-ms (how often to evict)");
-	if (opts->config) {
-		if (opts->image)
-			return vmm_error_set(err, EINVAL, "run: give either IMAGE ('%s') or --config, not both",
-					     opts->image);
-		if (run_option)
-			return vmm_error_set(err, EINVAL,
-					     "run: --vms, --mem, --vcpus and --cmdline do not apply with --config "
-					     "(set them in the config file)");
-		return 0;
-	}
-	if (!opts->image)
-		return vmm_error_set(err, EINVAL, "run: no IMAGE given (usage: umbra run IMAGE [options])");
-	char what[64];
-	snprintf(what, sizeof(what), "--mem '%s'", mem_text);
-	if (vmm_check_mem(what, mem, opts->vcpus, err))
-		return -EINVAL;
-	opts->mem = mem;
-	return 0;
+	return parse_run(argc, argv, opts, err);
 }

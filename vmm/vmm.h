@@ -1,10 +1,26 @@
 /*
  * vmm/: the umbra program. This header is internal to vmm/ and its tests.
  *
- * The pieces: options (command line), elf (image validation and loading),
- * vm (a KVM VM: RAM, boot state, vCPU threads, exits). Only vmm/ prints and
- * exits; functions here return 0 or -errno and describe failures in a
- * struct vmm_error for main() to print.
+ * One file per mechanism:
+ *   main.c       the program: plan, images, VMs, exit status
+ *   options.c    the command line
+ *   config.c     JSON config files: the plan of VMs and segments
+ *   segment.c    shared segments (memfds every attached VM maps)
+ *   evict.c      the evictor thread
+ *   elf.c        ELF64 image validation and loading
+ *   kvm.c        /dev/kvm, VM and vCPU creation, memslots, CPUID, loading
+ *   boot.c       the boot state: GDT, TSS, page tables, boot block,
+ *                registers (pure: fills buffers, calls no KVM)
+ *   mmu.c        the process's table pool and each VM's shadow MMU, pins
+ *   run.c        vCPU threads and the run loop, stopping a VM
+ *   exit.c       exit handling, console output, guest-failure reports
+ *   hypercall.c  hypercall dispatch and the paging hypercalls
+ *   shootdown.c  TLB shootdown by NMI (the shadow MMU's flush interface)
+ *   stats.c      statistics: collection, --stats and --stats-json
+ *   x86.h        architectural constants; vm_internal.h: struct vm, vcpu
+ *
+ * Only vmm/ prints and exits; functions here return 0 or -errno and
+ * describe failures in a struct vmm_error for main() to print.
  */
 #ifndef UMBRA_VMM_H
 #define UMBRA_VMM_H
@@ -13,8 +29,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "umbra/lock.h"
 #include "umbra/shadow.h"
 #include "umbra/abi.h"
+
+/*
+ * Locks (docs/locking.md, "vmm/"). Ranks are those of the one table in
+ * include/umbra/lock.h (UMBRA_LOCK_RANK_VMM_*); a thread takes locks in
+ * strictly increasing rank. Every vmm lock is a leaf: nothing is taken while
+ * one is held, and none is held across a call into shadow/ or notifier/.
+ * Each is documented where it is declared.
+ */
 
 #define VMM_ERROR_MAX 512
 
@@ -39,6 +64,9 @@ enum vmm_command {
 #define VMM_MEM_MAX (64ull << 30)
 #define VMM_MEM_DEFAULT (64ull << 20)
 #define VMM_MEM_ALIGN (2ull << 20) /* boot tables map RAM with 2 MiB pages */
+/* RAM below the vCPU stacks holds the boot area (below UMBRA_IMAGE_MIN_GPA)
+ * and at least as much again for the image. */
+#define VMM_RAM_BELOW_STACKS_MIN (2ull * UMBRA_IMAGE_MIN_GPA)
 #define VMM_MAX_VMS 256u
 #define VMM_NAME_MAX 24 /* VM names, including the NUL */
 /* Guest-physical layout of a VM: RAM from 0 (at most 64 GiB), shared
@@ -192,15 +220,20 @@ void elf_image_load(const struct elf_image *image, const void *buf, void *ram);
 
 #define VMM_POOL_PAGES_DEFAULT 16384u /* 64 MiB of shadow tables */
 
-/* The shadow-table pool, mapped read-only at SHADOW_POOL_GPA in every VM. */
+/* The shadow-table pool, mapped read-only at SHADOW_POOL_GPA in every VM,
+ * and the output every VM prints to. */
 struct vmm_host {
 	struct shadow_pool *pool;
 	struct shadow_pool_memory pool_mem; /* its memory (read-write host mapping, memfd) */
 	void *pool_ro;                    /* the VMM's read-only mapping, for memslots */
 	size_t pool_pages;
+	/* output_lock (UMBRA_LOCK_RANK_VMM_OUTPUT) serialises whole lines of output
+	 * from all vCPUs of all VMs (console lines and reports). */
+	struct umbra_mutex output_lock;
 };
 
-/* Creates the pool of nr_pages table pages. Returns 0 or -errno with err. */
+/* Creates the pool of nr_pages table pages (mmu.c). Returns 0 or -errno
+ * with err. */
 int vmm_host_create(size_t nr_pages, struct vmm_host **out, struct vmm_error *err);
 void vmm_host_destroy(struct vmm_host *host);
 
@@ -219,18 +252,25 @@ struct vm_config {
 	bool prefix_output; /* prefix console lines with the VM's name */
 };
 
-/* Exits counted per VM (indexes of vm_stats.exits). */
+/* Exits counted per VM: X(ENUM, "name"), in the order --stats and
+ * --stats-json print them. */
+#define VM_EXIT_KINDS(X)                          \
+	X(CONSOLE, "console")                     \
+	X(HYPERCALL, "hypercall")                 \
+	X(IO_OTHER, "io-other")                   \
+	X(MMIO, "mmio")                           \
+	X(HLT, "hlt")                             \
+	X(SHUTDOWN, "shutdown")                   \
+	X(FAIL_ENTRY, "fail-entry")               \
+	X(INTERNAL_ERROR, "internal-error")       \
+	X(INTERRUPTED, "interrupted")             \
+	X(OTHER, "other")
+
+/* Indexes of vm_stats.exits. */
 enum vm_exit_kind {
-	VM_EXIT_CONSOLE,
-	VM_EXIT_HYPERCALL,
-	VM_EXIT_IO_OTHER,
-	VM_EXIT_MMIO,
-	VM_EXIT_HLT,
-	VM_EXIT_SHUTDOWN,
-	VM_EXIT_FAIL_ENTRY,
-	VM_EXIT_INTERNAL_ERROR,
-	VM_EXIT_INTERRUPTED,
-	VM_EXIT_OTHER,
+#define VM_EXIT_KIND_ENUM(kind, name) VM_EXIT_##kind,
+	VM_EXIT_KINDS(VM_EXIT_KIND_ENUM)
+#undef VM_EXIT_KIND_ENUM
 	VM_EXIT_NR
 };
 
@@ -245,11 +285,86 @@ struct vm_stats {
 	uint64_t flush_requests, kicks, nmis, flush_acks;
 };
 
-extern const char *const vm_exit_kind_names[VM_EXIT_NR];
+/*
+ * The counters of a VM that --stats and --stats-json report besides exits
+ * and hypercalls, in output order: X(GROUP, key, before, after, value).
+ * GROUP is where the counter goes (enum vm_stat_group); key its JSON name;
+ * --stats prints before, the value in decimal, after (before NULL: JSON
+ * only); value is an expression of s, a const struct vm_stats *.
+ *
+ * --stats prints the groups as lines: "shadow:" SHADOW, "shootdowns:"
+ * SHOOTDOWNS, "tables reached:" TABLES_REACHED "; sharing:" SHARING.
+ * --stats-json nests them: "shadow" holds SHADOW, "sharing" and
+ * "tables_reached"; "shootdowns" is beside it.
+ */
+#define VM_STATS(X)                                                                                \
+	X(SHADOW, faults, " faults=", "", s->shadow.faults)                                        \
+	X(SHADOW, fixed, " fixed=", "", s->shadow.fixed)                                           \
+	X(SHADOW, guest_faults, " guest=", "", s->shadow.guest_faults)                             \
+	X(SHADOW, retries, " retries=", "", s->shadow.retries)                                     \
+	X(SHADOW, installs, " installs=", "", s->shadow.installs)                                  \
+	X(SHADOW, zapped, " zapped=", "", s->shadow.zapped)                                        \
+	X(SHADOW, tables, " tables=", "", s->shadow.tables_created - s->shadow.tables_freed)       \
+	X(SHADOW, tables_created, " (created ", "", s->shadow.tables_created)                      \
+	X(SHADOW, tables_freed, ", freed ", ")", s->shadow.tables_freed)                           \
+	X(SHADOW, invlpg, " invlpg=", "", s->shadow.invlpg)                                        \
+	X(SHADOW, cr3_loads, " cr3_loads=", "", s->shadow.cr3_loads)                               \
+	X(SHADOW, syncs, " syncs=", "", s->shadow.syncs)                                           \
+	X(SHADOW, invalidations, " invalidations=", "", s->shadow.invalidations)                   \
+	X(SHADOW, root_evictions, " root_evictions=", "", s->shadow.root_evictions)                \
+	X(SHADOW, flushes_all, " flushes_all=", "", s->shadow.flushes_all)                         \
+	X(SHADOW, flushes_va, " flushes_va=", "", s->shadow.flushes_va)                            \
+	X(SHOOTDOWNS, requests, " requests=", "", s->flush_requests)                               \
+	X(SHOOTDOWNS, kicks, " kicks=", "", s->kicks)                                              \
+	X(SHOOTDOWNS, nmis, " nmis=", "", s->nmis)                                                 \
+	X(SHOOTDOWNS, acks, " acks=", "", s->flush_acks)                                           \
+	X(TABLES_REACHED, reached, " ", "", s->tables.tables)                                      \
+	X(TABLES_REACHED, private, " (private ", "", s->tables.private_)                           \
+	X(TABLES_REACHED, shared, ", shared ", ")", s->tables.shared)                              \
+	X(TABLES_REACHED, pt, NULL, NULL, s->tables.by_level[1])                                   \
+	X(TABLES_REACHED, pd, NULL, NULL, s->tables.by_level[2])                                   \
+	X(TABLES_REACHED, pdpt, NULL, NULL, s->tables.by_level[3])                                 \
+	X(TABLES_REACHED, pml4, NULL, NULL, s->tables.by_level[4])                                 \
+	X(SHARING, clones, " clones=", "", s->shadow.clones)                                       \
+	X(SHARING, privatizations, " privatizations=", "", s->shadow.privatizations)               \
+	X(SHARING, cow_breaks, " cow_breaks=", "", s->shadow.cow_breaks)                           \
+	X(SHARING, canon_created, " canonical created=", "", s->shadow.canon_created)              \
+	X(SHARING, canon_reused, " reused=", "", s->shadow.canon_reused)                           \
+	X(SHARING, remote_flushes, " remote_flushes=", "", s->shadow.remote_flushes)
 
-/* -ENOTSUP with err when KVM runs without hardware nested paging (see vm.c). */
-int vmm_check_nested_paging(struct vmm_error *err);
+enum vm_stat_group {
+	VM_STAT_SHADOW,
+	VM_STAT_SHOOTDOWNS,
+	VM_STAT_TABLES_REACHED,
+	VM_STAT_SHARING,
+	VM_STAT_GROUP_NR
+};
+
+/* Indexes of the values vm_stats_values() returns. */
+enum vm_stat {
+#define VM_STAT_ENUM(group, key, before, after, value) VM_STAT_##group##_##key,
+	VM_STATS(VM_STAT_ENUM)
+#undef VM_STAT_ENUM
+	VM_STAT_NR
+};
+
+struct vm_stat_desc {
+	enum vm_stat_group group;
+	const char *key;    /* JSON name */
+	const char *before; /* --stats text before the value, or NULL */
+	const char *after;  /* ... and after it */
+};
+
+/* Every counter of VM_STATS, indexed by enum vm_stat. */
+extern const struct vm_stat_desc vm_stat_descs[VM_STAT_NR];
+/* Evaluates VM_STATS on s into values[VM_STAT_NR]. */
+void vm_stats_values(const struct vm_stats *s, uint64_t *values);
+
+extern const char *const vm_exit_kind_names[VM_EXIT_NR];
 extern const char *const vm_hypercall_names[UMBRA_HC_NR];
+
+/* -ENOTSUP with err when KVM runs without hardware nested paging (see kvm.c). */
+int vmm_check_nested_paging(struct vmm_error *err);
 
 /* Opens /dev/kvm; -ENOENT (with a message saying how to use the sandbox)
  * when it is missing, -errno for other failures. */
@@ -258,8 +373,6 @@ int vmm_kvm_open(int *kvm_fd, struct vmm_error *err);
 /* Creates a VM with RAM and vCPUs on kvm_fd. */
 int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out,
 	      struct vmm_error *err);
-/* The end of the RAM an image may load into: below the vCPU stacks. */
-uint64_t vm_image_load_max(uint64_t mem, unsigned int vcpus);
 /* Loads an image validated by elf_image_parse (against UMBRA_IMAGE_MIN_GPA and
  * vm_image_load_max) into the VM and prepares every vCPU's boot state (long
  * mode, boot tables, stack, boot info in RDI). */
@@ -277,5 +390,77 @@ int vm_wait(struct vm *vm);
 const char *vm_name(const struct vm *vm);
 void vm_get_stats(const struct vm *vm, struct vm_stats *stats);
 void vm_destroy(struct vm *vm);
+
+/* ---- statistics of the whole run (stats.c) ---- */
+
+/* Table memory of the whole process: the pool's pages in use, against the
+ * sum of what each VM reaches (what the VMs would need without sharing). */
+struct table_memory {
+	uint64_t pool_pages, in_use, unshared;
+};
+
+void table_memory_get(const struct vmm_host *host, struct vm *const *vms, unsigned int nr_vms,
+		      struct table_memory *tm);
+/* --stats: one VM's statistics on stderr. */
+void vm_stats_print(const char *name, int status, const struct vm_stats *stats);
+/* --stats: the table memory and each segment's evictions on stderr. */
+void vmm_stats_print_process(const struct table_memory *tm, struct segment *const *segments,
+			     unsigned int nr_segments);
+/* --stats-json: every VM's statistics (vms[i] or status[i] of a VM that was
+ * not created: zeroes) written to path as JSON (docs/config.md). Returns 0
+ * or -EIO with err. */
+int vmm_stats_write_json(const char *path, const struct plan *plan, struct segment *const *segments,
+			 struct vm *const *vms, const int *status, const struct table_memory *tm,
+			 struct vmm_error *err);
+
+/* ---- the boot state (boot.c): pure code that fills RAM and register
+ * structures and calls no KVM, so that it is testable natively ---- */
+
+/* The boot GDT at UMBRA_GDT_GPA: null, code64 (UMBRA_SEL_CODE64), data
+ * (UMBRA_SEL_DATA), the TSS's two entries (UMBRA_SEL_TSS). */
+#define BOOT_GDT_ENTRIES 5u
+/* Flat 64-bit code: limit 0xfffff, G, L (so D/B clear), P, DPL 0, S,
+ * type execute/read accessed. */
+#define BOOT_GDT_CODE64 0x00af9b000000ffffull
+/* Flat data: limit 0xfffff, G, D/B, P, DPL 0, S, type read/write accessed. */
+#define BOOT_GDT_DATA 0x00cf93000000ffffull
+/* The TSS descriptor's access byte: P, DPL 0, type 64-bit TSS (busy). */
+#define BOOT_GDT_TSS_ACCESS 0x8bull
+
+/* What the boot state of a VM depends on. */
+struct boot_layout {
+	void *ram;         /* guest RAM, guest-physical 0 at ram[0] */
+	uint64_t ram_size; /* a multiple of 2 MiB */
+	unsigned int nr_vcpus;
+	unsigned int nr_segments;
+	struct segment *const *segments; /* name, gpa, size, writable are used */
+	const char *cmdline;             /* shorter than UMBRA_CMDLINE_MAX */
+	uint64_t pool_size;              /* bytes of the table pool at SHADOW_POOL_GPA */
+};
+
+/* The end of the RAM an image may load into: below the vCPU stacks. */
+uint64_t vm_image_load_max(uint64_t mem, unsigned int vcpus);
+/* Writes the boot GDT (UMBRA_GDT_GPA) and TSS (UMBRA_TSS_GPA) into ram. */
+void boot_write_gdt(void *ram);
+/*
+ * Writes page tables from UMBRA_PT_GPA that identity-map RAM (4 KiB pages in
+ * the first 2 MiB, page 0 not present; 2 MiB pages above) and every segment
+ * (2 MiB pages). Returns the PML4's address (the boot CR3) and the end of the
+ * tables in *end, or 0 when they would not fit below UMBRA_IMAGE_MIN_GPA.
+ */
+uint64_t boot_write_page_tables(const struct boot_layout *l, uint64_t *end);
+/* Guest-physical address of vCPU id's boot-information block (the top of
+ * its stack region, 64-byte aligned). */
+uint64_t boot_info_gpa(uint64_t ram_size, unsigned int id);
+/* Writes vCPU id's boot-information block (docs/abi.md). */
+void boot_write_info(const struct boot_layout *l, unsigned int id, uint64_t free_start, uint64_t boot_cr3);
+struct kvm_sregs;
+struct kvm_regs;
+/* Sets the long-mode state of docs/abi.md in sregs (segments, TR, GDTR,
+ * IDTR, CR0, CR3 = cr3, CR4, EFER with NXE if nxe); other fields are kept. */
+void boot_set_sregs(struct kvm_sregs *sregs, uint64_t cr3, bool nxe);
+/* Sets regs to the entry state: RIP = entry, RSP = RDI = info_gpa, RFLAGS
+ * 0x2, every other register 0. */
+void boot_set_regs(struct kvm_regs *regs, uint64_t entry, uint64_t info_gpa);
 
 #endif

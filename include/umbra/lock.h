@@ -35,7 +35,6 @@
  *
  * The order, outermost first (docs/locking.md describes each lock):
  *
- *   VMM_RUN          vmm: a VM's run state (vm->lock)
  *   NOTIFIER_OBJECT  notifier object's subscription lock (subscribe,
  *                    unsubscribe, destroy; the release callback runs under it)
  *   NOTIFIER_CALLBACK  pseudo-lock: held while a notifier callback runs
@@ -46,9 +45,13 @@
  *   MMUS             shadow: the pool's list of MMUs
  *   TABLE            shadow: one shadow table's lock
  *   TLBS             shadow: one VM's list of vCPU TLBs (remote flush)
- *   SUBSCRIBER_LEAF  any other lock a callback takes, e.g. a vCPU's tlb_lock
- *   VMM_LEAF         vmm: leaf locks (mode_lock, the console's output_lock,
- *                    the evictor's lock)
+ *   SUBSCRIBER_LEAF  any other lock a callback takes, e.g. a software
+ *                    vCPU's tlb_lock, the swap store's lock
+ *   VMM_VCPU_MODE    vmm: a vCPU's in_guest / exit_seq (taken by the shadow
+ *                    MMU's flush ops under shadow locks)
+ *   VMM_VM           vmm: a VM's pins and stop state
+ *   VMM_OUTPUT       vmm: whole lines of output
+ *   VMM_EVICTOR      vmm: the evictor's stop flag
  *   NOTIFIER_SEQ     notifier object's sequence lock (leaf; taken by
  *                    read_begin/read_retry and by the invalidation side)
  *
@@ -72,7 +75,6 @@
 
 enum umbra_lock_rank {
 	UMBRA_LOCK_RANK_NONE = 0,
-	UMBRA_LOCK_RANK_VMM_RUN = 2,
 	UMBRA_LOCK_RANK_NOTIFIER_OBJECT = 4,
 	UMBRA_LOCK_RANK_NOTIFIER_CALLBACK = 6,
 	UMBRA_LOCK_RANK_MMU = 8,
@@ -82,7 +84,10 @@ enum umbra_lock_rank {
 	UMBRA_LOCK_RANK_TABLE = 12,
 	UMBRA_LOCK_RANK_TLBS = 14,
 	UMBRA_LOCK_RANK_SUBSCRIBER_LEAF = 20,
-	UMBRA_LOCK_RANK_VMM_LEAF = 24,
+	UMBRA_LOCK_RANK_VMM_VCPU_MODE = 21,
+	UMBRA_LOCK_RANK_VMM_VM = 22,
+	UMBRA_LOCK_RANK_VMM_OUTPUT = 23,
+	UMBRA_LOCK_RANK_VMM_EVICTOR = 24,
 	UMBRA_LOCK_RANK_NOTIFIER_SEQ = 28,
 	UMBRA_LOCK_RANK_MAX = 31,
 };
@@ -282,7 +287,7 @@ static inline void umbra_cond_wait(pthread_cond_t *cond, struct umbra_mutex *m)
 }
 
 /*
- * pthread_cond_timedwait() on @m (CLOCK_REALTIME @abstime, as pthread's),
+ * pthread_cond_timedwait() on @m (@abstime in @cond's clock),
  * keeping the bookkeeping right.  Returns its result (0 or ETIMEDOUT).
  */
 static inline int umbra_cond_timedwait(pthread_cond_t *cond, struct umbra_mutex *m,

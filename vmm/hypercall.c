@@ -1,0 +1,273 @@
+/*
+ * Hypercalls (docs/abi.md, "Hypercalls"): the dispatch of an out to
+ * UMBRA_HC_PORT, the console and exit calls, and the paging calls that
+ * drive the VM's shadow MMU. A bad argument stops the VM with a report
+ * naming it.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+#include "vm_internal.h"
+#include "x86.h"
+
+/* What a handler returns when it stopped the VM (not a result for RAX). */
+#define HC_STOPPED INT64_MIN
+
+static const char *exception_mnemonic(uint64_t vector)
+{
+	static const char *const names[X86_NR_EXCEPTIONS] = {
+		"#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS",
+		"#NP", "#SS", "#GP", "#PF", "reserved", "#MF", "#AC", "#MC", "#XM", "#VE",
+		"#CP", "reserved", "reserved", "reserved", "reserved", "reserved", "reserved",
+		"#HV", "#VC", "#SX", "reserved",
+	};
+	return vector < X86_NR_EXCEPTIONS ? names[vector] : "interrupt";
+}
+
+/* The guest's memory as the shadow walker reads it (RAM and segments). */
+static int guest_mem_read(void *ctx, uint64_t pa, uint64_t *val)
+{
+	struct vm *vm = ctx;
+
+	if (pa + 8 <= vm->ram_size) {
+		*val = __atomic_load_n((uint64_t *)((char *)vm->ram + pa), __ATOMIC_RELAXED);
+		return 0;
+	}
+	for (unsigned int i = 0; i < vm->nr_segments; i++) {
+		const struct segment *seg = vm->segments[i];
+		if (pa - seg->gpa < seg->size) {
+			*val = __atomic_load_n((uint64_t *)((char *)seg->host + (pa - seg->gpa)), __ATOMIC_RELAXED);
+			return 0;
+		}
+	}
+	return -EFAULT;
+}
+
+static const struct shadow_mem_ops guest_mem_ops = { .read = guest_mem_read };
+
+/* A fault the shadow MMU could not back: say what the guest's tables point at. */
+static void report_unbacked_fault(struct vcpu *vcpu, uint64_t va, unsigned int access)
+{
+	struct vm *vm = vcpu->vm;
+	struct shadow_walk w;
+	const struct shadow_paging_mode *mode = shadow_mmu_mode(vm->mmu);
+	uint64_t pool_end = SHADOW_POOL_GPA + (uint64_t)vm->host->pool_pages * SHADOW_PAGE_SIZE;
+
+	if (shadow_walk(mode, &guest_mem_ops, vm, vcpu->guest_cr3, va, access, 0, &w) != 0)
+		vcpu_fail(vcpu, true, "page fault at %#llx: a guest page table lies outside RAM",
+			  (unsigned long long)va);
+	else if (w.pa >= SHADOW_POOL_GPA && w.pa < pool_end)
+		vcpu_fail(vcpu, true, "%s at %#llx: the guest's page tables map it to guest-physical %#llx, a shadow "
+			  "page table (the pool is umbra's, never the guest's)",
+			  access & SHADOW_ACCESS_WRITE ? "write" : "access", (unsigned long long)va,
+			  (unsigned long long)w.pa);
+	else
+		vcpu_fail(vcpu, true, "page fault at %#llx: the guest's page tables map it to guest-physical %#llx, "
+			  "where there is no RAM or segment", (unsigned long long)va, (unsigned long long)w.pa);
+}
+
+/* ---- the paging hypercalls ---- */
+
+static int64_t hc_set_cr3(struct vcpu *vcpu, uint64_t guest_cr3)
+{
+	struct kvm_sregs sregs;
+	uint64_t root;
+	int r;
+
+	if (guest_cr3 == 0 || guest_cr3 % X86_PAGE_SIZE || guest_cr3 >= vcpu->vm->ram_size) {
+		vcpu_fail(vcpu, false, "bad hypercall: set_cr3: guest CR3 %#llx (argument 0) is not a 4 KiB-aligned "
+			  "page in RAM", (unsigned long long)guest_cr3);
+		return HC_STOPPED;
+	}
+	r = vcpu_load_guest_cr3(vcpu, guest_cr3, &root);
+	if (r) {
+		vcpu_fail(vcpu, false, "set_cr3 %#llx: %s", (unsigned long long)guest_cr3,
+			  r == -EBUSY ? "every cached shadow root is in use by another vCPU" :
+			  r == -ENOMEM ? "the shadow table pool is exhausted" : strerror(-r));
+		return HC_STOPPED;
+	}
+	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) {
+		vcpu_fail(vcpu, false, "KVM_GET_SREGS at set_cr3: %s", strerror(errno));
+		return HC_STOPPED;
+	}
+	sregs.cr3 = root;
+	if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0) {
+		vcpu_fail(vcpu, false, "KVM_SET_SREGS at set_cr3: %s", strerror(errno));
+		return HC_STOPPED;
+	}
+	return 0;
+}
+
+static int64_t hc_page_fault(struct vcpu *vcpu, uint64_t va, uint64_t error_code)
+{
+	struct vm *vm = vcpu->vm;
+	unsigned int access = (unsigned int)error_code & SHADOW_ACCESS_MASK;
+	uint32_t ec = 0;
+	int r;
+
+	if (!shadow_va_is_canonical(va)) {
+		vcpu_fail(vcpu, false, "bad hypercall: page fault at %#llx (argument 0): not a canonical address",
+			  (unsigned long long)va);
+		return HC_STOPPED;
+	}
+	r = shadow_mmu_fault(vm->mmu, vcpu->guest_cr3, va, access, &ec);
+	if (r == SHADOW_FAULT_FIXED)
+		return 0;
+	if (r == SHADOW_FAULT_GUEST)
+		return (int64_t)(UMBRA_PF_GUEST | ec);
+	if (r == -EFAULT)
+		report_unbacked_fault(vcpu, va, access);
+	else if (r == -EACCES)
+		vcpu_fail(vcpu, true, "write at %#llx to a read-only segment", (unsigned long long)va);
+	else if (r == -ENOMEM)
+		vcpu_fail(vcpu, false, "page fault at %#llx: the shadow table pool (%zu pages) is exhausted",
+			  (unsigned long long)va, vm->host->pool_pages);
+	else
+		vcpu_fail(vcpu, true, "page fault at %#llx: the shadow MMU failed: %s", (unsigned long long)va,
+			  strerror(-r));
+	return HC_STOPPED;
+}
+
+static int64_t hc_invlpg(struct vcpu *vcpu, uint64_t va)
+{
+	if (!shadow_va_is_canonical(va)) {
+		vcpu_fail(vcpu, false, "bad hypercall: invlpg %#llx (argument 0): not a canonical address",
+			  (unsigned long long)va);
+		return HC_STOPPED;
+	}
+	shadow_mmu_invlpg(vcpu->vm->mmu, vcpu->guest_cr3, va);
+	return 0;
+}
+
+static int64_t hc_flush(struct vcpu *vcpu)
+{
+	int r = shadow_mmu_flush(vcpu->vm->mmu, vcpu->guest_cr3);
+
+	if (r) {
+		vcpu_fail(vcpu, false, "flush of address space %#llx: %s", (unsigned long long)vcpu->guest_cr3,
+			  strerror(-r));
+		return HC_STOPPED;
+	}
+	return 0;
+}
+
+static int64_t hc_pin(struct vcpu *vcpu, uint64_t va, uint64_t len)
+{
+	int r;
+
+	if (len == 0 || len > UMBRA_PIN_MAX_BYTES || !shadow_va_is_canonical(va) ||
+	    !shadow_va_is_canonical(va + len - 1) || va + len < va) {
+		vcpu_fail(vcpu, false, "bad hypercall: pin %#llx+%#llx (arguments 0, 1): must be 1 byte to 64 MiB "
+			  "of canonical addresses", (unsigned long long)va, (unsigned long long)len);
+		return HC_STOPPED;
+	}
+	r = vcpu_add_pin(vcpu, va, len);
+	if (r == -ENOSPC) {
+		vcpu_fail(vcpu, false, "bad hypercall: pin: more than %u pinned ranges", UMBRA_MAX_PINS);
+		return HC_STOPPED;
+	}
+	if (r) {
+		vcpu_fail(vcpu, false, "pin: the shadow table pool is exhausted");
+		return HC_STOPPED;
+	}
+	return 0;
+}
+
+/* The paging hypercalls. Returns the result for RAX, or HC_STOPPED. */
+static int64_t handle_paging_hypercall(struct vcpu *vcpu, const struct kvm_regs *regs)
+{
+	uint64_t a0 = regs->rdi, a1 = regs->rsi;
+
+	switch (regs->rax) {
+	case UMBRA_HC_SET_CR3:
+		return hc_set_cr3(vcpu, a0);
+	case UMBRA_HC_PAGE_FAULT:
+		return hc_page_fault(vcpu, a0, a1);
+	case UMBRA_HC_INVLPG:
+		return hc_invlpg(vcpu, a0);
+	case UMBRA_HC_FLUSH:
+		return hc_flush(vcpu);
+	case UMBRA_HC_FLUSH_ACK:
+		__atomic_fetch_add(&vcpu->vm->flush_acks, 1, __ATOMIC_RELAXED);
+		return 0;
+	case UMBRA_HC_READY:
+		/* The guest reloads CR3 after this: requests so far are served. */
+		vcpu_shootdown_ready(vcpu);
+		return 0;
+	case UMBRA_HC_PIN:
+		return hc_pin(vcpu, a0, a1);
+	}
+	vcpu_fail(vcpu, true, "bad hypercall: unknown number %llu (RAX)", regs->rax);
+	return HC_STOPPED;
+}
+
+/* ---- console, exit, exception ---- */
+
+static int64_t hc_console_write(struct vcpu *vcpu, uint64_t gpa, uint64_t len)
+{
+	struct vm *vm = vcpu->vm;
+
+	if (len == 0 || len > UMBRA_CONSOLE_WRITE_MAX) {
+		vcpu_fail(vcpu, false, "bad hypercall: console write of %llu bytes (argument 1) is outside 1..%u",
+			  (unsigned long long)len, UMBRA_CONSOLE_WRITE_MAX);
+		return HC_STOPPED;
+	}
+	if (gpa >= vm->ram_size || len > vm->ram_size - gpa) {
+		vcpu_fail(vcpu, false, "bad hypercall: console write buffer %#llx+%llu (arguments 0, 1) is outside guest RAM",
+			  (unsigned long long)gpa, (unsigned long long)len);
+		return HC_STOPPED;
+	}
+	for (uint64_t i = 0; i < len; i++)
+		console_put(vcpu, ((const char *)vm->ram)[gpa + i]);
+	return (int64_t)len;
+}
+
+/* The exit hypercall: stops the VM with the guest's code (does not return
+ * to the guest, so HC_STOPPED). */
+static int64_t hc_exit(struct vcpu *vcpu, uint64_t code)
+{
+	if (code > UMBRA_EXIT_CODE_MAX) {
+		vcpu_fail(vcpu, false, "bad hypercall: exit code %llu (argument 0) is outside 0..%d",
+			  (unsigned long long)code, UMBRA_EXIT_CODE_MAX);
+		return HC_STOPPED;
+	}
+	console_flush(vcpu);
+	vm_stop(vcpu->vm, (int)code);
+	return HC_STOPPED;
+}
+
+void vcpu_handle_hypercall(struct vcpu *vcpu)
+{
+	struct kvm_regs regs;
+	int64_t result;
+
+	if (ioctl(vcpu->fd, KVM_GET_REGS, &regs) < 0) {
+		vcpu_fail(vcpu, false, "KVM_GET_REGS failed at a hypercall: %s", strerror(errno));
+		return;
+	}
+	if (regs.rax < UMBRA_HC_NR)
+		__atomic_fetch_add(&vcpu->vm->hypercalls[regs.rax], 1, __ATOMIC_RELAXED);
+	switch (regs.rax) {
+	case UMBRA_HC_EXIT:
+		result = hc_exit(vcpu, regs.rdi);
+		break;
+	case UMBRA_HC_CONSOLE_WRITE:
+		result = hc_console_write(vcpu, regs.rdi, regs.rsi);
+		break;
+	case UMBRA_HC_EXCEPTION:
+		vcpu_fail(vcpu, false, "guest exception %s (vector %llu) at RIP %#llx, error code %#llx, CR2 %#llx",
+			  exception_mnemonic(regs.rdi), regs.rdi, regs.rsi, regs.r8, regs.r9);
+		result = HC_STOPPED;
+		break;
+	default:
+		result = handle_paging_hypercall(vcpu, &regs);
+		break;
+	}
+	if (result == HC_STOPPED)
+		return;
+	regs.rax = (uint64_t)result;
+	if (ioctl(vcpu->fd, KVM_SET_REGS, &regs) < 0)
+		vcpu_fail(vcpu, false, "KVM_SET_REGS failed after a hypercall: %s", strerror(errno));
+}

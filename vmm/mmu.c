@@ -1,0 +1,200 @@
+/*
+ * Shadow paging of KVM VMs: the process's shadow-table pool (struct
+ * vmm_host), each VM's shadow MMU with its slots, CR3 switches and the
+ * pinned ranges every address space keeps mapped.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "vm_internal.h"
+#include "x86.h"
+
+/* ---- the process's shared state: the shadow-table pool ---- */
+
+int vmm_host_create(size_t nr_pages, struct vmm_host **out, struct vmm_error *err)
+{
+	struct vmm_host *host = calloc(1, sizeof(*host));
+	int ret;
+
+	if (!host)
+		return vmm_error_set(err, ENOMEM, "out of memory");
+	host->pool_pages = nr_pages;
+	ret = shadow_pool_create(nr_pages, &host->pool);
+	if (ret) {
+		vmm_error_set(err, -ret, "shadow table pool of %zu pages: %s", nr_pages, strerror(-ret));
+		goto free_host;
+	}
+	shadow_pool_memory(host->pool, &host->pool_mem);
+	host->pool_ro = mmap(NULL, host->pool_mem.bytes, PROT_READ, MAP_SHARED, host->pool_mem.fd, 0);
+	if (host->pool_ro == MAP_FAILED) {
+		ret = vmm_error_set(err, errno, "read-only mapping of the shadow table pool: %s", strerror(errno));
+		goto destroy_pool;
+	}
+	umbra_mutex_init(&host->output_lock, "vmm.output_lock", UMBRA_LOCK_RANK_VMM_OUTPUT);
+	*out = host;
+	return 0;
+
+destroy_pool:
+	shadow_pool_destroy(host->pool);
+free_host:
+	free(host);
+	return ret;
+}
+
+void vmm_host_destroy(struct vmm_host *host)
+{
+	if (!host)
+		return;
+	umbra_mutex_exit(&host->output_lock);
+	munmap(host->pool_ro, host->pool_mem.bytes);
+	shadow_pool_destroy(host->pool);
+	free(host);
+}
+
+/* ---- a VM's shadow MMU ---- */
+
+/* The paging controls of the boot state, as the shadow MMU must model them. */
+static struct shadow_paging_mode vm_paging_mode(const struct vm *vm)
+{
+	struct shadow_paging_mode mode = shadow_default_mode;
+
+	mode.wp = true;
+	mode.nxe = vm->has_nx;
+	mode.smep = false;
+	for (unsigned int i = 0; i < vm->cpuid->nent; i++) {
+		const struct kvm_cpuid_entry2 *e = &vm->cpuid->entries[i];
+		unsigned int phys_bits = e->eax & X86_CPUID_ADDR_SIZES_PHYS_MASK;
+
+		if (e->function == X86_CPUID_EXT_FEATURES)
+			mode.gbpages = e->edx & X86_CPUID_EXT_EDX_PDPE1GB;
+		if (e->function == X86_CPUID_ADDR_SIZES && phys_bits >= X86_MAXPHYADDR_MIN &&
+		    phys_bits <= X86_MAXPHYADDR_MAX)
+			mode.maxphyaddr = phys_bits;
+	}
+	return mode;
+}
+
+/* Adds the shadow MMU's slot of each segment, mapped at its gpa. */
+static int vm_mmu_add_segments(struct vm *vm, struct vmm_error *err)
+{
+	for (unsigned int i = 0; i < vm->nr_segments; i++) {
+		struct segment *seg = vm->segments[i];
+		/* Every VM places the segment at the same machine (KVM
+		 * guest-physical) address, so the runs the guest maps with 2 MiB
+		 * pages use the canonical tables every VM shares; the store's
+		 * get_page restores evicted pages. */
+		struct shadow_slot slot = { seg->obj, seg->gpa, seg->host, !seg->writable, &shadow_store_slot_ops,
+					    seg->store };
+		int ret;
+
+		if ((ret = shadow_mmu_add_segment(vm->mmu, &slot, &vm->segment_slots[i])) ||
+		    (ret = shadow_mmu_map_gpa(vm->mmu, seg->gpa, seg->size / SHADOW_PAGE_SIZE,
+					      vm->segment_slots[i], 0)))
+			return vmm_error_set(err, -ret, "shadow MMU slot for segment '%s': %s", seg->name,
+					     strerror(-ret));
+	}
+	return 0;
+}
+
+int vm_mmu_init(struct vm *vm, struct vmm_error *err)
+{
+	char name[64];
+	int ret;
+
+	snprintf(name, sizeof(name), "%s-ram", vm->name);
+	ret = notifier_object_create(name, vm->ram_size / SHADOW_PAGE_SIZE, &vm->ram_obj);
+	if (ret)
+		return vmm_error_set(err, -ret, "memory object for RAM: %s", strerror(-ret));
+	uint64_t max_gpa = vm->ram_size;
+	for (unsigned int i = 0; i < vm->nr_segments; i++)
+		if (vm->segments[i]->gpa + vm->segments[i]->size > max_gpa)
+			max_gpa = vm->segments[i]->gpa + vm->segments[i]->size;
+	struct shadow_mmu_config config = { vm->host->pool, max_gpa, 0, vm_paging_mode(vm) };
+	ret = shadow_mmu_create(&config, &vm->mmu);
+	if (ret) {
+		vmm_error_set(err, -ret, "shadow MMU: %s", strerror(-ret));
+		goto destroy_ram_obj;
+	}
+	/* The pool itself is not in the P2M: a guest that maps a shadow table
+	 * in its own page tables gets no shadow entry for it (see
+	 * report_unbacked_fault() in hypercall.c). */
+	struct shadow_slot ram = { vm->ram_obj, 0, vm->ram, false, NULL, NULL };
+	if ((ret = shadow_mmu_add_slot(vm->mmu, &ram, &vm->ram_slot)) ||
+	    (ret = shadow_mmu_map_gpa(vm->mmu, 0, vm->ram_size / SHADOW_PAGE_SIZE, vm->ram_slot, 0))) {
+		vmm_error_set(err, -ret, "shadow MMU slot for RAM: %s", strerror(-ret));
+		goto destroy_mmu;
+	}
+	ret = vm_mmu_add_segments(vm, err);
+	if (ret)
+		goto destroy_mmu;
+	return 0;
+
+destroy_mmu:
+	shadow_mmu_destroy(vm->mmu);
+	vm->mmu = NULL;
+destroy_ram_obj:
+	notifier_object_destroy(vm->ram_obj);
+	vm->ram_obj = NULL;
+	return ret;
+}
+
+void vm_mmu_exit(struct vm *vm)
+{
+	shadow_mmu_destroy(vm->mmu);
+	notifier_object_destroy(vm->ram_obj);
+}
+
+/* ---- pins and CR3 ---- */
+
+/* Pre-faults every pinned range into the shadow of guest_cr3: writable where
+ * the guest's tables allow it, else readable. Ranges the guest does not map
+ * there are skipped. Returns 0, or -ENOMEM when the pool is exhausted. */
+static int prefault_pins(struct vm *vm, uint64_t guest_cr3)
+{
+	struct pin pins[UMBRA_MAX_PINS];
+	unsigned int nr;
+
+	umbra_mutex_lock(&vm->lock);
+	nr = vm->nr_pins;
+	memcpy(pins, vm->pins, sizeof(pins));
+	umbra_mutex_unlock(&vm->lock);
+	for (unsigned int i = 0; i < nr; i++) {
+		for (uint64_t va = pins[i].va & ~(X86_PAGE_SIZE - 1); va < pins[i].va + pins[i].len; va += X86_PAGE_SIZE) {
+			uint32_t ec;
+			int r = shadow_mmu_fault(vm->mmu, guest_cr3, va, SHADOW_ACCESS_WRITE, &ec);
+			if (r == SHADOW_FAULT_GUEST || r == -EACCES)
+				r = shadow_mmu_fault(vm->mmu, guest_cr3, va, 0, &ec);
+			if (r == -ENOMEM)
+				return r;
+		}
+	}
+	return 0;
+}
+
+int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root)
+{
+	int ret = shadow_mmu_load_cr3(vcpu->vm->mmu, &vcpu->tlb, guest_cr3, root);
+
+	if (ret)
+		return ret;
+	vcpu->guest_cr3 = guest_cr3;
+	return prefault_pins(vcpu->vm, guest_cr3);
+}
+
+int vcpu_add_pin(struct vcpu *vcpu, uint64_t va, uint64_t len)
+{
+	struct vm *vm = vcpu->vm;
+	bool full;
+
+	umbra_mutex_lock(&vm->lock);
+	full = vm->nr_pins == UMBRA_MAX_PINS;
+	if (!full)
+		vm->pins[vm->nr_pins++] = (struct pin){ va, len };
+	umbra_mutex_unlock(&vm->lock);
+	if (full)
+		return -ENOSPC;
+	return prefault_pins(vm, vcpu->guest_cr3);
+}

@@ -1,0 +1,184 @@
+/*
+ * Private to the files that run a KVM VM (kvm.c, mmu.c, run.c, exit.c,
+ * hypercall.c, shootdown.c, stats.c): struct vm, struct vcpu and the calls
+ * between those files. vmm.h is the interface for main() and the tests.
+ *
+ * Threads: main() creates a VM (kvm.c), loads its image (kvm.c, boot.c),
+ * starts one thread per vCPU (run.c) and waits for them. A vCPU thread runs
+ * KVM_RUN and handles its exits itself (exit.c, hypercall.c). Stopping the
+ * VM (the guest exits, or fails) is vm_stop(): the first caller records the
+ * exit status, then every vCPU is kicked out of KVM_RUN (immediate_exit and
+ * a signal). Other threads reach a vCPU only through its TLB-shootdown
+ * mailbox (shootdown.c). Locks: vmm.h, "Locks".
+ */
+#ifndef UMBRA_VMM_VM_INTERNAL_H
+#define UMBRA_VMM_VM_INTERNAL_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "umbra/lock.h"
+#include "umbra/abi.h"
+#include "vmm.h"
+
+#define CONSOLE_LINE_MAX 1024
+#define VM_NAME_MAX 32
+
+/* KVM memslots: RAM in slot 0, segment i in slot 1 + i, the shadow-table
+ * pool in slot 32 (above every segment slot). */
+#define VMM_MEMSLOT_RAM 0u
+#define VMM_MEMSLOT_SEGMENT(i) (1u + (i))
+#define VMM_MEMSLOT_POOL 32u
+_Static_assert(VMM_MEMSLOT_SEGMENT(UMBRA_MAX_SEGMENTS - 1) < VMM_MEMSLOT_POOL,
+	       "segment memslots lie below the pool's");
+
+struct vcpu {
+	struct vm *vm;
+	unsigned int id;
+	int fd;
+	struct kvm_run *run;
+	pthread_t thread;
+	bool thread_started; /* atomic: read by whichever thread stops the VM */
+	/* Console bytes of this vCPU until a newline; only its thread touches it. */
+	char line[CONSOLE_LINE_MAX];
+	size_t line_len;
+
+	/* Shadow paging. tlb is registered with the VM's shadow MMU, which calls
+	 * its ops (shootdown.c) to flush this vCPU. guest_cr3 is the address
+	 * space it runs (its thread only). */
+	struct shadow_tlb tlb;
+	uint64_t guest_cr3;
+	/* TLB-shootdown mailbox: flush_req counts flush requests (atomic);
+	 * nmi_done is how many of them the vCPU thread has turned into an
+	 * injected NMI (its thread only); nmi_ready says the guest's NMI
+	 * handler is installed (atomic, set once by UMBRA_HC_READY). */
+	uint64_t flush_req;
+	uint64_t nmi_done;
+	bool nmi_ready;
+	/* mode_lock (UMBRA_LOCK_RANK_VMM_VCPU_MODE) protects in_guest and exit_seq:
+	 * in_guest is true while the thread is in (or about to enter)
+	 * KVM_RUN; exit_seq counts returns from KVM_RUN. Requesters that find
+	 * in_guest wait on mode_cond for the next return. */
+	struct umbra_mutex mode_lock;
+	pthread_cond_t mode_cond;
+	bool in_guest;
+	uint64_t exit_seq;
+};
+
+/* A range the guest asked to keep mapped in every address space. */
+struct pin {
+	uint64_t va, len;
+};
+
+struct vm {
+	char name[VM_NAME_MAX];
+	int kvm_fd; /* borrowed */
+	int vm_fd;
+	int ram_fd; /* memfd backing guest RAM */
+	void *ram;
+	uint64_t ram_size;
+	size_t run_size;
+	bool has_nx;
+	char cmdline[UMBRA_CMDLINE_MAX];
+	bool prefix_output;
+	unsigned int nr_segments;
+	struct segment *segments[UMBRA_MAX_SEGMENTS]; /* borrowed from main */
+	uint64_t boot_tables_end;
+	struct kvm_cpuid2 *cpuid;
+
+	/* Shadow paging: the VM's shadow MMU, its RAM as a memory object, and
+	 * the shadow MMU's slot ids of RAM and each segment. */
+	struct vmm_host *host;
+	struct shadow_mmu *mmu;
+	struct notifier_object *ram_obj;
+	int ram_slot, segment_slots[UMBRA_MAX_SEGMENTS];
+	unsigned int nr_vcpus;
+	struct vcpu *vcpus;
+
+	/* lock (UMBRA_LOCK_RANK_VMM_VM) protects pins, nr_pins, stopped (written
+	 * under it, read atomically without it), exit_status and nr_halted. */
+	struct umbra_mutex lock;
+	struct pin pins[UMBRA_MAX_PINS];
+	unsigned int nr_pins;
+	bool stopped;
+	int exit_status;
+	unsigned int nr_halted;
+
+	_Atomic uint64_t exits[VM_EXIT_NR];
+	_Atomic uint64_t hypercalls[UMBRA_HC_NR];
+	_Atomic uint64_t flush_requests, kicks, nmis, flush_acks;
+};
+
+/* The boot layout of the VM's RAM (boot.c's view of it). */
+struct boot_layout vm_boot_layout(const struct vm *vm);
+
+/* ---- mmu.c: the VM's shadow MMU ---- */
+
+/* Creates the VM's shadow MMU with slots for RAM and each segment (the P2M
+ * is the identity). Returns 0 or -errno with err. */
+int vm_mmu_init(struct vm *vm, struct vmm_error *err);
+void vm_mmu_exit(struct vm *vm);
+/* Switches the vCPU to the shadow of the address space guest_cr3 and returns
+ * the shadow root (the CR3 the CPU must load) in *root; pre-faults the
+ * pinned ranges. Called by the vCPU's thread (or before it starts) with no
+ * lock held. Returns 0, -ENOMEM, -EBUSY or another -errno of the MMU. */
+int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root);
+/* Records a pinned range and pre-faults every pin into the vCPU's address
+ * space. No lock held. Returns 0, -ENOSPC (UMBRA_MAX_PINS reached) or
+ * -ENOMEM (the pool is exhausted). */
+int vcpu_add_pin(struct vcpu *vcpu, uint64_t va, uint64_t len);
+
+/* ---- shootdown.c: TLB shootdown by NMI ---- */
+
+/* The shadow MMU's flush interface on a KVM vCPU. */
+extern const struct shadow_tlb_ops vcpu_tlb_ops;
+/* Called by the vCPU's thread first: the thread flushes its own vCPU
+ * without a kick. */
+void vcpu_shootdown_thread_init(struct vcpu *vcpu);
+/* The guest's NMI handler is installed (UMBRA_HC_READY): requests so far
+ * are served by the CR3 reload that follows. Its thread only. */
+void vcpu_shootdown_ready(struct vcpu *vcpu);
+/* Turns pending flush requests into one injected NMI. Its thread only,
+ * outside KVM_RUN. Returns 0, or -errno of KVM_NMI. */
+int vcpu_inject_pending_flush(struct vcpu *vcpu);
+/* Marks the vCPU as in guest mode and returns true, unless a flush request
+ * slipped in (then false: inject it first). Takes mode_lock. */
+bool vcpu_enter_guest_mode(struct vcpu *vcpu);
+/* Marks the return from KVM_RUN and wakes the requesters waiting for it.
+ * Takes mode_lock. */
+void vcpu_exit_guest_mode(struct vcpu *vcpu);
+
+/* ---- run.c: vCPU threads ---- */
+
+/* Makes the vCPU leave KVM_RUN (or not enter it). Any thread, any lock. */
+void vcpu_kick(struct vcpu *vcpu);
+bool vm_is_stopped(struct vm *vm);
+/* Records status (the first stop wins) and kicks every vCPU out of KVM_RUN.
+ * Takes vm->lock: no vmm lock may be held. */
+void vm_stop(struct vm *vm, int status);
+
+/* ---- exit.c: exits and console output ---- */
+
+/* Handles the exit the vCPU's kvm_run describes. Its thread only. */
+void vcpu_handle_exit(struct vcpu *vcpu);
+/* Appends c to the vCPU's console line; prints the line at a newline or
+ * when it is full. Its thread only; takes the output lock. */
+void console_put(struct vcpu *vcpu, char c);
+/* Prints the vCPU's pending console line, if any. Takes the output lock. */
+void console_flush(struct vcpu *vcpu);
+/* Reports a guest failure (with registers if dump) and stops the VM with
+ * UMBRA_STATUS_GUEST_ERROR. Only the first failure of a VM is reported.
+ * The vCPU's thread; takes the output lock, then vm->lock (not nested). */
+void vcpu_fail(struct vcpu *vcpu, bool dump, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Prints "umbra: NAME: message" on stderr under the output lock. */
+void vm_print_error(struct vm *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- hypercall.c ---- */
+
+/* Handles the hypercall the vCPU's registers describe (an out to
+ * UMBRA_HC_PORT). Its thread only. */
+void vcpu_handle_hypercall(struct vcpu *vcpu);
+
+#endif
