@@ -8,7 +8,7 @@
  */
 #include <errno.h>
 
-#include "shadow_internal.h"
+#include "mmu_internal.h"
 
 /* Takes mmu_lock as the range allows: blocking, or try (else -EAGAIN). */
 static int lock_for_range(struct shadow_mmu *mmu, bool may_block)

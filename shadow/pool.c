@@ -292,6 +292,20 @@ size_t shadow_pool_pages_in_use(struct shadow_pool *pool, int level)
 	return n;
 }
 
+size_t shadow_pool_shared_pages(struct shadow_pool *pool)
+{
+	size_t n = 0;
+
+	for (uint32_t page = 0; page < pool->nr_pages; page++) {
+		struct shadow_page *sp = pool_page(pool, page);
+
+		if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) &&
+		    __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) > 1)
+			n++;
+	}
+	return n;
+}
+
 int pool_user_link(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *mmu,
 		   uint32_t parent, uint32_t slot)
 {
@@ -344,7 +358,7 @@ void pool_user_del(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *
 int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t mpa,
 		 struct pool_obj **out)
 {
-	uint64_t npages = notifier_object_npages(obj), nruns = (npages + 511) / 512;
+	uint64_t npages = notifier_object_npages(obj), nruns = pool_obj_nr_runs(npages);
 	struct pool_obj *po;
 	int ret = 0;
 
