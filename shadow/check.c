@@ -11,6 +11,7 @@
  * order), which stand for every stripe while nothing runs.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -263,9 +264,9 @@ static void usage_table_locked(struct shadow_mmu *mmu, uint32_t page, uint8_t *s
 	struct shadow_page *sp = mmu_page(mmu, page);
 	const uint64_t *sptes = mmu_sptes(mmu, page);
 
-	if (seen[page / 8] & (1u << (page % 8)))
+	if (seen[page / CHAR_BIT] & (1u << (page % CHAR_BIT)))
 		return;
-	seen[page / 8] |= (uint8_t)(1u << (page % 8));
+	seen[page / CHAR_BIT] |= (uint8_t)(1u << (page % CHAR_BIT));
 	u->tables++;
 	if (sp->level >= 1 && sp->level <= SHADOW_LEVELS)
 		u->by_level[sp->level]++;
@@ -287,7 +288,7 @@ static void usage_table_locked(struct shadow_mmu *mmu, uint32_t page, uint8_t *s
 int shadow_mmu_table_usage(struct shadow_mmu *mmu, struct shadow_table_usage *usage)
 {
 	size_t nr_pages = shadow_pool_nr_pages(mmu->pool);
-	uint8_t *seen = calloc((nr_pages + 7) / 8, 1);
+	uint8_t *seen = calloc((nr_pages + CHAR_BIT - 1) / CHAR_BIT, 1);
 
 	memset(usage, 0, sizeof(*usage));
 	if (!seen)

@@ -114,9 +114,10 @@ static int page_index(const struct shadow_pool *pool, uint64_t gpa, uint32_t *in
  * (a whole chain at once) and popped by alloc; `next` is read and written
  * atomically because a stale pop may read it while the page is in use.
  */
-#define FREE_TOP(tag, index) ((uint64_t)(tag) << 32 | (index))
+#define FREE_TOP_TAG_SHIFT 32
+#define FREE_TOP(tag, index) ((uint64_t)(tag) << FREE_TOP_TAG_SHIFT | (index))
 #define FREE_TOP_INDEX(top) ((uint32_t)(top))
-#define FREE_TOP_TAG(top) ((uint32_t)((top) >> 32))
+#define FREE_TOP_TAG(top) ((uint32_t)((top) >> FREE_TOP_TAG_SHIFT))
 
 static uint32_t page_next(struct shadow_pool *pool, uint32_t i)
 {

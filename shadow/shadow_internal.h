@@ -420,9 +420,6 @@ struct shadow_mmu {
 	struct shadow_mmu_stats stats;	/* relaxed atomic adds */
 };
 
-/* The root cache's size when shadow_mmu_config.nr_roots is 0. */
-#define SHADOW_MMU_DEFAULT_ROOTS 8u
-
 static inline struct shadow_page *mmu_page(struct shadow_mmu *mmu, uint32_t index)
 {
 	return pool_page(mmu->pool, index);
