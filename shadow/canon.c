@@ -74,14 +74,10 @@ static int canon_create_locked(struct shadow_mmu *mmu, struct pool_obj *po, uint
 	uint32_t idx;
 	int ret;
 
-	ret = pool_alloc_index(mmu->pool, 1, &idx);
+	ret = table_alloc_locked(mmu, 1, role, gva, &idx);
 	if (ret)
 		return ret;
 	sp = mmu_page(mmu, idx);
-	sp->direct = true;
-	sp->access = role->access;
-	sp->gpa = role->gpa;
-	sp->gva = gva;
 	sp->canon = true;
 	sp->canon_obj = po;
 	sp->canon_key = key;

@@ -123,17 +123,16 @@ static int clone_root_locked(struct shadow_mmu *parent, struct shadow_mmu *child
 {
 	notifier_mutex_assert_held(&parent->mmu_lock);
 	struct shadow_root *pr = &parent->roots[r];
+	const struct role role = { .direct = false, .access = SHADOW_RIGHTS_ALL, .gpa = pr->cr3 };
 	uint32_t page, present = 0;
 	struct shadow_page *sp;
 	uint64_t *from, *to;
 	int ret;
 
-	ret = pool_alloc_index(parent->pool, SPTE_LEVELS, &page);
+	ret = table_alloc_locked(parent, SPTE_LEVELS, &role, 0, &page);
 	if (ret)
 		return ret;
 	sp = mmu_page(parent, page);
-	sp->access = SHADOW_RIGHTS_ALL;
-	sp->gpa = pr->cr3;
 	ret = pool_user_add(parent->pool, page, child, SHADOW_NO_PAGE, r);
 	if (ret) {
 		pool_free_index(parent->pool, page);

@@ -64,18 +64,12 @@ static int child_create_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned
 			       const struct role *role, uint64_t gva, uint32_t *out)
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
-	struct shadow_page *sp;
 	uint32_t child;
 	int ret;
 
-	ret = pool_alloc_index(mmu->pool, level, &child);
+	ret = table_alloc_locked(mmu, level, role, gva, &child);
 	if (ret)
 		return ret;
-	sp = mmu_page(mmu, child);
-	sp->direct = role->direct;
-	sp->access = role->access;
-	sp->gpa = role->gpa;
-	sp->gva = gva;
 	ret = pool_user_add(mmu->pool, child, mmu, parent, i);
 	if (ret) {
 		pool_free_index(mmu->pool, child);

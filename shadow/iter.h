@@ -1,6 +1,7 @@
 /*
- * The shadow-table iterator, after KVM's for_each_shadow_entry: walks the
- * shadow path of one linear address down from a table.  The structure of the
+ * The shadow-table iterators, after KVM's: for_each_shadow_entry walks the
+ * shadow path of one linear address down from a table; for_each_present_spte
+ * visits the present entries of one table.  The structure of the
  * tables a VM reaches is under its mmu_lock, which the loop test asserts at
  * every step (as KVM's for_each_tdp_mmu_root asserts its lock); entries are
  * read atomically (another VM's non-local zap may clear a leaf meanwhile).
@@ -59,5 +60,24 @@ static inline bool shadow_iter_valid_locked(struct shadow_mmu *mmu, const struct
 #define for_each_shadow_entry(mmu, it, table, va) \
 	for (shadow_iter_init((mmu), &(it), (table), (va)); shadow_iter_valid_locked((mmu), &(it)); \
 	     (it).level = shadow_iter_next((mmu), &(it), (va)) ? (it).level : 0)
+
+/* The loop test of for_each_present_spte: mmu_lock is held (asserted), and
+ * entries remain, up to the last present one (nr_present drops to 0 as the
+ * body zaps them). */
+static inline bool present_iter_valid_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	return i < SPTE_ENTRIES && __atomic_load_n(&mmu_page(mmu, page)->nr_present, __ATOMIC_RELAXED);
+}
+
+/*
+ * for_each_present_spte - every present entry @i of table @page, in index
+ * order, while the table has present entries.  The body may zap the entry.
+ * mmu_lock held.
+ */
+#define for_each_present_spte(mmu, page, i) \
+	for ((i) = 0; present_iter_valid_locked((mmu), (page), (i)); (i)++) \
+		if (!spte_is_present(spte_read(mmu_sptes((mmu), (page)) + (i)))) { \
+		} else
 
 #endif

@@ -44,6 +44,13 @@
 
 #include "shadow_internal.h"
 
+/* A table's role: what it shadows (struct shadow_page). */
+struct role {
+	bool direct;
+	uint8_t access;
+	uint64_t gpa;
+};
+
 /* Bumped under mmu_lock by every sync and P2M change: a fault whose guest
  * walk began before walks again under the lock (fault.c). */
 static inline void bump_sync_seq_locked(struct shadow_mmu *mmu)
@@ -101,6 +108,10 @@ uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struc
 /* Zaps entry @i of @page (a leaf in place; a table entry only in a table
  * this VM alone reaches, its reference put after the flush).  mmu_lock. */
 void zap_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct zap_batch *b);
+/* A new empty table of @level with @role, covering linear addresses from
+ * @gva, not yet linked: 0 or -ENOMEM.  mmu_lock. */
+int table_alloc_locked(struct shadow_mmu *mmu, int level, const struct role *role, uint64_t gva,
+		       uint32_t *out);
 /* Frees table @page, whose use count dropped to 0.  mmu_lock. */
 void table_free_locked(struct shadow_mmu *mmu, uint32_t page);
 /* Non-local: zaps every SPTE in the pool mapping pages [first, last] of
@@ -119,13 +130,6 @@ void mmu_flush_remote(struct shadow_mmu *mmu);
 void batch_flush_remote(struct shadow_mmu *mmu, struct zap_batch *b);
 
 /* ---- sync.c: what the guest's tables say --------------------------------- */
-
-/* A table's role: what it shadows (struct shadow_page). */
-struct role {
-	bool direct;
-	uint8_t access;
-	uint64_t gpa;
-};
 
 /* Rights of a leaf as the shadow may grant them: W only once dirty. */
 static inline unsigned int leaf_rights(unsigned int rights, bool dirty)

@@ -224,6 +224,21 @@ void zap_slot_range_local_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot 
 	}
 }
 
+/* Takes, in place of *@held, the stripe of the page that present leaf *@e
+ * of entry *@sptep maps, and reads the entry again there (a zap may have
+ * cleared it meanwhile): true if it still maps that page (*@e the entry,
+ * *@slot and *@bp the page; *@held NULL if no slot of ours holds it). */
+static bool leaf_reread_under_stripe(struct shadow_mmu *mmu, const uint64_t *sptep,
+				     struct notifier_mutex **held, uint64_t *e,
+				     struct shadow_mmu_slot **slot, uint64_t *bp)
+{
+	const uint64_t addr = spte_addr(*e);
+
+	*held = stripe_switch(*held, leaf_stripe(mmu, *e, slot, bp));
+	*e = spte_read(sptep);
+	return spte_is_present(*e) && spte_addr(*e) == addr;
+}
+
 /*
  * Copies @old's entries into the new table @copy, write-protected (every
  * entry loses W, leaves lose D).  @old's non-leaf entries do not change
@@ -248,11 +263,9 @@ static void table_copy_entries_locked(struct shadow_mmu *mmu, uint32_t old, uint
 			continue;
 		if (spte_is_leaf(e, level)) {
 			struct shadow_mmu_slot *slot;
-			uint64_t bp, addr = spte_addr(e);
+			uint64_t bp;
 
-			held = stripe_switch(held, leaf_stripe(mmu, e, &slot, &bp));
-			e = spte_read(&from[k]);
-			if (!held || !spte_is_present(e) || spte_addr(e) != addr ||
+			if (!leaf_reread_under_stripe(mmu, &from[k], &held, &e, &slot, &bp) || !held ||
 			    rmap_add(&slot->rmap[bp], sptep_make(copy, k)))
 				continue; /* not copied: it faults back */
 			e &= ~(SPTE_WRITABLE | SPTE_DIRTY);
@@ -283,18 +296,14 @@ int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i, u
 		      uint64_t gva, struct zap_batch *b, uint32_t *out)
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
-	struct shadow_page *osp = mmu_page(mmu, old), *sp;
+	struct shadow_page *osp = mmu_page(mmu, old);
+	const struct role role = { .direct = osp->direct, .access = osp->access, .gpa = osp->gpa };
 	uint32_t copy;
 	int ret;
 
-	ret = pool_alloc_index(mmu->pool, osp->level, &copy);
+	ret = table_alloc_locked(mmu, osp->level, &role, gva, &copy);
 	if (ret)
 		return ret;
-	sp = mmu_page(mmu, copy);
-	sp->direct = osp->direct;
-	sp->access = osp->access;
-	sp->gpa = osp->gpa;
-	sp->gva = gva;
 	table_copy_entries_locked(mmu, old, copy);
 	ret = pool_user_add(mmu->pool, copy, mmu, parent, i);
 	if (ret) {
@@ -327,14 +336,11 @@ void table_wrprot_locked(struct shadow_mmu *mmu, uint32_t page)
 		if (!spte_is_present(e) || !(e & SPTE_WRITABLE))
 			continue;
 		if (spte_is_leaf(e, level)) {
-			/* A leaf changes under its page's stripe (a zap may
-			 * clear it meanwhile: read it again there). */
+			/* A leaf changes under its page's stripe. */
 			struct shadow_mmu_slot *slot;
-			uint64_t bp, addr = spte_addr(e);
+			uint64_t bp;
 
-			held = stripe_switch(held, leaf_stripe(mmu, e, &slot, &bp));
-			e = spte_read(&sptes[k]);
-			if (!spte_is_present(e) || spte_addr(e) != addr)
+			if (!leaf_reread_under_stripe(mmu, &sptes[k], &held, &e, &slot, &bp))
 				continue;
 			e &= ~(SPTE_WRITABLE | SPTE_DIRTY);
 		} else {

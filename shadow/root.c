@@ -66,21 +66,16 @@ static int root_create_locked(struct shadow_mmu *mmu, uint64_t key, struct zap_b
 			      struct shadow_root **out)
 {
 	notifier_mutex_assert_held(&mmu->mmu_lock);
+	const struct role role = { .direct = false, .access = SHADOW_RIGHTS_ALL, .gpa = key };
 	struct shadow_root *slot = root_slot_get_locked(mmu, b);
-	struct shadow_page *sp;
 	uint32_t page;
 	int ret;
 
 	if (!slot)
 		return -EBUSY;
-	ret = pool_alloc_index(mmu->pool, SPTE_LEVELS, &page);
+	ret = table_alloc_locked(mmu, SPTE_LEVELS, &role, 0, &page);
 	if (ret)
 		return ret;
-	sp = mmu_page(mmu, page);
-	sp->direct = false;
-	sp->access = SHADOW_RIGHTS_ALL;
-	sp->gpa = key;
-	sp->gva = 0;
 	ret = pool_user_add(mmu->pool, page, mmu, SHADOW_NO_PAGE, (uint32_t)(slot - mmu->roots));
 	if (ret) {
 		pool_free_index(mmu->pool, page);

@@ -162,14 +162,10 @@ static bool sync_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int
 
 void sync_table_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
-	uint64_t *sptes = mmu_sptes(mmu, page);
+	unsigned int i;
 
-	for (unsigned int i = 0;
-	     i < SPTE_ENTRIES && __atomic_load_n(&mmu_page(mmu, page)->nr_present, __ATOMIC_RELAXED);
-	     i++)
-		if (spte_is_present(spte_read(&sptes[i])))
-			sync_spte_locked(mmu, page, i, true, b);
+	for_each_present_spte(mmu, page, i)
+		sync_spte_locked(mmu, page, i, true, b);
 }
 
 /* Read-only: does the path of @va below @page agree with our guest now?

@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 
+#include "iter.h"
 #include "mmu_internal.h"
 
 /* The leaf rule (struct pool_obj), checked in debug builds: a present leaf
@@ -107,7 +108,24 @@ void batch_add_put(struct shadow_mmu *mmu, struct zap_batch *b, uint32_t child, 
 	b->flush_all = true; /* paging-structure caches too */
 }
 
-/* ---- table put and free ---------------------------------------------------- */
+/* ---- table alloc, put and free ---------------------------------------------------- */
+
+int table_alloc_locked(struct shadow_mmu *mmu, int level, const struct role *role, uint64_t gva,
+		       uint32_t *out)
+{
+	notifier_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_page *sp;
+	int ret = pool_alloc_index(mmu->pool, level, out);
+
+	if (ret)
+		return ret;
+	sp = mmu_page(mmu, *out);
+	sp->direct = role->direct;
+	sp->access = role->access;
+	sp->gpa = role->gpa;
+	sp->gva = gva;
+	return 0;
+}
 
 static void table_put_now_locked(struct shadow_mmu *mmu, uint32_t child, uint32_t parent,
 				 uint32_t index);
@@ -221,14 +239,10 @@ void zap_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, stru
 
 static void zap_table_entries_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_batch *b)
 {
-	notifier_mutex_assert_held(&mmu->mmu_lock);
-	uint64_t *sptes = mmu_sptes(mmu, page);
+	unsigned int i;
 
-	for (unsigned int i = 0;
-	     i < SPTE_ENTRIES && __atomic_load_n(&mmu_page(mmu, page)->nr_present, __ATOMIC_RELAXED);
-	     i++)
-		if (spte_is_present(spte_read(&sptes[i])))
-			zap_spte_locked(mmu, page, i, b);
+	for_each_present_spte(mmu, page, i)
+		zap_spte_locked(mmu, page, i, b);
 }
 
 /* Sends this VM's own vCPUs the flush @b requires.  mmu_lock. */
