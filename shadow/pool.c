@@ -239,6 +239,7 @@ bool pool_wait_deferred(struct shadow_pool *pool)
 {
 	if (!__atomic_load_n(&pool->nr_deferred, __ATOMIC_ACQUIRE))
 		return false;
+	shadow_assert_no_lock_held();
 	notifier_barrier();
 	return true;
 }
