@@ -5,10 +5,14 @@
  * notifier_read_retry() and the install: so once a callback has zapped a
  * range under mmu_lock and flushed the vCPUs, no fault can install an entry
  * for it until the invalidation ends (read_retry answers "retry").
+ *
+ * Locks: each callback takes the slot's VM's mmu_lock (a try-lock where it
+ * may not block) and zaps through zap.c; release() runs under the object's
+ * lock, which ranks outside mmu_lock (notifier/notifier.h).
  */
 #include <errno.h>
 
-#include "shadow_internal.h"
+#include "mmu_internal.h"
 
 /* Takes mmu_lock as the range allows: blocking, or try (else -EAGAIN). */
 static int lock_for_range(struct shadow_mmu *mmu, bool may_block)
@@ -58,7 +62,8 @@ static int shadow_invalidate_page(struct notifier_subscription *sub,
 }
 
 /*
- * Access tracking without hardware A bits (the pool is read-only): a page is
+ * Access tracking without hardware A bits (the CPU never writes the pool: A
+ * is preset in every shadow entry, spte.h): a page is
  * young when a fault installed a mapping of it since the last clear.
  * Clearing also zaps its mappings so that the next access faults and marks
  * it young again (what KVM does for SPTEs without A/D bits).  The callback

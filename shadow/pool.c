@@ -114,9 +114,10 @@ static int page_index(const struct shadow_pool *pool, uint64_t gpa, uint32_t *in
  * (a whole chain at once) and popped by alloc; `next` is read and written
  * atomically because a stale pop may read it while the page is in use.
  */
-#define FREE_TOP(tag, index) ((uint64_t)(tag) << 32 | (index))
+#define FREE_TOP_TAG_SHIFT 32
+#define FREE_TOP(tag, index) ((uint64_t)(tag) << FREE_TOP_TAG_SHIFT | (index))
 #define FREE_TOP_INDEX(top) ((uint32_t)(top))
-#define FREE_TOP_TAG(top) ((uint32_t)((top) >> 32))
+#define FREE_TOP_TAG(top) ((uint32_t)((top) >> FREE_TOP_TAG_SHIFT))
 
 static uint32_t page_next(struct shadow_pool *pool, uint32_t i)
 {
@@ -238,6 +239,7 @@ bool pool_wait_deferred(struct shadow_pool *pool)
 {
 	if (!__atomic_load_n(&pool->nr_deferred, __ATOMIC_ACQUIRE))
 		return false;
+	shadow_assert_no_lock_held();
 	notifier_barrier();
 	return true;
 }
@@ -289,6 +291,20 @@ size_t shadow_pool_pages_in_use(struct shadow_pool *pool, int level)
 		return 0;
 	for (int l = level ? level : 1; l <= (level ? level : SPTE_LEVELS); l++)
 		n += __atomic_load_n(&pool->in_use[l], __ATOMIC_RELAXED);
+	return n;
+}
+
+size_t shadow_pool_shared_pages(struct shadow_pool *pool)
+{
+	size_t n = 0;
+
+	for (uint32_t page = 0; page < pool->nr_pages; page++) {
+		struct shadow_page *sp = pool_page(pool, page);
+
+		if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) &&
+		    __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) > 1)
+			n++;
+	}
 	return n;
 }
 
@@ -344,7 +360,7 @@ void pool_user_del(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *
 int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t mpa,
 		 struct pool_obj **out)
 {
-	uint64_t npages = notifier_object_npages(obj), nruns = (npages + 511) / 512;
+	uint64_t npages = notifier_object_npages(obj), nruns = pool_obj_nr_runs(npages);
 	struct pool_obj *po;
 	int ret = 0;
 

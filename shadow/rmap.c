@@ -1,12 +1,20 @@
 /*
- * The reverse map: for each backing page of a slot, the shadow entries that
- * map it (like KVM's rmap_head / pte_list_desc: one entry inline, an array
- * beyond).  Every function here runs under the owning MMU's mmu_lock.
+ * The reverse map: for each backing page of a memory object, the shadow
+ * entries (leaves, in any VM's tables) that map it (like KVM's rmap_head /
+ * pte_list_desc: one entry inline, an array beyond).  The map of a page
+ * belongs to its object's struct pool_obj, shared by every VM's slot of it.
+ *
+ * Locks: none taken.  The caller holds the stripe of the page whose map it
+ * reads or changes (struct pool_obj, the leaf rule), or, for the checker of
+ * a quiescent pool, pool->objs_lock.
  */
 #include <errno.h>
 #include <stdlib.h>
 
 #include "shadow_internal.h"
+
+/* The array's first size, when a second entry arrives. */
+#define RMAP_MANY_FIRST_CAP 4u
 
 int rmap_add(struct shadow_rmap *rmap, shadow_sptep_t sptep)
 {
@@ -17,14 +25,14 @@ int rmap_add(struct shadow_rmap *rmap, shadow_sptep_t sptep)
 			rmap->nr = 1;
 			return 0;
 		}
-		shadow_sptep_t *many = malloc(4 * sizeof(*many));
+		shadow_sptep_t *many = malloc(RMAP_MANY_FIRST_CAP * sizeof(*many));
 
 		if (!many)
 			return -ENOMEM;
 		many[0] = rmap->one;
 		many[1] = sptep;
 		rmap->many = many;
-		rmap->cap = 4;
+		rmap->cap = RMAP_MANY_FIRST_CAP;
 		rmap->nr = 2;
 		return 0;
 	}

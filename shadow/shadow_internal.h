@@ -1,19 +1,21 @@
 /*
  * Private to shadow/: the pool's descriptors, the MMU's structures, the
- * helpers the files share.  docs/shadow.md describes them; docs/locking.md
- * gives the lock order.
+ * pool, reverse-map and walker helpers the files share (mmu_internal.h has
+ * what the MMU's own files offer each other).  docs/shadow.md describes
+ * them; docs/locking.md gives the lock order.
  *
- * Lock order (outermost first; ranks from the table in include/umbra/lock.h):
+ * Lock order (outermost first; ranks UMBRA_LOCK_RANK_* from the one table
+ * in include/umbra/lock.h):
  *
- *   notifier object lock     UMBRA_LOCK_RANK_NOTIFIER_OBJECT  (release() runs under it)
- *   mmu->mmu_lock            UMBRA_LOCK_RANK_MMU     (one VM's only, never two)
- *   pool->objs_lock          UMBRA_LOCK_RANK_OBJS      (the list of objects)
- *   pool_obj.stripes[k]      UMBRA_LOCK_RANK_RMAP      (one stripe at a time)
- *   pool->mmus_lock          UMBRA_LOCK_RANK_MMUS      (the list of MMUs)
- *   shadow_page.lock         UMBRA_LOCK_RANK_TABLE   (one at a time)
- *   mmu->tlbs_lock           UMBRA_LOCK_RANK_TLBS      (another VM's, for a remote flush)
- *   vcpu->tlb_lock           UMBRA_LOCK_RANK_SUBSCRIBER_LEAF
- *   notifier seq_lock        UMBRA_LOCK_RANK_NOTIFIER_SEQ     (leaf, inside read_retry)
+ *   notifier object lock   NOTIFIER_OBJECT  (release() runs under it)
+ *   mmu->mmu_lock          MMU              (one VM's only, never two)
+ *   pool->objs_lock        OBJS             (the list of objects)
+ *   pool_obj.stripes[k]    RMAP             (one stripe at a time)
+ *   pool->mmus_lock        MMUS             (the list of MMUs)
+ *   shadow_page.lock       TABLE            (one at a time)
+ *   mmu->tlbs_lock         TLBS             (another VM's, for a remote flush)
+ *   vcpu->tlb_lock         SUBSCRIBER_LEAF
+ *   notifier seq_lock      NOTIFIER_SEQ     (leaf, inside read_retry)
  */
 #ifndef UMBRA_SHADOW_INTERNAL_H
 #define UMBRA_SHADOW_INTERNAL_H
@@ -23,6 +25,7 @@
 
 #include "umbra/lock.h"
 #include "umbra/shadow.h"
+#include "p2m.h"
 #include "spte.h"
 
 _Static_assert(SHADOW_LEVELS == SPTE_LEVELS, "one level count");
@@ -33,14 +36,28 @@ _Static_assert(UMBRA_LOCK_RANK_MMU < UMBRA_LOCK_RANK_OBJS && UMBRA_LOCK_RANK_OBJ
 		       UMBRA_LOCK_RANK_TLBS < UMBRA_LOCK_RANK_SUBSCRIBER_LEAF,
 	       "mmu_lock < objs_lock < stripe < mmus_lock < table lock < tlbs_lock < vCPU tlb_lock");
 
+/*
+ * No shadow lock held: mmu_lock is the outermost shadow lock, so a thread
+ * that holds no lock of its rank or above holds none of them.  Asserted
+ * before calling out to what may block or re-enter the shadow MMU
+ * (notifier_read_begin, a slot's get_page, notifier (un)subscribe, an
+ * invalidation).
+ */
+#define shadow_assert_no_lock_held()                                                      \
+	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_MMU,                                   \
+				   "the shadow MMU calls notifier_read_begin, a slot's get_page, " \
+				   "(un)subscribe and invalidations with no shadow lock held")
+
 #define SHADOW_NO_PAGE UINT32_MAX
 
 /*
  * One user of a table page: the "pmd-rmap" entry.  @parent is the pool index
  * of the table whose entry @index points at the page, or SHADOW_NO_PAGE for a
- * root (then @index is its slot in @mmu's root cache).  In issue 4 every page
- * has exactly one user; issue 5's shared tables have one per sharer, and a
- * non-local operation walks this list to reach every VM that maps the table.
+ * root (then @index is its slot in @mmu's root cache).  A private table has
+ * one user; a table shared between VMs (a clone's, a segment's canonical
+ * table: docs/sharing.md) has one per parent entry that points at it, and a
+ * non-local operation walks these lists up to the roots to reach every VM
+ * that maps the table (pmd_rmap.c).
  */
 struct shadow_page_user {
 	/* The VM that made the link: exact for a root (parent SHADOW_NO_PAGE),
@@ -136,7 +153,7 @@ struct pool_obj {
 /* The stripe of page @page of @po. */
 static inline struct umbra_mutex *pool_obj_stripe(struct pool_obj *po, uint64_t page)
 {
-	return &po->stripes[(page / 512u) % POOL_OBJ_STRIPES];
+	return &po->stripes[(page / SPTE_ENTRIES) % POOL_OBJ_STRIPES];
 }
 
 /* Takes @want in place of @held (either may be NULL); returns @want.  For
@@ -156,10 +173,19 @@ static inline struct umbra_mutex *stripe_switch(struct umbra_mutex *held,
 
 /* Keys of one 2 MiB run in pool_obj.canon: the slot's readonly flag and the
  * table's rights (SHADOW_RIGHTS_ALL, 3 bits). */
-#define CANON_KEYS_PER_RUN 16u
+#define CANON_KEY_READONLY (SHADOW_RIGHTS_ALL + 1u)
+#define CANON_KEYS_PER_RUN (2u * CANON_KEY_READONLY)
+_Static_assert((CANON_KEY_READONLY & SHADOW_RIGHTS_ALL) == 0, "the readonly key bit is above the rights");
 static inline uint32_t canon_key(uint64_t run, bool readonly, unsigned int rights)
 {
-	return (uint32_t)(run * CANON_KEYS_PER_RUN + (readonly ? 8u : 0u) + (rights & 7u));
+	return (uint32_t)(run * CANON_KEYS_PER_RUN + (readonly ? CANON_KEY_READONLY : 0u) +
+			  (rights & SHADOW_RIGHTS_ALL));
+}
+
+/* The 2 MiB runs of an object of @npages pages (the last may be partial). */
+static inline uint64_t pool_obj_nr_runs(uint64_t npages)
+{
+	return (npages + SPTE_ENTRIES - 1) / SPTE_ENTRIES;
 }
 
 struct shadow_pool {
@@ -282,10 +308,21 @@ static inline shadow_sptep_t rmap_get(const struct shadow_rmap *rmap, uint32_t i
 	return rmap->cap <= 1 ? rmap->one : rmap->many[i];
 }
 
-#define for_each_rmap_sptep(rmap, i, s) \
-	for ((i) = 0; (i) < (rmap)->nr && ((s) = rmap_get((rmap), (i)), 1); (i)++)
+/* The loop test of for_each_rmap_sptep: @lock (the page's stripe, or, for
+ * the quiescent-pool checker, pool->objs_lock) is held. */
+static inline bool rmap_iter_valid(const struct shadow_rmap *rmap, uint32_t i,
+				   struct umbra_mutex *lock)
+{
+	umbra_mutex_assert_held(lock);
+	return i < rmap->nr;
+}
 
-/* ---- the MMU (mmu.c) -------------------------------------------------- */
+/* Every location @s (index @i) in @rmap, read under @lock: the stripe of the
+ * rmap's page (asserted at every step). */
+#define for_each_rmap_sptep(rmap, lock, i, s) \
+	for ((i) = 0; rmap_iter_valid((rmap), (i), (lock)) && ((s) = rmap_get((rmap), (i)), 1); (i)++)
+
+/* ---- the MMU (mmu.c and the files of mmu_internal.h) ----------------- */
 
 struct shadow_mmu_slot {
 	struct shadow_slot s;		/* immutable after add */
@@ -355,14 +392,14 @@ struct shadow_mmu {
 	uint64_t sync_seq;		/* atomic; bumped under mmu_lock by every sync / P2M change */
 
 	uint64_t p2m_pages;
-	uint64_t *p2m;			/* atomic entries: 0, or (slot + 1) << 48 | page */
+	uint64_t *p2m;			/* [p2m_pages] atomic entries (p2m.h) */
 
 	struct shadow_mmu_slot slots[SHADOW_MAX_SLOTS];
 	int nr_slots;			/* atomic (release): slots[0..nr) are published;
 					 * add_slot is not concurrent with itself */
 
 	unsigned int nr_roots;
-	struct shadow_root *roots;	/* under mmu_lock */
+	struct shadow_root *roots;	/* [nr_roots], under mmu_lock */
 	uint64_t tick;			/* LRU clock, under mmu_lock */
 
 	/* tlbs_lock (UMBRA_LOCK_RANK_TLBS): lets another VM's zap flush our
@@ -381,30 +418,22 @@ struct shadow_mmu {
 	struct shadow_mmu_stats stats;	/* relaxed atomic adds */
 };
 
-#define P2M_SLOT_SHIFT 48
-#define P2M_COW (1ull << 62)		/* shared with a clone: copy before writing */
-#define P2M_PAGE_MASK ((1ull << P2M_SLOT_SHIFT) - 1)
-#define P2M_SLOT_MASK (0xffull << P2M_SLOT_SHIFT)
+static inline struct shadow_page *mmu_page(struct shadow_mmu *mmu, uint32_t index)
+{
+	return pool_page(mmu->pool, index);
+}
+
+static inline uint64_t *mmu_sptes(struct shadow_mmu *mmu, uint32_t index)
+{
+	return pool_entries(mmu->pool, index);
+}
 
 #define mmu_stat_add(mmu, field, n) __atomic_fetch_add(&(mmu)->stats.field, (n), __ATOMIC_RELAXED)
 #define mmu_stat_inc(mmu, field) mmu_stat_add(mmu, field, 1)
 
-/* Machine address -> (slot, page); NULL if no slot holds it.  Lock-free. */
+/* Machine address -> (slot, page); NULL if no slot holds it.  Lock-free
+ * (the slots are published, never moved).  p2m.c. */
 struct shadow_mmu_slot *mmu_mpa_to_slot(struct shadow_mmu *mmu, uint64_t mpa, uint64_t *page);
-
-void zap_batch_init(struct zap_batch *b);
-/* Flush every registered vCPU as @b requires, then free its pages. */
-void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b);
-/* Zap every SPTE mapping pages [first, last] of @slot (rmap walk). */
-void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t first,
-			   uint64_t last, struct zap_batch *b);
-
-/* Flush every vCPU of @mmu (from another VM's zap): takes its tlbs_lock. */
-void mmu_flush_remote(struct shadow_mmu *mmu);
-/* Clears leaf @i of @page in place, if present, under the stripe of the page
- * it maps.  Returns the old entry. */
-uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct zap_batch *b);
-void batch_add_table(struct zap_batch *b, uint32_t page);
 
 /* notify.c */
 extern const struct notifier_ops shadow_notifier_ops;

@@ -8,9 +8,11 @@
  * the table pool and the CPU walks.  Names are SPTE_* for both; where a bit
  * matters only to one of them the comment says so.
  *
- * Shadow entries live in the table pool, which every guest sees read-only, so
- * the CPU can never set Accessed or Dirty in them: every present SPTE has A
- * preset, and a leaf has D preset where it is writable.  Access and dirty
+ * Shadow entries live in the table pool, which the VMM maps read-only where
+ * the hardware allows (on AMD nested paging it must be writable:
+ * docs/shadow.md, "Limits"); either way the CPU must never need to set
+ * Accessed or Dirty in them: every present SPTE has A preset, and a leaf has
+ * D preset where it is writable.  Access and dirty
  * tracking are done by the shadow MMU itself (a leaf is installed read-only
  * until the guest's own D bit is set, and young-ness is tracked in the
  * reverse map; docs/shadow.md, "Entry format").
@@ -38,11 +40,13 @@
 #define SPTE_ADDR_MASK 0x000ffffffffff000ull /* bits 12..51: the architectural maximum */
 
 #define SPTE_LEVELS 4
-#define SPTE_ENTRIES 512
-#define SPTE_LEVEL_SHIFT(level) (12 + 9 * ((level) - 1)) /* level 1 = PTE .. 4 = PML4E */
+#define SPTE_INDEX_BITS 9			/* a level translates 9 address bits */
+#define SPTE_ENTRIES 512			/* entries per table */
+#define SPTE_INDEX_MASK (SPTE_ENTRIES - 1)	/* an entry index */
+#define SPTE_LEVEL_SHIFT(level) (12 + SPTE_INDEX_BITS * ((level) - 1)) /* level 1 = PTE .. 4 = PML4E */
 #define SPTE_LEVEL_SIZE(level) (1ull << SPTE_LEVEL_SHIFT(level))
 #define SPTE_LEVEL_MASK(level) (~(SPTE_LEVEL_SIZE(level) - 1))
-#define SPTE_INDEX(addr, level) (((addr) >> SPTE_LEVEL_SHIFT(level)) & (SPTE_ENTRIES - 1))
+#define SPTE_INDEX(addr, level) (((addr) >> SPTE_LEVEL_SHIFT(level)) & SPTE_INDEX_MASK)
 
 /* Frame address of a 2 MiB / 1 GiB leaf: bits 21.. / 30.. up to 51. */
 #define SPTE_LARGE_ADDR_MASK(level) (SPTE_ADDR_MASK & SPTE_LEVEL_MASK(level))
@@ -60,6 +64,7 @@ _Static_assert(SPTE_LARGE_ADDR_MASK(2) == 0x000fffffffe00000ull &&
 		       SPTE_LARGE_ADDR_MASK(3) == 0x000fffffc0000000ull,
 	       "2 MiB and 1 GiB frame masks");
 _Static_assert(SPTE_ENTRIES * sizeof(uint64_t) == 4096, "a table is one 4 KiB page");
+_Static_assert(SPTE_ENTRIES == 1 << SPTE_INDEX_BITS, "a table has one entry per index value");
 _Static_assert(SPTE_NX == 0x8000000000000000ull, "XD is bit 63");
 
 static inline bool spte_is_present(uint64_t spte) { return spte & SPTE_PRESENT; }
@@ -117,8 +122,8 @@ static inline uint64_t spte_make_table(uint64_t table_pa)
 	return (table_pa & SPTE_ADDR_MASK) | SPTE_PRESENT | SPTE_WRITABLE | SPTE_USER | SPTE_ACCESSED;
 }
 
-/* A 4 KiB leaf: A preset, D preset when writable (the pool is read-only to
- * guests, so the CPU could not set them).  Shadow leaves are always 4 KiB
+/* A 4 KiB leaf: A preset, D preset when writable (the CPU must never write
+ * the pool).  Shadow leaves are always 4 KiB
  * (guest large pages are split, docs/shadow.md) and never global. */
 static inline uint64_t spte_make_leaf(uint64_t pa, bool writable, bool user, bool executable)
 {

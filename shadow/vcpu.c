@@ -208,12 +208,84 @@ static void vcpu_data_op(void *host, unsigned int access, uint64_t *data)
 		*data = __atomic_load_n((uint64_t *)host, __ATOMIC_ACQUIRE);
 }
 
+/* The TLB's answer for @va, if entry @e (NULL: no TLB) holds it: the
+ * permission check (a #PF invalidates the TLB entries of its address), then
+ * the access.  True if it answered (*@ret set), false on a miss.
+ * tlb_lock. */
+static bool tlb_lookup_locked(struct shadow_vcpu *vcpu, struct tlb_entry *e, uint64_t va,
+			      unsigned int access, struct shadow_vcpu_result *res, uint64_t *data,
+			      int *ret)
+{
+	umbra_mutex_assert_held(&vcpu->tlb_lock);
+	uint64_t off = va & (SHADOW_PAGE_SIZE - 1);
+	uint32_t ec;
+
+	if (!e || !e->valid || e->vpn != va >> SHADOW_PAGE_SHIFT)
+		return false;
+	ec = shadow_permission_fault(&vcpu->mode, e->rights, access);
+	if (ec) {
+		e->valid = false;
+		res->error_code = ec;
+		vcpu_stat_inc(vcpu, faults);
+		*ret = -EFAULT;
+		return true;
+	}
+	res->host = e->host + off;
+	res->mpa = e->mpa + off;
+	res->tlb_hit = true;
+	if (data)
+		vcpu_data_op(res->host, access, data);
+	vcpu_stat_inc(vcpu, tlb_hits);
+	*ret = 0;
+	return true;
+}
+
+/* What walk @w of @va answered (@ret), with no flush since it began: a
+ * fault drops the TLB entry of its address; a translation fills entry @e
+ * (NULL: no TLB) and the access is done.  tlb_lock. */
+static int tlb_fill_locked(struct shadow_vcpu *vcpu, struct tlb_entry *e, uint64_t va,
+			   unsigned int access, int ret, const struct shadow_walk *w,
+			   struct shadow_vcpu_result *res, uint64_t *data)
+{
+	umbra_mutex_assert_held(&vcpu->tlb_lock);
+	uint64_t vpn = va >> SHADOW_PAGE_SHIFT, off = va & (SHADOW_PAGE_SIZE - 1);
+
+	if (ret == -EFAULT) {
+		if (e && e->valid && e->vpn == vpn)
+			e->valid = false;
+		res->error_code = w->error_code;
+		vcpu_stat_inc(vcpu, faults);
+		return ret;
+	}
+	if (ret)
+		return ret;
+	/* The walk asked for A/D writes only where they were missing (-EROFS
+	 * above); a writable leaf without D would be written on this write. */
+	uint64_t page_mpa = w->pa & ~(uint64_t)(SHADOW_PAGE_SIZE - 1), bp;
+	struct shadow_mmu_slot *slot = mmu_mpa_to_slot(vcpu->mmu, page_mpa, &bp);
+
+	if (!slot)
+		return -EIO;
+	res->host = (char *)slot->s.host + (bp << SHADOW_PAGE_SHIFT) + off;
+	res->mpa = w->pa;
+	if (e) {
+		e->vpn = vpn;
+		e->mpa = page_mpa;
+		e->host = (char *)slot->s.host + (bp << SHADOW_PAGE_SHIFT);
+		e->rights = w->rights;
+		e->valid = true;
+	}
+	if (data)
+		vcpu_data_op(res->host, access, data);
+	return 0;
+}
+
 static int vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access,
 		       struct shadow_vcpu_result *res, uint64_t *data)
 {
 	struct shadow_pool *pool = shadow_mmu_pool(vcpu->mmu);
-	uint64_t vpn = va >> SHADOW_PAGE_SHIFT, off = va & (SHADOW_PAGE_SIZE - 1);
-	struct tlb_entry *e = NULL;
+	uint64_t vpn = va >> SHADOW_PAGE_SHIFT;
+	struct tlb_entry *e;
 	struct shadow_walk w;
 	uint64_t root, gen;
 	int ret;
@@ -226,86 +298,42 @@ static int vcpu_access(struct shadow_vcpu *vcpu, uint64_t va, unsigned int acces
 	res->tlb_hit = false;
 	vcpu_stat_inc(vcpu, accesses);
 	umbra_mutex_lock(&vcpu->tlb_lock);
-again:
-	if (!vcpu->root) {
-		ret = -ENOENT;
-		goto unlock;
-	}
-	if (vcpu->nr_entries) {
-		e = &vcpu->entries[vpn % vcpu->nr_entries];
-		if (e->valid && e->vpn == vpn) {
-			uint32_t ec = shadow_permission_fault(&vcpu->mode, e->rights, access);
-
-			if (ec) {
-				/* A #PF invalidates the TLB entries of its address. */
-				e->valid = false;
-				res->error_code = ec;
-				vcpu_stat_inc(vcpu, faults);
-				ret = -EFAULT;
-				goto unlock;
-			}
-			res->host = e->host + off;
-			res->mpa = e->mpa + off;
-			res->tlb_hit = true;
-			if (data)
-				vcpu_data_op(res->host, access, data);
-			vcpu_stat_inc(vcpu, tlb_hits);
-			ret = 0;
-			goto unlock;
+	for (;;) {
+		if (!vcpu->root) {
+			ret = -ENOENT;
+			break;
 		}
+		e = vcpu->nr_entries ? &vcpu->entries[vpn % vcpu->nr_entries] : NULL;
+		if (tlb_lookup_locked(vcpu, e, va, access, res, data, &ret))
+			break;
+		/* The lock-free walk (RCU), then the fill if no flush came between. */
+		root = vcpu->root;
+		gen = vcpu->flush_gen;
+		umbra_mutex_unlock(&vcpu->tlb_lock);
+		vcpu_stat_inc(vcpu, walks);
+		umbra_rcu_read_lock();
+		ret = shadow_walk(&vcpu->mode, &pool_mem_ops, pool, root, va, access,
+				  SHADOW_WALK_SET_AD, &w);
+		umbra_rcu_read_unlock();
+		umbra_mutex_lock(&vcpu->tlb_lock);
+		if (vcpu->flush_gen != gen)
+			continue; /* flushed during the walk: it may have read stale entries */
+		ret = tlb_fill_locked(vcpu, e, va, access, ret, &w, res, data);
+		break;
 	}
-	/* The lock-free walk (RCU), then the fill if no flush came between. */
-	root = vcpu->root;
-	gen = vcpu->flush_gen;
-	umbra_mutex_unlock(&vcpu->tlb_lock);
-	vcpu_stat_inc(vcpu, walks);
-	umbra_rcu_read_lock();
-	ret = shadow_walk(&vcpu->mode, &pool_mem_ops, pool, root, va, access, SHADOW_WALK_SET_AD,
-			  &w);
-	umbra_rcu_read_unlock();
-	umbra_mutex_lock(&vcpu->tlb_lock);
-	if (vcpu->flush_gen != gen)
-		goto again; /* flushed during the walk: it may have read stale entries */
-	if (ret == -EFAULT) {
-		if (e && e->valid && e->vpn == vpn)
-			e->valid = false;
-		res->error_code = w.error_code;
-		vcpu_stat_inc(vcpu, faults);
-		goto unlock;
-	}
-	if (ret)
-		goto unlock;
-	/* The walk asked for A/D writes only where they were missing (-EROFS
-	 * above); a writable leaf without D would be written on this write. */
-	uint64_t page_mpa = w.pa & ~(uint64_t)(SHADOW_PAGE_SIZE - 1), bp;
-	struct shadow_mmu_slot *slot = mmu_mpa_to_slot(vcpu->mmu, page_mpa, &bp);
-
-	if (!slot) {
-		ret = -EIO;
-		goto unlock;
-	}
-	res->host = (char *)slot->s.host + (bp << SHADOW_PAGE_SHIFT) + off;
-	res->mpa = w.pa;
-	if (e) {
-		e->vpn = vpn;
-		e->mpa = page_mpa;
-		e->host = (char *)slot->s.host + (bp << SHADOW_PAGE_SHIFT);
-		e->rights = w.rights;
-		e->valid = true;
-	}
-	if (data)
-		vcpu_data_op(res->host, access, data);
-	ret = 0;
-unlock:
 	umbra_mutex_unlock(&vcpu->tlb_lock);
 	return ret;
 }
+
+/* Faults after which a fault-in gives up (-ELOOP): a translation that the
+ * MMU keeps installing and something keeps zapping. */
+#define VCPU_FAULT_IN_MAX_TRIES 1000000u
 
 /* The fault-in loop of access and access64: @val NULL for access. */
 static int access_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned int access, uint64_t *val,
 			   struct shadow_vcpu_result *res)
 {
-	for (unsigned int tries = 0; tries < 1000000; tries++) {
+	for (unsigned int tries = 0; tries < VCPU_FAULT_IN_MAX_TRIES; tries++) {
 		uint32_t ec;
 		int ret = val ? shadow_vcpu_access64(vcpu, va, access, val, res) :
 				shadow_vcpu_access(vcpu, va, access, res);

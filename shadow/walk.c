@@ -9,13 +9,21 @@
 
 #include "shadow_internal.h"
 
+/* Physical address bits: what a default mode has, and the valid range
+ * (52: the architectural maximum, SPTE_ADDR_MASK). */
+#define WALK_DEFAULT_MAXPHYADDR 46u
+#define WALK_MIN_MAXPHYADDR 32u
+#define WALK_MAX_MAXPHYADDR 52u
+_Static_assert(SPTE_ADDR_MASK >> (WALK_MAX_MAXPHYADDR - 1) == 1, "SPTE_ADDR_MASK ends at bit 51");
+
 const struct shadow_paging_mode shadow_default_mode = {
-	.wp = true, .nxe = true, .smep = false, .gbpages = true, .maxphyaddr = 46,
+	.wp = true, .nxe = true, .smep = false, .gbpages = true,
+	.maxphyaddr = WALK_DEFAULT_MAXPHYADDR,
 };
 
 bool walk_mode_is_valid(const struct shadow_paging_mode *mode)
 {
-	return mode->maxphyaddr >= 32 && mode->maxphyaddr <= 52;
+	return mode->maxphyaddr >= WALK_MIN_MAXPHYADDR && mode->maxphyaddr <= WALK_MAX_MAXPHYADDR;
 }
 
 unsigned int walk_entry_rights(const struct shadow_paging_mode *mode, uint64_t entry)

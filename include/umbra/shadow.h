@@ -7,17 +7,21 @@
  * (notifier/), and each memory object sits at a fixed *machine* address (the
  * KVM guest-physical address of its memslot).  The shadow MMU composes the
  * two into x86-64 4-level tables, kept in one table pool that the VMM maps
- * read-only at SHADOW_POOL_GPA in every VM: those are the tables the CPU
- * really walks.
+ * at SHADOW_POOL_GPA in every VM (read-only where the hardware allows:
+ * docs/shadow.md, "Limits"): those are the tables the CPU really walks.
  *
- * Pieces, one file each:
+ * Pieces, one mechanism per file (docs/shadow.md has the source map):
+ *   spte.h, p2m.h   entry encodings;  iter.h  the shadow-table iterator
  *   pool.c   the table pool and its per-page descriptors
  *   walk.c   the x86 page walker (guest tables, and the software vCPU's walk
  *            of the shadow tables), effective rights and error codes
- *   mmu.c    per-VM shadow MMU: slots, P2M, roots, fault, sync, zap
+ *   mmu.c    per-VM shadow MMU: create / destroy, vCPU registration, stats;
+ *            its mechanisms: p2m.c, zap.c, pmd_rmap.c, sync.c, privatize.c,
+ *            canon.c, root.c, fault.c, clone.c, check.c (mmu_internal.h)
  *   rmap.c   reverse map: backing page -> shadow entries
  *   notify.c the MMU-notifier subscription of each slot
  *   vcpu.c   the software vCPU (walker + TLB)
+ *   store.c  the in-memory swap store
  *
  * Errors are 0 or -errno (plus the documented positive fault results); the
  * library never prints or exits.  Threads that run the software vCPU's
@@ -226,7 +230,7 @@ uint32_t shadow_permission_fault(const struct shadow_paging_mode *mode, unsigned
 /* Error code bits of @access alone (W, U, and I/D where @mode reports it). */
 uint32_t shadow_access_error_code(const struct shadow_paging_mode *mode, unsigned int access);
 
-/* ---- TLB flush interface (software vCPU now, KVM vCPU in vmm/ later) --- */
+/* ---- TLB flush interface (the software vCPU, vcpu.c; the KVM vCPU, vmm/) */
 
 struct shadow_tlb;
 
@@ -295,10 +299,13 @@ struct shadow_slot {
 /* Most slots per shadow MMU. */
 #define SHADOW_MAX_SLOTS 16
 
+/* The root cache's size when shadow_mmu_config.nr_roots is 0. */
+#define SHADOW_MMU_DEFAULT_ROOTS 8u
+
 struct shadow_mmu_config {
 	struct shadow_pool *pool;	/* shared by every VM; must outlive the MMU */
 	uint64_t max_gpa;		/* guest-physical space covered by the P2M */
-	unsigned int nr_roots;		/* root cache bound (>= 1); 0: 8 */
+	unsigned int nr_roots;		/* root cache bound (>= 1); 0: SHADOW_MMU_DEFAULT_ROOTS */
 	struct shadow_paging_mode mode;	/* the guest's paging controls */
 };
 
@@ -319,7 +326,7 @@ struct shadow_mmu_stats {
 	uint64_t flushes_all;		/* flush_all requests sent to vCPUs */
 	uint64_t flushes_va;		/* flush_va requests sent to vCPUs */
 	uint64_t invalidations;		/* notifier invalidations (range or page) handled */
-	/* sharing */
+	/* sharing across VMs (docs/sharing.md) */
 	uint64_t clones;		/* shadow_mmu_clone() calls that made this MMU's clone */
 	uint64_t privatizations;	/* shared tables copied before a change (unshare) */
 	uint64_t cow_breaks;		/* guest pages copied on write (P2M copy-on-write) */
@@ -490,7 +497,7 @@ const struct shadow_paging_mode *shadow_mmu_mode(const struct shadow_mmu *mmu);
  */
 int shadow_mmu_check(struct shadow_mmu *mmu);
 
-/* ---- sharing across VMs (docs/sharing.md) ----------------------------- */
+/* ---- sharing across VMs (docs/sharing.md) --------------------------- */
 
 /*
  * Names slot @slot_id (a private object of this VM, not shared, not

@@ -4,8 +4,7 @@
  * unshare), swapout-zap through the notifiers and the pmd-rmap, teardown,
  * with the use count and the users list of every table.
  *
- * docs/model.md maps every step to the C code (shadow/mmu.c, shadow/pool.c,
- * shadow/notify.c, shadow/share.c, shadow/vcpu.c, notifier/) and argues the
+ * docs/model.md maps every step to the C code (shadow/, notifier/) and argues the
  * abstractions; scripts/model-check verifies it exhaustively with spin
  * (assertions and invalid end states, 3 VMs) and checks that spin finds
  * each seeded bug below.

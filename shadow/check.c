@@ -1,0 +1,457 @@
+/*
+ * The invariant checkers (for tests) and the table-usage count: one VM's
+ * tables against its guest-independent invariants (shadow_mmu_check:
+ * descriptors, users, reverse map both ways, write protection, accounting)
+ * and the whole pool at rest (shadow_pool_check).
+ *
+ * Locks: the per-VM checker and the usage count run under the VM's
+ * mmu_lock; they read a table under its lock and a reverse map under its
+ * page's stripe (another VM's zap may run meanwhile).  The pool checker
+ * requires a quiescent pool and holds objs_lock and mmus_lock (in that
+ * order), which stand for every stripe while nothing runs.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mmu_internal.h"
+
+/* ---- one VM: shadow_mmu_check ------------------------------------------- */
+
+struct check_ctx {
+	uint64_t leaves, tables;
+	uint8_t *cow[SHADOW_MAX_SLOTS];	/* [slot][page]: shared copy-on-write in our P2M */
+};
+
+/* Is (@parent, @index) among @sp's users (for a root, @mmu's)?  *@nr: how
+ * many users.  The table lock held. */
+static bool users_has_locked(struct shadow_page *sp, struct shadow_mmu *mmu, uint32_t parent,
+			     uint32_t index, uint32_t *nr)
+{
+	umbra_mutex_assert_held(&sp->lock);
+	bool found = false;
+
+	*nr = 0;
+	for (struct shadow_page_user *u = sp->users; u; u = u->next) {
+		(*nr)++;
+		found |= u->parent == parent && u->index == index &&
+			 (parent != SHADOW_NO_PAGE || u->mmu == mmu);
+	}
+	return found;
+}
+
+/* Table @page's descriptor: allocated, linked from (@parent, @index), its
+ * use count its users, nr_present its present entries; @snap gets its
+ * entries, all read under the table lock.  0 or -EUCLEAN. */
+static int check_table_header(struct shadow_mmu *mmu, uint32_t page, uint32_t parent,
+			      uint32_t index, uint64_t *snap)
+{
+	struct shadow_page *sp = mmu_page(mmu, page);
+	uint64_t *sptes = mmu_sptes(mmu, page);
+	uint32_t present = 0, nr_present, nr_users;
+	bool linked;
+
+	umbra_mutex_lock(&sp->lock);
+	linked = users_has_locked(sp, mmu, parent, index, &nr_users);
+	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
+		snap[i] = spte_read(&sptes[i]);
+		present += spte_is_present(snap[i]);
+	}
+	nr_present = __atomic_load_n(&sp->nr_present, __ATOMIC_RELAXED);
+	umbra_mutex_unlock(&sp->lock);
+	if (!sp->level || !linked || __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) != nr_users ||
+	    present != nr_present)
+		return -EUCLEAN;
+	return 0;
+}
+
+/* Leaf @spte, entry @i of @page: a 4 KiB non-global leaf, D exactly when
+ * W, no write reaching copy-on-write data (@path_w: every entry above
+ * grants W), and in its page's reverse map (under its stripe, if it still
+ * maps that page: another VM's zap may have cleared it since).  mmu_lock. */
+static int check_leaf_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, uint64_t spte,
+			     bool path_w, struct check_ctx *c)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_mmu_slot *slot;
+	struct umbra_mutex *stripe;
+	uint64_t bp, now;
+	uint32_t k;
+	shadow_sptep_t s;
+	bool found = false;
+
+	if (mmu_page(mmu, page)->level != 1 || spte_is_writable(spte) != spte_is_dirty(spte) ||
+	    (spte & SPTE_GLOBAL))
+		return -EUCLEAN;
+	stripe = leaf_stripe(mmu, spte, &slot, &bp);
+	if (!stripe)
+		return -EUCLEAN;
+	/* Write protection: no write can reach shared data. */
+	if (path_w && spte_is_writable(spte) && c->cow[slot->id] && c->cow[slot->id][bp])
+		return -EUCLEAN;
+	umbra_mutex_lock(stripe);
+	now = spte_read(mmu_sptes(mmu, page) + i);
+	if (spte_is_present(now) && spte_addr(now) == spte_addr(spte))
+		for_each_rmap_sptep(&slot->rmap[bp], stripe, k, s)
+			found |= s == sptep_make(page, i);
+	else
+		found = true; /* cleared by a zap since: nothing to check */
+	umbra_mutex_unlock(stripe);
+	if (!found)
+		return -EUCLEAN;
+	c->leaves++;
+	return 0;
+}
+
+static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t parent,
+			      uint32_t index, bool path_w, struct check_ctx *c);
+
+/* Table entry @spte, entry @i of @page: its child is a pool page one level
+ * down covering the right addresses (a canonical table has no single gva);
+ * then the child's subtree.  mmu_lock. */
+static int check_child_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, uint64_t spte,
+			      bool path_w, struct check_ctx *c)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_page *sp = mmu_page(mmu, page);
+	uint32_t child = pool_page_index(spte_addr(spte));
+	struct shadow_page *csp = mmu_page(mmu, child);
+
+	if (!shadow_pool_contains(mmu->pool, spte_addr(spte)) || csp->level != sp->level - 1 ||
+	    (!csp->canon &&
+	     csp->gva != shadow_va_canonical(sp->gva + ((uint64_t)i << SPTE_LEVEL_SHIFT(sp->level)))))
+		return -EUCLEAN;
+	return check_table_locked(mmu, child, page, i, path_w && spte_is_writable(spte), c);
+}
+
+/*
+ * The subtree at @page, reached through entry @index of @parent (root slot
+ * @index for SHADOW_NO_PAGE); @path_w: every entry above grants W.  Another
+ * VM's zap may clear leaves of the table meanwhile: the entries are read and
+ * counted under the table lock, and each leaf is then checked against the
+ * reverse map under its page's stripe, if it still maps that page.
+ * mmu_lock.
+ */
+static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t parent,
+			      uint32_t index, bool path_w, struct check_ctx *c)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	int level = mmu_page(mmu, page)->level;
+	uint64_t snap[SPTE_ENTRIES];
+	int ret;
+
+	c->tables++;
+	ret = check_table_header(mmu, page, parent, index, snap);
+	for (unsigned int i = 0; i < SPTE_ENTRIES && !ret; i++) {
+		if (!spte_is_present(snap[i]))
+			continue;
+		if (!spte_is_accessed(snap[i]))
+			return -EUCLEAN;
+		if (spte_is_leaf(snap[i], level))
+			ret = check_leaf_locked(mmu, page, i, snap[i], path_w, c);
+		else
+			ret = check_child_locked(mmu, page, i, snap[i], path_w, c);
+	}
+	return ret;
+}
+
+/* Marks in @c every (slot, page) that our P2M shares copy-on-write.
+ * mmu_lock.  0 or -ENOMEM. */
+static int check_cow_map_locked(struct shadow_mmu *mmu, struct check_ctx *c)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	for (uint64_t g = 0; g < mmu->p2m_pages; g++) {
+		uint64_t e = __atomic_load_n(&mmu->p2m[g], __ATOMIC_RELAXED);
+		int id = p2m_entry_slot_id(e);
+
+		if (!p2m_entry_is_cow(e))
+			continue;
+		if (!c->cow[id])
+			c->cow[id] = calloc(mmu->slots[id].npages, 1);
+		if (!c->cow[id])
+			return -ENOMEM;
+		c->cow[id][p2m_entry_page(e)] = 1;
+	}
+	return 0;
+}
+
+/* The other direction: every reverse-map entry of our slots' pages is a
+ * present leaf mapping that page (whichever VM's table it is in), read
+ * under the page's stripe.  mmu_lock. */
+static int check_rmaps_locked(struct shadow_mmu *mmu)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	int n = __atomic_load_n(&mmu->nr_slots, __ATOMIC_ACQUIRE), ret = 0;
+
+	for (int i = 0; i < n && !ret; i++) {
+		struct shadow_mmu_slot *slot = &mmu->slots[i];
+
+		for (uint64_t p = 0; p < slot->npages && !ret; p++) {
+			struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, p);
+			uint32_t k;
+			shadow_sptep_t s;
+
+			umbra_mutex_lock(stripe);
+			for_each_rmap_sptep(&slot->rmap[p], stripe, k, s) {
+				uint64_t spte = spte_read(mmu_sptes(mmu, sptep_page(s)) + sptep_index(s));
+
+				if (!spte_is_present(spte) ||
+				    __atomic_load_n(&mmu_page(mmu, sptep_page(s))->level,
+						    __ATOMIC_RELAXED) != 1 ||
+				    spte_addr(spte) != slot->s.mpa + (p << SHADOW_PAGE_SHIFT))
+					ret = -EUCLEAN;
+			}
+			umbra_mutex_unlock(stripe);
+		}
+	}
+	return ret;
+}
+
+/* A VM that never shared: its tables are the ones it created and did not
+ * free, and, alone in its objects, its leaves are their reverse maps.
+ * mmu_lock. */
+static int check_counts_locked(struct shadow_mmu *mmu, const struct check_ctx *c)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	int n = __atomic_load_n(&mmu->nr_slots, __ATOMIC_ACQUIRE);
+	struct shadow_mmu_stats st;
+	uint64_t rmapped = 0;
+	bool alone = true;
+
+	for (int i = 0; i < n; i++)
+		if (mmu->slots[i].pobj->refs == 1)
+			for (uint64_t p = 0; p < mmu->slots[i].npages; p++)
+				rmapped += mmu->slots[i].rmap[p].nr;
+	shadow_mmu_stats(mmu, &st);
+	if (st.tables_created - st.tables_freed != c->tables)
+		return -EUCLEAN;
+	for (int i = 0; i < n; i++)
+		alone &= mmu->slots[i].pobj->refs == 1;
+	if (alone && rmapped != c->leaves)
+		return -EUCLEAN;
+	return 0;
+}
+
+int shadow_mmu_check(struct shadow_mmu *mmu)
+{
+	struct check_ctx c = { 0 };
+	int ret;
+
+	umbra_mutex_lock(&mmu->mmu_lock);
+	ret = check_cow_map_locked(mmu, &c);
+	for (unsigned int r = 0; r < mmu->nr_roots && !ret; r++)
+		if (mmu->roots[r].page != SHADOW_NO_PAGE)
+			ret = check_table_locked(mmu, mmu->roots[r].page, SHADOW_NO_PAGE, r, true, &c);
+	if (!ret)
+		ret = check_rmaps_locked(mmu);
+	if (!ret && !mmu->sharing)
+		ret = check_counts_locked(mmu, &c);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	for (int i = 0; i < SHADOW_MAX_SLOTS; i++)
+		free(c.cow[i]);
+	return ret;
+}
+
+/* ---- one VM: table usage --------------------------------------------------- */
+
+/* Counts @page and the tables below it, each once (@seen: one bit per pool
+ * page).  mmu_lock. */
+static void usage_table_locked(struct shadow_mmu *mmu, uint32_t page, uint8_t *seen,
+			       struct shadow_table_usage *u)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_page *sp = mmu_page(mmu, page);
+	const uint64_t *sptes = mmu_sptes(mmu, page);
+
+	if (seen[page / CHAR_BIT] & (1u << (page % CHAR_BIT)))
+		return;
+	seen[page / CHAR_BIT] |= (uint8_t)(1u << (page % CHAR_BIT));
+	u->tables++;
+	if (sp->level >= 1 && sp->level <= SHADOW_LEVELS)
+		u->by_level[sp->level]++;
+	if (__atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) > 1 || sp->canon)
+		u->shared++;
+	else
+		u->private_++;
+	if (sp->level <= 1)
+		return;
+	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
+		uint64_t spte = spte_read(&sptes[i]);
+
+		if (spte_is_present(spte) && !spte_is_leaf(spte, sp->level) &&
+		    shadow_pool_contains(mmu->pool, spte_addr(spte)))
+			usage_table_locked(mmu, pool_page_index(spte_addr(spte)), seen, u);
+	}
+}
+
+int shadow_mmu_table_usage(struct shadow_mmu *mmu, struct shadow_table_usage *usage)
+{
+	size_t nr_pages = shadow_pool_nr_pages(mmu->pool);
+	uint8_t *seen = calloc((nr_pages + CHAR_BIT - 1) / CHAR_BIT, 1);
+
+	memset(usage, 0, sizeof(*usage));
+	if (!seen)
+		return -ENOMEM;
+	umbra_mutex_lock(&mmu->mmu_lock);
+	for (unsigned int r = 0; r < mmu->nr_roots; r++)
+		if (mmu->roots[r].page != SHADOW_NO_PAGE)
+			usage_table_locked(mmu, mmu->roots[r].page, seen, usage);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	free(seen);
+	return 0;
+}
+
+/* ---- the whole pool: shadow_pool_check --------------------------------------- */
+
+/* Is @mmu on the pool's list?  mmus_lock. */
+static bool mmu_is_live_locked(struct shadow_pool *pool, struct shadow_mmu *mmu)
+{
+	umbra_mutex_assert_held(&pool->mmus_lock);
+	for (struct shadow_mmu *m = pool->mmus; m; m = m->pool_next)
+		if (m == mmu)
+			return true;
+	return false;
+}
+
+/* Is location @s in some object's reverse map for the leaf @spte?
+ * objs_lock (the pool quiescent). */
+static bool leaf_is_rmapped_locked(struct shadow_pool *pool, uint64_t spte, shadow_sptep_t s)
+{
+	umbra_mutex_assert_held(&pool->objs_lock);
+	uint64_t mpa = spte_addr(spte);
+
+	for (struct pool_obj *po = pool->objs; po; po = po->next) {
+		uint32_t k;
+		shadow_sptep_t t;
+
+		if (mpa < po->mpa || (mpa - po->mpa) >> SHADOW_PAGE_SHIFT >= po->npages)
+			continue;
+		for_each_rmap_sptep(&po->rmap[(mpa - po->mpa) >> SHADOW_PAGE_SHIFT], &pool->objs_lock,
+				    k, t)
+			if (t == s)
+				return true;
+	}
+	return false;
+}
+
+/* Every user of @sp (@page): a root in its live VM's root cache, or a
+ * parent entry one level up that points here.  *@nr_users counted.
+ * mmus_lock. */
+static int check_page_users_locked(struct shadow_pool *pool, uint32_t page, uint32_t *nr_users)
+{
+	umbra_mutex_assert_held(&pool->mmus_lock);
+	struct shadow_page *sp = pool_page(pool, page);
+	int ret = 0;
+
+	*nr_users = 0;
+	umbra_mutex_lock(&sp->lock);
+	for (struct shadow_page_user *u = sp->users; u && !ret; u = u->next) {
+		(*nr_users)++;
+		if (u->parent == SHADOW_NO_PAGE) {
+			/* A root: its VM's root cache slot holds it. */
+			if (sp->level != SPTE_LEVELS || !mmu_is_live_locked(pool, u->mmu) ||
+			    u->index >= u->mmu->nr_roots || u->mmu->roots[u->index].page != page)
+				ret = -EUCLEAN;
+			continue;
+		}
+		/* Below a root: the parent entry points here. */
+		if (u->parent >= pool->nr_pages || pool_page(pool, u->parent)->level != sp->level + 1 ||
+		    u->index >= SPTE_ENTRIES)
+			ret = -EUCLEAN;
+		else if (spte_addr(spte_read(pool_entries(pool, u->parent) + u->index)) !=
+			 pool_page_gpa(page))
+			ret = -EUCLEAN;
+	}
+	umbra_mutex_unlock(&sp->lock);
+	return ret;
+}
+
+/* Allocated page @page: its users, use count, canonical entry, and every
+ * present entry (a reverse-mapped leaf, or a table one level down).
+ * objs_lock and mmus_lock. */
+static int check_page_locked(struct shadow_pool *pool, uint32_t page, size_t *in_use)
+{
+	umbra_mutex_assert_held(&pool->objs_lock);
+	umbra_mutex_assert_held(&pool->mmus_lock);
+	struct shadow_page *sp = pool_page(pool, page);
+	uint64_t *sptes = pool_entries(pool, page);
+	uint32_t nr_users = 0, present = 0;
+
+	in_use[sp->level]++;
+	if (check_page_users_locked(pool, page, &nr_users))
+		return -EUCLEAN;
+	if (!nr_users || __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) != nr_users)
+		return -EUCLEAN;
+	if (sp->canon && (sp->level != 1 || sp->canon_obj->canon[sp->canon_key] != page))
+		return -EUCLEAN;
+	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
+		uint64_t spte = spte_read(&sptes[i]);
+
+		if (!spte_is_present(spte))
+			continue;
+		present++;
+		if (spte_is_leaf(spte, sp->level)) {
+			if (!leaf_is_rmapped_locked(pool, spte, sptep_make(page, i)))
+				return -EUCLEAN;
+		} else if (!shadow_pool_contains(pool, spte_addr(spte)) ||
+			   pool_page(pool, pool_page_index(spte_addr(spte)))->level != sp->level - 1) {
+			return -EUCLEAN;
+		}
+	}
+	return present == __atomic_load_n(&sp->nr_present, __ATOMIC_RELAXED) ? 0 : -EUCLEAN;
+}
+
+/* Object @po: every reverse-map entry is a present leaf mapping that page;
+ * every canonical-array entry names a canonical table of @po at that key.
+ * objs_lock (the pool quiescent). */
+static int check_obj_locked(struct shadow_pool *pool, struct pool_obj *po)
+{
+	umbra_mutex_assert_held(&pool->objs_lock);
+	int ret = 0;
+
+	for (uint64_t p = 0; p < po->npages && !ret; p++) {
+		uint32_t k;
+		shadow_sptep_t s;
+
+		for_each_rmap_sptep(&po->rmap[p], &pool->objs_lock, k, s) {
+			uint64_t spte = spte_read(pool_entries(pool, sptep_page(s)) + sptep_index(s));
+
+			if (pool_page(pool, sptep_page(s))->level != 1 || !spte_is_present(spte) ||
+			    spte_addr(spte) != po->mpa + (p << SHADOW_PAGE_SHIFT))
+				ret = -EUCLEAN;
+		}
+	}
+	for (uint64_t k = 0; k < pool_obj_nr_runs(po->npages) * CANON_KEYS_PER_RUN && !ret; k++) {
+		uint32_t c = po->canon[k];
+
+		if (c != SHADOW_NO_PAGE &&
+		    (!pool_page(pool, c)->canon || pool_page(pool, c)->canon_obj != po ||
+		     pool_page(pool, c)->canon_key != k))
+			ret = -EUCLEAN;
+	}
+	return ret;
+}
+
+int shadow_pool_check(struct shadow_pool *pool)
+{
+	size_t in_use[SPTE_LEVELS + 1] = { 0 };
+	int ret = 0;
+
+	/* Quiescent pool (the contract): the lists held still, and no stripe
+	 * is needed to read the reverse maps. */
+	umbra_mutex_lock(&pool->objs_lock);
+	umbra_mutex_lock(&pool->mmus_lock);
+	for (uint32_t page = 0; page < pool->nr_pages && !ret; page++)
+		if (pool_page(pool, page)->level)
+			ret = check_page_locked(pool, page, in_use);
+	for (struct pool_obj *po = pool->objs; po && !ret; po = po->next)
+		ret = check_obj_locked(pool, po);
+	umbra_mutex_unlock(&pool->mmus_lock);
+	umbra_mutex_unlock(&pool->objs_lock);
+	/* Pool accounting: the per-level counts are the allocated pages. */
+	for (int l = 1; l <= SPTE_LEVELS && !ret; l++)
+		if (shadow_pool_pages_in_use(pool, l) != in_use[l])
+			ret = -EUCLEAN;
+	return ret;
+}

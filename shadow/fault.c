@@ -1,0 +1,406 @@
+/*
+ * The fault path: walk the guest's tables, look the page up in the P2M,
+ * make it resident with the notifier's sequence/retry protocol, and install
+ * the shadow path and leaf (docs/shadow.md, "Fault path").
+ *
+ * Locks: the walk, notifier_read_begin() and the slot's get_page run with no
+ * shadow lock held (asserted); the retry checks and the install run under
+ * the VM's mmu_lock (every *_locked function asserts it), leaves under
+ * their page's stripe, entries under their table's lock.
+ */
+#include <errno.h>
+
+#include "mmu_internal.h"
+
+/* ---- the install: the shadow path, then the leaf ------------------------- */
+
+/* An existing child of entry @i of @parent whose role matches: privatize it
+ * if shared (except a canonical table, whose leaves are the same for every
+ * user and are filled in place); with @want_w, have the entry grant writes
+ * (the child write-protected first if the entry did not).  mmu_lock. */
+static int child_reuse_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
+			      uint64_t spte, uint64_t gva, bool want_w, struct zap_batch *b,
+			      uint32_t *out)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	uint32_t child = pool_page_index(spte_addr(spte));
+
+	if (mmu_page(mmu, child)->canon) {
+		/* Canonical: its leaves never grant more than the role. */
+	} else if (table_is_shared(mmu, child)) {
+		return table_copy_locked(mmu, parent, i, child, gva, b, out);
+	} else if (want_w && !(spte & SPTE_WRITABLE)) {
+		table_wrprot_locked(mmu, child);
+	} else {
+		*out = child;
+		return 0;
+	}
+	if (want_w && !(spte & SPTE_WRITABLE))
+		spte_set_locked(mmu, parent, i, spte_make_table(pool_page_gpa(child)));
+	*out = child;
+	return 0;
+}
+
+/* Points entry @i of @parent at canonical table @child, whose reference
+ * the caller took (dropped after the flush if the link fails).  mmu_lock. */
+static int child_link_canon_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
+				   uint32_t child, struct zap_batch *b, uint32_t *out)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	int ret = pool_user_link(mmu->pool, child, mmu, parent, i);
+
+	if (ret) {
+		batch_add_put(mmu, b, child, SHADOW_NO_PAGE, UINT32_MAX);
+		return ret;
+	}
+	spte_set_locked(mmu, parent, i, spte_make_table(pool_page_gpa(child)));
+	*out = child;
+	return 0;
+}
+
+/* A new empty table of @level with @role for entry @i of @parent.
+ * mmu_lock. */
+static int child_create_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i, int level,
+			       const struct role *role, uint64_t gva, uint32_t *out)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	uint32_t child;
+	int ret;
+
+	ret = table_alloc_locked(mmu, level, role, gva, &child);
+	if (ret)
+		return ret;
+	ret = pool_user_add(mmu->pool, child, mmu, parent, i);
+	if (ret) {
+		pool_free_index(mmu->pool, child);
+		return ret;
+	}
+	/* Release store: the zeroed entries are visible before the table is. */
+	spte_set_locked(mmu, parent, i, spte_make_table(pool_page_gpa(child)));
+	mmu_stat_inc(mmu, tables_created);
+	*out = child;
+	return 0;
+}
+
+/*
+ * Returns the child table for entry @i of @parent (a table this VM alone
+ * reaches) with role @role, reusing, attaching (a canonical table) or
+ * creating it, and zapping a stale one first.  mmu_lock.
+ */
+static int child_get_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
+			    const struct role *role, uint64_t gva, bool want_w,
+			    struct zap_batch *b, uint32_t *out)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	uint64_t spte = spte_read(mmu_sptes(mmu, parent) + i);
+	int level = mmu_page(mmu, parent)->level - 1;
+	uint32_t child;
+
+	if (spte_is_present(spte)) {
+		if (role_matches(mmu_page(mmu, pool_page_index(spte_addr(spte))), role))
+			return child_reuse_locked(mmu, parent, i, spte, gva, want_w, b, out);
+		zap_spte_locked(mmu, parent, i, b); /* shadows what the guest no longer has */
+	}
+	if (level == 1 && role->direct && canon_get_locked(mmu, role, gva, &child) == 0)
+		return child_link_canon_locked(mmu, parent, i, child, b, out);
+	return child_create_locked(mmu, parent, i, level, role, gva, out);
+}
+
+/* The role of the level-@level table on the path of @w: the guest table
+ * read there, or, below a guest large page, a direct table for the part of
+ * it that the table covers (with @rights, the large page's). */
+static struct role install_role(const struct shadow_walk *w, int level, unsigned int rights)
+{
+	const int leaf = w->leaf_level;
+
+	if (level >= leaf)
+		return (struct role){ .direct = false, .access = (uint8_t)w->rights_above[level],
+				      .gpa = w->table[level] };
+	uint64_t base = spte_leaf_addr(w->entry[leaf], leaf);
+	uint64_t off = (w->va & SPTE_LEVEL_MASK(level + 1)) & (SPTE_LEVEL_SIZE(leaf) - 1);
+
+	return (struct role){ .direct = true, .access = (uint8_t)rights, .gpa = base + off };
+}
+
+/* Descends from @root along @w's path, getting each table; the level-1
+ * table in *@table.  mmu_lock. */
+static int install_tables_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
+				 unsigned int rights, bool want_w, struct zap_batch *b,
+				 uint32_t *table)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	int ret;
+
+	*table = root;
+	for (int level = SPTE_LEVELS; level > 1; level--) {
+		struct role role = install_role(w, level - 1, rights);
+
+		ret = child_get_locked(mmu, *table, SPTE_INDEX(w->va, level), &role,
+				       w->va & SPTE_LEVEL_MASK(level), want_w, b, table);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/*
+ * Writes leaf @spte, which maps page @page of @slot, at entry @i of level-1
+ * table @table.  The leaf rule (struct pool_obj): a leaf and its
+ * reverse-map entry change together under the page's stripe, and a leaf
+ * that maps another page is cleared first (under that page's stripe).
+ * mmu_lock held, no stripe.
+ */
+static int install_leaf_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
+			       struct shadow_mmu_slot *slot, uint64_t page, uint64_t spte,
+			       struct zap_batch *b)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	const uint64_t mpa = spte_addr(spte);
+	uint64_t *sptep = mmu_sptes(mmu, table) + i;
+	struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, page);
+	uint64_t old;
+	int ret;
+
+	for (;;) {
+		old = spte_read(sptep);
+		if (old == spte)
+			return 0; /* another vCPU fixed it, or the faulting TLB entry was stale */
+		if (spte_is_present(old) && spte_addr(old) != mpa) {
+			if (spte_is_present(leaf_clear(mmu, table, i, b)))
+				batch_add_table(b, table);
+			continue;
+		}
+		umbra_mutex_lock(stripe);
+		old = spte_read(sptep);
+		if (!spte_is_present(old) || spte_addr(old) == mpa)
+			break;
+		umbra_mutex_unlock(stripe);
+	}
+	if (old == spte) {
+		umbra_mutex_unlock(stripe);
+		return 0;
+	}
+	if (!spte_is_present(old)) {
+		ret = rmap_add(&slot->rmap[page], sptep_make(table, i));
+		if (ret) {
+			umbra_mutex_unlock(stripe);
+			return ret;
+		}
+	}
+	spte_set_locked(mmu, table, i, spte);
+	umbra_mutex_unlock(stripe);
+	if (spte_is_present(old)) {
+		/* Same page, other rights: the old translation goes. */
+		b->zapped++;
+		batch_add_leaf_va(mmu, table, i, b);
+		batch_add_table(b, table);
+	}
+	__atomic_store_n(&slot->young[page], 1, __ATOMIC_RELAXED);
+	mmu_stat_inc(mmu, installs);
+	return 0;
+}
+
+/* Installs the translation of guest walk @w (page @page of @slot) below
+ * root page @root.  mmu_lock. */
+static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
+			  struct shadow_mmu_slot *slot, uint64_t page, struct zap_batch *b)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	const bool cow = p2m_is_cow(mmu, w->pa >> SHADOW_PAGE_SHIFT);
+	const unsigned int rights = leaf_rights(w->rights, w->dirty);
+	const bool want_w = (rights & SHADOW_RIGHT_WRITE) && !cow && !slot->s.readonly;
+	const uint64_t mpa = slot->s.mpa + (page << SHADOW_PAGE_SHIFT);
+	uint32_t table;
+	int ret;
+
+	ret = install_tables_locked(mmu, root, w, rights, want_w, b, &table);
+	if (ret)
+		return ret;
+	return install_leaf_locked(mmu, table, SPTE_INDEX(w->va, 1), slot, page,
+				   make_leaf(mmu, mpa, rights, slot->s.readonly || cow), b);
+}
+
+/* ---- the fault: walk, make resident, install ----------------------------- */
+
+/* Results of the steps of a fault, besides 0, SHADOW_FAULT_GUEST, -errno. */
+#define FAULT_WALK_AGAIN 2	/* copy-on-write guest memory was copied: walk again */
+#define FAULT_RETRY 3		/* an invalidation or a sync raced: count a retry, walk again */
+_Static_assert(FAULT_WALK_AGAIN != SHADOW_FAULT_GUEST && FAULT_RETRY != SHADOW_FAULT_GUEST &&
+		       FAULT_WALK_AGAIN != SHADOW_FAULT_FIXED && FAULT_RETRY != SHADOW_FAULT_FIXED,
+	       "internal fault results are not public ones");
+
+struct fault {
+	uint64_t cr3, va;
+	unsigned int access;
+	uint64_t sync_seq;		/* mmu->sync_seq before the guest walk */
+	struct shadow_walk w;
+	struct shadow_mmu_slot *slot;	/* the P2M's answer for w.pa */
+	uint64_t page;
+	uint64_t notifier_seq;		/* notifier_read_begin()'s */
+};
+
+/* Same translation from the same guest entries (A/D aside)? */
+static bool same_walk(const struct shadow_walk *a, const struct shadow_walk *b)
+{
+	const uint64_t ignore = SPTE_ACCESSED | SPTE_DIRTY;
+
+	if (a->leaf_level != b->leaf_level || a->pa != b->pa || a->rights != b->rights ||
+	    a->dirty != b->dirty)
+		return false;
+	for (int l = SPTE_LEVELS; l >= a->leaf_level; l--)
+		if (a->table[l] != b->table[l] || (a->entry[l] & ~ignore) != (b->entry[l] & ~ignore))
+			return false;
+	return true;
+}
+
+/* A/D must go into guest tables shared copy-on-write with a clone: copy
+ * those tables first.  No lock held. */
+static int fault_copy_guest_tables(struct shadow_mmu *mmu, const struct fault *f)
+{
+	const struct shadow_walk *w = &f->w;
+
+	for (int l = SPTE_LEVELS; l >= w->leaf_level && l >= 1; l--) {
+		bool needs_ad = !(w->entry[l] & SPTE_ACCESSED) ||
+				(l == w->leaf_level && (f->access & SHADOW_ACCESS_WRITE) &&
+				 !(w->entry[l] & SPTE_DIRTY));
+		int ret;
+
+		if (!needs_ad || !p2m_is_cow(mmu, w->table[l] >> SHADOW_PAGE_SHIFT))
+			continue;
+		ret = shadow_mmu_cow_break(mmu, w->table[l]);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/* Steps 1-2: the guest walk (with A/D) and the P2M lookup.  0,
+ * SHADOW_FAULT_GUEST (*@error_code set), FAULT_WALK_AGAIN or -errno.  No
+ * lock held. */
+static int fault_walk(struct shadow_mmu *mmu, struct fault *f, uint32_t *error_code)
+{
+	const bool write = f->access & SHADOW_ACCESS_WRITE;
+	int ret;
+
+	f->sync_seq = __atomic_load_n(&mmu->sync_seq, __ATOMIC_ACQUIRE);
+	ret = shadow_walk(&mmu->mode, &guest_mem_ops, mmu, f->cr3, f->va, f->access,
+			  SHADOW_WALK_SET_AD, &f->w);
+	if (ret == -EFAULT) {
+		*error_code = f->w.error_code;
+		mmu_stat_inc(mmu, guest_faults);
+		return SHADOW_FAULT_GUEST;
+	}
+	if (ret == -EROFS) {
+		ret = fault_copy_guest_tables(mmu, f);
+		return ret ? ret : FAULT_WALK_AGAIN;
+	}
+	if (ret)
+		return ret == -EIO ? -EFAULT : ret;
+	if (p2m_get(mmu, f->w.pa >> SHADOW_PAGE_SHIFT, &f->slot, &f->page))
+		return -EFAULT;
+	if (write && p2m_is_cow(mmu, f->w.pa >> SHADOW_PAGE_SHIFT)) {
+		/* The first write to a page shared with a clone. */
+		ret = shadow_mmu_cow_break(mmu, f->w.pa);
+		return ret ? ret : FAULT_WALK_AGAIN;
+	}
+	if (__atomic_load_n(&f->slot->released, __ATOMIC_ACQUIRE))
+		return -ENODEV;
+	if (write && f->slot->s.readonly)
+		return -EACCES; /* the guest may write it, its backing may not be written */
+	return 0;
+}
+
+/* Step 5: an invlpg / flush / P2M change ran since our walk: is what we
+ * read still what the guest says?  mmu_lock. */
+static bool fault_walk_is_current_locked(struct shadow_mmu *mmu, const struct fault *f)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_mmu_slot *slot2;
+	struct shadow_walk w2;
+	uint64_t page2;
+
+	if (__atomic_load_n(&mmu->sync_seq, __ATOMIC_ACQUIRE) == f->sync_seq)
+		return true;
+	return !shadow_walk(&mmu->mode, &guest_mem_ops, mmu, f->cr3, f->va, f->access,
+			    SHADOW_WALK_SET_AD, &w2) &&
+	       same_walk(&f->w, &w2) &&
+	       !p2m_get(mmu, f->w.pa >> SHADOW_PAGE_SHIFT, &slot2, &page2) && slot2 == f->slot &&
+	       page2 == f->page;
+}
+
+/* Steps 4-7 under mmu_lock: the retry checks, then the install and its
+ * flush.  0, FAULT_RETRY or -errno. */
+static int fault_install(struct shadow_mmu *mmu, struct fault *f)
+{
+	struct shadow_root *root;
+	struct zap_batch b;
+	int ret;
+
+	zap_batch_init(&b);
+	umbra_mutex_lock(&mmu->mmu_lock);
+	if (notifier_read_retry(f->slot->s.obj, f->page, f->page, f->notifier_seq)) {
+		ret = FAULT_RETRY;
+		goto unlock;
+	}
+	if (__atomic_load_n(&f->slot->released, __ATOMIC_RELAXED)) {
+		ret = -ENODEV;
+		goto unlock;
+	}
+	if (!fault_walk_is_current_locked(mmu, f)) {
+		ret = FAULT_RETRY;
+		goto unlock;
+	}
+	root = root_find_locked(mmu, cr3_key(mmu, f->cr3));
+	if (!root) {
+		ret = -ENOENT;
+		goto unlock;
+	}
+	ret = install_locked(mmu, root->page, &f->w, f->slot, f->page, &b);
+	zap_batch_finish_locked(mmu, &b);
+unlock:
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	return ret;
+}
+
+int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access,
+		     uint32_t *error_code)
+{
+	struct fault f = { .cr3 = cr3, .va = va, .access = access };
+	bool zapped_all = false;
+	int ret;
+
+	if (access & ~SHADOW_ACCESS_MASK)
+		return -EINVAL;
+	mmu_stat_inc(mmu, faults);
+	for (;;) {
+		ret = fault_walk(mmu, &f, error_code);
+		if (ret == FAULT_WALK_AGAIN)
+			continue;
+		if (ret)
+			return ret;
+		/* Step 3: no shadow lock held so far. */
+		ret = slot_page_get(f.slot, f.page,
+				    (leaf_rights(f.w.rights, f.w.dirty) & SHADOW_RIGHT_WRITE) &&
+					    !f.slot->s.readonly,
+				    &f.notifier_seq);
+		if (ret)
+			return ret;
+		ret = fault_install(mmu, &f);
+		if (ret == FAULT_RETRY) {
+			mmu_stat_inc(mmu, retries);
+			continue;
+		}
+		if (ret == -ENOMEM && !zapped_all) {
+			/* Pool full: drop every shadow table and try once more,
+			 * when their pages are reusable (after a grace period). */
+			shadow_mmu_zap_all(mmu);
+			zapped_all = true;
+			pool_wait_deferred(mmu->pool);
+			continue;
+		}
+		if (ret)
+			return ret;
+		mmu_stat_inc(mmu, fixed);
+		return SHADOW_FAULT_FIXED;
+	}
+}

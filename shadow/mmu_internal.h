@@ -1,0 +1,209 @@
+/*
+ * Private to the per-VM shadow MMU's files: what each mechanism offers the
+ * others.  Shape (after Linux's arch/x86/kvm/mmu/): spte.h and p2m.h encode,
+ * iter.h walks, and the policy files decide.
+ *
+ *   p2m.c       slots and the P2M (gfn -> slot, page); the guest's memory
+ *               as the walker reads it
+ *   zap.c       entry writes, zap batches, table put / free, zaps of slot
+ *               ranges (non-local) and of everything
+ *   pmd_rmap.c  the remote flush: every VM that reaches a table, found by
+ *               walking the users lists up to the roots
+ *   sync.c      what the guest's tables say an entry should be; sync of
+ *               tables, invlpg, full flush
+ *   privatize.c local zaps: unshare the tables on this VM's paths to a
+ *               leaf (table copy, write protection)
+ *   canon.c     canonical tables of shared segments
+ *   root.c      the root cache and CR3 loads
+ *   fault.c     the fault path: guest walk, retry protocol, install
+ *   clone.c     clone and copy-on-write break
+ *   check.c     the invariant checkers and table usage
+ *   mmu.c       create / destroy, vCPU registration, statistics
+ *
+ * Rules every function of these files keeps (docs/locking.md, "shadow/"):
+ *  - an entry of a table page is written only under the page's table lock,
+ *    with spte_write (release), and under the writing VM's mmu_lock, which
+ *    serialises the structure of the tables that VM alone reaches;
+ *  - a table page is freed only after every registered vCPU was flushed
+ *    (zap_batch_finish_locked), so no vCPU uses a translation through it;
+ *    a lock-free walk still reading it is an RCU reader, and the page is
+ *    reused only after a grace period (pool.c);
+ *  - a leaf changes only under the reverse-map stripe of the page it maps
+ *    (the leaf rule, struct pool_obj); one stripe at a time;
+ *  - a leaf is installed only under mmu_lock after notifier_read_retry() said
+ *    no invalidation of its backing page began since notifier_read_begin(),
+ *    and after a check that no guest-table sync began since the guest walk;
+ *  - no shadow lock is held across notifier_read_begin(), a slot's
+ *    get_page, notifier (un)subscribe or an invalidation
+ *    (shadow_assert_no_lock_held).
+ * A function named *_locked asserts the locks its comment says its caller
+ * holds.
+ */
+#ifndef UMBRA_SHADOW_MMU_INTERNAL_H
+#define UMBRA_SHADOW_MMU_INTERNAL_H
+
+#include "shadow_internal.h"
+
+/* A table's role: what it shadows (struct shadow_page). */
+struct role {
+	bool direct;
+	uint8_t access;
+	uint64_t gpa;
+};
+
+/* Bumped under mmu_lock by every sync and P2M change: a fault whose guest
+ * walk began before walks again under the lock (fault.c). */
+static inline void bump_sync_seq_locked(struct shadow_mmu *mmu)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	__atomic_fetch_add(&mmu->sync_seq, 1, __ATOMIC_RELEASE);
+}
+
+/* ---- p2m.c: slots and the P2M -------------------------------------------- */
+
+/* The published slot @id, or NULL.  Lock-free. */
+struct shadow_mmu_slot *slot_of_id(struct shadow_mmu *mmu, int id);
+/* gfn -> (slot, page): 0, or -EFAULT if unmapped.  Lock-free snapshot. */
+int p2m_get(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_mmu_slot **slot, uint64_t *page);
+/* True if @gfn is shared copy-on-write with a clone.  Lock-free snapshot. */
+bool p2m_is_cow(struct shadow_mmu *mmu, uint64_t gfn);
+/* The read side of the sequence/retry protocol (docs/notifiers.md) for
+ * page @page of @slot: *@seq from notifier_read_begin(), then the page made
+ * resident (get_page, @write if it will be mapped writable).  May block; no
+ * shadow lock held (asserted).  0 or get_page's -errno. */
+int slot_page_get(struct shadow_mmu_slot *slot, uint64_t page, bool write, uint64_t *seq);
+/* Reads the guest's 8 bytes at guest-physical @pa through the P2M. */
+int guest_read(void *ctx, uint64_t pa, uint64_t *val);
+/* The guest's memory as the walker sees it (ctx: the MMU). */
+extern const struct shadow_mem_ops guest_mem_ops;
+/* Adds and subscribes a slot (a segment if @shared).  Takes no lock around
+ * the subscribe; mmu_lock to publish.  May block. */
+int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool shared, int *id);
+
+/* ---- zap.c: entry writes, zap batches ------------------------------------ */
+
+/* Writes entry @i of @page under its table lock; returns the old value.
+ * mmu_lock held; for a leaf, also the stripe of the page it maps. */
+uint64_t spte_set_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, uint64_t spte);
+/* The stripe of the page leaf @spte maps, with its slot and page; NULL if no
+ * slot of ours holds it.  Lock-free. */
+struct umbra_mutex *leaf_stripe(struct shadow_mmu *mmu, uint64_t spte,
+				   struct shadow_mmu_slot **slot, uint64_t *bp);
+
+void zap_batch_init(struct zap_batch *b);
+void batch_add_table(struct zap_batch *b, uint32_t page);
+/* Queues this VM's flush of the va of entry @i of leaf table @page. */
+void batch_add_leaf_va(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct zap_batch *b);
+/* Queues the drop of @parent's entry @index reference on @child for after
+ * the batch's flush (finishing the batch first if it is full).  mmu_lock. */
+void batch_add_put(struct shadow_mmu *mmu, struct zap_batch *b, uint32_t child, uint32_t parent,
+		   uint32_t index);
+/* Flushes every registered vCPU as @b requires, the other VMs that reach
+ * its tables, then drops its references and frees its pages.  mmu_lock. */
+void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b);
+
+/* Clears leaf @i of @page in place, if present, under the stripe of the page
+ * it maps.  Returns the old entry.  mmu_lock held, no stripe. */
+uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct zap_batch *b);
+/* Zaps entry @i of @page (a leaf in place; a table entry only in a table
+ * this VM alone reaches, its reference put after the flush).  mmu_lock. */
+void zap_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct zap_batch *b);
+/* A new empty table of @level with @role, covering linear addresses from
+ * @gva, not yet linked: 0 or -ENOMEM.  mmu_lock. */
+int table_alloc_locked(struct shadow_mmu *mmu, int level, const struct role *role, uint64_t gva,
+		       uint32_t *out);
+/* Frees table @page, whose use count dropped to 0.  mmu_lock. */
+void table_free_locked(struct shadow_mmu *mmu, uint32_t page);
+/* Non-local: zaps every SPTE in the pool mapping pages [first, last] of
+ * @slot (rmap walk), for every VM.  mmu_lock held, no stripe. */
+void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t first,
+			   uint64_t last, struct zap_batch *b);
+
+/* ---- pmd_rmap.c: the remote flush ---------------------------------------- */
+
+/* Flushes every vCPU of @mmu (from another VM's zap): takes its tlbs_lock. */
+void mmu_flush_remote(struct shadow_mmu *mmu);
+/* Flushes every VM that reaches a table of @b in which a leaf was cleared
+ * in place (every VM of the pool on overflow), then forgets those tables.
+ * Called with @mmu's mmu_lock (and, from a non-local zap, the stripe of the
+ * cleared pages); takes table locks, tlbs_lock, maybe pool->mmus_lock. */
+void batch_flush_remote(struct shadow_mmu *mmu, struct zap_batch *b);
+
+/* ---- sync.c: what the guest's tables say --------------------------------- */
+
+/* Rights of a leaf as the shadow may grant them: W only once dirty. */
+static inline unsigned int leaf_rights(unsigned int rights, bool dirty)
+{
+	return dirty ? rights : rights & ~SHADOW_RIGHT_WRITE;
+}
+
+static inline bool role_matches(const struct shadow_page *sp, const struct role *role)
+{
+	return sp->direct == role->direct && sp->access == role->access && sp->gpa == role->gpa;
+}
+
+/* The leaf a fault installs for machine address @mpa with @rights. */
+static inline uint64_t make_leaf(const struct shadow_mmu *mmu, uint64_t mpa, unsigned int rights,
+				 bool readonly)
+{
+	return spte_make_leaf(mpa, (rights & SHADOW_RIGHT_WRITE) && !readonly,
+			      rights & SHADOW_RIGHT_USER,
+			      !mmu->mode.nxe || (rights & SHADOW_RIGHT_EXEC));
+}
+
+/* Shared: more than one parent entry (or root) points at it, or it is a
+ * segment's canonical table.  A VM changes only tables it alone reaches,
+ * i.e. non-shared tables below non-shared tables (roots are never shared). */
+static inline bool table_is_shared(struct shadow_mmu *mmu, uint32_t page)
+{
+	struct shadow_page *sp = mmu_page(mmu, page);
+
+	return __atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE) > 1 || sp->canon;
+}
+
+/* Brings the subtree at @page (this VM's alone) in line with the guest's
+ * tables: zaps what no longer matches.  mmu_lock. */
+void sync_table_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_batch *b);
+
+/* ---- privatize.c: local zaps --------------------------------------------- */
+
+/* Copies shared table @old, which entry @i of @parent (this VM's alone)
+ * points at, into a private write-protected copy and points the entry at
+ * it.  mmu_lock held, no stripe.  0 and the copy in *@out, or -ENOMEM. */
+int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i, uint32_t old,
+		      uint64_t gva, struct zap_batch *b, uint32_t *out);
+/* Removes W from every entry of @page (this VM's alone).  mmu_lock held, no
+ * stripe. */
+void table_wrprot_locked(struct shadow_mmu *mmu, uint32_t page);
+/* Local zap: this VM stops reaching every leaf of pages [first, last] of
+ * @slot, other VMs keep theirs.  mmu_lock held, no stripe. */
+void zap_slot_range_local_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
+				 uint64_t first, uint64_t last, struct zap_batch *b);
+
+/* ---- canon.c: canonical tables of shared segments ------------------------ */
+
+/* The canonical table for @role (a direct level-1 role) with a reference
+ * for the caller, found or created under the run's stripe: 0, -ENOENT (not
+ * eligible) or -ENOMEM.  mmu_lock held, no stripe. */
+int canon_get_locked(struct shadow_mmu *mmu, const struct role *role, uint64_t gva, uint32_t *out);
+/* Removes canonical table @page, being freed, from its object's array.
+ * mmu_lock held, no stripe (takes the run's). */
+void canon_forget_locked(struct shadow_mmu *mmu, uint32_t page);
+
+/* ---- root.c: the root cache ---------------------------------------------- */
+
+/* The root-cache key of guest @cr3: its PML4 gpa. */
+static inline uint64_t cr3_key(const struct shadow_mmu *mmu, uint64_t cr3)
+{
+	return cr3 & SPTE_ADDR_MASK & ((1ull << mmu->mode.maxphyaddr) - 1);
+}
+
+/* The cached root for @key, or NULL.  mmu_lock. */
+struct shadow_root *root_find_locked(struct shadow_mmu *mmu, uint64_t key);
+/* The cached root whose table is at pool gpa @gpa, or NULL.  mmu_lock. */
+struct shadow_root *root_of_page_locked(struct shadow_mmu *mmu, uint64_t gpa);
+/* Empties root-cache slot @root, its reference put after @b's flush.
+ * mmu_lock. */
+void root_evict_locked(struct shadow_mmu *mmu, struct shadow_root *root, struct zap_batch *b);
+
+#endif

@@ -1,0 +1,236 @@
+/*
+ * Slots and the P2M of one VM: the memory objects placed in its machine
+ * address space (slots, added and subscribed once, never moved), and the
+ * map gfn -> (slot, page) that every fault looks up (entries: p2m.h).  Also
+ * the guest's memory as the guest-table walker reads it, through the P2M.
+ *
+ * Locks: the P2M and the slot list are read lock-free (acquire loads of
+ * entries and of nr_slots); P2M stores and the publication of a slot are
+ * made under mmu_lock.  A slot is subscribed with no shadow lock held.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mmu_internal.h"
+
+struct shadow_mmu_slot *slot_of_id(struct shadow_mmu *mmu, int id)
+{
+	if (id < 0 || id >= __atomic_load_n(&mmu->nr_slots, __ATOMIC_ACQUIRE))
+		return NULL;
+	return &mmu->slots[id];
+}
+
+struct shadow_mmu_slot *mmu_mpa_to_slot(struct shadow_mmu *mmu, uint64_t mpa, uint64_t *page)
+{
+	int n = __atomic_load_n(&mmu->nr_slots, __ATOMIC_ACQUIRE);
+
+	for (int i = 0; i < n; i++) {
+		struct shadow_mmu_slot *slot = &mmu->slots[i];
+
+		if (mpa >= slot->s.mpa && (mpa - slot->s.mpa) >> SHADOW_PAGE_SHIFT < slot->npages) {
+			*page = (mpa - slot->s.mpa) >> SHADOW_PAGE_SHIFT;
+			return slot;
+		}
+	}
+	return NULL;
+}
+
+int p2m_get(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_mmu_slot **slot, uint64_t *page)
+{
+	uint64_t e;
+
+	if (gfn >= mmu->p2m_pages)
+		return -EFAULT;
+	e = __atomic_load_n(&mmu->p2m[gfn], __ATOMIC_ACQUIRE);
+	if (!p2m_entry_is_present(e))
+		return -EFAULT;
+	*slot = &mmu->slots[p2m_entry_slot_id(e)];
+	*page = p2m_entry_page(e);
+	return 0;
+}
+
+bool p2m_is_cow(struct shadow_mmu *mmu, uint64_t gfn)
+{
+	return gfn < mmu->p2m_pages &&
+	       p2m_entry_is_cow(__atomic_load_n(&mmu->p2m[gfn], __ATOMIC_ACQUIRE));
+}
+
+int shadow_mmu_p2m_lookup(struct shadow_mmu *mmu, uint64_t gpa, uint64_t *mpa, void **host)
+{
+	struct shadow_mmu_slot *slot;
+	uint64_t page, off = gpa & (SHADOW_PAGE_SIZE - 1);
+
+	if (p2m_get(mmu, gpa >> SHADOW_PAGE_SHIFT, &slot, &page))
+		return -EFAULT;
+	*mpa = slot->s.mpa + (page << SHADOW_PAGE_SHIFT) + off;
+	if (host)
+		*host = (char *)slot->s.host + (page << SHADOW_PAGE_SHIFT) + off;
+	return 0;
+}
+
+int guest_read(void *ctx, uint64_t pa, uint64_t *val)
+{
+	uint64_t mpa;
+	void *host;
+
+	if (shadow_mmu_p2m_lookup(ctx, pa, &mpa, &host))
+		return -EFAULT;
+	*val = __atomic_load_n((uint64_t *)host, __ATOMIC_ACQUIRE);
+	return 0;
+}
+
+static int guest_cmpxchg(void *ctx, uint64_t pa, uint64_t old, uint64_t new_val)
+{
+	struct shadow_mmu *mmu = ctx;
+	struct shadow_mmu_slot *slot;
+	uint64_t page;
+
+	if (p2m_get(mmu, pa >> SHADOW_PAGE_SHIFT, &slot, &page))
+		return -EFAULT;
+	if (slot->s.readonly || p2m_is_cow(mmu, pa >> SHADOW_PAGE_SHIFT))
+		return -EROFS; /* a COW guest table: shadow_mmu_fault copies it first */
+	uint64_t *p = (uint64_t *)((char *)slot->s.host + (page << SHADOW_PAGE_SHIFT) +
+				   (pa & (SHADOW_PAGE_SIZE - 1)));
+	return __atomic_compare_exchange_n(p, &old, new_val, false, __ATOMIC_ACQ_REL,
+					   __ATOMIC_ACQUIRE)
+		       ? 0
+		       : -EAGAIN;
+}
+
+const struct shadow_mem_ops guest_mem_ops = {
+	.read = guest_read,
+	.cmpxchg = guest_cmpxchg,
+};
+
+int slot_page_get(struct shadow_mmu_slot *slot, uint64_t page, bool write, uint64_t *seq)
+{
+	shadow_assert_no_lock_held();
+	*seq = notifier_read_begin(slot->s.obj, page, page);
+	if (!slot->s.ops || !slot->s.ops->get_page)
+		return 0;
+	return slot->s.ops->get_page(slot->s.priv, page, write);
+}
+
+/* Is @s a valid new slot of @npages pages for @mmu: aligned, outside the
+ * pool, overlapping no slot of the first @n? */
+static bool slot_fits(struct shadow_mmu *mmu, const struct shadow_slot *s, uint64_t npages, int n)
+{
+	if (s->mpa + npages * SHADOW_PAGE_SIZE < s->mpa ||
+	    (shadow_pool_contains(mmu->pool, s->mpa) ||
+	     shadow_pool_contains(mmu->pool, s->mpa + npages * SHADOW_PAGE_SIZE - 1)))
+		return false;
+	for (int i = 0; i < n; i++) {
+		const struct shadow_mmu_slot *o = &mmu->slots[i];
+
+		if (s->mpa < o->s.mpa + o->npages * SHADOW_PAGE_SIZE &&
+		    o->s.mpa < s->mpa + npages * SHADOW_PAGE_SIZE)
+			return false;
+	}
+	return true;
+}
+
+int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool shared, int *id)
+{
+	struct shadow_mmu_slot *slot;
+	uint64_t npages;
+	int n, ret;
+
+	if (!s || !s->obj || !s->host || s->mpa % SHADOW_PAGE_SIZE)
+		return -EINVAL;
+	npages = notifier_object_npages(s->obj);
+	n = __atomic_load_n(&mmu->nr_slots, __ATOMIC_ACQUIRE);
+	if (!slot_fits(mmu, s, npages, 0))
+		return -EINVAL;
+	if (n == SHADOW_MAX_SLOTS)
+		return -ENOSPC;
+	if (!slot_fits(mmu, s, npages, n))
+		return -EINVAL;
+	slot = &mmu->slots[n];
+	memset(slot, 0, sizeof(*slot));
+	slot->s = *s;
+	slot->npages = npages;
+	slot->shared = shared;
+	slot->id = n;
+	slot->mmu = mmu;
+	ret = pool_obj_get(mmu->pool, s->obj, s->mpa, &slot->pobj);
+	if (ret)
+		return ret;
+	slot->rmap = slot->pobj->rmap;
+	slot->young = calloc(npages, 1);
+	if (!slot->young) {
+		ret = -ENOMEM;
+		goto free_arrays;
+	}
+	shadow_assert_no_lock_held();
+	ret = notifier_subscribe(s->obj, &shadow_notifier_ops, slot, &slot->sub);
+	if (ret)
+		goto free_arrays;
+	umbra_mutex_lock(&mmu->mmu_lock);
+	__atomic_store_n(&mmu->nr_slots, n + 1, __ATOMIC_RELEASE);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	*id = n;
+	return 0;
+
+free_arrays:
+	free(slot->young);
+	pool_obj_put(mmu->pool, slot->pobj);
+	slot->young = NULL;
+	slot->rmap = NULL;
+	slot->pobj = NULL;
+	return ret;
+}
+
+int shadow_mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, int *id)
+{
+	return mmu_add_slot(mmu, s, false, id);
+}
+
+int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *s, int *id)
+{
+	return mmu_add_slot(mmu, s, true, id);
+}
+
+/* Stores @e as gfn @gfn's entry; whatever mapped the old backing page in
+ * this VM goes first (conservative: every entry of that page, whichever gfn
+ * it came from; other VMs keep theirs).  mmu_lock. */
+static void p2m_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e, struct zap_batch *b)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	uint64_t old = __atomic_load_n(&mmu->p2m[gfn], __ATOMIC_RELAXED);
+
+	if (old == e)
+		return;
+	if (p2m_entry_is_present(old)) {
+		struct shadow_mmu_slot *os = &mmu->slots[p2m_entry_slot_id(old)];
+		uint64_t op = p2m_entry_page(old);
+
+		zap_slot_range_local_locked(mmu, os, op, op, b);
+	}
+	__atomic_store_n(&mmu->p2m[gfn], e, __ATOMIC_RELEASE);
+}
+
+int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, int slot_id,
+		       uint64_t first_page)
+{
+	struct shadow_mmu_slot *slot = NULL;
+	uint64_t gfn = gpa >> SHADOW_PAGE_SHIFT;
+	struct zap_batch b;
+
+	if (gpa % SHADOW_PAGE_SIZE || gfn > mmu->p2m_pages || npages > mmu->p2m_pages - gfn)
+		return -EINVAL;
+	if (slot_id >= 0) {
+		slot = slot_of_id(mmu, slot_id);
+		if (!slot || first_page > slot->npages || npages > slot->npages - first_page)
+			return -EINVAL;
+	}
+	zap_batch_init(&b);
+	umbra_mutex_lock(&mmu->mmu_lock);
+	for (uint64_t i = 0; i < npages; i++)
+		p2m_set_locked(mmu, gfn + i,
+			       slot ? p2m_entry_make(slot_id, first_page + i) : P2M_NONE, &b);
+	bump_sync_seq_locked(mmu);
+	zap_batch_finish_locked(mmu, &b);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	return 0;
+}

@@ -1,0 +1,142 @@
+/*
+ * The root cache: up to nr_roots shadow PML4s per VM, keyed by guest CR3
+ * (its PML4 gpa), pinned by the vCPUs running on them, the least recently
+ * used unpinned one evicted when a new one is needed.  A CR3 load finds or
+ * creates the root and syncs it (a CR3 load flushes the TLB).
+ *
+ * Locks: the cache is under the VM's mmu_lock (asserted by every *_locked
+ * function); shadow_mmu_load_cr3 takes it, and waits for a grace period
+ * with no lock held when the pool is full.
+ */
+#include <errno.h>
+
+#include "mmu_internal.h"
+
+struct shadow_root *root_find_locked(struct shadow_mmu *mmu, uint64_t key)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	for (unsigned int r = 0; r < mmu->nr_roots; r++)
+		if (mmu->roots[r].page != SHADOW_NO_PAGE && mmu->roots[r].cr3 == key)
+			return &mmu->roots[r];
+	return NULL;
+}
+
+struct shadow_root *root_of_page_locked(struct shadow_mmu *mmu, uint64_t gpa)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	for (unsigned int r = 0; r < mmu->nr_roots; r++)
+		if (mmu->roots[r].page != SHADOW_NO_PAGE && pool_page_gpa(mmu->roots[r].page) == gpa)
+			return &mmu->roots[r];
+	return NULL;
+}
+
+void root_evict_locked(struct shadow_mmu *mmu, struct shadow_root *root, struct zap_batch *b)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	uint32_t page = root->page;
+
+	root->page = SHADOW_NO_PAGE;
+	batch_add_put(mmu, b, page, SHADOW_NO_PAGE, (uint32_t)(root - mmu->roots));
+	b->zapped++; /* a root went away: flush (it was not pinned, but be exact) */
+}
+
+/* A free slot of the cache, or the least recently used unpinned root,
+ * evicted and freed now (reusable after a grace period: load_cr3 waits);
+ * NULL if every root is pinned.  mmu_lock. */
+static struct shadow_root *root_slot_get_locked(struct shadow_mmu *mmu, struct zap_batch *b)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_root *slot = NULL;
+
+	for (unsigned int r = 0; r < mmu->nr_roots; r++)
+		if (mmu->roots[r].page == SHADOW_NO_PAGE)
+			return &mmu->roots[r];
+	for (unsigned int r = 0; r < mmu->nr_roots; r++)
+		if (!mmu->roots[r].pins && (!slot || mmu->roots[r].last_used < slot->last_used))
+			slot = &mmu->roots[r];
+	if (!slot)
+		return NULL;
+	root_evict_locked(mmu, slot, b);
+	mmu_stat_inc(mmu, root_evictions);
+	zap_batch_finish_locked(mmu, b);
+	return slot;
+}
+
+static int root_create_locked(struct shadow_mmu *mmu, uint64_t key, struct zap_batch *b,
+			      struct shadow_root **out)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	const struct role role = { .direct = false, .access = SHADOW_RIGHTS_ALL, .gpa = key };
+	struct shadow_root *slot = root_slot_get_locked(mmu, b);
+	uint32_t page;
+	int ret;
+
+	if (!slot)
+		return -EBUSY;
+	ret = table_alloc_locked(mmu, SPTE_LEVELS, &role, 0, &page);
+	if (ret)
+		return ret;
+	ret = pool_user_add(mmu->pool, page, mmu, SHADOW_NO_PAGE, (uint32_t)(slot - mmu->roots));
+	if (ret) {
+		pool_free_index(mmu->pool, page);
+		return ret;
+	}
+	mmu_stat_inc(mmu, tables_created);
+	slot->cr3 = key;
+	slot->page = page;
+	slot->pins = 0;
+	*out = slot;
+	return 0;
+}
+
+static int load_cr3_once(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
+			 uint64_t *root_gpa)
+{
+	uint64_t key = cr3_key(mmu, cr3);
+	struct shadow_root *root, *old;
+	struct zap_batch b;
+	int ret = 0;
+
+	zap_batch_init(&b);
+	umbra_mutex_lock(&mmu->mmu_lock);
+	mmu_stat_inc(mmu, cr3_loads);
+	/* The vCPU leaves its current root first: that root may be evicted
+	 * to make room (it is not in use any more once we switch). */
+	old = tlb->root ? root_of_page_locked(mmu, tlb->root) : NULL;
+	if (old)
+		old->pins--;
+	tlb->root = 0;
+	tlb->cr3 = 0;
+	root = root_find_locked(mmu, key);
+	if (root) {
+		/* A CR3 load flushes the TLB: bring the cached tree up to date. */
+		sync_table_locked(mmu, root->page, &b);
+		mmu_stat_inc(mmu, syncs);
+	} else {
+		ret = root_create_locked(mmu, key, &b, &root);
+		if (ret)
+			goto unlock;
+	}
+	root->pins++;
+	root->last_used = ++mmu->tick;
+	tlb->root = pool_page_gpa(root->page);
+	tlb->cr3 = key;
+	*root_gpa = tlb->root;
+	bump_sync_seq_locked(mmu);
+unlock:
+	zap_batch_finish_locked(mmu, &b);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	return ret;
+}
+
+int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
+			uint64_t *root_gpa)
+{
+	int ret = load_cr3_once(mmu, tlb, cr3, root_gpa);
+
+	/* Pool full: an evicted root's page, or pages freed just before,
+	 * become reusable after a grace period. */
+	if (ret == -ENOMEM && pool_wait_deferred(mmu->pool))
+		ret = load_cr3_once(mmu, tlb, cr3, root_gpa);
+	return ret;
+}

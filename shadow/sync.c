@@ -1,0 +1,248 @@
+/*
+ * Sync: the shadow tables are a cache of the guest's tables, brought up to
+ * date where x86 requires the guest to flush its TLB (invlpg, CR3 load, full
+ * flush).  expect_entry says what an entry should be from the guest's tables
+ * and the P2M now; the sync functions zap what no longer matches, and never
+ * change a shared table for one VM (they leave it instead).
+ *
+ * Locks: every function here runs under the VM's mmu_lock (asserted); the
+ * entries are written through zap.c (table locks, stripes).
+ */
+#include <errno.h>
+
+#include "iter.h"
+#include "mmu_internal.h"
+
+struct expect {
+	enum { EXPECT_NONE, EXPECT_TABLE, EXPECT_LEAF } kind;
+	struct role role;	/* EXPECT_TABLE */
+	uint64_t gpa;		/* EXPECT_LEAF: guest-physical page */
+	unsigned int rights;	/* EXPECT_LEAF: rights (W only if the guest's D is set) */
+};
+
+/* What entry @i of direct table @sp (part of a guest large page) should be. */
+static void expect_direct_entry(const struct shadow_page *sp, unsigned int i, struct expect *e)
+{
+	int level = sp->level;
+	uint64_t gpa = sp->gpa + (uint64_t)i * SPTE_LEVEL_SIZE(level);
+
+	if (level == 1) {
+		e->kind = EXPECT_LEAF;
+		e->gpa = gpa;
+		e->rights = sp->access;
+	} else {
+		e->kind = EXPECT_TABLE;
+		e->role = (struct role){ .direct = true, .access = sp->access, .gpa = gpa };
+	}
+}
+
+/* What entry @i of shadow table @sp should be, from the guest's tables now. */
+static void expect_entry(struct shadow_mmu *mmu, const struct shadow_page *sp, unsigned int i,
+			 struct expect *e)
+{
+	const struct shadow_paging_mode *mode = &mmu->mode;
+	int level = sp->level;
+	uint64_t g;
+
+	e->kind = EXPECT_NONE;
+	if (sp->direct) {
+		expect_direct_entry(sp, i, e);
+		return;
+	}
+	if (guest_read(mmu, sp->gpa + i * sizeof(uint64_t), &g))
+		return;
+	if (!spte_is_present(g) ||
+	    (g & spte_rsvd_mask(g, level, mode->maxphyaddr, mode->nxe, mode->gbpages)))
+		return;
+	unsigned int rights = sp->access & walk_entry_rights(mode, g);
+
+	if (level == 1) {
+		e->kind = EXPECT_LEAF;
+		e->gpa = spte_addr(g);
+		e->rights = leaf_rights(rights, spte_is_dirty(g));
+	} else if (spte_is_leaf(g, level)) {
+		e->kind = EXPECT_TABLE;
+		e->role = (struct role){ .direct = true,
+					 .access = (uint8_t)leaf_rights(rights, spte_is_dirty(g)),
+					 .gpa = spte_leaf_addr(g, level) };
+	} else {
+		e->kind = EXPECT_TABLE;
+		e->role = (struct role){ .direct = false, .access = (uint8_t)rights, .gpa = spte_addr(g) };
+	}
+}
+
+/* Does present leaf @spte agree with @e (and the P2M) now? */
+static bool leaf_matches(struct shadow_mmu *mmu, uint64_t spte, const struct expect *e)
+{
+	struct shadow_mmu_slot *slot;
+	uint64_t page, mpa;
+
+	if (e->kind != EXPECT_LEAF || p2m_get(mmu, e->gpa >> SHADOW_PAGE_SHIFT, &slot, &page))
+		return false;
+	mpa = slot->s.mpa + (page << SHADOW_PAGE_SHIFT);
+	/* Exactly the entry a fault would install now, or its read-only form
+	 * (installed before the guest's D was set). */
+	/* A copy-on-write page is installed read-only; a writable leaf of one
+	 * made before the clone stays valid behind the write-protected entries
+	 * above it (docs/sharing.md, "Write protection"). */
+	return spte == make_leaf(mmu, mpa, e->rights, slot->s.readonly) ||
+	       spte == make_leaf(mmu, mpa, e->rights & ~SHADOW_RIGHT_WRITE, true);
+}
+
+/* Does present table entry @spte agree with @e: the child's role? */
+static bool table_entry_matches(struct shadow_mmu *mmu, uint64_t spte, const struct expect *e)
+{
+	return e->kind == EXPECT_TABLE &&
+	       role_matches(mmu_page(mmu, pool_page_index(spte_addr(spte))), &e->role);
+}
+
+/* Read-only: does every present entry of the subtree at @page agree with
+ * this VM's guest tables and P2M now?  mmu_lock. */
+static bool subtree_matches_locked(struct shadow_mmu *mmu, uint32_t page)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_page *sp = mmu_page(mmu, page);
+	uint64_t *sptes = mmu_sptes(mmu, page);
+
+	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
+		uint64_t spte = spte_read(&sptes[i]);
+		struct expect e;
+
+		if (!spte_is_present(spte))
+			continue;
+		expect_entry(mmu, sp, i, &e);
+		if (sp->level == 1) {
+			if (!leaf_matches(mmu, spte, &e))
+				return false;
+			continue;
+		}
+		if (!table_entry_matches(mmu, spte, &e) ||
+		    !subtree_matches_locked(mmu, pool_page_index(spte_addr(spte))))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Checks present entry @i of @page against the guest's tables; zaps it (and
+ * what hangs below it) if it no longer matches.  With @recurse, syncs the
+ * child table too.  Returns true if the entry is still present.  mmu_lock.
+ */
+static bool sync_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, bool recurse,
+			     struct zap_batch *b)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_page *sp = mmu_page(mmu, page);
+	uint64_t spte = spte_read(mmu_sptes(mmu, page) + i);
+	struct expect e;
+
+	if (!spte_is_present(spte))
+		return false;
+	expect_entry(mmu, sp, i, &e);
+	if (sp->level == 1 ? !leaf_matches(mmu, spte, &e) : !table_entry_matches(mmu, spte, &e)) {
+		zap_spte_locked(mmu, page, i, b);
+		return false;
+	}
+	if (sp->level == 1 || !recurse)
+		return true;
+	uint32_t child = pool_page_index(spte_addr(spte));
+
+	if (!table_is_shared(mmu, child)) {
+		sync_table_locked(mmu, child, b);
+		return true;
+	}
+	/* Never change a shared table for one VM: if anything below differs
+	 * from our guest's tables, leave it. */
+	if (!subtree_matches_locked(mmu, child)) {
+		zap_spte_locked(mmu, page, i, b);
+		return false;
+	}
+	return true;
+}
+
+void sync_table_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_batch *b)
+{
+	unsigned int i;
+
+	for_each_present_spte(mmu, page, i)
+		sync_spte_locked(mmu, page, i, true, b);
+}
+
+/* Read-only: does the path of @va below @page agree with our guest now?
+ * mmu_lock. */
+static bool path_matches_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t va)
+{
+	struct shadow_iter it;
+
+	for_each_shadow_entry(mmu, it, page, va) {
+		uint64_t spte = spte_read(it.sptep);
+		struct expect e;
+
+		if (!spte_is_present(spte))
+			return true;
+		expect_entry(mmu, mmu_page(mmu, it.page), it.index, &e);
+		if (it.level == 1)
+			return leaf_matches(mmu, spte, &e);
+		if (!table_entry_matches(mmu, spte, &e))
+			return false;
+	}
+	return true;
+}
+
+void shadow_mmu_invlpg(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va)
+{
+	struct shadow_root *root;
+	struct shadow_iter it;
+	struct zap_batch b;
+
+	zap_batch_init(&b);
+	umbra_mutex_lock(&mmu->mmu_lock);
+	mmu_stat_inc(mmu, invlpg);
+	root = root_find_locked(mmu, cr3_key(mmu, cr3));
+	if (root) {
+		for_each_shadow_entry(mmu, it, root->page, va) {
+			if (it.level == 1) {
+				/* The translation itself goes, whatever it was. */
+				zap_spte_locked(mmu, it.page, it.index, &b);
+				break;
+			}
+			/* A table on the path that no longer matches the guest
+			 * goes with everything below it. */
+			if (!sync_spte_locked(mmu, it.page, it.index, false, &b))
+				break;
+			/* A shared table below is never changed for one VM: keep
+			 * it if it still agrees with our guest, else leave it. */
+			uint32_t child = pool_page_index(spte_addr(spte_read(it.sptep)));
+
+			if (table_is_shared(mmu, child)) {
+				if (!path_matches_locked(mmu, child, va))
+					zap_spte_locked(mmu, it.page, it.index, &b);
+				break;
+			}
+		}
+	}
+	bump_sync_seq_locked(mmu);
+	zap_batch_finish_locked(mmu, &b);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+}
+
+int shadow_mmu_flush(struct shadow_mmu *mmu, uint64_t cr3)
+{
+	struct shadow_root *root;
+	struct zap_batch b;
+	int ret = 0;
+
+	zap_batch_init(&b);
+	umbra_mutex_lock(&mmu->mmu_lock);
+	root = root_find_locked(mmu, cr3_key(mmu, cr3));
+	if (root) {
+		sync_table_locked(mmu, root->page, &b);
+		mmu_stat_inc(mmu, syncs);
+	} else {
+		ret = -ENOENT;
+	}
+	bump_sync_seq_locked(mmu);
+	zap_batch_finish_locked(mmu, &b);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	return ret;
+}
