@@ -612,6 +612,24 @@ static void *fault_thread_fn(void *arg)
 	return NULL;
 }
 
+static bool fault_done(void *p)
+{
+	return __atomic_load_n(&((struct fault_thread *)p)->done, __ATOMIC_ACQUIRE);
+}
+
+static uint64_t ram_read_waits(struct gm *gm)
+{
+	struct notifier_stats st;
+
+	notifier_object_stats(gm->ram, &st);
+	return st.read_waits;
+}
+
+static bool ram_reader_asleep(void *gm)
+{
+	return ram_read_waits(gm) > 0;
+}
+
 /* Run in both delivery modes: range start/end, and per-page (2008). */
 START_TEST(test_invalidate_range_start_unmaps_and_flushes_before_return)
 {
@@ -643,8 +661,13 @@ START_TEST(test_invalidate_range_start_unmaps_and_flushes_before_return)
 	/* A fault on the range waits for its end instead of mapping it. */
 	struct fault_thread ft = { .gm = &gm, .cr3 = cr3, .va = VA1 };
 	ck_assert_int_eq(pthread_create(&t, NULL, fault_thread_fn, &ft), 0);
-	usleep(50000);
-	ck_assert_msg(!__atomic_load_n(&ft.done, __ATOMIC_ACQUIRE),
+	/* The fault resolves page A with notifier_read_begin, which sleeps
+	 * (and counts a read_wait) while A's invalidation is in progress. */
+	ck_assert_msg(test_wait_until(ram_reader_asleep, &gm, TEST_WAIT_LIMIT_S),
+		      "expected the fault asleep in notifier_read_begin within %.0f s, read_waits %llu",
+		      TEST_WAIT_LIMIT_S, (unsigned long long)ram_read_waits(&gm));
+	ck_assert_msg(!fault_done(&ft), "a fault completed while its page's invalidation was in progress");
+	ck_assert_msg(test_stays_false(fault_done, &ft, 0.02),
 		      "a fault completed while its page's invalidation was in progress");
 	ck_assert_int_eq(shadow_vcpu_access(v0, VA1, 0, &res), -EFAULT);
 	notifier_invalidate_range_end(&range);
@@ -872,10 +895,22 @@ static void *rcu_reader_thread(void *p)
 	return NULL;
 }
 
+/* Allocates a level-1 table from @gm's pool: false if it answered -ENOMEM;
+ * true for anything else (a page, given back at once, or another error). */
+static bool pool_alloc_not_enomem(void *p)
+{
+	struct gm *gm = p;
+	uint64_t gpa;
+	int ret = shadow_pool_alloc(gm->pool, 1, &gpa);
+
+	if (ret == 0)
+		ck_assert_int_eq(shadow_pool_free(gm->pool, gpa), 0);
+	return ret != -ENOMEM;
+}
+
 START_TEST(test_freed_tables_are_not_reused_until_readers_leave)
 {
 	struct rcu_reader r = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
-	struct timespec wait = { .tv_nsec = 50 * 1000 * 1000 };
 	uint64_t gpa[3];
 	pthread_t thr;
 	struct gm gm;
@@ -898,10 +933,11 @@ START_TEST(test_freed_tables_are_not_reused_until_readers_leave)
 		      "expected 1 page in use after the zap, got %zu",
 		      shadow_pool_pages_in_use(gm.pool, 0));
 	/* ...but not reusable while a reader that began before may read them,
-	 * however long it stays. */
-	nanosleep(&wait, NULL);
+	 * however long it stays (checked at once, then for 50 ms more). */
 	ck_assert_msg(shadow_pool_alloc(gm.pool, 1, &gpa[0]) == -ENOMEM,
 		      "expected -ENOMEM while a reader is inside, got a page");
+	ck_assert_msg(test_stays_false(pool_alloc_not_enomem, &gm, 0.05),
+		      "expected -ENOMEM while a reader is inside for 50 ms, got a page");
 	pthread_mutex_lock(&r.lock);
 	r.leave = true;
 	pthread_cond_broadcast(&r.cond);

@@ -796,37 +796,10 @@ struct race {
 	char what[160];			/* the case, for messages */
 	unsigned int iter;
 	uint64_t seed;
-	pthread_barrier_t start;
-	unsigned int nthreads, arrived;	/* the start gate (arrived: atomic) */
+	struct test_gate start;		/* every racing thread passes it first */
 	int leaving;			/* atomic: VMs still leaving */
 	struct test_failures fails;
 };
-
-static void race_fail(struct race *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-/* From any thread (a Check assertion must not fire outside the test's own):
- * kept for the main thread to report. */
-static void race_fail(struct race *r, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	test_failures_vadd(&r->fails, fmt, ap);
-	va_end(ap);
-}
-
-/*
- * Every racing thread starts here: a barrier (sleeping while the others are
- * created), then a spin until all have woken, so that those on a CPU leave
- * the gate together rather than one wake-up apart.
- */
-static void race_start(struct race *r)
-{
-	pthread_barrier_wait(&r->start);
-	__atomic_add_fetch(&r->arrived, 1, __ATOMIC_ACQ_REL);
-	while (__atomic_load_n(&r->arrived, __ATOMIC_ACQUIRE) < r->nthreads)
-		sched_yield();
-}
 
 static uint64_t race_rnd(uint64_t *s)
 {
@@ -873,10 +846,10 @@ static void race_touch(struct race *r, struct race_vm *vm, uint64_t first, uint6
 		int ret = shadow_vcpu_access64_fault_in(vm->v, race_va(p), SHADOW_ACCESS_USER, &val, &res);
 
 		if (ret)
-			race_fail(r, "%s, iteration %u: VM %d reads page %llu: expected 0, got %d",
+			test_fail(&r->fails, "%s, iteration %u: VM %d reads page %llu: expected 0, got %d",
 				  r->what, r->iter, vm->k, (unsigned long long)p, ret);
 		else if (val != want)
-			race_fail(r, "%s, iteration %u: VM %d page %llu: expected %#llx, got %#llx%s",
+			test_fail(&r->fails, "%s, iteration %u: VM %d page %llu: expected %#llx, got %#llx%s",
 				  r->what, r->iter, vm->k, (unsigned long long)p,
 				  (unsigned long long)want, (unsigned long long)val,
 				  val == RACE_POISON64 ? " (evicted)" : "");
@@ -1020,7 +993,7 @@ static void *race_leaver_thread(void *p)
 	uint64_t reach = r->c->swap == SWAP_NONE ? 2 : RACE_PAGES;
 
 	notifier_thread_init();
-	race_start(r);
+	test_gate_pass(&r->start);
 	if (r->c->leave == LEAVE_DESTROY) {
 		race_touch(r, vm, race_rnd(&seed), race_rnd(&seed) % reach);
 		shadow_vcpu_destroy(vm->v);
@@ -1052,7 +1025,7 @@ static void *race_swapper_thread(void *p)
 	uint64_t seed = r->seed;
 
 	notifier_thread_init();
-	race_start(r);
+	test_gate_pass(&r->start);
 	for (unsigned int n = 0; n < RACE_MIN_SWAPS || race_others_leaving(r); n++) {
 		uint64_t page = race_obj_page(r, race_rnd(&seed) % RACE_PAGES);
 
@@ -1060,7 +1033,7 @@ static void *race_swapper_thread(void *p)
 			int ret = shadow_store_evict(r->obj.store, page);
 
 			if (ret && ret != -EALREADY)
-				race_fail(r, "%s, iteration %u: evict page %llu: expected 0 or "
+				test_fail(&r->fails, "%s, iteration %u: evict page %llu: expected 0 or "
 					  "-EALREADY, got %d", r->what, r->iter, (unsigned long long)page,
 					  ret);
 		} else {
@@ -1068,7 +1041,7 @@ static void *race_swapper_thread(void *p)
 							page + RACE_ZAP_PAGES - 1);
 
 			if (ret < 0)
-				race_fail(r, "%s, iteration %u: zap_range from page %llu: expected "
+				test_fail(&r->fails, "%s, iteration %u: zap_range from page %llu: expected "
 					  ">= 0, got %ld", r->what, r->iter, (unsigned long long)page, ret);
 		}
 	}
@@ -1083,7 +1056,7 @@ static void *race_reader_thread(void *p)
 	struct race *r = vm->r;
 
 	notifier_thread_init();
-	race_start(r);
+	test_gate_pass(&r->start);
 	for (unsigned int n = 0; n < RACE_MIN_READS || race_others_leaving(r); n++)
 		race_touch(r, vm, n, 1);
 	notifier_thread_exit();
@@ -1163,9 +1136,7 @@ static void race_iteration(struct race *r)
 	int leavers = l->nvms - (r->c->survivor >= 0);
 
 	race_setup(r);
-	r->nthreads = (unsigned int)leavers + (r->c->swap != SWAP_NONE) + (r->c->survivor >= 0);
-	r->arrived = 0;
-	ck_assert_int_eq(pthread_barrier_init(&r->start, NULL, r->nthreads), 0);
+	test_gate_init(&r->start, (unsigned int)leavers + (r->c->swap != SWAP_NONE) + (r->c->survivor >= 0));
 	__atomic_store_n(&r->leaving, leavers, __ATOMIC_RELAXED);
 	for (int k = 0; k < l->nvms; k++)
 		if (k != r->c->survivor)
@@ -1183,7 +1154,7 @@ static void race_iteration(struct race *r)
 		pthread_join(swapper, NULL);
 	if (r->c->survivor >= 0)
 		pthread_join(reader, NULL);
-	pthread_barrier_destroy(&r->start);
+	test_gate_exit(&r->start);
 	race_check_and_teardown(r);
 }
 

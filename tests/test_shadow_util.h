@@ -8,8 +8,6 @@
 #define UMBRA_TEST_SHADOW_UTIL_H
 
 #include <check.h>
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,6 +16,7 @@
 #include "notifier/notifier.h"
 #include "shadow.h"
 #include "spte.h"
+#include "test_util.h"
 
 #define GM_PAGE 4096ull
 /* Guest page tables are allocated from this gpa upwards; data pages lie above
@@ -159,40 +158,6 @@ static inline void *run_rcu_registered(void *(*fn)(void *), void *arg)
 	ret = fn(arg);
 	notifier_thread_exit();
 	return ret;
-}
-
-/*
- * Failures seen by the threads of a concurrent test (a Check assertion must
- * fire on the test's own thread): counted, the first one kept for the test
- * to report ("expected 0 failures; first: ...").
- */
-struct test_failures {
-	pthread_mutex_t lock;
-	int count;		/* under lock; read after the threads stopped */
-	char first[512];
-};
-
-static inline void test_failures_init(struct test_failures *f)
-{
-	pthread_mutex_init(&f->lock, NULL);
-	f->count = 0;
-	f->first[0] = '\0';
-}
-
-static inline void test_failures_exit(struct test_failures *f)
-{
-	pthread_mutex_destroy(&f->lock);
-}
-
-static inline void test_failures_vadd(struct test_failures *f, const char *fmt, va_list ap)
-	__attribute__((format(printf, 2, 0)));
-
-static inline void test_failures_vadd(struct test_failures *f, const char *fmt, va_list ap)
-{
-	pthread_mutex_lock(&f->lock);
-	if (f->count++ == 0)
-		vsnprintf(f->first, sizeof(f->first), fmt, ap);
-	pthread_mutex_unlock(&f->lock);
 }
 
 #endif
