@@ -625,9 +625,10 @@ static uint64_t ram_read_waits(struct gm *gm)
 	return st.read_waits;
 }
 
-static bool ram_reader_asleep(void *gm)
+/* Has the fault thread @ft slept in notifier_read_begin, or returned? */
+static bool fault_asleep_or_done(void *ft)
 {
-	return ram_read_waits(gm) > 0;
+	return fault_done(ft) || ram_read_waits(((struct fault_thread *)ft)->gm) > 0;
 }
 
 /* Run in both delivery modes: range start/end, and per-page (2008). */
@@ -663,10 +664,11 @@ START_TEST(test_invalidate_range_start_unmaps_and_flushes_before_return)
 	ck_assert_int_eq(pthread_create(&t, NULL, fault_thread_fn, &ft), 0);
 	/* The fault resolves page A with notifier_read_begin, which sleeps
 	 * (and counts a read_wait) while A's invalidation is in progress. */
-	ck_assert_msg(test_wait_until(ram_reader_asleep, &gm, TEST_WAIT_LIMIT_S),
+	ck_assert_msg(test_wait_until(fault_asleep_or_done, &ft, TEST_WAIT_LIMIT_S),
 		      "expected the fault asleep in notifier_read_begin within %.0f s, read_waits %llu",
 		      TEST_WAIT_LIMIT_S, (unsigned long long)ram_read_waits(&gm));
 	ck_assert_msg(!fault_done(&ft), "a fault completed while its page's invalidation was in progress");
+	ck_assert_uint_eq(ram_read_waits(&gm), 1);
 	ck_assert_msg(test_stays_false(fault_done, &ft, 0.02),
 		      "a fault completed while its page's invalidation was in progress");
 	ck_assert_int_eq(shadow_vcpu_access(v0, VA1, 0, &res), -EFAULT);
