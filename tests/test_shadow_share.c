@@ -103,6 +103,22 @@ static void *write_u64(struct shadow_vcpu *v, uint64_t va, uint64_t val)
 	return res.host;
 }
 
+/*
+ * A family whose parent's tables are filled (its vCPU *@vp, with @tlb TLB
+ * entries, has read every data page) before the clone; *@vc runs on the
+ * child.
+ */
+static void fam_init_cloned(struct fam *f, unsigned int tlb, struct shadow_vcpu **vp,
+			    struct shadow_vcpu **vc)
+{
+	fam_init(f, NDATA);
+	*vp = sh_vcpu(f->gm.mmu, tlb, f->cr3);
+	for (uint64_t i = 0; i < NDATA; i++)
+		read_u64(*vp, VA_BASE + i * GM_PAGE, NULL);
+	fam_clone(f);
+	*vc = sh_vcpu(f->child, tlb, f->cr3);
+}
+
 START_TEST(test_clone_copies_only_roots_and_shares_lower_tables)
 {
 	struct shadow_mmu_stats st;
@@ -151,14 +167,9 @@ START_TEST(test_first_write_copies_page_for_the_writer_only)
 	struct shadow_mmu_stats st;
 	struct fam f;
 	void *host, *whost;
+	struct shadow_vcpu *vp, *vc;
 
-	fam_init(&f, NDATA);
-	struct shadow_vcpu *vp = sh_vcpu(f.gm.mmu, 64, f.cr3);
-
-	for (uint64_t i = 0; i < NDATA; i++)
-		read_u64(vp, VA_BASE + i * GM_PAGE, NULL);
-	fam_clone(&f);
-	struct shadow_vcpu *vc = sh_vcpu(f.child, 64, f.cr3);
+	fam_init_cloned(&f, 64, &vp, &vc);
 	struct shadow_vcpu *writer = _i ? vp : vc, *other = _i ? vc : vp;
 	struct shadow_mmu *wmmu = _i ? f.gm.mmu : f.child;
 
@@ -269,14 +280,9 @@ START_TEST(test_racing_unsharers_both_copy_and_tables_are_freed_once)
 	for (int round = 0; round < 10; round++) {
 		struct fam f;
 		pthread_t t[2];
+		struct shadow_vcpu *vp, *vc;
 
-		fam_init(&f, NDATA);
-		struct shadow_vcpu *vp = sh_vcpu(f.gm.mmu, 16, f.cr3);
-
-		for (uint64_t i = 0; i < NDATA; i++)
-			read_u64(vp, VA_BASE + i * GM_PAGE, NULL);
-		fam_clone(&f);
-		struct shadow_vcpu *vc = sh_vcpu(f.child, 16, f.cr3);
+		fam_init_cloned(&f, 16, &vp, &vc);
 		struct writer_arg a[2] = { { vp, 0, 0xa0000 }, { vc, 1, 0xc0000 } };
 
 		/* Both privatize the same shared tables at once. */
@@ -307,14 +313,9 @@ END_TEST
 START_TEST(test_parent_destroy_leaves_clone_its_shared_tables)
 {
 	struct fam f;
+	struct shadow_vcpu *vp, *vc;
 
-	fam_init(&f, NDATA);
-	struct shadow_vcpu *vp = sh_vcpu(f.gm.mmu, 16, f.cr3);
-
-	for (uint64_t i = 0; i < NDATA; i++)
-		read_u64(vp, VA_BASE + i * GM_PAGE, NULL);
-	fam_clone(&f);
-	struct shadow_vcpu *vc = sh_vcpu(f.child, 16, f.cr3);
+	fam_init_cloned(&f, 16, &vp, &vc);
 	size_t before = shadow_pool_pages_in_use(f.pool, 0);
 
 	shadow_vcpu_destroy(vp);
@@ -339,14 +340,9 @@ END_TEST
 START_TEST(test_clone_guest_table_write_is_private_to_the_clone)
 {
 	struct fam f;
+	struct shadow_vcpu *vp, *vc;
 
-	fam_init(&f, NDATA);
-	struct shadow_vcpu *vp = sh_vcpu(f.gm.mmu, 16, f.cr3);
-
-	for (uint64_t i = 0; i < NDATA; i++)
-		read_u64(vp, VA_BASE + i * GM_PAGE, NULL);
-	fam_clone(&f);
-	struct shadow_vcpu *vc = sh_vcpu(f.child, 16, f.cr3);
+	fam_init_cloned(&f, 16, &vp, &vc);
 	uint64_t va = VA_BASE + 2 * GM_PAGE, pte = gm_entry(&f.gm, f.cr3, va, 1);
 
 	ck_assert_uint_eq(read_u64(vc, va, NULL), 0x1002);

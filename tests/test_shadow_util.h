@@ -148,6 +148,26 @@ static inline void gm_map(struct gm *gm, uint64_t cr3, uint64_t va, uint64_t gpa
 	gm_write(gm, gm_entry(gm, cr3, va, level), e);
 }
 
+/* A vCPU of @mmu with @tlb TLB entries, running on @cr3. */
+static inline struct shadow_vcpu *sh_vcpu(struct shadow_mmu *mmu, unsigned int tlb, uint64_t cr3)
+{
+	struct shadow_vcpu_config cfg = { .tlb_entries = tlb };
+	struct shadow_vcpu *v;
+
+	/* The vCPU's walk is an RCU reader: the accessing thread registers. */
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	ck_assert_int_eq(shadow_vcpu_create(mmu, &cfg, &v), 0);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3), 0);
+	return v;
+}
+
+static inline void assert_mmu_check(struct shadow_mmu *mmu)
+{
+	int ret = shadow_mmu_check(mmu);
+
+	ck_assert_msg(ret == 0, "shadow_mmu_check: expected 0, got %d", ret);
+}
+
 /* Runs @fn(@arg) registered with liburcu, as every thread that runs a
  * software vCPU must be (its walk is an RCU reader): a pthread body. */
 static inline void *run_rcu_registered(void *(*fn)(void *), void *arg)
