@@ -104,13 +104,7 @@ static __thread uint64_t rng_state;
 
 static uint64_t rnd(void)
 {
-	uint64_t x = rng_state;
-
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	rng_state = x;
-	return x;
+	return test_rnd(&rng_state);
 }
 
 static unsigned int rnd_below(unsigned int n)
@@ -424,9 +418,8 @@ static void *worker(void *p)
 
 	rng_state = a->seed | 1;
 	notifier_thread_init();
-	for (unsigned long n = 0; n < a->ops && !test_failed(&failures); n++) {
-		if (n % 256 == 0 && test_torture_over_limit(&failures, start_s, "worker", n, a->ops))
-			break;
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&failures, start_s, "worker", n, a->ops); n++) {
 		struct tobj *t = &tobjs[rnd_below(NOBJ)];
 		unsigned int dice = rnd_below(100);
 

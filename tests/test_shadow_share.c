@@ -797,14 +797,6 @@ struct race {
 	struct test_failures fails;
 };
 
-static uint64_t race_rnd(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 /* Touched page @p: on path p % RACE_PATHS (PML4 slot 1 + path), page
  * p / RACE_PATHS of it. */
 static uint64_t race_va(uint64_t p)
@@ -991,14 +983,14 @@ static void *race_leaver_thread(void *p)
 	notifier_thread_init();
 	test_gate_pass(&r->start);
 	if (r->c->leave == LEAVE_DESTROY) {
-		race_touch(r, vm, race_rnd(&seed), race_rnd(&seed) % reach);
+		race_touch(r, vm, test_rnd(&seed), test_rnd(&seed) % reach);
 		shadow_vcpu_destroy(vm->v);
 		vm->v = NULL;
 		shadow_mmu_destroy(vm->mmu);
 		vm->mmu = NULL;
 	} else {
 		for (int round = 0; round < RACE_REJOINS; round++) {
-			race_touch(r, vm, race_rnd(&seed), race_rnd(&seed) % reach);
+			race_touch(r, vm, test_rnd(&seed), test_rnd(&seed) % reach);
 			shadow_mmu_zap_all(vm->mmu);
 		}
 		race_touch(r, vm, 0, RACE_PAGES);
@@ -1023,7 +1015,7 @@ static void *race_swapper_thread(void *p)
 	notifier_thread_init();
 	test_gate_pass(&r->start);
 	for (unsigned int n = 0; n < RACE_MIN_SWAPS || race_others_leaving(r); n++) {
-		uint64_t page = race_obj_page(r, race_rnd(&seed) % RACE_PAGES);
+		uint64_t page = race_obj_page(r, test_rnd(&seed) % RACE_PAGES);
 
 		if (r->c->swap == SWAP_EVICT) {
 			int ret = shadow_store_evict(r->obj.store, page);
@@ -1182,7 +1174,7 @@ static void run_race(const struct race_case *c, int case_id, unsigned int iterat
 		 * grace period: without this a fault of the setup could find
 		 * the pool empty, zap everything and rebuild unshared. */
 		notifier_barrier();
-		r->seed = race_rnd(&seed);
+		r->seed = test_rnd(&seed);
 		race_iteration(r);
 	}
 	hobj_fini(&r->obj);

@@ -90,22 +90,6 @@ struct torture {
 	struct test_failures fails;	/* the first one stops every thread */
 };
 
-/* Does thread @who go on with operation @n of @total? */
-static bool keep_going(struct torture *t, const char *who, unsigned long n, unsigned long total)
-{
-	if (n >= total || test_failed(&t->fails))
-		return false;
-	return n % 256 || !test_torture_over_limit(&t->fails, t->start_s, who, n, total);
-}
-
-static uint64_t rnd(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 /* Tag of VM @vm's lineage: itself or its parent. */
 static bool in_lineage(struct torture *t, int vm, uint64_t val)
 {
@@ -131,8 +115,9 @@ static void *vcpu_thread_body(void *p)
 
 	if (a->gate)
 		test_gate_pass(&t->gate);
-	for (unsigned long n = 0; keep_going(t, "vcpu", n, t->vcpu_ops); n++) {
-		uint64_t r = rnd(&seed), val;
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "vcpu", n, t->vcpu_ops); n++) {
+		uint64_t r = test_rnd(&seed), val;
 		unsigned int i = (unsigned int)(r % NDATA);
 		bool own = (int)(i % 2) == a->idx;
 		int ret;
@@ -291,8 +276,9 @@ static void *evictor_thread(void *p)
 
 	notifier_thread_init();
 	test_gate_pass(&t->gate);
-	for (unsigned long n = 0; keep_going(t, "evictor", n, total); n++) {
-		uint64_t r = rnd(&seed);
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "evictor", n, total); n++) {
+		uint64_t r = test_rnd(&seed);
 		int k = (int)(r % NBASE), ret;
 
 		if ((r >> 10) % 64 == 0) {
@@ -324,8 +310,9 @@ static void *remapper_thread(void *p)
 	unsigned long total = t->vcpu_ops / REMAP_SHARE;
 
 	test_gate_pass(&t->gate);
-	for (unsigned long n = 0; keep_going(t, "remapper", n, total); n++) {
-		uint64_t r = rnd(&seed);
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "remapper", n, total); n++) {
+		uint64_t r = test_rnd(&seed);
 		int k = (int)(r % NVMS);
 		struct tvm *vm = &t->vm[k];
 

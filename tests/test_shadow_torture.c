@@ -67,14 +67,6 @@ struct torture {
 	struct test_failures fails;		/* the first one stops every thread */
 };
 
-/* Does thread @who go on with operation @n of @total? */
-static bool keep_going(struct torture *t, const char *who, unsigned long n, unsigned long total)
-{
-	if (n >= total || test_failed(&t->fails))
-		return false;
-	return n % 256 || !test_torture_over_limit(&t->fails, t->start_s, who, n, total);
-}
-
 static uint64_t va_of(unsigned int i)
 {
 	/* Two page tables: even pages in the first 2 MiB, odd in the second. */
@@ -207,7 +199,8 @@ static void *vcpu_thread_body(void *p)
 		return NULL;
 	}
 	test_gate_pass(&t->gate);
-	for (unsigned long n = 0; keep_going(t, "vcpu", n, t->vcpu_ops); n++) {
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "vcpu", n, t->vcpu_ops); n++) {
 		unsigned int i = rnd(&seed, NR_VA);
 		unsigned int access = SHADOW_ACCESS_USER | (rnd(&seed, 3) == 0 ? SHADOW_ACCESS_WRITE : 0);
 		struct shadow_vcpu_result res;
@@ -269,7 +262,8 @@ static void *remap_thread(void *p)
 	unsigned long total = t->vcpu_ops / REMAP_SHARE;
 
 	test_gate_pass(&t->gate);
-	for (unsigned long n = 0; keep_going(t, "remapper", n, total); n++) {
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "remapper", n, total); n++) {
 		unsigned int i = rnd(&seed, NR_VA), r = rnd(&seed, 10);
 		uint32_t tg = r == 0 ? T_NONE : (rnd(&seed, NR_DATA) + 1) | (r == 1 ? 0 : T_WRITABLE);
 		uint64_t v = __atomic_load_n(&t->ver[i], __ATOMIC_RELAXED);
@@ -298,7 +292,8 @@ static void *swap_thread(void *p)
 
 	notifier_thread_init();
 	test_gate_pass(&t->gate);
-	for (unsigned long op = 0; keep_going(t, "swapper", op, total); op++) {
+	for (unsigned long op = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "swapper", op, total); op++) {
 		unsigned int first = rnd(&seed, NR_DATA), n = 1 + rnd(&seed, 4);
 		unsigned int last = first + n - 1 < NR_DATA ? first + n - 1 : NR_DATA - 1;
 
@@ -340,7 +335,8 @@ static void *fault_thread(void *p)
 	unsigned long total = t->vcpu_ops / FAULT_SHARE;
 
 	test_gate_pass(&t->gate);
-	for (unsigned long n = 0; keep_going(t, "prefaulter", n, total); n++) {
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "prefaulter", n, total); n++) {
 		unsigned int i = rnd(&seed, NR_VA);
 		uint32_t ec;
 		int ret = shadow_mmu_fault(t->gm.mmu, t->cr3[rnd(&seed, NR_CR3)], va_of(i),

@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -86,6 +87,16 @@ static inline bool test_stays_false(bool (*cond)(void *arg), void *arg, double g
 		test_pause_ms(1);
 	} while (test_now_s() < end);
 	return !cond(arg);
+}
+
+/* xorshift64: the next pseudo-random number of the sequence in *@state
+ * (never 0: start it at a nonzero value). */
+static inline uint64_t test_rnd(uint64_t *state)
+{
+	*state ^= *state << 13;
+	*state ^= *state >> 7;
+	*state ^= *state << 17;
+	return *state;
 }
 
 /* An unsigned number from the environment (decimal or 0x hex), or @dflt. */
@@ -163,18 +174,22 @@ static inline bool test_failed(struct test_failures *f)
 		      (f)->first)
 
 /*
- * A torture's wall-clock cap, polled by its threads between operations:
- * records a failure (which stops every thread) once TEST_TORTURE_LIMIT_S
- * has passed since @start_s.  @who and @done/@total say how far it got.
+ * The loop condition of a torture thread (for (n = 0; test_torture_keep_going(
+ * ..., n, total); n++)): goes on with operation @n of @total unless a
+ * failure was recorded.  Every 256 operations it checks the wall-clock cap:
+ * once TEST_TORTURE_LIMIT_S has passed since @start_s it records a failure
+ * (which stops every thread) saying how far thread @who got.
  */
-static inline bool test_torture_over_limit(struct test_failures *f, double start_s, const char *who,
-					   unsigned long done, unsigned long total)
+static inline bool test_torture_keep_going(struct test_failures *f, double start_s, const char *who,
+					   unsigned long n, unsigned long total)
 {
-	if (test_now_s() - start_s <= TEST_TORTURE_LIMIT_S)
+	if (n >= total || test_failed(f))
 		return false;
+	if (n % 256 || test_now_s() - start_s <= TEST_TORTURE_LIMIT_S)
+		return true;
 	test_fail(f, "%s: expected %lu operations within %.0f s, did %lu", who, total,
-		  TEST_TORTURE_LIMIT_S, done);
-	return true;
+		  TEST_TORTURE_LIMIT_S, n);
+	return false;
 }
 
 /*
