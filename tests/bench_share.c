@@ -1,6 +1,6 @@
 /*
- * bench-share: what sharing shadow tables across VMs buys (issue 5, point 9),
- * each figure next to its peer measured in the same run.  Prints three
+ * bench-share: what sharing shadow tables across VMs buys, each figure next
+ * to its peer measured in the same run.  Prints three
  * Markdown tables (docs/bench-share.md has results, method and the command).
  *
  *   bench-share [--quick]          (or UMBRA_BENCH_QUICK=1 in the environment)

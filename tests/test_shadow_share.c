@@ -1,5 +1,5 @@
 /*
- * shadow/ sharing across VMs (issue 5): clone by use count, privatize,
+ * shadow/ sharing across VMs: clone by use count, privatize,
  * copy-on-write of data and of guest tables, the pmd-rmap reaching every
  * sharer's vCPUs on eviction, canonical segment tables, exactly-once
  * teardown.  docs/sharing.md is the design; test_shadow_share_torture.c the

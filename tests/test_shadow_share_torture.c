@@ -1,11 +1,11 @@
 /*
- * Sharing under concurrency: 8 VMs (4 base VMs and their clones,
- * made while the base VMs run), 2 software vCPUs each, against an evictor
+ * Sharing under concurrency: 8 VMs (4 base VMs and their clones, made
+ * while the base VMs run), 2 software vCPUs each, against an evictor
  * (swapout of data and segment pages to the in-memory store, both delivery
  * modes), a remapper (guest page-table changes with invlpg, segment
  * permission changes, segment detach/attach in the P2M) and the vCPUs' own
- * copy-on-write and privatizing writes.  After each phase the threads stop
- * and the invariant checker runs (shadow_pool_check: use counts, users
+ * copy-on-write and privatizing writes.  When every thread of a phase has
+ * done its operations, the invariant checker runs (shadow_pool_check: use counts, users
  * lists, reverse maps, canonical tables, pool accounting; shadow_mmu_check
  * per VM, including write protection of copy-on-write data), then the clones
  * are destroyed (teardown of shared tables) and checked again.

@@ -1,7 +1,8 @@
 /*
  * Helpers shared by the shadow suites (test_shadow*.c): a "guest machine"
  * with RAM in a memory object (identity P2M, machine address = guest
- * physical), a shadow MMU, and a builder for the guest's own page tables.
+ * physical), a shadow MMU, a builder for the guest's own page tables, the
+ * software vCPUs the tests run and the invariant check they assert.
  * Header-only (static inline) so that each suite stays one file.
  */
 #ifndef UMBRA_TEST_SHADOW_UTIL_H
