@@ -60,7 +60,7 @@
 /* Operations per thread and phase: a vCPU's accesses, and the evictor's and
  * remapper's as a share of them (VCPU_OPS / 5: with it they end about when
  * the vCPUs do).  Under TSan (about 10x slower here) the vCPUs do fewer. */
-#define VCPU_OPS_DEFAULT (TEST_TSAN ? 45000ul : 400000ul)
+#define VCPU_OPS_DEFAULT (TEST_TSAN ? 45000ul : 500000ul)
 #define EVICT_SHARE 5
 #define REMAP_SHARE 5
 
