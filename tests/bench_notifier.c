@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "umbra/notifier.h"
+#include "bench_util.h"
 
 #define OBJ_PAGES 262144u
 #define MAX_SUBS 256
@@ -71,14 +72,6 @@ static const struct notifier_ops bench_ops = {
 	.invalidate_page = b_page,
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Best-of-@reps ns for one invalidation of @npages pages in @mode. */
 static double time_mode(struct notifier_object *obj, enum notifier_mode mode, uint64_t npages,
 			int reps, uint64_t min_ns, int *err)
@@ -87,7 +80,8 @@ static double time_mode(struct notifier_object *obj, enum notifier_mode mode, ui
 
 	notifier_object_set_mode(obj, mode);
 	for (int rep = 0; rep < reps; rep++) {
-		uint64_t t0 = now_ns(), t1, iters = 0;
+		double t0 = now_ns(), t1;
+		uint64_t iters = 0;
 
 		do {
 			struct notifier_range r;
@@ -101,8 +95,8 @@ static double time_mode(struct notifier_object *obj, enum notifier_mode mode, ui
 			notifier_invalidate_range_end(&r);
 			iters++;
 			t1 = now_ns();
-		} while (t1 - t0 < min_ns);
-		double per = (double)(t1 - t0) / (double)iters;
+		} while (t1 - t0 < (double)min_ns);
+		double per = (t1 - t0) / (double)iters;
 
 		if (rep == 0 || per < best)
 			best = per;

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "umbra/notifier.h"
+#define BENCH_NAME "bench-shadow"
 #include "bench_util.h"
 #include "umbra/shadow.h"
 #include "spte.h"
@@ -46,16 +47,6 @@ static long minflt(void)
 	getrusage(RUSAGE_SELF, &ru);
 	return ru.ru_minflt;
 }
-
-#define CHECK(expr)                                                                   \
-	do {                                                                          \
-		long _r = (long)(expr);                                               \
-		if (_r < 0) {                                                         \
-			fprintf(stderr, "bench-shadow: %s: %ld (%s)\n", #expr, _r,    \
-				strerror((int)-_r));                                  \
-			exit(1);                                                      \
-		}                                                                     \
-	} while (0)
 
 struct setup {
 	uint64_t npages, ram_pages;
@@ -97,12 +88,7 @@ static void setup(struct setup *s, uint64_t npages)
 
 	s->npages = npages;
 	s->ram_pages = DATA / PAGE + npages;
-	s->host = mmap(NULL, s->ram_pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		       -1, 0);
-	if (s->host == MAP_FAILED) {
-		perror("mmap");
-		exit(1);
-	}
+	s->host = bench_mmap(s->ram_pages * PAGE);
 	CHECK(notifier_object_create("bench-ram", s->ram_pages, &s->ram));
 	CHECK(shadow_pool_create(4 + 2 * (npages / 512 + 2), &s->pool));
 	cfg.pool = s->pool;

@@ -1,6 +1,6 @@
 /*
- * bench-share: what sharing shadow tables across VMs buys (issue 5, point 9),
- * each figure next to its peer measured in the same run.  Prints three
+ * bench-share: what sharing shadow tables across VMs buys, each figure next
+ * to its peer measured in the same run.  Prints three
  * Markdown tables (docs/bench-share.md has results, method and the command).
  *
  *   bench-share [--quick]          (or UMBRA_BENCH_QUICK=1 in the environment)
@@ -59,6 +59,7 @@
 #include <unistd.h>
 
 #include "umbra/notifier.h"
+#define BENCH_NAME "bench-share"
 #include "bench_util.h"
 #include "umbra/shadow.h"
 #include "shadow_internal.h"
@@ -70,16 +71,6 @@
 #define RUN (2ull * MIB)
 #define PAGES_PER_RUN 512ull
 
-#define CHECK(expr)                                                                   \
-	do {                                                                          \
-		long _r = (long)(expr);                                               \
-		if (_r < 0) {                                                         \
-			fprintf(stderr, "bench-share:%d: %s: %ld (%s)\n", __LINE__,   \
-				#expr, _r, strerror((int)-_r));                       \
-			exit(1);                                                      \
-		}                                                                     \
-	} while (0)
-
 #define ENSURE(cond, ...)                                                             \
 	do {                                                                          \
 		if (!(cond)) {                                                        \
@@ -90,18 +81,6 @@
 			exit(1);                                                      \
 		}                                                                     \
 	} while (0)
-
-static void *xmmap(uint64_t bytes)
-{
-	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-
-	if (p == MAP_FAILED) {
-		perror("bench-share: mmap");
-		exit(1);
-	}
-	return p;
-}
 
 static size_t in_use(struct shadow_pool *pool)
 {
@@ -144,7 +123,7 @@ struct fork_res {
 /* fork() of this process with @bytes of anonymous memory touched. */
 static void bench_fork(uint64_t bytes, int reps, struct fork_res *res)
 {
-	uint8_t *p = xmmap(bytes);
+	uint8_t *p = bench_mmap(bytes);
 	double *ret = calloc((size_t)reps, sizeof(double)), *tot = calloc((size_t)reps, sizeof(double));
 
 	if (!ret || !tot)
@@ -240,9 +219,9 @@ static void avm_setup(struct avm *a, uint64_t bytes)
 	guest_tables = tables; /* the guest's own tables have the same shape */
 	a->data_gpa = (A_TABLES_GPA + guest_tables * PAGE + RUN - 1) / RUN * RUN;
 	a->ram_pages = a->data_gpa / PAGE + a->npages;
-	a->host = xmmap(a->ram_pages * PAGE);
-	a->cow_host = xmmap(A_COW_PAGES * PAGE);
-	a->ccow_host = xmmap(A_COW_PAGES * PAGE);
+	a->host = bench_mmap(a->ram_pages * PAGE);
+	a->cow_host = bench_mmap(A_COW_PAGES * PAGE);
+	a->ccow_host = bench_mmap(A_COW_PAGES * PAGE);
 	CHECK(notifier_object_create("bench-ram", a->ram_pages, &a->ram));
 	CHECK(notifier_object_create("bench-cow", A_COW_PAGES, &a->cow));
 	CHECK(notifier_object_create("bench-clone-cow", A_COW_PAGES, &a->ccow));
@@ -473,7 +452,7 @@ static void bench_a_shadow(struct a_row *row, int reps)
 	row->eager = median(v + 1, reps);
 	/* memcpy floor: the same table pages, copied and nothing else. */
 	list = calloc(row->tables, sizeof(*list));
-	buf = xmmap(row->tables * PAGE);
+	buf = bench_mmap(row->tables * PAGE);
 	if (!list)
 		abort();
 	for (unsigned int r = 0; r < a.mmu->nr_roots; r++)
@@ -531,7 +510,7 @@ struct svm {
 static void seg_create(struct seg *s, uint64_t bytes)
 {
 	s->npages = bytes / PAGE;
-	s->host = xmmap(bytes); /* never touched: faults do not read data */
+	s->host = bench_mmap(bytes); /* never touched: faults do not read data */
 	CHECK(notifier_object_create("bench-segment", s->npages, &s->obj));
 }
 
@@ -558,7 +537,7 @@ static void svm_create(struct svm *v, struct shadow_pool *pool, struct seg *seg,
 	cfg.max_gpa = S_SEG_GPA + seg->npages * PAGE;
 	cfg.mode = shadow_default_mode;
 	CHECK(shadow_mmu_create(&cfg, &v->mmu));
-	v->ram_host = xmmap(S_RAM_PAGES * PAGE);
+	v->ram_host = bench_mmap(S_RAM_PAGES * PAGE);
 	CHECK(notifier_object_create("bench-vm-ram", S_RAM_PAGES, &v->ram));
 	slot.obj = v->ram;
 	slot.host = v->ram_host;

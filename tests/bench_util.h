@@ -1,12 +1,41 @@
 /*
- * Timing helpers shared by the benchmark programs (bench-shadow, bench-share).
+ * Helpers shared by the benchmark programs (bench-notifier, bench-shadow,
+ * bench-share): timing, medians, and dying on a failed call.  A program that
+ * uses CHECK defines BENCH_NAME (its name, for messages) first.
  */
 #ifndef UMBRA_BENCH_UTIL_H
 #define UMBRA_BENCH_UTIL_H
 
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+
+/* Exits with the call, its line and its error when @expr is negative (-errno). */
+#define CHECK(expr)                                                                        \
+	do {                                                                               \
+		long _r = (long)(expr);                                                    \
+		if (_r < 0) {                                                              \
+			fprintf(stderr, "%s:%d: %s: %ld (%s)\n", BENCH_NAME, __LINE__, #expr, \
+				_r, strerror((int)-_r));                                   \
+			exit(1);                                                           \
+		}                                                                          \
+	} while (0)
+
+/* @bytes of zeroed private memory (reserved lazily); exits if there is none. */
+static inline void *bench_mmap(uint64_t bytes)
+{
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		       -1, 0);
+
+	if (p == MAP_FAILED) {
+		perror("mmap");
+		exit(1);
+	}
+	return p;
+}
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 static inline double now_ns(void)

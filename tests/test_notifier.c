@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "umbra/notifier.h"
+#include "test_util.h"
 #include "tests.h"
 
 #define expect_eq(what, expected, got)                                                   \
@@ -725,17 +726,33 @@ static void *unsubscribe_thread(void *p)
 	return NULL;
 }
 
-static void sleep_ms(long ms)
+static bool unsubscribe_returned(void *p)
 {
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+	return __atomic_load_n(&((struct unsub_arg *)p)->done, __ATOMIC_ACQUIRE);
+}
 
-	nanosleep(&ts, NULL);
+/* A clear_young of page 15 (outside the range) that @sub is asked about while
+ * it is attached; false once an unsubscribe of it has detached it. */
+struct detach_probe {
+	int sub;
+	unsigned int probes;
+};
+
+static bool unsubscribe_detached(void *p)
+{
+	struct detach_probe *d = p;
+	unsigned int before = log_count(L_CLEAR, d->sub);
+
+	d->probes++;
+	notifier_clear_young(obj, NPAGES - 1, NPAGES - 1);
+	return log_count(L_CLEAR, d->sub) == before;
 }
 
 START_TEST(test_unsubscribe_waits_for_the_end_of_a_started_range)
 {
 	struct tsub t;
 	struct unsub_arg a = { 0 };
+	struct detach_probe probe = { .sub = 0 };
 	struct notifier_range r;
 	pthread_t th;
 	int i_start, i_end, i_rel;
@@ -745,10 +762,15 @@ START_TEST(test_unsubscribe_waits_for_the_end_of_a_started_range)
 	notifier_range_init(&r, obj, NOTIFIER_EVENT_UNMAP, 0, 3, NOTIFIER_RANGE_MAY_BLOCK);
 	expect_int("start", 0, notifier_invalidate_range_start(&r));
 	ck_assert_int_eq(pthread_create(&th, NULL, unsubscribe_thread, &a), 0);
-	sleep_ms(100);
-	ck_assert_msg(!__atomic_load_n(&a.done, __ATOMIC_ACQUIRE),
-		      "expected unsubscribe to wait for the end, it returned");
+	/* Once clear_young stops asking t, the unsubscribe has detached it and
+	 * can only be waiting for the range (or returning wrongly). */
+	ck_assert_msg(test_wait_until(unsubscribe_detached, &probe, TEST_WAIT_LIMIT_S),
+		      "expected the unsubscribe to detach within %.0f s, still asked after %u probes",
+		      TEST_WAIT_LIMIT_S, probe.probes);
+	ck_assert_msg(!unsubscribe_returned(&a), "expected unsubscribe to wait for the end, it returned");
 	expect_eq("releases before the end", 0, t.releases);
+	ck_assert_msg(test_stays_false(unsubscribe_returned, &a, 0.02),
+		      "expected unsubscribe to wait for the end, it returned");
 	notifier_invalidate_range_end(&r);
 	pthread_join(th, NULL);
 	i_start = log_find(L_START, 0, 0);
@@ -916,6 +938,25 @@ static void *reader_thread(void *p)
 	return NULL;
 }
 
+static bool reader_returned(void *p)
+{
+	return __atomic_load_n(&((struct reader_arg *)p)->returned, __ATOMIC_ACQUIRE);
+}
+
+static uint64_t read_waits(void)
+{
+	struct notifier_stats st;
+
+	notifier_object_stats(obj, &st);
+	return st.read_waits;
+}
+
+/* Has the reader @a slept in read_begin, or returned? */
+static bool reader_asleep_or_returned(void *a)
+{
+	return reader_returned(a) || read_waits() > 0;
+}
+
 START_TEST(test_read_begin_sleeps_only_for_an_overlapping_invalidation)
 {
 	struct reader_arg overlap = { .first = 3, .last = 3 }, disjoint = { .first = 12, .last = 13 };
@@ -929,15 +970,15 @@ START_TEST(test_read_begin_sleeps_only_for_an_overlapping_invalidation)
 	ck_assert_int_eq(pthread_create(&t2, NULL, reader_thread, &disjoint), 0);
 	pthread_join(t2, NULL);
 	ck_assert_msg(disjoint.returned, "expected the disjoint reader not to wait");
-	for (int ms = 0; ms < 5000; ms++) {	/* until the overlapping reader sleeps */
-		notifier_object_stats(obj, &st);
-		if (st.read_waits)
-			break;
-		sleep_ms(1);
-	}
+	/* read_waits counts a reader as it starts to sleep. */
+	ck_assert_msg(test_wait_until(reader_asleep_or_returned, &overlap, TEST_WAIT_LIMIT_S),
+		      "expected the overlapping reader asleep in read_begin within %.0f s, read_waits %llu",
+		      TEST_WAIT_LIMIT_S, (unsigned long long)read_waits());
+	ck_assert_msg(!reader_returned(&overlap),
+		      "expected the overlapping reader to sleep until the end, it returned");
+	notifier_object_stats(obj, &st);
 	expect_eq("readers asleep in read_begin", 1, st.read_waits);
-	sleep_ms(20);
-	ck_assert_msg(!__atomic_load_n(&overlap.returned, __ATOMIC_ACQUIRE),
+	ck_assert_msg(test_stays_false(reader_returned, &overlap, 0.02),
 		      "expected the overlapping reader to sleep until the end, it returned");
 	notifier_invalidate_range_end(&r);
 	pthread_join(t1, NULL);

@@ -25,33 +25,22 @@
  * and at the end: F. every remaining mapping is current; G. the library's
  * counters equal the callbacks the subscribers saw; both modes were used.
  *
- * Size: UMBRA_TORTURE_OPS operations in total (default 1,000,000; under
- * ThreadSanitizer, whose slowdown is ~10x on this code, 200,000), split
- * evenly among the threads.  UMBRA_TORTURE_SEED fixes the seed (printed on
+ * Size: UMBRA_TORTURE_OPS operations in total (default 1,000,000), split
+ * evenly among the threads; the run fails if they take longer than
+ * TEST_TORTURE_LIMIT_S.  UMBRA_TORTURE_SEED fixes the seed (printed on
  * failure).
  */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "umbra/notifier.h"
+#include "test_util.h"
 #include "tests.h"
-
-#if defined(__SANITIZE_THREAD__)
-#define TORTURE_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TORTURE_TSAN 1
-#endif
-#endif
-#ifndef TORTURE_TSAN
-#define TORTURE_TSAN 0
-#endif
 
 #define NTHREADS 8
 #define NOBJ 2
@@ -62,25 +51,8 @@
 
 /* ---- failure reporting (threads record; the test thread asserts) ----- */
 
-static struct {
-	pthread_mutex_t lock;
-	unsigned long count;
-	char first[512];
-} failure = { .lock = PTHREAD_MUTEX_INITIALIZER };
-
-static void oracle_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void oracle_fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	pthread_mutex_lock(&failure.lock);
-	if (failure.count++ == 0) {
-		va_start(ap, fmt);
-		vsnprintf(failure.first, sizeof(failure.first), fmt, ap);
-		va_end(ap);
-	}
-	pthread_mutex_unlock(&failure.lock);
-}
+static struct test_failures failures;
+static double start_s;			/* for TEST_TORTURE_LIMIT_S */
 
 /* ---- model ------------------------------------------------------------ */
 
@@ -132,13 +104,7 @@ static __thread uint64_t rng_state;
 
 static uint64_t rnd(void)
 {
-	uint64_t x = rng_state;
-
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	rng_state = x;
-	return x;
+	return test_rnd(&rng_state);
 }
 
 static unsigned int rnd_below(unsigned int n)
@@ -164,7 +130,7 @@ static struct tinc *inc_of(struct notifier_subscription *sub)
 static void check_alive_locked(struct tinc *inc, const char *what)
 {
 	if (inc->released)
-		oracle_fail("E: %s after release", what);
+		test_fail(&failures, "E: %s after release", what);
 }
 
 static int c_start(struct notifier_subscription *sub, const struct notifier_range *r)
@@ -183,7 +149,7 @@ static int c_start(struct notifier_subscription *sub, const struct notifier_rang
 	for (uint64_t p = r->first; p <= r->last; p++)
 		s->map[p] = 0;
 	if (inc->nopen == MAX_OPEN)
-		oracle_fail("D: more than %d ranges open on one subscription", MAX_OPEN);
+		test_fail(&failures, "D: more than %d ranges open on one subscription", MAX_OPEN);
 	else
 		inc->open[inc->nopen++] = r;
 	umbra_mutex_unlock(&s->mmu_lock);
@@ -203,7 +169,7 @@ static void c_end(struct notifier_subscription *sub, const struct notifier_range
 		if (inc->open[i] == r)
 			break;
 	if (i == inc->nopen)
-		oracle_fail("D: invalidate_range_end without a successful start (pages %llu-%llu)",
+		test_fail(&failures, "D: invalidate_range_end without a successful start (pages %llu-%llu)",
 		     (unsigned long long)r->first, (unsigned long long)r->last);
 	else
 		inc->open[i] = inc->open[--inc->nopen];
@@ -219,7 +185,7 @@ static int c_page(struct notifier_subscription *sub, const struct notifier_range
 
 	__atomic_fetch_add(&seen[i].page, 1, __ATOMIC_RELAXED);
 	if (page < r->first || page > r->last)
-		oracle_fail("invalidate_page: page %llu outside its range", (unsigned long long)page);
+		test_fail(&failures, "invalidate_page: page %llu outside its range", (unsigned long long)page);
 	if (!notifier_range_may_block(r) && rnd_below(64) == 0) {
 		__atomic_fetch_add(&seen[i].eagain, 1, __ATOMIC_RELAXED);
 		return -EAGAIN;
@@ -266,7 +232,7 @@ static void c_release(struct notifier_subscription *sub, struct notifier_object 
 	umbra_mutex_lock(&s->mmu_lock);
 	check_alive_locked(inc, "release");
 	if (inc->nopen)
-		oracle_fail("D: release with %u ranges started and not ended", inc->nopen);
+		test_fail(&failures, "D: release with %u ranges started and not ended", inc->nopen);
 	memset(s->map, 0, sizeof(s->map));
 	inc->released = true;
 	inc->releases++;
@@ -303,18 +269,18 @@ static void op_subscribe(struct tslot *s)
 	int ret;
 
 	if (!inc) {
-		oracle_fail("out of memory");
+		test_fail(&failures, "out of memory");
 		return;
 	}
 	inc->slot = s;
 	umbra_mutex_lock(&s->mmu_lock);
 	for (int p = 0; p < NPAGES; p++)
 		if (s->map[p])
-			oracle_fail("E: free slot still maps page %d", p);
+			test_fail(&failures, "E: free slot still maps page %d", p);
 	umbra_mutex_unlock(&s->mmu_lock);
 	ret = notifier_subscribe(s->tobj->obj, &torture_ops, inc, &s->sub);
 	if (ret) {
-		oracle_fail("subscribe: expected 0, got %d", ret);
+		test_fail(&failures, "subscribe: expected 0, got %d", ret);
 		free(inc);
 		return;
 	}
@@ -335,7 +301,7 @@ static void op_unsubscribe(struct tslot *s)
 	notifier_unsubscribe(s->sub);
 	umbra_mutex_lock(&s->mmu_lock);
 	if (inc->releases != 1)
-		oracle_fail("E: expected 1 release when unsubscribe returns, got %u", inc->releases);
+		test_fail(&failures, "E: expected 1 release when unsubscribe returns, got %u", inc->releases);
 	s->state = SLOT_FREE;
 	umbra_mutex_unlock(&s->mmu_lock);
 	free(inc);	/* a later callback would be a use after free */
@@ -365,11 +331,11 @@ static void op_fault(struct tobj *t, struct tslot *s)
 		now = __atomic_load_n(&t->backing[page], __ATOMIC_ACQUIRE);
 		old = s->map[page];
 		if (v != now)
-			oracle_fail("A: stale install: page %llu resolved to version %llu, current %llu",
+			test_fail(&failures, "A: stale install: page %llu resolved to version %llu, current %llu",
 			     (unsigned long long)page, (unsigned long long)v,
 			     (unsigned long long)now);
 		if (old && old != now)
-			oracle_fail("B: page %llu still mapped at version %llu, current %llu (missed zap)",
+			test_fail(&failures, "B: page %llu still mapped at version %llu, current %llu (missed zap)",
 			     (unsigned long long)page, (unsigned long long)old,
 			     (unsigned long long)now);
 		s->map[page] = v;
@@ -398,7 +364,7 @@ static void op_invalidate(struct tobj *t)
 		return;
 	}
 	if (ret) {
-		oracle_fail("invalidate_range_start: expected 0, got %d", ret);
+		test_fail(&failures, "invalidate_range_start: expected 0, got %d", ret);
 		return;
 	}
 	__atomic_fetch_add(&tally.invalidations, 1, __ATOMIC_RELAXED);
@@ -410,7 +376,7 @@ static void op_invalidate(struct tobj *t)
 		if (s->state == SLOT_ATTACHED) {
 			for (uint64_t p = r.first; p <= r.last; p++)
 				if (s->map[p])
-					oracle_fail("C: after start, slot %d still maps page %llu", i,
+					test_fail(&failures, "C: after start, slot %d still maps page %llu", i,
 					     (unsigned long long)p);
 		}
 		umbra_mutex_unlock(&s->mmu_lock);
@@ -437,7 +403,7 @@ static void op_young(struct tobj *t)
 		ret = notifier_test_young(t->obj, rnd_below(NPAGES));
 	}
 	if (ret < 0)
-		oracle_fail("young: expected 0 or 1, got %d", ret);
+		test_fail(&failures, "young: expected 0 or 1, got %d", ret);
 	__atomic_fetch_add(&tally.young, 1, __ATOMIC_RELAXED);
 }
 
@@ -452,7 +418,8 @@ static void *worker(void *p)
 
 	rng_state = a->seed | 1;
 	notifier_thread_init();
-	for (unsigned long n = 0; n < a->ops; n++) {
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&failures, start_s, "worker", n, a->ops); n++) {
 		struct tobj *t = &tobjs[rnd_below(NOBJ)];
 		unsigned int dice = rnd_below(100);
 
@@ -488,22 +455,10 @@ static void *worker(void *p)
 	return NULL;
 }
 
-static unsigned long env_ulong(const char *name, unsigned long dflt)
-{
-	const char *v = getenv(name);
-	char *end;
-	unsigned long n;
-
-	if (!v || !*v)
-		return dflt;
-	n = strtoul(v, &end, 0);
-	return *end ? dflt : n;
-}
-
 START_TEST(test_torture_mixed_operations_never_install_stale_mappings)
 {
-	unsigned long total = env_ulong("UMBRA_TORTURE_OPS", DEFAULT_OPS);
-	uint64_t seed = env_ulong("UMBRA_TORTURE_SEED", (unsigned long)time(NULL));
+	unsigned long total = test_env_ulong("UMBRA_TORTURE_OPS", DEFAULT_OPS);
+	uint64_t seed = test_env_ulong("UMBRA_TORTURE_SEED", (unsigned long)time(NULL));
 	struct worker_arg args[NTHREADS];
 	pthread_t th[NTHREADS];
 	struct timespec t0, t1;
@@ -511,6 +466,7 @@ START_TEST(test_torture_mixed_operations_never_install_stale_mappings)
 	double secs;
 
 	notifier_thread_init();
+	test_failures_init(&failures);
 	memset(tobjs, 0, sizeof(tobjs));
 	memset(seen, 0, sizeof(seen));
 	memset(&tally, 0, sizeof(tally));
@@ -530,6 +486,7 @@ START_TEST(test_torture_mixed_operations_never_install_stale_mappings)
 	}
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
+	start_s = test_now_s();
 	for (int i = 0; i < NTHREADS; i++) {
 		args[i].ops = total / NTHREADS + (i < (int)(total % NTHREADS));
 		args[i].seed = seed * 0x9e3779b97f4a7c15ull + (uint64_t)i * 0xbf58476d1ce4e5b9ull;
@@ -547,7 +504,7 @@ START_TEST(test_torture_mixed_operations_never_install_stale_mappings)
 				uint64_t m = tobjs[i].slot[j].map[p];
 
 				if (m && m != tobjs[i].backing[p])
-					oracle_fail("F: object %d slot %d page %d maps version %llu, current %llu",
+					test_fail(&failures, "F: object %d slot %d page %d maps version %llu, current %llu",
 					     i, j, p, (unsigned long long)m,
 					     (unsigned long long)tobjs[i].backing[p]);
 			}
@@ -558,20 +515,20 @@ START_TEST(test_torture_mixed_operations_never_install_stale_mappings)
 
 		notifier_object_stats(tobjs[i].obj, &st);
 		if (st.cb_range_start != seen[i].range_start)
-			oracle_fail("G: object %d: cb_range_start %llu, subscribers saw %llu", i,
+			test_fail(&failures, "G: object %d: cb_range_start %llu, subscribers saw %llu", i,
 			     (unsigned long long)st.cb_range_start,
 			     (unsigned long long)seen[i].range_start);
 		if (st.cb_range_end != seen[i].range_end)
-			oracle_fail("G: object %d: cb_range_end %llu, subscribers saw %llu", i,
+			test_fail(&failures, "G: object %d: cb_range_end %llu, subscribers saw %llu", i,
 			     (unsigned long long)st.cb_range_end, (unsigned long long)seen[i].range_end);
 		if (st.cb_page != seen[i].page)
-			oracle_fail("G: object %d: cb_page %llu, subscribers saw %llu", i,
+			test_fail(&failures, "G: object %d: cb_page %llu, subscribers saw %llu", i,
 			     (unsigned long long)st.cb_page, (unsigned long long)seen[i].page);
 		if (st.cb_eagain != seen[i].eagain)
-			oracle_fail("G: object %d: cb_eagain %llu, subscribers answered %llu", i,
+			test_fail(&failures, "G: object %d: cb_eagain %llu, subscribers answered %llu", i,
 			     (unsigned long long)st.cb_eagain, (unsigned long long)seen[i].eagain);
 		if (st.starts != st.ends)
-			oracle_fail("G: object %d: %llu starts but %llu ends", i,
+			test_fail(&failures, "G: object %d: %llu starts but %llu ends", i,
 			     (unsigned long long)st.starts, (unsigned long long)st.ends);
 		by_mode[NOTIFIER_MODE_RANGE] += st.starts_by_mode[NOTIFIER_MODE_RANGE];
 		by_mode[NOTIFIER_MODE_PAGE] += st.starts_by_mode[NOTIFIER_MODE_PAGE];
@@ -586,10 +543,10 @@ START_TEST(test_torture_mixed_operations_never_install_stale_mappings)
 			if (!s->inc)
 				continue;
 			if (s->inc->releases != 1)
-				oracle_fail("E: destroy: expected 1 release, got %u", s->inc->releases);
+				test_fail(&failures, "E: destroy: expected 1 release, got %u", s->inc->releases);
 			notifier_unsubscribe(s->sub);
 			if (s->inc->releases != 1)
-				oracle_fail("E: unsubscribe after destroy released again (%u)", s->inc->releases);
+				test_fail(&failures, "E: unsubscribe after destroy released again (%u)", s->inc->releases);
 			free(s->inc);
 			s->inc = NULL;
 		}
@@ -610,8 +567,8 @@ START_TEST(test_torture_mixed_operations_never_install_stale_mappings)
 		(unsigned long long)tally.subscribes, (unsigned long long)tally.unsubscribes,
 		(unsigned long long)tally.young, (unsigned long long)tally.mode_switches);
 
-	ck_assert_msg(failure.count == 0, "seed %llu: %lu oracle failures; first: %s",
-		      (unsigned long long)seed, failure.count, failure.first);
+	ck_assert_msg(failures.count == 0, "seed %llu: %d oracle failures; first: %s",
+		      (unsigned long long)seed, failures.count, failures.first);
 	ck_assert_msg(tally.ops == total, "expected %lu operations, got %llu", total,
 		      (unsigned long long)tally.ops);
 	ck_assert_msg(by_mode[NOTIFIER_MODE_RANGE] > 0 && by_mode[NOTIFIER_MODE_PAGE] > 0,
@@ -629,7 +586,9 @@ Suite *notifier_torture_suite(void)
 	Suite *s = suite_create("notifier_torture");
 	TCase *tc = tcase_create("torture");
 
-	tcase_set_timeout(tc, TORTURE_TSAN ? 300 : 120);
+	/* The run fails itself at TEST_TORTURE_LIMIT_S; Check's timeout is a
+	 * backstop for a hang. */
+	tcase_set_timeout(tc, TEST_TORTURE_LIMIT_S + 60);
 	tcase_add_test(tc, test_torture_mixed_operations_never_install_stale_mappings);
 	suite_add_tcase(s, tc);
 	return s;

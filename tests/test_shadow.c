@@ -151,16 +151,17 @@ END_TEST
 #define GPA_C (GM_DATA + 13 * GM_PAGE)
 #define UW (SPTE_WRITABLE | SPTE_USER)
 
-static struct shadow_vcpu *vcpu_new(struct gm *gm, unsigned int tlb, uint64_t cr3)
+/*
+ * The common fixture: a guest machine of 1024 pages whose one address space
+ * (*@cr3) maps VA1 -> GPA_A, user and writable, and a vCPU on it with @tlb
+ * TLB entries.
+ */
+static struct shadow_vcpu *va1_vm(struct gm *gm, unsigned int tlb, uint64_t *cr3)
 {
-	struct shadow_vcpu_config cfg = { .tlb_entries = tlb };
-	struct shadow_vcpu *v;
-
-	/* The vCPU's walk is an RCU reader: the accessing thread registers. */
-	ck_assert_int_eq(notifier_thread_init(), 0);
-	ck_assert_int_eq(shadow_vcpu_create(gm->mmu, &cfg, &v), 0);
-	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3), 0);
-	return v;
+	gm_init(gm, 1024);
+	*cr3 = gm_table(gm);
+	gm_map(gm, *cr3, VA1, GPA_A, 1, UW);
+	return sh_vcpu(gm->mmu, tlb, *cr3);
 }
 
 /* Access with fault-in; asserts success and returns the guest-physical
@@ -175,23 +176,14 @@ static uint64_t reach(struct shadow_vcpu *v, uint64_t va, unsigned int access)
 	return res.mpa;
 }
 
-static void assert_check(struct gm *gm)
-{
-	int ret = shadow_mmu_check(gm->mmu);
-
-	ck_assert_msg(ret == 0, "shadow_mmu_check: expected 0, got %d", ret);
-}
-
 START_TEST(test_fault_installs_translation_that_vcpu_reaches)
 {
 	struct shadow_vcpu_result res;
 	struct gm gm;
 	uint32_t ec = 0;
 
-	gm_init(&gm, 1024);
-	uint64_t cr3 = gm_table(&gm);
-	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+	uint64_t cr3;
+	struct shadow_vcpu *v = va1_vm(&gm, 64, &cr3);
 
 	/* The shadow is empty: the CPU raises a not-present fault. */
 	ck_assert_int_eq(shadow_vcpu_access(v, VA1 + 8, SHADOW_ACCESS_USER, &res), -EFAULT);
@@ -209,7 +201,7 @@ START_TEST(test_fault_installs_translation_that_vcpu_reaches)
 			      "level %d: expected 1 table, got %zu", level,
 			      shadow_pool_pages_in_use(gm.pool, level));
 	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 1);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 }
@@ -219,10 +211,8 @@ START_TEST(test_descriptors_record_role_use_count_and_users)
 {
 	struct gm gm;
 
-	gm_init(&gm, 1024);
-	uint64_t cr3 = gm_table(&gm);
-	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 0, cr3);
+	uint64_t cr3;
+	struct shadow_vcpu *v = va1_vm(&gm, 0, &cr3);
 
 	reach(v, VA1, 0);
 	/* Follow the shadow path by hand and compare each descriptor with the
@@ -287,7 +277,7 @@ START_TEST(test_fault_reflects_guest_own_fault_with_error_code)
 	gm_entry(&gm, cr3, VA1, 1);
 	if (guest_faults[_i].flags)
 		gm_write(&gm, gm_entry(&gm, cr3, VA1, 1), GPA_A | guest_faults[_i].flags);
-	struct shadow_vcpu *v = vcpu_new(&gm, 8, cr3);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 8, cr3);
 	int ret = shadow_mmu_fault(gm.mmu, cr3, VA1, guest_faults[_i].access, &ec);
 
 	ck_assert_msg(ret == SHADOW_FAULT_GUEST, "%s: expected the guest's fault, got %d",
@@ -312,7 +302,7 @@ START_TEST(test_fault_errors_for_unbacked_gpa_and_missing_root)
 	uint64_t cr3 = gm_table(&gm);
 	gm_map(&gm, cr3, VA1, 1024 * GM_PAGE, 1, UW); /* beyond RAM: MMIO */
 	gm_map(&gm, cr3, VA2, GPA_A, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 8, cr3);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 8, cr3);
 	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1, 0, &ec), -EFAULT);
 	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, 0x0000800000000000ull, 0, &ec), -EINVAL);
 	uint64_t other = gm_table(&gm);
@@ -334,7 +324,7 @@ START_TEST(test_read_fault_maps_read_only_until_guest_dirty_is_set)
 	uint64_t cr3 = gm_table(&gm);
 	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
 	uint64_t pte = gm_entry(&gm, cr3, VA1, 1);
-	struct shadow_vcpu *v = vcpu_new(&gm, 8, cr3);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 8, cr3);
 
 	reach(v, VA1, SHADOW_ACCESS_USER);
 	ck_assert_msg(gm_read(&gm, pte) & SPTE_ACCESSED, "a fault walk sets the guest's A");
@@ -349,7 +339,7 @@ START_TEST(test_read_fault_maps_read_only_until_guest_dirty_is_set)
 	ck_assert_msg(gm_read(&gm, pte) & SPTE_DIRTY, "a write fault sets the guest's D");
 	ck_assert_int_eq(shadow_vcpu_access(v, VA1, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE, &res), 0);
 	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 1);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 }
@@ -363,7 +353,7 @@ START_TEST(test_invlpg_removes_stale_translation_from_every_vcpu)
 	gm_init(&gm, 1024);
 	uint64_t cr3 = gm_table(&gm);
 	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
-	struct shadow_vcpu *v0 = vcpu_new(&gm, 64, cr3), *v1 = vcpu_new(&gm, 64, cr3);
+	struct shadow_vcpu *v0 = sh_vcpu(gm.mmu, 64, cr3), *v1 = sh_vcpu(gm.mmu, 64, cr3);
 
 	ck_assert_uint_eq(reach(v0, VA1, 0), GPA_A);
 	ck_assert_uint_eq(reach(v1, VA1, 0), GPA_A);
@@ -378,7 +368,7 @@ START_TEST(test_invlpg_removes_stale_translation_from_every_vcpu)
 	ck_assert_uint_eq(reach(v1, VA1, 0), GPA_B);
 	ck_assert_uint_eq(reach(v0, VA1, 0), GPA_B);
 	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 0);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v0);
 	shadow_vcpu_destroy(v1);
 	gm_fini(&gm);
@@ -389,10 +379,8 @@ START_TEST(test_invlpg_drops_shadow_table_of_replaced_guest_table)
 {
 	struct gm gm;
 
-	gm_init(&gm, 1024);
-	uint64_t cr3 = gm_table(&gm);
-	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+	uint64_t cr3;
+	struct shadow_vcpu *v = va1_vm(&gm, 64, &cr3);
 
 	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
 	/* The guest points the PDE at a new page table mapping VA1 to C. */
@@ -405,7 +393,7 @@ START_TEST(test_invlpg_drops_shadow_table_of_replaced_guest_table)
 	shadow_mmu_stats(gm.mmu, &st);
 	ck_assert_uint_ge(st.tables_freed, 1);
 	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 1), 1);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 }
@@ -422,7 +410,7 @@ START_TEST(test_cr3_load_syncs_cached_root_and_keeps_valid_entries)
 	gm_map(&gm, x, VA1, GPA_A, 1, UW);
 	gm_map(&gm, x, VA2, GPA_C, 1, UW);
 	gm_map(&gm, y, VA1, GPA_C, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 64, x);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 64, x);
 
 	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
 	ck_assert_uint_eq(reach(v, VA2, 0), GPA_C);
@@ -439,7 +427,7 @@ START_TEST(test_cr3_load_syncs_cached_root_and_keeps_valid_entries)
 	ck_assert_uint_eq(res.mpa, GPA_C);
 	shadow_mmu_stats(gm.mmu, &after);
 	ck_assert_uint_eq(after.faults - before.faults, 1);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 }
@@ -450,10 +438,8 @@ START_TEST(test_full_flush_syncs_changed_permissions)
 	struct shadow_vcpu_result res;
 	struct gm gm;
 
-	gm_init(&gm, 1024);
-	uint64_t cr3 = gm_table(&gm);
-	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+	uint64_t cr3;
+	struct shadow_vcpu *v = va1_vm(&gm, 64, &cr3);
 
 	reach(v, VA1, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE);
 	/* The guest write-protects VA1 and makes its PDE supervisor-only. */
@@ -471,7 +457,7 @@ START_TEST(test_full_flush_syncs_changed_permissions)
 	ck_assert_int_eq(shadow_vcpu_access_fault_in(v, VA1, SHADOW_ACCESS_USER, &res), -EFAULT);
 	ck_assert_uint_eq(res.error_code, SHADOW_PFERR_PRESENT | SHADOW_PFERR_USER);
 	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 }
@@ -488,7 +474,7 @@ START_TEST(test_root_cache_is_bounded_and_evicts_lru_unpinned_root)
 		cr3[i] = gm_table(&gm);
 		gm_map(&gm, cr3[i], VA1, GPA_A + (uint64_t)i * GM_PAGE, 1, UW);
 	}
-	struct shadow_vcpu *v = vcpu_new(&gm, 8, cr3[0]);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 8, cr3[0]);
 	for (int round = 0; round < 2; round++) {
 		for (int i = 0; i < 3; i++) {
 			ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3[i]), 0);
@@ -499,14 +485,14 @@ START_TEST(test_root_cache_is_bounded_and_evicts_lru_unpinned_root)
 	shadow_mmu_stats(gm.mmu, &st);
 	ck_assert_uint_eq(st.root_evictions, 4);
 	/* Two vCPUs pin two roots: a third CR3 finds no root to evict. */
-	struct shadow_vcpu *w = vcpu_new(&gm, 8, cr3[0]);
+	struct shadow_vcpu *w = sh_vcpu(gm.mmu, 8, cr3[0]);
 	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3[1]), 0);
 	struct shadow_vcpu_config cfg = { .tlb_entries = 8 };
 	struct shadow_vcpu *x;
 	ck_assert_int_eq(shadow_vcpu_create(gm.mmu, &cfg, &x), 0);
 	ck_assert_int_eq(shadow_vcpu_load_cr3(x, cr3[2]), -EBUSY);
 	ck_assert_uint_eq(reach(w, VA1, 0), GPA_A);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(x);
 	shadow_vcpu_destroy(w);
 	shadow_vcpu_destroy(v);
@@ -522,7 +508,7 @@ START_TEST(test_guest_2m_page_is_shadowed_by_4k_entries)
 	gm_init(&gm, 2048); /* 8 MiB */
 	uint64_t cr3 = gm_table(&gm);
 	gm_map(&gm, cr3, va, frame, 2, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 64, cr3);
 
 	ck_assert_uint_eq(reach(v, va + 0x3123, 0), frame + 0x3123);
 	ck_assert_uint_eq(reach(v, va + 0x1ff008, SHADOW_ACCESS_USER), frame + 0x1ff008);
@@ -537,7 +523,7 @@ START_TEST(test_guest_2m_page_is_shadowed_by_4k_entries)
 	/* A write to the clean large page re-creates the table writable. */
 	ck_assert_uint_eq(reach(v, va + 0x10, SHADOW_ACCESS_WRITE), frame2 + 0x10);
 	ck_assert_msg(gm_read(&gm, gm_entry(&gm, cr3, va, 2)) & SPTE_DIRTY, "expected D on the PDE");
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 }
@@ -552,14 +538,14 @@ START_TEST(test_guest_1g_page_is_shadowed_by_4k_entries)
 	gm_init(&gm, 2048); /* the 1 GiB page at 0 is backed for its first 8 MiB */
 	uint64_t cr3 = gm_table(&gm);
 	gm_map(&gm, cr3, va, 0, 3, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 64, cr3);
 
 	ck_assert_uint_eq(reach(v, va + GPA_A + 0x18, 0), GPA_A + 0x18);
 	ck_assert_uint_eq(reach(v, va + 0x201000, 0), 0x201000);
 	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 2), 1);
 	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 1), 2);
 	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, va + 0x800000, 0, &ec), -EFAULT);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 }
@@ -575,13 +561,13 @@ START_TEST(test_zap_range_removes_every_alias_of_backing_page)
 	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
 	gm_map(&gm, cr3, VA2, GPA_A, 1, UW);
 	gm_map(&gm, cr3, 0xffff800000000000ull, GPA_A, 1, SPTE_WRITABLE);
-	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 64, cr3);
 
 	reach(v, VA1, 0);
 	reach(v, VA2, 0);
 	reach(v, 0xffff800000000000ull, 0);
 	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 3);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	ck_assert_int_eq(shadow_mmu_zap_range(gm.mmu, gm.slot, GPA_A / GM_PAGE, GPA_A / GM_PAGE), 3);
 	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 0);
 	ck_assert_int_eq(shadow_vcpu_access(v, VA1, 0, &res), -EFAULT);
@@ -589,7 +575,7 @@ START_TEST(test_zap_range_removes_every_alias_of_backing_page)
 	ck_assert_int_eq(shadow_vcpu_access(v, 0xffff800000000000ull, 0, &res), -EFAULT);
 	ck_assert_int_eq(shadow_mmu_zap_range(gm.mmu, gm.slot, 5, 4), -EINVAL);
 	ck_assert_int_eq(shadow_mmu_zap_range(gm.mmu, 7, 0, 0), -EINVAL);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 }
@@ -612,6 +598,25 @@ static void *fault_thread_fn(void *arg)
 	return NULL;
 }
 
+static bool fault_done(void *p)
+{
+	return __atomic_load_n(&((struct fault_thread *)p)->done, __ATOMIC_ACQUIRE);
+}
+
+static uint64_t ram_read_waits(struct gm *gm)
+{
+	struct notifier_stats st;
+
+	notifier_object_stats(gm->ram, &st);
+	return st.read_waits;
+}
+
+/* Has the fault thread @ft slept in notifier_read_begin, or returned? */
+static bool fault_asleep_or_done(void *ft)
+{
+	return fault_done(ft) || ram_read_waits(((struct fault_thread *)ft)->gm) > 0;
+}
+
 /* Run in both delivery modes: range start/end, and per-page (2008). */
 START_TEST(test_invalidate_range_start_unmaps_and_flushes_before_return)
 {
@@ -627,7 +632,7 @@ START_TEST(test_invalidate_range_start_unmaps_and_flushes_before_return)
 	uint64_t cr3 = gm_table(&gm);
 	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
 	gm_map(&gm, cr3, VA2, GPA_B, 1, UW);
-	struct shadow_vcpu *v0 = vcpu_new(&gm, 64, cr3), *v1 = vcpu_new(&gm, 64, cr3);
+	struct shadow_vcpu *v0 = sh_vcpu(gm.mmu, 64, cr3), *v1 = sh_vcpu(gm.mmu, 64, cr3);
 	reach(v0, VA1, 0);
 	reach(v1, VA1, 0);
 	reach(v1, VA2, 0);
@@ -643,15 +648,21 @@ START_TEST(test_invalidate_range_start_unmaps_and_flushes_before_return)
 	/* A fault on the range waits for its end instead of mapping it. */
 	struct fault_thread ft = { .gm = &gm, .cr3 = cr3, .va = VA1 };
 	ck_assert_int_eq(pthread_create(&t, NULL, fault_thread_fn, &ft), 0);
-	usleep(50000);
-	ck_assert_msg(!__atomic_load_n(&ft.done, __ATOMIC_ACQUIRE),
+	/* The fault resolves page A with notifier_read_begin, which sleeps
+	 * (and counts a read_wait) while A's invalidation is in progress. */
+	ck_assert_msg(test_wait_until(fault_asleep_or_done, &ft, TEST_WAIT_LIMIT_S),
+		      "expected the fault asleep in notifier_read_begin within %.0f s, read_waits %llu",
+		      TEST_WAIT_LIMIT_S, (unsigned long long)ram_read_waits(&gm));
+	ck_assert_msg(!fault_done(&ft), "a fault completed while its page's invalidation was in progress");
+	ck_assert_uint_eq(ram_read_waits(&gm), 1);
+	ck_assert_msg(test_stays_false(fault_done, &ft, 0.02),
 		      "a fault completed while its page's invalidation was in progress");
 	ck_assert_int_eq(shadow_vcpu_access(v0, VA1, 0, &res), -EFAULT);
 	notifier_invalidate_range_end(&range);
 	ck_assert_int_eq(pthread_join(t, NULL), 0);
 	ck_assert_int_eq(ft.ret, SHADOW_FAULT_FIXED);
 	ck_assert_uint_eq(reach(v0, VA1, 0), GPA_A);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v0);
 	shadow_vcpu_destroy(v1);
 	gm_fini(&gm);
@@ -691,7 +702,7 @@ START_TEST(test_fault_retries_when_invalidation_begins_during_resolution)
 	get_page_calls = 0;
 	uint64_t cr3 = gm_table(&gm);
 	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 8, cr3);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 8, cr3);
 	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1, 0, &ec), SHADOW_FAULT_FIXED);
 	shadow_mmu_stats(gm.mmu, &st);
 	ck_assert_msg(st.retries == 1, "expected 1 retry, got %llu", (unsigned long long)st.retries);
@@ -747,10 +758,8 @@ START_TEST(test_p2m_redirect_zaps_old_backing_page)
 	struct shadow_vcpu_result res;
 	struct gm gm;
 
-	gm_init(&gm, 1024);
-	uint64_t cr3 = gm_table(&gm);
-	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+	uint64_t cr3;
+	struct shadow_vcpu *v = va1_vm(&gm, 64, &cr3);
 
 	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
 	/* Copy-on-write style: gfn A is now backed by page C of the object. */
@@ -765,7 +774,7 @@ START_TEST(test_p2m_redirect_zaps_old_backing_page)
 	ck_assert_int_eq(shadow_mmu_map_gpa(gm.mmu, GPA_A, 1, -1, 0), 0);
 	ck_assert_int_eq(shadow_mmu_p2m_lookup(gm.mmu, GPA_A, &mpa, NULL), -EFAULT);
 	ck_assert_int_eq(shadow_mmu_map_gpa(gm.mmu, 1023 * GM_PAGE, 2, gm.slot, 0), -EINVAL);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 }
@@ -778,10 +787,8 @@ START_TEST(test_young_tracks_faults_and_clear_forces_refault)
 	uint64_t page = GPA_A / GM_PAGE;
 
 	ck_assert_int_eq(notifier_thread_init(), 0);
-	gm_init(&gm, 1024);
-	uint64_t cr3 = gm_table(&gm);
-	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+	uint64_t cr3;
+	struct shadow_vcpu *v = va1_vm(&gm, 64, &cr3);
 
 	ck_assert_int_eq(notifier_test_young(gm.ram, page), 0);
 	reach(v, VA1, 0);
@@ -810,7 +817,7 @@ START_TEST(test_object_release_unmaps_everything_and_refuses_faults)
 	uint64_t cr3 = gm_table(&gm);
 	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
 	gm_map(&gm, cr3, VA2, GPA_B, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 64, cr3);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 64, cr3);
 	reach(v, VA1, 0);
 	reach(v, VA2, 0);
 	notifier_object_destroy(gm.ram);
@@ -836,12 +843,12 @@ START_TEST(test_pool_exhaustion_zaps_everything_and_recovers)
 	uint64_t cr3 = gm_table(&gm);
 	for (uint64_t i = 0; i < 4; i++)
 		gm_map(&gm, cr3, i << 39, GPA_A + i * GM_PAGE, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 0, cr3);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 0, cr3);
 	for (int round = 0; round < 3; round++)
 		for (uint64_t i = 0; i < 4; i++)
 			ck_assert_uint_eq(reach(v, i << 39, 0), GPA_A + i * GM_PAGE);
 	ck_assert_uint_le(shadow_pool_pages_in_use(gm.pool, 0), 8);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 }
@@ -872,10 +879,22 @@ static void *rcu_reader_thread(void *p)
 	return NULL;
 }
 
+/* Allocates a level-1 table from @gm's pool: false if it answered -ENOMEM;
+ * true for anything else (a page, given back at once, or another error). */
+static bool pool_alloc_not_enomem(void *p)
+{
+	struct gm *gm = p;
+	uint64_t gpa;
+	int ret = shadow_pool_alloc(gm->pool, 1, &gpa);
+
+	if (ret == 0)
+		ck_assert_int_eq(shadow_pool_free(gm->pool, gpa), 0);
+	return ret != -ENOMEM;
+}
+
 START_TEST(test_freed_tables_are_not_reused_until_readers_leave)
 {
 	struct rcu_reader r = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
-	struct timespec wait = { .tv_nsec = 50 * 1000 * 1000 };
 	uint64_t gpa[3];
 	pthread_t thr;
 	struct gm gm;
@@ -884,7 +903,7 @@ START_TEST(test_freed_tables_are_not_reused_until_readers_leave)
 	gm_init_full(&gm, 1024, NULL, 4, 0, NULL, NULL, NULL);
 	uint64_t cr3 = gm_table(&gm);
 	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 0, cr3);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 0, cr3);
 	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
 	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 0), 4);
 	ck_assert_int_eq(pthread_create(&thr, NULL, rcu_reader_thread, &r), 0);
@@ -898,10 +917,11 @@ START_TEST(test_freed_tables_are_not_reused_until_readers_leave)
 		      "expected 1 page in use after the zap, got %zu",
 		      shadow_pool_pages_in_use(gm.pool, 0));
 	/* ...but not reusable while a reader that began before may read them,
-	 * however long it stays. */
-	nanosleep(&wait, NULL);
+	 * however long it stays (checked at once, then for 50 ms more). */
 	ck_assert_msg(shadow_pool_alloc(gm.pool, 1, &gpa[0]) == -ENOMEM,
 		      "expected -ENOMEM while a reader is inside, got a page");
+	ck_assert_msg(test_stays_false(pool_alloc_not_enomem, &gm, 0.05),
+		      "expected -ENOMEM while a reader is inside for 50 ms, got a page");
 	pthread_mutex_lock(&r.lock);
 	r.leave = true;
 	pthread_cond_broadcast(&r.cond);
@@ -917,7 +937,7 @@ START_TEST(test_freed_tables_are_not_reused_until_readers_leave)
 		ck_assert_int_eq(shadow_pool_free(gm.pool, gpa[k]), 0);
 	/* And the vCPU faults its way back. */
 	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 }
@@ -1021,7 +1041,7 @@ START_TEST(test_vcpu_tlb_size_is_configurable)
 	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
 	gm_map(&gm, cr3, VA2, GPA_B, 1, UW);
 	for (unsigned int k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
-		struct shadow_vcpu *v = vcpu_new(&gm, sizes[k].entries, cr3);
+		struct shadow_vcpu *v = sh_vcpu(gm.mmu, sizes[k].entries, cr3);
 
 		reach(v, VA1, 0);
 		reach(v, VA2, 0);
@@ -1048,10 +1068,8 @@ START_TEST(test_vcpu_refuses_shadow_entry_without_preset_accessed)
 	struct shadow_vcpu_result res;
 	struct gm gm;
 
-	gm_init(&gm, 1024);
-	uint64_t cr3 = gm_table(&gm);
-	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
-	struct shadow_vcpu *v = vcpu_new(&gm, 0, cr3);
+	uint64_t cr3;
+	struct shadow_vcpu *v = va1_vm(&gm, 0, &cr3);
 	reach(v, VA1, SHADOW_ACCESS_WRITE);
 	/* Find the shadow leaf and clear its A: the CPU would have to write
 	 * the read-only pool, which the model reports. */
@@ -1069,7 +1087,7 @@ START_TEST(test_vcpu_refuses_shadow_entry_without_preset_accessed)
 	ck_assert_int_eq(shadow_vcpu_access(v, VA1, 0, &res), 0);
 	ck_assert_int_eq(shadow_vcpu_access(v, VA1, SHADOW_ACCESS_WRITE, &res), -EROFS);
 	*leaf |= SPTE_DIRTY;
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 }
@@ -1087,14 +1105,14 @@ START_TEST(test_teardown_frees_every_table_of_many_roots)
 			gm_map(&gm, cr3, (i << 30) | (i << 21) | (i << 12), GM_DATA + i * GM_PAGE, 1,
 			       UW);
 		if (!v)
-			v = vcpu_new(&gm, 16, cr3);
+			v = sh_vcpu(gm.mmu, 16, cr3);
 		else
 			ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3), 0);
 		for (uint64_t i = 0; i < 16; i++)
 			reach(v, (i << 30) | (i << 21) | (i << 12), 0);
 	}
 	ck_assert_uint_gt(shadow_pool_pages_in_use(gm.pool, 0), 4 * 32);
-	assert_check(&gm);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm); /* asserts the pool is empty */
 }

@@ -1,5 +1,5 @@
 /*
- * shadow/ sharing across VMs (issue 5): clone by use count, privatize,
+ * shadow/ sharing across VMs: clone by use count, privatize,
  * copy-on-write of data and of guest tables, the pmd-rmap reaching every
  * sharer's vCPUs on eviction, canonical segment tables, exactly-once
  * teardown.  docs/sharing.md is the design; test_shadow_share_torture.c the
@@ -103,6 +103,22 @@ static void *write_u64(struct shadow_vcpu *v, uint64_t va, uint64_t val)
 	return res.host;
 }
 
+/*
+ * A family whose parent's tables are filled (its vCPU *@vp, with @tlb TLB
+ * entries, has read every data page) before the clone; *@vc runs on the
+ * child.
+ */
+static void fam_init_cloned(struct fam *f, unsigned int tlb, struct shadow_vcpu **vp,
+			    struct shadow_vcpu **vc)
+{
+	fam_init(f, NDATA);
+	*vp = sh_vcpu(f->gm.mmu, tlb, f->cr3);
+	for (uint64_t i = 0; i < NDATA; i++)
+		read_u64(*vp, VA_BASE + i * GM_PAGE, NULL);
+	fam_clone(f);
+	*vc = sh_vcpu(f->child, tlb, f->cr3);
+}
+
 START_TEST(test_clone_copies_only_roots_and_shares_lower_tables)
 {
 	struct shadow_mmu_stats st;
@@ -151,14 +167,9 @@ START_TEST(test_first_write_copies_page_for_the_writer_only)
 	struct shadow_mmu_stats st;
 	struct fam f;
 	void *host, *whost;
+	struct shadow_vcpu *vp, *vc;
 
-	fam_init(&f, NDATA);
-	struct shadow_vcpu *vp = sh_vcpu(f.gm.mmu, 64, f.cr3);
-
-	for (uint64_t i = 0; i < NDATA; i++)
-		read_u64(vp, VA_BASE + i * GM_PAGE, NULL);
-	fam_clone(&f);
-	struct shadow_vcpu *vc = sh_vcpu(f.child, 64, f.cr3);
+	fam_init_cloned(&f, 64, &vp, &vc);
 	struct shadow_vcpu *writer = _i ? vp : vc, *other = _i ? vc : vp;
 	struct shadow_mmu *wmmu = _i ? f.gm.mmu : f.child;
 
@@ -269,14 +280,9 @@ START_TEST(test_racing_unsharers_both_copy_and_tables_are_freed_once)
 	for (int round = 0; round < 10; round++) {
 		struct fam f;
 		pthread_t t[2];
+		struct shadow_vcpu *vp, *vc;
 
-		fam_init(&f, NDATA);
-		struct shadow_vcpu *vp = sh_vcpu(f.gm.mmu, 16, f.cr3);
-
-		for (uint64_t i = 0; i < NDATA; i++)
-			read_u64(vp, VA_BASE + i * GM_PAGE, NULL);
-		fam_clone(&f);
-		struct shadow_vcpu *vc = sh_vcpu(f.child, 16, f.cr3);
+		fam_init_cloned(&f, 16, &vp, &vc);
 		struct writer_arg a[2] = { { vp, 0, 0xa0000 }, { vc, 1, 0xc0000 } };
 
 		/* Both privatize the same shared tables at once. */
@@ -307,14 +313,9 @@ END_TEST
 START_TEST(test_parent_destroy_leaves_clone_its_shared_tables)
 {
 	struct fam f;
+	struct shadow_vcpu *vp, *vc;
 
-	fam_init(&f, NDATA);
-	struct shadow_vcpu *vp = sh_vcpu(f.gm.mmu, 16, f.cr3);
-
-	for (uint64_t i = 0; i < NDATA; i++)
-		read_u64(vp, VA_BASE + i * GM_PAGE, NULL);
-	fam_clone(&f);
-	struct shadow_vcpu *vc = sh_vcpu(f.child, 16, f.cr3);
+	fam_init_cloned(&f, 16, &vp, &vc);
 	size_t before = shadow_pool_pages_in_use(f.pool, 0);
 
 	shadow_vcpu_destroy(vp);
@@ -339,14 +340,9 @@ END_TEST
 START_TEST(test_clone_guest_table_write_is_private_to_the_clone)
 {
 	struct fam f;
+	struct shadow_vcpu *vp, *vc;
 
-	fam_init(&f, NDATA);
-	struct shadow_vcpu *vp = sh_vcpu(f.gm.mmu, 16, f.cr3);
-
-	for (uint64_t i = 0; i < NDATA; i++)
-		read_u64(vp, VA_BASE + i * GM_PAGE, NULL);
-	fam_clone(&f);
-	struct shadow_vcpu *vc = sh_vcpu(f.child, 16, f.cr3);
+	fam_init_cloned(&f, 16, &vp, &vc);
 	uint64_t va = VA_BASE + 2 * GM_PAGE, pte = gm_entry(&f.gm, f.cr3, va, 1);
 
 	ck_assert_uint_eq(read_u64(vc, va, NULL), 0x1002);
@@ -796,45 +792,10 @@ struct race {
 	char what[160];			/* the case, for messages */
 	unsigned int iter;
 	uint64_t seed;
-	pthread_barrier_t start;
-	unsigned int nthreads, arrived;	/* the start gate (arrived: atomic) */
+	struct test_gate start;		/* every racing thread passes it first */
 	int leaving;			/* atomic: VMs still leaving */
 	struct test_failures fails;
 };
-
-static void race_fail(struct race *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-/* From any thread (a Check assertion must not fire outside the test's own):
- * kept for the main thread to report. */
-static void race_fail(struct race *r, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	test_failures_vadd(&r->fails, fmt, ap);
-	va_end(ap);
-}
-
-/*
- * Every racing thread starts here: a barrier (sleeping while the others are
- * created), then a spin until all have woken, so that those on a CPU leave
- * the gate together rather than one wake-up apart.
- */
-static void race_start(struct race *r)
-{
-	pthread_barrier_wait(&r->start);
-	__atomic_add_fetch(&r->arrived, 1, __ATOMIC_ACQ_REL);
-	while (__atomic_load_n(&r->arrived, __ATOMIC_ACQUIRE) < r->nthreads)
-		sched_yield();
-}
-
-static uint64_t race_rnd(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
 
 /* Touched page @p: on path p % RACE_PATHS (PML4 slot 1 + path), page
  * p / RACE_PATHS of it. */
@@ -873,10 +834,10 @@ static void race_touch(struct race *r, struct race_vm *vm, uint64_t first, uint6
 		int ret = shadow_vcpu_access64_fault_in(vm->v, race_va(p), SHADOW_ACCESS_USER, &val, &res);
 
 		if (ret)
-			race_fail(r, "%s, iteration %u: VM %d reads page %llu: expected 0, got %d",
+			test_fail(&r->fails, "%s, iteration %u: VM %d reads page %llu: expected 0, got %d",
 				  r->what, r->iter, vm->k, (unsigned long long)p, ret);
 		else if (val != want)
-			race_fail(r, "%s, iteration %u: VM %d page %llu: expected %#llx, got %#llx%s",
+			test_fail(&r->fails, "%s, iteration %u: VM %d page %llu: expected %#llx, got %#llx%s",
 				  r->what, r->iter, vm->k, (unsigned long long)p,
 				  (unsigned long long)want, (unsigned long long)val,
 				  val == RACE_POISON64 ? " (evicted)" : "");
@@ -1020,16 +981,16 @@ static void *race_leaver_thread(void *p)
 	uint64_t reach = r->c->swap == SWAP_NONE ? 2 : RACE_PAGES;
 
 	notifier_thread_init();
-	race_start(r);
+	test_gate_pass(&r->start);
 	if (r->c->leave == LEAVE_DESTROY) {
-		race_touch(r, vm, race_rnd(&seed), race_rnd(&seed) % reach);
+		race_touch(r, vm, test_rnd(&seed), test_rnd(&seed) % reach);
 		shadow_vcpu_destroy(vm->v);
 		vm->v = NULL;
 		shadow_mmu_destroy(vm->mmu);
 		vm->mmu = NULL;
 	} else {
 		for (int round = 0; round < RACE_REJOINS; round++) {
-			race_touch(r, vm, race_rnd(&seed), race_rnd(&seed) % reach);
+			race_touch(r, vm, test_rnd(&seed), test_rnd(&seed) % reach);
 			shadow_mmu_zap_all(vm->mmu);
 		}
 		race_touch(r, vm, 0, RACE_PAGES);
@@ -1052,15 +1013,15 @@ static void *race_swapper_thread(void *p)
 	uint64_t seed = r->seed;
 
 	notifier_thread_init();
-	race_start(r);
+	test_gate_pass(&r->start);
 	for (unsigned int n = 0; n < RACE_MIN_SWAPS || race_others_leaving(r); n++) {
-		uint64_t page = race_obj_page(r, race_rnd(&seed) % RACE_PAGES);
+		uint64_t page = race_obj_page(r, test_rnd(&seed) % RACE_PAGES);
 
 		if (r->c->swap == SWAP_EVICT) {
 			int ret = shadow_store_evict(r->obj.store, page);
 
 			if (ret && ret != -EALREADY)
-				race_fail(r, "%s, iteration %u: evict page %llu: expected 0 or "
+				test_fail(&r->fails, "%s, iteration %u: evict page %llu: expected 0 or "
 					  "-EALREADY, got %d", r->what, r->iter, (unsigned long long)page,
 					  ret);
 		} else {
@@ -1068,7 +1029,7 @@ static void *race_swapper_thread(void *p)
 							page + RACE_ZAP_PAGES - 1);
 
 			if (ret < 0)
-				race_fail(r, "%s, iteration %u: zap_range from page %llu: expected "
+				test_fail(&r->fails, "%s, iteration %u: zap_range from page %llu: expected "
 					  ">= 0, got %ld", r->what, r->iter, (unsigned long long)page, ret);
 		}
 	}
@@ -1083,7 +1044,7 @@ static void *race_reader_thread(void *p)
 	struct race *r = vm->r;
 
 	notifier_thread_init();
-	race_start(r);
+	test_gate_pass(&r->start);
 	for (unsigned int n = 0; n < RACE_MIN_READS || race_others_leaving(r); n++)
 		race_touch(r, vm, n, 1);
 	notifier_thread_exit();
@@ -1163,9 +1124,7 @@ static void race_iteration(struct race *r)
 	int leavers = l->nvms - (r->c->survivor >= 0);
 
 	race_setup(r);
-	r->nthreads = (unsigned int)leavers + (r->c->swap != SWAP_NONE) + (r->c->survivor >= 0);
-	r->arrived = 0;
-	ck_assert_int_eq(pthread_barrier_init(&r->start, NULL, r->nthreads), 0);
+	test_gate_init(&r->start, (unsigned int)leavers + (r->c->swap != SWAP_NONE) + (r->c->survivor >= 0));
 	__atomic_store_n(&r->leaving, leavers, __ATOMIC_RELAXED);
 	for (int k = 0; k < l->nvms; k++)
 		if (k != r->c->survivor)
@@ -1183,7 +1142,7 @@ static void race_iteration(struct race *r)
 		pthread_join(swapper, NULL);
 	if (r->c->survivor >= 0)
 		pthread_join(reader, NULL);
-	pthread_barrier_destroy(&r->start);
+	test_gate_exit(&r->start);
 	race_check_and_teardown(r);
 }
 
@@ -1215,7 +1174,7 @@ static void run_race(const struct race_case *c, int case_id, unsigned int iterat
 		 * grace period: without this a fault of the setup could find
 		 * the pool empty, zap everything and rebuild unshared. */
 		notifier_barrier();
-		r->seed = race_rnd(&seed);
+		r->seed = test_rnd(&seed);
 		race_iteration(r);
 	}
 	hobj_fini(&r->obj);

@@ -1,11 +1,11 @@
 /*
- * Sharing under concurrency (issue 5): 8 VMs (4 base VMs and their clones,
- * made while the base VMs run), 2 software vCPUs each, against an evictor
+ * Sharing under concurrency: 8 VMs (4 base VMs and their clones, made
+ * while the base VMs run), 2 software vCPUs each, against an evictor
  * (swapout of data and segment pages to the in-memory store, both delivery
  * modes), a remapper (guest page-table changes with invlpg, segment
  * permission changes, segment detach/attach in the P2M) and the vCPUs' own
- * copy-on-write and privatizing writes.  After each phase the threads stop
- * and the invariant checker runs (shadow_pool_check: use counts, users
+ * copy-on-write and privatizing writes.  When every thread of a phase has
+ * done its operations, the invariant checker runs (shadow_pool_check: use counts, users
  * lists, reverse maps, canonical tables, pool accounting; shadow_mmu_check
  * per VM, including write protection of copy-on-write data), then the clones
  * are destroyed (teardown of shared tables) and checked again.
@@ -24,18 +24,20 @@
  *  - segment pages: each (VM, vCPU) owns one and reads back its last write
  *    (when the access succeeds: the remapper may have detached or
  *    write-protected the run).
- * UMBRA_SHARE_TORTURE_SECONDS lengthens it (default 6).
+ *
+ * Size: 3 phases; in each, every thread runs a fixed number of operations
+ * (VCPU_OPS accesses per vCPU, the evictor and remapper in proportion;
+ * UMBRA_SHARE_TORTURE_OPS sets VCPU_OPS); the base VMs' threads, the evictor,
+ * the remapper and the cloning test thread leave a common start gate
+ * together.  The run fails if it takes longer than TEST_TORTURE_LIMIT_S.
  */
 #include <check.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "umbra/shadow.h"
 #include "test_shadow_share_util.h"
@@ -53,6 +55,14 @@
 #define POISON64 0xa5a5a5a5a5a5a5a5ull
 #define TAG(vm) ((uint64_t)((vm) + 1) << 40)
 #define TAG_OF(v) ((v) >> 40)
+#define PHASES 3
+
+/* Operations per thread and phase: a vCPU's accesses, and the evictor's and
+ * remapper's as a share of them (VCPU_OPS / 5: with it they end about when
+ * the vCPUs do).  Under TSan (about 10x slower here) the vCPUs do fewer. */
+#define VCPU_OPS_DEFAULT (TEST_TSAN ? 45000ul : 500000ul)
+#define EVICT_SHARE 5
+#define REMAP_SHARE 5
 
 struct tvm {
 	int id, parent;			/* parent: -1 for a base VM */
@@ -73,36 +83,12 @@ struct torture {
 	struct shadow_pool *pool;
 	struct hobj seg;
 	struct tvm vm[NVMS];
-	bool stop;			/* atomic */
-	int cow_gen;
 	uint64_t accesses, evictions, remaps, clones, seg_toggles; /* atomic */
-	struct test_failures fails;
+	unsigned long vcpu_ops;		/* accesses per vCPU thread and phase */
+	double start_s;			/* for TEST_TORTURE_LIMIT_S */
+	struct test_gate gate;		/* a phase's start (base VMs' threads) */
+	struct test_failures fails;	/* the first one stops every thread */
 };
-
-static void oracle_fail(struct torture *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void oracle_fail(struct torture *t, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	test_failures_vadd(&t->fails, fmt, ap);
-	va_end(ap);
-	__atomic_store_n(&t->stop, true, __ATOMIC_RELAXED);
-}
-
-static bool stopping(struct torture *t)
-{
-	return __atomic_load_n(&t->stop, __ATOMIC_RELAXED);
-}
-
-static uint64_t rnd(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
 
 /* Tag of VM @vm's lineage: itself or its parent. */
 static bool in_lineage(struct torture *t, int vm, uint64_t val)
@@ -115,6 +101,7 @@ static bool in_lineage(struct torture *t, int vm, uint64_t val)
 struct vcpu_arg {
 	struct torture *t;
 	int vm, idx;
+	bool gate;			/* pass t->gate first (base VMs) */
 };
 
 static void *vcpu_thread_body(void *p)
@@ -126,8 +113,11 @@ static void *vcpu_thread_body(void *p)
 	struct shadow_vcpu_result res;
 	uint64_t seed = 0x9e3779b97f4a7c15ull * (uint64_t)(a->vm * 2 + a->idx + 1), ctr = 0;
 
-	while (!stopping(t)) {
-		uint64_t r = rnd(&seed), val;
+	if (a->gate)
+		test_gate_pass(&t->gate);
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "vcpu", n, t->vcpu_ops); n++) {
+		uint64_t r = test_rnd(&seed), val;
 		unsigned int i = (unsigned int)(r % NDATA);
 		bool own = (int)(i % 2) == a->idx;
 		int ret;
@@ -148,14 +138,14 @@ static void *vcpu_thread_body(void *p)
 			} else {
 				ret = shadow_vcpu_access64_fault_in(v, va, SHADOW_ACCESS_USER, &val, &res);
 				if (ret == 0 && val == POISON64)
-					oracle_fail(t, "VM %d vCPU %d read an evicted segment page", a->vm, a->idx);
+					test_fail(&t->fails, "VM %d vCPU %d read an evicted segment page", a->vm, a->idx);
 				else if (ret == 0 && vm->seg_exp[a->idx] && val != vm->seg_exp[a->idx])
-					oracle_fail(t, "VM %d vCPU %d segment: expected %#llx, got %#llx", a->vm,
+					test_fail(&t->fails, "VM %d vCPU %d segment: expected %#llx, got %#llx", a->vm,
 					     a->idx, (unsigned long long)vm->seg_exp[a->idx],
 					     (unsigned long long)val);
 			}
 			if (ret && ret != -EFAULT)
-				oracle_fail(t, "VM %d segment access: expected 0 or -EFAULT, got %d", a->vm, ret);
+				test_fail(&t->fails, "VM %d segment access: expected 0 or -EFAULT, got %d", a->vm, ret);
 			continue;
 		}
 		uint64_t va = DATA_VA + (uint64_t)i * GM_PAGE;
@@ -165,21 +155,21 @@ static void *vcpu_thread_body(void *p)
 			ret = shadow_vcpu_access64_fault_in(v, va, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE, &val,
 							    &res);
 			if (ret)
-				oracle_fail(t, "VM %d vCPU %d write page %u: expected 0, got %d", a->vm, a->idx, i, ret);
+				test_fail(&t->fails, "VM %d vCPU %d write page %u: expected 0, got %d", a->vm, a->idx, i, ret);
 			else
 				__atomic_store_n(&vm->exp[i], val, __ATOMIC_RELAXED);
 			continue;
 		}
 		ret = shadow_vcpu_access64_fault_in(v, va, SHADOW_ACCESS_USER, &val, &res);
 		if (ret) {
-			oracle_fail(t, "VM %d vCPU %d read page %u: expected 0, got %d", a->vm, a->idx, i, ret);
+			test_fail(&t->fails, "VM %d vCPU %d read page %u: expected 0, got %d", a->vm, a->idx, i, ret);
 		} else if (val == POISON64) {
-			oracle_fail(t, "VM %d vCPU %d read page %u: reached an evicted page", a->vm, a->idx, i);
+			test_fail(&t->fails, "VM %d vCPU %d read page %u: reached an evicted page", a->vm, a->idx, i);
 		} else if (own && vm->exp[i] && val != vm->exp[i]) {
-			oracle_fail(t, "VM %d vCPU %d page %u: expected its last write %#llx, got %#llx", a->vm,
+			test_fail(&t->fails, "VM %d vCPU %d page %u: expected its last write %#llx, got %#llx", a->vm,
 			     a->idx, i, (unsigned long long)vm->exp[i], (unsigned long long)val);
 		} else if (!in_lineage(t, a->vm, val)) {
-			oracle_fail(t, "VM %d vCPU %d page %u: value %#llx is not of its lineage", a->vm, a->idx, i,
+			test_fail(&t->fails, "VM %d vCPU %d page %u: value %#llx is not of its lineage", a->vm, a->idx, i,
 			     (unsigned long long)val);
 		}
 	}
@@ -191,13 +181,13 @@ static void *vcpu_thread(void *p)
 	return run_rcu_registered(vcpu_thread_body, p);
 }
 
-static void vm_start(struct torture *t, int k, struct vcpu_arg *args)
+static void vm_start(struct torture *t, int k, struct vcpu_arg *args, bool gate)
 {
 	struct tvm *vm = &t->vm[k];
 
 	for (int j = 0; j < 2; j++) {
 		vm->v[j] = sh_vcpu(vm->mmu, 32, vm->cr3);
-		args[k * 2 + j] = (struct vcpu_arg){ .t = t, .vm = k, .idx = j };
+		args[k * 2 + j] = (struct vcpu_arg){ .t = t, .vm = k, .idx = j, .gate = gate };
 		ck_assert_int_eq(pthread_create(&vm->thr[j], NULL, vcpu_thread, &args[k * 2 + j]), 0);
 	}
 }
@@ -282,10 +272,13 @@ static void *evictor_thread(void *p)
 {
 	struct torture *t = p;
 	uint64_t seed = 0xfeedface;
+	unsigned long total = t->vcpu_ops / EVICT_SHARE;
 
 	notifier_thread_init();
-	while (!stopping(t)) {
-		uint64_t r = rnd(&seed);
+	test_gate_pass(&t->gate);
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "evictor", n, total); n++) {
+		uint64_t r = test_rnd(&seed);
 		int k = (int)(r % NBASE), ret;
 
 		if ((r >> 10) % 64 == 0) {
@@ -300,7 +293,7 @@ static void *evictor_thread(void *p)
 			ret = shadow_store_evict(t->vm[k].ram.store,
 						 DATA_GPA / GM_PAGE + (r >> 24) % NDATA);
 		if (ret && ret != -EALREADY)
-			oracle_fail(t, "evict: expected 0, got %d", ret);
+			test_fail(&t->fails, "evict: expected 0, got %d", ret);
 		__atomic_fetch_add(&t->evictions, 1, __ATOMIC_RELAXED);
 		sched_yield();
 	}
@@ -314,9 +307,12 @@ static void *remapper_thread(void *p)
 {
 	struct torture *t = p;
 	uint64_t seed = 0xabcdef12345ull;
+	unsigned long total = t->vcpu_ops / REMAP_SHARE;
 
-	while (!stopping(t)) {
-		uint64_t r = rnd(&seed);
+	test_gate_pass(&t->gate);
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "remapper", n, total); n++) {
+		uint64_t r = test_rnd(&seed);
 		int k = (int)(r % NVMS);
 		struct tvm *vm = &t->vm[k];
 
@@ -349,12 +345,12 @@ static void *remapper_thread(void *p)
 			bool attach = (r >> 20) % 2;
 
 			if (shadow_mmu_map_gpa(vm->mmu, SEG_GPA, SEG_PAGES, attach ? vm->seg_slot : -1, 0))
-				oracle_fail(t, "segment %s failed", attach ? "attach" : "detach");
+				test_fail(&t->fails, "segment %s failed", attach ? "attach" : "detach");
 			__atomic_fetch_add(&t->seg_toggles, 1, __ATOMIC_RELAXED);
 			continue;
 		}
 		if (shadow_mmu_cow_break(vm->mmu, pte)) {
-			oracle_fail(t, "cow_break of a guest table failed");
+			test_fail(&t->fails, "cow_break of a guest table failed");
 			continue;
 		}
 		__atomic_store_n(vm_ptr(vm->mmu, pte), val, __ATOMIC_RELEASE);
@@ -406,38 +402,36 @@ START_TEST(test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase)
 {
 	struct torture *t = calloc(1, sizeof(*t));
 	struct vcpu_arg args[NVMS * 2];
-	const char *env = getenv("UMBRA_SHARE_TORTURE_SECONDS");
-	double seconds = env ? atof(env) : 6.0;
-	int phases = 3;
+	int phases = PHASES;
 	pthread_t ev, rm;
 
 	ck_assert_ptr_nonnull(t);
 	ck_assert_int_eq(notifier_thread_init(), 0);
 	test_failures_init(&t->fails);
+	t->vcpu_ops = test_env_ulong("UMBRA_SHARE_TORTURE_OPS", VCPU_OPS_DEFAULT);
+	t->start_s = test_now_s();
 	ck_assert_int_eq(shadow_pool_create(4096, &t->pool), 0);
 	hobj_init(&t->seg, "segment", SEG_PAGES, true);
 	for (int k = 0; k < NBASE; k++)
 		base_init(t, k);
 	for (int phase = 0; phase < phases && !t->fails.count; phase++) {
-		struct timespec d = { .tv_sec = (time_t)(seconds / phases),
-				      .tv_nsec = (long)((seconds / phases - (time_t)(seconds / phases)) * 1e9) };
-
-		__atomic_store_n(&t->stop, false, __ATOMIC_RELAXED);
+		/* The base VMs' vCPUs, the evictor, the remapper and us. */
+		test_gate_init(&t->gate, NBASE * 2 + 3);
 		for (int k = 0; k < NBASE; k++)
-			vm_start(t, k, args);
+			vm_start(t, k, args, true);
 		ck_assert_int_eq(pthread_create(&ev, NULL, evictor_thread, t), 0);
 		ck_assert_int_eq(pthread_create(&rm, NULL, remapper_thread, t), 0);
+		test_gate_pass(&t->gate);
 		/* Clone each base VM while everything runs. */
 		for (int k = 0; k < NBASE; k++) {
 			clone_of(t, k, NBASE + k);
-			vm_start(t, NBASE + k, args);
+			vm_start(t, NBASE + k, args, false);
 		}
-		nanosleep(&d, NULL);
-		__atomic_store_n(&t->stop, true, __ATOMIC_RELAXED);
 		pthread_join(ev, NULL);
 		pthread_join(rm, NULL);
 		for (int k = 0; k < NVMS; k++)
 			vm_join(t, k);
+		test_gate_exit(&t->gate);
 		if (t->fails.count)
 			break;
 		check_all(t, "after the phase");
@@ -449,12 +443,15 @@ START_TEST(test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase)
 			check_all(t, "after a clone's destroy");
 		}
 	}
-	ck_assert_msg(t->fails.count == 0, "%d oracle violations; first: %s", t->fails.count,
-		      t->fails.first);
-	ck_assert_msg(__atomic_load_n(&t->evictions, __ATOMIC_RELAXED) > 0 &&
-			      __atomic_load_n(&t->remaps, __ATOMIC_RELAXED) > 0 && t->clones == NBASE * (uint64_t)phases,
-		      "expected evictions, remaps and %d clones, got %llu, %llu, %llu", NBASE * phases,
-		      (unsigned long long)t->evictions, (unsigned long long)t->remaps,
+	test_failures_assert_none(&t->fails);
+	/* Every thread ran all its operations. */
+	ck_assert_msg(t->accesses == (uint64_t)phases * NVMS * 2 * t->vcpu_ops,
+		      "expected %llu accesses, got %llu",
+		      (unsigned long long)phases * NVMS * 2 * t->vcpu_ops, (unsigned long long)t->accesses);
+	ck_assert_msg(t->evictions == (uint64_t)phases * (t->vcpu_ops / EVICT_SHARE),
+		      "expected %llu evictions, got %llu",
+		      (unsigned long long)phases * (t->vcpu_ops / EVICT_SHARE), (unsigned long long)t->evictions);
+	ck_assert_msg(t->clones == NBASE * (uint64_t)phases, "expected %d clones, got %llu", NBASE * phases,
 		      (unsigned long long)t->clones);
 	for (int k = 0; k < NBASE; k++) {
 		vm_fini(t, k);
@@ -478,7 +475,9 @@ Suite *shadow_share_torture_suite(void)
 	Suite *s = suite_create("shadow_share_torture");
 	TCase *tc = tcase_create("torture");
 
-	tcase_set_timeout(tc, 600);
+	/* The run fails itself at TEST_TORTURE_LIMIT_S; Check's timeout is a
+	 * backstop for a hang. */
+	tcase_set_timeout(tc, TEST_TORTURE_LIMIT_S + 60);
 	tcase_add_test(tc, test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase);
 	suite_add_tcase(s, tc);
 	return s;

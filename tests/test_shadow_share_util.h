@@ -73,30 +73,11 @@ static inline uint64_t vm_read(struct shadow_mmu *mmu, uint64_t gpa)
 	return __atomic_load_n(vm_ptr(mmu, gpa), __ATOMIC_ACQUIRE);
 }
 
-static inline struct shadow_vcpu *sh_vcpu(struct shadow_mmu *mmu, unsigned int tlb, uint64_t cr3)
-{
-	struct shadow_vcpu_config cfg = { .tlb_entries = tlb };
-	struct shadow_vcpu *v;
-
-	/* The vCPU's walk is an RCU reader: the accessing thread registers. */
-	ck_assert_int_eq(notifier_thread_init(), 0);
-	ck_assert_int_eq(shadow_vcpu_create(mmu, &cfg, &v), 0);
-	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3), 0);
-	return v;
-}
-
 static inline void assert_pool_check(struct shadow_pool *pool)
 {
 	int ret = shadow_pool_check(pool);
 
 	ck_assert_msg(ret == 0, "shadow_pool_check: expected 0, got %d", ret);
-}
-
-static inline void assert_mmu_check(struct shadow_mmu *mmu)
-{
-	int ret = shadow_mmu_check(mmu);
-
-	ck_assert_msg(ret == 0, "shadow_mmu_check: expected 0, got %d", ret);
 }
 
 #endif

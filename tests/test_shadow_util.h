@@ -1,15 +1,14 @@
 /*
  * Helpers shared by the shadow suites (test_shadow*.c): a "guest machine"
  * with RAM in a memory object (identity P2M, machine address = guest
- * physical), a shadow MMU, and a builder for the guest's own page tables.
+ * physical), a shadow MMU, a builder for the guest's own page tables, the
+ * software vCPUs the tests run and the invariant check they assert.
  * Header-only (static inline) so that each suite stays one file.
  */
 #ifndef UMBRA_TEST_SHADOW_UTIL_H
 #define UMBRA_TEST_SHADOW_UTIL_H
 
 #include <check.h>
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,6 +17,7 @@
 #include "umbra/notifier.h"
 #include "umbra/shadow.h"
 #include "spte.h"
+#include "test_util.h"
 
 #define GM_PAGE 4096ull
 /* Guest page tables are allocated from this gpa upwards; data pages lie above
@@ -149,6 +149,26 @@ static inline void gm_map(struct gm *gm, uint64_t cr3, uint64_t va, uint64_t gpa
 	gm_write(gm, gm_entry(gm, cr3, va, level), e);
 }
 
+/* A vCPU of @mmu with @tlb TLB entries, running on @cr3. */
+static inline struct shadow_vcpu *sh_vcpu(struct shadow_mmu *mmu, unsigned int tlb, uint64_t cr3)
+{
+	struct shadow_vcpu_config cfg = { .tlb_entries = tlb };
+	struct shadow_vcpu *v;
+
+	/* The vCPU's walk is an RCU reader: the accessing thread registers. */
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	ck_assert_int_eq(shadow_vcpu_create(mmu, &cfg, &v), 0);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3), 0);
+	return v;
+}
+
+static inline void assert_mmu_check(struct shadow_mmu *mmu)
+{
+	int ret = shadow_mmu_check(mmu);
+
+	ck_assert_msg(ret == 0, "shadow_mmu_check: expected 0, got %d", ret);
+}
+
 /* Runs @fn(@arg) registered with liburcu, as every thread that runs a
  * software vCPU must be (its walk is an RCU reader): a pthread body. */
 static inline void *run_rcu_registered(void *(*fn)(void *), void *arg)
@@ -159,40 +179,6 @@ static inline void *run_rcu_registered(void *(*fn)(void *), void *arg)
 	ret = fn(arg);
 	notifier_thread_exit();
 	return ret;
-}
-
-/*
- * Failures seen by the threads of a concurrent test (a Check assertion must
- * fire on the test's own thread): counted, the first one kept for the test
- * to report ("expected 0 failures; first: ...").
- */
-struct test_failures {
-	pthread_mutex_t lock;
-	int count;		/* under lock; read after the threads stopped */
-	char first[512];
-};
-
-static inline void test_failures_init(struct test_failures *f)
-{
-	pthread_mutex_init(&f->lock, NULL);
-	f->count = 0;
-	f->first[0] = '\0';
-}
-
-static inline void test_failures_exit(struct test_failures *f)
-{
-	pthread_mutex_destroy(&f->lock);
-}
-
-static inline void test_failures_vadd(struct test_failures *f, const char *fmt, va_list ap)
-	__attribute__((format(printf, 2, 0)));
-
-static inline void test_failures_vadd(struct test_failures *f, const char *fmt, va_list ap)
-{
-	pthread_mutex_lock(&f->lock);
-	if (f->count++ == 0)
-		vsnprintf(f->first, sizeof(f->first), fmt, ap);
-	pthread_mutex_unlock(&f->lock);
 }
 
 #endif

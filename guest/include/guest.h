@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "umbra/abi.h"
+#include "umbra_string.h"
 
 int main(const struct umbra_boot_info *boot);
 
@@ -42,13 +43,6 @@ void console_write(const char *s, size_t len);
 int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int vprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 int snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-/* Freestanding helpers the compiler may also emit calls to. */
-void *memset(void *dst, int c, size_t n);
-void *memcpy(void *dst, const void *src, size_t n);
-int memcmp(const void *a, const void *b, size_t n);
-size_t strlen(const char *s);
-int strcmp(const char *a, const char *b);
 
 static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
 __attribute__((noreturn)) static inline void cpu_halt_forever(void)
@@ -81,10 +75,6 @@ const struct umbra_segment_info *boot_segment(const struct umbra_boot_info *boot
  * NULL after printing why not (prefixed with prog). */
 const struct umbra_segment_info *cmdline_segment(const struct umbra_boot_info *boot, const char *prog,
 						 const char *key);
-
-/* FNV-1a, 64-bit, over len bytes (continuing from hash; start with FNV_OFFSET). */
-#define FNV_OFFSET 0xcbf29ce484222325ull
-uint64_t fnv1a(uint64_t hash, const void *data, size_t len);
 
 /* A sense-reversing barrier for all nr_vcpus vCPUs. */
 void vcpu_barrier(const struct umbra_boot_info *boot);

@@ -3,7 +3,7 @@
  */
 #include "guest.h"
 #include "paging.h"
-#include "runtime.h"
+#include "vcpu.h"
 
 static struct {
 	uint64_t next, end;   /* bump allocation of never-used pages */

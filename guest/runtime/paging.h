@@ -71,6 +71,12 @@ uint64_t pt_lookup(struct address_space *as, uint64_t va);
 void tlb_invlpg(uint64_t va);
 void tlb_flush(void);
 
+/* The guest's own #PF policy, called by the runtime's #PF handler for a fault
+ * that umbra says is the guest's (error_code: the guest tables' view): maps
+ * a zeroed page for a not-present fault in the demand-zero heap and returns
+ * 1, else returns 0. */
+int paging_handle_own_fault(uint64_t cr2, uint32_t error_code);
+
 /* Fault probes: read or write 8 bytes at va; return 0, or the page-fault
  * error code | PROBE_FAULTED if the access faulted (the fault is not
  * reported to umbra as an unexpected exception). */

@@ -1,4 +1,8 @@
-/* Runtime internals that images may also use (exception hooks). */
+/*
+ * Exception hooks of the runtime (runtime.c): an image that expects an
+ * exception installs a handler for its vector, which runs before umbra is
+ * told of the exception.
+ */
 #ifndef UMBRA_GUEST_RUNTIME_H
 #define UMBRA_GUEST_RUNTIME_H
 
@@ -20,10 +24,7 @@ struct exception_frame {
 typedef int (*exception_handler_t)(struct exception_frame *frame);
 
 exception_handler_t set_exception_handler(unsigned int vector, exception_handler_t handler);
-/* This vCPU's id (from its GDT's address: each vCPU loads its own). */
-uint32_t runtime_vcpu_id(void);
-/* The guest's own #PF policy (paging.c): 1 if handled (demand-zero heap). */
-int paging_handle_own_fault(uint64_t cr2, uint32_t error_code);
+/* "#PF" and the like for vectors 0..31, "IRQ" above. */
 const char *exception_name(unsigned int vector);
 
 #endif

@@ -1,6 +1,6 @@
 /*
- * sharing.pml: Promela model of umbra's cross-VM shadow-table sharing
- * (issue 5): share (clone, canonical segment table), privatize (lock-free
+ * sharing.pml: Promela model of umbra's cross-VM shadow-table sharing:
+ * share (clone, canonical segment table), privatize (lock-free
  * unshare), swapout-zap through the notifiers and the pmd-rmap, teardown,
  * with the use count and the users list of every table.
  *
