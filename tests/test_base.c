@@ -3,10 +3,12 @@
  *
  * Each seeded violation runs in a child process whose stderr is a pipe; the
  * test expects the child to die of SIGABRT and its message to name the rule
- * and the lock held.  Debug builds only: release builds compile the checks
- * away.
+ * and the lock held (so the cases hold with CK_FORK=no too).  Debug builds
+ * only: release builds compile the checks away.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,6 +85,13 @@ static void rank_inversion(void)
 	umbra_mutex_lock(&subscriber_lock);
 }
 
+/* Asserting a lock that nobody holds, as a *_locked function does. */
+static void assert_held_without_the_lock(void)
+{
+	umbra_mutex_init(&subscriber_lock, "test.mmu_lock", UMBRA_LOCK_RANK_MMU);
+	umbra_mutex_assert_held(&subscriber_lock);
+}
+
 static const struct violation {
 	const char *what;
 	void (*run)(void);
@@ -98,6 +107,8 @@ static const struct violation {
 	{ "mmu_lock taken inside a table lock", rank_inversion,
 	  "rank order: a lock of equal or higher rank is held: lock 'test.mmu_lock'",
 	  "holds 'test.table_lock'" },
+	{ "a _locked function called without its lock", assert_held_without_the_lock,
+	  "the caller must hold this lock", "lock 'test.mmu_lock' (rank 8)" },
 };
 
 START_TEST(test_seeded_violation_aborts_naming_the_rule)
@@ -141,6 +152,32 @@ END_TEST
 
 #endif /* UMBRA_LOCK_DEBUG */
 
+static struct umbra_mutex held_elsewhere;
+
+static void *check_not_owner(void *p)
+{
+	*(bool *)p = umbra_mutex_is_held(&held_elsewhere);
+	return NULL;
+}
+
+START_TEST(test_mutex_knows_its_owner)
+{
+	pthread_t th;
+	bool other_sees_held = true;
+
+	umbra_mutex_init(&held_elsewhere, "test", UMBRA_LOCK_RANK_MMU);
+	umbra_mutex_lock(&held_elsewhere);
+	ck_assert_msg(umbra_mutex_is_held(&held_elsewhere), "expected the owner to hold it");
+	pthread_create(&th, NULL, check_not_owner, &other_sees_held);
+	pthread_join(th, NULL);
+#if UMBRA_LOCK_DEBUG
+	ck_assert_msg(!other_sees_held, "expected another thread not to hold it");
+#endif
+	umbra_mutex_unlock(&held_elsewhere);
+	umbra_mutex_exit(&held_elsewhere);
+}
+END_TEST
+
 START_TEST(test_pseudo_lock_is_held_only_between_acquire_and_release)
 {
 	static const struct umbra_pseudo_lock p = { .name = "test.pseudo", .rank = UMBRA_LOCK_RANK_NOTIFIER_CALLBACK };
@@ -172,6 +209,7 @@ Suite *base_suite(void)
 	tcase_add_loop_test(tc, test_seeded_violation_aborts_naming_the_rule, 0,
 			    (int)(sizeof(violations) / sizeof(violations[0])));
 #endif
+	tcase_add_test(tc, test_mutex_knows_its_owner);
 	tcase_add_test(tc, test_pseudo_lock_is_held_only_between_acquire_and_release);
 	suite_add_tcase(s, tc);
 	return s;

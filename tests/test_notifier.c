@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <pthread.h>
 #include <semaphore.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -1198,56 +1197,6 @@ START_TEST(test_trace_hook_records_each_delivery_until_removed)
 }
 END_TEST
 
-/* ---- the lock helper ------------------------------------------------- */
-
-static struct umbra_mutex held_elsewhere;
-
-static void *check_not_owner(void *p)
-{
-	*(bool *)p = umbra_mutex_is_held(&held_elsewhere);
-	return NULL;
-}
-
-START_TEST(test_mutex_knows_its_owner)
-{
-	pthread_t th;
-	bool other_sees_held = true;
-
-	umbra_mutex_init(&held_elsewhere, "test", UMBRA_LOCK_RANK_MMU);
-	umbra_mutex_lock(&held_elsewhere);
-	ck_assert_msg(umbra_mutex_is_held(&held_elsewhere), "expected the owner to hold it");
-	pthread_create(&th, NULL, check_not_owner, &other_sees_held);
-	pthread_join(th, NULL);
-#if UMBRA_LOCK_DEBUG
-	ck_assert_msg(!other_sees_held, "expected another thread not to hold it");
-#endif
-	umbra_mutex_unlock(&held_elsewhere);
-	umbra_mutex_exit(&held_elsewhere);
-}
-END_TEST
-
-#if UMBRA_LOCK_DEBUG
-START_TEST(test_mutex_aborts_on_rank_inversion)
-{
-	struct umbra_mutex outer, inner;
-
-	umbra_mutex_init(&outer, "outer", UMBRA_LOCK_RANK_NOTIFIER_OBJECT);
-	umbra_mutex_init(&inner, "inner", UMBRA_LOCK_RANK_NOTIFIER_SEQ);
-	umbra_mutex_lock(&inner);
-	umbra_mutex_lock(&outer);	/* aborts */
-}
-END_TEST
-
-START_TEST(test_mutex_assert_held_aborts_when_not_held)
-{
-	struct umbra_mutex m;
-
-	umbra_mutex_init(&m, "m", UMBRA_LOCK_RANK_MMU);
-	umbra_mutex_assert_held(&m);	/* aborts */
-}
-END_TEST
-#endif
-
 Suite *notifier_suite(void)
 {
 	Suite *s = suite_create("notifier");
@@ -1308,15 +1257,5 @@ Suite *notifier_suite(void)
 	tcase_add_test(tc, test_trace_hook_records_each_delivery_until_removed);
 	suite_add_tcase(s, tc);
 
-	tc = tcase_create("lock");
-	tcase_add_test(tc, test_mutex_knows_its_owner);
-#if UMBRA_LOCK_DEBUG
-	/* These abort by design: only where each test runs in its own process. */
-	if (!getenv("CK_FORK") || strcmp(getenv("CK_FORK"), "no") != 0) {
-		tcase_add_test_raise_signal(tc, test_mutex_aborts_on_rank_inversion, SIGABRT);
-		tcase_add_test_raise_signal(tc, test_mutex_assert_held_aborts_when_not_held, SIGABRT);
-	}
-#endif
-	suite_add_tcase(s, tc);
 	return s;
 }
