@@ -182,6 +182,32 @@ static char *resolve_path(struct config_ctx *c, const char *path)
 	return full;
 }
 
+/*
+ * The start of every named entry (a segment, a VM) at @path: @obj must be an
+ * object with only @keys, and a "name" of 1..@max_len letters, digits, '-'
+ * or '_', returned in *@name (owned by @obj).  Returns 0 or the error.
+ */
+static int parse_object_name(struct config_ctx *c, const char *path, struct json_object *obj,
+			     const char *const *keys, size_t max_len, const char **name)
+{
+	struct json_object *v;
+	char key[64];
+	int ret;
+
+	if (!json_object_is_type(obj, json_type_object))
+		return config_error(c, path, "expected an object, got %s", type_name(obj));
+	if ((ret = check_keys(c, path, obj, keys)))
+		return ret;
+	snprintf(key, sizeof(key), "%s.name", path);
+	if (!json_object_object_get_ex(obj, "name", &v))
+		return config_error(c, key, "missing");
+	if ((ret = get_string(c, key, v, name)))
+		return ret;
+	if (!is_valid_name(*name, max_len + 1))
+		return config_error(c, key, "'%s' must be 1 to %zu letters, digits, '-' or '_'", *name, max_len);
+	return 0;
+}
+
 static int parse_segment(struct config_ctx *c, unsigned int i, struct json_object *js, struct plan *plan)
 {
 	static const char *const keys[] = { "name", "size", "gpa", "writable", "file", NULL };
@@ -192,17 +218,9 @@ static int parse_segment(struct config_ctx *c, unsigned int i, struct json_objec
 	int ret;
 
 	snprintf(path, sizeof(path), "segments[%u]", i);
-	if (!json_object_is_type(js, json_type_object))
-		return config_error(c, path, "expected an object, got %s", type_name(js));
-	if ((ret = check_keys(c, path, js, keys)))
+	if ((ret = parse_object_name(c, path, js, keys, sizeof(seg->name) - 1, &s)))
 		return ret;
 	snprintf(key, sizeof(key), "%s.name", path);
-	if (!json_object_object_get_ex(js, "name", &v))
-		return config_error(c, key, "missing");
-	if ((ret = get_string(c, key, v, &s)))
-		return ret;
-	if (!is_valid_name(s, sizeof(seg->name)))
-		return config_error(c, key, "'%s' must be 1 to %zu letters, digits, '-' or '_'", s, sizeof(seg->name) - 1);
 	for (unsigned int j = 0; j < i; j++)
 		if (strcmp(plan->segments[j].name, s) == 0)
 			return config_error(c, key, "'%s' is already the name of segments[%u]", s, j);
@@ -322,17 +340,9 @@ static int parse_vm(struct config_ctx *c, unsigned int i, struct json_object *jv
 	int ret;
 
 	snprintf(path, sizeof(path), "vms[%u]", i);
-	if (!json_object_is_type(jv, json_type_object))
-		return config_error(c, path, "expected an object, got %s", type_name(jv));
-	if ((ret = check_keys(c, path, jv, keys)))
+	if ((ret = parse_object_name(c, path, jv, keys, CONFIG_VM_NAME_MAX, &s)))
 		return ret;
 	snprintf(key, sizeof(key), "%s.name", path);
-	if (!json_object_object_get_ex(jv, "name", &v))
-		return config_error(c, key, "missing");
-	if ((ret = get_string(c, key, v, &s)))
-		return ret;
-	if (!is_valid_name(s, CONFIG_VM_NAME_MAX + 1))
-		return config_error(c, key, "'%s' must be 1 to %d letters, digits, '-' or '_'", s, CONFIG_VM_NAME_MAX);
 	snprintf(proto.name, sizeof(proto.name), "%s", s);
 
 	snprintf(key, sizeof(key), "%s.image", path);
