@@ -1,6 +1,6 @@
 /*
  * The shadow MMU as a subscriber of each slot's memory object
- * (notifier/notifier.h has the callback contracts).  Every callback
+ * (umbra/notifier.h has the callback contracts).  Every callback
  * serialises on the VM's mmu_lock, the lock the fault path holds around
  * notifier_read_retry() and the install: so once a callback has zapped a
  * range under mmu_lock and flushed the vCPUs, no fault can install an entry
@@ -8,7 +8,7 @@
  *
  * Locks: each callback takes the slot's VM's mmu_lock (a try-lock where it
  * may not block) and zaps through zap.c; release() runs under the object's
- * lock, which ranks outside mmu_lock (notifier/notifier.h).
+ * lock, which ranks outside mmu_lock (umbra/lock.h).
  */
 #include <errno.h>
 

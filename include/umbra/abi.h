@@ -80,7 +80,7 @@ struct umbra_boot_info {
 	 * umbra's shadow of them, in the table pool: never load it yourself). */
 	uint64_t boot_cr3;
 	uint64_t pool_gpa;   /* guest-physical base of the shadow-table pool */
-	uint64_t pool_size;  /* its size in bytes (mapped read-only) */
+	uint64_t pool_size;  /* its size in bytes (read-only where the CPU allows: docs/abi.md) */
 };
 
 /*

@@ -27,7 +27,7 @@
  * library never prints or exits.  Threads that run the software vCPU's
  * accesses (its lock-free walk is an RCU reader) or invalidate memory
  * objects are registered with liburcu (notifier_thread_init, as
- * notifier/notifier.h says); shadow_mmu_fault(), shadow_mmu_load_cr3() and
+ * umbra/notifier.h says); shadow_mmu_fault(), shadow_mmu_load_cr3() and
  * shadow_mmu_destroy() need no registration, but must not run inside a
  * read-side critical section (on a full pool they wait for a grace period).
  */
