@@ -220,8 +220,8 @@ static int parse_vm_option(int argc, char *const argv[], int *i, struct vmm_opti
 }
 
 /* The other options of run: --config, --stats, --stats-json, --console,
- * --evict-ms, --evict-pages. Returns 1 if argv[*i] is one (handled), 0 if it is not,
- * -EINVAL with err. */
+ * --evict-ms, --evict-pages. Returns 1 if argv[*i] is one (handled), 0 if
+ * it is not, -EINVAL with err. */
 static int parse_run_option(int argc, char *const argv[], int *i, struct vmm_options *opts, struct run_args *ra,
 			    struct vmm_error *err)
 {
