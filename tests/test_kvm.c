@@ -807,6 +807,50 @@ START_TEST(test_eight_vms_share_segment_tables_and_fault_back_evicted_pages)
 }
 END_TEST
 
+/* ---- what a guest prints cannot drive the terminal ---- */
+
+START_TEST(test_console_escapes_guest_control_bytes)
+{
+	char img[512];
+
+	guest_image("hello", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--cmdline", "esc", NULL }, &result);
+	assert_status(&result, 0);
+	/* hello's line "esc: ESC[31mred ESC[0m a\b TAB c NUL DEL é CR", every
+	 * byte that is not printable ASCII, newline or tab as \xHH. */
+	assert_contains(result.out, "\nesc: \\x1b[31mred\\x1b[0m a\\\\b\tc \\x00 \\x7f \\xc3\\xa9 \\x0d\n", &result);
+	ck_assert_msg(!strchr(result.out, '\x1b') && !strchr(result.out, '\r'),
+		      "expected no raw ESC or CR on stdout, got:\n%s", result.out);
+}
+END_TEST
+
+START_TEST(test_console_raw_passes_guest_bytes_through)
+{
+	char img[512];
+
+	guest_image("hello", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--cmdline", "esc", "--console", "raw", NULL }, &result);
+	assert_status(&result, 0);
+	/* Up to the NUL, where the captured text ends for strstr. */
+	assert_contains(result.out, "\nesc: \x1b[31mred\x1b[0m a\\b\tc ", &result);
+}
+END_TEST
+
+START_TEST(test_unwritable_stats_json_is_a_warning_and_keeps_the_status)
+{
+	char img[512];
+
+	guest_image("hello", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--stats-json", "/", NULL }, &result);
+	assert_status(&result, 0);
+	assert_contains(result.err, "umbra: warning: cannot write statistics to '/': Is a directory\n", &result);
+	assert_contains(result.out, "hello: all 1 vCPUs checked in", &result);
+	run_umbra((const char *[]){ "run", img, "--cmdline", "exit=7", "--stats-json", "/", NULL }, &result);
+	assert_status(&result, 7);
+	assert_contains(result.err, "umbra: warning: cannot write statistics to '/': Is a directory\n", &result);
+}
+END_TEST
+
 Suite *kvm_suite(void)
 {
 	Suite *s = suite_create("kvm");
@@ -849,5 +893,12 @@ Suite *kvm_suite(void)
 			    sizeof(bad_command_lines) / sizeof(bad_command_lines[0]));
 	tcase_add_test(bad, test_help_documents_every_option);
 	suite_add_tcase(s, bad);
+
+	TCase *output = tcase_create("hostile_output");
+	tcase_set_timeout(output, 120);
+	tcase_add_test(output, test_console_escapes_guest_control_bytes);
+	tcase_add_test(output, test_console_raw_passes_guest_bytes_through);
+	tcase_add_test(output, test_unwritable_stats_json_is_a_warning_and_keeps_the_status);
+	suite_add_tcase(s, output);
 	return s;
 }

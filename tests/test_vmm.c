@@ -680,6 +680,86 @@ START_TEST(test_stats_report_every_shadow_counter_once_per_group)
 }
 END_TEST
 
+/* ---- console output: escaped unless --console raw ---- */
+
+static const struct {
+	const char *in;
+	size_t len; /* bytes of in (it may hold a NUL) */
+	const char *out;
+} console_escapes[] = {
+	{ "hello, world\n", 13, "hello, world\n" },
+	{ " ~", 2, " ~" },                                        /* the printable edges */
+	{ "a\tb", 3, "a\tb" },                                    /* tab is kept */
+	{ "\x1b[2J", 4, "\\x1b[2J" },                             /* ESC, erase display */
+	{ "\x1b[31mred\x1b[0m\n", 13, "\\x1b[31mred\\x1b[0m\n" }, /* colours */
+	{ "a\\b", 3, "a\\\\b" },                                  /* a backslash doubles */
+	{ "\\x1b", 4, "\\\\x1b" },                                /* so no escape is forged */
+	{ "a\0b", 3, "a\\x00b" },                                 /* NUL */
+	{ "\x7f", 1, "\\x7f" },                                   /* DEL */
+	{ "\r\b\a\v\f", 5, "\\x0d\\x08\\x07\\x0b\\x0c" },          /* other C0 controls */
+	{ "\x1f", 1, "\\x1f" },
+	{ "caf\xc3\xa9", 5, "caf\\xc3\\xa9" },                     /* UTF-8: each byte */
+	{ "\x9b" "2J", 3, "\\x9b2J" },                            /* C1 CSI */
+	{ "\x80\xff", 2, "\\x80\\xff" },
+	{ "", 0, "" },
+};
+
+START_TEST(test_console_escape_makes_guest_bytes_visible)
+{
+	char out[VMM_CONSOLE_ESCAPED_MAX(16)];
+	size_t n;
+
+	memset(out, '#', sizeof(out));
+	n = vmm_console_escape(console_escapes[_i].in, console_escapes[_i].len, out);
+	ck_assert_msg(n == strlen(console_escapes[_i].out) && memcmp(out, console_escapes[_i].out, n) == 0,
+		      "case %d: expected \"%s\" (%zu bytes), got \"%.*s\" (%zu bytes)", _i, console_escapes[_i].out,
+		      strlen(console_escapes[_i].out), (int)n, out, n);
+	ck_assert_msg(n == sizeof(out) || out[n] == '#', "case %d: wrote past its result", _i);
+}
+END_TEST
+
+START_TEST(test_console_escape_bound_holds_for_every_byte)
+{
+	char in[256], out[VMM_CONSOLE_ESCAPED_MAX(256)];
+	size_t n;
+
+	for (int i = 0; i < 256; i++)
+		in[i] = (char)i;
+	n = vmm_console_escape(in, sizeof(in), out);
+	ck_assert_uint_le(n, sizeof(out));
+	/* Every byte of the result is printable ASCII, newline or tab. */
+	for (size_t i = 0; i < n; i++)
+		ck_assert_msg((out[i] >= 0x20 && out[i] < 0x7f) || out[i] == '\n' || out[i] == '\t',
+			      "byte %zu of the result: expected printable, got %#x", i, (unsigned char)out[i]);
+	/* 95 printable bytes (the backslash as 2), newline and tab as 1, the
+	 * other 159 bytes as 4. */
+	ck_assert_uint_eq(n, 94 + 2 + 2 + 159 * 4);
+}
+END_TEST
+
+START_TEST(test_console_option_parses_modes)
+{
+	struct vmm_options o;
+	struct vmm_error err = { "" };
+
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "img.elf", NULL }), 0);
+	ck_assert_int_eq(o.console, VMM_CONSOLE_ESCAPED);
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "img.elf", "--console", "raw", NULL }), 0);
+	ck_assert_int_eq(o.console, VMM_CONSOLE_RAW);
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "--console=raw", "--console=escaped", "img.elf",
+							   NULL }), 0);
+	ck_assert_int_eq(o.console, VMM_CONSOLE_ESCAPED);
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "--config", "c.json", "--console", "raw", NULL }),
+			 0);
+	ck_assert_int_eq(o.console, VMM_CONSOLE_RAW);
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "img.elf", "--console", "ansi", NULL }), -EINVAL);
+	ck_assert_str_eq(err.msg, "--console 'ansi': must be escaped or raw");
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "img.elf", "--console", NULL }), -EINVAL);
+	ck_assert_str_eq(err.msg, "--console needs a mode, escaped or raw");
+	ck_assert_msg(strstr(vmm_usage, "--console MODE"), "expected --help to document --console MODE");
+}
+END_TEST
+
 Suite *vmm_suite(void)
 {
 	Suite *s = suite_create("vmm");
@@ -712,5 +792,11 @@ Suite *vmm_suite(void)
 	TCase *stats = tcase_create("stats");
 	tcase_add_test(stats, test_stats_report_every_shadow_counter_once_per_group);
 	suite_add_tcase(s, stats);
+	TCase *console = tcase_create("console");
+	tcase_add_loop_test(console, test_console_escape_makes_guest_bytes_visible, 0,
+			    sizeof(console_escapes) / sizeof(console_escapes[0]));
+	tcase_add_test(console, test_console_escape_bound_holds_for_every_byte);
+	tcase_add_test(console, test_console_option_parses_modes);
+	suite_add_tcase(s, console);
 	return s;
 }

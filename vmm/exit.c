@@ -2,7 +2,8 @@
  * Exits: what a vCPU thread does when KVM_RUN returns (port I/O: the
  * console UART and hypercalls; MMIO; HLT; failures), the console lines the
  * guest prints, and the reports of guest failures. Output of every vCPU of
- * every VM goes out in whole lines under the host's output_lock.
+ * every VM goes out in whole lines under the host's output_lock; a guest's
+ * bytes are escaped (vmm_console_escape) unless --console raw.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -15,17 +16,49 @@
 
 /* ---- output ---- */
 
-/* Prints the vCPU's pending console line; the caller holds output_lock. */
+size_t vmm_console_escape(const char *in, size_t len, char *out)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t n = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)in[i];
+
+		if (c == '\\') {
+			out[n++] = '\\';
+			out[n++] = '\\';
+		} else if ((c >= 0x20 && c < 0x7f) || c == '\n' || c == '\t') {
+			out[n++] = (char)c;
+		} else {
+			out[n++] = '\\';
+			out[n++] = 'x';
+			out[n++] = hex[c >> 4];
+			out[n++] = hex[c & 0xf];
+		}
+	}
+	return n;
+}
+
+/* Prints the vCPU's pending console line, escaped unless the host's console
+ * is raw; the caller holds output_lock. */
 static void console_flush_locked(struct vcpu *vcpu)
 {
-	umbra_mutex_assert_held(&vcpu->vm->host->output_lock);
+	struct vmm_host *host = vcpu->vm->host;
+
+	umbra_mutex_assert_held(&host->output_lock);
 	if (!vcpu->line_len)
 		return;
 	if (vcpu->vm->nr_vcpus > 1)
 		fprintf(stdout, "[%s/%u] ", vcpu->vm->name, vcpu->id);
 	else if (vcpu->vm->prefix_output)
 		fprintf(stdout, "[%s] ", vcpu->vm->name);
-	fwrite(vcpu->line, 1, vcpu->line_len, stdout);
+	if (host->console == VMM_CONSOLE_RAW) {
+		fwrite(vcpu->line, 1, vcpu->line_len, stdout);
+	} else {
+		char escaped[VMM_CONSOLE_ESCAPED_MAX(CONSOLE_LINE_MAX)];
+
+		fwrite(escaped, 1, vmm_console_escape(vcpu->line, vcpu->line_len, escaped), stdout);
+	}
 	if (vcpu->line[vcpu->line_len - 1] != '\n')
 		fputc('\n', stdout);
 	fflush(stdout);

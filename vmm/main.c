@@ -163,6 +163,7 @@ static int prepare(const struct vmm_options *opts, struct run_state *rs)
 		fprintf(stderr, "umbra: %s\n", err.msg);
 		return UMBRA_STATUS_NO_KVM;
 	}
+	rs->host->console = opts->console;
 	return 0;
 }
 
@@ -188,9 +189,9 @@ static int run_vms(const struct vmm_options *opts, struct run_state *rs)
 	return ret;
 }
 
-/* --stats, --stats-json and the statuses of failed VMs; returns ret, or
- * UMBRA_STATUS_USAGE when ret is 0 and the JSON cannot be written. */
-static int report(const struct vmm_options *opts, struct run_state *rs, int ret)
+/* --stats, --stats-json and the statuses of failed VMs. A statistics file
+ * that cannot be written is a warning: the exit status stays the guests'. */
+static void report(const struct vmm_options *opts, struct run_state *rs)
 {
 	struct vmm_error err = { "" };
 	struct table_memory tm;
@@ -207,12 +208,8 @@ static int report(const struct vmm_options *opts, struct run_state *rs, int ret)
 	if (opts->stats)
 		vmm_stats_print_process(&tm, rs->segments, rs->plan.nr_segments);
 	if (opts->stats_json &&
-	    vmm_stats_write_json(opts->stats_json, &rs->plan, rs->segments, rs->vms, rs->status, &tm, &err)) {
-		fprintf(stderr, "umbra: %s\n", err.msg);
-		if (ret == 0)
-			ret = UMBRA_STATUS_USAGE;
-	}
-	return ret;
+	    vmm_stats_write_json(opts->stats_json, &rs->plan, rs->segments, rs->vms, rs->status, &tm, &err))
+		fprintf(stderr, "umbra: warning: %s\n", err.msg);
 }
 
 static void run_free(struct run_state *rs)
@@ -249,8 +246,10 @@ static int run(const struct vmm_options *opts)
 		vmm_signals_init();
 		ret = create_vms(&rs);
 	}
-	if (ret == 0)
-		ret = report(opts, &rs, run_vms(opts, &rs));
+	if (ret == 0) {
+		ret = run_vms(opts, &rs);
+		report(opts, &rs);
+	}
 	run_free(&rs);
 	return ret;
 }

@@ -14,8 +14,9 @@
 const char vmm_usage[] =
 	"usage: umbra run IMAGE [--vms N] [--mem SIZE] [--vcpus N] [--cmdline STRING]\n"
 	"                 [--stats] [--stats-json FILE] [--evict-ms MS [--evict-pages N]]\n"
+	"                 [--console escaped|raw]\n"
 	"       umbra run --config FILE [--stats] [--stats-json FILE]\n"
-	"                 [--evict-ms MS [--evict-pages N]]\n"
+	"                 [--evict-ms MS [--evict-pages N]] [--console escaped|raw]\n"
 	"       umbra --help | --version\n"
 	"\n"
 	"Runs freestanding x86-64 ELF64 guest images in KVM virtual machines, all in\n"
@@ -34,7 +35,8 @@ const char vmm_usage[] =
 	"  --config FILE     a JSON file describing VMs and shared segments\n"
 	"                    (docs/config.md); replaces IMAGE and the options above\n"
 	"  --stats           print each VM's statistics when it stops (stderr)\n"
-	"  --stats-json FILE write the statistics of every VM as JSON to FILE\n"
+	"  --stats-json FILE write the statistics of every VM as JSON to FILE (one\n"
+	"                    that cannot be written is a warning, not an exit status)\n"
 	"  --evict-ms MS     every MS milliseconds (1 to 60000), evict the next pages\n"
 	"                    of every shared segment to umbra's in-memory swap store\n"
 	"                    while the guests run: every VM that maps a page has it\n"
@@ -42,6 +44,10 @@ const char vmm_usage[] =
 	"                    (needs segments, from --config)\n"
 	"  --evict-pages N   pages of each segment evicted each time, 1 to 65536;\n"
 	"                    default 64\n"
+	"  --console MODE    how guest console output reaches stdout: escaped (the\n"
+	"                    default) prints bytes other than printable ASCII, newline\n"
+	"                    and tab as \\xHH and a backslash as \\\\, so that a guest\n"
+	"                    cannot drive the terminal; raw prints every byte as is\n"
 	"  -h, --help        this text\n"
 	"  --version         umbra's version and guest ABI version\n"
 	"\n"
@@ -50,7 +56,8 @@ const char vmm_usage[] =
 	"exit with 0. 120 guest error (unexpected exception, triple fault, bad\n"
 	"hypercall, failed VM entry, all vCPUs halted); 121 image missing or\n"
 	"malformed; 122 KVM unavailable or failing; 123 bad command line or config;\n"
-	"124 a segment file could not be read.\n"
+	"124 a segment file could not be read. A --stats-json FILE that cannot be\n"
+	"written is reported on stderr and leaves the exit status as it is.\n"
 	"\n"
 	"umbra needs /dev/kvm. Where it is missing, run umbra inside the KVM sandbox:\n"
 	"  scripts/sandbox --add build/vmm/umbra --add build/guest -- \\\n"
@@ -212,9 +219,9 @@ static int parse_vm_option(int argc, char *const argv[], int *i, struct vmm_opti
 	return 1;
 }
 
-/* The other options of run: --config, --stats, --stats-json, --evict-ms,
- * --evict-pages. Returns 1 if argv[*i] is one (handled), 0 if it is not,
- * -EINVAL with err. */
+/* The other options of run: --config, --stats, --stats-json, --console,
+ * --evict-ms, --evict-pages. Returns 1 if argv[*i] is one (handled), 0 if
+ * it is not, -EINVAL with err. */
 static int parse_run_option(int argc, char *const argv[], int *i, struct vmm_options *opts, struct run_args *ra,
 			    struct vmm_error *err)
 {
@@ -229,6 +236,15 @@ static int parse_run_option(int argc, char *const argv[], int *i, struct vmm_opt
 		if (!(value = option_value(argc, argv, i, "--stats-json")))
 			return vmm_error_set(err, EINVAL, "--stats-json needs a file name");
 		opts->stats_json = value;
+	} else if (option_is(arg, "--console")) {
+		if (!(value = option_value(argc, argv, i, "--console")))
+			return vmm_error_set(err, EINVAL, "--console needs a mode, escaped or raw");
+		if (strcmp(value, "escaped") == 0)
+			opts->console = VMM_CONSOLE_ESCAPED;
+		else if (strcmp(value, "raw") == 0)
+			opts->console = VMM_CONSOLE_RAW;
+		else
+			return vmm_error_set(err, EINVAL, "--console '%s': must be escaped or raw", value);
 	} else if (option_is(arg, "--evict-ms")) {
 		if (!(value = option_value(argc, argv, i, "--evict-ms")))
 			return vmm_error_set(err, EINVAL, "--evict-ms needs a number of milliseconds");
@@ -319,6 +335,7 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		.vms = 1,
 		.cmdline = "",
 		.evict_pages = VMM_EVICT_PAGES_DEFAULT,
+		.console = VMM_CONSOLE_ESCAPED,
 	};
 	if (argc < 2)
 		return vmm_error_set(err, EINVAL, "no command given (try 'umbra --help')");

@@ -234,6 +234,26 @@ static struct json_object *json_vm(const struct plan *plan, const struct plan_vm
 	return jv;
 }
 
+/* Writes text (NULL: json-c ran out of memory) to the file at path,
+ * created or truncated. Returns 0 or -errno. */
+static int write_text_file(const char *path, const char *text)
+{
+	FILE *f;
+	int ret = 0;
+
+	if (!text)
+		return -ENOMEM;
+	f = fopen(path, "w");
+	if (!f)
+		return -errno;
+	errno = EIO; /* what a short write that sets no errno reports */
+	if (fputs(text, f) == EOF)
+		ret = -errno;
+	if (fclose(f) == EOF && !ret)
+		ret = -errno;
+	return ret;
+}
+
 int vmm_stats_write_json(const char *path, const struct plan *plan, struct segment *const *segments,
 			 struct vm *const *vms, const int *status, const struct table_memory *tm,
 			 struct vmm_error *err)
@@ -255,9 +275,10 @@ int vmm_stats_write_json(const char *path, const struct plan *plan, struct segme
 	for (unsigned int i = 0; i < plan->nr_vms; i++)
 		json_object_array_add(jvms, json_vm(plan, &plan->vms[i], vms[i], status[i]));
 	json_object_object_add(root, "vms", jvms);
-	int ret = json_object_to_file_ext(path, root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED);
+	int ret = write_text_file(path, json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
+									    JSON_C_TO_STRING_SPACED));
 	json_object_put(root);
-	if (ret < 0)
-		return vmm_error_set(err, EIO, "--stats-json '%s': %s", path, json_util_get_last_err());
+	if (ret)
+		return vmm_error_set(err, -ret, "cannot write statistics to '%s': %s", path, strerror(-ret));
 	return 0;
 }

@@ -77,6 +77,12 @@ enum vmm_command {
 #define VMM_SEGMENT_GPA_END (1ull << 39) /* the boot PDPT covers 512 GiB */
 #define VMM_SEGMENT_ALIGN (2ull << 20)
 
+/* How the guests' console bytes reach umbra's stdout (--console). */
+enum vmm_console_mode {
+	VMM_CONSOLE_ESCAPED, /* the default: see vmm_console_escape() */
+	VMM_CONSOLE_RAW,     /* every byte as the guest wrote it */
+};
+
 struct vmm_options {
 	enum vmm_command command;
 	const char *image;      /* run: path of the ELF64 image (or NULL with config) */
@@ -87,6 +93,7 @@ struct vmm_options {
 	const char *cmdline;    /* run: string passed in the boot info ("" if none) */
 	bool stats;             /* run: print statistics at the end */
 	const char *stats_json; /* run: write statistics as JSON here (or NULL) */
+	enum vmm_console_mode console; /* run: how guest console bytes are printed */
 	unsigned int evict_ms;    /* run: evict segment pages every evict_ms ms (0: never) */
 	unsigned int evict_pages; /* run: ... this many pages of each segment each time */
 };
@@ -230,6 +237,9 @@ struct vmm_host {
 	/* output_lock (UMBRA_LOCK_RANK_VMM_OUTPUT) serialises whole lines of output
 	 * from all vCPUs of all VMs (console lines and reports). */
 	struct umbra_mutex output_lock;
+	/* Set by main() after vmm_host_create() (which leaves it
+	 * VMM_CONSOLE_ESCAPED) and before any VM starts; read-only afterwards. */
+	enum vmm_console_mode console;
 };
 
 /* Creates the pool of nr_pages table pages (mmu.c). Returns 0 or -errno
@@ -391,6 +401,22 @@ const char *vm_name(const struct vm *vm);
 void vm_get_stats(const struct vm *vm, struct vm_stats *stats);
 void vm_destroy(struct vm *vm);
 
+/* ---- console output (exit.c) ---- */
+
+/* The most bytes vmm_console_escape() writes for len bytes of input. */
+#define VMM_CONSOLE_ESCAPED_MAX(len) (4 * (len))
+
+/*
+ * Writes in[0..len), bytes a guest printed, to out as text that a terminal
+ * shows and does not obey: printable ASCII (0x20..0x7e), '\n' and '\t' are
+ * copied, a backslash becomes two, and every other byte (the other C0
+ * controls, ESC among them, DEL, and 0x80..0xff, so also UTF-8) becomes
+ * "\xHH" in lowercase hex. The result is unambiguous: the guest's bytes
+ * can be read back from it. out holds VMM_CONSOLE_ESCAPED_MAX(len) bytes;
+ * returns how many it received (no NUL is added). Pure; any thread.
+ */
+size_t vmm_console_escape(const char *in, size_t len, char *out);
+
 /* ---- statistics of the whole run (stats.c) ---- */
 
 /* Table memory of the whole process: the pool's pages in use, against the
@@ -407,8 +433,8 @@ void vm_stats_print(const char *name, int status, const struct vm_stats *stats);
 void vmm_stats_print_process(const struct table_memory *tm, struct segment *const *segments,
 			     unsigned int nr_segments);
 /* --stats-json: every VM's statistics (vms[i] or status[i] of a VM that was
- * not created: zeroes) written to path as JSON (docs/config.md). Returns 0
- * or -EIO with err. */
+ * not created: zeroes) written to path as JSON (docs/config.md). Returns 0,
+ * or -errno with err saying "cannot write statistics to 'PATH': reason". */
 int vmm_stats_write_json(const char *path, const struct plan *plan, struct segment *const *segments,
 			 struct vm *const *vms, const int *status, const struct table_memory *tm,
 			 struct vmm_error *err);
