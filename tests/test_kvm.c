@@ -269,6 +269,11 @@ static const struct {
 				"0x8000000000, a shadow page table" },
 	{ "bad-cr3", "bad hypercall: set_cr3: guest CR3 0x1234 (argument 0) is not a 4 KiB-aligned page in RAM" },
 	{ "pin-huge", "bad hypercall: pin 0x8000000000+0x40000000 (arguments 0, 1): must be 1 byte to 64 MiB" },
+	/* error codes no CPU gives: refused before the shadow MMU sees them */
+	{ "pf-write-fetch", "bad hypercall: page fault at 0x8000000000: error code 0x12 (argument 1) has both "
+			    "write and fetch set" },
+	{ "pf-wide-error-code", "bad hypercall: page fault at 0x8000000000: error code 0x100000002 (argument 1) "
+				"is wider than 32 bits" },
 	{ "console-outside-ram", "bad hypercall: console write buffer 0xc0000000+16 (arguments 0, 1) is outside guest RAM" },
 	{ "console-too-long", "bad hypercall: console write of 4097 bytes (argument 1) is outside 1..4096" },
 	{ "halt", "every vCPU halted without the exit hypercall" },
@@ -807,33 +812,6 @@ START_TEST(test_eight_vms_share_segment_tables_and_fault_back_evicted_pages)
 }
 END_TEST
 
-/* ---- a page-fault hypercall's error code is checked ---- */
-
-/* An error code no CPU gives is refused before the shadow MMU sees it, with
- * a report naming the argument. */
-static const struct {
-	const char *kind;
-	const char *report;
-} bad_error_codes[] = {
-	{ "pf-write-fetch", "bad hypercall: page fault at 0x8000000000: error code 0x12 (argument 1) has both "
-			    "write and fetch set" },
-	{ "pf-wide-error-code", "bad hypercall: page fault at 0x8000000000: error code 0x100000002 (argument 1) "
-				"is wider than 32 bits" },
-};
-
-START_TEST(test_page_fault_hypercall_names_a_bad_error_code)
-{
-	char img[512];
-
-	guest_image("misbehave", img, sizeof(img));
-	run_umbra((const char *[]){ "run", img, "--cmdline", bad_error_codes[_i].kind, NULL }, &result);
-	assert_status(&result, UMBRA_STATUS_GUEST_ERROR);
-	assert_contains(result.err, bad_error_codes[_i].report, &result);
-	ck_assert_msg(strstr(result.out, "was not stopped") == NULL, "%s was not stopped:\n%s",
-		      bad_error_codes[_i].kind, result.out);
-}
-END_TEST
-
 Suite *kvm_suite(void)
 {
 	Suite *s = suite_create("kvm");
@@ -876,9 +854,5 @@ Suite *kvm_suite(void)
 			    sizeof(bad_command_lines) / sizeof(bad_command_lines[0]));
 	tcase_add_test(bad, test_help_documents_every_option);
 	suite_add_tcase(s, bad);
-	TCase *error_codes = tcase_create("page_fault_error_code");
-	tcase_add_loop_test(error_codes, test_page_fault_hypercall_names_a_bad_error_code, 0,
-			    sizeof(bad_error_codes) / sizeof(bad_error_codes[0]));
-	suite_add_tcase(s, error_codes);
 	return s;
 }
