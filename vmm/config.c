@@ -432,7 +432,7 @@ static void scan_skip_space(struct json_scan *s)
 }
 
 /* Decodes the string token at s->pos (its quote) into *str, a new reference,
- * and moves past it. Returns 0 or -ENOMEM's error. */
+ * and moves past it. Returns 0 or the out-of-memory error. */
 static int scan_string(struct json_scan *s, struct json_object **str)
 {
 	const char quote = s->text[s->pos];
