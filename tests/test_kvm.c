@@ -269,6 +269,11 @@ static const struct {
 				"0x8000000000, a shadow page table" },
 	{ "bad-cr3", "bad hypercall: set_cr3: guest CR3 0x1234 (argument 0) is not a 4 KiB-aligned page in RAM" },
 	{ "pin-huge", "bad hypercall: pin 0x8000000000+0x40000000 (arguments 0, 1): must be 1 byte to 64 MiB" },
+	/* error codes no CPU gives: refused before the shadow MMU sees them */
+	{ "pf-write-fetch", "bad hypercall: page fault at 0x8000000000: error code 0x12 (argument 1) has both "
+			    "write and fetch set" },
+	{ "pf-wide-error-code", "bad hypercall: page fault at 0x8000000000: error code 0x100000002 (argument 1) "
+				"is wider than 32 bits" },
 	{ "console-outside-ram", "bad hypercall: console write buffer 0xc0000000+16 (arguments 0, 1) is outside guest RAM" },
 	{ "console-too-long", "bad hypercall: console write of 4097 bytes (argument 1) is outside 1..4096" },
 	{ "halt", "every vCPU halted without the exit hypercall" },

@@ -760,6 +760,72 @@ START_TEST(test_console_option_parses_modes)
 }
 END_TEST
 
+/* ---- config files: keys given twice, NUL bytes ---- */
+
+#define SEG_OK(name, gpa) "{ \"name\": \"" name "\", \"size\": \"2M\", \"gpa\": \"" gpa "\" }"
+
+static const struct {
+	const char *text;
+	const char *msg;
+} hidden_configs[] = {
+	{ "{ \"vms\": [" VM_OK "], \"vms\": [" VM_OK "] }", "top level: duplicate key 'vms'" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"name\": \"b\", \"image\": \"x\" } ] }", "vms[0]: duplicate key 'name'" },
+	/* the same key, spelt with an escape: one key to json-c */
+	{ "{ \"vms\": [ { \"name\": \"a\", \"\\u006eame\": \"b\", \"image\": \"x\" } ] }",
+	  "vms[0]: duplicate key 'name'" },
+	{ "{ \"vms\": [ { 'image': \"x\", \"name\": \"a\", \"image\": \"y\" } ] }", "vms[0]: duplicate key 'image'" },
+	{ "{ \"segments\": [" SEG_OK("s", "0x2000000000") ", { \"name\": \"t\", \"size\": \"2M\", "
+	  "\"gpa\": \"0x2000200000\", /* \"gpa\": 1 */ \"gpa\": \"0x2000400000\" } ], \"vms\": [" VM_OK "] }",
+	  "segments[1]: duplicate key 'gpa'" },
+	{ "{ \"vms\": [" VM_OK ", { \"name\": \"b\", \"image\": \"x\", \"segments\": [], \"segments\": [] } ] }",
+	  "vms[1]: duplicate key 'segments'" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"cmdline\": \"a\\u0000b\" } ] }",
+	  "vms[0].cmdline: contains a NUL byte (\\u0000)" },
+	{ "{ \"vms\": [ { \"name\": \"a\\u0000b\", \"image\": \"x\" } ] }", "vms[0].name: contains a NUL byte" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"mem\": \"64M\\u0000junk\" } ] }",
+	  "vms[0].mem: contains a NUL byte" },
+	{ "{ \"segments\": [" SEG_OK("s", "0x2000000000") ", " SEG_OK("t", "0x2000200000\\u0000") "], "
+	  "\"vms\": [" VM_OK "] }", "segments[1].gpa: contains a NUL byte" },
+	{ "{ \"segments\": [" SEG_OK("s", "0x2000000000") "], \"vms\": [ { \"name\": \"a\", \"image\": \"x\", "
+	  "\"segments\": [ \"s\", \"s\\u0000t\" ] } ] }", "vms[0].segments[1]: contains a NUL byte" },
+	{ "{ \"vms\": [" VM_OK "], \"vms\\u0000x\": 1 }", "top level: key 'vms' contains a NUL byte (\\u0000)" },
+};
+
+START_TEST(test_config_key_twice_or_nul_byte_is_rejected)
+{
+	struct plan plan;
+	struct vmm_error err = { 0 };
+	int ret = plan_from_config_text(hidden_configs[_i].text, "", "c.json", &plan, &err);
+
+	ck_assert_msg(ret == -EINVAL, "config %d: expected -EINVAL, got %d", _i, ret);
+	ck_assert_msg(strstr(err.msg, hidden_configs[_i].msg), "config %d: expected message containing \"%s\", got \"%s\"",
+		      _i, hidden_configs[_i].msg, err.msg);
+}
+END_TEST
+
+/* What the second pass reads past without a false alarm: escapes, quotes,
+ * braces and key-like text inside strings and comments, equal keys in
+ * different objects. */
+START_TEST(test_config_equal_keys_in_different_objects_are_accepted)
+{
+	static const char text[] =
+		"// \"vms\": twice, { \"name\": 1\n"
+		"{ \"segments\": [ { \"name\": \"s\", \"size\": \"2M\", \"gpa\": \"0x2000000000\" } ],\n"
+		"  /* \"vms\": [], \"name\" */\n"
+		"  \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"cmdline\": \"q=\\\"name\\\" } { \\\\ 'vms'\",\n"
+		"             \"segments\": [\"s\"] },\n"
+		"           { \"name\": \"b\", 'image': 'y', \"mem\": \"8M\", \"segments\": [\"s\"] } ] }\n";
+	struct plan plan;
+	struct vmm_error err = { 0 };
+
+	ck_assert_msg(plan_from_config_text(text, "", "c.json", &plan, &err) == 0, "expected success, got \"%s\"", err.msg);
+	ck_assert_uint_eq(plan.nr_vms, 2);
+	ck_assert_str_eq(plan.vms[0].cmdline, "q=\"name\" } { \\ 'vms'");
+	ck_assert_str_eq(plan.vms[1].image, "y");
+	plan_free(&plan);
+}
+END_TEST
+
 Suite *vmm_suite(void)
 {
 	Suite *s = suite_create("vmm");
@@ -798,5 +864,10 @@ Suite *vmm_suite(void)
 	tcase_add_test(console, test_console_escape_bound_holds_for_every_byte);
 	tcase_add_test(console, test_console_option_parses_modes);
 	suite_add_tcase(s, console);
+	TCase *hidden = tcase_create("config_hidden");
+	tcase_add_loop_test(hidden, test_config_key_twice_or_nul_byte_is_rejected, 0,
+			    sizeof(hidden_configs) / sizeof(hidden_configs[0]));
+	tcase_add_test(hidden, test_config_equal_keys_in_different_objects_are_accepted);
+	suite_add_tcase(s, hidden);
 	return s;
 }

@@ -112,6 +112,19 @@ static int64_t hc_page_fault(struct vcpu *vcpu, uint64_t va, uint64_t error_code
 			  (unsigned long long)va);
 		return HC_STOPPED;
 	}
+	/* A #PF error code is 32 bits; the shadow MMU takes its access bits
+	 * (the others, such as present or reserved-bit, say why the CPU
+	 * faulted and are not needed) and refuses a write that is a fetch. */
+	if (error_code >> 32) {
+		vcpu_fail(vcpu, false, "bad hypercall: page fault at %#llx: error code %#llx (argument 1) is wider "
+			  "than 32 bits", (unsigned long long)va, (unsigned long long)error_code);
+		return HC_STOPPED;
+	}
+	if ((access & SHADOW_ACCESS_WRITE) && (access & SHADOW_ACCESS_FETCH)) {
+		vcpu_fail(vcpu, false, "bad hypercall: page fault at %#llx: error code %#llx (argument 1) has both "
+			  "write and fetch set", (unsigned long long)va, (unsigned long long)error_code);
+		return HC_STOPPED;
+	}
 	r = shadow_mmu_fault(vm->mmu, vcpu->guest_cr3, va, access, &ec);
 	if (r == SHADOW_FAULT_FIXED)
 		return 0;

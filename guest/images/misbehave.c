@@ -12,6 +12,10 @@
  *   console-too-long      console write longer than UMBRA_CONSOLE_WRITE_MAX
  *   bad-cr3         set_cr3 with a CR3 that is not a page in RAM
  *   pin-huge        pin of more than 64 MiB
+ *   pf-write-fetch  page-fault hypercall with an error code that is a write
+ *                   and an instruction fetch at once
+ *   pf-wide-error-code   page-fault hypercall with an error code of more
+ *                   than 32 bits
  *   write-shadow-table   maps a shadow table (in the pool) and writes it
  *   bypass-shadow   loads a CR3 of its own (not umbra's shadow) and writes
  *                   a shadow table through it: the read-only pool stops it
@@ -71,6 +75,10 @@ int main(const struct umbra_boot_info *boot)
 		hypercall4(UMBRA_HC_SET_CR3, 0x1234, 0, 0, 0);
 	else if (strcmp(kind, "pin-huge") == 0)
 		hypercall4(UMBRA_HC_PIN, USER_BASE, 1ull << 30, 0, 0);
+	else if (strcmp(kind, "pf-write-fetch") == 0)
+		hypercall4(UMBRA_HC_PAGE_FAULT, USER_BASE, PF_W | PF_I, 0, 0);
+	else if (strcmp(kind, "pf-wide-error-code") == 0)
+		hypercall4(UMBRA_HC_PAGE_FAULT, USER_BASE, (1ull << 32) | PF_W, 0, 0);
 	else if (strcmp(kind, "console-outside-ram") == 0)
 		hypercall4(UMBRA_HC_CONSOLE_WRITE, NO_RAM_GPA, 16, 0, 0);
 	else if (strcmp(kind, "console-too-long") == 0)
