@@ -5,6 +5,7 @@
  *   main.c       the program: plan, images, VMs, exit status
  *   options.c    the command line
  *   config.c     JSON config files: the plan of VMs and segments
+ *   config_scan.c  the config text pass: duplicate keys, NUL bytes
  *   segment.c    shared segments (memfds every attached VM maps)
  *   evict.c      the evictor thread
  *   elf.c        ELF64 image validation and loading
