@@ -1,13 +1,12 @@
 /*
  * base/lock.c - the per-thread state of the lock-rank checker and its
- * violation report (include/umbra/lock.h).  Debug builds only; release
- * builds compile this file to nothing.
+ * violation report (include/umbra/lock.h).  Defined in every build type;
+ * only code built with UMBRA_DEBUG=1 uses them.
  */
 #include <stdio.h>
 
 #include "umbra/lock.h"
 
-#if UMBRA_LOCK_DEBUG
 __thread uint32_t umbra_lock_ranks_held;
 __thread const char *umbra_lock_names_held[UMBRA_LOCK_RANK_MAX + 1];
 
@@ -26,7 +25,3 @@ void umbra_lock_violation(const char *what, const char *name, unsigned int rank)
 	fflush(stderr);
 	abort();
 }
-#else
-/* ISO C wants a translation unit to declare something. */
-extern int umbra_lock_release_build;
-#endif

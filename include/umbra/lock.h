@@ -107,19 +107,20 @@ struct umbra_pseudo_lock {
 	unsigned int rank;
 };
 
-#if UMBRA_LOCK_DEBUG
-/* Bit r set: this thread holds a lock of rank r (base/lock.c). */
-extern __thread uint32_t umbra_lock_ranks_held;
-/* The name of the lock of rank r this thread holds (base/lock.c). */
-extern __thread const char *umbra_lock_names_held[UMBRA_LOCK_RANK_MAX + 1];
-
 /*
- * Prints "umbra: lock rule violated: @what" with the lock @name (rank
- * @rank) and every lock the thread holds, then aborts.  Debug builds only.
+ * The checker's state and report (base/lock.c).  libumbra-base defines them
+ * in every build type, so that a program built with UMBRA_DEBUG=1 links
+ * against a Release library; only code built with UMBRA_DEBUG=1 uses them.
+ *
+ * umbra_lock_ranks_held: bit r set when this thread holds a lock of rank r.
+ * umbra_lock_names_held[r]: the name of that lock.
+ * umbra_lock_violation: prints "umbra: lock rule violated: @what" with the
+ * lock @name (rank @rank) and every lock the thread holds, then aborts.
  */
+extern __thread uint32_t umbra_lock_ranks_held;
+extern __thread const char *umbra_lock_names_held[UMBRA_LOCK_RANK_MAX + 1];
 void umbra_lock_violation(const char *what, const char *name, unsigned int rank)
 	__attribute__((noreturn, cold));
-#endif
 
 /*
  * Initialise @m.  @name is kept (not copied) for the violation messages;
@@ -184,9 +185,6 @@ static inline bool umbra_mutex_is_held(struct umbra_mutex *m)
 #define umbra_mutex_assert_not_held(m) ((void)(m))
 #define umbra_assert_unlocked_from(rank, rule) ((void)(rank), (void)(rule))
 #endif
-/* Abort if this thread holds any lock of rank >= @rank. */
-#define umbra_assert_no_lock_from_rank(rank) \
-	umbra_assert_unlocked_from(rank, "no lock of this rank or above may be held here")
 
 #if UMBRA_LOCK_DEBUG
 static inline void umbra_lock_note_acquired(const char *name, unsigned int rank)
