@@ -126,7 +126,7 @@ static int clone_root_locked(struct shadow_mmu *parent, struct shadow_mmu *child
 	const struct role role = { .direct = false, .access = SHADOW_RIGHTS_ALL, .gpa = pr->cr3 };
 	uint32_t page, present = 0;
 	struct shadow_page *sp;
-	uint64_t *from, *to;
+	uint64_t *from;
 	int ret;
 
 	ret = table_alloc_locked(parent, SPTE_LEVELS, &role, 0, &page);
@@ -142,7 +142,6 @@ static int clone_root_locked(struct shadow_mmu *parent, struct shadow_mmu *child
 						.last_used = pr->last_used };
 	mmu_stat_inc(child, tables_created);
 	from = mmu_sptes(parent, pr->page);
-	to = mmu_sptes(parent, page);
 	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
 		uint64_t e = spte_read(&from[i]);
 
@@ -151,7 +150,7 @@ static int clone_root_locked(struct shadow_mmu *parent, struct shadow_mmu *child
 		ret = pool_user_add(parent->pool, pool_page_index(spte_addr(e)), child, page, i);
 		if (ret)
 			return ret;
-		spte_write(&to[i], e & ~SPTE_WRITABLE);
+		pool_spte_write(parent->pool, page, i, e & ~SPTE_WRITABLE);
 		__atomic_store_n(&sp->nr_present, ++present, __ATOMIC_RELAXED);
 		if (e & SPTE_WRITABLE)
 			spte_set_locked(parent, pr->page, i, e & ~SPTE_WRITABLE);

@@ -123,7 +123,9 @@ static struct role install_role(const struct shadow_walk *w, int level, unsigned
 }
 
 /* Descends from @root along @w's path, getting each table; the level-1
- * table in *@table.  mmu_lock. */
+ * table in *@table.  Each entry of the path is also rewritten in the
+ * visible copy of the pool if a guest changed it there (the CPU walks that
+ * copy; what it had found there faulted).  mmu_lock. */
 static int install_tables_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
 				 unsigned int rights, bool want_w, struct zap_batch *b,
 				 uint32_t *table)
@@ -134,11 +136,13 @@ static int install_tables_locked(struct shadow_mmu *mmu, uint32_t root, const st
 	*table = root;
 	for (int level = SPTE_LEVELS; level > 1; level--) {
 		struct role role = install_role(w, level - 1, rights);
+		const uint32_t parent = *table;
 
-		ret = child_get_locked(mmu, *table, SPTE_INDEX(w->va, level), &role,
+		ret = child_get_locked(mmu, parent, SPTE_INDEX(w->va, level), &role,
 				       w->va & SPTE_LEVEL_MASK(level), want_w, b, table);
 		if (ret)
 			return ret;
+		pool_entry_mirror(mmu->pool, parent, SPTE_INDEX(w->va, level));
 	}
 	return 0;
 }
@@ -216,8 +220,11 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 	ret = install_tables_locked(mmu, root, w, rights, want_w, b, &table);
 	if (ret)
 		return ret;
-	return install_leaf_locked(mmu, table, SPTE_INDEX(w->va, 1), slot, page,
-				   make_leaf(mmu, mpa, rights, slot->s.readonly || cow), b);
+	ret = install_leaf_locked(mmu, table, SPTE_INDEX(w->va, 1), slot, page,
+				  make_leaf(mmu, mpa, rights, slot->s.readonly || cow), b);
+	if (!ret)
+		pool_entry_mirror(mmu->pool, table, SPTE_INDEX(w->va, 1));
+	return ret;
 }
 
 /* ---- the fault: walk, make resident, install ----------------------------- */

@@ -1,7 +1,11 @@
 /*
- * The table pool: a memfd of 4 KiB pages with a descriptor each
+ * The table pool: 4 KiB table pages with a descriptor each
  * (shadow_internal.h, struct shadow_page), addressed by the guest-physical
  * address at which the VMM maps the pool (SHADOW_POOL_GPA + index * 4 KiB).
+ * Every page exists twice: the private, authoritative copy (anonymous
+ * memory no guest can reach), which every read of the shadow MMU uses, and
+ * the visible copy (the memfd the VMM maps into its VMs, which the CPU
+ * walks), which umbra only ever writes (pool_spte_write).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -36,11 +40,18 @@ int shadow_pool_create(size_t nr_pages, struct shadow_pool **out)
 		ret = -errno;
 		goto close_fd;
 	}
-	pool->base = mmap(NULL, nr_pages * SHADOW_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
-			  pool->fd, 0);
-	if (pool->base == MAP_FAILED) {
+	pool->visible = mmap(NULL, nr_pages * SHADOW_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+			     pool->fd, 0);
+	if (pool->visible == MAP_FAILED) {
 		ret = -errno;
 		goto close_fd;
+	}
+	/* Sparse: a page takes memory once a table is allocated there. */
+	pool->entries = mmap(NULL, nr_pages * SHADOW_PAGE_SIZE, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (pool->entries == MAP_FAILED) {
+		ret = -errno;
+		goto unmap_visible;
 	}
 	for (size_t i = 0; i < nr_pages; i++) {
 		pool->pages[i].next = i + 1 < nr_pages ? (uint32_t)(i + 1) : SHADOW_NO_PAGE;
@@ -54,6 +65,8 @@ int shadow_pool_create(size_t nr_pages, struct shadow_pool **out)
 	*out = pool;
 	return 0;
 
+unmap_visible:
+	munmap(pool->visible, nr_pages * SHADOW_PAGE_SIZE);
 close_fd:
 	close(pool->fd);
 free_pages:
@@ -70,7 +83,8 @@ void shadow_pool_destroy(struct shadow_pool *pool)
 	/* Not pool_wait_deferred: a callback still touches the pool after
 	 * its pages are counted free; the barrier waits for it to return. */
 	notifier_barrier();
-	munmap(pool->base, pool->nr_pages * SHADOW_PAGE_SIZE);
+	munmap(pool->entries, pool->nr_pages * SHADOW_PAGE_SIZE);
+	munmap(pool->visible, pool->nr_pages * SHADOW_PAGE_SIZE);
 	close(pool->fd);
 	for (size_t i = 0; i < pool->nr_pages; i++)
 		umbra_mutex_exit(&pool->pages[i].lock);
@@ -84,7 +98,7 @@ void shadow_pool_memory(const struct shadow_pool *pool, struct shadow_pool_memor
 {
 	mem->gpa = SHADOW_POOL_GPA;
 	mem->bytes = pool->nr_pages * SHADOW_PAGE_SIZE;
-	mem->host = pool->base;
+	mem->host = pool->visible;
 	mem->fd = pool->fd;
 }
 
@@ -167,7 +181,10 @@ int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index)
 	sp->canon_key = 0;
 	umbra_mutex_unlock(&sp->lock);
 	__atomic_store_n(&sp->use_count, 0, __ATOMIC_RELAXED);
+	/* Both copies; the release store that publishes the page orders
+	 * these writes before it. */
 	memset(pool_entries(pool, i), 0, SHADOW_PAGE_SIZE);
+	memset(pool_visible_entries(pool, i), 0, SHADOW_PAGE_SIZE);
 	*index = i;
 	return 0;
 }
@@ -280,7 +297,21 @@ uint64_t *shadow_pool_table(struct shadow_pool *pool, uint64_t gpa)
 
 	if (page_index(pool, gpa, &i))
 		return NULL;
-	return pool_entries(pool, i);
+	return pool_visible_entries(pool, i);
+}
+
+void pool_entry_mirror(struct shadow_pool *pool, uint32_t index, unsigned int i)
+{
+	struct shadow_page *sp = &pool->pages[index];
+	uint64_t *visible = pool_visible_entries(pool, index) + i;
+	const uint64_t *entry = pool_entries(pool, index) + i;
+
+	/* Equal now: any later write goes to both, under the table lock. */
+	if (spte_read(visible) == spte_read(entry))
+		return;
+	umbra_mutex_lock(&sp->lock);
+	spte_write(visible, spte_read(entry));
+	umbra_mutex_unlock(&sp->lock);
 }
 
 size_t shadow_pool_pages_in_use(struct shadow_pool *pool, int level)

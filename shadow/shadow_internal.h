@@ -188,10 +188,27 @@ static inline uint64_t pool_obj_nr_runs(uint64_t npages)
 	return (npages + SPTE_ENTRIES - 1) / SPTE_ENTRIES;
 }
 
+/*
+ * The pool keeps two copies of every table page (2x the table memory; both
+ * sparse: a page takes memory once allocated):
+ *  entries  the private, authoritative copy, in anonymous memory that no
+ *           guest can reach: every read of the shadow MMU (iterators, zaps,
+ *           sync, checks, privatize, clone, the fault path) uses it, so no
+ *           structure is ever derived from memory a guest can write;
+ *  visible  the memfd mapping that the VMM maps into its VMs (writable on
+ *           AMD) and the CPU walks: umbra only ever writes it, with every
+ *           entry write (pool_spte_write), and reads it only to compare it
+ *           with the private copy (pool_entry_mirror); the software vCPU
+ *           walks it as the CPU does.
+ * The CPU never writes the pool (A/D are preset in every SPTE: spte.h), so
+ * nothing needs reading back; a guest that writes it breaks at most the
+ * translations of the VMs that use its pool.
+ */
 struct shadow_pool {
 	int fd;
 	size_t nr_pages;
-	uint64_t *base; /* host mapping of the whole pool */
+	uint64_t *entries;	/* the private copy of the whole pool */
+	uint64_t *visible;	/* the memfd's mapping: what the CPU walks */
 	struct shadow_page *pages;
 	/*
 	 * Allocation and free take no lock (pool.c): the free list is a
@@ -243,10 +260,37 @@ static inline struct shadow_page *pool_page(struct shadow_pool *pool, uint32_t i
 	return &pool->pages[index];
 }
 
+/* The private, authoritative entries of page @index: what umbra reads. */
 static inline uint64_t *pool_entries(struct shadow_pool *pool, uint32_t index)
 {
-	return pool->base + (size_t)index * SPTE_ENTRIES;
+	return pool->entries + (size_t)index * SPTE_ENTRIES;
 }
+
+/* The visible entries of page @index (what the CPU walks): write-only for
+ * the shadow MMU (pool_spte_write, pool_entry_mirror). */
+static inline uint64_t *pool_visible_entries(struct shadow_pool *pool, uint32_t index)
+{
+	return pool->visible + (size_t)index * SPTE_ENTRIES;
+}
+
+/*
+ * Writes entry @i of page @index: the private copy, then the visible one,
+ * both with release stores, so a CPU that walks the visible copy sees a
+ * child's entries before the entry that links it.  The caller holds the
+ * page's table lock, or the page is not yet published (nothing else writes
+ * it).
+ */
+static inline void pool_spte_write(struct shadow_pool *pool, uint32_t index, unsigned int i,
+				   uint64_t spte)
+{
+	spte_write(pool_entries(pool, index) + i, spte);
+	spte_write(pool_visible_entries(pool, index) + i, spte);
+}
+
+/* Rewrites entry @i of page @index in the visible copy from the private
+ * one if they differ (a guest wrote the visible copy).  Takes the page's
+ * table lock when it writes; the caller holds no table lock. */
+void pool_entry_mirror(struct shadow_pool *pool, uint32_t index, unsigned int i);
 
 /* Takes a free page for a table of @level: 0, or -ENOMEM (none free now;
  * see pool_wait_deferred). */

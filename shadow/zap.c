@@ -40,7 +40,7 @@ uint64_t spte_set_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, 
 	old = spte_read(sptep);
 	assert_leaf_stripe_held(mmu, sp->level, old);
 	assert_leaf_stripe_held(mmu, sp->level, spte);
-	spte_write(sptep, spte);
+	pool_spte_write(mmu->pool, page, i, spte); /* the private copy, then the visible one */
 	if (spte_is_present(old) && !spte_is_present(spte))
 		__atomic_fetch_sub(&sp->nr_present, 1, __ATOMIC_RELAXED);
 	else if (!spte_is_present(old) && spte_is_present(spte))

@@ -283,7 +283,6 @@ static uint32_t eager_copy_table(struct shadow_mmu *mmu, uint32_t src)
 	struct shadow_page *ssp = pool_page(pool, src), *sp;
 	const uint64_t *from = pool_entries(pool, src);
 	struct umbra_mutex *held = NULL;
-	uint64_t *to;
 	uint32_t copy, present = 0;
 
 	CHECK(pool_alloc_index(pool, ssp->level, &copy));
@@ -292,7 +291,6 @@ static uint32_t eager_copy_table(struct shadow_mmu *mmu, uint32_t src)
 	sp->access = ssp->access;
 	sp->gpa = ssp->gpa;
 	sp->gva = ssp->gva;
-	to = pool_entries(pool, copy);
 	for (unsigned int k = 0; k < SPTE_ENTRIES; k++) {
 		uint64_t e = spte_read(&from[k]);
 
@@ -314,7 +312,7 @@ static uint32_t eager_copy_table(struct shadow_mmu *mmu, uint32_t src)
 			CHECK(pool_user_add(pool, c, mmu, copy, k));
 			e = (e & ~SPTE_ADDR_MASK & ~SPTE_WRITABLE) | pool_page_gpa(c);
 		}
-		spte_write(&to[k], e);
+		pool_spte_write(pool, copy, k, e);
 		present++;
 	}
 	stripe_switch(held, NULL);
@@ -347,7 +345,7 @@ static void eager_copy(struct shadow_mmu *child)
 			c = eager_copy_table(child, old);
 			CHECK(pool_user_add(pool, c, child, root, i));
 			umbra_mutex_lock(&rsp->lock);
-			spte_write(&entries[i], (e & ~SPTE_ADDR_MASK) | pool_page_gpa(c));
+			pool_spte_write(pool, root, i, (e & ~SPTE_ADDR_MASK) | pool_page_gpa(c));
 			umbra_mutex_unlock(&rsp->lock);
 			/* The shared table loses the child's link (the parent
 			 * still holds it: no free, no flush: the child has no
