@@ -230,11 +230,25 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 /* ---- the fault: walk, make resident, install ----------------------------- */
 
 /* Results of the steps of a fault, besides 0, SHADOW_FAULT_GUEST, -errno. */
-#define FAULT_WALK_AGAIN 2	/* copy-on-write guest memory was copied: walk again */
-#define FAULT_RETRY 3		/* an invalidation or a sync raced: count a retry, walk again */
+#define FAULT_WALK_AGAIN 2	/* guest memory changed under the walk (a copy-on-write
+				 * copy, entries changing under the A/D updates): walk again */
+#define FAULT_RETRY 3		/* an invalidation raced: count a retry, walk again */
+#define FAULT_STALE 4		/* a sync raced and the guest's tables or the P2M changed
+				 * since the walk: count a retry, walk again */
 _Static_assert(FAULT_WALK_AGAIN != SHADOW_FAULT_GUEST && FAULT_RETRY != SHADOW_FAULT_GUEST &&
-		       FAULT_WALK_AGAIN != SHADOW_FAULT_FIXED && FAULT_RETRY != SHADOW_FAULT_FIXED,
+		       FAULT_STALE != SHADOW_FAULT_GUEST && FAULT_WALK_AGAIN != SHADOW_FAULT_FIXED &&
+		       FAULT_RETRY != SHADOW_FAULT_FIXED && FAULT_STALE != SHADOW_FAULT_FIXED,
 	       "internal fault results are not public ones");
+
+/*
+ * Walks again (FAULT_WALK_AGAIN and FAULT_STALE: what the guest or its
+ * clones can cause) after which a fault ends with -ELOOP: a legal guest needs
+ * a few (one per copy-on-write copy of a table on the path, one per change
+ * of its own entries racing the fault).  Invalidations (FAULT_RETRY) are the
+ * host's, not the guest's: each needs a new invalidation of the very page
+ * to begin while the fault resolves it, and they are not bounded.
+ */
+#define FAULT_MAX_WALKS_AGAIN 64u
 
 struct fault {
 	uint64_t cr3, va;
@@ -260,8 +274,12 @@ static bool same_walk(const struct shadow_walk *a, const struct shadow_walk *b)
 	return true;
 }
 
-/* A/D must go into guest tables shared copy-on-write with a clone: copy
- * those tables first.  No lock held. */
+/*
+ * The walk could not set A/D (-EROFS): in a guest table shared
+ * copy-on-write with a clone, copy the table first (0: walk again); in a
+ * guest table of a read-only slot they can never be set: -EROFS.  No lock
+ * held.
+ */
 static int fault_copy_guest_tables(struct shadow_mmu *mmu, const struct fault *f)
 {
 	const struct shadow_walk *w = &f->w;
@@ -270,13 +288,20 @@ static int fault_copy_guest_tables(struct shadow_mmu *mmu, const struct fault *f
 		bool needs_ad = !(w->entry[l] & SPTE_ACCESSED) ||
 				(l == w->leaf_level && (f->access & SHADOW_ACCESS_WRITE) &&
 				 !(w->entry[l] & SPTE_DIRTY));
+		const uint64_t gfn = w->table[l] >> SHADOW_PAGE_SHIFT;
+		struct shadow_mmu_slot *slot;
+		uint64_t page;
 		int ret;
 
-		if (!needs_ad || !p2m_is_cow(mmu, w->table[l] >> SHADOW_PAGE_SHIFT))
+		if (!needs_ad)
 			continue;
-		ret = shadow_mmu_cow_break(mmu, w->table[l]);
-		if (ret)
-			return ret;
+		if (p2m_is_cow(mmu, gfn)) {
+			ret = shadow_mmu_cow_break(mmu, w->table[l]);
+			if (ret)
+				return ret;
+		} else if (!p2m_get(mmu, gfn, &slot, &page) && slot->s.readonly) {
+			return -EROFS;
+		}
 	}
 	return 0;
 }
@@ -301,6 +326,8 @@ static int fault_walk(struct shadow_mmu *mmu, struct fault *f, uint32_t *error_c
 		ret = fault_copy_guest_tables(mmu, f);
 		return ret ? ret : FAULT_WALK_AGAIN;
 	}
+	if (ret == -EAGAIN)
+		return FAULT_WALK_AGAIN; /* entries kept changing under the A/D updates */
 	if (ret)
 		return ret == -EIO ? -EFAULT : ret;
 	if (p2m_get(mmu, f->w.pa >> SHADOW_PAGE_SHIFT, &f->slot, &f->page))
@@ -336,7 +363,7 @@ static bool fault_walk_is_current_locked(struct shadow_mmu *mmu, const struct fa
 }
 
 /* Steps 4-7 under mmu_lock: the retry checks, then the install and its
- * flush.  0, FAULT_RETRY or -errno. */
+ * flush.  0, FAULT_RETRY, FAULT_STALE or -errno. */
 static int fault_install(struct shadow_mmu *mmu, struct fault *f)
 {
 	struct shadow_root *root;
@@ -354,7 +381,7 @@ static int fault_install(struct shadow_mmu *mmu, struct fault *f)
 		goto unlock;
 	}
 	if (!fault_walk_is_current_locked(mmu, f)) {
-		ret = FAULT_RETRY;
+		ret = FAULT_STALE;
 		goto unlock;
 	}
 	root = root_find_locked(mmu, cr3_key(mmu, f->cr3));
@@ -373,6 +400,7 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 		     uint32_t *error_code)
 {
 	struct fault f = { .cr3 = cr3, .va = va, .access = access };
+	unsigned int walks_again = 0;
 	bool zapped_all = false;
 	int ret;
 
@@ -381,6 +409,8 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 	mmu_stat_inc(mmu, faults);
 	for (;;) {
 		ret = fault_walk(mmu, &f, error_code);
+		if (ret == FAULT_WALK_AGAIN && ++walks_again > FAULT_MAX_WALKS_AGAIN)
+			return -ELOOP;
 		if (ret == FAULT_WALK_AGAIN)
 			continue;
 		if (ret)
@@ -393,10 +423,12 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 		if (ret)
 			return ret;
 		ret = fault_install(mmu, &f);
-		if (ret == FAULT_RETRY) {
+		if (ret == FAULT_RETRY || ret == FAULT_STALE)
 			mmu_stat_inc(mmu, retries);
+		if (ret == FAULT_STALE && ++walks_again > FAULT_MAX_WALKS_AGAIN)
+			return -ELOOP;
+		if (ret == FAULT_RETRY || ret == FAULT_STALE)
 			continue;
-		}
 		if (ret == -ENOMEM && !zapped_all) {
 			/* Pool full: drop every shadow table and try once more,
 			 * when their pages are reusable (after a grace period). */

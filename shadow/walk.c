@@ -16,6 +16,11 @@
 #define WALK_MAX_MAXPHYADDR 52u
 _Static_assert(SPTE_ADDR_MASK >> (WALK_MAX_MAXPHYADDR - 1) == 1, "SPTE_ADDR_MASK ends at bit 51");
 
+/* Walks in a row after which an A/D update that keeps losing its
+ * compare-and-exchange (another thread, or a guest vCPU, keeps changing the
+ * entries) gives up with -EAGAIN. */
+#define WALK_MAX_TRIES 64u
+
 const struct shadow_paging_mode shadow_default_mode = {
 	.wp = true, .nxe = true, .smep = false, .gbpages = true,
 	.maxphyaddr = WALK_DEFAULT_MAXPHYADDR,
@@ -77,6 +82,7 @@ int shadow_walk(const struct shadow_paging_mode *mode, const struct shadow_mem_o
 		struct shadow_walk *w)
 {
 	const uint64_t pa_mask = SPTE_ADDR_MASK & ((1ull << mode->maxphyaddr) - 1);
+	unsigned int tries = 0;
 	int level, ret;
 
 	if ((access & ~SHADOW_ACCESS_MASK) ||
@@ -136,8 +142,10 @@ again:
 		if (want == old)
 			continue;
 		ret = ops->cmpxchg(ctx, w->table[l] + SPTE_INDEX(va, l) * sizeof(uint64_t), old, want);
-		if (ret == -EAGAIN)
+		if (ret == -EAGAIN && ++tries < WALK_MAX_TRIES)
 			goto again;
+		if (ret == -EAGAIN)
+			return -EAGAIN;
 		if (ret)
 			return ret == -EROFS ? -EROFS : -EIO;
 		w->entry[l] = want;

@@ -137,6 +137,14 @@ static int64_t hc_page_fault(struct vcpu *vcpu, uint64_t va, uint64_t error_code
 	else if (r == -ENOMEM)
 		vcpu_fail(vcpu, false, "page fault at %#llx: the shadow table pool (%zu pages) is exhausted",
 			  (unsigned long long)va, vm->host->pool_pages);
+	else if (r == -EROFS)
+		vcpu_fail(vcpu, false, "page fault at %#llx: the guest's page tables for it lie in a read-only "
+			  "segment and need their Accessed/Dirty bits set; set A (and D) in page tables placed there",
+			  (unsigned long long)va);
+	else if (r == -ELOOP)
+		vcpu_fail(vcpu, true, "page fault at %#llx: the guest's page tables for it kept changing while "
+			  "umbra resolved the fault (64 walks); the guest must not rewrite them that fast",
+			  (unsigned long long)va);
 	else
 		vcpu_fail(vcpu, true, "page fault at %#llx: the shadow MMU failed: %s", (unsigned long long)va,
 			  strerror(-r));

@@ -55,10 +55,17 @@
 struct shadow_pool;
 
 /*
- * Creates a pool of @nr_pages table pages (1..SHADOW_POOL_MAX_PAGES) backed
- * by a memfd (shadow_pool_memory() describes it to the VMM).  May block
- * (allocates).  Returns 0 and sets *@out, -EINVAL, -ENOMEM or the memfd's
- * -errno.
+ * Creates a pool of @nr_pages table pages (1..SHADOW_POOL_MAX_PAGES).  The
+ * pool keeps two copies of every table page: a private, authoritative copy
+ * in host memory no guest can reach, which the shadow MMU reads, and the
+ * visible copy, a memfd (shadow_pool_memory() describes it to the VMM), which
+ * the CPU walks and the shadow MMU only writes (every entry write goes to
+ * both).  A guest that writes the visible copy (where its memslot is
+ * writable) breaks at most the translations of the VMs that use the pool;
+ * nothing umbra does depends on what it wrote.  Table memory is therefore
+ * twice the tables' size; both copies are sparse (a page takes memory once a
+ * table was allocated there).  May block (allocates).  Returns 0 and sets
+ * *@out, -EINVAL, -ENOMEM or the memfd's -errno.
  */
 int shadow_pool_create(size_t nr_pages, struct shadow_pool **out);
 /* Frees the pool.  Every page must have been freed (every shadow MMU using
@@ -67,13 +74,14 @@ int shadow_pool_create(size_t nr_pages, struct shadow_pool **out);
 void shadow_pool_destroy(struct shadow_pool *pool);
 
 /*
- * The pool's memory as one range, for the VMM to give its VMs as a memslot
- * at @gpa.  @host is the library's own read-write mapping of the whole pool
+ * The pool's visible copy as one range, for the VMM to give its VMs as a
+ * memslot at @gpa.  @host is the library's own read-write mapping of it
  * (the VMM may back a writable memslot with it); @fd is the memfd behind it,
  * which the VMM may mmap again (read-only, for a read-only memslot).  Both
  * stay valid until shadow_pool_destroy(); the pool owns them (do not unmap
  * @host or close @fd).  The VMM must never write table pages through @host:
- * the shadow MMU alone writes them, under its locks.
+ * the shadow MMU alone writes them, under its locks.  The shadow MMU never
+ * reads them back (it reads its private copy).
  */
 struct shadow_pool_memory {
 	uint64_t gpa;		/* guest-physical base: SHADOW_POOL_GPA */
@@ -107,8 +115,10 @@ int shadow_pool_alloc(struct shadow_pool *pool, int level, uint64_t *gpa);
  * can be allocated again on return (may block: not from a read-side
  * section).  -EINVAL if @gpa is not an allocated page or still has users. */
 int shadow_pool_free(struct shadow_pool *pool, uint64_t gpa);
-/* Host pointer to the 512 entries of the page at @gpa, or NULL if @gpa is not
- * a page of the pool.  Lock-free. */
+/* Host pointer to the 512 entries of the page at @gpa in the visible copy
+ * (what the CPU walks; what a guest may have written there), or NULL if
+ * @gpa is not a page of the pool.  For tests and the software vCPU: the
+ * shadow MMU reads its private copy.  Lock-free. */
 uint64_t *shadow_pool_table(struct shadow_pool *pool, uint64_t gpa);
 /* True if @gpa lies inside the pool's guest-physical range. */
 bool shadow_pool_contains(const struct shadow_pool *pool, uint64_t gpa);
@@ -208,12 +218,13 @@ struct shadow_walk {
  * Reads go through @ops->read (entries may change under it: each is read
  * once, atomically).  With SHADOW_WALK_SET_AD, a successful walk sets A in
  * each entry it used and D in the leaf for a write, by @ops->cmpxchg
- * (re-walking if an entry changed meanwhile).
+ * (re-walking if an entry changed meanwhile, at most 64 walks in all).
  * Locks: none taken; may block only if @ops do.
  * Returns 0 (translation in @w->pa, rights in @w->rights), -EFAULT (a page
  * fault: @w->error_code), -EINVAL (@va is not canonical: a #GP, not a #PF),
- * -EIO (@ops->read failed: a table outside memory), or -EROFS (an A/D update
- * was refused: @ops->cmpxchg answered -EROFS).
+ * -EIO (@ops->read failed: a table outside memory), -EROFS (an A/D update
+ * was refused: @ops->cmpxchg answered -EROFS), or -EAGAIN (the entries kept
+ * changing under the A/D updates for 64 walks).
  */
 int shadow_walk(const struct shadow_paging_mode *mode, const struct shadow_mem_ops *ops, void *ctx,
 		uint64_t cr3, uint64_t va, unsigned int access, unsigned int flags,
@@ -416,10 +427,18 @@ int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t
  * invalidation or an invlpg began to remove.  Returns SHADOW_FAULT_FIXED.
  * Locks: takes mmu_lock and table locks; the caller holds none.  May block
  * (notifier_read_begin waits for overlapping invalidations; get_page).
+ * Every loop on what the guest controls is bounded: a fault walks the
+ * guest's tables again when they changed under it (A/D updates that lost a
+ * race, a guest table copied copy-on-write, entries changed since the walk)
+ * at most 64 times; retries after an invalidation of the page (the host's)
+ * are not bounded.
  * Errors: -EINVAL (non-canonical @va), -ENOENT (no root for @cr3: load it
  * first), -EFAULT (the guest-physical page, or a guest table, has no
  * backing: MMIO or a wild address), -EACCES (a write to a read-only
- * slot that the guest's own tables allow), -ENODEV (the object was released),
+ * slot that the guest's own tables allow), -EROFS (a guest page table of
+ * the walk lies in a read-only slot and needs its Accessed or Dirty bit
+ * set, which umbra cannot do there), -ELOOP (the guest's tables kept
+ * changing under the fault: 64 walks), -ENODEV (the object was released),
  * -ENOMEM (pool full even after zapping everything), or get_page's error.
  */
 int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access,
