@@ -120,6 +120,22 @@ static void world_read_all(struct world *w)
 				      (unsigned long long)world_va(n));
 }
 
+/* The visible copy equals the private one, entry for entry, over the whole
+ * pool (allocated, freed and never used pages alike). */
+static void assert_pool_mirrored(struct shadow_pool *pool)
+{
+	for (uint32_t page = 0; page < pool->nr_pages; page++) {
+		const uint64_t *e = pool_entries(pool, page);
+		const uint64_t *v = shadow_pool_table(pool, pool_page_gpa(page));
+
+		for (unsigned int i = 0; i < SPTE_ENTRIES; i++)
+			if (e[i] != v[i]) /* not ck_assert: one mark per entry is slow */
+				ck_abort_msg("page %u (level %u) entry %u: private %#llx, visible %#llx",
+					     page, pool->pages[page].level, i, (unsigned long long)e[i],
+					     (unsigned long long)v[i]);
+	}
+}
+
 /* A and B with their tables filled (B on A's canonical segment table), then
  * C cloned from A (its root's entries point at A's lower tables). */
 static void world_init(struct world *w)
@@ -141,6 +157,7 @@ static void world_init(struct world *w)
 	hobj_init(&w->cow[2], "cow", 64, false);
 	s = hobj_slot(&w->cow[2], SH_COW_MPA(2));
 	ck_assert_int_eq(shadow_mmu_clone(w->vm[0].mmu, &s, &c->mmu), 0);
+	assert_pool_mirrored(w->pool); /* before a fault rewrites a path */
 	c->cr3 = w->vm[0].cr3;
 	c->v = sh_vcpu(c->mmu, 64, c->cr3);
 	world_read_all(w);
@@ -177,22 +194,6 @@ static void world_check(struct world *w, const char *when)
 	for (int k = 0; k < NVM; k++) {
 		ret = shadow_mmu_check(w->vm[k].mmu);
 		ck_assert_msg(ret == 0, "%s: shadow_mmu_check of VM %d: expected 0, got %d", when, k, ret);
-	}
-}
-
-/* The visible copy equals the private one, entry for entry, over the whole
- * pool (allocated, freed and never used pages alike). */
-static void assert_pool_mirrored(struct shadow_pool *pool)
-{
-	for (uint32_t page = 0; page < pool->nr_pages; page++) {
-		const uint64_t *e = pool_entries(pool, page);
-		const uint64_t *v = shadow_pool_table(pool, pool_page_gpa(page));
-
-		for (unsigned int i = 0; i < SPTE_ENTRIES; i++)
-			if (e[i] != v[i]) /* not ck_assert: one mark per entry is slow */
-				ck_abort_msg("page %u (level %u) entry %u: private %#llx, visible %#llx",
-					     page, pool->pages[page].level, i, (unsigned long long)e[i],
-					     (unsigned long long)v[i]);
 	}
 }
 
