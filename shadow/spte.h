@@ -8,11 +8,13 @@
  * the table pool and the CPU walks.  Names are SPTE_* for both; where a bit
  * matters only to one of them the comment says so.
  *
- * Shadow entries live in the table pool, which the VMM maps read-only where
- * the hardware allows (on AMD nested paging it must be writable:
- * docs/shadow.md, "Limits"); either way the CPU must never need to set
- * Accessed or Dirty in them: every present SPTE has A preset, and a leaf has
- * D preset where it is writable.  Access and dirty
+ * Shadow entries live in the table pool, twice: a private copy that umbra
+ * reads and a visible one that the CPU walks, which the VMM maps read-only
+ * where the hardware allows (on AMD nested paging it must be writable:
+ * docs/shadow.md, "Table pool" and "Limits"); either way the CPU must never
+ * need to set Accessed or Dirty in them (nothing is read back from the
+ * visible copy): every present SPTE has A preset, and a leaf has D preset
+ * where it is writable.  Access and dirty
  * tracking are done by the shadow MMU itself (a leaf is installed read-only
  * until the guest's own D bit is set, and young-ness is tracked in the
  * reverse map; docs/shadow.md, "Entry format").

@@ -668,14 +668,15 @@ int shadow_vcpu_load_cr3(struct shadow_vcpu *vcpu, uint64_t cr3);
 
 /*
  * One access at @va of kind @access, as the CPU performs it on the shadow
- * tables: TLB lookup, else a hardware walk of the pool from the current root
- * (4-level, with the MMU's paging mode) and a TLB fill.  A fault drops the
- * TLB entry of @va (as a #PF does).
+ * tables: TLB lookup, else a hardware walk of the pool's visible copy from
+ * the current root (4-level, with the MMU's paging mode) and a TLB fill.  A
+ * fault drops the TLB entry of @va (as a #PF does).
  * Returns 0 (*@res: host pointer and machine address), -EFAULT (a #PF,
  * res->error_code), -EINVAL (non-canonical), -ENOENT (no root loaded),
  * -EROFS (the walk would have had to write A/D into the read-only pool: a
- * shadow entry without A, or a writable leaf without D — a bug), -EIO (a
- * shadow entry points outside the pool or at no slot — a bug).
+ * shadow entry without A, or a writable leaf without D), -EIO (a shadow
+ * entry points outside the pool or at no slot of this VM).  The last two
+ * are a bug, or a guest wrote the visible copy.
  * Locks: takes only the vCPU's TLB lock (rank SUBSCRIBER_LEAF).  Never
  * blocks.  One thread per vCPU.
  */
