@@ -423,12 +423,12 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 		if (ret)
 			return ret;
 		ret = fault_install(mmu, &f);
-		if (ret == FAULT_RETRY || ret == FAULT_STALE)
-			mmu_stat_inc(mmu, retries);
 		if (ret == FAULT_STALE && ++walks_again > FAULT_MAX_WALKS_AGAIN)
 			return -ELOOP;
-		if (ret == FAULT_RETRY || ret == FAULT_STALE)
+		if (ret == FAULT_RETRY || ret == FAULT_STALE) {
+			mmu_stat_inc(mmu, retries);
 			continue;
+		}
 		if (ret == -ENOMEM && !zapped_all) {
 			/* Pool full: drop every shadow table and try once more,
 			 * when their pages are reusable (after a grace period). */
