@@ -1,8 +1,9 @@
 /*
  * The software vCPU: a model of what a CPU does with the shadow tables.  It
- * walks the pool from its root with the architectural walker (walk.c) under
- * the guest's paging mode, reading entries atomically as the hardware
- * walker does, and caches translations in a direct-mapped TLB of
+ * walks the pool's visible copy (the one the CPU walks, which a guest may
+ * have written: pool.c) from its root with the architectural walker
+ * (walk.c) under the guest's paging mode, reading entries atomically as the
+ * hardware walker does, and caches translations in a direct-mapped TLB of
  * configurable size.  The shadow MMU reaches it through struct
  * shadow_tlb_ops, the interface a KVM vCPU implements in vmm/.
  *
@@ -103,7 +104,8 @@ static const struct shadow_tlb_ops vcpu_tlb_ops = {
 	.flush_va = vcpu_flush_va,
 };
 
-/* The pool as the CPU sees it: readable, never writable (A/D writes fail). */
+/* The pool as the CPU sees it: the visible copy, readable, never writable
+ * (A/D writes fail); any address inside the pool reads what is there. */
 static int pool_read(void *ctx, uint64_t pa, uint64_t *val)
 {
 	struct shadow_pool *pool = ctx;

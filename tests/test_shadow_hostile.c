@@ -236,7 +236,7 @@ enum scribble_kind {
 	SCRIBBLE_FREE_PAGE,	/* table entries: a page no table uses */
 	SCRIBBLE_OTHER_LEVEL,	/* table entries: a table of another level */
 	SCRIBBLE_SELF,		/* table entries: their own table (a cycle) */
-	SCRIBBLE_RETARGET,	/* leaves: another page, writable */
+	SCRIBBLE_RETARGET,	/* leaves: a page other VMs map (the segment's), writable */
 };
 
 static const struct scribble_case {
@@ -248,7 +248,7 @@ static const struct scribble_case {
 	{ "table entries pointing at unallocated pool pages", SCRIBBLE_FREE_PAGE },
 	{ "table entries pointing at a table of another level", SCRIBBLE_OTHER_LEVEL },
 	{ "table entries pointing at their own table", SCRIBBLE_SELF },
-	{ "leaves retargeted at another page, writable", SCRIBBLE_RETARGET },
+	{ "leaves retargeted at pages other VMs map, writable", SCRIBBLE_RETARGET },
 };
 
 static uint64_t xorshift(uint64_t *s)
