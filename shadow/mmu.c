@@ -179,3 +179,34 @@ const struct shadow_paging_mode *shadow_mmu_mode(const struct shadow_mmu *mmu)
 {
 	return &mmu->mode;
 }
+
+/* ---- paging mode ------------------------------------------------------------ */
+
+int shadow_mmu_set_mode(struct shadow_mmu *mmu, const struct shadow_paging_mode *mode)
+{
+	struct shadow_paging_mode *cur = &mmu->mode;
+	bool same;
+
+	if (!mode || !walk_mode_is_valid(mode) || mode->maxphyaddr != cur->maxphyaddr)
+		return -EINVAL;
+	umbra_mutex_lock(&mmu->mmu_lock);
+	same = cur->wp == mode->wp && cur->nxe == mode->nxe && cur->smep == mode->smep &&
+	       cur->gbpages == mode->gbpages;
+	if (!same) {
+		/* Field by field, atomically: a fault's lock-free guest walk may
+		 * read the mode meanwhile; it sees sync_seq move and walks again
+		 * under mmu_lock (fault.c) before it installs anything. */
+		__atomic_store_n(&cur->wp, mode->wp, __ATOMIC_RELAXED);
+		__atomic_store_n(&cur->nxe, mode->nxe, __ATOMIC_RELAXED);
+		__atomic_store_n(&cur->smep, mode->smep, __ATOMIC_RELAXED);
+		__atomic_store_n(&cur->gbpages, mode->gbpages, __ATOMIC_RELAXED);
+		bump_sync_seq_locked(mmu);
+	}
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	/* What was installed under the old mode (before the swap, or by a
+	 * fault that walked again just before it) goes: every table below the
+	 * roots, every vCPU flushed. */
+	if (!same)
+		shadow_mmu_zap_all(mmu);
+	return 0;
+}

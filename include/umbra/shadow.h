@@ -443,6 +443,36 @@ void shadow_mmu_invlpg(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va);
 int shadow_mmu_flush(struct shadow_mmu *mmu, uint64_t cr3);
 
 /*
+ * The guest changed the page table at guest-physical @gpa, which several of
+ * its address spaces may use (two PML4s pointing at one PDPT, say): finds
+ * every shadow table of this MMU whose guest table is that page (below every
+ * cached root: a scan of the tables this VM reaches, bounded by how many it
+ * holds), zaps each of its entries that no longer matches the guest's page
+ * (a shared table is never changed for one VM: the entry that reaches it goes
+ * instead), and flushes every registered vCPU that may cache what went.
+ * Entries that still match stay.  When: the guest's "shared table changed"
+ * request (docs/abi.md, SYNC_TABLE).  Takes mmu_lock; the caller holds no
+ * shadow lock.  May block on locks.  Returns the number of shadow tables of
+ * that page it found (0: none is cached), or -EINVAL (@gpa not 4 KiB-aligned
+ * or beyond the P2M).  On return no vCPU can reach a translation through
+ * an entry of that page the guest no longer has.
+ */
+int shadow_mmu_sync_guest_table(struct shadow_mmu *mmu, uint64_t gpa);
+
+/*
+ * Switches the MMU to the paging controls @mode (the guest changed EFER.NXE,
+ * say: what an entry's bit 63 means changes): swaps the mode under mmu_lock,
+ * then zaps every shadow table below every root and flushes every vCPU, as
+ * KVM resets its MMU context on an EFER write.  Every translation is
+ * faulted back under the new mode (the cost: a full shadow rebuild).  A
+ * mode equal to the current one changes nothing.  Takes mmu_lock; the
+ * caller holds no shadow lock.  May block.  Returns 0, or -EINVAL (@mode
+ * invalid, or its maxphyaddr differs: that is the CPU's, not the guest's).
+ * On return no shadow entry made under the old mode is reachable.
+ */
+int shadow_mmu_set_mode(struct shadow_mmu *mmu, const struct shadow_paging_mode *mode);
+
+/*
  * Zaps every shadow entry that maps pages [first, last] of slot @slot_id's
  * object, through the reverse map, and flushes every vCPU that may cache one,
  * before returning.  Takes mmu_lock.  Returns the number of entries zapped,
