@@ -1301,7 +1301,7 @@ START_TEST(test_sync_guest_table_rejects_bad_address_and_counts_none)
 }
 END_TEST
 
-START_TEST(test_set_mode_nxe_rebuilds_shadow_under_new_mode)
+START_TEST(test_set_mode_nxe_resyncs_shadow_under_new_mode)
 {
 	struct shadow_paging_mode mode = shadow_default_mode;
 	struct shadow_mmu_stats before, after;
@@ -1322,26 +1322,41 @@ START_TEST(test_set_mode_nxe_rebuilds_shadow_under_new_mode)
 	ck_assert_int_eq(shadow_mmu_set_mode(gm.mmu, &mode), 0);
 	ck_assert(!shadow_mmu_mode(gm.mmu)->nxe);
 	v = sh_vcpu(gm.mmu, 64, cr3);
-	ck_assert_int_eq(shadow_vcpu_access(v, VA1, SHADOW_ACCESS_FETCH, &res), -EFAULT);
-	ck_assert_msg(res.error_code == 0, "expected a not-present fault (the old shadow gone), got "
+	shadow_mmu_stats(gm.mmu, &before);
+	/* VA1's entries read the same under either mode: kept, no fault. */
+	ck_assert_uint_eq(reach_no_fault(v, VA1, SHADOW_ACCESS_FETCH), GPA_A);
+	/* VA2's leaf carried NX, reserved now: gone (not a reserved-bit fault),
+	 * and the guest's own entry is the reserved-bit fault. */
+	ck_assert_int_eq(shadow_vcpu_access(v, VA2, 0, &res), -EFAULT);
+	ck_assert_msg(res.error_code == 0, "expected a not-present fault (the NX leaf gone), got "
 		      "ec %#x", res.error_code);
-	ck_assert_uint_eq(reach(v, VA1, SHADOW_ACCESS_FETCH), GPA_A); /* no NX in the new leaf */
 	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA2, 0, &ec), SHADOW_FAULT_GUEST);
 	ck_assert_uint_eq(ec, SHADOW_PFERR_PRESENT | SHADOW_PFERR_RSVD);
+	/* A leaf installed under NXE clear never carries bit 63. */
+	gm_map(&gm, cr3, VA2, GPA_B, 1, UW);
+	shadow_vcpu_invlpg(v, VA2);
+	ck_assert_uint_eq(reach(v, VA2, SHADOW_ACCESS_FETCH), GPA_B);
+	shadow_mmu_stats(gm.mmu, &after);
+	ck_assert_msg(after.faults - before.faults == 2, "expected faults for VA2 only, got %llu",
+		      (unsigned long long)(after.faults - before.faults));
 	/* The same mode again changes nothing. */
 	shadow_mmu_stats(gm.mmu, &before);
 	ck_assert_int_eq(shadow_mmu_set_mode(gm.mmu, &mode), 0);
 	shadow_mmu_stats(gm.mmu, &after);
 	ck_assert_uint_eq(after.zapped, before.zapped);
+	ck_assert_uint_eq(after.syncs, before.syncs);
 	shadow_vcpu_destroy(v);
-	/* NXE set again: bit 63 means no-execute. */
+	/* NXE set again, the guest marks VA2 NX again: bit 63 means no-execute. */
+	gm_map(&gm, cr3, VA2, GPA_B, 1, UW | SPTE_NX | SPTE_ACCESSED);
 	mode.nxe = true;
 	ck_assert_int_eq(shadow_mmu_set_mode(gm.mmu, &mode), 0);
 	v = sh_vcpu(gm.mmu, 64, cr3);
-	ck_assert_uint_eq(reach(v, VA2, 0), GPA_B);
+	ck_assert_int_eq(shadow_vcpu_access(v, VA2, SHADOW_ACCESS_FETCH, &res), -EFAULT);
 	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA2, SHADOW_ACCESS_FETCH, &ec),
 			 SHADOW_FAULT_GUEST);
 	ck_assert_uint_eq(ec, SHADOW_PFERR_PRESENT | SHADOW_PFERR_FETCH);
+	ck_assert_uint_eq(reach(v, VA2, 0), GPA_B);
+	ck_assert_uint_eq(reach_no_fault(v, VA1, SHADOW_ACCESS_FETCH), GPA_A);
 	mode.maxphyaddr--;
 	ck_assert_int_eq(shadow_mmu_set_mode(gm.mmu, &mode), -EINVAL);
 	ck_assert_int_eq(shadow_mmu_set_mode(gm.mmu, NULL), -EINVAL);
@@ -1405,7 +1420,7 @@ Suite *shadow_suite(void)
 	tcase_add_test(resync, test_invlpg_drops_path_whose_guest_table_entry_lost_accessed);
 	tcase_add_test(resync, test_sync_guest_table_reaches_every_address_space);
 	tcase_add_test(resync, test_sync_guest_table_rejects_bad_address_and_counts_none);
-	tcase_add_test(resync, test_set_mode_nxe_rebuilds_shadow_under_new_mode);
+	tcase_add_test(resync, test_set_mode_nxe_resyncs_shadow_under_new_mode);
 	suite_add_tcase(s, resync);
 	return s;
 }

@@ -461,14 +461,18 @@ int shadow_mmu_sync_guest_table(struct shadow_mmu *mmu, uint64_t gpa);
 
 /*
  * Switches the MMU to the paging controls @mode (the guest changed EFER.NXE,
- * say: what an entry's bit 63 means changes): swaps the mode under mmu_lock,
- * then zaps every shadow table below every root and flushes every vCPU, as
- * KVM resets its MMU context on an EFER write.  Every translation is
- * faulted back under the new mode (the cost: a full shadow rebuild).  A
- * mode equal to the current one changes nothing.  Takes mmu_lock; the
- * caller holds no shadow lock.  May block.  Returns 0, or -EINVAL (@mode
+ * say: what bit 63 of an entry means changes), as KVM resets its MMU
+ * context on an EFER write: swaps the mode under mmu_lock, syncs every
+ * cached root against the guest's tables read under the new mode (what
+ * would now be shadowed differently is zapped, with the tables below it;
+ * what reads the same, such as entries without bit 63, stays) and flushes
+ * every vCPU that may cache what went.  The cost: a sync of every cached
+ * address space, as a CR3 load does for one, and the faults that follow.  A
+ * mode equal to the current one changes nothing.  Takes mmu_lock; the caller
+ * holds no shadow lock.  May block on locks.  Returns 0, or -EINVAL (@mode
  * invalid, or its maxphyaddr differs: that is the CPU's, not the guest's).
- * On return no shadow entry made under the old mode is reachable.
+ * On return no vCPU reaches a shadow entry that differs from what a fault
+ * would install under @mode.
  */
 int shadow_mmu_set_mode(struct shadow_mmu *mmu, const struct shadow_paging_mode *mode);
 
