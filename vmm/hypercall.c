@@ -72,17 +72,18 @@ static void report_unbacked_fault(struct vcpu *vcpu, uint64_t va, unsigned int a
 
 #define PF_RSVD (1u << 3) /* #PF error code: a reserved bit was set in an entry */
 /* Reserved-bit faults in a row at one address, EFER unchanged, before the VM
- * stops: the shadow entries umbra wrote never have a reserved bit set under
- * the guest's EFER, so a second one is already a sign that something else
- * wrote them (a guest that maps the table pool, where it is writable). */
+ * stops: the shadow entries umbra writes have no bit reserved under the
+ * guest's EFER, so such faults repeat only when something else wrote them (a
+ * guest that maps the table pool, where it is writable) or when the guest
+ * reports faults the CPU did not take. */
 #define RSVD_FAULTS_MAX 8u
 
 /*
  * The guest may set or clear EFER.NXE with wrmsr, which does not exit to
  * umbra: what bit 63 of a page-table entry means changes (no-execute, or a
  * reserved bit). Brings the shadow MMU's mode in line with @efer, as KVM
- * resets its MMU context on an EFER write (a full shadow rebuild). Returns
- * true if the mode changed.
+ * resets its MMU context on an EFER write (a sync of every cached address
+ * space). Returns true if the mode changed.
  */
 static bool sync_efer_nxe(struct vcpu *vcpu, uint64_t efer)
 {
@@ -96,17 +97,31 @@ static bool sync_efer_nxe(struct vcpu *vcpu, uint64_t efer)
 	return shadow_mmu_set_mode(mmu, &mode) == 0;
 }
 
-/* sync_efer_nxe with the vCPU's EFER read now. -1 (the VM stopped), or
+/* sync_efer_nxe with the vCPU's EFER read now; after a change, the pinned
+ * ranges are faulted back into the current address space (a pinned page the
+ * guest marks NX lost its shadow when NXE was set). -1 (the VM stopped), or
  * sync_efer_nxe's answer. */
 static int sync_efer_nxe_now(struct vcpu *vcpu)
 {
 	struct kvm_sregs sregs;
+	uint64_t root;
+	int r;
 
 	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) {
 		vcpu_fail(vcpu, false, "KVM_GET_SREGS (EFER) at a paging hypercall: %s", strerror(errno));
 		return -1;
 	}
-	return sync_efer_nxe(vcpu, sregs.efer);
+	if (!sync_efer_nxe(vcpu, sregs.efer))
+		return 0;
+	/* The same root (cached, and this vCPU's): only the pins are new. */
+	r = vcpu_load_guest_cr3(vcpu, vcpu->guest_cr3, &root);
+	if (r) {
+		vcpu_fail(vcpu, false, "EFER.NXE changed: re-pinning address space %#llx: %s",
+			  (unsigned long long)vcpu->guest_cr3,
+			  r == -ENOMEM ? "the shadow table pool is exhausted" : strerror(-r));
+		return -1;
+	}
+	return 1;
 }
 
 static int64_t hc_set_cr3(struct vcpu *vcpu, uint64_t guest_cr3)
@@ -120,6 +135,13 @@ static int64_t hc_set_cr3(struct vcpu *vcpu, uint64_t guest_cr3)
 			  "page in RAM", (unsigned long long)guest_cr3);
 		return HC_STOPPED;
 	}
+	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) {
+		vcpu_fail(vcpu, false, "KVM_GET_SREGS at set_cr3: %s", strerror(errno));
+		return HC_STOPPED;
+	}
+	/* The address-space switch flushes: a changed EFER.NXE takes effect
+	 * for the pages already shadowed too (before the pins are faulted). */
+	sync_efer_nxe(vcpu, sregs.efer);
 	r = vcpu_load_guest_cr3(vcpu, guest_cr3, &root);
 	if (r) {
 		vcpu_fail(vcpu, false, "set_cr3 %#llx: %s", (unsigned long long)guest_cr3,
@@ -127,13 +149,6 @@ static int64_t hc_set_cr3(struct vcpu *vcpu, uint64_t guest_cr3)
 			  r == -ENOMEM ? "the shadow table pool is exhausted" : strerror(-r));
 		return HC_STOPPED;
 	}
-	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) {
-		vcpu_fail(vcpu, false, "KVM_GET_SREGS at set_cr3: %s", strerror(errno));
-		return HC_STOPPED;
-	}
-	/* The address-space switch flushes: a changed EFER.NXE takes effect
-	 * for the pages already shadowed too. */
-	sync_efer_nxe(vcpu, sregs.efer);
 	sregs.cr3 = root;
 	if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0) {
 		vcpu_fail(vcpu, false, "KVM_SET_SREGS at set_cr3: %s", strerror(errno));
