@@ -39,6 +39,20 @@ static void expect_direct_entry(const struct shadow_page *sp, unsigned int i, st
 	}
 }
 
+/* Is guest entry @g, of the guest table at @table, accessed?  An entry with
+ * A clear is one the CPU has not used since the guest cleared it: its next
+ * use must set A again (SDM 4.8), so no shadow of it may survive a sync.
+ * In a read-only slot nobody can clear A (nor can umbra set it): such an
+ * entry counts as accessed. */
+static bool guest_entry_is_accessed(struct shadow_mmu *mmu, uint64_t table, uint64_t g)
+{
+	struct shadow_mmu_slot *slot;
+	uint64_t page;
+
+	return spte_is_accessed(g) ||
+	       (!p2m_get(mmu, table >> SHADOW_PAGE_SHIFT, &slot, &page) && slot->s.readonly);
+}
+
 /* What entry @i of shadow table @sp should be, from the guest's tables now. */
 static void expect_entry(struct shadow_mmu *mmu, const struct shadow_page *sp, unsigned int i,
 			 struct expect *e)
@@ -54,10 +68,7 @@ static void expect_entry(struct shadow_mmu *mmu, const struct shadow_page *sp, u
 	}
 	if (guest_read(mmu, sp->gpa + i * sizeof(uint64_t), &g))
 		return;
-	/* A guest entry with A clear is one the CPU has not used since the
-	 * guest cleared it: the next use must set A again (SDM 4.8), so no
-	 * shadow of it may survive a sync. */
-	if (!spte_is_present(g) || !spte_is_accessed(g) ||
+	if (!spte_is_present(g) || !guest_entry_is_accessed(mmu, sp->gpa, g) ||
 	    (g & spte_rsvd_mask(g, level, mode->maxphyaddr, mode->nxe, mode->gbpages)))
 		return;
 	unsigned int rights = sp->access & walk_entry_rights(mode, g);
