@@ -426,11 +426,15 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 		     uint32_t *error_code);
 
 /*
- * invlpg @va in the address space @cr3: removes the shadow translation of
- * @va (and any shadow table on its path that no longer matches the guest's
- * tables), and flushes it from every registered vCPU.  No-op if @cr3 has no
- * root.  On return no vCPU can reach what @va mapped before the call unless
- * the guest's tables still map it.  Takes mmu_lock.
+ * invlpg @va in the address space @cr3: re-validates every shadow entry on
+ * the path of @va, the leaf included, against the guest's tables now, zaps
+ * each that no longer matches (a table with everything below it) and flushes
+ * what went from every registered vCPU.  An entry that still matches (same
+ * frame, the rights a fault would give now or those without W, the guest's
+ * A set, and its D set if the leaf is writable) stays: an invlpg of an
+ * unchanged mapping is harmless, as on x86.  No-op if @cr3 has no root.  On
+ * return no vCPU can reach what @va mapped before the call unless the
+ * guest's tables still map it.  Takes mmu_lock.
  */
 void shadow_mmu_invlpg(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va);
 
