@@ -179,3 +179,38 @@ const struct shadow_paging_mode *shadow_mmu_mode(const struct shadow_mmu *mmu)
 {
 	return &mmu->mode;
 }
+
+/* ---- paging mode ------------------------------------------------------------ */
+
+int shadow_mmu_set_mode(struct shadow_mmu *mmu, const struct shadow_paging_mode *mode)
+{
+	struct shadow_paging_mode *cur = &mmu->mode;
+	struct zap_batch b;
+
+	if (!mode || !walk_mode_is_valid(mode) || mode->maxphyaddr != cur->maxphyaddr)
+		return -EINVAL;
+	zap_batch_init(&b);
+	umbra_mutex_lock(&mmu->mmu_lock);
+	if (cur->wp != mode->wp || cur->nxe != mode->nxe || cur->smep != mode->smep ||
+	    cur->gbpages != mode->gbpages) {
+		/* Field by field, atomically: a fault's lock-free guest walk may
+		 * read the mode meanwhile; it sees sync_seq move and walks again
+		 * under mmu_lock (fault.c) before it installs anything. */
+		__atomic_store_n(&cur->wp, mode->wp, __ATOMIC_RELAXED);
+		__atomic_store_n(&cur->nxe, mode->nxe, __ATOMIC_RELAXED);
+		__atomic_store_n(&cur->smep, mode->smep, __ATOMIC_RELAXED);
+		__atomic_store_n(&cur->gbpages, mode->gbpages, __ATOMIC_RELAXED);
+		/* Every cached address space against the guest's tables, read
+		 * under the new mode: what it shadows differently goes. */
+		for (unsigned int r = 0; r < mmu->nr_roots; r++) {
+			if (mmu->roots[r].page == SHADOW_NO_PAGE)
+				continue;
+			sync_table_locked(mmu, mmu->roots[r].page, &b);
+			mmu_stat_inc(mmu, syncs);
+		}
+		bump_sync_seq_locked(mmu);
+	}
+	zap_batch_finish_locked(mmu, &b);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	return 0;
+}

@@ -421,7 +421,8 @@ struct zap_batch {
 
 struct shadow_mmu {
 	struct shadow_pool *pool;	/* immutable */
-	struct shadow_paging_mode mode; /* immutable */
+	struct shadow_paging_mode mode; /* written under mmu_lock (atomic stores,
+					 * shadow_mmu_set_mode); read anywhere */
 
 	/*
 	 * mmu_lock (UMBRA_LOCK_RANK_MMU): the per-VM lock.  Protects the

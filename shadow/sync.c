@@ -1,9 +1,12 @@
 /*
  * Sync: the shadow tables are a cache of the guest's tables, brought up to
  * date where x86 requires the guest to flush its TLB (invlpg, CR3 load, full
- * flush).  expect_entry says what an entry should be from the guest's tables
- * and the P2M now; the sync functions zap what no longer matches, and never
- * change a shared table for one VM (they leave it instead).
+ * flush) and where the guest says it changed a table other address spaces
+ * use (shadow_mmu_sync_guest_table).  expect_entry says what an entry should
+ * be from the guest's tables and the P2M now; the sync functions zap what no
+ * longer matches, keep what does (an invlpg of a mapping the guest did not
+ * change is harmless, as on x86), and never change a shared table for one VM
+ * (they leave it instead).
  *
  * Locks: every function here runs under the VM's mmu_lock (asserted); the
  * entries are written through zap.c (table locks, stripes).
@@ -36,6 +39,20 @@ static void expect_direct_entry(const struct shadow_page *sp, unsigned int i, st
 	}
 }
 
+/* Is guest entry @g, of the guest table at @table, accessed?  An entry with
+ * A clear is one the CPU has not used since the guest cleared it: its next
+ * use must set A again (SDM 4.8), so no shadow of it may survive a sync.
+ * In a read-only slot nobody can clear A (nor can umbra set it): such an
+ * entry counts as accessed. */
+static bool guest_entry_is_accessed(struct shadow_mmu *mmu, uint64_t table, uint64_t g)
+{
+	struct shadow_mmu_slot *slot;
+	uint64_t page;
+
+	return spte_is_accessed(g) ||
+	       (!p2m_get(mmu, table >> SHADOW_PAGE_SHIFT, &slot, &page) && slot->s.readonly);
+}
+
 /* What entry @i of shadow table @sp should be, from the guest's tables now. */
 static void expect_entry(struct shadow_mmu *mmu, const struct shadow_page *sp, unsigned int i,
 			 struct expect *e)
@@ -51,7 +68,7 @@ static void expect_entry(struct shadow_mmu *mmu, const struct shadow_page *sp, u
 	}
 	if (guest_read(mmu, sp->gpa + i * sizeof(uint64_t), &g))
 		return;
-	if (!spte_is_present(g) ||
+	if (!spte_is_present(g) || !guest_entry_is_accessed(mmu, sp->gpa, g) ||
 	    (g & spte_rsvd_mask(g, level, mode->maxphyaddr, mode->nxe, mode->gbpages)))
 		return;
 	unsigned int rights = sp->access & walk_entry_rights(mode, g);
@@ -201,14 +218,12 @@ void shadow_mmu_invlpg(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va)
 	root = root_find_locked(mmu, cr3_key(mmu, cr3));
 	if (root) {
 		for_each_shadow_entry(mmu, it, root->page, va) {
-			if (it.level == 1) {
-				/* The translation itself goes, whatever it was. */
-				zap_spte_locked(mmu, it.page, it.index, &b);
-				break;
-			}
-			/* A table on the path that no longer matches the guest
-			 * goes with everything below it. */
-			if (!sync_spte_locked(mmu, it.page, it.index, false, &b))
+			/* An entry on the path that no longer matches the guest
+			 * goes (a table with everything below it); one that
+			 * still matches stays: the leaf too, so that an invlpg
+			 * of a mapping the guest did not change (its IDT, stack,
+			 * #PF handler) costs it nothing. */
+			if (!sync_spte_locked(mmu, it.page, it.index, false, &b) || it.level == 1)
 				break;
 			/* A shared table below is never changed for one VM: keep
 			 * it if it still agrees with our guest, else leave it. */
@@ -245,4 +260,85 @@ int shadow_mmu_flush(struct shadow_mmu *mmu, uint64_t cr3)
 	zap_batch_finish_locked(mmu, &b);
 	umbra_mutex_unlock(&mmu->mmu_lock);
 	return ret;
+}
+
+/* ---- a guest table changed: every shadow of it ---------------------------- */
+
+/* Does @sp shadow the guest page table at @gpa (not a part of a large page)? */
+static bool shadows_guest_table(const struct shadow_page *sp, uint64_t gpa)
+{
+	return !sp->direct && sp->gpa == gpa;
+}
+
+/* Read-only: how many tables of the subtree at @page shadow the guest table
+ * at @gpa.  mmu_lock. */
+static unsigned int subtree_count_shadows_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t gpa)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	const struct shadow_page *sp = mmu_page(mmu, page);
+	unsigned int n = shadows_guest_table(sp, gpa), i;
+
+	if (sp->level == 1)
+		return n;
+	for_each_present_spte(mmu, page, i)
+		n += subtree_count_shadows_locked(
+			mmu, pool_page_index(spte_addr(spte_read(mmu_sptes(mmu, page) + i))), gpa);
+	return n;
+}
+
+/*
+ * Syncs every table of the subtree at @page (this VM's alone) that shadows
+ * the guest table at @gpa against the guest's page: its entries that no
+ * longer match go.  A shared table below that holds such a shadow is never
+ * changed for one VM: the entry that reaches it goes unless all of it still
+ * agrees with our guest.  Returns the number of shadows found.  mmu_lock.
+ */
+static unsigned int subtree_sync_shadows_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t gpa,
+						struct zap_batch *b)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	const struct shadow_page *sp = mmu_page(mmu, page);
+	unsigned int n = 0, i;
+
+	if (shadows_guest_table(sp, gpa)) {
+		for_each_present_spte(mmu, page, i)
+			sync_spte_locked(mmu, page, i, false, b);
+		n++;
+	}
+	if (sp->level == 1)
+		return n;
+	for_each_present_spte(mmu, page, i) {
+		uint32_t child = pool_page_index(spte_addr(spte_read(mmu_sptes(mmu, page) + i)));
+		unsigned int found;
+
+		if (!table_is_shared(mmu, child)) {
+			n += subtree_sync_shadows_locked(mmu, child, gpa, b);
+			continue;
+		}
+		found = subtree_count_shadows_locked(mmu, child, gpa);
+		if (found && !subtree_matches_locked(mmu, child))
+			zap_spte_locked(mmu, page, i, b);
+		n += found;
+	}
+	return n;
+}
+
+int shadow_mmu_sync_guest_table(struct shadow_mmu *mmu, uint64_t gpa)
+{
+	struct zap_batch b;
+	unsigned int n = 0;
+
+	if (gpa % SHADOW_PAGE_SIZE || gpa >> SHADOW_PAGE_SHIFT >= mmu->p2m_pages)
+		return -EINVAL;
+	zap_batch_init(&b);
+	umbra_mutex_lock(&mmu->mmu_lock);
+	/* Every cached root, and below it every table this VM reaches: a
+	 * bounded scan (the tables this VM holds), no index by guest page. */
+	for (unsigned int r = 0; r < mmu->nr_roots; r++)
+		if (mmu->roots[r].page != SHADOW_NO_PAGE)
+			n += subtree_sync_shadows_locked(mmu, mmu->roots[r].page, gpa, &b);
+	bump_sync_seq_locked(mmu);
+	zap_batch_finish_locked(mmu, &b);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	return (int)n;
 }

@@ -1118,6 +1118,254 @@ START_TEST(test_teardown_frees_every_table_of_many_roots)
 }
 END_TEST
 
+/* ---- re-sync: invlpg re-validates, shared guest tables, paging mode -------- */
+
+/* The leaf of VA1 in @v's shadow, reached without a fault: its machine
+ * address (asserts the access succeeds). */
+static uint64_t reach_no_fault(struct shadow_vcpu *v, uint64_t va, unsigned int access)
+{
+	struct shadow_vcpu_result res;
+	int ret = shadow_vcpu_access(v, va, access, &res);
+
+	ck_assert_msg(ret == 0, "access %#llx with no fault: expected 0, got %d (ec %#x)",
+		      (unsigned long long)va, ret, res.error_code);
+	return res.mpa;
+}
+
+START_TEST(test_invlpg_keeps_unchanged_mapping)
+{
+	struct shadow_mmu_stats before, after;
+	struct gm gm;
+	uint64_t cr3;
+	struct shadow_vcpu *v = va1_vm(&gm, 64, &cr3);
+
+	/* A writable leaf (the guest's D set by the write fault) and, at VA2,
+	 * a read-only one (D clear): neither changes in the guest. */
+	gm_map(&gm, cr3, VA2, GPA_B, 1, UW);
+	reach(v, VA1, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE);
+	reach(v, VA2, SHADOW_ACCESS_USER);
+	shadow_mmu_stats(gm.mmu, &before);
+	for (int k = 0; k < 8; k++) {
+		shadow_vcpu_invlpg(v, VA1);
+		shadow_vcpu_invlpg(v, VA2);
+	}
+	ck_assert_uint_eq(reach_no_fault(v, VA1, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE), GPA_A);
+	ck_assert_uint_eq(reach_no_fault(v, VA2, SHADOW_ACCESS_USER), GPA_B);
+	shadow_mmu_stats(gm.mmu, &after);
+	ck_assert_msg(after.faults == before.faults, "expected no fault after invlpg of unchanged "
+		      "mappings, got %llu", (unsigned long long)(after.faults - before.faults));
+	ck_assert_uint_eq(after.zapped, before.zapped);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 1);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_B / GM_PAGE), 1);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* A change of the guest's leaf for VA1 (mapped UW to GPA_A, written so
+ * that A and D are set) after which invlpg must drop the shadow leaf. */
+static const struct {
+	const char *what;
+	uint64_t pte;		/* the guest's new PTE for VA1 */
+	unsigned int access;	/* an access the old shadow leaf allowed */
+} invlpg_changes[] = {
+	{ "frame", GPA_B | SPTE_PRESENT | UW | SPTE_ACCESSED | SPTE_DIRTY, SHADOW_ACCESS_USER },
+	{ "write right", GPA_A | SPTE_PRESENT | SPTE_USER | SPTE_ACCESSED | SPTE_DIRTY,
+	  SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE },
+	{ "user right", GPA_A | SPTE_PRESENT | SPTE_WRITABLE | SPTE_ACCESSED | SPTE_DIRTY,
+	  SHADOW_ACCESS_USER },
+	{ "exec right", GPA_A | SPTE_PRESENT | UW | SPTE_NX | SPTE_ACCESSED | SPTE_DIRTY,
+	  SHADOW_ACCESS_USER | SHADOW_ACCESS_FETCH },
+	{ "accessed cleared", GPA_A | SPTE_PRESENT | UW | SPTE_DIRTY, SHADOW_ACCESS_USER },
+	{ "dirty cleared", GPA_A | SPTE_PRESENT | UW | SPTE_ACCESSED,
+	  SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE },
+	{ "not present", 0, SHADOW_ACCESS_USER },
+};
+
+START_TEST(test_invlpg_drops_changed_mapping)
+{
+	struct shadow_vcpu_result res;
+	struct gm gm;
+	uint64_t cr3;
+	struct shadow_vcpu *v = va1_vm(&gm, 64, &cr3);
+
+	reach(v, VA1, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE);
+	reach_no_fault(v, VA1, invlpg_changes[_i].access);
+	gm_write(&gm, gm_entry(&gm, cr3, VA1, 1), invlpg_changes[_i].pte);
+	shadow_vcpu_invlpg(v, VA1);
+	ck_assert_msg(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE) == 0,
+		      "%s changed: expected the shadow leaf dropped, got %zu", invlpg_changes[_i].what,
+		      shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE));
+	ck_assert_msg(shadow_vcpu_access(v, VA1, invlpg_changes[_i].access, &res) == -EFAULT,
+		      "%s changed: the vCPU still reaches the old translation", invlpg_changes[_i].what);
+	ck_assert_uint_eq(res.error_code & SHADOW_PFERR_PRESENT, 0);
+	if (invlpg_changes[_i].pte & SPTE_PRESENT) {
+		/* A read faults the new entry back; A set again by the walk. */
+		ck_assert_uint_eq(reach(v, VA1, 0) & ~(GM_PAGE - 1),
+				  spte_addr(invlpg_changes[_i].pte));
+		ck_assert(gm_read(&gm, gm_entry(&gm, cr3, VA1, 1)) & SPTE_ACCESSED);
+	}
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_invlpg_drops_path_whose_guest_table_entry_lost_accessed)
+{
+	struct gm gm;
+	uint64_t cr3;
+	struct shadow_vcpu *v = va1_vm(&gm, 64, &cr3);
+
+	reach(v, VA1, SHADOW_ACCESS_USER);
+	uint64_t pde = gm_entry(&gm, cr3, VA1, 2);
+
+	ck_assert(gm_read(&gm, pde) & SPTE_ACCESSED);
+	gm_write(&gm, pde, gm_read(&gm, pde) & ~SPTE_ACCESSED);
+	shadow_vcpu_invlpg(v, VA1);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 0);
+	ck_assert_uint_eq(reach(v, VA1, SHADOW_ACCESS_USER), GPA_A);
+	ck_assert_msg(gm_read(&gm, pde) & SPTE_ACCESSED, "the refault sets the PDE's A again");
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* Two address spaces x and y whose PDEs for VA1 point at one guest page
+ * table *@pt (VA1 -> GPA_A); a vCPU on each.  Returns x. */
+static uint64_t shared_pt_vm(struct gm *gm, uint64_t *y, uint64_t *pt, struct shadow_vcpu **vx,
+			     struct shadow_vcpu **vy)
+{
+	uint64_t x;
+
+	gm_init(gm, 1024);
+	x = gm_table(gm);
+	*y = gm_table(gm);
+	gm_map(gm, x, VA1, GPA_A, 1, UW);
+	*pt = spte_addr(gm_read(gm, gm_entry(gm, x, VA1, 2)));
+	gm_write(gm, gm_entry(gm, *y, VA1, 2), *pt | GM_DIR);
+	*vx = sh_vcpu(gm->mmu, 64, x);
+	*vy = sh_vcpu(gm->mmu, 64, *y);
+	ck_assert_uint_eq(reach(*vx, VA1, 0), GPA_A);
+	ck_assert_uint_eq(reach(*vy, VA1, 0), GPA_A);
+	return x;
+}
+
+START_TEST(test_sync_guest_table_reaches_every_address_space)
+{
+	struct shadow_vcpu *vx, *vy;
+	struct gm gm;
+	uint64_t y, pt;
+	uint64_t x = shared_pt_vm(&gm, &y, &pt, &vx, &vy);
+
+	/* Nothing changed: both shadows of the page stay. */
+	ck_assert_int_eq(shadow_mmu_sync_guest_table(gm.mmu, pt), 2);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 2);
+	ck_assert_uint_eq(reach_no_fault(vy, VA1, 0), GPA_A);
+	/* The guest remaps VA1 in the shared table; invlpg on x covers x only. */
+	gm_write(&gm, pt + SPTE_INDEX(VA1, 1) * 8, GPA_B | SPTE_PRESENT | UW);
+	shadow_vcpu_invlpg(vx, VA1);
+	ck_assert_uint_eq(reach(vx, VA1, 0), GPA_B);
+	ck_assert_msg(reach_no_fault(vy, VA1, 0) == GPA_A, "y's shadow is stale until the sync");
+	ck_assert_int_eq(shadow_mmu_sync_guest_table(gm.mmu, pt), 2);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 0);
+	ck_assert_uint_eq(reach(vy, VA1, 0), GPA_B);
+	ck_assert_uint_eq(reach_no_fault(vx, VA1, 0), GPA_B);
+	(void)x;
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(vx);
+	shadow_vcpu_destroy(vy);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_sync_guest_table_rejects_bad_address_and_counts_none)
+{
+	struct shadow_vcpu *vx, *vy;
+	struct gm gm;
+	uint64_t y, pt;
+
+	shared_pt_vm(&gm, &y, &pt, &vx, &vy);
+	ck_assert_int_eq(shadow_mmu_sync_guest_table(gm.mmu, pt + 8), -EINVAL);
+	ck_assert_int_eq(shadow_mmu_sync_guest_table(gm.mmu, 1024 * GM_PAGE), -EINVAL);
+	ck_assert_int_eq(shadow_mmu_sync_guest_table(gm.mmu, GPA_C), 0); /* no table there */
+	/* y's PML4 is a guest table too: its root is its one shadow. */
+	ck_assert_int_eq(shadow_mmu_sync_guest_table(gm.mmu, y), 1);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 2);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(vx);
+	shadow_vcpu_destroy(vy);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_set_mode_nxe_resyncs_shadow_under_new_mode)
+{
+	struct shadow_paging_mode mode = shadow_default_mode;
+	struct shadow_mmu_stats before, after;
+	struct shadow_vcpu_result res;
+	struct gm gm;
+	uint32_t ec = 0;
+	uint64_t cr3;
+	struct shadow_vcpu *v = va1_vm(&gm, 64, &cr3);
+
+	ck_assert(mode.nxe);
+	gm_map(&gm, cr3, VA2, GPA_B, 1, UW | SPTE_NX);
+	reach(v, VA1, SHADOW_ACCESS_FETCH);
+	reach(v, VA2, 0);
+	shadow_vcpu_destroy(v);
+	/* The guest clears EFER.NXE: bit 63 is reserved for the CPU from now on
+	 * (a new software vCPU takes the MMU's mode, as the CPU takes EFER). */
+	mode.nxe = false;
+	ck_assert_int_eq(shadow_mmu_set_mode(gm.mmu, &mode), 0);
+	ck_assert(!shadow_mmu_mode(gm.mmu)->nxe);
+	v = sh_vcpu(gm.mmu, 64, cr3);
+	shadow_mmu_stats(gm.mmu, &before);
+	/* VA1's entries read the same under either mode: kept, no fault. */
+	ck_assert_uint_eq(reach_no_fault(v, VA1, SHADOW_ACCESS_FETCH), GPA_A);
+	/* VA2's leaf carried NX, reserved now: gone (not a reserved-bit fault),
+	 * and the guest's own entry is the reserved-bit fault. */
+	ck_assert_int_eq(shadow_vcpu_access(v, VA2, 0, &res), -EFAULT);
+	ck_assert_msg(res.error_code == 0, "expected a not-present fault (the NX leaf gone), got "
+		      "ec %#x", res.error_code);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA2, 0, &ec), SHADOW_FAULT_GUEST);
+	ck_assert_uint_eq(ec, SHADOW_PFERR_PRESENT | SHADOW_PFERR_RSVD);
+	/* A leaf installed under NXE clear never carries bit 63. */
+	gm_map(&gm, cr3, VA2, GPA_B, 1, UW);
+	shadow_vcpu_invlpg(v, VA2);
+	ck_assert_uint_eq(reach(v, VA2, SHADOW_ACCESS_FETCH), GPA_B);
+	shadow_mmu_stats(gm.mmu, &after);
+	ck_assert_msg(after.faults - before.faults == 2, "expected faults for VA2 only, got %llu",
+		      (unsigned long long)(after.faults - before.faults));
+	/* The same mode again changes nothing. */
+	shadow_mmu_stats(gm.mmu, &before);
+	ck_assert_int_eq(shadow_mmu_set_mode(gm.mmu, &mode), 0);
+	shadow_mmu_stats(gm.mmu, &after);
+	ck_assert_uint_eq(after.zapped, before.zapped);
+	ck_assert_uint_eq(after.syncs, before.syncs);
+	shadow_vcpu_destroy(v);
+	/* NXE set again, the guest marks VA2 NX again: bit 63 means no-execute. */
+	gm_map(&gm, cr3, VA2, GPA_B, 1, UW | SPTE_NX | SPTE_ACCESSED);
+	mode.nxe = true;
+	ck_assert_int_eq(shadow_mmu_set_mode(gm.mmu, &mode), 0);
+	v = sh_vcpu(gm.mmu, 64, cr3);
+	ck_assert_int_eq(shadow_vcpu_access(v, VA2, SHADOW_ACCESS_FETCH, &res), -EFAULT);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA2, SHADOW_ACCESS_FETCH, &ec),
+			 SHADOW_FAULT_GUEST);
+	ck_assert_uint_eq(ec, SHADOW_PFERR_PRESENT | SHADOW_PFERR_FETCH);
+	ck_assert_uint_eq(reach(v, VA2, 0), GPA_B);
+	ck_assert_uint_eq(reach_no_fault(v, VA1, SHADOW_ACCESS_FETCH), GPA_A);
+	mode.maxphyaddr--;
+	ck_assert_int_eq(shadow_mmu_set_mode(gm.mmu, &mode), -EINVAL);
+	ck_assert_int_eq(shadow_mmu_set_mode(gm.mmu, NULL), -EINVAL);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
 Suite *shadow_suite(void)
 {
 	Suite *s = suite_create("shadow");
@@ -1126,6 +1374,7 @@ Suite *shadow_suite(void)
 	TCase *mmu = tcase_create("mmu");
 	TCase *notify = tcase_create("notifier");
 	TCase *vcpu = tcase_create("vcpu");
+	TCase *resync = tcase_create("resync");
 
 	tcase_add_loop_test(spte, test_leaf_presets_accessed_and_dirty_only_when_writable, 0,
 			    sizeof(leaf_rights) / sizeof(leaf_rights[0]));
@@ -1165,5 +1414,13 @@ Suite *shadow_suite(void)
 	tcase_add_test(vcpu, test_vcpu_tlb_size_is_configurable);
 	tcase_add_test(vcpu, test_vcpu_refuses_shadow_entry_without_preset_accessed);
 	suite_add_tcase(s, vcpu);
+	tcase_add_test(resync, test_invlpg_keeps_unchanged_mapping);
+	tcase_add_loop_test(resync, test_invlpg_drops_changed_mapping, 0,
+			    sizeof(invlpg_changes) / sizeof(invlpg_changes[0]));
+	tcase_add_test(resync, test_invlpg_drops_path_whose_guest_table_entry_lost_accessed);
+	tcase_add_test(resync, test_sync_guest_table_reaches_every_address_space);
+	tcase_add_test(resync, test_sync_guest_table_rejects_bad_address_and_counts_none);
+	tcase_add_test(resync, test_set_mode_nxe_resyncs_shadow_under_new_mode);
+	suite_add_tcase(s, resync);
 	return s;
 }

@@ -26,5 +26,6 @@ Suite *shadow_share_torture_suite(void);
 Suite *shadow_hostile_suite(void);
 Suite *vmm_suite(void);
 Suite *kvm_suite(void);
+Suite *kvm_paging_suite(void);
 
 #endif

@@ -70,6 +70,60 @@ static void report_unbacked_fault(struct vcpu *vcpu, uint64_t va, unsigned int a
 
 /* ---- the paging hypercalls ---- */
 
+#define PF_RSVD (1u << 3) /* #PF error code: a reserved bit was set in an entry */
+/* Reserved-bit faults in a row at one address, EFER unchanged, before the VM
+ * stops: the shadow entries umbra writes have no bit reserved under the
+ * guest's EFER, so such faults repeat only when something else wrote them (a
+ * guest that maps the table pool, where it is writable) or when the guest
+ * reports faults the CPU did not take. */
+#define RSVD_FAULTS_MAX 8u
+
+/*
+ * The guest may set or clear EFER.NXE with wrmsr, which does not exit to
+ * umbra: what bit 63 of a page-table entry means changes (no-execute, or a
+ * reserved bit). Brings the shadow MMU's mode in line with @efer, as KVM
+ * resets its MMU context on an EFER write (a sync of every cached address
+ * space). Returns true if the mode changed.
+ */
+static bool sync_efer_nxe(struct vcpu *vcpu, uint64_t efer)
+{
+	struct shadow_mmu *mmu = vcpu->vm->mmu;
+	struct shadow_paging_mode mode = *shadow_mmu_mode(mmu);
+	bool nxe = efer & X86_EFER_NXE;
+
+	if (mode.nxe == nxe)
+		return false;
+	mode.nxe = nxe;
+	return shadow_mmu_set_mode(mmu, &mode) == 0;
+}
+
+/* sync_efer_nxe with the vCPU's EFER read now; after a change, the pinned
+ * ranges are faulted back into the current address space (a pinned page the
+ * guest marks NX lost its shadow when NXE was set). -1 (the VM stopped), or
+ * sync_efer_nxe's answer. */
+static int sync_efer_nxe_now(struct vcpu *vcpu)
+{
+	struct kvm_sregs sregs;
+	uint64_t root;
+	int r;
+
+	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) {
+		vcpu_fail(vcpu, false, "KVM_GET_SREGS (EFER) at a paging hypercall: %s", strerror(errno));
+		return -1;
+	}
+	if (!sync_efer_nxe(vcpu, sregs.efer))
+		return 0;
+	/* The same root (cached, and this vCPU's): only the pins are new. */
+	r = vcpu_load_guest_cr3(vcpu, vcpu->guest_cr3, &root);
+	if (r) {
+		vcpu_fail(vcpu, false, "EFER.NXE changed: re-pinning address space %#llx: %s",
+			  (unsigned long long)vcpu->guest_cr3,
+			  r == -ENOMEM ? "the shadow table pool is exhausted" : strerror(-r));
+		return -1;
+	}
+	return 1;
+}
+
 static int64_t hc_set_cr3(struct vcpu *vcpu, uint64_t guest_cr3)
 {
 	struct kvm_sregs sregs;
@@ -81,6 +135,13 @@ static int64_t hc_set_cr3(struct vcpu *vcpu, uint64_t guest_cr3)
 			  "page in RAM", (unsigned long long)guest_cr3);
 		return HC_STOPPED;
 	}
+	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) {
+		vcpu_fail(vcpu, false, "KVM_GET_SREGS at set_cr3: %s", strerror(errno));
+		return HC_STOPPED;
+	}
+	/* The address-space switch flushes: a changed EFER.NXE takes effect
+	 * for the pages already shadowed too (before the pins are faulted). */
+	sync_efer_nxe(vcpu, sregs.efer);
 	r = vcpu_load_guest_cr3(vcpu, guest_cr3, &root);
 	if (r) {
 		vcpu_fail(vcpu, false, "set_cr3 %#llx: %s", (unsigned long long)guest_cr3,
@@ -88,14 +149,44 @@ static int64_t hc_set_cr3(struct vcpu *vcpu, uint64_t guest_cr3)
 			  r == -ENOMEM ? "the shadow table pool is exhausted" : strerror(-r));
 		return HC_STOPPED;
 	}
-	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0) {
-		vcpu_fail(vcpu, false, "KVM_GET_SREGS at set_cr3: %s", strerror(errno));
-		return HC_STOPPED;
-	}
 	sregs.cr3 = root;
 	if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0) {
 		vcpu_fail(vcpu, false, "KVM_SET_SREGS at set_cr3: %s", strerror(errno));
 		return HC_STOPPED;
+	}
+	return 0;
+}
+
+/*
+ * A #PF the CPU took with RSVD set comes from a shadow entry with a bit
+ * reserved under the guest's EFER now: EFER.NXE changed since the shadow
+ * was built (then the mode follows and the access is retried), or the
+ * entries were written behind umbra's back. Bounded: after
+ * RSVD_FAULTS_MAX in a row at one address with EFER unchanged the VM stops.
+ * Returns 0 (go on with the fault), 1 (retry the access) or -1 (stopped).
+ */
+static int rsvd_fault_check(struct vcpu *vcpu, uint64_t va, uint32_t error_code)
+{
+	int r;
+
+	if (!(error_code & PF_RSVD)) {
+		vcpu->rsvd_faults = 0;
+		return 0;
+	}
+	r = sync_efer_nxe_now(vcpu);
+	if (r) {
+		vcpu->rsvd_faults = 0;
+		return r;
+	}
+	if (va != vcpu->rsvd_va)
+		vcpu->rsvd_faults = 0;
+	vcpu->rsvd_va = va;
+	if (++vcpu->rsvd_faults >= RSVD_FAULTS_MAX) {
+		vcpu_fail(vcpu, true, "page fault at %#llx: %u reserved-bit faults in a row with EFER unchanged "
+			  "(EFER.NXE %s): the shadow page tables the CPU walks were changed behind umbra's back",
+			  (unsigned long long)va, vcpu->rsvd_faults,
+			  shadow_mmu_mode(vcpu->vm->mmu)->nxe ? "set" : "clear");
+		return -1;
 	}
 	return 0;
 }
@@ -125,11 +216,21 @@ static int64_t hc_page_fault(struct vcpu *vcpu, uint64_t va, uint64_t error_code
 			  "write and fetch set", (unsigned long long)va, (unsigned long long)error_code);
 		return HC_STOPPED;
 	}
+	r = rsvd_fault_check(vcpu, va, (uint32_t)error_code);
+	if (r)
+		return r < 0 ? HC_STOPPED : 0;
 	r = shadow_mmu_fault(vm->mmu, vcpu->guest_cr3, va, access, &ec);
 	if (r == SHADOW_FAULT_FIXED)
 		return 0;
-	if (r == SHADOW_FAULT_GUEST)
+	if (r == SHADOW_FAULT_GUEST) {
+		/* A reserved bit in the guest's entry: bit 63 read under a
+		 * stale EFER.NXE?  Then walk again under the new mode. */
+		int changed = (ec & PF_RSVD) ? sync_efer_nxe_now(vcpu) : 0;
+
+		if (changed)
+			return changed < 0 ? HC_STOPPED : 0;
 		return (int64_t)(UMBRA_PF_GUEST | ec);
+	}
 	if (r == -EFAULT)
 		report_unbacked_fault(vcpu, va, access);
 	else if (r == -EACCES)
@@ -164,10 +265,31 @@ static int64_t hc_invlpg(struct vcpu *vcpu, uint64_t va)
 
 static int64_t hc_flush(struct vcpu *vcpu)
 {
-	int r = shadow_mmu_flush(vcpu->vm->mmu, vcpu->guest_cr3);
+	int r;
 
+	/* A full flush: a changed EFER.NXE takes effect for every page. */
+	if (sync_efer_nxe_now(vcpu) < 0)
+		return HC_STOPPED;
+	r = shadow_mmu_flush(vcpu->vm->mmu, vcpu->guest_cr3);
 	if (r) {
 		vcpu_fail(vcpu, false, "flush of address space %#llx: %s", (unsigned long long)vcpu->guest_cr3,
+			  strerror(-r));
+		return HC_STOPPED;
+	}
+	return 0;
+}
+
+static int64_t hc_sync_table(struct vcpu *vcpu, uint64_t gpa)
+{
+	int r = shadow_mmu_sync_guest_table(vcpu->vm->mmu, gpa);
+
+	if (r == -EINVAL) {
+		vcpu_fail(vcpu, false, "bad hypercall: sync_table %#llx (argument 0): not a 4 KiB-aligned "
+			  "guest-physical address of the VM's memory", (unsigned long long)gpa);
+		return HC_STOPPED;
+	}
+	if (r < 0) {
+		vcpu_fail(vcpu, true, "sync_table %#llx: the shadow MMU failed: %s", (unsigned long long)gpa,
 			  strerror(-r));
 		return HC_STOPPED;
 	}
@@ -219,6 +341,8 @@ static int64_t handle_paging_hypercall(struct vcpu *vcpu, const struct kvm_regs 
 		return 0;
 	case UMBRA_HC_PIN:
 		return hc_pin(vcpu, a0, a1);
+	case UMBRA_HC_SYNC_TABLE:
+		return hc_sync_table(vcpu, a0);
 	}
 	vcpu_fail(vcpu, true, "bad hypercall: unknown number %llu (RAX)", regs->rax);
 	return HC_STOPPED;

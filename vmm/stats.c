@@ -30,8 +30,9 @@ const char *const vm_hypercall_names[UMBRA_HC_NR] = {
 	[UMBRA_HC_FLUSH_ACK] = "flush_ack",
 	[UMBRA_HC_PIN] = "pin",
 	[UMBRA_HC_READY] = "ready",
+	[UMBRA_HC_SYNC_TABLE] = "sync_table",
 };
-_Static_assert(UMBRA_HC_READY == UMBRA_HC_NR - 1, "a name for every hypercall");
+_Static_assert(UMBRA_HC_SYNC_TABLE == UMBRA_HC_NR - 1, "a name for every hypercall");
 
 const struct vm_stat_desc vm_stat_descs[VM_STAT_NR] = {
 #define VM_STAT_DESC(group, key, before, after, value) \

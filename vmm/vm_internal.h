@@ -50,6 +50,10 @@ struct vcpu {
 	 * space it runs (its thread only). */
 	struct shadow_tlb tlb;
 	uint64_t guest_cr3;
+	/* Reserved-bit page faults in a row at rsvd_va with EFER unchanged
+	 * (hypercall.c bounds them); its thread only. */
+	uint64_t rsvd_va;
+	unsigned int rsvd_faults;
 	/* TLB-shootdown mailbox: flush_req counts flush requests (atomic);
 	 * nmi_done is how many of them the vCPU thread has turned into an
 	 * injected NMI (its thread only); nmi_ready says the guest's NMI

@@ -164,6 +164,19 @@ void tlb_invlpg(uint64_t va)
 	__asm__ volatile("invlpg (%0)" : : "r"(va) : "memory");
 }
 
+void tlb_sync_table(uint64_t table_pa, uint64_t va)
+{
+	hypercall4(UMBRA_HC_SYNC_TABLE, table_pa, 0, 0, 0);
+	__asm__ volatile("invlpg (%0)" : : "r"(va) : "memory");
+}
+
+uint64_t pt_table_of(struct address_space *as, uint64_t va)
+{
+	uint64_t *pte = pte_of(as, va, 0);
+
+	return pte ? (uint64_t)pte & PTE_ADDR : 0;
+}
+
 void tlb_flush(void)
 {
 	hypercall4(UMBRA_HC_FLUSH, 0, 0, 0, 0);

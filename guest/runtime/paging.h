@@ -70,6 +70,14 @@ uint64_t pt_lookup(struct address_space *as, uint64_t va);
  * translation down on every vCPU). */
 void tlb_invlpg(uint64_t va);
 void tlb_flush(void);
+/* After changing the entry for va in the page table at guest-physical
+ * table_pa, a table other address spaces also use: every address space's
+ * shadow of that table is brought up to date on every vCPU (SYNC_TABLE),
+ * then va is invalidated locally. */
+void tlb_sync_table(uint64_t table_pa, uint64_t va);
+/* The guest-physical address of the page table (level 1) that holds the
+ * entry for va, or 0 if there is none. */
+uint64_t pt_table_of(struct address_space *as, uint64_t va);
 
 /* The guest's own #PF policy, called by the runtime's #PF handler for a fault
  * that umbra says is the guest's (error_code: the guest tables' view): maps

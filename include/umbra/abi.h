@@ -121,6 +121,12 @@ enum umbra_hypercall {
 	UMBRA_HC_READY = 9,      /* this vCPU's IDT, with its NMI handler, is
 	                            loaded: umbra may inject shootdown NMIs from
 	                            now on; the guest then reloads CR3 */
+	UMBRA_HC_SYNC_TABLE = 10, /* a0 = guest-physical address of a page-table
+	                             page (4 KiB-aligned) the guest changed, which
+	                             other address spaces may also use: every
+	                             shadow of it, in every address space, is
+	                             brought up to date and every vCPU flushed;
+	                             then invlpg locally; returns 0 */
 	UMBRA_HC_NR
 };
 

@@ -445,11 +445,15 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 		     uint32_t *error_code);
 
 /*
- * invlpg @va in the address space @cr3: removes the shadow translation of
- * @va (and any shadow table on its path that no longer matches the guest's
- * tables), and flushes it from every registered vCPU.  No-op if @cr3 has no
- * root.  On return no vCPU can reach what @va mapped before the call unless
- * the guest's tables still map it.  Takes mmu_lock.
+ * invlpg @va in the address space @cr3: re-validates every shadow entry on
+ * the path of @va, the leaf included, against the guest's tables now, zaps
+ * each that no longer matches (a table with everything below it) and flushes
+ * what went from every registered vCPU.  An entry that still matches (same
+ * frame, the rights a fault would give now or those without W, the guest's
+ * A set, and its D set if the leaf is writable) stays: an invlpg of an
+ * unchanged mapping is harmless, as on x86.  No-op if @cr3 has no root.  On
+ * return no vCPU can reach what @va mapped before the call unless the
+ * guest's tables still map it.  Takes mmu_lock.
  */
 void shadow_mmu_invlpg(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va);
 
@@ -460,6 +464,40 @@ void shadow_mmu_invlpg(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va);
  * Returns 0, or -ENOENT if @cr3 has no root.  Takes mmu_lock.
  */
 int shadow_mmu_flush(struct shadow_mmu *mmu, uint64_t cr3);
+
+/*
+ * The guest changed the page table at guest-physical @gpa, which several of
+ * its address spaces may use (two PML4s pointing at one PDPT, say): finds
+ * every shadow table of this MMU whose guest table is that page (below every
+ * cached root: a scan of the tables this VM reaches, bounded by how many it
+ * holds), zaps each of its entries that no longer matches the guest's page
+ * (a shared table is never changed for one VM: the entry that reaches it goes
+ * instead), and flushes every registered vCPU that may cache what went.
+ * Entries that still match stay.  When: the guest's "shared table changed"
+ * request (docs/abi.md, SYNC_TABLE).  Takes mmu_lock; the caller holds no
+ * shadow lock.  May block on locks.  Returns the number of shadow tables of
+ * that page it found (0: none is cached), or -EINVAL (@gpa not 4 KiB-aligned
+ * or beyond the P2M).  On return no vCPU can reach a translation through
+ * an entry of that page the guest no longer has.
+ */
+int shadow_mmu_sync_guest_table(struct shadow_mmu *mmu, uint64_t gpa);
+
+/*
+ * Switches the MMU to the paging controls @mode (the guest changed EFER.NXE,
+ * say: what bit 63 of an entry means changes), as KVM resets its MMU
+ * context on an EFER write: swaps the mode under mmu_lock, syncs every
+ * cached root against the guest's tables read under the new mode (what
+ * would now be shadowed differently is zapped, with the tables below it;
+ * what reads the same, such as entries without bit 63, stays) and flushes
+ * every vCPU that may cache what went.  The cost: a sync of every cached
+ * address space, as a CR3 load does for one, and the faults that follow.  A
+ * mode equal to the current one changes nothing.  Takes mmu_lock; the caller
+ * holds no shadow lock.  May block on locks.  Returns 0, or -EINVAL (@mode
+ * invalid, or its maxphyaddr differs: that is the CPU's, not the guest's).
+ * On return no vCPU reaches a shadow entry that differs from what a fault
+ * would install under @mode.
+ */
+int shadow_mmu_set_mode(struct shadow_mmu *mmu, const struct shadow_paging_mode *mode);
 
 /*
  * Zaps every shadow entry that maps pages [first, last] of slot @slot_id's
