@@ -876,11 +876,20 @@ static void run_two_readers(const char *group, struct json_object **root)
 	ck_assert_msg(*root, "cannot parse %s: %s", stats, json_util_get_last_err());
 }
 
-/* The canonical tables the VMs of root made in all, and the pools. */
+/* The canonical tables the VMs of root made in all. Checks on the way that
+ * every pool is empty at the end: a stopped VM's tables are freed. */
 static uint64_t canon_created(struct json_object *root)
 {
-	struct json_object *vms;
+	struct json_object *vms, *pools;
 	uint64_t created = 0;
+
+	ck_assert(json_object_object_get_ex(root, "pools", &pools));
+	for (size_t i = 0; i < json_object_array_length(pools); i++) {
+		struct json_object *pool = json_object_array_get_idx(pools, i);
+		ck_assert_msg(json_u64(pool, "in_use") > 0, "pool %zu: no table was ever in use", i);
+		ck_assert_msg(json_u64(pool, "in_use_at_end") == 0, "pool %zu: %llu pages still in use after every VM "
+			      "stopped", i, (unsigned long long)json_u64(pool, "in_use_at_end"));
+	}
 
 	ck_assert(json_object_object_get_ex(root, "vms", &vms));
 	for (size_t i = 0; i < json_object_array_length(vms); i++)

@@ -277,7 +277,9 @@ static int write_text_file(const char *path, const char *text)
 	return ret;
 }
 
-/* The trust groups' pools: name, VMs, pages, pages in use. */
+/* The trust groups' pools: name, VMs, pages, pages in use (the most seen),
+ * and pages in use as the statistics are written (0 once every VM of the
+ * group stopped: their tables were freed). */
 static struct json_object *json_pools(const struct plan *plan, const struct vmm_host *host)
 {
 	struct json_object *jpools = json_object_new_array();
@@ -289,6 +291,7 @@ static struct json_object *json_pools(const struct plan *plan, const struct vmm_
 		json_object_object_add(jg, "vms", json_object_new_int((int)plan->groups[g].nr_vms));
 		json_add_u64(jg, "pages", host->groups[g].pool_pages);
 		json_add_u64(jg, "in_use", group_pages_in_use(&host->groups[g]));
+		json_add_u64(jg, "in_use_at_end", shadow_pool_pages_in_use(host->groups[g].pool, 0));
 		json_object_array_add(jpools, jg);
 	}
 	return jpools;

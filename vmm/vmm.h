@@ -381,7 +381,7 @@ struct vm_stats {
 	uint64_t exits_total;
 	uint64_t hypercalls[UMBRA_HC_NR]; /* by number */
 	struct shadow_mmu_stats shadow;
-	struct shadow_table_usage tables; /* the tables the VM reaches now */
+	struct shadow_table_usage tables; /* the tables the VM reaches (when it stopped, once stopped) */
 	/* TLB shootdowns: flush requests posted to vCPU mailboxes, kicks of
 	 * vCPUs in guest mode, NMIs injected, acknowledgements from the guest. */
 	uint64_t flush_requests, kicks, nmis, flush_acks;
@@ -486,8 +486,10 @@ int vm_load_image(struct vm *vm, const struct elf_image *image, const void *buf,
 /* Blocks the vCPU kick signal in the calling thread (and so in the threads it
  * creates afterwards) and installs its handler. Call once, before vm_start. */
 void vmm_signals_init(void);
-/* Starts the vCPU threads. Returns 0, or -errno (the VM is then stopped with
- * UMBRA_STATUS_NO_KVM; vm_wait still must be called). */
+/* Starts the vCPU threads; the last of them to end destroys the VM's shadow
+ * MMU, so that its tables return to its group's pool (vm_get_stats then
+ * reports what was recorded at that point). Returns 0, or -errno (the VM is
+ * then stopped with UMBRA_STATUS_NO_KVM; vm_wait still must be called). */
 int vm_start(struct vm *vm);
 /* Waits for the VM to stop; returns umbra's exit status for it (the guest's
  * exit code or an UMBRA_STATUS_*). Guest errors have been printed. */
