@@ -703,7 +703,7 @@ START_TEST(test_help_documents_every_option)
 {
 	static const char *const options[] = { "--mem SIZE", "--vcpus N", "--cmdline STRING", "--stats",
 					       "--help", "--version", "--evict-ms MS", "--evict-pages N",
-					       "exit status" };
+					       "--group NAME", "--table-quota PAGES", "exit status" };
 
 	run_umbra((const char *[]){ "--help", NULL }, &result);
 	assert_status(&result, 0);
