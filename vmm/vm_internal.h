@@ -8,7 +8,9 @@
  * KVM_RUN and handles its exits itself (exit.c, hypercall.c). Stopping the
  * VM (the guest exits, or fails) is vm_stop(): the first caller records the
  * exit status, then every vCPU is kicked out of KVM_RUN (immediate_exit and
- * a signal). Other threads reach a vCPU only through its TLB-shootdown
+ * a signal). The last vCPU thread to end destroys the VM's shadow MMU
+ * (vm_mmu_release), after which main() joins the threads and reads what was
+ * recorded. Other threads reach a vCPU only through its TLB-shootdown
  * mailbox (shootdown.c). Locks: vmm.h, "Locks".
  */
 #ifndef UMBRA_VMM_VM_INTERNAL_H
