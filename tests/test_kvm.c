@@ -950,6 +950,29 @@ START_TEST(test_vms_in_one_group_share_canonical_tables)
 }
 END_TEST
 
+START_TEST(test_group_option_puts_the_command_line_vms_in_one_pool)
+{
+	char img[512], stats[256];
+	struct json_object *root, *pools;
+
+	guest_image("hello", img, sizeof(img));
+	snprintf(stats, sizeof(stats), "%s/cli-stats.json", tmpdir);
+	run_umbra((const char *[]){ "run", img, "--vms", "3", "--mem", "16M", "--group", "hellos", "--table-quota",
+				    "300", "--stats-json", stats, NULL },
+		  &result);
+	assert_status(&result, 0);
+	ck_assert_msg(!strstr(result.err, GROUP_NOTE), "expected no note, every VM has a group; got:\n%s", result.err);
+	root = json_object_from_file(stats);
+	ck_assert_msg(root, "cannot parse %s: %s", stats, json_util_get_last_err());
+	ck_assert(json_object_object_get_ex(root, "pools", &pools));
+	ck_assert_uint_eq(json_object_array_length(pools), 1);
+	/* Three quotas of 300 pages, no segment. */
+	ck_assert_uint_eq(json_u64(json_object_array_get_idx(pools, 0), "pages"), 3 * 300);
+	ck_assert_uint_eq(json_u64(json_object_array_get_idx(pools, 0), "in_use_at_end"), 0);
+	json_object_put(root);
+}
+END_TEST
+
 START_TEST(test_ten_vcpus_each_run_their_own_address_space)
 {
 	char img[512];
@@ -1073,6 +1096,7 @@ Suite *kvm_suite(void)
 	tcase_add_checked_fixture(groups, tmpdir_setup, tmpdir_teardown);
 	tcase_add_test(groups, test_vms_without_a_group_share_no_tables_where_the_pool_is_writable);
 	tcase_add_test(groups, test_vms_in_one_group_share_canonical_tables);
+	tcase_add_test(groups, test_group_option_puts_the_command_line_vms_in_one_pool);
 	tcase_add_test(groups, test_ten_vcpus_each_run_their_own_address_space);
 	tcase_add_test(groups, test_run_that_cannot_fit_the_host_is_refused_up_front);
 	suite_add_tcase(s, groups);
