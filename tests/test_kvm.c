@@ -525,13 +525,27 @@ END_TEST
  * shadow table: where the pool is read-only (Intel EPT) the VM is stopped;
  * on AMD nested paging the pool must be writable (docs/abi.md) and umbra
  * says so when it starts. */
+/* True where KVM runs AMD nested paging: the pool is a writable memslot. */
+static bool pool_is_guest_writable(void)
+{
+	char c = 0;
+	FILE *f = fopen("/sys/module/kvm_amd/parameters/npt", "re");
+
+	if (!f)
+		return false;
+	if (fread(&c, 1, 1, f) != 1)
+		c = 0;
+	fclose(f);
+	return c == 'Y' || c == '1';
+}
+
 START_TEST(test_guest_bypassing_shadow_paging_cannot_write_tables_unseen)
 {
 	char img[512];
 
 	guest_image("misbehave", img, sizeof(img));
 	run_umbra((const char *[]){ "run", img, "--cmdline", "bypass-shadow", NULL }, &result);
-	if (strstr(result.err, "umbra: note: AMD nested paging: the shadow table pool is a writable memslot")) {
+	if (pool_is_guest_writable()) {
 		assert_status(&result, 1); /* the write went through: the guest says it was not stopped */
 		assert_contains(result.out, "misbehave: bypass-shadow was not stopped", &result);
 	} else {
@@ -689,7 +703,7 @@ START_TEST(test_help_documents_every_option)
 {
 	static const char *const options[] = { "--mem SIZE", "--vcpus N", "--cmdline STRING", "--stats",
 					       "--help", "--version", "--evict-ms MS", "--evict-pages N",
-					       "exit status" };
+					       "--group NAME", "--table-quota PAGES", "exit status" };
 
 	run_umbra((const char *[]){ "--help", NULL }, &result);
 	assert_status(&result, 0);
@@ -738,7 +752,8 @@ START_TEST(test_eight_vms_share_segment_tables_and_fault_back_evicted_pages)
 		 "    { \"name\": \"data\", \"size\": \"64M\", \"gpa\": \"0x2000000000\", \"writable\": false,\n"
 		 "      \"file\": \"seg64.bin\" } ],\n"
 		 "  \"vms\": [ { \"name\": \"reader\", \"count\": %d, \"image\": \"%s/segread.elf\", \"mem\": \"8M\",\n"
-		 "              \"vcpus\": 2, \"cmdline\": \"%s\", \"segments\": [\"data\"] } ] }\n",
+		 "              \"vcpus\": 2, \"cmdline\": \"%s\", \"segments\": [\"data\"],\n"
+		 "              \"group\": \"readers\" } ] }\n",
 		 SHARED_VMS, dir, expect);
 	snprintf(cfg, sizeof(cfg), "%s/shared.json", tmpdir);
 	write_text(cfg, json);
@@ -809,6 +824,176 @@ START_TEST(test_eight_vms_share_segment_tables_and_fault_back_evicted_pages)
 	ck_assert(json_object_object_get_ex(json_object_array_get_idx(vms, 0), "shadow", &shadow0));
 	printf("eight-vms: reader0 shadow: %s\n", json_object_to_json_string(shadow0));
 	json_object_put(root);
+}
+END_TEST
+
+/* ---- trust groups: one table pool per group ---- */
+
+#define GROUP_SEG_SIZE (4u << 20)
+#define GROUP_NOTE "umbra: note: AMD nested paging: the shadow-table pool is guest-writable"
+
+static unsigned int count_occurrences(const char *hay, const char *needle)
+{
+	unsigned int n = 0;
+
+	for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+		n++;
+	return n;
+}
+
+/* Two segread VMs attach one 4 MiB read-only segment, in trust group @group
+ * ("" for none); their statistics are parsed from --stats-json into *root. */
+static void run_two_readers(const char *group, struct json_object **root)
+{
+	static uint8_t data[GROUP_SEG_SIZE];
+	char cfg[256], json[2048], dir[512], expect[96], stats[256], group_key[64] = "";
+
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(i * 5 + (i >> 10));
+	uint64_t sum = write_segment_file("group-seg.bin", data, sizeof(data));
+	snprintf(expect, sizeof(expect), "seg=data rounds=2 expect=%#llx", (unsigned long long)sum);
+	if (*group)
+		snprintf(group_key, sizeof(group_key), ", \"group\": \"%s\"", group);
+	guest_image_dir(dir, sizeof(dir));
+	snprintf(json, sizeof(json),
+		 "{ \"segments\": [ { \"name\": \"data\", \"size\": \"4M\", \"gpa\": \"0x2000000000\",\n"
+		 "                    \"writable\": false, \"file\": \"group-seg.bin\" } ],\n"
+		 "  \"vms\": [ { \"name\": \"reader\", \"count\": 2, \"image\": \"%s/segread.elf\", \"mem\": \"8M\",\n"
+		 "              \"cmdline\": \"%s\", \"segments\": [\"data\"]%s } ] }\n",
+		 dir, expect, group_key);
+	snprintf(cfg, sizeof(cfg), "%s/group.json", tmpdir);
+	write_text(cfg, json);
+	snprintf(stats, sizeof(stats), "%s/group-stats.json", tmpdir);
+	run_umbra((const char *[]){ "run", "--config", cfg, "--stats-json", stats, NULL }, &result);
+	assert_status(&result, 0);
+	for (int i = 0; i < 2; i++) {
+		char line[160];
+		snprintf(line, sizeof(line), "[reader%d] segread: data at 0x2000000000, 4 MiB, 2 rounds: sum %#llx\n", i,
+			 (unsigned long long)sum);
+		assert_contains(result.out, line, &result);
+	}
+	*root = json_object_from_file(stats);
+	ck_assert_msg(*root, "cannot parse %s: %s", stats, json_util_get_last_err());
+}
+
+/* The canonical tables the VMs of root made in all. Checks on the way that
+ * every pool is empty at the end: a stopped VM's tables are freed. */
+static uint64_t canon_created(struct json_object *root)
+{
+	struct json_object *vms, *pools;
+	uint64_t created = 0;
+
+	ck_assert(json_object_object_get_ex(root, "pools", &pools));
+	for (size_t i = 0; i < json_object_array_length(pools); i++) {
+		struct json_object *pool = json_object_array_get_idx(pools, i);
+		ck_assert_msg(json_u64(pool, "in_use") > 0, "pool %zu: no table was ever in use", i);
+		ck_assert_msg(json_u64(pool, "in_use_at_end") == 0, "pool %zu: %llu pages still in use after every VM "
+			      "stopped", i, (unsigned long long)json_u64(pool, "in_use_at_end"));
+	}
+
+	ck_assert(json_object_object_get_ex(root, "vms", &vms));
+	for (size_t i = 0; i < json_object_array_length(vms); i++)
+		created += json_u64(json_object_array_get_idx(vms, i), "shadow.sharing.canon_created");
+	return created;
+}
+
+START_TEST(test_vms_without_a_group_share_no_tables_where_the_pool_is_writable)
+{
+	struct json_object *root, *vms, *pools;
+	bool writable = pool_is_guest_writable();
+
+	run_two_readers("", &root);
+	ck_assert(json_object_object_get_ex(root, "vms", &vms));
+	ck_assert(json_object_object_get_ex(root, "pools", &pools));
+	uint64_t pool0 = json_u64(json_object_array_get_idx(vms, 0), "pool");
+	uint64_t pool1 = json_u64(json_object_array_get_idx(vms, 1), "pool");
+	if (writable) {
+		/* Each VM is a group of its own: two pools, and each makes the
+		 * segment's canonical tables (2 MiB runs) in its own. */
+		ck_assert_uint_eq(json_object_array_length(pools), 2);
+		ck_assert_uint_ne(pool0, pool1);
+		ck_assert_uint_eq(json_u64(root, "table_pages.pools"), 2);
+		ck_assert_uint_eq(canon_created(root), 2 * (GROUP_SEG_SIZE >> 21));
+		ck_assert_msg(count_occurrences(result.err, GROUP_NOTE) == 1, "expected the note once, got:\n%s",
+			      result.err);
+		assert_contains(result.err, "2 VMs without a \"group\" share none (docs/security.md)\n", &result);
+	} else {
+		/* A read-only pool: VMs without a group share the default one. */
+		ck_assert_uint_eq(json_object_array_length(pools), 1);
+		ck_assert_uint_eq(pool0, pool1);
+		ck_assert_uint_eq(canon_created(root), GROUP_SEG_SIZE >> 21);
+		ck_assert_msg(!strstr(result.err, GROUP_NOTE), "expected no note, got:\n%s", result.err);
+	}
+	json_object_put(root);
+}
+END_TEST
+
+START_TEST(test_vms_in_one_group_share_canonical_tables)
+{
+	struct json_object *root, *vms, *pools;
+
+	run_two_readers("readers", &root);
+	ck_assert(json_object_object_get_ex(root, "vms", &vms));
+	ck_assert(json_object_object_get_ex(root, "pools", &pools));
+	ck_assert_uint_eq(json_object_array_length(pools), 1);
+	ck_assert_uint_eq(json_u64(json_object_array_get_idx(pools, 0), "vms"), 2);
+	/* The segment's canonical tables exist once, reached by both VMs. */
+	ck_assert_uint_eq(canon_created(root), GROUP_SEG_SIZE >> 21);
+	for (size_t i = 0; i < 2; i++) {
+		struct json_object *vm = json_object_array_get_idx(vms, i);
+		ck_assert_uint_ge(json_u64(vm, "shadow.tables_reached.shared"), GROUP_SEG_SIZE >> 21);
+		ck_assert_uint_eq(json_u64(vm, "pool"), 0);
+	}
+	ck_assert_msg(!strstr(result.err, GROUP_NOTE), "expected no note, every VM has a group; got:\n%s",
+		      result.err);
+	json_object_put(root);
+}
+END_TEST
+
+START_TEST(test_group_option_puts_the_command_line_vms_in_one_pool)
+{
+	char img[512], stats[256];
+	struct json_object *root, *pools;
+
+	guest_image("hello", img, sizeof(img));
+	snprintf(stats, sizeof(stats), "%s/cli-stats.json", tmpdir);
+	run_umbra((const char *[]){ "run", img, "--vms", "3", "--mem", "16M", "--group", "hellos", "--table-quota",
+				    "300", "--stats-json", stats, NULL },
+		  &result);
+	assert_status(&result, 0);
+	ck_assert_msg(!strstr(result.err, GROUP_NOTE), "expected no note, every VM has a group; got:\n%s", result.err);
+	root = json_object_from_file(stats);
+	ck_assert_msg(root, "cannot parse %s: %s", stats, json_util_get_last_err());
+	ck_assert(json_object_object_get_ex(root, "pools", &pools));
+	ck_assert_uint_eq(json_object_array_length(pools), 1);
+	/* Three quotas of 300 pages, no segment. */
+	ck_assert_uint_eq(json_u64(json_object_array_get_idx(pools, 0), "pages"), 3 * 300);
+	ck_assert_uint_eq(json_u64(json_object_array_get_idx(pools, 0), "in_use_at_end"), 0);
+	json_object_put(root);
+}
+END_TEST
+
+START_TEST(test_ten_vcpus_each_run_their_own_address_space)
+{
+	char img[512];
+
+	guest_image("spaces", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--vcpus", "10", "--mem", "16M", NULL }, &result);
+	assert_status(&result, 0);
+	assert_contains(result.out, "spaces: 10 vCPUs, each on its own address space, 50 rounds: ok\n", &result);
+}
+END_TEST
+
+START_TEST(test_run_that_cannot_fit_the_host_is_refused_up_front)
+{
+	char img[512];
+
+	guest_image("hello", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--vms", "256", "--mem", "64G", NULL }, &result);
+	assert_status(&result, UMBRA_STATUS_USAGE);
+	assert_contains(result.err, "umbra: the VMs do not fit this host: they may use ", &result);
+	assert_contains(result.err, "guest RAM 16777216 MiB", &result);
+	ck_assert_msg(!strstr(result.out, "hello"), "expected no VM to run, got:\n%s", result.out);
 }
 END_TEST
 
@@ -905,5 +1090,15 @@ Suite *kvm_suite(void)
 	tcase_add_test(output, test_console_raw_passes_guest_bytes_through);
 	tcase_add_test(output, test_unwritable_stats_json_is_a_warning_and_keeps_the_status);
 	suite_add_tcase(s, output);
+
+	TCase *groups = tcase_create("trust_groups");
+	tcase_set_timeout(groups, 300);
+	tcase_add_checked_fixture(groups, tmpdir_setup, tmpdir_teardown);
+	tcase_add_test(groups, test_vms_without_a_group_share_no_tables_where_the_pool_is_writable);
+	tcase_add_test(groups, test_vms_in_one_group_share_canonical_tables);
+	tcase_add_test(groups, test_group_option_puts_the_command_line_vms_in_one_pool);
+	tcase_add_test(groups, test_ten_vcpus_each_run_their_own_address_space);
+	tcase_add_test(groups, test_run_that_cannot_fit_the_host_is_refused_up_front);
+	suite_add_tcase(s, groups);
 	return s;
 }

@@ -7,6 +7,8 @@
 #include <elf.h>
 #include <errno.h>
 #include <linux/kvm.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -105,6 +107,14 @@ static const struct {
 	{ { "run", "a", "--evict-ms", "5", "--evict-pages", "0", NULL },
 	  "--evict-pages '0': must be a number from 1 to 65536" },
 	{ { "run", "a", "--evict-pages", "8", NULL }, "--evict-pages needs --evict-ms" },
+	{ { "run", "a", "--group", "", NULL }, "--group: a group name has 1 to 31 characters" },
+	{ { "run", "a", "--group", "a b", NULL }, "--group: a group name has only printable ASCII characters" },
+	{ { "run", "a", "--group", "0123456789012345678901234567890123", NULL }, "1 to 31 characters" },
+	{ { "run", "a", "--group", NULL }, "--group needs a name" },
+	{ { "run", "a", "--table-quota", "63", NULL }, "--table-quota '63': must be a number of table pages from 64" },
+	{ { "run", "a", "--table-quota", "8388609", NULL }, "--table-quota '8388609': must be" },
+	{ { "run", "a", "--table-quota", "x", NULL }, "--table-quota 'x': must be" },
+	{ { "run", "--config", "c.json", "--group", "g", NULL }, "--group and --table-quota do not apply with --config" },
 };
 
 START_TEST(test_bad_arguments_are_named)
@@ -324,6 +334,16 @@ static const struct {
 	  "], \"vms\": [" VM_OK "] }", "segments[1].name: 's' is already the name of segments[0]" },
 	{ "{ \"segments\": [ { \"name\": \"s\", \"size\": \"2M\", \"gpa\": \"0x2000000000\", \"writable\": 1 } ], "
 	  "\"vms\": [" VM_OK "] }", "segments[0].writable: expected true or false, got int" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"group\": \"\" } ] }",
+	  "vms[0].group: must be 1 to 31 printable ASCII characters" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"group\": \"a\\tb\" } ] }",
+	  "vms[0].group: must be 1 to 31 printable ASCII characters" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"group\": 7 } ] }",
+	  "vms[0].group: expected a string, got int" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"table_quota\": 10 } ] }",
+	  "vms[0].table_quota: 10 pages: must be 64 to 8388608" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"table_quota\": \"1000\" } ] }",
+	  "vms[0].table_quota: expected a number, got string" },
 };
 
 START_TEST(test_bad_config_names_key_and_problem)
@@ -826,6 +846,185 @@ START_TEST(test_config_equal_keys_in_different_objects_are_accepted)
 }
 END_TEST
 
+/* ---- trust groups, table quotas, fitting the host ---- */
+
+START_TEST(test_group_and_quota_options_reach_every_vm)
+{
+	struct vmm_options o;
+	struct vmm_error err = { "" };
+	struct plan plan;
+
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "a.elf", "--vms", "3", "--group", "web-1",
+							   "--table-quota=1000", NULL }), 0);
+	ck_assert_str_eq(o.group, "web-1");
+	ck_assert_uint_eq(o.table_quota, 1000);
+	ck_assert_int_eq(plan_from_options(&o, &plan, &err), 0);
+	for (unsigned int i = 0; i < 3; i++) {
+		ck_assert_str_eq(plan.vms[i].group, "web-1");
+		ck_assert_uint_eq(plan.vms[i].table_quota, 1000);
+	}
+	plan_free(&plan);
+	/* Without the options: no group, the default quota. */
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "a.elf", "--mem", "64G", NULL }), 0);
+	ck_assert_ptr_null(o.group);
+	ck_assert_int_eq(plan_from_options(&o, &plan, &err), 0);
+	ck_assert_str_eq(plan.vms[0].group, "");
+	ck_assert_uint_eq(plan.vms[0].table_quota, vmm_table_quota_default(64ull << 30, 1, 0));
+	plan_free(&plan);
+}
+END_TEST
+
+START_TEST(test_config_group_and_quota_per_vm)
+{
+	struct plan plan;
+	struct vmm_error err = { "" };
+	const char *text =
+		"{ \"segments\": [ { \"name\": \"s\", \"size\": \"4M\", \"gpa\": \"0x2000000000\" } ],\n"
+		"  \"vms\": [ { \"name\": \"r\", \"count\": 2, \"image\": \"g.elf\", \"group\": \"readers\",\n"
+		"             \"table_quota\": 4096, \"segments\": [\"s\"] },\n"
+		"           { \"name\": \"w\", \"image\": \"w.elf\", \"mem\": \"32M\", \"vcpus\": 3, \"segments\": [\"s\"] } ] }";
+
+	ck_assert_msg(plan_from_config_text(text, "", "t.json", &plan, &err) == 0, "%s", err.msg);
+	ck_assert_str_eq(plan.vms[0].group, "readers");
+	ck_assert_str_eq(plan.vms[1].group, "readers");
+	ck_assert_uint_eq(plan.vms[1].table_quota, 4096);
+	ck_assert_str_eq(plan.vms[2].group, "");
+	ck_assert_uint_eq(plan.vms[2].table_quota, vmm_table_quota_default(32ull << 20, 3, 4ull << 20));
+	plan_free(&plan);
+}
+END_TEST
+
+START_TEST(test_default_quota_and_roots_follow_the_vm)
+{
+	/* 64 GiB with 4 KiB pages: 32768 PTs, 64 PDs, a PDPT and a PML4,
+	 * four times over, and 16 tables for each of 9 roots. */
+	ck_assert_uint_eq(vmm_table_quota_default(64ull << 30, 1, 0), 4 * (32768 + 64 + 1 + 1) + 16 * 9);
+	ck_assert_uint_eq(vmm_table_quota_default(4ull << 20, 1, 0), VMM_TABLE_QUOTA_DEFAULT_MIN);
+	ck_assert_uint_gt(vmm_table_quota_default(1ull << 30, 1, 1ull << 30),
+			  vmm_table_quota_default(1ull << 30, 1, 0));
+	ck_assert_uint_gt(vmm_table_quota_default(64ull << 30, 64, 0), vmm_table_quota_default(64ull << 30, 1, 0));
+	/* Every vCPU on its own address space, with roots left to switch. */
+	for (unsigned int v = 1; v <= UMBRA_MAX_VCPUS; v++)
+		ck_assert_uint_ge(vmm_nr_roots(v), v + SHADOW_MMU_DEFAULT_ROOTS);
+}
+END_TEST
+
+/* A plan of four VMs: a and c in group "x", b and d in none; a and b
+ * attach a 4 MiB segment. */
+static void four_vm_plan(struct plan *plan)
+{
+	static const char *const groups[] = { "x", "", "x", "" };
+
+	memset(plan, 0, sizeof(*plan));
+	plan->nr_segments = 1;
+	plan->segments[0] = (struct plan_segment){ .name = "s", .gpa = 128ull << 30, .size = 4ull << 20 };
+	plan->vms = calloc(4, sizeof(*plan->vms));
+	ck_assert_ptr_nonnull(plan->vms);
+	plan->nr_vms = 4;
+	for (unsigned int i = 0; i < 4; i++) {
+		struct plan_vm *v = &plan->vms[i];
+		snprintf(v->name, sizeof(v->name), "v%u", i);
+		snprintf(v->group, sizeof(v->group), "%s", groups[i]);
+		v->mem = 64ull << 20;
+		v->vcpus = 1;
+		v->table_quota = 1000 + i;
+		v->nr_segments = i < 2;
+	}
+}
+
+START_TEST(test_vms_without_a_group_are_alone_where_the_pool_is_writable)
+{
+	struct plan plan;
+	struct vmm_error err = { "" };
+
+	four_vm_plan(&plan);
+	ck_assert_uint_eq(plan_nr_ungrouped(&plan), 2);
+	ck_assert_int_eq(plan_assign_groups(&plan, false, &err), 0);
+	ck_assert_uint_eq(plan.nr_groups, 3);
+	ck_assert_uint_eq(plan.vms[0].group_index, plan.vms[2].group_index);
+	ck_assert_uint_ne(plan.vms[1].group_index, plan.vms[3].group_index);
+	ck_assert_uint_ne(plan.vms[0].group_index, plan.vms[1].group_index);
+	ck_assert_uint_ne(plan.vms[0].group_index, plan.vms[3].group_index);
+	const struct plan_group *x = &plan.groups[plan.vms[0].group_index];
+	ck_assert_str_eq(x->name, "x");
+	ck_assert_uint_eq(x->nr_vms, 2);
+	/* The quotas of a and c, and two canonical tables per 2 MiB run of
+	 * the segment a attaches. */
+	ck_assert_uint_eq(x->pool_pages, 1000 + 1002 + 2 * 2);
+	ck_assert_uint_eq(plan.groups[plan.vms[1].group_index].pool_pages, 1001 + 2 * 2);
+	ck_assert_uint_eq(plan.groups[plan.vms[3].group_index].pool_pages, 1003);
+	plan_free(&plan);
+}
+END_TEST
+
+START_TEST(test_vms_without_a_group_share_the_default_where_the_pool_is_read_only)
+{
+	struct plan plan;
+	struct vmm_error err = { "" };
+
+	four_vm_plan(&plan);
+	ck_assert_int_eq(plan_assign_groups(&plan, true, &err), 0);
+	ck_assert_uint_eq(plan.nr_groups, 2);
+	ck_assert_uint_eq(plan.vms[1].group_index, plan.vms[3].group_index);
+	ck_assert_uint_ne(plan.vms[0].group_index, plan.vms[1].group_index);
+	ck_assert_uint_eq(plan.groups[plan.vms[1].group_index].nr_vms, 2);
+	ck_assert_uint_eq(plan.groups[plan.vms[1].group_index].pool_pages, 1001 + 1003 + 2 * 2);
+	/* A pool never exceeds what the shadow library allows. */
+	plan.vms[1].table_quota = plan.vms[3].table_quota = VMM_TABLE_QUOTA_MAX;
+	ck_assert_int_eq(plan_assign_groups(&plan, true, &err), 0);
+	ck_assert_uint_eq(plan.groups[plan.vms[1].group_index].pool_pages, SHADOW_POOL_MAX_PAGES);
+	plan_free(&plan);
+}
+END_TEST
+
+START_TEST(test_plan_that_cannot_fit_the_host_is_refused_with_figures)
+{
+	struct vmm_options o;
+	struct vmm_error err = { "" };
+	struct vmm_host_memory host = { .ram = 16ull << 30, .swap = 2ull << 30, .as_limit = UINT64_MAX };
+	struct vmm_fit fit;
+	struct plan plan;
+
+	/* 256 VMs of 64 GiB: 16 TiB of guest RAM. */
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "a.elf", "--vms", "256", "--mem", "64G", NULL }), 0);
+	ck_assert_int_eq(plan_from_options(&o, &plan, &err), 0);
+	ck_assert_int_eq(plan_assign_groups(&plan, false, &err), 0);
+	plan_fit_estimate(&plan, &fit);
+	ck_assert_uint_eq(fit.guest_ram, 256ull * (64ull << 30));
+	ck_assert_uint_gt(fit.bookkeeping, 256ull * (64ull << 30) / 4096 * 8); /* a P2M entry per page at least */
+	ck_assert_uint_eq(fit.total, fit.guest_ram + fit.segments + fit.bookkeeping + fit.pools);
+	ck_assert_int_eq(vmm_fit_check(&fit, &host, &err), -ENOMEM);
+	ck_assert_msg(strstr(err.msg, "the VMs do not fit this host: they may use ") &&
+			      strstr(err.msg, "guest RAM 16777216 MiB") &&
+			      strstr(err.msg, "the host has 18432 MiB of memory and swap (MemTotal + SwapTotal)") &&
+			      strstr(err.msg, "run fewer VMs (--vms"),
+		      "got \"%s\"", err.msg);
+	plan_free(&plan);
+
+	/* One VM of 64 MiB fits, but not under an RLIMIT_AS of 32 MiB. */
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "a.elf", NULL }), 0);
+	ck_assert_int_eq(plan_from_options(&o, &plan, &err), 0);
+	ck_assert_int_eq(plan_assign_groups(&plan, false, &err), 0);
+	plan_fit_estimate(&plan, &fit);
+	ck_assert_int_eq(vmm_fit_check(&fit, &host, &err), 0);
+	host.as_limit = 32ull << 20;
+	ck_assert_int_eq(vmm_fit_check(&fit, &host, &err), -ENOMEM);
+	ck_assert_msg(strstr(err.msg, "umbra may map only 32 MiB (RLIMIT_AS)"), "got \"%s\"", err.msg);
+	plan_free(&plan);
+}
+END_TEST
+
+START_TEST(test_host_memory_is_read)
+{
+	struct vmm_host_memory hm;
+	struct vmm_error err = { "" };
+
+	ck_assert_msg(vmm_host_memory_read(&hm, &err) == 0, "%s", err.msg);
+	ck_assert_uint_gt(hm.ram, 0);
+	ck_assert_uint_gt(hm.as_limit, 0);
+}
+END_TEST
+
 Suite *vmm_suite(void)
 {
 	Suite *s = suite_create("vmm");
@@ -869,5 +1068,14 @@ Suite *vmm_suite(void)
 			    sizeof(hidden_configs) / sizeof(hidden_configs[0]));
 	tcase_add_test(hidden, test_config_equal_keys_in_different_objects_are_accepted);
 	suite_add_tcase(s, hidden);
+	TCase *groups = tcase_create("groups");
+	tcase_add_test(groups, test_group_and_quota_options_reach_every_vm);
+	tcase_add_test(groups, test_config_group_and_quota_per_vm);
+	tcase_add_test(groups, test_default_quota_and_roots_follow_the_vm);
+	tcase_add_test(groups, test_vms_without_a_group_are_alone_where_the_pool_is_writable);
+	tcase_add_test(groups, test_vms_without_a_group_share_the_default_where_the_pool_is_read_only);
+	tcase_add_test(groups, test_plan_that_cannot_fit_the_host_is_refused_with_figures);
+	tcase_add_test(groups, test_host_memory_is_read);
+	suite_add_tcase(s, groups);
 	return s;
 }

@@ -26,6 +26,7 @@ void plan_free(struct plan *plan)
 	for (unsigned int i = 0; i < plan->nr_vms; i++)
 		free(plan->vms[i].image);
 	free(plan->vms);
+	free(plan->groups);
 	memset(plan, 0, sizeof(*plan));
 }
 
@@ -48,7 +49,10 @@ int plan_from_options(const struct vmm_options *opts, struct plan *plan, struct 
 		v->mem = opts->mem;
 		v->vcpus = opts->vcpus;
 		snprintf(v->cmdline, sizeof(v->cmdline), "%s", opts->cmdline);
+		snprintf(v->group, sizeof(v->group), "%s", opts->group ? opts->group : "");
+		v->table_quota = opts->table_quota;
 	}
+	plan_set_default_quotas(plan);
 	return 0;
 }
 
@@ -297,6 +301,36 @@ static int parse_vm_segments(struct config_ctx *c, const char *path, struct json
 	return 0;
 }
 
+/* vms[i].group and vms[i].table_quota (docs/security.md, docs/config.md). */
+static int parse_vm_sharing(struct config_ctx *c, const char *path, struct json_object *jv, struct plan_vm *proto)
+{
+	struct json_object *v;
+	unsigned long n = 0;
+	const char *s = NULL;
+	char key[64];
+	int ret;
+
+	if (json_object_object_get_ex(jv, "group", &v)) {
+		snprintf(key, sizeof(key), "%s.group", path);
+		if ((ret = get_string(c, key, v, &s)))
+			return ret;
+		if (vmm_check_group(key, s, NULL))
+			return config_error(c, key, "must be 1 to %u printable ASCII characters, no space",
+					    VMM_GROUP_NAME_MAX - 1);
+		snprintf(proto->group, sizeof(proto->group), "%s", s);
+	}
+	if (json_object_object_get_ex(jv, "table_quota", &v)) {
+		snprintf(key, sizeof(key), "%s.table_quota", path);
+		if ((ret = get_uint(c, key, v, VMM_TABLE_QUOTA_MAX, &n)))
+			return ret;
+		if (vmm_check_table_quota(key, n, NULL))
+			return config_error(c, key, "%lu pages: must be %u to %" PRIu64, n, VMM_TABLE_QUOTA_MIN,
+					    VMM_TABLE_QUOTA_MAX);
+		proto->table_quota = n;
+	}
+	return 0;
+}
+
 /* Adds count VMs like proto to the plan, numbered NAME0, NAME1, ... when
  * count > 1; names must be unique. */
 static int add_vms(struct config_ctx *c, const char *path, const struct plan_vm *proto, unsigned long count,
@@ -326,7 +360,8 @@ static int add_vms(struct config_ctx *c, const char *path, const struct plan_vm 
 
 static int parse_vm(struct config_ctx *c, unsigned int i, struct json_object *jv, struct plan *plan)
 {
-	static const char *const keys[] = { "name", "image", "count", "mem", "vcpus", "cmdline", "segments", NULL };
+	static const char *const keys[] = { "name", "image", "count", "mem", "vcpus", "cmdline",
+					    "segments", "group", "table_quota", NULL };
 	struct plan_vm proto = { .mem = VMM_MEM_DEFAULT, .vcpus = 1 };
 	unsigned long count = 1, n = 0;
 	struct json_object *v;
@@ -374,6 +409,8 @@ static int parse_vm(struct config_ctx *c, unsigned int i, struct json_object *jv
 		snprintf(proto.cmdline, sizeof(proto.cmdline), "%s", s);
 	}
 	if (json_object_object_get_ex(jv, "segments", &v) && (ret = parse_vm_segments(c, path, v, plan, &proto)))
+		return ret;
+	if ((ret = parse_vm_sharing(c, path, jv, &proto)))
 		return ret;
 	return add_vms(c, path, &proto, count, image, plan);
 }
@@ -446,6 +483,7 @@ int plan_from_config_text(const char *text, const char *base_dir, const char *wh
 	for (size_t i = 0; i < json_object_array_length(v); i++)
 		if ((ret = parse_vm(&c, (unsigned int)i, json_object_array_get_idx(v, i), plan)))
 			goto free_plan;
+	plan_set_default_quotas(plan);
 	json_object_put(root);
 	return 0;
 

@@ -188,7 +188,7 @@ static void handle_mmio(struct vcpu *vcpu)
 	struct kvm_run *run = vcpu->run;
 	struct vm *vm = vcpu->vm;
 	const struct segment *ro = NULL;
-	uint64_t pool_bytes = (uint64_t)vm->host->pool_pages * SHADOW_PAGE_SIZE;
+	uint64_t pool_bytes = (uint64_t)vm->group->pool_pages * SHADOW_PAGE_SIZE;
 
 	vm_count_exit(vm, VM_EXIT_MMIO);
 	for (unsigned int i = 0; i < vm->nr_segments; i++)

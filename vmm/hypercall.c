@@ -53,7 +53,7 @@ static void report_unbacked_fault(struct vcpu *vcpu, uint64_t va, unsigned int a
 	struct vm *vm = vcpu->vm;
 	struct shadow_walk w;
 	const struct shadow_paging_mode *mode = shadow_mmu_mode(vm->mmu);
-	uint64_t pool_end = SHADOW_POOL_GPA + (uint64_t)vm->host->pool_pages * SHADOW_PAGE_SIZE;
+	uint64_t pool_end = SHADOW_POOL_GPA + (uint64_t)vm->group->pool_pages * SHADOW_PAGE_SIZE;
 
 	if (shadow_walk(mode, &guest_mem_ops, vm, vcpu->guest_cr3, va, access, 0, &w) != 0)
 		vcpu_fail(vcpu, true, "page fault at %#llx: a guest page table lies outside RAM",
@@ -237,7 +237,7 @@ static int64_t hc_page_fault(struct vcpu *vcpu, uint64_t va, uint64_t error_code
 		vcpu_fail(vcpu, true, "write at %#llx to a read-only segment", (unsigned long long)va);
 	else if (r == -ENOMEM)
 		vcpu_fail(vcpu, false, "page fault at %#llx: the shadow table pool (%zu pages) is exhausted",
-			  (unsigned long long)va, vm->host->pool_pages);
+			  (unsigned long long)va, vm->group->pool_pages);
 	else if (r == -EROFS)
 		vcpu_fail(vcpu, false, "page fault at %#llx: the guest's page tables for it lie in a read-only "
 			  "segment and need their Accessed/Dirty bits set; set A (and D) in page tables placed there",

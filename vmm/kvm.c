@@ -60,8 +60,10 @@ int vmm_kvm_open(int *kvm_fd, struct vmm_error *err)
  * wrong address. On AMD the pool must therefore be a writable memslot: shadow
  * entries carry A/D preset, so the CPU never writes them, and guests reach
  * memory only through shadow entries umbra makes, which never map the pool;
- * but a guest that loads a CR3 of its own could write shared tables. On Intel
- * (EPT) the pool is read-only and such a write stops the VM.
+ * but a guest that loads a CR3 of its own can write the tables of its pool.
+ * Each trust group has a pool of its own, so such a guest reaches only the
+ * tables of its group (docs/security.md). On Intel (EPT) the pool is
+ * read-only and such a write stops the VM.
  */
 static bool module_param_is(const char *path, char value)
 {
@@ -86,17 +88,12 @@ int vmm_check_nested_paging(struct vmm_error *err)
 	return 0;
 }
 
-static bool pool_must_be_writable(void)
+bool vmm_pool_must_be_writable(void)
 {
 	static int cached = -1;
 
-	if (cached < 0) {
+	if (cached < 0)
 		cached = module_param_is("/sys/module/kvm_amd/parameters/npt", 'Y');
-		if (cached)
-			fprintf(stderr, "umbra: note: AMD nested paging: the shadow table pool is a writable memslot, so a "
-					"guest that bypasses shadow paging could write shared shadow tables "
-					"(docs/abi.md)\n");
-	}
 	return cached;
 }
 
@@ -178,16 +175,16 @@ static int vm_set_segment_memslots(struct vm *vm, struct vmm_error *err)
 	return 0;
 }
 
-/* The table pool at SHADOW_POOL_GPA: read-only, but on AMD (see
- * module_param_is()). */
+/* The table pool of the VM's trust group at SHADOW_POOL_GPA: read-only, but
+ * on AMD (see module_param_is()). */
 static int vm_set_pool_memslot(struct vm *vm, struct vmm_error *err)
 {
-	struct vmm_host *host = vm->host;
-	bool writable = pool_must_be_writable();
+	const struct vmm_group *group = vm->group;
+	bool writable = vmm_pool_must_be_writable();
 	struct kvm_userspace_memory_region r = {
 		.slot = VMM_MEMSLOT_POOL, .flags = writable ? 0 : KVM_MEM_READONLY,
-		.guest_phys_addr = SHADOW_POOL_GPA, .memory_size = (uint64_t)host->pool_pages * SHADOW_PAGE_SIZE,
-		.userspace_addr = (uint64_t)(uintptr_t)(writable ? host->pool_mem.host : host->pool_ro),
+		.guest_phys_addr = SHADOW_POOL_GPA, .memory_size = (uint64_t)group->pool_pages * SHADOW_PAGE_SIZE,
+		.userspace_addr = (uint64_t)(uintptr_t)(writable ? group->pool_mem.host : group->pool_ro),
 	};
 
 	if (!writable && ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_READONLY_MEM) <= 0)
@@ -222,7 +219,8 @@ static void vcpus_destroy(struct vm *vm)
 		struct vcpu *vcpu = &vm->vcpus[i];
 
 		if (vcpu->tlb.ops) {
-			shadow_mmu_tlb_unregister(vm->mmu, &vcpu->tlb);
+			if (vm->mmu) /* else vm_mmu_release() did it */
+				shadow_mmu_tlb_unregister(vm->mmu, &vcpu->tlb);
 			pthread_cond_destroy(&vcpu->mode_cond);
 			umbra_mutex_exit(&vcpu->mode_lock);
 		}
@@ -292,7 +290,9 @@ static int vm_check_config(const struct vm_config *config, struct vmm_error *err
 		return vmm_error_set(err, EINVAL, "command line longer than %u bytes", UMBRA_CMDLINE_MAX - 1);
 	if (config->nr_segments > UMBRA_MAX_SEGMENTS)
 		return vmm_error_set(err, EINVAL, "%u segments: at most %u", config->nr_segments, UMBRA_MAX_SEGMENTS);
-	return 0;
+	if (!config->group)
+		return vmm_error_set(err, EINVAL, "no trust group");
+	return vmm_check_table_quota("table quota", config->table_quota, err);
 }
 
 /* The VM's fd and what KVM tells about it: the kvm_run size, CPUID. */
@@ -338,6 +338,8 @@ int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out, struc
 		vm->segments[i] = config->segments[i];
 	vm->kvm_fd = kvm_fd;
 	vm->host = config->host;
+	vm->group = config->group;
+	vm->table_quota = config->table_quota;
 	vm->ram_size = config->mem;
 	vm->nr_vcpus = config->vcpus;
 	vm->ram_fd = vm->vm_fd = -1;
@@ -397,7 +399,7 @@ struct boot_layout vm_boot_layout(const struct vm *vm)
 	return (struct boot_layout){
 		.ram = vm->ram, .ram_size = vm->ram_size, .nr_vcpus = vm->nr_vcpus,
 		.nr_segments = vm->nr_segments, .segments = vm->segments, .cmdline = vm->cmdline,
-		.pool_size = (uint64_t)vm->host->pool_pages * SHADOW_PAGE_SIZE,
+		.pool_size = (uint64_t)vm->group->pool_pages * SHADOW_PAGE_SIZE,
 	};
 }
 

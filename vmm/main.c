@@ -115,8 +115,11 @@ static int create_vms(struct run_state *rs)
 
 		for (unsigned int k = 0; k < pv->nr_segments; k++)
 			attached[k] = rs->segments[pv->segments[k]];
-		struct vm_config config = { rs->host, pv->name, pv->mem, pv->vcpus, pv->cmdline, pv->nr_segments,
-					    attached, rs->plan.nr_vms > 1 };
+		struct vm_config config = {
+			.host = rs->host, .group = &rs->host->groups[pv->group_index], .table_quota = pv->table_quota,
+			.name = pv->name, .mem = pv->mem, .vcpus = pv->vcpus, .cmdline = pv->cmdline,
+			.nr_segments = pv->nr_segments, .segments = attached, .prefix_output = rs->plan.nr_vms > 1,
+		};
 		if (vm_create(rs->kvm_fd, &config, &rs->vms[i], &err)) {
 			fprintf(stderr, "umbra: %s: cannot create the VM: %s\n", pv->name, err.msg);
 			return UMBRA_STATUS_NO_KVM;
@@ -159,7 +162,7 @@ static int prepare(const struct vmm_options *opts, struct run_state *rs)
 		}
 	}
 	if (vmm_kvm_open(&rs->kvm_fd, &err) || vmm_check_nested_paging(&err) ||
-	    vmm_host_create(VMM_POOL_PAGES_DEFAULT, &rs->host, &err)) {
+	    vmm_host_create(&rs->plan, &rs->host, &err)) {
 		fprintf(stderr, "umbra: %s\n", err.msg);
 		return UMBRA_STATUS_NO_KVM;
 	}
@@ -208,8 +211,40 @@ static void report(const struct vmm_options *opts, struct run_state *rs)
 	if (opts->stats)
 		vmm_stats_print_process(&tm, rs->segments, rs->plan.nr_segments);
 	if (opts->stats_json &&
-	    vmm_stats_write_json(opts->stats_json, &rs->plan, rs->segments, rs->vms, rs->status, &tm, &err))
+	    vmm_stats_write_json(opts->stats_json, &rs->plan, rs->host, rs->segments, rs->vms, rs->status, &tm, &err))
 		fprintf(stderr, "umbra: warning: %s\n", err.msg);
+}
+
+/*
+ * The trust groups of the plan (docs/security.md), and whether it fits the
+ * host. Where the pool is guest-writable, VMs without a group share nothing,
+ * and one line says so. Returns 0, or the exit status after printing why.
+ */
+static int plan_check(struct plan *plan)
+{
+	struct vmm_error err = { "" };
+	struct vmm_host_memory hm;
+	struct vmm_fit fit;
+	bool writable = vmm_pool_must_be_writable();
+	unsigned int ungrouped = plan_nr_ungrouped(plan);
+
+	if (plan_assign_groups(plan, !writable, &err)) {
+		fprintf(stderr, "umbra: %s\n", err.msg);
+		return UMBRA_STATUS_NO_KVM;
+	}
+	plan_fit_estimate(plan, &fit);
+	if (vmm_host_memory_read(&hm, &err))
+		fprintf(stderr, "umbra: warning: %s; not checking that the VMs fit this host\n", err.msg);
+	else if (vmm_fit_check(&fit, &hm, &err)) {
+		fprintf(stderr, "umbra: %s\n", err.msg);
+		return UMBRA_STATUS_USAGE;
+	}
+	if (writable && ungrouped && plan->nr_vms > 1)
+		fprintf(stderr,
+			"umbra: note: AMD nested paging: the shadow-table pool is guest-writable, so VMs share shadow "
+			"tables only within a trust group; %u VM%s without a \"group\" share%s none (docs/security.md)\n",
+			ungrouped, ungrouped == 1 ? "" : "s", ungrouped == 1 ? "s" : "");
+	return 0;
 }
 
 static void run_free(struct run_state *rs)
@@ -241,7 +276,9 @@ static int run(const struct vmm_options *opts)
 		fprintf(stderr, "umbra: %s\n", err.msg);
 		return ret == -ENOMEM ? UMBRA_STATUS_NO_KVM : UMBRA_STATUS_USAGE;
 	}
-	ret = prepare(opts, &rs);
+	ret = plan_check(&rs.plan);
+	if (ret == 0)
+		ret = prepare(opts, &rs);
 	if (ret == 0) {
 		vmm_signals_init();
 		ret = create_vms(&rs);

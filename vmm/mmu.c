@@ -1,7 +1,8 @@
 /*
- * Shadow paging of KVM VMs: the process's shadow-table pool (struct
- * vmm_host), each VM's shadow MMU with its slots, CR3 switches and the
- * pinned ranges every address space keeps mapped.
+ * Shadow paging of KVM VMs: the trust groups' shadow-table pools (struct
+ * vmm_host, struct vmm_group), each VM's shadow MMU with its slots (freed
+ * when the VM stops), CR3 switches and the pinned ranges every address
+ * space keeps mapped.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -12,33 +13,64 @@
 #include "vm_internal.h"
 #include "x86.h"
 
-/* ---- the process's shared state: the shadow-table pool ---- */
+/* ---- the process's shared state: the trust groups' pools ---- */
 
-int vmm_host_create(size_t nr_pages, struct vmm_host **out, struct vmm_error *err)
+static int group_pool_create(struct vmm_group *group, const struct plan_group *pg, struct vmm_error *err)
+{
+	int ret;
+
+	memcpy(group->name, pg->name, sizeof(group->name));
+	group->pool_ro = MAP_FAILED;
+	group->pool_pages = pg->pool_pages;
+	ret = shadow_pool_create(group->pool_pages, &group->pool);
+	if (ret)
+		return vmm_error_set(err, -ret, "shadow table pool of %zu pages for trust group '%s': %s",
+				     group->pool_pages, pg->name, strerror(-ret));
+	shadow_pool_memory(group->pool, &group->pool_mem);
+	group->pool_ro = mmap(NULL, group->pool_mem.bytes, PROT_READ, MAP_SHARED, group->pool_mem.fd, 0);
+	if (group->pool_ro == MAP_FAILED) {
+		ret = vmm_error_set(err, errno, "read-only mapping of the shadow table pool: %s", strerror(errno));
+		shadow_pool_destroy(group->pool);
+		group->pool = NULL;
+		return ret;
+	}
+	return 0;
+}
+
+static void group_pool_destroy(struct vmm_group *group)
+{
+	if (!group->pool)
+		return;
+	munmap(group->pool_ro, group->pool_mem.bytes);
+	shadow_pool_destroy(group->pool);
+	group->pool = NULL;
+}
+
+int vmm_host_create(const struct plan *plan, struct vmm_host **out, struct vmm_error *err)
 {
 	struct vmm_host *host = calloc(1, sizeof(*host));
 	int ret;
 
 	if (!host)
 		return vmm_error_set(err, ENOMEM, "out of memory");
-	host->pool_pages = nr_pages;
-	ret = shadow_pool_create(nr_pages, &host->pool);
-	if (ret) {
-		vmm_error_set(err, -ret, "shadow table pool of %zu pages: %s", nr_pages, strerror(-ret));
+	host->groups = calloc(plan->nr_groups ? plan->nr_groups : 1, sizeof(*host->groups));
+	if (!host->groups) {
+		ret = vmm_error_set(err, ENOMEM, "out of memory");
 		goto free_host;
 	}
-	shadow_pool_memory(host->pool, &host->pool_mem);
-	host->pool_ro = mmap(NULL, host->pool_mem.bytes, PROT_READ, MAP_SHARED, host->pool_mem.fd, 0);
-	if (host->pool_ro == MAP_FAILED) {
-		ret = vmm_error_set(err, errno, "read-only mapping of the shadow table pool: %s", strerror(errno));
-		goto destroy_pool;
+	for (; host->nr_groups < plan->nr_groups; host->nr_groups++) {
+		ret = group_pool_create(&host->groups[host->nr_groups], &plan->groups[host->nr_groups], err);
+		if (ret)
+			goto destroy_pools;
 	}
 	umbra_mutex_init(&host->output_lock, "vmm.output_lock", UMBRA_LOCK_RANK_VMM_OUTPUT);
 	*out = host;
 	return 0;
 
-destroy_pool:
-	shadow_pool_destroy(host->pool);
+destroy_pools:
+	for (unsigned int g = 0; g < host->nr_groups; g++)
+		group_pool_destroy(&host->groups[g]);
+	free(host->groups);
 free_host:
 	free(host);
 	return ret;
@@ -49,8 +81,9 @@ void vmm_host_destroy(struct vmm_host *host)
 	if (!host)
 		return;
 	umbra_mutex_exit(&host->output_lock);
-	munmap(host->pool_ro, host->pool_mem.bytes);
-	shadow_pool_destroy(host->pool);
+	for (unsigned int g = 0; g < host->nr_groups; g++)
+		group_pool_destroy(&host->groups[g]);
+	free(host->groups);
 	free(host);
 }
 
@@ -112,7 +145,11 @@ int vm_mmu_init(struct vm *vm, struct vmm_error *err)
 	for (unsigned int i = 0; i < vm->nr_segments; i++)
 		if (vm->segments[i]->gpa + vm->segments[i]->size > max_gpa)
 			max_gpa = vm->segments[i]->gpa + vm->segments[i]->size;
-	struct shadow_mmu_config config = { vm->host->pool, max_gpa, 0, vm_paging_mode(vm) };
+	/* Every vCPU may run an address space of its own, with room to switch. */
+	struct shadow_mmu_config config = {
+		.pool = vm->group->pool, .max_gpa = max_gpa, .nr_roots = vmm_nr_roots(vm->nr_vcpus),
+		.max_tables = (unsigned long)vm->table_quota, .mode = vm_paging_mode(vm),
+	};
 	ret = shadow_mmu_create(&config, &vm->mmu);
 	if (ret) {
 		vmm_error_set(err, -ret, "shadow MMU: %s", strerror(-ret));
@@ -141,9 +178,32 @@ destroy_ram_obj:
 	return ret;
 }
 
+/* Records v in *seen unless *seen is larger (atomic). */
+static void record_max(size_t *seen, size_t v)
+{
+	size_t old = __atomic_load_n(seen, __ATOMIC_RELAXED);
+
+	while (v > old && !__atomic_compare_exchange_n(seen, &old, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+}
+
+void vm_mmu_release(struct vm *vm)
+{
+	shadow_mmu_stats(vm->mmu, &vm->mmu_stats_at_stop);
+	(void)shadow_mmu_table_usage(vm->mmu, &vm->tables_at_stop); /* on -ENOMEM: zeroes */
+	record_max(&vm->group->in_use_seen, shadow_pool_pages_in_use(vm->group->pool, 0));
+	for (unsigned int i = 0; i < vm->nr_vcpus; i++)
+		if (vm->vcpus[i].tlb.ops)
+			shadow_mmu_tlb_unregister(vm->mmu, &vm->vcpus[i].tlb);
+	shadow_mmu_destroy(vm->mmu);
+	vm->mmu = NULL;
+}
+
 void vm_mmu_exit(struct vm *vm)
 {
-	shadow_mmu_destroy(vm->mmu);
+	if (vm->mmu)
+		shadow_mmu_destroy(vm->mmu);
+	vm->mmu = NULL;
 	notifier_object_destroy(vm->ram_obj);
 }
 

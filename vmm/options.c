@@ -13,6 +13,7 @@
 
 const char vmm_usage[] =
 	"usage: umbra run IMAGE [--vms N] [--mem SIZE] [--vcpus N] [--cmdline STRING]\n"
+	"                 [--group NAME] [--table-quota PAGES]\n"
 	"                 [--stats] [--stats-json FILE] [--evict-ms MS [--evict-pages N]]\n"
 	"                 [--console escaped|raw]\n"
 	"       umbra run --config FILE [--stats] [--stats-json FILE]\n"
@@ -32,6 +33,13 @@ const char vmm_usage[] =
 	"  --vcpus N         vCPUs per VM, 1 to 64; default 1\n"
 	"  --cmdline STRING  passed to the guest in its boot information block\n"
 	"                    (at most 255 bytes)\n"
+	"  --group NAME      put the VMs in trust group NAME: they share one pool of\n"
+	"                    shadow tables (docs/security.md). Without a group, where\n"
+	"                    the pool is guest-writable (AMD) each VM has its own\n"
+	"                    pool; elsewhere the VMs share a default group\n"
+	"  --table-quota PAGES  shadow-table pages each VM may hold, 64 to 8388608;\n"
+	"                    the default is derived from its RAM and vCPUs\n"
+	"                    (docs/config.md)\n"
 	"  --config FILE     a JSON file describing VMs and shared segments\n"
 	"                    (docs/config.md); replaces IMAGE and the options above\n"
 	"  --stats           print each VM's statistics when it stops (stderr)\n"
@@ -56,7 +64,8 @@ const char vmm_usage[] =
 	"exit with 0. 120 guest error (unexpected exception, triple fault, bad\n"
 	"hypercall, failed VM entry, all vCPUs halted); 121 image missing or\n"
 	"malformed; 122 KVM unavailable or failing; 123 bad command line or config;\n"
-	"124 a segment file could not be read. A --stats-json FILE that cannot be\n"
+	"124 a segment file could not be read. A run that cannot fit the host's\n"
+	"memory is refused up front with status 123. A --stats-json FILE that cannot be\n"
 	"written is reported on stderr and leaves the exit status as it is.\n"
 	"\n"
 	"umbra needs /dev/kvm. Where it is missing, run umbra inside the KVM sandbox:\n"
@@ -174,8 +183,8 @@ struct run_args {
 	bool evict_pages_given;
 };
 
-/* The options that describe the VMs (--mem, --vcpus, --vms, --cmdline),
- * which --config replaces. Returns 1 if argv[*i] is one (handled), 0 if it
+/* The options that describe the VMs (--mem, --vcpus, --vms, --cmdline,
+ * --group, --table-quota), which --config replaces. Returns 1 if argv[*i] is one (handled), 0 if it
  * is not, -EINVAL with err. */
 static int parse_vm_option(int argc, char *const argv[], int *i, struct vmm_options *opts, struct run_args *ra,
 			   struct vmm_error *err)
@@ -212,6 +221,21 @@ static int parse_vm_option(int argc, char *const argv[], int *i, struct vmm_opti
 		if (vmm_check_cmdline("--cmdline", value, err))
 			return -EINVAL;
 		opts->cmdline = value;
+	} else if (option_is(arg, "--group")) {
+		if (!(value = option_value(argc, argv, i, "--group")))
+			return vmm_error_set(err, EINVAL, "--group needs a name");
+		if (vmm_check_group("--group", value, err))
+			return -EINVAL;
+		opts->group = value;
+	} else if (option_is(arg, "--table-quota")) {
+		if (!(value = option_value(argc, argv, i, "--table-quota")))
+			return vmm_error_set(err, EINVAL, "--table-quota needs a number of pages");
+		snprintf(what, sizeof(what), "--table-quota '%.24s'", value);
+		n = 0; /* stays 0, and is rejected, if value is not a number */
+		(void)parse_uint(value, VMM_TABLE_QUOTA_MAX, &n);
+		if (vmm_check_table_quota(what, n, err))
+			return -EINVAL;
+		opts->table_quota = n;
 	} else {
 		return 0;
 	}
@@ -281,7 +305,8 @@ static int check_run_options(struct vmm_options *opts, const struct run_args *ra
 					     opts->image);
 		if (ra->vm_option)
 			return vmm_error_set(err, EINVAL,
-					     "run: --vms, --mem, --vcpus and --cmdline do not apply with --config "
+					     "run: --vms, --mem, --vcpus, --cmdline, --group and --table-quota do not "
+					     "apply with --config "
 					     "(set them in the config file)");
 		return 0;
 	}

@@ -1,7 +1,9 @@
 /*
  * Running a VM: one thread per vCPU runs KVM_RUN and handles its exits;
  * vm_stop() records the exit status and kicks every vCPU out of KVM_RUN
- * (immediate_exit and the kick signal).
+ * (immediate_exit and the kick signal). The last vCPU thread to end frees
+ * the VM's shadow tables (vm_mmu_release), so that a stopped VM holds no
+ * pool pages while others run.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -88,6 +90,9 @@ static void *vcpu_thread(void *arg)
 	while (!vm_is_stopped(vcpu->vm) && vcpu_run_once(vcpu))
 		;
 	console_flush(vcpu);
+	/* The last thread frees the VM's tables (its pool pages return). */
+	if (__atomic_sub_fetch(&vcpu->vm->threads_running, 1, __ATOMIC_ACQ_REL) == 0)
+		vm_mmu_release(vcpu->vm);
 	return NULL;
 }
 
@@ -107,12 +112,15 @@ void vmm_signals_init(void)
 
 int vm_start(struct vm *vm)
 {
+	__atomic_store_n(&vm->threads_running, vm->nr_vcpus, __ATOMIC_RELEASE);
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *vcpu = &vm->vcpus[i];
 		int e = pthread_create(&vcpu->thread, NULL, vcpu_thread, vcpu);
 		if (e) {
 			vm_print_error(vm, "cannot start vCPU %u's thread: %s", i, strerror(e));
 			vm_stop(vm, UMBRA_STATUS_NO_KVM);
+			if (__atomic_sub_fetch(&vm->threads_running, vm->nr_vcpus - i, __ATOMIC_ACQ_REL) == 0)
+				vm_mmu_release(vm);
 			return -e;
 		}
 		__atomic_store_n(&vcpu->thread_started, true, __ATOMIC_RELEASE);

@@ -57,8 +57,13 @@ void vm_get_stats(const struct vm *vm, struct vm_stats *stats)
 	}
 	for (int i = 0; i < UMBRA_HC_NR; i++)
 		stats->hypercalls[i] = __atomic_load_n(&vm->hypercalls[i], __ATOMIC_RELAXED);
-	shadow_mmu_stats(vm->mmu, &stats->shadow);
-	(void)shadow_mmu_table_usage(vm->mmu, &stats->tables); /* on -ENOMEM: zeroes */
+	if (vm->mmu) {
+		shadow_mmu_stats(vm->mmu, &stats->shadow);
+		(void)shadow_mmu_table_usage(vm->mmu, &stats->tables); /* on -ENOMEM: zeroes */
+	} else { /* stopped: as recorded when its tables were freed */
+		stats->shadow = vm->mmu_stats_at_stop;
+		stats->tables = vm->tables_at_stop;
+	}
 	stats->flush_requests = __atomic_load_n(&vm->flush_requests, __ATOMIC_RELAXED);
 	stats->kicks = __atomic_load_n(&vm->kicks, __ATOMIC_RELAXED);
 	stats->nmis = __atomic_load_n(&vm->nmis, __ATOMIC_RELAXED);
@@ -67,6 +72,7 @@ void vm_get_stats(const struct vm *vm, struct vm_stats *stats)
 
 /* The process's table memory: X(field, key) of struct table_memory. */
 #define TABLE_MEMORY_STATS(X) \
+	X(pools, "pools")       \
 	X(pool_pages, "pages")  \
 	X(in_use, "in_use")     \
 	X(unshared, "unshared")
@@ -85,12 +91,25 @@ static void segment_get_stats(const struct segment *seg, struct segment_stats *s
 	shadow_store_stats(seg->store, &ss->evictions, &ss->restores);
 }
 
+/* The pages in use in the group's pool: the most seen as its VMs stopped,
+ * or now if more. */
+static uint64_t group_pages_in_use(const struct vmm_group *group)
+{
+	size_t now = shadow_pool_pages_in_use(group->pool, 0);
+	size_t seen = __atomic_load_n(&group->in_use_seen, __ATOMIC_RELAXED);
+
+	return now > seen ? now : seen;
+}
+
 void table_memory_get(const struct vmm_host *host, struct vm *const *vms, unsigned int nr_vms,
 		      struct table_memory *tm)
 {
-	tm->pool_pages = host->pool_pages;
-	tm->in_use = shadow_pool_pages_in_use(host->pool, 0);
-	tm->unshared = 0;
+	tm->pools = host->nr_groups;
+	tm->pool_pages = tm->in_use = tm->unshared = 0;
+	for (unsigned int g = 0; g < host->nr_groups; g++) {
+		tm->pool_pages += host->groups[g].pool_pages;
+		tm->in_use += group_pages_in_use(&host->groups[g]);
+	}
 	for (unsigned int i = 0; i < nr_vms; i++) {
 		struct vm_stats stats;
 
@@ -139,9 +158,10 @@ void vmm_stats_print_process(const struct table_memory *tm, struct segment *cons
 			     unsigned int nr_segments)
 {
 	fprintf(stderr,
-		"umbra: table memory: %llu KiB in use of a %llu KiB pool (%llu tables); "
+		"umbra: table memory: %llu KiB in use of %llu KiB in %llu pool%s (%llu tables); "
 		"unshared it would be %llu KiB (%llu tables)\n",
 		(unsigned long long)(tm->in_use * PAGE_KIB), (unsigned long long)(tm->pool_pages * PAGE_KIB),
+		(unsigned long long)tm->pools, tm->pools == 1 ? "" : "s",
 		(unsigned long long)tm->in_use, (unsigned long long)(tm->unshared * PAGE_KIB),
 		(unsigned long long)tm->unshared);
 	for (unsigned int i = 0; i < nr_segments; i++) {
@@ -228,6 +248,9 @@ static struct json_object *json_vm(const struct plan *plan, const struct plan_vm
 	json_object_object_add(jv, "vcpus", json_object_new_int((int)pv->vcpus));
 	json_add_u64(jv, "mem", pv->mem);
 	json_object_object_add(jv, "exit_status", json_object_new_int(status));
+	json_object_object_add(jv, "group", json_object_new_string(pv->group));
+	json_object_object_add(jv, "pool", json_object_new_int((int)pv->group_index));
+	json_add_u64(jv, "table_quota", pv->table_quota);
 	for (unsigned int k = 0; k < pv->nr_segments; k++)
 		json_object_array_add(jattached, json_object_new_string(plan->segments[pv->segments[k]].name));
 	json_object_object_add(jv, "segments", jattached);
@@ -255,9 +278,29 @@ static int write_text_file(const char *path, const char *text)
 	return ret;
 }
 
-int vmm_stats_write_json(const char *path, const struct plan *plan, struct segment *const *segments,
-			 struct vm *const *vms, const int *status, const struct table_memory *tm,
-			 struct vmm_error *err)
+/* The trust groups' pools: name, VMs, pages, pages in use (the most seen),
+ * and pages in use as the statistics are written (0 once every VM of the
+ * group stopped: their tables were freed). */
+static struct json_object *json_pools(const struct plan *plan, const struct vmm_host *host)
+{
+	struct json_object *jpools = json_object_new_array();
+
+	for (unsigned int g = 0; g < host->nr_groups; g++) {
+		struct json_object *jg = json_object_new_object();
+
+		json_object_object_add(jg, "group", json_object_new_string(plan->groups[g].name));
+		json_object_object_add(jg, "vms", json_object_new_int((int)plan->groups[g].nr_vms));
+		json_add_u64(jg, "pages", host->groups[g].pool_pages);
+		json_add_u64(jg, "in_use", group_pages_in_use(&host->groups[g]));
+		json_add_u64(jg, "in_use_at_end", shadow_pool_pages_in_use(host->groups[g].pool, 0));
+		json_object_array_add(jpools, jg);
+	}
+	return jpools;
+}
+
+int vmm_stats_write_json(const char *path, const struct plan *plan, const struct vmm_host *host,
+			 struct segment *const *segments, struct vm *const *vms, const int *status,
+			 const struct table_memory *tm, struct vmm_error *err)
 {
 	struct json_object *root = json_object_new_object();
 	struct json_object *jvms = json_object_new_array();
@@ -273,6 +316,7 @@ int vmm_stats_write_json(const char *path, const struct plan *plan, struct segme
 	TABLE_MEMORY_STATS(TABLE_MEMORY_JSON)
 #undef TABLE_MEMORY_JSON
 	json_object_object_add(root, "table_pages", jpool);
+	json_object_object_add(root, "pools", json_pools(plan, host));
 	for (unsigned int i = 0; i < plan->nr_vms; i++)
 		json_object_array_add(jvms, json_vm(plan, &plan->vms[i], vms[i], status[i]));
 	json_object_object_add(root, "vms", jvms);

@@ -8,7 +8,9 @@
  * KVM_RUN and handles its exits itself (exit.c, hypercall.c). Stopping the
  * VM (the guest exits, or fails) is vm_stop(): the first caller records the
  * exit status, then every vCPU is kicked out of KVM_RUN (immediate_exit and
- * a signal). Other threads reach a vCPU only through its TLB-shootdown
+ * a signal). The last vCPU thread to end destroys the VM's shadow MMU
+ * (vm_mmu_release), after which main() joins the threads and reads what was
+ * recorded. Other threads reach a vCPU only through its TLB-shootdown
  * mailbox (shootdown.c). Locks: vmm.h, "Locks".
  */
 #ifndef UMBRA_VMM_VM_INTERNAL_H
@@ -92,10 +94,18 @@ struct vm {
 	uint64_t boot_tables_end;
 	struct kvm_cpuid2 *cpuid;
 
-	/* Shadow paging: the VM's shadow MMU, its RAM as a memory object, and
-	 * the shadow MMU's slot ids of RAM and each segment. */
+	/* Shadow paging: the VM's trust group (whose pool its MMU uses), its
+	 * table quota (pages), the VM's shadow MMU, its RAM as a memory object,
+	 * and the shadow MMU's slot ids of RAM and each segment. mmu is NULL
+	 * once the last vCPU thread has ended (vm_mmu_release); its counters
+	 * and table usage are then in *_at_stop. */
 	struct vmm_host *host;
+	struct vmm_group *group;
+	uint64_t table_quota;
 	struct shadow_mmu *mmu;
+	struct shadow_mmu_stats mmu_stats_at_stop;
+	struct shadow_table_usage tables_at_stop;
+	unsigned int threads_running; /* vCPU threads not yet ended (atomic) */
 	struct notifier_object *ram_obj;
 	int ram_slot, segment_slots[UMBRA_MAX_SEGMENTS];
 	unsigned int nr_vcpus;
@@ -123,6 +133,13 @@ struct boot_layout vm_boot_layout(const struct vm *vm);
 /* Creates the VM's shadow MMU with slots for RAM and each segment (the P2M
  * is the identity). Returns 0 or -errno with err. */
 int vm_mmu_init(struct vm *vm, struct vmm_error *err);
+/* Records the MMU's counters and table usage (and the group pool's pages in
+ * use), unregisters every vCPU's TLB and destroys the MMU, so that its
+ * tables return to the pool when the VM stops. Called once, by the last vCPU
+ * thread to end (or by vm_start when no thread started), with no lock held;
+ * no thread of the VM touches vm->mmu afterwards. May block. */
+void vm_mmu_release(struct vm *vm);
+/* Destroys what vm_mmu_init made and vm_mmu_release left. */
 void vm_mmu_exit(struct vm *vm);
 /* Switches the vCPU to the shadow of the address space guest_cr3 and returns
  * the shadow root (the CR3 the CPU must load) in *root; pre-faults the

@@ -12,7 +12,9 @@
  *   kvm.c        /dev/kvm, VM and vCPU creation, memslots, CPUID, loading
  *   boot.c       the boot state: GDT, TSS, page tables, boot block,
  *                registers (pure: fills buffers, calls no KVM)
- *   mmu.c        the process's table pool and each VM's shadow MMU, pins
+ *   group.c      trust groups: which VMs share a table pool, table quotas
+ *   fit.c        whether a plan fits the host's memory (checked up front)
+ *   mmu.c        the groups' table pools and each VM's shadow MMU, pins
  *   run.c        vCPU threads and the run loop, stopping a VM
  *   exit.c       exit handling, console output, guest-failure reports
  *   hypercall.c  hypercall dispatch and the paging hypercalls
@@ -70,6 +72,12 @@ enum vmm_command {
 #define VMM_RAM_BELOW_STACKS_MIN (2ull * UMBRA_IMAGE_MIN_GPA)
 #define VMM_MAX_VMS 256u
 #define VMM_NAME_MAX 24 /* VM names, including the NUL */
+#define VMM_GROUP_NAME_MAX 32 /* trust-group names, including the NUL */
+/* Table quotas (pages of shadow tables a VM may hold, docs/config.md): at
+ * least what booting needs (a few address spaces' tables for the pinned boot
+ * ranges), at most one pool. */
+#define VMM_TABLE_QUOTA_MIN 64u
+#define VMM_TABLE_QUOTA_MAX ((uint64_t)SHADOW_POOL_MAX_PAGES)
 /* Guest-physical layout of a VM: RAM from 0 (at most 64 GiB), shared
  * segments from 128 GiB to 512 GiB, the shadow table pool at SHADOW_POOL_GPA
  * (512 GiB). */
@@ -97,6 +105,8 @@ struct vmm_options {
 	enum vmm_console_mode console; /* run: how guest console bytes are printed */
 	unsigned int evict_ms;    /* run: evict segment pages every evict_ms ms (0: never) */
 	unsigned int evict_pages; /* run: ... this many pages of each segment each time */
+	const char *group;        /* run: the trust group of the VMs (or NULL: none) */
+	uint64_t table_quota;     /* run: table pages each VM may hold (0: the default) */
 };
 
 #define VMM_EVICT_MS_MAX 60000u
@@ -114,6 +124,11 @@ int vmm_parse_size(const char *text, uint64_t *out);
 int vmm_check_mem(const char *what, uint64_t mem, unsigned int vcpus, struct vmm_error *err);
 int vmm_check_vcpus(const char *what, unsigned long vcpus, struct vmm_error *err);
 int vmm_check_cmdline(const char *what, const char *cmdline, struct vmm_error *err);
+/* A trust-group name: 1 to VMM_GROUP_NAME_MAX - 1 printable ASCII
+ * characters (0x21..0x7e: no space, no control byte). */
+int vmm_check_group(const char *what, const char *name, struct vmm_error *err);
+/* A table quota: VMM_TABLE_QUOTA_MIN to VMM_TABLE_QUOTA_MAX pages. */
+int vmm_check_table_quota(const char *what, uint64_t pages, struct vmm_error *err);
 extern const char vmm_usage[];
 
 /* ---- the plan: which VMs and segments to run ---- */
@@ -134,6 +149,16 @@ struct plan_vm {
 	char cmdline[UMBRA_CMDLINE_MAX];
 	unsigned int nr_segments;
 	unsigned int segments[UMBRA_MAX_SEGMENTS]; /* indexes into plan.segments */
+	char group[VMM_GROUP_NAME_MAX]; /* the declared trust group, "" for none */
+	uint64_t table_quota;           /* table pages it may hold (never 0 in a built plan) */
+	unsigned int group_index;       /* its group in plan.groups (plan_assign_groups) */
+};
+
+/* A trust group of the plan: the VMs that share one table pool. */
+struct plan_group {
+	char name[VMM_GROUP_NAME_MAX]; /* "" for a VM without a group, or the default group */
+	unsigned int nr_vms;
+	uint64_t pool_pages; /* the quotas of its VMs plus the canonical tables of their segments */
 };
 
 struct plan {
@@ -141,6 +166,8 @@ struct plan {
 	struct plan_segment segments[UMBRA_MAX_SEGMENTS];
 	unsigned int nr_vms;
 	struct plan_vm *vms;
+	unsigned int nr_groups; /* set by plan_assign_groups */
+	struct plan_group *groups;
 };
 
 /* Builds a plan of opts->vms identical VMs from the command line. */
@@ -157,6 +184,57 @@ int plan_from_config(const char *path, struct plan *plan, struct vmm_error *err)
 int plan_from_config_text(const char *text, const char *base_dir, const char *what,
 			  struct plan *plan, struct vmm_error *err);
 void plan_free(struct plan *plan);
+
+/* ---- trust groups and table quotas (group.c, docs/security.md) ---- */
+
+/*
+ * The default table quota of a VM of mem bytes of RAM with vcpus vCPUs and
+ * segment_bytes of attached segments: four times the tables that map all of
+ * it with 4 KiB pages, plus 16 tables for each address space the root cache
+ * holds, and at least VMM_TABLE_QUOTA_DEFAULT_MIN (docs/config.md). Pure.
+ */
+#define VMM_TABLE_QUOTA_DEFAULT_MIN 512u
+uint64_t vmm_table_quota_default(uint64_t mem, unsigned int vcpus, uint64_t segment_bytes);
+/* The shadow root cache of a VM with vcpus vCPUs: one address space per
+ * vCPU and SHADOW_MMU_DEFAULT_ROOTS more to switch among. Pure. */
+unsigned int vmm_nr_roots(unsigned int vcpus);
+/* Fills in the default table quota of every VM of the plan that has none. */
+void plan_set_default_quotas(struct plan *plan);
+/*
+ * Puts every VM of the plan in a trust group (plan->groups, each VM's
+ * group_index) and sizes each group's pool. VMs that name the same group
+ * share it. VMs without a group share one default group when share_ungrouped
+ * (the pool is a read-only memslot), else each is a group of its own.
+ * Returns 0 or -ENOMEM with err. Pure but for the allocation.
+ */
+int plan_assign_groups(struct plan *plan, bool share_ungrouped, struct vmm_error *err);
+/* The VMs of the plan that declare no group. */
+unsigned int plan_nr_ungrouped(const struct plan *plan);
+
+/* ---- whether the plan fits the host (fit.c) ---- */
+
+/* What a plan needs of the host, in bytes (an estimate: docs/config.md). */
+struct vmm_fit {
+	uint64_t guest_ram;   /* every VM's declared RAM */
+	uint64_t segments;    /* every segment, once */
+	uint64_t bookkeeping; /* umbra's own per-VM and per-vCPU structures */
+	uint64_t pools;       /* every group's table pool, full */
+	uint64_t total;
+};
+
+/* The host's memory, in bytes. */
+struct vmm_host_memory {
+	uint64_t ram, swap; /* MemTotal, SwapTotal */
+	uint64_t as_limit;  /* RLIMIT_AS, or UINT64_MAX for none */
+};
+
+/* What the plan (its groups assigned) needs. Pure. */
+void plan_fit_estimate(const struct plan *plan, struct vmm_fit *fit);
+/* 0 if fit fits the host, else -ENOMEM with err naming the figures and what
+ * to change. Pure. */
+int vmm_fit_check(const struct vmm_fit *fit, const struct vmm_host_memory *hm, struct vmm_error *err);
+/* Reads /proc/meminfo and RLIMIT_AS. Returns 0 or -errno with err. */
+int vmm_host_memory_read(struct vmm_host_memory *hm, struct vmm_error *err);
 
 /* ---- shared segments ---- */
 
@@ -224,17 +302,28 @@ int elf_image_parse(const void *buf, size_t len, uint64_t load_min, uint64_t loa
  * zero-fills each segment's tail past filesz. */
 void elf_image_load(const struct elf_image *image, const void *buf, void *ram);
 
-/* ---- the process: what every VM shares ---- */
+/* ---- the process: trust groups' pools and the output ---- */
 
-#define VMM_POOL_PAGES_DEFAULT 16384u /* 64 MiB of shadow tables */
-
-/* The shadow-table pool, mapped read-only at SHADOW_POOL_GPA in every VM,
- * and the output every VM prints to. */
-struct vmm_host {
+/* A trust group's shadow-table pool, mapped at SHADOW_POOL_GPA in each VM of
+ * the group (and in no other VM): read-only where the CPU allows, else
+ * writable (vmm_pool_must_be_writable()). The pool's memfd (and the shadow
+ * library's private copy of its tables) is sparse: a page costs memory once
+ * a table lives in it. */
+struct vmm_group {
+	char name[VMM_GROUP_NAME_MAX]; /* as in the plan */
 	struct shadow_pool *pool;
 	struct shadow_pool_memory pool_mem; /* its memory (read-write host mapping, memfd) */
-	void *pool_ro;                    /* the VMM's read-only mapping, for memslots */
+	void *pool_ro;                      /* the VMM's read-only mapping, for memslots */
 	size_t pool_pages;
+	/* The most pages in use in the pool seen as its VMs stopped (each VM's
+	 * stop samples it before the VM's tables are freed); atomic. */
+	size_t in_use_seen;
+};
+
+/* The groups' pools and the output every VM prints to. */
+struct vmm_host {
+	unsigned int nr_groups;
+	struct vmm_group *groups; /* [nr_groups], as plan.groups */
 	/* output_lock (UMBRA_LOCK_RANK_VMM_OUTPUT) serialises whole lines of output
 	 * from all vCPUs of all VMs (console lines and reports). */
 	struct umbra_mutex output_lock;
@@ -243,9 +332,9 @@ struct vmm_host {
 	enum vmm_console_mode console;
 };
 
-/* Creates the pool of nr_pages table pages (mmu.c). Returns 0 or -errno
- * with err. */
-int vmm_host_create(size_t nr_pages, struct vmm_host **out, struct vmm_error *err);
+/* Creates a pool for each group of the plan (plan_assign_groups done), of
+ * its pool_pages (mmu.c). Returns 0 or -errno with err. */
+int vmm_host_create(const struct plan *plan, struct vmm_host **out, struct vmm_error *err);
 void vmm_host_destroy(struct vmm_host *host);
 
 /* ---- VMs ---- */
@@ -254,6 +343,8 @@ struct vm;
 
 struct vm_config {
 	struct vmm_host *host;
+	struct vmm_group *group; /* one of host->groups */
+	uint64_t table_quota;    /* table pages the VM's shadow MMU may hold */
 	const char *name; /* for messages, e.g. "vm0" */
 	uint64_t mem;
 	unsigned int vcpus;
@@ -290,7 +381,7 @@ struct vm_stats {
 	uint64_t exits_total;
 	uint64_t hypercalls[UMBRA_HC_NR]; /* by number */
 	struct shadow_mmu_stats shadow;
-	struct shadow_table_usage tables; /* the tables the VM reaches now */
+	struct shadow_table_usage tables; /* the tables the VM reaches (when it stopped, once stopped) */
 	/* TLB shootdowns: flush requests posted to vCPU mailboxes, kicks of
 	 * vCPUs in guest mode, NMIs injected, acknowledgements from the guest. */
 	uint64_t flush_requests, kicks, nmis, flush_acks;
@@ -376,6 +467,9 @@ extern const char *const vm_hypercall_names[UMBRA_HC_NR];
 
 /* -ENOTSUP with err when KVM runs without hardware nested paging (see kvm.c). */
 int vmm_check_nested_paging(struct vmm_error *err);
+/* True where the pool must be a writable memslot (AMD nested paging, see
+ * kvm.c): there a guest can write its group's pool. */
+bool vmm_pool_must_be_writable(void);
 
 /* Opens /dev/kvm; -ENOENT (with a message saying how to use the sandbox)
  * when it is missing, -errno for other failures. */
@@ -392,8 +486,10 @@ int vm_load_image(struct vm *vm, const struct elf_image *image, const void *buf,
 /* Blocks the vCPU kick signal in the calling thread (and so in the threads it
  * creates afterwards) and installs its handler. Call once, before vm_start. */
 void vmm_signals_init(void);
-/* Starts the vCPU threads. Returns 0, or -errno (the VM is then stopped with
- * UMBRA_STATUS_NO_KVM; vm_wait still must be called). */
+/* Starts the vCPU threads; the last of them to end destroys the VM's shadow
+ * MMU, so that its tables return to its group's pool (vm_get_stats then
+ * reports what was recorded at that point). Returns 0, or -errno (the VM is
+ * then stopped with UMBRA_STATUS_NO_KVM; vm_wait still must be called). */
 int vm_start(struct vm *vm);
 /* Waits for the VM to stop; returns umbra's exit status for it (the guest's
  * exit code or an UMBRA_STATUS_*). Guest errors have been printed. */
@@ -420,10 +516,12 @@ size_t vmm_console_escape(const char *in, size_t len, char *out);
 
 /* ---- statistics of the whole run (stats.c) ---- */
 
-/* Table memory of the whole process: the pool's pages in use, against the
- * sum of what each VM reaches (what the VMs would need without sharing). */
+/* Table memory of the whole process, summed over the groups' pools: their
+ * pages, the pages in use (for each pool, the most seen as its VMs stopped,
+ * or now if more), against the sum of what each VM reaches (at its stop):
+ * what the VMs would need without sharing. */
 struct table_memory {
-	uint64_t pool_pages, in_use, unshared;
+	uint64_t pools, pool_pages, in_use, unshared;
 };
 
 void table_memory_get(const struct vmm_host *host, struct vm *const *vms, unsigned int nr_vms,
@@ -436,9 +534,9 @@ void vmm_stats_print_process(const struct table_memory *tm, struct segment *cons
 /* --stats-json: every VM's statistics (vms[i] or status[i] of a VM that was
  * not created: zeroes) written to path as JSON (docs/config.md). Returns 0,
  * or -errno with err saying "cannot write statistics to 'PATH': reason". */
-int vmm_stats_write_json(const char *path, const struct plan *plan, struct segment *const *segments,
-			 struct vm *const *vms, const int *status, const struct table_memory *tm,
-			 struct vmm_error *err);
+int vmm_stats_write_json(const char *path, const struct plan *plan, const struct vmm_host *host,
+			 struct segment *const *segments, struct vm *const *vms, const int *status,
+			 const struct table_memory *tm, struct vmm_error *err);
 
 /* ---- the boot state (boot.c): pure code that fills RAM and register
  * structures and calls no KVM, so that it is testable natively ---- */

@@ -317,6 +317,7 @@ struct shadow_mmu_config {
 	struct shadow_pool *pool;	/* shared by every VM; must outlive the MMU */
 	uint64_t max_gpa;		/* guest-physical space covered by the P2M */
 	unsigned int nr_roots;		/* root cache bound (>= 1); 0: SHADOW_MMU_DEFAULT_ROOTS */
+	unsigned long max_tables;	/* table pages the MMU may hold (a quota); 0: no limit */
 	struct shadow_paging_mode mode;	/* the guest's paging controls */
 };
 
