@@ -10,9 +10,9 @@
  *
  * The fuzzer's case reads its seeds from the environment (scripts/fuzz sets
  * them): UMBRA_FUZZ_SEED (the first, default 1), UMBRA_FUZZ_SEEDS (how many,
- * default 2), UMBRA_FUZZ_SECONDS (run seeds until that many seconds have
+ * default 1), UMBRA_FUZZ_SECONDS (run seeds until that many seconds have
  * gone by instead: a soak), UMBRA_FUZZ_OPS (operations per fuzzer vCPU,
- * default 20000), UMBRA_FUZZ_END (one ending operation in that many,
+ * default 2000), UMBRA_FUZZ_END (one ending operation in that many,
  * default 20000; 0 for none), UMBRA_FUZZ_TIMEOUT (seconds one run may take,
  * default 60).
  */
@@ -305,7 +305,7 @@ static const char *fuzz_seed(uint64_t seed, struct fuzz_outcome *o, char *buf, s
 		 "    { \"name\": \"fuzzer\", \"group\": \"fuzz\", \"image\": \"%s/fuzz.elf\", \"mem\": \"32M\", \"vcpus\": 2,\n"
 		 "      \"cmdline\": \"seed=%llu ops=%llu end=%llu scratch=scratch ro=data\", \"segments\": [\"data\", \"scratch\"] } ] }\n",
 		 FUZZ_READERS, dir, (unsigned long long)sum, dir, dir, (unsigned long long)seed,
-		 (unsigned long long)env_u64("UMBRA_FUZZ_OPS", 20000), (unsigned long long)env_u64("UMBRA_FUZZ_END", 20000));
+		 (unsigned long long)env_u64("UMBRA_FUZZ_OPS", 2000), (unsigned long long)env_u64("UMBRA_FUZZ_END", 20000));
 	snprintf(stats, sizeof(stats), "%s/fuzz-stats.json", tmpdir);
 	snprintf(name, sizeof(name), "fuzz-%llu.json", (unsigned long long)seed);
 	unlink(stats);
@@ -315,7 +315,7 @@ static const char *fuzz_seed(uint64_t seed, struct fuzz_outcome *o, char *buf, s
 
 START_TEST(test_fuzzer_next_to_good_vms_of_another_group)
 {
-	uint64_t seed = env_u64("UMBRA_FUZZ_SEED", 1), seeds = env_u64("UMBRA_FUZZ_SEEDS", 2);
+	uint64_t seed = env_u64("UMBRA_FUZZ_SEED", 1), seeds = env_u64("UMBRA_FUZZ_SEEDS", 1);
 	uint64_t soak = env_u64("UMBRA_FUZZ_SECONDS", 0), runs = 0, nr_failed = 0;
 	time_t start = time(NULL);
 	char failed[1024] = "", why[512];
@@ -361,7 +361,7 @@ Suite *kvm_hostile_suite(void)
 	uint64_t per_run = env_u64("UMBRA_FUZZ_TIMEOUT", 60) + 5;
 	uint64_t soak = env_u64("UMBRA_FUZZ_SECONDS", 0);
 	TCase *fuzz = tcase_create("fuzz");
-	tcase_set_timeout(fuzz, (double)(soak ? soak + per_run : env_u64("UMBRA_FUZZ_SEEDS", 2) * per_run) + 10);
+	tcase_set_timeout(fuzz, (double)(soak ? soak + per_run : env_u64("UMBRA_FUZZ_SEEDS", 1) * per_run) + 10);
 	tcase_add_checked_fixture(fuzz, tmpdir_setup, tmpdir_teardown);
 	tcase_add_test(fuzz, test_fuzzer_next_to_good_vms_of_another_group);
 	suite_add_tcase(s, fuzz);
