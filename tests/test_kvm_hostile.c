@@ -8,16 +8,19 @@
  * The attacks run their VMs with no group: where the pool is writable,
  * such VMs share no pool, so an attacker reaches only its own tables.
  *
- * The fuzzer's case reads its seeds from the environment (scripts/fuzz sets
+ * The fuzzer runs twice over: keeping to the ABI (no pool writes, no ending
+ * operations: it must run to its end, case fuzz_abi), and hostile (case
+ * fuzz), which reads its seeds from the environment (scripts/fuzz sets
  * them): UMBRA_FUZZ_SEED (the first, default 1), UMBRA_FUZZ_SEEDS (how many,
  * default 1), UMBRA_FUZZ_SECONDS (run seeds until that many seconds have
  * gone by instead: a soak), UMBRA_FUZZ_OPS (operations per fuzzer vCPU,
- * default 2000), UMBRA_FUZZ_END (one ending operation in that many,
+ * default 1500), UMBRA_FUZZ_END (one ending operation in that many,
  * default 20000; 0 for none), UMBRA_FUZZ_TIMEOUT (seconds one run may take,
  * default 60).
  */
 #include <check.h>
 #include <json-c/json.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,8 +233,10 @@ static uint64_t fuzz_ops(const char *out)
 	return sum;
 }
 
-/* Checks one run; fills @o; returns NULL or why the seed failed (in @buf). */
-static const char *fuzz_check(const char *stats, uint64_t sum, struct fuzz_outcome *o, char *buf, size_t size)
+/* Checks one run; fills @o; returns NULL or why the seed failed (in @buf).
+ * A fuzzer that keeps to the ABI (@abiding) must complete its operations. */
+static const char *fuzz_check(const char *stats, uint64_t sum, bool abiding, struct fuzz_outcome *o, char *buf,
+			      size_t size)
 {
 	char line[160];
 
@@ -270,6 +275,9 @@ static const char *fuzz_check(const char *stats, uint64_t sum, struct fuzz_outco
 	}
 	if (!strstr(result.out, "[toucher/0] memtouch: 8 MiB x 12 rounds on 2 vCPUs: ok"))
 		return "the toucher did not verify its RAM";
+	if (abiding && fuzz_status != 0)
+		return snprintf(buf, size, "the fuzzer kept to the ABI but was stopped (exit status %d): %s", fuzz_status,
+				o->why), buf;
 	if (fuzz_status != 0 && fuzz_status != UMBRA_STATUS_GUEST_ERROR)
 		return snprintf(buf, size, "the fuzzer's exit status is %d, not 0 or %d", fuzz_status,
 				UMBRA_STATUS_GUEST_ERROR), buf;
@@ -282,17 +290,23 @@ static const char *fuzz_check(const char *stats, uint64_t sum, struct fuzz_outco
 
 /* One seed: the fuzzer (group "fuzz", two vCPUs) next to two segment
  * readers and a RAM toucher (group "good") under evictions of the segments
- * they share. Returns NULL or why it failed. */
-static const char *fuzz_seed(uint64_t seed, struct fuzz_outcome *o, char *buf, size_t size)
+ * they share. @abiding: no pool writes and no ending operations, a guest
+ * that keeps to the ABI however odd its page tables. Returns NULL or why it
+ * failed. */
+static const char *fuzz_seed(uint64_t seed, bool abiding, struct fuzz_outcome *o, char *buf, size_t size)
 {
 	static uint8_t data[FUZZ_SEG_SIZE];
-	char json[4096], dir[512], stats[256], name[64];
+	char json[4096], dir[512], stats[256], name[64], knobs[64];
 	const char *const extra[] = { "--stats-json", stats, "--evict-ms", "5", "--evict-pages", "64", NULL };
 
 	memset(o, 0, sizeof(*o));
 	fill_pattern(data, sizeof(data), 0x13198a2e03707344ull ^ seed);
 	uint64_t sum = write_segment_file("fuzzdata.bin", data, sizeof(data));
 	guest_image_dir(dir, sizeof(dir));
+	if (abiding)
+		snprintf(knobs, sizeof(knobs), "pool=0 end=0");
+	else
+		snprintf(knobs, sizeof(knobs), "end=%llu", (unsigned long long)env_u64("UMBRA_FUZZ_END", 20000));
 	snprintf(json, sizeof(json),
 		 "{ \"segments\": [\n"
 		 "    { \"name\": \"data\", \"size\": \"2M\", \"gpa\": \"0x2000000000\", \"writable\": false, \"file\": \"fuzzdata.bin\" },\n"
@@ -303,14 +317,14 @@ static const char *fuzz_seed(uint64_t seed, struct fuzz_outcome *o, char *buf, s
 		 "    { \"name\": \"toucher\", \"group\": \"good\", \"image\": \"%s/memtouch.elf\", \"mem\": \"16M\", \"vcpus\": 2,\n"
 		 "      \"cmdline\": \"mib=8 rounds=12\" },\n"
 		 "    { \"name\": \"fuzzer\", \"group\": \"fuzz\", \"image\": \"%s/fuzz.elf\", \"mem\": \"32M\", \"vcpus\": 2,\n"
-		 "      \"cmdline\": \"seed=%llu ops=%llu end=%llu scratch=scratch ro=data\", \"segments\": [\"data\", \"scratch\"] } ] }\n",
+		 "      \"cmdline\": \"seed=%llu ops=%llu %s report=250 scratch=scratch ro=data\", \"segments\": [\"data\", \"scratch\"] } ] }\n",
 		 FUZZ_READERS, dir, (unsigned long long)sum, dir, dir, (unsigned long long)seed,
-		 (unsigned long long)env_u64("UMBRA_FUZZ_OPS", 2000), (unsigned long long)env_u64("UMBRA_FUZZ_END", 20000));
+		 (unsigned long long)env_u64("UMBRA_FUZZ_OPS", 1500), knobs);
 	snprintf(stats, sizeof(stats), "%s/fuzz-stats.json", tmpdir);
 	snprintf(name, sizeof(name), "fuzz-%llu.json", (unsigned long long)seed);
 	unlink(stats);
 	run_config(name, json, extra, (int)env_u64("UMBRA_FUZZ_TIMEOUT", 60));
-	return fuzz_check(stats, sum, o, buf, size);
+	return fuzz_check(stats, sum, abiding, o, buf, size);
 }
 
 START_TEST(test_fuzzer_next_to_good_vms_of_another_group)
@@ -324,7 +338,7 @@ START_TEST(test_fuzzer_next_to_good_vms_of_another_group)
 		if (soak ? time(NULL) - start >= (time_t)soak : runs >= seeds)
 			break;
 		struct fuzz_outcome o;
-		const char *failure = fuzz_seed(seed, &o, why, sizeof(why));
+		const char *failure = fuzz_seed(seed, false, &o, why, sizeof(why));
 
 		printf("fuzz: seed %llu: %llu ops, %llu hypercalls in %.1f s (%.0f hypercalls/s), exit status %d: %s%s%s\n",
 		       (unsigned long long)seed, (unsigned long long)o.ops, (unsigned long long)o.hypercalls,
@@ -345,6 +359,22 @@ START_TEST(test_fuzzer_next_to_good_vms_of_another_group)
 }
 END_TEST
 
+/* The fuzzer without pool writes or ending operations keeps to the ABI:
+ * whatever it makes of its own page tables, it must run to its end. */
+START_TEST(test_fuzzer_that_keeps_to_the_abi_runs_to_its_end)
+{
+	struct fuzz_outcome o;
+	char why[512];
+	const char *failure = fuzz_seed(1, true, &o, why, sizeof(why));
+
+	printf("fuzz: ABI-abiding seed 1: %llu ops, %llu hypercalls in %.1f s (%.0f hypercalls/s), exit status %d\n",
+	       (unsigned long long)o.ops, (unsigned long long)o.hypercalls, result.seconds,
+	       result.seconds > 0 ? (double)o.hypercalls / result.seconds : 0.0, o.status);
+	ck_assert_msg(!failure, "fuzz: ABI-abiding seed 1 failed: %s\nstdout:\n%s\nstderr:\n%s", failure, result.out,
+		      result.err);
+}
+END_TEST
+
 Suite *kvm_hostile_suite(void)
 {
 	Suite *s = suite_create("kvm_hostile");
@@ -356,6 +386,12 @@ Suite *kvm_hostile_suite(void)
 	tcase_add_test(attacks, test_attacker_cannot_rewrite_another_vms_segment_leaves);
 	tcase_add_test(attacks, test_attacker_cannot_redirect_another_vms_private_page);
 	suite_add_tcase(s, attacks);
+
+	TCase *abiding = tcase_create("fuzz_abi");
+	tcase_set_timeout(abiding, (double)env_u64("UMBRA_FUZZ_TIMEOUT", 60) + 15);
+	tcase_add_checked_fixture(abiding, tmpdir_setup, tmpdir_teardown);
+	tcase_add_test(abiding, test_fuzzer_that_keeps_to_the_abi_runs_to_its_end);
+	suite_add_tcase(s, abiding);
 
 	/* The fuzzer's time: each seed's limit, or the soak and one more run. */
 	uint64_t per_run = env_u64("UMBRA_FUZZ_TIMEOUT", 60) + 5;
