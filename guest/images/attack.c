@@ -103,8 +103,9 @@ static uint64_t scribble_once(const struct pool_view *view, struct rng *rng, con
 	return written;
 }
 
-/* Makes umbra walk the tables: faults, invlpg, flush, switches. */
-static void make_umbra_walk(struct address_space *user, uint64_t *frames, int nr)
+/* Makes umbra walk the tables: faults, invlpg, flush, switches. Only
+ * reads: through scribbled tables a write could land anywhere in RAM. */
+static void make_umbra_walk(struct address_space *user, int nr)
 {
 	tlb_flush();
 	for (int i = 0; i < nr; i++)
@@ -112,8 +113,9 @@ static void make_umbra_walk(struct address_space *user, uint64_t *frames, int nr
 	as_switch(user);
 	for (int i = 0; i < nr; i++) {
 		uint64_t v;
-		probe_write(USER_BASE + (uint64_t)i * 4096, frames[i]);
 		probe_read(USER_BASE + (uint64_t)i * 4096, &v);
+		tlb_invlpg(USER_BASE + (uint64_t)i * 4096);
+		probe_read(USER_BASE + (uint64_t)i * 4096 + 8, &v);
 	}
 	tlb_flush();
 	as_switch(as_boot());
@@ -151,7 +153,7 @@ static int scribble(const struct umbra_boot_info *boot)
 	for (uint64_t r = 0; r < rounds; r++) {
 		uint64_t n = scribble_once(&view, &rng, roots, 2);
 		printf("attack: round %lu: %lu pool entries scribbled\n", (unsigned long)r, (unsigned long)n);
-		make_umbra_walk(&user, frames, 16);
+		make_umbra_walk(&user, 16);
 	}
 	return 0;
 }
