@@ -261,6 +261,9 @@ static const char *fuzz_check(const char *stats, uint64_t sum, bool abiding, str
 		return "umbra did not exit within the time limit";
 	if (result.status >= 128)
 		return snprintf(buf, size, "umbra was killed by signal %d", result.status - 128), buf;
+	if (result.status == UMBRA_STATUS_USAGE)
+		return snprintf(buf, size, "umbra refused the configuration: %s",
+				line_with(result.err, "umbra: ", line, sizeof(line))), buf;
 	struct json_object *root = json_object_from_file(stats), *vms;
 	if (!root || !json_object_object_get_ex(root, "vms", &vms) || json_object_array_length(vms) != FUZZ_READERS + 2) {
 		json_object_put(root);
