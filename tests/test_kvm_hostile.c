@@ -377,18 +377,22 @@ START_TEST(test_fuzzer_next_to_good_vms_of_another_group)
 END_TEST
 
 /* The fuzzer without pool writes or ending operations keeps to the ABI:
- * whatever it makes of its own page tables, it must run to its end. */
+ * whatever it makes of its own page tables, it must run to its end. Seed 4
+ * makes, among the rest, spurious INVLPGs of its own stack, which umbra
+ * pins: harmless on x86, and so here. */
+#define FUZZ_ABI_SEED 4
+
 START_TEST(test_fuzzer_that_keeps_to_the_abi_runs_to_its_end)
 {
 	struct fuzz_outcome o;
 	char why[512];
-	const char *failure = fuzz_seed(1, true, &o, why, sizeof(why));
+	const char *failure = fuzz_seed(FUZZ_ABI_SEED, true, &o, why, sizeof(why));
 
-	printf("fuzz: ABI-abiding seed 1: %llu ops, %llu hypercalls in %.1f s (%.0f hypercalls/s), exit status %d\n",
-	       (unsigned long long)o.ops, (unsigned long long)o.hypercalls, result.seconds,
+	printf("fuzz: ABI-abiding seed %d: %llu ops, %llu hypercalls in %.1f s (%.0f hypercalls/s), exit status %d\n",
+	       FUZZ_ABI_SEED, (unsigned long long)o.ops, (unsigned long long)o.hypercalls, result.seconds,
 	       result.seconds > 0 ? (double)o.hypercalls / result.seconds : 0.0, o.status);
-	ck_assert_msg(!failure, "fuzz: ABI-abiding seed 1 failed: %s\nstdout:\n%s\nstderr:\n%s", failure, result.out,
-		      result.err);
+	ck_assert_msg(!failure, "fuzz: ABI-abiding seed %d failed: %s\nstdout:\n%s\nstderr:\n%s", FUZZ_ABI_SEED, failure,
+		      result.out, result.err);
 }
 END_TEST
 

@@ -6,11 +6,13 @@
  *               window (USER_BASE + the arena's guest-physical offset)
  *   table edits flips of P, W, U, A, D, PS, NX, PWT, PCD, G, reserved bits,
  *               frames retargeted to other pages, to tables (cycles, self
- *               references), cleared entries; then INVLPG, FLUSH, a switch
+ *               references), cleared entries, a reserved address bit (above
+ *               MAXPHYADDR); then INVLPG, FLUSH, a switch
  *               of address space, or nothing
  *   hypercalls  every number below UMBRA_HC_NR but EXIT and EXCEPTION, with
  *               valid-looking arguments (PAGE_FAULT with any error code that
- *               a CPU gives, INVLPG anywhere canonical, SET_CR3 of its
+ *               a CPU gives, INVLPG anywhere canonical, pinned pages
+ *               included, SET_CR3 of its
  *               spaces, PIN, READY, short CONSOLE_WRITEs of arena bytes)
  *   segments    writes to the writable segment scratch=NAME, reads of the
  *               read-only one ro=NAME (optional)
@@ -51,11 +53,13 @@ static struct {
 	uint64_t base, size; /* the arena: 2 MiB aligned, a multiple of 2 MiB */
 	uint64_t window;     /* where the spaces map it: USER_BASE + base */
 	uint64_t ram_size;
+	uint64_t image_end, stacks; /* pinned by umbra: the image, the stacks */
 	struct address_space spaces[NR_SPACES];
 	const struct umbra_segment_info *scratch, *ro;
 	struct pool_view view;
 	int pool_ok;
 	uint64_t roots[MAX_ROOTS]; /* shadow roots seen after switches */
+	uint64_t reserved;         /* an address bit above MAXPHYADDR, or 0 */
 	uint32_t nr_pins;
 	volatile int ready;
 } fz;
@@ -91,7 +95,7 @@ static uint64_t arena_entry(struct fuzzer *f)
 		if (rng_below(&f->rng, 8) == 0)
 			e ^= flag_bits[i];
 	if (rng_below(&f->rng, 32) == 0)
-		e |= 1ull << 51; /* reserved where MAXPHYADDR < 52 */
+		e |= fz.reserved;
 	return e;
 }
 
@@ -100,12 +104,24 @@ static uint64_t window_va(struct fuzzer *f)
 	return fz.window + (rng_next(&f->rng) % fz.size & ~7ull);
 }
 
+/* What umbra pins: the boot GDT's page, the image, the stacks (docs/abi.md).
+ * Spurious INVLPGs of them are harmless on x86, and must be here. */
+static uint64_t pinned_va(struct fuzzer *f)
+{
+	switch (rng_below(&f->rng, 3)) {
+	case 0: return UMBRA_GDT_GPA + (rng_below(&f->rng, 4096) & ~7ull);
+	case 1: return UMBRA_IMAGE_MIN_GPA + (rng_below(&f->rng, fz.image_end - UMBRA_IMAGE_MIN_GPA) & ~7ull);
+	default: return fz.stacks + (rng_below(&f->rng, fz.ram_size - fz.stacks) & ~7ull);
+	}
+}
+
 static uint64_t canonical_va(struct fuzzer *f)
 {
-	switch (rng_below(&f->rng, 4)) {
+	switch (rng_below(&f->rng, 5)) {
 	case 0: return window_va(f);
 	case 1: return rng_below(&f->rng, fz.ram_size) & ~7ull; /* the identity map */
-	case 2: return (rng_next(&f->rng) & 0x00007ffffffff000ull);
+	case 2: return pinned_va(f);
+	case 3: return (rng_next(&f->rng) & 0x00007ffffffff000ull);
 	default: return 0xffff800000000000ull | (rng_next(&f->rng) & 0x00007ffffffff000ull);
 	}
 }
@@ -339,6 +355,16 @@ static void ending_op(struct fuzzer *f)
 	}
 }
 
+/* The lowest address bit above MAXPHYADDR (CPUID 0x80000008), reserved in
+ * every entry, or 0 where MAXPHYADDR is 52. */
+static uint64_t reserved_address_bit(void)
+{
+	uint32_t eax = 0x80000008, ebx, ecx = 0, edx;
+
+	__asm__ volatile("cpuid" : "+a"(eax), "=b"(ebx), "+c"(ecx), "=d"(edx));
+	return (eax & 0xff) < 52 ? 1ull << (eax & 0xff) : 0;
+}
+
 static int setup_arena(const struct umbra_boot_info *boot)
 {
 	uint64_t pa, want;
@@ -378,9 +404,11 @@ static int setup_arena(const struct umbra_boot_info *boot)
 
 static void fuzz_one(struct fuzzer *f, uint64_t end_every)
 {
-	uint64_t roll = rng_below(&f->rng, 100);
+	uint64_t end_roll = rng_next(&f->rng), roll = rng_below(&f->rng, 100);
 
-	if (end_every && rng_below(&f->rng, end_every) == 0)
+	/* Drawn whether or not ending operations are on: a seed makes the
+	 * same other operations with end=0. */
+	if (end_every && end_roll % end_every == 0)
 		ending_op(f);
 	else if (roll < 20)
 		probe(f, 0);
@@ -410,6 +438,9 @@ int main(const struct umbra_boot_info *boot)
 		char name[UMBRA_SEGMENT_NAME_MAX];
 
 		fz.ram_size = boot->ram_size;
+		fz.reserved = reserved_address_bit();
+		fz.image_end = boot->free_start;
+		fz.stacks = boot->free_end;
 		if (cmdline_get(boot->cmdline, "scratch", name, sizeof(name)))
 			fz.scratch = cmdline_segment(boot, "fuzz", "scratch");
 		if (cmdline_get(boot->cmdline, "ro", name, sizeof(name)))
