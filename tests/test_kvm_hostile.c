@@ -256,7 +256,9 @@ static const char *fuzz_check(const char *stats, uint64_t sum, bool abiding, str
 
 	o->ops = fuzz_ops(result.out);
 	o->status = result.status;
-	line_with(result.err, "umbra: fuzzer vCPU", o->why, sizeof(o->why));
+	/* Why umbra stopped it: a vCPU's error, else the VM's first line. */
+	line_with(result.err, strstr(result.err, "umbra: fuzzer vCPU") ? "umbra: fuzzer vCPU" : "umbra: fuzzer: ", o->why,
+		  sizeof(o->why));
 	if (result.timed_out)
 		return "umbra did not exit within the time limit";
 	if (result.status >= 128)
@@ -278,9 +280,15 @@ static const char *fuzz_check(const char *stats, uint64_t sum, bool abiding, str
 		}
 	}
 	for (size_t i = 0; i <= FUZZ_READERS; i++) {
-		if (json_u64(json_object_array_get_idx(vms, i), "exit_status") != 0) {
+		struct json_object *vm = json_object_array_get_idx(vms, i), *vm_name;
+		int vm_status = (int)json_u64(vm, "exit_status");
+
+		if (vm_status != 0) {
+			snprintf(buf, size, "well-behaved VM %s exited with status %d",
+				 json_object_object_get_ex(vm, "name", &vm_name) ? json_object_get_string(vm_name) : "?",
+				 vm_status);
 			json_object_put(root);
-			return snprintf(buf, size, "well-behaved VM %zu exited with status %d", i, result.status), buf;
+			return buf;
 		}
 	}
 	json_object_put(root);
