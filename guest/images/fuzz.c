@@ -191,12 +191,15 @@ static void edit_table(struct fuzzer *f)
 	f->count[OP_TABLE]++;
 }
 
-/* A #PF error code a CPU gives: P, W, U, RSVD, I in any mix but W with I. */
+/* A #PF error code a CPU gives: P, W, U, RSVD, I in any mix but W with I,
+ * and RSVD only with P (a reserved bit is found in a present entry). */
 static uint64_t error_code(struct fuzzer *f)
 {
 	uint64_t ec = rng_below(&f->rng, 32);
 
-	return (ec & PF_W) && (ec & PF_I) ? ec & ~PF_I : ec;
+	if ((ec & PF_W) && (ec & PF_I))
+		ec &= ~PF_I;
+	return ec & PF_RSVD ? ec | PF_P : ec;
 }
 
 static void hypercall(struct fuzzer *f)
@@ -221,9 +224,9 @@ static void hypercall(struct fuzzer *f)
 		hypercall4(nr, 0, 0, 0, 0);
 		local_tlb_flush();
 		break;
-	default: /* a newer hypercall: a page of RAM (a table, say) and small numbers */
-		hypercall4(nr, rng_below(&f->rng, 2) ? table_page(f) : fz.spaces[0].cr3, rng_below(&f->rng, 4),
-			   rng_below(&f->rng, 4), rng_below(&f->rng, 4));
+	default: /* a newer hypercall: a page of RAM that is one of its tables */
+		hypercall4(nr, rng_below(&f->rng, 2) ? table_page(f) : fz.spaces[rng_below(&f->rng, NR_SPACES)].cr3, 0,
+			   0, 0);
 		break;
 	}
 	f->count[OP_HYPERCALL]++;
