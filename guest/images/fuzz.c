@@ -12,7 +12,9 @@
  *   hypercalls  every number below UMBRA_HC_NR but EXIT and EXCEPTION, with
  *               valid-looking arguments (PAGE_FAULT with any error code that
  *               a CPU gives, INVLPG anywhere canonical, pinned pages
- *               included, SET_CR3 of its
+ *               included, and every pinned=K-th operation (default 64, 0:
+ *               never) one of a pinned page in use: its stack, its code,
+ *               the GDT; SET_CR3 of its
  *               spaces, PIN, READY, short CONSOLE_WRITEs of arena bytes)
  *   segments    writes to the writable segment scratch=NAME, reads of the
  *               read-only one ro=NAME (optional)
@@ -405,8 +407,28 @@ static int setup_arena(const struct umbra_boot_info *boot)
 	return 0;
 }
 
-static void fuzz_one(struct fuzzer *f, uint64_t end_every)
+/* Every pinned=K operations (default 64; 0: never), whatever the seed, a
+ * spurious INVLPG of a page umbra pins and the vCPU is using: its stack, its
+ * code, the boot GDT (harmless on x86: the page stays mapped). Draws nothing
+ * from the generator. */
+static void invlpg_pinned_in_use(struct fuzzer *f, uint64_t every)
 {
+	uint64_t here = (uint64_t)__builtin_frame_address(0);
+
+	switch (f->op / every % 3) {
+	case 0: tlb_invlpg(here); break;
+	case 1: tlb_invlpg((uint64_t)invlpg_pinned_in_use); break;
+	default: tlb_invlpg(UMBRA_GDT_GPA); break;
+	}
+	f->count[OP_HYPERCALL]++;
+}
+
+static void fuzz_one(struct fuzzer *f, uint64_t end_every, uint64_t pinned_every)
+{
+	if (pinned_every && f->op % pinned_every == pinned_every - 1) {
+		invlpg_pinned_in_use(f, pinned_every);
+		return;
+	}
 	uint64_t end_roll = rng_next(&f->rng), roll = rng_below(&f->rng, 100);
 
 	/* Drawn whether or not ending operations are on: a seed makes the
@@ -436,6 +458,7 @@ int main(const struct umbra_boot_info *boot)
 	uint64_t seed = cmdline_u64(boot->cmdline, "seed", 1), ops = cmdline_u64(boot->cmdline, "ops", 20000);
 	uint64_t end_every = cmdline_u64(boot->cmdline, "end", 20000);
 	uint64_t report = cmdline_u64(boot->cmdline, "report", 2000);
+	uint64_t pinned_every = cmdline_u64(boot->cmdline, "pinned", 64);
 
 	if (boot->vcpu_id == 0) {
 		char name[UMBRA_SEGMENT_NAME_MAX];
@@ -463,7 +486,7 @@ int main(const struct umbra_boot_info *boot)
 	f->vcpu = boot->vcpu_id;
 	rng_seed(&f->rng, seed * 0x9e3779b97f4a7c15ull + boot->vcpu_id);
 	for (f->op = 0; f->op < ops; f->op++) {
-		fuzz_one(f, end_every);
+		fuzz_one(f, end_every, pinned_every);
 		if (report && (f->op + 1) % report == 0)
 			printf("fuzz: vCPU %u: %lu ops\n", f->vcpu, (unsigned long)(f->op + 1));
 	}
