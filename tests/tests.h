@@ -27,5 +27,6 @@ Suite *shadow_hostile_suite(void);
 Suite *vmm_suite(void);
 Suite *kvm_suite(void);
 Suite *kvm_paging_suite(void);
+Suite *kvm_hostile_suite(void);
 
 #endif

@@ -62,6 +62,13 @@ static inline uint64_t read_cr3(void)
 	__asm__ volatile("mov %%cr3, %0" : "=r"(v));
 	return v;
 }
+/* The time-stamp counter (rdtsc). */
+static inline uint64_t read_tsc(void)
+{
+	uint32_t lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((uint64_t)hi << 32) | lo;
+}
 
 /* Command line "key=value key2=value2 flag": copies key's value into buf
  * (NUL-terminated, truncated to size) and returns 1, or returns 0 if absent.

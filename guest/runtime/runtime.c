@@ -79,12 +79,46 @@ exception_handler_t set_exception_handler(unsigned int vector, exception_handler
 
 extern const char probe_read_insn[], probe_read_resume[], probe_write_insn[], probe_write_resume[];
 
+/*
+ * A fault that umbra says it fixed but that comes straight back for the same
+ * instruction and address, again and again, makes no progress (a shadow
+ * table the guest scribbled on through a CR3 of its own, say). After
+ * FAULT_RETRY_MAX such retries, each within FAULT_RETRY_TICKS TSC ticks of
+ * the last, it is treated as the guest's own fault: a probe reports it, and
+ * anything else is reported to umbra, instead of the vCPU looping for ever.
+ * A page evicted again and again comes back far less often than that.
+ */
+#define FAULT_RETRY_MAX 1000u
+#define FAULT_RETRY_TICKS 10000000ull /* 10 ms at 1 GHz */
+
+static struct {
+	uint64_t rip, cr2, tsc;
+	uint32_t count;
+} fault_retry[UMBRA_MAX_VCPUS];
+
+static int fault_retry_exhausted(const struct exception_frame *frame, uint64_t cr2)
+{
+	uint32_t id = runtime_vcpu_id();
+	uint64_t now = read_tsc();
+
+	if (fault_retry[id].rip != frame->rip || fault_retry[id].cr2 != cr2 ||
+	    now - fault_retry[id].tsc > FAULT_RETRY_TICKS) {
+		fault_retry[id].rip = frame->rip;
+		fault_retry[id].cr2 = cr2;
+		fault_retry[id].count = 0;
+	}
+	fault_retry[id].tsc = now;
+	return ++fault_retry[id].count > FAULT_RETRY_MAX;
+}
+
 /* A page fault: umbra resolves shadow faults; what remains is the guest's. */
 static int handle_page_fault(struct exception_frame *frame, uint64_t cr2)
 {
 	long r = hypercall4(UMBRA_HC_PAGE_FAULT, cr2, frame->error_code, 0, 0);
 
-	if (r == 0)
+	if (r == 0 && fault_retry_exhausted(frame, cr2))
+		r = (long)(UMBRA_PF_GUEST | frame->error_code);
+	else if (r == 0)
 		return 1; /* fixed in the shadow: retry the access */
 	frame->error_code = (uint32_t)r; /* the guest tables' view of the fault */
 	if (paging_handle_own_fault(cr2, (uint32_t)r))

@@ -18,7 +18,9 @@ struct exception_frame {
 
 /* For vector 14, handlers see only the faults umbra says are the guest's own
  * (error_code is then umbra's: the guest tables' view), after the
- * demand-zero heap declined them. */
+ * demand-zero heap declined them, and a fault that umbra says it fixed but
+ * that came straight back 1000 times at the same RIP and CR2 (runtime.c:
+ * the vCPU makes no progress; error_code is then the CPU's). */
 /* Returns nonzero when it handled the exception (execution resumes at
  * frame->rip), zero to fall through to umbra's report. */
 typedef int (*exception_handler_t)(struct exception_frame *frame);
