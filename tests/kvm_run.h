@@ -1,5 +1,5 @@
 /*
- * What the KVM suites (test_kvm.c, test_kvm_hostile.c) share: running the
+ * What the KVM suites (test_kvm.c, test_kvm_paging.c, test_kvm_hostile.c) share: running the
  * umbra program on guest images and reading what it printed and wrote.
  *
  * UMBRA_BIN and UMBRA_GUEST_DIR override where the program and the images are

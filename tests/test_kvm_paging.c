@@ -12,89 +12,32 @@
  * for the "kvm" suite.
  */
 #include <check.h>
-#include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
+#include "kvm_run.h"
 #include "tests.h"
 #include "umbra/abi.h"
 
-/* A run is killed (SIGALRM, kept across exec) after this long. */
-#define PAGING_RUN_TIMEOUT_S 60u
-#define PAGING_OUTPUT_MAX (64 * 1024)
-
-struct paging_run {
-	int status;			/* exit status, or 128 + signal */
-	char out[PAGING_OUTPUT_MAX];	/* stdout */
-	char err[PAGING_OUTPUT_MAX];	/* stderr */
-};
-
-static struct paging_run run;
-
-/* The whole of temporary file @fd (truncated to the buffer), closed. */
-static void slurp(int fd, char *buf)
-{
-	ssize_t n = pread(fd, buf, PAGING_OUTPUT_MAX - 1, 0);
-
-	buf[n > 0 ? n : 0] = '\0';
-	close(fd);
-}
-
-static int temp_file(void)
-{
-	char path[] = "/tmp/umbra-kvm-paging-XXXXXX";
-	int fd = mkstemp(path);
-
-	ck_assert_msg(fd >= 0, "mkstemp: %s", strerror(errno));
-	unlink(path);
-	return fd;
-}
+static struct run_result run;
 
 /* Runs `umbra run IMAGE ARGS...` (@args NULL-terminated) into @r. */
-static void run_image(const char *image, const char *const *args, struct paging_run *r)
+static void run_image(const char *image, const char *const *args, struct run_result *r)
 {
-	const char *dir = getenv("UMBRA_GUEST_DIR"), *bin = getenv("UMBRA_BIN");
 	char img[512];
-	const char *argv[24] = { bin ? bin : UMBRA_DEFAULT_BIN, "run", img };
-	int argc = 3, out = temp_file(), err = temp_file(), wstatus;
+	const char *argv[24] = { "run", img };
+	int argc = 2;
 
-	snprintf(img, sizeof(img), "%s/%s.elf", dir ? dir : UMBRA_DEFAULT_GUEST_DIR, image);
+	guest_image(image, img, sizeof(img));
 	while (*args && argc < 23)
 		argv[argc++] = *args++;
 	argv[argc] = NULL;
-	pid_t pid = fork();
-	ck_assert_int_ge(pid, 0);
-	if (pid == 0) {
-		dup2(out, 1);
-		dup2(err, 2);
-		alarm(PAGING_RUN_TIMEOUT_S);
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	ck_assert_int_eq(waitpid(pid, &wstatus, 0), pid);
-	r->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-	slurp(out, r->out);
-	slurp(err, r->err);
-}
-
-static void expect_status(const struct paging_run *r, int want)
-{
-	ck_assert_msg(r->status == want, "exit status: expected %d, got %d%s\nstdout:\n%s\nstderr:\n%s", want,
-		      r->status, r->status == 128 + SIGALRM ? " (killed: it ran too long)" : "", r->out, r->err);
-}
-
-static void expect_text(const char *hay, const char *needle, const struct paging_run *r)
-{
-	ck_assert_msg(strstr(hay, needle), "expected output containing \"%s\"\nstdout:\n%s\nstderr:\n%s", needle,
-		      r->out, r->err);
+	run_umbra(argv, r);
 }
 
 /* The count after "KEY=" on umbra's --stats hypercall line (0 if absent). */
-static unsigned long hypercall_count(const struct paging_run *r, const char *key)
+static unsigned long hypercall_count(const struct run_result *r, const char *key)
 {
 	const char *line = strstr(r->err, "hypercalls:"), *p;
 	char pat[64];
@@ -112,11 +55,11 @@ START_TEST(test_invlpg_of_pinned_pages_is_harmless)
 	/* The same guest without the rounds: the faults of its setup (the
 	 * pages it allocates, the heap: a guest fault and a fix per page). */
 	run_image("invlpgpin", (const char *[]){ "--cmdline", "rounds=0", "--stats", NULL }, &run);
-	expect_status(&run, 0);
+	assert_status(&run, 0);
 	setup_faults = hypercall_count(&run, "page_fault");
 	run_image("invlpgpin", (const char *[]){ "--cmdline", "rounds=1000", "--stats", NULL }, &run);
-	expect_status(&run, 0);
-	expect_text(run.out, "invlpgpin: 1000 rounds: ok", &run);
+	assert_status(&run, 0);
+	assert_contains(run.out, "invlpgpin: 1000 rounds: ok", &run);
 	/* 6 pages a round, each with the INVLPG hypercall. */
 	ck_assert_uint_eq(hypercall_count(&run, "invlpg"), 6 * 1000);
 	/* The pinned pages kept their shadow: the rounds cost no fault. */
@@ -129,8 +72,8 @@ END_TEST
 START_TEST(test_shared_table_change_reaches_other_address_space)
 {
 	run_image("sharedpt", (const char *[]){ "--vcpus", "2", "--cmdline", "rounds=20", "--stats", NULL }, &run);
-	expect_status(&run, 0);
-	expect_text(run.out, "sharedpt: 20 rounds: ok", &run);
+	assert_status(&run, 0);
+	assert_contains(run.out, "sharedpt: 20 rounds: ok", &run);
 	ck_assert_uint_eq(hypercall_count(&run, "sync_table"), 20);
 }
 END_TEST
@@ -140,8 +83,8 @@ START_TEST(test_invlpg_alone_leaves_other_address_space_stale)
 	/* What SYNC_TABLE is for (docs/abi.md): INVLPG covers only the
 	 * current address space, so vCPU 1 keeps the old frame. */
 	run_image("sharedpt", (const char *[]){ "--vcpus", "2", "--cmdline", "rounds=2 sync=0", NULL }, &run);
-	expect_status(&run, 1);
-	expect_text(run.out, "sharedpt: round 1: vCPU 1 read 0x8000200000: expected 0x5348415245440001, "
+	assert_status(&run, 1);
+	assert_contains(run.out, "sharedpt: round 1: vCPU 1 read 0x8000200000: expected 0x5348415245440001, "
 		    "got 0x5348415245440000", &run);
 }
 END_TEST
@@ -149,24 +92,24 @@ END_TEST
 START_TEST(test_sync_table_with_unaligned_address_is_named)
 {
 	run_image("sharedpt", (const char *[]){ "--cmdline", "bad_sync", NULL }, &run);
-	expect_status(&run, UMBRA_STATUS_GUEST_ERROR);
-	expect_text(run.err, "bad hypercall: sync_table 0x1008 (argument 0)", &run);
+	assert_status(&run, UMBRA_STATUS_GUEST_ERROR);
+	assert_contains(run.err, "bad hypercall: sync_table 0x1008 (argument 0)", &run);
 }
 END_TEST
 
 START_TEST(test_nxe_toggle_gives_reserved_bit_fault_then_nx)
 {
 	run_image("nxetoggle", (const char *[]){ "--cmdline", "rounds=10", NULL }, &run);
-	expect_status(&run, 0);
-	expect_text(run.out, "nxetoggle: 10 rounds: ok", &run);
+	assert_status(&run, 0);
+	assert_contains(run.out, "nxetoggle: 10 rounds: ok", &run);
 }
 END_TEST
 
 START_TEST(test_repeated_reserved_bit_faults_stop_the_vm)
 {
 	run_image("nxetoggle", (const char *[]){ "--cmdline", "fake_rsvd", NULL }, &run);
-	expect_status(&run, UMBRA_STATUS_GUEST_ERROR);
-	expect_text(run.err, "reserved-bit faults in a row with EFER unchanged", &run);
+	assert_status(&run, UMBRA_STATUS_GUEST_ERROR);
+	assert_contains(run.err, "reserved-bit faults in a row with EFER unchanged", &run);
 }
 END_TEST
 
