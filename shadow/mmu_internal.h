@@ -22,8 +22,9 @@
  *
  * Rules every function of these files keeps (docs/locking.md, "shadow/"):
  *  - an entry of a table page is written only under the page's table lock,
- *    with spte_write (release), and under the writing VM's mmu_lock, which
- *    serialises the structure of the tables that VM alone reaches;
+ *    with pool_spte_write (release stores: the private copy, then the
+ *    pool), and under the writing VM's mmu_lock, which serialises the
+ *    structure of the tables that VM alone reaches;
  *  - a table page is freed only after every registered vCPU was flushed
  *    (zap_batch_finish_locked), so no vCPU uses a translation through it;
  *    a lock-free walk still reading it is an RCU reader, and the page is

@@ -314,7 +314,7 @@ struct shadow_slot {
 #define SHADOW_MMU_DEFAULT_ROOTS 8u
 
 struct shadow_mmu_config {
-	struct shadow_pool *pool;	/* shared by every VM; must outlive the MMU */
+	struct shadow_pool *pool;	/* shared by the VMs of one trust group; must outlive the MMU */
 	uint64_t max_gpa;		/* guest-physical space covered by the P2M */
 	unsigned int nr_roots;		/* root cache bound (>= 1); 0: SHADOW_MMU_DEFAULT_ROOTS */
 	unsigned long max_tables;	/* table pages the MMU may hold (a quota); 0: no limit */
