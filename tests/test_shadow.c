@@ -1118,6 +1118,74 @@ START_TEST(test_teardown_frees_every_table_of_many_roots)
 }
 END_TEST
 
+/* ---- bookkeeping: proportional to memory used, not declared ---------------- */
+
+/* VmRSS of this process in KiB (/proc/self/status), or -1. */
+static long rss_kib(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long kib = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
+}
+
+#define SPARSE_RAM (64ull << 30)
+#define SPARSE_MAX_GROWTH_KIB (8l << 10)
+
+/*
+ * What vmm/mmu.c's vm_mmu_init does for a VM declared with 64 GiB of RAM: a
+ * memory object, a shadow MMU covering it, a slot and the identity P2M.  The
+ * resident memory this adds must not depend on the declared size (under
+ * 8 MiB), and a page near the top of RAM is still reachable.
+ */
+START_TEST(test_bookkeeping_of_a_64g_vm_stays_small)
+{
+	struct shadow_mmu_config cfg = { 0 };
+	struct shadow_slot slot = { 0 };
+	struct gm gm = { .npages = SPARSE_RAM / GM_PAGE, .next_table = GM_TABLES };
+	long before, after;
+
+	gm.host = mmap(NULL, SPARSE_RAM, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ck_assert_ptr_ne(gm.host, MAP_FAILED);
+	before = rss_kib();
+	ck_assert_int_eq(shadow_pool_create(64, &gm.pool), 0);
+	gm.own_pool = true;
+	ck_assert_int_eq(notifier_object_create("ram-64g", gm.npages, &gm.ram), 0);
+	cfg.pool = gm.pool;
+	cfg.max_gpa = SPARSE_RAM;
+	cfg.mode = shadow_default_mode;
+	ck_assert_int_eq(shadow_mmu_create(&cfg, &gm.mmu), 0);
+	slot.obj = gm.ram;
+	slot.host = gm.host;
+	ck_assert_int_eq(shadow_mmu_add_slot(gm.mmu, &slot, &gm.slot), 0);
+	ck_assert_int_eq(shadow_mmu_map_gpa(gm.mmu, 0, gm.npages, gm.slot, 0), 0);
+	after = rss_kib();
+	ck_assert_int_ge(before, 0);
+	printf("bookkeeping of a %llu GiB VM: VmRSS %ld -> %ld KiB (+%ld KiB)\n",
+	       (unsigned long long)(SPARSE_RAM >> 30), before, after, after - before);
+	ck_assert_msg(after - before < SPARSE_MAX_GROWTH_KIB,
+		      "expected the bookkeeping of a 64 GiB VM to add < %ld KiB of RSS, added %ld KiB",
+		      SPARSE_MAX_GROWTH_KIB, after - before);
+
+	uint64_t cr3 = gm_table(&gm), top = SPARSE_RAM - 3 * GM_PAGE;
+	gm_map(&gm, cr3, VA1, top, 1, UW);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 0, cr3);
+	ck_assert_uint_eq(reach(v, VA1, SHADOW_ACCESS_WRITE), top);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, top / GM_PAGE), 1);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
 Suite *shadow_suite(void)
 {
 	Suite *s = suite_create("shadow");
@@ -1126,6 +1194,7 @@ Suite *shadow_suite(void)
 	TCase *mmu = tcase_create("mmu");
 	TCase *notify = tcase_create("notifier");
 	TCase *vcpu = tcase_create("vcpu");
+	TCase *bookkeeping = tcase_create("bookkeeping");
 
 	tcase_add_loop_test(spte, test_leaf_presets_accessed_and_dirty_only_when_writable, 0,
 			    sizeof(leaf_rights) / sizeof(leaf_rights[0]));
@@ -1165,5 +1234,8 @@ Suite *shadow_suite(void)
 	tcase_add_test(vcpu, test_vcpu_tlb_size_is_configurable);
 	tcase_add_test(vcpu, test_vcpu_refuses_shadow_entry_without_preset_accessed);
 	suite_add_tcase(s, vcpu);
+	tcase_add_test(bookkeeping, test_bookkeeping_of_a_64g_vm_stays_small);
+	tcase_set_timeout(bookkeeping, 60);
+	suite_add_tcase(s, bookkeeping);
 	return s;
 }

@@ -112,7 +112,8 @@ int vm_mmu_init(struct vm *vm, struct vmm_error *err)
 	for (unsigned int i = 0; i < vm->nr_segments; i++)
 		if (vm->segments[i]->gpa + vm->segments[i]->size > max_gpa)
 			max_gpa = vm->segments[i]->gpa + vm->segments[i]->size;
-	struct shadow_mmu_config config = { vm->host->pool, max_gpa, 0, vm_paging_mode(vm) };
+	struct shadow_mmu_config config = { .pool = vm->host->pool, .max_gpa = max_gpa,
+					    .max_tables = vm->table_quota, .mode = vm_paging_mode(vm) };
 	ret = shadow_mmu_create(&config, &vm->mmu);
 	if (ret) {
 		vmm_error_set(err, -ret, "shadow MMU: %s", strerror(-ret));

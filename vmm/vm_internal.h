@@ -94,6 +94,7 @@ struct vm {
 	struct shadow_mmu *mmu;
 	struct notifier_object *ram_obj;
 	int ram_slot, segment_slots[UMBRA_MAX_SEGMENTS];
+	unsigned long table_quota; /* shadow-table pages this VM may hold */
 	unsigned int nr_vcpus;
 	struct vcpu *vcpus;
 
