@@ -4,5 +4,6 @@
 
 const struct test_suite_entry test_suites[] = {
 	{ "kvm", kvm_suite },
+	{ "kvm_quota", kvm_quota_suite },
 	{ NULL, NULL },
 };

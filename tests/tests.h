@@ -25,5 +25,6 @@ Suite *shadow_share_suite(void);
 Suite *shadow_share_torture_suite(void);
 Suite *vmm_suite(void);
 Suite *kvm_suite(void);
+Suite *kvm_quota_suite(void);
 
 #endif
