@@ -209,7 +209,8 @@ static int prefault_pins(struct vm *vm, uint64_t guest_cr3, uint64_t *seen)
 const char *vm_room_error(const struct vm *vm, int err, char *buf, size_t size)
 {
 	if (err == -EDQUOT)
-		snprintf(buf, size, "the VM's shadow-table quota (%lu pages) is exhausted", vm->table_quota);
+		snprintf(buf, size, "the VM's shadow-table quota (%llu pages) is exhausted",
+			 (unsigned long long)vm->table_quota);
 	else if (err == -ENOMEM)
 		snprintf(buf, size, "the shadow table pool (%zu pages) is exhausted", vm->host->pool_pages);
 	else
