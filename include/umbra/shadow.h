@@ -578,7 +578,8 @@ int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *slo
  * slot list is copied before the parent's lock is taken, so a slot added
  * meanwhile could be missing from the child while its P2M refers to it.
  * Returns 0 and *@out, -EINVAL (no cow slot on the parent, bad @cow),
- * -ENOMEM, or add_slot's errors.
+ * -ENOMEM, -EDQUOT (the parent has more cached roots than its quota), or
+ * add_slot's errors.
  */
 int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
 		     struct shadow_mmu **out);
@@ -592,7 +593,8 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
  * translation it had; none ever sees the copy).  No-op if not shared.
  * Locks: takes mmu_lock; the caller holds none (uses
  * notifier_read_begin() and get_page: may block).  Returns 0, -EINVAL,
- * -EROFS (no cow slot), -ENOMEM (cow slot full), or get_page's error.
+ * -EROFS (no cow slot), -ENOMEM (cow slot full, or the P2M's chunk of @gpa
+ * needed its own array), or get_page's error.
  */
 int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa);
 
