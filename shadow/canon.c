@@ -74,7 +74,8 @@ static int canon_create_locked(struct shadow_mmu *mmu, struct pool_obj *po, uint
 	uint32_t idx;
 	int ret;
 
-	ret = table_alloc_locked(mmu, 1, role, gva, &idx);
+	/* Charged to no VM: bounded by the segment's size (docs/shadow.md). */
+	ret = table_alloc_charged_locked(mmu, NULL, 1, role, gva, &idx);
 	if (ret)
 		return ret;
 	sp = mmu_page(mmu, idx);
@@ -82,7 +83,7 @@ static int canon_create_locked(struct shadow_mmu *mmu, struct pool_obj *po, uint
 	sp->canon_obj = po;
 	sp->canon_key = key;
 	__atomic_store_n(&sp->use_count, 1, __ATOMIC_RELEASE);
-	po->canon[key] = idx;
+	canon_table_set(po, key, idx);
 	mmu_stat_inc(mmu, tables_created);
 	mmu_stat_inc(mmu, canon_created);
 	*out = idx;
@@ -105,7 +106,7 @@ int canon_get_locked(struct shadow_mmu *mmu, const struct role *role, uint64_t g
 	key = canon_key(first / SPTE_ENTRIES, slot->s.readonly, role->access);
 	stripe = pool_obj_stripe(po, first);
 	umbra_mutex_lock(stripe);
-	idx = po->canon[key];
+	idx = canon_table_get(po, key);
 	if (idx != SHADOW_NO_PAGE) {
 		/* In the array under the stripe: still allocated (its free leaves
 		 * the array first), so its role is stable.  Check it before
@@ -139,8 +140,8 @@ void canon_forget_locked(struct shadow_mmu *mmu, uint32_t page)
 	struct umbra_mutex *stripe = canon_stripe(sp->canon_obj, sp->canon_key);
 
 	umbra_mutex_lock(stripe);
-	if (sp->canon_obj->canon[sp->canon_key] == page)
-		sp->canon_obj->canon[sp->canon_key] = SHADOW_NO_PAGE;
+	if (canon_table_get(sp->canon_obj, sp->canon_key) == page)
+		canon_table_set(sp->canon_obj, sp->canon_key, SHADOW_NO_PAGE);
 	umbra_mutex_unlock(stripe);
 	sp->canon = false;
 	sp->canon_obj = NULL;

@@ -162,7 +162,7 @@ static int check_cow_map_locked(struct shadow_mmu *mmu, struct check_ctx *c)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	for (uint64_t g = 0; g < mmu->p2m_pages; g++) {
-		uint64_t e = __atomic_load_n(&mmu->p2m[g], __ATOMIC_RELAXED);
+		uint64_t e = p2m_entry_get(mmu, g);
 		int id = p2m_entry_slot_id(e);
 
 		if (!p2m_entry_is_cow(e))
@@ -383,7 +383,7 @@ static int check_page_locked(struct shadow_pool *pool, uint32_t page, size_t *in
 		return -EUCLEAN;
 	if (!nr_users || __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) != nr_users)
 		return -EUCLEAN;
-	if (sp->canon && (sp->level != 1 || sp->canon_obj->canon[sp->canon_key] != page))
+	if (sp->canon && (sp->level != 1 || canon_table_get(sp->canon_obj, sp->canon_key) != page))
 		return -EUCLEAN;
 	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
 		uint64_t spte = spte_read(&sptes[i]);
@@ -423,7 +423,7 @@ static int check_obj_locked(struct shadow_pool *pool, struct pool_obj *po)
 		}
 	}
 	for (uint64_t k = 0; k < pool_obj_nr_runs(po->npages) * CANON_KEYS_PER_RUN && !ret; k++) {
-		uint32_t c = po->canon[k];
+		uint32_t c = canon_table_get(po, (uint32_t)k);
 
 		if (c != SHADOW_NO_PAGE &&
 		    (!pool_page(pool, c)->canon || pool_page(pool, c)->canon_obj != po ||

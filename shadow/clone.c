@@ -34,20 +34,25 @@ int shadow_mmu_set_cow_slot(struct shadow_mmu *mmu, int slot_id)
  * @gfn at the copy; our mappings of the old page go, the other sharers keep
  * theirs (we leave the shared tables that hold them).  Nobody writes @p
  * (every sharer maps it read-only) and no invalidation of @p or @q can pass
- * our mmu_lock.  mmu_lock. */
-static void cow_copy_locked(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_mmu_slot *s,
-			    uint64_t p, struct shadow_mmu_slot *cs, uint64_t q)
+ * our mmu_lock.  mmu_lock.  0, or -ENOMEM (the P2M could not take the
+ * entry: nothing changed but page @q, which is lost). */
+static int cow_copy_locked(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_mmu_slot *s,
+			   uint64_t p, struct shadow_mmu_slot *cs, uint64_t q)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct zap_batch b;
+	int ret;
 
 	memcpy((char *)cs->s.host + (q << SHADOW_PAGE_SHIFT),
 	       (char *)s->s.host + (p << SHADOW_PAGE_SHIFT), SHADOW_PAGE_SIZE);
-	__atomic_store_n(&mmu->p2m[gfn], p2m_entry_make(cs->id, q), __ATOMIC_RELEASE);
+	ret = p2m_entry_set_locked(mmu, gfn, p2m_entry_make(cs->id, q));
+	if (ret)
+		return ret;
 	bump_sync_seq_locked(mmu);
 	zap_batch_init(&b);
 	zap_slot_range_local_locked(mmu, s, p, p, &b);
 	zap_batch_finish_locked(mmu, &b);
+	return 0;
 }
 
 int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa)
@@ -58,7 +63,7 @@ int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa)
 	if (gfn >= mmu->p2m_pages)
 		return -EINVAL;
 	for (;;) {
-		uint64_t e = __atomic_load_n(&mmu->p2m[gfn], __ATOMIC_ACQUIRE), p, q, seq_s, seq_c;
+		uint64_t e = p2m_entry_get(mmu, gfn), p, q, seq_s, seq_c;
 		struct shadow_mmu_slot *s, *cs;
 
 		if (!p2m_entry_is_cow(e))
@@ -79,17 +84,18 @@ int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa)
 		if (ret)
 			return ret;
 		umbra_mutex_lock(&mmu->mmu_lock);
-		if (__atomic_load_n(&mmu->p2m[gfn], __ATOMIC_RELAXED) != e ||
+		if (p2m_entry_get(mmu, gfn) != e ||
 		    notifier_read_retry(s->s.obj, p, p, seq_s) ||
 		    notifier_read_retry(cs->s.obj, q, q, seq_c)) {
 			umbra_mutex_unlock(&mmu->mmu_lock);
 			mmu_stat_inc(mmu, retries);
 			continue; /* page q is lost: the bump allocator never reuses */
 		}
-		cow_copy_locked(mmu, gfn, s, p, cs, q);
+		ret = cow_copy_locked(mmu, gfn, s, p, cs, q);
 		umbra_mutex_unlock(&mmu->mmu_lock);
-		mmu_stat_inc(mmu, cow_breaks);
-		return 0;
+		if (!ret)
+			mmu_stat_inc(mmu, cow_breaks);
+		return ret;
 	}
 }
 
@@ -129,7 +135,8 @@ static int clone_root_locked(struct shadow_mmu *parent, struct shadow_mmu *child
 	uint64_t *from;
 	int ret;
 
-	ret = table_alloc_locked(parent, SPTE_LEVELS, &role, 0, &page);
+	/* The copy is the child's: charged to its quota. */
+	ret = table_alloc_charged_locked(parent, child->account, SPTE_LEVELS, &role, 0, &page);
 	if (ret)
 		return ret;
 	sp = mmu_page(parent, page);
@@ -158,24 +165,6 @@ static int clone_root_locked(struct shadow_mmu *parent, struct shadow_mmu *child
 	return 0;
 }
 
-/* The P2M: every private page becomes copy-on-write for both.  The
- * parent's mmu_lock. */
-static void clone_p2m_locked(struct shadow_mmu *parent, struct shadow_mmu *child)
-{
-	umbra_mutex_assert_held(&parent->mmu_lock);
-	for (uint64_t g = 0; g < parent->p2m_pages; g++) {
-		uint64_t e = __atomic_load_n(&parent->p2m[g], __ATOMIC_RELAXED);
-
-		if (!p2m_entry_is_present(e))
-			continue;
-		if (!parent->slots[p2m_entry_slot_id(e)].shared && !p2m_entry_is_cow(e)) {
-			e = p2m_entry_mark_cow(e);
-			__atomic_store_n(&parent->p2m[g], e, __ATOMIC_RELEASE);
-		}
-		__atomic_store_n(&child->p2m[g], e, __ATOMIC_RELEASE);
-	}
-}
-
 int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
 		     struct shadow_mmu **out)
 {
@@ -183,6 +172,7 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
 		.pool = parent->pool,
 		.max_gpa = parent->p2m_pages << SHADOW_PAGE_SHIFT,
 		.nr_roots = parent->nr_roots,
+		.max_tables = parent->account->max,
 		.mode = parent->mode,
 	};
 	struct shadow_mmu *child;
@@ -206,7 +196,9 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
 			ret = clone_root_locked(parent, child, r);
 	if (ret)
 		goto unlock_parent;
-	clone_p2m_locked(parent, child);
+	ret = p2m_clone_locked(parent, child);
+	if (ret)
+		goto unlock_parent;
 	child->tick = parent->tick;
 	child->sharing = parent->sharing = true;
 	bump_sync_seq_locked(parent);

@@ -429,12 +429,12 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 			mmu_stat_inc(mmu, retries);
 			continue;
 		}
-		if (ret == -ENOMEM && !zapped_all) {
-			/* Pool full: drop every shadow table and try once more,
-			 * when their pages are reusable (after a grace period). */
-			shadow_mmu_zap_all(mmu);
+		if ((ret == -ENOMEM || ret == -EDQUOT) && !zapped_all) {
+			/* Pool full or quota reached: drop this VM's tables
+			 * (never another VM's) and try once more, when their
+			 * pages are reusable (after a grace period). */
+			mmu_reclaim(mmu);
 			zapped_all = true;
-			pool_wait_deferred(mmu->pool);
 			continue;
 		}
 		if (ret)

@@ -19,7 +19,8 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 	int ret;
 
 	if (!config || !config->pool || !config->max_gpa || config->max_gpa % SHADOW_PAGE_SIZE ||
-	    config->max_gpa > SHADOW_POOL_GPA || !walk_mode_is_valid(&config->mode))
+	    config->max_gpa > SHADOW_POOL_GPA || !walk_mode_is_valid(&config->mode) ||
+	    (config->max_tables && config->max_tables < SHADOW_MMU_MIN_TABLES))
 		return -EINVAL;
 	mmu = calloc(1, sizeof(*mmu));
 	if (!mmu)
@@ -27,16 +28,17 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 	mmu->pool = config->pool;
 	mmu->mode = config->mode;
 	mmu->p2m_pages = config->max_gpa >> SHADOW_PAGE_SHIFT;
-	mmu->p2m = calloc(mmu->p2m_pages, sizeof(*mmu->p2m));
-	if (!mmu->p2m) {
-		ret = -ENOMEM;
+	ret = p2m_init(mmu);
+	if (ret)
 		goto free_mmu;
-	}
+	ret = table_account_create(config->max_tables, &mmu->account);
+	if (ret)
+		goto exit_p2m;
 	mmu->nr_roots = config->nr_roots ? config->nr_roots : SHADOW_MMU_DEFAULT_ROOTS;
 	mmu->roots = calloc(mmu->nr_roots, sizeof(*mmu->roots));
 	if (!mmu->roots) {
 		ret = -ENOMEM;
-		goto free_p2m;
+		goto put_account;
 	}
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		mmu->roots[r].page = SHADOW_NO_PAGE;
@@ -50,8 +52,10 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 	*out = mmu;
 	return 0;
 
-free_p2m:
-	free(mmu->p2m);
+put_account:
+	table_account_put(mmu->account);
+exit_p2m:
+	p2m_exit(mmu);
 free_mmu:
 	free(mmu);
 	return ret;
@@ -107,7 +111,8 @@ void shadow_mmu_destroy(struct shadow_mmu *mmu)
 	umbra_mutex_exit(&mmu->tlbs_lock);
 	umbra_mutex_exit(&mmu->mmu_lock);
 	free(mmu->roots);
-	free(mmu->p2m);
+	p2m_exit(mmu);
+	table_account_put(mmu->account); /* pages a clone still reaches keep it */
 	free(mmu);
 }
 

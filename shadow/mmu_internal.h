@@ -14,7 +14,8 @@
  *   privatize.c local zaps: unshare the tables on this VM's paths to a
  *               leaf (table copy, write protection)
  *   canon.c     canonical tables of shared segments
- *   root.c      the root cache and CR3 loads
+ *   root.c      the root cache, CR3 loads and the reclaim of every table
+ *   quota.c     the table quota: which VM's account each table page counts in
  *   fault.c     the fault path: guest walk, retry protocol, install
  *   clone.c     clone and copy-on-write break
  *   check.c     the invariant checkers and table usage
@@ -62,6 +63,27 @@ static inline void bump_sync_seq_locked(struct shadow_mmu *mmu)
 
 /* ---- p2m.c: slots and the P2M -------------------------------------------- */
 
+/* The P2M entry of @gfn (< p2m_pages).  Lock-free snapshot (acquire). */
+static inline uint64_t p2m_entry_get(struct shadow_mmu *mmu, uint64_t gfn)
+{
+	uint64_t d = __atomic_load_n(&mmu->p2m_dir[gfn >> P2M_CHUNK_SHIFT], __ATOMIC_ACQUIRE);
+
+	if (!p2m_dir_is_array(d))
+		return p2m_dir_entry(d, gfn & (P2M_CHUNK_PAGES - 1));
+	return __atomic_load_n(&((uint64_t *)(uintptr_t)d)[gfn & (P2M_CHUNK_PAGES - 1)],
+			       __ATOMIC_ACQUIRE);
+}
+/* Stores @e as @gfn's entry (nothing zapped): 0, or -ENOMEM (the chunk
+ * needed its own array).  mmu_lock. */
+int p2m_entry_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e);
+/* The empty P2M of @mmu->p2m_pages gfns (directory zero-filled, untouched
+ * until used), and its teardown. */
+int p2m_init(struct shadow_mmu *mmu);
+void p2m_exit(struct shadow_mmu *mmu);
+/* Gives @child (new, empty P2M) the parent's P2M with every page of a
+ * non-shared slot copy-on-write for both: 0, or -ENOMEM before anything
+ * changed.  The parent's mmu_lock. */
+int p2m_clone_locked(struct shadow_mmu *parent, struct shadow_mmu *child);
 /* The published slot @id, or NULL.  Lock-free. */
 struct shadow_mmu_slot *slot_of_id(struct shadow_mmu *mmu, int id);
 /* gfn -> (slot, page): 0, or -EFAULT if unmapped.  Lock-free snapshot. */
@@ -110,9 +132,14 @@ uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struc
  * this VM alone reaches, its reference put after the flush).  mmu_lock. */
 void zap_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct zap_batch *b);
 /* A new empty table of @level with @role, covering linear addresses from
- * @gva, not yet linked: 0 or -ENOMEM.  mmu_lock. */
+ * @gva, not yet linked, charged to @mmu's table quota: 0, -EDQUOT (the
+ * quota is reached; no pool page taken) or -ENOMEM (pool full).  mmu_lock. */
 int table_alloc_locked(struct shadow_mmu *mmu, int level, const struct role *role, uint64_t gva,
 		       uint32_t *out);
+/* The same, charged to @account instead (NULL: to nobody, a canonical
+ * table; a clone's account for the copies of its roots).  mmu_lock. */
+int table_alloc_charged_locked(struct shadow_mmu *mmu, struct table_account *account, int level,
+			       const struct role *role, uint64_t gva, uint32_t *out);
 /* Frees table @page, whose use count dropped to 0.  mmu_lock. */
 void table_free_locked(struct shadow_mmu *mmu, uint32_t page);
 /* Non-local: zaps every SPTE in the pool mapping pages [first, last] of
@@ -206,5 +233,30 @@ struct shadow_root *root_of_page_locked(struct shadow_mmu *mmu, uint64_t gpa);
 /* Empties root-cache slot @root, its reference put after @b's flush.
  * mmu_lock. */
 void root_evict_locked(struct shadow_mmu *mmu, struct shadow_root *root, struct zap_batch *b);
+/*
+ * Makes room when the pool is full or the quota reached: drops every root
+ * no vCPU runs on and every table below the others, of this VM only (other
+ * VMs lose nothing: tables shared with them lose this VM's reference), and
+ * counts a reclaim (before the zap's flush: a vCPU flushed by it sees the
+ * count moved).  Then waits for the freed pages' grace period.  Takes
+ * mmu_lock; the caller holds no shadow lock and is not in a read-side
+ * section.
+ */
+void mmu_reclaim(struct shadow_mmu *mmu);
+
+/* ---- quota.c: the table quota -------------------------------------------- */
+
+/* A new account with quota @max (0: none), with the MMU's reference. */
+int table_account_create(uint64_t max, struct table_account **out);
+/* Drops the MMU's reference (the account lives on while pages are
+ * charged to it).  NULL is a no-op. */
+void table_account_put(struct table_account *a);
+/* Pages charged now.  Lock-free. */
+uint64_t table_account_held(const struct table_account *a);
+/* May one more page be charged?  Under the charged VM's mmu_lock (only
+ * uncharges can run meanwhile, so the answer stays true until the charge). */
+bool table_account_has_room(const struct table_account *a);
+/* Charges page @sp (just allocated) to @a. */
+void table_charge(struct table_account *a, struct shadow_page *sp);
 
 #endif

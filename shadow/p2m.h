@@ -1,13 +1,25 @@
 /*
  * The P2M entry: what one guest frame (gfn) maps to in the VM's machine
  * address space, as a slot id and a page of that slot's memory object, plus
- * the copy-on-write bit.  Encoding only, no locks: the P2M array
- * (struct shadow_mmu.p2m) is read lock-free with acquire loads and stored
- * under mmu_lock with release stores (p2m.c).
+ * the copy-on-write bit.  Encoding only, no locks: the P2M
+ * (struct shadow_mmu.p2m_dir) is read lock-free with acquire loads and
+ * stored under mmu_lock with release stores (p2m.c).
  *
  *   bits  0..47  page of the slot's object
  *   bits 48..55  slot id + 1 (0: the gfn maps nothing)
  *   bit  62      P2M_COW: shared copy-on-write with a clone (docs/sharing.md)
+ *
+ * The P2M is sparse: a directory with one entry per chunk of
+ * P2M_CHUNK_PAGES gfns (2 MiB of guest-physical space), each
+ *   0                    every gfn of the chunk maps nothing;
+ *   P2M_DIR_LINEAR | e   gfn k of the chunk has entry e with k added to its
+ *                        page (a run of consecutive pages of one slot, as
+ *                        the VMM's RAM and segments are mapped);
+ *   otherwise            a pointer to the chunk's array of P2M_CHUNK_PAGES
+ *                        entries (user-space pointers have bit 63 clear),
+ *                        made when one gfn of the chunk breaks the run and
+ *                        kept until the MMU is destroyed (lock-free readers
+ *                        may hold it).
  */
 #ifndef UMBRA_SHADOW_P2M_H
 #define UMBRA_SHADOW_P2M_H
@@ -29,6 +41,25 @@ _Static_assert((P2M_PAGE_MASK & P2M_SLOT_MASK) == 0 && ((P2M_PAGE_MASK | P2M_SLO
 	       "page, slot and COW fields do not overlap");
 _Static_assert(P2M_SLOT_SHIFT >= 52 - SHADOW_PAGE_SHIFT,
 	       "a page index of any object below the 52-bit physical limit fits");
+
+#define P2M_CHUNK_SHIFT 9
+#define P2M_CHUNK_PAGES (1ull << P2M_CHUNK_SHIFT)
+#define P2M_DIR_LINEAR (1ull << 63)
+
+_Static_assert((P2M_DIR_LINEAR & (P2M_PAGE_MASK | P2M_SLOT_MASK | P2M_COW)) == 0,
+	       "the linear tag is outside the entry's fields");
+
+/* The entry of gfn @k of a chunk whose directory entry is @d, which is
+ * not an array. */
+static inline uint64_t p2m_dir_entry(uint64_t d, uint64_t k)
+{
+	return d ? (d & ~P2M_DIR_LINEAR) + k : P2M_NONE;
+}
+
+static inline bool p2m_dir_is_array(uint64_t d)
+{
+	return d && !(d & P2M_DIR_LINEAR);
+}
 
 /* The entry of a gfn that maps page @page of slot @slot_id, not COW. */
 static inline uint64_t p2m_entry_make(int slot_id, uint64_t page)

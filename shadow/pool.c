@@ -240,6 +240,7 @@ void pool_free_index(struct shadow_pool *pool, uint32_t index)
 	struct shadow_page *sp = &pool->pages[index];
 	uint32_t top;
 
+	table_uncharge(sp);
 	__atomic_fetch_add(&pool->nr_deferred, 1, __ATOMIC_RELAXED);
 	__atomic_fetch_sub(&pool->in_use[sp->level], 1, __ATOMIC_RELAXED);
 	__atomic_store_n(&sp->level, 0, __ATOMIC_RELAXED);
@@ -409,13 +410,13 @@ int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t
 		goto unlock;
 	}
 	po->rmap = calloc(npages, sizeof(*po->rmap));
-	po->canon = malloc(nruns * CANON_KEYS_PER_RUN * sizeof(*po->canon));
+	/* Both zero-filled and untouched until used: no resident cost for
+	 * pages never mapped (canon: canon_table_get). */
+	po->canon = calloc(nruns * CANON_KEYS_PER_RUN, sizeof(*po->canon));
 	if (!po->rmap || !po->canon) {
 		ret = -ENOMEM;
 		goto free_po;
 	}
-	for (uint64_t k = 0; k < nruns * CANON_KEYS_PER_RUN; k++)
-		po->canon[k] = SHADOW_NO_PAGE;
 	for (unsigned int k = 0; k < POOL_OBJ_STRIPES; k++)
 		umbra_mutex_init(&po->stripes[k], "shadow.obj.stripe", UMBRA_LOCK_RANK_RMAP);
 	po->obj = obj;

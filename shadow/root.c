@@ -4,12 +4,18 @@
  * used unpinned one evicted when a new one is needed.  A CR3 load finds or
  * creates the root and syncs it (a CR3 load flushes the TLB).
  *
+ * When the pool is full or the VM's table quota is reached, the VM
+ * reclaims: it drops every root no vCPU runs on and every table below the
+ * others (its own references only), and the fault or CR3 load tries once
+ * more.
+ *
  * Locks: the cache is under the VM's mmu_lock (asserted by every *_locked
- * function); shadow_mmu_load_cr3 takes it, and waits for a grace period
- * with no lock held when the pool is full.
+ * function); shadow_mmu_load_cr3 and mmu_reclaim take it, and wait for a
+ * grace period with no lock held when the pool is full.
  */
 #include <errno.h>
 
+#include "iter.h"
 #include "mmu_internal.h"
 
 struct shadow_root *root_find_locked(struct shadow_mmu *mmu, uint64_t key)
@@ -129,6 +135,35 @@ unlock:
 	return ret;
 }
 
+void mmu_reclaim(struct shadow_mmu *mmu)
+{
+	struct zap_batch b;
+	unsigned int i;
+
+	shadow_assert_no_lock_held();
+	zap_batch_init(&b);
+	umbra_mutex_lock(&mmu->mmu_lock);
+	mmu_stat_inc(mmu, reclaims);
+	for (unsigned int r = 0; r < mmu->nr_roots; r++) {
+		struct shadow_root *root = &mmu->roots[r];
+
+		if (root->page == SHADOW_NO_PAGE)
+			continue;
+		if (!root->pins) {
+			root_evict_locked(mmu, root, &b);
+			mmu_stat_inc(mmu, root_evictions);
+			continue;
+		}
+		for_each_present_spte(mmu, root->page, i)
+			zap_spte_locked(mmu, root->page, i, &b);
+	}
+	b.flush_all = true;
+	bump_sync_seq_locked(mmu);
+	zap_batch_finish_locked(mmu, &b);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	pool_wait_deferred(mmu->pool);
+}
+
 int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
 			uint64_t *root_gpa)
 {
@@ -138,5 +173,10 @@ int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t
 	 * become reusable after a grace period. */
 	if (ret == -ENOMEM && pool_wait_deferred(mmu->pool))
 		ret = load_cr3_once(mmu, tlb, cr3, root_gpa);
+	/* Still no room, or the quota reached: this VM's own tables go. */
+	if (ret == -ENOMEM || ret == -EDQUOT) {
+		mmu_reclaim(mmu);
+		ret = load_cr3_once(mmu, tlb, cr3, root_gpa);
+	}
 	return ret;
 }

@@ -49,6 +49,7 @@ _Static_assert(UMBRA_LOCK_RANK_MMU < UMBRA_LOCK_RANK_OBJS && UMBRA_LOCK_RANK_OBJ
 				   "(un)subscribe and invalidations with no shadow lock held")
 
 #define SHADOW_NO_PAGE UINT32_MAX
+_Static_assert((uint32_t)(SHADOW_NO_PAGE + 1u) == 0, "SHADOW_NO_PAGE + 1 wraps to 0 (canon_table_get)");
 
 /*
  * One user of a table page: the "pmd-rmap" entry.  @parent is the pool index
@@ -111,7 +112,26 @@ struct shadow_page {
 	bool canon;		/* a segment's canonical table (in pool_obj.canon) */
 	struct pool_obj *canon_obj; /* its object while canon */
 	uint32_t canon_key;	/* its index in canon_obj->canon */
+	struct table_account *charge; /* the VM's quota it counts in, NULL: none
+				       * (quota.c); set at alloc, dropped at free */
 };
+
+/*
+ * The table pages charged to one VM (quota.c; docs/shadow.md, "Table
+ * quota").  A page is charged to the account of the VM that allocated it
+ * (a clone's root copies to the clone), canonical tables to none; the
+ * charge is dropped when the page is freed, whichever VM frees it.  The
+ * account outlives its MMU while pages charged to it exist (a clone may
+ * still reach them): @refs is the pages charged plus one while the MMU
+ * lives, and whoever drops it to 0 frees the account.
+ */
+struct table_account {
+	uint64_t refs;		/* atomic */
+	uint64_t max;		/* immutable: the quota, 0 for none */
+};
+
+/* Drops the charge of page @sp, if any (pool_free_index). Lock-free. */
+void table_uncharge(struct shadow_page *sp);
 
 /*
  * What the pool knows of one memory object placed at one machine address
@@ -146,9 +166,22 @@ struct pool_obj {
 	unsigned int refs;		/* slots using it, under pool->objs_lock */
 	struct umbra_mutex stripes[POOL_OBJ_STRIPES];
 	struct shadow_rmap *rmap;
-	uint32_t *canon;
+	uint32_t *canon;		/* page + 1, 0 for none: calloc'ed, never written
+					 * at creation (canon_table_get / _set) */
 	struct pool_obj *next;		/* pool->objs, under pool->objs_lock */
 };
+
+/* The canonical table at @key of @po, or SHADOW_NO_PAGE.  The key's stripe
+ * held (or a quiescent pool). */
+static inline uint32_t canon_table_get(const struct pool_obj *po, uint32_t key)
+{
+	return po->canon[key] - 1; /* 0 - 1 == SHADOW_NO_PAGE */
+}
+
+static inline void canon_table_set(struct pool_obj *po, uint32_t key, uint32_t page)
+{
+	po->canon[key] = page + 1; /* SHADOW_NO_PAGE + 1 == 0 */
+}
 
 /* The stripe of page @page of @po. */
 static inline struct umbra_mutex *pool_obj_stripe(struct pool_obj *po, uint64_t page)
@@ -436,8 +469,14 @@ struct shadow_mmu {
 	struct umbra_mutex mmu_lock;
 	uint64_t sync_seq;		/* atomic; bumped under mmu_lock by every sync / P2M change */
 
+	/* The P2M (p2m.c): a directory of one entry per P2M_CHUNK_PAGES gfns,
+	 * each none, a linear run or an array of entries (p2m.h), so that
+	 * declared but unused guest memory costs 8 bytes per 2 MiB. */
 	uint64_t p2m_pages;
-	uint64_t *p2m;			/* [p2m_pages] atomic entries (p2m.h) */
+	uint64_t *p2m_dir;		/* [p2m_chunks] atomic directory entries */
+	uint64_t p2m_chunks;
+
+	struct table_account *account;	/* the table quota (quota.c) */
 
 	struct shadow_mmu_slot slots[SHADOW_MAX_SLOTS];
 	int nr_slots;			/* atomic (release): slots[0..nr) are published;

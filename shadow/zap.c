@@ -110,21 +110,34 @@ void batch_add_put(struct shadow_mmu *mmu, struct zap_batch *b, uint32_t child, 
 
 /* ---- table alloc, put and free ---------------------------------------------------- */
 
-int table_alloc_locked(struct shadow_mmu *mmu, int level, const struct role *role, uint64_t gva,
-		       uint32_t *out)
+int table_alloc_charged_locked(struct shadow_mmu *mmu, struct table_account *account, int level,
+			       const struct role *role, uint64_t gva, uint32_t *out)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp;
-	int ret = pool_alloc_index(mmu->pool, level, out);
+	int ret;
 
+	if (account && !table_account_has_room(account)) {
+		mmu_stat_inc(mmu, quota_refusals);
+		return -EDQUOT;
+	}
+	ret = pool_alloc_index(mmu->pool, level, out);
 	if (ret)
 		return ret;
 	sp = mmu_page(mmu, *out);
+	if (account)
+		table_charge(account, sp);
 	sp->direct = role->direct;
 	sp->access = role->access;
 	sp->gpa = role->gpa;
 	sp->gva = gva;
 	return 0;
+}
+
+int table_alloc_locked(struct shadow_mmu *mmu, int level, const struct role *role, uint64_t gva,
+		       uint32_t *out)
+{
+	return table_alloc_charged_locked(mmu, mmu->account, level, role, gva, out);
 }
 
 static void table_put_now_locked(struct shadow_mmu *mmu, uint32_t child, uint32_t parent,

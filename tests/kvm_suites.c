@@ -6,5 +6,6 @@ const struct test_suite_entry test_suites[] = {
 	{ "kvm", kvm_suite },
 	{ "kvm_paging", kvm_paging_suite },
 	{ "kvm_hostile", kvm_hostile_suite },
+	{ "kvm_quota", kvm_quota_suite },
 	{ NULL, NULL },
 };

@@ -1366,6 +1366,257 @@ START_TEST(test_set_mode_nxe_resyncs_shadow_under_new_mode)
 }
 END_TEST
 
+/* ---- the table quota ------------------------------------------------------- */
+
+/* Another VM of the same pool, with two translations it reached once: what
+ * it had must survive the first VM's quota and full-pool reclaims. */
+struct bystander {
+	struct gm gm;
+	struct shadow_vcpu *v;
+	struct shadow_mmu_stats stats;
+	size_t rmap_a, rmap_b, charged;
+};
+
+static void bystander_init(struct bystander *by, size_t pool_pages)
+{
+	gm_init_quota(&by->gm, 1024, NULL, pool_pages, 0);
+	uint64_t cr3 = gm_table(&by->gm);
+	gm_map(&by->gm, cr3, VA1, GPA_A, 1, UW);
+	gm_map(&by->gm, cr3, VA2, GPA_B, 1, UW);
+	by->v = sh_vcpu(by->gm.mmu, 0, cr3);
+	ck_assert_uint_eq(reach(by->v, VA1, SHADOW_ACCESS_WRITE), GPA_A);
+	ck_assert_uint_eq(reach(by->v, VA2, 0), GPA_B);
+	shadow_mmu_stats(by->gm.mmu, &by->stats);
+	by->rmap_a = shadow_mmu_rmap_count(by->gm.mmu, by->gm.slot, GPA_A / GM_PAGE);
+	by->rmap_b = shadow_mmu_rmap_count(by->gm.mmu, by->gm.slot, GPA_B / GM_PAGE);
+	by->charged = shadow_mmu_tables_charged(by->gm.mmu);
+}
+
+/* Nothing of the bystander was zapped or flushed, and its translations are
+ * still in the pool (its vCPU, without a TLB, reaches them without a fault). */
+static void bystander_assert_untouched(struct bystander *by)
+{
+	struct shadow_vcpu_result res;
+	struct shadow_mmu_stats now;
+
+	shadow_mmu_stats(by->gm.mmu, &now);
+	ck_assert_uint_eq(now.zapped, by->stats.zapped);
+	ck_assert_uint_eq(now.tables_freed, by->stats.tables_freed);
+	ck_assert_uint_eq(now.flushes_all, by->stats.flushes_all);
+	ck_assert_uint_eq(now.remote_flushes, by->stats.remote_flushes);
+	ck_assert_uint_eq(now.reclaims, 0);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(by->gm.mmu, by->gm.slot, GPA_A / GM_PAGE), by->rmap_a);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(by->gm.mmu, by->gm.slot, GPA_B / GM_PAGE), by->rmap_b);
+	ck_assert_uint_eq(shadow_mmu_tables_charged(by->gm.mmu), by->charged);
+	ck_assert_int_eq(shadow_vcpu_access(by->v, VA1, SHADOW_ACCESS_WRITE, &res), 0);
+	ck_assert_uint_eq(res.mpa, GPA_A);
+	ck_assert_int_eq(shadow_vcpu_access(by->v, VA2, 0, &res), 0);
+	ck_assert_uint_eq(res.mpa, GPA_B);
+	assert_mmu_check(by->gm.mmu);
+}
+
+static void bystander_fini(struct bystander *by)
+{
+	shadow_vcpu_destroy(by->v);
+	gm_fini(&by->gm);
+}
+
+/* A working set of @n translations, one per 512 GiB (each needs three
+ * tables of its own below the root), touched round-robin for @rounds
+ * rounds: every access reaches its page, and the MMU never holds more than
+ * @max_tables pages (0: no check).  Returns the vCPU. */
+static struct shadow_vcpu *touch_spread(struct gm *gm, unsigned int n, int rounds,
+					unsigned long max_tables)
+{
+	uint64_t cr3 = gm_table(gm);
+
+	for (uint64_t i = 0; i < n; i++)
+		gm_map(gm, cr3, i << 39, GM_DATA + i * GM_PAGE, 1, UW);
+	struct shadow_vcpu *v = sh_vcpu(gm->mmu, 0, cr3);
+	for (int round = 0; round < rounds; round++) {
+		for (uint64_t i = 0; i < n; i++) {
+			ck_assert_uint_eq(reach(v, i << 39, SHADOW_ACCESS_WRITE), GM_DATA + i * GM_PAGE);
+			if (max_tables)
+				ck_assert_uint_le(shadow_mmu_tables_charged(gm->mmu), max_tables);
+		}
+	}
+	return v;
+}
+
+/*
+ * A VM with a quota of 8 tables and a working set of 16 translations that
+ * need 3 tables each: every access succeeds (reclaiming its own tables when
+ * the quota is reached), it never holds more than 8, and the other VM of
+ * the pool loses nothing.
+ */
+START_TEST(test_quota_caps_a_vm_and_leaves_the_other_vm_untouched)
+{
+	struct shadow_mmu_stats st;
+	struct bystander by;
+	struct gm gm;
+
+	bystander_init(&by, 256);
+	gm_init_quota(&gm, 1024, by.gm.pool, 0, 8);
+	struct shadow_vcpu *v = touch_spread(&gm, 16, 3, 8);
+	shadow_mmu_stats(gm.mmu, &st);
+	ck_assert_uint_gt(st.reclaims, 0);
+	ck_assert_uint_ge(st.quota_refusals, st.reclaims);
+	assert_mmu_check(gm.mmu);
+	bystander_assert_untouched(&by);
+	ck_assert_int_eq(shadow_pool_check(by.gm.pool), 0);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+	ck_assert_uint_eq(shadow_pool_pages_in_use(by.gm.pool, 0), by.charged);
+	bystander_fini(&by);
+}
+END_TEST
+
+/*
+ * A full pool: the faulting VM (no quota) reclaims its own tables, never
+ * the other VM's, and keeps running.
+ */
+START_TEST(test_full_pool_reclaims_only_the_faulting_vm)
+{
+	struct shadow_mmu_stats st;
+	struct bystander by;
+	struct gm gm;
+
+	bystander_init(&by, 16);
+	gm_init_quota(&gm, 1024, by.gm.pool, 0, 0);
+	struct shadow_vcpu *v = touch_spread(&gm, 8, 3, 0);
+	shadow_mmu_stats(gm.mmu, &st);
+	ck_assert_uint_gt(st.reclaims, 0);
+	ck_assert_uint_eq(st.quota_refusals, 0);
+	bystander_assert_untouched(&by);
+	ck_assert_int_eq(shadow_pool_check(by.gm.pool), 0);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+	bystander_fini(&by);
+}
+END_TEST
+
+/*
+ * The quota's floor, and what it cannot make room for: roots that vCPUs
+ * run on stay through a reclaim, so a fault that needs more than the quota
+ * leaves fails with -EDQUOT after one reclaim; once a vCPU leaves its root,
+ * the reclaim evicts it and the fault fits; a CR3 load reclaims too.
+ */
+START_TEST(test_quota_refuses_what_running_roots_leave_no_room_for)
+{
+	struct shadow_mmu_config cfg = { .max_gpa = 1024 * GM_PAGE, .mode = shadow_default_mode,
+					 .max_tables = SHADOW_MMU_MIN_TABLES - 1 };
+	struct shadow_mmu_stats st;
+	struct shadow_mmu *mmu;
+	struct gm gm;
+	uint32_t ec;
+
+	gm_init_quota(&gm, 1024, NULL, 64, SHADOW_MMU_MIN_TABLES);
+	cfg.pool = gm.pool;
+	ck_assert_int_eq(shadow_mmu_create(&cfg, &mmu), -EINVAL);
+	uint64_t cr3a = gm_table(&gm), cr3b = gm_table(&gm), cr3c = gm_table(&gm);
+	gm_map(&gm, cr3a, VA1, GPA_A, 1, UW);
+	gm_map(&gm, cr3b, VA1, GPA_B, 1, UW);
+	gm_map(&gm, cr3c, VA1, GPA_C, 1, UW);
+	struct shadow_vcpu *va = sh_vcpu(gm.mmu, 0, cr3a), *vb = sh_vcpu(gm.mmu, 0, cr3b);
+	ck_assert_uint_eq(shadow_mmu_tables_charged(gm.mmu), 2);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3a, VA1, 0, &ec), -EDQUOT);
+	shadow_mmu_stats(gm.mmu, &st);
+	ck_assert_uint_eq(st.reclaims, 1);
+	/* The path's upper tables were made before the quota stopped it. */
+	ck_assert_uint_eq(shadow_mmu_tables_charged(gm.mmu), SHADOW_MMU_MIN_TABLES);
+
+	shadow_vcpu_destroy(vb); /* root b is cached, run by no vCPU */
+	ck_assert_uint_eq(reach(va, VA1, SHADOW_ACCESS_WRITE), GPA_A);
+	shadow_mmu_stats(gm.mmu, &st);
+	ck_assert_uint_eq(st.reclaims, 2);
+	ck_assert_uint_eq(shadow_mmu_tables_charged(gm.mmu), SHADOW_MMU_MIN_TABLES);
+
+	/* A new root with the quota full: the CR3 load reclaims va's tables. */
+	struct shadow_vcpu *vc = sh_vcpu(gm.mmu, 0, cr3c);
+	shadow_mmu_stats(gm.mmu, &st);
+	ck_assert_uint_eq(st.reclaims, 3);
+	ck_assert_uint_eq(shadow_mmu_tables_charged(gm.mmu), 2);
+	/* Two running roots and a path of three: one more than the quota. */
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3a, VA1, 0, &ec), -EDQUOT);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3c, VA1, 0, &ec), -EDQUOT);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(vc);
+	shadow_vcpu_destroy(va);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* ---- bookkeeping: proportional to memory used, not declared ---------------- */
+
+/* VmRSS of this process in KiB (/proc/self/status), or -1. */
+static long rss_kib(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long kib = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
+}
+
+#define SPARSE_RAM (64ull << 30)
+#define SPARSE_MAX_GROWTH_KIB (8l << 10)
+
+/*
+ * What vmm/mmu.c's vm_mmu_init does for a VM declared with 64 GiB of RAM: a
+ * memory object, a shadow MMU covering it, a slot and the identity P2M.  The
+ * resident memory this adds must not depend on the declared size (under
+ * 8 MiB, not checked under ThreadSanitizer), and a page near the top of
+ * RAM is still reachable.
+ */
+START_TEST(test_bookkeeping_of_a_64g_vm_stays_small)
+{
+	struct shadow_mmu_config cfg = { 0 };
+	struct shadow_slot slot = { 0 };
+	struct gm gm = { .npages = SPARSE_RAM / GM_PAGE, .next_table = GM_TABLES };
+	long before, after;
+
+	gm.host = mmap(NULL, SPARSE_RAM, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ck_assert_ptr_ne(gm.host, MAP_FAILED);
+	before = rss_kib();
+	ck_assert_int_eq(shadow_pool_create(64, &gm.pool), 0);
+	gm.own_pool = true;
+	ck_assert_int_eq(notifier_object_create("ram-64g", gm.npages, &gm.ram), 0);
+	cfg.pool = gm.pool;
+	cfg.max_gpa = SPARSE_RAM;
+	cfg.mode = shadow_default_mode;
+	ck_assert_int_eq(shadow_mmu_create(&cfg, &gm.mmu), 0);
+	slot.obj = gm.ram;
+	slot.host = gm.host;
+	ck_assert_int_eq(shadow_mmu_add_slot(gm.mmu, &slot, &gm.slot), 0);
+	ck_assert_int_eq(shadow_mmu_map_gpa(gm.mmu, 0, gm.npages, gm.slot, 0), 0);
+	after = rss_kib();
+	ck_assert_int_ge(before, 0);
+	printf("bookkeeping of a %llu GiB VM: VmRSS %ld -> %ld KiB (+%ld KiB)\n",
+	       (unsigned long long)(SPARSE_RAM >> 30), before, after, after - before);
+	/* ThreadSanitizer maps shadow memory for every allocation it makes
+	 * (the zero-filled arrays included): its RSS measures itself. */
+	ck_assert_msg(TEST_TSAN || after - before < SPARSE_MAX_GROWTH_KIB,
+		      "expected the bookkeeping of a 64 GiB VM to add < %ld KiB of RSS, added %ld KiB",
+		      SPARSE_MAX_GROWTH_KIB, after - before);
+
+	uint64_t cr3 = gm_table(&gm), top = SPARSE_RAM - 3 * GM_PAGE;
+	gm_map(&gm, cr3, VA1, top, 1, UW);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 0, cr3);
+	ck_assert_uint_eq(reach(v, VA1, SHADOW_ACCESS_WRITE), top);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, top / GM_PAGE), 1);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
 Suite *shadow_suite(void)
 {
 	Suite *s = suite_create("shadow");
@@ -1375,6 +1626,8 @@ Suite *shadow_suite(void)
 	TCase *notify = tcase_create("notifier");
 	TCase *vcpu = tcase_create("vcpu");
 	TCase *resync = tcase_create("resync");
+	TCase *quota = tcase_create("quota");
+	TCase *bookkeeping = tcase_create("bookkeeping");
 
 	tcase_add_loop_test(spte, test_leaf_presets_accessed_and_dirty_only_when_writable, 0,
 			    sizeof(leaf_rights) / sizeof(leaf_rights[0]));
@@ -1422,5 +1675,12 @@ Suite *shadow_suite(void)
 	tcase_add_test(resync, test_sync_guest_table_rejects_bad_address_and_counts_none);
 	tcase_add_test(resync, test_set_mode_nxe_resyncs_shadow_under_new_mode);
 	suite_add_tcase(s, resync);
+	tcase_add_test(quota, test_quota_caps_a_vm_and_leaves_the_other_vm_untouched);
+	tcase_add_test(quota, test_full_pool_reclaims_only_the_faulting_vm);
+	tcase_add_test(quota, test_quota_refuses_what_running_roots_leave_no_room_for);
+	suite_add_tcase(s, quota);
+	tcase_add_test(bookkeeping, test_bookkeeping_of_a_64g_vm_stays_small);
+	tcase_set_timeout(bookkeeping, 60);
+	suite_add_tcase(s, bookkeeping);
 	return s;
 }

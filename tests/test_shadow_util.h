@@ -36,8 +36,8 @@ struct gm {
 	bool own_pool;
 };
 
-static inline void gm_init_full(struct gm *gm, uint64_t ram_pages, struct shadow_pool *pool,
-				size_t pool_pages, unsigned int nr_roots,
+static inline void gm_init_core(struct gm *gm, uint64_t ram_pages, struct shadow_pool *pool,
+				size_t pool_pages, unsigned int nr_roots, unsigned long max_tables,
 				const struct shadow_paging_mode *mode,
 				const struct shadow_slot_ops *ops, void *priv)
 {
@@ -59,6 +59,7 @@ static inline void gm_init_full(struct gm *gm, uint64_t ram_pages, struct shadow
 	cfg.pool = gm->pool;
 	cfg.max_gpa = ram_pages * GM_PAGE;
 	cfg.nr_roots = nr_roots;
+	cfg.max_tables = max_tables;
 	cfg.mode = mode ? *mode : shadow_default_mode;
 	ck_assert_int_eq(shadow_mmu_create(&cfg, &gm->mmu), 0);
 	slot.obj = gm->ram;
@@ -69,6 +70,22 @@ static inline void gm_init_full(struct gm *gm, uint64_t ram_pages, struct shadow
 	ck_assert_int_eq(shadow_mmu_add_slot(gm->mmu, &slot, &gm->slot), 0);
 	ck_assert_int_eq(shadow_mmu_map_gpa(gm->mmu, 0, ram_pages, gm->slot, 0), 0);
 	gm->next_table = GM_TABLES;
+}
+
+static inline void gm_init_full(struct gm *gm, uint64_t ram_pages, struct shadow_pool *pool,
+				size_t pool_pages, unsigned int nr_roots,
+				const struct shadow_paging_mode *mode,
+				const struct shadow_slot_ops *ops, void *priv)
+{
+	gm_init_core(gm, ram_pages, pool, pool_pages, nr_roots, 0, mode, ops, priv);
+}
+
+/* A guest machine on @pool (or a pool of its own of @pool_pages) whose MMU
+ * may hold @max_tables table pages (0: no quota). */
+static inline void gm_init_quota(struct gm *gm, uint64_t ram_pages, struct shadow_pool *pool,
+				 size_t pool_pages, unsigned long max_tables)
+{
+	gm_init_core(gm, ram_pages, pool, pool_pages, 0, max_tables, NULL, NULL, NULL);
 }
 
 static inline void gm_init(struct gm *gm, uint64_t ram_pages)

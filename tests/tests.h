@@ -28,5 +28,6 @@ Suite *vmm_suite(void);
 Suite *kvm_suite(void);
 Suite *kvm_paging_suite(void);
 Suite *kvm_hostile_suite(void);
+Suite *kvm_quota_suite(void);
 
 #endif

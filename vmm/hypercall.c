@@ -144,9 +144,11 @@ static int64_t hc_set_cr3(struct vcpu *vcpu, uint64_t guest_cr3)
 	sync_efer_nxe(vcpu, sregs.efer);
 	r = vcpu_load_guest_cr3(vcpu, guest_cr3, &root);
 	if (r) {
+		char why[96];
+
 		vcpu_fail(vcpu, false, "set_cr3 %#llx: %s", (unsigned long long)guest_cr3,
 			  r == -EBUSY ? "every cached shadow root is in use by another vCPU" :
-			  r == -ENOMEM ? "the shadow table pool is exhausted" : strerror(-r));
+			  vm_room_error(vcpu->vm, r, why, sizeof(why)));
 		return HC_STOPPED;
 	}
 	sregs.cr3 = root;
@@ -235,10 +237,12 @@ static int64_t hc_page_fault(struct vcpu *vcpu, uint64_t va, uint64_t error_code
 		report_unbacked_fault(vcpu, va, access);
 	else if (r == -EACCES)
 		vcpu_fail(vcpu, true, "write at %#llx to a read-only segment", (unsigned long long)va);
-	else if (r == -ENOMEM)
-		vcpu_fail(vcpu, false, "page fault at %#llx: the shadow table pool (%zu pages) is exhausted",
-			  (unsigned long long)va, vm->group->pool_pages);
-	else if (r == -EROFS)
+	else if (r == -ENOMEM || r == -EDQUOT) {
+		char why[96];
+
+		vcpu_fail(vcpu, false, "page fault at %#llx: %s", (unsigned long long)va,
+			  vm_room_error(vm, r, why, sizeof(why)));
+	} else if (r == -EROFS)
 		vcpu_fail(vcpu, false, "page fault at %#llx: the guest's page tables for it lie in a read-only "
 			  "segment and need their Accessed/Dirty bits set; set A (and D) in page tables placed there",
 			  (unsigned long long)va);
@@ -311,8 +315,17 @@ static int64_t hc_pin(struct vcpu *vcpu, uint64_t va, uint64_t len)
 		vcpu_fail(vcpu, false, "bad hypercall: pin: more than %u pinned ranges", UMBRA_MAX_PINS);
 		return HC_STOPPED;
 	}
+	if (r == -E2BIG) {
+		vcpu_fail(vcpu, false, "bad hypercall: pin %#llx+%#llx (arguments 0, 1): the guest's pins would "
+			  "cover more than %llu bytes in all (UMBRA_PIN_TOTAL_MAX)", (unsigned long long)va,
+			  (unsigned long long)len, (unsigned long long)UMBRA_PIN_TOTAL_MAX);
+		return HC_STOPPED;
+	}
 	if (r) {
-		vcpu_fail(vcpu, false, "pin: the shadow table pool is exhausted");
+		char why[96];
+
+		vcpu_fail(vcpu, false, "pin %#llx+%#llx: %s", (unsigned long long)va, (unsigned long long)len,
+			  vm_room_error(vcpu->vm, r, why, sizeof(why)));
 		return HC_STOPPED;
 	}
 	return 0;
@@ -333,7 +346,12 @@ static int64_t handle_paging_hypercall(struct vcpu *vcpu, const struct kvm_regs 
 	case UMBRA_HC_FLUSH:
 		return hc_flush(vcpu);
 	case UMBRA_HC_FLUSH_ACK:
-		__atomic_fetch_add(&vcpu->vm->flush_acks, 1, __ATOMIC_RELAXED);
+		if (!vcpu_flush_ack(vcpu)) {
+			vcpu_fail(vcpu, true, "bad hypercall: FLUSH_ACK with no shootdown NMI pending (%llu NMIs "
+				  "injected into this vCPU, each acknowledged)",
+				  (unsigned long long)vcpu->nmis_injected);
+			return HC_STOPPED;
+		}
 		return 0;
 	case UMBRA_HC_READY:
 		/* The guest reloads CR3 after this: requests so far are served. */

@@ -209,29 +209,72 @@ void vm_mmu_exit(struct vm *vm)
 
 /* ---- pins and CR3 ---- */
 
-/* Pre-faults every pinned range into the shadow of guest_cr3: writable where
- * the guest's tables allow it, else readable. Ranges the guest does not map
- * there are skipped. Returns 0, or -ENOMEM when the pool is exhausted. */
-static int prefault_pins(struct vm *vm, uint64_t guest_cr3)
+/* The VM's shadow reclaims and quota refusals so far. */
+static void vm_room_counts(const struct vm *vm, uint64_t *reclaims, uint64_t *refusals)
 {
-	struct pin pins[UMBRA_MAX_PINS];
-	unsigned int nr;
+	struct shadow_mmu_stats st;
 
-	umbra_mutex_lock(&vm->lock);
-	nr = vm->nr_pins;
-	memcpy(pins, vm->pins, sizeof(pins));
-	umbra_mutex_unlock(&vm->lock);
+	shadow_mmu_stats(vm->mmu, &st);
+	*reclaims = st.reclaims;
+	*refusals = st.quota_refusals;
+}
+
+/* One pass of prefault_pins() over @pins. 0, -ENOMEM or -EDQUOT. */
+static int prefault_pins_once(struct vm *vm, uint64_t guest_cr3, const struct pin *pins, unsigned int nr)
+{
 	for (unsigned int i = 0; i < nr; i++) {
 		for (uint64_t va = pins[i].va & ~(X86_PAGE_SIZE - 1); va < pins[i].va + pins[i].len; va += X86_PAGE_SIZE) {
 			uint32_t ec;
 			int r = shadow_mmu_fault(vm->mmu, guest_cr3, va, SHADOW_ACCESS_WRITE, &ec);
 			if (r == SHADOW_FAULT_GUEST || r == -EACCES)
 				r = shadow_mmu_fault(vm->mmu, guest_cr3, va, 0, &ec);
-			if (r == -ENOMEM)
+			if (r == -ENOMEM || r == -EDQUOT)
 				return r;
 		}
 	}
 	return 0;
+}
+
+/* Pre-faults every pinned range into the shadow of guest_cr3: writable where
+ * the guest's tables allow it, else readable. Ranges the guest does not map
+ * there are skipped. A pass during which the VM reclaimed (which drops what
+ * the pass pre-faulted before) is run again once; if that one reclaims too,
+ * the pins do not fit. Sets *seen to the reclaims count the pins are good
+ * for. Returns 0, -ENOMEM (the pool is exhausted) or -EDQUOT (the quota). */
+static int prefault_pins(struct vm *vm, uint64_t guest_cr3, uint64_t *seen)
+{
+	struct pin pins[UMBRA_MAX_PINS];
+	uint64_t reclaims, refusals, now, refusals_now;
+	unsigned int nr;
+
+	umbra_mutex_lock(&vm->lock);
+	nr = vm->nr_pins;
+	memcpy(pins, vm->pins, sizeof(pins));
+	umbra_mutex_unlock(&vm->lock);
+	for (int pass = 0; pass < 2; pass++) {
+		vm_room_counts(vm, &reclaims, &refusals);
+		int r = prefault_pins_once(vm, guest_cr3, pins, nr);
+		if (r)
+			return r;
+		vm_room_counts(vm, &now, &refusals_now);
+		if (now == reclaims) {
+			*seen = now;
+			return 0;
+		}
+	}
+	return refusals_now != refusals ? -EDQUOT : -ENOMEM;
+}
+
+const char *vm_room_error(const struct vm *vm, int err, char *buf, size_t size)
+{
+	if (err == -EDQUOT)
+		snprintf(buf, size, "the VM's shadow-table quota (%llu pages) is exhausted",
+			 (unsigned long long)vm->table_quota);
+	else if (err == -ENOMEM)
+		snprintf(buf, size, "the shadow table pool (%zu pages) is exhausted", vm->group->pool_pages);
+	else
+		snprintf(buf, size, "%s", strerror(-err));
+	return buf;
 }
 
 int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root)
@@ -241,20 +284,37 @@ int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root)
 	if (ret)
 		return ret;
 	vcpu->guest_cr3 = guest_cr3;
-	return prefault_pins(vcpu->vm, guest_cr3);
+	return prefault_pins(vcpu->vm, guest_cr3, &vcpu->pins_reclaims);
 }
 
 int vcpu_add_pin(struct vcpu *vcpu, uint64_t va, uint64_t len)
 {
 	struct vm *vm = vcpu->vm;
-	bool full;
+	int ret = 0;
 
 	umbra_mutex_lock(&vm->lock);
-	full = vm->nr_pins == UMBRA_MAX_PINS;
-	if (!full)
+	if (vm->nr_pins == UMBRA_MAX_PINS) {
+		ret = -ENOSPC;
+	} else if (len > UMBRA_PIN_TOTAL_MAX - vm->guest_pinned_bytes) {
+		ret = -E2BIG;
+	} else {
 		vm->pins[vm->nr_pins++] = (struct pin){ va, len };
+		vm->guest_pinned_bytes += len;
+	}
 	umbra_mutex_unlock(&vm->lock);
-	if (full)
-		return -ENOSPC;
-	return prefault_pins(vm, vcpu->guest_cr3);
+	if (ret)
+		return ret;
+	return prefault_pins(vm, vcpu->guest_cr3, &vcpu->pins_reclaims);
+}
+
+int vcpu_refresh_pins(struct vcpu *vcpu)
+{
+	uint64_t reclaims, refusals;
+
+	if (!vcpu->guest_cr3)
+		return 0;
+	vm_room_counts(vcpu->vm, &reclaims, &refusals);
+	if (reclaims == vcpu->pins_reclaims)
+		return 0;
+	return prefault_pins(vcpu->vm, vcpu->guest_cr3, &vcpu->pins_reclaims);
 }

@@ -5,7 +5,13 @@
  * has left it (as KVM's remote TLB flush waits only for vCPUs in guest
  * mode). Before it enters the guest again, the vCPU thread injects an NMI;
  * the guest's NMI handler reloads CR3 (flushing its TLB) before it runs
- * anything else, and acknowledges (UMBRA_HC_FLUSH_ACK).
+ * anything else, and acknowledges (UMBRA_HC_FLUSH_ACK): a vCPU acknowledges
+ * at most as many NMIs as were injected into it (vcpu_flush_ack).
+ *
+ * A flush that comes with a reclaim of the VM's shadow tables (pool full or
+ * quota reached) took the pinned translations with it: the vCPU pre-faults
+ * its pins again before it enters the guest (vcpu_enter_guest_mode), so
+ * that the NMI finds its handler, IDT and stack mapped.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -89,8 +95,21 @@ int vcpu_inject_pending_flush(struct vcpu *vcpu)
 	vcpu->nmi_done = __atomic_load_n(&vcpu->flush_req, __ATOMIC_SEQ_CST);
 	if (ioctl(vcpu->fd, KVM_NMI) < 0)
 		return -errno;
+	vcpu->nmis_injected++;
 	__atomic_fetch_add(&vcpu->vm->nmis, 1, __ATOMIC_RELAXED);
 	return 0;
+}
+
+bool vcpu_flush_ack(struct vcpu *vcpu)
+{
+	/* KVM may coalesce NMIs (one pending, one latched while the handler
+	 * runs), so the guest may receive fewer than were injected, never
+	 * more: each acknowledgement answers one injected NMI. */
+	if (vcpu->acks_received >= vcpu->nmis_injected)
+		return false;
+	vcpu->acks_received++;
+	__atomic_fetch_add(&vcpu->vm->flush_acks, 1, __ATOMIC_RELAXED);
+	return true;
 }
 
 /* Sets in_guest; the caller holds mode_lock. */
@@ -106,7 +125,20 @@ static void vcpu_set_in_guest_locked(struct vcpu *vcpu, bool in_guest)
 
 bool vcpu_enter_guest_mode(struct vcpu *vcpu)
 {
+	char why[96];
 	bool enter;
+	int ret;
+
+	/* After the NMI is injected, before entry: a reclaim counted before
+	 * the flush that this NMI answers is seen here (the flush request is
+	 * posted after the count; a request posted after this point keeps the
+	 * vCPU out below, and it comes back here). */
+	ret = vcpu_refresh_pins(vcpu);
+	if (ret) {
+		vcpu_fail(vcpu, false, "pre-faulting the pinned ranges again after a reclaim: %s",
+			  vm_room_error(vcpu->vm, ret, why, sizeof(why)));
+		return false;
+	}
 
 	/* A requester that sees in_guest kicks us and waits for the next exit;
 	 * one that posted before we took the lock is served first. */

@@ -63,6 +63,13 @@ struct vcpu {
 	uint64_t flush_req;
 	uint64_t nmi_done;
 	bool nmi_ready;
+	/* NMIs injected into this vCPU and FLUSH_ACKs it sent (its thread
+	 * only): a guest acknowledges at most what it received (NMIs that
+	 * coalesce only lower the count received). */
+	uint64_t nmis_injected, acks_received;
+	/* The VM's shadow reclaims count (shadow_mmu_stats.reclaims) when this
+	 * vCPU's pins were last pre-faulted (its thread only). */
+	uint64_t pins_reclaims;
 	/* mode_lock (UMBRA_LOCK_RANK_VMM_VCPU_MODE) protects in_guest and exit_seq:
 	 * in_guest is true while the thread is in (or about to enter)
 	 * KVM_RUN; exit_seq counts returns from KVM_RUN. Requesters that find
@@ -116,6 +123,7 @@ struct vm {
 	struct umbra_mutex lock;
 	struct pin pins[UMBRA_MAX_PINS];
 	unsigned int nr_pins;
+	uint64_t guest_pinned_bytes; /* of the guest's PINs (at most UMBRA_PIN_TOTAL_MAX) */
 	bool stopped;
 	int exit_status;
 	unsigned int nr_halted;
@@ -144,12 +152,24 @@ void vm_mmu_exit(struct vm *vm);
 /* Switches the vCPU to the shadow of the address space guest_cr3 and returns
  * the shadow root (the CR3 the CPU must load) in *root; pre-faults the
  * pinned ranges. Called by the vCPU's thread (or before it starts) with no
- * lock held. Returns 0, -ENOMEM, -EBUSY or another -errno of the MMU. */
+ * lock held. Returns 0, -ENOMEM (the pool is exhausted), -EDQUOT (the VM's
+ * table quota is), -EBUSY or another -errno of the MMU. */
 int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root);
-/* Records a pinned range and pre-faults every pin into the vCPU's address
- * space. No lock held. Returns 0, -ENOSPC (UMBRA_MAX_PINS reached) or
- * -ENOMEM (the pool is exhausted). */
+/* Records a pinned range of the guest's and pre-faults every pin into the
+ * vCPU's address space. No lock held. Returns 0, -ENOSPC (UMBRA_MAX_PINS
+ * reached), -E2BIG (the guest's pins would total more than
+ * UMBRA_PIN_TOTAL_MAX bytes), -ENOMEM or -EDQUOT (no room for the pins). */
 int vcpu_add_pin(struct vcpu *vcpu, uint64_t va, uint64_t len);
+/* Before the vCPU enters the guest: if the VM reclaimed its shadow tables
+ * (pool full or quota reached: every pinned translation went) since this
+ * vCPU last pre-faulted its pins, pre-faults them again into its address
+ * space, so that its handlers, IDT and stacks are mapped before it runs.
+ * The vCPU's thread, no lock held. Returns 0, -ENOMEM or -EDQUOT. */
+int vcpu_refresh_pins(struct vcpu *vcpu);
+/* What -ENOMEM / -EDQUOT from the VM's shadow MMU means, for a message:
+ * "the VM's shadow-table quota (N pages) is exhausted", "the shadow table
+ * pool (N pages) is exhausted", else strerror. Written into buf. */
+const char *vm_room_error(const struct vm *vm, int err, char *buf, size_t size);
 
 /* ---- shootdown.c: TLB shootdown by NMI ---- */
 
@@ -164,9 +184,14 @@ void vcpu_shootdown_ready(struct vcpu *vcpu);
 /* Turns pending flush requests into one injected NMI. Its thread only,
  * outside KVM_RUN. Returns 0, or -errno of KVM_NMI. */
 int vcpu_inject_pending_flush(struct vcpu *vcpu);
-/* Marks the vCPU as in guest mode and returns true, unless a flush request
- * slipped in (then false: inject it first). Takes mode_lock. */
+/* Pre-faults the pins again if the VM reclaimed (vcpu_refresh_pins; on
+ * failure stops the VM and returns false), then marks the vCPU as in guest
+ * mode and returns true, unless a flush request slipped in (then false:
+ * inject it first). Its thread, no lock held; takes mode_lock. */
 bool vcpu_enter_guest_mode(struct vcpu *vcpu);
+/* A FLUSH_ACK from the guest: true if it answers an injected NMI not yet
+ * acknowledged (counted), false if none is pending. Its thread only. */
+bool vcpu_flush_ack(struct vcpu *vcpu);
 /* Marks the return from KVM_RUN and wakes the requesters waiting for it.
  * Takes mode_lock. */
 void vcpu_exit_guest_mode(struct vcpu *vcpu);

@@ -416,6 +416,8 @@ struct vm_stats {
 	X(SHADOW, root_evictions, " root_evictions=", "", s->shadow.root_evictions)                \
 	X(SHADOW, flushes_all, " flushes_all=", "", s->shadow.flushes_all)                         \
 	X(SHADOW, flushes_va, " flushes_va=", "", s->shadow.flushes_va)                            \
+	X(SHADOW, quota_refusals, " quota_refusals=", "", s->shadow.quota_refusals)                \
+	X(SHADOW, reclaims, " reclaims=", "", s->shadow.reclaims)                                  \
 	X(SHOOTDOWNS, requests, " requests=", "", s->flush_requests)                               \
 	X(SHOOTDOWNS, kicks, " kicks=", "", s->kicks)                                              \
 	X(SHOOTDOWNS, nmis, " nmis=", "", s->nmis)                                                 \

@@ -114,10 +114,12 @@ enum umbra_hypercall {
 	UMBRA_HC_INVLPG = 5,     /* a0 = linear address; then invlpg it locally */
 	UMBRA_HC_FLUSH = 6,      /* full flush of the current address space;
 	                            then reload CR3 locally */
-	UMBRA_HC_FLUSH_ACK = 7,  /* from the NMI handler, after it flushed */
+	UMBRA_HC_FLUSH_ACK = 7,  /* from the NMI handler, after it flushed; once
+	                            per shootdown NMI received, never more */
 	UMBRA_HC_PIN = 8,        /* a0 = linear address, a1 = length: keep this
 	                            range mapped (pre-faulted) in every address
-	                            space of the VM; at most UMBRA_MAX_PINS */
+	                            space of the VM; at most UMBRA_MAX_PINS,
+	                            UMBRA_PIN_TOTAL_MAX bytes in all */
 	UMBRA_HC_READY = 9,      /* this vCPU's IDT, with its NMI handler, is
 	                            loaded: umbra may inject shootdown NMIs from
 	                            now on; the guest then reloads CR3 */
@@ -134,6 +136,11 @@ enum umbra_hypercall {
 #define UMBRA_PF_GUEST (1ull << 32)
 #define UMBRA_MAX_PINS 16u
 #define UMBRA_PIN_MAX_BYTES (64ull << 20)
+/* The bytes all of a VM's PINs may cover together (umbra's own pins of the
+ * image and stacks aside): every CR3 load pre-faults them, so they bound
+ * its work (2048 pages). Room for handler code, an IDT, a GDT and a 64 KiB
+ * stack for each of 64 vCPUs (4 MiB). */
+#define UMBRA_PIN_TOTAL_MAX (8ull << 20)
 
 /* Errors returned in RAX (as negative numbers). */
 #define UMBRA_EINVAL 22

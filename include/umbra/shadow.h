@@ -313,6 +313,21 @@ struct shadow_slot {
 /* The root cache's size when shadow_mmu_config.nr_roots is 0. */
 #define SHADOW_MMU_DEFAULT_ROOTS 8u
 
+/* The smallest table quota (shadow_mmu_config.max_tables other than 0): one
+ * root and the three tables below it that one translation needs.  Each vCPU
+ * running on its own root needs its root on top. */
+#define SHADOW_MMU_MIN_TABLES 4u
+
+/*
+ * The table quota (docs/shadow.md, "Table quota"): the pool pages charged
+ * to the VM, which are the roots, private tables and privatized copies it
+ * allocated and that are not yet freed (the root copies of a clone are the
+ * clone's; a table shared with a clone stays charged to the VM that made it
+ * until the last user drops it); canonical tables of segments are charged
+ * to no VM.  A table allocation past the quota fails with -EDQUOT; a fault
+ * or CR3 load then reclaims (drops every table of this VM, never another
+ * VM's) and tries once more.
+ */
 struct shadow_mmu_config {
 	struct shadow_pool *pool;	/* shared by the VMs of one trust group; must outlive the MMU */
 	uint64_t max_gpa;		/* guest-physical space covered by the P2M */
@@ -345,12 +360,18 @@ struct shadow_mmu_stats {
 	uint64_t canon_created;		/* canonical segment tables created */
 	uint64_t canon_reused;		/* ... and found already there */
 	uint64_t remote_flushes;	/* times another VM's zap flushed this VM (pmd-rmap) */
+	/* room (the table quota, a full pool) */
+	uint64_t quota_refusals;	/* table allocations refused: the quota was reached */
+	uint64_t reclaims;		/* every table of this VM dropped to make room, to retry
+					 * a fault or CR3 load (pool full or quota reached) */
 };
 
 /*
  * Creates an empty shadow MMU for one VM: no slots, identity-free P2M (every
- * gfn unmapped), no roots.  May block.  Returns 0 and sets *@out, -EINVAL
- * (no pool, max_gpa not page-aligned or 0, bad mode), -ENOMEM.
+ * gfn unmapped), no roots.  Its bookkeeping grows with the memory the VM
+ * maps and uses, not with max_gpa (8 bytes per 2 MiB declared).  May block.
+ * Returns 0 and sets *@out, -EINVAL (no pool, max_gpa not page-aligned or 0,
+ * bad mode, max_tables below SHADOW_MMU_MIN_TABLES), -ENOMEM.
  */
 int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu **out);
 
@@ -377,7 +398,10 @@ int shadow_mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *slot, 
  * gfn gpa/4K + i -> page @first_page + i of the slot's object.  Replacing an
  * existing entry zaps every shadow entry mapping the old backing page (and
  * flushes vCPUs) before returning.  @slot_id < 0 unmaps.  Takes mmu_lock.
- * Returns 0, -EINVAL (outside max_gpa, outside the object, bad slot).
+ * Returns 0, -EINVAL (outside max_gpa, outside the object, bad slot), or
+ * -ENOMEM (a 2 MiB chunk of the P2M that the range covers only in part, or
+ * whose run it breaks, needed its own array; the range is then mapped up
+ * to some gfn).
  */
 int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, int slot_id,
 		       uint64_t first_page);
@@ -406,9 +430,14 @@ void shadow_mmu_tlb_unregister(struct shadow_mmu *mmu, struct shadow_tlb *tlb);
  * vCPUs that may cache zapped entries are flushed; @tlb itself is not (the
  * caller flushes its own TLB, as a CR3 load does).
  * @tlb gives up its previous root first (it becomes evictable).
+ * When the pool is full or the table quota is reached, the VM reclaims
+ * (stats.reclaims: every root no vCPU runs on and every table below the
+ * others go, this VM's only) and tries once more.
  * Locks: takes mmu_lock.  Returns 0, -EBUSY (every cached root is in use by
- * other vCPUs and the cache is full), -ENOMEM (pool full); on failure @tlb
- * runs on no root (tlb->root is 0).
+ * other vCPUs and the cache is full), -ENOMEM (pool full, even after the
+ * reclaim), -EDQUOT (the quota is reached even after the reclaim: the roots
+ * other vCPUs run on fill it); on failure @tlb runs on no root (tlb->root
+ * is 0).
  */
 int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
 			uint64_t *root);
@@ -440,7 +469,11 @@ int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t
  * the walk lies in a read-only slot and needs its Accessed or Dirty bit
  * set, which umbra cannot do there), -ELOOP (the guest's tables kept
  * changing under the fault: 64 walks), -ENODEV (the object was released),
- * -ENOMEM (pool full even after zapping everything), or get_page's error.
+ * -ENOMEM (pool full), -EDQUOT (table quota reached), or get_page's error.
+ * On a full pool or a reached quota the fault reclaims once (as
+ * shadow_mmu_load_cr3 does: this VM's tables only, never another VM's; the
+ * pinned translations of its vCPUs go too, and stats.reclaims says so) and
+ * retries; -ENOMEM and -EDQUOT mean it still did not fit.
  */
 int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access,
 		     uint32_t *error_code);
@@ -521,6 +554,10 @@ size_t shadow_mmu_rmap_count(struct shadow_mmu *mmu, int slot_id, uint64_t page)
 /* Copies the counters.  Lock-free. */
 void shadow_mmu_stats(const struct shadow_mmu *mmu, struct shadow_mmu_stats *stats);
 
+/* Table pages charged to the MMU's quota now (shadow_mmu_config.max_tables;
+ * tables freed by another VM leave it at once).  Lock-free. */
+size_t shadow_mmu_tables_charged(const struct shadow_mmu *mmu);
+
 /*
  * The table pages this VM reaches now, through the roots it has cached:
  * each distinct page counted once, as shared when another parent entry (of
@@ -586,7 +623,9 @@ int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *slo
  * slot is copy-on-write for both VMs, and a copy of each cached root whose
  * entries point at the parent's tables, whose use counts go up by one.
  * Nothing below the roots is walked or copied: the cost is one page per
- * cached root plus the P2M copy (8 bytes per guest page).  Both roots'
+ * cached root (charged to the child's quota, which is the parent's
+ * max_tables) plus the P2M copy (8 bytes per 2 MiB mapped as one run, per
+ * 4 KiB page elsewhere).  Both roots'
  * entries lose W (a write through either faults and privatizes) and the
  * parent's vCPUs are flushed before it returns.  The child has no vCPUs.
  * Locks: takes the parent's mmu_lock (after subscribing the child's slots
@@ -596,7 +635,8 @@ int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *slo
  * slot list is copied before the parent's lock is taken, so a slot added
  * meanwhile could be missing from the child while its P2M refers to it.
  * Returns 0 and *@out, -EINVAL (no cow slot on the parent, bad @cow),
- * -ENOMEM, or add_slot's errors.
+ * -ENOMEM, -EDQUOT (the parent has more cached roots than its quota), or
+ * add_slot's errors.
  */
 int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
 		     struct shadow_mmu **out);
@@ -610,7 +650,8 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
  * translation it had; none ever sees the copy).  No-op if not shared.
  * Locks: takes mmu_lock; the caller holds none (uses
  * notifier_read_begin() and get_page: may block).  Returns 0, -EINVAL,
- * -EROFS (no cow slot), -ENOMEM (cow slot full), or get_page's error.
+ * -EROFS (no cow slot), -ENOMEM (cow slot full, or the P2M's chunk of @gpa
+ * needed its own array), or get_page's error.
  */
 int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa);
 
