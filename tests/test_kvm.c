@@ -4,6 +4,7 @@
  * kvm_run.h runs the program.
  */
 #include <check.h>
+#include <elf.h>
 #include <json-c/json.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -18,6 +19,44 @@
 
 static struct run_result result;
 
+/* The pages of image @path's PT_LOAD segments that carry UMBRA_PF_RESIDENT
+ * (resident) or do not (!resident). */
+static unsigned long image_pages(const char *path, bool resident)
+{
+	static char buf[64 * 1024];
+	size_t len = read_file(path, buf, sizeof(buf));
+	Elf64_Ehdr eh;
+	unsigned long pages = 0;
+
+	ck_assert_msg(len >= sizeof(eh), "%s: too short for an ELF header", path);
+	memcpy(&eh, buf, sizeof(eh));
+	for (unsigned int i = 0; i < eh.e_phnum; i++) {
+		Elf64_Phdr ph;
+
+		ck_assert(eh.e_phoff + (i + 1) * sizeof(ph) <= len);
+		memcpy(&ph, buf + eh.e_phoff + i * sizeof(ph), sizeof(ph));
+		if (ph.p_type != PT_LOAD || ph.p_memsz == 0 || !(ph.p_flags & UMBRA_PF_RESIDENT) != !resident)
+			continue;
+		pages += ((ph.p_paddr + ph.p_memsz + 4095) / 4096) - ph.p_paddr / 4096;
+	}
+	return pages;
+}
+
+/* The most page_fault hypercalls a guest that uses no free RAM can make:
+ * each page of the image that is not resident and the boot-information
+ * page faults in at most twice (a read, then its first write: docs/abi.md,
+ * "Accessed and dirty bits"). */
+static unsigned long demand_fault_bound(const char *img)
+{
+	return 2 * (image_pages(img, false) + 1);
+}
+
+/* The page_fault hypercalls of --stats output (0 when none was made). */
+static unsigned long page_fault_calls(const char *err)
+{
+	return strstr(err, "page_fault=") ? stat_value(err, "page_fault=") : 0;
+}
+
 START_TEST(test_hello_prints_and_exits_zero)
 {
 	char img[512];
@@ -25,7 +64,7 @@ START_TEST(test_hello_prints_and_exits_zero)
 	guest_image("hello", img, sizeof(img));
 	run_umbra((const char *[]){ "run", img, NULL }, &result);
 	assert_status(&result, 0);
-	assert_contains(result.out, "hello from vCPU 0 of 1 (abi 2, 64 MiB RAM)", &result);
+	assert_contains(result.out, "hello from vCPU 0 of 1 (abi 3, 64 MiB RAM)", &result);
 	assert_contains(result.out, "hello: all 1 vCPUs checked in", &result);
 	/* Nothing on stderr, but the note about the pool on AMD nested paging. */
 	const char *err = result.err;
@@ -43,8 +82,15 @@ START_TEST(test_uart_port_prints_bytes)
 	run_umbra((const char *[]){ "run", img, "--cmdline", "uart", "--stats", NULL }, &result);
 	assert_status(&result, 0);
 	assert_contains(result.out, "hello: all 1 vCPUs checked in\nhello through the UART\n", &result);
-	/* 23 bytes, each a status-register read and a data write. */
-	assert_contains(result.err, "umbra: vm0: exit status 0, 50 KVM exits: console=46 hypercall=4\n", &result);
+	/* 23 bytes, each a status-register read and a data write; hypercalls:
+	 * ready, two console writes, exit and the image's demand faults. */
+	unsigned long pf = page_fault_calls(result.err);
+	char line[128];
+	snprintf(line, sizeof(line), "umbra: vm0: exit status 0, %lu KVM exits: console=46 hypercall=%lu\n", 50 + pf,
+		 4 + pf);
+	assert_contains(result.err, line, &result);
+	ck_assert_msg(pf <= demand_fault_bound(img), "page_fault hypercalls: expected at most %lu, got %lu",
+		      demand_fault_bound(img), pf);
 }
 END_TEST
 
@@ -70,7 +116,7 @@ START_TEST(test_every_vcpu_runs_with_its_own_boot_info)
 	run_umbra((const char *[]){ "run", img, "--vcpus", "4", "--mem", "128M", NULL }, &result);
 	assert_status(&result, 0);
 	for (int i = 0; i < 4; i++) {
-		snprintf(line, sizeof(line), "[vm0/%d] hello from vCPU %d of 4 (abi 2, 128 MiB RAM)", i, i);
+		snprintf(line, sizeof(line), "[vm0/%d] hello from vCPU %d of 4 (abi 3, 128 MiB RAM)", i, i);
 		assert_contains(result.out, line, &result);
 	}
 	assert_contains(result.out, "[vm0/0] hello: all 4 vCPUs checked in", &result);
@@ -85,10 +131,17 @@ START_TEST(test_stats_count_exits_of_hello)
 	run_umbra((const char *[]){ "run", img, "--stats", NULL }, &result);
 	assert_status(&result, 0);
 	/* hello announces its NMI handler (ready), makes two printf calls, each
-	 * one console-write hypercall, then the exit hypercall: four exits, and
-	 * no shadow fault (everything it touches is pinned). */
-	assert_contains(result.err, "umbra: vm0: exit status 0, 4 KVM exits: hypercall=4\n", &result);
-	assert_contains(result.err, "umbra: vm0: hypercalls: exit=1 console_write=2 ready=1\n", &result);
+	 * one console-write hypercall, then the exit hypercall: four exits,
+	 * and one per shadow fault on the pages that are not resident (its
+	 * code, data and bss, the boot information), each once or twice. */
+	unsigned long pf = page_fault_calls(result.err);
+	char line[128];
+	ck_assert_msg(pf >= 1 && pf <= demand_fault_bound(img), "page_fault hypercalls: expected 1 to %lu, got %lu\n%s",
+		      demand_fault_bound(img), pf, result.err);
+	snprintf(line, sizeof(line), "umbra: vm0: exit status 0, %lu KVM exits: hypercall=%lu\n", 4 + pf, 4 + pf);
+	assert_contains(result.err, line, &result);
+	snprintf(line, sizeof(line), "umbra: vm0: hypercalls: exit=1 console_write=2 page_fault=%lu ready=1\n", pf);
+	assert_contains(result.err, line, &result);
 }
 END_TEST
 
@@ -197,7 +250,7 @@ START_TEST(test_many_vms_each_prefix_their_lines_and_status_is_first_failure)
 	run_umbra((const char *[]){ "run", img, "--vms", "4", "--mem", "16M", NULL }, &result);
 	assert_status(&result, 0);
 	for (int i = 0; i < 4; i++) {
-		snprintf(line, sizeof(line), "[vm%d] hello from vCPU 0 of 1 (abi 2, 16 MiB RAM)\n", i);
+		snprintf(line, sizeof(line), "[vm%d] hello from vCPU 0 of 1 (abi 3, 16 MiB RAM)\n", i);
 		assert_contains(result.out, line, &result);
 	}
 }
@@ -396,9 +449,12 @@ START_TEST(test_memtouch_costs_one_exit_per_shadow_fault)
 	unsigned long pf_calls = stat_value(result.err, "page_fault=");
 	unsigned long exits = stat_value(result.err, "exit status 0, ");
 	/* 8 MiB is 2048 pages, each faulted in once (a write: no read-only
-	 * install first), each by one page_fault hypercall; the shadow MMU also
-	 * counts umbra's pre-faults of the pinned pages. */
-	ck_assert_msg(pf_calls == 2048, "page_fault hypercalls: expected 2048, got %lu\n%s", pf_calls, result.err);
+	 * install first), each by one page_fault hypercall, besides the pages
+	 * of the image that are not resident; the shadow MMU also counts
+	 * umbra's pre-faults of the pinned pages. */
+	ck_assert_msg(pf_calls > 2048 && pf_calls <= 2048 + demand_fault_bound(img),
+		      "page_fault hypercalls: expected 2049 to %lu, got %lu\n%s", 2048 + demand_fault_bound(img),
+		      pf_calls, result.err);
 	ck_assert_msg(nr_faults > pf_calls, "shadow faults: expected more than %lu, got %lu", pf_calls, nr_faults);
 	/* and nothing else exits: ready, one printf and the exit hypercall */
 	ck_assert_msg(exits == pf_calls + 3, "exits: expected %lu (page faults + ready, printf, exit), got %lu\n%s",
@@ -845,6 +901,81 @@ START_TEST(test_unwritable_stats_json_is_a_warning_and_keeps_the_status)
 }
 END_TEST
 
+/* ---- what stays resident ---- */
+
+#define BIGBSS_PAGES (48ul << 8) /* bigbss's 48 MiB array */
+
+/* The pages umbra pins: the boot GDT's, the image's resident segments, and
+ * each vCPU's stack but the page of its boot information. */
+static unsigned long expected_pinned_pages(const char *img, unsigned long vcpus)
+{
+	return 1 + image_pages(img, true) + vcpus * (UMBRA_VCPU_STACK_SIZE / 4096 - 1);
+}
+
+START_TEST(test_only_the_resident_set_is_pinned)
+{
+	char img[512];
+
+	guest_image("hello", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--vcpus", "3", "--stats", NULL }, &result);
+	assert_status(&result, 0);
+	unsigned long pinned = stat_value(result.err, "pinned_pages=");
+	printf("resident: hello on 3 vCPUs: %lu pages pinned (%lu resident image pages of %lu)\n", pinned,
+	       image_pages(img, true), image_pages(img, true) + image_pages(img, false));
+	ck_assert_msg(pinned == expected_pinned_pages(img, 3), "pinned pages: expected %lu, got %lu\n%s",
+		      expected_pinned_pages(img, 3), pinned, result.err);
+	/* The resident segments hold the entry code and its tables: a page or
+	 * two of code, four of IDT, GDTs and TSSs. */
+	ck_assert_msg(image_pages(img, true) >= 2 && image_pages(img, true) <= 8,
+		      "resident image pages: expected 2 to 8, got %lu", image_pages(img, true));
+}
+END_TEST
+
+START_TEST(test_large_bss_is_not_faulted_in_at_boot)
+{
+	char img[512];
+
+	guest_image("bigbss", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--mem", "64M", "--stats", NULL }, &result);
+	assert_status(&result, 0);
+	assert_contains(result.out, "bigbss: 0 of 48 MiB at 0x", &result);
+	unsigned long pinned = stat_value(result.err, "pinned_pages=");
+	unsigned long nr_faults = stat_value(result.err, "shadow: faults="), pf = page_fault_calls(result.err);
+	unsigned long installs = stat_value(result.err, " installs="), cr3_loads = stat_value(result.err, "cr3_loads=");
+	printf("resident: bigbss untouched: %lu pinned pages, %lu shadow faults (%lu page_fault hypercalls), "
+	       "%lu installs, %lu CR3 loads\n", pinned, nr_faults, pf, installs, cr3_loads);
+	ck_assert_msg(pinned == expected_pinned_pages(img, 1), "pinned pages: expected %lu, got %lu",
+		      expected_pinned_pages(img, 1), pinned);
+	/* What umbra faulted in by itself is the pins, at each CR3 load (a
+	 * read-only page takes two tries); the guest's demand faults cover
+	 * the rest: nowhere near the array's 12288 pages. */
+	ck_assert_msg(nr_faults - pf <= 2 * pinned * cr3_loads,
+		      "umbra's own pre-faults: expected at most %lu (the pins), got %lu\n%s", 2 * pinned * cr3_loads,
+		      nr_faults - pf, result.err);
+	ck_assert_msg(pf <= demand_fault_bound(img), "page_fault hypercalls: expected at most %lu, got %lu",
+		      demand_fault_bound(img), pf);
+	ck_assert_msg(installs < BIGBSS_PAGES / 16, "shadow installs: expected fewer than %lu, got %lu\n%s",
+		      BIGBSS_PAGES / 16, installs, result.err);
+}
+END_TEST
+
+START_TEST(test_large_bss_works_when_touched)
+{
+	char img[512];
+
+	guest_image("bigbss", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--mem", "64M", "--cmdline", "touch=48", "--stats", NULL }, &result);
+	assert_status(&result, 0);
+	assert_contains(result.out, "bigbss: 48 of 48 MiB at 0x", &result);
+	unsigned long pf = page_fault_calls(result.err);
+	printf("resident: bigbss touched: %lu page_fault hypercalls\n", pf);
+	/* Every page of the array is faulted in on demand, by the guest. */
+	ck_assert_msg(pf >= BIGBSS_PAGES && pf <= BIGBSS_PAGES + demand_fault_bound(img),
+		      "page_fault hypercalls: expected %lu to %lu, got %lu\n%s", BIGBSS_PAGES,
+		      BIGBSS_PAGES + demand_fault_bound(img), pf, result.err);
+}
+END_TEST
+
 Suite *kvm_suite(void)
 {
 	Suite *s = suite_create("kvm");
@@ -904,5 +1035,12 @@ Suite *kvm_suite(void)
 	tcase_add_test(groups, test_ten_vcpus_each_run_their_own_address_space);
 	tcase_add_test(groups, test_run_that_cannot_fit_the_host_is_refused_up_front);
 	suite_add_tcase(s, groups);
+
+	TCase *resident = tcase_create("resident");
+	tcase_set_timeout(resident, 120);
+	tcase_add_test(resident, test_only_the_resident_set_is_pinned);
+	tcase_add_test(resident, test_large_bss_is_not_faulted_in_at_boot);
+	tcase_add_test(resident, test_large_bss_works_when_touched);
+	suite_add_tcase(s, resident);
 	return s;
 }

@@ -182,7 +182,9 @@ static void make_elf(struct test_elf *e)
 
 START_TEST(test_valid_elf_is_parsed_and_loaded)
 {
-	static uint8_t ram[LOAD_MAX];
+	/* Fresh anonymous memory, as a fresh memfd: zero, and no page present. */
+	uint8_t *ram = mmap(NULL, LOAD_MAX, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned char present[(LOAD_MAX - LOAD_MIN) / 4096];
 	struct test_elf e;
 	struct elf_image img;
 	struct vmm_error err = { "" };
@@ -192,13 +194,20 @@ START_TEST(test_valid_elf_is_parsed_and_loaded)
 	ck_assert_uint_eq(img.nr_segments, 2);
 	ck_assert_uint_eq(img.entry, LOAD_MIN + 16);
 	ck_assert_uint_eq(img.end, LOAD_MIN + 0x3000);
-	memset(ram, 0xaa, sizeof(ram));
+	ck_assert(ram != MAP_FAILED);
 	elf_image_load(&img, &e, ram);
+	/* The page that is all bss, and what lies past the image, were not
+	 * written: a large bss takes no memory until the guest touches it. */
+	ck_assert_int_eq(mincore(ram + LOAD_MIN, LOAD_MAX - LOAD_MIN, present), 0);
+	ck_assert_msg((present[0] & 1) && (present[1] & 1), "the pages with file bytes were not written");
+	for (unsigned int p = 2; p < sizeof(present); p++)
+		ck_assert_msg(!(present[p] & 1), "page %#llx (bss or past the image) was written",
+			      (unsigned long long)(LOAD_MIN + p * 4096ull));
 	ck_assert_int_eq(memcmp(ram + LOAD_MIN, e.code, 128), 0);
 	ck_assert_int_eq(memcmp(ram + LOAD_MIN + 0x1000, e.code + 128, 128), 0);
 	for (uint64_t a = LOAD_MIN + 0x1000 + 128; a < LOAD_MIN + 0x3000; a++)
 		ck_assert_msg(ram[a] == 0, "bss byte at %#llx: expected 0, got %#x", (unsigned long long)a, ram[a]);
-	ck_assert_uint_eq(ram[LOAD_MIN + 0x3000], 0xaa); /* nothing past the image */
+	munmap(ram, LOAD_MAX);
 }
 END_TEST
 
@@ -601,10 +610,10 @@ START_TEST(test_boot_registers_enter_long_mode_at_the_entry)
 	ck_assert_msg(sregs.ldt.unusable, "LDTR: expected unusable");
 
 	memset(&regs, 0xff, sizeof(regs));
-	boot_set_regs(&regs, entry, info);
+	boot_set_regs(&regs, entry, info, info & ~0xfffull);
 	ck_assert_msg(regs.rip == entry, "RIP: expected %#llx, got %#llx", (unsigned long long)entry, regs.rip);
-	ck_assert_msg(regs.rsp == info && regs.rdi == info, "RSP, RDI: expected %#llx, got %#llx, %#llx",
-		      (unsigned long long)info, regs.rsp, regs.rdi);
+	ck_assert_msg(regs.rsp == (info & ~0xfffull) && regs.rdi == info, "RSP, RDI: expected %#llx, %#llx, got %#llx, %#llx",
+		      (unsigned long long)(info & ~0xfffull), (unsigned long long)info, regs.rsp, regs.rdi);
 	ck_assert_msg(regs.rflags == 0x2, "RFLAGS: expected 0x2, got %#llx", regs.rflags);
 	ck_assert_msg(regs.rax == 0 && regs.rbx == 0 && regs.rsi == 0 && regs.r15 == 0,
 		      "other registers: expected 0, got rax %#llx rbx %#llx rsi %#llx r15 %#llx", regs.rax, regs.rbx,
@@ -641,9 +650,11 @@ START_TEST(test_boot_info_blocks_describe_the_vm)
 			      (unsigned long long)ram_size, (unsigned long long)(ram_size - nr_vcpus * stack),
 			      (unsigned long long)bi->ram_size, (unsigned long long)bi->free_start,
 			      (unsigned long long)bi->free_end);
-		ck_assert_msg(bi->stack_bottom == bottom && bi->stack_top == gpa,
+		/* The stack ends at the block's page, which is not resident. */
+		ck_assert_msg(bi->stack_bottom == bottom && bi->stack_top == (gpa & ~0xfffull) &&
+				      bi->stack_top == boot_stack_top(ram_size, id) && bi->stack_top + 4096 == bottom + stack,
 			      "vCPU %u: expected stack [%#llx, %#llx), got [%#llx, %#llx)", id, (unsigned long long)bottom,
-			      (unsigned long long)gpa, (unsigned long long)bi->stack_bottom,
+			      (unsigned long long)(gpa & ~0xfffull), (unsigned long long)bi->stack_bottom,
 			      (unsigned long long)bi->stack_top);
 		ck_assert_msg(strcmp(bi->cmdline, "a b") == 0, "vCPU %u: expected cmdline \"a b\", got \"%s\"", id,
 			      bi->cmdline);

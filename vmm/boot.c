@@ -127,6 +127,14 @@ uint64_t boot_info_gpa(uint64_t ram_size, unsigned int id)
 	return (top - sizeof(struct umbra_boot_info)) & ~(BOOT_INFO_ALIGN - 1);
 }
 
+_Static_assert(sizeof(struct umbra_boot_info) + BOOT_INFO_ALIGN <= X86_PAGE_SIZE,
+	       "the boot-information block fits in the top page of its stack region");
+
+uint64_t boot_stack_top(uint64_t ram_size, unsigned int id)
+{
+	return boot_info_gpa(ram_size, id) & ~(X86_PAGE_SIZE - 1);
+}
+
 void boot_write_info(const struct boot_layout *l, unsigned int id, uint64_t free_start, uint64_t boot_cr3)
 {
 	uint64_t info_gpa = boot_info_gpa(l->ram_size, id);
@@ -150,7 +158,7 @@ void boot_write_info(const struct boot_layout *l, unsigned int id, uint64_t free
 	bi->free_start = free_start;
 	bi->free_end = vm_image_load_max(l->ram_size, l->nr_vcpus);
 	bi->stack_bottom = stack_region(l->ram_size, id);
-	bi->stack_top = info_gpa;
+	bi->stack_top = boot_stack_top(l->ram_size, id);
 	memcpy(bi->cmdline, l->cmdline, strnlen(l->cmdline, sizeof(bi->cmdline) - 1));
 	bi->boot_cr3 = boot_cr3;
 	bi->pool_gpa = SHADOW_POOL_GPA;
@@ -185,11 +193,11 @@ void boot_set_sregs(struct kvm_sregs *sregs, uint64_t cr3, bool nxe)
 	sregs->efer = X86_EFER_LME | X86_EFER_LMA | (nxe ? X86_EFER_NXE : 0);
 }
 
-void boot_set_regs(struct kvm_regs *regs, uint64_t entry, uint64_t info_gpa)
+void boot_set_regs(struct kvm_regs *regs, uint64_t entry, uint64_t info_gpa, uint64_t stack_top)
 {
 	memset(regs, 0, sizeof(*regs));
 	regs->rip = entry;
-	regs->rsp = info_gpa;
+	regs->rsp = stack_top;
 	regs->rdi = info_gpa;
 	regs->rflags = X86_RFLAGS_FIXED;
 }

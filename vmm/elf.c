@@ -7,9 +7,18 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "umbra/abi.h"
 #include "vmm.h"
 
+_Static_assert((UMBRA_PF_RESIDENT & PF_MASKOS) == UMBRA_PF_RESIDENT, "UMBRA_PF_RESIDENT is an OS-specific flag");
+
 #define PAGE_SIZE 4096ull
+
+/* The bytes of the pages [start, start + len) touches (len > 0, no wrap). */
+static uint64_t page_span(uint64_t start, uint64_t len)
+{
+	return ((start + len + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)) - (start & ~(PAGE_SIZE - 1));
+}
 
 static bool range_in(uint64_t start, uint64_t len, uint64_t lo, uint64_t hi)
 {
@@ -51,6 +60,7 @@ int elf_image_parse(const void *buf, size_t len, uint64_t load_min, uint64_t loa
 				     (uint64_t)eh->e_phoff, eh->e_phnum);
 
 	bool entry_ok = false;
+	unsigned int resident_segments = 0;
 	for (unsigned int i = 0; i < eh->e_phnum; i++) {
 		Elf64_Phdr ph;
 
@@ -79,6 +89,18 @@ int elf_image_parse(const void *buf, size_t len, uint64_t load_min, uint64_t loa
 				return vmm_error_set(err, ENOEXEC, "segment %u overlaps an earlier segment at %#" PRIx64,
 						     i, s->gpa);
 		}
+		if (ph.p_flags & UMBRA_PF_RESIDENT) {
+			uint64_t pages = page_span(ph.p_paddr, ph.p_memsz);
+
+			if (++resident_segments > UMBRA_MAX_RESIDENT_SEGMENTS)
+				return vmm_error_set(err, ENOEXEC, "more than %u resident (UMBRA_PF_RESIDENT) segments",
+						     UMBRA_MAX_RESIDENT_SEGMENTS);
+			if (pages > UMBRA_RESIDENT_MAX - image->resident_bytes)
+				return vmm_error_set(err, ENOEXEC,
+						     "segment %u: the resident (UMBRA_PF_RESIDENT) segments cover more than %llu bytes",
+						     i, (unsigned long long)UMBRA_RESIDENT_MAX);
+			image->resident_bytes += pages;
+		}
 		struct elf_segment *seg = &image->segments[image->nr_segments++];
 		*seg = (struct elf_segment){ ph.p_paddr, ph.p_offset, ph.p_filesz, ph.p_memsz, ph.p_flags };
 		uint64_t end = (ph.p_paddr + ph.p_memsz + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1);
@@ -98,11 +120,12 @@ int elf_image_parse(const void *buf, size_t len, uint64_t load_min, uint64_t loa
 
 void elf_image_load(const struct elf_image *image, const void *buf, void *ram)
 {
+	/* ram is zero (a fresh memfd) and segments do not overlap: the bytes
+	 * past filesz already read as zero, and are left untouched so that a
+	 * large bss takes no host memory until the guest uses it. */
 	for (unsigned int i = 0; i < image->nr_segments; i++) {
 		const struct elf_segment *s = &image->segments[i];
-		char *dst = (char *)ram + s->gpa;
 
-		memcpy(dst, (const char *)buf + s->offset, s->filesz);
-		memset(dst + s->filesz, 0, s->memsz - s->filesz);
+		memcpy((char *)ram + s->gpa, (const char *)buf + s->offset, s->filesz);
 	}
 }

@@ -416,27 +416,34 @@ static int vcpu_set_boot_state(struct vm *vm, struct vcpu *vcpu, uint64_t entry,
 	if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0)
 		return vmm_error_set(err, errno, "KVM_SET_SREGS (long mode) on vCPU %u: %s", vcpu->id,
 				     strerror(errno));
-	boot_set_regs(&regs, entry, boot_info_gpa(vm->ram_size, vcpu->id));
+	boot_set_regs(&regs, entry, boot_info_gpa(vm->ram_size, vcpu->id), boot_stack_top(vm->ram_size, vcpu->id));
 	if (ioctl(vcpu->fd, KVM_SET_REGS, &regs) < 0)
 		return vmm_error_set(err, errno, "KVM_SET_REGS on vCPU %u: %s", vcpu->id, strerror(errno));
 	return 0;
 }
 
-/* What the guest runs before its own #PF handler exists stays mapped in
- * every address space: the boot GDT/TSS page, the image, the stacks. */
-static void vm_pin_boot_ranges(struct vm *vm, const struct elf_image *image)
+/* What stays resident (docs/abi.md, "What stays resident"): the boot
+ * GDT/TSS page, every vCPU's stack below the page of its boot info, and the
+ * image's UMBRA_PF_RESIDENT segments. The rest of the image (its other
+ * segments, bss included) is faulted in on demand. */
+static void vm_pin_resident_ranges(struct vm *vm, const struct elf_image *image)
 {
-	uint64_t image_start = image->segments[0].gpa;
 	uint64_t stacks = vm_image_load_max(vm->ram_size, vm->nr_vcpus);
+	unsigned int n = 0;
 
-	for (unsigned int i = 1; i < image->nr_segments; i++)
-		if (image->segments[i].gpa < image_start)
-			image_start = image->segments[i].gpa;
 	umbra_mutex_lock(&vm->lock);
-	vm->pins[0] = (struct pin){ UMBRA_GDT_GPA, X86_PAGE_SIZE };
-	vm->pins[1] = (struct pin){ image_start, image->end - image_start };
-	vm->pins[2] = (struct pin){ stacks, vm->ram_size - stacks };
-	vm->nr_pins = 3;
+	vm->pins[n++] = (struct pin){ UMBRA_GDT_GPA, X86_PAGE_SIZE, 0, 1 };
+	vm->pins[n++] = (struct pin){ stacks, boot_stack_top(vm->ram_size, vm->nr_vcpus - 1) - stacks,
+				      UMBRA_VCPU_STACK_SIZE, vm->nr_vcpus };
+	for (unsigned int i = 0; i < image->nr_segments; i++) {
+		const struct elf_segment *seg = &image->segments[i];
+
+		if (seg->flags & UMBRA_PF_RESIDENT)
+			vm->pins[n++] = (struct pin){ seg->gpa, seg->memsz, 0, 1 };
+	}
+	vm->nr_pins = n;
+	for (unsigned int i = 0; i < n; i++)
+		__atomic_add_fetch(&vm->pinned_pages, pin_pages(&vm->pins[i]), __ATOMIC_RELAXED);
 	umbra_mutex_unlock(&vm->lock);
 }
 
@@ -454,7 +461,7 @@ int vm_load_image(struct vm *vm, const struct elf_image *image, const void *buf,
 	uint64_t cr3 = boot_write_page_tables(&layout, &tables_end);
 	if (!cr3)
 		return vmm_error_set(err, EINVAL, "boot page tables for RAM and segments do not fit below 1 MiB");
-	vm_pin_boot_ranges(vm, image);
+	vm_pin_resident_ranges(vm, image);
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
 		uint64_t root;
 		boot_write_info(&layout, i, image->end, cr3);

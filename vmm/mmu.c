@@ -219,20 +219,40 @@ static void vm_room_counts(const struct vm *vm, uint64_t *reclaims, uint64_t *re
 	*refusals = st.quota_refusals;
 }
 
+/* Pre-faults the pages of [start, start + len) into the shadow of guest_cr3.
+ * 0, -ENOMEM or -EDQUOT. */
+static int prefault_range(struct vm *vm, uint64_t guest_cr3, uint64_t start, uint64_t len)
+{
+	for (uint64_t va = start & ~(X86_PAGE_SIZE - 1); va < start + len; va += X86_PAGE_SIZE) {
+		uint32_t ec;
+		int r = shadow_mmu_fault(vm->mmu, guest_cr3, va, SHADOW_ACCESS_WRITE, &ec);
+		if (r == SHADOW_FAULT_GUEST || r == -EACCES)
+			r = shadow_mmu_fault(vm->mmu, guest_cr3, va, 0, &ec);
+		if (r == -ENOMEM || r == -EDQUOT)
+			return r;
+	}
+	return 0;
+}
+
 /* One pass of prefault_pins() over @pins. 0, -ENOMEM or -EDQUOT. */
 static int prefault_pins_once(struct vm *vm, uint64_t guest_cr3, const struct pin *pins, unsigned int nr)
 {
 	for (unsigned int i = 0; i < nr; i++) {
-		for (uint64_t va = pins[i].va & ~(X86_PAGE_SIZE - 1); va < pins[i].va + pins[i].len; va += X86_PAGE_SIZE) {
-			uint32_t ec;
-			int r = shadow_mmu_fault(vm->mmu, guest_cr3, va, SHADOW_ACCESS_WRITE, &ec);
-			if (r == SHADOW_FAULT_GUEST || r == -EACCES)
-				r = shadow_mmu_fault(vm->mmu, guest_cr3, va, 0, &ec);
-			if (r == -ENOMEM || r == -EDQUOT)
+		for (unsigned int k = 0; k < pins[i].count; k++) {
+			int r = prefault_range(vm, guest_cr3, pins[i].va + k * pins[i].stride, pins[i].len);
+			if (r)
 				return r;
 		}
 	}
 	return 0;
+}
+
+uint64_t pin_pages(const struct pin *pin)
+{
+	uint64_t first = pin->va & ~(X86_PAGE_SIZE - 1);
+	uint64_t end = (pin->va + pin->len + X86_PAGE_SIZE - 1) & ~(X86_PAGE_SIZE - 1);
+
+	return (uint64_t)pin->count * ((end - first) / X86_PAGE_SIZE);
 }
 
 /* Pre-faults every pinned range into the shadow of guest_cr3: writable where
@@ -298,8 +318,9 @@ int vcpu_add_pin(struct vcpu *vcpu, uint64_t va, uint64_t len)
 	} else if (len > UMBRA_PIN_TOTAL_MAX - vm->guest_pinned_bytes) {
 		ret = -E2BIG;
 	} else {
-		vm->pins[vm->nr_pins++] = (struct pin){ va, len };
+		vm->pins[vm->nr_pins] = (struct pin){ va, len, 0, 1 };
 		vm->guest_pinned_bytes += len;
+		__atomic_add_fetch(&vm->pinned_pages, pin_pages(&vm->pins[vm->nr_pins++]), __ATOMIC_RELAXED);
 	}
 	umbra_mutex_unlock(&vm->lock);
 	if (ret)

@@ -80,9 +80,12 @@ struct vcpu {
 	uint64_t exit_seq;
 };
 
-/* A range the guest asked to keep mapped in every address space. */
+/* Ranges kept mapped in every address space (docs/abi.md, "What stays
+ * resident"): count ranges of len bytes, the k-th at va + k * stride (the
+ * vCPUs' stacks); count 1 for the others. */
 struct pin {
-	uint64_t va, len;
+	uint64_t va, len, stride;
+	unsigned int count;
 };
 
 struct vm {
@@ -124,6 +127,7 @@ struct vm {
 	struct pin pins[UMBRA_MAX_PINS];
 	unsigned int nr_pins;
 	uint64_t guest_pinned_bytes; /* of the guest's PINs (at most UMBRA_PIN_TOTAL_MAX) */
+	uint64_t pinned_pages; /* pin_pages() of every pin: written under lock, read atomically */
 	bool stopped;
 	int exit_status;
 	unsigned int nr_halted;
@@ -160,6 +164,8 @@ int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root);
  * reached), -E2BIG (the guest's pins would total more than
  * UMBRA_PIN_TOTAL_MAX bytes), -ENOMEM or -EDQUOT (no room for the pins). */
 int vcpu_add_pin(struct vcpu *vcpu, uint64_t va, uint64_t len);
+/* The pages pin covers (a page in two pins counts in each). */
+uint64_t pin_pages(const struct pin *pin);
 /* Before the vCPU enters the guest: if the VM reclaimed its shadow tables
  * (pool full or quota reached: every pinned translation went) since this
  * vCPU last pre-faulted its pins, pre-faults them again into its address

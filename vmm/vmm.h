@@ -279,12 +279,13 @@ struct elf_segment {
 	uint64_t offset; /* in the file */
 	uint64_t filesz;
 	uint64_t memsz;
-	uint32_t flags; /* PF_R | PF_W | PF_X */
+	uint32_t flags; /* PF_R | PF_W | PF_X | UMBRA_PF_RESIDENT */
 };
 
 struct elf_image {
 	uint64_t entry;
 	uint64_t end; /* end of the highest segment, page aligned */
+	uint64_t resident_bytes; /* of the pages of UMBRA_PF_RESIDENT segments */
 	unsigned int nr_segments;
 	struct elf_segment segments[ELF_MAX_SEGMENTS];
 };
@@ -293,13 +294,15 @@ struct elf_image {
  * Validates an ELF64 x86-64 executable held in buf[0..len): header, program
  * headers, that every PT_LOAD segment lies in the file and in guest RAM range
  * [load_min, load_max), that segments do not overlap, and that the entry point
- * lies in an executable segment. Returns 0 or -ENOEXEC with err saying what is
- * wrong.
+ * lies in an executable segment, and that at most UMBRA_MAX_RESIDENT_SEGMENTS
+ * segments covering at most UMBRA_RESIDENT_MAX bytes of pages are marked
+ * UMBRA_PF_RESIDENT. Returns 0 or -ENOEXEC with err saying what is wrong.
  */
 int elf_image_parse(const void *buf, size_t len, uint64_t load_min, uint64_t load_max,
 		    struct elf_image *image, struct vmm_error *err);
-/* Copies the segments of a parsed image into guest RAM (ram = GPA 0) and
- * zero-fills each segment's tail past filesz. */
+/* Copies the file bytes of each segment of a parsed image into guest RAM
+ * (ram = GPA 0), which must be all zero (a fresh memfd): each segment's tail
+ * past filesz (bss) is left as it is, unwritten. */
 void elf_image_load(const struct elf_image *image, const void *buf, void *ram);
 
 /* ---- the process: trust groups' pools and the output ---- */
@@ -380,6 +383,7 @@ struct vm_stats {
 	uint64_t exits[VM_EXIT_NR];
 	uint64_t exits_total;
 	uint64_t hypercalls[UMBRA_HC_NR]; /* by number */
+	uint64_t pinned_pages; /* the pages kept resident (docs/abi.md) */
 	struct shadow_mmu_stats shadow;
 	struct shadow_table_usage tables; /* the tables the VM reaches (when it stopped, once stopped) */
 	/* TLB shootdowns: flush requests posted to vCPU mailboxes, kicks of
@@ -418,6 +422,7 @@ struct vm_stats {
 	X(SHADOW, flushes_va, " flushes_va=", "", s->shadow.flushes_va)                            \
 	X(SHADOW, quota_refusals, " quota_refusals=", "", s->shadow.quota_refusals)                \
 	X(SHADOW, reclaims, " reclaims=", "", s->shadow.reclaims)                                  \
+	X(SHADOW, pinned_pages, " pinned_pages=", "", s->pinned_pages)                             \
 	X(SHOOTDOWNS, requests, " requests=", "", s->flush_requests)                               \
 	X(SHOOTDOWNS, kicks, " kicks=", "", s->kicks)                                              \
 	X(SHOOTDOWNS, nmis, " nmis=", "", s->nmis)                                                 \
@@ -579,6 +584,9 @@ uint64_t boot_write_page_tables(const struct boot_layout *l, uint64_t *end);
 /* Guest-physical address of vCPU id's boot-information block (the top of
  * its stack region, 64-byte aligned). */
 uint64_t boot_info_gpa(uint64_t ram_size, unsigned int id);
+/* vCPU id's initial RSP and stack_top: the base of the page that holds its
+ * boot-information block; the stack below it stays resident, that page not. */
+uint64_t boot_stack_top(uint64_t ram_size, unsigned int id);
 /* Writes vCPU id's boot-information block (docs/abi.md). */
 void boot_write_info(const struct boot_layout *l, unsigned int id, uint64_t free_start, uint64_t boot_cr3);
 struct kvm_sregs;
@@ -586,8 +594,8 @@ struct kvm_regs;
 /* Sets the long-mode state of docs/abi.md in sregs (segments, TR, GDTR,
  * IDTR, CR0, CR3 = cr3, CR4, EFER with NXE if nxe); other fields are kept. */
 void boot_set_sregs(struct kvm_sregs *sregs, uint64_t cr3, bool nxe);
-/* Sets regs to the entry state: RIP = entry, RSP = RDI = info_gpa, RFLAGS
- * 0x2, every other register 0. */
-void boot_set_regs(struct kvm_regs *regs, uint64_t entry, uint64_t info_gpa);
+/* Sets regs to the entry state: RIP = entry, RDI = info_gpa, RSP =
+ * stack_top, RFLAGS 0x2, every other register 0. */
+void boot_set_regs(struct kvm_regs *regs, uint64_t entry, uint64_t info_gpa, uint64_t stack_top);
 
 #endif

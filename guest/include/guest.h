@@ -19,8 +19,24 @@
 
 int main(const struct umbra_boot_info *boot);
 
+/*
+ * Resident code and data (docs/abi.md, "What stays resident"): the linker
+ * script gathers these sections into the image's UMBRA_PF_RESIDENT segments,
+ * which umbra keeps mapped in every address space for the VM's life. Mark
+ * what an exception handler touches before the fault it handles is resolved
+ * (anything else is faulted in on demand, like all other memory): the
+ * runtime's exception entry, IDT, GDTs and TSSs are. Data with an
+ * initialiser goes in GUEST_RESIDENT_DATA, zero-initialised data in
+ * GUEST_RESIDENT_BSS.
+ */
+#define GUEST_RESIDENT_TEXT __attribute__((section(".text.resident"), noinline))
+#define GUEST_RESIDENT_DATA __attribute__((section(".data.resident")))
+#define GUEST_RESIDENT_BSS __attribute__((section(".bss.resident")))
+/* Inlined into resident code wherever it is called from there. */
+#define GUEST_ALWAYS_INLINE inline __attribute__((always_inline))
+
 /* Hypercalls (see umbra_abi.h for the register convention). */
-static inline long hypercall4(unsigned long nr, unsigned long a0, unsigned long a1,
+static GUEST_ALWAYS_INLINE long hypercall4(unsigned long nr, unsigned long a0, unsigned long a1,
 			      unsigned long a2, unsigned long a3)
 {
 	register unsigned long r8 __asm__("r8") = a2;
@@ -44,26 +60,26 @@ int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int vprintf(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 int snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
-__attribute__((noreturn)) static inline void cpu_halt_forever(void)
+static GUEST_ALWAYS_INLINE void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
+__attribute__((noreturn)) static GUEST_ALWAYS_INLINE void cpu_halt_forever(void)
 {
 	for (;;)
 		__asm__ volatile("cli; hlt");
 }
-static inline uint64_t read_cr2(void)
+static GUEST_ALWAYS_INLINE uint64_t read_cr2(void)
 {
 	uint64_t v;
 	__asm__ volatile("mov %%cr2, %0" : "=r"(v));
 	return v;
 }
-static inline uint64_t read_cr3(void)
+static GUEST_ALWAYS_INLINE uint64_t read_cr3(void)
 {
 	uint64_t v;
 	__asm__ volatile("mov %%cr3, %0" : "=r"(v));
 	return v;
 }
 /* The time-stamp counter (rdtsc). */
-static inline uint64_t read_tsc(void)
+static GUEST_ALWAYS_INLINE uint64_t read_tsc(void)
 {
 	uint32_t lo, hi;
 	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));

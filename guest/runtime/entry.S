@@ -2,8 +2,10 @@
  * Exception entry stubs for vectors 0..31. Each pushes a dummy error code where
  * the CPU pushes none, then the vector, and jumps to a common path that saves
  * the general registers and calls exception_dispatch(struct exception_frame *).
+ * All of it is resident (docs/abi.md, "What stays resident"): a #PF must
+ * reach the PAGE_FAULT hypercall without another fault.
  */
-	.text
+	.section .text.resident, "ax"
 
 .macro STUB vec, has_error
 	.globl exception_stub_\vec
@@ -87,7 +89,7 @@ exception_common:
 	add $16, %rsp	/* vector and error code */
 	iretq
 
-	.section .rodata
+	.section .rodata.resident, "a"
 	.globl exception_stubs
 	.balign 8
 exception_stubs:

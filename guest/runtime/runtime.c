@@ -18,9 +18,12 @@ struct idt_gate {
 } __attribute__((packed));
 _Static_assert(sizeof(struct idt_gate) == 16, "long-mode IDT gate is 16 bytes");
 
-static struct idt_gate idt[256] __attribute__((aligned(16)));
-static exception_handler_t handlers[32];
-static volatile int idt_ready;
+/* The exception entry's state is resident (docs/abi.md, "What stays
+ * resident"): a #PF reaches the PAGE_FAULT hypercall touching nothing else
+ * than these, the entry code in entry.S, the functions marked
+ * GUEST_RESIDENT_TEXT here and in vcpu.c, and the stack. */
+static struct idt_gate idt[256] GUEST_RESIDENT_BSS __attribute__((aligned(16)));
+static exception_handler_t handlers[32] GUEST_RESIDENT_BSS;
 
 extern const uint64_t exception_stubs[32];
 
@@ -35,7 +38,7 @@ const char *exception_name(unsigned int vector)
 	return vector < 32 ? exception_names[vector] : "IRQ";
 }
 
-static void idt_set_gate(unsigned int vector, uint64_t handler, unsigned int ist)
+GUEST_RESIDENT_TEXT static void idt_set_gate(unsigned int vector, uint64_t handler, unsigned int ist)
 {
 	struct idt_gate *g = &idt[vector];
 
@@ -48,21 +51,19 @@ static void idt_set_gate(unsigned int vector, uint64_t handler, unsigned int ist
 	g->reserved = 0;
 }
 
-static void idt_init_once(uint32_t vcpu_id)
+/* Every vCPU writes the same gates (so it needs no boot information, which
+ * is not resident, before its IDT is loaded): a vCPU already using the IDT
+ * reads the bytes it had. */
+GUEST_RESIDENT_TEXT static void idt_init(void)
 {
-	if (vcpu_id == 0) {
-		for (unsigned int v = 0; v < 32; v++) {
-			/* NMI, #DF and #MC run on IST1 so that they work on a bad stack. */
-			unsigned int ist = (v == 2 || v == 8 || v == 18) ? 1 : 0;
-			idt_set_gate(v, exception_stubs[v], ist);
-		}
-		__atomic_store_n(&idt_ready, 1, __ATOMIC_RELEASE);
+	for (unsigned int v = 0; v < 32; v++) {
+		/* NMI, #DF and #MC run on IST1 so that they work on a bad stack. */
+		unsigned int ist = (v == 2 || v == 8 || v == 18) ? 1 : 0;
+		idt_set_gate(v, exception_stubs[v], ist);
 	}
-	while (!__atomic_load_n(&idt_ready, __ATOMIC_ACQUIRE))
-		cpu_relax();
 }
 
-static void idt_load(void)
+GUEST_RESIDENT_TEXT static void idt_load(void)
 {
 	struct descriptor_table_pointer idtr = { sizeof(idt) - 1, (uint64_t)idt };
 
@@ -94,13 +95,15 @@ extern const char probe_read_insn[], probe_read_resume[], probe_write_insn[], pr
 static struct {
 	uint64_t rip, cr2, tsc;
 	uint32_t count;
-} fault_retry[UMBRA_MAX_VCPUS];
+} fault_retry[UMBRA_MAX_VCPUS] GUEST_RESIDENT_BSS;
 
-static int fault_retry_exhausted(const struct exception_frame *frame, uint64_t cr2)
+GUEST_RESIDENT_TEXT static int fault_retry_exhausted(const struct exception_frame *frame, uint64_t cr2)
 {
 	uint32_t id = runtime_vcpu_id();
 	uint64_t now = read_tsc();
 
+	if (id >= UMBRA_MAX_VCPUS)
+		return 0; /* before this vCPU loaded its own GDT: not counted */
 	if (fault_retry[id].rip != frame->rip || fault_retry[id].cr2 != cr2 ||
 	    now - fault_retry[id].tsc > FAULT_RETRY_TICKS) {
 		fault_retry[id].rip = frame->rip;
@@ -111,8 +114,10 @@ static int fault_retry_exhausted(const struct exception_frame *frame, uint64_t c
 	return ++fault_retry[id].count > FAULT_RETRY_MAX;
 }
 
-/* A page fault: umbra resolves shadow faults; what remains is the guest's. */
-static int handle_page_fault(struct exception_frame *frame, uint64_t cr2)
+/* A page fault: umbra resolves shadow faults; what remains is the guest's.
+ * Once PAGE_FAULT has answered, the fault is resolved and what follows
+ * (the guest's own #PF policy, the image's handler) may fault in turn. */
+GUEST_RESIDENT_TEXT static int handle_page_fault(struct exception_frame *frame, uint64_t cr2)
 {
 	long r = hypercall4(UMBRA_HC_PAGE_FAULT, cr2, frame->error_code, 0, 0);
 
@@ -132,9 +137,31 @@ static int handle_page_fault(struct exception_frame *frame, uint64_t cr2)
 	return handlers[14] && handlers[14](frame);
 }
 
+static __attribute__((noreturn, noinline)) void runtime_main(const struct umbra_boot_info *boot)
+{
+	if (boot->magic != UMBRA_BOOT_MAGIC || boot->abi_version != UMBRA_ABI_VERSION ||
+	    boot->vcpu_id >= UMBRA_MAX_VCPUS) {
+		printf("guest runtime: boot info magic %#x version %u vcpu %u not supported "
+		       "(want magic %#x version %u)\n",
+		       boot->magic, boot->abi_version, boot->vcpu_id, UMBRA_BOOT_MAGIC,
+		       UMBRA_ABI_VERSION);
+		guest_exit(UMBRA_EXIT_CODE_MAX);
+	}
+	vcpu_gdt_load(boot);
+	paging_init(boot);
+	/* The NMI handler is in place: shootdowns may come; start from a clean TLB. */
+	hypercall4(UMBRA_HC_READY, 0, 0, 0, 0);
+	__asm__ volatile("mov %%cr3, %%rax; mov %%rax, %%cr3" ::: "rax", "memory");
+
+	int ret = main(boot);
+	if (boot->vcpu_id == 0)
+		guest_exit(ret);
+	cpu_halt_forever();
+}
+
 /* Called from exception_common with interrupts off. */
 void exception_dispatch(struct exception_frame *frame);
-void exception_dispatch(struct exception_frame *frame)
+GUEST_RESIDENT_TEXT void exception_dispatch(struct exception_frame *frame)
 {
 	uint64_t cr2 = read_cr2(); /* before anything can fault again */
 
@@ -177,26 +204,11 @@ void vcpu_barrier(const struct umbra_boot_info *boot)
 }
 
 void runtime_start(const struct umbra_boot_info *boot);
-__attribute__((noreturn)) void runtime_start(const struct umbra_boot_info *boot)
+/* Resident: until its IDT is loaded the vCPU cannot take a fault, and so
+ * touches only resident memory (this code, the IDT and its stack). */
+GUEST_RESIDENT_TEXT __attribute__((noreturn)) void runtime_start(const struct umbra_boot_info *boot)
 {
-	if (boot->magic != UMBRA_BOOT_MAGIC || boot->abi_version != UMBRA_ABI_VERSION ||
-	    boot->vcpu_id >= UMBRA_MAX_VCPUS) {
-		printf("guest runtime: boot info magic %#x version %u vcpu %u not supported "
-		       "(want magic %#x version %u)\n",
-		       boot->magic, boot->abi_version, boot->vcpu_id, UMBRA_BOOT_MAGIC,
-		       UMBRA_ABI_VERSION);
-		guest_exit(UMBRA_EXIT_CODE_MAX);
-	}
-	vcpu_gdt_load(boot);
-	idt_init_once(boot->vcpu_id);
+	idt_init();
 	idt_load();
-	paging_init(boot);
-	/* The NMI handler is in place: shootdowns may come; start from a clean TLB. */
-	hypercall4(UMBRA_HC_READY, 0, 0, 0, 0);
-	__asm__ volatile("mov %%cr3, %%rax; mov %%rax, %%cr3" ::: "rax", "memory");
-
-	int ret = main(boot);
-	if (boot->vcpu_id == 0)
-		guest_exit(ret);
-	cpu_halt_forever();
+	runtime_main(boot);
 }

@@ -18,8 +18,10 @@ struct tss64 {
 } __attribute__((packed));
 _Static_assert(sizeof(struct tss64) == 104, "64-bit TSS is 104 bytes");
 
-static uint64_t gdt[UMBRA_MAX_VCPUS][GDT_ENTRIES] __attribute__((aligned(16)));
-static struct tss64 tss[UMBRA_MAX_VCPUS] __attribute__((aligned(16)));
+/* Resident (docs/abi.md, "What stays resident"): the CPU reads them while it
+ * delivers an exception, when it cannot take a page fault. */
+static uint64_t gdt[UMBRA_MAX_VCPUS][GDT_ENTRIES] __attribute__((aligned(16), section(".bss.resident")));
+static struct tss64 tss[UMBRA_MAX_VCPUS] __attribute__((aligned(16), section(".bss.resident")));
 
 void vcpu_gdt_load(const struct umbra_boot_info *boot)
 {
@@ -56,10 +58,13 @@ void vcpu_gdt_load(const struct umbra_boot_info *boot)
 			 : "rax", "memory");
 }
 
-uint32_t runtime_vcpu_id(void)
+/* Resident: the #PF path calls it. */
+__attribute__((section(".text.resident"), noinline)) uint32_t runtime_vcpu_id(void)
 {
 	struct descriptor_table_pointer gdtr;
 
 	__asm__ volatile("sgdt %0" : "=m"(gdtr));
+	if (gdtr.base < (uint64_t)gdt || gdtr.base >= (uint64_t)(gdt + UMBRA_MAX_VCPUS))
+		return UMBRA_MAX_VCPUS; /* still on the boot GDT */
 	return (uint32_t)((gdtr.base - (uint64_t)gdt) / sizeof(gdt[0]));
 }

@@ -19,8 +19,8 @@ struct descriptor_table_pointer {
  * segment registers.  Called once per vCPU by runtime_start, first. */
 void vcpu_gdt_load(const struct umbra_boot_info *boot);
 
-/* This vCPU's id (from its GDT's address: each vCPU loads its own).  Valid
- * after vcpu_gdt_load on this vCPU. */
+/* This vCPU's id (from its GDT's address: each vCPU loads its own), or
+ * UMBRA_MAX_VCPUS before vcpu_gdt_load on this vCPU. Resident. */
 uint32_t runtime_vcpu_id(void);
 
 #endif

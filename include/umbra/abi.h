@@ -12,7 +12,7 @@
 
 #include <stdint.h>
 
-#define UMBRA_ABI_VERSION 2u
+#define UMBRA_ABI_VERSION 3u
 #define UMBRA_BOOT_MAGIC 0x52424d55u /* "UMBR" in memory (little-endian) */
 
 /*
@@ -25,6 +25,13 @@
  *   UMBRA_IMAGE_MIN_GPA ..       the ELF image's PT_LOAD segments
  *   ... free RAM ...             boot_info.free_start .. boot_info.free_end
  *   top of RAM                   per-vCPU stacks, boot info at each stack top
+ *
+ * What stays resident (pre-faulted in every address space, docs/abi.md
+ * "What stays resident"): the boot GDT/TSS page, the image's PT_LOAD
+ * segments marked UMBRA_PF_RESIDENT, each vCPU's stack (not the page of its
+ * boot info), and the guest's PIN ranges. Everything else (the image's other
+ * segments, bss included, the boot page tables, the boot info, free RAM) is
+ * faulted in on demand.
  */
 #define UMBRA_GDT_GPA 0x1000u
 #define UMBRA_TSS_GPA 0x1800u
@@ -37,9 +44,19 @@
 #define UMBRA_SEL_TSS 0x18u
 
 /* Each vCPU gets UMBRA_VCPU_STACK_SIZE bytes at the top of RAM: vCPU i's region
- * is [ram_size - (i+1)*size, ram_size - i*size); its boot_info sits at the top
- * of the region and RSP starts just below it, 16-byte aligned. */
+ * is [ram_size - (i+1)*size, ram_size - i*size); its boot_info sits in the
+ * region's top page and RSP starts at that page's base (stack_top), so the
+ * stack below it stays resident and the boot info page does not. */
 #define UMBRA_VCPU_STACK_SIZE 0x10000u
+
+/* A PT_LOAD segment whose p_flags carry UMBRA_PF_RESIDENT (a bit of ELF's
+ * PF_MASKOS) stays mapped in every address space for the VM's life: it holds
+ * what the guest's exception entry needs before any fault can be resolved
+ * (handler code, IDT, GDT, TSS). At most UMBRA_MAX_RESIDENT_SEGMENTS such
+ * segments covering at most UMBRA_RESIDENT_MAX bytes in all. */
+#define UMBRA_PF_RESIDENT 0x00100000u
+#define UMBRA_MAX_RESIDENT_SEGMENTS 4u
+#define UMBRA_RESIDENT_MAX (4ull << 20)
 
 #define UMBRA_MAX_VCPUS 64u
 #define UMBRA_MAX_SEGMENTS 16u
@@ -136,8 +153,8 @@ enum umbra_hypercall {
 #define UMBRA_PF_GUEST (1ull << 32)
 #define UMBRA_MAX_PINS 16u
 #define UMBRA_PIN_MAX_BYTES (64ull << 20)
-/* The bytes all of a VM's PINs may cover together (umbra's own pins of the
- * image and stacks aside): every CR3 load pre-faults them, so they bound
+/* The bytes all of a VM's PINs may cover together (the resident segments
+ * and the stacks aside): every CR3 load pre-faults them, so they bound
  * its work (2048 pages). Room for handler code, an IDT, a GDT and a 64 KiB
  * stack for each of 64 vCPUs (4 MiB). */
 #define UMBRA_PIN_TOTAL_MAX (8ull << 20)
