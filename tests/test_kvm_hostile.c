@@ -406,7 +406,7 @@ END_TEST
 
 /* The fuzzer without pool writes or ending operations keeps to the ABI:
  * whatever it makes of its own page tables, and its spurious INVLPGs of the
- * pages umbra pins (its stack, its code), it must run to its end. */
+ * pages it uses (its stack, its code), it must run to its end. */
 #define FUZZ_ABI_SEED 1
 
 START_TEST(test_fuzzer_that_keeps_to_the_abi_runs_to_its_end)

@@ -13,8 +13,8 @@
  *               valid-looking arguments (PAGE_FAULT with any error code that
  *               a CPU gives, INVLPG anywhere canonical, pinned pages
  *               included, and every pinned=K-th operation (default 64, 0:
- *               never) one of a pinned page in use: its stack, its code,
- *               the GDT; SET_CR3 of its
+ *               never) one of a page in use: its stack, its code, the
+ *               GDT; SET_CR3 of its
  *               spaces, PIN, READY, short CONSOLE_WRITEs of arena bytes)
  *   segments    writes to the writable segment scratch=NAME, reads of the
  *               read-only one ro=NAME (optional)
@@ -55,7 +55,7 @@ static struct {
 	uint64_t base, size; /* the arena: 2 MiB aligned, a multiple of 2 MiB */
 	uint64_t window;     /* where the spaces map it: USER_BASE + base */
 	uint64_t ram_size;
-	uint64_t image_end, stacks; /* pinned by umbra: the image, the stacks */
+	uint64_t stacks; /* the vCPUs' stack regions (pinned by umbra but each top page) */
 	struct address_space spaces[NR_SPACES];
 	const struct umbra_segment_info *scratch, *ro;
 	struct pool_view view;
@@ -106,13 +106,18 @@ static uint64_t window_va(struct fuzzer *f)
 	return fz.window + (rng_next(&f->rng) % fz.size & ~7ull);
 }
 
-/* What umbra pins: the boot GDT's page, the image, the stacks (docs/abi.md).
- * Spurious INVLPGs of them are harmless on x86, and must be here. */
+extern const char __resident_start[], __resident_end[]; /* linker.ld */
+
+/* What umbra pins: the boot GDT's page, the image's resident segments, the
+ * stacks (docs/abi.md, "What stays resident"). Spurious INVLPGs of them are
+ * harmless on x86, and must be here. */
 static uint64_t pinned_va(struct fuzzer *f)
 {
+	uint64_t resident = (uint64_t)__resident_start, resident_size = (uint64_t)__resident_end - resident;
+
 	switch (rng_below(&f->rng, 3)) {
 	case 0: return UMBRA_GDT_GPA + (rng_below(&f->rng, 4096) & ~7ull);
-	case 1: return UMBRA_IMAGE_MIN_GPA + (rng_below(&f->rng, fz.image_end - UMBRA_IMAGE_MIN_GPA) & ~7ull);
+	case 1: return resident + (rng_below(&f->rng, resident_size) & ~7ull);
 	default: return fz.stacks + (rng_below(&f->rng, fz.ram_size - fz.stacks) & ~7ull);
 	}
 }
@@ -408,9 +413,9 @@ static int setup_arena(const struct umbra_boot_info *boot)
 }
 
 /* Every pinned=K operations (default 64; 0: never), whatever the seed, a
- * spurious INVLPG of a page umbra pins and the vCPU is using: its stack, its
- * code, the boot GDT (harmless on x86: the page stays mapped). Draws nothing
- * from the generator. */
+ * spurious INVLPG of a page the vCPU is using: its stack and the boot GDT,
+ * which umbra pins, and its code, which it does not (harmless on x86: an
+ * unchanged mapping stays). Draws nothing from the generator. */
 static void invlpg_pinned_in_use(struct fuzzer *f, uint64_t every)
 {
 	uint64_t here = (uint64_t)__builtin_frame_address(0);
@@ -465,7 +470,6 @@ int main(const struct umbra_boot_info *boot)
 
 		fz.ram_size = boot->ram_size;
 		fz.reserved = reserved_address_bit();
-		fz.image_end = boot->free_start;
 		fz.stacks = boot->free_end;
 		if (cmdline_get(boot->cmdline, "scratch", name, sizeof(name)))
 			fz.scratch = cmdline_segment(boot, "fuzz", "scratch");
