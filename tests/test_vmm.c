@@ -211,6 +211,30 @@ START_TEST(test_valid_elf_is_parsed_and_loaded)
 }
 END_TEST
 
+/* UMBRA_PF_RESIDENT segments are counted in whole pages, up to
+ * UMBRA_RESIDENT_MAX in all. */
+START_TEST(test_resident_segments_are_bounded)
+{
+	const uint64_t load_max = 64ull << 20;
+	struct test_elf e;
+	struct elf_image img;
+	struct vmm_error err = { "" };
+
+	make_elf(&e);
+	e.ph[0].p_flags |= UMBRA_PF_RESIDENT; /* 128 bytes: one page */
+	ck_assert_msg(elf_image_parse(&e, sizeof(e), LOAD_MIN, load_max, &img, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(img.resident_bytes, 4096);
+	e.ph[1].p_memsz = UMBRA_RESIDENT_MAX - 4096; /* with segment 0: exactly the most */
+	e.ph[1].p_flags |= UMBRA_PF_RESIDENT;
+	ck_assert_msg(elf_image_parse(&e, sizeof(e), LOAD_MIN, load_max, &img, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(img.resident_bytes, UMBRA_RESIDENT_MAX);
+	e.ph[1].p_memsz += 1; /* one byte into one more page */
+	ck_assert_int_eq(elf_image_parse(&e, sizeof(e), LOAD_MIN, load_max, &img, &err), -ENOEXEC);
+	ck_assert_msg(strstr(err.msg, "segment 1: the resident (UMBRA_PF_RESIDENT) segments cover more than 4194304 bytes"),
+		      "got \"%s\"", err.msg);
+}
+END_TEST
+
 enum elf_defect {
 	DEF_MAGIC, DEF_CLASS, DEF_ENDIAN, DEF_MACHINE, DEF_TYPE, DEF_PHENTSIZE, DEF_PHOFF, DEF_NO_LOAD,
 	DEF_FILESZ, DEF_OFFSET, DEF_BELOW_RAM, DEF_ABOVE_RAM, DEF_WRAP, DEF_OVERLAP, DEF_ENTRY, DEF_VADDR,
@@ -1049,6 +1073,7 @@ Suite *vmm_suite(void)
 	tcase_add_test(opts, test_cmdline_length_is_bounded);
 	suite_add_tcase(s, opts);
 	tcase_add_test(elf, test_valid_elf_is_parsed_and_loaded);
+	tcase_add_test(elf, test_resident_segments_are_bounded);
 	tcase_add_loop_test(elf, test_defective_elf_is_rejected_with_reason, 0,
 			    sizeof(elf_defects) / sizeof(elf_defects[0]));
 	suite_add_tcase(s, elf);
