@@ -137,6 +137,9 @@ GUEST_RESIDENT_TEXT static int handle_page_fault(struct exception_frame *frame, 
 	return handlers[14] && handlers[14](frame);
 }
 
+/* The rest of the boot, once faults can be taken (not resident): checks the
+ * boot information, loads this vCPU's GDT and TSS, sets up paging, says
+ * READY and runs main. */
 static __attribute__((noreturn, noinline)) void runtime_main(const struct umbra_boot_info *boot)
 {
 	if (boot->magic != UMBRA_BOOT_MAGIC || boot->abi_version != UMBRA_ABI_VERSION ||
