@@ -1,1 +1,221 @@
-int main(void){return 0;}
+/*
+ * bench-pager: swap-out and swap-in through the pager's swap file, in
+ * batches of 64 pages (and of 1), next to raw 4 KiB pwrite/pread of the same
+ * data on the same file system, measured in the same run.  Prints a
+ * Markdown table (docs/bench-pager.md has results and the command).
+ *
+ *   bench-pager [PAGES [ROUNDS]]      defaults: 16384 pages (64 MiB), 7 rounds
+ *
+ * Every round uses two fresh files in $TMPDIR (or /tmp): the swap's own
+ * temporary file and a raw file of the same size (both sparse, so that
+ * both allocate their blocks while written); the order of raw and swap
+ * alternates between rounds.  Writes and reads are buffered (page cache),
+ * the same for both.  Each figure is the median over ROUNDS of MB/s of one
+ * pass over PAGES pages, with the slowest and fastest round.  The swap's
+ * reads verify each page's crc32; the program also compares every page
+ * read back and exits 1 on a difference.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BENCH_NAME "bench-pager"
+#include "bench_util.h"
+#include "umbra/pager.h"
+
+#define PAGE PAGER_SLOT_SIZE
+#define BATCH 64u
+#define MAX_ROUNDS 100
+
+enum figure {
+	RAW_WRITE, SWAP_WRITE, SWAP_WRITE_SCATTERED, SWAP_WRITE_1,
+	RAW_READ, SWAP_READ, SWAP_READ_SCATTERED, SWAP_READ_1, NR_FIGURES
+};
+
+static const char *const figure_names[NR_FIGURES] = {
+	[RAW_WRITE] = "raw pwrite, 4 KiB per call",
+	[SWAP_WRITE] = "pager_swap_write, batches of 64",
+	[SWAP_WRITE_SCATTERED] = "pager_swap_write, batches of 64, scattered slots",
+	[SWAP_WRITE_1] = "pager_swap_write, batches of 1",
+	[RAW_READ] = "raw pread, 4 KiB per call",
+	[SWAP_READ] = "pager_swap_read, batches of 64 (crc32 verified)",
+	[SWAP_READ_SCATTERED] = "pager_swap_read, batches of 64, scattered slots (crc32 verified)",
+	[SWAP_READ_1] = "pager_swap_read, batches of 1 (crc32 verified)",
+};
+
+struct bench {
+	uint64_t pages;
+	uint8_t *data, *back;
+	struct pager_io *ios;	/* [pages]: slot i for page i */
+	double mbs[NR_FIGURES][MAX_ROUNDS];
+};
+
+static double mb_per_s(uint64_t pages, double ns)
+{
+	return (double)pages * PAGE / 1e6 / (ns / 1e9);
+}
+
+static void check_back(const struct bench *b, const char *what)
+{
+	if (memcmp(b->data, b->back, b->pages * PAGE)) {
+		fprintf(stderr, "%s: %s read back different data\n", BENCH_NAME, what);
+		exit(1);
+	}
+	memset(b->back, 0, b->pages * PAGE);
+}
+
+static int raw_file(uint64_t bytes)
+{
+	const char *dir = getenv("TMPDIR");
+	char path[4096];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/bench-pager-raw-XXXXXX", dir && *dir ? dir : "/tmp");
+	fd = mkostemp(path, O_CLOEXEC);
+	CHECK(fd < 0 ? -errno : 0);
+	unlink(path);
+	CHECK(ftruncate(fd, (off_t)bytes) < 0 ? -errno : 0);
+	return fd;
+}
+
+static void raw_round(struct bench *b, int r)
+{
+	int fd = raw_file(b->pages * PAGE);
+	double t;
+
+	t = now_ns();
+	for (uint64_t i = 0; i < b->pages; i++)
+		CHECK(pwrite(fd, b->data + i * PAGE, PAGE, (off_t)(i * PAGE)) == PAGE ? 0 : -EIO);
+	b->mbs[RAW_WRITE][r] = mb_per_s(b->pages, now_ns() - t);
+	t = now_ns();
+	for (uint64_t i = 0; i < b->pages; i++)
+		CHECK(pread(fd, b->back + i * PAGE, PAGE, (off_t)(i * PAGE)) == PAGE ? 0 : -EIO);
+	b->mbs[RAW_READ][r] = mb_per_s(b->pages, now_ns() - t);
+	close(fd);
+	check_back(b, "raw pread");
+}
+
+/* One pass of writes (@write) or reads over every page, @batch at a time;
+ * MB/s. */
+static double swap_pass(struct bench *b, struct pager_swap *swap, unsigned int batch, bool write)
+{
+	double t = now_ns();
+
+	for (uint64_t i = 0; i < b->pages; i += batch) {
+		unsigned int n = b->pages - i < batch ? (unsigned int)(b->pages - i) : batch;
+
+		for (unsigned int k = 0; k < n; k++)
+			b->ios[i + k].buf = (write ? b->data : b->back) + (i + k) * PAGE;
+		CHECK(write ? pager_swap_write(swap, &b->ios[i], n) : pager_swap_read(swap, &b->ios[i], n));
+	}
+	return mb_per_s(b->pages, now_ns() - t);
+}
+
+/* A fresh swap with every slot allocated: page i in slot i, or (@scatter)
+ * in a random slot, so that no two pages of a batch are neighbours in the
+ * file and no write is merged. */
+static struct pager_swap *fresh_swap(struct bench *b, bool scatter)
+{
+	uint64_t seed = 12345;
+
+	struct pager_swap_config cfg = { .nr_slots = b->pages };
+	struct pager_swap *swap;
+
+	CHECK(pager_swap_create(&cfg, &swap));
+	for (uint64_t i = 0; i < b->pages; i++)
+		CHECK(pager_swap_alloc(swap, &b->ios[i].slot));
+	for (uint64_t i = b->pages - 1; scatter && i > 0; i--) {
+		uint64_t j, t;
+
+		seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+		j = seed % (i + 1);
+		t = b->ios[i].slot;
+		b->ios[i].slot = b->ios[j].slot;
+		b->ios[j].slot = t;
+	}
+	return swap;
+}
+
+static void swap_round(struct bench *b, int r)
+{
+	struct pager_swap *swap = fresh_swap(b, false);
+
+	b->mbs[SWAP_WRITE][r] = swap_pass(b, swap, BATCH, true);
+	b->mbs[SWAP_READ][r] = swap_pass(b, swap, BATCH, false);
+	check_back(b, "pager_swap_read (64)");
+	pager_swap_destroy(swap);
+	swap = fresh_swap(b, true);
+	b->mbs[SWAP_WRITE_SCATTERED][r] = swap_pass(b, swap, BATCH, true);
+	b->mbs[SWAP_READ_SCATTERED][r] = swap_pass(b, swap, BATCH, false);
+	check_back(b, "pager_swap_read (64, scattered)");
+	pager_swap_destroy(swap);
+	swap = fresh_swap(b, false);
+	b->mbs[SWAP_WRITE_1][r] = swap_pass(b, swap, 1, true);
+	b->mbs[SWAP_READ_1][r] = swap_pass(b, swap, 1, false);
+	check_back(b, "pager_swap_read (1)");
+	pager_swap_destroy(swap);
+}
+
+static void min_max(const double *v, int n, double *lo, double *hi)
+{
+	*lo = *hi = v[0];
+	for (int i = 1; i < n; i++) {
+		*lo = v[i] < *lo ? v[i] : *lo;
+		*hi = v[i] > *hi ? v[i] : *hi;
+	}
+}
+
+static void print_table(struct bench *b, int rounds)
+{
+	printf("bench-pager: %llu pages (%llu MiB) per pass, %d rounds, buffered I/O in %s\n\n",
+	       (unsigned long long)b->pages, (unsigned long long)(b->pages * PAGE >> 20), rounds,
+	       getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+	printf("| operation | MB/s (median) | slowest .. fastest round | baseline | ratio to baseline |\n");
+	printf("| --- | ---: | ---: | --- | ---: |\n");
+	for (int f = 0; f < NR_FIGURES; f++) {
+		int base = f < RAW_READ ? RAW_WRITE : RAW_READ;
+		double m = median(b->mbs[f], rounds), lo, hi;
+
+		min_max(b->mbs[f], rounds, &lo, &hi);
+		printf("| %s | %.0f | %.0f .. %.0f | %s | %.2f |\n", figure_names[f], m, lo, hi,
+		       f == base ? "-" : figure_names[base], m / median(b->mbs[base], rounds));
+	}
+	printf("\nbatched swap-out / raw pwrite: %.2f (goal >= 0.80)\n",
+	       median(b->mbs[SWAP_WRITE], rounds) / median(b->mbs[RAW_WRITE], rounds));
+}
+
+int main(int argc, char **argv)
+{
+	struct bench b = { .pages = argc > 1 ? strtoull(argv[1], NULL, 0) : 16384 };
+	int rounds = argc > 2 ? atoi(argv[2]) : 7;
+	uint64_t seed = 0x9e3779b97f4a7c15ull;
+
+	if (b.pages < 1 || b.pages > (1u << 22) || rounds < 1 || rounds > MAX_ROUNDS) {
+		fprintf(stderr, "usage: %s [PAGES (1..4194304) [ROUNDS (1..%d)]]\n", argv[0], MAX_ROUNDS);
+		return 2;
+	}
+	b.data = bench_mmap(b.pages * PAGE);
+	b.back = bench_mmap(b.pages * PAGE);
+	b.ios = calloc(b.pages, sizeof(*b.ios));
+	if (!b.ios)
+		return 1;
+	for (uint64_t i = 0; i < b.pages * PAGE / 8; i++) {
+		seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+		((uint64_t *)b.data)[i] = seed;
+	}
+	for (int r = 0; r < rounds; r++) {
+		if (r % 2) {
+			swap_round(&b, r);
+			raw_round(&b, r);
+		} else {
+			raw_round(&b, r);
+			swap_round(&b, r);
+		}
+	}
+	print_table(&b, rounds);
+	return 0;
+}
