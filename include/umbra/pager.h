@@ -23,7 +23,8 @@
 /* Pages one io_uring submission carries unless the config says otherwise;
  * a larger batch is cut into submissions of this many pages. */
 #define PAGER_SWAP_DEFAULT_QUEUE_DEPTH 512u
-#define PAGER_SWAP_MAX_QUEUE_DEPTH 4096u
+/* At most one iovec per page of a merged run: IOV_MAX (1024). */
+#define PAGER_SWAP_MAX_QUEUE_DEPTH 1024u
 
 struct pager_swap;
 
@@ -81,7 +82,8 @@ struct pager_io {
  * submission per queue depth of pages (not one system call per
  * page), pages of consecutive slots (consecutive in @ios too) merged into
  * one vectored write; short writes are continued.  Each slot must be
- * allocated, written by no other running call, and not read meanwhile.
+ * allocated, appear once in @ios, be written by no other running call,
+ * and not be read or freed meanwhile.
  *
  * Per page, ios[i].result: 0 when the page is in its slot; -EINVAL for a
  * slot out of range or not allocated; the file system's -errno (-ENOSPC,
