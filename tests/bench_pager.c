@@ -6,7 +6,11 @@
  *
  *   bench-pager [PAGES [ROUNDS]]      defaults: 16384 pages (64 MiB), 7 rounds
  *
- * Every round uses two fresh files in $TMPDIR (or /tmp): the swap's own
+ * "Scattered" puts page i at a random place scatter[i] (one permutation for
+ * the run), in the swap (its slot) and in the raw file (its offset) alike,
+ * so that no two pages of a swap batch are neighbours and no I/O merges.
+ *
+ * Every round uses fresh files in $TMPDIR (or /tmp): the swap's own
  * temporary file and a raw file of the same size (both sparse, so that
  * both allocate their blocks while written); the order of raw and swap
  * alternates between rounds.  Writes and reads are buffered (page cache),
@@ -32,16 +36,18 @@
 #define MAX_ROUNDS 100
 
 enum figure {
-	RAW_WRITE, SWAP_WRITE, SWAP_WRITE_SCATTERED, SWAP_WRITE_1,
-	RAW_READ, SWAP_READ, SWAP_READ_SCATTERED, SWAP_READ_1, NR_FIGURES
+	RAW_WRITE, SWAP_WRITE, SWAP_WRITE_1, RAW_WRITE_SCATTERED, SWAP_WRITE_SCATTERED,
+	RAW_READ, SWAP_READ, SWAP_READ_1, RAW_READ_SCATTERED, SWAP_READ_SCATTERED, NR_FIGURES
 };
 
 static const char *const figure_names[NR_FIGURES] = {
 	[RAW_WRITE] = "raw pwrite, 4 KiB per call",
+	[RAW_WRITE_SCATTERED] = "raw pwrite, 4 KiB per call, scattered offsets",
 	[SWAP_WRITE] = "pager_swap_write, batches of 64",
 	[SWAP_WRITE_SCATTERED] = "pager_swap_write, batches of 64, scattered slots",
 	[SWAP_WRITE_1] = "pager_swap_write, batches of 1",
 	[RAW_READ] = "raw pread, 4 KiB per call",
+	[RAW_READ_SCATTERED] = "raw pread, 4 KiB per call, scattered offsets",
 	[SWAP_READ] = "pager_swap_read, batches of 64 (crc32 verified)",
 	[SWAP_READ_SCATTERED] = "pager_swap_read, batches of 64, scattered slots (crc32 verified)",
 	[SWAP_READ_1] = "pager_swap_read, batches of 1 (crc32 verified)",
@@ -51,8 +57,15 @@ struct bench {
 	uint64_t pages;
 	uint8_t *data, *back;
 	struct pager_io *ios;	/* [pages]: slot i for page i */
+	uint64_t *scatter;	/* [pages]: a permutation of 0..pages-1 */
 	double mbs[NR_FIGURES][MAX_ROUNDS];
 };
+
+static uint64_t xorshift(uint64_t *s)
+{
+	*s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+	return *s;
+}
 
 static double mb_per_s(uint64_t pages, double ns)
 {
@@ -82,19 +95,22 @@ static int raw_file(uint64_t bytes)
 	return fd;
 }
 
-static void raw_round(struct bench *b, int r)
+/* Page i at offset i (or scatter[i]) pages of a fresh file. */
+static void raw_round(struct bench *b, int r, bool scattered)
 {
 	int fd = raw_file(b->pages * PAGE);
 	double t;
 
+#define RAW_OFF(i) ((off_t)((scattered ? b->scatter[i] : (i)) * PAGE))
 	t = now_ns();
 	for (uint64_t i = 0; i < b->pages; i++)
-		CHECK(pwrite(fd, b->data + i * PAGE, PAGE, (off_t)(i * PAGE)) == PAGE ? 0 : -EIO);
-	b->mbs[RAW_WRITE][r] = mb_per_s(b->pages, now_ns() - t);
+		CHECK(pwrite(fd, b->data + i * PAGE, PAGE, RAW_OFF(i)) == PAGE ? 0 : -EIO);
+	b->mbs[scattered ? RAW_WRITE_SCATTERED : RAW_WRITE][r] = mb_per_s(b->pages, now_ns() - t);
 	t = now_ns();
 	for (uint64_t i = 0; i < b->pages; i++)
-		CHECK(pread(fd, b->back + i * PAGE, PAGE, (off_t)(i * PAGE)) == PAGE ? 0 : -EIO);
-	b->mbs[RAW_READ][r] = mb_per_s(b->pages, now_ns() - t);
+		CHECK(pread(fd, b->back + i * PAGE, PAGE, RAW_OFF(i)) == PAGE ? 0 : -EIO);
+	b->mbs[scattered ? RAW_READ_SCATTERED : RAW_READ][r] = mb_per_s(b->pages, now_ns() - t);
+#undef RAW_OFF
 	close(fd);
 	check_back(b, "raw pread");
 }
@@ -115,28 +131,19 @@ static double swap_pass(struct bench *b, struct pager_swap *swap, unsigned int b
 	return mb_per_s(b->pages, now_ns() - t);
 }
 
-/* A fresh swap with every slot allocated: page i in slot i, or (@scatter)
- * in a random slot, so that no two pages of a batch are neighbours in the
- * file and no write is merged. */
-static struct pager_swap *fresh_swap(struct bench *b, bool scatter)
+/* A fresh swap with every slot allocated: page i in slot i, or (@scattered)
+ * in slot scatter[i], so that no two pages of a batch are neighbours in
+ * the file and no write is merged. */
+static struct pager_swap *fresh_swap(struct bench *b, bool scattered)
 {
-	uint64_t seed = 12345;
-
 	struct pager_swap_config cfg = { .nr_slots = b->pages };
 	struct pager_swap *swap;
 
 	CHECK(pager_swap_create(&cfg, &swap));
 	for (uint64_t i = 0; i < b->pages; i++)
 		CHECK(pager_swap_alloc(swap, &b->ios[i].slot));
-	for (uint64_t i = b->pages - 1; scatter && i > 0; i--) {
-		uint64_t j, t;
-
-		seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
-		j = seed % (i + 1);
-		t = b->ios[i].slot;
-		b->ios[i].slot = b->ios[j].slot;
-		b->ios[j].slot = t;
-	}
+	for (uint64_t i = 0; scattered && i < b->pages; i++)
+		b->ios[i].slot = b->scatter[i];
 	return swap;
 }
 
@@ -177,15 +184,18 @@ static void print_table(struct bench *b, int rounds)
 	printf("| operation | MB/s (median) | slowest .. fastest round | baseline | ratio to baseline |\n");
 	printf("| --- | ---: | ---: | --- | ---: |\n");
 	for (int f = 0; f < NR_FIGURES; f++) {
-		int base = f < RAW_READ ? RAW_WRITE : RAW_READ;
+		int base = f < RAW_WRITE_SCATTERED ? RAW_WRITE
+			 : f < RAW_READ ? RAW_WRITE_SCATTERED
+			 : f < RAW_READ_SCATTERED ? RAW_READ : RAW_READ_SCATTERED;
 		double m = median(b->mbs[f], rounds), lo, hi;
 
 		min_max(b->mbs[f], rounds, &lo, &hi);
 		printf("| %s | %.0f | %.0f .. %.0f | %s | %.2f |\n", figure_names[f], m, lo, hi,
 		       f == base ? "-" : figure_names[base], m / median(b->mbs[base], rounds));
 	}
-	printf("\nbatched swap-out / raw pwrite: %.2f (goal >= 0.80)\n",
-	       median(b->mbs[SWAP_WRITE], rounds) / median(b->mbs[RAW_WRITE], rounds));
+	printf("\nbatched swap-out / raw pwrite: %.2f consecutive slots, %.2f scattered (goal >= 0.80)\n",
+	       median(b->mbs[SWAP_WRITE], rounds) / median(b->mbs[RAW_WRITE], rounds),
+	       median(b->mbs[SWAP_WRITE_SCATTERED], rounds) / median(b->mbs[RAW_WRITE_SCATTERED], rounds));
 }
 
 int main(int argc, char **argv)
@@ -201,18 +211,27 @@ int main(int argc, char **argv)
 	b.data = bench_mmap(b.pages * PAGE);
 	b.back = bench_mmap(b.pages * PAGE);
 	b.ios = calloc(b.pages, sizeof(*b.ios));
-	if (!b.ios)
+	b.scatter = calloc(b.pages, sizeof(*b.scatter));
+	if (!b.ios || !b.scatter)
 		return 1;
-	for (uint64_t i = 0; i < b.pages * PAGE / 8; i++) {
-		seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
-		((uint64_t *)b.data)[i] = seed;
+	for (uint64_t i = 0; i < b.pages * PAGE / 8; i++)
+		((uint64_t *)b.data)[i] = xorshift(&seed);
+	for (uint64_t i = 0; i < b.pages; i++)
+		b.scatter[i] = i;
+	for (uint64_t i = b.pages - 1; i > 0; i--) {
+		uint64_t j = xorshift(&seed) % (i + 1), t = b.scatter[i];
+
+		b.scatter[i] = b.scatter[j];
+		b.scatter[j] = t;
 	}
 	for (int r = 0; r < rounds; r++) {
 		if (r % 2) {
 			swap_round(&b, r);
-			raw_round(&b, r);
+			raw_round(&b, r, false);
+			raw_round(&b, r, true);
 		} else {
-			raw_round(&b, r);
+			raw_round(&b, r, true);
+			raw_round(&b, r, false);
 			swap_round(&b, r);
 		}
 	}
