@@ -383,6 +383,7 @@ static void write_prepare_locked(struct pager_swap *swap, struct pager_io *io, u
 /* Records page i's checksum and counts it, after its write. */
 static void write_finish_locked(struct pager_swap *swap, struct pager_io *io, unsigned int i)
 {
+	umbra_mutex_assert_held(&swap->lock);
 	if (swap->state[i] == PAGE_REFUSED)
 		return;
 	if (io->result) {
@@ -437,6 +438,7 @@ static void read_prepare_locked(struct pager_swap *swap, struct pager_io *io, un
 
 static void read_finish_locked(struct pager_swap *swap, struct pager_io *io, unsigned int i)
 {
+	umbra_mutex_assert_held(&swap->lock);
 	if (swap->state[i] == PAGE_REFUSED)
 		return;
 	if (io->result == -EBADMSG) {
