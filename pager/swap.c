@@ -330,8 +330,10 @@ static void do_chunk_io(struct pager_swap *swap, struct pager_io *ios, unsigned 
 
 			while ((ret = io_uring_wait_cqe(&swap->ring, &cqe)) == -EINTR)
 				;
+			/* Only -EINTR is possible with SQEs in flight; giving up
+			 * would let the kernel write into freed buffers. */
 			if (ret < 0)
-				abort();	/* the ring owes us a completion */
+				abort();
 			complete_run(swap, ios, (unsigned int)io_uring_cqe_get_data64(cqe), n, cqe->res);
 			io_uring_cqe_seen(&swap->ring, cqe);
 		}
@@ -340,17 +342,17 @@ static void do_chunk_io(struct pager_swap *swap, struct pager_io *ios, unsigned 
 
 /* ---- write and read ------------------------------------------------- */
 
-/* Flips one byte of @slot in the file (PAGER_INJECT_CORRUPT). */
-static void corrupt_slot(struct pager_swap *swap, uint64_t slot)
+/* Flips one byte of @slot in the file (PAGER_INJECT_CORRUPT); false if
+ * the file would not let it. */
+static bool corrupt_slot(struct pager_swap *swap, uint64_t slot)
 {
 	off_t off = (off_t)(slot * PAGER_SLOT_SIZE + PAGER_SLOT_SIZE / 2);
 	uint8_t byte;
 
-	if (pread(swap->fd, &byte, 1, off) == 1) {
-		byte ^= 0xff;
-		if (pwrite(swap->fd, &byte, 1, off) != 1)
-			abort();	/* the test would wait for a failure that cannot come */
-	}
+	if (pread(swap->fd, &byte, 1, off) != 1)
+		return false;
+	byte ^= 0xff;
+	return pwrite(swap->fd, &byte, 1, off) == 1;
 }
 
 static uint32_t page_crc(const void *buf)
@@ -410,8 +412,10 @@ static void write_chunk(struct pager_swap *swap, struct pager_io *ios, unsigned 
 		if (ios[i].result)
 			continue;
 		swap->sum[i] = page_crc(ios[i].buf);
-		if (swap->state[i] == PAGE_IO_CORRUPT)
-			corrupt_slot(swap, ios[i].slot);
+		/* Where the file cannot be damaged, the recorded checksum is:
+		 * the next read fails its check all the same. */
+		if (swap->state[i] == PAGE_IO_CORRUPT && !corrupt_slot(swap, ios[i].slot))
+			swap->sum[i] ^= 1;
 	}
 	umbra_mutex_lock(&swap->lock);
 	for (unsigned int i = 0; i < n; i++)
