@@ -52,6 +52,8 @@
  *   VMM_VM           vmm: a VM's pins and stop state
  *   VMM_OUTPUT       vmm: whole lines of output
  *   VMM_EVICTOR      vmm: the evictor's stop flag
+ *   PAGER_OBJECT     pager: one object's page states and counters (a leaf
+ *                    for the pager: no call out while held)
  *   NOTIFIER_SEQ     notifier object's sequence lock (leaf; taken by
  *                    read_begin/read_retry and by the invalidation side)
  *
@@ -88,6 +90,7 @@ enum umbra_lock_rank {
 	UMBRA_LOCK_RANK_VMM_VM = 22,
 	UMBRA_LOCK_RANK_VMM_OUTPUT = 23,
 	UMBRA_LOCK_RANK_VMM_EVICTOR = 24,
+	UMBRA_LOCK_RANK_PAGER_OBJECT = 26,
 	UMBRA_LOCK_RANK_NOTIFIER_SEQ = 28,
 	UMBRA_LOCK_RANK_MAX = 31,
 };
