@@ -168,6 +168,12 @@ static int batch_settle(struct batch *b)
 	struct pager_object *po = b->po;
 	int first_err = 0;
 
+	/* Unprotect the dirty pages that stay while they are still ours. */
+	for (unsigned int i = 0; i < b->n; i++) {
+		if (b->v[i].result && !b->v[i].clean)
+			(void)pager_uffd_protect(po->pager, pager_page_addr(po, b->v[i].page),
+						 PAGER_PAGE_SIZE, false);
+	}
 	umbra_mutex_lock(&po->lock);
 	for (unsigned int i = 0; i < b->n; i++) {
 		struct victim *v = &b->v[i];
@@ -189,15 +195,8 @@ static int batch_settle(struct batch *b)
 	}
 	pthread_cond_broadcast(&po->cond);
 	umbra_mutex_unlock(&po->lock);
-	for (unsigned int i = 0; i < b->n; i++) {
-		struct victim *v = &b->v[i];
-
-		if (v->result && !v->clean)
-			(void)pager_uffd_protect(po->pager, pager_page_addr(po, v->page),
-						 PAGER_PAGE_SIZE, false);
-		else
-			pager_uffd_wake(po->pager, pager_page_addr(po, v->page), PAGER_PAGE_SIZE);
-	}
+	for (unsigned int i = 0; i < b->n; i++)
+		pager_uffd_wake(po->pager, pager_page_addr(po, b->v[i].page), PAGER_PAGE_SIZE);
 	for (unsigned int r = 0; r < b->nranges; r++)
 		notifier_invalidate_range_end(&b->ranges[r]);
 	return first_err;

@@ -275,20 +275,25 @@ void pager_fault_wp(struct pager_object *po, uint64_t page)
 
 	umbra_mutex_lock(&po->lock);
 	st = po->state[page];
-	if (st == PAGER_PAGE_CLEAN) {
-		/* The first write: the slot no longer holds the content. */
+	if (st == PAGER_PAGE_CLEAN || st == PAGER_PAGE_RESIDENT) {
+		/* The first write: the slot no longer holds the content.
+		 * Busy while unprotecting, so that no eviction protects and
+		 * copies it in between (the write would then be lost). */
 		free_slot = po->slot[page];
 		po->slot[page] = PAGER_NO_SLOT;
-		po->state[page] = PAGER_PAGE_RESIDENT;
+		po->state[page] = PAGER_PAGE_SWAPPING_IN;
 	}
 	umbra_mutex_unlock(&po->lock);
-	if (free_slot != PAGER_NO_SLOT)
-		pager_swap_free(po->pager->swap, free_slot);
 	switch (st) {
 	case PAGER_PAGE_CLEAN:
 	case PAGER_PAGE_RESIDENT:
-		/* Unprotect wakes the writer. */
+		if (free_slot != PAGER_NO_SLOT)
+			pager_swap_free(po->pager->swap, free_slot);
 		(void)pager_uffd_protect(po->pager, pager_page_addr(po, page), PAGER_PAGE_SIZE, false);
+		umbra_mutex_lock(&po->lock);
+		page_settle_locked(po, page, PAGER_PAGE_RESIDENT);
+		umbra_mutex_unlock(&po->lock);
+		pager_uffd_wake(po->pager, pager_page_addr(po, page), PAGER_PAGE_SIZE);
 		break;
 	case PAGER_PAGE_SWAPPED:
 		/* Evicted since: the retry takes a missing fault. */

@@ -74,11 +74,16 @@ int pager_uffd_start(struct pager *pager);
 void pager_uffd_stop(struct pager *pager);
 int pager_uffd_register(struct pager *pager, void *host, uint64_t size);
 int pager_uffd_unregister(struct pager *pager, void *host, uint64_t size);
+/*
+ * The page ioctls wake nobody: the owner of a page wakes its faults with
+ * pager_uffd_wake() once it has settled the page's state, so that a woken
+ * thread finds the state (and the counters) final.
+ */
 /* Install @buf at @addr (one page), write-protected.  -EEXIST if present. */
 int pager_uffd_copy_wp(struct pager *pager, void *addr, const void *buf);
 /* Install a zero page at @addr.  -EEXIST if present. */
 int pager_uffd_zero(struct pager *pager, void *addr);
-/* Write-protect (@protect) or unprotect and wake [@addr, @addr + @len). */
+/* Write-protect (@protect) or unprotect [@addr, @addr + @len). */
 int pager_uffd_protect(struct pager *pager, void *addr, uint64_t len, bool protect);
 /* Wake the faults waiting in [@addr, @addr + @len). */
 void pager_uffd_wake(struct pager *pager, void *addr, uint64_t len);

@@ -90,7 +90,7 @@ int pager_uffd_copy_wp(struct pager *pager, void *addr, const void *buf)
 		.dst = (uintptr_t)addr,
 		.src = (uintptr_t)buf,
 		.len = PAGER_PAGE_SIZE,
-		.mode = UFFDIO_COPY_MODE_WP,
+		.mode = UFFDIO_COPY_MODE_WP | UFFDIO_COPY_MODE_DONTWAKE,
 	};
 
 	while (ioctl(pager->uffd, UFFDIO_COPY, &copy) < 0) {
@@ -105,6 +105,7 @@ int pager_uffd_zero(struct pager *pager, void *addr)
 {
 	struct uffdio_zeropage zero = {
 		.range = { .start = (uintptr_t)addr, .len = PAGER_PAGE_SIZE },
+		.mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE,
 	};
 
 	while (ioctl(pager->uffd, UFFDIO_ZEROPAGE, &zero) < 0) {
@@ -119,7 +120,8 @@ int pager_uffd_protect(struct pager *pager, void *addr, uint64_t len, bool prote
 {
 	struct uffdio_writeprotect wp = {
 		.range = { .start = (uintptr_t)addr, .len = len },
-		.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+		/* The kernel refuses DONTWAKE with WP: protecting wakes nobody. */
+		.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
 	};
 
 	while (ioctl(pager->uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
