@@ -67,8 +67,8 @@ static void object_free(struct pager_object *po)
 	free(po);
 }
 
-/* Brings every page of @po back, lifts the protection, frees the slots. */
-static void object_release(struct pager *pager, struct pager_object *po)
+/* Brings every page of @po back and unregisters its mapping. */
+static void object_unregister(struct pager *pager, struct pager_object *po)
 {
 	for (uint64_t p = 0; p < po->npages; p++) {
 		if (pager_is_swapped(pager, po->id, p))
@@ -76,6 +76,11 @@ static void object_release(struct pager *pager, struct pager_object *po)
 	}
 	(void)pager_uffd_protect(pager, po->host, po->npages * PAGER_PAGE_SIZE, false);
 	(void)pager_uffd_unregister(pager, po->host, po->npages * PAGER_PAGE_SIZE);
+}
+
+/* Frees @po's slots and @po (the handler thread has stopped). */
+static void object_release(struct pager *pager, struct pager_object *po)
+{
 	for (uint64_t p = 0; p < po->npages; p++) {
 		if (po->slot[p] != PAGER_NO_SLOT)
 			pager_swap_free(pager->swap, po->slot[p]);
@@ -89,8 +94,12 @@ void pager_destroy(struct pager *pager)
 	if (!pager)
 		return;
 	for (int i = 0; i < pager->nr_objects; i++)
-		object_release(pager, pager->objects[i]);
+		object_unregister(pager, pager->objects[i]);
+	/* A message read before the unregistration may still be handled:
+	 * the objects are freed only once the handler has stopped. */
 	pager_uffd_stop(pager);
+	for (int i = 0; i < pager->nr_objects; i++)
+		object_release(pager, pager->objects[i]);
 	close(pager->uffd);
 	umbra_mutex_exit(&pager->add_lock);
 	free(pager);
