@@ -209,6 +209,8 @@ int pager_evict(struct pager *pager, int id, uint64_t first, uint64_t npages)
 	uint64_t p, end;
 	int ret = 0, err;
 
+	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_NOTIFIER_CALLBACK,
+				   "pager_evict with a shadow lock held");
 	po = pager_object_get(pager, id);
 	if (!po || !npages || first >= po->npages || npages > po->npages - first)
 		return -EINVAL;
