@@ -58,9 +58,9 @@ static long check_page(const uint8_t *host, uint64_t p)
 	return -1;
 }
 
-static void pfix_init(struct pfix *f, uint64_t nr_slots, uint64_t npages)
+static void pfix_init_at(struct pfix *f, const char *path, uint64_t nr_slots, uint64_t npages)
 {
-	struct pager_swap_config cfg = { .path = NULL, .nr_slots = nr_slots };
+	struct pager_swap_config cfg = { .path = path, .nr_slots = nr_slots };
 
 	memset(f, 0, sizeof(*f));
 	ck_assert_int_eq(notifier_thread_init(), 0);
@@ -76,6 +76,11 @@ static void pfix_init(struct pfix *f, uint64_t nr_slots, uint64_t npages)
 	for (uint64_t p = 0; p < npages; p++)
 		fill_page(f, p);
 	ck_assert_int_eq(pager_add_object(f->pager, f->obj, f->memfd, f->host, npages * PG, &f->id), 0);
+}
+
+static void pfix_init(struct pfix *f, uint64_t nr_slots, uint64_t npages)
+{
+	pfix_init_at(f, NULL, nr_slots, npages);
 }
 
 static void pfix_fini(struct pfix *f)
@@ -360,6 +365,38 @@ START_TEST(test_never_written_hole_reads_zero_and_evicted_hole_stays_zero)
 }
 END_TEST
 
+/* A slot that reads back corrupt never becomes a page: get_page fails with
+ * the checksum's error and the page stays out. */
+START_TEST(test_corrupt_slot_fails_get_page_and_page_stays_out)
+{
+	char path[] = "/tmp/umbra-test-swap-XXXXXX";
+	uint8_t junk[PG];
+	struct stat sb;
+	struct pfix f;
+	int fd = mkstemp(path);
+	int ret;
+
+	ck_assert_int_ge(fd, 0);
+	pfix_init_at(&f, path, 16, NPAGES);
+	ck_assert_int_eq(pager_evict(f.pager, f.id, 6, 1), 0);
+	/* Overwrite the whole file: whichever slot holds page 6 is corrupt. */
+	memset(junk, 0xff, sizeof(junk));
+	ck_assert_int_eq(fstat(fd, &sb), 0);
+	ck_assert_int_gt(sb.st_size, 0);
+	for (off_t off = 0; off < sb.st_size; off += PG)
+		ck_assert_int_eq(pwrite(fd, junk, PG, off), PG);
+	ret = pager_get_page(f.pager, f.id, 6);
+	ck_assert_msg(ret == -EBADMSG || ret == -EIO, "expected -EBADMSG or -EIO, got %d", ret);
+	ck_assert(pager_is_swapped(f.pager, f.id, 6));
+	ck_assert_uint_eq(pstats(&f).read_errors, 1);
+	ck_assert_uint_eq(pstats(&f).swapins, 0);
+	ck_assert_uint_eq(memfd_pages(&f), NPAGES - 1);
+	pfix_fini(&f);
+	close(fd);
+	unlink(path);
+}
+END_TEST
+
 /* A writer keeps storing increasing values into one page (standing for a
  * guest writing through KVM without a shadow fault) while it is evicted and
  * brought back again and again: no store may be lost. */
@@ -433,6 +470,7 @@ Suite *pager_suite(void)
 	tcase_add_test(evict, test_failed_swap_write_leaves_page_resident_with_its_content);
 	tcase_add_test(evict, test_clean_swapped_in_page_evicts_without_io_until_written);
 	tcase_add_test(evict, test_never_written_hole_reads_zero_and_evicted_hole_stays_zero);
+	tcase_add_test(evict, test_corrupt_slot_fails_get_page_and_page_stays_out);
 	tcase_set_timeout(races, TEST_TORTURE_LIMIT_S + 30);
 	tcase_add_loop_test(races, test_four_threads_faulting_one_page_read_swap_once, 0, 2);
 	tcase_add_test(races, test_writes_racing_eviction_are_never_lost);
