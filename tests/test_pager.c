@@ -256,6 +256,19 @@ START_TEST(test_shadow_fault_brings_evicted_page_back_through_get_page)
 	st = pstats(&f);
 	ck_assert_uint_eq(st.swapins, 1);
 	ck_assert_msg(check_page(f.host, 5) < 0, "page 5 came back wrong");
+	/* The guest writes the clean page through its shadow mapping: the
+	 * write is seen, so the next eviction writes it out again. */
+	uint64_t writes = swap_writes(&f);
+
+	val = 0xabcdef;
+	ck_assert_int_eq(shadow_vcpu_access64_fault_in(v, VA_BASE + 5 * PG,
+						       SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE, &val,
+						       &res), 0);
+	ck_assert_int_eq(pager_evict(f.pager, f.id, 5, 1), 0);
+	ck_assert_uint_eq(swap_writes(&f), writes + 1);
+	val = 0;
+	ck_assert_int_eq(shadow_vcpu_access64_fault_in(v, VA_BASE + 5 * PG, SHADOW_ACCESS_USER, &val, &res), 0);
+	ck_assert_uint_eq(val, 0xabcdef);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 	pfix_fini(&f);
