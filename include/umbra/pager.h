@@ -111,7 +111,7 @@ struct pager_stats {
 	uint64_t swapouts_cached;	/* evictions of clean pages: no I/O */
 	uint64_t swapins;		/* pages read back from swap */
 	uint64_t zero_fills;		/* never-evicted holes filled with zeros */
-	uint64_t write_errors;		/* pages left resident: slot or write failed */
+	uint64_t write_errors;		/* evictions failed: page left resident (no slot, I/O...) */
 	uint64_t read_errors;		/* swap-ins that failed (page stays out) */
 	uint64_t host_bytes;		/* memory of the memfd(s): st_blocks * 512 */
 };
