@@ -25,6 +25,7 @@ Suite *shadow_share_suite(void);
 Suite *shadow_share_torture_suite(void);
 Suite *shadow_hostile_suite(void);
 Suite *pager_swap_suite(void);
+Suite *pager_suite(void);
 Suite *vmm_suite(void);
 Suite *kvm_suite(void);
 Suite *kvm_paging_suite(void);

@@ -54,6 +54,8 @@
  *   VMM_EVICTOR      vmm: the evictor's stop flag
  *   PAGER_SWAP_IO    pager: the swap file's ring, held across its I/O
  *   PAGER_SWAP       pager: the swap file's slot map, checksums, counters
+ *   PAGER_OBJECT     pager: one object's page states and counters (a leaf
+ *                    for the pager: no call out while held)
  *   NOTIFIER_SEQ     notifier object's sequence lock (leaf; taken by
  *                    read_begin/read_retry and by the invalidation side)
  *
@@ -92,6 +94,7 @@ enum umbra_lock_rank {
 	UMBRA_LOCK_RANK_VMM_EVICTOR = 24,
 	UMBRA_LOCK_RANK_PAGER_SWAP_IO = 25,
 	UMBRA_LOCK_RANK_PAGER_SWAP = 26,
+	UMBRA_LOCK_RANK_PAGER_OBJECT = 27,
 	UMBRA_LOCK_RANK_NOTIFIER_SEQ = 28,
 	UMBRA_LOCK_RANK_MAX = 31,
 };
