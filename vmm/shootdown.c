@@ -18,6 +18,7 @@
 #include <sys/ioctl.h>
 
 #include "vm_internal.h"
+#include "x86.h"
 
 static __thread struct vcpu *current_vcpu; /* the vCPU this thread runs, if any */
 
@@ -88,8 +89,37 @@ static bool vcpu_flush_pending(struct vcpu *vcpu)
 	       __atomic_load_n(&vcpu->flush_req, __ATOMIC_SEQ_CST) != vcpu->nmi_done;
 }
 
+/*
+ * Before the guest's NMI handler is installed a flush cannot be an NMI, and
+ * the vCPU may be booting on translations a zap just freed (a reclaim while
+ * it starts): umbra flushes its TLB itself. A CR4 change through
+ * KVM_SET_SREGS makes KVM reset the vCPU's MMU context, and loading it again
+ * flushes the guest's TLB (its ASID); the second call puts CR4 back.
+ */
+static int vcpu_flush_before_ready(struct vcpu *vcpu)
+{
+	uint64_t req = __atomic_load_n(&vcpu->flush_req, __ATOMIC_SEQ_CST);
+	struct kvm_sregs sregs;
+
+	if (req == vcpu->nmi_done)
+		return 0;
+	vcpu->nmi_done = req;
+	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0)
+		return -errno;
+	sregs.cr4 ^= X86_CR4_PGE;
+	if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0)
+		return -errno;
+	sregs.cr4 ^= X86_CR4_PGE;
+	if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0)
+		return -errno;
+	__atomic_fetch_add(&vcpu->vm->early_flushes, 1, __ATOMIC_RELAXED);
+	return 0;
+}
+
 int vcpu_inject_pending_flush(struct vcpu *vcpu)
 {
+	if (!__atomic_load_n(&vcpu->nmi_ready, __ATOMIC_ACQUIRE))
+		return vcpu_flush_before_ready(vcpu);
 	if (!vcpu_flush_pending(vcpu))
 		return 0;
 	vcpu->nmi_done = __atomic_load_n(&vcpu->flush_req, __ATOMIC_SEQ_CST);

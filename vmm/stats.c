@@ -69,6 +69,7 @@ void vm_get_stats(const struct vm *vm, struct vm_stats *stats)
 	stats->kicks = __atomic_load_n(&vm->kicks, __ATOMIC_RELAXED);
 	stats->nmis = __atomic_load_n(&vm->nmis, __ATOMIC_RELAXED);
 	stats->flush_acks = __atomic_load_n(&vm->flush_acks, __ATOMIC_RELAXED);
+	stats->early_flushes = __atomic_load_n(&vm->early_flushes, __ATOMIC_RELAXED);
 }
 
 /* The process's table memory: X(field, key) of struct table_memory. */

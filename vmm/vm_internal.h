@@ -57,8 +57,9 @@ struct vcpu {
 	uint64_t rsvd_va;
 	unsigned int rsvd_faults;
 	/* TLB-shootdown mailbox: flush_req counts flush requests (atomic);
-	 * nmi_done is how many of them the vCPU thread has turned into an
-	 * injected NMI (its thread only); nmi_ready says the guest's NMI
+	 * nmi_done is how many of them the vCPU thread has served, by an
+	 * injected NMI or, before its NMI handler is installed, by a TLB flush
+	 * of its own (its thread only); nmi_ready says the guest's NMI
 	 * handler is installed (atomic, set once by UMBRA_HC_READY). */
 	uint64_t flush_req;
 	uint64_t nmi_done;
@@ -134,7 +135,7 @@ struct vm {
 
 	_Atomic uint64_t exits[VM_EXIT_NR];
 	_Atomic uint64_t hypercalls[UMBRA_HC_NR];
-	_Atomic uint64_t flush_requests, kicks, nmis, flush_acks;
+	_Atomic uint64_t flush_requests, kicks, nmis, flush_acks, early_flushes;
 };
 
 /* The boot layout of the VM's RAM (boot.c's view of it). */

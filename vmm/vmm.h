@@ -388,7 +388,7 @@ struct vm_stats {
 	struct shadow_table_usage tables; /* the tables the VM reaches (when it stopped, once stopped) */
 	/* TLB shootdowns: flush requests posted to vCPU mailboxes, kicks of
 	 * vCPUs in guest mode, NMIs injected, acknowledgements from the guest. */
-	uint64_t flush_requests, kicks, nmis, flush_acks;
+	uint64_t flush_requests, kicks, nmis, flush_acks, early_flushes;
 };
 
 /*
@@ -427,6 +427,7 @@ struct vm_stats {
 	X(SHOOTDOWNS, kicks, " kicks=", "", s->kicks)                                              \
 	X(SHOOTDOWNS, nmis, " nmis=", "", s->nmis)                                                 \
 	X(SHOOTDOWNS, acks, " acks=", "", s->flush_acks)                                           \
+	X(SHOOTDOWNS, early_flushes, " early_flushes=", "", s->early_flushes)                      \
 	X(TABLES_REACHED, reached, " ", "", s->tables.tables)                                      \
 	X(TABLES_REACHED, private, " (private ", "", s->tables.private_)                           \
 	X(TABLES_REACHED, shared, ", shared ", ")", s->tables.shared)                              \

@@ -21,6 +21,7 @@
 #define X86_CR0_WP (1ull << 16) /* supervisor writes obey R/W */
 #define X86_CR0_PG (1ull << 31) /* paging */
 #define X86_CR4_PAE (1ull << 5)
+#define X86_CR4_PGE (1ull << 7)     /* global pages; a change flushes the TLB */
 #define X86_CR4_OSFXSR (1ull << 9)     /* FXSAVE/SSE enabled */
 #define X86_CR4_OSXMMEXCPT (1ull << 10) /* SSE exceptions as #XM */
 #define X86_EFER_LME (1ull << 8)  /* long mode enable */
