@@ -82,11 +82,11 @@ void vcpu_shootdown_ready(struct vcpu *vcpu)
 	__atomic_store_n(&vcpu->nmi_ready, true, __ATOMIC_RELEASE);
 }
 
-/* True when a posted flush request has not yet become an injected NMI. */
+/* True when a posted flush request is not served yet (by an injected NMI,
+ * or before the NMI handler is installed by vcpu_flush_before_ready). */
 static bool vcpu_flush_pending(struct vcpu *vcpu)
 {
-	return __atomic_load_n(&vcpu->nmi_ready, __ATOMIC_ACQUIRE) &&
-	       __atomic_load_n(&vcpu->flush_req, __ATOMIC_SEQ_CST) != vcpu->nmi_done;
+	return __atomic_load_n(&vcpu->flush_req, __ATOMIC_SEQ_CST) != vcpu->nmi_done;
 }
 
 /*
