@@ -64,6 +64,10 @@ int pool_obj_clear_young(struct shadow_pool *pool, struct pool_obj *po, uint64_t
 	uint32_t i;
 	int young;
 
+	/* Old: its leaves are tracked already (a fault marks the page young
+	 * after it made a leaf visible), e.g. by another VM's callback. */
+	if (!pool_obj_is_young(po, page))
+		return 0;
 	if (!umbra_mutex_trylock(stripe))
 		return 1;
 	for_each_rmap_sptep(rmap, stripe, i, s) {
