@@ -62,25 +62,31 @@ int pool_obj_clear_young(struct shadow_pool *pool, struct pool_obj *po, uint64_t
 	shadow_sptep_t s;
 	bool all = true;
 	uint32_t i;
-	int young;
 
-	/* Old: its leaves are tracked already (a fault marks the page young
-	 * after it made a leaf visible), e.g. by another VM's callback. */
+	/* Old: its leaves are tracked already (the invariant, docs/shadow.md),
+	 * e.g. by another VM's callback. */
 	if (!pool_obj_is_young(po, page))
 		return 0;
 	if (!umbra_mutex_trylock(stripe))
 		return 1;
+	/*
+	 * Clear first, then track: a fault that makes a leaf visible marks
+	 * the page after, so either this tracks that leaf (its table lock
+	 * orders the two) or the mark comes after the clear and the page
+	 * stays young.  Clearing after tracking could lose the mark of a leaf
+	 * restored in between.
+	 */
+	__atomic_store_n(&po->young[page], 0, __ATOMIC_RELAXED);
 	for_each_rmap_sptep(rmap, stripe, i, s) {
 		if (leaf_track(pool, s))
 			(*tracked)++;
 		else
 			all = false;
 	}
-	/* Every leaf tracked: the next access through any of them faults and
-	 * marks the page again.  Otherwise keep it young (not cleared). */
-	young = all ? __atomic_exchange_n(&po->young[page], 0, __ATOMIC_RELAXED) : 1;
+	if (!all)
+		pool_obj_mark_young(po, page); /* a leaf may still be visible */
 	umbra_mutex_unlock(stripe);
-	return young;
+	return 1;
 }
 
 /*
