@@ -1,5 +1,6 @@
 /*
- * The fault path: walk the guest's tables, look the page up in the P2M,
+ * The fault path: first the fast restore of an access-tracked leaf
+ * (access.c); else walk the guest's tables, look the page up in the P2M,
  * make it resident with the notifier's sequence/retry protocol, and install
  * the shadow path and leaf (docs/shadow.md, "Fault path").
  *
@@ -199,7 +200,6 @@ static int install_leaf_locked(struct shadow_mmu *mmu, uint32_t table, unsigned 
 		batch_add_leaf_va(mmu, table, i, b);
 		batch_add_table(b, table);
 	}
-	__atomic_store_n(&slot->young[page], 1, __ATOMIC_RELAXED);
 	mmu_stat_inc(mmu, installs);
 	return 0;
 }
@@ -222,9 +222,12 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 		return ret;
 	ret = install_leaf_locked(mmu, table, SPTE_INDEX(w->va, 1), slot, page,
 				  make_leaf(mmu, mpa, rights, slot->s.readonly || cow), b);
-	if (!ret)
-		pool_entry_mirror(mmu->pool, table, SPTE_INDEX(w->va, 1));
-	return ret;
+	if (ret)
+		return ret;
+	/* Also restores a leaf found unchanged, if access-tracked (access.c). */
+	pool_entry_mirror(mmu->pool, table, SPTE_INDEX(w->va, 1));
+	pool_obj_mark_young(slot->pobj, page);
+	return 0;
 }
 
 /* ---- the fault: walk, make resident, install ----------------------------- */
@@ -407,6 +410,11 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 	if (access & ~SHADOW_ACCESS_MASK)
 		return -EINVAL;
 	mmu_stat_inc(mmu, faults);
+	/* An access-tracked leaf: restored without a guest walk (access.c). */
+	if (fault_fast_restore(mmu, cr3, va, access)) {
+		mmu_stat_inc(mmu, fixed);
+		return SHADOW_FAULT_FIXED;
+	}
 	for (;;) {
 		ret = fault_walk(mmu, &f, error_code);
 		if (ret == FAULT_WALK_AGAIN && ++walks_again > FAULT_MAX_WALKS_AGAIN)

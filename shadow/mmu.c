@@ -104,10 +104,8 @@ void shadow_mmu_destroy(struct shadow_mmu *mmu)
 	for (int i = 0; i < n; i++)
 		notifier_unsubscribe(mmu->slots[i].sub);
 	mmu_unlist(mmu);
-	for (int i = 0; i < n; i++) {
+	for (int i = 0; i < n; i++)
 		pool_obj_put(mmu->pool, mmu->slots[i].pobj);
-		free(mmu->slots[i].young);
-	}
 	umbra_mutex_exit(&mmu->tlbs_lock);
 	umbra_mutex_exit(&mmu->mmu_lock);
 	free(mmu->roots);

@@ -17,6 +17,8 @@
  *   root.c      the root cache, CR3 loads and the reclaim of every table
  *   quota.c     the table quota: which VM's account each table page counts in
  *   fault.c     the fault path: guest walk, retry protocol, install
+ *   access.c    access tracking: young bytes, access-tracked leaves and
+ *               the fault's fast restore
  *   clone.c     clone and copy-on-write break
  *   check.c     the invariant checkers and table usage
  *   mmu.c       create / destroy, vCPU registration, statistics
@@ -243,6 +245,15 @@ void root_evict_locked(struct shadow_mmu *mmu, struct shadow_root *root, struct 
  * section.
  */
 void mmu_reclaim(struct shadow_mmu *mmu);
+
+/* ---- access.c: access tracking ----------------------------------------- */
+
+/* The fault's fast path: if the private shadow path of @va under @cr3's
+ * root reaches a present leaf that grants @access (an access-tracked leaf,
+ * or one whose visible copy a guest changed), restores its visible copy,
+ * marks the page young and returns true; false: the slow path is needed.
+ * Takes mmu_lock; the caller holds no shadow lock. */
+bool fault_fast_restore(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access);
 
 /* ---- quota.c: the table quota -------------------------------------------- */
 

@@ -1,14 +1,16 @@
 /*
  * The shadow MMU as a subscriber of each slot's memory object
- * (umbra/notifier.h has the callback contracts).  Every callback
- * serialises on the VM's mmu_lock, the lock the fault path holds around
+ * (umbra/notifier.h has the callback contracts).  Every invalidation
+ * callback serialises on the VM's mmu_lock, the lock the fault path holds around
  * notifier_read_retry() and the install: so once a callback has zapped a
  * range under mmu_lock and flushed the vCPUs, no fault can install an entry
  * for it until the invalidation ends (read_retry answers "retry").
  *
- * Locks: each callback takes the slot's VM's mmu_lock (a try-lock where it
- * may not block) and zaps through zap.c; release() runs under the object's
- * lock, which ranks outside mmu_lock (umbra/lock.h).
+ * Locks: each invalidation callback takes the slot's VM's mmu_lock (a
+ * try-lock where it may not block) and zaps through zap.c; the young
+ * callbacks take no mmu_lock (access.c: try-locks on a stripe and table
+ * locks, or nothing); release() runs under the object's lock, which ranks
+ * outside mmu_lock (umbra/lock.h).
  */
 #include <errno.h>
 
@@ -62,42 +64,34 @@ static int shadow_invalidate_page(struct notifier_subscription *sub,
 }
 
 /*
- * Access tracking without hardware A bits (the CPU never writes the pool: A
- * is preset in every shadow entry, spte.h): a page is
- * young when a fault installed a mapping of it since the last clear.
- * Clearing also zaps its mappings so that the next access faults and marks
- * it young again (what KVM does for SPTEs without A/D bits).  The callback
- * may not sleep: if mmu_lock is contended, it answers "young" and clears
- * nothing, which only keeps the page from looking idle.
+ * Young state (access.c): one byte per page of the object in the pool,
+ * shared by every VM of the pool, so the first VM asked clears it for all
+ * (the others answer 0; the library ORs the answers).  Clearing makes
+ * every leaf of the page access-tracked, so the next access by any VM
+ * faults once and marks the page young again.  Never sleeps (try-locks,
+ * no mmu_lock, no TLB flush): a page whose locks are contended is answered
+ * young and left as it was.
  */
 static int shadow_clear_young(struct notifier_subscription *sub, struct notifier_object *obj,
 			      uint64_t first, uint64_t last)
 {
 	struct shadow_mmu_slot *slot = notifier_subscription_priv(sub);
-	struct shadow_mmu *mmu = slot->mmu;
-	struct zap_batch b;
+	uint64_t tracked = 0;
 	int young = 0;
 
-	if (!umbra_mutex_trylock(&mmu->mmu_lock))
-		return 1;
-	zap_batch_init(&b);
-	for (uint64_t p = first; p <= last && p < slot->npages; p++) {
-		if (__atomic_exchange_n(&slot->young[p], 0, __ATOMIC_RELAXED)) {
-			young = 1;
-			zap_slot_range_locked(mmu, slot, p, p, &b);
-		}
-	}
-	zap_batch_finish_locked(mmu, &b);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	for (uint64_t p = first; p <= last && p < slot->npages; p++)
+		young |= pool_obj_clear_young(slot->mmu->pool, slot->pobj, p, &tracked);
+	mmu_stat_add(slot->mmu, access_tracked, tracked);
 	return young;
 }
 
+/* Read-only: one atomic load. */
 static int shadow_test_young(struct notifier_subscription *sub, struct notifier_object *obj,
 			     uint64_t page)
 {
 	struct shadow_mmu_slot *slot = notifier_subscription_priv(sub);
 
-	return page < slot->npages && __atomic_load_n(&slot->young[page], __ATOMIC_RELAXED);
+	return page < slot->npages && pool_obj_is_young(slot->pobj, page);
 }
 
 static void shadow_release(struct notifier_subscription *sub, struct notifier_object *obj)

@@ -266,25 +266,18 @@ int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool share
 	if (ret)
 		return ret;
 	slot->rmap = slot->pobj->rmap;
-	slot->young = calloc(npages, 1);
-	if (!slot->young) {
-		ret = -ENOMEM;
-		goto free_arrays;
-	}
 	shadow_assert_no_lock_held();
 	ret = notifier_subscribe(s->obj, &shadow_notifier_ops, slot, &slot->sub);
 	if (ret)
-		goto free_arrays;
+		goto put_pobj;
 	umbra_mutex_lock(&mmu->mmu_lock);
 	__atomic_store_n(&mmu->nr_slots, n + 1, __ATOMIC_RELEASE);
 	umbra_mutex_unlock(&mmu->mmu_lock);
 	*id = n;
 	return 0;
 
-free_arrays:
-	free(slot->young);
+put_pobj:
 	pool_obj_put(mmu->pool, slot->pobj);
-	slot->young = NULL;
 	slot->rmap = NULL;
 	slot->pobj = NULL;
 	return ret;

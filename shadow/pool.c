@@ -307,7 +307,8 @@ void pool_entry_mirror(struct shadow_pool *pool, uint32_t index, unsigned int i)
 	uint64_t *visible = pool_visible_entries(pool, index) + i;
 	const uint64_t *entry = pool_entries(pool, index) + i;
 
-	/* Equal now: any later write goes to both, under the table lock. */
+	/* Equal now: any later write goes to both under the table lock, or,
+	 * tracking access (access.c), makes the visible one not present. */
 	if (spte_read(visible) == spte_read(entry))
 		return;
 	umbra_mutex_lock(&sp->lock);
@@ -410,10 +411,11 @@ int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t
 		goto unlock;
 	}
 	po->rmap = calloc(npages, sizeof(*po->rmap));
-	/* Both zero-filled and untouched until used: no resident cost for
+	po->young = calloc(npages, sizeof(*po->young));
+	/* All zero-filled and untouched until used: no resident cost for
 	 * pages never mapped (canon: canon_table_get). */
 	po->canon = calloc(nruns * CANON_KEYS_PER_RUN, sizeof(*po->canon));
-	if (!po->rmap || !po->canon) {
+	if (!po->rmap || !po->young || !po->canon) {
 		ret = -ENOMEM;
 		goto free_po;
 	}
@@ -428,6 +430,7 @@ int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t
 	goto unlock;
 free_po:
 	free(po->rmap);
+	free(po->young);
 	free(po->canon);
 	free(po);
 	po = NULL;
@@ -456,6 +459,7 @@ void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
 	for (uint64_t p = 0; p < po->npages; p++)
 		rmap_free(&po->rmap[p]);
 	free(po->rmap);
+	free(po->young);
 	free(po->canon);
 	free(po);
 }

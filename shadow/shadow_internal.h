@@ -147,6 +147,9 @@ void table_uncharge(struct shadow_page *sp);
  *         a time (no global lock, no stripe order to follow).
  *  rmap   the reverse map, backing page -> every leaf location in the pool
  *         that maps it, whichever VM installed it (under its stripe);
+ *  young  per page: 1 once any VM's fault mapped it since the last
+ *         clear_young (access.c).  Atomic bytes; cleared under the page's
+ *         stripe, set without a lock;
  *  canon  canonical tables of the segment: [canon_key(run, readonly, rights)]
  *         -> pool index or SHADOW_NO_PAGE; a read-only and a writable
  *         attachment of the segment never share a table
@@ -166,6 +169,7 @@ struct pool_obj {
 	unsigned int refs;		/* slots using it, under pool->objs_lock */
 	struct umbra_mutex stripes[POOL_OBJ_STRIPES];
 	struct shadow_rmap *rmap;
+	uint8_t *young;			/* [npages] atomic bytes: access.c */
 	uint32_t *canon;		/* page + 1, 0 for none: calloc'ed, never written
 					 * at creation (canon_table_get / _set) */
 	struct pool_obj *next;		/* pool->objs, under pool->objs_lock */
@@ -182,6 +186,29 @@ static inline void canon_table_set(struct pool_obj *po, uint32_t key, uint32_t p
 {
 	po->canon[key] = page + 1; /* SHADOW_NO_PAGE + 1 == 0 */
 }
+
+/* Page @page of @po was touched (a fault mapped it).  Lock-free. */
+static inline void pool_obj_mark_young(struct pool_obj *po, uint64_t page)
+{
+	if (!__atomic_load_n(&po->young[page], __ATOMIC_RELAXED))
+		__atomic_store_n(&po->young[page], 1, __ATOMIC_RELAXED);
+}
+
+/* Page @page of @po touched since the last clear?  Read-only, lock-free. */
+static inline bool pool_obj_is_young(const struct pool_obj *po, uint64_t page)
+{
+	return __atomic_load_n(&po->young[page], __ATOMIC_RELAXED);
+}
+
+/*
+ * Clears page @page's young byte and makes every leaf that maps it
+ * access-tracked (access.c), adding the leaves tracked to *@tracked.
+ * Returns whether it was young; 1 without clearing if the page's stripe or
+ * a leaf's table lock is contended.  Try-locks only: never sleeps.  The
+ * caller holds no stripe or table lock.
+ */
+int pool_obj_clear_young(struct shadow_pool *pool, struct pool_obj *po, uint64_t page,
+			 uint64_t *tracked);
 
 /* The stripe of page @page of @po. */
 static inline struct umbra_mutex *pool_obj_stripe(struct pool_obj *po, uint64_t page)
@@ -235,13 +262,18 @@ static inline uint64_t pool_obj_nr_runs(uint64_t npages)
  *           walks it as the CPU does.
  * The CPU never writes the pool (A/D are preset in every SPTE: spte.h), so
  * nothing needs reading back; a guest that writes it breaks at most the
- * translations of the VMs that use its pool.
+ * translations of the VMs that use its pool.  The copies differ on purpose
+ * only for an access-tracked leaf (access.c): not present in the visible
+ * copy, unchanged in the private one.
  */
 struct shadow_pool {
 	int fd;
 	size_t nr_pages;
 	uint64_t *entries;	/* the private copy of the whole pool */
 	uint64_t *visible;	/* the memfd's mapping: what the CPU walks */
+	/* Set (atomically, never cleared) once clear_young has hidden a leaf:
+	 * until then no fault can be a fast restore (access.c). */
+	bool young_tracked;
 	struct shadow_page *pages;
 	/*
 	 * Allocation and free take no lock (pool.c): the free list is a
@@ -410,7 +442,6 @@ struct shadow_mmu_slot {
 	struct notifier_subscription *sub;
 	struct pool_obj *pobj;		/* shared with other VMs' slots of the object */
 	struct shadow_rmap *rmap;	/* pobj->rmap: [npages], under pobj's stripes */
-	uint8_t *young;			/* [npages], atomic bytes */
 	bool released;			/* atomic; set under mmu_lock by release() */
 };
 

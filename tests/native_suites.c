@@ -12,6 +12,7 @@ const struct test_suite_entry test_suites[] = {
 	{ "shadow_share", shadow_share_suite },
 	{ "shadow_share_torture", shadow_share_torture_suite },
 	{ "shadow_hostile", shadow_hostile_suite },
+	{ "shadow_young", shadow_young_suite },
 	{ "pager_swap", pager_swap_suite },
 	{ "pager", pager_suite },
 	{ "vmm", vmm_suite },

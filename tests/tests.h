@@ -24,6 +24,7 @@ Suite *shadow_torture_suite(void);
 Suite *shadow_share_suite(void);
 Suite *shadow_share_torture_suite(void);
 Suite *shadow_hostile_suite(void);
+Suite *shadow_young_suite(void);
 Suite *pager_swap_suite(void);
 Suite *pager_suite(void);
 Suite *vmm_suite(void);

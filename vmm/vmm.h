@@ -417,6 +417,8 @@ struct vm_stats {
 	X(SHADOW, cr3_loads, " cr3_loads=", "", s->shadow.cr3_loads)                               \
 	X(SHADOW, syncs, " syncs=", "", s->shadow.syncs)                                           \
 	X(SHADOW, invalidations, " invalidations=", "", s->shadow.invalidations)                   \
+	X(SHADOW, access_tracked, " access_tracked=", "", s->shadow.access_tracked)                \
+	X(SHADOW, fast_restores, " fast_restores=", "", s->shadow.fast_restores)                   \
 	X(SHADOW, root_evictions, " root_evictions=", "", s->shadow.root_evictions)                \
 	X(SHADOW, flushes_all, " flushes_all=", "", s->shadow.flushes_all)                         \
 	X(SHADOW, flushes_va, " flushes_va=", "", s->shadow.flushes_va)                            \

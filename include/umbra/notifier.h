@@ -218,14 +218,25 @@ struct notifier_ops {
 	/*
 	 * clear_young - clear the accessed ("young") state the subscriber
 	 * keeps for pages [first, last] of the object, and say whether any
-	 * was set.
+	 * was set.  A page is young for a subscriber when one of its mappings
+	 * was used since the page's state was last cleared.
 	 *
 	 * When: from notifier_clear_young(), e.g. by page aging before
 	 *   choosing what to swap out.  Not an invalidation: the sequence is
-	 *   not advanced and mappings may stay.
+	 *   not advanced; the translations' content stays (a subscriber that
+	 *   tracks access by making mappings fault, as the shadow MMU does,
+	 *   restores them at the next access).  It need not flush TLBs: a
+	 *   translation still cached may be used without marking the page
+	 *   young again, which only makes the page look older.
 	 * Locks held: none of the library's.
-	 * May block: no (the caller may hold spinning locks of its own).
-	 * Returns: nonzero if any page in the range was young, else 0.
+	 * May block: no.  It must not sleep, nor wait for a lock that a
+	 *   thread may hold while it sleeps or waits (a fault path that waits
+	 *   for the page, a flush that waits for vCPUs): it try-locks, and
+	 *   where it cannot clear a page without waiting, leaves that page's
+	 *   state as it is and reports it young.  The aging caller (a
+	 *   reclaimer) may be what a faulting vCPU waits on.
+	 * Returns: nonzero if any page in the range was young (or could not be
+	 *   cleared), else 0.
 	 */
 	int (*clear_young)(struct notifier_subscription *sub, struct notifier_object *obj,
 			   uint64_t first, uint64_t last);
@@ -235,7 +246,9 @@ struct notifier_ops {
 	 * young state was last cleared, without clearing it.
 	 *
 	 * When: from notifier_test_young().
-	 * Locks held: none of the library's.  May block: no.
+	 * Locks held: none of the library's.
+	 * May block: no, and it takes no lock that clear_young may not: it
+	 *   only reads (changes no mapping and no state).
 	 * Returns: nonzero if young, else 0.
 	 */
 	int (*test_young)(struct notifier_subscription *sub, struct notifier_object *obj,
@@ -418,15 +431,18 @@ int notifier_invalidate_range_start(struct notifier_range *range);
 void notifier_invalidate_range_end(struct notifier_range *range);
 
 /*
- * Ask every subscriber to clear the young state of pages [first, last].
- * Returns 1 if any subscriber reported young, 0 if none, -EINVAL for a range
- * outside the object.  Does not block (beyond what callbacks do).
+ * Ask every subscriber to clear the young state of pages [first, last]:
+ * the page aging of a pager (a page is young if any subscriber, e.g. any VM
+ * that maps it, used it since the last clear).  Returns 1 if any subscriber
+ * reported young, 0 if none, -EINVAL for a range outside the object.
+ * Never blocks (the library takes no lock; clear_young may not block).
  */
 int notifier_clear_young(struct notifier_object *obj, uint64_t first, uint64_t last);
 
 /*
  * Ask the subscribers whether @page is young; stops at the first that says
- * so.  Returns 1 if young, 0 if not, -EINVAL for a page outside the object.
+ * so.  Read-only; never blocks.  Returns 1 if young, 0 if not, -EINVAL for
+ * a page outside the object.
  */
 int notifier_test_young(struct notifier_object *obj, uint64_t page);
 

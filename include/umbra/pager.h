@@ -8,7 +8,10 @@
  *   pager.c, evict.c, uffd.c
  *            memory objects whose pages are evicted to swap slots (host
  *            memory freed with a hole punched in their memfd) and brought
- *            back by userfaultfd on any access.
+ *            back by userfaultfd on any access;
+ *   clock.c  the CLOCK (second-chance) victim policy over the pages of
+ *            several objects, by the notifier's young functions (private:
+ *            pager/clock.h).
  *
  * docs/pager.md describes both, docs/locking.md the lock order.  Errors are
  * 0 or a negative errno; the library never prints or exits.

@@ -353,6 +353,11 @@ struct shadow_mmu_stats {
 	uint64_t flushes_all;		/* flush_all requests sent to vCPUs */
 	uint64_t flushes_va;		/* flush_va requests sent to vCPUs */
 	uint64_t invalidations;		/* notifier invalidations (range or page) handled */
+	/* access tracking (docs/shadow.md, "Access tracking") */
+	uint64_t access_tracked;	/* leaves made access-tracked by this VM's clear_young */
+	uint64_t fast_restores;		/* faults fixed by the fast path (no guest walk, no
+					 * install): an access-tracked leaf restored, or a
+					 * leaf another vCPU or VM had already made visible */
 	/* sharing across VMs (docs/sharing.md) */
 	uint64_t clones;		/* shadow_mmu_clone() calls that made this MMU's clone */
 	uint64_t privatizations;	/* shared tables copied before a change (unshare) */
