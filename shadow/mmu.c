@@ -173,6 +173,11 @@ void shadow_mmu_stats(const struct shadow_mmu *mmu, struct shadow_mmu_stats *sta
 		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
 }
 
+uint64_t shadow_mmu_reclaims(const struct shadow_mmu *mmu)
+{
+	return __atomic_load_n(&mmu->stats.reclaims, __ATOMIC_RELAXED);
+}
+
 struct shadow_pool *shadow_mmu_pool(const struct shadow_mmu *mmu)
 {
 	return mmu->pool;

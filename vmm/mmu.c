@@ -330,12 +330,7 @@ int vcpu_add_pin(struct vcpu *vcpu, uint64_t va, uint64_t len)
 
 int vcpu_refresh_pins(struct vcpu *vcpu)
 {
-	uint64_t reclaims, refusals;
-
-	if (!vcpu->guest_cr3)
-		return 0;
-	vm_room_counts(vcpu->vm, &reclaims, &refusals);
-	if (reclaims == vcpu->pins_reclaims)
+	if (!vcpu->guest_cr3 || shadow_mmu_reclaims(vcpu->vm->mmu) == vcpu->pins_reclaims)
 		return 0;
 	return prefault_pins(vcpu->vm, vcpu->guest_cr3, &vcpu->pins_reclaims);
 }

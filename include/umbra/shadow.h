@@ -558,6 +558,9 @@ size_t shadow_mmu_rmap_count(struct shadow_mmu *mmu, int slot_id, uint64_t page)
 
 /* Copies the counters.  Lock-free. */
 void shadow_mmu_stats(const struct shadow_mmu *mmu, struct shadow_mmu_stats *stats);
+/* The reclaims counter alone (stats.reclaims), for a check before every
+ * guest entry: one atomic load.  Lock-free. */
+uint64_t shadow_mmu_reclaims(const struct shadow_mmu *mmu);
 
 /* Table pages charged to the MMU's quota now (shadow_mmu_config.max_tables;
  * tables freed by another VM leave it at once).  Lock-free. */
