@@ -235,6 +235,7 @@ struct pager_stats {
 	uint64_t write_errors;		/* evictions failed: page left resident (no slot, I/O...) */
 	uint64_t read_errors;		/* swap-ins that failed (page stays out) */
 	uint64_t host_bytes;		/* memory of the memfd(s): st_blocks * 512 */
+	uint64_t present, pinned, refaults, lost, swapin_ns_p50, swapin_ns_p99, swapin_ns_max; /* TEMP */
 };
 
 /*

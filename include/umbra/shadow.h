@@ -484,6 +484,16 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 		     uint32_t *error_code);
 
 /*
+ * The guest-physical address that linear address @va translates to in the
+ * guest's address space @cr3, by the guest's own tables (a read access, as
+ * the CPU would walk them; no A/D update, no shadow entry made).  No lock
+ * held; reads guest memory (which may fault it in).  Returns 0 and *@gpa,
+ * -EFAULT (@va is not mapped, or a guest table has no backing) or -EINVAL
+ * (non-canonical @va).
+ */
+int shadow_mmu_translate(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, uint64_t *gpa);
+
+/*
  * invlpg @va in the address space @cr3: re-validates every shadow entry on
  * the path of @va, the leaf included, against the guest's tables now, zaps
  * each that no longer matches (a table with everything below it) and flushes
