@@ -673,7 +673,12 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
  */
 int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa);
 
-/* ---- eviction (swapout to an in-memory store) ------------------------ */
+/* ---- eviction to an in-memory store (a test mode) ----------------------
+ *
+ * The engine's own swapout, for the native tests and the spin model: the
+ * content is kept in malloc'd memory and the page poisoned in place, so it
+ * frees no host memory.  The umbra program swaps with the pager instead
+ * (umbra/pager.h: a swap file, memory released, every access path). */
 
 struct shadow_store;
 
