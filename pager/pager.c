@@ -363,23 +363,18 @@ static void page_swapped_in_locked(struct pager_object *po, uint64_t page, uint6
 static int page_swap_in(struct pager_object *po, uint64_t page, pid_t tid)
 {
 	struct pager *pager = po->pager;
-	struct pager_io io = { .slot = po->slot[page] };
+	uint64_t buf[PAGER_PAGE_SIZE / 8];	/* no allocation that could fail */
+	struct pager_io io = { .slot = po->slot[page], .buf = buf };
 	enum pager_page_state st = PAGER_PAGE_CLEAN;
 	uint64_t free_slot = PAGER_NO_SLOT, start = pager_now_ns();
 	int ret;
 
-	io.buf = aligned_alloc(PAGER_PAGE_SIZE, PAGER_PAGE_SIZE);
-	if (!io.buf)
-		ret = -ENOMEM;
-	else
-		ret = pager_swap_read(pager->swap, &io, 1);
+	ret = pager_swap_read(pager->swap, &io, 1);
 	if (ret) {
-		free(io.buf);
 		page_lose(po, page, ret, tid);
 		return ret;
 	}
-	ret = pager_uffd_copy(pager, pager_page_addr(po, page), io.buf, true);
-	free(io.buf);
+	ret = pager_uffd_copy(pager, pager_page_addr(po, page), buf, true);
 	if (ret == -EEXIST) {
 		/* Filled behind the mapping (a write() on the memfd): what is
 		 * there is newer than the slot. */

@@ -227,7 +227,7 @@ struct pager;
 /* Counters of one object, or of all (pager_stats with id -1). */
 struct pager_stats {
 	uint64_t npages;		/* size of the object(s) in pages */
-	uint64_t resident;		/* pages not swapped out (holes included) */
+	uint64_t resident;		/* pages neither swapped out nor lost (holes included) */
 	uint64_t swapped;		/* pages whose content is only in swap */
 	uint64_t swapouts_io;		/* evictions that wrote the page */
 	uint64_t swapouts_cached;	/* evictions of clean pages: no I/O */
