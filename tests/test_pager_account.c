@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -316,6 +318,58 @@ START_TEST(test_swap_in_latency_percentiles_are_ordered)
 }
 END_TEST
 
+/* More objects than the pager's old limit (64): every one is paged, and a
+ * fault through each mapping finds its own object. */
+#define MANY_OBJECTS 100
+
+struct many {
+	struct notifier_object *obj[MANY_OBJECTS];
+	int memfd[MANY_OBJECTS], id[MANY_OBJECTS];
+	uint64_t *host[MANY_OBJECTS];
+};
+
+START_TEST(test_hundred_objects_under_one_pager_each_come_back)
+{
+	struct pager_swap_config cfg = { .nr_slots = 256 };
+	struct pager_swap *swap;
+	struct pager_stats all;
+	struct pager *pager;
+	struct many *m = calloc(1, sizeof(*m));
+
+	ck_assert_ptr_nonnull(m);
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	ck_assert_int_eq(pager_swap_create(&cfg, &swap), 0);
+	ck_assert_int_eq(pager_create(swap, &pager), 0);
+	for (int i = 0; i < MANY_OBJECTS; i++) {
+		ck_assert_int_eq(notifier_object_create("many", 1, &m->obj[i]), 0);
+		m->memfd[i] = memfd_create("many", MFD_CLOEXEC);
+		ck_assert_int_ge(m->memfd[i], 0);
+		ck_assert_int_eq(ftruncate(m->memfd[i], PG), 0);
+		m->host[i] = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, m->memfd[i], 0);
+		ck_assert_ptr_ne(m->host[i], MAP_FAILED);
+		m->host[i][0] = 1000 + (uint64_t)i;
+		ck_assert_int_eq(pager_add_object(pager, m->obj[i], m->memfd[i], m->host[i], PG, &m->id[i]), 0);
+		ck_assert_int_eq(pager_evict(pager, m->id[i], 0, 1), 0);
+	}
+	ck_assert_int_eq(pager_stats(pager, -1, &all), 0);
+	ck_assert_uint_eq(all.swapped, MANY_OBJECTS);
+	ck_assert_uint_eq(all.present, 0);
+	for (int i = MANY_OBJECTS - 1; i >= 0; i--)
+		ck_assert_uint_eq(__atomic_load_n(&m->host[i][0], __ATOMIC_RELAXED), 1000 + (uint64_t)i);
+	ck_assert_int_eq(pager_stats(pager, -1, &all), 0);
+	ck_assert_uint_eq(all.swapins, MANY_OBJECTS);
+	ck_assert_uint_eq(all.present, MANY_OBJECTS);
+	pager_destroy(pager);
+	pager_swap_destroy(swap);
+	for (int i = 0; i < MANY_OBJECTS; i++) {
+		munmap(m->host[i], PG);
+		close(m->memfd[i]);
+		notifier_object_destroy(m->obj[i]);
+	}
+	free(m);
+}
+END_TEST
+
 void pager_account_tcases(Suite *s)
 {
 	TCase *account = tcase_create("accounting");
@@ -326,6 +380,7 @@ void pager_account_tcases(Suite *s)
 	tcase_add_test(account, test_pin_count_overflow_is_refused_without_taking_pins);
 	tcase_add_test(account, test_refault_counted_only_within_the_window);
 	tcase_add_test(account, test_swap_in_latency_percentiles_are_ordered);
+	tcase_add_test(account, test_hundred_objects_under_one_pager_each_come_back);
 	tcase_add_loop_test(lost, test_unreadable_slot_loses_page_and_releases_the_thread_with_poison, 0, 4);
 	suite_add_tcase(s, account);
 	suite_add_tcase(s, lost);

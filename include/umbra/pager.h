@@ -210,8 +210,12 @@ int pager_swap_fd(const struct pager_swap *swap);
  *     copied until its hole is punched, so no write is lost.
  *
  * A hole that was never evicted is a page nobody wrote: it is filled with
- * zeros.  Only the registered mapping is covered: any other mapping of the
- * memfd, or write()/read() on it, bypasses the pager (docs/pager.md).
+ * zeros on first touch.  A page whose slot cannot be read back is lost: the
+ * user is told (ops.page_lost) before the faulting thread is released onto
+ * a poison page (PAGER_POISON_WORD), so that no thread waits forever.  A
+ * pinned page (pager_pin) is never evicted.  Only the registered mapping is
+ * covered: any other mapping of the memfd, or write()/read() on it, bypasses
+ * the pager (docs/pager.md).
  *
  * Threads: one userfaultfd handler thread per pager, started by
  * pager_create().  Every function below may block.
