@@ -42,7 +42,7 @@ static bool run_continues(const struct batch *b, unsigned int j)
 	return j < b->n && b->v[j].page == b->v[j - 1].page + 1;
 }
 
-/* Marks the resident, idle pages of [first, end) EVICTING; stops when full. */
+/* Marks the evictable pages of [first, end) EVICTING; stops when full. */
 static uint64_t batch_pick(struct batch *b, uint64_t first, uint64_t end)
 {
 	struct pager_object *po = b->po;
@@ -50,14 +50,12 @@ static uint64_t batch_pick(struct batch *b, uint64_t first, uint64_t end)
 
 	umbra_mutex_lock(&po->lock);
 	for (p = first; p < end && b->n < PAGER_EVICT_BATCH; p++) {
-		uint8_t st = po->state[p];
-
-		if (st != PAGER_PAGE_RESIDENT && st != PAGER_PAGE_CLEAN)
+		if (!pager_page_is_evictable_locked(po, p))
 			continue;
 		b->v[b->n++] = (struct victim){
 			.page = p,
 			.slot = po->slot[p],
-			.clean = st == PAGER_PAGE_CLEAN,
+			.clean = po->state[p] == PAGER_PAGE_CLEAN,
 		};
 		po->state[p] = PAGER_PAGE_EVICTING;
 	}
@@ -185,7 +183,7 @@ static int batch_settle(struct batch *b)
 				po->swapouts_cached++;
 			else
 				po->swapouts_io++;
-			po->state[v->page] = PAGER_PAGE_SWAPPED;
+			pager_page_evicted_locked(po, v->page);
 			continue;
 		}
 		if (!first_err)

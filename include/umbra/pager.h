@@ -21,6 +21,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "umbra/notifier.h"
 #include "umbra/shadow.h"
@@ -209,8 +210,12 @@ int pager_swap_fd(const struct pager_swap *swap);
  *     copied until its hole is punched, so no write is lost.
  *
  * A hole that was never evicted is a page nobody wrote: it is filled with
- * zeros.  Only the registered mapping is covered: any other mapping of the
- * memfd, or write()/read() on it, bypasses the pager (docs/pager.md).
+ * zeros on first touch.  A page whose slot cannot be read back is lost: the
+ * user is told (ops.page_lost) before the faulting thread is released onto
+ * a poison page (PAGER_POISON_WORD), so that no thread waits forever.  A
+ * pinned page (pager_pin) is never evicted.  Only the registered mapping is
+ * covered: any other mapping of the memfd, or write()/read() on it, bypasses
+ * the pager (docs/pager.md).
  *
  * Threads: one userfaultfd handler thread per pager, started by
  * pager_create().  Every function below may block.
@@ -226,17 +231,55 @@ struct pager;
 /* Counters of one object, or of all (pager_stats with id -1). */
 struct pager_stats {
 	uint64_t npages;		/* size of the object(s) in pages */
-	uint64_t resident;		/* pages not swapped out (holes included) */
+	uint64_t resident;		/* pages neither swapped out nor lost (holes included) */
 	uint64_t swapped;		/* pages whose content is only in swap */
 	uint64_t swapouts_io;		/* evictions that wrote the page */
 	uint64_t swapouts_cached;	/* evictions of clean pages: no I/O */
 	uint64_t swapins;		/* pages read back from swap */
 	uint64_t zero_fills;		/* never-evicted holes filled with zeros */
 	uint64_t write_errors;		/* evictions failed: page left resident (no slot, I/O...) */
-	uint64_t read_errors;		/* swap-ins that failed (page stays out) */
+	uint64_t read_errors;		/* swap-ins whose read failed (the page is lost) */
 	uint64_t host_bytes;		/* memory of the memfd(s): st_blocks * 512 */
-	uint64_t present, pinned, refaults, lost, swapin_ns_p50, swapin_ns_p99, swapin_ns_max; /* TEMP */
+	uint64_t present;		/* pages in host memory (what the budget counts) */
+	uint64_t pinned;		/* pages pinned at least once */
+	uint64_t refaults;		/* swap-ins within the refault window */
+	uint64_t lost;			/* pages that could not be brought back (stay lost) */
+	/* Latency of swap-ins (from the decision to read the slot to the page
+	 * installed), from a histogram with buckets 2^(k/4) ns per object
+	 * (summed for id -1): a percentile is its bucket's upper bound, at
+	 * most the maximum; 0 without swap-ins. */
+	uint64_t swapin_ns_p50, swapin_ns_p99, swapin_ns_max;
 };
+
+/*
+ * Callbacks to the pager's user.
+ */
+struct pager_ops {
+	/* Page @page of object @id could not be brought back from swap (@err:
+	 * -EIO or another read error, -EBADMSG for a checksum mismatch) for
+	 * thread @tid: the thread whose access faulted (the userfaultfd
+	 * message's thread id, UFFD_FEATURE_THREAD_ID; 0 if the kernel does
+	 * not give it), or the caller of pager_get_page()/pager_pin()
+	 * (gettid()).  Called once per failed access, before that thread is
+	 * released, from the handler thread or the caller, with no pager lock
+	 * held.  Must not touch guest memory, block on reclaim or call the
+	 * pager; may take leaf locks and send signals (the VMM kicks the
+	 * faulting vCPU out of KVM_RUN so it runs no further guest
+	 * instruction, and stops its VM).  May be NULL. */
+	void (*page_lost)(void *priv, int id, uint64_t page, int err, pid_t tid);
+	/* An eviction could not write a page out (@err: -ENOSPC for a full swap
+	 * file, -EIO, -EFBIG...); the page stayed resident and intact.  Called
+	 * by the reclaiming thread with no pager lock held, at most once per
+	 * distinct @err value per pager (the VMM warns once per cause).  May
+	 * be NULL. */
+	void (*write_error)(void *priv, int err);
+};
+
+/*
+ * What a thread reads from a lost page: this 8-byte value ("LOSTPAGE" in
+ * little-endian bytes) repeated over the 4 KiB.
+ */
+#define PAGER_POISON_WORD 0x4c4f535450414745ull
 
 /*
  * Create a pager that swaps to @swap (which must outlive it) and start its
@@ -259,13 +302,15 @@ void pager_destroy(struct pager *pager);
 /*
  * Put @obj (of @size bytes, a multiple of PAGER_PAGE_SIZE equal to its page
  * count) under the pager: @memfd backs it, mapped MAP_SHARED read-write at
- * @host for @size bytes.  Takes a reference on @obj.  The mapping is
+ * @host for @size bytes.  Takes a reference on @obj.  The pages that hold
+ * data in the memfd (lseek SEEK_DATA/SEEK_HOLE) are resident and counted
+ * present; the others are holes, filled with zeros on first touch.  The mapping is
  * registered with the userfaultfd; the memfd must be a shmem memfd (holes
  * punched with fallocate).  Returns 0 and the object's id in *@id (>= 0),
  * -EINVAL (bad size or alignment), -ENOSPC (PAGER_MAX_OBJECTS), -ENOMEM, or
  * the errno of the registration.
  */
-#define PAGER_MAX_OBJECTS 64
+#define PAGER_MAX_OBJECTS 1024
 int pager_add_object(struct pager *pager, struct notifier_object *obj, int memfd, void *host,
 		     uint64_t size, int *id);
 
@@ -296,12 +341,39 @@ int pager_evict(struct pager *pager, int id, uint64_t first, uint64_t npages);
 
 /*
  * Make page @page of object @id resident with its content: if it is swapped
- * out, read its slot and install it (once, however many threads ask); if
- * another thread is evicting or swapping it in, wait for that.  Returns 0,
- * -EINVAL, or the read's error (-EIO, -EBADMSG: the page stays swapped out).
- * Caller holds no shadow or pager lock.
+ * out, read its slot and install it (once, however many threads ask); if it
+ * is a never-written hole, fill it with zeros; if another thread is evicting
+ * or swapping it in, wait for that.  Before a swap-in or zero fill it lets
+ * the budget reclaim (it may evict pages itself).  Returns 0, -EINVAL, or
+ * the error of a page that could not be brought back (-EIO, -EBADMSG...):
+ * that page is lost for good (a poison page of PAGER_POISON_WORD is
+ * installed, ops.page_lost called for the calling thread, here and at
+ * every later call).  Caller holds no shadow or pager lock.
  */
 int pager_get_page(struct pager *pager, int id, uint64_t page);
+
+/*
+ * Make pages [@first, @first + @npages) of object @id resident (each as
+ * pager_get_page) and pin them: a pinned page is never evicted (pager_evict
+ * and the reclaimer skip it) until as many pager_unpin() calls.  Returns 0,
+ * -EINVAL (bad id/range), -EOVERFLOW (a page pinned 65535 times), -ENOMEM,
+ * or a swap-in error (the pins this call took are dropped again).  No lock
+ * held.
+ */
+int pager_pin(struct pager *pager, int id, uint64_t first, uint64_t npages);
+/* Drops one pin of each page of the range (pinned by pager_pin).  No lock
+ * held; never blocks on I/O. */
+void pager_unpin(struct pager *pager, int id, uint64_t first, uint64_t npages);
+
+/* Set before the first pager_add_object(); @ops is copied. */
+void pager_set_ops(struct pager *pager, const struct pager_ops *ops, void *priv);
+
+/* Refault window: a swap-in of a page evicted fewer than @pages evictions
+ * ago (over the whole pager) counts as a refault.  Default
+ * PAGER_REFAULT_WINDOW_DEFAULT; the VMM sets it to the limit's pages.  Any
+ * time, any thread. */
+#define PAGER_REFAULT_WINDOW_DEFAULT 65536u
+void pager_set_refault_window(struct pager *pager, uint64_t pages);
 
 /* True if page @page of object @id is swapped out (a hole in its memfd). */
 bool pager_is_swapped(struct pager *pager, int id, uint64_t page);
