@@ -64,6 +64,7 @@ static void object_free(struct pager_object *po)
 	umbra_mutex_exit(&po->lock);
 	free(po->state);
 	free(po->slot);
+	free(po->pins);	/* STUB: helper P1 */
 	free(po);
 }
 
@@ -93,11 +94,13 @@ void pager_destroy(struct pager *pager)
 {
 	if (!pager)
 		return;
+	pager_budget_stop(pager);
 	for (int i = 0; i < pager->nr_objects; i++)
 		object_unregister(pager, pager->objects[i]);
 	/* A message read before the unregistration may still be handled:
 	 * the objects are freed only once the handler has stopped. */
 	pager_uffd_stop(pager);
+	pager_reclaim_exit(pager);
 	for (int i = 0; i < pager->nr_objects; i++)
 		object_release(pager, pager->objects[i]);
 	close(pager->uffd);
@@ -114,7 +117,9 @@ static int object_alloc(struct pager *pager, struct notifier_object *obj, int me
 		return -ENOMEM;
 	po->state = calloc(npages, sizeof(*po->state));
 	po->slot = malloc(npages * sizeof(*po->slot));
-	if (!po->state || !po->slot) {
+	po->pins = calloc(npages, sizeof(*po->pins));	/* STUB: helper P1 */
+	if (!po->state || !po->slot || !po->pins) {
+		free(po->pins);
 		free(po->state);
 		free(po->slot);
 		free(po);
@@ -131,6 +136,18 @@ static int object_alloc(struct pager *pager, struct notifier_object *obj, int me
 	pthread_cond_init(&po->cond, NULL);
 	*out = po;
 	return 0;
+}
+
+/* STUB: helper P1: the pages a memfd holds, from st_blocks. */
+static uint64_t memfd_present_pages(int memfd, uint64_t npages)
+{
+	struct stat sb;
+	uint64_t pages;
+
+	if (fstat(memfd, &sb) < 0)
+		return 0;
+	pages = (uint64_t)sb.st_blocks * 512 / PAGER_PAGE_SIZE;
+	return pages < npages ? pages : npages;
 }
 
 int pager_add_object(struct pager *pager, struct notifier_object *obj, int memfd, void *host,
@@ -155,6 +172,7 @@ int pager_add_object(struct pager *pager, struct notifier_object *obj, int memfd
 		goto unlock;
 	}
 	notifier_object_get(obj);
+	pager->present_pages += memfd_present_pages(memfd, po->npages); /* STUB: helper P1 */
 	po->id = pager->nr_objects;
 	pager->objects[po->id] = po;
 	__atomic_store_n(&pager->nr_objects, po->id + 1, __ATOMIC_RELEASE);
@@ -232,6 +250,10 @@ static int page_swap_in(struct pager_object *po, uint64_t page)
 	umbra_mutex_unlock(&po->lock);
 	if (free_slot != PAGER_NO_SLOT)
 		pager_swap_free(pager->swap, free_slot);
+	if (!ret && free_slot == PAGER_NO_SLOT) {	/* STUB: helper P1 */
+		pager->present_pages++;
+		pager_reclaim_note_fill(pager);
+	}
 	pager_uffd_wake(pager, pager_page_addr(po, page), PAGER_PAGE_SIZE);
 	return ret;
 }
@@ -246,6 +268,10 @@ static void page_zero_fill(struct pager_object *po, uint64_t page)
 		po->zero_fills++;
 	page_settle_locked(po, page, PAGER_PAGE_RESIDENT);
 	umbra_mutex_unlock(&po->lock);
+	if (!ret) {	/* STUB: helper P1 */
+		po->pager->present_pages++;
+		pager_reclaim_note_fill(po->pager);
+	}
 	pager_uffd_wake(po->pager, pager_page_addr(po, page), PAGER_PAGE_SIZE);
 }
 
@@ -317,6 +343,7 @@ void pager_fault_wp(struct pager_object *po, uint64_t page)
 int pager_get_page(struct pager *pager, int id, uint64_t page)
 {
 	struct pager_object *po = pager_object_get(pager, id);
+	bool reclaimed = false;	/* STUB: helper P1 */
 
 	if (!po || page >= po->npages)
 		return -EINVAL;
@@ -330,6 +357,13 @@ int pager_get_page(struct pager *pager, int id, uint64_t page)
 			umbra_mutex_unlock(&po->lock);
 			return 0;
 		case PAGER_PAGE_SWAPPED:
+			if (!reclaimed) {	/* STUB: helper P1 */
+				umbra_mutex_unlock(&po->lock);
+				pager_reclaim_before_fill(pager);
+				reclaimed = true;
+				umbra_mutex_lock(&po->lock);
+				break;
+			}
 			po->state[page] = PAGER_PAGE_SWAPPING_IN;
 			umbra_mutex_unlock(&po->lock);
 			return page_swap_in(po, page);
@@ -419,4 +453,58 @@ int pager_stats(struct pager *pager, int id, struct pager_stats *st)
 			return ret;
 	}
 	return 0;
+}
+
+/* ---- STUB: helper P1: callbacks, pins, evictability ------------------ */
+
+void pager_set_ops(struct pager *pager, const struct pager_ops *ops, void *priv)
+{
+	pager->ops = *ops;
+	pager->ops_priv = priv;
+}
+
+int pager_pin(struct pager *pager, int id, uint64_t first, uint64_t npages)
+{
+	struct pager_object *po = pager_object_get(pager, id);
+	int ret;
+
+	if (!po || !npages || first >= po->npages || npages > po->npages - first)
+		return -EINVAL;
+	for (uint64_t p = first; p < first + npages; p++) {
+		umbra_mutex_lock(&po->lock);
+		po->pins[p]++;
+		umbra_mutex_unlock(&po->lock);
+		ret = pager_get_page(pager, id, p);
+		if (ret) {
+			pager_unpin(pager, id, first, p - first + 1);
+			return ret;
+		}
+	}
+	return 0;
+}
+
+void pager_unpin(struct pager *pager, int id, uint64_t first, uint64_t npages)
+{
+	struct pager_object *po = pager_object_get(pager, id);
+
+	if (!po)
+		return;
+	umbra_mutex_lock(&po->lock);
+	for (uint64_t p = first; p < first + npages && p < po->npages; p++)
+		po->pins[p]--;
+	umbra_mutex_unlock(&po->lock);
+}
+
+bool pager_page_is_evictable_locked(const struct pager_object *po, uint64_t page)
+{
+	uint8_t st = po->state[page];
+
+	return (st == PAGER_PAGE_RESIDENT || st == PAGER_PAGE_CLEAN) && !po->pins[page];
+}
+
+void pager_page_evicted_locked(struct pager_object *po, uint64_t page)
+{
+	umbra_mutex_assert_held(&po->lock);
+	po->state[page] = PAGER_PAGE_SWAPPED;
+	po->pager->present_pages--;
 }

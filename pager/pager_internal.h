@@ -44,6 +44,7 @@ struct pager_object {
 	uint64_t swapped;
 	uint64_t swapouts_io, swapouts_cached, swapins, zero_fills;
 	uint64_t write_errors, read_errors;
+	uint16_t *pins;			/* [npages] STUB: helper P1 (pager_pin) */
 };
 
 struct pager {
@@ -57,7 +58,20 @@ struct pager {
 	struct umbra_mutex add_lock;
 	struct pager_object *objects[PAGER_MAX_OBJECTS];
 	int nr_objects;
+	/* STUB: helper P1: pages in memory over every object, approximated
+	 * from st_blocks at add_object, +1 per fill, -1 per punch. */
+	_Atomic uint64_t present_pages;
+	/* STUB: helper P1: the user's callbacks (pager_set_ops). */
+	struct pager_ops ops;
+	void *ops_priv;
+	/* The budget and the reclaimer (reclaim.c): NULL until the first
+	 * pager_budget_start() or pager_reclaim(), then kept (published with
+	 * release, read with acquire) until pager_destroy. */
+	struct pager_reclaim *reclaim;
 };
+
+/* Pages per eviction batch (one swap write, one buffer). */
+#define PAGER_EVICT_BATCH 256u
 
 /* Host address of @page of @po in the registered mapping. */
 static inline char *pager_page_addr(struct pager_object *po, uint64_t page)
@@ -99,5 +113,40 @@ struct pager_object *pager_object_of(struct pager *pager, uint64_t addr, uint64_
 void pager_fault_missing(struct pager_object *po, uint64_t page);
 /* A write-protect fault on @page: a clean page becomes dirty. */
 void pager_fault_wp(struct pager_object *po, uint64_t page);
+
+/* STUB: helper P1: may @page be evicted: RESIDENT or CLEAN, and not
+ * pinned.  Object lock held.  evict.c's pick and the reclaimer's policies
+ * use it. */
+bool pager_page_is_evictable_locked(const struct pager_object *po, uint64_t page);
+/* STUB: helper P1: @page was punched and becomes SWAPPED (state,
+ * present_pages).  Object lock held.  evict.c's settle calls it. */
+void pager_page_evicted_locked(struct pager_object *po, uint64_t page);
+
+/* ---- evict.c -------------------------------------------------------- */
+
+/*
+ * pager_evict_list() that also counts, in *@evicted, the pages it released
+ * (the reclaimer's measure of progress).  Same contract.
+ */
+int pager_evict_victims(struct pager *pager, const struct pager_victim *v, unsigned int n,
+			uint64_t *evicted);
+
+/* ---- reclaim.c ------------------------------------------------------ */
+
+/* A page became present (any thread, the handler's included): never
+ * blocks; wakes the reclaimer when present_pages > high. */
+void pager_reclaim_note_fill(struct pager *pager);
+/* A thread with no lock held (pager_get_page, pager_pin) is about to make a
+ * page present: if present_pages >= limit, it reclaims one batch itself
+ * (direct reclaim; blocks).  Never called by the handler thread. */
+void pager_reclaim_before_fill(struct pager *pager);
+/* Installs @budget (checked and completed as pager_budget_start() does)
+ * without starting the reclaimer thread: reclaim is then direct only.
+ * pager_budget_start() is this plus the thread; tests use it alone.
+ * Returns 0, -EINVAL, -EALREADY or -ENOMEM. */
+int pager_reclaim_set_budget(struct pager *pager, const struct pager_budget *budget);
+/* pager_destroy: stops the reclaimer and frees its state (after the
+ * handler thread has stopped). */
+void pager_reclaim_exit(struct pager *pager);
 
 #endif /* UMBRA_PAGER_INTERNAL_H */
