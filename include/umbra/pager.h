@@ -11,9 +11,13 @@
  *            back by userfaultfd on any access;
  *   clock.c  the CLOCK (second-chance) victim policy over the pages of
  *            several objects, by the notifier's young functions (private:
- *            pager/clock.h).
+ *            pager/clock.h);
+ *   reclaim.c
+ *            the memory budget: a reclaimer thread and direct reclaim that
+ *            evict victims chosen by a policy to keep present pages under
+ *            a limit.
  *
- * docs/pager.md describes both, docs/locking.md the lock order.  Errors are
+ * docs/pager.md describes them, docs/locking.md the lock order.  Errors are
  * 0 or a negative errno; the library never prints or exits.
  */
 #ifndef UMBRA_PAGER_H
