@@ -312,11 +312,11 @@ static void wait_wake(struct pager_reclaim *r, int ms)
 		return;	/* EAGAIN: drained by an earlier read */
 }
 
-/* Sleeps until the backoff is over (or stop). */
-static void wait_backoff(struct pager_reclaim *r)
+/* Sleeps until @until (CLOCK_MONOTONIC ns), fill notices or not, or stop. */
+static void wait_until(struct pager_reclaim *r, uint64_t until)
 {
 	while (!atomic_load(&r->stop)) {
-		uint64_t now = now_ns(), until = atomic_load(&r->backoff_until_ns);
+		uint64_t now = now_ns();
 
 		if (now >= until)
 			return;
@@ -345,6 +345,7 @@ static bool wait_for_work(struct pager_reclaim *r)
 static void *reclaimer_main(void *arg)
 {
 	struct pager_reclaim *r = arg;
+	unsigned int idle_ms = RECLAIM_TICK_MS;
 
 	if (notifier_thread_init())
 		return NULL;
@@ -358,14 +359,17 @@ static void *reclaimer_main(void *arg)
 			stat_add(&r->stats.passes, 1);
 		if (err) {
 			backoff_start(r);
-			wait_backoff(r);
+			wait_until(r, atomic_load(&r->backoff_until_ns));
 		} else if (evicted) {
 			backoff_reset(r);
+			idle_ms = RECLAIM_TICK_MS;
 		} else {
-			/* Nothing evictable (or backing off): sample again at
-			 * the next tick, not at once. */
-			wait_backoff(r);
-			wait_wake(r, RECLAIM_TICK_MS);
+			/* Nothing evictable (every page pinned or busy) or a
+			 * backoff: look again later, not at once, and later
+			 * still each time (a pick may scan every page). */
+			wait_until(r, atomic_load(&r->backoff_until_ns));
+			wait_until(r, now_ns() + (uint64_t)idle_ms * 1000000u);
+			idle_ms = idle_ms * 2 < BACKOFF_MAX_MS ? idle_ms * 2 : BACKOFF_MAX_MS;
 		}
 	}
 	notifier_thread_exit();
