@@ -101,11 +101,13 @@ void pager_destroy(struct pager *pager)
 {
 	if (!pager)
 		return;
+	pager_budget_stop(pager);
 	for (int i = 0; i < pager->nr_objects; i++)
 		object_unregister(pager, pager->objects[i]);
 	/* A message read before the unregistration may still be handled:
 	 * the objects are freed only once the handler has stopped. */
 	pager_uffd_stop(pager);
+	pager_reclaim_exit(pager);
 	for (int i = 0; i < pager->nr_objects; i++)
 		object_release(pager, pager->objects[i]);
 	close(pager->uffd);

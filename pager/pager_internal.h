@@ -93,8 +93,14 @@ struct pager {
 	_Atomic uint64_t present_pages;
 	_Atomic uint64_t evictions;	/* pages punched since create */
 	_Atomic uint64_t refault_window;
-	struct pager_reclaim *reclaim;	/* the budget's reclaimer (reclaim.c), NULL without one */
+	/* The budget and the reclaimer (reclaim.c): NULL until the first
+	 * pager_budget_start() or pager_reclaim(), then kept (published with
+	 * release, read with acquire) until pager_destroy. */
+	struct pager_reclaim *reclaim;
 };
+
+/* Pages per eviction batch (one swap write, one buffer). */
+#define PAGER_EVICT_BATCH 256u
 
 /* Host address of @page of @po in the registered mapping. */
 static inline char *pager_page_addr(struct pager_object *po, uint64_t page)
@@ -160,12 +166,32 @@ uint64_t pager_now_ns(void);
 
 /* ---- reclaim.c (the budget) ----------------------------------------- */
 
-/* A page became present from the handler thread: never blocks; wakes the
+/* A page became present (the handler thread's fills): never blocks; wakes the
  * reclaimer when present_pages > high.  Any thread, no lock. */
 void pager_reclaim_note_fill(struct pager *pager);
 /* A thread with no lock held (pager_get_page, pager_pin) is about to make a
  * page present: if present_pages >= limit, it reclaims one batch itself
  * (direct reclaim; blocks).  Never called by the handler thread. */
 void pager_reclaim_before_fill(struct pager *pager);
+
+/* ---- evict.c -------------------------------------------------------- */
+
+/*
+ * pager_evict_list() that also counts, in *@evicted, the pages it released
+ * (the reclaimer's measure of progress).  Same contract.
+ */
+int pager_evict_victims(struct pager *pager, const struct pager_victim *v, unsigned int n,
+			uint64_t *evicted);
+
+/* ---- reclaim.c ------------------------------------------------------ */
+
+/* Installs @budget (checked and completed as pager_budget_start() does)
+ * without starting the reclaimer thread: reclaim is then direct only.
+ * pager_budget_start() is this plus the thread; tests use it alone.
+ * Returns 0, -EINVAL, -EALREADY or -ENOMEM. */
+int pager_reclaim_set_budget(struct pager *pager, const struct pager_budget *budget);
+/* pager_destroy: stops the reclaimer and frees its state (after the
+ * handler thread has stopped). */
+void pager_reclaim_exit(struct pager *pager);
 
 #endif /* UMBRA_PAGER_INTERNAL_H */

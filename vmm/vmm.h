@@ -34,7 +34,6 @@
 
 #include "umbra/lock.h"
 #include "umbra/pager.h"
-#include "pager_stub.h" /* TEMP */
 #include "umbra/shadow.h"
 #include "umbra/abi.h"
 

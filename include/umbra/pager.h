@@ -11,9 +11,13 @@
  *            back by userfaultfd on any access;
  *   clock.c  the CLOCK (second-chance) victim policy over the pages of
  *            several objects, by the notifier's young functions (private:
- *            pager/clock.h).
+ *            pager/clock.h);
+ *   reclaim.c
+ *            the memory budget: a reclaimer thread and direct reclaim that
+ *            evict victims chosen by a policy to keep present pages under
+ *            a limit.
  *
- * docs/pager.md describes both, docs/locking.md the lock order.  Errors are
+ * docs/pager.md describes them, docs/locking.md the lock order.  Errors are
  * 0 or a negative errno; the library never prints or exits.
  */
 #ifndef UMBRA_PAGER_H
@@ -339,6 +343,25 @@ int pager_add_object(struct pager *pager, struct notifier_object *obj, int memfd
  */
 int pager_evict(struct pager *pager, int id, uint64_t first, uint64_t npages);
 
+/* One page of one object, for pager_evict_list(). */
+struct pager_victim {
+	int id;
+	uint64_t page;
+};
+
+/*
+ * Evict the @n pages of @v, of one object or of several, as pager_evict()
+ * does a range: the list is sorted by object and page, and every batch of
+ * up to 256 victims has one invalidation per contiguous run per object and
+ * one pager_swap_write() for the dirty pages of all its objects (one
+ * io_uring submission per swap queue depth of pages).  Pages not resident,
+ * busy or pinned are skipped; a page listed twice is evicted once.  Caller
+ * holds no shadow or pager lock.  Returns 0, the first -errno of a page that
+ * stayed resident, -EINVAL (a bad id or page: nothing is evicted), -ENOMEM,
+ * or the error of an invalidation.
+ */
+int pager_evict_list(struct pager *pager, const struct pager_victim *v, unsigned int n);
+
 /*
  * Make page @page of object @id resident with its content: if it is swapped
  * out, read its slot and install it (once, however many threads ask); if it
@@ -392,5 +415,60 @@ extern const struct shadow_slot_ops pager_slot_ops;
  * error.
  */
 int pager_stats(struct pager *pager, int id, struct pager_stats *st);
+
+/* ---- budget and reclaim --------------------------------------------- */
+
+/*
+ * A memory budget over every object of a pager (docs/pager.md, "The budget
+ * and the reclaimer"): present pages (in host memory, pinned included) are
+ * kept under a hard limit by a background reclaimer thread, which wakes when
+ * they pass high and evicts batches of victims down to low, and by direct
+ * reclaim: a thread (not the userfaultfd handler) about to bring a page in
+ * at the limit evicts one batch itself first.  The userfaultfd handler never
+ * reclaims, so its fills may pass the limit until the reclaimer catches up
+ * (counted in over_limit).
+ *
+ * Victims are chosen by a policy among the evictable pages (resident, idle,
+ * not pinned); a batch whose pages could not be written (full swap, I/O
+ * error) leaves them resident, reports the error once per cause through
+ * pager_ops.write_error, and the reclaimer waits (100 ms doubling to 1.6 s)
+ * before it tries again.
+ */
+enum pager_policy {
+	PAGER_POLICY_CLOCK,		/* second chance by access tracking (clock.c) */
+	PAGER_POLICY_ROUND_ROBIN,	/* the next evictable page, young or not */
+};
+struct pager_budget {
+	uint64_t limit_pages;	/* hard limit on present pages over all objects (pinned included), > 0 */
+	uint64_t high_pages;	/* the reclaimer wakes above this; 0: limit - max(limit/16, 1 batch) (at least 1) */
+	uint64_t low_pages;	/* ... and evicts down to this; 0: high - max(limit/16, 1 batch) (at least 0) */
+	enum pager_policy policy;
+	unsigned int batch_pages; /* victims per eviction batch; 0: 256 */
+};
+/* Starts the reclaimer thread (registered with liburcu).  Objects added
+ * before or after are covered.  Returns 0, -EINVAL (limit 0, high > limit,
+ * low >= high when both are given, an unknown policy, a batch over 256),
+ * -EALREADY, -ENOMEM, or pthread_create's -errno. */
+int pager_budget_start(struct pager *pager, const struct pager_budget *budget);
+/* Stops and joins the reclaimer (no-op if none); pager_destroy calls it.
+ * Caller holds no pager lock; not from a pager callback. */
+void pager_budget_stop(struct pager *pager);
+/* Evicts up to @npages pages chosen by the budget's policy (CLOCK without a
+ * budget), in the caller: tests and benchmarks.  Returns the pages evicted or
+ * -errno (an error only when none was evicted).  Caller registered with
+ * liburcu, holding no shadow or pager lock. */
+int64_t pager_reclaim(struct pager *pager, uint64_t npages);
+struct pager_reclaim_stats {
+	uint64_t passes;	/* background reclaim passes (wake-ups that evicted) */
+	uint64_t direct;	/* direct reclaims: a filling thread at the limit reclaimed itself */
+	uint64_t reclaimed;	/* pages evicted by reclaim (background + direct + pager_reclaim) */
+	uint64_t scanned;	/* pages the policy looked at */
+	uint64_t backoffs;	/* passes that stopped on errors and waited before trying again */
+	uint64_t over_limit;	/* fills past the hard limit (nothing could be evicted, or by the handler) */
+	uint64_t peak_present;	/* most present pages seen (sampled at each fill notice and pass) */
+};
+/* Fills *@st (zeros before the first budget or pager_reclaim).  Any thread;
+ * each counter read atomically. */
+void pager_reclaim_stats(struct pager *pager, struct pager_reclaim_stats *st);
 
 #endif /* UMBRA_PAGER_H */
