@@ -75,10 +75,18 @@ static void object_free(struct pager_object *po)
 	free(po);
 }
 
-/* Brings every page of @po back and unregisters its mapping. */
+void pager_set_discard_at_destroy(struct pager *pager, bool discard)
+{
+	__atomic_store_n(&pager->discard_at_destroy, discard, __ATOMIC_RELEASE);
+}
+
+/* Brings every page of @po back (unless the contents are discarded) and
+ * unregisters its mapping. */
 static void object_unregister(struct pager *pager, struct pager_object *po)
 {
-	for (uint64_t p = 0; p < po->npages; p++) {
+	bool discard = __atomic_load_n(&pager->discard_at_destroy, __ATOMIC_ACQUIRE);
+
+	for (uint64_t p = 0; p < po->npages && !discard; p++) {
 		if (pager_is_swapped(pager, po->id, p))
 			(void)pager_get_page(pager, po->id, p);
 	}

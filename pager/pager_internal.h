@@ -97,6 +97,7 @@ struct pager {
 	 * pager_budget_start() or pager_reclaim(), then kept (published with
 	 * release, read with acquire) until pager_destroy. */
 	struct pager_reclaim *reclaim;
+	bool discard_at_destroy;	/* pager_set_discard_at_destroy (atomic) */
 };
 
 /* Pages per eviction batch (one swap write, one buffer). */

@@ -224,6 +224,32 @@ START_TEST(test_failed_swap_write_leaves_page_resident_with_its_content)
 }
 END_TEST
 
+/* pager_destroy brings swapped pages back unless told to discard them
+ * (_i = 1): then it reads nothing and still frees every slot. */
+START_TEST(test_destroy_brings_pages_back_unless_discarding)
+{
+	struct pfix f;
+	bool discard = _i;
+
+	pfix_init(&f, 256, NPAGES);
+	ck_assert_int_eq(pager_evict(f.pager, f.id, 0, NPAGES), 0);
+	ck_assert_uint_eq(memfd_pages(&f), 0);
+	pager_set_discard_at_destroy(f.pager, discard);
+	uint64_t reads = swap_reads(&f);
+	pager_destroy(f.pager);
+	f.pager = NULL;
+	struct pager_swap_stats ss;
+	pager_swap_stats(f.swap, &ss);
+	ck_assert_msg(ss.reads - reads == (discard ? 0 : NPAGES), "expected %d swap reads at destroy, got %llu",
+		      discard ? 0 : NPAGES, (unsigned long long)(ss.reads - reads));
+	ck_assert_uint_eq(ss.slots_in_use, 0);
+	ck_assert_uint_eq(memfd_pages(&f), discard ? 0 : NPAGES);
+	for (uint64_t p = 0; !discard && p < NPAGES; p++)
+		ck_assert_int_eq(check_page(f.host, p), -1);
+	pfix_fini(&f);
+}
+END_TEST
+
 START_TEST(test_clean_swapped_in_page_evicts_without_io_until_written)
 {
 	struct pager_stats st;
@@ -379,6 +405,7 @@ Suite *pager_suite(void)
 	tcase_add_test(evict, test_shadow_fault_brings_evicted_page_back_through_get_page);
 	tcase_add_test(evict, test_failed_swap_write_leaves_page_resident_with_its_content);
 	tcase_add_test(evict, test_clean_swapped_in_page_evicts_without_io_until_written);
+	tcase_add_loop_test(evict, test_destroy_brings_pages_back_unless_discarding, 0, 2);
 	tcase_add_test(evict, test_never_written_hole_reads_zero_and_evicted_hole_stays_zero);
 	tcase_add_test(evict, test_corrupt_slot_fails_get_page_and_loses_the_page);
 	tcase_set_timeout(races, TEST_TORTURE_LIMIT_S + 30);

@@ -105,7 +105,7 @@ static inline void pfix_fini(struct pfix *f)
 {
 	struct pager_swap_stats ss;
 
-	pager_destroy(f->pager);
+	pager_destroy(f->pager); /* NULL if the test destroyed it */
 	pager_swap_stats(f->swap, &ss);
 	ck_assert_msg(ss.slots_in_use == 0, "expected every slot freed, got %llu in use",
 		      (unsigned long long)ss.slots_in_use);

@@ -223,6 +223,8 @@ void vmm_memory_destroy(struct vmm_memory *m)
 {
 	if (!m)
 		return;
+	/* The VMs have stopped: what is in swap is not needed any more. */
+	pager_set_discard_at_destroy(m->pager, true);
 	pager_destroy(m->pager); /* stops the reclaimer */
 	pager_swap_destroy(m->swap);
 	free(m);

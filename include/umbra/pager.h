@@ -302,6 +302,14 @@ int pager_create(struct pager_swap *swap, struct pager **out);
  * and mappings stay the caller's.
  */
 void pager_destroy(struct pager *pager);
+/*
+ * The objects' swapped-out contents will not be needed once the pager is
+ * destroyed (a program at exit, whose memfds are closed next): when @discard,
+ * pager_destroy frees their slots without reading them back, so that it
+ * costs no I/O and brings no memory back; the swapped pages are then holes
+ * that read as zeros.  Set before pager_destroy; any thread.
+ */
+void pager_set_discard_at_destroy(struct pager *pager, bool discard);
 
 /*
  * Put @obj (of @size bytes, a multiple of PAGER_PAGE_SIZE equal to its page
