@@ -1,8 +1,9 @@
 /*
  * Eviction: a batch of pages, of one object or of several, goes to swap and
- * its host memory is freed (docs/pager.md, "The pager").  Per batch: the
- * victims are marked EVICTING; each contiguous run of one object gets one
- * SWAPOUT invalidation and is write-protected; the dirty pages of the whole
+ * its host memory is freed (docs/pager.md, "The pager").  Per batch: each
+ * contiguous run of candidates of one object gets one SWAPOUT invalidation;
+ * then the candidates still evictable are claimed (EVICTING) and each run
+ * of them is write-protected; the dirty pages of the whole
  * batch are written in one pager_swap_write(); every page whose content is
  * safe in its slot is punched out of its memfd; the rest stay resident,
  * intact.
@@ -45,19 +46,16 @@ static bool run_continues(const struct batch *b, unsigned int j)
 	return j < b->n && b->v[j].po == b->v[j - 1].po && b->v[j].page == b->v[j - 1].page + 1;
 }
 
-/* Makes @page of @po a victim if it may be evicted.  Object lock held. */
+/* Makes @page of @po a candidate if it may be evicted now.  Object lock
+ * held.  It is claimed (EVICTING) only once its run is invalidated
+ * (batch_claim). */
 static void batch_take_locked(struct batch *b, struct pager_object *po, uint64_t page)
 {
 	umbra_mutex_assert_held(&po->lock);
-	if (!pager_page_is_evictable_locked(po, page))
-		return;
-	b->v[b->n++] = (struct victim){
-		.po = po,
-		.page = page,
-		.slot = po->slot[page],
-		.clean = po->state[page] == PAGER_PAGE_CLEAN,
-	};
-	po->state[page] = PAGER_PAGE_EVICTING;
+	if (!pager_page_is_evictable_locked(po, page) ||
+	    (b->n && b->v[b->n - 1].po == po && b->v[b->n - 1].page == page))
+		return; /* not evictable, or listed twice (a sorted list: next to each other) */
+	b->v[b->n++] = (struct victim){ .po = po, .page = page };
 }
 
 /* Takes the evictable, idle pages of [first, end) of @po; stops when the
@@ -93,11 +91,19 @@ static unsigned int batch_pick_list(struct batch *b, const struct pager_victim *
 }
 
 /*
- * One invalidation per run, then write-protect the run.  A run whose
- * invalidation or protection failed gets that error in its victims' result
- * (its range, if started, stays in ranges[] to be ended).
+ * One invalidation per run of candidates.  A run whose invalidation failed
+ * gets the error in its candidates' result (they are not claimed).
+ *
+ * The runs are invalidated before any page is claimed or write-protected:
+ * a vCPU that faults on a claimed page (a write to a clean page, a read of a
+ * punched one) waits in the kernel, inside KVM_RUN, where a TLB-shootdown
+ * kick cannot make it return, until the owner settles the page.  So the
+ * owner must need no flush of any vCPU between its first claim and its
+ * settle: every invalidation, whose callbacks flush and wait for the vCPUs
+ * to leave guest mode, is done before (docs/locking.md, "The pager and
+ * reclaim").
  */
-static void batch_isolate(struct batch *b)
+static void batch_invalidate(struct batch *b)
 {
 	for (unsigned int i = 0, j; i < b->n; i = j) {
 		struct notifier_range *r = &b->ranges[b->nranges];
@@ -109,11 +115,61 @@ static void batch_isolate(struct batch *b)
 		notifier_range_init(r, po->obj, NOTIFIER_EVENT_SWAPOUT, b->v[i].page,
 				    b->v[j - 1].page, NOTIFIER_RANGE_MAY_BLOCK);
 		ret = notifier_invalidate_range_start(r);
-		if (!ret) {
+		if (!ret)
 			b->nranges++;
-			ret = pager_uffd_protect(b->pager, pager_page_addr(po, b->v[i].page),
-						 (uint64_t)(j - i) * PAGER_PAGE_SIZE, true);
+		for (unsigned int k = i; k < j; k++)
+			b->v[k].result = ret;
+	}
+}
+
+/*
+ * Claims the candidates whose run is invalidated and that are still
+ * evictable (another thread may have pinned, evicted or claimed one since
+ * the pick): they become EVICTING and stay in the batch; the others leave
+ * it.  Returns the first invalidation error.
+ */
+static int batch_claim(struct batch *b)
+{
+	unsigned int n = 0;
+	int first_err = 0;
+
+	for (unsigned int i = 0; i < b->n;) {
+		struct pager_object *po = b->v[i].po;
+
+		umbra_mutex_lock(&po->lock);
+		for (; i < b->n && b->v[i].po == po; i++) {
+			struct victim v = b->v[i];
+
+			if (v.result) {
+				if (!first_err)
+					first_err = v.result;
+				continue;
+			}
+			if (!pager_page_is_evictable_locked(po, v.page))
+				continue;
+			v.slot = po->slot[v.page];
+			v.clean = po->state[v.page] == PAGER_PAGE_CLEAN;
+			po->state[v.page] = PAGER_PAGE_EVICTING;
+			b->v[n++] = v;
 		}
+		umbra_mutex_unlock(&po->lock);
+	}
+	b->n = n;
+	return first_err;
+}
+
+/* Write-protects each run of claimed victims (a run whose protection
+ * failed gets the error in its victims' result: they stay resident). */
+static void batch_protect(struct batch *b)
+{
+	for (unsigned int i = 0, j; i < b->n; i = j) {
+		struct pager_object *po = b->v[i].po;
+		int ret;
+
+		for (j = i + 1; run_continues(b, j); j++)
+			;
+		ret = pager_uffd_protect(b->pager, pager_page_addr(po, b->v[i].page),
+					 (uint64_t)(j - i) * PAGER_PAGE_SIZE, true);
 		for (unsigned int k = i; k < j; k++)
 			b->v[k].result = ret;
 	}
@@ -241,13 +297,17 @@ static int batch_settle(struct batch *b, uint64_t *evicted)
 /* Steps 2 to 5 of the picked batch; resets it for the next pick. */
 static int batch_evict(struct batch *b, uint64_t *evicted)
 {
-	int ret = 0;
+	int ret = 0, err;
 
 	if (b->n) {
-		batch_isolate(b);
+		batch_invalidate(b);
+		ret = batch_claim(b);
+		batch_protect(b);
 		batch_write(b);
 		batch_punch(b);
-		ret = batch_settle(b, evicted);
+		err = batch_settle(b, evicted);
+		if (err && !ret)
+			ret = err;
 	}
 	b->n = 0;
 	b->nranges = 0;

@@ -445,7 +445,7 @@ static int parse_vm(struct config_ctx *c, unsigned int i, struct json_object *jv
 static int parse_pager(struct config_ctx *c, struct json_object *root, struct plan *plan)
 {
 	struct json_object *v;
-	const char *text;
+	const char *text = NULL;
 	int ret;
 
 	if (json_object_object_get_ex(root, "mem_limit", &v)) {
