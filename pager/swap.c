@@ -51,6 +51,7 @@ struct pager_swap {
 	struct umbra_mutex lock;
 	uint64_t *used;			/* bitmap: slot allocated */
 	uint64_t *valid;		/* bitmap: slot holds a written page */
+	uint64_t *backed;		/* bitmap: slot was written once (file blocks exist) */
 	uint32_t *crc;			/* [nr_slots]: crc32 of a valid slot */
 	uint64_t cursor;		/* next-fit: where the next search starts */
 	struct swap_inject inject[PAGER_INJECT_NR];
@@ -65,6 +66,7 @@ struct pager_swap {
 	uint32_t *done;			/* [depth]: bytes of page i done */
 	uint32_t *sum;			/* [depth]: expected / computed crc32 */
 	uint8_t *state;			/* [depth]: enum page_state */
+	uint8_t *fresh;			/* [depth]: write to a slot never written */
 };
 
 /* ---- slot map (under lock) ----------------------------------------- */
@@ -195,6 +197,11 @@ static bool inject_fires_locked(struct pager_swap *swap, enum pager_inject_kind 
 
 /* ---- batched I/O through the ring (under io_lock) -------------------- */
 
+static uint32_t page_crc(const void *buf)
+{
+	return (uint32_t)crc32(crc32(0L, Z_NULL, 0), buf, PAGER_SLOT_SIZE);
+}
+
 /*
  * Queues one vectored read or write for the run of pending pages starting
  * at @first of ios[0..n): the pages after it whose slots follow on and that
@@ -207,11 +214,13 @@ static unsigned int queue_run(struct pager_swap *swap, struct pager_io *ios, uns
 	unsigned int end = first + 1;
 	uint64_t off = ios[first].slot * PAGER_SLOT_SIZE + swap->done[first];
 	int fd = swap->fixed_file ? 0 : swap->fd;
+	bool fresh = false;
 
 	while (end < n && ios[end].result == IO_PENDING && swap->done[end] == 0 &&
 	       ios[end].slot == ios[end - 1].slot + 1)
 		end++;
 	for (unsigned int i = first; i < end; i++) {
+		fresh |= write && swap->fresh[i];
 		swap->iov[i].iov_base = (char *)ios[i].buf + swap->done[i];
 		swap->iov[i].iov_len = PAGER_SLOT_SIZE - swap->done[i];
 	}
@@ -222,6 +231,10 @@ static unsigned int queue_run(struct pager_swap *swap, struct pager_io *ios, uns
 		io_uring_prep_readv(sqe, fd, &swap->iov[first], end - first, off);
 	if (swap->fixed_file)
 		sqe->flags |= IOSQE_FIXED_FILE;
+	/* A write that allocates file blocks cannot be done without
+	 * blocking: straight to the kernel's workers, not tried inline. */
+	if (fresh)
+		sqe->flags |= IOSQE_ASYNC;
 	io_uring_sqe_set_data64(sqe, first);
 	return end;
 }
@@ -268,15 +281,14 @@ static void fail_pending(struct pager_io *ios, unsigned int n, int err)
 			ios[i].result = err;
 }
 
-/* Submits the @queued SQEs, waiting for the first completion; 0 or -errno. */
+/* Submits the @queued SQEs without waiting; 0 or -errno. */
 static int submit_all(struct pager_swap *swap, unsigned int queued)
 {
 	unsigned int submitted = 0;
 	int ret;
 
 	while (submitted < queued) {
-		ret = submitted ? io_uring_submit(&swap->ring)
-				: io_uring_submit_and_wait(&swap->ring, 1);
+		ret = io_uring_submit(&swap->ring);
 		if (ret == -EINTR || ret == -EAGAIN)
 			continue;
 		if (ret < 0)
@@ -290,10 +302,50 @@ static int submit_all(struct pager_swap *swap, unsigned int queued)
 }
 
 /*
+ * Waits for the @queued completions of a submission and accounts them:
+ * one system call for all of them (a wait per completion would sleep and
+ * be woken once per request).
+ */
+static void reap_all(struct pager_swap *swap, struct pager_io *ios, unsigned int n,
+		     unsigned int queued)
+{
+	unsigned int reaped = 0;
+
+	while (reaped < queued) {
+		struct io_uring_cqe *cqe;
+		unsigned int head, seen = 0;
+		int ret = io_uring_wait_cqe_nr(&swap->ring, &cqe, queued - reaped);
+
+		/* Only -EINTR is possible with SQEs in flight; giving up
+		 * would let the kernel write into freed buffers. */
+		if (ret == -EINTR)
+			continue;
+		if (ret < 0)
+			abort();
+		io_uring_for_each_cqe(&swap->ring, head, cqe) {
+			complete_run(swap, ios, (unsigned int)io_uring_cqe_get_data64(cqe), n, cqe->res);
+			seen++;
+		}
+		io_uring_cq_advance(&swap->ring, seen);
+		reaped += seen;
+	}
+}
+
+/* The crc32 of every page of a write still to be done, into sum[]. */
+static void sum_pending(struct pager_swap *swap, const struct pager_io *ios, unsigned int n)
+{
+	for (unsigned int i = 0; i < n; i++)
+		if (ios[i].result == IO_PENDING)
+			swap->sum[i] = page_crc(ios[i].buf);
+}
+
+/*
  * Does the I/O of every pending page of ios[0..n) (n <= depth): queues a
  * run per stretch of consecutive slots, submits them all at once, waits for
- * every completion, and again for what short transfers left.  A failed
- * submission fails the pages it carried.
+ * every completion, and again for what short transfers left.  A write's
+ * checksums are computed between the submission and the wait, while the
+ * kernel's workers copy the pages.  A failed submission fails the pages it
+ * carried.
  */
 static void do_chunk_io(struct pager_swap *swap, struct pager_io *ios, unsigned int n, bool write)
 {
@@ -303,7 +355,7 @@ static void do_chunk_io(struct pager_swap *swap, struct pager_io *ios, unsigned 
 		return;
 	}
 	memset(swap->done, 0, n * sizeof(*swap->done));
-	for (;;) {
+	for (bool first = true;; first = false) {
 		unsigned int queued = 0;
 		int ret;
 
@@ -325,18 +377,9 @@ static void do_chunk_io(struct pager_swap *swap, struct pager_io *ios, unsigned 
 			fail_pending(ios, n, ret);
 			return;
 		}
-		for (unsigned int c = 0; c < queued; c++) {
-			struct io_uring_cqe *cqe;
-
-			while ((ret = io_uring_wait_cqe(&swap->ring, &cqe)) == -EINTR)
-				;
-			/* Only -EINTR is possible with SQEs in flight; giving up
-			 * would let the kernel write into freed buffers. */
-			if (ret < 0)
-				abort();
-			complete_run(swap, ios, (unsigned int)io_uring_cqe_get_data64(cqe), n, cqe->res);
-			io_uring_cqe_seen(&swap->ring, cqe);
-		}
+		if (write && first)
+			sum_pending(swap, ios, n);
+		reap_all(swap, ios, n, queued);
 	}
 }
 
@@ -355,11 +398,6 @@ static bool corrupt_slot(struct pager_swap *swap, uint64_t slot)
 	return pwrite(swap->fd, &byte, 1, off) == 1;
 }
 
-static uint32_t page_crc(const void *buf)
-{
-	return (uint32_t)crc32(crc32(0L, Z_NULL, 0), buf, PAGER_SLOT_SIZE);
-}
-
 static bool slot_is_allocated_locked(struct pager_swap *swap, uint64_t slot)
 {
 	umbra_mutex_assert_held(&swap->lock);
@@ -374,6 +412,7 @@ static void write_prepare_locked(struct pager_swap *swap, struct pager_io *io, u
 	if (!slot_is_allocated_locked(swap, io->slot))
 		return;
 	slot_invalidate_locked(swap, io->slot);
+	swap->fresh[i] = !bit_test(swap->backed, io->slot);
 	swap->state[i] = PAGE_IO;
 	io->result = IO_PENDING;
 	if (inject_fires_locked(swap, PAGER_INJECT_WRITE_ERROR))
@@ -398,6 +437,7 @@ static void write_finish_locked(struct pager_swap *swap, struct pager_io *io, un
 		return;		/* freed meanwhile, against the contract */
 	swap->crc[io->slot] = swap->sum[i];
 	bit_set(swap->valid, io->slot);
+	bit_set(swap->backed, io->slot);
 	swap->st.slots_valid++;
 }
 
@@ -409,12 +449,11 @@ static void write_chunk(struct pager_swap *swap, struct pager_io *ios, unsigned 
 	umbra_mutex_unlock(&swap->lock);
 	do_chunk_io(swap, ios, n, true);
 	for (unsigned int i = 0; i < n; i++) {
-		if (ios[i].result)
-			continue;
-		swap->sum[i] = page_crc(ios[i].buf);
-		/* Where the file cannot be damaged, the recorded checksum is:
-		 * the next read fails its check all the same. */
-		if (swap->state[i] == PAGE_IO_CORRUPT && !corrupt_slot(swap, ios[i].slot))
+		/* sum[i] was computed during the I/O (do_chunk_io).  Where
+		 * the file cannot be damaged, the recorded checksum is: the
+		 * next read fails its check all the same. */
+		if (!ios[i].result && swap->state[i] == PAGE_IO_CORRUPT &&
+		    !corrupt_slot(swap, ios[i].slot))
 			swap->sum[i] ^= 1;
 	}
 	umbra_mutex_lock(&swap->lock);
@@ -529,7 +568,8 @@ static int swap_ring_init(struct pager_swap *swap)
 	swap->done = calloc(swap->depth, sizeof(*swap->done));
 	swap->sum = calloc(swap->depth, sizeof(*swap->sum));
 	swap->state = calloc(swap->depth, sizeof(*swap->state));
-	if (!swap->iov || !swap->done || !swap->sum || !swap->state)
+	swap->fresh = calloc(swap->depth, sizeof(*swap->fresh));
+	if (!swap->iov || !swap->done || !swap->sum || !swap->state || !swap->fresh)
 		return -ENOMEM;
 	ret = io_uring_queue_init(swap->depth, &swap->ring, 0);
 	if (ret < 0)
@@ -545,8 +585,10 @@ static void swap_free_memory(struct pager_swap *swap)
 	free(swap->done);
 	free(swap->sum);
 	free(swap->state);
+	free(swap->fresh);
 	free(swap->crc);
 	free(swap->valid);
+	free(swap->backed);
 	free(swap->used);
 	free(swap);
 }
@@ -570,9 +612,10 @@ int pager_swap_create(const struct pager_swap_config *cfg, struct pager_swap **o
 	nr_words = (cfg->nr_slots + 63) / 64;
 	swap->used = calloc(nr_words, sizeof(*swap->used));
 	swap->valid = calloc(nr_words, sizeof(*swap->valid));
+	swap->backed = calloc(nr_words, sizeof(*swap->backed));
 	swap->crc = calloc(cfg->nr_slots, sizeof(*swap->crc));
 	ret = -ENOMEM;
-	if (!swap->used || !swap->valid || !swap->crc)
+	if (!swap->used || !swap->valid || !swap->backed || !swap->crc)
 		goto free_memory;
 	ret = swap_open(cfg->path);
 	if (ret < 0)
