@@ -115,7 +115,7 @@ struct bench {
 	struct sample s[NR_CONFIGS][MAX_RUNS];
 	double raw_fresh[2 * MAX_RUNS], raw_over[2 * MAX_RUNS];
 	unsigned int nraw;
-	double first_evict_ns, setup_ns[2];
+	double first_evict_ns, setup_ns[2], refill_ns, refault_ns;
 };
 
 static uint64_t memfd_bytes(const struct segment *seg)
@@ -342,9 +342,14 @@ static void evict_once(struct bench *b, struct sample *s)
  * faults refill the canonical tables every VM links). */
 static void refault(struct bench *b, bool shared)
 {
+	double t0 = now_ns(), t1;
+
 	segment_refill(&b->seg);
+	t1 = now_ns();
 	for (unsigned int k = 0; k < (shared ? 1 : b->nvms); k++)
 		vm_fault_all(&b->vms[k], &b->seg);
+	b->refill_ns += t1 - t0;
+	b->refault_ns += now_ns() - t1;
 }
 
 /* ---- raw I/O anchor ---------------------------------------------------------- */
@@ -446,13 +451,15 @@ static void print_results(const struct bench *b, double total_ns)
 		memset(&un, 0, sizeof(un));
 	printf("bench-evict: %llu MiB segment, %u VMs, %u runs, pager_evict() calls of %llu pages "
 	       "(batches of %llu), swap in %s; "
-	       "%s %s, %ld CPUs; %.0f s in all (VM setup %.0f s shared, %.0f s private; first "
-	       "eviction, fresh swap file, shared range: %.0f ms)\n\n",
+	       "%s %s, %ld CPUs; %.0f s in all (VM setup %.0f s shared, %.0f s private; refills "
+	       "%.0f s, shadow refaults %.0f s; first eviction, fresh swap file, shared range: "
+	       "%.0f ms)\n\n",
 	       (unsigned long long)(bytes / MIB), b->nvms, b->runs,
 	       (unsigned long long)b->call_pages, EVICT_BATCH,
 	       getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", un.sysname,
 	       un.release, sysconf(_SC_NPROCESSORS_ONLN), total_ns / 1e9, b->setup_ns[0] / 1e9,
-	       b->setup_ns[1] / 1e9, b->first_evict_ns / 1e6);
+	       b->setup_ns[1] / 1e9, b->refill_ns / 1e9, b->refault_ns / 1e9,
+	       b->first_evict_ns / 1e6);
 	printf("| configuration | evict ms (median) | slowest .. fastest | MB/s | memory freed MiB | "
 	       "invalidation callbacks | TLB flushes per vCPU: mean (min..max) | swap submissions | "
 	       "time / baseline |\n");
