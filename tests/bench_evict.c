@@ -17,8 +17,8 @@
  * slot per VM), and the object in range or per-page delivery.  Between runs
  * (untimed) the segment is made resident and dirty again and every VM
  * faults it back.  A raw 4 KiB pwrite of the same bytes to a fresh file
- * (and over the blocks it allocated) is measured in the same runs as an I/O
- * anchor.
+ * (and over the blocks it allocated) is measured after each run of the
+ * shared configurations, as an I/O anchor.
  *
  * Checked, exit 1 on failure: before each eviction every page resident and
  * dirty, the memfd's st_blocks the whole segment, every VM reaching the
@@ -113,7 +113,7 @@ struct bench {
 	uint64_t call_pages;		/* pages per pager_evict() call */
 	struct vm *vms;
 	struct sample s[NR_CONFIGS][MAX_RUNS];
-	double raw_fresh[2 * MAX_RUNS], raw_over[2 * MAX_RUNS];
+	double raw_fresh[MAX_RUNS], raw_over[MAX_RUNS];
 	unsigned int nraw;
 	double first_evict_ns, setup_ns[2], refill_ns, refault_ns;
 };
@@ -415,7 +415,8 @@ static void bench_tables(struct bench *b, bool shared)
 			evict_once(b, &b->s[c][r]);
 			refault(b, shared);
 		}
-		raw_anchor(b);
+		if (shared)
+			raw_anchor(b);
 	}
 	CHECK(notifier_object_set_mode(b->seg.obj, NOTIFIER_MODE_RANGE));
 	for (unsigned int k = 0; k < b->nvms; k++)
