@@ -571,7 +571,12 @@ static int swap_ring_init(struct pager_swap *swap)
 	swap->fresh = calloc(swap->depth, sizeof(*swap->fresh));
 	if (!swap->iov || !swap->done || !swap->sum || !swap->state || !swap->fresh)
 		return -ENOMEM;
-	ret = io_uring_queue_init(swap->depth, &swap->ring, 0);
+	/* Completions from the kernel's workers do not interrupt the thread
+	 * with an IPI each (it waits in io_uring_enter for all of them
+	 * anyway); a kernel without it (before 5.19) gets a plain ring. */
+	ret = io_uring_queue_init(swap->depth, &swap->ring, IORING_SETUP_COOP_TASKRUN);
+	if (ret == -EINVAL)
+		ret = io_uring_queue_init(swap->depth, &swap->ring, 0);
 	if (ret < 0)
 		return ret;
 	/* A registered file saves a file-table lookup per I/O; optional. */
