@@ -51,7 +51,6 @@ struct pager_swap {
 	struct umbra_mutex lock;
 	uint64_t *used;			/* bitmap: slot allocated */
 	uint64_t *valid;		/* bitmap: slot holds a written page */
-	uint64_t *backed;		/* bitmap: slot was written once (file blocks exist) */
 	uint32_t *crc;			/* [nr_slots]: crc32 of a valid slot */
 	uint64_t cursor;		/* next-fit: where the next search starts */
 	struct swap_inject inject[PAGER_INJECT_NR];
@@ -66,7 +65,6 @@ struct pager_swap {
 	uint32_t *done;			/* [depth]: bytes of page i done */
 	uint32_t *sum;			/* [depth]: expected / computed crc32 */
 	uint8_t *state;			/* [depth]: enum page_state */
-	uint8_t *fresh;			/* [depth]: write to a slot never written */
 };
 
 /* ---- slot map (under lock) ----------------------------------------- */
@@ -214,13 +212,11 @@ static unsigned int queue_run(struct pager_swap *swap, struct pager_io *ios, uns
 	unsigned int end = first + 1;
 	uint64_t off = ios[first].slot * PAGER_SLOT_SIZE + swap->done[first];
 	int fd = swap->fixed_file ? 0 : swap->fd;
-	bool fresh = false;
 
 	while (end < n && ios[end].result == IO_PENDING && swap->done[end] == 0 &&
 	       ios[end].slot == ios[end - 1].slot + 1)
 		end++;
 	for (unsigned int i = first; i < end; i++) {
-		fresh |= write && swap->fresh[i];
 		swap->iov[i].iov_base = (char *)ios[i].buf + swap->done[i];
 		swap->iov[i].iov_len = PAGER_SLOT_SIZE - swap->done[i];
 	}
@@ -231,10 +227,6 @@ static unsigned int queue_run(struct pager_swap *swap, struct pager_io *ios, uns
 		io_uring_prep_readv(sqe, fd, &swap->iov[first], end - first, off);
 	if (swap->fixed_file)
 		sqe->flags |= IOSQE_FIXED_FILE;
-	/* A write that allocates file blocks cannot be done without
-	 * blocking: straight to the kernel's workers, not tried inline. */
-	if (fresh)
-		sqe->flags |= IOSQE_ASYNC;
 	io_uring_sqe_set_data64(sqe, first);
 	return end;
 }
@@ -344,8 +336,8 @@ static void sum_pending(struct pager_swap *swap, const struct pager_io *ios, uns
  * run per stretch of consecutive slots, submits them all at once, waits for
  * every completion, and again for what short transfers left.  A write's
  * checksums are computed between the submission and the wait, while the
- * kernel's workers copy the pages.  A failed submission fails the pages it
- * carried.
+ * kernel's workers copy the pages of the writes it could not do inline.
+ * A failed submission fails the pages it carried.
  */
 static void do_chunk_io(struct pager_swap *swap, struct pager_io *ios, unsigned int n, bool write)
 {
@@ -412,7 +404,6 @@ static void write_prepare_locked(struct pager_swap *swap, struct pager_io *io, u
 	if (!slot_is_allocated_locked(swap, io->slot))
 		return;
 	slot_invalidate_locked(swap, io->slot);
-	swap->fresh[i] = !bit_test(swap->backed, io->slot);
 	swap->state[i] = PAGE_IO;
 	io->result = IO_PENDING;
 	if (inject_fires_locked(swap, PAGER_INJECT_WRITE_ERROR))
@@ -437,7 +428,6 @@ static void write_finish_locked(struct pager_swap *swap, struct pager_io *io, un
 		return;		/* freed meanwhile, against the contract */
 	swap->crc[io->slot] = swap->sum[i];
 	bit_set(swap->valid, io->slot);
-	bit_set(swap->backed, io->slot);
 	swap->st.slots_valid++;
 }
 
@@ -568,8 +558,7 @@ static int swap_ring_init(struct pager_swap *swap)
 	swap->done = calloc(swap->depth, sizeof(*swap->done));
 	swap->sum = calloc(swap->depth, sizeof(*swap->sum));
 	swap->state = calloc(swap->depth, sizeof(*swap->state));
-	swap->fresh = calloc(swap->depth, sizeof(*swap->fresh));
-	if (!swap->iov || !swap->done || !swap->sum || !swap->state || !swap->fresh)
+	if (!swap->iov || !swap->done || !swap->sum || !swap->state)
 		return -ENOMEM;
 	/* Completions from the kernel's workers do not interrupt the thread
 	 * with an IPI each (it waits in io_uring_enter for all of them
@@ -590,10 +579,8 @@ static void swap_free_memory(struct pager_swap *swap)
 	free(swap->done);
 	free(swap->sum);
 	free(swap->state);
-	free(swap->fresh);
 	free(swap->crc);
 	free(swap->valid);
-	free(swap->backed);
 	free(swap->used);
 	free(swap);
 }
@@ -617,10 +604,9 @@ int pager_swap_create(const struct pager_swap_config *cfg, struct pager_swap **o
 	nr_words = (cfg->nr_slots + 63) / 64;
 	swap->used = calloc(nr_words, sizeof(*swap->used));
 	swap->valid = calloc(nr_words, sizeof(*swap->valid));
-	swap->backed = calloc(nr_words, sizeof(*swap->backed));
 	swap->crc = calloc(cfg->nr_slots, sizeof(*swap->crc));
 	ret = -ENOMEM;
-	if (!swap->used || !swap->valid || !swap->backed || !swap->crc)
+	if (!swap->used || !swap->valid || !swap->crc)
 		goto free_memory;
 	ret = swap_open(cfg->path);
 	if (ret < 0)
