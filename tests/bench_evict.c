@@ -4,7 +4,10 @@
  * private ones and range against per-page notifier delivery.  Prints
  * Markdown tables (docs/bench-pager.md has results, method and command).
  *
- *   bench-evict [--mib N] [--vms N] [--runs N]    defaults 1024, 64, 5
+ *   bench-evict [--mib N] [--vms N] [--runs N] [--call-pages N]
+ *
+ * defaults 1024 MiB, 64 VMs, 5 runs, and the whole segment in one
+ * pager_evict() call (--call-pages: pages per call instead).
  *
  * The segment is a shmem memfd of N MiB under a pager (one object), its
  * shadow slot from pager_object_slot(); every VM (a shadow MMU with one
