@@ -195,6 +195,11 @@ static bool inject_fires_locked(struct pager_swap *swap, enum pager_inject_kind 
 
 /* ---- batched I/O through the ring (under io_lock) -------------------- */
 
+static uint32_t page_crc(const void *buf)
+{
+	return (uint32_t)crc32(crc32(0L, Z_NULL, 0), buf, PAGER_SLOT_SIZE);
+}
+
 /*
  * Queues one vectored read or write for the run of pending pages starting
  * at @first of ios[0..n): the pages after it whose slots follow on and that
@@ -268,15 +273,14 @@ static void fail_pending(struct pager_io *ios, unsigned int n, int err)
 			ios[i].result = err;
 }
 
-/* Submits the @queued SQEs, waiting for the first completion; 0 or -errno. */
+/* Submits the @queued SQEs without waiting; 0 or -errno. */
 static int submit_all(struct pager_swap *swap, unsigned int queued)
 {
 	unsigned int submitted = 0;
 	int ret;
 
 	while (submitted < queued) {
-		ret = submitted ? io_uring_submit(&swap->ring)
-				: io_uring_submit_and_wait(&swap->ring, 1);
+		ret = io_uring_submit(&swap->ring);
 		if (ret == -EINTR || ret == -EAGAIN)
 			continue;
 		if (ret < 0)
@@ -290,10 +294,50 @@ static int submit_all(struct pager_swap *swap, unsigned int queued)
 }
 
 /*
+ * Waits for the @queued completions of a submission and accounts them:
+ * one system call for all of them (a wait per completion would sleep and
+ * be woken once per request).
+ */
+static void reap_all(struct pager_swap *swap, struct pager_io *ios, unsigned int n,
+		     unsigned int queued)
+{
+	unsigned int reaped = 0;
+
+	while (reaped < queued) {
+		struct io_uring_cqe *cqe;
+		unsigned int head, seen = 0;
+		int ret = io_uring_wait_cqe_nr(&swap->ring, &cqe, queued - reaped);
+
+		/* Only -EINTR is possible with SQEs in flight; giving up
+		 * would let the kernel write into freed buffers. */
+		if (ret == -EINTR)
+			continue;
+		if (ret < 0)
+			abort();
+		io_uring_for_each_cqe(&swap->ring, head, cqe) {
+			complete_run(swap, ios, (unsigned int)io_uring_cqe_get_data64(cqe), n, cqe->res);
+			seen++;
+		}
+		io_uring_cq_advance(&swap->ring, seen);
+		reaped += seen;
+	}
+}
+
+/* The crc32 of every page of a write still to be done, into sum[]. */
+static void sum_pending(struct pager_swap *swap, const struct pager_io *ios, unsigned int n)
+{
+	for (unsigned int i = 0; i < n; i++)
+		if (ios[i].result == IO_PENDING)
+			swap->sum[i] = page_crc(ios[i].buf);
+}
+
+/*
  * Does the I/O of every pending page of ios[0..n) (n <= depth): queues a
  * run per stretch of consecutive slots, submits them all at once, waits for
- * every completion, and again for what short transfers left.  A failed
- * submission fails the pages it carried.
+ * every completion, and again for what short transfers left.  A write's
+ * checksums are computed between the submission and the wait, while the
+ * kernel's workers copy the pages of the writes it could not do inline.
+ * A failed submission fails the pages it carried.
  */
 static void do_chunk_io(struct pager_swap *swap, struct pager_io *ios, unsigned int n, bool write)
 {
@@ -303,7 +347,7 @@ static void do_chunk_io(struct pager_swap *swap, struct pager_io *ios, unsigned 
 		return;
 	}
 	memset(swap->done, 0, n * sizeof(*swap->done));
-	for (;;) {
+	for (bool first = true;; first = false) {
 		unsigned int queued = 0;
 		int ret;
 
@@ -325,18 +369,9 @@ static void do_chunk_io(struct pager_swap *swap, struct pager_io *ios, unsigned 
 			fail_pending(ios, n, ret);
 			return;
 		}
-		for (unsigned int c = 0; c < queued; c++) {
-			struct io_uring_cqe *cqe;
-
-			while ((ret = io_uring_wait_cqe(&swap->ring, &cqe)) == -EINTR)
-				;
-			/* Only -EINTR is possible with SQEs in flight; giving up
-			 * would let the kernel write into freed buffers. */
-			if (ret < 0)
-				abort();
-			complete_run(swap, ios, (unsigned int)io_uring_cqe_get_data64(cqe), n, cqe->res);
-			io_uring_cqe_seen(&swap->ring, cqe);
-		}
+		if (write && first)
+			sum_pending(swap, ios, n);
+		reap_all(swap, ios, n, queued);
 	}
 }
 
@@ -353,11 +388,6 @@ static bool corrupt_slot(struct pager_swap *swap, uint64_t slot)
 		return false;
 	byte ^= 0xff;
 	return pwrite(swap->fd, &byte, 1, off) == 1;
-}
-
-static uint32_t page_crc(const void *buf)
-{
-	return (uint32_t)crc32(crc32(0L, Z_NULL, 0), buf, PAGER_SLOT_SIZE);
 }
 
 static bool slot_is_allocated_locked(struct pager_swap *swap, uint64_t slot)
@@ -409,12 +439,11 @@ static void write_chunk(struct pager_swap *swap, struct pager_io *ios, unsigned 
 	umbra_mutex_unlock(&swap->lock);
 	do_chunk_io(swap, ios, n, true);
 	for (unsigned int i = 0; i < n; i++) {
-		if (ios[i].result)
-			continue;
-		swap->sum[i] = page_crc(ios[i].buf);
-		/* Where the file cannot be damaged, the recorded checksum is:
-		 * the next read fails its check all the same. */
-		if (swap->state[i] == PAGE_IO_CORRUPT && !corrupt_slot(swap, ios[i].slot))
+		/* sum[i] was computed during the I/O (do_chunk_io).  Where
+		 * the file cannot be damaged, the recorded checksum is: the
+		 * next read fails its check all the same. */
+		if (!ios[i].result && swap->state[i] == PAGE_IO_CORRUPT &&
+		    !corrupt_slot(swap, ios[i].slot))
 			swap->sum[i] ^= 1;
 	}
 	umbra_mutex_lock(&swap->lock);
@@ -531,7 +560,12 @@ static int swap_ring_init(struct pager_swap *swap)
 	swap->state = calloc(swap->depth, sizeof(*swap->state));
 	if (!swap->iov || !swap->done || !swap->sum || !swap->state)
 		return -ENOMEM;
-	ret = io_uring_queue_init(swap->depth, &swap->ring, 0);
+	/* Completions from the kernel's workers do not interrupt the thread
+	 * with an IPI each (it waits in io_uring_enter for all of them
+	 * anyway); a kernel without it (before 5.19) gets a plain ring. */
+	ret = io_uring_queue_init(swap->depth, &swap->ring, IORING_SETUP_COOP_TASKRUN);
+	if (ret == -EINVAL)
+		ret = io_uring_queue_init(swap->depth, &swap->ring, 0);
 	if (ret < 0)
 		return ret;
 	/* A registered file saves a file-table lookup per I/O; optional. */

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define BENCH_NAME "bench-pager"
@@ -266,5 +267,9 @@ int main(int argc, char **argv)
 		}
 	}
 	print_table(&b, rounds);
+	free(b.ios);
+	free(b.scatter);
+	munmap(b.data, b.pages * PAGE);
+	munmap(b.back, b.pages * PAGE);
 	return 0;
 }
