@@ -32,5 +32,6 @@ Suite *kvm_suite(void);
 Suite *kvm_paging_suite(void);
 Suite *kvm_hostile_suite(void);
 Suite *kvm_quota_suite(void);
+Suite *kvm_pager_suite(void);
 
 #endif
