@@ -48,7 +48,7 @@ static char stats_path[256];
 
 /* ---- running umbra and reading its statistics ---- */
 
-/* Runs umbra with @args, then "--stats --stats-json FILE" (and a sampler if
+/* Runs umbra with @args, then "--stats-json FILE" (and a sampler if
  * @sample), and returns the parsed statistics (json_object_put them), or
  * fails the test if umbra wrote none. */
 static struct json_object *run_pager(const char *const args[], int timeout_s, run_sampler sample, void *arg)
@@ -60,7 +60,6 @@ static struct json_object *run_pager(const char *const args[], int timeout_s, ru
 		argv[n] = args[n];
 	snprintf(stats_path, sizeof(stats_path), "%s/stats.json", tmpdir);
 	unlink(stats_path);
-	argv[n++] = "--stats";
 	argv[n++] = "--stats-json";
 	argv[n++] = stats_path;
 	argv[n] = NULL;
@@ -227,8 +226,8 @@ static uint64_t resident_slack(uint64_t limit)
 /* ---- (a) four VMs with twice the limit in RAM ---- */
 
 #define FOUR_VMS 4
-#define FOUR_VMS_MEM "32M"
-#define FOUR_VMS_LIMIT (64 * MIB)
+#define FOUR_VMS_MEM "8M"
+#define FOUR_VMS_LIMIT (16 * MIB)
 #define FOUR_VMS_ROUNDS 3
 #define FOUR_VMS_CMDLINE "rounds=3"
 
@@ -276,8 +275,8 @@ END_TEST
 /* ---- (b) eight VMs read a segment larger than the limit ---- */
 
 #define SEGMENT_READERS 8
-#define SEGMENT_SIZE (96 * MIB)
-#define SEGMENT_LIMIT "48M"
+#define SEGMENT_SIZE (16 * MIB)
+#define SEGMENT_LIMIT "8M"
 
 /* Fills @len bytes with a sequence that no page of it repeats. */
 static void fill_pattern(uint8_t *data, size_t len, uint64_t x)
@@ -302,7 +301,7 @@ START_TEST(test_eight_vms_read_a_segment_larger_than_the_limit)
 	snprintf(json, sizeof(json),
 		 "{ \"segments\": [ { \"name\": \"data\", \"size\": \"%lluM\", \"gpa\": \"" SEG_GPA "\", "
 		 "\"writable\": false, \"file\": \"data.bin\" } ],\n"
-		 "  \"vms\": [ { \"name\": \"reader\", \"count\": %d, \"image\": \"%s/segread.elf\", \"mem\": \"8M\",\n"
+		 "  \"vms\": [ { \"name\": \"reader\", \"count\": %d, \"image\": \"%s/segread.elf\", \"mem\": \"4M\",\n"
 		 "               \"cmdline\": \"seg=data rounds=1\", \"segments\": [\"data\"] } ] }\n",
 		 (unsigned long long)(SEGMENT_SIZE / MIB), SEGMENT_READERS, dir);
 	write_config("segment.json", json, cfg, sizeof(cfg));
@@ -336,20 +335,21 @@ END_TEST
 
 /*
  * hotcold's hot set is a 2 MiB writable segment, swept after every 16 cold
- * pages, and its cold set 24 MiB of RAM, each page touched once per round,
- * under a limit of 8 MiB. The hot set is an object of its own, so its
+ * pages, and its cold set 12 MiB of RAM, each page touched once per round,
+ * under a limit of 6 MiB. The hot set is an object of its own, so its
  * refaults (swap-ins of pages evicted within the last limit's worth of
  * evictions) are counted apart from the cold set's. A policy that ages by
  * access keeps the hot set resident: it is young at every pass of the
  * hand, so after warm-up its refaults are a small fraction of the
  * evictions, which are then cold pages. Round robin evicts hot pages as
  * often as cold ones, and each comes back at the next sweep, within the
- * refault window. (The cold pages themselves are re-read one round after
- * their eviction, some 16 MiB of evictions later: outside the window.)
+ * refault window. (A cold page is re-read one round after it was touched:
+ * the cold set less what of it stays resident, some 9 MiB of evictions after
+ * its own, outside the window of 6 MiB.)
  */
-#define HOT_COLD_MEM "32M"
-#define HOT_COLD_LIMIT "8M"
-#define HOT_COLD_CMDLINE "hot=hot cold=24 rounds=4 every=16"
+#define HOT_COLD_MEM "16M"
+#define HOT_COLD_LIMIT "6M"
+#define HOT_COLD_CMDLINE "hot=hot cold=12 rounds=4 every=16"
 
 struct policy_run {
 	uint64_t evictions, refaults, hot_refaults, hot_swapins;
@@ -412,13 +412,13 @@ END_TEST
 
 /* Two VMs that each write and verify all their RAM, twice the limit
  * between them: both are swapped out and in. */
-#define INJECT_LIMIT "16M"
-#define INJECT_SUMMARY "12 MiB x 2 rounds on 1 vCPUs"
+#define INJECT_LIMIT "8M"
+#define INJECT_SUMMARY "6 MiB x 2 rounds on 1 vCPUs"
 
 static struct json_object *run_two_touchers(const char *const extra[])
 {
 	char image[512];
-	const char *args[24] = { "run", image, "--vms", "2", "--mem", "16M", "--cmdline", "mib=12 rounds=2",
+	const char *args[24] = { "run", image, "--vms", "2", "--mem", "8M", "--cmdline", "mib=6 rounds=2",
 				 "--mem-limit", INJECT_LIMIT };
 	int n = 10;
 
@@ -534,12 +534,12 @@ START_TEST(test_guest_on_its_own_cr3_reads_evicted_data_back)
 	char image[512];
 
 	guest_image("owncr3", image, sizeof(image));
-	struct json_object *root = run_pager((const char *[]){ "run", image, "--mem", "32M", "--cmdline",
-							       "mib=24 rounds=2", "--mem-limit", "8M", NULL },
+	struct json_object *root = run_pager((const char *[]){ "run", image, "--mem", "16M", "--cmdline",
+							       "mib=12 rounds=1", "--mem-limit", "6M", NULL },
 					     180, NULL, NULL);
 
 	assert_status(&result, 0);
-	assert_contains(result.out, "owncr3: 24 MiB written through the shadow, read back and rewritten 2 times under CR3 ",
+	assert_contains(result.out, "owncr3: 12 MiB written through the shadow, read back and rewritten 1 times under CR3 ",
 			&result);
 	assert_real_swapping(root);
 	printf("own_cr3: swapins %llu, swapouts_io %llu\n", (unsigned long long)json_u64(root, "pager.swapins"),
