@@ -15,6 +15,7 @@ struct clock_obj {
 	struct notifier_object *obj;	/* referenced while here */
 	uint64_t npages;
 	uint64_t *resident;		/* bitmap of npages bits */
+	void *priv;			/* pager_clock_set_priv() */
 };
 
 struct pager_clock {
@@ -25,6 +26,9 @@ struct pager_clock {
 	unsigned int hand_obj;		/* < nr_objs, or 0 when empty */
 	uint64_t hand_page;		/* next page of objs[hand_obj] to look at */
 	uint64_t resident_pages;	/* set bits over every bitmap */
+	uint64_t total_pages;		/* pages over every object */
+	pager_clock_filter_fn filter;	/* NULL: the bitmaps alone say */
+	void *filter_ctx;
 	struct pager_clock_stats stats;
 };
 
@@ -131,6 +135,7 @@ int pager_clock_add_object(struct pager_clock *clock, struct notifier_object *ob
 		clock->resident_pages += npages;
 	}
 	notifier_object_get(obj);
+	clock->total_pages += npages;
 	co = &clock->objs[clock->nr_objs++];
 	*co = (struct clock_obj){ .obj = obj, .npages = npages, .resident = map };
 	return 0;
@@ -146,6 +151,7 @@ void pager_clock_remove_object(struct pager_clock *clock, struct notifier_object
 		return;
 	for (uint64_t p = 0; p < co->npages; p++)
 		clock->resident_pages -= bit_test(co->resident, p);
+	clock->total_pages -= co->npages;
 	free(co->resident);
 	notifier_object_put(co->obj);
 	memmove(&clock->objs[i], &clock->objs[i + 1], (clock->nr_objs - i - 1) * sizeof(*co));
@@ -158,6 +164,22 @@ void pager_clock_remove_object(struct pager_clock *clock, struct notifier_object
 		if (clock->hand_obj >= clock->nr_objs)
 			clock->hand_obj = 0;
 	}
+}
+
+int pager_clock_set_priv(struct pager_clock *clock, struct notifier_object *obj, void *priv)
+{
+	struct clock_obj *co = clock_find(clock, obj, NULL);
+
+	if (!co)
+		return -ENOENT;
+	co->priv = priv;
+	return 0;
+}
+
+void pager_clock_set_filter(struct pager_clock *clock, pager_clock_filter_fn fn, void *ctx)
+{
+	clock->filter = fn;
+	clock->filter_ctx = ctx;
 }
 
 int pager_clock_set_resident(struct pager_clock *clock, struct notifier_object *obj,
@@ -184,41 +206,38 @@ bool pager_clock_is_resident(const struct pager_clock *clock, const struct notif
 	return co && page < co->npages && bit_test(co->resident, page);
 }
 
-/* The resident page under the hand, which then moves past it: false if the
- * clock holds no resident page. */
-static bool hand_next(struct pager_clock *clock, struct clock_obj **co, uint64_t *page)
+/* Moves the hand one page on; true if the page it passed is a candidate
+ * (resident, and accepted by the filter if there is one), in *@co, *@page.
+ * The clock holds at least one page. */
+static bool hand_step(struct pager_clock *clock, struct clock_obj **co, uint64_t *page)
 {
-	if (!clock->resident_pages)
-		return false;
-	for (;;) {
-		struct clock_obj *o = &clock->objs[clock->hand_obj];
+	struct clock_obj *o = &clock->objs[clock->hand_obj];
 
-		if (clock->hand_page >= o->npages) {
-			clock->hand_obj = (clock->hand_obj + 1) % clock->nr_objs;
-			clock->hand_page = 0;
-			continue;
-		}
-		*page = clock->hand_page++;
-		if (bit_test(o->resident, *page)) {
-			*co = o;
-			return true;
-		}
+	while (clock->hand_page >= o->npages) {
+		clock->hand_obj = (clock->hand_obj + 1) % clock->nr_objs;
+		clock->hand_page = 0;
+		o = &clock->objs[clock->hand_obj];
 	}
+	*page = clock->hand_page++;
+	*co = o;
+	if (!bit_test(o->resident, *page))
+		return false;
+	return !clock->filter || clock->filter(clock->filter_ctx, o->priv, *page);
 }
 
 unsigned int pager_clock_pick(struct pager_clock *clock, struct pager_clock_victim *victims,
 			      unsigned int n)
 {
-	/* Two passes over what is resident: the first may clear every page. */
-	const uint64_t budget = 2 * clock->resident_pages;
+	/* Twice round: the first pass may clear every page. */
+	uint64_t budget = clock->resident_pages ? 2 * clock->total_pages : 0;
 	unsigned int found = 0;
 	struct clock_obj *co;
 	uint64_t page;
 
 	clock->stats.picks++;
-	for (uint64_t looked = 0; found < n && looked < budget; looked++) {
-		if (!hand_next(clock, &co, &page))
-			break;
+	for (uint64_t step = 0; found < n && step < budget; step++) {
+		if (!hand_step(clock, &co, &page))
+			continue;
 		clock->stats.scanned++;
 		if (clock->ops->test_young(clock->ctx, co->obj, page) > 0) {
 			/* Second chance: old at the next pass unless touched. */
@@ -226,10 +245,18 @@ unsigned int pager_clock_pick(struct pager_clock *clock, struct pager_clock_vict
 			clock->stats.second_chances++;
 			continue;
 		}
-		/* Out of the sweep: never returned twice. */
-		bit_assign(co->resident, page, false);
-		clock->resident_pages--;
-		victims[found++] = (struct pager_clock_victim){ .obj = co->obj, .page = page };
+		/* Out of the sweep, unless a filter says: never returned twice. */
+		if (!clock->filter) {
+			bit_assign(co->resident, page, false);
+			clock->resident_pages--;
+		}
+		/* With a filter a victim stays in the sweep: stop before the
+		 * hand comes back to the first one. */
+		if (clock->filter && !found && step + clock->total_pages < budget)
+			budget = step + clock->total_pages;
+		victims[found++] = (struct pager_clock_victim){
+			.obj = co->obj, .page = page, .priv = co->priv,
+		};
 	}
 	clock->stats.victims += found;
 	return found;

@@ -47,12 +47,22 @@ struct pager_clock;
 struct pager_clock_victim {
 	struct notifier_object *obj;
 	uint64_t page;
+	void *priv;		/* the object's, from pager_clock_set_priv() */
 };
+
+/*
+ * The clock's user says whether @page of the object with @priv may be a
+ * victim now (the pager: resident, idle and not pinned).  Called only from
+ * pager_clock_pick(), under the user's serialisation, before the page's
+ * young state is looked at.  Must not block for long (it may take a leaf
+ * lock).
+ */
+typedef bool (*pager_clock_filter_fn)(void *ctx, void *priv, uint64_t page);
 
 /* Counters, monotonic since creation. */
 struct pager_clock_stats {
 	uint64_t picks;		/* pager_clock_pick() calls */
-	uint64_t scanned;	/* resident pages the hand looked at */
+	uint64_t scanned;	/* resident (or filter-accepted) pages the hand looked at */
 	uint64_t second_chances; /* ... found young (and cleared) */
 	uint64_t victims;	/* ... returned as victims */
 };
@@ -74,6 +84,21 @@ int pager_clock_add_object(struct pager_clock *clock, struct notifier_object *ob
  * was on it. */
 void pager_clock_remove_object(struct pager_clock *clock, struct notifier_object *obj);
 
+/* Sets the private pointer given with @obj's victims and to the filter.
+ * Returns 0 or -ENOENT (@obj not added). */
+int pager_clock_set_priv(struct pager_clock *clock, struct notifier_object *obj, void *priv);
+
+/*
+ * Makes the clock ask @fn (with @ctx) whether each page under the hand may
+ * be a victim, instead of keeping residency itself: the pager's page states
+ * are then the one record of what is resident.  With a filter, objects are
+ * added resident (every page in the sweep), victims stay in the sweep (the
+ * filter rejects them once they are evicted, and accepts them again when
+ * they come back), and pager_clock_set_resident() is not needed.  Set it
+ * before the first pick.
+ */
+void pager_clock_set_filter(struct pager_clock *clock, pager_clock_filter_fn fn, void *ctx);
+
 /* Marks @page of @obj resident (swapped in) or not (evicted).  Returns 0, or
  * -ENOENT (@obj not added) / -EINVAL (@page outside it). */
 int pager_clock_set_resident(struct pager_clock *clock, struct notifier_object *obj,
@@ -83,12 +108,13 @@ bool pager_clock_is_resident(const struct pager_clock *clock, const struct notif
 			     uint64_t page);
 
 /*
- * Sweeps the hand until @n victims are found or every resident page was
- * looked at twice (the first pass clears what is young, the second finds it
+ * Sweeps the hand until @n victims are found or the hand went twice round
+ * every object (the first pass clears what is young, the second finds it
  * old unless touched again meanwhile).  Writes the victims to @victims in
- * hand order and returns how many (0..@n).  Victims leave the sweep (they
- * are non-resident for the clock, so no page is returned twice); the pager
- * marks a victim it could not evict resident again.
+ * hand order and returns how many (0..@n).  Without a filter, victims leave
+ * the sweep (they are non-resident for the clock, so no page is returned
+ * twice) and the user marks a victim it could not evict resident again;
+ * with one, they stay and the filter decides.
  */
 unsigned int pager_clock_pick(struct pager_clock *clock, struct pager_clock_victim *victims,
 			      unsigned int n);

@@ -1,12 +1,17 @@
 /*
- * Eviction: a batch of pages of one object goes to swap and its host memory
- * is freed (docs/pager.md, "The pager").  Per batch: the victims are marked
- * EVICTING; each contiguous run gets one SWAPOUT invalidation and is
- * write-protected; the dirty pages are written in one pager_swap_write();
- * every page whose content is safe in its slot is punched out of the memfd;
- * the rest stay resident, intact.
+ * Eviction: a batch of pages, of one object or of several, goes to swap and
+ * its host memory is freed (docs/pager.md, "The pager").  Per batch: the
+ * victims are marked EVICTING; each contiguous run of one object gets one
+ * SWAPOUT invalidation and is write-protected; the dirty pages of the whole
+ * batch are written in one pager_swap_write(); every page whose content is
+ * safe in its slot is punched out of its memfd; the rest stay resident,
+ * intact.
  *
- * Locks: the object's lock only to pick and settle victims; the
+ * pager_evict() (a range of one object) and pager_evict_list() (a list of
+ * pages over several objects, the reclaimer's) share every step but the
+ * pick.
+ *
+ * Locks: each object's lock only to pick and settle its victims; the
  * invalidations, I/O and ioctls run with no pager lock held.
  */
 #include <errno.h>
@@ -17,10 +22,8 @@
 
 #include "pager_internal.h"
 
-/* Pages per eviction batch (one swap write, one buffer). */
-#define PAGER_EVICT_BATCH 256u
-
 struct victim {
+	struct pager_object *po;
 	uint64_t page;
 	uint64_t slot;
 	bool clean;		/* was CLEAN: its slot is valid, no I/O */
@@ -28,7 +31,7 @@ struct victim {
 };
 
 struct batch {
-	struct pager_object *po;
+	struct pager *pager;
 	struct victim v[PAGER_EVICT_BATCH];
 	unsigned int n;
 	struct notifier_range ranges[PAGER_EVICT_BATCH];
@@ -36,33 +39,57 @@ struct batch {
 	char *bufs;		/* one page per victim */
 };
 
-/* Victims are contiguous from v[i] to v[j] (inclusive). */
+/* Victims v[j - 1] and v[j] are neighbours of one object. */
 static bool run_continues(const struct batch *b, unsigned int j)
 {
-	return j < b->n && b->v[j].page == b->v[j - 1].page + 1;
+	return j < b->n && b->v[j].po == b->v[j - 1].po && b->v[j].page == b->v[j - 1].page + 1;
 }
 
-/* Marks the resident, idle pages of [first, end) EVICTING; stops when full. */
-static uint64_t batch_pick(struct batch *b, uint64_t first, uint64_t end)
+/* Makes @page of @po a victim if it may be evicted.  Object lock held. */
+static void batch_take_locked(struct batch *b, struct pager_object *po, uint64_t page)
 {
-	struct pager_object *po = b->po;
+	umbra_mutex_assert_held(&po->lock);
+	if (!pager_page_is_evictable_locked(po, page))
+		return;
+	b->v[b->n++] = (struct victim){
+		.po = po,
+		.page = page,
+		.slot = po->slot[page],
+		.clean = po->state[page] == PAGER_PAGE_CLEAN,
+	};
+	po->state[page] = PAGER_PAGE_EVICTING;
+}
+
+/* Takes the evictable, idle pages of [first, end) of @po; stops when the
+ * batch is full.  Returns the first page not looked at. */
+static uint64_t batch_pick_range(struct batch *b, struct pager_object *po, uint64_t first,
+				 uint64_t end)
+{
 	uint64_t p;
 
 	umbra_mutex_lock(&po->lock);
-	for (p = first; p < end && b->n < PAGER_EVICT_BATCH; p++) {
-		uint8_t st = po->state[p];
-
-		if (st != PAGER_PAGE_RESIDENT && st != PAGER_PAGE_CLEAN)
-			continue;
-		b->v[b->n++] = (struct victim){
-			.page = p,
-			.slot = po->slot[p],
-			.clean = st == PAGER_PAGE_CLEAN,
-		};
-		po->state[p] = PAGER_PAGE_EVICTING;
-	}
+	for (p = first; p < end && b->n < PAGER_EVICT_BATCH; p++)
+		batch_take_locked(b, po, p);
 	umbra_mutex_unlock(&po->lock);
 	return p;
+}
+
+/* Takes the evictable, idle pages of @v[0..@n) (sorted by object and
+ * page), one object lock at a time; stops when the batch is full.  Returns
+ * how many entries were looked at. */
+static unsigned int batch_pick_list(struct batch *b, const struct pager_victim *v, unsigned int n)
+{
+	unsigned int i = 0;
+
+	while (i < n && b->n < PAGER_EVICT_BATCH) {
+		struct pager_object *po = pager_object_get(b->pager, v[i].id);
+
+		umbra_mutex_lock(&po->lock);
+		for (; i < n && v[i].id == po->id && b->n < PAGER_EVICT_BATCH; i++)
+			batch_take_locked(b, po, v[i].page);
+		umbra_mutex_unlock(&po->lock);
+	}
+	return i;
 }
 
 /*
@@ -72,10 +99,9 @@ static uint64_t batch_pick(struct batch *b, uint64_t first, uint64_t end)
  */
 static void batch_isolate(struct batch *b)
 {
-	struct pager_object *po = b->po;
-
 	for (unsigned int i = 0, j; i < b->n; i = j) {
 		struct notifier_range *r = &b->ranges[b->nranges];
+		struct pager_object *po = b->v[i].po;
 		int ret;
 
 		for (j = i + 1; run_continues(b, j); j++)
@@ -85,7 +111,7 @@ static void batch_isolate(struct batch *b)
 		ret = notifier_invalidate_range_start(r);
 		if (!ret) {
 			b->nranges++;
-			ret = pager_uffd_protect(po->pager, pager_page_addr(po, b->v[i].page),
+			ret = pager_uffd_protect(b->pager, pager_page_addr(po, b->v[i].page),
 						 (uint64_t)(j - i) * PAGER_PAGE_SIZE, true);
 		}
 		for (unsigned int k = i; k < j; k++)
@@ -96,8 +122,7 @@ static void batch_isolate(struct batch *b)
 /* Copies the dirty victims into new slots with one batched write. */
 static void batch_write(struct batch *b)
 {
-	struct pager_object *po = b->po;
-	struct pager *pager = po->pager;
+	struct pager *pager = b->pager;
 	struct pager_io ios[PAGER_EVICT_BATCH];
 	unsigned int idx[PAGER_EVICT_BATCH], n = 0;
 
@@ -113,7 +138,7 @@ static void batch_write(struct batch *b)
 			continue;
 		/* Through the memfd, not the mapping: a hole reads as zeros
 		 * without a fault, and the protected mapping stays untouched. */
-		got = pread(po->memfd, buf, PAGER_PAGE_SIZE, (off_t)(v->page * PAGER_PAGE_SIZE));
+		got = pread(v->po->memfd, buf, PAGER_PAGE_SIZE, (off_t)(v->page * PAGER_PAGE_SIZE));
 		if (got != PAGER_PAGE_SIZE) {
 			v->result = got < 0 ? -errno : -EIO;
 			pager_swap_free(pager->swap, v->slot);
@@ -137,8 +162,6 @@ static void batch_write(struct batch *b)
 /* Punches every run of victims whose content is safe. */
 static void batch_punch(struct batch *b)
 {
-	struct pager_object *po = b->po;
-
 	for (unsigned int i = 0, j; i < b->n; i = j) {
 		int ret = 0;
 
@@ -147,35 +170,28 @@ static void batch_punch(struct batch *b)
 			continue;
 		while (run_continues(b, j) && !b->v[j].result)
 			j++;
-		if (fallocate(po->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		if (fallocate(b->v[i].po->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 			      (off_t)(b->v[i].page * PAGER_PAGE_SIZE),
 			      (off_t)(j - i) * PAGER_PAGE_SIZE) < 0)
 			ret = -errno;
 		for (unsigned int k = i; k < j && ret; k++) {
 			if (!b->v[k].clean)
-				pager_swap_free(po->pager->swap, b->v[k].slot);
+				pager_swap_free(b->pager->swap, b->v[k].slot);
 			b->v[k].result = ret;
 		}
 	}
 }
 
-/*
- * Settles every victim, lifts the protection of the dirty ones that stayed,
- * wakes the faults, ends the invalidations.  Returns the first error.
- */
-static int batch_settle(struct batch *b)
+/* Settles the victims of one object, from v[i] on; returns the first victim
+ * of another object.  Counts the pages released in *@evicted and notes the
+ * first error in *@first_err. */
+static unsigned int batch_settle_object(struct batch *b, unsigned int i, uint64_t *evicted,
+					int *first_err)
 {
-	struct pager_object *po = b->po;
-	int first_err = 0;
+	struct pager_object *po = b->v[i].po;
 
-	/* Unprotect the dirty pages that stay while they are still ours. */
-	for (unsigned int i = 0; i < b->n; i++) {
-		if (b->v[i].result && !b->v[i].clean)
-			(void)pager_uffd_protect(po->pager, pager_page_addr(po, b->v[i].page),
-						 PAGER_PAGE_SIZE, false);
-	}
 	umbra_mutex_lock(&po->lock);
-	for (unsigned int i = 0; i < b->n; i++) {
+	for (; i < b->n && b->v[i].po == po; i++) {
 		struct victim *v = &b->v[i];
 
 		if (!v->result) {
@@ -185,28 +201,87 @@ static int batch_settle(struct batch *b)
 				po->swapouts_cached++;
 			else
 				po->swapouts_io++;
-			po->state[v->page] = PAGER_PAGE_SWAPPED;
+			pager_page_evicted_locked(po, v->page);
+			(*evicted)++;
 			continue;
 		}
-		if (!first_err)
-			first_err = v->result;
+		if (!*first_err)
+			*first_err = v->result;
 		po->write_errors++;
 		po->state[v->page] = v->clean ? PAGER_PAGE_CLEAN : PAGER_PAGE_RESIDENT;
 	}
 	pthread_cond_broadcast(&po->cond);
 	umbra_mutex_unlock(&po->lock);
+	return i;
+}
+
+/*
+ * Settles every victim, lifts the protection of the dirty ones that stayed,
+ * wakes the faults, ends the invalidations.  Returns the first error.
+ */
+static int batch_settle(struct batch *b, uint64_t *evicted)
+{
+	int first_err = 0;
+
+	/* Unprotect the dirty pages that stay while they are still ours. */
+	for (unsigned int i = 0; i < b->n; i++) {
+		if (b->v[i].result && !b->v[i].clean)
+			(void)pager_uffd_protect(b->pager, pager_page_addr(b->v[i].po, b->v[i].page),
+						 PAGER_PAGE_SIZE, false);
+	}
+	for (unsigned int i = 0; i < b->n;)
+		i = batch_settle_object(b, i, evicted, &first_err);
 	for (unsigned int i = 0; i < b->n; i++)
-		pager_uffd_wake(po->pager, pager_page_addr(po, b->v[i].page), PAGER_PAGE_SIZE);
+		pager_uffd_wake(b->pager, pager_page_addr(b->v[i].po, b->v[i].page), PAGER_PAGE_SIZE);
 	for (unsigned int r = 0; r < b->nranges; r++)
 		notifier_invalidate_range_end(&b->ranges[r]);
 	return first_err;
 }
 
+/* Steps 2 to 5 of the picked batch; resets it for the next pick. */
+static int batch_evict(struct batch *b, uint64_t *evicted)
+{
+	int ret = 0;
+
+	if (b->n) {
+		batch_isolate(b);
+		batch_write(b);
+		batch_punch(b);
+		ret = batch_settle(b, evicted);
+	}
+	b->n = 0;
+	b->nranges = 0;
+	return ret;
+}
+
+static struct batch *batch_create(struct pager *pager)
+{
+	struct batch *b = malloc(sizeof(*b));
+
+	if (!b)
+		return NULL;
+	b->bufs = aligned_alloc(PAGER_PAGE_SIZE, (size_t)PAGER_EVICT_BATCH * PAGER_PAGE_SIZE);
+	if (!b->bufs) {
+		free(b);
+		return NULL;
+	}
+	b->pager = pager;
+	b->n = 0;
+	b->nranges = 0;
+	return b;
+}
+
+static void batch_destroy(struct batch *b)
+{
+	free(b->bufs);
+	free(b);
+}
+
 int pager_evict(struct pager *pager, int id, uint64_t first, uint64_t npages)
 {
 	struct pager_object *po;
+	uint64_t p, end, evicted = 0;
 	struct batch *b;
-	uint64_t p, end;
 	int ret = 0, err;
 
 	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_NOTIFIER_CALLBACK,
@@ -214,30 +289,77 @@ int pager_evict(struct pager *pager, int id, uint64_t first, uint64_t npages)
 	po = pager_object_get(pager, id);
 	if (!po || !npages || first >= po->npages || npages > po->npages - first)
 		return -EINVAL;
-	b = malloc(sizeof(*b));
+	b = batch_create(pager);
 	if (!b)
 		return -ENOMEM;
-	b->bufs = aligned_alloc(PAGER_PAGE_SIZE, (size_t)PAGER_EVICT_BATCH * PAGER_PAGE_SIZE);
-	if (!b->bufs) {
-		free(b);
-		return -ENOMEM;
-	}
-	b->po = po;
 	end = first + npages;
 	for (p = first; p < end;) {
-		b->n = 0;
-		b->nranges = 0;
-		p = batch_pick(b, p, end);
-		if (!b->n)
-			continue;
-		batch_isolate(b);
-		batch_write(b);
-		batch_punch(b);
-		err = batch_settle(b);
+		p = batch_pick_range(b, po, p, end);
+		err = batch_evict(b, &evicted);
 		if (err && !ret)
 			ret = err;
 	}
-	free(b->bufs);
-	free(b);
+	batch_destroy(b);
 	return ret;
+}
+
+static int victim_cmp(const void *a, const void *b)
+{
+	const struct pager_victim *x = a, *y = b;
+
+	if (x->id != y->id)
+		return x->id < y->id ? -1 : 1;
+	return x->page < y->page ? -1 : x->page > y->page;
+}
+
+/* Every entry names a page of an object. */
+static bool victims_are_valid(struct pager *pager, const struct pager_victim *v, unsigned int n)
+{
+	for (unsigned int i = 0; i < n; i++) {
+		struct pager_object *po = pager_object_get(pager, v[i].id);
+
+		if (!po || v[i].page >= po->npages)
+			return false;
+	}
+	return true;
+}
+
+int pager_evict_victims(struct pager *pager, const struct pager_victim *v, unsigned int n,
+			uint64_t *evicted)
+{
+	struct pager_victim *sorted;
+	struct batch *b;
+	int ret = 0, err;
+
+	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_NOTIFIER_CALLBACK,
+				   "pager_evict_list with a shadow lock held");
+	*evicted = 0;
+	if (!pager || (n && !v) || !victims_are_valid(pager, v, n))
+		return -EINVAL;
+	if (!n)
+		return 0;
+	sorted = malloc((size_t)n * sizeof(*sorted));
+	b = sorted ? batch_create(pager) : NULL;
+	if (!b) {
+		free(sorted);
+		return -ENOMEM;
+	}
+	memcpy(sorted, v, (size_t)n * sizeof(*sorted));
+	qsort(sorted, n, sizeof(*sorted), victim_cmp);
+	for (unsigned int i = 0; i < n;) {
+		i += batch_pick_list(b, sorted + i, n - i);
+		err = batch_evict(b, evicted);
+		if (err && !ret)
+			ret = err;
+	}
+	batch_destroy(b);
+	free(sorted);
+	return ret;
+}
+
+int pager_evict_list(struct pager *pager, const struct pager_victim *v, unsigned int n)
+{
+	uint64_t evicted;
+
+	return pager_evict_victims(pager, v, n, &evicted);
 }

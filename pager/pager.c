@@ -9,7 +9,9 @@
  * held, sets the final state under the lock, broadcasts the object's cond and
  * wakes the page's waiting faults.  Whoever else meets a busy page waits
  * (get_page) or leaves the fault to the owner (the handler thread), so a page
- * is read from swap once however many threads fault on it.
+ * is read from swap once however many threads fault on it.  A page whose
+ * slot cannot be read is lost: its user is told (ops.page_lost) and a poison
+ * page is installed, so that no faulting thread waits forever.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -40,6 +42,9 @@ int pager_create(struct pager_swap *swap, struct pager **out)
 		return -ENOMEM;
 	pager->swap = swap;
 	pager->uffd = -1;
+	atomic_init(&pager->present_pages, 0);
+	atomic_init(&pager->evictions, 0);
+	atomic_init(&pager->refault_window, PAGER_REFAULT_WINDOW_DEFAULT);
 	pager->stop_fd = -1;
 	umbra_mutex_init(&pager->add_lock, "pager.add_lock", UMBRA_LOCK_RANK_NONE);
 	ret = pager_uffd_open(pager);
@@ -64,13 +69,24 @@ static void object_free(struct pager_object *po)
 	umbra_mutex_exit(&po->lock);
 	free(po->state);
 	free(po->slot);
+	free(po->evicted_at);
+	free(po->pins);
+	free(po->lost_err);
 	free(po);
 }
 
-/* Brings every page of @po back and unregisters its mapping. */
+void pager_set_discard_at_destroy(struct pager *pager, bool discard)
+{
+	__atomic_store_n(&pager->discard_at_destroy, discard, __ATOMIC_RELEASE);
+}
+
+/* Brings every page of @po back (unless the contents are discarded) and
+ * unregisters its mapping. */
 static void object_unregister(struct pager *pager, struct pager_object *po)
 {
-	for (uint64_t p = 0; p < po->npages; p++) {
+	bool discard = __atomic_load_n(&pager->discard_at_destroy, __ATOMIC_ACQUIRE);
+
+	for (uint64_t p = 0; p < po->npages && !discard; p++) {
 		if (pager_is_swapped(pager, po->id, p))
 			(void)pager_get_page(pager, po->id, p);
 	}
@@ -93,11 +109,13 @@ void pager_destroy(struct pager *pager)
 {
 	if (!pager)
 		return;
+	pager_budget_stop(pager);
 	for (int i = 0; i < pager->nr_objects; i++)
 		object_unregister(pager, pager->objects[i]);
 	/* A message read before the unregistration may still be handled:
 	 * the objects are freed only once the handler has stopped. */
 	pager_uffd_stop(pager);
+	pager_reclaim_exit(pager);
 	for (int i = 0; i < pager->nr_objects; i++)
 		object_release(pager, pager->objects[i]);
 	close(pager->uffd);
@@ -112,14 +130,16 @@ static int object_alloc(struct pager *pager, struct notifier_object *obj, int me
 
 	if (!po)
 		return -ENOMEM;
-	po->state = calloc(npages, sizeof(*po->state));
+	umbra_mutex_init(&po->lock, "pager.object.lock", UMBRA_LOCK_RANK_PAGER_OBJECT);
+	pthread_cond_init(&po->cond, NULL);
+	po->state = malloc(npages * sizeof(*po->state));
 	po->slot = malloc(npages * sizeof(*po->slot));
-	if (!po->state || !po->slot) {
-		free(po->state);
-		free(po->slot);
-		free(po);
+	po->evicted_at = calloc(npages, sizeof(*po->evicted_at));
+	if (!po->state || !po->slot || !po->evicted_at) {
+		object_free(po);
 		return -ENOMEM;
 	}
+	memset(po->state, PAGER_PAGE_HOLE, npages * sizeof(*po->state));
 	for (uint64_t p = 0; p < npages; p++)
 		po->slot[p] = PAGER_NO_SLOT;
 	po->pager = pager;
@@ -127,10 +147,47 @@ static int object_alloc(struct pager *pager, struct notifier_object *obj, int me
 	po->memfd = memfd;
 	po->host = host;
 	po->npages = npages;
-	umbra_mutex_init(&po->lock, "pager.object.lock", UMBRA_LOCK_RANK_PAGER_OBJECT);
-	pthread_cond_init(&po->cond, NULL);
 	*out = po;
 	return 0;
+}
+
+/*
+ * Marks RESIDENT the pages of @po that hold data in its memfd (the rest stay
+ * HOLE) and counts them in po->present.  The memfd's file offset is kept.
+ * Returns 0 or lseek's -errno.
+ */
+static int object_scan_data(struct pager_object *po)
+{
+	off_t size = (off_t)(po->npages * PAGER_PAGE_SIZE);
+	off_t pos = lseek(po->memfd, 0, SEEK_CUR), data, hole;
+	int ret = 0;
+
+	if (pos < 0)
+		return -errno;
+	for (off_t off = 0; off < size; off = hole) {
+		data = lseek(po->memfd, off, SEEK_DATA);
+		if (data < 0) {
+			ret = errno == ENXIO ? 0 : -errno;
+			break;
+		}
+		if (data >= size)
+			break;
+		hole = lseek(po->memfd, data, SEEK_HOLE);
+		if (hole < 0) {
+			ret = -errno;
+			break;
+		}
+		if (hole > size)
+			hole = size;
+		for (uint64_t p = (uint64_t)data / PAGER_PAGE_SIZE;
+		     p < ((uint64_t)hole + PAGER_PAGE_SIZE - 1) / PAGER_PAGE_SIZE; p++) {
+			po->state[p] = PAGER_PAGE_RESIDENT;
+			po->present++;
+		}
+	}
+	if (lseek(po->memfd, pos, SEEK_SET) < 0 && !ret)
+		ret = -errno;
+	return ret;
 }
 
 int pager_add_object(struct pager *pager, struct notifier_object *obj, int memfd, void *host,
@@ -149,19 +206,36 @@ int pager_add_object(struct pager *pager, struct notifier_object *obj, int memfd
 	ret = object_alloc(pager, obj, memfd, host, size / PAGER_PAGE_SIZE, &po);
 	if (ret)
 		goto unlock;
-	ret = pager_uffd_register(pager, host, size);
+	ret = object_scan_data(po);
+	if (!ret)
+		ret = pager_uffd_register(pager, host, size);
 	if (ret) {
 		object_free(po);
 		goto unlock;
 	}
 	notifier_object_get(obj);
 	po->id = pager->nr_objects;
+	atomic_fetch_add(&pager->present_pages, po->present);
 	pager->objects[po->id] = po;
 	__atomic_store_n(&pager->nr_objects, po->id + 1, __ATOMIC_RELEASE);
 	*id = po->id;
 unlock:
 	umbra_mutex_unlock(&pager->add_lock);
 	return ret;
+}
+
+void pager_set_ops(struct pager *pager, const struct pager_ops *ops, void *priv)
+{
+	if (ops)
+		pager->ops = *ops;
+	else
+		memset(&pager->ops, 0, sizeof(pager->ops));
+	pager->ops_priv = priv;
+}
+
+void pager_set_refault_window(struct pager *pager, uint64_t pages)
+{
+	atomic_store(&pager->refault_window, pages);
 }
 
 struct pager_object *pager_object_get(struct pager *pager, int id)
@@ -187,44 +261,144 @@ struct pager_object *pager_object_of(struct pager *pager, uint64_t addr, uint64_
 	return NULL;
 }
 
+/* ---- page states the budget and eviction use ------------------------- */
+
+bool pager_page_is_evictable_locked(const struct pager_object *po, uint64_t page)
+{
+	uint8_t st = po->state[page];
+
+	umbra_mutex_assert_held((struct umbra_mutex *)&po->lock);
+	if (st != PAGER_PAGE_RESIDENT && st != PAGER_PAGE_CLEAN)
+		return false;
+	return !po->pins || !po->pins[page];
+}
+
+void pager_page_evicted_locked(struct pager_object *po, uint64_t page)
+{
+	umbra_mutex_assert_held(&po->lock);
+	po->state[page] = PAGER_PAGE_SWAPPED;
+	po->present--;
+	atomic_fetch_sub(&po->pager->present_pages, 1);
+	po->evicted_at[page] = atomic_fetch_add(&po->pager->evictions, 1) + 1;
+}
+
+/* A page of @po became present (zero fill, swap-in, poison page). */
+static void page_present_locked(struct pager_object *po)
+{
+	umbra_mutex_assert_held(&po->lock);
+	po->present++;
+	atomic_fetch_add(&po->pager->present_pages, 1);
+}
+
 /* ---- bringing pages back -------------------------------------------- */
 
-/*
- * Swap @page in: the caller set it SWAPPING_IN.  Reads its slot and installs
- * it write-protected (CLEAN, the slot kept as its swap cache).  On a read
- * error the page goes back to SWAPPED and the error is returned.
- */
-static int page_swap_in(struct pager_object *po, uint64_t page)
+/* The content of a lost page. */
+static const uint64_t poison_page[PAGER_PAGE_SIZE / 8] __attribute__((aligned(PAGER_PAGE_SIZE))) = {
+	[0 ... PAGER_PAGE_SIZE / 8 - 1] = PAGER_POISON_WORD,
+};
+
+static void page_lost_report(struct pager_object *po, uint64_t page, int err, pid_t tid)
 {
 	struct pager *pager = po->pager;
-	struct pager_io io = { .slot = po->slot[page] };
+
+	if (pager->ops.page_lost)
+		pager->ops.page_lost(pager->ops_priv, po->id, page, err, tid);
+}
+
+/* Installs the poison page at @page (not write-protected).  Returns true if
+ * a page is there now that was not before. */
+static bool page_install_poison(struct pager_object *po, uint64_t page)
+{
+	return !pager_uffd_copy(po->pager, pager_page_addr(po, page), poison_page, false);
+}
+
+/* The error recorded for the LOST page @page. */
+static int page_lost_err_locked(const struct pager_object *po, uint64_t page)
+{
+	return po->lost_err && po->lost_err[page] ? -(int)po->lost_err[page] : -EIO;
+}
+
+/*
+ * The read of @page's slot failed with @err (the caller owns the page,
+ * SWAPPING_IN): the page is lost.  Its user is told for thread @tid before
+ * anyone waiting is released, a poison page is installed, the slot freed,
+ * and the waiting faults woken.
+ */
+static void page_lose(struct pager_object *po, uint64_t page, int err, pid_t tid)
+{
+	struct pager *pager = po->pager;
+	uint64_t slot = po->slot[page];	/* the owner's: stable while busy */
+	bool installed;
+
+	page_lost_report(po, page, err, tid);
+	installed = page_install_poison(po, page);
+	umbra_mutex_lock(&po->lock);
+	if (!po->lost_err)
+		po->lost_err = calloc(po->npages, sizeof(*po->lost_err));
+	if (po->lost_err && -err > 0 && -err <= UINT8_MAX)
+		po->lost_err[page] = (uint8_t)-err;
+	po->slot[page] = PAGER_NO_SLOT;
+	po->read_errors++;
+	po->swapped--;
+	po->lost++;
+	if (installed)
+		page_present_locked(po);
+	page_settle_locked(po, page, PAGER_PAGE_LOST);
+	umbra_mutex_unlock(&po->lock);
+	pager_swap_free(pager->swap, slot);
+	pager_uffd_wake(pager, pager_page_addr(po, page), PAGER_PAGE_SIZE);
+}
+
+/* Counts a swap-in of @page that started at @start_ns (a refault if it was
+ * evicted fewer than refault_window evictions ago). */
+static void page_swapped_in_locked(struct pager_object *po, uint64_t page, uint64_t start_ns)
+{
+	struct pager *pager = po->pager;
+	uint64_t since = atomic_load(&pager->evictions) - po->evicted_at[page];
+
+	umbra_mutex_assert_held(&po->lock);
+	po->swapins++;
+	po->swapped--;
+	if (since < atomic_load(&pager->refault_window))
+		po->refaults++;
+	pager_hist_add(&po->swapin_ns, pager_now_ns() - start_ns);
+	page_present_locked(po);
+}
+
+/*
+ * Swap @page in for thread @tid: the caller set it SWAPPING_IN.  Reads its
+ * slot and installs it write-protected (CLEAN, the slot kept as its swap
+ * cache).  A read error loses the page (page_lose) and is returned.
+ */
+static int page_swap_in(struct pager_object *po, uint64_t page, pid_t tid)
+{
+	struct pager *pager = po->pager;
+	uint64_t buf[PAGER_PAGE_SIZE / 8];	/* no allocation that could fail */
+	struct pager_io io = { .slot = po->slot[page], .buf = buf };
 	enum pager_page_state st = PAGER_PAGE_CLEAN;
-	uint64_t free_slot = PAGER_NO_SLOT;
+	uint64_t free_slot = PAGER_NO_SLOT, start = pager_now_ns();
 	int ret;
 
-	io.buf = aligned_alloc(PAGER_PAGE_SIZE, PAGER_PAGE_SIZE);
-	if (!io.buf)
-		ret = -ENOMEM;
-	else
-		ret = pager_swap_read(pager->swap, &io, 1);
-	if (!ret) {
-		ret = pager_uffd_copy_wp(pager, pager_page_addr(po, page), io.buf);
-		if (ret == -EEXIST) {
-			/* Filled behind the mapping (a write() on the memfd):
-			 * what is there is newer than the slot. */
-			st = PAGER_PAGE_RESIDENT;
-			free_slot = io.slot;
-			ret = 0;
-		}
+	ret = pager_swap_read(pager->swap, &io, 1);
+	if (ret) {
+		page_lose(po, page, ret, tid);
+		return ret;
 	}
-	free(io.buf);
+	ret = pager_uffd_copy(pager, pager_page_addr(po, page), buf, true);
+	if (ret == -EEXIST) {
+		/* Filled behind the mapping (a write() on the memfd): what is
+		 * there is newer than the slot. */
+		st = PAGER_PAGE_RESIDENT;
+		free_slot = io.slot;
+		ret = 0;
+	}
 	umbra_mutex_lock(&po->lock);
 	if (ret) {
-		po->read_errors++;
+		/* The install failed (-ENOMEM...): the page stays out, a
+		 * later access tries again. */
 		page_settle_locked(po, page, PAGER_PAGE_SWAPPED);
 	} else {
-		po->swapins++;
-		po->swapped--;
+		page_swapped_in_locked(po, page, start);
 		if (free_slot != PAGER_NO_SLOT)
 			po->slot[page] = PAGER_NO_SLOT;
 		page_settle_locked(po, page, st);
@@ -236,45 +410,71 @@ static int page_swap_in(struct pager_object *po, uint64_t page)
 	return ret;
 }
 
-/* Zero-fill the never-written hole @page (the caller set it SWAPPING_IN). */
-static void page_zero_fill(struct pager_object *po, uint64_t page)
+/*
+ * Zero-fill @page, a hole nobody wrote (the caller set it SWAPPING_IN from
+ * @was: HOLE, or RESIDENT for a hole punched behind the pager's back, which
+ * is already counted present).  Returns 0 or the ioctl's error (the page
+ * goes back to @was).
+ */
+static int page_zero_fill(struct pager_object *po, uint64_t page, enum pager_page_state was)
 {
 	int ret = pager_uffd_zero(po->pager, pager_page_addr(po, page));
 
+	if (ret == -EEXIST)
+		ret = 0;	/* filled behind the mapping: in memory anyway */
 	umbra_mutex_lock(&po->lock);
-	if (!ret)
+	if (!ret) {
 		po->zero_fills++;
-	page_settle_locked(po, page, PAGER_PAGE_RESIDENT);
+		if (was == PAGER_PAGE_HOLE)
+			page_present_locked(po);
+	}
+	page_settle_locked(po, page, ret ? was : PAGER_PAGE_RESIDENT);
 	umbra_mutex_unlock(&po->lock);
 	pager_uffd_wake(po->pager, pager_page_addr(po, page), PAGER_PAGE_SIZE);
+	return ret;
 }
 
-void pager_fault_missing(struct pager_object *po, uint64_t page)
+void pager_fault_missing(struct pager_object *po, uint64_t page, pid_t tid)
 {
 	enum pager_page_state st;
+	int err = 0;
 
 	umbra_mutex_lock(&po->lock);
 	st = po->state[page];
-	if (st == PAGER_PAGE_SWAPPED || st == PAGER_PAGE_RESIDENT)
+	if (st == PAGER_PAGE_SWAPPED || st == PAGER_PAGE_RESIDENT || st == PAGER_PAGE_HOLE)
 		po->state[page] = PAGER_PAGE_SWAPPING_IN;
+	if (st == PAGER_PAGE_LOST)
+		err = page_lost_err_locked(po, page);
 	umbra_mutex_unlock(&po->lock);
 	switch (st) {
 	case PAGER_PAGE_SWAPPED:
-		/* A read error leaves the faulting thread waiting: no page
-		 * is better than a wrong one (counted in read_errors). */
-		(void)page_swap_in(po, page);
+		/* A read error loses the page: the thread reads poison. */
+		(void)page_swap_in(po, page, tid);
 		break;
 	case PAGER_PAGE_RESIDENT:
-		page_zero_fill(po, page);
+	case PAGER_PAGE_HOLE:
+		(void)page_zero_fill(po, page, st);
 		break;
+	case PAGER_PAGE_LOST:
+		/* Another thread's fault on the lost page, queued before the
+		 * poison page was installed (or its install failed). */
+		page_lost_report(po, page, err, tid);
+		if (page_install_poison(po, page)) {
+			umbra_mutex_lock(&po->lock);
+			page_present_locked(po);
+			umbra_mutex_unlock(&po->lock);
+		}
+		pager_uffd_wake(po->pager, pager_page_addr(po, page), PAGER_PAGE_SIZE);
+		return;
 	case PAGER_PAGE_CLEAN:
 		/* Installed since the fault was queued. */
 		pager_uffd_wake(po->pager, pager_page_addr(po, page), PAGER_PAGE_SIZE);
-		break;
+		return;
 	default:
 		/* Busy: its owner wakes the fault when it settles the page. */
-		break;
+		return;
 	}
+	pager_reclaim_note_fill(po->pager);
 }
 
 void pager_fault_wp(struct pager_object *po, uint64_t page)
@@ -304,13 +504,59 @@ void pager_fault_wp(struct pager_object *po, uint64_t page)
 		umbra_mutex_unlock(&po->lock);
 		pager_uffd_wake(po->pager, pager_page_addr(po, page), PAGER_PAGE_SIZE);
 		break;
-	case PAGER_PAGE_SWAPPED:
-		/* Evicted since: the retry takes a missing fault. */
-		pager_uffd_wake(po->pager, pager_page_addr(po, page), PAGER_PAGE_SIZE);
-		break;
-	default:
+	case PAGER_PAGE_EVICTING:
+	case PAGER_PAGE_SWAPPING_IN:
 		/* Busy: its owner wakes the writer when it settles the page. */
 		break;
+	default:
+		/* Evicted since (the retry takes a missing fault), or a page
+		 * that is not write-protected: let the write retry. */
+		pager_uffd_wake(po->pager, pager_page_addr(po, page), PAGER_PAGE_SIZE);
+		break;
+	}
+}
+
+int pager_page_get(struct pager_object *po, uint64_t page, pid_t tid)
+{
+	bool reclaimed = false;
+	int err;
+
+	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_NOTIFIER_CALLBACK,
+				   "pager_get_page with a shadow lock held");
+	umbra_mutex_lock(&po->lock);
+	for (;;) {
+		enum pager_page_state st = po->state[page];
+
+		switch (st) {
+		case PAGER_PAGE_RESIDENT:
+		case PAGER_PAGE_CLEAN:
+			umbra_mutex_unlock(&po->lock);
+			return 0;
+		case PAGER_PAGE_LOST:
+			err = page_lost_err_locked(po, page);
+			umbra_mutex_unlock(&po->lock);
+			page_lost_report(po, page, err, tid);
+			return err;
+		case PAGER_PAGE_SWAPPED:
+		case PAGER_PAGE_HOLE:
+			if (!reclaimed) {
+				/* Let the budget make room first (it may
+				 * evict, so look at the page again after). */
+				umbra_mutex_unlock(&po->lock);
+				pager_reclaim_before_fill(po->pager);
+				reclaimed = true;
+				umbra_mutex_lock(&po->lock);
+				break;
+			}
+			po->state[page] = PAGER_PAGE_SWAPPING_IN;
+			umbra_mutex_unlock(&po->lock);
+			if (st == PAGER_PAGE_HOLE)
+				return page_zero_fill(po, page, st);
+			return page_swap_in(po, page, tid);
+		default:
+			umbra_cond_wait(&po->cond, &po->lock);
+			break;
+		}
 	}
 }
 
@@ -320,24 +566,7 @@ int pager_get_page(struct pager *pager, int id, uint64_t page)
 
 	if (!po || page >= po->npages)
 		return -EINVAL;
-	umbra_assert_unlocked_from(UMBRA_LOCK_RANK_NOTIFIER_CALLBACK,
-				   "pager_get_page with a shadow lock held");
-	umbra_mutex_lock(&po->lock);
-	for (;;) {
-		switch (po->state[page]) {
-		case PAGER_PAGE_RESIDENT:
-		case PAGER_PAGE_CLEAN:
-			umbra_mutex_unlock(&po->lock);
-			return 0;
-		case PAGER_PAGE_SWAPPED:
-			po->state[page] = PAGER_PAGE_SWAPPING_IN;
-			umbra_mutex_unlock(&po->lock);
-			return page_swap_in(po, page);
-		default:
-			umbra_cond_wait(&po->cond, &po->lock);
-			break;
-		}
-	}
+	return pager_page_get(po, page, gettid());
 }
 
 bool pager_is_swapped(struct pager *pager, int id, uint64_t page)
@@ -375,48 +604,4 @@ void pager_object_slot(struct pager *pager, int id, struct shadow_slot *slot)
 	slot->host = po->host;
 	slot->ops = &pager_slot_ops;
 	slot->priv = po;
-}
-
-/* ---- statistics ----------------------------------------------------- */
-
-static int object_stats_add(struct pager_object *po, struct pager_stats *st)
-{
-	struct stat sb;
-
-	if (fstat(po->memfd, &sb) < 0)
-		return -errno;
-	umbra_mutex_lock(&po->lock);
-	st->npages += po->npages;
-	st->resident += po->npages - po->swapped;
-	st->swapped += po->swapped;
-	st->swapouts_io += po->swapouts_io;
-	st->swapouts_cached += po->swapouts_cached;
-	st->swapins += po->swapins;
-	st->zero_fills += po->zero_fills;
-	st->write_errors += po->write_errors;
-	st->read_errors += po->read_errors;
-	umbra_mutex_unlock(&po->lock);
-	st->host_bytes += (uint64_t)sb.st_blocks * 512;
-	return 0;
-}
-
-int pager_stats(struct pager *pager, int id, struct pager_stats *st)
-{
-	struct pager_object *po;
-	int ret, n;
-
-	memset(st, 0, sizeof(*st));
-	if (id >= 0) {
-		po = pager_object_get(pager, id);
-		return po ? object_stats_add(po, st) : -EINVAL;
-	}
-	if (id != -1 || !pager)
-		return -EINVAL;
-	n = __atomic_load_n(&pager->nr_objects, __ATOMIC_ACQUIRE);
-	for (int i = 0; i < n; i++) {
-		ret = object_stats_add(pager->objects[i], st);
-		if (ret)
-			return ret;
-	}
-	return 0;
 }

@@ -4,7 +4,8 @@
  * them to the page state machine (pager.c).
  *
  * Locks: none here; the handler takes an object's lock only inside
- * pager_fault_missing / pager_fault_wp.
+ * pager_fault_missing / pager_fault_wp.  The handler never waits for
+ * reclaim: a thread holding a VM's mmu_lock may be waiting on it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -42,16 +43,27 @@ static int uffd_new(void)
 	return fd >= 0 ? fd : -errno;
 }
 
+/* The API handshake asking for @features.  Returns 0 or -errno; a refused
+ * handshake leaves the userfaultfd ready for another. */
+static int uffd_api(int fd, uint64_t features)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = features };
+
+	return ioctl(fd, UFFDIO_API, &api) < 0 ? -errno : 0;
+}
+
 int pager_uffd_open(struct pager *pager)
 {
-	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_WP_HUGETLBFS_SHMEM };
-	int fd = uffd_new();
+	int fd = uffd_new(), ret;
 
 	if (fd < 0)
 		return fd;
-	if (ioctl(fd, UFFDIO_API, &api) < 0) {
-		int ret = -errno;
-
+	/* The faulting thread's id is for ops.page_lost; without it, 0. */
+	ret = uffd_api(fd, UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_THREAD_ID);
+	pager->thread_id = !ret;
+	if (ret)
+		ret = uffd_api(fd, UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
+	if (ret) {
 		close(fd);
 		return ret;
 	}
@@ -84,13 +96,13 @@ int pager_uffd_unregister(struct pager *pager, void *host, uint64_t size)
 	return ioctl(pager->uffd, UFFDIO_UNREGISTER, &range) < 0 ? -errno : 0;
 }
 
-int pager_uffd_copy_wp(struct pager *pager, void *addr, const void *buf)
+int pager_uffd_copy(struct pager *pager, void *addr, const void *buf, bool protect)
 {
 	struct uffdio_copy copy = {
 		.dst = (uintptr_t)addr,
 		.src = (uintptr_t)buf,
 		.len = PAGER_PAGE_SIZE,
-		.mode = UFFDIO_COPY_MODE_WP | UFFDIO_COPY_MODE_DONTWAKE,
+		.mode = (protect ? UFFDIO_COPY_MODE_WP : 0) | UFFDIO_COPY_MODE_DONTWAKE,
 	};
 
 	while (ioctl(pager->uffd, UFFDIO_COPY, &copy) < 0) {
@@ -152,7 +164,7 @@ static void uffd_handle(struct pager *pager, const struct uffd_msg *msg)
 	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
 		pager_fault_wp(po, page);
 	else
-		pager_fault_missing(po, page);
+		pager_fault_missing(po, page, pager->thread_id ? (pid_t)msg->arg.pagefault.feat.ptid : 0);
 }
 
 /* The handler thread: until stop_fd is signalled, read and handle faults. */

@@ -348,7 +348,13 @@ static int fault_walk(struct shadow_mmu *mmu, struct fault *f, uint32_t *error_c
 }
 
 /* Step 5: an invlpg / flush / P2M change ran since our walk: is what we
- * read still what the guest says?  mmu_lock. */
+ * read still what the guest says?  mmu_lock.  The walk again only reads
+ * guest memory (no A/D update): a thread holding mmu_lock never writes guest
+ * memory, so that it never waits for a page that an eviction has
+ * write-protected while that eviction waits for this mmu_lock
+ * (docs/locking.md, "The pager and reclaim").  Entries whose A/D bits the
+ * guest cleared since the first walk differ from it: the fault walks again
+ * without the lock. */
 static bool fault_walk_is_current_locked(struct shadow_mmu *mmu, const struct fault *f)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
@@ -358,9 +364,12 @@ static bool fault_walk_is_current_locked(struct shadow_mmu *mmu, const struct fa
 
 	if (__atomic_load_n(&mmu->sync_seq, __ATOMIC_ACQUIRE) == f->sync_seq)
 		return true;
-	return !shadow_walk(&mmu->mode, &guest_mem_ops, mmu, f->cr3, f->va, f->access,
-			    SHADOW_WALK_SET_AD, &w2) &&
-	       same_walk(&f->w, &w2) &&
+	if (shadow_walk(&mmu->mode, &guest_mem_ops, mmu, f->cr3, f->va, f->access, 0, &w2))
+		return false;
+	for (int l = SPTE_LEVELS; l >= w2.leaf_level; l--)
+		if (!(w2.entry[l] & SPTE_ACCESSED))
+			return false; /* the guest cleared an A bit the first walk set */
+	return same_walk(&f->w, &w2) &&
 	       !p2m_get(mmu, f->w.pa >> SHADOW_PAGE_SHIFT, &slot2, &page2) && slot2 == f->slot &&
 	       page2 == f->page;
 }
@@ -450,4 +459,17 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 		mmu_stat_inc(mmu, fixed);
 		return SHADOW_FAULT_FIXED;
 	}
+}
+
+int shadow_mmu_translate(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, uint64_t *gpa)
+{
+	struct shadow_walk w;
+	int ret;
+
+	shadow_assert_no_lock_held();
+	ret = shadow_walk(&mmu->mode, &guest_mem_ops, mmu, cr3, va, 0, 0, &w); /* a supervisor read */
+	if (ret)
+		return ret == -EIO ? -EFAULT : ret;
+	*gpa = w.pa;
+	return 0;
 }

@@ -15,6 +15,7 @@ const struct test_suite_entry test_suites[] = {
 	{ "shadow_young", shadow_young_suite },
 	{ "pager_swap", pager_swap_suite },
 	{ "pager", pager_suite },
+	{ "pager_reclaim", pager_reclaim_suite },
 	{ "vmm", vmm_suite },
 	{ NULL, NULL },
 };

@@ -15,120 +15,10 @@
 #include <unistd.h>
 
 #include "umbra/pager.h"
+#include "test_pager_util.h"
 #include "test_shadow_util.h"
 #include "tests.h"
 
-#define NPAGES 64
-#define PG PAGER_PAGE_SIZE
-
-/* One pager over one memfd-backed object. */
-struct pfix {
-	struct pager_swap *swap;
-	struct pager *pager;
-	struct notifier_object *obj;
-	int memfd;
-	uint8_t *host;
-	uint64_t npages;
-	int id;
-};
-
-/* The pattern of word @w of page @p. */
-static uint64_t pattern(uint64_t p, uint64_t w)
-{
-	return (p << 32) ^ (w * 0x9e3779b97f4a7c15ull) ^ 0x5a5a;
-}
-
-static void fill_page(struct pfix *f, uint64_t p)
-{
-	uint64_t *w = (uint64_t *)(f->host + p * PG);
-
-	for (uint64_t i = 0; i < PG / 8; i++)
-		__atomic_store_n(&w[i], pattern(p, i), __ATOMIC_RELAXED);
-}
-
-/* Word index of the first mismatch of page @p, or -1 if it is intact. */
-static long check_page(const uint8_t *host, uint64_t p)
-{
-	const uint64_t *w = (const uint64_t *)(host + p * PG);
-
-	for (uint64_t i = 0; i < PG / 8; i++) {
-		if (__atomic_load_n(&w[i], __ATOMIC_RELAXED) != pattern(p, i))
-			return (long)i;
-	}
-	return -1;
-}
-
-static void pfix_init_at(struct pfix *f, const char *path, uint64_t nr_slots, uint64_t npages)
-{
-	struct pager_swap_config cfg = { .path = path, .nr_slots = nr_slots };
-
-	memset(f, 0, sizeof(*f));
-	ck_assert_int_eq(notifier_thread_init(), 0);
-	f->npages = npages;
-	ck_assert_int_eq(pager_swap_create(&cfg, &f->swap), 0);
-	ck_assert_int_eq(pager_create(f->swap, &f->pager), 0);
-	ck_assert_int_eq(notifier_object_create("paged", npages, &f->obj), 0);
-	f->memfd = memfd_create("paged", MFD_CLOEXEC);
-	ck_assert_int_ge(f->memfd, 0);
-	ck_assert_int_eq(ftruncate(f->memfd, (off_t)(npages * PG)), 0);
-	f->host = mmap(NULL, npages * PG, PROT_READ | PROT_WRITE, MAP_SHARED, f->memfd, 0);
-	ck_assert_ptr_ne(f->host, MAP_FAILED);
-	for (uint64_t p = 0; p < npages; p++)
-		fill_page(f, p);
-	ck_assert_int_eq(pager_add_object(f->pager, f->obj, f->memfd, f->host, npages * PG, &f->id), 0);
-}
-
-static void pfix_init(struct pfix *f, uint64_t nr_slots, uint64_t npages)
-{
-	pfix_init_at(f, NULL, nr_slots, npages);
-}
-
-static void pfix_fini(struct pfix *f)
-{
-	struct pager_swap_stats ss;
-
-	pager_destroy(f->pager);
-	pager_swap_stats(f->swap, &ss);
-	ck_assert_msg(ss.slots_in_use == 0, "expected every slot freed, got %llu in use",
-		      (unsigned long long)ss.slots_in_use);
-	pager_swap_destroy(f->swap);
-	munmap(f->host, f->npages * PG);
-	close(f->memfd);
-	notifier_object_destroy(f->obj);
-}
-
-static struct pager_stats pstats(struct pfix *f)
-{
-	struct pager_stats st;
-
-	ck_assert_int_eq(pager_stats(f->pager, f->id, &st), 0);
-	return st;
-}
-
-static uint64_t swap_reads(struct pfix *f)
-{
-	struct pager_swap_stats ss;
-
-	pager_swap_stats(f->swap, &ss);
-	return ss.reads;
-}
-
-static uint64_t swap_writes(struct pfix *f)
-{
-	struct pager_swap_stats ss;
-
-	pager_swap_stats(f->swap, &ss);
-	return ss.writes;
-}
-
-/* Pages of host memory the memfd holds, from st_blocks. */
-static uint64_t memfd_pages(struct pfix *f)
-{
-	struct stat sb;
-
-	ck_assert_int_eq(fstat(f->memfd, &sb), 0);
-	return (uint64_t)sb.st_blocks * 512 / PG;
-}
 
 struct reader {
 	const uint8_t *host;
@@ -334,6 +224,32 @@ START_TEST(test_failed_swap_write_leaves_page_resident_with_its_content)
 }
 END_TEST
 
+/* pager_destroy brings swapped pages back unless told to discard them
+ * (_i = 1): then it reads nothing and still frees every slot. */
+START_TEST(test_destroy_brings_pages_back_unless_discarding)
+{
+	struct pfix f;
+	bool discard = _i;
+
+	pfix_init(&f, 256, NPAGES);
+	ck_assert_int_eq(pager_evict(f.pager, f.id, 0, NPAGES), 0);
+	ck_assert_uint_eq(memfd_pages(&f), 0);
+	pager_set_discard_at_destroy(f.pager, discard);
+	uint64_t reads = swap_reads(&f);
+	pager_destroy(f.pager);
+	f.pager = NULL;
+	struct pager_swap_stats ss;
+	pager_swap_stats(f.swap, &ss);
+	ck_assert_msg(ss.reads - reads == (discard ? 0 : NPAGES), "expected %d swap reads at destroy, got %llu",
+		      discard ? 0 : NPAGES, (unsigned long long)(ss.reads - reads));
+	ck_assert_uint_eq(ss.slots_in_use, 0);
+	ck_assert_uint_eq(memfd_pages(&f), discard ? 0 : NPAGES);
+	for (uint64_t p = 0; !discard && p < NPAGES; p++)
+		ck_assert_int_eq(check_page(f.host, p), -1);
+	pfix_fini(&f);
+}
+END_TEST
+
 START_TEST(test_clean_swapped_in_page_evicts_without_io_until_written)
 {
 	struct pager_stats st;
@@ -379,11 +295,12 @@ START_TEST(test_never_written_hole_reads_zero_and_evicted_hole_stays_zero)
 END_TEST
 
 /* A slot that reads back corrupt never becomes a page: get_page fails with
- * the checksum's error and the page stays out. */
-START_TEST(test_corrupt_slot_fails_get_page_and_page_stays_out)
+ * the checksum's error, and the page is lost for good (poison, counted). */
+START_TEST(test_corrupt_slot_fails_get_page_and_loses_the_page)
 {
 	char path[] = "/tmp/umbra-test-swap-XXXXXX";
 	uint8_t junk[PG];
+	struct pager_stats st;
 	struct stat sb;
 	struct pfix f;
 	int fd = mkstemp(path);
@@ -400,10 +317,16 @@ START_TEST(test_corrupt_slot_fails_get_page_and_page_stays_out)
 		ck_assert_int_eq(pwrite(fd, junk, PG, off), PG);
 	ret = pager_get_page(f.pager, f.id, 6);
 	ck_assert_msg(ret == -EBADMSG || ret == -EIO, "expected -EBADMSG or -EIO, got %d", ret);
-	ck_assert(pager_is_swapped(f.pager, f.id, 6));
-	ck_assert_uint_eq(pstats(&f).read_errors, 1);
-	ck_assert_uint_eq(pstats(&f).swapins, 0);
-	ck_assert_uint_eq(memfd_pages(&f), NPAGES - 1);
+	ck_assert_int_eq(pager_get_page(f.pager, f.id, 6), ret);
+	ck_assert(!pager_is_swapped(f.pager, f.id, 6));
+	st = pstats(&f);
+	ck_assert_uint_eq(st.read_errors, 1);
+	ck_assert_uint_eq(st.lost, 1);
+	ck_assert_uint_eq(st.swapins, 0);
+	ck_assert_uint_eq(st.swapped, 0);
+	ck_assert_uint_eq(__atomic_load_n((uint64_t *)(f.host + 6 * PG), __ATOMIC_RELAXED),
+			  PAGER_POISON_WORD);
+	ck_assert_uint_eq(memfd_pages(&f), NPAGES);
 	pfix_fini(&f);
 	close(fd);
 	unlink(path);
@@ -482,12 +405,14 @@ Suite *pager_suite(void)
 	tcase_add_test(evict, test_shadow_fault_brings_evicted_page_back_through_get_page);
 	tcase_add_test(evict, test_failed_swap_write_leaves_page_resident_with_its_content);
 	tcase_add_test(evict, test_clean_swapped_in_page_evicts_without_io_until_written);
+	tcase_add_loop_test(evict, test_destroy_brings_pages_back_unless_discarding, 0, 2);
 	tcase_add_test(evict, test_never_written_hole_reads_zero_and_evicted_hole_stays_zero);
-	tcase_add_test(evict, test_corrupt_slot_fails_get_page_and_page_stays_out);
+	tcase_add_test(evict, test_corrupt_slot_fails_get_page_and_loses_the_page);
 	tcase_set_timeout(races, TEST_TORTURE_LIMIT_S + 30);
 	tcase_add_loop_test(races, test_four_threads_faulting_one_page_read_swap_once, 0, 2);
 	tcase_add_test(races, test_writes_racing_eviction_are_never_lost);
 	suite_add_tcase(s, evict);
 	suite_add_tcase(s, races);
+	pager_account_tcases(s);
 	return s;
 }

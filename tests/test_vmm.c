@@ -73,6 +73,40 @@ START_TEST(test_run_options_in_any_order)
 }
 END_TEST
 
+START_TEST(test_pager_options_apply_over_the_config)
+{
+	struct vmm_options o;
+	struct vmm_error err = { "" };
+	struct plan plan;
+	const char *text = "{ \"mem_limit\": \"64M\", \"swap_size\": 268435456, \"swap\": \"/s/swap\",\n"
+			   "  \"reclaim_policy\": \"round-robin\", \"vms\": [ { \"name\": \"v\", \"image\": \"g.elf\" } ] }";
+
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "--config", "c.json", "--mem-limit=32M",
+							   "--swap", "/t/sw", "--swap-inject", "corrupt:7", NULL }), 0);
+	ck_assert_uint_eq(o.pager.mem_limit, 32ull << 20);
+	ck_assert_int_eq(o.pager.policy, -1);
+	ck_assert_int_eq(o.pager.inject_kind, PAGER_INJECT_CORRUPT);
+	ck_assert_uint_eq(o.pager.inject_n, 7);
+	ck_assert_msg(plan_from_config_text(text, "", "c.json", &plan, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(plan.pager.mem_limit, 64ull << 20);
+	ck_assert_uint_eq(plan.pager.swap_size, 256ull << 20);
+	ck_assert_str_eq(plan.pager.swap, "/s/swap");
+	ck_assert_int_eq(plan.pager.policy, PAGER_POLICY_ROUND_ROBIN);
+	ck_assert(plan_uses_pager(&plan, 0));
+	ck_assert_int_eq(plan_apply_pager_options(&plan, &o.pager, &err), 0);
+	ck_assert_uint_eq(plan.pager.mem_limit, 32ull << 20);
+	ck_assert_uint_eq(plan.pager.swap_size, 256ull << 20);
+	ck_assert_str_eq(plan.pager.swap, "/t/sw");
+	ck_assert_int_eq(plan.pager.policy, PAGER_POLICY_ROUND_ROBIN);
+	plan_free(&plan);
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "a.elf", NULL }), 0);
+	ck_assert_int_eq(plan_from_options(&o, &plan, &err), 0);
+	ck_assert(!plan_uses_pager(&plan, 0));
+	ck_assert(plan_uses_pager(&plan, 5));
+	plan_free(&plan);
+}
+END_TEST
+
 START_TEST(test_run_defaults)
 {
 	struct vmm_options o;
@@ -115,6 +149,14 @@ static const struct {
 	{ { "run", "a", "--table-quota", "8388609", NULL }, "--table-quota '8388609': must be" },
 	{ { "run", "a", "--table-quota", "x", NULL }, "--table-quota 'x': must be" },
 	{ { "run", "--config", "c.json", "--group", "g", NULL }, "--group and --table-quota do not apply with --config" },
+	{ { "run", "a", "--mem-limit", "3M", NULL }, "--mem-limit '3M': must be at least 4M" },
+	{ { "run", "a", "--mem-limit", "lots", NULL }, "--mem-limit 'lots': not a size" },
+	{ { "run", "a", "--mem-limit", NULL }, "--mem-limit needs a size" },
+	{ { "run", "a", "--swap-size", "512K", NULL }, "--swap-size '512K': must be from 1M to 16T" },
+	{ { "run", "a", "--swap", "", NULL }, "--swap needs a file name" },
+	{ { "run", "a", "--reclaim-policy", "lru", NULL }, "--reclaim-policy 'lru': must be clock or round-robin" },
+	{ { "run", "a", "--swap-inject", "read-error:0", NULL }, "--swap-inject 'read-error:0': must be" },
+	{ { "run", "a", "--swap-inject", "explode:3", NULL }, "--swap-inject 'explode:3': must be" },
 };
 
 START_TEST(test_bad_arguments_are_named)
@@ -343,6 +385,11 @@ static const struct {
 	{ "{ \"vms\": [\n" VM_OK ",\n ]", "line 3: not valid JSON" },
 	{ "[]", "top level: expected an object" },
 	{ "{ \"vms\": [] }", "vms: expected a non-empty array of VMs" },
+	{ "{ \"mem_limit\": \"2M\", \"vms\": [" VM_OK "] }", "mem_limit: 2097152 bytes: must be at least 4M" },
+	{ "{ \"swap_size\": 4096, \"vms\": [" VM_OK "] }", "swap_size: 4096 bytes: must be from 1M to 16T" },
+	{ "{ \"swap\": \"\", \"vms\": [" VM_OK "] }", "swap: an empty file name" },
+	{ "{ \"swap\": 3, \"vms\": [" VM_OK "] }", "swap: expected a string" },
+	{ "{ \"reclaim_policy\": \"lru\", \"vms\": [" VM_OK "] }", "reclaim_policy: 'lru': must be" },
 	{ "{ \"vms\": [" VM_OK "], \"extra\": 1 }", "extra: unknown key" },
 	{ "{ \"vms\": [ { \"name\": \"a\" } ] }", "vms[0].image: missing" },
 	{ "{ \"vms\": [ { \"name\": \"a b\", \"image\": \"x\" } ] }", "vms[0].name: 'a b' must be" },
@@ -1069,6 +1116,7 @@ Suite *vmm_suite(void)
 	tcase_add_loop_test(opts, test_parse_size_accepts_units_and_rejects_junk, 0, sizeof(sizes) / sizeof(sizes[0]));
 	tcase_add_test(opts, test_run_options_in_any_order);
 	tcase_add_test(opts, test_run_defaults);
+	tcase_add_test(opts, test_pager_options_apply_over_the_config);
 	tcase_add_loop_test(opts, test_bad_arguments_are_named, 0, sizeof(bad_args) / sizeof(bad_args[0]));
 	tcase_add_test(opts, test_cmdline_length_is_bounded);
 	suite_add_tcase(s, opts);

@@ -27,6 +27,7 @@ Suite *shadow_hostile_suite(void);
 Suite *shadow_young_suite(void);
 Suite *pager_swap_suite(void);
 Suite *pager_suite(void);
+Suite *pager_reclaim_suite(void);
 Suite *vmm_suite(void);
 Suite *kvm_suite(void);
 Suite *kvm_paging_suite(void);

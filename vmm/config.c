@@ -27,7 +27,32 @@ void plan_free(struct plan *plan)
 		free(plan->vms[i].image);
 	free(plan->vms);
 	free(plan->groups);
+	free(plan->pager.swap);
 	memset(plan, 0, sizeof(*plan));
+}
+
+int plan_apply_pager_options(struct plan *plan, const struct vmm_pager_options *po, struct vmm_error *err)
+{
+	if (po->mem_limit)
+		plan->pager.mem_limit = po->mem_limit;
+	if (po->swap_size)
+		plan->pager.swap_size = po->swap_size;
+	if (po->policy >= 0)
+		plan->pager.policy = po->policy;
+	if (po->swap) {
+		char *swap = strdup(po->swap);
+
+		if (!swap)
+			return vmm_error_set(err, ENOMEM, "out of memory");
+		free(plan->pager.swap);
+		plan->pager.swap = swap;
+	}
+	return 0;
+}
+
+bool plan_uses_pager(const struct plan *plan, unsigned int evict_ms)
+{
+	return plan->pager.mem_limit || plan->pager.swap_size || plan->pager.swap || evict_ms;
 }
 
 int plan_from_options(const struct vmm_options *opts, struct plan *plan, struct vmm_error *err)
@@ -415,10 +440,51 @@ static int parse_vm(struct config_ctx *c, unsigned int i, struct json_object *jv
 	return add_vms(c, path, &proto, count, image, plan);
 }
 
+/* The top-level pager keys: "mem_limit", "swap", "swap_size",
+ * "reclaim_policy" (docs/config.md). */
+static int parse_pager(struct config_ctx *c, struct json_object *root, struct plan *plan)
+{
+	struct json_object *v;
+	const char *text;
+	int ret;
+
+	if (json_object_object_get_ex(root, "mem_limit", &v)) {
+		if ((ret = get_size(c, "mem_limit", v, &plan->pager.mem_limit)))
+			return ret;
+		if (vmm_check_mem_limit("mem_limit", plan->pager.mem_limit, NULL))
+			return config_error(c, "mem_limit", "%" PRIu64 " bytes: must be at least 4M",
+					    plan->pager.mem_limit);
+	}
+	if (json_object_object_get_ex(root, "swap_size", &v)) {
+		if ((ret = get_size(c, "swap_size", v, &plan->pager.swap_size)))
+			return ret;
+		if (vmm_check_swap_size("swap_size", plan->pager.swap_size, NULL))
+			return config_error(c, "swap_size", "%" PRIu64 " bytes: must be from 1M to 16T",
+					    plan->pager.swap_size);
+	}
+	if (json_object_object_get_ex(root, "swap", &v)) {
+		if ((ret = get_string(c, "swap", v, &text)))
+			return ret;
+		if (!*text)
+			return config_error(c, "swap", "an empty file name");
+		plan->pager.swap = strdup(text);
+		if (!plan->pager.swap)
+			return vmm_error_set(c->err, ENOMEM, "out of memory");
+	}
+	if (json_object_object_get_ex(root, "reclaim_policy", &v)) {
+		if ((ret = get_string(c, "reclaim_policy", v, &text)))
+			return ret;
+		if (vmm_parse_policy(text, &plan->pager.policy))
+			return config_error(c, "reclaim_policy", "'%s': must be \"clock\" or \"round-robin\"", text);
+	}
+	return 0;
+}
+
 int plan_from_config_text(const char *text, const char *base_dir, const char *what, struct plan *plan,
 			  struct vmm_error *err)
 {
-	static const char *const keys[] = { "segments", "vms", NULL };
+	static const char *const keys[] = { "segments", "vms", "mem_limit", "swap", "swap_size",
+					    "reclaim_policy", NULL };
 	struct config_ctx c = { what, base_dir, err };
 	struct json_tokener *tok;
 	struct json_object *root, *v;
@@ -475,6 +541,8 @@ int plan_from_config_text(const char *text, const char *base_dir, const char *wh
 				goto free_plan;
 		}
 	}
+	if ((ret = parse_pager(&c, root, plan)))
+		goto free_plan;
 	if (!json_object_object_get_ex(root, "vms", &v) || !json_object_is_type(v, json_type_array) ||
 	    json_object_array_length(v) == 0) {
 		ret = config_error(&c, "vms", "expected a non-empty array of VMs");

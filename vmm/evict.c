@@ -1,8 +1,9 @@
 /*
- * The evictor: drives the engine's eviction (shadow_store_evict) of shared
- * segment pages while the guests run, so that every VM mapping a page has it
- * invalidated under it, its vCPUs shot down (NMI), and the page faulted back
- * with its content through the store's restore hook.
+ * The evictor (testing, --evict-ms): swaps shared segment pages out through
+ * the pager on a timer while the guests run, in address order whatever their
+ * use, so that every VM mapping a page has it invalidated under it, its vCPUs
+ * shot down (NMI), and the page swapped back in with its content on its next
+ * access.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -57,17 +58,18 @@ static void evict_some(struct evictor *ev, unsigned int i)
 	struct segment *seg = ev->segments[i];
 	uint64_t npages = seg->size / NOTIFIER_PAGE_SIZE;
 
-	for (unsigned int k = 0; k < ev->pages && k < npages; k++) {
-		uint64_t page = ev->cursor[i];
-		int ret;
+	uint64_t left = ev->pages < npages ? ev->pages : npages;
 
-		ev->cursor[i] = (page + 1) % npages;
-		/* -EALREADY: no VM touched it since the last round; the
-		 * invalidation was still sent, nothing to report. */
-		ret = shadow_store_evict(seg->store, page);
-		if (ret && ret != -EALREADY && !ev->warned[i]) {
-			fprintf(stderr, "umbra: warning: evicting page %" PRIu64 " of segment '%s': %s\n", page,
-				seg->name, strerror(-ret));
+	while (left) {
+		uint64_t first = ev->cursor[i], n = npages - first < left ? npages - first : left;
+		/* Pages already out or busy are skipped, not errors. */
+		int ret = vmm_memory_evict(seg->memory, seg->pager_id, first, n);
+
+		ev->cursor[i] = (first + n) % npages;
+		left -= n;
+		if (ret && !ev->warned[i]) {
+			fprintf(stderr, "umbra: warning: evicting pages %" PRIu64 "..%" PRIu64 " of segment '%s': %s\n",
+				first, first + n - 1, seg->name, strerror(-ret));
 			ev->warned[i] = true;
 		}
 	}
@@ -98,6 +100,10 @@ int evictor_start(struct segment *const *segments, unsigned int nr_segments, uns
 	if (nr_segments > UMBRA_MAX_SEGMENTS || interval_ms == 0 || pages == 0)
 		return vmm_error_set(err, EINVAL, "evictor: %u segments, every %u ms, %u pages: out of range",
 				     nr_segments, interval_ms, pages);
+	for (unsigned int i = 0; i < nr_segments; i++)
+		if (!segments[i]->memory)
+			return vmm_error_set(err, EINVAL, "evictor: segment '%s' is not under the pager",
+					     segments[i]->name);
 	ev = calloc(1, sizeof(*ev));
 	if (!ev)
 		return vmm_error_set(err, ENOMEM, "evictor: out of memory");

@@ -26,6 +26,9 @@
 /* Per table page of a pool: the page in the pool's memfd, the shadow
  * library's private copy of it, and its descriptor. */
 #define FIT_PER_POOL_PAGE (2ull * SHADOW_PAGE_SIZE + 128u)
+/* Per guest page that may be swapped: the swap file's slot state (two bits
+ * and a crc32), rounded up. */
+#define FIT_PER_SWAP_SLOT 5u
 
 #define MIB(bytes) ((unsigned long long)(((bytes) + (1u << 20) - 1) >> 20))
 
@@ -51,13 +54,21 @@ void plan_fit_estimate(const struct plan *plan, struct vmm_fit *fit)
 	}
 	for (unsigned int g = 0; g < plan->nr_groups; g++)
 		fit->pools += plan->groups[g].pool_pages * FIT_PER_POOL_PAGE;
-	fit->total = sat_add(sat_add(fit->guest_ram, fit->segments), sat_add(fit->bookkeeping, fit->pools));
+	uint64_t guest = sat_add(fit->guest_ram, fit->segments);
+
+	fit->total = sat_add(guest, sat_add(fit->bookkeeping, fit->pools));
+	fit->resident = fit->total;
+	if (plan->pager.mem_limit && plan->pager.mem_limit < guest) {
+		fit->bookkeeping += guest / SHADOW_PAGE_SIZE * FIT_PER_SWAP_SLOT;
+		fit->total = sat_add(guest, sat_add(fit->bookkeeping, fit->pools));
+		fit->resident = sat_add(plan->pager.mem_limit, sat_add(fit->bookkeeping, fit->pools));
+	}
 }
 
 int vmm_fit_check(const struct vmm_fit *fit, const struct vmm_host_memory *hm, struct vmm_error *err)
 {
 	uint64_t memory = sat_add(hm->ram, hm->swap);
-	bool over_memory = fit->total > memory, over_limit = fit->total > hm->as_limit;
+	bool over_memory = fit->resident > memory, over_limit = fit->total > hm->as_limit;
 
 	if (!over_memory && !over_limit)
 		return 0;
@@ -70,9 +81,9 @@ int vmm_fit_check(const struct vmm_fit *fit, const struct vmm_host_memory *hm, s
 	return vmm_error_set(err, ENOMEM,
 			     "the VMs do not fit this host: they may use %llu MiB (guest RAM %llu MiB, segments %llu "
 			     "MiB, umbra's bookkeeping %llu MiB, table pools %llu MiB), but %s; run fewer VMs (--vms, "
-			     "\"count\"), give them less RAM (--mem, \"mem\") or smaller table quotas "
-			     "(--table-quota, \"table_quota\")",
-			     MIB(fit->total), MIB(fit->guest_ram), MIB(fit->segments), MIB(fit->bookkeeping),
+			     "\"count\"), give them less RAM (--mem, \"mem\"), smaller table quotas "
+			     "(--table-quota, \"table_quota\") or a memory limit (--mem-limit, \"mem_limit\")",
+			     MIB(over_memory ? fit->resident : fit->total), MIB(fit->guest_ram), MIB(fit->segments), MIB(fit->bookkeeping),
 			     MIB(fit->pools), host);
 }
 

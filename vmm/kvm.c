@@ -343,6 +343,7 @@ int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out, struc
 	vm->ram_size = config->mem;
 	vm->nr_vcpus = config->vcpus;
 	vm->ram_fd = vm->vm_fd = -1;
+	vm->ram_pager_id = -1;
 	vm->ram = MAP_FAILED;
 	umbra_mutex_init(&vm->lock, "vmm.vm.lock", UMBRA_LOCK_RANK_VMM_VM);
 
@@ -424,9 +425,11 @@ static int vcpu_set_boot_state(struct vm *vm, struct vcpu *vcpu, uint64_t entry,
 
 /* What stays resident (docs/abi.md, "What stays resident"): the boot
  * GDT/TSS page, every vCPU's stack below the page of its boot info, and the
- * image's UMBRA_PF_RESIDENT segments. The rest of the image (its other
- * segments, bss included) is faulted in on demand. */
-static void vm_pin_resident_ranges(struct vm *vm, const struct elf_image *image)
+ * image's UMBRA_PF_RESIDENT segments: kept mapped in every address space
+ * and, under the pager, never swapped out. The rest of the image (its other
+ * segments, bss included) is faulted in on demand. Returns 0 or the pager's
+ * -errno. */
+static int vm_pin_resident_ranges(struct vm *vm, const struct elf_image *image)
 {
 	uint64_t stacks = vm_image_load_max(vm->ram_size, vm->nr_vcpus);
 	unsigned int n = 0;
@@ -445,6 +448,16 @@ static void vm_pin_resident_ranges(struct vm *vm, const struct elf_image *image)
 	for (unsigned int i = 0; i < n; i++)
 		__atomic_add_fetch(&vm->pinned_pages, pin_pages(&vm->pins[i]), __ATOMIC_RELAXED);
 	umbra_mutex_unlock(&vm->lock);
+	/* The boot tables map these ranges one to one (va = gpa), in RAM. */
+	for (unsigned int i = 0; vm->host->memory && i < n; i++) {
+		for (unsigned int k = 0; k < vm->pins[i].count; k++) {
+			int ret = vmm_memory_pin(vm->host->memory, vm->ram_pager_id,
+						 vm->pins[i].va + k * vm->pins[i].stride, vm->pins[i].len);
+			if (ret)
+				return ret;
+		}
+	}
+	return 0;
 }
 
 int vm_load_image(struct vm *vm, const struct elf_image *image, const void *buf,
@@ -461,7 +474,9 @@ int vm_load_image(struct vm *vm, const struct elf_image *image, const void *buf,
 	uint64_t cr3 = boot_write_page_tables(&layout, &tables_end);
 	if (!cr3)
 		return vmm_error_set(err, EINVAL, "boot page tables for RAM and segments do not fit below 1 MiB");
-	vm_pin_resident_ranges(vm, image);
+	ret = vm_pin_resident_ranges(vm, image);
+	if (ret)
+		return vmm_error_set(err, -ret, "pinning the resident pages: %s", strerror(-ret));
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
 		uint64_t root;
 		boot_write_info(&layout, i, image->end, cr3);

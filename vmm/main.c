@@ -98,6 +98,7 @@ struct run_state {
 	unsigned int nr_images, *vm_image;
 	struct vm **vms;
 	struct vmm_host *host;
+	struct vmm_memory *memory; /* the pager, or NULL */
 	int *status;
 	int kvm_fd;
 };
@@ -129,6 +130,11 @@ static int create_vms(struct run_state *rs)
 			return UMBRA_STATUS_NO_KVM;
 		}
 	}
+	/* Every page that must stay resident is pinned: the budget can start. */
+	if (rs->memory && vmm_memory_start(rs->memory, &err)) {
+		fprintf(stderr, "umbra: %s\n", err.msg);
+		return UMBRA_STATUS_USAGE;
+	}
 	return 0;
 }
 
@@ -155,8 +161,13 @@ static int prepare(const struct vmm_options *opts, struct run_state *rs)
 		fprintf(stderr, "umbra: %s\n", err.msg);
 		return UMBRA_STATUS_IMAGE_ERROR;
 	}
+	if (plan_uses_pager(&rs->plan, opts->evict_ms) &&
+	    vmm_memory_create(&rs->plan, &opts->pager, &rs->memory, &err)) {
+		fprintf(stderr, "umbra: %s\n", err.msg);
+		return UMBRA_STATUS_NO_KVM;
+	}
 	for (unsigned int i = 0; i < rs->plan.nr_segments; i++) {
-		if (segment_create(&rs->plan.segments[i], &rs->segments[i], &err)) {
+		if (segment_create(&rs->plan.segments[i], rs->memory, &rs->segments[i], &err)) {
 			fprintf(stderr, "umbra: %s\n", err.msg);
 			return UMBRA_STATUS_SEGMENT_ERROR;
 		}
@@ -167,6 +178,7 @@ static int prepare(const struct vmm_options *opts, struct run_state *rs)
 		return UMBRA_STATUS_NO_KVM;
 	}
 	rs->host->console = opts->console;
+	rs->host->memory = rs->memory;
 	return 0;
 }
 
@@ -210,6 +222,8 @@ static void report(const struct vmm_options *opts, struct run_state *rs)
 	}
 	if (opts->stats)
 		vmm_stats_print_process(&tm, rs->segments, rs->plan.nr_segments);
+	if (opts->stats && rs->memory)
+		vmm_memory_stats_print(rs->memory);
 	if (opts->stats_json &&
 	    vmm_stats_write_json(opts->stats_json, &rs->plan, rs->host, rs->segments, rs->vms, rs->status, &tm, &err))
 		fprintf(stderr, "umbra: warning: %s\n", err.msg);
@@ -249,6 +263,10 @@ static int plan_check(struct plan *plan)
 
 static void run_free(struct run_state *rs)
 {
+	/* The pager first: its objects' mappings are still there. */
+	vmm_memory_destroy(rs->memory);
+	if (rs->host)
+		rs->host->memory = NULL;
 	for (unsigned int i = 0; rs->vms && i < rs->plan.nr_vms; i++)
 		vm_destroy(rs->vms[i]);
 	vmm_host_destroy(rs->host);
@@ -272,6 +290,8 @@ static int run(const struct vmm_options *opts)
 	int ret;
 
 	ret = opts->config ? plan_from_config(opts->config, &rs.plan, &err) : plan_from_options(opts, &rs.plan, &err);
+	if (ret == 0)
+		ret = plan_apply_pager_options(&rs.plan, &opts->pager, &err);
 	if (ret) {
 		fprintf(stderr, "umbra: %s\n", err.msg);
 		return ret == -ENOMEM ? UMBRA_STATUS_NO_KVM : UMBRA_STATUS_USAGE;

@@ -117,11 +117,16 @@ static int vm_mmu_add_segments(struct vm *vm, struct vmm_error *err)
 		struct segment *seg = vm->segments[i];
 		/* Every VM places the segment at the same machine (KVM
 		 * guest-physical) address, so the runs the guest maps with 2 MiB
-		 * pages use the canonical tables every VM shares; the store's
-		 * get_page restores evicted pages. */
-		struct shadow_slot slot = { seg->obj, seg->gpa, seg->host, !seg->writable, &shadow_store_slot_ops,
-					    seg->store };
+		 * pages use the canonical tables every VM shares; the pager's
+		 * get_page swaps pages in. */
+		struct shadow_slot slot = { seg->obj, seg->gpa, seg->host, !seg->writable, NULL, NULL };
 		int ret;
+
+		if (seg->memory) {
+			vmm_memory_slot(seg->memory, seg->pager_id, &slot);
+			slot.mpa = seg->gpa;
+			slot.readonly = !seg->writable;
+		}
 
 		if ((ret = shadow_mmu_add_segment(vm->mmu, &slot, &vm->segment_slots[i])) ||
 		    (ret = shadow_mmu_map_gpa(vm->mmu, seg->gpa, seg->size / SHADOW_PAGE_SIZE,
@@ -159,6 +164,16 @@ int vm_mmu_init(struct vm *vm, struct vmm_error *err)
 	 * in its own page tables gets no shadow entry for it (see
 	 * report_unbacked_fault() in hypercall.c). */
 	struct shadow_slot ram = { vm->ram_obj, 0, vm->ram, false, NULL, NULL };
+	if (vm->host->memory) {
+		snprintf(name, sizeof(name), "%s.ram", vm->name);
+		ret = vmm_memory_add(vm->host->memory, name, vm, 0, vm->ram_obj, vm->ram_fd, vm->ram, vm->ram_size,
+				     &vm->ram_pager_id, err);
+		if (ret)
+			goto destroy_mmu;
+		vmm_memory_slot(vm->host->memory, vm->ram_pager_id, &ram);
+		ram.mpa = 0;
+		ram.readonly = false;
+	}
 	if ((ret = shadow_mmu_add_slot(vm->mmu, &ram, &vm->ram_slot)) ||
 	    (ret = shadow_mmu_map_gpa(vm->mmu, 0, vm->ram_size / SHADOW_PAGE_SIZE, vm->ram_slot, 0))) {
 		vmm_error_set(err, -ret, "shadow MMU slot for RAM: %s", strerror(-ret));
@@ -307,6 +322,37 @@ int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root)
 	return prefault_pins(vcpu->vm, guest_cr3, &vcpu->pins_reclaims);
 }
 
+/* Under the pager: pins the pages that [va, va + len) translates to in the
+ * vCPU's address space now, so that they are never swapped out (docs/abi.md:
+ * a pinned range must translate to the same pages in every address space).
+ * A page the guest does not map is skipped; the guest's PINs total at most
+ * UMBRA_PIN_TOTAL_MAX, so the pages pinned are bounded. No lock held. */
+static void pin_guest_pages(struct vcpu *vcpu, uint64_t va, uint64_t len)
+{
+	struct vm *vm = vcpu->vm;
+	struct vmm_memory *memory = vm->host->memory;
+
+	if (!memory)
+		return;
+	for (uint64_t p = va & ~(X86_PAGE_SIZE - 1); p < va + len; p += X86_PAGE_SIZE) {
+		uint64_t gpa;
+
+		if (shadow_mmu_translate(vm->mmu, vcpu->guest_cr3, p, &gpa))
+			continue;
+		gpa &= ~(X86_PAGE_SIZE - 1);
+		if (gpa < vm->ram_size) {
+			(void)vmm_memory_pin(memory, vm->ram_pager_id, gpa, X86_PAGE_SIZE);
+			continue;
+		}
+		for (unsigned int i = 0; i < vm->nr_segments; i++) {
+			const struct segment *seg = vm->segments[i];
+
+			if (gpa >= seg->gpa && gpa - seg->gpa < seg->size && seg->memory)
+				(void)vmm_memory_pin(memory, seg->pager_id, gpa - seg->gpa, X86_PAGE_SIZE);
+		}
+	}
+}
+
 int vcpu_add_pin(struct vcpu *vcpu, uint64_t va, uint64_t len)
 {
 	struct vm *vm = vcpu->vm;
@@ -325,6 +371,7 @@ int vcpu_add_pin(struct vcpu *vcpu, uint64_t va, uint64_t len)
 	umbra_mutex_unlock(&vm->lock);
 	if (ret)
 		return ret;
+	pin_guest_pages(vcpu, va, len);
 	return prefault_pins(vm, vcpu->guest_cr3, &vcpu->pins_reclaims);
 }
 

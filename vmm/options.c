@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,10 +15,11 @@
 const char vmm_usage[] =
 	"usage: umbra run IMAGE [--vms N] [--mem SIZE] [--vcpus N] [--cmdline STRING]\n"
 	"                 [--group NAME] [--table-quota PAGES]\n"
-	"                 [--stats] [--stats-json FILE] [--evict-ms MS [--evict-pages N]]\n"
-	"                 [--console escaped|raw]\n"
-	"       umbra run --config FILE [--stats] [--stats-json FILE]\n"
-	"                 [--evict-ms MS [--evict-pages N]] [--console escaped|raw]\n"
+	"                 [--stats] [--stats-json FILE] [--console escaped|raw]\n"
+	"                 [--mem-limit SIZE] [--swap FILE] [--swap-size SIZE]\n"
+	"                 [--reclaim-policy clock|round-robin] [--evict-ms MS [--evict-pages N]]\n"
+	"       umbra run --config FILE [--stats] [--stats-json FILE] [--console escaped|raw]\n"
+	"                 [pager options as above]\n"
 	"       umbra --help | --version\n"
 	"\n"
 	"Runs freestanding x86-64 ELF64 guest images in KVM virtual machines, all in\n"
@@ -45,13 +47,25 @@ const char vmm_usage[] =
 	"  --stats           print each VM's statistics when it stops (stderr)\n"
 	"  --stats-json FILE write the statistics of every VM as JSON to FILE (one\n"
 	"                    that cannot be written is a warning, not an exit status)\n"
-	"  --evict-ms MS     every MS milliseconds (1 to 60000), evict the next pages\n"
-	"                    of every shared segment to umbra's in-memory swap store\n"
-	"                    while the guests run: every VM that maps a page has it\n"
-	"                    invalidated and its vCPUs shot down, and faults it back\n"
+	"  --mem-limit SIZE  keep the guest memory of all VMs (RAM and segments) in\n"
+	"                    host memory within SIZE (at least 4M): the rest is\n"
+	"                    swapped out and brought back on access (docs/pager.md)\n"
+	"  --swap FILE       the swap file (created or truncated; default: a\n"
+	"                    temporary file in $TMPDIR, removed at exit)\n"
+	"  --swap-size SIZE  the swap file's capacity, 1M to 16T; default: all\n"
+	"                    guest memory\n"
+	"  --reclaim-policy P  how victims are chosen: clock (the default: pages not\n"
+	"                    used recently) or round-robin (in address order)\n"
+	"  --evict-ms MS     testing: every MS milliseconds (1 to 60000), swap out\n"
+	"                    the next pages of every shared segment while the guests\n"
+	"                    run: every VM that maps a page has it invalidated and\n"
+	"                    its vCPUs shot down, and swaps it back in on access\n"
 	"                    (needs segments, from --config)\n"
 	"  --evict-pages N   pages of each segment evicted each time, 1 to 65536;\n"
 	"                    default 64\n"
+	"  --swap-inject KIND:N  testing: the N-th page written (KIND write-error:\n"
+	"                    fails with EIO; corrupt: damaged in the file) or read\n"
+	"                    (read-error: fails with EIO) from the swap file\n"
 	"  --console MODE    how guest console output reaches stdout: escaped (the\n"
 	"                    default) prints bytes other than printable ASCII, newline\n"
 	"                    and tab as \\xHH and a backslash as \\\\, so that a guest\n"
@@ -292,6 +306,98 @@ static int parse_run_option(int argc, char *const argv[], int *i, struct vmm_opt
 	return 1;
 }
 
+int vmm_parse_policy(const char *text, int *policy)
+{
+	if (strcmp(text, "clock") == 0)
+		*policy = PAGER_POLICY_CLOCK;
+	else if (strcmp(text, "round-robin") == 0)
+		*policy = PAGER_POLICY_ROUND_ROBIN;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+int vmm_check_mem_limit(const char *what, uint64_t bytes, struct vmm_error *err)
+{
+	if (bytes < VMM_MEM_LIMIT_MIN)
+		return vmm_error_set(err, EINVAL, "%s: must be at least 4M", what);
+	return 0;
+}
+
+int vmm_check_swap_size(const char *what, uint64_t bytes, struct vmm_error *err)
+{
+	if (bytes < VMM_SWAP_SIZE_MIN || bytes > VMM_SWAP_SIZE_MAX)
+		return vmm_error_set(err, EINVAL, "%s: must be from 1M to 16T", what);
+	return 0;
+}
+
+/* --swap-inject KIND:N. */
+static int parse_inject(const char *value, struct vmm_pager_options *po, struct vmm_error *err)
+{
+	static const struct {
+		const char *name;
+		enum pager_inject_kind kind;
+	} kinds[] = {
+		{ "write-error:", PAGER_INJECT_WRITE_ERROR },
+		{ "read-error:", PAGER_INJECT_READ_ERROR },
+		{ "corrupt:", PAGER_INJECT_CORRUPT },
+	};
+	unsigned long n;
+
+	for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+		size_t len = strlen(kinds[k].name);
+
+		if (strncmp(value, kinds[k].name, len) == 0 && !parse_uint(value + len, ULONG_MAX, &n) && n > 0) {
+			po->inject_kind = (int)kinds[k].kind;
+			po->inject_n = n;
+			return 0;
+		}
+	}
+	return vmm_error_set(err, EINVAL,
+			     "--swap-inject '%s': must be write-error:N, read-error:N or corrupt:N (N from 1)", value);
+}
+
+/* The pager options (--mem-limit, --swap, --swap-size, --reclaim-policy,
+ * --swap-inject). Returns 1 if argv[*i] is one (handled), 0 if it is not,
+ * -EINVAL with err. */
+static int parse_pager_option(int argc, char *const argv[], int *i, struct vmm_pager_options *po,
+			      struct vmm_error *err)
+{
+	const char *arg = argv[*i], *value;
+	char what[64];
+
+	if (option_is(arg, "--mem-limit") || option_is(arg, "--swap-size")) {
+		bool limit = option_is(arg, "--mem-limit");
+		const char *name = limit ? "--mem-limit" : "--swap-size";
+		uint64_t bytes;
+
+		if (!(value = option_value(argc, argv, i, name)))
+			return vmm_error_set(err, EINVAL, "%s needs a size, e.g. %s 256M", name, name);
+		if (vmm_parse_size(value, &bytes))
+			return vmm_error_set(err, EINVAL, "%s '%s': not a size (use e.g. 256M or 1G)", name, value);
+		snprintf(what, sizeof(what), "%s '%.24s'", name, value);
+		if (limit ? vmm_check_mem_limit(what, bytes, err) : vmm_check_swap_size(what, bytes, err))
+			return -EINVAL;
+		*(limit ? &po->mem_limit : &po->swap_size) = bytes;
+	} else if (option_is(arg, "--swap")) {
+		if (!(value = option_value(argc, argv, i, "--swap")) || !*value)
+			return vmm_error_set(err, EINVAL, "--swap needs a file name");
+		po->swap = value;
+	} else if (option_is(arg, "--reclaim-policy")) {
+		if (!(value = option_value(argc, argv, i, "--reclaim-policy")))
+			return vmm_error_set(err, EINVAL, "--reclaim-policy needs clock or round-robin");
+		if (vmm_parse_policy(value, &po->policy))
+			return vmm_error_set(err, EINVAL, "--reclaim-policy '%s': must be clock or round-robin", value);
+	} else if (option_is(arg, "--swap-inject")) {
+		if (!(value = option_value(argc, argv, i, "--swap-inject")))
+			return vmm_error_set(err, EINVAL, "--swap-inject needs KIND:N");
+		return parse_inject(value, po, err) ? -EINVAL : 1;
+	} else {
+		return 0;
+	}
+	return 1;
+}
+
 /* The checks of run once every argument is read. */
 static int check_run_options(struct vmm_options *opts, const struct run_args *ra, struct vmm_error *err)
 {
@@ -336,6 +442,8 @@ static int parse_run(int argc, char *const argv[], struct vmm_options *opts, str
 		ret = parse_vm_option(argc, argv, &i, opts, &ra, err);
 		if (ret == 0)
 			ret = parse_run_option(argc, argv, &i, opts, &ra, err);
+		if (ret == 0)
+			ret = parse_pager_option(argc, argv, &i, &opts->pager, err);
 		if (ret < 0)
 			return ret;
 		if (ret > 0)
@@ -361,6 +469,7 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		.cmdline = "",
 		.evict_pages = VMM_EVICT_PAGES_DEFAULT,
 		.console = VMM_CONSOLE_ESCAPED,
+		.pager = { .policy = -1, .inject_kind = -1 },
 	};
 	if (argc < 2)
 		return vmm_error_set(err, EINVAL, "no command given (try 'umbra --help')");

@@ -82,6 +82,7 @@ static void *vcpu_thread(void *arg)
 	struct vcpu *vcpu = arg;
 	sigset_t kick;
 
+	__atomic_store_n(&vcpu->tid, gettid(), __ATOMIC_RELEASE);
 	vcpu_shootdown_thread_init(vcpu);
 	sigemptyset(&kick);
 	sigaddset(&kick, KICK_SIGNAL);

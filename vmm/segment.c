@@ -1,10 +1,11 @@
 /*
  * Shared segments: named memfds that VMs attach at the same guest-physical
- * address, optionally preloaded from a file.
+ * address, optionally preloaded from a file, under the pager when it runs.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -45,13 +46,16 @@ close_fd:
 	return ret;
 }
 
-int segment_create(const struct plan_segment *pseg, struct segment **out, struct vmm_error *err)
+int segment_create(const struct plan_segment *pseg, struct vmm_memory *memory, struct segment **out,
+		   struct vmm_error *err)
 {
 	struct segment *seg = calloc(1, sizeof(*seg));
+	char name[UMBRA_SEGMENT_NAME_MAX + 16];
 	int ret;
 
 	if (!seg)
 		return vmm_error_set(err, ENOMEM, "out of memory");
+	seg->pager_id = -1;
 	memcpy(seg->name, pseg->name, sizeof(seg->name));
 	seg->gpa = pseg->gpa;
 	seg->size = pseg->size;
@@ -74,11 +78,12 @@ int segment_create(const struct plan_segment *pseg, struct segment **out, struct
 		vmm_error_set(err, -ret, "segment '%s': memory object: %s", seg->name, strerror(-ret));
 		goto unmap;
 	}
-	ret = shadow_store_create(seg->obj, seg->host, &seg->store);
-	if (ret) {
-		vmm_error_set(err, -ret, "segment '%s': swap store: %s", seg->name, strerror(-ret));
+	/* The preloaded pages are in the memfd; the pager finds them there. */
+	snprintf(name, sizeof(name), "segment %s", seg->name);
+	if (memory && (ret = vmm_memory_add(memory, name, NULL, seg->gpa, seg->obj, seg->fd, seg->host, seg->size,
+					    &seg->pager_id, err)))
 		goto destroy_obj;
-	}
+	seg->memory = memory;
 	*out = seg;
 	return 0;
 
@@ -97,7 +102,6 @@ void segment_destroy(struct segment *seg)
 {
 	if (!seg)
 		return;
-	shadow_store_destroy(seg->store);
 	notifier_object_destroy(seg->obj);
 	munmap(seg->host, seg->size);
 	close(seg->fd);

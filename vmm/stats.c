@@ -79,7 +79,9 @@ void vm_get_stats(const struct vm *vm, struct vm_stats *stats)
 	X(in_use, "in_use")     \
 	X(unshared, "unshared")
 
-/* A segment's swap-store counters: X(field, key), printed "key=value". */
+/* A segment's pager counters: X(field, key), printed "key=value":
+ * evictions are its swap-outs (with and without I/O), restores its
+ * swap-ins (docs/pager.md has the full set, in "pager"). */
 #define SEGMENT_STATS(X)           \
 	X(evictions, "evictions") \
 	X(restores, "restores")
@@ -90,7 +92,13 @@ struct segment_stats {
 
 static void segment_get_stats(const struct segment *seg, struct segment_stats *ss)
 {
-	shadow_store_stats(seg->store, &ss->evictions, &ss->restores);
+	struct pager_stats ps;
+
+	memset(ss, 0, sizeof(*ss));
+	if (!seg->memory || vmm_memory_object_stats(seg->memory, seg->pager_id, &ps))
+		return;
+	ss->evictions = ps.swapouts_io + ps.swapouts_cached;
+	ss->restores = ps.swapins;
 }
 
 /* The pages in use in the group's pool: the most seen as its VMs stopped,
@@ -322,6 +330,8 @@ int vmm_stats_write_json(const char *path, const struct plan *plan, const struct
 	for (unsigned int i = 0; i < plan->nr_vms; i++)
 		json_object_array_add(jvms, json_vm(plan, &plan->vms[i], vms[i], status[i]));
 	json_object_object_add(root, "vms", jvms);
+	if (host->memory)
+		json_object_object_add(root, "pager", vmm_memory_stats_json(host->memory));
 	int ret = write_text_file(path, json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
 									    JSON_C_TO_STRING_SPACED));
 	json_object_put(root);

@@ -20,6 +20,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "umbra/lock.h"
 #include "umbra/abi.h"
@@ -43,6 +44,9 @@ struct vcpu {
 	struct kvm_run *run;
 	pthread_t thread;
 	bool thread_started; /* atomic: read by whichever thread stops the VM */
+	/* The thread's kernel id, set (atomically) as it starts: the pager
+	 * names the thread whose access needed a page (memory.c). */
+	pid_t tid;
 	/* Console bytes of this vCPU until a newline; only its thread touches it. */
 	char line[CONSOLE_LINE_MAX];
 	size_t line_len;
@@ -119,6 +123,7 @@ struct vm {
 	unsigned int threads_running; /* vCPU threads not yet ended (atomic) */
 	struct notifier_object *ram_obj;
 	int ram_slot, segment_slots[UMBRA_MAX_SEGMENTS];
+	int ram_pager_id; /* RAM's object under host->memory (-1 without a pager) */
 	unsigned int nr_vcpus;
 	struct vcpu *vcpus;
 

@@ -33,6 +33,7 @@
 #include <stdint.h>
 
 #include "umbra/lock.h"
+#include "umbra/pager.h"
 #include "umbra/shadow.h"
 #include "umbra/abi.h"
 
@@ -92,6 +93,30 @@ enum vmm_console_mode {
 	VMM_CONSOLE_RAW,     /* every byte as the guest wrote it */
 };
 
+/*
+ * The pager of a run (docs/pager.md, "In umbra"): guest memory (every VM's
+ * RAM and every segment) swapped to a file under a memory limit. It is on
+ * when any of mem_limit, swap, swap_size or --evict-ms is given. Zero (NULL,
+ * -1) means not given.
+ */
+#define VMM_MEM_LIMIT_MIN (4ull << 20)
+#define VMM_SWAP_SIZE_MIN (1ull << 20)
+#define VMM_SWAP_SIZE_MAX (PAGER_SWAP_MAX_SLOTS * PAGER_SLOT_SIZE)
+struct vmm_pager_options {
+	uint64_t mem_limit;  /* bytes of guest memory in host memory, at most */
+	const char *swap;    /* the swap file's path (a temporary file if NULL) */
+	uint64_t swap_size;  /* its capacity in bytes (default: all guest memory) */
+	int policy;          /* enum pager_policy, -1 for the default (clock) */
+	/* Testing (--swap-inject KIND:N, command line only): kind -1 for none. */
+	int inject_kind;     /* enum pager_inject_kind */
+	uint64_t inject_n;
+};
+/* Parses the value of --reclaim-policy / "reclaim_policy". 0 or -EINVAL. */
+int vmm_parse_policy(const char *text, int *policy);
+/* Checks a memory limit / swap size (what names the value). 0 or -EINVAL with err. */
+int vmm_check_mem_limit(const char *what, uint64_t bytes, struct vmm_error *err);
+int vmm_check_swap_size(const char *what, uint64_t bytes, struct vmm_error *err);
+
 struct vmm_options {
 	enum vmm_command command;
 	const char *image;      /* run: path of the ELF64 image (or NULL with config) */
@@ -107,6 +132,7 @@ struct vmm_options {
 	unsigned int evict_pages; /* run: ... this many pages of each segment each time */
 	const char *group;        /* run: the trust group of the VMs (or NULL: none) */
 	uint64_t table_quota;     /* run: table pages each VM may hold (0: the default) */
+	struct vmm_pager_options pager; /* run: --mem-limit, --swap, ... (they override the config's) */
 };
 
 #define VMM_EVICT_MS_MAX 60000u
@@ -161,7 +187,16 @@ struct plan_group {
 	uint64_t pool_pages; /* the quotas of its VMs plus the canonical tables of their segments */
 };
 
+/* The pager settings of a plan: the config's top-level keys, then the
+ * command line's options over them (plan_apply_pager_options). */
+struct plan_pager {
+	uint64_t mem_limit, swap_size; /* bytes, 0 if not given */
+	char *swap;                    /* owned, or NULL */
+	int policy;                    /* enum pager_policy (PAGER_POLICY_CLOCK unless given) */
+};
+
 struct plan {
+	struct plan_pager pager;
 	unsigned int nr_segments;
 	struct plan_segment segments[UMBRA_MAX_SEGMENTS];
 	unsigned int nr_vms;
@@ -184,6 +219,11 @@ int plan_from_config(const char *path, struct plan *plan, struct vmm_error *err)
 int plan_from_config_text(const char *text, const char *base_dir, const char *what,
 			  struct plan *plan, struct vmm_error *err);
 void plan_free(struct plan *plan);
+/* Applies the pager options given on the command line over the plan's.
+ * Returns 0 or -ENOMEM with err. */
+int plan_apply_pager_options(struct plan *plan, const struct vmm_pager_options *po, struct vmm_error *err);
+/* Whether the plan (with evict_ms from the command line) runs the pager. */
+bool plan_uses_pager(const struct plan *plan, unsigned int evict_ms);
 
 /* ---- trust groups and table quotas (group.c, docs/security.md) ---- */
 
@@ -219,7 +259,12 @@ struct vmm_fit {
 	uint64_t segments;    /* every segment, once */
 	uint64_t bookkeeping; /* umbra's own per-VM and per-vCPU structures */
 	uint64_t pools;       /* every group's table pool, full */
-	uint64_t total;
+	uint64_t total;       /* all of the above: what the address space must hold */
+	/* What host memory must hold: total, but with guest RAM and segments
+	 * counted at most to the plan's memory limit (the rest is swapped to
+	 * the pager's file, and its slot bookkeeping, 4.25 bytes a page, is
+	 * counted in bookkeeping). */
+	uint64_t resident;
 };
 
 /* The host's memory, in bytes. */
@@ -238,6 +283,50 @@ int vmm_host_memory_read(struct vmm_host_memory *hm, struct vmm_error *err);
 
 /* ---- shared segments ---- */
 
+/* ---- guest memory under the pager (memory.c, docs/pager.md "In umbra") ---- */
+
+struct vm;
+struct vmm_memory;
+
+/* Creates the process's pager and its swap file for the plan
+ * (plan_uses_pager): the file is plan->pager.swap (or a temporary one) of
+ * plan->pager.swap_size bytes (or all the plan's guest memory); po's
+ * --swap-inject is armed. Returns 0 or -errno with err. */
+int vmm_memory_create(const struct plan *plan, const struct vmm_pager_options *po, struct vmm_memory **out,
+		      struct vmm_error *err);
+/* Puts a memfd, mapped MAP_SHARED read-write at host for size bytes, under
+ * the pager as the memory object obj named name (for statistics and
+ * messages): the RAM of owner, or a segment (owner NULL), whose page 0 is at
+ * guest-physical gpa. Sets *id. Main thread, before the VMs run. Returns 0
+ * or -errno with err. */
+int vmm_memory_add(struct vmm_memory *m, const char *name, struct vm *owner, uint64_t gpa,
+		   struct notifier_object *obj, int memfd, void *host, uint64_t size, int *id,
+		   struct vmm_error *err);
+/* The shadow slot of object id (its get_page swaps pages in); the caller
+ * sets mpa and readonly. */
+void vmm_memory_slot(struct vmm_memory *m, int id, struct shadow_slot *slot);
+/* Keeps the pages of bytes [offset, offset + len) of object id resident
+ * for the rest of the run (pager_pin). No lock held. 0 or -errno. */
+int vmm_memory_pin(struct vmm_memory *m, int id, uint64_t offset, uint64_t len);
+/* Swaps out pages [first, first + npages) of object id now (pager_evict).
+ * Caller registered with liburcu, no lock held. 0 or -errno. */
+int vmm_memory_evict(struct vmm_memory *m, int id, uint64_t first, uint64_t npages);
+/* Starts the reclaimer when the plan has a memory limit, after every object
+ * is added and the resident set pinned, before the VMs start: -EINVAL with
+ * err if the limit is below the pinned pages and 1 MiB. 0 or -errno. */
+int vmm_memory_start(struct vmm_memory *m, struct vmm_error *err);
+/* Stops the reclaimer and the pager, brings every page back and closes the
+ * swap file. After the VMs have stopped, before their memory is unmapped.
+ * NULL is allowed. */
+void vmm_memory_destroy(struct vmm_memory *m);
+/* The pager's counters of object id. 0 or -errno. */
+int vmm_memory_object_stats(struct vmm_memory *m, int id, struct pager_stats *st);
+/* --stats: the pager's lines on stderr; --stats-json: its "pager" object. */
+void vmm_memory_stats_print(struct vmm_memory *m);
+struct json_object *vmm_memory_stats_json(struct vmm_memory *m);
+
+/* ---- shared segments ---- */
+
 /* A named memfd that VMs attach at the same guest-physical address. */
 struct segment {
 	char name[UMBRA_SEGMENT_NAME_MAX];
@@ -245,22 +334,26 @@ struct segment {
 	uint64_t size;
 	bool writable;
 	int fd;
-	void *host; /* the VMM's mapping */
+	void *host; /* the VMM's mapping (the pager's registered one when it runs) */
 	struct notifier_object *obj; /* the memory object every attached VM subscribes to */
-	struct shadow_store *store;  /* its swap store: evict() and the restore hook */
+	struct vmm_memory *memory;   /* the pager it is under, or NULL */
+	int pager_id;                /* its object there (-1 without a pager) */
 };
 
 /* Creates the segment and preloads it from pseg->file (which must not be
- * larger than the segment). Returns 0 or -errno with err. */
-int segment_create(const struct plan_segment *pseg, struct segment **out, struct vmm_error *err);
+ * larger than the segment), then puts it under memory's pager (memory may
+ * be NULL). Returns 0 or -errno with err. */
+int segment_create(const struct plan_segment *pseg, struct vmm_memory *memory, struct segment **out,
+		   struct vmm_error *err);
 void segment_destroy(struct segment *seg);
 
 /*
- * The evictor: a thread that, every @interval_ms, evicts the next @pages
- * pages of each segment (round robin over the segment, wrapping) through
- * shadow_store_evict(): every VM that maps a page is invalidated and its
- * vCPUs shot down while they run; their next access faults the page back
- * through the store's restore hook.  Returns 0 or -errno with err.
+ * The evictor (testing, --evict-ms): a thread that, every @interval_ms,
+ * swaps out the next @pages pages of each segment (round robin over the
+ * segment, wrapping) through the pager: every VM that maps a page is
+ * invalidated and its vCPUs shot down while they run; their next access
+ * swaps the page back in. The segments must be under a pager. Returns 0 or
+ * -errno with err.
  */
 struct evictor;
 int evictor_start(struct segment *const *segments, unsigned int nr_segments, unsigned int interval_ms,
@@ -333,6 +426,9 @@ struct vmm_host {
 	/* Set by main() after vmm_host_create() (which leaves it
 	 * VMM_CONSOLE_ESCAPED) and before any VM starts; read-only afterwards. */
 	enum vmm_console_mode console;
+	/* The pager of guest memory, or NULL when it is off; set by main()
+	 * like console. */
+	struct vmm_memory *memory;
 };
 
 /* Creates a pool for each group of the plan (plan_assign_groups done), of

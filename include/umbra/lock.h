@@ -79,6 +79,11 @@
 
 enum umbra_lock_rank {
 	UMBRA_LOCK_RANK_NONE = 0,
+	/* pager: the reclaimer's pick_lock, held across a victim pick (young
+	 * queries into the shadow, page-state checks under object locks),
+	 * never across an eviction; outermost, so only a thread that holds no
+	 * other lock picks (docs/locking.md, "The pager and reclaim"). */
+	UMBRA_LOCK_RANK_PAGER_RECLAIM = 2,
 	UMBRA_LOCK_RANK_NOTIFIER_OBJECT = 4,
 	UMBRA_LOCK_RANK_NOTIFIER_CALLBACK = 6,
 	UMBRA_LOCK_RANK_MMU = 8,

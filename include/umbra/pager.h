@@ -11,9 +11,13 @@
  *            back by userfaultfd on any access;
  *   clock.c  the CLOCK (second-chance) victim policy over the pages of
  *            several objects, by the notifier's young functions (private:
- *            pager/clock.h).
+ *            pager/clock.h);
+ *   reclaim.c
+ *            the memory budget: a reclaimer thread and direct reclaim that
+ *            evict victims chosen by a policy to keep present pages under
+ *            a limit.
  *
- * docs/pager.md describes both, docs/locking.md the lock order.  Errors are
+ * docs/pager.md describes them, docs/locking.md the lock order.  Errors are
  * 0 or a negative errno; the library never prints or exits.
  */
 #ifndef UMBRA_PAGER_H
@@ -21,6 +25,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "umbra/notifier.h"
 #include "umbra/shadow.h"
@@ -209,8 +214,12 @@ int pager_swap_fd(const struct pager_swap *swap);
  *     copied until its hole is punched, so no write is lost.
  *
  * A hole that was never evicted is a page nobody wrote: it is filled with
- * zeros.  Only the registered mapping is covered: any other mapping of the
- * memfd, or write()/read() on it, bypasses the pager (docs/pager.md).
+ * zeros on first touch.  A page whose slot cannot be read back is lost: the
+ * user is told (ops.page_lost) before the faulting thread is released onto
+ * a poison page (PAGER_POISON_WORD), so that no thread waits forever.  A
+ * pinned page (pager_pin) is never evicted.  Only the registered mapping is
+ * covered: any other mapping of the memfd, or write()/read() on it, bypasses
+ * the pager (docs/pager.md).
  *
  * Threads: one userfaultfd handler thread per pager, started by
  * pager_create().  Every function below may block.
@@ -226,16 +235,55 @@ struct pager;
 /* Counters of one object, or of all (pager_stats with id -1). */
 struct pager_stats {
 	uint64_t npages;		/* size of the object(s) in pages */
-	uint64_t resident;		/* pages not swapped out (holes included) */
+	uint64_t resident;		/* pages neither swapped out nor lost (holes included) */
 	uint64_t swapped;		/* pages whose content is only in swap */
 	uint64_t swapouts_io;		/* evictions that wrote the page */
 	uint64_t swapouts_cached;	/* evictions of clean pages: no I/O */
 	uint64_t swapins;		/* pages read back from swap */
 	uint64_t zero_fills;		/* never-evicted holes filled with zeros */
 	uint64_t write_errors;		/* evictions failed: page left resident (no slot, I/O...) */
-	uint64_t read_errors;		/* swap-ins that failed (page stays out) */
+	uint64_t read_errors;		/* swap-ins whose read failed (the page is lost) */
 	uint64_t host_bytes;		/* memory of the memfd(s): st_blocks * 512 */
+	uint64_t present;		/* pages in host memory (what the budget counts) */
+	uint64_t pinned;		/* pages pinned at least once */
+	uint64_t refaults;		/* swap-ins within the refault window */
+	uint64_t lost;			/* pages that could not be brought back (stay lost) */
+	/* Latency of swap-ins (from the decision to read the slot to the page
+	 * installed), from a histogram with buckets 2^(k/4) ns per object
+	 * (summed for id -1): a percentile is its bucket's upper bound, at
+	 * most the maximum; 0 without swap-ins. */
+	uint64_t swapin_ns_p50, swapin_ns_p99, swapin_ns_max;
 };
+
+/*
+ * Callbacks to the pager's user.
+ */
+struct pager_ops {
+	/* Page @page of object @id could not be brought back from swap (@err:
+	 * -EIO or another read error, -EBADMSG for a checksum mismatch) for
+	 * thread @tid: the thread whose access faulted (the userfaultfd
+	 * message's thread id, UFFD_FEATURE_THREAD_ID; 0 if the kernel does
+	 * not give it), or the caller of pager_get_page()/pager_pin()
+	 * (gettid()).  Called once per failed access, before that thread is
+	 * released, from the handler thread or the caller, with no pager lock
+	 * held.  Must not touch guest memory, block on reclaim or call the
+	 * pager; may take leaf locks and send signals (the VMM kicks the
+	 * faulting vCPU out of KVM_RUN so it runs no further guest
+	 * instruction, and stops its VM).  May be NULL. */
+	void (*page_lost)(void *priv, int id, uint64_t page, int err, pid_t tid);
+	/* An eviction could not write a page out (@err: -ENOSPC for a full swap
+	 * file, -EIO, -EFBIG...); the page stayed resident and intact.  Called
+	 * by the reclaiming thread with no pager lock held, at most once per
+	 * distinct @err value per pager (the VMM warns once per cause).  May
+	 * be NULL. */
+	void (*write_error)(void *priv, int err);
+};
+
+/*
+ * What a thread reads from a lost page: this 8-byte value ("LOSTPAGE" in
+ * little-endian bytes) repeated over the 4 KiB.
+ */
+#define PAGER_POISON_WORD 0x4c4f535450414745ull
 
 /*
  * Create a pager that swaps to @swap (which must outlive it) and start its
@@ -254,17 +302,27 @@ int pager_create(struct pager_swap *swap, struct pager **out);
  * and mappings stay the caller's.
  */
 void pager_destroy(struct pager *pager);
+/*
+ * The objects' swapped-out contents will not be needed once the pager is
+ * destroyed (a program at exit, whose memfds are closed next): when @discard,
+ * pager_destroy frees their slots without reading them back, so that it
+ * costs no I/O and brings no memory back; the swapped pages are then holes
+ * that read as zeros.  Set before pager_destroy; any thread.
+ */
+void pager_set_discard_at_destroy(struct pager *pager, bool discard);
 
 /*
  * Put @obj (of @size bytes, a multiple of PAGER_PAGE_SIZE equal to its page
  * count) under the pager: @memfd backs it, mapped MAP_SHARED read-write at
- * @host for @size bytes.  Takes a reference on @obj.  The mapping is
+ * @host for @size bytes.  Takes a reference on @obj.  The pages that hold
+ * data in the memfd (lseek SEEK_DATA/SEEK_HOLE) are resident and counted
+ * present; the others are holes, filled with zeros on first touch.  The mapping is
  * registered with the userfaultfd; the memfd must be a shmem memfd (holes
  * punched with fallocate).  Returns 0 and the object's id in *@id (>= 0),
  * -EINVAL (bad size or alignment), -ENOSPC (PAGER_MAX_OBJECTS), -ENOMEM, or
  * the errno of the registration.
  */
-#define PAGER_MAX_OBJECTS 64
+#define PAGER_MAX_OBJECTS 1024
 int pager_add_object(struct pager *pager, struct notifier_object *obj, int memfd, void *host,
 		     uint64_t size, int *id);
 
@@ -293,14 +351,60 @@ int pager_add_object(struct pager *pager, struct notifier_object *obj, int memfd
  */
 int pager_evict(struct pager *pager, int id, uint64_t first, uint64_t npages);
 
+/* One page of one object, for pager_evict_list(). */
+struct pager_victim {
+	int id;
+	uint64_t page;
+};
+
+/*
+ * Evict the @n pages of @v, of one object or of several, as pager_evict()
+ * does a range: the list is sorted by object and page, and every batch of
+ * up to 256 victims has one invalidation per contiguous run per object and
+ * one pager_swap_write() for the dirty pages of all its objects (one
+ * io_uring submission per swap queue depth of pages).  Pages not resident,
+ * busy or pinned are skipped; a page listed twice is evicted once.  Caller
+ * holds no shadow or pager lock.  Returns 0, the first -errno of a page that
+ * stayed resident, -EINVAL (a bad id or page: nothing is evicted), -ENOMEM,
+ * or the error of an invalidation.
+ */
+int pager_evict_list(struct pager *pager, const struct pager_victim *v, unsigned int n);
+
 /*
  * Make page @page of object @id resident with its content: if it is swapped
- * out, read its slot and install it (once, however many threads ask); if
- * another thread is evicting or swapping it in, wait for that.  Returns 0,
- * -EINVAL, or the read's error (-EIO, -EBADMSG: the page stays swapped out).
- * Caller holds no shadow or pager lock.
+ * out, read its slot and install it (once, however many threads ask); if it
+ * is a never-written hole, fill it with zeros; if another thread is evicting
+ * or swapping it in, wait for that.  Before a swap-in or zero fill it lets
+ * the budget reclaim (it may evict pages itself).  Returns 0, -EINVAL, or
+ * the error of a page that could not be brought back (-EIO, -EBADMSG...):
+ * that page is lost for good (a poison page of PAGER_POISON_WORD is
+ * installed, ops.page_lost called for the calling thread, here and at
+ * every later call).  Caller holds no shadow or pager lock.
  */
 int pager_get_page(struct pager *pager, int id, uint64_t page);
+
+/*
+ * Make pages [@first, @first + @npages) of object @id resident (each as
+ * pager_get_page) and pin them: a pinned page is never evicted (pager_evict
+ * and the reclaimer skip it) until as many pager_unpin() calls.  Returns 0,
+ * -EINVAL (bad id/range), -EOVERFLOW (a page pinned 65535 times), -ENOMEM,
+ * or a swap-in error (the pins this call took are dropped again).  No lock
+ * held.
+ */
+int pager_pin(struct pager *pager, int id, uint64_t first, uint64_t npages);
+/* Drops one pin of each page of the range (pinned by pager_pin).  No lock
+ * held; never blocks on I/O. */
+void pager_unpin(struct pager *pager, int id, uint64_t first, uint64_t npages);
+
+/* Set before the first pager_add_object(); @ops is copied. */
+void pager_set_ops(struct pager *pager, const struct pager_ops *ops, void *priv);
+
+/* Refault window: a swap-in of a page evicted fewer than @pages evictions
+ * ago (over the whole pager) counts as a refault.  Default
+ * PAGER_REFAULT_WINDOW_DEFAULT; the VMM sets it to the limit's pages.  Any
+ * time, any thread. */
+#define PAGER_REFAULT_WINDOW_DEFAULT 65536u
+void pager_set_refault_window(struct pager *pager, uint64_t pages);
 
 /* True if page @page of object @id is swapped out (a hole in its memfd). */
 bool pager_is_swapped(struct pager *pager, int id, uint64_t page);
@@ -319,5 +423,60 @@ extern const struct shadow_slot_ops pager_slot_ops;
  * error.
  */
 int pager_stats(struct pager *pager, int id, struct pager_stats *st);
+
+/* ---- budget and reclaim --------------------------------------------- */
+
+/*
+ * A memory budget over every object of a pager (docs/pager.md, "The budget
+ * and the reclaimer"): present pages (in host memory, pinned included) are
+ * kept under a hard limit by a background reclaimer thread, which wakes when
+ * they pass high and evicts batches of victims down to low, and by direct
+ * reclaim: a thread (not the userfaultfd handler) about to bring a page in
+ * at the limit evicts one batch itself first.  The userfaultfd handler never
+ * reclaims, so its fills may pass the limit until the reclaimer catches up
+ * (counted in over_limit).
+ *
+ * Victims are chosen by a policy among the evictable pages (resident, idle,
+ * not pinned); a batch whose pages could not be written (full swap, I/O
+ * error) leaves them resident, reports the error once per cause through
+ * pager_ops.write_error, and the reclaimer waits (100 ms doubling to 1.6 s)
+ * before it tries again.
+ */
+enum pager_policy {
+	PAGER_POLICY_CLOCK,		/* second chance by access tracking (clock.c) */
+	PAGER_POLICY_ROUND_ROBIN,	/* the next evictable page, young or not */
+};
+struct pager_budget {
+	uint64_t limit_pages;	/* hard limit on present pages over all objects (pinned included), > 0 */
+	uint64_t high_pages;	/* the reclaimer wakes above this; 0: limit - max(limit/16, 1 batch) (at least 1) */
+	uint64_t low_pages;	/* ... and evicts down to this; 0: high - max(limit/16, 1 batch) (at least 0) */
+	enum pager_policy policy;
+	unsigned int batch_pages; /* victims per eviction batch; 0: 256 */
+};
+/* Starts the reclaimer thread (registered with liburcu).  Objects added
+ * before or after are covered.  Returns 0, -EINVAL (limit 0, high > limit,
+ * low >= high when both are given, an unknown policy, a batch over 256),
+ * -EALREADY, -ENOMEM, or pthread_create's -errno. */
+int pager_budget_start(struct pager *pager, const struct pager_budget *budget);
+/* Stops and joins the reclaimer (no-op if none); pager_destroy calls it.
+ * Caller holds no pager lock; not from a pager callback. */
+void pager_budget_stop(struct pager *pager);
+/* Evicts up to @npages pages chosen by the budget's policy (CLOCK without a
+ * budget), in the caller: tests and benchmarks.  Returns the pages evicted or
+ * -errno (an error only when none was evicted).  Caller registered with
+ * liburcu, holding no shadow or pager lock. */
+int64_t pager_reclaim(struct pager *pager, uint64_t npages);
+struct pager_reclaim_stats {
+	uint64_t passes;	/* background reclaim passes (wake-ups that evicted) */
+	uint64_t direct;	/* direct reclaims: a filling thread at the limit reclaimed itself */
+	uint64_t reclaimed;	/* pages evicted by reclaim (background + direct + pager_reclaim) */
+	uint64_t scanned;	/* pages the policy looked at */
+	uint64_t backoffs;	/* passes that stopped on errors and waited before trying again */
+	uint64_t over_limit;	/* fills past the hard limit (nothing could be evicted, or by the handler) */
+	uint64_t peak_present;	/* most present pages seen (sampled at each fill notice and pass) */
+};
+/* Fills *@st (zeros before the first budget or pager_reclaim).  Any thread;
+ * each counter read atomically. */
+void pager_reclaim_stats(struct pager *pager, struct pager_reclaim_stats *st);
 
 #endif /* UMBRA_PAGER_H */

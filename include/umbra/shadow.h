@@ -484,6 +484,16 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 		     uint32_t *error_code);
 
 /*
+ * The guest-physical address that linear address @va translates to in the
+ * guest's address space @cr3, by the guest's own tables (a read access, as
+ * the CPU would walk them; no A/D update, no shadow entry made).  No lock
+ * held; reads guest memory (which may fault it in).  Returns 0 and *@gpa,
+ * -EFAULT (@va is not mapped, or a guest table has no backing) or -EINVAL
+ * (non-canonical @va).
+ */
+int shadow_mmu_translate(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, uint64_t *gpa);
+
+/*
  * invlpg @va in the address space @cr3: re-validates every shadow entry on
  * the path of @va, the leaf included, against the guest's tables now, zaps
  * each that no longer matches (a table with everything below it) and flushes
@@ -663,7 +673,12 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
  */
 int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa);
 
-/* ---- eviction (swapout to an in-memory store) ------------------------ */
+/* ---- eviction to an in-memory store (a test mode) ----------------------
+ *
+ * The engine's own swapout, for the native tests and the spin model: the
+ * content is kept in malloc'd memory and the page poisoned in place, so it
+ * frees no host memory.  The umbra program swaps with the pager instead
+ * (umbra/pager.h: a swap file, memory released, every access path). */
 
 struct shadow_store;
 
