@@ -37,7 +37,16 @@ static void append(char *buf, size_t *len, const char *data, size_t n)
 	buf[*len] = '\0';
 }
 
-void run_umbra_timeout(const char *const args[], int timeout_s, struct run_result *r)
+/* Milliseconds since @since. */
+static double ms_since(const struct timespec *since)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - since->tv_sec) * 1e3 + (double)(now.tv_nsec - since->tv_nsec) / 1e6;
+}
+
+void run_umbra_sampled(const char *const args[], int timeout_s, run_sampler sample, void *arg, struct run_result *r)
 {
 	int out_pipe[2], err_pipe[2];
 	const char *argv[32];
@@ -69,7 +78,10 @@ void run_umbra_timeout(const char *const args[], int timeout_s, struct run_resul
 	struct timespec start, end;
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	time_t deadline = time(NULL) + timeout_s;
+	struct timespec sampled = start;
 	int open_fds = 2;
+	if (sample)
+		sample(pid, arg);
 	while (open_fds > 0) {
 		int left = (int)(deadline - time(NULL));
 		if (left <= 0) {
@@ -77,8 +89,12 @@ void run_umbra_timeout(const char *const args[], int timeout_s, struct run_resul
 			r->timed_out = 1;
 			break;
 		}
-		if (poll(fds, 2, left * 1000) < 0 && errno != EINTR)
+		if (poll(fds, 2, sample ? RUN_SAMPLE_MS : left * 1000) < 0 && errno != EINTR)
 			break;
+		if (sample && ms_since(&sampled) >= RUN_SAMPLE_MS) {
+			clock_gettime(CLOCK_MONOTONIC, &sampled);
+			sample(pid, arg);
+		}
 		for (int i = 0; i < 2; i++) {
 			if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP)))
 				continue;
@@ -103,6 +119,11 @@ void run_umbra_timeout(const char *const args[], int timeout_s, struct run_resul
 	r->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
 	clock_gettime(CLOCK_MONOTONIC, &end);
 	r->seconds = (double)(end.tv_sec - start.tv_sec) + (double)(end.tv_nsec - start.tv_nsec) / 1e9;
+}
+
+void run_umbra_timeout(const char *const args[], int timeout_s, struct run_result *r)
+{
+	run_umbra_sampled(args, timeout_s, NULL, NULL, r);
 }
 
 void run_umbra(const char *const args[], struct run_result *r)

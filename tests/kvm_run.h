@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/types.h>
 
 #define RUN_TIMEOUT_S 60
 #define OUTPUT_MAX (256 * 1024)
@@ -33,6 +34,14 @@ void guest_image_dir(char *dir, size_t size);
  * stderr and the exit status; kills it after RUN_TIMEOUT_S (or @timeout_s). */
 void run_umbra(const char *const args[], struct run_result *r);
 void run_umbra_timeout(const char *const args[], int timeout_s, struct run_result *r);
+
+/* Like run_umbra_timeout, and calls @sample(pid, @arg) every RUN_SAMPLE_MS
+ * (or as soon after as the test process runs again) while umbra runs, from
+ * the first moment after the fork: umbra's /proc entry may not be complete
+ * yet, or already gone when it exits. */
+#define RUN_SAMPLE_MS 10
+typedef void (*run_sampler)(pid_t pid, void *arg);
+void run_umbra_sampled(const char *const args[], int timeout_s, run_sampler sample, void *arg, struct run_result *r);
 
 #define assert_status(r, want)                                                              \
 	ck_assert_msg((r)->status == (want), "exit status: expected %d, got %d\nstdout:\n%s\nstderr:\n%s", \

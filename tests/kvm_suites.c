@@ -7,5 +7,6 @@ const struct test_suite_entry test_suites[] = {
 	{ "kvm_paging", kvm_paging_suite },
 	{ "kvm_hostile", kvm_hostile_suite },
 	{ "kvm_quota", kvm_quota_suite },
+	{ "kvm_pager", kvm_pager_suite },
 	{ NULL, NULL },
 };

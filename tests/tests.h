@@ -33,5 +33,6 @@ Suite *kvm_suite(void);
 Suite *kvm_paging_suite(void);
 Suite *kvm_hostile_suite(void);
 Suite *kvm_quota_suite(void);
+Suite *kvm_pager_suite(void);
 
 #endif
