@@ -176,31 +176,61 @@ static void batch_protect(struct batch *b)
 }
 
 /* Copies the dirty victims into new slots with one batched write. */
+/* Victim @i is dirty and got a slot: its page must be copied. */
+static bool victim_needs_copy(const struct batch *b, unsigned int i)
+{
+	return !b->v[i].result && !b->v[i].clean;
+}
+
+/*
+ * Copies victims [@i, @j) (neighbours in one object, each needing a copy)
+ * into their buffers with one pread on the memfd: through the memfd, not
+ * the mapping, so a hole reads as zeros without a fault and the protected
+ * mapping stays untouched.  A page the read did not cover fails.
+ */
+static void batch_copy_run(struct batch *b, unsigned int i, unsigned int j)
+{
+	const struct victim *v = &b->v[i];
+	size_t len = (size_t)(j - i) * PAGER_PAGE_SIZE, done = 0;
+	int err = 0;
+
+	while (done < len) {
+		ssize_t got = pread(v->po->memfd, b->bufs + (size_t)i * PAGER_PAGE_SIZE + done, len - done,
+				    (off_t)(v->page * PAGER_PAGE_SIZE + done));
+		if (got <= 0) {
+			err = got < 0 ? -errno : -EIO;
+			break;
+		}
+		done += (size_t)got;
+	}
+	for (unsigned int k = i + (unsigned int)(done / PAGER_PAGE_SIZE); err && k < j; k++) {
+		b->v[k].result = err;
+		pager_swap_free(b->pager->swap, b->v[k].slot);
+	}
+}
+
+/* Copies the dirty victims into new slots with one batched write. */
 static void batch_write(struct batch *b)
 {
 	struct pager *pager = b->pager;
 	struct pager_io ios[PAGER_EVICT_BATCH];
 	unsigned int idx[PAGER_EVICT_BATCH], n = 0;
 
+	for (unsigned int i = 0; i < b->n; i++)
+		if (victim_needs_copy(b, i))
+			b->v[i].result = pager_swap_alloc(pager->swap, &b->v[i].slot);
+	for (unsigned int i = 0, j; i < b->n; i = j) {
+		j = i + 1;
+		if (!victim_needs_copy(b, i))
+			continue;
+		while (run_continues(b, j) && victim_needs_copy(b, j))
+			j++;
+		batch_copy_run(b, i, j);
+	}
 	for (unsigned int i = 0; i < b->n; i++) {
-		struct victim *v = &b->v[i];
-		char *buf = b->bufs + (size_t)i * PAGER_PAGE_SIZE;
-		ssize_t got;
-
-		if (v->result || v->clean)
+		if (!victim_needs_copy(b, i))
 			continue;
-		v->result = pager_swap_alloc(pager->swap, &v->slot);
-		if (v->result)
-			continue;
-		/* Through the memfd, not the mapping: a hole reads as zeros
-		 * without a fault, and the protected mapping stays untouched. */
-		got = pread(v->po->memfd, buf, PAGER_PAGE_SIZE, (off_t)(v->page * PAGER_PAGE_SIZE));
-		if (got != PAGER_PAGE_SIZE) {
-			v->result = got < 0 ? -errno : -EIO;
-			pager_swap_free(pager->swap, v->slot);
-			continue;
-		}
-		ios[n] = (struct pager_io){ .slot = v->slot, .buf = buf };
+		ios[n] = (struct pager_io){ .slot = b->v[i].slot, .buf = b->bufs + (size_t)i * PAGER_PAGE_SIZE };
 		idx[n++] = i;
 	}
 	if (!n)
@@ -314,9 +344,16 @@ static int batch_evict(struct batch *b, uint64_t *evicted)
 	return ret;
 }
 
+/* A batch for one eviction call: the pager's spare one if no other call
+ * holds it (its 1 MiB of buffers is then already allocated and faulted
+ * in), else a new one. */
 static struct batch *batch_create(struct pager *pager)
 {
-	struct batch *b = malloc(sizeof(*b));
+	struct batch *b = __atomic_exchange_n(&pager->spare_batch, NULL, __ATOMIC_ACQ_REL);
+
+	if (b)
+		return b;
+	b = malloc(sizeof(*b));
 
 	if (!b)
 		return NULL;
@@ -331,10 +368,26 @@ static struct batch *batch_create(struct pager *pager)
 	return b;
 }
 
+/* Gives the batch back as the pager's spare, or frees it if there is one. */
 static void batch_destroy(struct batch *b)
 {
+	struct batch *none = NULL;
+
+	if (__atomic_compare_exchange_n(&b->pager->spare_batch, &none, b, false, __ATOMIC_ACQ_REL,
+					__ATOMIC_RELAXED))
+		return;
 	free(b->bufs);
 	free(b);
+}
+
+void pager_evict_exit(struct pager *pager)
+{
+	struct batch *b = __atomic_exchange_n(&pager->spare_batch, NULL, __ATOMIC_ACQ_REL);
+
+	if (b) {
+		free(b->bufs);
+		free(b);
+	}
 }
 
 int pager_evict(struct pager *pager, int id, uint64_t first, uint64_t npages)

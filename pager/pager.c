@@ -116,6 +116,7 @@ void pager_destroy(struct pager *pager)
 	 * the objects are freed only once the handler has stopped. */
 	pager_uffd_stop(pager);
 	pager_reclaim_exit(pager);
+	pager_evict_exit(pager);
 	for (int i = 0; i < pager->nr_objects; i++)
 		object_release(pager, pager->objects[i]);
 	close(pager->uffd);

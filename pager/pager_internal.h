@@ -70,6 +70,7 @@ struct pager_object {
 };
 
 struct pager_reclaim;
+struct batch;
 
 struct pager {
 	struct pager_swap *swap;
@@ -98,6 +99,9 @@ struct pager {
 	 * release, read with acquire) until pager_destroy. */
 	struct pager_reclaim *reclaim;
 	bool discard_at_destroy;	/* pager_set_discard_at_destroy (atomic) */
+	/* evict.c's spare batch (victims, ranges, 1 MiB of buffers), kept
+	 * between calls: taken and given back with atomic exchanges. */
+	struct batch *spare_batch;
 };
 
 /* Pages per eviction batch (one swap write, one buffer). */
@@ -183,6 +187,9 @@ void pager_reclaim_before_fill(struct pager *pager);
  */
 int pager_evict_victims(struct pager *pager, const struct pager_victim *v, unsigned int n,
 			uint64_t *evicted);
+
+/* pager_destroy: frees the spare batch (no eviction running). */
+void pager_evict_exit(struct pager *pager);
 
 /* ---- reclaim.c ------------------------------------------------------ */
 
