@@ -61,16 +61,6 @@
 #define SEG_GPA RUN			/* the segment at 2 MiB guest-physical */
 #define SEG_MPA (1ull << 30)		/* and at 1 GiB machine address */
 
-#define ENSURE(cond, ...)                                                             \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			fprintf(stderr, "bench-evict:%d: check failed: %s: ", __LINE__, \
-				#cond);                                               \
-			fprintf(stderr, __VA_ARGS__);                                 \
-			fputc('\n', stderr);                                          \
-			exit(1);                                                      \
-		}                                                                     \
-	} while (0)
 
 /* The segment under the pager, and the bytes it holds. */
 struct segment {

@@ -71,16 +71,6 @@
 #define RUN (2ull * MIB)
 #define PAGES_PER_RUN 512ull
 
-#define ENSURE(cond, ...)                                                             \
-	do {                                                                          \
-		if (!(cond)) {                                                        \
-			fprintf(stderr, "bench-share:%d: check failed: %s: ", __LINE__, \
-				#cond);                                               \
-			fprintf(stderr, __VA_ARGS__);                                 \
-			fputc('\n', stderr);                                          \
-			exit(1);                                                      \
-		}                                                                     \
-	} while (0)
 
 static size_t in_use(struct shadow_pool *pool)
 {

@@ -69,4 +69,17 @@ static inline double median(const double *v, int n)
 	return m;
 }
 
+
+/* Stops the benchmark (exit 1) with the check and a message when @cond is
+ * false: a figure from a run that did not do what it claims is no figure. */
+#define ENSURE(cond, ...)                                                             \
+	do {                                                                          \
+		if (!(cond)) {                                                        \
+			fprintf(stderr, BENCH_NAME ":%d: check failed: %s: ", __LINE__, #cond); \
+			fprintf(stderr, __VA_ARGS__);                                 \
+			fputc('\n', stderr);                                          \
+			exit(1);                                                      \
+		}                                                                     \
+	} while (0)
+
 #endif
