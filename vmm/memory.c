@@ -4,9 +4,10 @@
  * memory objects, the memory limit kept by its reclaimer, the resident set
  * pinned, and what a swap I/O error does to the VMs.
  *
- * Threads: the main thread creates the memory, adds the objects and starts
- * the budget before any vCPU runs; afterwards objects[] and vms[] are only
- * read. The pager's callbacks (page_lost, write_error) run on the pager's
+ * Threads: the main thread creates the memory, adds the objects, starts
+ * the budget and registers each VM as it starts (vmm_memory_add_vm); the
+ * counts of objects[] and vms[] are published with release stores after
+ * their entries, which are never changed afterwards. The pager's callbacks (page_lost, write_error) run on the pager's
  * handler thread, the reclaimer, or a vCPU thread, with no vmm lock held.
  */
 #include <errno.h>
@@ -33,9 +34,12 @@ struct vmm_memory {
 	uint64_t limit_pages;     /* 0: no limit */
 	enum pager_policy policy;
 	bool budget_started;
-	unsigned int nr_objects;  /* objects[id] for each pager id */
+	unsigned int nr_objects;  /* objects[id] for each pager id (published with release) */
 	struct memory_object objects[PAGER_MAX_OBJECTS];
-	unsigned int nr_vms;      /* the VMs whose vCPU threads may fault */
+	/* The started VMs, whose vCPU threads may fault: appended by the main
+	 * thread (vm_start), read by the callbacks; nr_vms is published with
+	 * release after the entry, read with acquire. */
+	unsigned int nr_vms;
 	struct vm *vms[VMM_MAX_VMS];
 	uint64_t write_errors_seen; /* write_error callbacks (atomic) */
 };
@@ -43,9 +47,11 @@ struct vmm_memory {
 /* The VM one of whose vCPU threads is @tid, or NULL. */
 static struct vm *vm_of_thread(struct vmm_memory *m, pid_t tid)
 {
+	unsigned int nr = __atomic_load_n(&m->nr_vms, __ATOMIC_ACQUIRE);
+
 	if (tid <= 0)
 		return NULL;
-	for (unsigned int i = 0; i < m->nr_vms; i++) {
+	for (unsigned int i = 0; i < nr; i++) {
 		struct vm *vm = m->vms[i];
 
 		for (unsigned int k = 0; k < vm->nr_vcpus; k++)
@@ -70,7 +76,7 @@ static void memory_page_lost(void *priv, int id, uint64_t page, int err, pid_t t
 	uint64_t gpa;
 	const char *why = err == -EBADMSG ? "checksum mismatch" : strerror(-err);
 
-	if (id < 0 || (unsigned int)id >= m->nr_objects)
+	if (id < 0 || (unsigned int)id >= __atomic_load_n(&m->nr_objects, __ATOMIC_ACQUIRE))
 		return;
 	o = &m->objects[id];
 	gpa = o->gpa + page * PAGER_PAGE_SIZE;
@@ -166,18 +172,23 @@ int vmm_memory_add(struct vmm_memory *m, const char *name, struct vm *owner, uin
 
 	if (ret)
 		return vmm_error_set(err, -ret, "%s: putting it under the pager: %s", name, strerror(-ret));
-	if ((unsigned int)*id >= PAGER_MAX_OBJECTS)
-		return vmm_error_set(err, ERANGE, "%s: pager object id %d out of range", name, *id);
-	struct memory_object *o = &m->objects[*id];
+	struct memory_object *o = &m->objects[*id]; /* ids count up from 0, below PAGER_MAX_OBJECTS */
 
 	snprintf(o->name, sizeof(o->name), "%s", name);
 	o->owner = owner;
 	o->gpa = gpa;
-	if ((unsigned int)*id >= m->nr_objects)
-		m->nr_objects = (unsigned int)*id + 1;
-	if (owner && m->nr_vms < VMM_MAX_VMS)
-		m->vms[m->nr_vms++] = owner;
+	__atomic_store_n(&m->nr_objects, (unsigned int)*id + 1, __ATOMIC_RELEASE);
 	return 0;
+}
+
+void vmm_memory_add_vm(struct vmm_memory *m, struct vm *vm)
+{
+	unsigned int n = m->nr_vms;
+
+	if (n == VMM_MAX_VMS)
+		return;
+	m->vms[n] = vm;
+	__atomic_store_n(&m->nr_vms, n + 1, __ATOMIC_RELEASE);
 }
 
 void vmm_memory_slot(struct vmm_memory *m, int id, struct shadow_slot *slot)

@@ -113,6 +113,8 @@ void vmm_signals_init(void)
 
 int vm_start(struct vm *vm)
 {
+	if (vm->host->memory)
+		vmm_memory_add_vm(vm->host->memory, vm);
 	__atomic_store_n(&vm->threads_running, vm->nr_vcpus, __ATOMIC_RELEASE);
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *vcpu = &vm->vcpus[i];

@@ -1,6 +1,6 @@
 /*
  * Private to the files that run a KVM VM (kvm.c, mmu.c, run.c, exit.c,
- * hypercall.c, shootdown.c, stats.c): struct vm, struct vcpu and the calls
+ * hypercall.c, shootdown.c, stats.c, memory.c): struct vm, struct vcpu and the calls
  * between those files. vmm.h is the interface for main() and the tests.
  *
  * Threads: main() creates a VM (kvm.c), loads its image (kvm.c, boot.c),

@@ -7,7 +7,8 @@
  *   config.c     JSON config files: the plan of VMs and segments
  *   config_scan.c  the config text pass: duplicate keys, NUL bytes
  *   segment.c    shared segments (memfds every attached VM maps)
- *   evict.c      the evictor thread
+ *   evict.c      the evictor thread (--evict-ms, a test mode)
+ *   memory.c     guest memory under the pager: swap file, limit, pins, errors
  *   elf.c        ELF64 image validation and loading
  *   kvm.c        /dev/kvm, VM and vCPU creation, memslots, CPUID, loading
  *   boot.c       the boot state: GDT, TSS, page tables, boot block,
@@ -302,6 +303,10 @@ int vmm_memory_create(const struct plan *plan, const struct vmm_pager_options *p
 int vmm_memory_add(struct vmm_memory *m, const char *name, struct vm *owner, uint64_t gpa,
 		   struct notifier_object *obj, int memfd, void *host, uint64_t size, int *id,
 		   struct vmm_error *err);
+/* Names vm's vCPU threads to the pager's callbacks, so that a page that
+ * cannot be read back stops the VM whose thread needed it. Main thread, as
+ * the VM starts (vm_start), before its threads run. */
+void vmm_memory_add_vm(struct vmm_memory *m, struct vm *vm);
 /* The shadow slot of object id (its get_page swaps pages in); the caller
  * sets mpa and readonly. */
 void vmm_memory_slot(struct vmm_memory *m, int id, struct shadow_slot *slot);
