@@ -76,6 +76,7 @@ int plan_from_options(const struct vmm_options *opts, struct plan *plan, struct 
 		snprintf(v->cmdline, sizeof(v->cmdline), "%s", opts->cmdline);
 		snprintf(v->group, sizeof(v->group), "%s", opts->group ? opts->group : "");
 		v->table_quota = opts->table_quota;
+		v->clones = opts->clones;
 	}
 	plan_set_default_quotas(plan);
 	return 0;
@@ -326,7 +327,8 @@ static int parse_vm_segments(struct config_ctx *c, const char *path, struct json
 	return 0;
 }
 
-/* vms[i].group and vms[i].table_quota (docs/security.md, docs/config.md). */
+/* vms[i].group, vms[i].table_quota (docs/security.md, docs/config.md) and
+ * vms[i].clones (docs/abi.md, "Clones"). */
 static int parse_vm_sharing(struct config_ctx *c, const char *path, struct json_object *jv, struct plan_vm *proto)
 {
 	struct json_object *v;
@@ -352,6 +354,14 @@ static int parse_vm_sharing(struct config_ctx *c, const char *path, struct json_
 			return config_error(c, key, "%lu pages: must be %u to %" PRIu64, n, VMM_TABLE_QUOTA_MIN,
 					    VMM_TABLE_QUOTA_MAX);
 		proto->table_quota = n;
+	}
+	if (json_object_object_get_ex(jv, "clones", &v)) {
+		snprintf(key, sizeof(key), "%s.clones", path);
+		if ((ret = get_uint(c, key, v, UMBRA_CLONE_MAX, &n)))
+			return ret;
+		if (n == 0)
+			return config_error(c, key, "must be 1 to %u clones (leave it out for none)", UMBRA_CLONE_MAX);
+		proto->clones = (unsigned int)n;
 	}
 	return 0;
 }
@@ -386,7 +396,7 @@ static int add_vms(struct config_ctx *c, const char *path, const struct plan_vm 
 static int parse_vm(struct config_ctx *c, unsigned int i, struct json_object *jv, struct plan *plan)
 {
 	static const char *const keys[] = { "name", "image", "count", "mem", "vcpus", "cmdline",
-					    "segments", "group", "table_quota", NULL };
+					    "segments", "group", "table_quota", "clones", NULL };
 	struct plan_vm proto = { .mem = VMM_MEM_DEFAULT, .vcpus = 1 };
 	unsigned long count = 1, n = 0;
 	struct json_object *v;

@@ -14,6 +14,8 @@
 
 /* What a handler returns when it stopped the VM (not a result for RAX). */
 #define HC_STOPPED INT64_MIN
+/* What a handler returns when it set the registers itself. */
+#define HC_DONE (INT64_MIN + 1)
 
 static const char *exception_mnemonic(uint64_t vector)
 {
@@ -26,23 +28,18 @@ static const char *exception_mnemonic(uint64_t vector)
 	return vector < X86_NR_EXCEPTIONS ? names[vector] : "interrupt";
 }
 
-/* The guest's memory as the shadow walker reads it (RAM and segments). */
+/* The guest's memory as the shadow walker reads it (RAM and segments, as
+ * the VM's P2M maps them: a clone's pages are in its areas). */
 static int guest_mem_read(void *ctx, uint64_t pa, uint64_t *val)
 {
 	struct vm *vm = ctx;
+	uint64_t mpa;
+	void *host;
 
-	if (pa + 8 <= vm->ram_size) {
-		*val = __atomic_load_n((uint64_t *)((char *)vm->ram + pa), __ATOMIC_RELAXED);
-		return 0;
-	}
-	for (unsigned int i = 0; i < vm->nr_segments; i++) {
-		const struct segment *seg = vm->segments[i];
-		if (pa - seg->gpa < seg->size) {
-			*val = __atomic_load_n((uint64_t *)((char *)seg->host + (pa - seg->gpa)), __ATOMIC_RELAXED);
-			return 0;
-		}
-	}
-	return -EFAULT;
+	if ((pa & 7) || shadow_mmu_p2m_lookup(vm->mmu, pa, &mpa, &host))
+		return -EFAULT;
+	*val = __atomic_load_n((uint64_t *)host, __ATOMIC_RELAXED);
+	return 0;
 }
 
 static const struct shadow_mem_ops guest_mem_ops = { .read = guest_mem_read };
@@ -331,6 +328,51 @@ static int64_t hc_pin(struct vcpu *vcpu, uint64_t va, uint64_t len)
 	return 0;
 }
 
+/* ---- clones ---- */
+
+/* CLONE(n), or the clones --clone asks for at READY: the parent's result
+ * (0 once any clone was made) is in RAX already, or set here. */
+static int64_t hc_clone(struct vcpu *vcpu, unsigned int n)
+{
+	struct kvm_regs regs;
+	int r = vm_clone(vcpu, n);
+
+	if (r == -EAGAIN)
+		return -UMBRA_EAGAIN;
+	if (r == -ESHUTDOWN || vm_is_stopped(vcpu->vm))
+		return HC_STOPPED;
+	if (r > 0)
+		return HC_DONE;
+	/* Nothing cloned: the out may be complete already (RIP past it), so
+	 * the result goes into the registers as they are now. */
+	if (ioctl(vcpu->fd, KVM_GET_REGS, &regs) < 0) {
+		vcpu_fail(vcpu, false, "KVM_GET_REGS failed after a clone: %s", strerror(errno));
+		return HC_STOPPED;
+	}
+	regs.rax = (uint64_t)(int64_t)(r == -ENOSPC ? -UMBRA_ENOSPC : -UMBRA_ENOMEM);
+	if (ioctl(vcpu->fd, KVM_SET_REGS, &regs) < 0) {
+		vcpu_fail(vcpu, false, "KVM_SET_REGS failed after a clone: %s", strerror(errno));
+		return HC_STOPPED;
+	}
+	return HC_DONE;
+}
+
+/* READY: once every vCPU of a VM that --clone (or "clones") asks to clone
+ * has sent it, the last one clones the VM. */
+static int64_t hc_ready(struct vcpu *vcpu)
+{
+	struct vm *vm = vcpu->vm;
+	unsigned int n = 0;
+
+	umbra_mutex_lock(&vm->lock);
+	if (++vm->nr_ready == vm->nr_vcpus) {
+		n = vm->clone_at_ready;
+		vm->clone_at_ready = 0;
+	}
+	umbra_mutex_unlock(&vm->lock);
+	return n ? hc_clone(vcpu, n) : 0;
+}
+
 /* The paging hypercalls. Returns the result for RAX, or HC_STOPPED. */
 static int64_t handle_paging_hypercall(struct vcpu *vcpu, const struct kvm_regs *regs)
 {
@@ -356,7 +398,14 @@ static int64_t handle_paging_hypercall(struct vcpu *vcpu, const struct kvm_regs 
 	case UMBRA_HC_READY:
 		/* The guest reloads CR3 after this: requests so far are served. */
 		vcpu_shootdown_ready(vcpu);
-		return 0;
+		return hc_ready(vcpu);
+	case UMBRA_HC_CLONE:
+		if (a0 == 0 || a0 > UMBRA_CLONE_MAX) {
+			vcpu_fail(vcpu, false, "bad hypercall: clone %llu (argument 0): must be 1 to %u clones",
+				  (unsigned long long)a0, UMBRA_CLONE_MAX);
+			return HC_STOPPED;
+		}
+		return hc_clone(vcpu, (unsigned int)a0);
 	case UMBRA_HC_PIN:
 		return hc_pin(vcpu, a0, a1);
 	case UMBRA_HC_SYNC_TABLE:
@@ -382,8 +431,15 @@ static int64_t hc_console_write(struct vcpu *vcpu, uint64_t gpa, uint64_t len)
 			  (unsigned long long)gpa, (unsigned long long)len);
 		return HC_STOPPED;
 	}
+	char buf[UMBRA_CONSOLE_WRITE_MAX];
+
+	if (vm_read_guest(vm, gpa, buf, len)) {
+		vcpu_fail(vcpu, false, "bad hypercall: console write buffer %#llx+%llu (arguments 0, 1) is outside guest RAM",
+			  (unsigned long long)gpa, (unsigned long long)len);
+		return HC_STOPPED;
+	}
 	for (uint64_t i = 0; i < len; i++)
-		console_put(vcpu, ((const char *)vm->ram)[gpa + i]);
+		console_put(vcpu, buf[i]);
 	return (int64_t)len;
 }
 
@@ -428,7 +484,7 @@ void vcpu_handle_hypercall(struct vcpu *vcpu)
 		result = handle_paging_hypercall(vcpu, &regs);
 		break;
 	}
-	if (result == HC_STOPPED)
+	if (result == HC_STOPPED || result == HC_DONE)
 		return;
 	regs.rax = (uint64_t)result;
 	if (ioctl(vcpu->fd, KVM_SET_REGS, &regs) < 0)

@@ -135,24 +135,19 @@ static int set_vcpu_cpuid(struct vm *vm, struct vcpu *vcpu, struct vmm_error *er
 
 /* ---- RAM and memslots ---- */
 
+/* The boot RAM: the VM's first area (slot 0 of its shadow MMU, its own
+ * area until a clone freezes it), at machine address 0. */
 static int vm_create_ram(struct vm *vm, struct vmm_error *err)
 {
-	vm->ram_fd = memfd_create("umbra-ram", MFD_CLOEXEC);
-	if (vm->ram_fd < 0 || ftruncate(vm->ram_fd, (off_t)vm->ram_size) < 0) {
-		int ret = vmm_error_set(err, errno, "guest RAM memfd of %" PRIu64 " bytes: %s", vm->ram_size,
-					strerror(errno));
-		if (vm->ram_fd >= 0)
-			close(vm->ram_fd);
-		vm->ram_fd = -1;
+	char name[sizeof(vm->name) + 8];
+	int ret;
+
+	snprintf(name, sizeof(name), "%s.ram", vm->name);
+	ret = area_create(vm->host, name, vm, vm->ram_size, 0, &vm->areas[0], err);
+	if (ret)
 		return ret;
-	}
-	vm->ram = mmap(NULL, vm->ram_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, vm->ram_fd, 0);
-	if (vm->ram == MAP_FAILED) {
-		int ret = vmm_error_set(err, errno, "mmap of guest RAM: %s", strerror(errno));
-		close(vm->ram_fd);
-		vm->ram_fd = -1;
-		return ret;
-	}
+	vm->areas[0]->live = 1;
+	vm->ram = vm->areas[0]->host;
 	return 0;
 }
 
@@ -342,10 +337,10 @@ int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out, struc
 	vm->table_quota = config->table_quota;
 	vm->ram_size = config->mem;
 	vm->nr_vcpus = config->vcpus;
-	vm->ram_fd = vm->vm_fd = -1;
-	vm->ram_pager_id = -1;
+	vm->vm_fd = -1;
 	vm->ram = MAP_FAILED;
 	umbra_mutex_init(&vm->lock, "vmm.vm.lock", UMBRA_LOCK_RANK_VMM_VM);
+	pthread_cond_init(&vm->pause_cond, NULL);
 
 	ret = vm_create_fd(vm, err);
 	if (ret)
@@ -368,12 +363,12 @@ int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out, struc
 exit_mmu:
 	vm_mmu_exit(vm);
 unmap_ram:
-	munmap(vm->ram, vm->ram_size);
-	close(vm->ram_fd);
+	area_put(vm->areas[0]);
 close_vm:
 	free(vm->cpuid);
 	close(vm->vm_fd);
 free_vm:
+	pthread_cond_destroy(&vm->pause_cond);
 	umbra_mutex_exit(&vm->lock);
 	free(vm);
 	return ret;
@@ -383,14 +378,145 @@ void vm_destroy(struct vm *vm)
 {
 	if (!vm)
 		return;
-	vcpus_destroy(vm);
+	if (vm->vcpus)
+		vcpus_destroy(vm);
 	vm_mmu_exit(vm);
-	munmap(vm->ram, vm->ram_size);
-	close(vm->ram_fd);
+	for (unsigned int i = 0; i < SHADOW_MAX_SLOTS; i++)
+		area_put(vm->areas[i]);
 	free(vm->cpuid);
 	close(vm->vm_fd);
+	pthread_cond_destroy(&vm->pause_cond);
 	umbra_mutex_exit(&vm->lock);
 	free(vm);
+}
+
+/* ---- clones ---- */
+
+/* The clone's memslots: every area it holds (read-only but its own), the
+ * segments, the pool. */
+static int clone_set_memslots(struct vm *c, struct vmm_error *err)
+{
+	int ret;
+
+	for (int i = 0; i < SHADOW_MAX_SLOTS; i++) {
+		if (!c->areas[i])
+			continue;
+		ret = area_set_memslot(c, i, i != c->own_slot, err);
+		if (ret)
+			return ret;
+	}
+	ret = vm_set_segment_memslots(c, err);
+	if (ret)
+		return ret;
+	return vm_set_pool_memslot(c, err);
+}
+
+/* The clone's vCPUs, in the states saved from vm's (vCPU caller gets RAX =
+ * index), each on the clone's copy of its root. */
+static int clone_set_vcpus(struct vm *vm, struct vm *c, unsigned int caller, unsigned int index,
+			   struct vmm_error *err)
+{
+	for (unsigned int i = 0; i < c->nr_vcpus; i++) {
+		struct vcpu_snapshot snap = vm->vcpus[i].snap;
+		struct vcpu *v = &c->vcpus[i];
+		uint64_t root;
+		int ret;
+
+		if (snap.halted) {
+			v->halted = true;
+			c->nr_halted++;
+			continue;
+		}
+		if (i == caller)
+			snap.regs.rax = index;
+		ret = vcpu_load_guest_cr3(v, snap.guest_cr3, &root);
+		if (ret)
+			return vmm_error_set(err, -ret, "vCPU %u's address space %#" PRIx64 ": %s", i, snap.guest_cr3,
+					     strerror(-ret));
+		ret = vcpu_restore_state(v, &snap, root);
+		if (ret)
+			return vmm_error_set(err, -ret, "restoring vCPU %u's state: %s", i, strerror(-ret));
+	}
+	return 0;
+}
+
+int vm_create_clone(struct vm *vm, unsigned int caller, unsigned int index, struct shadow_mmu *mmu,
+		    struct vm_area *own_area, struct vm **out, struct vmm_error *err)
+{
+	struct vm *c = calloc(1, sizeof(*c));
+	int ret;
+
+	if (!c) {
+		shadow_mmu_destroy(mmu);
+		area_put(own_area);
+		return vmm_error_set(err, ENOMEM, "out of memory");
+	}
+	if ((size_t)snprintf(c->name, sizeof(c->name), "%s.%u", vm->name, index) >= sizeof(c->name)) {
+		shadow_mmu_destroy(mmu);
+		area_put(own_area);
+		free(c);
+		return vmm_error_set(err, ENOSPC, "the clone's name '%s.%u' is longer than %u bytes", vm->name, index,
+				     VM_NAME_MAX - 1);
+	}
+	memcpy(c->cmdline, vm->cmdline, sizeof(c->cmdline));
+	c->prefix_output = true;
+	c->nr_segments = vm->nr_segments;
+	memcpy(c->segments, vm->segments, sizeof(c->segments));
+	memcpy(c->segment_slots, vm->segment_slots, sizeof(c->segment_slots));
+	c->kvm_fd = vm->kvm_fd;
+	c->host = vm->host;
+	c->group = vm->group;
+	c->table_quota = vm->table_quota;
+	c->ram_size = vm->ram_size;
+	c->nr_vcpus = vm->nr_vcpus;
+	c->boot_tables_end = vm->boot_tables_end;
+	c->ram_slot = vm->ram_slot;
+	c->own_slot = vm->own_slot;
+	c->ram = MAP_FAILED;
+	c->parent = vm;
+	c->clone_index = index;
+	c->plan_index = vm->plan_index;
+	c->vm_fd = -1;
+	c->mmu = mmu;
+	umbra_mutex_init(&c->lock, "vmm.vm.lock", UMBRA_LOCK_RANK_VMM_VM);
+	pthread_cond_init(&c->pause_cond, NULL);
+	umbra_mutex_lock(&vm->lock);
+	memcpy(c->pins, vm->pins, sizeof(c->pins));
+	c->nr_pins = vm->nr_pins;
+	c->guest_pinned_bytes = vm->guest_pinned_bytes;
+	c->pinned_pages = vm->pinned_pages;
+	umbra_mutex_unlock(&vm->lock);
+	/* The areas: the parent's, but its own area, in place of which the
+	 * clone has its own. */
+	for (int i = 0; i < SHADOW_MAX_SLOTS; i++) {
+		struct vm_area *a = i == vm->own_slot ? own_area : vm->areas[i];
+
+		if (!a)
+			continue;
+		if (a != own_area)
+			area_get(a);
+		__atomic_add_fetch(&a->live, 1, __ATOMIC_ACQ_REL);
+		c->areas[i] = a;
+	}
+	ret = vm_create_fd(c, err);
+	if (ret)
+		goto destroy;
+	c->has_nx = vm->has_nx;
+	ret = clone_set_memslots(c, err);
+	if (ret)
+		goto destroy;
+	ret = vcpus_create(c, err);
+	if (ret)
+		goto destroy;
+	ret = clone_set_vcpus(vm, c, caller, index, err);
+	if (ret)
+		goto destroy;
+	*out = c;
+	return 0;
+
+destroy:
+	vm_destroy(c);
+	return ret;
 }
 
 /* ---- loading an image ---- */
@@ -451,7 +577,7 @@ static int vm_pin_resident_ranges(struct vm *vm, const struct elf_image *image)
 	/* The boot tables map these ranges one to one (va = gpa), in RAM. */
 	for (unsigned int i = 0; vm->host->memory && i < n; i++) {
 		for (unsigned int k = 0; k < vm->pins[i].count; k++) {
-			int ret = vmm_memory_pin(vm->host->memory, vm->ram_pager_id,
+			int ret = vmm_memory_pin(vm->host->memory, vm->areas[vm->ram_slot]->pager_id,
 						 vm->pins[i].va + k * vm->pins[i].stride, vm->pins[i].len);
 			if (ret)
 				return ret;

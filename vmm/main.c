@@ -99,7 +99,8 @@ struct run_state {
 	struct vm **vms;
 	struct vmm_host *host;
 	struct vmm_memory *memory; /* the pager, or NULL */
-	int *status;
+	int *status;          /* [VMM_MAX_VMS], of host->vms[i] */
+	unsigned int nr_run;  /* host->vms waited for */
 	int kvm_fd;
 };
 
@@ -129,7 +130,10 @@ static int create_vms(struct run_state *rs)
 			fprintf(stderr, "umbra: %s: cannot load image '%s': %s\n", pv->name, pv->image, err.msg);
 			return UMBRA_STATUS_NO_KVM;
 		}
+		vm_set_clone_at_ready(rs->vms[i], i, pv->clones);
 	}
+	for (unsigned int i = 0; i < rs->plan.nr_vms; i++)
+		vmm_host_add_vm(rs->host, rs->vms[i]);
 	/* Every page that must stay resident is pinned: the budget can start. */
 	if (rs->memory && vmm_memory_start(rs->memory, &err)) {
 		fprintf(stderr, "umbra: %s\n", err.msg);
@@ -152,7 +156,7 @@ static int prepare(const struct vmm_options *opts, struct run_state *rs)
 	rs->images = calloc(nr_vms, sizeof(*rs->images));
 	rs->vm_image = calloc(nr_vms, sizeof(*rs->vm_image));
 	rs->vms = calloc(nr_vms, sizeof(*rs->vms));
-	rs->status = calloc(nr_vms, sizeof(*rs->status));
+	rs->status = calloc(VMM_MAX_VMS, sizeof(*rs->status));
 	if (!rs->images || !rs->vm_image || !rs->vms || !rs->status) {
 		fprintf(stderr, "umbra: out of memory\n");
 		return UMBRA_STATUS_NO_KVM;
@@ -182,12 +186,14 @@ static int prepare(const struct vmm_options *opts, struct run_state *rs)
 	return 0;
 }
 
-/* Runs the created VMs (and the evictor) to their end; returns the first
- * non-zero VM status, or 0. */
+/* Runs the created VMs (and the evictor) to their end, and their clones,
+ * which join the run's list of VMs as they are made (before their parent
+ * ends); returns the first non-zero VM status, or 0. */
 static int run_vms(const struct vmm_options *opts, struct run_state *rs)
 {
 	struct vmm_error err = { "" };
 	struct evictor *evictor = NULL;
+	struct vm *vm;
 	int ret = 0;
 
 	for (unsigned int i = 0; i < rs->plan.nr_vms; i++)
@@ -195,10 +201,11 @@ static int run_vms(const struct vmm_options *opts, struct run_state *rs)
 	if (opts->evict_ms && evictor_start(rs->segments, rs->plan.nr_segments, opts->evict_ms, opts->evict_pages,
 					    &evictor, &err))
 		fprintf(stderr, "umbra: warning: %s; running without evictions\n", err.msg);
-	for (unsigned int i = 0; i < rs->plan.nr_vms; i++) {
-		rs->status[i] = vm_wait(rs->vms[i]);
+	for (unsigned int i = 0; (vm = vmm_host_vm(rs->host, i)); i++) {
+		rs->status[i] = vm_wait(vm);
 		if (ret == 0)
 			ret = rs->status[i];
+		rs->nr_run = i + 1;
 	}
 	evictor_stop(evictor);
 	return ret;
@@ -211,21 +218,24 @@ static void report(const struct vmm_options *opts, struct run_state *rs)
 	struct vmm_error err = { "" };
 	struct table_memory tm;
 
-	table_memory_get(rs->host, rs->vms, rs->plan.nr_vms, &tm);
-	for (unsigned int i = 0; i < rs->plan.nr_vms; i++) {
+	struct vm *const *vms = (struct vm *const *)rs->host->vms; /* every VM has ended */
+
+	table_memory_get(rs->host, vms, rs->nr_run, &tm);
+	for (unsigned int i = 0; i < rs->nr_run; i++) {
 		struct vm_stats stats;
-		vm_get_stats(rs->vms[i], &stats);
+		vm_get_stats(vms[i], &stats);
 		if (opts->stats)
-			vm_stats_print(rs->plan.vms[i].name, rs->status[i], &stats);
-		else if (rs->plan.nr_vms > 1 && rs->status[i] != 0)
-			fprintf(stderr, "umbra: %s: exit status %d\n", rs->plan.vms[i].name, rs->status[i]);
+			vm_stats_print(vm_name(vms[i]), rs->status[i], &stats);
+		else if (rs->nr_run > 1 && rs->status[i] != 0)
+			fprintf(stderr, "umbra: %s: exit status %d\n", vm_name(vms[i]), rs->status[i]);
 	}
 	if (opts->stats)
 		vmm_stats_print_process(&tm, rs->segments, rs->plan.nr_segments);
 	if (opts->stats && rs->memory)
 		vmm_memory_stats_print(rs->memory);
 	if (opts->stats_json &&
-	    vmm_stats_write_json(opts->stats_json, &rs->plan, rs->host, rs->segments, rs->vms, rs->status, &tm, &err))
+	    vmm_stats_write_json(opts->stats_json, &rs->plan, rs->host, rs->segments, vms, rs->nr_run, rs->status, &tm,
+				 &err))
 		fprintf(stderr, "umbra: warning: %s\n", err.msg);
 }
 
@@ -267,6 +277,9 @@ static void run_free(struct run_state *rs)
 	vmm_memory_destroy(rs->memory);
 	if (rs->host)
 		rs->host->memory = NULL;
+	/* The clones first (they hold their parents' areas), newest first. */
+	for (unsigned int i = rs->host ? rs->host->nr_vms : 0; i-- > rs->plan.nr_vms;)
+		vm_destroy(rs->host->vms[i]);
 	for (unsigned int i = 0; rs->vms && i < rs->plan.nr_vms; i++)
 		vm_destroy(rs->vms[i]);
 	vmm_host_destroy(rs->host);

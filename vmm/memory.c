@@ -4,11 +4,15 @@
  * memory objects, the memory limit kept by its reclaimer, the resident set
  * pinned, and what a swap I/O error does to the VMs.
  *
- * Threads: the main thread creates the memory, adds the objects, starts
- * the budget and registers each VM as it starts (vmm_memory_add_vm); the
- * counts of objects[] and vms[] are published with release stores after
- * their entries, which are never changed afterwards. The pager's callbacks (page_lost, write_error) run on the pager's
- * handler thread, the reclaimer, or a vCPU thread, with no vmm lock held.
+ * Threads: the main thread creates the memory, adds the plan's objects,
+ * starts the budget and registers each VM as it starts (vmm_memory_add_vm);
+ * a vCPU thread that clones its VM adds the clones' RAM areas and registers
+ * the clones. An entry of objects[] is written once, before anything can
+ * use its id; nr_objects only grows (compare-and-swap). An entry of vms[]
+ * is claimed by a compare-and-swap of nr_vms, then published with a release
+ * store (readers skip an entry still NULL). The pager's callbacks
+ * (page_lost, write_error) run on the pager's handler thread, the
+ * reclaimer, or a vCPU thread, with no vmm lock held.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -36,9 +40,8 @@ struct vmm_memory {
 	bool budget_started;
 	unsigned int nr_objects;  /* objects[id] for each pager id (published with release) */
 	struct memory_object objects[PAGER_MAX_OBJECTS];
-	/* The started VMs, whose vCPU threads may fault: appended by the main
-	 * thread (vm_start), read by the callbacks; nr_vms is published with
-	 * release after the entry, read with acquire. */
+	/* The started VMs, whose vCPU threads may fault: appended as each
+	 * starts (vm_start), read by the callbacks (see above). */
 	unsigned int nr_vms;
 	struct vm *vms[VMM_MAX_VMS];
 	uint64_t write_errors_seen; /* write_error callbacks (atomic) */
@@ -52,8 +55,10 @@ static struct vm *vm_of_thread(struct vmm_memory *m, pid_t tid)
 	if (tid <= 0)
 		return NULL;
 	for (unsigned int i = 0; i < nr; i++) {
-		struct vm *vm = m->vms[i];
+		struct vm *vm = __atomic_load_n(&m->vms[i], __ATOMIC_ACQUIRE);
 
+		if (!vm)
+			continue;
 		for (unsigned int k = 0; k < vm->nr_vcpus; k++)
 			if (__atomic_load_n(&vm->vcpus[k].tid, __ATOMIC_ACQUIRE) == tid)
 				return vm;
@@ -177,18 +182,32 @@ int vmm_memory_add(struct vmm_memory *m, const char *name, struct vm *owner, uin
 	snprintf(o->name, sizeof(o->name), "%s", name);
 	o->owner = owner;
 	o->gpa = gpa;
-	__atomic_store_n(&m->nr_objects, (unsigned int)*id + 1, __ATOMIC_RELEASE);
+	/* Clones add objects from vCPU threads, concurrently: nr_objects only
+	 * grows, to past the highest id whose entry is written. */
+	unsigned int n = __atomic_load_n(&m->nr_objects, __ATOMIC_RELAXED);
+	while (n < (unsigned int)*id + 1 &&
+	       !__atomic_compare_exchange_n(&m->nr_objects, &n, (unsigned int)*id + 1, false, __ATOMIC_RELEASE,
+					    __ATOMIC_RELAXED))
+		;
 	return 0;
 }
 
 void vmm_memory_add_vm(struct vmm_memory *m, struct vm *vm)
 {
-	unsigned int n = m->nr_vms;
+	/* Clones join from vCPU threads: claim an entry, then publish it
+	 * (readers skip an entry not yet written). */
+	unsigned int n = __atomic_load_n(&m->nr_vms, __ATOMIC_RELAXED);
 
-	if (n == VMM_MAX_VMS)
-		return;
-	m->vms[n] = vm;
-	__atomic_store_n(&m->nr_vms, n + 1, __ATOMIC_RELEASE);
+	do {
+		if (n == VMM_MAX_VMS)
+			return;
+	} while (!__atomic_compare_exchange_n(&m->nr_vms, &n, n + 1, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+	__atomic_store_n(&m->vms[n], vm, __ATOMIC_RELEASE);
+}
+
+int vmm_memory_discard(struct vmm_memory *m, int id, uint64_t first, uint64_t npages)
+{
+	return pager_discard(m->pager, id, first, npages);
 }
 
 void vmm_memory_slot(struct vmm_memory *m, int id, struct shadow_slot *slot)

@@ -64,6 +64,7 @@ int vmm_host_create(const struct plan *plan, struct vmm_host **out, struct vmm_e
 			goto destroy_pools;
 	}
 	umbra_mutex_init(&host->output_lock, "vmm.output_lock", UMBRA_LOCK_RANK_VMM_OUTPUT);
+	umbra_mutex_init(&host->vms_lock, "vmm.vms_lock", UMBRA_LOCK_RANK_VMM_VMS);
 	*out = host;
 	return 0;
 
@@ -81,10 +82,53 @@ void vmm_host_destroy(struct vmm_host *host)
 	if (!host)
 		return;
 	umbra_mutex_exit(&host->output_lock);
+	umbra_mutex_exit(&host->vms_lock);
 	for (unsigned int g = 0; g < host->nr_groups; g++)
 		group_pool_destroy(&host->groups[g]);
 	free(host->groups);
 	free(host);
+}
+
+/* ---- the run's VMs ---- */
+
+int vmm_host_reserve_vms(struct vmm_host *host, unsigned int n)
+{
+	int ret = 0;
+
+	umbra_mutex_lock(&host->vms_lock);
+	if (n > VMM_MAX_VMS - host->nr_vms - host->nr_reserved)
+		ret = -ENOSPC;
+	else
+		host->nr_reserved += n;
+	umbra_mutex_unlock(&host->vms_lock);
+	return ret;
+}
+
+void vmm_host_unreserve_vms(struct vmm_host *host, unsigned int n)
+{
+	umbra_mutex_lock(&host->vms_lock);
+	host->nr_reserved -= n;
+	umbra_mutex_unlock(&host->vms_lock);
+}
+
+void vmm_host_add_vm(struct vmm_host *host, struct vm *vm)
+{
+	umbra_mutex_lock(&host->vms_lock);
+	if (vm->parent)
+		host->nr_reserved--;
+	host->vms[host->nr_vms++] = vm;
+	umbra_mutex_unlock(&host->vms_lock);
+}
+
+struct vm *vmm_host_vm(struct vmm_host *host, unsigned int i)
+{
+	struct vm *vm = NULL;
+
+	umbra_mutex_lock(&host->vms_lock);
+	if (i < host->nr_vms)
+		vm = host->vms[i];
+	umbra_mutex_unlock(&host->vms_lock);
+	return vm;
 }
 
 /* ---- a VM's shadow MMU ---- */
@@ -139,13 +183,8 @@ static int vm_mmu_add_segments(struct vm *vm, struct vmm_error *err)
 
 int vm_mmu_init(struct vm *vm, struct vmm_error *err)
 {
-	char name[64];
 	int ret;
 
-	snprintf(name, sizeof(name), "%s-ram", vm->name);
-	ret = notifier_object_create(name, vm->ram_size / SHADOW_PAGE_SIZE, &vm->ram_obj);
-	if (ret)
-		return vmm_error_set(err, -ret, "memory object for RAM: %s", strerror(-ret));
 	uint64_t max_gpa = vm->ram_size;
 	for (unsigned int i = 0; i < vm->nr_segments; i++)
 		if (vm->segments[i]->gpa + vm->segments[i]->size > max_gpa)
@@ -156,29 +195,21 @@ int vm_mmu_init(struct vm *vm, struct vmm_error *err)
 		.max_tables = (unsigned long)vm->table_quota, .mode = vm_paging_mode(vm),
 	};
 	ret = shadow_mmu_create(&config, &vm->mmu);
-	if (ret) {
-		vmm_error_set(err, -ret, "shadow MMU: %s", strerror(-ret));
-		goto destroy_ram_obj;
-	}
+	if (ret)
+		return vmm_error_set(err, -ret, "shadow MMU: %s", strerror(-ret));
 	/* The pool itself is not in the P2M: a guest that maps a shadow table
 	 * in its own page tables gets no shadow entry for it (see
-	 * report_unbacked_fault() in hypercall.c). */
-	struct shadow_slot ram = { vm->ram_obj, 0, vm->ram, false, NULL, NULL };
-	if (vm->host->memory) {
-		snprintf(name, sizeof(name), "%s.ram", vm->name);
-		ret = vmm_memory_add(vm->host->memory, name, vm, 0, vm->ram_obj, vm->ram_fd, vm->ram, vm->ram_size,
-				     &vm->ram_pager_id, err);
-		if (ret)
-			goto destroy_mmu;
-		vmm_memory_slot(vm->host->memory, vm->ram_pager_id, &ram);
-		ram.mpa = 0;
-		ram.readonly = false;
-	}
+	 * report_unbacked_fault() in hypercall.c). RAM is the first slot,
+	 * and the VM's own area (its private copies go there once cloned). */
+	struct shadow_slot ram;
+	area_slot(vm->areas[0], false, &ram);
 	if ((ret = shadow_mmu_add_slot(vm->mmu, &ram, &vm->ram_slot)) ||
-	    (ret = shadow_mmu_map_gpa(vm->mmu, 0, vm->ram_size / SHADOW_PAGE_SIZE, vm->ram_slot, 0))) {
+	    (ret = shadow_mmu_map_gpa(vm->mmu, 0, vm->ram_size / SHADOW_PAGE_SIZE, vm->ram_slot, 0)) ||
+	    (ret = shadow_mmu_set_own_slot(vm->mmu, vm->ram_slot))) {
 		vmm_error_set(err, -ret, "shadow MMU slot for RAM: %s", strerror(-ret));
 		goto destroy_mmu;
 	}
+	vm->own_slot = vm->ram_slot;
 	ret = vm_mmu_add_segments(vm, err);
 	if (ret)
 		goto destroy_mmu;
@@ -187,9 +218,6 @@ int vm_mmu_init(struct vm *vm, struct vmm_error *err)
 destroy_mmu:
 	shadow_mmu_destroy(vm->mmu);
 	vm->mmu = NULL;
-destroy_ram_obj:
-	notifier_object_destroy(vm->ram_obj);
-	vm->ram_obj = NULL;
 	return ret;
 }
 
@@ -210,16 +238,35 @@ void vm_mmu_release(struct vm *vm)
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++)
 		if (vm->vcpus[i].tlb.ops)
 			shadow_mmu_tlb_unregister(vm->mmu, &vm->vcpus[i].tlb);
+	vm_mmu_destroy(vm);
+}
+
+void vm_mmu_destroy(struct vm *vm)
+{
+	bool last[SHADOW_MAX_SLOTS] = { false };
+
+	if (!vm->mmu)
+		return;
+	/* The areas no running VM holds any more are freed whole, after the
+	 * MMU: the pages it frees one by one meanwhile are not discarded. */
+	for (unsigned int i = 0; i < SHADOW_MAX_SLOTS; i++) {
+		struct vm_area *a = vm->areas[i];
+
+		if (a && __atomic_sub_fetch(&a->live, 1, __ATOMIC_ACQ_REL) == 0) {
+			__atomic_store_n(&a->dying, true, __ATOMIC_RELEASE);
+			last[i] = true;
+		}
+	}
 	shadow_mmu_destroy(vm->mmu);
 	vm->mmu = NULL;
+	for (unsigned int i = 0; i < SHADOW_MAX_SLOTS; i++)
+		if (last[i])
+			area_free_memory(vm->areas[i]);
 }
 
 void vm_mmu_exit(struct vm *vm)
 {
-	if (vm->mmu)
-		shadow_mmu_destroy(vm->mmu);
-	vm->mmu = NULL;
-	notifier_object_destroy(vm->ram_obj);
+	vm_mmu_destroy(vm);
 }
 
 /* ---- pins and CR3 ---- */
@@ -322,12 +369,17 @@ int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root)
 	return prefault_pins(vcpu->vm, guest_cr3, &vcpu->pins_reclaims);
 }
 
+int vcpu_prefault_pins(struct vcpu *vcpu)
+{
+	return prefault_pins(vcpu->vm, vcpu->guest_cr3, &vcpu->pins_reclaims);
+}
+
 /* Under the pager: pins the pages that [va, va + len) translates to in the
  * vCPU's address space now, so that they are never swapped out (docs/abi.md:
  * a pinned range must translate to the same pages in every address space).
  * A page the guest does not map is skipped; the guest's PINs total at most
  * UMBRA_PIN_TOTAL_MAX, so the pages pinned are bounded. No lock held. */
-static void pin_guest_pages(struct vcpu *vcpu, uint64_t va, uint64_t len)
+void vm_pin_va_range(struct vcpu *vcpu, uint64_t va, uint64_t len)
 {
 	struct vm *vm = vcpu->vm;
 	struct vmm_memory *memory = vm->host->memory;
@@ -339,17 +391,29 @@ static void pin_guest_pages(struct vcpu *vcpu, uint64_t va, uint64_t len)
 
 		if (shadow_mmu_translate(vm->mmu, vcpu->guest_cr3, p, &gpa))
 			continue;
-		gpa &= ~(X86_PAGE_SIZE - 1);
-		if (gpa < vm->ram_size) {
-			(void)vmm_memory_pin(memory, vm->ram_pager_id, gpa, X86_PAGE_SIZE);
-			continue;
-		}
-		for (unsigned int i = 0; i < vm->nr_segments; i++) {
-			const struct segment *seg = vm->segments[i];
+		vm_pin_gpa(vm, gpa & ~(X86_PAGE_SIZE - 1));
+	}
+}
 
-			if (gpa >= seg->gpa && gpa - seg->gpa < seg->size && seg->memory)
-				(void)vmm_memory_pin(memory, seg->pager_id, gpa - seg->gpa, X86_PAGE_SIZE);
-		}
+void vm_pin_gpa(struct vm *vm, uint64_t gpa)
+{
+	struct vmm_memory *memory = vm->host->memory;
+	struct vm_area *a;
+	uint64_t mpa, page;
+
+	if (!memory || shadow_mmu_p2m_lookup(vm->mmu, gpa, &mpa, NULL))
+		return;
+	a = vm_area_of_mpa(vm, mpa, &page);
+	if (a) {
+		(void)vmm_memory_pin(memory, a->pager_id, page * X86_PAGE_SIZE, X86_PAGE_SIZE);
+		return;
+	}
+	for (unsigned int i = 0; i < vm->nr_segments; i++) {
+		const struct segment *seg = vm->segments[i];
+
+		if (mpa >= seg->gpa && mpa - seg->gpa < seg->size && seg->memory)
+			(void)vmm_memory_pin(memory, seg->pager_id, (mpa - seg->gpa) & ~(X86_PAGE_SIZE - 1),
+					     X86_PAGE_SIZE);
 	}
 }
 
@@ -371,7 +435,7 @@ int vcpu_add_pin(struct vcpu *vcpu, uint64_t va, uint64_t len)
 	umbra_mutex_unlock(&vm->lock);
 	if (ret)
 		return ret;
-	pin_guest_pages(vcpu, va, len);
+	vm_pin_va_range(vcpu, va, len);
 	return prefault_pins(vm, vcpu->guest_cr3, &vcpu->pins_reclaims);
 }
 

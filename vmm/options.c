@@ -14,7 +14,7 @@
 
 const char vmm_usage[] =
 	"usage: umbra run IMAGE [--vms N] [--mem SIZE] [--vcpus N] [--cmdline STRING]\n"
-	"                 [--group NAME] [--table-quota PAGES]\n"
+	"                 [--group NAME] [--table-quota PAGES] [--clone N]\n"
 	"                 [--stats] [--stats-json FILE] [--console escaped|raw]\n"
 	"                 [--mem-limit SIZE] [--swap FILE] [--swap-size SIZE]\n"
 	"                 [--reclaim-policy clock|round-robin] [--evict-ms MS [--evict-pages N]]\n"
@@ -42,6 +42,10 @@ const char vmm_usage[] =
 	"  --table-quota PAGES  shadow-table pages each VM may hold, 64 to 8388608;\n"
 	"                    the default is derived from its RAM and vCPUs\n"
 	"                    (docs/config.md)\n"
+	"  --clone N         clone each VM N times (1 to 64) when every vCPU of it\n"
+	"                    has made the READY hypercall: the clones share its\n"
+	"                    memory copy-on-write and run on from there, named\n"
+	"                    NAME.1 .. NAME.N (docs/abi.md, \"Clones\")\n"
 	"  --config FILE     a JSON file describing VMs and shared segments\n"
 	"                    (docs/config.md); replaces IMAGE and the options above\n"
 	"  --stats           print each VM's statistics when it stops (stderr)\n"
@@ -198,7 +202,7 @@ struct run_args {
 };
 
 /* The options that describe the VMs (--mem, --vcpus, --vms, --cmdline,
- * --group, --table-quota), which --config replaces. Returns 1 if argv[*i] is one (handled), 0 if it
+ * --group, --table-quota, --clone), which --config replaces. Returns 1 if argv[*i] is one (handled), 0 if it
  * is not, -EINVAL with err. */
 static int parse_vm_option(int argc, char *const argv[], int *i, struct vmm_options *opts, struct run_args *ra,
 			   struct vmm_error *err)
@@ -241,6 +245,13 @@ static int parse_vm_option(int argc, char *const argv[], int *i, struct vmm_opti
 		if (vmm_check_group("--group", value, err))
 			return -EINVAL;
 		opts->group = value;
+	} else if (option_is(arg, "--clone")) {
+		if (!(value = option_value(argc, argv, i, "--clone")))
+			return vmm_error_set(err, EINVAL, "--clone needs a number of clones");
+		if (parse_uint(value, UMBRA_CLONE_MAX, &n) || n == 0)
+			return vmm_error_set(err, EINVAL, "--clone '%s': must be a number from 1 to %u", value,
+					     UMBRA_CLONE_MAX);
+		opts->clones = (unsigned int)n;
 	} else if (option_is(arg, "--table-quota")) {
 		if (!(value = option_value(argc, argv, i, "--table-quota")))
 			return vmm_error_set(err, EINVAL, "--table-quota needs a number of pages");
@@ -411,7 +422,7 @@ static int check_run_options(struct vmm_options *opts, const struct run_args *ra
 					     opts->image);
 		if (ra->vm_option)
 			return vmm_error_set(err, EINVAL,
-					     "run: --vms, --mem, --vcpus, --cmdline, --group and --table-quota do not "
+					     "run: --vms, --mem, --vcpus, --cmdline, --group, --table-quota and --clone do not "
 					     "apply with --config "
 					     "(set them in the config file)");
 		return 0;

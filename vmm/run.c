@@ -50,6 +50,9 @@ static bool vcpu_run_once(struct vcpu *vcpu)
 	struct vm *vm = vcpu->vm;
 	int r, ret;
 
+	/* A clone of the VM parks every vCPU first. */
+	if (!vcpu_park(vcpu))
+		return false;
 	/* The mailbox: turn flush requests into one NMI, which the guest
 	 * takes before it executes anything else. */
 	ret = vcpu_inject_pending_flush(vcpu);
@@ -74,7 +77,11 @@ static bool vcpu_run_once(struct vcpu *vcpu)
 	}
 	vcpu_handle_exit(vcpu);
 	/* After HLT, interrupts are off: nothing can wake this vCPU. */
-	return vcpu->run->exit_reason != KVM_EXIT_HLT;
+	if (vcpu->run->exit_reason == KVM_EXIT_HLT) {
+		__atomic_store_n(&vcpu->halted, true, __ATOMIC_RELEASE);
+		return false;
+	}
+	return true;
 }
 
 static void *vcpu_thread(void *arg)
@@ -94,6 +101,8 @@ static void *vcpu_thread(void *arg)
 	/* The last thread frees the VM's tables (its pool pages return). */
 	if (__atomic_sub_fetch(&vcpu->vm->threads_running, 1, __ATOMIC_ACQ_REL) == 0)
 		vm_mmu_release(vcpu->vm);
+	else
+		vcpu_thread_ended(vcpu); /* a clone may wait for it to park */
 	return NULL;
 }
 
@@ -113,19 +122,28 @@ void vmm_signals_init(void)
 
 int vm_start(struct vm *vm)
 {
+	unsigned int running = 0;
+
 	if (vm->host->memory)
 		vmm_memory_add_vm(vm->host->memory, vm);
-	__atomic_store_n(&vm->threads_running, vm->nr_vcpus, __ATOMIC_RELEASE);
+	/* A clone's copy of a halted vCPU stays halted: no thread. */
+	for (unsigned int i = 0; i < vm->nr_vcpus; i++)
+		running += !vm->vcpus[i].halted;
+	__atomic_store_n(&vm->threads_running, running, __ATOMIC_RELEASE);
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++) {
 		struct vcpu *vcpu = &vm->vcpus[i];
+
+		if (vcpu->halted)
+			continue;
 		int e = pthread_create(&vcpu->thread, NULL, vcpu_thread, vcpu);
 		if (e) {
 			vm_print_error(vm, "cannot start vCPU %u's thread: %s", i, strerror(e));
 			vm_stop(vm, UMBRA_STATUS_NO_KVM);
-			if (__atomic_sub_fetch(&vm->threads_running, vm->nr_vcpus - i, __ATOMIC_ACQ_REL) == 0)
+			if (__atomic_sub_fetch(&vm->threads_running, running, __ATOMIC_ACQ_REL) == 0)
 				vm_mmu_release(vm);
 			return -e;
 		}
+		running--;
 		__atomic_store_n(&vcpu->thread_started, true, __ATOMIC_RELEASE);
 		if (vm_is_stopped(vm))
 			vcpu_kick(vcpu);
@@ -149,4 +167,20 @@ int vm_wait(struct vm *vm)
 const char *vm_name(const struct vm *vm)
 {
 	return vm->name;
+}
+
+const struct vm *vm_parent(const struct vm *vm)
+{
+	return vm->parent;
+}
+
+void vm_set_clone_at_ready(struct vm *vm, unsigned int plan_index, unsigned int clones)
+{
+	vm->plan_index = plan_index;
+	vm->clone_at_ready = clones;
+}
+
+unsigned int vm_plan_index(const struct vm *vm)
+{
+	return vm->plan_index;
 }

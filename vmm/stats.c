@@ -31,8 +31,9 @@ const char *const vm_hypercall_names[UMBRA_HC_NR] = {
 	[UMBRA_HC_PIN] = "pin",
 	[UMBRA_HC_READY] = "ready",
 	[UMBRA_HC_SYNC_TABLE] = "sync_table",
+	[UMBRA_HC_CLONE] = "clone",
 };
-_Static_assert(UMBRA_HC_SYNC_TABLE == UMBRA_HC_NR - 1, "a name for every hypercall");
+_Static_assert(UMBRA_HC_CLONE == UMBRA_HC_NR - 1, "a name for every hypercall");
 
 const struct vm_stat_desc vm_stat_descs[VM_STAT_NR] = {
 #define VM_STAT_DESC(group, key, before, after, value) \
@@ -253,7 +254,9 @@ static struct json_object *json_vm(const struct plan *plan, const struct plan_vm
 	memset(&stats, 0, sizeof(stats));
 	if (vm)
 		vm_get_stats(vm, &stats);
-	json_object_object_add(jv, "name", json_object_new_string(pv->name));
+	json_object_object_add(jv, "name", json_object_new_string(vm ? vm_name(vm) : pv->name));
+	if (vm && vm_parent(vm))
+		json_object_object_add(jv, "parent", json_object_new_string(vm_name(vm_parent(vm))));
 	json_object_object_add(jv, "image", json_object_new_string(pv->image));
 	json_object_object_add(jv, "vcpus", json_object_new_int((int)pv->vcpus));
 	json_add_u64(jv, "mem", pv->mem);
@@ -309,7 +312,7 @@ static struct json_object *json_pools(const struct plan *plan, const struct vmm_
 }
 
 int vmm_stats_write_json(const char *path, const struct plan *plan, const struct vmm_host *host,
-			 struct segment *const *segments, struct vm *const *vms, const int *status,
+			 struct segment *const *segments, struct vm *const *vms, unsigned int nr_vms, const int *status,
 			 const struct table_memory *tm, struct vmm_error *err)
 {
 	struct json_object *root = json_object_new_object();
@@ -327,8 +330,8 @@ int vmm_stats_write_json(const char *path, const struct plan *plan, const struct
 #undef TABLE_MEMORY_JSON
 	json_object_object_add(root, "table_pages", jpool);
 	json_object_object_add(root, "pools", json_pools(plan, host));
-	for (unsigned int i = 0; i < plan->nr_vms; i++)
-		json_object_array_add(jvms, json_vm(plan, &plan->vms[i], vms[i], status[i]));
+	for (unsigned int i = 0; i < nr_vms; i++)
+		json_object_array_add(jvms, json_vm(plan, &plan->vms[vm_plan_index(vms[i])], vms[i], status[i]));
 	json_object_object_add(root, "vms", jvms);
 	if (host->memory)
 		json_object_object_add(root, "pager", vmm_memory_stats_json(host->memory));

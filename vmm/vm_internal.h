@@ -29,13 +29,55 @@
 #define CONSOLE_LINE_MAX 1024
 #define VM_NAME_MAX 32
 
-/* KVM memslots: RAM in slot 0, segment i in slot 1 + i, the shadow-table
- * pool in slot 32 (above every segment slot). */
+/* KVM memslots: the boot RAM in slot 0, segment i in slot 1 + i, the
+ * shadow-table pool in slot 32 (above every segment slot), and each other
+ * RAM area (area.c) in slot 33 + its shadow slot id. */
 #define VMM_MEMSLOT_RAM 0u
 #define VMM_MEMSLOT_SEGMENT(i) (1u + (i))
 #define VMM_MEMSLOT_POOL 32u
+#define VMM_MEMSLOT_AREA(slot_id) (33u + (unsigned int)(slot_id))
 _Static_assert(VMM_MEMSLOT_SEGMENT(UMBRA_MAX_SEGMENTS - 1) < VMM_MEMSLOT_POOL,
 	       "segment memslots lie below the pool's");
+
+/*
+ * A RAM area (area.c, docs/sharing.md "Clones on KVM"): a memfd of the VM's
+ * RAM size placed at one machine (KVM guest-physical) address, indexed by
+ * guest page: page g holds guest page g for every VM whose P2M maps g
+ * there. A VM's own area (its RAM at boot; after a clone, a fresh sparse
+ * one for its private copies) is a writable memslot of that VM alone. A
+ * clone freezes the parent's own area into a layer, a read-only memslot of
+ * every VM that holds it, so that no guest, even one that loads its own CR3,
+ * can write a page its clones share. refs counts the VMs holding the area
+ * (atomic); the last area_put() destroys it. dying (atomic) is set when its
+ * last holder stops: pages its shadow MMU frees then are not discarded one
+ * by one, the whole area is.
+ */
+struct vm_area {
+	char name[VM_NAME_MAX + 16];
+	int fd;
+	void *host;
+	uint64_t size, mpa;
+	struct notifier_object *obj;
+	struct vmm_memory *memory; /* its pager, or NULL */
+	int pager_id;              /* its object there, -1 without a pager */
+	struct shadow_slot pager_slot; /* the pager's slot of it (its get_page) */
+	unsigned int refs;
+	unsigned int live;         /* atomic: holders whose shadow MMU exists */
+	bool dying;
+	uint64_t pages_discarded;  /* atomic: pages freed by put_page */
+};
+
+/* The saved state of one vCPU, for its clones (clone.c). */
+struct vcpu_snapshot {
+	struct kvm_regs regs;
+	struct kvm_sregs sregs;
+	struct kvm_fpu fpu;
+	struct kvm_vcpu_events events;
+	bool halted;       /* its thread ended after HLT: the clone's stays halted */
+	uint64_t guest_cr3;
+	bool nmi_ready;
+	uint64_t nmis_injected, acks_received;
+};
 
 struct vcpu {
 	struct vm *vm;
@@ -68,6 +110,12 @@ struct vcpu {
 	uint64_t flush_req;
 	uint64_t nmi_done;
 	bool nmi_ready;
+	/* Its thread ended after HLT (atomic, set by its thread): nothing can
+	 * wake it; a clone's copy of it stays halted. */
+	bool halted;
+	/* Written by its thread as it parks for a clone (clone.c); read by the
+	 * cloning thread once every vCPU is parked. */
+	struct vcpu_snapshot snap;
 	/* NMIs injected into this vCPU and FLUSH_ACKs it sent (its thread
 	 * only): a guest acknowledges at most what it received (NMIs that
 	 * coalesce only lower the count received). */
@@ -97,8 +145,7 @@ struct vm {
 	char name[VM_NAME_MAX];
 	int kvm_fd; /* borrowed */
 	int vm_fd;
-	int ram_fd; /* memfd backing guest RAM */
-	void *ram;
+	void *ram; /* the boot RAM's mapping (areas[ram_slot]), for loading the image */
 	uint64_t ram_size;
 	size_t run_size;
 	bool has_nx;
@@ -121,11 +168,20 @@ struct vm {
 	struct shadow_mmu_stats mmu_stats_at_stop;
 	struct shadow_table_usage tables_at_stop;
 	unsigned int threads_running; /* vCPU threads not yet ended (atomic) */
-	struct notifier_object *ram_obj;
 	int ram_slot, segment_slots[UMBRA_MAX_SEGMENTS];
-	int ram_pager_id; /* RAM's object under host->memory (-1 without a pager) */
 	unsigned int nr_vcpus;
 	struct vcpu *vcpus;
+	/* RAM areas by shadow slot id (NULL for a segment's slot): the boot RAM
+	 * (areas[ram_slot]), the layers it holds and its own area
+	 * (areas[own_slot]). Written by the thread that clones the VM while
+	 * every vCPU is parked, or before the VM starts. */
+	struct vm_area *areas[SHADOW_MAX_SLOTS];
+	int own_slot;
+	/* Clones (clone.c): the clone's parent (NULL for a VM of the plan) and
+	 * its index among the parent's clones; clones made of this VM. */
+	struct vm *parent;
+	unsigned int clone_index, nr_clones;
+	unsigned int plan_index; /* the VM of the plan it is (or descends from) */
 
 	/* lock (UMBRA_LOCK_RANK_VMM_VM) protects pins, nr_pins, stopped (written
 	 * under it, read atomically without it), exit_status and nr_halted. */
@@ -137,6 +193,18 @@ struct vm {
 	bool stopped;
 	int exit_status;
 	unsigned int nr_halted;
+	/* Parking for a clone (clone.c), under lock: pausing is set by the
+	 * cloning vCPU's thread, which waits on pause_cond until nr_parked
+	 * equals the other running vCPU threads; each parks in vcpu_park()
+	 * (after saving its state) and waits on pause_cond until pause_gen
+	 * moves on. A thread that ends broadcasts pause_cond. */
+	bool pausing;
+	unsigned int nr_parked;
+	uint64_t pause_gen;
+	pthread_cond_t pause_cond;
+	/* Whether READY of this VM's last vCPU clones it (--clone), how many
+	 * times, and how many of its vCPUs have sent READY (under lock). */
+	unsigned int clone_at_ready, nr_ready;
 
 	_Atomic uint64_t exits[VM_EXIT_NR];
 	_Atomic uint64_t hypercalls[UMBRA_HC_NR];
@@ -159,12 +227,25 @@ int vm_mmu_init(struct vm *vm, struct vmm_error *err);
 void vm_mmu_release(struct vm *vm);
 /* Destroys what vm_mmu_init made and vm_mmu_release left. */
 void vm_mmu_exit(struct vm *vm);
+/* Destroys the VM's shadow MMU (if not yet done); an area that no other
+ * running VM holds is freed whole after it. No lock held. May block. */
+void vm_mmu_destroy(struct vm *vm);
+/* Under the pager: pins the page that guest-physical gpa maps to now (a RAM
+ * area's or a segment's), for the rest of the run. No lock held. */
+void vm_pin_gpa(struct vm *vm, uint64_t gpa);
 /* Switches the vCPU to the shadow of the address space guest_cr3 and returns
  * the shadow root (the CR3 the CPU must load) in *root; pre-faults the
  * pinned ranges. Called by the vCPU's thread (or before it starts) with no
  * lock held. Returns 0, -ENOMEM (the pool is exhausted), -EDQUOT (the VM's
  * table quota is), -EBUSY or another -errno of the MMU. */
 int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root);
+/* Pre-faults every pin of the VM into the vCPU's address space (a pin the
+ * guest may write is copied first if a clone shares it). No lock held. 0,
+ * -ENOMEM or -EDQUOT. */
+int vcpu_prefault_pins(struct vcpu *vcpu);
+/* Under the pager: pins the pages [va, va + len) translates to in vcpu's
+ * address space (vm_pin_gpa). No lock held. */
+void vm_pin_va_range(struct vcpu *vcpu, uint64_t va, uint64_t len);
 /* Records a pinned range of the guest's and pre-faults every pin into the
  * vCPU's address space. No lock held. Returns 0, -ENOSPC (UMBRA_MAX_PINS
  * reached), -E2BIG (the guest's pins would total more than
@@ -232,6 +313,66 @@ void console_flush(struct vcpu *vcpu);
 void vcpu_fail(struct vcpu *vcpu, bool dump, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Prints "umbra: NAME: message" on stderr under the output lock. */
 void vm_print_error(struct vm *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- area.c: RAM areas ---- */
+
+/* Creates an area of size bytes at machine address mpa: a sparse memfd
+ * mapped shared (under host->memory's pager if there is one, as the RAM of
+ * owner), its notifier object; one reference. No lock held. 0 or -errno
+ * with err. */
+int area_create(struct vmm_host *host, const char *name, struct vm *owner, uint64_t size, uint64_t mpa,
+		struct vm_area **out, struct vmm_error *err);
+void area_get(struct vm_area *a);
+/* Frees the memory of every page of the area (no VM runs on it any more). */
+void area_free_memory(struct vm_area *a);
+/* Drops a reference; the last destroys the area (every shadow MMU that had
+ * it as a slot is destroyed already). */
+void area_put(struct vm_area *a);
+/* The shadow slot of the area (its pager's get_page, the put_page that
+ * frees a page no VM maps any more). */
+void area_slot(struct vm_area *a, bool readonly, struct shadow_slot *slot);
+/* Places the area in vm's KVM memslots as shadow slot slot_id's: the boot
+ * RAM's memslot for ram_slot, else VMM_MEMSLOT_AREA(slot_id); readonly
+ * makes it a KVM_MEM_READONLY memslot. An area already placed there is
+ * removed first (KVM cannot change a memslot's flags in place): the VM's
+ * vCPUs must be parked or not yet running. 0 or -errno with err. */
+int area_set_memslot(struct vm *vm, int slot_id, bool readonly, struct vmm_error *err);
+/* The area of vm that holds machine address mpa and the page of it, or
+ * NULL. */
+struct vm_area *vm_area_of_mpa(struct vm *vm, uint64_t mpa, uint64_t *page);
+/* Guest memory as the VM sees it now (through its P2M): copies len bytes
+ * at guest-physical gpa into buf. 0, or -EFAULT where nothing backs it. */
+int vm_read_guest(struct vm *vm, uint64_t gpa, void *buf, size_t len);
+
+/* ---- clone.c: clones of a running VM ---- */
+
+/* Parks the calling vCPU's thread if its VM is being cloned: saves its state
+ * for the clones (completing a pending port I/O first), then waits until the
+ * clone is done. Its thread, no lock held, outside KVM_RUN. Returns false
+ * if it must stop (the VM stopped, or saving its state failed: reported). */
+bool vcpu_park(struct vcpu *vcpu);
+/* A vCPU thread ends: a clone waiting for it to park stops waiting. */
+void vcpu_thread_ended(struct vcpu *vcpu);
+/* Clones the VM of vcpu n times (CLONE, or READY with --clone): parks its
+ * other vCPUs, shares memory and shadow tables copy-on-write with n new VMs
+ * that run on from this point (the calling vCPU's RAX is 0 in the parent and
+ * k in clone k; its RIP past the out), and resumes. Sets the calling vCPU's
+ * registers itself. Its thread, no lock held. Returns 0, -ENOSPC (VM,
+ * slot or address-space limit), -ENOMEM, or another -errno (in the parent,
+ * with nothing cloned; the message is printed). */
+int vm_clone(struct vcpu *vcpu, unsigned int n);
+
+/* Makes clone number index of vm (named "NAME.index"), a new KVM VM on
+ * shadow MMU mmu (vm's clone), holding vm's RAM areas read-only but own_area
+ * (in place of vm's own area), writable, vm's segments and pool, and vCPUs
+ * with the saved states of vm's (the one of vCPU caller with RAX = index),
+ * on mmu's copies of vm's roots. Takes over mmu and the reference on
+ * own_area (released on failure). vm's vCPUs are parked. kvm.c. 0 or -errno
+ * with err. */
+int vm_create_clone(struct vm *vm, unsigned int caller, unsigned int index, struct shadow_mmu *mmu,
+		    struct vm_area *own_area, struct vm **out, struct vmm_error *err);
+/* Restores a saved vCPU state on root (the shadow root for its CR3). */
+int vcpu_restore_state(struct vcpu *vcpu, const struct vcpu_snapshot *s, uint64_t root);
 
 /* ---- hypercall.c ---- */
 

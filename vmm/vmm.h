@@ -133,6 +133,7 @@ struct vmm_options {
 	unsigned int evict_pages; /* run: ... this many pages of each segment each time */
 	const char *group;        /* run: the trust group of the VMs (or NULL: none) */
 	uint64_t table_quota;     /* run: table pages each VM may hold (0: the default) */
+	unsigned int clones;      /* run: clones of each VM at READY (0: none) */
 	struct vmm_pager_options pager; /* run: --mem-limit, --swap, ... (they override the config's) */
 };
 
@@ -178,6 +179,7 @@ struct plan_vm {
 	unsigned int segments[UMBRA_MAX_SEGMENTS]; /* indexes into plan.segments */
 	char group[VMM_GROUP_NAME_MAX]; /* the declared trust group, "" for none */
 	uint64_t table_quota;           /* table pages it may hold (never 0 in a built plan) */
+	unsigned int clones;            /* clones made when its last vCPU is READY (0: none) */
 	unsigned int group_index;       /* its group in plan.groups (plan_assign_groups) */
 };
 
@@ -297,15 +299,15 @@ int vmm_memory_create(const struct plan *plan, const struct vmm_pager_options *p
 		      struct vmm_error *err);
 /* Puts a memfd, mapped MAP_SHARED read-write at host for size bytes, under
  * the pager as the memory object obj named name (for statistics and
- * messages): the RAM of owner, or a segment (owner NULL), whose page 0 is at
- * guest-physical gpa. Sets *id. Main thread, before the VMs run. Returns 0
- * or -errno with err. */
+ * messages): a RAM area of owner, or a segment (owner NULL), whose page 0 is
+ * at guest-physical gpa. Sets *id. Any thread (a clone adds areas while
+ * other VMs run). Returns 0 or -errno with err. */
 int vmm_memory_add(struct vmm_memory *m, const char *name, struct vm *owner, uint64_t gpa,
 		   struct notifier_object *obj, int memfd, void *host, uint64_t size, int *id,
 		   struct vmm_error *err);
 /* Names vm's vCPU threads to the pager's callbacks, so that a page that
- * cannot be read back stops the VM whose thread needed it. Main thread, as
- * the VM starts (vm_start), before its threads run. */
+ * cannot be read back stops the VM whose thread needed it. As the VM starts
+ * (vm_start), before its threads run; any thread. */
 void vmm_memory_add_vm(struct vmm_memory *m, struct vm *vm);
 /* The shadow slot of object id (its get_page swaps pages in); the caller
  * sets mpa and readonly. */
@@ -313,6 +315,9 @@ void vmm_memory_slot(struct vmm_memory *m, int id, struct shadow_slot *slot);
 /* Keeps the pages of bytes [offset, offset + len) of object id resident
  * for the rest of the run (pager_pin). No lock held. 0 or -errno. */
 int vmm_memory_pin(struct vmm_memory *m, int id, uint64_t offset, uint64_t len);
+/* Frees pages [first, first + npages) of object id, which no VM maps any
+ * more (pager_discard). No lock held. 0 or -errno. */
+int vmm_memory_discard(struct vmm_memory *m, int id, uint64_t first, uint64_t npages);
 /* Swaps out pages [first, first + npages) of object id now (pager_evict).
  * Caller registered with liburcu, no lock held. 0 or -errno. */
 int vmm_memory_evict(struct vmm_memory *m, int id, uint64_t first, uint64_t npages);
@@ -434,7 +439,26 @@ struct vmm_host {
 	/* The pager of guest memory, or NULL when it is off; set by main()
 	 * like console. */
 	struct vmm_memory *memory;
+	/* The run's VMs in the order they were made: the plan's, then each
+	 * clone as its parent makes it (vmm_host_add_vm). vms_lock
+	 * (UMBRA_LOCK_RANK_VMM_VMS, a leaf) protects vms, nr_vms and
+	 * nr_reserved (entries a clone in progress may fill). */
+	struct umbra_mutex vms_lock;
+	unsigned int nr_vms, nr_reserved;
+	struct vm *vms[VMM_MAX_VMS];
+	/* Machine addresses handed to RAM areas of clones so far (atomic;
+	 * clone.c). */
+	uint64_t area_next;
 };
+
+/* Reserves room for n more VMs: 0, or -ENOSPC (VMM_MAX_VMS). */
+int vmm_host_reserve_vms(struct vmm_host *host, unsigned int n);
+void vmm_host_unreserve_vms(struct vmm_host *host, unsigned int n);
+/* Appends vm to the run's VMs, in a reserved entry (or, for the plan's VMs
+ * before any runs, a new one). */
+void vmm_host_add_vm(struct vmm_host *host, struct vm *vm);
+/* The run's i-th VM, or NULL past the last. */
+struct vm *vmm_host_vm(struct vmm_host *host, unsigned int i);
 
 /* Creates a pool for each group of the plan (plan_assign_groups done), of
  * its pool_pages (mmu.c). Returns 0 or -errno with err. */
@@ -594,6 +618,9 @@ int vm_create(int kvm_fd, const struct vm_config *config, struct vm **out,
  * mode, boot tables, stack, boot info in RDI). */
 int vm_load_image(struct vm *vm, const struct elf_image *image, const void *buf,
 		  struct vmm_error *err);
+/* The VM is the plan's VM plan_index; clones (0: none) clones of it are
+ * made when its last vCPU makes the READY hypercall. Before it starts. */
+void vm_set_clone_at_ready(struct vm *vm, unsigned int plan_index, unsigned int clones);
 /* Blocks the vCPU kick signal in the calling thread (and so in the threads it
  * creates afterwards) and installs its handler. Call once, before vm_start. */
 void vmm_signals_init(void);
@@ -606,6 +633,10 @@ int vm_start(struct vm *vm);
  * exit code or an UMBRA_STATUS_*). Guest errors have been printed. */
 int vm_wait(struct vm *vm);
 const char *vm_name(const struct vm *vm);
+/* The VM that cloned vm, or NULL for a VM of the plan. */
+const struct vm *vm_parent(const struct vm *vm);
+/* The plan's VM that vm is, or that it is a clone (of a clone...) of. */
+unsigned int vm_plan_index(const struct vm *vm);
 void vm_get_stats(const struct vm *vm, struct vm_stats *stats);
 void vm_destroy(struct vm *vm);
 
@@ -646,7 +677,7 @@ void vmm_stats_print_process(const struct table_memory *tm, struct segment *cons
  * not created: zeroes) written to path as JSON (docs/config.md). Returns 0,
  * or -errno with err saying "cannot write statistics to 'PATH': reason". */
 int vmm_stats_write_json(const char *path, const struct plan *plan, const struct vmm_host *host,
-			 struct segment *const *segments, struct vm *const *vms, const int *status,
+			 struct segment *const *segments, struct vm *const *vms, unsigned int nr_vms, const int *status,
 			 const struct table_memory *tm, struct vmm_error *err);
 
 /* ---- the boot state (boot.c): pure code that fills RAM and register

@@ -139,13 +139,27 @@ enum umbra_hypercall {
 	                            UMBRA_PIN_TOTAL_MAX bytes in all */
 	UMBRA_HC_READY = 9,      /* this vCPU's IDT, with its NMI handler, is
 	                            loaded: umbra may inject shootdown NMIs from
-	                            now on; the guest then reloads CR3 */
+	                            now on; the guest then reloads CR3.  Returns
+	                            0, or, where umbra clones VMs when they are
+	                            ready (--clone), k in child k on the vCPU
+	                            whose READY was the VM's last */
 	UMBRA_HC_SYNC_TABLE = 10, /* a0 = guest-physical address of a page-table
 	                             page (4 KiB-aligned) the guest changed, which
 	                             other address spaces may also use: every
 	                             shadow of it, in every address space, is
 	                             brought up to date and every vCPU flushed;
 	                             then invlpg locally; returns 0 */
+	UMBRA_HC_CLONE = 11,     /* a0 = n, 1..UMBRA_CLONE_MAX: clone the VM n
+	                            times, as fork does (docs/abi.md, "Clones"):
+	                            every vCPU stops, the VM's memory, vCPU state
+	                            and shadow tables are shared copy-on-write with
+	                            n new VMs, and all run on from this point;
+	                            returns 0 in the parent and k (1..n) in child
+	                            k; -UMBRA_EAGAIN if another vCPU of the VM
+	                            is cloning it (in the parent and in the
+	                            clones that one makes); -UMBRA_ENOSPC or
+	                            -UMBRA_ENOMEM in the parent alone when no
+	                            clone could be made */
 	UMBRA_HC_NR
 };
 
@@ -160,7 +174,13 @@ enum umbra_hypercall {
 #define UMBRA_PIN_TOTAL_MAX (8ull << 20)
 
 /* Errors returned in RAX (as negative numbers). */
+#define UMBRA_EAGAIN 11
+#define UMBRA_ENOMEM 12
 #define UMBRA_EINVAL 22
+#define UMBRA_ENOSPC 28
+
+/* The most clones one CLONE makes; a run holds at most 256 VMs in all. */
+#define UMBRA_CLONE_MAX 64u
 
 /* Console: a 16550-style UART's transmit register. Writes of one byte to
  * UMBRA_CONSOLE_PORT are printed; reads of the line-status register

@@ -52,6 +52,8 @@
  *   VMM_VM           vmm: a VM's pins and stop state
  *   VMM_OUTPUT       vmm: whole lines of output
  *   VMM_EVICTOR      vmm: the evictor's stop flag
+ *   VMM_VMS          vmm: the run's list of VMs, which clones join (a leaf,
+ *                    taken alone)
  *   PAGER_SWAP_IO    pager: the swap file's ring, held across its I/O
  *   PAGER_SWAP       pager: the swap file's slot map, checksums, counters
  *   PAGER_OBJECT     pager: one object's page states and counters (a leaf
@@ -101,6 +103,7 @@ enum umbra_lock_rank {
 	UMBRA_LOCK_RANK_PAGER_SWAP = 26,
 	UMBRA_LOCK_RANK_PAGER_OBJECT = 27,
 	UMBRA_LOCK_RANK_NOTIFIER_SEQ = 28,
+	UMBRA_LOCK_RANK_VMM_VMS = 29,
 	UMBRA_LOCK_RANK_MAX = 31,
 };
 

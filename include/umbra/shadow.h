@@ -296,6 +296,10 @@ struct shadow_slot_ops {
 	 * NULL: every page is always resident.
 	 */
 	int (*get_page)(void *priv, uint64_t page, bool write);
+	/* Page @page of the slot's object is no longer mapped by any VM's P2M (its last
+	 * reference went: every VM that shared it copied it or is gone).  Called with no
+	 * shadow lock held; may block.  Optional (NULL: nothing is done). */
+	void (*put_page)(void *priv, uint64_t page);
 };
 
 struct shadow_slot {
@@ -656,8 +660,10 @@ int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *slo
  * -ENOMEM, -EDQUOT (the parent has more cached roots than its quota), or
  * add_slot's errors.
  */
-int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
-		     struct shadow_mmu **out);
+int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *parent_own,
+		     const struct shadow_slot *child_own, struct shadow_mmu **out);
+/* LEAD-TMP */ int shadow_mmu_set_own_slot(struct shadow_mmu *mmu, int slot_id);
+/* LEAD-TMP */ int shadow_mmu_own_slot(const struct shadow_mmu *mmu);
 
 /*
  * Gives guest-physical page @gpa a private copy if it is still shared
