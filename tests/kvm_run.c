@@ -2,6 +2,7 @@
  * Running the umbra program for the KVM suites (kvm_run.h).
  */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -223,4 +225,60 @@ uint64_t json_u64(struct json_object *o, const char *path)
 		o = next;
 	}
 	return (uint64_t)json_object_get_uint64(o);
+}
+
+/* The table pool's memfd (shadow/pool.c): umbra's tables, not guest memory. */
+#define SHADOW_POOL_MEMFD "/memfd:umbra-shadow-pool"
+
+/* The host memory of umbra's guest memfds (RAM and segments: every
+ * descriptor whose link is "/memfd:...", but the table pool), as
+ * st_blocks * 512, each memfd counted once however many descriptors it
+ * has. A run_sampler. */
+void sample_memfds(pid_t pid, void *arg)
+{
+	struct memfd_samples *s = arg;
+	char dir[64], path[320], link[256];
+	unsigned long inodes[256];
+	unsigned int nr_inodes = 0;
+	uint64_t bytes = 0;
+	struct timespec now;
+	struct dirent *e;
+	DIR *d;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (s->last.tv_sec) {
+		double gap = (double)(now.tv_sec - s->last.tv_sec) * 1e3 + (double)(now.tv_nsec - s->last.tv_nsec) / 1e6;
+
+		if (gap > s->max_gap_ms)
+			s->max_gap_ms = gap;
+	}
+	s->last = now;
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+	if (!(d = opendir(dir)))
+		return;
+	while ((e = readdir(d))) {
+		struct stat st;
+		ssize_t n;
+		unsigned int i;
+
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		if (e->d_name[0] == '.' || (n = readlink(path, link, sizeof(link) - 1)) <= 0)
+			continue;
+		link[n] = '\0';
+		if (strncmp(link, "/memfd:", 7) != 0 || strncmp(link, SHADOW_POOL_MEMFD, strlen(SHADOW_POOL_MEMFD)) == 0 ||
+		    stat(path, &st) != 0)
+			continue;
+		for (i = 0; i < nr_inodes && inodes[i] != (unsigned long)st.st_ino; i++)
+			;
+		if (i < nr_inodes || nr_inodes == sizeof(inodes) / sizeof(inodes[0]))
+			continue;
+		inodes[nr_inodes++] = (unsigned long)st.st_ino;
+		bytes += (uint64_t)st.st_blocks * 512;
+	}
+	closedir(d);
+	if (nr_inodes == 0)
+		return;
+	s->count++;
+	if (bytes > s->max)
+		s->max = bytes;
 }

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 
 #define RUN_TIMEOUT_S 60
 #define OUTPUT_MAX (256 * 1024)
@@ -42,6 +43,17 @@ void run_umbra_timeout(const char *const args[], int timeout_s, struct run_resul
 #define RUN_SAMPLE_MS 10
 typedef void (*run_sampler)(pid_t pid, void *arg);
 void run_umbra_sampled(const char *const args[], int timeout_s, run_sampler sample, void *arg, struct run_result *r);
+
+/* The host memory of umbra's guest memfds (RAM areas and segments, not
+ * the table pool), sampled from outside: a run_sampler whose @arg is a
+ * struct memfd_samples. */
+struct memfd_samples {
+	uint64_t count; /* samples that found guest memfds */
+	uint64_t max; /* bytes */
+	double max_gap_ms; /* the longest time between two samples */
+	struct timespec last;
+};
+void sample_memfds(pid_t pid, void *arg);
 
 #define assert_status(r, want)                                                              \
 	ck_assert_msg((r)->status == (want), "exit status: expected %d, got %d\nstdout:\n%s\nstderr:\n%s", \

@@ -8,5 +8,6 @@ const struct test_suite_entry test_suites[] = {
 	{ "kvm_hostile", kvm_hostile_suite },
 	{ "kvm_quota", kvm_quota_suite },
 	{ "kvm_pager", kvm_pager_suite },
+	{ "kvm_clone", kvm_clone_suite },
 	{ NULL, NULL },
 };

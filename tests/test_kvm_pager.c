@@ -39,8 +39,6 @@
 #include "umbra/abi.h"
 
 #define MIB (1ull << 20)
-/* The table pool's memfd (shadow/pool.c): umbra's tables, not guest memory. */
-#define SHADOW_POOL_MEMFD "/memfd:umbra-shadow-pool"
 #define SEG_GPA "0x2000000000"
 
 static struct run_result result;
@@ -144,68 +142,6 @@ static void assert_memtouch_ok(struct json_object *root, unsigned int n, const c
 		ck_assert_msg(vm_exit_status(root, line) == 0, "vm%u: exit status %d\nstderr:\n%s", i,
 			      vm_exit_status(root, line), result.err);
 	}
-}
-
-/* ---- the resident memory of umbra's memfds, from outside ---- */
-
-struct memfd_samples {
-	uint64_t count; /* samples that found guest memfds */
-	uint64_t max; /* bytes */
-	double max_gap_ms; /* the longest time between two samples */
-	struct timespec last;
-};
-
-/* The host memory of umbra's guest memfds (RAM and segments: every
- * descriptor whose link is "/memfd:...", but the table pool), as
- * st_blocks * 512, each memfd counted once however many descriptors it
- * has. A run_sampler. */
-static void sample_memfds(pid_t pid, void *arg)
-{
-	struct memfd_samples *s = arg;
-	char dir[64], path[320], link[256];
-	unsigned long inodes[256];
-	unsigned int nr_inodes = 0;
-	uint64_t bytes = 0;
-	struct timespec now;
-	struct dirent *e;
-	DIR *d;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (s->last.tv_sec) {
-		double gap = (double)(now.tv_sec - s->last.tv_sec) * 1e3 + (double)(now.tv_nsec - s->last.tv_nsec) / 1e6;
-
-		if (gap > s->max_gap_ms)
-			s->max_gap_ms = gap;
-	}
-	s->last = now;
-	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
-	if (!(d = opendir(dir)))
-		return;
-	while ((e = readdir(d))) {
-		struct stat st;
-		ssize_t n;
-		unsigned int i;
-
-		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-		if (e->d_name[0] == '.' || (n = readlink(path, link, sizeof(link) - 1)) <= 0)
-			continue;
-		link[n] = '\0';
-		if (strncmp(link, "/memfd:", 7) != 0 || strncmp(link, SHADOW_POOL_MEMFD, strlen(SHADOW_POOL_MEMFD)) == 0 ||
-		    stat(path, &st) != 0)
-			continue;
-		for (i = 0; i < nr_inodes && inodes[i] != (unsigned long)st.st_ino; i++)
-			;
-		if (i < nr_inodes || nr_inodes == sizeof(inodes) / sizeof(inodes[0]))
-			continue;
-		inodes[nr_inodes++] = (unsigned long)st.st_ino;
-		bytes += (uint64_t)st.st_blocks * 512;
-	}
-	closedir(d);
-	if (nr_inodes == 0)
-		return;
-	s->count++;
-	if (bytes > s->max)
-		s->max = bytes;
 }
 
 /*

@@ -34,5 +34,6 @@ Suite *kvm_paging_suite(void);
 Suite *kvm_hostile_suite(void);
 Suite *kvm_quota_suite(void);
 Suite *kvm_pager_suite(void);
+Suite *kvm_clone_suite(void);
 
 #endif

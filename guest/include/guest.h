@@ -99,6 +99,17 @@ const struct umbra_segment_info *boot_segment(const struct umbra_boot_info *boot
 const struct umbra_segment_info *cmdline_segment(const struct umbra_boot_info *boot, const char *prog,
 						 const char *key);
 
+/* Clones the VM n times (UMBRA_HC_CLONE, docs/abi.md "Clones"): 0 in the
+ * parent, k (1..n) in clone k, or a negative UMBRA_E* error. */
+static GUEST_ALWAYS_INLINE long guest_clone(unsigned long n)
+{
+	return hypercall4(UMBRA_HC_CLONE, n, 0, 0, 0);
+}
+/* Where umbra cloned the VM as it became ready (--clone): the clone's index
+ * (READY's result on its last vCPU), 0 in the parent and in a VM not cloned
+ * that way. */
+long guest_clone_index(void);
+
 /* A sense-reversing barrier for all nr_vcpus vCPUs. */
 void vcpu_barrier(const struct umbra_boot_info *boot);
 

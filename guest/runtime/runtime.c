@@ -137,6 +137,15 @@ GUEST_RESIDENT_TEXT static int handle_page_fault(struct exception_frame *frame, 
 	return handlers[14] && handlers[14](frame);
 }
 
+/* What READY returned on the VM's last vCPU to make it, where umbra cloned
+ * the VM then (--clone): the clone's index; 0 in the parent. */
+static long clone_index_at_ready;
+
+long guest_clone_index(void)
+{
+	return __atomic_load_n(&clone_index_at_ready, __ATOMIC_ACQUIRE);
+}
+
 /* The rest of the boot, once faults can be taken (not resident): checks the
  * boot information, loads this vCPU's GDT and TSS, sets up paging, says
  * READY and runs main. */
@@ -153,7 +162,9 @@ static __attribute__((noreturn, noinline)) void runtime_main(const struct umbra_
 	vcpu_gdt_load(boot);
 	paging_init(boot);
 	/* The NMI handler is in place: shootdowns may come; start from a clean TLB. */
-	hypercall4(UMBRA_HC_READY, 0, 0, 0, 0);
+	long ready = hypercall4(UMBRA_HC_READY, 0, 0, 0, 0);
+	if (ready > 0)
+		clone_index_at_ready = ready;
 	__asm__ volatile("mov %%cr3, %%rax; mov %%rax, %%cr3" ::: "rax", "memory");
 
 	int ret = main(boot);
