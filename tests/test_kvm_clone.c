@@ -165,8 +165,10 @@ START_TEST(test_a_clone_on_its_own_cr3_cannot_write_shared_memory)
 	assert_vm(root, "vm0", 0, "clone: VM 0: 8 MiB, mode owncr3: ok");
 	assert_vm(root, "vm0.2", 0, "clone: VM 2: 8 MiB, mode owncr3: ok");
 	assert_vm(root, "vm0.1", 120, NULL);
+	/* Stopped by KVM's refusal: a write to the read-only memslot, or (on
+	 * AMD, whose nested walk of the guest's own tables writes A/D bits)
+	 * the walk itself (docs/sharing.md, "Clones on KVM"). */
 	assert_contains(result.err, "umbra: vm0.1: ", &result);
-	assert_contains(result.err, "read-only", &result);
 	ck_assert_msg(!strstr(result.out, "wrote the shared memory under its own CR3"),
 		      "vm0.1 wrote shared memory under its own CR3\nstdout:\n%s", result.out);
 	json_object_put(root);

@@ -188,6 +188,8 @@ static void handle_mmio(struct vcpu *vcpu)
 	struct kvm_run *run = vcpu->run;
 	struct vm *vm = vcpu->vm;
 	const struct segment *ro = NULL;
+	const struct vm_area *layer;
+	uint64_t page;
 	uint64_t pool_bytes = (uint64_t)vm->group->pool_pages * SHADOW_PAGE_SIZE;
 
 	vm_count_exit(vm, VM_EXIT_MMIO);
@@ -200,6 +202,11 @@ static void handle_mmio(struct vcpu *vcpu)
 	else if (ro && run->mmio.is_write)
 		vcpu_fail(vcpu, true, "write of %u bytes at guest-physical %#llx, in read-only segment '%s'",
 			  run->mmio.len, run->mmio.phys_addr, ro->name);
+	else if (run->mmio.is_write && (layer = vm_area_of_mpa(vm, run->mmio.phys_addr, &page)) &&
+		 layer != vm->areas[vm->own_slot])
+		vcpu_fail(vcpu, true, "write of %u bytes at guest-physical %#llx, in RAM shared copy-on-write with "
+			  "the VM's clones (a read-only memslot: only writes through umbra's shadow get a copy, "
+			  "not writes under a CR3 of the guest's own)", run->mmio.len, run->mmio.phys_addr);
 	else
 		vcpu_fail(vcpu, true, "%s of %u bytes at guest-physical %#llx, where there is no RAM or device",
 			  run->mmio.is_write ? "write" : "read", run->mmio.len, run->mmio.phys_addr);
