@@ -9,6 +9,8 @@
  *   segment.c    shared segments (memfds every attached VM maps)
  *   evict.c      the evictor thread (--evict-ms, a test mode)
  *   memory.c     guest memory under the pager: swap file, limit, pins, errors
+ *   area.c       RAM areas: the memfds of guest RAM, own areas and layers
+ *   clone.c      clones of a running VM: parking, vCPU state, sharing
  *   elf.c        ELF64 image validation and loading
  *   kvm.c        /dev/kvm, VM and vCPU creation, memslots, CPUID, loading
  *   boot.c       the boot state: GDT, TSS, page tables, boot block,
