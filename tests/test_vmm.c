@@ -148,6 +148,9 @@ static const struct {
 	{ { "run", "a", "--table-quota", "63", NULL }, "--table-quota '63': must be a number of table pages from 64" },
 	{ { "run", "a", "--table-quota", "8388609", NULL }, "--table-quota '8388609': must be" },
 	{ { "run", "a", "--table-quota", "x", NULL }, "--table-quota 'x': must be" },
+	{ { "run", "a", "--clone", "0", NULL }, "--clone '0': must be a number from 1 to 64" },
+	{ { "run", "a", "--clone", "65", NULL }, "--clone '65': must be a number from 1 to 64" },
+	{ { "run", "--config", "c.json", "--clone", "2", NULL }, "--table-quota and --clone do not apply with --config" },
 	{ { "run", "--config", "c.json", "--group", "g", NULL }, "--group and --table-quota do not apply with --config" },
 	{ { "run", "a", "--mem-limit", "3M", NULL }, "--mem-limit '3M': must be at least 4M" },
 	{ { "run", "a", "--mem-limit", "lots", NULL }, "--mem-limit 'lots': not a size" },
@@ -424,6 +427,10 @@ static const struct {
 	  "vms[0].table_quota: 10 pages: must be 64 to 8388608" },
 	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"table_quota\": \"1000\" } ] }",
 	  "vms[0].table_quota: expected a number, got string" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"clones\": 0 } ] }",
+	  "vms[0].clones: must be 1 to 64 clones" },
+	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"clones\": 65 } ] }",
+	  "vms[0].clones: " },
 };
 
 START_TEST(test_bad_config_names_key_and_problem)
@@ -956,6 +963,27 @@ START_TEST(test_group_and_quota_options_reach_every_vm)
 }
 END_TEST
 
+START_TEST(test_clone_option_and_key_reach_the_plan)
+{
+	struct vmm_options o;
+	struct vmm_error err = { "" };
+	struct plan plan;
+	const char *text = "{ \"vms\": [ { \"name\": \"a\", \"image\": \"g.elf\", \"clones\": 7 },\n"
+			   "           { \"name\": \"b\", \"image\": \"g.elf\" } ] }";
+
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "a.elf", "--vms", "2", "--clone", "3", NULL }), 0);
+	ck_assert_uint_eq(o.clones, 3);
+	ck_assert_int_eq(plan_from_options(&o, &plan, &err), 0);
+	ck_assert_uint_eq(plan.vms[0].clones, 3);
+	ck_assert_uint_eq(plan.vms[1].clones, 3);
+	plan_free(&plan);
+	ck_assert_msg(plan_from_config_text(text, "", "t.json", &plan, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(plan.vms[0].clones, 7);
+	ck_assert_uint_eq(plan.vms[1].clones, 0);
+	plan_free(&plan);
+}
+END_TEST
+
 START_TEST(test_config_group_and_quota_per_vm)
 {
 	struct plan plan;
@@ -1155,6 +1183,7 @@ Suite *vmm_suite(void)
 	TCase *groups = tcase_create("groups");
 	tcase_add_test(groups, test_group_and_quota_options_reach_every_vm);
 	tcase_add_test(groups, test_config_group_and_quota_per_vm);
+	tcase_add_test(groups, test_clone_option_and_key_reach_the_plan);
 	tcase_add_test(groups, test_default_quota_and_roots_follow_the_vm);
 	tcase_add_test(groups, test_vms_without_a_group_are_alone_where_the_pool_is_writable);
 	tcase_add_test(groups, test_vms_without_a_group_share_the_default_where_the_pool_is_read_only);

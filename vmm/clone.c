@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 
 #include "vm_internal.h"
 #include "x86.h"
@@ -57,6 +58,9 @@ static int vcpu_save_state(struct vcpu *vcpu, bool complete_io)
 	if (ioctl(vcpu->fd, KVM_GET_REGS, &s->regs) < 0 || ioctl(vcpu->fd, KVM_GET_SREGS, &s->sregs) < 0 ||
 	    ioctl(vcpu->fd, KVM_GET_FPU, &s->fpu) < 0 || ioctl(vcpu->fd, KVM_GET_VCPU_EVENTS, &s->events) < 0)
 		return -errno;
+	struct kvm_device_attr tsc = { .group = KVM_VCPU_TSC_CTRL, .attr = KVM_VCPU_TSC_OFFSET,
+				       .addr = (uint64_t)(uintptr_t)&s->tsc_offset };
+	s->has_tsc_offset = ioctl(vcpu->fd, KVM_GET_DEVICE_ATTR, &tsc) == 0;
 	s->guest_cr3 = vcpu->guest_cr3;
 	s->nmi_ready = __atomic_load_n(&vcpu->nmi_ready, __ATOMIC_ACQUIRE);
 	s->nmis_injected = vcpu->nmis_injected;
@@ -73,12 +77,25 @@ int vcpu_restore_state(struct vcpu *vcpu, const struct vcpu_snapshot *s, uint64_
 	if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0 || ioctl(vcpu->fd, KVM_SET_REGS, &s->regs) < 0 ||
 	    ioctl(vcpu->fd, KVM_SET_FPU, &s->fpu) < 0 || ioctl(vcpu->fd, KVM_SET_VCPU_EVENTS, &s->events) < 0)
 		return -errno;
+	if (s->has_tsc_offset) {
+		struct kvm_device_attr tsc = { .group = KVM_VCPU_TSC_CTRL, .attr = KVM_VCPU_TSC_OFFSET,
+					       .addr = (uint64_t)(uintptr_t)&s->tsc_offset };
+		(void)ioctl(vcpu->fd, KVM_SET_DEVICE_ATTR, &tsc); /* a TSC of its own otherwise */
+	}
 	vcpu->guest_cr3 = s->guest_cr3;
 	__atomic_store_n(&vcpu->nmi_ready, s->nmi_ready, __ATOMIC_RELEASE);
 	/* An NMI pending in the saved events is one the guest will acknowledge. */
 	vcpu->nmis_injected = s->nmis_injected;
 	vcpu->acks_received = s->acks_received;
 	return 0;
+}
+
+uint64_t vmm_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* ---- parking ---- */
@@ -288,7 +305,7 @@ int vm_clone(struct vcpu *self, unsigned int n)
 	struct vm *clones[UMBRA_CLONE_MAX];
 	struct vmm_error err = { "" };
 	unsigned int made = 0;
-	uint64_t mpa;
+	uint64_t mpa, start = vmm_now_ns();
 	int ret;
 
 	ret = vm_park_others(self);
@@ -325,14 +342,16 @@ int vm_clone(struct vcpu *self, unsigned int n)
 		ret = vm_refresh_pins_after_clone(clones[k]);
 	if (ret)
 		vmm_error_set(&err, -ret, "faulting in the pinned ranges after the clone: %s", strerror(-ret));
-	vm->nr_clones += made;
+	__atomic_store_n(&vm->nr_clones, vm->nr_clones + made, __ATOMIC_RELAXED);
 	vm->prefix_output = true;
 	vmm_host_unreserve_vms(vm->host, n - made);
 	for (unsigned int k = 0; k < made; k++) {
+		clones[k]->clone_started_ns = start;
 		vmm_host_add_vm(vm->host, clones[k]);
 		vm_start(clones[k]);
 	}
 	vm_resume_others(vm);
+	__atomic_fetch_add(&vm->clone_ns, vmm_now_ns() - start, __ATOMIC_RELAXED);
 	if (ret) {
 		vm_print_error(vm, "clone: %s", err.msg);
 		vm_stop(vm, UMBRA_STATUS_GUEST_ERROR);

@@ -63,6 +63,12 @@ static bool vcpu_run_once(struct vcpu *vcpu)
 	/* Enter guest mode unless a request slipped in. */
 	if (!vcpu_enter_guest_mode(vcpu))
 		return true;
+	if (!__atomic_load_n(&vm->first_run_ns, __ATOMIC_RELAXED)) {
+		uint64_t zero = 0;
+
+		__atomic_compare_exchange_n(&vm->first_run_ns, &zero, vmm_now_ns(), false, __ATOMIC_RELEASE,
+					    __ATOMIC_RELAXED);
+	}
 	r = ioctl(vcpu->fd, KVM_RUN, 0);
 	int run_errno = errno;
 	vcpu_exit_guest_mode(vcpu);

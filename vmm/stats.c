@@ -71,6 +71,11 @@ void vm_get_stats(const struct vm *vm, struct vm_stats *stats)
 	stats->nmis = __atomic_load_n(&vm->nmis, __ATOMIC_RELAXED);
 	stats->flush_acks = __atomic_load_n(&vm->flush_acks, __ATOMIC_RELAXED);
 	stats->early_flushes = __atomic_load_n(&vm->early_flushes, __ATOMIC_RELAXED);
+	stats->clones_made = __atomic_load_n(&vm->nr_clones, __ATOMIC_RELAXED);
+	stats->clone_ns = __atomic_load_n(&vm->clone_ns, __ATOMIC_RELAXED);
+	uint64_t first = __atomic_load_n(&vm->first_run_ns, __ATOMIC_ACQUIRE);
+	if (vm->parent && first > vm->clone_started_ns)
+		stats->clone_to_run_ns = first - vm->clone_started_ns;
 }
 
 /* The process's table memory: X(field, key) of struct table_memory. */

@@ -77,6 +77,8 @@ struct vcpu_snapshot {
 	uint64_t guest_cr3;
 	bool nmi_ready;
 	uint64_t nmis_injected, acks_received;
+	bool has_tsc_offset;
+	uint64_t tsc_offset; /* KVM_VCPU_TSC_OFFSET, where KVM has it */
 };
 
 struct vcpu {
@@ -182,6 +184,10 @@ struct vm {
 	struct vm *parent;
 	unsigned int clone_index, nr_clones;
 	unsigned int plan_index; /* the VM of the plan it is (or descends from) */
+	/* Timing (CLOCK_MONOTONIC ns): the CLONEs' time (atomic adds); for a
+	 * clone, when its parent's CLONE began, and when its first vCPU first
+	 * entered the guest (set once, atomic). */
+	uint64_t clone_ns, clone_started_ns, first_run_ns;
 
 	/* lock (UMBRA_LOCK_RANK_VMM_VM) protects pins, nr_pins, stopped (written
 	 * under it, read atomically without it), exit_status and nr_halted. */
@@ -371,8 +377,12 @@ int vm_clone(struct vcpu *vcpu, unsigned int n);
  * with err. */
 int vm_create_clone(struct vm *vm, unsigned int caller, unsigned int index, struct shadow_mmu *mmu,
 		    struct vm_area *own_area, struct vm **out, struct vmm_error *err);
-/* Restores a saved vCPU state on root (the shadow root for its CR3). */
+/* Restores a saved vCPU state on root (the shadow root for its CR3); the
+ * TSC offset of the vCPU it was saved from (parent) too, where KVM allows,
+ * so that the family's TSCs agree. */
 int vcpu_restore_state(struct vcpu *vcpu, const struct vcpu_snapshot *s, uint64_t root);
+/* CLOCK_MONOTONIC in ns. */
+uint64_t vmm_now_ns(void);
 
 /* ---- hypercall.c ---- */
 

@@ -516,6 +516,11 @@ struct vm_stats {
 	/* TLB shootdowns: flush requests posted to vCPU mailboxes, kicks of
 	 * vCPUs in guest mode, NMIs injected, acknowledgements from the guest. */
 	uint64_t flush_requests, kicks, nmis, flush_acks, early_flushes;
+	/* Clones (docs/abi.md, "Clones"): the clones this VM made; the time its
+	 * CLONEs took, from the hypercall until its vCPUs resumed (ns); for a
+	 * clone, the time from its parent's CLONE until its first vCPU entered
+	 * the guest (ns, 0 if it never did). */
+	uint64_t clones_made, clone_ns, clone_to_run_ns;
 };
 
 /*
@@ -569,7 +574,10 @@ struct vm_stats {
 	X(SHARING, cow_breaks, " cow_breaks=", "", s->shadow.cow_breaks)                           \
 	X(SHARING, canon_created, " canonical created=", "", s->shadow.canon_created)              \
 	X(SHARING, canon_reused, " reused=", "", s->shadow.canon_reused)                           \
-	X(SHARING, remote_flushes, " remote_flushes=", "", s->shadow.remote_flushes)
+	X(SHARING, remote_flushes, " remote_flushes=", "", s->shadow.remote_flushes)               \
+	X(SHARING, clones_made, " clones_made=", "", s->clones_made)                               \
+	X(SHARING, clone_ns, " clone_ns=", "", s->clone_ns)                                        \
+	X(SHARING, clone_to_run_ns, " clone_to_run_ns=", "", s->clone_to_run_ns)
 
 enum vm_stat_group {
 	VM_STAT_SHADOW,
