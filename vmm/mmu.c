@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include "vm_internal.h"
 #include "x86.h"
@@ -118,6 +119,39 @@ void vmm_host_add_vm(struct vmm_host *host, struct vm *vm)
 		host->nr_reserved--;
 	host->vms[host->nr_vms++] = vm;
 	umbra_mutex_unlock(&host->vms_lock);
+}
+
+size_t vmm_host_ram_bytes(struct vmm_host *host, unsigned int *nr_areas)
+{
+	const struct vm_area *seen[SHADOW_MAX_SLOTS * 4];
+	unsigned int n = 0, dropped = 0;
+	size_t bytes = 0;
+
+	umbra_mutex_lock(&host->vms_lock);
+	for (unsigned int i = 0; i < host->nr_vms; i++) {
+		for (unsigned int s = 0; s < SHADOW_MAX_SLOTS; s++) {
+			const struct vm_area *a = host->vms[i]->areas[s];
+			unsigned int k;
+			struct stat st;
+
+			if (!a)
+				continue;
+			for (k = 0; k < n && seen[k] != a; k++)
+				;
+			if (k < n)
+				continue;
+			if (n < sizeof(seen) / sizeof(seen[0]))
+				seen[n++] = a;
+			else
+				dropped++; /* counted again if held twice: an upper bound */
+			if (fstat(a->fd, &st) == 0)
+				bytes += (size_t)st.st_blocks * 512;
+		}
+	}
+	umbra_mutex_unlock(&host->vms_lock);
+	if (nr_areas)
+		*nr_areas = n + dropped;
+	return bytes;
 }
 
 struct vm *vmm_host_vm(struct vmm_host *host, unsigned int i)
@@ -235,6 +269,7 @@ void vm_mmu_release(struct vm *vm)
 	shadow_mmu_stats(vm->mmu, &vm->mmu_stats_at_stop);
 	(void)shadow_mmu_table_usage(vm->mmu, &vm->tables_at_stop); /* on -ENOMEM: zeroes */
 	record_max(&vm->group->in_use_seen, shadow_pool_pages_in_use(vm->group->pool, 0));
+	record_max(&vm->host->ram_bytes_seen, vmm_host_ram_bytes(vm->host, NULL));
 	for (unsigned int i = 0; i < vm->nr_vcpus; i++)
 		if (vm->vcpus[i].tlb.ops)
 			shadow_mmu_tlb_unregister(vm->mmu, &vm->vcpus[i].tlb);

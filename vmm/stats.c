@@ -335,6 +335,12 @@ int vmm_stats_write_json(const char *path, const struct plan *plan, const struct
 #undef TABLE_MEMORY_JSON
 	json_object_object_add(root, "table_pages", jpool);
 	json_object_object_add(root, "pools", json_pools(plan, host));
+	struct json_object *jram = json_object_new_object();
+	unsigned int nr_areas = 0;
+	(void)vmm_host_ram_bytes((struct vmm_host *)host, &nr_areas);
+	json_object_object_add(jram, "areas", json_object_new_int((int)nr_areas));
+	json_add_u64(jram, "bytes_seen", __atomic_load_n(&host->ram_bytes_seen, __ATOMIC_RELAXED));
+	json_object_object_add(root, "ram", jram);
 	for (unsigned int i = 0; i < nr_vms; i++)
 		json_object_array_add(jvms, json_vm(plan, &plan->vms[vm_plan_index(vms[i])], vms[i], status[i]));
 	json_object_object_add(root, "vms", jvms);

@@ -451,7 +451,14 @@ struct vmm_host {
 	/* Machine addresses handed to RAM areas of clones so far (atomic;
 	 * clone.c). */
 	uint64_t area_next;
+	/* The most host memory of RAM areas seen as VMs stopped (each stop
+	 * samples it before its tables and areas are freed); atomic. */
+	size_t ram_bytes_seen;
 };
+
+/* The host memory (st_blocks) of the RAM areas of the run's VMs now, each
+ * area counted once, and how many there are. Takes vms_lock. */
+size_t vmm_host_ram_bytes(struct vmm_host *host, unsigned int *nr_areas);
 
 /* Reserves room for n more VMs: 0, or -ENOSPC (VMM_MAX_VMS). */
 int vmm_host_reserve_vms(struct vmm_host *host, unsigned int n);
