@@ -1,7 +1,7 @@
 /*
  * Helpers shared by the benchmark programs (bench-notifier, bench-shadow,
- * bench-share, bench-pager, bench-evict): timing, medians, and dying on a
- * failed call.  A program that uses CHECK defines BENCH_NAME (its name, for
+ * bench-share, bench-pager, bench-evict, bench-clone, bench-fork): timing,
+ * medians, Linux fork() as a baseline, and dying on a failed call.  A program that uses CHECK defines BENCH_NAME (its name, for
  * messages) first.
  */
 #ifndef UMBRA_BENCH_UTIL_H
@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <time.h>
 
 /* Exits with the call, its line and its error when @expr is negative (-errno). */
@@ -81,5 +83,39 @@ static inline double median(const double *v, int n)
 			exit(1);                                                      \
 		}                                                                     \
 	} while (0)
+
+/*
+ * The time of one Linux fork() of a process with @bytes of private memory
+ * touched (every page written), as the parent sees it: from the call to its
+ * return in the parent (the kernel copies the page tables and marks every
+ * page copy-on-write there). The memory is mapped, touched and unmapped by
+ * the caller: @mem. The child exits at once; the parent reaps it after the
+ * measurement. ns.
+ */
+static inline double bench_fork_ns(void)
+{
+	double t0 = now_ns(), t;
+	pid_t pid = fork();
+
+	t = now_ns() - t0;
+	if (pid < 0) {
+		perror("fork");
+		exit(1);
+	}
+	if (pid == 0)
+		_exit(0);
+	waitpid(pid, NULL, 0);
+	return t;
+}
+
+/* @bytes of private memory with every page written (for bench_fork_ns). */
+static inline void *bench_touched(uint64_t bytes)
+{
+	char *p = bench_mmap(bytes);
+
+	for (uint64_t off = 0; off < bytes; off += 4096)
+		p[off] = 1;
+	return p;
+}
 
 #endif

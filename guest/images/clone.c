@@ -23,6 +23,8 @@
  *                (host memory of read-only clones against cold-booted VMs).
  *     cold       no CLONE: fills and verifies R times (the cold-booted VMs
  *                that readonly is measured against).
+ *     bench      fills, clones, and every VM exits at once (scripts/bench-clone
+ *                times the clone from umbra's statistics).
  *     ready      no CLONE: umbra clones the VM when it is ready (--clone);
  *                READY's result (guest_clone_index(): the clone's index, 0
  *                in the parent) names the VM, which fills the region with a
@@ -177,6 +179,8 @@ int main(const struct umbra_boot_info *boot)
 		return 1;
 	}
 	snprintf(who, sizeof(who), "VM %ld", k);
+	if (strcmp(mode, "bench") == 0)
+		return 0;
 	if (strcmp(mode, "owncr3") == 0) {
 		ret = owncr3(boot, lo, bytes, k, who);
 	} else if (strcmp(mode, "readonly") == 0) {
