@@ -100,12 +100,18 @@ uint64_t vmm_now_ns(void)
 
 /* ---- parking ---- */
 
+static int vm_park_others(struct vcpu *self);
+static void vm_resume_others(struct vm *vm);
+static void vm_take_over_layers(struct vcpu *self);
+
 bool vcpu_park(struct vcpu *vcpu)
 {
 	struct vm *vm = vcpu->vm;
 	uint64_t gen;
 	int ret;
 
+	if (__atomic_load_n(&vm->takeover_req, __ATOMIC_ACQUIRE))
+		vm_take_over_layers(vcpu);
 	if (!__atomic_load_n(&vm->pausing, __ATOMIC_ACQUIRE))
 		return true;
 	ret = vcpu_save_state(vcpu, true);
@@ -167,6 +173,64 @@ static void vm_resume_others(struct vm *vm)
 	vm->pause_gen++;
 	pthread_cond_broadcast(&vm->pause_cond);
 	umbra_mutex_unlock(&vm->lock);
+}
+
+/* ---- taking a layer over ---- */
+
+/*
+ * The VM is the last running holder of the layers of takeover_req: each
+ * becomes a writable memslot of its own, and the shadow MMU makes a write
+ * to a page of it that no other VM maps writable in place, without a copy
+ * (shadow_mmu_slot_take_over). The vCPUs are parked meanwhile (KVM cannot
+ * change a memslot's flags in place). A layer another VM holds again (a
+ * clone made since) stays as it is. The vCPU's thread, at the top of its
+ * loop; if the VM is being cloned, the request waits for the next exit.
+ */
+static void vm_take_over_layers(struct vcpu *self)
+{
+	struct vm *vm = self->vm;
+	struct vmm_error err = { "" };
+	uint64_t req;
+
+	int ret = vm_park_others(self);
+
+	if (ret) {
+		if (ret != -EAGAIN)
+			vm_resume_others(vm);
+		return;
+	}
+	req = __atomic_exchange_n(&vm->takeover_req, 0, __ATOMIC_ACQ_REL);
+	for (int i = 0; i < SHADOW_MAX_SLOTS; i++) {
+		struct vm_area *a = vm->areas[i];
+
+		if (!(req & (1ull << i)) || !a || i == vm->own_slot || (vm->writable_layers & (1ull << i)) ||
+		    __atomic_load_n(&a->live, __ATOMIC_ACQUIRE) != 1)
+			continue;
+		if (area_set_memslot(vm, i, false, &err)) {
+			vm_print_error(vm, "taking over %s: %s", a->name, err.msg);
+			vm_stop(vm, UMBRA_STATUS_NO_KVM);
+			break;
+		}
+		vm->writable_layers |= 1ull << i;
+		if (shadow_mmu_slot_take_over(vm->mmu, i) == 0)
+			vm->layers_taken_over++;
+	}
+	vm_resume_others(vm);
+}
+
+/* Before a clone: the layers the VM took over are shared again, read-only
+ * memslots (the shadow MMU's clone freezes them for its part). */
+static int vm_give_back_layers(struct vm *vm, struct vmm_error *err)
+{
+	for (int i = 0; i < SHADOW_MAX_SLOTS; i++) {
+		if (!(vm->writable_layers & (1ull << i)))
+			continue;
+		int ret = area_set_memslot(vm, i, true, err);
+		if (ret)
+			return ret;
+		vm->writable_layers &= ~(1ull << i);
+	}
+	return 0;
 }
 
 /* ---- the clone ---- */
@@ -253,6 +317,11 @@ static int clone_one(struct vcpu *self, unsigned int k, uint64_t mpa, struct vm 
 	int old_own = vm->own_slot, new_own, ret;
 
 	if (k == 1) {
+		ret = vm_give_back_layers(vm, err);
+		if (ret) {
+			vm_stop(vm, UMBRA_STATUS_NO_KVM);
+			return ret;
+		}
 		snprintf(name, sizeof(name), "%s.ram%u", vm->name, vm->nr_clones + 1);
 		ret = area_create(vm->host, name, vm, vm->ram_size, mpa, &parent_own, err);
 		if (ret)

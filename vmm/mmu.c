@@ -154,6 +154,18 @@ size_t vmm_host_ram_bytes(struct vmm_host *host, unsigned int *nr_areas)
 	return bytes;
 }
 
+void vmm_host_offer_layer(struct vmm_host *host, struct vm *stopped, int slot, const struct vm_area *a)
+{
+	umbra_mutex_lock(&host->vms_lock);
+	for (unsigned int i = 0; i < host->nr_vms; i++) {
+		struct vm *vm = host->vms[i];
+
+		if (vm != stopped && vm->areas[slot] == a && !vm_is_stopped(vm))
+			__atomic_fetch_or(&vm->takeover_req, 1ull << slot, __ATOMIC_RELEASE);
+	}
+	umbra_mutex_unlock(&host->vms_lock);
+}
+
 struct vm *vmm_host_vm(struct vmm_host *host, unsigned int i)
 {
 	struct vm *vm = NULL;
@@ -287,9 +299,13 @@ void vm_mmu_destroy(struct vm *vm)
 	for (unsigned int i = 0; i < SHADOW_MAX_SLOTS; i++) {
 		struct vm_area *a = vm->areas[i];
 
-		if (a && __atomic_sub_fetch(&a->live, 1, __ATOMIC_ACQ_REL) == 0) {
+		unsigned int live = a ? __atomic_sub_fetch(&a->live, 1, __ATOMIC_ACQ_REL) : 1;
+
+		if (live == 0) {
 			__atomic_store_n(&a->dying, true, __ATOMIC_RELEASE);
 			last[i] = true;
+		} else if (live == 1 && (int)i != vm->own_slot) {
+			vmm_host_offer_layer(vm->host, vm, (int)i, a);
 		}
 	}
 	shadow_mmu_destroy(vm->mmu);

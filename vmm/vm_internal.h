@@ -179,6 +179,12 @@ struct vm {
 	 * every vCPU is parked, or before the VM starts. */
 	struct vm_area *areas[SHADOW_MAX_SLOTS];
 	int own_slot;
+	/* Layers taken over (clone.c): takeover_req has bit i when the VM is
+	 * the last running holder of areas[i], a layer (set by the thread of the
+	 * holder that stopped, atomic); writable_layers has bit i once the VM
+	 * made areas[i] a writable memslot of its own (its vCPUs parked). */
+	uint64_t takeover_req, writable_layers;
+	unsigned int layers_taken_over;
 	/* Clones (clone.c): the clone's parent (NULL for a VM of the plan) and
 	 * its index among the parent's clones; clones made of this VM. */
 	struct vm *parent;
@@ -357,6 +363,10 @@ int vm_read_guest(struct vm *vm, uint64_t gpa, void *buf, size_t len);
  * clone is done. Its thread, no lock held, outside KVM_RUN. Returns false
  * if it must stop (the VM stopped, or saving its state failed: reported). */
 bool vcpu_park(struct vcpu *vcpu);
+/* The VM stopped while it held area a at slot id slot with one other
+ * running VM holding it still: that VM may take the layer over
+ * (vm_take_over_layers, at its next exit). No lock held. */
+void vmm_host_offer_layer(struct vmm_host *host, struct vm *stopped, int slot, const struct vm_area *a);
 /* A vCPU thread ends: a clone waiting for it to park stops waiting. */
 void vcpu_thread_ended(struct vcpu *vcpu);
 /* Clones the VM of vcpu n times (CLONE, or READY with --clone): parks its

@@ -664,6 +664,7 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *parent
 		     const struct shadow_slot *child_own, struct shadow_mmu **out);
 /* LEAD-TMP */ int shadow_mmu_set_own_slot(struct shadow_mmu *mmu, int slot_id);
 /* LEAD-TMP */ int shadow_mmu_own_slot(const struct shadow_mmu *mmu);
+/* LEAD-TMP */ int shadow_mmu_slot_take_over(struct shadow_mmu *mmu, int slot_id);
 
 /*
  * Gives guest-physical page @gpa a private copy if it is still shared
