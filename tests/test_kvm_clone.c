@@ -15,6 +15,8 @@
  *                   pattern
  *   nested          clones of clones: 9 VMs, each with its lineage's marks
  *   at_ready        --clone 3: umbra clones the VM as it becomes ready
+ *   takeover        a parent whose only clone exited takes the memory over:
+ *                   its writes need no copy
  *   readonly_memory the host memory of 8 read-only clones against 9
  *                   cold-booted VMs of the same image and size
  *   under_pager     read-only clones under a memory limit smaller than their
@@ -269,6 +271,31 @@ START_TEST(test_clones_under_the_pager_refault_and_stay_shared)
 }
 END_TEST
 
+/* The parent outlives its only clone: it takes the shared memory over and
+ * rewrites most of it without copying. */
+START_TEST(test_the_last_holder_takes_the_memory_over)
+{
+	const char *args[] = { "--mem", "64M", "--cmdline", "mode=takeover mib=16 clones=1 rounds=3", NULL };
+	struct json_object *root = run_clone(args, 120, NULL, NULL);
+	struct json_object *p;
+
+	assert_status(&result, 0);
+	assert_vm(root, "vm0", 0, "clone: VM 0: 16 MiB, mode takeover: ok");
+	assert_vm(root, "vm0.1", 0, NULL);
+	p = vm_stats(root, "vm0");
+	uint64_t taken = json_u64(p, "shadow.sharing.layers_taken_over");
+	uint64_t inplace = json_u64(p, "shadow.sharing.cow_takeovers");
+	uint64_t breaks = json_u64(p, "shadow.sharing.cow_breaks");
+	printf("takeover: layers taken over %llu, writes in place %llu, copies %llu\n", (unsigned long long)taken,
+	       (unsigned long long)inplace, (unsigned long long)breaks);
+	ck_assert_msg(taken >= 1, "vm0 took no layer over");
+	/* 16 MiB is 4096 pages: most of them written in place. */
+	ck_assert_msg(inplace > 2048, "vm0: expected more than 2048 writes in place, got %llu (and %llu copies)",
+		      (unsigned long long)inplace, (unsigned long long)breaks);
+	json_object_put(root);
+}
+END_TEST
+
 static void add_case(Suite *s, const char *name, const TTest *test, int timeout_s)
 {
 	TCase *tc = tcase_create(name);
@@ -288,6 +315,7 @@ Suite *kvm_clone_suite(void)
 	add_case(s, "own_cr3", test_a_clone_on_its_own_cr3_cannot_write_shared_memory, 150);
 	add_case(s, "nested", test_clones_of_clones_keep_their_lineage, 150);
 	add_case(s, "at_ready", test_clone_option_clones_when_ready, 150);
+	add_case(s, "takeover", test_the_last_holder_takes_the_memory_over, 150);
 	add_case(s, "readonly_memory", test_read_only_clones_share_their_memory, 400);
 	add_case(s, "under_pager", test_clones_under_the_pager_refault_and_stay_shared, 300);
 	return s;

@@ -73,6 +73,7 @@ void vm_get_stats(const struct vm *vm, struct vm_stats *stats)
 	stats->early_flushes = __atomic_load_n(&vm->early_flushes, __ATOMIC_RELAXED);
 	stats->clones_made = __atomic_load_n(&vm->nr_clones, __ATOMIC_RELAXED);
 	stats->clone_ns = __atomic_load_n(&vm->clone_ns, __ATOMIC_RELAXED);
+	stats->layers_taken_over = __atomic_load_n(&vm->layers_taken_over, __ATOMIC_RELAXED);
 	uint64_t first = __atomic_load_n(&vm->first_run_ns, __ATOMIC_ACQUIRE);
 	if (vm->parent && first > vm->clone_started_ns)
 		stats->clone_to_run_ns = first - vm->clone_started_ns;

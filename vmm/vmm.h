@@ -528,6 +528,7 @@ struct vm_stats {
 	 * clone, the time from its parent's CLONE until its first vCPU entered
 	 * the guest (ns, 0 if it never did). */
 	uint64_t clones_made, clone_ns, clone_to_run_ns;
+	uint64_t layers_taken_over; /* layers it became the last holder of and made its own */
 };
 
 /*
@@ -584,7 +585,8 @@ struct vm_stats {
 	X(SHARING, remote_flushes, " remote_flushes=", "", s->shadow.remote_flushes)               \
 	X(SHARING, clones_made, " clones_made=", "", s->clones_made)                               \
 	X(SHARING, clone_ns, " clone_ns=", "", s->clone_ns)                                        \
-	X(SHARING, clone_to_run_ns, " clone_to_run_ns=", "", s->clone_to_run_ns)
+	X(SHARING, clone_to_run_ns, " clone_to_run_ns=", "", s->clone_to_run_ns)                   \
+	X(SHARING, layers_taken_over, " layers_taken_over=", "", s->layers_taken_over)
 
 enum vm_stat_group {
 	VM_STAT_SHADOW,

@@ -23,6 +23,9 @@
  *                (host memory of read-only clones against cold-booted VMs).
  *     cold       no CLONE: fills and verifies R times (the cold-booted VMs
  *                that readonly is measured against).
+ *     takeover   CLONE(1): the clone exits at once; the parent reads the
+ *                region R times (meanwhile the clone is gone and the parent
+ *                takes its memory over), then rewrites and verifies it.
  *     bench      fills, clones, and every VM exits at once (scripts/bench-clone
  *                times the clone from umbra's statistics).
  *     ready      no CLONE: umbra clones the VM when it is ready (--clone);
@@ -179,8 +182,15 @@ int main(const struct umbra_boot_info *boot)
 		return 1;
 	}
 	snprintf(who, sizeof(who), "VM %ld", k);
-	if (strcmp(mode, "bench") == 0)
+	if (strcmp(mode, "bench") == 0 || (strcmp(mode, "takeover") == 0 && k > 0))
 		return 0;
+	if (strcmp(mode, "takeover") == 0) {
+		for (uint64_t r = 0; r < rounds && !ret; r++)
+			ret = verify(lo, lo + bytes, 0, who);
+		fill(lo, lo + bytes, 5);
+		ret = ret ? ret : verify(lo, lo + bytes, 5, who);
+		goto out;
+	}
 	if (strcmp(mode, "owncr3") == 0) {
 		ret = owncr3(boot, lo, bytes, k, who);
 	} else if (strcmp(mode, "readonly") == 0) {
