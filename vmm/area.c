@@ -87,6 +87,14 @@ close_fd:
 	return ret;
 }
 
+void area_free_memory(struct vm_area *a)
+{
+	if (a->memory)
+		(void)vmm_memory_discard(a->memory, a->pager_id, 0, a->size / SHADOW_PAGE_SIZE);
+	else
+		(void)fallocate(a->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)a->size);
+}
+
 void area_get(struct vm_area *a)
 {
 	__atomic_add_fetch(&a->refs, 1, __ATOMIC_RELAXED);
