@@ -340,7 +340,7 @@ static int clone_one(struct vcpu *self, unsigned int k, uint64_t mpa, struct vm 
 	}
 	if (parent_own) {
 		/* The shadow MMU gave the new own area the next slot id. */
-		new_own = shadow_mmu_own_slot(vm->mmu);
+		new_own = vm->nr_slots++;
 		vm->areas[new_own] = parent_own;
 		parent_own->live = 1;
 		vm->own_slot = new_own;

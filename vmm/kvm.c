@@ -472,6 +472,7 @@ int vm_create_clone(struct vm *vm, unsigned int caller, unsigned int index, stru
 	c->boot_tables_end = vm->boot_tables_end;
 	c->ram_slot = vm->ram_slot;
 	c->own_slot = vm->own_slot;
+	c->nr_slots = vm->nr_slots;
 	c->ram = MAP_FAILED;
 	c->parent = vm;
 	c->clone_index = index;

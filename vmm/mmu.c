@@ -259,6 +259,7 @@ int vm_mmu_init(struct vm *vm, struct vmm_error *err)
 	ret = vm_mmu_add_segments(vm, err);
 	if (ret)
 		goto destroy_mmu;
+	vm->nr_slots = 1 + (int)vm->nr_segments;
 	return 0;
 
 destroy_mmu:

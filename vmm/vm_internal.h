@@ -178,7 +178,7 @@ struct vm {
 	 * (areas[own_slot]). Written by the thread that clones the VM while
 	 * every vCPU is parked, or before the VM starts. */
 	struct vm_area *areas[SHADOW_MAX_SLOTS];
-	int own_slot;
+	int own_slot, nr_slots; /* nr_slots: of its shadow MMU (RAM, segments, own areas) */
 	/* Layers taken over (clone.c): takeover_req has bit i when the VM is
 	 * the last running holder of areas[i], a layer (set by the thread of the
 	 * holder that stopped, atomic); writable_layers has bit i once the VM

@@ -663,7 +663,6 @@ int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *slo
 int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *parent_own,
 		     const struct shadow_slot *child_own, struct shadow_mmu **out);
 /* LEAD-TMP */ int shadow_mmu_set_own_slot(struct shadow_mmu *mmu, int slot_id);
-/* LEAD-TMP */ int shadow_mmu_own_slot(const struct shadow_mmu *mmu);
 /* LEAD-TMP */ int shadow_mmu_slot_take_over(struct shadow_mmu *mmu, int slot_id);
 
 /*
