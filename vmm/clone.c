@@ -405,6 +405,8 @@ int vm_clone(struct vcpu *self, unsigned int n)
 	}
 	if (made == 0)
 		goto unreserve;
+	if (made < n)
+		vm_print_error(vm, "CLONE(%u) made %u clones: %s", n, made, err.msg);
 	/* Some clones: the parent goes on with them, whatever failed after. */
 	ret = vm_refresh_pins_after_clone(vm);
 	for (unsigned int k = 0; !ret && k < made; k++)
