@@ -29,6 +29,15 @@ static void pins_drop_locked(struct pager_object *po, uint64_t first, uint64_t e
 	}
 }
 
+void pager_page_pins_clear_locked(struct pager_object *po, uint64_t page)
+{
+	umbra_mutex_assert_held(&po->lock);
+	if (!po->pins || !po->pins[page])
+		return;
+	po->pins[page] = 0;
+	po->pinned--;
+}
+
 /* Takes one pin of each page of [first, end), or none: -EOVERFLOW,
  * -ENOMEM.  Object lock held. */
 static int pins_take_locked(struct pager_object *po, uint64_t first, uint64_t end)
