@@ -328,9 +328,10 @@ END_TEST
 /* _i: the policy.  Reclaim and pager_evict never pick a discarded page. */
 START_TEST(test_reclaim_never_picks_a_discarded_page)
 {
-	/* A limit above everything: the reclaimer thread stays idle, and
+	/* Watermarks above everything: the reclaimer thread stays idle, and
 	 * pager_reclaim uses the policy. */
-	struct pager_budget budget = { .limit_pages = 4 * NPAGES, .policy = (enum pager_policy)_i };
+	struct pager_budget budget = { .limit_pages = 4 * NPAGES, .high_pages = 3 * NPAGES,
+				       .low_pages = 2 * NPAGES, .policy = (enum pager_policy)_i };
 	uint64_t writes;
 	struct pfix f;
 
