@@ -364,16 +364,23 @@ enum racer_kind {
 	RACER_GET_PAGE,
 	RACER_READ,	/* through the mapping: the handler's swap-ins, zero fills */
 	RACER_DIRTY,	/* an atomic add of 0: a write fault that changes nothing */
+	/* once the last read error it armed fired, arms another (one of the
+	 * next swap-ins loses its page); else a get_page */
+	RACER_LOSE,
 };
 
+/* The racers; the last one only when pages are lost too. */
 static const enum racer_kind racer_kinds[] = {
 	RACER_DISCARD, RACER_DISCARD, RACER_EVICT, RACER_GET_PAGE, RACER_READ, RACER_DIRTY,
+	RACER_LOSE,
 };
 #define NR_RACERS (sizeof(racer_kinds) / sizeof(racer_kinds[0]))
 
 struct racer {
 	struct pfix *f;
 	enum racer_kind kind;
+	bool losses;		/* pages may be lost (read poison, get_page -EIO) */
+	uint64_t read_errors;	/* RACER_LOSE: the swap's count when it last armed */
 	uint64_t seed;
 	struct test_failures *fail;
 	struct test_gate *gate;
@@ -387,7 +394,7 @@ static uint64_t racer_next(struct racer *r, uint64_t bound)
 }
 
 /* Every word of page @p is its pattern or zero (a discard may land in the
- * middle of the read). */
+ * middle of the read), or the poison if pages may be lost. */
 static void racer_check_words(struct racer *r, uint64_t p)
 {
 	const uint64_t *w = (const uint64_t *)(r->f->host + p * PG);
@@ -395,8 +402,8 @@ static void racer_check_words(struct racer *r, uint64_t p)
 	for (uint64_t i = 0; i < PG / 8; i += 61) {
 		uint64_t v = __atomic_load_n(&w[i], __ATOMIC_RELAXED);
 
-		if (v && v != pattern(p, i)) {
-			test_fail(r->fail, "page %llu word %llu: %#llx is neither its pattern nor zero",
+		if (v && v != pattern(p, i) && !(r->losses && v == PAGER_POISON_WORD)) {
+			test_fail(r->fail, "page %llu word %llu: %#llx is not its pattern, zero or poison",
 				  (unsigned long long)p, (unsigned long long)i, (unsigned long long)v);
 			return;
 		}
@@ -407,6 +414,7 @@ static void racer_step(struct racer *r)
 {
 	struct pfix *f = r->f;
 	uint64_t p = racer_next(r, RACE_NPAGES), n = 1 + racer_next(r, 16);
+	struct pager_swap_stats ss;
 	int ret = 0;
 
 	if (n > RACE_NPAGES - p)
@@ -418,8 +426,18 @@ static void racer_step(struct racer *r)
 	case RACER_EVICT:
 		ret = pager_evict(f->pager, f->id, p, n);
 		break;
+	case RACER_LOSE:
+		pager_swap_stats(f->swap, &ss);
+		if (ss.read_errors != r->read_errors) {
+			r->read_errors = ss.read_errors;
+			ret = pager_swap_inject(f->swap, PAGER_INJECT_READ_ERROR, n, -EIO);
+			break;
+		}
+		/* fall through */
 	case RACER_GET_PAGE:
 		ret = pager_get_page(f->pager, f->id, p);
+		if (ret == -EIO && r->losses)
+			ret = 0;
 		racer_check_words(r, p);
 		break;
 	case RACER_READ:
@@ -447,9 +465,27 @@ static void *racer_body(void *arg)
 	return NULL;
 }
 
+/* Page @p is whole: its pattern, zeros, or (a lost page) the poison. */
+static bool page_is_whole(struct pfix *f, uint64_t p)
+{
+	const uint64_t *w = (const uint64_t *)(f->host + p * PG);
+	uint64_t first = __atomic_load_n(&w[0], __ATOMIC_RELAXED);
+
+	if (first == PAGER_POISON_WORD) {
+		for (uint64_t i = 1; i < PG / 8; i++) {
+			if (__atomic_load_n(&w[i], __ATOMIC_RELAXED) != PAGER_POISON_WORD)
+				return false;
+		}
+		return true;
+	}
+	return check_page(f->host, p) < 0 || first_nonzero_word(f, p) < 0;
+}
+
+/* _i: 1 if some swap-ins fail as well, losing their pages. */
 START_TEST(test_discards_racing_evictions_and_swap_ins_keep_counts_consistent)
 {
 	const struct pager_budget budget = { .limit_pages = RACE_NPAGES / 2, .batch_pages = 16 };
+	unsigned int nr = NR_RACERS - !_i;
 	struct racer r[NR_RACERS];
 	pthread_t th[NR_RACERS];
 	struct test_failures fail;
@@ -460,19 +496,21 @@ START_TEST(test_discards_racing_evictions_and_swap_ins_keep_counts_consistent)
 
 	pfix_init(&f, 1024, RACE_NPAGES);
 	test_failures_init(&fail);
-	test_gate_init(&gate, NR_RACERS);
+	test_gate_init(&gate, nr);
 	ck_assert_int_eq(pager_budget_start(f.pager, &budget), 0);
-	for (unsigned int i = 0; i < NR_RACERS; i++) {
-		r[i] = (struct racer){ .f = &f, .kind = racer_kinds[i], .seed = 1000 + i,
+	for (unsigned int i = 0; i < nr; i++) {
+		r[i] = (struct racer){ .f = &f, .kind = racer_kinds[i], .losses = _i,
+				       .read_errors = UINT64_MAX, .seed = 1000 + i,
 				       .fail = &fail, .gate = &gate, .start = test_now_s() };
 		ck_assert_int_eq(pthread_create(&th[i], NULL, racer_body, &r[i]), 0);
 	}
-	for (unsigned int i = 0; i < NR_RACERS; i++)
+	for (unsigned int i = 0; i < nr; i++)
 		pthread_join(th[i], NULL);
 	test_gate_exit(&gate);
 	test_failures_assert_none(&fail);
 	test_failures_exit(&fail);
 	pager_budget_stop(f.pager);
+	ck_assert_int_eq(pager_swap_inject(f.swap, PAGER_INJECT_READ_ERROR, 0, 0), 0);
 
 	/* Quiet: the counters agree with the memfd, the slots with the
 	 * swapped pages once everything is evicted. */
@@ -482,17 +520,21 @@ START_TEST(test_discards_racing_evictions_and_swap_ins_keep_counts_consistent)
 	assert_present(&f, present, "after the race");
 	ck_assert_uint_ge(slots_in_use(&f), st.swapped);
 	ck_assert_int_eq(pager_evict(f.pager, f.id, 0, RACE_NPAGES), 0);
-	assert_present(&f, 0, "after evicting everything");
+	assert_present(&f, st.lost, "after evicting everything but the lost pages");
 	ck_assert_uint_eq(slots_in_use(&f), pstats(&f).swapped);
-	/* Every page is its pattern or zeros, whole. */
+	if (_i)
+		ck_assert_uint_gt(pstats(&f).read_errors, 0);
+	else
+		ck_assert_uint_eq(st.lost, 0);
 	for (uint64_t p = 0; p < RACE_NPAGES; p++)
-		ck_assert_msg(check_page(f.host, p) < 0 || first_nonzero_word(&f, p) < 0,
-			      "page %llu is neither its pattern nor zeros", (unsigned long long)p);
+		ck_assert_msg(page_is_whole(&f, p), "page %llu is not its pattern, zeros or poison",
+			      (unsigned long long)p);
 	ck_assert_int_eq(pager_discard(f.pager, f.id, 0, RACE_NPAGES), 0);
 	assert_present(&f, 0, "after discarding everything");
 	ck_assert_uint_eq(slots_in_use(&f), 0);
 	st = pstats(&f);
 	ck_assert_uint_eq(st.swapped, 0);
+	ck_assert_uint_eq(st.lost, 0);
 	ck_assert_uint_eq(st.resident, RACE_NPAGES);
 	pfix_fini(&f);
 }
@@ -511,7 +553,8 @@ Suite *pager_discard_suite(void)
 	tcase_add_test(states, test_refused_punch_leaves_every_page_as_it_was);
 	tcase_add_loop_test(states, test_reclaim_never_picks_a_discarded_page, 0, 2);
 	tcase_set_timeout(races, TEST_TORTURE_LIMIT_S + 30);
-	tcase_add_test(races, test_discards_racing_evictions_and_swap_ins_keep_counts_consistent);
+	tcase_add_loop_test(races, test_discards_racing_evictions_and_swap_ins_keep_counts_consistent,
+			    0, 2);
 	suite_add_tcase(s, states);
 	suite_add_tcase(s, races);
 	return s;
