@@ -5,9 +5,10 @@
  *
  * Each page has a state (pager_internal.h) changed under its object's lock.
  * A thread that finds a page RESIDENT/CLEAN (eviction), SWAPPED (swap-in) or
- * idle in any state (a discard, discard.c) marks it busy and then owns it: it does the I/O and the ioctls with no lock
- * held, sets the final state under the lock, broadcasts the object's cond and
- * wakes the page's waiting faults.  Whoever else meets a busy page waits
+ * idle in any state (a discard, discard.c) marks it busy and then owns it:
+ * it does the I/O and the ioctls with no lock held, sets the final state
+ * under the lock, broadcasts the object's cond and wakes the page's waiting
+ * faults.  Whoever else meets a busy page waits
  * (get_page) or leaves the fault to the owner (the handler thread), so a page
  * is read from swap once however many threads fault on it.  A page whose
  * slot cannot be read is lost: its user is told (ops.page_lost) and a poison

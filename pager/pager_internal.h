@@ -16,10 +16,10 @@
 
 /*
  * A page's state.  Every change happens under the object's lock; the busy
- * states (EVICTING, SWAPPING_IN, DISCARDING) belong to the one thread that set them,
- * which alone does the page's I/O and ioctls and, when it sets the final
- * state, broadcasts the object's condition variable and wakes the faults
- * waiting on the page (UFFDIO_WAKE).
+ * states (EVICTING, SWAPPING_IN, DISCARDING) belong to the one thread that
+ * set them, which alone does the page's I/O and ioctls and, when it sets the
+ * final state, broadcasts the object's condition variable and wakes the
+ * faults waiting on the page (UFFDIO_WAKE).
  */
 enum pager_page_state {
 	PAGER_PAGE_RESIDENT,	/* in the memfd; dirty; no slot */

@@ -218,9 +218,9 @@ int pager_swap_fd(const struct pager_swap *swap);
  * user is told (ops.page_lost) before the faulting thread is released onto
  * a poison page (PAGER_POISON_WORD), so that no thread waits forever.  A
  * pinned page (pager_pin) is never evicted.  A page nobody needs any more
- * (pager_discard) becomes a hole again, its memory and slot freed.  Only the registered mapping is
- * covered: any other mapping of the memfd, or write()/read() on it, bypasses
- * the pager (docs/pager.md).
+ * (pager_discard) becomes a hole again, its memory and slot freed.  Only the
+ * registered mapping is covered: any other mapping of the memfd, or
+ * write()/read() on it, bypasses the pager (docs/pager.md).
  *
  * Threads: one userfaultfd handler thread per pager, started by
  * pager_create().  Every function below may block.
