@@ -4,10 +4,11 @@
  * brought back with their content on any access (docs/pager.md, "The pager").
  *
  * Each page has a state (pager_internal.h) changed under its object's lock.
- * A thread that finds a page RESIDENT/CLEAN (eviction) or SWAPPED (swap-in)
- * marks it busy and then owns it: it does the I/O and the ioctls with no lock
- * held, sets the final state under the lock, broadcasts the object's cond and
- * wakes the page's waiting faults.  Whoever else meets a busy page waits
+ * A thread that finds a page RESIDENT/CLEAN (eviction), SWAPPED (swap-in) or
+ * idle in any state (a discard, discard.c) marks it busy and then owns it:
+ * it does the I/O and the ioctls with no lock held, sets the final state
+ * under the lock, broadcasts the object's cond and wakes the page's waiting
+ * faults.  Whoever else meets a busy page waits
  * (get_page) or leaves the fault to the owner (the handler thread), so a page
  * is read from swap once however many threads fault on it.  A page whose
  * slot cannot be read is lost: its user is told (ops.page_lost) and a poison
@@ -274,16 +275,22 @@ bool pager_page_is_evictable_locked(const struct pager_object *po, uint64_t page
 	return !po->pins || !po->pins[page];
 }
 
+void pager_page_absent_locked(struct pager_object *po)
+{
+	umbra_mutex_assert_held(&po->lock);
+	po->present--;
+	atomic_fetch_sub(&po->pager->present_pages, 1);
+}
+
 void pager_page_evicted_locked(struct pager_object *po, uint64_t page)
 {
 	umbra_mutex_assert_held(&po->lock);
 	po->state[page] = PAGER_PAGE_SWAPPED;
-	po->present--;
-	atomic_fetch_sub(&po->pager->present_pages, 1);
+	pager_page_absent_locked(po);
 	po->evicted_at[page] = atomic_fetch_add(&po->pager->evictions, 1) + 1;
 }
 
-/* A page of @po became present (zero fill, swap-in, poison page). */
+/* A page of @po became present (zero fill, swap-in, lost page). */
 static void page_present_locked(struct pager_object *po)
 {
 	umbra_mutex_assert_held(&po->lock);
@@ -306,11 +313,11 @@ static void page_lost_report(struct pager_object *po, uint64_t page, int err, pi
 		pager->ops.page_lost(pager->ops_priv, po->id, page, err, tid);
 }
 
-/* Installs the poison page at @page (not write-protected).  Returns true if
- * a page is there now that was not before. */
-static bool page_install_poison(struct pager_object *po, uint64_t page)
+/* Installs the poison page at @page (not write-protected), unless a page is
+ * there already.  Returns 0 or the ioctl's -errno (-EEXIST: already there). */
+static int page_install_poison(struct pager_object *po, uint64_t page)
 {
-	return !pager_uffd_copy(po->pager, pager_page_addr(po, page), poison_page, false);
+	return pager_uffd_copy(po->pager, pager_page_addr(po, page), poison_page, false);
 }
 
 /* The error recorded for the LOST page @page. */
@@ -323,16 +330,17 @@ static int page_lost_err_locked(const struct pager_object *po, uint64_t page)
  * The read of @page's slot failed with @err (the caller owns the page,
  * SWAPPING_IN): the page is lost.  Its user is told for thread @tid before
  * anyone waiting is released, a poison page is installed, the slot freed,
- * and the waiting faults woken.
+ * and the waiting faults woken.  A lost page is counted present from here
+ * on, whether this install succeeded or the next fault's will (what
+ * pager_discard takes back).
  */
 static void page_lose(struct pager_object *po, uint64_t page, int err, pid_t tid)
 {
 	struct pager *pager = po->pager;
 	uint64_t slot = po->slot[page];	/* the owner's: stable while busy */
-	bool installed;
 
 	page_lost_report(po, page, err, tid);
-	installed = page_install_poison(po, page);
+	(void)page_install_poison(po, page);
 	umbra_mutex_lock(&po->lock);
 	if (!po->lost_err)
 		po->lost_err = calloc(po->npages, sizeof(*po->lost_err));
@@ -342,8 +350,7 @@ static void page_lose(struct pager_object *po, uint64_t page, int err, pid_t tid
 	po->read_errors++;
 	po->swapped--;
 	po->lost++;
-	if (installed)
-		page_present_locked(po);
+	page_present_locked(po);
 	page_settle_locked(po, page, PAGER_PAGE_LOST);
 	umbra_mutex_unlock(&po->lock);
 	pager_swap_free(pager->swap, slot);
@@ -435,6 +442,22 @@ static int page_zero_fill(struct pager_object *po, uint64_t page, enum pager_pag
 	return ret;
 }
 
+/*
+ * A fault on the LOST page @page (the caller set it SWAPPING_IN), queued
+ * from another thread before the poison page was installed, or after its
+ * install failed: that thread is told, the poison page installed if it is
+ * still missing (the page is counted present already), the fault woken.
+ */
+static void page_lost_fault(struct pager_object *po, uint64_t page, int err, pid_t tid)
+{
+	page_lost_report(po, page, err, tid);
+	(void)page_install_poison(po, page);
+	umbra_mutex_lock(&po->lock);
+	page_settle_locked(po, page, PAGER_PAGE_LOST);
+	umbra_mutex_unlock(&po->lock);
+	pager_uffd_wake(po->pager, pager_page_addr(po, page), PAGER_PAGE_SIZE);
+}
+
 void pager_fault_missing(struct pager_object *po, uint64_t page, pid_t tid)
 {
 	enum pager_page_state st;
@@ -442,7 +465,8 @@ void pager_fault_missing(struct pager_object *po, uint64_t page, pid_t tid)
 
 	umbra_mutex_lock(&po->lock);
 	st = po->state[page];
-	if (st == PAGER_PAGE_SWAPPED || st == PAGER_PAGE_RESIDENT || st == PAGER_PAGE_HOLE)
+	if (st == PAGER_PAGE_SWAPPED || st == PAGER_PAGE_RESIDENT || st == PAGER_PAGE_HOLE ||
+	    st == PAGER_PAGE_LOST)
 		po->state[page] = PAGER_PAGE_SWAPPING_IN;
 	if (st == PAGER_PAGE_LOST)
 		err = page_lost_err_locked(po, page);
@@ -457,15 +481,7 @@ void pager_fault_missing(struct pager_object *po, uint64_t page, pid_t tid)
 		(void)page_zero_fill(po, page, st);
 		break;
 	case PAGER_PAGE_LOST:
-		/* Another thread's fault on the lost page, queued before the
-		 * poison page was installed (or its install failed). */
-		page_lost_report(po, page, err, tid);
-		if (page_install_poison(po, page)) {
-			umbra_mutex_lock(&po->lock);
-			page_present_locked(po);
-			umbra_mutex_unlock(&po->lock);
-		}
-		pager_uffd_wake(po->pager, pager_page_addr(po, page), PAGER_PAGE_SIZE);
+		page_lost_fault(po, page, err, tid);
 		return;
 	case PAGER_PAGE_CLEAN:
 		/* Installed since the fault was queued. */
@@ -507,6 +523,7 @@ void pager_fault_wp(struct pager_object *po, uint64_t page)
 		break;
 	case PAGER_PAGE_EVICTING:
 	case PAGER_PAGE_SWAPPING_IN:
+	case PAGER_PAGE_DISCARDING:
 		/* Busy: its owner wakes the writer when it settles the page. */
 		break;
 	default:

@@ -1,7 +1,7 @@
 /*
  * Private to pager/: the pager, its objects and their page states
- * (pager.c), pins (pin.c), statistics (stats.c), and the userfaultfd calls
- * and handler thread (uffd.c).
+ * (pager.c), pins (pin.c), discarding (discard.c), statistics (stats.c), and
+ * the userfaultfd calls and handler thread (uffd.c).
  */
 #ifndef UMBRA_PAGER_INTERNAL_H
 #define UMBRA_PAGER_INTERNAL_H
@@ -15,21 +15,31 @@
 #include "umbra/pager.h"
 
 /*
- * A page's state.  Every change happens under the object's lock; the two
- * busy states (EVICTING, SWAPPING_IN) belong to the one thread that set them,
- * which alone does the page's I/O and ioctls and, when it sets the final
- * state, broadcasts the object's condition variable and wakes the faults
- * waiting on the page (UFFDIO_WAKE).
+ * A page's state.  Every change happens under the object's lock; the busy
+ * states (EVICTING, SWAPPING_IN, DISCARDING) belong to the one thread that
+ * set them, which alone does the page's I/O and ioctls and, when it sets the
+ * final state, broadcasts the object's condition variable and wakes the
+ * faults waiting on the page (UFFDIO_WAKE).
  */
 enum pager_page_state {
 	PAGER_PAGE_RESIDENT,	/* in the memfd; dirty; no slot */
 	PAGER_PAGE_CLEAN,	/* in the memfd, write-protected, equal to its slot */
 	PAGER_PAGE_SWAPPED,	/* a hole; the content is only in its slot */
 	PAGER_PAGE_EVICTING,	/* busy: an eviction owns it */
-	PAGER_PAGE_SWAPPING_IN,	/* busy: a swap-in (or a zero fill) owns it */
-	PAGER_PAGE_HOLE,	/* never written, not in memory, no slot (a never-evicted hole) */
-	PAGER_PAGE_LOST,	/* its swap slot could not be read: a poison page is installed, get_page fails */
+	PAGER_PAGE_SWAPPING_IN,	/* busy: a swap-in, a zero fill or a poison install owns it */
+	PAGER_PAGE_HOLE,	/* never written or discarded: not in memory, no slot */
+	/* its swap slot could not be read: a poison page is installed (counted
+	 * present from the loss on), get_page fails */
+	PAGER_PAGE_LOST,
+	PAGER_PAGE_DISCARDING,	/* busy: a discard owns it (pager_discard) */
 };
+
+/* @st is one of the busy states: its owner settles it. */
+static inline bool pager_page_state_is_busy(uint8_t st)
+{
+	return st == PAGER_PAGE_EVICTING || st == PAGER_PAGE_SWAPPING_IN ||
+	       st == PAGER_PAGE_DISCARDING;
+}
 
 #define PAGER_NO_SLOT UINT64_MAX
 
@@ -65,7 +75,7 @@ struct pager_object {
 	uint8_t *lost_err;		/* [npages] errno of a LOST page; NULL until the first loss */
 	uint64_t swapped, present, pinned, lost;
 	uint64_t swapouts_io, swapouts_cached, swapins, zero_fills, refaults;
-	uint64_t write_errors, read_errors;
+	uint64_t write_errors, read_errors, discarded;
 	struct pager_hist swapin_ns;
 };
 
@@ -89,8 +99,8 @@ struct pager {
 	void *ops_priv;
 	bool thread_id;			/* fault messages carry the thread id */
 	/* Pages in host memory over every object: set from the memfds' data
-	 * at add_object, +1 per zero fill, swap-in or poison page, -1 per
-	 * punched page (what the budget counts). */
+	 * at add_object, +1 per zero fill, swap-in or lost page, -1 per
+	 * page punched by an eviction or a discard (what the budget counts). */
 	_Atomic uint64_t present_pages;
 	_Atomic uint64_t evictions;	/* pages punched since create */
 	_Atomic uint64_t refault_window;
@@ -161,6 +171,15 @@ bool pager_page_is_evictable_locked(const struct pager_object *po, uint64_t page
 /* Page @page was punched and becomes SWAPPED: state, present_pages,
  * evicted_at.  Object lock held.  evict.c's settle calls it. */
 void pager_page_evicted_locked(struct pager_object *po, uint64_t page);
+/* A page of @po left host memory: one present page less, in the object and
+ * the pager.  Object lock held. */
+void pager_page_absent_locked(struct pager_object *po);
+
+/* ---- pin.c ------------------------------------------------------------ */
+
+/* Drops every pin of @page (a discard: nobody needs it).  Object lock
+ * held. */
+void pager_page_pins_clear_locked(struct pager_object *po, uint64_t page);
 
 /* ---- stats.c ---------------------------------------------------------- */
 

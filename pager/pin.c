@@ -2,7 +2,8 @@
  * Pins: a page with a pin count above zero stays resident (eviction and the
  * budget's reclaim skip it, pager_page_is_evictable_locked), for the VMM's
  * resident set.  The counts live in a per-object array allocated at the
- * object's first pin.
+ * object's first pin.  A discarded page loses all its pins
+ * (pager_page_pins_clear_locked, for discard.c).
  *
  * Locks: the object's lock around the counts; the swap-ins of pager_pin run
  * with no lock held (pager_page_get).
@@ -27,6 +28,15 @@ static void pins_drop_locked(struct pager_object *po, uint64_t first, uint64_t e
 		if (!--po->pins[p])
 			po->pinned--;
 	}
+}
+
+void pager_page_pins_clear_locked(struct pager_object *po, uint64_t page)
+{
+	umbra_mutex_assert_held(&po->lock);
+	if (!po->pins || !po->pins[page])
+		return;
+	po->pins[page] = 0;
+	po->pinned--;
 }
 
 /* Takes one pin of each page of [first, end), or none: -EOVERFLOW,

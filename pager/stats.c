@@ -110,6 +110,7 @@ static int object_stats_add(struct pager_object *po, struct pager_stats *st,
 	st->zero_fills += po->zero_fills;
 	st->write_errors += po->write_errors;
 	st->read_errors += po->read_errors;
+	st->discarded_pages += po->discarded;
 	st->present += po->present;
 	st->pinned += po->pinned;
 	st->refaults += po->refaults;

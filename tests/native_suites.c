@@ -16,6 +16,7 @@ const struct test_suite_entry test_suites[] = {
 	{ "pager_swap", pager_swap_suite },
 	{ "pager", pager_suite },
 	{ "pager_reclaim", pager_reclaim_suite },
+	{ "pager_discard", pager_discard_suite },
 	{ "vmm", vmm_suite },
 	{ NULL, NULL },
 };

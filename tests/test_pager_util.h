@@ -1,8 +1,8 @@
 /*
  * The pager suite's fixture: one pager over one memfd-backed object of
  * patterned pages, and the measures the tests read (counters, the memfd's
- * allocated blocks).  Header-only, for test_pager.c and
- * test_pager_account.c.
+ * allocated blocks).  Header-only, for test_pager.c, test_pager_account.c
+ * and test_pager_discard.c.
  */
 #ifndef UMBRA_TEST_PAGER_UTIL_H
 #define UMBRA_TEST_PAGER_UTIL_H
@@ -56,12 +56,14 @@ static inline long check_page(const uint8_t *host, uint64_t p)
 }
 
 /* What the fixture sets up besides its size: pages left holes (bit p of
- * @holes: page p, p < 64, is never written) and the pager's ops. */
+ * @holes: page p, p < 64, is never written), the pager's ops, and whether
+ * the memfd allows seals (MFD_ALLOW_SEALING). */
 struct pfix_opts {
 	const char *path;
 	uint64_t holes;
 	const struct pager_ops *ops;
 	void *priv;
+	bool sealable;
 };
 
 static inline void pfix_init_opts(struct pfix *f, const struct pfix_opts *o, uint64_t nr_slots,
@@ -77,7 +79,7 @@ static inline void pfix_init_opts(struct pfix *f, const struct pfix_opts *o, uin
 	if (o->ops)
 		pager_set_ops(f->pager, o->ops, o->priv);
 	ck_assert_int_eq(notifier_object_create("paged", npages, &f->obj), 0);
-	f->memfd = memfd_create("paged", MFD_CLOEXEC);
+	f->memfd = memfd_create("paged", MFD_CLOEXEC | (o->sealable ? MFD_ALLOW_SEALING : 0));
 	ck_assert_int_ge(f->memfd, 0);
 	ck_assert_int_eq(ftruncate(f->memfd, (off_t)(npages * PG)), 0);
 	f->host = mmap(NULL, npages * PG, PROT_READ | PROT_WRITE, MAP_SHARED, f->memfd, 0);

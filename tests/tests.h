@@ -28,6 +28,7 @@ Suite *shadow_young_suite(void);
 Suite *pager_swap_suite(void);
 Suite *pager_suite(void);
 Suite *pager_reclaim_suite(void);
+Suite *pager_discard_suite(void);
 Suite *vmm_suite(void);
 Suite *kvm_suite(void);
 Suite *kvm_paging_suite(void);

@@ -217,9 +217,10 @@ int pager_swap_fd(const struct pager_swap *swap);
  * zeros on first touch.  A page whose slot cannot be read back is lost: the
  * user is told (ops.page_lost) before the faulting thread is released onto
  * a poison page (PAGER_POISON_WORD), so that no thread waits forever.  A
- * pinned page (pager_pin) is never evicted.  Only the registered mapping is
- * covered: any other mapping of the memfd, or write()/read() on it, bypasses
- * the pager (docs/pager.md).
+ * pinned page (pager_pin) is never evicted.  A page nobody needs any more
+ * (pager_discard) becomes a hole again, its memory and slot freed.  Only the
+ * registered mapping is covered: any other mapping of the memfd, or
+ * write()/read() on it, bypasses the pager (docs/pager.md).
  *
  * Threads: one userfaultfd handler thread per pager, started by
  * pager_create().  Every function below may block.
@@ -247,7 +248,8 @@ struct pager_stats {
 	uint64_t present;		/* pages in host memory (what the budget counts) */
 	uint64_t pinned;		/* pages pinned at least once */
 	uint64_t refaults;		/* swap-ins within the refault window */
-	uint64_t lost;			/* pages that could not be brought back (stay lost) */
+	uint64_t lost;			/* pages that could not be brought back (stay lost until discarded) */
+	uint64_t discarded_pages;	/* pages that held memory or a slot, made holes by pager_discard */
 	/* Latency of swap-ins (from the decision to read the slot to the page
 	 * installed), from a histogram with buckets 2^(k/4) ns per object
 	 * (summed for id -1): a percentile is its bucket's upper bound, at
@@ -396,6 +398,29 @@ int pager_pin(struct pager *pager, int id, uint64_t first, uint64_t npages);
 /* Drops one pin of each page of the range (pinned by pager_pin).  No lock
  * held; never blocks on I/O. */
 void pager_unpin(struct pager *pager, int id, uint64_t first, uint64_t npages);
+
+/*
+ * Pages [@first, @first + @npages) of object @id hold nothing anyone needs
+ * (their last user is gone): each becomes a hole (PAGER_PAGE_HOLE) -- a
+ * resident or clean page is punched out of the memfd (fallocate PUNCH_HOLE |
+ * KEEP_SIZE), a swapped page's slot is freed, a lost page is cleared (its
+ * poison page punched), pins are dropped; a page busy in an eviction or
+ * swap-in is waited for first (as the other paths wait for busy pages).
+ * Counted in the pager's and the object's statistics
+ * (pager_stats.discarded_pages: the pages that held memory or a slot) and
+ * present_pages goes down accordingly.  A later access zero-fills as for any
+ * hole; the reclaimer and pager_evict never pick a hole.
+ *
+ * No VM may map the pages: the caller guarantees it (the shadow MMU's
+ * put_page says the last mapping went), and no notifier invalidation is
+ * made; the punch makes the host kernel's MMU notifier drop what KVM itself
+ * maps of them.  An access racing the discard reads the old content or
+ * zeros.  Caller holds no shadow or pager lock; may block.  Returns 0,
+ * -EINVAL (bad id or range), or the -errno of the punch (the pages of the
+ * run it failed on, and those after it, stay as they were; the ones before
+ * are discarded).
+ */
+int pager_discard(struct pager *pager, int id, uint64_t first, uint64_t npages);
 
 /* Set before the first pager_add_object(); @ops is copied. */
 void pager_set_ops(struct pager *pager, const struct pager_ops *ops, void *priv);
