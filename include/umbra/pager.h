@@ -394,7 +394,6 @@ int pager_get_page(struct pager *pager, int id, uint64_t page);
  * held.
  */
 int pager_pin(struct pager *pager, int id, uint64_t first, uint64_t npages);
-/* LEAD-TMP */ int pager_discard(struct pager *pager, int id, uint64_t first, uint64_t npages);
 /* Drops one pin of each page of the range (pinned by pager_pin).  No lock
  * held; never blocks on I/O. */
 void pager_unpin(struct pager *pager, int id, uint64_t first, uint64_t npages);
