@@ -280,6 +280,7 @@ int vmm_memory_object_stats(struct vmm_memory *m, int id, struct pager_stats *st
 	X("swapins", s->swapins)                                  \
 	X("refaults", s->refaults)                                \
 	X("zero_fills", s->zero_fills)                            \
+	X("discarded_pages", s->discarded_pages)                  \
 	X("write_errors", s->write_errors)                        \
 	X("read_errors", s->read_errors)
 
