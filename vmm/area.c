@@ -132,8 +132,8 @@ int area_set_memslot(struct vm *vm, int slot_id, bool readonly, struct vmm_error
 	unsigned int memslot = slot_id == vm->ram_slot ? VMM_MEMSLOT_RAM : VMM_MEMSLOT_AREA(slot_id);
 	struct kvm_userspace_memory_region r = { .slot = memslot };
 
-	/* Removing a memslot that does not exist is not an error. */
-	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
+	/* Removes the memslot if there is one (KVM answers EINVAL if not). */
+	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0 && errno != EINVAL)
 		return vmm_error_set(err, errno, "KVM_SET_USER_MEMORY_REGION (removing %s): %s", a->name,
 				     strerror(errno));
 	r.flags = readonly ? KVM_MEM_READONLY : 0;
