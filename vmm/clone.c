@@ -358,7 +358,7 @@ static int clone_one(struct vcpu *self, unsigned int k, uint64_t mpa, struct vm 
 			goto put_areas;
 		}
 	}
-	ret = vm_create_clone(vm, self->id, vm->nr_clones + k, mmu, child_own, out, err);
+	ret = vm_create_clone(vm, self->id, k, vm->nr_clones + k, mmu, child_own, out, err);
 	child_own = NULL; /* the clone's now, or freed by it */
 	return ret;
 

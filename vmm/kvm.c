@@ -412,8 +412,8 @@ static int clone_set_memslots(struct vm *c, struct vmm_error *err)
 }
 
 /* The clone's vCPUs, in the states saved from vm's (vCPU caller gets RAX =
- * index), each on the clone's copy of its root. */
-static int clone_set_vcpus(struct vm *vm, struct vm *c, unsigned int caller, unsigned int index,
+ * k), each on the clone's copy of its root. */
+static int clone_set_vcpus(struct vm *vm, struct vm *c, unsigned int caller, unsigned int k,
 			   struct vmm_error *err)
 {
 	for (unsigned int i = 0; i < c->nr_vcpus; i++) {
@@ -428,7 +428,7 @@ static int clone_set_vcpus(struct vm *vm, struct vm *c, unsigned int caller, uns
 			continue;
 		}
 		if (i == caller)
-			snap.regs.rax = index;
+			snap.regs.rax = k;
 		ret = vcpu_load_guest_cr3(v, snap.guest_cr3, &root);
 		if (ret)
 			return vmm_error_set(err, -ret, "vCPU %u's address space %#" PRIx64 ": %s", i, snap.guest_cr3,
@@ -440,8 +440,8 @@ static int clone_set_vcpus(struct vm *vm, struct vm *c, unsigned int caller, uns
 	return 0;
 }
 
-int vm_create_clone(struct vm *vm, unsigned int caller, unsigned int index, struct shadow_mmu *mmu,
-		    struct vm_area *own_area, struct vm **out, struct vmm_error *err)
+int vm_create_clone(struct vm *vm, unsigned int caller, unsigned int k, unsigned int index,
+		    struct shadow_mmu *mmu, struct vm_area *own_area, struct vm **out, struct vmm_error *err)
 {
 	struct vm *c = calloc(1, sizeof(*c));
 	int ret;
@@ -509,7 +509,7 @@ int vm_create_clone(struct vm *vm, unsigned int caller, unsigned int index, stru
 	ret = vcpus_create(c, err);
 	if (ret)
 		goto destroy;
-	ret = clone_set_vcpus(vm, c, caller, index, err);
+	ret = clone_set_vcpus(vm, c, caller, k, err);
 	if (ret)
 		goto destroy;
 	*out = c;

@@ -378,15 +378,15 @@ void vcpu_thread_ended(struct vcpu *vcpu);
  * with nothing cloned; the message is printed). */
 int vm_clone(struct vcpu *vcpu, unsigned int n);
 
-/* Makes clone number index of vm (named "NAME.index"), a new KVM VM on
- * shadow MMU mmu (vm's clone), holding vm's RAM areas read-only but own_area
- * (in place of vm's own area), writable, vm's segments and pool, and vCPUs
- * with the saved states of vm's (the one of vCPU caller with RAX = index),
- * on mmu's copies of vm's roots. Takes over mmu and the reference on
- * own_area (released on failure). vm's vCPUs are parked. kvm.c. 0 or -errno
- * with err. */
-int vm_create_clone(struct vm *vm, unsigned int caller, unsigned int index, struct shadow_mmu *mmu,
-		    struct vm_area *own_area, struct vm **out, struct vmm_error *err);
+/* Makes clone k of this CLONE of vm, its index-th clone (named
+ * "NAME.index"): a new KVM VM on shadow MMU mmu (vm's clone), holding vm's
+ * RAM areas read-only but own_area (in place of vm's own area), writable,
+ * vm's segments and pool, and vCPUs with the saved states of vm's (the one
+ * of vCPU caller with RAX = k), on mmu's copies of vm's roots. Takes over
+ * mmu and the reference on own_area (released on failure). vm's vCPUs are
+ * parked. kvm.c. 0 or -errno with err. */
+int vm_create_clone(struct vm *vm, unsigned int caller, unsigned int k, unsigned int index,
+		    struct shadow_mmu *mmu, struct vm_area *own_area, struct vm **out, struct vmm_error *err);
 /* Restores a saved vCPU state on root (the shadow root for its CR3); the
  * TSC offset of the vCPU it was saved from (parent) too, where KVM allows,
  * so that the family's TSCs agree. */
