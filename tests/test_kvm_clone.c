@@ -89,8 +89,9 @@ static unsigned int nr_vms(struct json_object *root)
 }
 
 /* VM @name ran, exited with @status and printed @line (NULL: nothing
- * checked). */
-static void assert_vm(struct json_object *root, const char *name, int status, const char *line)
+ * checked) with the prefix of its vCPU 0 ("[NAME/0]" if it has several). */
+static void assert_vm_vcpus(struct json_object *root, const char *name, int status, const char *line,
+			    unsigned int vcpus)
 {
 	struct json_object *v = vm_stats(root, name);
 	char want[160];
@@ -99,9 +100,14 @@ static void assert_vm(struct json_object *root, const char *name, int status, co
 	ck_assert_msg((int)json_u64(v, "exit_status") == status, "%s: exit status: expected %d, got %d\nstdout:\n%s\nstderr:\n%s",
 		      name, status, (int)json_u64(v, "exit_status"), result.out, result.err);
 	if (line) {
-		snprintf(want, sizeof(want), "[%s] %s", name, line);
+		snprintf(want, sizeof(want), vcpus > 1 ? "[%s/0] %s" : "[%s] %s", name, line);
 		assert_contains(result.out, want, &result);
 	}
+}
+
+static void assert_vm(struct json_object *root, const char *name, int status, const char *line)
+{
+	assert_vm_vcpus(root, name, status, line, 1);
 }
 
 static unsigned int count_of(const char *hay, const char *needle)
@@ -153,7 +159,7 @@ START_TEST(test_clones_of_a_two_vcpu_vm_run_both_vcpus)
 	for (unsigned int k = 0; k <= 3; k++) {
 		snprintf(name, sizeof(name), k ? "vm0.%u" : "vm0", k);
 		snprintf(line, sizeof(line), "clone: VM %u: 16 MiB, mode family: ok", k);
-		assert_vm(root, name, 0, line);
+		assert_vm_vcpus(root, name, 0, line, 2);
 	}
 	json_object_put(root);
 }
