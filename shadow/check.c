@@ -176,9 +176,35 @@ static int check_cow_map_locked(struct shadow_mmu *mmu, struct check_ctx *c)
 	return 0;
 }
 
+/* Every reverse-map entry of the pages of run @r of @slot is a present
+ * leaf mapping that page (whichever VM's table it is in), read under the
+ * run's stripe.  mmu_lock. */
+static int check_run_rmaps_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t r)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, r * SPTE_ENTRIES);
+	int ret = 0;
+
+	umbra_mutex_lock(stripe);
+	for (uint64_t p = r * SPTE_ENTRIES; p < (r + 1) * SPTE_ENTRIES && p < slot->npages; p++) {
+		uint32_t k;
+		shadow_sptep_t s;
+
+		for_each_rmap_sptep(pool_obj_rmap(slot->pobj, p), stripe, k, s) {
+			uint64_t spte = spte_read(mmu_sptes(mmu, sptep_page(s)) + sptep_index(s));
+
+			if (!spte_is_present(spte) ||
+			    __atomic_load_n(&mmu_page(mmu, sptep_page(s))->level, __ATOMIC_RELAXED) != 1 ||
+			    spte_addr(spte) != slot->s.mpa + (p << SHADOW_PAGE_SHIFT))
+				ret = -EUCLEAN;
+		}
+	}
+	umbra_mutex_unlock(stripe);
+	return ret;
+}
+
 /* The other direction: every reverse-map entry of our slots' pages is a
- * present leaf mapping that page (whichever VM's table it is in), read
- * under the page's stripe.  mmu_lock. */
+ * present leaf mapping that page; runs never used have none.  mmu_lock. */
 static int check_rmaps_locked(struct shadow_mmu *mmu)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
@@ -187,23 +213,9 @@ static int check_rmaps_locked(struct shadow_mmu *mmu)
 	for (int i = 0; i < n && !ret; i++) {
 		struct shadow_mmu_slot *slot = &mmu->slots[i];
 
-		for (uint64_t p = 0; p < slot->npages && !ret; p++) {
-			struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, p);
-			uint32_t k;
-			shadow_sptep_t s;
-
-			umbra_mutex_lock(stripe);
-			for_each_rmap_sptep(pool_obj_rmap(slot->pobj, p), stripe, k, s) {
-				uint64_t spte = spte_read(mmu_sptes(mmu, sptep_page(s)) + sptep_index(s));
-
-				if (!spte_is_present(spte) ||
-				    __atomic_load_n(&mmu_page(mmu, sptep_page(s))->level,
-						    __ATOMIC_RELAXED) != 1 ||
-				    spte_addr(spte) != slot->s.mpa + (p << SHADOW_PAGE_SHIFT))
-					ret = -EUCLEAN;
-			}
-			umbra_mutex_unlock(stripe);
-		}
+		for (uint64_t r = 0; r < pool_obj_nr_runs(slot->npages) && !ret; r++)
+			if (pool_obj_run(slot->pobj, r))
+				ret = check_run_rmaps_locked(mmu, slot, r);
 	}
 	return ret;
 }
