@@ -44,6 +44,7 @@
 #define BENCH_NAME "bench-clone"
 #include "bench_util.h"
 #include "umbra/shadow.h"
+#include "shadow_internal.h"
 #include "spte.h"
 
 #define PAGE 4096ull
@@ -273,6 +274,9 @@ static double clone_once(struct vm *vm, bool check)
 		CHECK(shadow_mmu_check(child));
 	}
 	shadow_mmu_destroy(child);
+	/* Its root becomes allocatable after a grace period: wait for it, so
+	 * that every clone finds the pool as the first did. */
+	pool_wait_deferred(vm->pool);
 	ENSURE(shadow_pool_pages_in_use(vm->pool, 0) == vm->tables,
 	       "the clone's destroy left %zu tables, parent %llu",
 	       shadow_pool_pages_in_use(vm->pool, 0), (unsigned long long)vm->tables);
