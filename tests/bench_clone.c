@@ -361,7 +361,7 @@ int main(int argc, char **argv)
 		}
 	}
 	nsizes = quick ? 2 : 4;
-	reps = quick ? 5 : 11;
+	reps = quick ? 5 : 21;
 	CHECK(notifier_thread_init());
 	for (int i = 0; i < nsizes; i++)
 		bench_size(&rows[i], sizes[i], reps);
