@@ -260,7 +260,8 @@ static inline uint32_t canon_table_get(const struct pool_obj *po, uint32_t key)
 {
 	struct pool_obj_run *run = pool_obj_run(po, key / CANON_KEYS_PER_RUN);
 
-	return run ? run->canon[key % CANON_KEYS_PER_RUN] - 1 : SHADOW_NO_PAGE; /* 0 - 1 == SHADOW_NO_PAGE */
+	/* Stored as page + 1: 0 - 1 == SHADOW_NO_PAGE. */
+	return run ? run->canon[key % CANON_KEYS_PER_RUN] - 1 : SHADOW_NO_PAGE;
 }
 
 /* Enters @page (SHADOW_NO_PAGE: none) at @key of @po, whose run was

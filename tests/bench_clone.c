@@ -103,7 +103,8 @@ static void sparse_destroy(struct sparse *s)
 
 /* ---- fork ------------------------------------------------------------------- */
 
-/* In the helper: touch @bytes, time @reps forks into @ns; never returns. */
+/* In the helper: touch @bytes, time @reps forks and write the times (ns)
+ * to @out_fd; never returns. */
 static void fork_helper(uint64_t bytes, int reps, int out_fd)
 {
 	double ns[B_MAX_REPS];

@@ -1,8 +1,8 @@
 /*
  * Helpers shared by the benchmark programs (bench-notifier, bench-shadow,
- * bench-share, bench-pager, bench-evict): timing, medians, and dying on a
- * failed call.  A program that uses CHECK defines BENCH_NAME (its name, for
- * messages) first.
+ * bench-share, bench-pager, bench-evict, bench-clone): timing, medians, and
+ * dying on a failed call.  A program that uses CHECK defines BENCH_NAME (its
+ * name, for messages) first.
  */
 #ifndef UMBRA_BENCH_UTIL_H
 #define UMBRA_BENCH_UTIL_H
