@@ -59,7 +59,7 @@ int pool_obj_clear_young(struct shadow_pool *pool, struct pool_obj *po, uint64_t
 			 uint64_t *tracked)
 {
 	struct umbra_mutex *stripe = pool_obj_stripe(po, page);
-	struct shadow_rmap *rmap = &po->rmap[page];
+	struct shadow_rmap *rmap = pool_obj_rmap(po, page);
 	shadow_sptep_t s;
 	bool all = true;
 	uint32_t i;
@@ -77,7 +77,7 @@ int pool_obj_clear_young(struct shadow_pool *pool, struct pool_obj *po, uint64_t
 	 * stays young.  Clearing after tracking could lose the mark of a leaf
 	 * restored in between.
 	 */
-	__atomic_store_n(&po->young[page], 0, __ATOMIC_RELAXED);
+	pool_obj_clear_young_mark(po, page);
 	for_each_rmap_sptep(rmap, stripe, i, s) {
 		if (leaf_track(pool, s))
 			(*tracked)++;

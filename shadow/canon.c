@@ -1,12 +1,13 @@
 /*
  * Canonical tables of shared segments: one level-1 table per 2 MiB run of a
  * segment (and per readonly flag and rights, canon_key), found in the
- * object's array (pool_obj.canon) and attached by every VM that maps the run
+ * object's run (pool_obj_run.canon) and attached by every VM that maps the run
  * the same way, its leaves filled in place for all of them (docs/sharing.md,
  * "Canonical tables").
  *
  * Locks: called under the attaching (or freeing) VM's mmu_lock (asserted);
- * the array entries of a run are under the run's stripe, taken here (no
+ * the array entries of a run (allocated with the run's side arrays when its
+ * first canonical table is created) are under the run's stripe, taken here (no
  * stripe may be held by the caller).  A table in the array holds no
  * reference: it is there exactly while its use count is > 0.
  */
@@ -70,10 +71,14 @@ static int canon_create_locked(struct shadow_mmu *mmu, struct pool_obj *po, uint
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	umbra_mutex_assert_held(canon_stripe(po, key));
+	struct pool_obj_run *run;
 	struct shadow_page *sp;
 	uint32_t idx;
 	int ret;
 
+	ret = pool_obj_run_get_or_alloc(po, key / CANON_KEYS_PER_RUN, &run);
+	if (ret)
+		return ret;
 	/* Charged to no VM: bounded by the segment's size (docs/shadow.md). */
 	ret = table_alloc_charged_locked(mmu, NULL, 1, role, gva, &idx);
 	if (ret)

@@ -93,7 +93,7 @@ static int check_leaf_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int
 	umbra_mutex_lock(stripe);
 	now = spte_read(mmu_sptes(mmu, page) + i);
 	if (spte_is_present(now) && spte_addr(now) == spte_addr(spte))
-		for_each_rmap_sptep(&slot->rmap[bp], stripe, k, s)
+		for_each_rmap_sptep(pool_obj_rmap(slot->pobj, bp), stripe, k, s)
 			found |= s == sptep_make(page, i);
 	else
 		found = true; /* cleared by a zap since: nothing to check */
@@ -176,9 +176,35 @@ static int check_cow_map_locked(struct shadow_mmu *mmu, struct check_ctx *c)
 	return 0;
 }
 
+/* Every reverse-map entry of the pages of run @r of @slot is a present
+ * leaf mapping that page (whichever VM's table it is in), read under the
+ * run's stripe.  mmu_lock. */
+static int check_run_rmaps_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t r)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, r * SPTE_ENTRIES);
+	int ret = 0;
+
+	umbra_mutex_lock(stripe);
+	for (uint64_t p = r * SPTE_ENTRIES; p < (r + 1) * SPTE_ENTRIES && p < slot->npages; p++) {
+		uint32_t k;
+		shadow_sptep_t s;
+
+		for_each_rmap_sptep(pool_obj_rmap(slot->pobj, p), stripe, k, s) {
+			uint64_t spte = spte_read(mmu_sptes(mmu, sptep_page(s)) + sptep_index(s));
+
+			if (!spte_is_present(spte) ||
+			    __atomic_load_n(&mmu_page(mmu, sptep_page(s))->level, __ATOMIC_RELAXED) != 1 ||
+			    spte_addr(spte) != slot->s.mpa + (p << SHADOW_PAGE_SHIFT))
+				ret = -EUCLEAN;
+		}
+	}
+	umbra_mutex_unlock(stripe);
+	return ret;
+}
+
 /* The other direction: every reverse-map entry of our slots' pages is a
- * present leaf mapping that page (whichever VM's table it is in), read
- * under the page's stripe.  mmu_lock. */
+ * present leaf mapping that page; runs never used have none.  mmu_lock. */
 static int check_rmaps_locked(struct shadow_mmu *mmu)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
@@ -187,23 +213,9 @@ static int check_rmaps_locked(struct shadow_mmu *mmu)
 	for (int i = 0; i < n && !ret; i++) {
 		struct shadow_mmu_slot *slot = &mmu->slots[i];
 
-		for (uint64_t p = 0; p < slot->npages && !ret; p++) {
-			struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, p);
-			uint32_t k;
-			shadow_sptep_t s;
-
-			umbra_mutex_lock(stripe);
-			for_each_rmap_sptep(&slot->rmap[p], stripe, k, s) {
-				uint64_t spte = spte_read(mmu_sptes(mmu, sptep_page(s)) + sptep_index(s));
-
-				if (!spte_is_present(spte) ||
-				    __atomic_load_n(&mmu_page(mmu, sptep_page(s))->level,
-						    __ATOMIC_RELAXED) != 1 ||
-				    spte_addr(spte) != slot->s.mpa + (p << SHADOW_PAGE_SHIFT))
-					ret = -EUCLEAN;
-			}
-			umbra_mutex_unlock(stripe);
-		}
+		for (uint64_t r = 0; r < pool_obj_nr_runs(slot->npages) && !ret; r++)
+			if (pool_obj_run(slot->pobj, r))
+				ret = check_run_rmaps_locked(mmu, slot, r);
 	}
 	return ret;
 }
@@ -222,7 +234,7 @@ static int check_counts_locked(struct shadow_mmu *mmu, const struct check_ctx *c
 	for (int i = 0; i < n; i++)
 		if (mmu->slots[i].pobj->refs == 1)
 			for (uint64_t p = 0; p < mmu->slots[i].npages; p++)
-				rmapped += mmu->slots[i].rmap[p].nr;
+				rmapped += rmap_nr(pool_obj_rmap(mmu->slots[i].pobj, p));
 	shadow_mmu_stats(mmu, &st);
 	if (st.tables_created - st.tables_freed != c->tables)
 		return -EUCLEAN;
@@ -327,7 +339,7 @@ static bool leaf_is_rmapped_locked(struct shadow_pool *pool, uint64_t spte, shad
 
 		if (mpa < po->mpa || (mpa - po->mpa) >> SHADOW_PAGE_SHIFT >= po->npages)
 			continue;
-		for_each_rmap_sptep(&po->rmap[(mpa - po->mpa) >> SHADOW_PAGE_SHIFT], &pool->objs_lock,
+		for_each_rmap_sptep(pool_obj_rmap(po, (mpa - po->mpa) >> SHADOW_PAGE_SHIFT), &pool->objs_lock,
 				    k, t)
 			if (t == s)
 				return true;
@@ -410,25 +422,29 @@ static int check_obj_locked(struct shadow_pool *pool, struct pool_obj *po)
 	umbra_mutex_assert_held(&pool->objs_lock);
 	int ret = 0;
 
-	for (uint64_t p = 0; p < po->npages && !ret; p++) {
-		uint32_t k;
-		shadow_sptep_t s;
+	for (uint64_t r = 0; r < pool_obj_nr_runs(po->npages) && !ret; r++) {
+		if (!pool_obj_run(po, r))
+			continue; /* never used: nothing mapped, no canonical table */
+		for (uint64_t p = r * SPTE_ENTRIES; p < (r + 1) * SPTE_ENTRIES && p < po->npages; p++) {
+			uint32_t k;
+			shadow_sptep_t s;
 
-		for_each_rmap_sptep(&po->rmap[p], &pool->objs_lock, k, s) {
-			uint64_t spte = spte_read(pool_entries(pool, sptep_page(s)) + sptep_index(s));
+			for_each_rmap_sptep(pool_obj_rmap(po, p), &pool->objs_lock, k, s) {
+				uint64_t spte = spte_read(pool_entries(pool, sptep_page(s)) + sptep_index(s));
 
-			if (pool_page(pool, sptep_page(s))->level != 1 || !spte_is_present(spte) ||
-			    spte_addr(spte) != po->mpa + (p << SHADOW_PAGE_SHIFT))
+				if (pool_page(pool, sptep_page(s))->level != 1 || !spte_is_present(spte) ||
+				    spte_addr(spte) != po->mpa + (p << SHADOW_PAGE_SHIFT))
+					ret = -EUCLEAN;
+			}
+		}
+		for (uint32_t k = (uint32_t)r * CANON_KEYS_PER_RUN; k < (r + 1) * CANON_KEYS_PER_RUN; k++) {
+			uint32_t c = canon_table_get(po, k);
+
+			if (c != SHADOW_NO_PAGE &&
+			    (!pool_page(pool, c)->canon || pool_page(pool, c)->canon_obj != po ||
+			     pool_page(pool, c)->canon_key != k))
 				ret = -EUCLEAN;
 		}
-	}
-	for (uint64_t k = 0; k < pool_obj_nr_runs(po->npages) * CANON_KEYS_PER_RUN && !ret; k++) {
-		uint32_t c = canon_table_get(po, (uint32_t)k);
-
-		if (c != SHADOW_NO_PAGE &&
-		    (!pool_page(pool, c)->canon || pool_page(pool, c)->canon_obj != po ||
-		     pool_page(pool, c)->canon_key != k))
-			ret = -EUCLEAN;
 	}
 	return ret;
 }

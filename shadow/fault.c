@@ -186,7 +186,7 @@ static int install_leaf_locked(struct shadow_mmu *mmu, uint32_t table, unsigned 
 		return 0;
 	}
 	if (!spte_is_present(old)) {
-		ret = rmap_add(&slot->rmap[page], sptep_make(table, i));
+		ret = pool_obj_rmap_add(slot->pobj, page, sptep_make(table, i));
 		if (ret) {
 			umbra_mutex_unlock(stripe);
 			return ret;

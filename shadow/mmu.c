@@ -159,7 +159,7 @@ size_t shadow_mmu_rmap_count(struct shadow_mmu *mmu, int slot_id, uint64_t page)
 	if (!slot || page >= slot->npages)
 		return 0;
 	umbra_mutex_lock(pool_obj_stripe(slot->pobj, page));
-	n = slot->rmap[page].nr;
+	n = rmap_nr(pool_obj_rmap(slot->pobj, page));
 	umbra_mutex_unlock(pool_obj_stripe(slot->pobj, page));
 	return n;
 }

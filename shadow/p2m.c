@@ -265,7 +265,6 @@ int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool share
 	ret = pool_obj_get(mmu->pool, s->obj, s->mpa, &slot->pobj);
 	if (ret)
 		return ret;
-	slot->rmap = slot->pobj->rmap;
 	shadow_assert_no_lock_held();
 	ret = notifier_subscribe(s->obj, &shadow_notifier_ops, slot, &slot->sub);
 	if (ret)
@@ -278,7 +277,6 @@ int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool share
 
 put_pobj:
 	pool_obj_put(mmu->pool, slot->pobj);
-	slot->rmap = NULL;
 	slot->pobj = NULL;
 	return ret;
 }

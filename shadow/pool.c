@@ -393,7 +393,7 @@ void pool_user_del(struct shadow_pool *pool, uint32_t index, struct shadow_mmu *
 int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t mpa,
 		 struct pool_obj **out)
 {
-	uint64_t npages = notifier_object_npages(obj), nruns = pool_obj_nr_runs(npages);
+	uint64_t npages = notifier_object_npages(obj);
 	struct pool_obj *po;
 	int ret = 0;
 
@@ -410,12 +410,10 @@ int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t
 		ret = -ENOMEM;
 		goto unlock;
 	}
-	po->rmap = calloc(npages, sizeof(*po->rmap));
-	po->young = calloc(npages, sizeof(*po->young));
-	/* All zero-filled and untouched until used: no resident cost for
-	 * pages never mapped (canon: canon_table_get). */
-	po->canon = calloc(nruns * CANON_KEYS_PER_RUN, sizeof(*po->canon));
-	if (!po->rmap || !po->young || !po->canon) {
+	/* One pointer per 2 MiB run; the runs' arrays come with their first
+	 * use (pool_obj_run_get_or_alloc). */
+	po->runs = calloc(pool_obj_nr_runs(npages), sizeof(*po->runs));
+	if (!po->runs) {
 		ret = -ENOMEM;
 		goto free_po;
 	}
@@ -429,9 +427,6 @@ int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t
 	pool->objs = po;
 	goto unlock;
 free_po:
-	free(po->rmap);
-	free(po->young);
-	free(po->canon);
 	free(po);
 	po = NULL;
 unlock:
@@ -456,10 +451,42 @@ void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
 	umbra_mutex_unlock(&pool->objs_lock);
 	for (unsigned int k = 0; k < POOL_OBJ_STRIPES; k++)
 		umbra_mutex_exit(&po->stripes[k]);
-	for (uint64_t p = 0; p < po->npages; p++)
-		rmap_free(&po->rmap[p]);
-	free(po->rmap);
-	free(po->young);
-	free(po->canon);
+	for (uint64_t r = 0; r < pool_obj_nr_runs(po->npages); r++) {
+		struct pool_obj_run *run = po->runs[r];
+
+		if (!run)
+			continue;
+		for (unsigned int p = 0; p < SPTE_ENTRIES; p++)
+			rmap_free(&run->rmap[p]);
+		free(run);
+	}
+	free(po->runs);
 	free(po);
+}
+
+int pool_obj_run_get_or_alloc(struct pool_obj *po, uint64_t run, struct pool_obj_run **out)
+{
+	umbra_mutex_assert_held(pool_obj_stripe(po, run * SPTE_ENTRIES));
+	struct pool_obj_run *r = pool_obj_run(po, run);
+
+	if (!r) {
+		r = calloc(1, sizeof(*r));
+		if (!r)
+			return -ENOMEM;
+		/* Release: a lock-free reader (young bytes) sees it zeroed. */
+		__atomic_store_n(&po->runs[run], r, __ATOMIC_RELEASE);
+	}
+	*out = r;
+	return 0;
+}
+
+int pool_obj_rmap_add(struct pool_obj *po, uint64_t page, shadow_sptep_t sptep)
+{
+	struct pool_obj_run *run;
+	int ret;
+
+	ret = pool_obj_run_get_or_alloc(po, page / SPTE_ENTRIES, &run);
+	if (ret)
+		return ret;
+	return rmap_add(&run->rmap[page % SPTE_ENTRIES], sptep);
 }

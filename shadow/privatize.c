@@ -186,7 +186,7 @@ static int rmap_snapshot(struct shadow_mmu_slot *slot, uint64_t p, struct u32_ve
 	int ret = 0;
 
 	umbra_mutex_lock(stripe);
-	for_each_rmap_sptep(&slot->rmap[p], stripe, k, s)
+	for_each_rmap_sptep(pool_obj_rmap(slot->pobj, p), stripe, k, s)
 		if (!ret)
 			ret = u32_vec_push(snap, s);
 	umbra_mutex_unlock(stripe);
@@ -266,7 +266,7 @@ static void table_copy_entries_locked(struct shadow_mmu *mmu, uint32_t old, uint
 			uint64_t bp;
 
 			if (!leaf_reread_under_stripe(mmu, &from[k], &held, &e, &slot, &bp) || !held ||
-			    rmap_add(&slot->rmap[bp], sptep_make(copy, k)))
+			    pool_obj_rmap_add(slot->pobj, bp, sptep_make(copy, k)))
 				continue; /* not copied: it faults back */
 			e &= ~(SPTE_WRITABLE | SPTE_DIRTY);
 		} else {

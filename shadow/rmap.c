@@ -50,6 +50,8 @@ int rmap_add(struct shadow_rmap *rmap, shadow_sptep_t sptep)
 
 void rmap_del(struct shadow_rmap *rmap, shadow_sptep_t sptep)
 {
+	if (!rmap)
+		return;
 	if (rmap->cap <= 1) {
 		if (rmap->nr == 1 && rmap->one == sptep)
 			rmap->nr = 0;

@@ -133,33 +133,83 @@ struct table_account {
 /* Drops the charge of page @sp, if any (pool_free_index). Lock-free. */
 void table_uncharge(struct shadow_page *sp);
 
+/* An SPTE's location: pool index * 512 + entry index. */
+typedef uint32_t shadow_sptep_t;
+
+static inline shadow_sptep_t sptep_make(uint32_t page, unsigned int index)
+{
+	return page * SPTE_ENTRIES + index;
+}
+
+static inline uint32_t sptep_page(shadow_sptep_t s) { return s / SPTE_ENTRIES; }
+static inline unsigned int sptep_index(shadow_sptep_t s) { return s % SPTE_ENTRIES; }
+
+/* The SPTEs mapping one backing page: its reverse map (rmap.c).  Under the
+ * page's stripe (struct pool_obj). */
+struct shadow_rmap {
+	uint32_t nr, cap;
+	union {
+		shadow_sptep_t one; /* cap <= 1 */
+		shadow_sptep_t *many;
+	};
+};
+
+/* Keys of one 2 MiB run in its canonical array: the slot's readonly flag and
+ * the table's rights (SHADOW_RIGHTS_ALL, 3 bits). */
+#define CANON_KEY_READONLY (SHADOW_RIGHTS_ALL + 1u)
+#define CANON_KEYS_PER_RUN (2u * CANON_KEY_READONLY)
+_Static_assert((CANON_KEY_READONLY & SHADOW_RIGHTS_ALL) == 0, "the readonly key bit is above the rights");
+static inline uint32_t canon_key(uint64_t run, bool readonly, unsigned int rights)
+{
+	return (uint32_t)(run * CANON_KEYS_PER_RUN + (readonly ? CANON_KEY_READONLY : 0u) +
+			  (rights & SHADOW_RIGHTS_ALL));
+}
+
+/*
+ * The per-page side arrays of one 2 MiB run of an object (SPTE_ENTRIES
+ * pages), allocated when the run is first used (pool_obj_run_get_or_alloc):
+ *  rmap   page -> every leaf location in the pool that maps it, whichever
+ *         VM installed it (under the run's stripe);
+ *  young  per page: 1 once any VM's fault mapped it since the last
+ *         clear_young (access.c).  Atomic bytes; cleared under the run's
+ *         stripe, set without a lock;
+ *  canon  the run's canonical tables (segments only): [key % CANON_KEYS_PER_RUN]
+ *         -> pool index + 1, 0 for none (canon_table_get / _set); a
+ *         read-only and a writable attachment of the segment never share a
+ *         table (under the run's stripe; the table holds no reference: it is
+ *         in the array exactly while its use count is > 0).
+ */
+struct pool_obj_run {
+	struct shadow_rmap rmap[SPTE_ENTRIES];
+	uint8_t young[SPTE_ENTRIES];
+	uint32_t canon[CANON_KEYS_PER_RUN];
+};
+
 /*
  * What the pool knows of one memory object placed at one machine address
  * (shared by every VM's slot of that object at that address; a shared table
  * maps the same object at the same machine address for all its users).
  *  stripes  the reverse-map locks (UMBRA_LOCK_RANK_RMAP): 2 MiB run r of
  *         the object (pages [r * 512, r * 512 + 511]) is under
- *         stripes[r % POOL_OBJ_STRIPES].  A stripe protects the reverse
- *         map of its pages and the canonical tables of its runs, and is held
- *         for every write of a *leaf* entry that maps one of its pages (with
- *         the table lock inside it), whichever VM writes: a leaf and its
- *         reverse-map entry change together.  A thread holds one stripe at
- *         a time (no global lock, no stripe order to follow).
- *  rmap   the reverse map, backing page -> every leaf location in the pool
- *         that maps it, whichever VM installed it (under its stripe);
- *  young  per page: 1 once any VM's fault mapped it since the last
- *         clear_young (access.c).  Atomic bytes; cleared under the page's
- *         stripe, set without a lock;
- *  canon  canonical tables of the segment: [canon_key(run, readonly, rights)]
- *         -> pool index or SHADOW_NO_PAGE; a read-only and a writable
- *         attachment of the segment never share a table
- *         (under the run's stripe; the table holds no reference: it is in
- *         the array exactly while its use count is > 0).
+ *         stripes[r % POOL_OBJ_STRIPES].  A stripe protects the side arrays
+ *         of its runs (reverse map, canonical tables) and is held for every
+ *         write of a *leaf* entry that maps one of its pages (with the table
+ *         lock inside it), whichever VM writes: a leaf and its reverse-map
+ *         entry change together.  A thread holds one stripe at a time (no
+ *         global lock, no stripe order to follow).
+ *  runs   the directory of the runs' side arrays, [nr_runs]: NULL until the
+ *         run is first used (a leaf added to its reverse map, a canonical
+ *         table created), then set once, under the run's stripe, with a
+ *         release store, and kept until the pool_obj is freed.  Read with an
+ *         acquire load (pool_obj_run), locked or not.  A run never used is
+ *         an empty reverse map, no young page and no canonical table: adding
+ *         a slot of an object costs 8 bytes per 2 MiB, not per page.
  *
- * Leaf rule: a present leaf that maps page p of the object is in rmap[p];
- * a leaf goes from not present to mapping p, or from mapping p to not
- * present (or keeps p and changes rights), always under p's stripe.  A leaf
- * never goes from p to another page in one write (clear, then install).
+ * Leaf rule: a present leaf that maps page p of the object is in p's
+ * reverse map; a leaf goes from not present to mapping p, or from mapping p
+ * to not present (or keeps p and changes rights), always under p's stripe.
+ * A leaf never goes from p to another page in one write (clear, then
+ * install).
  */
 #define POOL_OBJ_STRIPES 64u
 struct pool_obj {
@@ -168,36 +218,88 @@ struct pool_obj {
 	uint64_t npages;
 	unsigned int refs;		/* slots using it, under pool->objs_lock */
 	struct umbra_mutex stripes[POOL_OBJ_STRIPES];
-	struct shadow_rmap *rmap;
-	uint8_t *young;			/* [npages] atomic bytes: access.c */
-	uint32_t *canon;		/* page + 1, 0 for none: calloc'ed, never written
-					 * at creation (canon_table_get / _set) */
+	struct pool_obj_run **runs;	/* [pool_obj_nr_runs(npages)], atomic pointers */
 	struct pool_obj *next;		/* pool->objs, under pool->objs_lock */
 };
+
+/* The 2 MiB runs of an object of @npages pages (the last may be partial). */
+static inline uint64_t pool_obj_nr_runs(uint64_t npages)
+{
+	return (npages + SPTE_ENTRIES - 1) / SPTE_ENTRIES;
+}
+
+/* The side arrays of run @run of @po, or NULL (never used).  Lock-free: a
+ * published run is never freed before the pool_obj. */
+static inline struct pool_obj_run *pool_obj_run(const struct pool_obj *po, uint64_t run)
+{
+	return __atomic_load_n(&po->runs[run], __ATOMIC_ACQUIRE);
+}
+
+/* The side arrays of run @run of @po, allocated (zero-filled) if it has
+ * none.  The run's stripe held.  0 or -ENOMEM (pool.c). */
+int pool_obj_run_get_or_alloc(struct pool_obj *po, uint64_t run, struct pool_obj_run **out);
+
+/* The reverse map of page @page of @po, or NULL for an empty one whose run
+ * was never used (the for_each_rmap_sptep loop, rmap_nr and rmap_del take
+ * NULL as empty).  The page's stripe held (or a quiescent pool). */
+static inline struct shadow_rmap *pool_obj_rmap(const struct pool_obj *po, uint64_t page)
+{
+	struct pool_obj_run *run = pool_obj_run(po, page / SPTE_ENTRIES);
+
+	return run ? &run->rmap[page % SPTE_ENTRIES] : NULL;
+}
+
+/* Adds location @sptep to the reverse map of page @page of @po, allocating
+ * the run's side arrays on its first use.  The page's stripe held.  0 or
+ * -ENOMEM (nothing changed).  pool.c. */
+int pool_obj_rmap_add(struct pool_obj *po, uint64_t page, shadow_sptep_t sptep);
 
 /* The canonical table at @key of @po, or SHADOW_NO_PAGE.  The key's stripe
  * held (or a quiescent pool). */
 static inline uint32_t canon_table_get(const struct pool_obj *po, uint32_t key)
 {
-	return po->canon[key] - 1; /* 0 - 1 == SHADOW_NO_PAGE */
+	struct pool_obj_run *run = pool_obj_run(po, key / CANON_KEYS_PER_RUN);
+
+	/* Stored as page + 1: 0 - 1 == SHADOW_NO_PAGE. */
+	return run ? run->canon[key % CANON_KEYS_PER_RUN] - 1 : SHADOW_NO_PAGE;
 }
 
+/* Enters @page (SHADOW_NO_PAGE: none) at @key of @po, whose run was
+ * allocated when the table was created (pool_obj_run_get_or_alloc).  The
+ * key's stripe held. */
 static inline void canon_table_set(struct pool_obj *po, uint32_t key, uint32_t page)
 {
-	po->canon[key] = page + 1; /* SHADOW_NO_PAGE + 1 == 0 */
+	struct pool_obj_run *run = pool_obj_run(po, key / CANON_KEYS_PER_RUN);
+
+	run->canon[key % CANON_KEYS_PER_RUN] = page + 1; /* SHADOW_NO_PAGE + 1 == 0 */
 }
 
-/* Page @page of @po was touched (a fault mapped it).  Lock-free. */
+/* Page @page of @po was touched (a fault mapped it: the leaf is in the
+ * page's reverse map, so its run exists).  Lock-free. */
 static inline void pool_obj_mark_young(struct pool_obj *po, uint64_t page)
 {
-	if (!__atomic_load_n(&po->young[page], __ATOMIC_RELAXED))
-		__atomic_store_n(&po->young[page], 1, __ATOMIC_RELAXED);
+	struct pool_obj_run *run = pool_obj_run(po, page / SPTE_ENTRIES);
+	uint8_t *young = run ? &run->young[page % SPTE_ENTRIES] : NULL;
+
+	if (young && !__atomic_load_n(young, __ATOMIC_RELAXED))
+		__atomic_store_n(young, 1, __ATOMIC_RELAXED);
 }
 
 /* Page @page of @po touched since the last clear?  Read-only, lock-free. */
 static inline bool pool_obj_is_young(const struct pool_obj *po, uint64_t page)
 {
-	return __atomic_load_n(&po->young[page], __ATOMIC_RELAXED);
+	struct pool_obj_run *run = pool_obj_run(po, page / SPTE_ENTRIES);
+
+	return run && __atomic_load_n(&run->young[page % SPTE_ENTRIES], __ATOMIC_RELAXED);
+}
+
+/* Page @page of @po is no longer young.  The page's stripe held. */
+static inline void pool_obj_clear_young_mark(struct pool_obj *po, uint64_t page)
+{
+	struct pool_obj_run *run = pool_obj_run(po, page / SPTE_ENTRIES);
+
+	if (run)
+		__atomic_store_n(&run->young[page % SPTE_ENTRIES], 0, __ATOMIC_RELAXED);
 }
 
 /*
@@ -229,23 +331,6 @@ static inline struct umbra_mutex *stripe_switch(struct umbra_mutex *held,
 	if (want)
 		umbra_mutex_lock(want);
 	return want;
-}
-
-/* Keys of one 2 MiB run in pool_obj.canon: the slot's readonly flag and the
- * table's rights (SHADOW_RIGHTS_ALL, 3 bits). */
-#define CANON_KEY_READONLY (SHADOW_RIGHTS_ALL + 1u)
-#define CANON_KEYS_PER_RUN (2u * CANON_KEY_READONLY)
-_Static_assert((CANON_KEY_READONLY & SHADOW_RIGHTS_ALL) == 0, "the readonly key bit is above the rights");
-static inline uint32_t canon_key(uint64_t run, bool readonly, unsigned int rights)
-{
-	return (uint32_t)(run * CANON_KEYS_PER_RUN + (readonly ? CANON_KEY_READONLY : 0u) +
-			  (rights & SHADOW_RIGHTS_ALL));
-}
-
-/* The 2 MiB runs of an object of @npages pages (the last may be partial). */
-static inline uint64_t pool_obj_nr_runs(uint64_t npages)
-{
-	return (npages + SPTE_ENTRIES - 1) / SPTE_ENTRIES;
 }
 
 /*
@@ -389,32 +474,21 @@ bool walk_mode_is_valid(const struct shadow_paging_mode *mode);
 
 /* ---- reverse map (rmap.c) --------------------------------------------- */
 
-/* An SPTE's location: pool index * 512 + entry index. */
-typedef uint32_t shadow_sptep_t;
-
-static inline shadow_sptep_t sptep_make(uint32_t page, unsigned int index)
-{
-	return page * SPTE_ENTRIES + index;
-}
-
-static inline uint32_t sptep_page(shadow_sptep_t s) { return s / SPTE_ENTRIES; }
-static inline unsigned int sptep_index(shadow_sptep_t s) { return s % SPTE_ENTRIES; }
-
-/* The SPTEs mapping one backing page.  Under the page's stripe. */
-struct shadow_rmap {
-	uint32_t nr, cap;
-	union {
-		shadow_sptep_t one; /* cap <= 1 */
-		shadow_sptep_t *many;
-	};
-};
-
+/* Adds @sptep to @rmap: 0 or -ENOMEM (nothing changed). */
 int rmap_add(struct shadow_rmap *rmap, shadow_sptep_t sptep);
+/* Removes @sptep from @rmap if there (NULL: an empty map, nothing to do). */
 void rmap_del(struct shadow_rmap *rmap, shadow_sptep_t sptep);
+/* Frees @rmap's array, leaving it empty. */
 void rmap_free(struct shadow_rmap *rmap);
 static inline shadow_sptep_t rmap_get(const struct shadow_rmap *rmap, uint32_t i)
 {
 	return rmap->cap <= 1 ? rmap->one : rmap->many[i];
+}
+
+/* Locations in @rmap (NULL: an empty reverse map, pool_obj_rmap). */
+static inline uint32_t rmap_nr(const struct shadow_rmap *rmap)
+{
+	return rmap ? rmap->nr : 0;
 }
 
 /* The loop test of for_each_rmap_sptep: @lock (the page's stripe, or, for
@@ -423,11 +497,11 @@ static inline bool rmap_iter_valid(const struct shadow_rmap *rmap, uint32_t i,
 				   struct umbra_mutex *lock)
 {
 	umbra_mutex_assert_held(lock);
-	return i < rmap->nr;
+	return i < rmap_nr(rmap);
 }
 
-/* Every location @s (index @i) in @rmap, read under @lock: the stripe of the
- * rmap's page (asserted at every step). */
+/* Every location @s (index @i) in @rmap (NULL: empty), read under @lock:
+ * the stripe of the rmap's page (asserted at every step). */
 #define for_each_rmap_sptep(rmap, lock, i, s) \
 	for ((i) = 0; rmap_iter_valid((rmap), (i), (lock)) && ((s) = rmap_get((rmap), (i)), 1); (i)++)
 
@@ -441,7 +515,6 @@ struct shadow_mmu_slot {
 	struct shadow_mmu *mmu;
 	struct notifier_subscription *sub;
 	struct pool_obj *pobj;		/* shared with other VMs' slots of the object */
-	struct shadow_rmap *rmap;	/* pobj->rmap: [npages], under pobj's stripes */
 	bool released;			/* atomic; set under mmu_lock by release() */
 };
 

@@ -219,7 +219,7 @@ uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struc
 		}
 		old = spte_set_locked(mmu, page, i, 0);
 		if (spte_is_present(old) && slot)
-			rmap_del(&slot->rmap[bp], sptep_make(page, i));
+			rmap_del(pool_obj_rmap(slot->pobj, bp), sptep_make(page, i));
 		if (stripe)
 			umbra_mutex_unlock(stripe);
 		if (spte_is_present(old) && b) {
@@ -304,9 +304,9 @@ static void zap_page_rmap_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot 
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	umbra_mutex_assert_held(pool_obj_stripe(slot->pobj, page));
-	struct shadow_rmap *rmap = &slot->rmap[page];
+	struct shadow_rmap *rmap = pool_obj_rmap(slot->pobj, page);
 
-	while (rmap->nr) {
+	while (rmap_nr(rmap)) {
 		shadow_sptep_t s = rmap_get(rmap, rmap->nr - 1);
 		uint64_t old = spte_set_locked(mmu, sptep_page(s), sptep_index(s), 0);
 

@@ -294,7 +294,7 @@ static uint32_t eager_copy_table(struct shadow_mmu *mmu, uint32_t src)
 			/* The leaf rule: under the page's stripe, as the clone's
 			 * privatize does (one stripe held across its run). */
 			held = stripe_switch(held, pool_obj_stripe(slot->pobj, bp));
-			CHECK(rmap_add(&slot->rmap[bp], sptep_make(copy, k)));
+			CHECK(pool_obj_rmap_add(slot->pobj, bp, sptep_make(copy, k)));
 			e &= ~(SPTE_WRITABLE | SPTE_DIRTY);
 		} else {
 			uint32_t c = eager_copy_table(mmu, pool_page_index(spte_addr(e)));

@@ -1,8 +1,8 @@
 /*
  * Helpers shared by the benchmark programs (bench-notifier, bench-shadow,
  * bench-share, bench-pager, bench-evict, bench-clone, bench-fork): timing,
- * medians, Linux fork() as a baseline, and dying on a failed call.  A program that uses CHECK defines BENCH_NAME (its name, for
- * messages) first.
+ * medians, Linux fork() as a baseline, and dying on a failed call.  A
+ * program that uses CHECK defines BENCH_NAME (its name, for messages) first.
  */
 #ifndef UMBRA_BENCH_UTIL_H
 #define UMBRA_BENCH_UTIL_H
@@ -97,24 +97,32 @@ static inline double bench_fork_ns(void)
 	double t0 = now_ns(), t;
 	pid_t pid = fork();
 
+	if (pid == 0)
+		_exit(0);
 	t = now_ns() - t0;
 	if (pid < 0) {
 		perror("fork");
 		exit(1);
 	}
-	if (pid == 0)
-		_exit(0);
-	waitpid(pid, NULL, 0);
+	int status;
+	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status)) {
+		fprintf(stderr, "fork: the child did not exit cleanly\n");
+		exit(1);
+	}
 	return t;
 }
 
-/* @bytes of private memory with every page written (for bench_fork_ns). */
+/* @bytes of private memory with every 4 KiB page written (for
+ * bench_fork_ns): no transparent huge pages, so that fork() copies what a
+ * process of 4 KiB pages has (one PTE per page). */
 static inline void *bench_touched(uint64_t bytes)
 {
 	char *p = bench_mmap(bytes);
 
+	if (madvise(p, bytes, MADV_NOHUGEPAGE))
+		perror("madvise(MADV_NOHUGEPAGE)");
 	for (uint64_t off = 0; off < bytes; off += 4096)
-		p[off] = 1;
+		p[off] = (char)(off >> 12);
 	return p;
 }
 

@@ -6,6 +6,7 @@
  */
 #include <check.h>
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -1622,6 +1623,104 @@ START_TEST(test_bookkeeping_of_a_64g_vm_stays_small)
 }
 END_TEST
 
+/* Bytes the process has allocated from its heap (malloc, calloc: small
+ * blocks and mmap'ed ones alike), from the allocator in use: glibc's, or a
+ * sanitizer's, which replaces it. */
+#if defined(__SANITIZE_ADDRESS__) || TEST_TSAN
+size_t __sanitizer_get_current_allocated_bytes(void);
+static size_t heap_bytes(void)
+{
+	return __sanitizer_get_current_allocated_bytes();
+}
+#else
+static size_t heap_bytes(void)
+{
+	struct mallinfo2 mi = mallinfo2();
+
+	return mi.uordblks + mi.hblkhd;
+}
+#endif
+
+/* Runs of @slot's object whose side arrays exist; *@last: the last such. */
+static uint64_t runs_allocated(struct shadow_mmu *mmu, int slot, uint64_t *last)
+{
+	const struct pool_obj *po = mmu->slots[slot].pobj;
+	uint64_t n = 0;
+
+	for (uint64_t r = 0; r < pool_obj_nr_runs(po->npages); r++) {
+		if (pool_obj_run(po, r)) {
+			n++;
+			*last = r;
+		}
+	}
+	return n;
+}
+
+#define LAZY_RAM (4ull << 30)
+#define LAZY_MAX_SLOT_BYTES (1ul << 20)
+
+/*
+ * The per-page side arrays of an object (reverse map, young bytes,
+ * canonical tables) come per 2 MiB run with its first use: adding a slot of
+ * a 4 GiB object (a VM clone adds one of its RAM's size) allocates under
+ * 1 MiB (a pointer per run, where an array per page would be 17 MiB), and a
+ * fault allocates the arrays of its page's run and of no other.  Pages of
+ * runs never used read as unmapped and old.
+ */
+START_TEST(test_slot_side_arrays_come_per_run_on_first_use)
+{
+	struct shadow_mmu_config cfg = { 0 };
+	struct shadow_slot slot = { 0 };
+	struct gm gm = { .npages = LAZY_RAM / GM_PAGE, .next_table = GM_TABLES };
+	const uint64_t top = LAZY_RAM - 3 * GM_PAGE, run = top / GM_PAGE / SPTE_ENTRIES;
+	uint64_t last = UINT64_MAX;
+	size_t before, added;
+
+	gm.host = mmap(NULL, LAZY_RAM, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ck_assert_ptr_ne(gm.host, MAP_FAILED);
+	ck_assert_int_eq(shadow_pool_create(64, &gm.pool), 0);
+	gm.own_pool = true;
+	ck_assert_int_eq(notifier_object_create("ram-4g", gm.npages, &gm.ram), 0);
+	cfg.pool = gm.pool;
+	cfg.max_gpa = LAZY_RAM;
+	cfg.mode = shadow_default_mode;
+	ck_assert_int_eq(shadow_mmu_create(&cfg, &gm.mmu), 0);
+	slot.obj = gm.ram;
+	slot.host = gm.host;
+	before = heap_bytes();
+	ck_assert_int_eq(shadow_mmu_add_slot(gm.mmu, &slot, &gm.slot), 0);
+	added = heap_bytes() - before;
+	printf("slot of a 4 GiB object: %zu bytes allocated\n", added);
+	ck_assert_msg(added < LAZY_MAX_SLOT_BYTES,
+		      "expected a slot of a 4 GiB object to allocate < %lu bytes, it allocated %zu",
+		      LAZY_MAX_SLOT_BYTES, added);
+	ck_assert_uint_eq(runs_allocated(gm.mmu, gm.slot, &last), 0);
+	ck_assert_int_eq(shadow_mmu_map_gpa(gm.mmu, 0, gm.npages, gm.slot, 0), 0);
+
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, top, 1, UW);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 0, cr3);
+	before = heap_bytes();
+	ck_assert_uint_eq(reach(v, VA1, SHADOW_ACCESS_WRITE), top);
+	added = heap_bytes() - before;
+	ck_assert_uint_eq(runs_allocated(gm.mmu, gm.slot, &last), 1);
+	ck_assert_uint_eq(last, run);
+	/* The run's arrays, and small blocks for the new tables' users. */
+	ck_assert_msg(added >= sizeof(struct pool_obj_run) && added < 2 * sizeof(struct pool_obj_run),
+		      "expected the fault to allocate one run (%zu bytes), it allocated %zu",
+		      sizeof(struct pool_obj_run), added);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, top / GM_PAGE), 1);
+	ck_assert(pool_obj_is_young(gm.mmu->slots[gm.slot].pobj, top / GM_PAGE));
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, top / GM_PAGE - SPTE_ENTRIES), 0);
+	ck_assert(!pool_obj_is_young(gm.mmu->slots[gm.slot].pobj, top / GM_PAGE - SPTE_ENTRIES));
+	assert_mmu_check(gm.mmu);
+	ck_assert_int_eq(shadow_pool_check(gm.pool), 0);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
 Suite *shadow_suite(void)
 {
 	Suite *s = suite_create("shadow");
@@ -1685,6 +1784,7 @@ Suite *shadow_suite(void)
 	tcase_add_test(quota, test_quota_refuses_what_running_roots_leave_no_room_for);
 	suite_add_tcase(s, quota);
 	tcase_add_test(bookkeeping, test_bookkeeping_of_a_64g_vm_stays_small);
+	tcase_add_test(bookkeeping, test_slot_side_arrays_come_per_run_on_first_use);
 	tcase_set_timeout(bookkeeping, 60);
 	suite_add_tcase(s, bookkeeping);
 	return s;
