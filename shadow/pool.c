@@ -461,5 +461,6 @@ void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
 	free(po->rmap);
 	free(po->young);
 	free(po->canon);
+	page_refs_exit(po);
 	free(po);
 }
