@@ -165,18 +165,23 @@ static void check_cow_node(void *ctx, struct p2m_node *n, uint64_t first, bool p
 	struct check_ctx *c = ctx;
 
 	(void)first;
-	for (unsigned int k = 0; n->level == 1 && k < P2M_NODE_ENTRIES && !c->err; k++) {
-		uint64_t e = __atomic_load_n(&n->e[k], __ATOMIC_RELAXED);
-		int id = p2m_entry_slot_id(e);
+	for (unsigned int k = 0; k < P2M_NODE_ENTRIES && !c->err; k++) {
+		uint64_t x = __atomic_load_n(&n->e[k], __ATOMIC_RELAXED);
+		uint64_t pages = p2m_is_linear(x) ? P2M_CHUNK_PAGES : n->level == 1;
 
-		if (!p2m_entry_needs_break(c->mmu, e, private))
-			continue;
-		if (!c->cow[id])
-			c->cow[id] = calloc(c->mmu->slots[id].npages, 1);
-		if (!c->cow[id])
-			c->err = -ENOMEM;
-		else
-			c->cow[id][p2m_entry_page(e)] = 1;
+		for (uint64_t j = 0; j < pages && !c->err; j++) {
+			uint64_t e = p2m_is_linear(x) ? p2m_linear_entry(x, j) : x;
+			int id = p2m_entry_slot_id(e);
+
+			if (!p2m_entry_needs_break(c->mmu, e, private))
+				continue;
+			if (!c->cow[id])
+				c->cow[id] = calloc(c->mmu->slots[id].npages, 1);
+			if (!c->cow[id])
+				c->err = -ENOMEM;
+			else
+				c->cow[id][p2m_entry_page(e)] = 1;
+		}
 	}
 }
 

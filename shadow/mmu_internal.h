@@ -156,8 +156,20 @@ void mmu_slot_unprepare(struct shadow_mmu *mmu, int id);
 
 /* Makes the counts of @page's run exist: 0 or -ENOMEM.  Lock-free. */
 int page_ref_prepare(struct pool_obj *po, uint64_t page);
+/* Run @run's counts, or NULL (every count 1).  Lock-free. */
+static inline uint32_t *page_ref_run(struct pool_obj *po, uint64_t run)
+{
+	uint32_t **runs = __atomic_load_n(&po->page_refs, __ATOMIC_ACQUIRE);
+
+	return runs ? __atomic_load_n(&runs[run], __ATOMIC_ACQUIRE) : NULL;
+}
 /* The count of @page (1 if its run has none).  Lock-free. */
-uint32_t page_ref_read(struct pool_obj *po, uint64_t page);
+static inline uint32_t page_ref_read(struct pool_obj *po, uint64_t page)
+{
+	uint32_t *counts = page_ref_run(po, page / SPTE_ENTRIES);
+
+	return counts ? __atomic_load_n(&counts[page % SPTE_ENTRIES], __ATOMIC_ACQUIRE) : 1;
+}
 /* One more reference (the run prepared).  Lock-free. */
 void page_ref_get(struct pool_obj *po, uint64_t page);
 /* One reference less: true when it was the last.  Lock-free. */

@@ -254,21 +254,17 @@ static int p2m_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e, stru
 }
 
 /* Maps the @n gfns from @gfn, all in one chunk, to pages from @e's (P2M_NONE:
- * unmaps): a whole chunk of a shared slot (or unmapped) with no leaf becomes
- * one linear entry (what it mapped before zapped as one range), anything
+ * unmaps): a whole chunk with no leaf becomes one linear entry (what it mapped before zapped as one range), anything
  * else entry by entry.  0 or -ENOMEM.  mmu_lock. */
 static int p2m_map_chunk_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t n, uint64_t e,
 				struct zap_batch *b, struct p2m_batch *pb)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	const bool present = p2m_entry_is_present(e);
-	uint64_t chunk_end = (gfn | (P2M_CHUNK_PAGES - 1)) + 1, old;
+	uint64_t old;
 	int ret;
 
-	if (chunk_end > mmu->p2m_pages)
-		chunk_end = mmu->p2m_pages;
-	if (!(gfn & (P2M_CHUNK_PAGES - 1)) && gfn + n == chunk_end &&
-	    (!present || mmu->slots[p2m_entry_slot_id(e)].shared)) {
+	if (!(gfn & (P2M_CHUNK_PAGES - 1)) && n == P2M_CHUNK_PAGES) {
 		ret = p2m_chunk_set_linear_locked(mmu, gfn, present ? e | P2M_LINEAR : 0, pb, &old);
 		if (ret <= 0) {
 			if (!ret && old && old != (present ? e | P2M_LINEAR : 0)) {

@@ -124,19 +124,21 @@ static void node_release(struct shadow_mmu *mmu, struct p2m_node *n, int skip_id
 {
 	for (unsigned int k = 0; k < P2M_NODE_ENTRIES; k++) {
 		uint64_t x = __atomic_load_n(&n->e[k], __ATOMIC_ACQUIRE);
+		uint64_t e = p2m_is_linear(x) ? p2m_linear_entry(x, 0) : x;
+		uint64_t pages = p2m_is_linear(x) ? P2M_CHUNK_PAGES : 1;
 
-		if (n->level > 1) {
-			if (x && !p2m_is_linear(x) &&
-			    __atomic_sub_fetch(&p2m_node_of(x)->use, 1, __ATOMIC_ACQ_REL) == 0)
+		if (n->level > 1 && x && !p2m_is_linear(x)) {
+			if (__atomic_sub_fetch(&p2m_node_of(x)->use, 1, __ATOMIC_ACQ_REL) == 0)
 				node_release(mmu, p2m_node_of(x), skip_id);
 			continue;
 		}
-		if (!entry_is_counted(mmu, x) || p2m_entry_slot_id(x) == skip_id)
+		if (!entry_is_counted(mmu, e) || p2m_entry_slot_id(e) == skip_id)
 			continue;
-		struct shadow_mmu_slot *slot = &mmu->slots[p2m_entry_slot_id(x)];
+		struct shadow_mmu_slot *slot = &mmu->slots[p2m_entry_slot_id(e)];
 
-		if (page_ref_put(slot->pobj, p2m_entry_page(x)))
-			put_page_now(mmu, slot, p2m_entry_page(x));
+		for (uint64_t j = 0; j < pages; j++)
+			if (page_ref_put(slot->pobj, p2m_entry_page(e) + j))
+				put_page_now(mmu, slot, p2m_entry_page(e) + j);
 	}
 	umbra_call_rcu(&n->rcu, node_free_rcu);
 }
@@ -151,21 +153,39 @@ static void node_put_locked(struct shadow_mmu *mmu, struct p2m_node *n, struct p
 	}
 }
 
+/* The page references entry @x of a node holds: *@e the first entry,
+ * the count of pages from it (a linear run's 512, a leaf entry's 1; 0 for
+ * none: a child pointer, nothing, a shared slot's). */
+static uint64_t entry_refs(struct shadow_mmu *mmu, const struct p2m_node *n, uint64_t x,
+			   uint64_t *e)
+{
+	if (p2m_is_linear(x)) {
+		*e = p2m_linear_entry(x, 0);
+		return entry_is_counted(mmu, *e) ? P2M_CHUNK_PAGES : 0;
+	}
+	*e = x;
+	return n->level == 1 && entry_is_counted(mmu, x) ? 1 : 0;
+}
+
 /*
  * A private copy of the shared node @n: a copied interior node adds a
- * reference to each child, a copied leaf a page reference for each present
- * entry of a non-shared slot.  0 or -ENOMEM (nothing changed).  mmu_lock.
+ * reference to each child, and every copied entry that maps pages of a
+ * non-shared slot (a leaf's entry, a linear run) a reference to each.  0
+ * or -ENOMEM (nothing changed).  mmu_lock.
  */
 static int node_copy_locked(struct shadow_mmu *mmu, struct p2m_node *n, struct p2m_node **out)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct p2m_node *c;
+	uint64_t e, pages;
 
-	for (unsigned int k = 0; n->level == 1 && k < P2M_NODE_ENTRIES; k++) {
-		uint64_t e = __atomic_load_n(&n->e[k], __ATOMIC_RELAXED);
-
-		if (entry_is_counted(mmu, e) &&
-		    page_ref_prepare(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e)))
+	for (unsigned int k = 0; k < P2M_NODE_ENTRIES; k++) {
+		pages = entry_refs(mmu, n, __atomic_load_n(&n->e[k], __ATOMIC_RELAXED), &e);
+		for (uint64_t j = 0; j < pages; j += SPTE_ENTRIES - (p2m_entry_page(e) + j) % SPTE_ENTRIES)
+			if (page_ref_prepare(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e) + j))
+				return -ENOMEM;
+		if (pages > 1 &&
+		    page_ref_prepare(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e) + pages - 1))
 			return -ENOMEM;
 	}
 	c = node_alloc(n->level);
@@ -177,8 +197,9 @@ static int node_copy_locked(struct shadow_mmu *mmu, struct p2m_node *n, struct p
 		c->e[k] = x;
 		if (n->level > 1 && x && !p2m_is_linear(x))
 			__atomic_add_fetch(&p2m_node_of(x)->use, 1, __ATOMIC_RELAXED);
-		else if (n->level == 1 && entry_is_counted(mmu, x))
-			page_ref_get(mmu->slots[p2m_entry_slot_id(x)].pobj, p2m_entry_page(x));
+		pages = entry_refs(mmu, n, x, &e);
+		for (uint64_t j = 0; j < pages; j++)
+			page_ref_get(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e) + j);
 	}
 	mmu_stat_inc(mmu, p2m_nodes_copied);
 	*out = c;
@@ -219,7 +240,7 @@ static int node_private_locked(struct shadow_mmu *mmu, uint64_t *ref, int level,
 	if (!n)
 		return -ENOMEM;
 	for (unsigned int k = 0; x && k < P2M_NODE_ENTRIES; k++)
-		n->e[k] = p2m_linear_entry(x, k); /* a shared slot's: no page references */
+		n->e[k] = p2m_linear_entry(x, k); /* the run's page references pass to the leaf */
 	__atomic_store_n(ref, (uint64_t)(uintptr_t)n, __ATOMIC_RELEASE);
 	*out = n;
 	return 0;
@@ -297,7 +318,19 @@ int p2m_chunk_set_linear_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t x
 	if (cur && !p2m_is_linear(cur))
 		return 1; /* a leaf is there: entry by entry */
 	*old = cur;
+	if (cur == x)
+		return 0;
+	for (uint64_t j = 0; x && entry_is_counted(mmu, p2m_linear_entry(x, 0)) && j < P2M_CHUNK_PAGES; j++)
+		page_ref_set_one(mmu->slots[p2m_entry_slot_id(p2m_linear_entry(x, 0))].pobj,
+				 p2m_entry_page(p2m_linear_entry(x, j)));
 	__atomic_store_n(entry, x, __ATOMIC_RELEASE);
+	for (uint64_t j = 0; cur && entry_is_counted(mmu, p2m_linear_entry(cur, 0)) && j < P2M_CHUNK_PAGES; j++) {
+		struct shadow_mmu_slot *slot = &mmu->slots[p2m_entry_slot_id(p2m_linear_entry(cur, 0))];
+		uint64_t page = p2m_entry_page(p2m_linear_entry(cur, j));
+
+		if (page_ref_put(slot->pobj, page))
+			p2m_batch_add_page(b, slot, page);
+	}
 	return 0;
 }
 

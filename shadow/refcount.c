@@ -20,12 +20,9 @@
 
 #include "mmu_internal.h"
 
-/* Run @run's counts, or NULL. */
 static uint32_t *run_counts(struct pool_obj *po, uint64_t run)
 {
-	uint32_t **runs = __atomic_load_n(&po->page_refs, __ATOMIC_ACQUIRE);
-
-	return runs ? __atomic_load_n(&runs[run], __ATOMIC_ACQUIRE) : NULL;
+	return page_ref_run(po, run);
 }
 
 int page_ref_prepare(struct pool_obj *po, uint64_t page)
@@ -56,13 +53,6 @@ int page_ref_prepare(struct pool_obj *po, uint64_t page)
 					 __ATOMIC_ACQUIRE))
 		free(counts);
 	return 0;
-}
-
-uint32_t page_ref_read(struct pool_obj *po, uint64_t page)
-{
-	uint32_t *counts = run_counts(po, page / SPTE_ENTRIES);
-
-	return counts ? __atomic_load_n(&counts[page % SPTE_ENTRIES], __ATOMIC_ACQUIRE) : 1;
 }
 
 void page_ref_get(struct pool_obj *po, uint64_t page)
@@ -196,8 +186,8 @@ static int check_uses(struct recount *r)
 	return 0;
 }
 
-/* The counts of @po's pages against its entries in the distinct leaves.
- * 0, -EUCLEAN or -ENOMEM. */
+/* The counts of @po's pages against the entries of the distinct nodes
+ * that map them (leaf entries, linear runs).  0, -EUCLEAN or -ENOMEM. */
 static int check_obj_counts(struct recount *r, struct pool_obj *po)
 {
 	uint32_t *want = calloc(po->npages, sizeof(*want));
@@ -208,17 +198,20 @@ static int check_obj_counts(struct recount *r, struct pool_obj *po)
 	for (size_t i = 0; i < r->nr; i++) {
 		struct p2m_node *n = r->nodes[i].node;
 
-		if (n->level != 1 || (i && n == r->nodes[i - 1].node))
+		if (i && n == r->nodes[i - 1].node)
 			continue;
 		for (unsigned int k = 0; k < P2M_NODE_ENTRIES; k++) {
-			uint64_t e = __atomic_load_n(&n->e[k], __ATOMIC_RELAXED);
+			uint64_t x = __atomic_load_n(&n->e[k], __ATOMIC_RELAXED);
+			uint64_t e = p2m_is_linear(x) ? p2m_linear_entry(x, 0) : x;
+			uint64_t pages = p2m_is_linear(x) ? P2M_CHUNK_PAGES : n->level == 1;
 			struct shadow_mmu_slot *s;
 
-			if (!p2m_entry_is_present(e))
+			if (!pages || !p2m_entry_is_present(e))
 				continue;
 			s = &r->nodes[i].mmu->slots[p2m_entry_slot_id(e)];
-			if (!s->shared && s->pobj == po && p2m_entry_page(e) < po->npages)
-				want[p2m_entry_page(e)]++;
+			for (uint64_t j = 0; j < pages && !s->shared && s->pobj == po; j++)
+				if (p2m_entry_page(e) + j < po->npages)
+					want[p2m_entry_page(e) + j]++;
 		}
 	}
 	for (uint64_t p = 0; p < po->npages && !ret; p++) {

@@ -1256,6 +1256,7 @@ Suite *shadow_share_suite(void)
 	tcase_add_loop_test(races, test_concurrent_teardown_of_sharers_frees_every_shared_table_once, 0,
 			    NR_TEARDOWN_RACE_CASES);
 	suite_add_tcase(s, clone);
+	suite_add_tcase(s, shadow_clone_p2m_tcase());
 	suite_add_tcase(s, seg);
 	suite_add_tcase(s, races);
 	return s;
