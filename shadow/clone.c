@@ -74,10 +74,10 @@ static int cow_copy_locked(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_m
 	return 0;
 }
 
-/* Under mmu_lock: the path of @gfn made private, then, if its entry is
- * still @e (read with @seq_s / @seq_o current) and still needs a break,
- * the copy.  0 (done or no break needed), FAULT_AGAIN-like 1 (raced:
- * again), -ENOMEM. */
+/* Under mmu_lock: if @gfn's entry is still @e and neither page's
+ * invalidation sequence (@seq_s, @seq_o) moved, the path made private,
+ * then, if the page still needs a break, the copy.  0 (done, or no copy
+ * needed), 1 (raced: again) or -ENOMEM. */
 static int cow_break_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e,
 			    struct shadow_mmu_slot *os, uint64_t seq_s, uint64_t seq_o,
 			    struct p2m_batch *pb)
@@ -88,14 +88,14 @@ static int cow_break_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e,
 	bool private;
 	int ret;
 
-	if (p2m_entry_get(mmu, gfn) != e || notifier_read_retry(s->s.obj, p, p, seq_s) ||
+	if (p2m_entry_lookup_locked(mmu, gfn, NULL) != e || notifier_read_retry(s->s.obj, p, p, seq_s) ||
 	    notifier_read_retry(os->s.obj, gfn, gfn, seq_o))
 		return 1;
 	ret = p2m_path_privatize_locked(mmu, gfn, pb);
 	if (ret)
 		return ret;
 	bump_sync_seq_locked(mmu);
-	if (!p2m_entry_needs_break(mmu, p2m_entry_lookup(mmu, gfn, &private), private))
+	if (!p2m_entry_needs_break(mmu, p2m_entry_lookup_locked(mmu, gfn, &private), private))
 		return 0; /* the path alone was shared */
 	ret = cow_copy_locked(mmu, gfn, s, p, os, gfn, pb);
 	if (!ret)

@@ -92,6 +92,9 @@ static inline uint64_t p2m_entry_get(struct shadow_mmu *mmu, uint64_t gfn)
 {
 	return p2m_entry_lookup(mmu, gfn, NULL);
 }
+/* The same under mmu_lock, with no read-side section (the nodes our tree
+ * reaches are held by our references, which only we drop). */
+uint64_t p2m_entry_lookup_locked(struct shadow_mmu *mmu, uint64_t gfn, bool *private);
 /* Stores @e as @gfn's entry (nothing zapped), the path made private
  * first; the page @e maps gets count 1, the old one loses one reference
  * (to @b when it reaches 0).  0 or -ENOMEM.  mmu_lock. */

@@ -240,7 +240,7 @@ static int p2m_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e, stru
 			  struct p2m_batch *pb)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
-	uint64_t old = p2m_entry_get(mmu, gfn);
+	uint64_t old = p2m_entry_lookup_locked(mmu, gfn, NULL);
 
 	if (old == e)
 		return 0;
@@ -254,8 +254,9 @@ static int p2m_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e, stru
 }
 
 /* Maps the @n gfns from @gfn, all in one chunk, to pages from @e's (P2M_NONE:
- * unmaps): a whole chunk with no leaf becomes one linear entry (what it mapped before zapped as one range), anything
- * else entry by entry.  0 or -ENOMEM.  mmu_lock. */
+ * unmaps): a whole chunk with no leaf becomes one linear entry (what it
+ * mapped before zapped as one range), anything else entry by entry.  0 or
+ * -ENOMEM.  mmu_lock. */
 static int p2m_map_chunk_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t n, uint64_t e,
 				struct zap_batch *b, struct p2m_batch *pb)
 {

@@ -56,13 +56,12 @@ static void p2m_read_lock(void)
 	umbra_rcu_read_lock();
 }
 
-uint64_t p2m_entry_lookup(struct shadow_mmu *mmu, uint64_t gfn, bool *private)
+/* The walk of a lookup: under an RCU read-side section or mmu_lock. */
+static uint64_t p2m_walk_to_entry(struct shadow_mmu *mmu, uint64_t gfn, bool *private)
 {
-	uint64_t x, e = P2M_NONE;
+	uint64_t x = __atomic_load_n(&mmu->p2m_root, __ATOMIC_ACQUIRE), e = P2M_NONE;
 	bool priv = true;
 
-	p2m_read_lock();
-	x = __atomic_load_n(&mmu->p2m_root, __ATOMIC_ACQUIRE);
 	for (int l = mmu->p2m_levels; l >= 1 && x; l--) {
 		struct p2m_node *n;
 
@@ -76,10 +75,25 @@ uint64_t p2m_entry_lookup(struct shadow_mmu *mmu, uint64_t gfn, bool *private)
 		if (l == 1)
 			e = x;
 	}
-	umbra_rcu_read_unlock();
 	if (private)
 		*private = priv;
 	return e;
+}
+
+uint64_t p2m_entry_lookup(struct shadow_mmu *mmu, uint64_t gfn, bool *private)
+{
+	uint64_t e;
+
+	p2m_read_lock();
+	e = p2m_walk_to_entry(mmu, gfn, private);
+	umbra_rcu_read_unlock();
+	return e;
+}
+
+uint64_t p2m_entry_lookup_locked(struct shadow_mmu *mmu, uint64_t gfn, bool *private)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	return p2m_walk_to_entry(mmu, gfn, private);
 }
 
 /* ---- nodes ------------------------------------------------------------------ */
@@ -300,6 +314,33 @@ int p2m_entry_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e, struc
 	return 0;
 }
 
+/* A store maps the pages of linear run @x (0: none): each count is 1. */
+static void linear_refs_set_one(struct shadow_mmu *mmu, uint64_t x)
+{
+	const uint64_t e = p2m_linear_entry(x, 0);
+
+	if (!x || !entry_is_counted(mmu, e))
+		return;
+	for (uint64_t j = 0; j < P2M_CHUNK_PAGES; j++)
+		page_ref_set_one(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e) + j);
+}
+
+/* A store unmaps linear run @x (0: none): its pages lose our reference,
+ * the last ones go to @b.  mmu_lock. */
+static void linear_refs_put_locked(struct shadow_mmu *mmu, uint64_t x, struct p2m_batch *b)
+{
+	const uint64_t e = p2m_linear_entry(x, 0);
+	struct shadow_mmu_slot *slot;
+
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	if (!x || !entry_is_counted(mmu, e))
+		return;
+	slot = &mmu->slots[p2m_entry_slot_id(e)];
+	for (uint64_t j = 0; j < P2M_CHUNK_PAGES; j++)
+		if (page_ref_put(slot->pobj, p2m_entry_page(e) + j))
+			p2m_batch_add_page(b, slot, p2m_entry_page(e) + j);
+}
+
 int p2m_chunk_set_linear_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t x,
 				struct p2m_batch *b, uint64_t *old)
 {
@@ -320,17 +361,9 @@ int p2m_chunk_set_linear_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t x
 	*old = cur;
 	if (cur == x)
 		return 0;
-	for (uint64_t j = 0; x && entry_is_counted(mmu, p2m_linear_entry(x, 0)) && j < P2M_CHUNK_PAGES; j++)
-		page_ref_set_one(mmu->slots[p2m_entry_slot_id(p2m_linear_entry(x, 0))].pobj,
-				 p2m_entry_page(p2m_linear_entry(x, j)));
+	linear_refs_set_one(mmu, x);
 	__atomic_store_n(entry, x, __ATOMIC_RELEASE);
-	for (uint64_t j = 0; cur && entry_is_counted(mmu, p2m_linear_entry(cur, 0)) && j < P2M_CHUNK_PAGES; j++) {
-		struct shadow_mmu_slot *slot = &mmu->slots[p2m_entry_slot_id(p2m_linear_entry(cur, 0))];
-		uint64_t page = p2m_entry_page(p2m_linear_entry(cur, j));
-
-		if (page_ref_put(slot->pobj, page))
-			p2m_batch_add_page(b, slot, page);
-	}
+	linear_refs_put_locked(mmu, cur, b);
 	return 0;
 }
 
