@@ -102,7 +102,7 @@ static struct shadow_vcpu *vcpu_on(struct shadow_mmu *mmu, uint64_t cr3)
 
 #define A_VA 0x0000004000000000ull	/* 256 GiB: 1 GiB-aligned, canonical */
 #define A_TABLES_GPA 0x1000ull		/* guest tables from here; data above */
-#define A_COW_MPA (64ull * GIB)		/* the parent's copy-on-write slot */
+#define A_COW_MPA (64ull * GIB)		/* the parent's first own slot */
 #define A_CCOW_MPA (65ull * GIB)	/* the clone's own slot */
 #define A_POWN_MPA(i) ((66ull + (uint64_t)(i)) * GIB) /* the parent's new own slot of clone i */
 #define A_MAX_CLONES 48			/* clones of one parent (each adds it a slot) */

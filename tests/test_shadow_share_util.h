@@ -1,7 +1,8 @@
 /*
  * Helpers of the sharing suites (test_shadow_share.c, test_shadow_share_torture.c):
  * VMs on one pool, each with private RAM (identity P2M at machine address 0
- * for the first VM; a clone shares it copy-on-write), a copy-on-write slot,
+ * for the first VM; a clone shares it copy-on-write), an own slot (where a
+ * VM's private copies go; sh_clone adds one to each VM of a clone),
  * optionally a shared segment, and guest tables built in RAM.
  */
 #ifndef UMBRA_TEST_SHADOW_SHARE_UTIL_H
