@@ -414,11 +414,13 @@ int shadow_mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *slot, 
  * Points the P2M at slot @slot_id for @npages guest-physical pages from @gpa:
  * gfn gpa/4K + i -> page @first_page + i of the slot's object.  Replacing an
  * existing entry zaps every shadow entry mapping the old backing page (and
- * flushes vCPUs) before returning.  @slot_id < 0 unmaps.  Takes mmu_lock.
- * Returns 0, -EINVAL (outside max_gpa, outside the object, bad slot), or
- * -ENOMEM (a 2 MiB chunk of the P2M that the range covers only in part, or
- * whose run it breaks, needed its own array; the range is then mapped up
- * to some gfn).
+ * flushes vCPUs) before returning; a page of a non-shared slot that no P2M
+ * maps any more goes to the slot's put_page (after mmu_lock is dropped).
+ * A page of a non-shared slot is mapped at one gfn (its reference count is
+ * set to 1: docs/sharing.md, "Page references").  @slot_id < 0 unmaps.
+ * Takes mmu_lock; the caller holds no shadow lock.  Returns 0, -EINVAL
+ * (outside max_gpa, outside the object, bad slot), or -ENOMEM (a P2M node
+ * could not be allocated; the range is then mapped up to some gfn).
  */
 int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, int slot_id,
 		       uint64_t first_page);
@@ -426,7 +428,9 @@ int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, in
 /*
  * Looks @gpa up in the P2M: 0 and the machine address of the backing byte in
  * *@mpa (and its host pointer in *@host if non-NULL), or -EFAULT if @gpa is
- * not backed.  Lock-free (a snapshot).
+ * not backed.  Lock-free (a snapshot, read in an RCU read-side section;
+ * the calling thread is registered with liburcu on its first lookup and
+ * unregistered when it exits).  Never blocks after the first call.
  */
 int shadow_mmu_p2m_lookup(struct shadow_mmu *mmu, uint64_t gpa, uint64_t *mpa, void **host);
 
