@@ -85,6 +85,7 @@ static int cow_break_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e,
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_mmu_slot *s = &mmu->slots[p2m_entry_slot_id(e)];
 	const uint64_t p = p2m_entry_page(e);
+	uint64_t now;
 	bool private;
 	int ret;
 
@@ -95,7 +96,8 @@ static int cow_break_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e,
 	if (ret)
 		return ret;
 	bump_sync_seq_locked(mmu);
-	if (!p2m_entry_needs_break(mmu, p2m_entry_lookup_locked(mmu, gfn, &private), private))
+	now = p2m_entry_lookup_locked(mmu, gfn, &private);
+	if (!p2m_entry_needs_break(mmu, now, private))
 		return 0; /* the path alone was shared */
 	ret = cow_copy_locked(mmu, gfn, s, p, os, gfn, pb);
 	if (!ret)
