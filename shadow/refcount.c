@@ -168,7 +168,8 @@ static int check_uses(struct recount *r)
 {
 	size_t j = 0;
 
-	qsort(r->refs, r->nr_refs, sizeof(*r->refs), node_cmp);
+	if (r->nr_refs)
+		qsort(r->refs, r->nr_refs, sizeof(*r->refs), node_cmp);
 	for (size_t i = 0; i < r->nr; i++) {
 		uint32_t refs = 0;
 
@@ -242,7 +243,8 @@ int page_refs_check_locked(struct shadow_pool *pool)
 			add_ref(&r, p2m_node_of(root));
 		p2m_walk_quiescent(m, &mw);
 	}
-	qsort(r.nodes, r.nr, sizeof(*r.nodes), reached_cmp);
+	if (r.nr)
+		qsort(r.nodes, r.nr, sizeof(*r.nodes), reached_cmp);
 	for (size_t i = 0; i < r.nr && !r.err; i++) {
 		struct p2m_node *n = r.nodes[i].node;
 
