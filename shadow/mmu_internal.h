@@ -157,6 +157,15 @@ void mmu_slot_unprepare(struct shadow_mmu *mmu, int id);
 
 /* ---- refcount.c: page reference counts ----------------------------------- */
 
+/* Are the pages of @slot reference-counted: a layer, or the own slot?  (A
+ * slot becomes counted when a clone makes it a layer, and stays so; its
+ * pages are then mapped once each, count 1, as before.)  Lock-free. */
+static inline bool slot_is_counted(struct shadow_mmu *mmu, const struct shadow_mmu_slot *slot)
+{
+	return !slot->shared && (__atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE) ||
+				 slot->id == __atomic_load_n(&mmu->own_slot, __ATOMIC_RELAXED));
+}
+
 /* Makes the counts of @page's run exist: 0 or -ENOMEM.  Lock-free. */
 int page_ref_prepare(struct pool_obj *po, uint64_t page);
 /* Run @run's counts, or NULL (every count 1).  Lock-free. */

@@ -114,11 +114,11 @@ static void node_free_rcu(struct umbra_rcu_work *work)
 	free(umbra_container_of(work, struct p2m_node, rcu));
 }
 
-/* Does entry @e of a leaf hold a page reference (a page of a non-shared
- * slot)? */
+/* Does entry @e hold a page reference (a page of a counted slot:
+ * slot_is_counted)? */
 static bool entry_is_counted(struct shadow_mmu *mmu, uint64_t e)
 {
-	return p2m_entry_is_present(e) && !mmu->slots[p2m_entry_slot_id(e)].shared;
+	return p2m_entry_is_present(e) && slot_is_counted(mmu, &mmu->slots[p2m_entry_slot_id(e)]);
 }
 
 /* Gives page @page of @slot back to its owner: no P2M maps it.  No shadow
@@ -184,7 +184,7 @@ static uint64_t entry_refs(struct shadow_mmu *mmu, const struct p2m_node *n, uin
 /*
  * A private copy of the shared node @n: a copied interior node adds a
  * reference to each child, and every copied entry that maps pages of a
- * non-shared slot (a leaf's entry, a linear run) a reference to each.  0
+ * counted slot (a leaf's entry, a linear run) a reference to each.  0
  * or -ENOMEM (nothing changed).  mmu_lock.
  */
 static int node_copy_locked(struct shadow_mmu *mmu, struct p2m_node *n, struct p2m_node **out)

@@ -1,14 +1,15 @@
 /*
- * Page reference counts (docs/sharing.md, "Fork-style sharing: clone"):
- * for each page of a non-shared slot, the number of P2M leaf entries, in
- * distinct leaf nodes of the pool's VMs, that map it.  Kept in the page's
+ * Page reference counts (docs/sharing.md, "Page references"): for each
+ * page of a counted slot (a layer or an own slot: slot_is_counted), the
+ * number of P2M entries, in distinct nodes of the pool's VMs, that map it
+ * (leaf entries, pages of linear runs).  Kept in the page's
  * struct pool_obj, which every VM's slot of that object (at that machine
  * address) shares, in one array of counts per 2 MiB run of the object,
  * allocated on the first count that is not 1: a run with no array has
  * every count 1 (a page mapped by one VM's one leaf, as RAM is mapped).
  *
- * A page is mapped at one gfn at most (the VMM maps each page of a
- * non-shared slot once): a store that maps a page sets its count to 1.
+ * A page is mapped at one gfn at most (the VMM maps each page of its RAM
+ * once): a store that maps a page sets its count to 1.
  *
  * Locks: none.  Counts are atomic; a run's array is published with a
  * compare-and-swap (the loser frees its own) and freed with the object.
@@ -210,7 +211,8 @@ static int check_obj_counts(struct recount *r, struct pool_obj *po)
 			if (!pages || !p2m_entry_is_present(e))
 				continue;
 			s = &r->nodes[i].mmu->slots[p2m_entry_slot_id(e)];
-			for (uint64_t j = 0; j < pages && !s->shared && s->pobj == po; j++)
+			for (uint64_t j = 0; j < pages && slot_is_counted(r->nodes[i].mmu, s) &&
+					     s->pobj == po; j++)
 				if (p2m_entry_page(e) + j < po->npages)
 					want[p2m_entry_page(e) + j]++;
 		}

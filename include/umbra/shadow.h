@@ -297,7 +297,8 @@ struct shadow_slot_ops {
 	 */
 	int (*get_page)(void *priv, uint64_t page, bool write);
 	/*
-	 * put_page - page @page of the slot's object is no longer mapped by any
+	 * put_page - page @page of the slot's object (a layer or an own slot:
+	 * the pages that are reference-counted) is no longer mapped by any
 	 * VM's P2M (its last reference went: every VM that shared it copied it
 	 * or is gone; docs/sharing.md).  Called with no shadow lock held, once
 	 * per time the count reaches 0; not for the pages of a VM's own slot
@@ -414,10 +415,10 @@ int shadow_mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *slot, 
  * Points the P2M at slot @slot_id for @npages guest-physical pages from @gpa:
  * gfn gpa/4K + i -> page @first_page + i of the slot's object.  Replacing an
  * existing entry zaps every shadow entry mapping the old backing page (and
- * flushes vCPUs) before returning; a page of a non-shared slot that no P2M
- * maps any more goes to the slot's put_page (after mmu_lock is dropped).
- * A page of a non-shared slot is mapped at one gfn (its reference count is
- * set to 1: docs/sharing.md, "Page references").  @slot_id < 0 unmaps.
+ * flushes vCPUs) before returning; a page of a layer or an own slot that
+ * no P2M maps any more goes to the slot's put_page (after mmu_lock is
+ * dropped).  Such a page is mapped at one gfn (its reference count is set
+ * to 1: docs/sharing.md, "Page references").  @slot_id < 0 unmaps.
  * Takes mmu_lock; the caller holds no shadow lock.  Returns 0, -EINVAL
  * (outside max_gpa, outside the object, bad slot), or -ENOMEM (a P2M node
  * could not be allocated; the range is then mapped up to some gfn).
