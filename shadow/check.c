@@ -22,6 +22,8 @@
 struct check_ctx {
 	uint64_t leaves, tables;
 	uint8_t *cow[SHADOW_MAX_SLOTS];	/* [slot][page]: shared copy-on-write in our P2M */
+	struct shadow_mmu *mmu;
+	int err;
 };
 
 /* Is (@parent, @index) among @sp's users (for a root, @mmu's)?  *@nr: how
@@ -156,24 +158,43 @@ static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t pa
 	return ret;
 }
 
+/* Marks in @c, for one node of our P2M, every (slot, page) that a write
+ * may not reach without a copy-on-write break. */
+static void check_cow_node(void *ctx, struct p2m_node *n, uint64_t first, bool private)
+{
+	struct check_ctx *c = ctx;
+
+	(void)first;
+	for (unsigned int k = 0; k < P2M_NODE_ENTRIES && !c->err; k++) {
+		uint64_t x = __atomic_load_n(&n->e[k], __ATOMIC_RELAXED);
+		uint64_t pages = p2m_is_linear(x) ? P2M_CHUNK_PAGES : n->level == 1;
+
+		for (uint64_t j = 0; j < pages && !c->err; j++) {
+			uint64_t e = p2m_is_linear(x) ? p2m_linear_entry(x, j) : x;
+			int id = p2m_entry_slot_id(e);
+
+			if (!p2m_entry_needs_break(c->mmu, e, private))
+				continue;
+			if (!c->cow[id])
+				c->cow[id] = calloc(c->mmu->slots[id].npages, 1);
+			if (!c->cow[id])
+				c->err = -ENOMEM;
+			else
+				c->cow[id][p2m_entry_page(e)] = 1;
+		}
+	}
+}
+
 /* Marks in @c every (slot, page) that our P2M shares copy-on-write.
  * mmu_lock.  0 or -ENOMEM. */
 static int check_cow_map_locked(struct shadow_mmu *mmu, struct check_ctx *c)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
-	for (uint64_t g = 0; g < mmu->p2m_pages; g++) {
-		uint64_t e = p2m_entry_get(mmu, g);
-		int id = p2m_entry_slot_id(e);
+	const struct p2m_walker w = { .node = check_cow_node, .ctx = c };
 
-		if (!p2m_entry_is_cow(e))
-			continue;
-		if (!c->cow[id])
-			c->cow[id] = calloc(mmu->slots[id].npages, 1);
-		if (!c->cow[id])
-			return -ENOMEM;
-		c->cow[id][p2m_entry_page(e)] = 1;
-	}
-	return 0;
+	c->mmu = mmu;
+	p2m_walk_locked(mmu, &w);
+	return c->err;
 }
 
 /* Every reverse-map entry of the pages of run @r of @slot is a present
@@ -463,6 +484,8 @@ int shadow_pool_check(struct shadow_pool *pool)
 			ret = check_page_locked(pool, page, in_use);
 	for (struct pool_obj *po = pool->objs; po && !ret; po = po->next)
 		ret = check_obj_locked(pool, po);
+	if (!ret)
+		ret = page_refs_check_locked(pool); /* P2M node uses and page counts */
 	umbra_mutex_unlock(&pool->mmus_lock);
 	umbra_mutex_unlock(&pool->objs_lock);
 	/* Pool accounting: the per-level counts are the allocated pages. */

@@ -1,51 +1,70 @@
 /*
- * Clone and copy-on-write (docs/sharing.md): a clone gets a copy of each of
- * its parent's cached roots whose entries point at the parent's lower
- * tables (shared, one more reference each, write-protected), and a P2M in
- * which every private page is copy-on-write for both; the first write to
- * such a page copies it into the writer's cow slot (shadow_mmu_cow_break)
- * and zaps the writer's mappings of the old page locally.
+ * Clone and copy-on-write (docs/sharing.md, "Fork-style sharing: clone").
+ * A clone shares its parent's P2M tree by use count (p2m_tree.c) and gets
+ * a copy of each of the parent's cached roots whose entries point at the
+ * parent's lower tables (shared, one more reference each, write-protected).
+ * The parent's non-shared slots become layers, frozen and read-only for
+ * both; each VM gets an own slot, where the private copy of gfn g is page
+ * g.  The first write to a page that needs it (p2m_entry_needs_break) makes
+ * the P2M path private and copies the page into the writer's own slot
+ * (shadow_mmu_cow_break), dropping a reference to the old page (put_page
+ * when it was the last), and zaps the writer's mappings of the old page
+ * locally.  A page of a layer the VM took over that no other VM maps is
+ * written in place.
  *
- * Locks: the clone's slots are added (and subscribed) with no lock held;
- * the roots and the P2M are copied under the parent's mmu_lock only (the
- * child is not yet visible to anyone).  A copy-on-write break reads both
- * pages with the sequence/retry protocol with no lock held, then copies and
- * zaps under the VM's mmu_lock.
+ * Locks: the slots are prepared and subscribed with no lock held; the roots,
+ * the P2M share and the layer marks are made under the parent's mmu_lock
+ * only (the child is not yet visible to anyone).  A copy-on-write break
+ * reads both pages with the sequence/retry protocol with no lock held, then
+ * privatizes, copies and zaps under the VM's mmu_lock, and gives back pages
+ * after dropping it.
  */
 #include <errno.h>
 #include <string.h>
 
 #include "mmu_internal.h"
 
-int shadow_mmu_set_cow_slot(struct shadow_mmu *mmu, int slot_id)
+int shadow_mmu_set_own_slot(struct shadow_mmu *mmu, int slot_id)
 {
 	struct shadow_mmu_slot *slot = slot_of_id(mmu, slot_id);
 
-	if (!slot || slot->s.readonly || slot->shared)
+	if (!slot || slot->s.readonly || slot->shared || __atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE))
 		return -EINVAL;
 	umbra_mutex_lock(&mmu->mmu_lock);
-	mmu->cow_slot = slot_id;
-	__atomic_store_n(&mmu->cow_next, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&mmu->own_slot, slot_id, __ATOMIC_RELAXED);
 	umbra_mutex_unlock(&mmu->mmu_lock);
 	return 0;
 }
 
-/* Copies page @p of @s into page @q of the cow slot @cs and points gfn
- * @gfn at the copy; our mappings of the old page go, the other sharers keep
- * theirs (we leave the shared tables that hold them).  Nobody writes @p
- * (every sharer maps it read-only) and no invalidation of @p or @q can pass
- * our mmu_lock.  mmu_lock.  0, or -ENOMEM (the P2M could not take the
- * entry: nothing changed but page @q, which is lost). */
+int shadow_mmu_slot_take_over(struct shadow_mmu *mmu, int slot_id)
+{
+	struct shadow_mmu_slot *slot = slot_of_id(mmu, slot_id);
+
+	if (!slot || !__atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE))
+		return -EINVAL;
+	umbra_mutex_lock(&mmu->mmu_lock);
+	__atomic_store_n(&slot->taken_over, true, __ATOMIC_RELEASE);
+	bump_sync_seq_locked(mmu);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	return 0;
+}
+
+/* Copies page @p of @s into page @q of the own slot @os and points gfn
+ * @gfn (whose path is private) at the copy; the old page loses our
+ * reference (to @pb if it was the last), our mappings of it go, the other
+ * sharers keep theirs (we leave the shared tables that hold them).  Nobody
+ * writes @p (every sharer maps it read-only) and no invalidation of @p or
+ * @q can pass our mmu_lock.  mmu_lock.  0 or -ENOMEM (nothing changed). */
 static int cow_copy_locked(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_mmu_slot *s,
-			   uint64_t p, struct shadow_mmu_slot *cs, uint64_t q)
+			   uint64_t p, struct shadow_mmu_slot *os, uint64_t q, struct p2m_batch *pb)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct zap_batch b;
 	int ret;
 
-	memcpy((char *)cs->s.host + (q << SHADOW_PAGE_SHIFT),
+	memcpy((char *)os->s.host + (q << SHADOW_PAGE_SHIFT),
 	       (char *)s->s.host + (p << SHADOW_PAGE_SHIFT), SHADOW_PAGE_SIZE);
-	ret = p2m_entry_set_locked(mmu, gfn, p2m_entry_make(cs->id, q));
+	ret = p2m_entry_set_locked(mmu, gfn, p2m_entry_make(os->id, q), pb);
 	if (ret)
 		return ret;
 	bump_sync_seq_locked(mmu);
@@ -53,6 +72,37 @@ static int cow_copy_locked(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_m
 	zap_slot_range_local_locked(mmu, s, p, p, &b);
 	zap_batch_finish_locked(mmu, &b);
 	return 0;
+}
+
+/* Under mmu_lock: if @gfn's entry is still @e and neither page's
+ * invalidation sequence (@seq_s, @seq_o) moved, the path made private,
+ * then, if the page still needs a break, the copy.  0 (done, or no copy
+ * needed), 1 (raced: again) or -ENOMEM. */
+static int cow_break_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e,
+			    struct shadow_mmu_slot *os, uint64_t seq_s, uint64_t seq_o,
+			    struct p2m_batch *pb)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_mmu_slot *s = &mmu->slots[p2m_entry_slot_id(e)];
+	const uint64_t p = p2m_entry_page(e);
+	uint64_t now;
+	bool private;
+	int ret;
+
+	if (p2m_entry_lookup_locked(mmu, gfn, NULL) != e || notifier_read_retry(s->s.obj, p, p, seq_s) ||
+	    notifier_read_retry(os->s.obj, gfn, gfn, seq_o))
+		return 1;
+	ret = p2m_path_privatize_locked(mmu, gfn, pb);
+	if (ret)
+		return ret;
+	bump_sync_seq_locked(mmu);
+	now = p2m_entry_lookup_locked(mmu, gfn, &private);
+	if (!p2m_entry_needs_break(mmu, now, private))
+		return 0; /* the path alone was shared */
+	ret = cow_copy_locked(mmu, gfn, s, p, os, gfn, pb);
+	if (!ret)
+		mmu_stat_inc(mmu, cow_breaks);
+	return ret;
 }
 
 int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa)
@@ -63,58 +113,65 @@ int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa)
 	if (gfn >= mmu->p2m_pages)
 		return -EINVAL;
 	for (;;) {
-		uint64_t e = p2m_entry_get(mmu, gfn), p, q, seq_s, seq_c;
-		struct shadow_mmu_slot *s, *cs;
+		uint64_t seq_s, seq_o, e;
+		struct shadow_mmu_slot *s, *os;
+		struct p2m_batch pb;
+		bool private;
 
-		if (!p2m_entry_is_cow(e))
+		e = p2m_entry_lookup(mmu, gfn, &private);
+		if (!p2m_entry_needs_break(mmu, e, private))
 			return 0;
-		cs = slot_of_id(mmu, __atomic_load_n(&mmu->cow_slot, __ATOMIC_RELAXED));
-		if (!cs)
+		os = slot_of_id(mmu, __atomic_load_n(&mmu->own_slot, __ATOMIC_RELAXED));
+		if (!os)
 			return -EROFS;
-		q = __atomic_fetch_add(&mmu->cow_next, 1, __ATOMIC_RELAXED);
-		if (q >= cs->npages)
-			return -ENOMEM;
+		if (gfn >= os->npages)
+			return -ENOMEM; /* the own slot does not cover this gfn */
 		s = &mmu->slots[p2m_entry_slot_id(e)];
-		p = p2m_entry_page(e);
 		/* Both pages with the sequence/retry protocol, no lock held. */
-		ret = slot_page_get(s, p, false, &seq_s);
+		ret = slot_page_get(s, p2m_entry_page(e), false, &seq_s);
 		if (ret)
 			return ret;
-		ret = slot_page_get(cs, q, true, &seq_c);
+		ret = slot_page_get(os, gfn, true, &seq_o);
 		if (ret)
 			return ret;
+		p2m_batch_init(&pb);
 		umbra_mutex_lock(&mmu->mmu_lock);
-		if (p2m_entry_get(mmu, gfn) != e ||
-		    notifier_read_retry(s->s.obj, p, p, seq_s) ||
-		    notifier_read_retry(cs->s.obj, q, q, seq_c)) {
-			umbra_mutex_unlock(&mmu->mmu_lock);
-			mmu_stat_inc(mmu, retries);
-			continue; /* page q is lost: the bump allocator never reuses */
-		}
-		ret = cow_copy_locked(mmu, gfn, s, p, cs, q);
+		ret = cow_break_locked(mmu, gfn, e, os, seq_s, seq_o, &pb);
 		umbra_mutex_unlock(&mmu->mmu_lock);
-		if (!ret)
-			mmu_stat_inc(mmu, cow_breaks);
-		return ret;
+		p2m_batch_finish(mmu, &pb);
+		if (ret != 1)
+			return ret;
+		mmu_stat_inc(mmu, retries);
 	}
 }
 
-/* Gives @child the slots of @parent, then @cow as its cow slot.  No lock
- * held (the slots are subscribed). */
-static int clone_slots(struct shadow_mmu *parent, struct shadow_mmu *child,
-		       const struct shadow_slot *cow)
+/* Gives @child the slots of @parent (its non-shared writable ones as
+ * layers), then @own as its own slot.  No lock held (the slots are
+ * subscribed). */
+static int clone_slots(struct shadow_mmu *parent, struct shadow_mmu *child, int n, int keep_own,
+		       const struct shadow_slot *own)
 {
-	int n = __atomic_load_n(&parent->nr_slots, __ATOMIC_ACQUIRE), id, ret;
+	int id, ret;
 
 	for (int i = 0; i < n; i++) {
-		ret = mmu_add_slot(child, &parent->slots[i].s, parent->slots[i].shared, &id);
+		const struct shadow_mmu_slot *ps = &parent->slots[i];
+
+		/* The parent's own slot that it keeps (empty): the child's own
+		 * slot takes its id. */
+		ret = i == keep_own ? shadow_mmu_add_slot(child, own, &id) : mmu_add_slot(child, &ps->s, ps->shared, &id);
 		if (ret)
 			return ret;
+		if (i == keep_own)
+			child->own_slot = id;
+		else
+			child->slots[id].layer = !ps->shared && !ps->s.readonly;
 	}
-	ret = shadow_mmu_add_slot(child, cow, &id);
+	if (keep_own >= 0)
+		return 0;
+	ret = shadow_mmu_add_slot(child, own, &id);
 	if (ret)
 		return ret;
-	child->cow_slot = id;
+	child->own_slot = id;
 	return 0;
 }
 
@@ -165,8 +222,44 @@ static int clone_root_locked(struct shadow_mmu *parent, struct shadow_mmu *child
 	return 0;
 }
 
-int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
-		     struct shadow_mmu **out)
+/* Under the parent's mmu_lock: the cached roots copied, the P2M shared,
+ * the parent's slots frozen and its new own slot @own_id published.  0 or
+ * the error of a root copy (the parent's P2M and slots unchanged). */
+static int clone_share_locked(struct shadow_mmu *parent, struct shadow_mmu *child, int n,
+			      int own_id, bool keep_own, struct zap_batch *b)
+{
+	umbra_mutex_assert_held(&parent->mmu_lock);
+	int ret = 0;
+
+	for (unsigned int r = 0; r < parent->nr_roots && !ret; r++)
+		if (parent->roots[r].page != SHADOW_NO_PAGE)
+			ret = clone_root_locked(parent, child, r);
+	if (!ret) {
+		p2m_share_locked(parent, child);
+		for (int i = 0; i < n; i++) {
+			struct shadow_mmu_slot *ps = &parent->slots[i];
+
+			if (!ps->shared && !ps->s.readonly && !(keep_own && i == own_id))
+				__atomic_store_n(&ps->layer, true, __ATOMIC_RELEASE);
+			/* Shared with the child again: no longer taken over. */
+			__atomic_store_n(&ps->taken_over, false, __ATOMIC_RELEASE);
+		}
+		if (!keep_own) {
+			mmu_slot_publish_locked(parent, own_id);
+			__atomic_store_n(&parent->own_slot, own_id, __ATOMIC_RELAXED);
+		}
+		child->tick = parent->tick;
+		child->sharing = parent->sharing = true;
+		bump_sync_seq_locked(parent);
+	}
+	/* The parent's vCPUs must not keep a writable translation. */
+	b->flush_all = true;
+	b->zapped++;
+	return ret;
+}
+
+int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *parent_own,
+		     const struct shadow_slot *child_own, struct shadow_mmu **out)
 {
 	struct shadow_mmu_config cfg = {
 		.pool = parent->pool,
@@ -175,48 +268,44 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *cow,
 		.max_tables = parent->account->max,
 		.mode = parent->mode,
 	};
+	int n = __atomic_load_n(&parent->nr_slots, __ATOMIC_ACQUIRE), own_id, ret;
 	struct shadow_mmu *child;
 	struct zap_batch b;
-	int ret;
 
-	if (!cow || __atomic_load_n(&parent->cow_slot, __ATOMIC_RELAXED) < 0)
+	if (!child_own || __atomic_load_n(&parent->own_slot, __ATOMIC_RELAXED) < 0)
 		return -EINVAL;
+	if (!parent_own) {
+		/* The parent keeps its own slot, which maps nothing yet. */
+		own_id = __atomic_load_n(&parent->own_slot, __ATOMIC_RELAXED);
+	} else {
+		if (n == SHADOW_MAX_SLOTS)
+			return -ENOSPC;
+		/* The parent's new own slot, subscribed but not yet published. */
+		ret = mmu_slot_prepare(parent, parent_own, false, &own_id);
+		if (ret)
+			return ret;
+	}
 	ret = shadow_mmu_create(&cfg, &child);
 	if (ret)
-		return ret;
-	ret = clone_slots(parent, child, cow);
+		goto unprepare_own;
+	ret = clone_slots(parent, child, n, parent_own ? -1 : own_id, child_own);
 	if (ret)
 		goto destroy_child;
-
 	zap_batch_init(&b);
 	umbra_mutex_lock(&parent->mmu_lock);
-	/* Roots first (they can fail). */
-	for (unsigned int r = 0; r < parent->nr_roots && !ret; r++)
-		if (parent->roots[r].page != SHADOW_NO_PAGE)
-			ret = clone_root_locked(parent, child, r);
-	if (ret)
-		goto unlock_parent;
-	ret = p2m_clone_locked(parent, child);
-	if (ret)
-		goto unlock_parent;
-	child->tick = parent->tick;
-	child->sharing = parent->sharing = true;
-	bump_sync_seq_locked(parent);
-	/* The parent's vCPUs must not keep a writable translation. */
-	b.flush_all = true;
-	b.zapped++;
+	ret = clone_share_locked(parent, child, n, own_id, !parent_own, &b);
 	zap_batch_finish_locked(parent, &b);
 	umbra_mutex_unlock(&parent->mmu_lock);
+	if (ret)
+		goto destroy_child;
 	mmu_stat_inc(child, clones);
 	*out = child;
 	return 0;
 
-unlock_parent:
-	b.flush_all = true;
-	b.zapped++;
-	zap_batch_finish_locked(parent, &b);
-	umbra_mutex_unlock(&parent->mmu_lock);
 destroy_child:
 	shadow_mmu_destroy(child);
+unprepare_own:
+	if (parent_own)
+		mmu_slot_unprepare(parent, own_id);
 	return ret;
 }

@@ -224,6 +224,8 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 				  make_leaf(mmu, mpa, rights, slot->s.readonly || cow), b);
 	if (ret)
 		return ret;
+	if (want_w && __atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE))
+		mmu_stat_inc(mmu, cow_takeovers); /* a taken-over page, written in place */
 	/* Also restores a leaf found unchanged, if access-tracked (access.c). */
 	pool_entry_mirror(mmu->pool, table, SPTE_INDEX(w->va, 1));
 	pool_obj_mark_young(slot->pobj, page);

@@ -44,7 +44,7 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 		mmu->roots[r].page = SHADOW_NO_PAGE;
 	umbra_mutex_init(&mmu->mmu_lock, "shadow.mmu_lock", UMBRA_LOCK_RANK_MMU);
 	umbra_mutex_init(&mmu->tlbs_lock, "shadow.mmu.tlbs_lock", UMBRA_LOCK_RANK_TLBS);
-	mmu->cow_slot = -1;
+	mmu->own_slot = -1;
 	umbra_mutex_lock(&mmu->pool->mmus_lock);
 	mmu->pool_next = mmu->pool->mmus;
 	mmu->pool->mmus = mmu;
@@ -55,7 +55,7 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 put_account:
 	table_account_put(mmu->account);
 exit_p2m:
-	p2m_exit(mmu);
+	p2m_exit(mmu, -1);
 free_mmu:
 	free(mmu);
 	return ret;
@@ -103,13 +103,15 @@ void shadow_mmu_destroy(struct shadow_mmu *mmu)
 	shadow_assert_no_lock_held();
 	for (int i = 0; i < n; i++)
 		notifier_unsubscribe(mmu->slots[i].sub);
+	/* Our P2M references go while the slots' objects are still held (the
+	 * page counts are theirs); our own slot's pages are ours alone. */
+	p2m_exit(mmu, mmu->own_slot);
 	mmu_unlist(mmu);
 	for (int i = 0; i < n; i++)
 		pool_obj_put(mmu->pool, mmu->slots[i].pobj);
 	umbra_mutex_exit(&mmu->tlbs_lock);
 	umbra_mutex_exit(&mmu->mmu_lock);
 	free(mmu->roots);
-	p2m_exit(mmu);
 	table_account_put(mmu->account); /* pages a clone still reaches keep it */
 	free(mmu);
 }

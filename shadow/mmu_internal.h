@@ -65,32 +65,75 @@ static inline void bump_sync_seq_locked(struct shadow_mmu *mmu)
 
 /* ---- p2m.c: slots and the P2M -------------------------------------------- */
 
-/* The P2M entry of @gfn (< p2m_pages).  Lock-free snapshot (acquire). */
+/* What a P2M store releases once mmu_lock is dropped (p2m_batch_finish):
+ * nodes whose last reference it dropped, pages whose count reached 0. */
+struct p2m_page_put {
+	struct shadow_mmu_slot *slot;
+	uint64_t page;
+};
+struct p2m_batch {
+	struct p2m_node *nodes;
+	struct p2m_page_put *pages;
+	size_t nr_pages, cap;
+};
+void p2m_batch_init(struct p2m_batch *b);
+/* Queues page @page of @slot for put_page (dropped silently if no memory:
+ * the page then stays with its owner). */
+void p2m_batch_add_page(struct p2m_batch *b, struct shadow_mmu_slot *slot, uint64_t page);
+/* Releases what @b holds: node children and page references, put_page
+ * calls.  No shadow lock held (asserted): may block. */
+void p2m_batch_finish(struct shadow_mmu *mmu, struct p2m_batch *b);
+
+/* The P2M entry of @gfn (< p2m_pages), and in *@private (if not NULL)
+ * whether every node of its path is this VM's alone.  Lock-free snapshot
+ * (an RCU read-side section of its own); exact under mmu_lock. */
+uint64_t p2m_entry_lookup(struct shadow_mmu *mmu, uint64_t gfn, bool *private);
 static inline uint64_t p2m_entry_get(struct shadow_mmu *mmu, uint64_t gfn)
 {
-	uint64_t d = __atomic_load_n(&mmu->p2m_dir[gfn >> P2M_CHUNK_SHIFT], __ATOMIC_ACQUIRE);
-
-	if (!p2m_dir_is_array(d))
-		return p2m_dir_entry(d, gfn & (P2M_CHUNK_PAGES - 1));
-	return __atomic_load_n(&((uint64_t *)(uintptr_t)d)[gfn & (P2M_CHUNK_PAGES - 1)],
-			       __ATOMIC_ACQUIRE);
+	return p2m_entry_lookup(mmu, gfn, NULL);
 }
-/* Stores @e as @gfn's entry (nothing zapped): 0, or -ENOMEM (the chunk
- * needed its own array).  mmu_lock. */
-int p2m_entry_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e);
-/* The empty P2M of @mmu->p2m_pages gfns (directory zero-filled, untouched
- * until used), and its teardown. */
+/* The same under mmu_lock, with no read-side section (the nodes our tree
+ * reaches are held by our references, which only we drop). */
+uint64_t p2m_entry_lookup_locked(struct shadow_mmu *mmu, uint64_t gfn, bool *private);
+/* Stores @e as @gfn's entry (nothing zapped), the path made private
+ * first; the page @e maps gets count 1, the old one loses one reference
+ * (to @b when it reaches 0).  0 or -ENOMEM.  mmu_lock. */
+int p2m_entry_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e, struct p2m_batch *b);
+/* Makes the path to @gfn's entry private (if there is one).  0 or
+ * -ENOMEM.  mmu_lock. */
+int p2m_path_privatize_locked(struct shadow_mmu *mmu, uint64_t gfn, struct p2m_batch *b);
+/* Stores @x (P2M_LINEAR | entry, or 0) as the level-2 entry of the chunk
+ * from @gfn, *@old the entry it replaces: 0, 1 if the chunk has a leaf
+ * (or the P2M has one level: store entry by entry), -ENOMEM.  mmu_lock. */
+int p2m_chunk_set_linear_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t x,
+				struct p2m_batch *b, uint64_t *old);
+/* The empty P2M of @mmu->p2m_pages gfns (no node until a store), and its
+ * drop: our references go, a page of slot @skip_id excepted (the own slot
+ * of a VM being destroyed: nobody else maps it).  p2m_exit: no shadow lock
+ * held (put_page). */
 int p2m_init(struct shadow_mmu *mmu);
-void p2m_exit(struct shadow_mmu *mmu);
-/* Gives @child (new, empty P2M) the parent's P2M with every page of a
- * non-shared slot copy-on-write for both: 0, or -ENOMEM before anything
- * changed.  The parent's mmu_lock. */
-int p2m_clone_locked(struct shadow_mmu *parent, struct shadow_mmu *child);
+void p2m_exit(struct shadow_mmu *mmu, int skip_id);
+/* Gives @child (new, empty P2M) the parent's tree: one more use of its
+ * root.  O(1).  The parent's mmu_lock. */
+void p2m_share_locked(struct shadow_mmu *parent, struct shadow_mmu *child);
+/* Visits every node of the tree, parents first; @private: the path to it,
+ * the node included, is this VM's alone. */
+struct p2m_walker {
+	void (*node)(void *ctx, struct p2m_node *node, uint64_t first_gfn, bool private);
+	void *ctx;
+};
+void p2m_walk_locked(struct shadow_mmu *mmu, const struct p2m_walker *w);
+/* The same with the pool quiescent (shadow_pool_check). */
+void p2m_walk_quiescent(struct shadow_mmu *mmu, const struct p2m_walker *w);
+/* Does a write to the page of entry @e (on a path @private or not) need a
+ * copy-on-write break (docs/sharing.md)?  Lock-free; exact under mmu_lock. */
+bool p2m_entry_needs_break(struct shadow_mmu *mmu, uint64_t e, bool private);
 /* The published slot @id, or NULL.  Lock-free. */
 struct shadow_mmu_slot *slot_of_id(struct shadow_mmu *mmu, int id);
 /* gfn -> (slot, page): 0, or -EFAULT if unmapped.  Lock-free snapshot. */
 int p2m_get(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_mmu_slot **slot, uint64_t *page);
-/* True if @gfn is shared copy-on-write with a clone.  Lock-free snapshot. */
+/* True if a write to @gfn needs a copy-on-write break first
+ * (p2m_entry_needs_break).  Lock-free snapshot; exact under mmu_lock. */
 bool p2m_is_cow(struct shadow_mmu *mmu, uint64_t gfn);
 /* The read side of the sequence/retry protocol (docs/notifiers.md) for
  * page @page of @slot: *@seq from notifier_read_begin(), then the page made
@@ -104,6 +147,51 @@ extern const struct shadow_mem_ops guest_mem_ops;
 /* Adds and subscribes a slot (a segment if @shared).  Takes no lock around
  * the subscribe; mmu_lock to publish.  May block. */
 int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool shared, int *id);
+/* The two halves of mmu_add_slot: prepare fills slots[nr_slots] and
+ * subscribes it (no lock held; 0 or the errors of add_slot), publish makes
+ * it visible (mmu_lock), unprepare undoes a prepared slot never published
+ * (no lock held). */
+int mmu_slot_prepare(struct shadow_mmu *mmu, const struct shadow_slot *s, bool shared, int *id);
+void mmu_slot_publish_locked(struct shadow_mmu *mmu, int id);
+void mmu_slot_unprepare(struct shadow_mmu *mmu, int id);
+
+/* ---- refcount.c: page reference counts ----------------------------------- */
+
+/* Are the pages of @slot reference-counted: a layer, or the own slot?  (A
+ * slot becomes counted when a clone makes it a layer, and stays so; its
+ * pages are then mapped once each, count 1, as before.)  Lock-free. */
+static inline bool slot_is_counted(struct shadow_mmu *mmu, const struct shadow_mmu_slot *slot)
+{
+	return !slot->shared && (__atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE) ||
+				 slot->id == __atomic_load_n(&mmu->own_slot, __ATOMIC_RELAXED));
+}
+
+/* Makes the counts of @page's run exist: 0 or -ENOMEM.  Lock-free. */
+int page_ref_prepare(struct pool_obj *po, uint64_t page);
+/* Run @run's counts, or NULL (every count 1).  Lock-free. */
+static inline uint32_t *page_ref_run(struct pool_obj *po, uint64_t run)
+{
+	uint32_t **runs = __atomic_load_n(&po->page_refs, __ATOMIC_ACQUIRE);
+
+	return runs ? __atomic_load_n(&runs[run], __ATOMIC_ACQUIRE) : NULL;
+}
+/* The count of @page (1 if its run has none).  Lock-free. */
+static inline uint32_t page_ref_read(struct pool_obj *po, uint64_t page)
+{
+	uint32_t *counts = page_ref_run(po, page / SPTE_ENTRIES);
+
+	return counts ? __atomic_load_n(&counts[page % SPTE_ENTRIES], __ATOMIC_ACQUIRE) : 1;
+}
+/* One more reference (the run prepared).  Lock-free. */
+void page_ref_get(struct pool_obj *po, uint64_t page);
+/* One reference less: true when it was the last.  Lock-free. */
+bool page_ref_put(struct pool_obj *po, uint64_t page);
+/* A store maps @page: its count is 1.  Lock-free. */
+void page_ref_set_one(struct pool_obj *po, uint64_t page);
+/* The recount of every node's use and page's count against the pool's
+ * P2Ms.  objs_lock and mmus_lock, the pool quiescent.  0, -EUCLEAN or
+ * -ENOMEM. */
+int page_refs_check_locked(struct shadow_pool *pool);
 
 /* ---- zap.c: entry writes, zap batches ------------------------------------ */
 

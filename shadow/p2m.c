@@ -1,12 +1,14 @@
 /*
  * Slots and the P2M of one VM: the memory objects placed in its machine
  * address space (slots, added and subscribed once, never moved), and the
- * map gfn -> (slot, page) that every fault looks up (entries: p2m.h).  Also
- * the guest's memory as the guest-table walker reads it, through the P2M.
+ * map gfn -> (slot, page) that every fault looks up (entries: p2m.h, the
+ * tree: p2m_tree.c), with the copy-on-write rule.  Also the guest's memory
+ * as the guest-table walker reads it, through the P2M.
  *
- * Locks: the P2M and the slot list are read lock-free (acquire loads of
- * entries and of nr_slots); P2M stores and the publication of a slot are
- * made under mmu_lock.  A slot is subscribed with no shadow lock held.
+ * Locks: the P2M and the slot list are read lock-free (RCU lookups of
+ * entries, acquire loads of nr_slots); P2M stores and the publication of a
+ * slot are made under mmu_lock.  A slot is subscribed with no shadow lock
+ * held.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -50,119 +52,32 @@ int p2m_get(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_mmu_slot **slot,
 	return 0;
 }
 
+bool p2m_entry_needs_break(struct shadow_mmu *mmu, uint64_t e, bool private)
+{
+	struct shadow_mmu_slot *slot;
+
+	if (!p2m_entry_is_present(e))
+		return false;
+	slot = &mmu->slots[p2m_entry_slot_id(e)];
+	if (slot->shared || slot->s.readonly)
+		return false; /* never copy-on-write */
+	if (!private)
+		return true; /* another VM's P2M holds the same entry */
+	if (!__atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE))
+		return false;
+	return !__atomic_load_n(&slot->taken_over, __ATOMIC_ACQUIRE) ||
+	       page_ref_read(slot->pobj, p2m_entry_page(e)) != 1;
+}
+
 bool p2m_is_cow(struct shadow_mmu *mmu, uint64_t gfn)
 {
-	return gfn < mmu->p2m_pages && p2m_entry_is_cow(p2m_entry_get(mmu, gfn));
-}
+	bool private;
+	uint64_t e;
 
-/* ---- the sparse P2M (p2m.h) ------------------------------------------------ */
-
-int p2m_init(struct shadow_mmu *mmu)
-{
-	mmu->p2m_chunks = (mmu->p2m_pages + P2M_CHUNK_PAGES - 1) >> P2M_CHUNK_SHIFT;
-	mmu->p2m_dir = calloc(mmu->p2m_chunks, sizeof(*mmu->p2m_dir));
-	return mmu->p2m_dir ? 0 : -ENOMEM;
-}
-
-void p2m_exit(struct shadow_mmu *mmu)
-{
-	for (uint64_t c = 0; mmu->p2m_dir && c < mmu->p2m_chunks; c++)
-		if (p2m_dir_is_array(mmu->p2m_dir[c]))
-			free((void *)(uintptr_t)mmu->p2m_dir[c]);
-	free(mmu->p2m_dir);
-}
-
-/* The array of chunk @c, made from its run (or emptiness) if it has none:
- * 0 or -ENOMEM.  Readers of the old directory entry compute the same
- * entries as the array holds.  mmu_lock. */
-static int p2m_chunk_array_locked(struct shadow_mmu *mmu, uint64_t c, uint64_t **out)
-{
-	umbra_mutex_assert_held(&mmu->mmu_lock);
-	uint64_t d = __atomic_load_n(&mmu->p2m_dir[c], __ATOMIC_RELAXED);
-	uint64_t *a;
-
-	if (p2m_dir_is_array(d)) {
-		*out = (uint64_t *)(uintptr_t)d;
-		return 0;
-	}
-	a = malloc(P2M_CHUNK_PAGES * sizeof(*a));
-	if (!a)
-		return -ENOMEM;
-	for (uint64_t k = 0; k < P2M_CHUNK_PAGES; k++)
-		a[k] = p2m_dir_entry(d, k);
-	__atomic_store_n(&mmu->p2m_dir[c], (uint64_t)(uintptr_t)a, __ATOMIC_RELEASE);
-	*out = a;
-	return 0;
-}
-
-int p2m_entry_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e)
-{
-	umbra_mutex_assert_held(&mmu->mmu_lock);
-	const uint64_t c = gfn >> P2M_CHUNK_SHIFT, k = gfn & (P2M_CHUNK_PAGES - 1);
-	uint64_t d = __atomic_load_n(&mmu->p2m_dir[c], __ATOMIC_RELAXED);
-	uint64_t *a;
-	int ret;
-
-	if (!p2m_dir_is_array(d) && p2m_dir_entry(d, k) == e)
-		return 0;
-	ret = p2m_chunk_array_locked(mmu, c, &a);
-	if (ret)
-		return ret;
-	__atomic_store_n(&a[k], e, __ATOMIC_RELEASE);
-	return 0;
-}
-
-/* @e with the copy-on-write bit if it maps a page of a non-shared slot. */
-static uint64_t p2m_entry_cow_for_clone(struct shadow_mmu *parent, uint64_t e)
-{
-	if (!p2m_entry_is_present(e) || parent->slots[p2m_entry_slot_id(e)].shared)
-		return e;
-	return p2m_entry_mark_cow(e);
-}
-
-/* Copies parent array @pa into child array @ca, marking both.  The
- * parent's mmu_lock. */
-static void p2m_clone_array_locked(struct shadow_mmu *parent, uint64_t *pa, uint64_t *ca)
-{
-	umbra_mutex_assert_held(&parent->mmu_lock);
-	for (uint64_t k = 0; k < P2M_CHUNK_PAGES; k++) {
-		uint64_t e = __atomic_load_n(&pa[k], __ATOMIC_RELAXED), m = p2m_entry_cow_for_clone(parent, e);
-
-		if (m != e)
-			__atomic_store_n(&pa[k], m, __ATOMIC_RELEASE);
-		ca[k] = m;
-	}
-}
-
-int p2m_clone_locked(struct shadow_mmu *parent, struct shadow_mmu *child)
-{
-	umbra_mutex_assert_held(&parent->mmu_lock);
-	/* The child's arrays first: a failure changes nothing of the parent's
-	 * (the child's destroy frees what was made). */
-	for (uint64_t c = 0; c < parent->p2m_chunks; c++) {
-		if (!p2m_dir_is_array(__atomic_load_n(&parent->p2m_dir[c], __ATOMIC_RELAXED)))
-			continue;
-		uint64_t *a = malloc(P2M_CHUNK_PAGES * sizeof(*a));
-		if (!a)
-			return -ENOMEM;
-		child->p2m_dir[c] = (uint64_t)(uintptr_t)a;
-	}
-	for (uint64_t c = 0; c < parent->p2m_chunks; c++) {
-		uint64_t d = __atomic_load_n(&parent->p2m_dir[c], __ATOMIC_RELAXED), m;
-
-		if (p2m_dir_is_array(d)) {
-			p2m_clone_array_locked(parent, (uint64_t *)(uintptr_t)d,
-					       (uint64_t *)(uintptr_t)child->p2m_dir[c]);
-			continue;
-		}
-		if (!d)
-			continue;
-		m = p2m_entry_cow_for_clone(parent, d & ~P2M_DIR_LINEAR) | P2M_DIR_LINEAR;
-		if (m != d)
-			__atomic_store_n(&parent->p2m_dir[c], m, __ATOMIC_RELEASE);
-		__atomic_store_n(&child->p2m_dir[c], m, __ATOMIC_RELEASE);
-	}
-	return 0;
+	if (gfn >= mmu->p2m_pages)
+		return false;
+	e = p2m_entry_lookup(mmu, gfn, &private);
+	return p2m_entry_needs_break(mmu, e, private);
 }
 
 int shadow_mmu_p2m_lookup(struct shadow_mmu *mmu, uint64_t gpa, uint64_t *mpa, void **host)
@@ -239,7 +154,7 @@ static bool slot_fits(struct shadow_mmu *mmu, const struct shadow_slot *s, uint6
 	return true;
 }
 
-int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool shared, int *id)
+int mmu_slot_prepare(struct shadow_mmu *mmu, const struct shadow_slot *s, bool shared, int *id)
 {
 	struct shadow_mmu_slot *slot;
 	uint64_t npages;
@@ -269,9 +184,6 @@ int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool share
 	ret = notifier_subscribe(s->obj, &shadow_notifier_ops, slot, &slot->sub);
 	if (ret)
 		goto put_pobj;
-	umbra_mutex_lock(&mmu->mmu_lock);
-	__atomic_store_n(&mmu->nr_slots, n + 1, __ATOMIC_RELEASE);
-	umbra_mutex_unlock(&mmu->mmu_lock);
 	*id = n;
 	return 0;
 
@@ -279,6 +191,34 @@ put_pobj:
 	pool_obj_put(mmu->pool, slot->pobj);
 	slot->pobj = NULL;
 	return ret;
+}
+
+void mmu_slot_publish_locked(struct shadow_mmu *mmu, int id)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	__atomic_store_n(&mmu->nr_slots, id + 1, __ATOMIC_RELEASE);
+}
+
+void mmu_slot_unprepare(struct shadow_mmu *mmu, int id)
+{
+	struct shadow_mmu_slot *slot = &mmu->slots[id];
+
+	shadow_assert_no_lock_held();
+	notifier_unsubscribe(slot->sub);
+	pool_obj_put(mmu->pool, slot->pobj);
+	memset(slot, 0, sizeof(*slot));
+}
+
+int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool shared, int *id)
+{
+	int ret = mmu_slot_prepare(mmu, s, shared, id);
+
+	if (ret)
+		return ret;
+	umbra_mutex_lock(&mmu->mmu_lock);
+	mmu_slot_publish_locked(mmu, *id);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	return 0;
 }
 
 int shadow_mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, int *id)
@@ -294,10 +234,11 @@ int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *s, 
 /* Stores @e as gfn @gfn's entry; whatever mapped the old backing page in
  * this VM goes first (conservative: every entry of that page, whichever gfn
  * it came from; other VMs keep theirs).  0 or -ENOMEM.  mmu_lock. */
-static int p2m_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e, struct zap_batch *b)
+static int p2m_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e, struct zap_batch *b,
+			  struct p2m_batch *pb)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
-	uint64_t old = p2m_entry_get(mmu, gfn);
+	uint64_t old = p2m_entry_lookup_locked(mmu, gfn, NULL);
 
 	if (old == e)
 		return 0;
@@ -307,40 +248,35 @@ static int p2m_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e, stru
 
 		zap_slot_range_local_locked(mmu, os, op, op, b);
 	}
-	return p2m_entry_set_locked(mmu, gfn, e);
+	return p2m_entry_set_locked(mmu, gfn, e, pb);
 }
 
 /* Maps the @n gfns from @gfn, all in one chunk, to pages from @e's (P2M_NONE:
- * unmaps): a whole chunk without an array becomes one run (what it mapped
- * before zapped as one range), anything else entry by entry.  0 or -ENOMEM.
- * mmu_lock. */
+ * unmaps): a whole chunk with no leaf becomes one linear entry (what it
+ * mapped before zapped as one range), anything else entry by entry.  0 or
+ * -ENOMEM.  mmu_lock. */
 static int p2m_map_chunk_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t n, uint64_t e,
-				struct zap_batch *b)
+				struct zap_batch *b, struct p2m_batch *pb)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
-	const uint64_t c = gfn >> P2M_CHUNK_SHIFT;
-	uint64_t chunk_end = (c + 1) << P2M_CHUNK_SHIFT;
-	uint64_t d = __atomic_load_n(&mmu->p2m_dir[c], __ATOMIC_RELAXED);
+	const bool present = p2m_entry_is_present(e);
+	uint64_t old;
 	int ret;
 
-	if (chunk_end > mmu->p2m_pages)
-		chunk_end = mmu->p2m_pages;
-	if (gfn == c << P2M_CHUNK_SHIFT && gfn + n == chunk_end && !p2m_dir_is_array(d)) {
-		uint64_t nd = p2m_entry_is_present(e) ? e | P2M_DIR_LINEAR : 0;
+	if (!(gfn & (P2M_CHUNK_PAGES - 1)) && n == P2M_CHUNK_PAGES) {
+		ret = p2m_chunk_set_linear_locked(mmu, gfn, present ? e | P2M_LINEAR : 0, pb, &old);
+		if (ret <= 0) {
+			if (!ret && old && old != (present ? e | P2M_LINEAR : 0)) {
+				uint64_t oe = p2m_linear_entry(old, 0), op = p2m_entry_page(oe);
 
-		if (d == nd)
-			return 0;
-		if (d) {
-			uint64_t old = d & ~P2M_DIR_LINEAR, op = p2m_entry_page(old);
-
-			zap_slot_range_local_locked(mmu, &mmu->slots[p2m_entry_slot_id(old)], op,
-						    op + n - 1, b);
+				zap_slot_range_local_locked(mmu, &mmu->slots[p2m_entry_slot_id(oe)],
+							    op, op + n - 1, b);
+			}
+			return ret;
 		}
-		__atomic_store_n(&mmu->p2m_dir[c], nd, __ATOMIC_RELEASE);
-		return 0;
 	}
 	for (uint64_t i = 0; i < n; i++) {
-		ret = p2m_set_locked(mmu, gfn + i, p2m_entry_is_present(e) ? e + i : P2M_NONE, b);
+		ret = p2m_set_locked(mmu, gfn + i, present ? e + i : P2M_NONE, b, pb);
 		if (ret)
 			return ret;
 	}
@@ -352,6 +288,7 @@ int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, in
 {
 	struct shadow_mmu_slot *slot = NULL;
 	uint64_t gfn = gpa >> SHADOW_PAGE_SHIFT, done = 0;
+	struct p2m_batch pb;
 	struct zap_batch b;
 	int ret = 0;
 
@@ -363,6 +300,7 @@ int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, in
 			return -EINVAL;
 	}
 	zap_batch_init(&b);
+	p2m_batch_init(&pb);
 	umbra_mutex_lock(&mmu->mmu_lock);
 	while (done < npages && !ret) {
 		uint64_t g = gfn + done, left = npages - done;
@@ -372,11 +310,12 @@ int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, in
 			n = left;
 		ret = p2m_map_chunk_locked(mmu, g, n,
 					   slot ? p2m_entry_make(slot_id, first_page + done) : P2M_NONE,
-					   &b);
+					   &b, &pb);
 		done += n;
 	}
 	bump_sync_seq_locked(mmu);
 	zap_batch_finish_locked(mmu, &b);
 	umbra_mutex_unlock(&mmu->mmu_lock);
+	p2m_batch_finish(mmu, &pb);
 	return ret;
 }

@@ -461,6 +461,7 @@ void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
 		free(run);
 	}
 	free(po->runs);
+	page_refs_exit(po);
 	free(po);
 }
 

@@ -220,6 +220,9 @@ struct pool_obj {
 	struct umbra_mutex stripes[POOL_OBJ_STRIPES];
 	struct pool_obj_run **runs;	/* [pool_obj_nr_runs(npages)], atomic pointers */
 	struct pool_obj *next;		/* pool->objs, under pool->objs_lock */
+	uint32_t **page_refs;		/* page reference counts (refcount.c): NULL or
+					 * [nr_runs] arrays of SPTE_ENTRIES counts, each
+					 * NULL (every count 1) until first needed; atomic */
 };
 
 /* The 2 MiB runs of an object of @npages pages (the last may be partial). */
@@ -253,6 +256,10 @@ static inline struct shadow_rmap *pool_obj_rmap(const struct pool_obj *po, uint6
  * the run's side arrays on its first use.  The page's stripe held.  0 or
  * -ENOMEM (nothing changed).  pool.c. */
 int pool_obj_rmap_add(struct pool_obj *po, uint64_t page, shadow_sptep_t sptep);
+
+/* Frees @po's page reference counts (refcount.c): its last slot went.
+ * objs_lock. */
+void page_refs_exit(struct pool_obj *po);
 
 /* The canonical table at @key of @po, or SHADOW_NO_PAGE.  The key's stripe
  * held (or a quiescent pool). */
@@ -516,6 +523,11 @@ struct shadow_mmu_slot {
 	struct notifier_subscription *sub;
 	struct pool_obj *pobj;		/* shared with other VMs' slots of the object */
 	bool released;			/* atomic; set under mmu_lock by release() */
+	/* A frozen own slot shared with clones (docs/sharing.md): never mapped
+	 * writable, but for a page of a taken-over layer that no other VM
+	 * maps.  Atomic; set under mmu_lock (clone, take-over). */
+	bool layer;
+	bool taken_over;
 };
 
 struct shadow_root {
@@ -573,12 +585,13 @@ struct shadow_mmu {
 	struct umbra_mutex mmu_lock;
 	uint64_t sync_seq;		/* atomic; bumped under mmu_lock by every sync / P2M change */
 
-	/* The P2M (p2m.c): a directory of one entry per P2M_CHUNK_PAGES gfns,
-	 * each none, a linear run or an array of entries (p2m.h), so that
-	 * declared but unused guest memory costs 8 bytes per 2 MiB. */
+	/* The P2M (p2m.h, p2m_tree.c): a radix tree of p2m_levels levels over
+	 * p2m_pages gfns, whose nodes are shared with clones by use count;
+	 * @p2m_root: the root node's pointer, 0 while nothing is mapped
+	 * (atomic: written under mmu_lock, read lock-free). */
 	uint64_t p2m_pages;
-	uint64_t *p2m_dir;		/* [p2m_chunks] atomic directory entries */
-	uint64_t p2m_chunks;
+	uint64_t p2m_root;
+	int p2m_levels;
 
 	struct table_account *account;	/* the table quota (quota.c) */
 
@@ -598,8 +611,8 @@ struct shadow_mmu {
 	uint64_t flush_mark;		/* atomic: last remote-flush batch id */
 	struct shadow_mmu *pool_next;	/* pool->mmus link, under pool->mmus_lock */
 
-	int cow_slot;			/* slot for copy-on-write copies, -1: none */
-	uint64_t cow_next;		/* atomic: next free page of the cow slot */
+	int own_slot;			/* where gfn g's private copy is page g, -1: none
+					 * (atomic: written under mmu_lock) */
 	bool sharing;			/* ever cloned or used a canonical table */
 	bool destroying;		/* roots dropped by destroy (under mmu_lock) */
 

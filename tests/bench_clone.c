@@ -19,10 +19,13 @@
  *    guest pages; every 4 KiB page of the S bytes is faulted in (read, with
  *    shadow_mmu_fault), so the shadow holds every translation: 1 PML4,
  *    1 PDPT, S / 1 GiB PDs and S / 2 MiB direct leaf tables, one leaf per page
- *    (checked).  The VM has a copy-on-write slot (a sparse memfd of the RAM's
- *    size) and each clone gets one of its own (another, reused: the clone is
- *    destroyed between runs).  Timed: shadow_mmu_clone() (one untimed clone
- *    first), REPS times; the clone is destroyed, untimed, after each.
+ *    (checked).  The VM has an own slot (a sparse memfd of the RAM's size);
+ *    each clone is made as the VMM makes the first clone of a CLONE: the
+ *    parent gets a new own slot (another sparse memfd, made untimed before
+ *    the clone, at its own machine address) and the child one of its own
+ *    (reused: the clone is destroyed between runs).  Timed:
+ *    shadow_mmu_clone() (one untimed clone first), REPS times; the clone is
+ *    destroyed, untimed, after each.
  *    Checked: the clone adds exactly one table page (its root), the pool and
  *    both MMUs pass their checks after the first clone, and the pool is back
  *    to the parent's tables after every destroy.
@@ -55,8 +58,9 @@
 #define B_VA 0x0000004000000000ull	/* 256 GiB: 1 GiB-aligned, canonical */
 #define B_TABLES_GPA 0x1000ull		/* the guest's tables: PML4, PDPT, PDs */
 #define B_DATA_GPA RUN			/* the S bytes of data */
-#define B_OWN_MPA (64ull * GIB)		/* the parent's copy-on-write slot */
-#define B_CHILD_OWN_MPA (128ull * GIB)	/* each clone's copy-on-write slot */
+#define B_OWN_MPA (64ull * GIB)		/* the parent's first own slot */
+#define B_OWN_STRIDE (8ull * GIB)	/* the parent's next own slots, one per clone */
+#define B_CHILD_OWN_MPA (1024ull * GIB)	/* each clone's own slot */
 #define B_MAX_REPS 32
 
 /* A sparse memfd of @bytes mapped shared, with its notifier object. */
@@ -72,6 +76,8 @@ struct vm {
 	uint64_t ram_pages;		/* tables + data */
 	uint64_t tables;		/* shadow table pages once every page is faulted */
 	struct sparse ram, own, child_own;
+	struct sparse new_own[B_MAX_REPS + 1];	/* the parent's own slot after each clone */
+	int clones;
 	struct shadow_pool *pool;
 	struct shadow_mmu *mmu;
 	struct shadow_vcpu *vcpu;
@@ -209,7 +215,7 @@ static void vm_setup(struct vm *vm, uint64_t bytes)
 	add_slot(vm->mmu, &vm->ram, 0, &ram);
 	CHECK(shadow_mmu_map_gpa(vm->mmu, 0, vm->ram_pages, ram, 0));
 	add_slot(vm->mmu, &vm->own, B_OWN_MPA, &own);
-	CHECK(shadow_mmu_set_cow_slot(vm->mmu, own));
+	CHECK(shadow_mmu_set_own_slot(vm->mmu, own));
 	guest_map(vm);
 	CHECK(shadow_vcpu_create(vm->mmu, &vcfg, &vm->vcpu));
 	CHECK(shadow_vcpu_load_cr3(vm->vcpu, vm->cr3));
@@ -230,26 +236,40 @@ static void vm_teardown(struct vm *vm)
 	sparse_destroy(&vm->ram);
 	sparse_destroy(&vm->own);
 	sparse_destroy(&vm->child_own);
+	for (int i = 0; i < vm->clones; i++)
+		sparse_destroy(&vm->new_own[i]);
 }
 
-/* The clone, with what the current API takes: the child's copy-on-write
- * slot. */
-static int vm_clone(struct vm *vm, struct shadow_mmu **child)
+/* The parent's next own slot (made untimed, before the clone). */
+static struct shadow_slot vm_next_own(struct vm *vm)
 {
-	struct shadow_slot cow = { .obj = vm->child_own.obj, .mpa = B_CHILD_OWN_MPA,
+	struct sparse *s = &vm->new_own[vm->clones];
+
+	ENSURE(vm->clones < B_MAX_REPS + 1, "too many clones");
+	sparse_create(s, "bench-clone-parent-own", vm->ram_pages * PAGE);
+	return (struct shadow_slot){ .obj = s->obj, .host = s->host,
+				     .mpa = B_OWN_MPA + (uint64_t)++vm->clones * B_OWN_STRIDE };
+}
+
+/* The clone as the VMM makes the first clone of a CLONE: the parent gets a
+ * new own slot (its old one becomes a layer), the child its own slot. */
+static int vm_clone(struct vm *vm, const struct shadow_slot *parent_own, struct shadow_mmu **child)
+{
+	struct shadow_slot own = { .obj = vm->child_own.obj, .mpa = B_CHILD_OWN_MPA,
 				   .host = vm->child_own.host };
 
-	return shadow_mmu_clone(vm->mmu, &cow, child);
+	return shadow_mmu_clone(vm->mmu, parent_own, &own, child);
 }
 
 /* One timed clone of @vm (ns); checks the pool, and with @check both MMUs,
  * before destroying the clone. */
 static double clone_once(struct vm *vm, bool check)
 {
+	struct shadow_slot parent_own = vm_next_own(vm);
 	struct shadow_mmu *child;
 	double t0 = now_ns(), t1;
 
-	CHECK(vm_clone(vm, &child));
+	CHECK(vm_clone(vm, &parent_own, &child));
 	t1 = now_ns();
 	ENSURE(shadow_pool_pages_in_use(vm->pool, 0) == vm->tables + 1,
 	       "expected the clone to add one table (its root): %zu in use, parent %llu",

@@ -10,7 +10,7 @@
  *    with shadow_mmu_fault(), so the shadow has every level built (1 PML4,
  *    1 PDPT, S/1 GiB PDs, S/2 MiB PTs).  Timed, median of REPS, the clone
  *    destroyed (untimed) between runs:
- *      - shadow_mmu_clone() (new MMU, slots, P2M copy, root copy);
+ *      - shadow_mmu_clone() (new MMU, slots, P2M shared by use count, root copy);
  *      - the same clone with no shadow table below the root (zap_all first):
  *        the part of the clone that is not about tables;
  *      - an eager copy: shadow_mmu_clone() followed, inside the timed region,
@@ -102,8 +102,10 @@ static struct shadow_vcpu *vcpu_on(struct shadow_mmu *mmu, uint64_t cr3)
 
 #define A_VA 0x0000004000000000ull	/* 256 GiB: 1 GiB-aligned, canonical */
 #define A_TABLES_GPA 0x1000ull		/* guest tables from here; data above */
-#define A_COW_MPA (64ull * GIB)		/* the parent's copy-on-write slot */
-#define A_CCOW_MPA (65ull * GIB)	/* the clone's copy-on-write slot */
+#define A_COW_MPA (64ull * GIB)		/* the parent's first own slot */
+#define A_CCOW_MPA (65ull * GIB)	/* the clone's own slot */
+#define A_POWN_MPA(i) ((66ull + (uint64_t)(i)) * GIB) /* the parent's new own slot of clone i */
+#define A_MAX_CLONES 48			/* clones of one parent (each adds it a slot) */
 #define A_COW_PAGES 16ull
 
 struct fork_res {
@@ -159,6 +161,9 @@ struct avm {
 	uint64_t data_gpa, ram_pages;
 	uint8_t *host, *cow_host, *ccow_host;
 	struct notifier_object *ram, *cow, *ccow;
+	struct notifier_object *pown[A_MAX_CLONES];	/* the parent's own slots the clones add */
+	uint8_t *pown_host[A_MAX_CLONES];
+	int nr_clones;
 	struct shadow_pool *pool;
 	struct shadow_mmu *mmu;
 	struct shadow_vcpu *vcpu;
@@ -229,7 +234,7 @@ static void avm_setup(struct avm *a, uint64_t bytes)
 	slot.mpa = A_COW_MPA;
 	slot.host = a->cow_host;
 	CHECK(shadow_mmu_add_slot(a->mmu, &slot, &id));
-	CHECK(shadow_mmu_set_cow_slot(a->mmu, id));
+	CHECK(shadow_mmu_set_own_slot(a->mmu, id));
 	a->cr3 = A_TABLES_GPA;
 	a->next_table = A_TABLES_GPA + PAGE;
 	for (uint64_t i = 0; i < a->npages; i++)
@@ -252,6 +257,10 @@ static void avm_teardown(struct avm *a)
 	notifier_object_destroy(a->ram);
 	notifier_object_destroy(a->cow);
 	notifier_object_destroy(a->ccow);
+	for (int i = 0; i < a->nr_clones; i++) {
+		notifier_object_destroy(a->pown[i]);
+		munmap(a->pown_host[i], A_COW_PAGES * PAGE);
+	}
 	munmap(a->host, a->ram_pages * PAGE);
 	munmap(a->cow_host, A_COW_PAGES * PAGE);
 	munmap(a->ccow_host, A_COW_PAGES * PAGE);
@@ -370,13 +379,22 @@ enum a_kind { A_CLONE, A_EAGER };
 /* One clone (and eager copy) of the parent, timed; checks; destroy. */
 static double a_clone_once(struct avm *a, enum a_kind kind, bool check)
 {
-	struct shadow_slot s = { .obj = a->ccow, .mpa = A_CCOW_MPA, .host = a->ccow_host };
+	struct shadow_slot s = { .obj = a->ccow, .mpa = A_CCOW_MPA, .host = a->ccow_host }, ps = { 0 };
 	size_t before = in_use(a->pool), below = before - 1;
+	const int i = a->nr_clones;
 	struct shadow_mmu *child;
 	double t0, t;
 
+	/* The parent's new own slot: an object per clone (untimed). */
+	ENSURE(i < A_MAX_CLONES, "more than %d clones of one parent", A_MAX_CLONES);
+	a->pown_host[i] = bench_mmap(A_COW_PAGES * PAGE);
+	CHECK(notifier_object_create("bench-parent-own", A_COW_PAGES, &a->pown[i]));
+	a->nr_clones++;
+	ps.obj = a->pown[i];
+	ps.mpa = A_POWN_MPA(i);
+	ps.host = a->pown_host[i];
 	t0 = now_ns();
-	CHECK(shadow_mmu_clone(a->mmu, &s, &child));
+	CHECK(shadow_mmu_clone(a->mmu, &ps, &s, &child));
 	if (kind == A_EAGER)
 		eager_copy(child);
 	t = now_ns() - t0;

@@ -48,13 +48,14 @@ struct hvm {
 struct world {
 	struct shadow_pool *pool;
 	struct gm gm[2];		/* A's and B's RAM (C shares A's copy-on-write) */
-	struct hobj seg, cow[NVM];
+	struct hobj seg, own[2];
+	struct sh_owns owns;		/* the own slots C's clone adds */
 	int seg_slot;			/* the segment's slot id, the same in every VM */
 	struct hvm vm[NVM];
 };
 
 /* VM @k (A or B) on the world's pool: RAM with its tables and private
- * pages, the segment, a cow slot. */
+ * pages, the segment, an own slot. */
 static void world_vm_init(struct world *w, int k)
 {
 	struct shadow_slot s = hobj_slot(&w->seg, SH_SEG_MPA);
@@ -65,10 +66,10 @@ static void world_vm_init(struct world *w, int k)
 	gm_init_full(gm, 1024, w->pool, 0, 0, NULL, NULL, NULL);
 	ck_assert_int_eq(shadow_mmu_add_segment(gm->mmu, &s, &w->seg_slot), 0);
 	ck_assert_int_eq(shadow_mmu_map_gpa(gm->mmu, SEG_GPA, 512, w->seg_slot, 0), 0);
-	hobj_init(&w->cow[k], "cow", 64, false);
-	s = hobj_slot(&w->cow[k], SH_COW_MPA(k));
+	hobj_init(&w->own[k], "own", 1024, false);
+	s = hobj_slot(&w->own[k], SH_COW_MPA(k));
 	ck_assert_int_eq(shadow_mmu_add_slot(gm->mmu, &s, &id), 0);
-	ck_assert_int_eq(shadow_mmu_set_cow_slot(gm->mmu, id), 0);
+	ck_assert_int_eq(shadow_mmu_set_own_slot(gm->mmu, id), 0);
 	vm->mmu = gm->mmu;
 	vm->tag = (uint64_t)(k + 1) << 32;
 	vm->cr3 = gm_table(gm);
@@ -140,7 +141,6 @@ static void assert_pool_mirrored(struct shadow_pool *pool)
  * C cloned from A (its root's entries point at A's lower tables). */
 static void world_init(struct world *w)
 {
-	struct shadow_slot s;
 	struct hvm *c = &w->vm[2];
 
 	memset(w, 0, sizeof(*w));
@@ -154,9 +154,7 @@ static void world_init(struct world *w)
 	for (int k = 0; k < 2; k++)
 		for (unsigned int n = 0; n < NVA; n++)
 			vm_load(&w->vm[k], world_va(n));
-	hobj_init(&w->cow[2], "cow", 64, false);
-	s = hobj_slot(&w->cow[2], SH_COW_MPA(2));
-	ck_assert_int_eq(shadow_mmu_clone(w->vm[0].mmu, &s, &c->mmu), 0);
+	sh_clone(&w->owns, 1024, w->vm[0].mmu, &c->mmu);
 	assert_pool_mirrored(w->pool); /* before a fault rewrites a path */
 	c->cr3 = w->vm[0].cr3;
 	c->v = sh_vcpu(c->mmu, 64, c->cr3);
@@ -179,8 +177,9 @@ static void world_fini(struct world *w)
 		notifier_object_destroy(w->gm[k].ram);
 		munmap(w->gm[k].host, w->gm[k].npages * GM_PAGE);
 	}
-	for (int k = 0; k < NVM; k++)
-		hobj_fini(&w->cow[k]);
+	for (int k = 0; k < 2; k++)
+		hobj_fini(&w->own[k]);
+	sh_owns_fini(&w->owns);
 	hobj_fini(&w->seg);
 	shadow_pool_destroy(w->pool);
 	notifier_thread_exit();

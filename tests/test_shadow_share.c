@@ -26,11 +26,12 @@
 #define UW (SPTE_WRITABLE | SPTE_USER)
 
 /* A parent VM (RAM with its guest tables, a data object with a store, a
- * cow slot) and, after fam_clone(), its clone. */
+ * own slot) and, after fam_clone(), its clone. */
 struct fam {
 	struct shadow_pool *pool;
 	struct gm gm;
-	struct hobj data, cow[2];
+	struct hobj data, own;
+	struct sh_owns owns;		/* the own slots the clone adds */
 	struct shadow_mmu *child;
 	uint64_t cr3;
 };
@@ -47,10 +48,10 @@ static void fam_init(struct fam *f, uint64_t mapped)
 	s = hobj_slot(&f->data, DATA_MPA);
 	ck_assert_int_eq(shadow_mmu_add_slot(f->gm.mmu, &s, &id), 0);
 	ck_assert_int_eq(shadow_mmu_map_gpa(f->gm.mmu, DATA_GPA, 256, id, 0), 0);
-	hobj_init(&f->cow[0], "cow0", 256, false);
-	s = hobj_slot(&f->cow[0], SH_COW_MPA(0));
+	hobj_init(&f->own, "own0", 1024, false);
+	s = hobj_slot(&f->own, SH_COW_MPA(0));
 	ck_assert_int_eq(shadow_mmu_add_slot(f->gm.mmu, &s, &id), 0);
-	ck_assert_int_eq(shadow_mmu_set_cow_slot(f->gm.mmu, id), 0);
+	ck_assert_int_eq(shadow_mmu_set_own_slot(f->gm.mmu, id), 0);
 	f->cr3 = gm_table(&f->gm);
 	for (uint64_t i = 0; i < mapped; i++) {
 		gm_map(&f->gm, f->cr3, VA_BASE + i * GM_PAGE, DATA_GPA + i * GM_PAGE, 1, UW);
@@ -60,11 +61,7 @@ static void fam_init(struct fam *f, uint64_t mapped)
 
 static void fam_clone(struct fam *f)
 {
-	struct shadow_slot s;
-
-	hobj_init(&f->cow[1], "cow1", 256, false);
-	s = hobj_slot(&f->cow[1], SH_COW_MPA(1));
-	ck_assert_int_eq(shadow_mmu_clone(f->gm.mmu, &s, &f->child), 0);
+	sh_clone(&f->owns, 1024, f->gm.mmu, &f->child);
 }
 
 static void fam_fini(struct fam *f)
@@ -76,9 +73,8 @@ static void fam_fini(struct fam *f)
 	notifier_object_destroy(f->gm.ram);
 	munmap(f->gm.host, f->gm.npages * GM_PAGE);
 	hobj_fini(&f->data);
-	hobj_fini(&f->cow[0]);
-	if (f->cow[1].obj)
-		hobj_fini(&f->cow[1]);
+	hobj_fini(&f->own);
+	sh_owns_fini(&f->owns);
 	shadow_pool_destroy(f->pool);
 }
 
@@ -365,14 +361,17 @@ END_TEST
 
 #define HERD_MAX 70
 #define VA_FAR (VA_BASE + (2ull << 20)) /* same PD as VA_BASE, another leaf table */
-#define NEW_PAGE 200			/* map_gpa's redirect target in the data object */
+#define HERD_DATA_MAPPED 128		/* data pages mapped at DATA_GPA */
+#define NEW_PAGE 130			/* map_gpa's redirect targets: NEW_PAGE + k for
+					 * clone k, pages no gfn maps */
 
 /* A parent VM and up to HERD_MAX clones, each with a vCPU (no TLB: every
  * access walks the shadow tables). */
 struct herd {
 	struct shadow_pool *pool;
 	struct gm gm;
-	struct hobj data, cow[HERD_MAX + 1];
+	struct hobj data, own;
+	struct sh_owns owns;
 	struct shadow_mmu *mmu[HERD_MAX + 1]; /* [0]: the parent */
 	struct shadow_vcpu *v[HERD_MAX + 1];
 	int data_id, n;
@@ -393,28 +392,26 @@ static void herd_init(struct herd *h)
 		*(uint64_t *)(h->data.host + p * GM_PAGE) = 0x1000 + p;
 	s = hobj_slot(&h->data, DATA_MPA);
 	ck_assert_int_eq(shadow_mmu_add_slot(h->mmu[0], &s, &h->data_id), 0);
-	ck_assert_int_eq(shadow_mmu_map_gpa(h->mmu[0], DATA_GPA, 256, h->data_id, 0), 0);
-	hobj_init(&h->cow[0], "cow0", 256, false);
-	s = hobj_slot(&h->cow[0], SH_COW_MPA(0));
+	ck_assert_int_eq(shadow_mmu_map_gpa(h->mmu[0], DATA_GPA, HERD_DATA_MAPPED, h->data_id, 0), 0);
+	hobj_init(&h->own, "own0", 1024, false);
+	s = hobj_slot(&h->own, SH_COW_MPA(0));
 	ck_assert_int_eq(shadow_mmu_add_slot(h->mmu[0], &s, &id), 0);
-	ck_assert_int_eq(shadow_mmu_set_cow_slot(h->mmu[0], id), 0);
+	ck_assert_int_eq(shadow_mmu_set_own_slot(h->mmu[0], id), 0);
 	h->cr3 = gm_table(&h->gm);
 }
 
 /* The parent's vCPU reads @va .. @va + @n pages, then @nclones clones are
- * made; each writes @wva (privatizing the tables on its path). */
+ * made, clone k of VM (k - 1) / 2 (a binary tree: each clone adds a slot to
+ * its parent, SHADOW_MAX_SLOTS bounds one VM's); each writes @wva
+ * (privatizing the tables on its path). */
 static void herd_populate(struct herd *h, uint64_t va, uint64_t n, int nclones, uint64_t wva)
 {
-	struct shadow_slot s;
-
 	h->v[0] = sh_vcpu(h->mmu[0], 0, h->cr3);
 	for (uint64_t i = 0; i < n; i++)
 		read_u64(h->v[0], va + i * GM_PAGE, NULL);
 	read_u64(h->v[0], wva, NULL);
 	for (int k = 1; k <= nclones; k++) {
-		hobj_init(&h->cow[k], "cow", 256, false);
-		s = hobj_slot(&h->cow[k], SH_COW_MPA(k));
-		ck_assert_int_eq(shadow_mmu_clone(h->mmu[0], &s, &h->mmu[k]), 0);
+		sh_clone(&h->owns, 1024, h->mmu[(k - 1) / 2], &h->mmu[k]);
 		h->v[k] = sh_vcpu(h->mmu[k], 0, h->cr3);
 		write_u64(h->v[k], wva, 0xc000 + k);
 	}
@@ -433,8 +430,8 @@ static void herd_fini(struct herd *h)
 	notifier_object_destroy(h->gm.ram);
 	munmap(h->gm.host, h->gm.npages * GM_PAGE);
 	hobj_fini(&h->data);
-	for (int k = 0; k <= h->n; k++)
-		hobj_fini(&h->cow[k]);
+	hobj_fini(&h->own);
+	sh_owns_fini(&h->owns);
 	shadow_pool_destroy(h->pool);
 }
 
@@ -454,8 +451,8 @@ static uint64_t op_cow_break(struct herd *h, int k, uint64_t gpa)
 
 static uint64_t op_map_gpa(struct herd *h, int k, uint64_t gpa)
 {
-	ck_assert_int_eq(shadow_mmu_map_gpa(h->mmu[k], gpa, 1, h->data_id, NEW_PAGE), 0);
-	return 0x1000 + NEW_PAGE;
+	ck_assert_int_eq(shadow_mmu_map_gpa(h->mmu[k], gpa, 1, h->data_id, NEW_PAGE + k), 0);
+	return 0x1000 + NEW_PAGE + (uint64_t)k;
 }
 
 /* Which operation, and in which order the clones run it (each run shortens
@@ -787,6 +784,7 @@ struct race {
 	struct shadow_pool *pool;	/* every iteration's VMs, emptied after each */
 	struct hobj obj;		/* the shared pages, with a store */
 	struct race_vm vm[RACE_MAX_VMS];
+	struct sh_owns owns;		/* the own slots clones add */
 	struct shadow_mmu *zapper;	/* SWAP_ZAP_RANGE: a slot of @obj, no tables */
 	int zapper_slot;
 	char what[160];			/* the case, for messages */
@@ -860,10 +858,10 @@ static void race_base_init(struct race *r, int k)
 		ck_assert_int_eq(shadow_mmu_add_slot(vm->mmu, &s, &id), 0);
 		ck_assert_int_eq(shadow_mmu_map_gpa(vm->mmu, DATA_GPA, 256, id, 0), 0);
 	}
-	hobj_init(&vm->cow, "cow", 256, false);
+	hobj_init(&vm->cow, "own", RACE_RAM_PAGES, false);
 	s = hobj_slot(&vm->cow, SH_COW_MPA(k));
 	ck_assert_int_eq(shadow_mmu_add_slot(vm->mmu, &s, &id), 0);
-	ck_assert_int_eq(shadow_mmu_set_cow_slot(vm->mmu, id), 0);
+	ck_assert_int_eq(shadow_mmu_set_own_slot(vm->mmu, id), 0);
 	vm->cr3 = gm_table(&vm->gm);
 	if (r->c->layout->segment) {
 		/* One writable, dirty 2 MiB guest page over each run: every base
@@ -880,11 +878,8 @@ static void race_base_init(struct race *r, int k)
 static void race_clone_init(struct race *r, int k, int parent)
 {
 	struct race_vm *vm = &r->vm[k];
-	struct shadow_slot s;
 
-	hobj_init(&vm->cow, "cow", 256, false);
-	s = hobj_slot(&vm->cow, SH_COW_MPA(k));
-	ck_assert_int_eq(shadow_mmu_clone(r->vm[parent].mmu, &s, &vm->mmu), 0);
+	sh_clone(&r->owns, RACE_RAM_PAGES, r->vm[parent].mmu, &vm->mmu);
 	vm->cr3 = r->vm[parent].cr3;
 }
 
@@ -1113,8 +1108,10 @@ static void race_check_and_teardown(struct race *r)
 			notifier_object_destroy(r->vm[k].gm.ram);
 			munmap(r->vm[k].gm.host, r->vm[k].gm.npages * GM_PAGE);
 		}
-		hobj_fini(&r->vm[k].cow);
+		if (l->parent[k] < 0)
+			hobj_fini(&r->vm[k].cow);
 	}
+	sh_owns_fini(&r->owns);
 }
 
 static void race_iteration(struct race *r)
@@ -1259,6 +1256,7 @@ Suite *shadow_share_suite(void)
 	tcase_add_loop_test(races, test_concurrent_teardown_of_sharers_frees_every_shared_table_once, 0,
 			    NR_TEARDOWN_RACE_CASES);
 	suite_add_tcase(s, clone);
+	suite_add_tcase(s, shadow_clone_p2m_tcase());
 	suite_add_tcase(s, seg);
 	suite_add_tcase(s, races);
 	return s;

@@ -67,8 +67,7 @@
 struct tvm {
 	int id, parent;			/* parent: -1 for a base VM */
 	struct shadow_mmu *mmu;
-	struct hobj ram;		/* base VMs: RAM with a store */
-	struct hobj cow;
+	struct hobj ram;		/* base VMs: RAM with a store, their first own slot */
 	struct gm gm;			/* base VMs: guest table builder */
 	uint64_t cr3;
 	struct shadow_vcpu *v[2];
@@ -82,6 +81,7 @@ struct tvm {
 struct torture {
 	struct shadow_pool *pool;
 	struct hobj seg;
+	struct sh_owns owns;		/* the own slots the clones add */
 	struct tvm vm[NVMS];
 	uint64_t accesses, evictions, remaps, clones, seg_toggles; /* atomic */
 	unsigned long vcpu_ops;		/* accesses per vCPU thread and phase */
@@ -213,17 +213,14 @@ static void base_init(struct torture *t, int k)
 	vm->id = k;
 	vm->parent = -1;
 	hobj_init(&vm->ram, "ram", RAM_PAGES, true);
-	hobj_init(&vm->cow, "cow", 4096, false);
 	ck_assert_int_eq(shadow_mmu_create(&cfg, &vm->mmu), 0);
 	s = hobj_slot(&vm->ram, 0);
 	ck_assert_int_eq(shadow_mmu_add_slot(vm->mmu, &s, &id), 0);
 	ck_assert_int_eq(shadow_mmu_map_gpa(vm->mmu, 0, RAM_PAGES, id, 0), 0);
+	ck_assert_int_eq(shadow_mmu_set_own_slot(vm->mmu, id), 0);
 	s = hobj_slot(&t->seg, SH_SEG_MPA);
 	ck_assert_int_eq(shadow_mmu_add_segment(vm->mmu, &s, &vm->seg_slot), 0);
 	ck_assert_int_eq(shadow_mmu_map_gpa(vm->mmu, SEG_GPA, SEG_PAGES, vm->seg_slot, 0), 0);
-	s = hobj_slot(&vm->cow, SH_COW_MPA(k));
-	ck_assert_int_eq(shadow_mmu_add_slot(vm->mmu, &s, &id), 0);
-	ck_assert_int_eq(shadow_mmu_set_cow_slot(vm->mmu, id), 0);
 	vm->gm.host = vm->ram.host;
 	vm->gm.npages = RAM_PAGES;
 	vm->gm.next_table = GM_TABLES;
@@ -240,7 +237,6 @@ static void base_init(struct torture *t, int k)
 static void clone_of(struct torture *t, int parent, int k)
 {
 	struct tvm *vm = &t->vm[k];
-	struct shadow_slot s;
 
 	/* The remapper may be looking at this slot (it reads nothing but
 	 * @live until @live is published with a release store). */
@@ -248,9 +244,7 @@ static void clone_of(struct torture *t, int parent, int k)
 	vm->parent = parent;
 	memset(vm->exp, 0, sizeof(vm->exp));
 	memset(vm->seg_exp, 0, sizeof(vm->seg_exp));
-	hobj_init(&vm->cow, "cow", 4096, false);
-	s = hobj_slot(&vm->cow, SH_COW_MPA(k));
-	ck_assert_int_eq(shadow_mmu_clone(t->vm[parent].mmu, &s, &vm->mmu), 0);
+	sh_clone(&t->owns, RAM_PAGES, t->vm[parent].mmu, &vm->mmu);
 	vm->cr3 = t->vm[parent].cr3;
 	vm->seg_slot = t->vm[parent].seg_slot;
 	__atomic_store_n(&vm->live, true, __ATOMIC_RELEASE);
@@ -439,7 +433,6 @@ START_TEST(test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase)
 		/* The clones go: their shared tables lose a user each. */
 		for (int k = NBASE; k < NVMS; k++) {
 			vm_fini(t, k);
-			hobj_fini(&t->vm[k].cow);
 			check_all(t, "after a clone's destroy");
 		}
 	}
@@ -459,10 +452,9 @@ START_TEST(test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase)
 	}
 	ck_assert_msg(shadow_pool_pages_in_use(t->pool, 0) == 0, "expected an empty pool, got %zu pages",
 		      shadow_pool_pages_in_use(t->pool, 0));
-	for (int k = 0; k < NBASE; k++) {
+	for (int k = 0; k < NBASE; k++)
 		hobj_fini(&t->vm[k].ram);
-		hobj_fini(&t->vm[k].cow);
-	}
+	sh_owns_fini(&t->owns);
 	hobj_fini(&t->seg);
 	shadow_pool_destroy(t->pool);
 	test_failures_exit(&t->fails);

@@ -1,7 +1,8 @@
 /*
  * Helpers of the sharing suites (test_shadow_share.c, test_shadow_share_torture.c):
  * VMs on one pool, each with private RAM (identity P2M at machine address 0
- * for the first VM; a clone shares it copy-on-write), a copy-on-write slot,
+ * for the first VM; a clone shares it copy-on-write), an own slot (where a
+ * VM's private copies go; sh_clone adds one to each VM of a clone),
  * optionally a shared segment, and guest tables built in RAM.
  */
 #ifndef UMBRA_TEST_SHADOW_SHARE_UTIL_H
@@ -47,9 +48,45 @@ static inline struct shadow_slot hobj_slot(struct hobj *h, uint64_t mpa)
 	return s;
 }
 
-/* Machine addresses: RAM at 0, segments at 1 GiB, cow slots from 4 GiB. */
+/* Machine addresses: RAM at 0, segments at 1 GiB, first own slots from
+ * 4 GiB, the own slots that clones add from 32 GiB. */
 #define SH_SEG_MPA (1ull << 30)
 #define SH_COW_MPA(k) ((4ull << 30) + (uint64_t)(k) * (256ull << 20))
+#define SH_OWN_MPA(i) ((32ull << 30) + (uint64_t)(i) * (64ull << 20))
+#define SH_OWN_MAX 256
+
+/* The own-slot objects that the clones of one test add (each clone: the
+ * parent's new own slot and the child's), freed after every VM. */
+struct sh_owns {
+	struct hobj obj[SH_OWN_MAX];
+	unsigned int n;			/* atomic: clones may run in several threads */
+};
+
+/* A new own object of @npages pages (at least every gfn of the guest). */
+static inline struct shadow_slot sh_own_new(struct sh_owns *o, uint64_t npages)
+{
+	unsigned int i = __atomic_fetch_add(&o->n, 1, __ATOMIC_RELAXED);
+
+	ck_assert_uint_lt(i, SH_OWN_MAX);
+	hobj_init(&o->obj[i], "own", npages, false);
+	return hobj_slot(&o->obj[i], SH_OWN_MPA(i));
+}
+
+/* Clones @parent into *@out, both with new own slots of @npages pages. */
+static inline void sh_clone(struct sh_owns *o, uint64_t npages, struct shadow_mmu *parent,
+			    struct shadow_mmu **out)
+{
+	struct shadow_slot ps = sh_own_new(o, npages), cs = sh_own_new(o, npages);
+
+	ck_assert_int_eq(shadow_mmu_clone(parent, &ps, &cs, out), 0);
+}
+
+static inline void sh_owns_fini(struct sh_owns *o)
+{
+	for (unsigned int i = 0; i < o->n; i++)
+		hobj_fini(&o->obj[i]);
+	o->n = 0;
+}
 
 /* Host pointer of guest-physical @gpa in @mmu (through its P2M). */
 static inline uint64_t *vm_ptr(struct shadow_mmu *mmu, uint64_t gpa)

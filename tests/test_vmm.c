@@ -151,7 +151,7 @@ static const struct {
 	{ { "run", "a", "--clone", "0", NULL }, "--clone '0': must be a number from 1 to 64" },
 	{ { "run", "a", "--clone", "65", NULL }, "--clone '65': must be a number from 1 to 64" },
 	{ { "run", "--config", "c.json", "--clone", "2", NULL }, "--table-quota and --clone do not apply with --config" },
-	{ { "run", "--config", "c.json", "--group", "g", NULL }, "--group and --table-quota do not apply with --config" },
+	{ { "run", "--config", "c.json", "--group", "g", NULL }, "--group, --table-quota and --clone do not apply with --config" },
 	{ { "run", "a", "--mem-limit", "3M", NULL }, "--mem-limit '3M': must be at least 4M" },
 	{ { "run", "a", "--mem-limit", "lots", NULL }, "--mem-limit 'lots': not a size" },
 	{ { "run", "a", "--mem-limit", NULL }, "--mem-limit needs a size" },
@@ -428,7 +428,7 @@ static const struct {
 	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"table_quota\": \"1000\" } ] }",
 	  "vms[0].table_quota: expected a number, got string" },
 	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"clones\": 0 } ] }",
-	  "vms[0].clones: must be 1 to 64 clones" },
+	  "vms[0].clones: 0 is outside 1..64" },
 	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"clones\": 65 } ] }",
 	  "vms[0].clones: " },
 };

@@ -580,6 +580,9 @@ struct vm_stats {
 	X(SHARING, clones, " clones=", "", s->shadow.clones)                                       \
 	X(SHARING, privatizations, " privatizations=", "", s->shadow.privatizations)               \
 	X(SHARING, cow_breaks, " cow_breaks=", "", s->shadow.cow_breaks)                           \
+	X(SHARING, cow_takeovers, " cow_takeovers=", "", s->shadow.cow_takeovers)                  \
+	X(SHARING, pages_freed, " pages_freed=", "", s->shadow.pages_freed)                        \
+	X(SHARING, p2m_nodes_copied, " p2m_nodes_copied=", "", s->shadow.p2m_nodes_copied)         \
 	X(SHARING, canon_created, " canonical created=", "", s->shadow.canon_created)              \
 	X(SHARING, canon_reused, " reused=", "", s->shadow.canon_reused)                           \
 	X(SHARING, remote_flushes, " remote_flushes=", "", s->shadow.remote_flushes)               \

@@ -296,9 +296,14 @@ struct shadow_slot_ops {
 	 * NULL: every page is always resident.
 	 */
 	int (*get_page)(void *priv, uint64_t page, bool write);
-	/* Page @page of the slot's object is no longer mapped by any VM's P2M (its last
-	 * reference went: every VM that shared it copied it or is gone).  Called with no
-	 * shadow lock held; may block.  Optional (NULL: nothing is done). */
+	/*
+	 * put_page - page @page of the slot's object (a layer or an own slot:
+	 * the pages that are reference-counted) is no longer mapped by any
+	 * VM's P2M (its last reference went: every VM that shared it copied it
+	 * or is gone; docs/sharing.md).  Called with no shadow lock held, once
+	 * per time the count reaches 0; not for the pages of a VM's own slot
+	 * when that VM is destroyed.  May block.  NULL: nothing is done.
+	 */
 	void (*put_page)(void *priv, uint64_t page);
 };
 
@@ -312,7 +317,7 @@ struct shadow_slot {
 };
 
 /* Most slots per shadow MMU. */
-#define SHADOW_MAX_SLOTS 16
+#define SHADOW_MAX_SLOTS 64
 
 /* The root cache's size when shadow_mmu_config.nr_roots is 0. */
 #define SHADOW_MMU_DEFAULT_ROOTS 8u
@@ -366,6 +371,10 @@ struct shadow_mmu_stats {
 	uint64_t clones;		/* shadow_mmu_clone() calls that made this MMU's clone */
 	uint64_t privatizations;	/* shared tables copied before a change (unshare) */
 	uint64_t cow_breaks;		/* guest pages copied on write (P2M copy-on-write) */
+	uint64_t cow_takeovers;		/* writable leaves installed in place on a taken-over
+					 * layer's page (refcount 1, no copy) */
+	uint64_t pages_freed;		/* pages whose last reference this VM dropped (put_page) */
+	uint64_t p2m_nodes_copied;	/* P2M radix nodes privatized (path copies) */
 	uint64_t canon_created;		/* canonical segment tables created */
 	uint64_t canon_reused;		/* ... and found already there */
 	uint64_t remote_flushes;	/* times another VM's zap flushed this VM (pmd-rmap) */
@@ -378,7 +387,7 @@ struct shadow_mmu_stats {
 /*
  * Creates an empty shadow MMU for one VM: no slots, identity-free P2M (every
  * gfn unmapped), no roots.  Its bookkeeping grows with the memory the VM
- * maps and uses, not with max_gpa (8 bytes per 2 MiB declared).  May block.
+ * maps and uses, not with max_gpa (no P2M node until a gfn is mapped).  May block.
  * Returns 0 and sets *@out, -EINVAL (no pool, max_gpa not page-aligned or 0,
  * bad mode, max_tables below SHADOW_MMU_MIN_TABLES), -ENOMEM.
  */
@@ -406,11 +415,13 @@ int shadow_mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *slot, 
  * Points the P2M at slot @slot_id for @npages guest-physical pages from @gpa:
  * gfn gpa/4K + i -> page @first_page + i of the slot's object.  Replacing an
  * existing entry zaps every shadow entry mapping the old backing page (and
- * flushes vCPUs) before returning.  @slot_id < 0 unmaps.  Takes mmu_lock.
- * Returns 0, -EINVAL (outside max_gpa, outside the object, bad slot), or
- * -ENOMEM (a 2 MiB chunk of the P2M that the range covers only in part, or
- * whose run it breaks, needed its own array; the range is then mapped up
- * to some gfn).
+ * flushes vCPUs) before returning; a page of a layer or an own slot that
+ * no P2M maps any more goes to the slot's put_page (after mmu_lock is
+ * dropped).  Such a page is mapped at one gfn (its reference count is set
+ * to 1: docs/sharing.md, "Page references").  @slot_id < 0 unmaps.
+ * Takes mmu_lock; the caller holds no shadow lock.  Returns 0, -EINVAL
+ * (outside max_gpa, outside the object, bad slot), or -ENOMEM (a P2M node
+ * could not be allocated; the range is then mapped up to some gfn).
  */
 int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, int slot_id,
 		       uint64_t first_page);
@@ -418,7 +429,9 @@ int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, in
 /*
  * Looks @gpa up in the P2M: 0 and the machine address of the backing byte in
  * *@mpa (and its host pointer in *@host if non-NULL), or -EFAULT if @gpa is
- * not backed.  Lock-free (a snapshot).
+ * not backed.  Lock-free (a snapshot, read in an RCU read-side section;
+ * the calling thread is registered with liburcu on its first lookup and
+ * unregistered when it exits).  Never blocks after the first call.
  */
 int shadow_mmu_p2m_lookup(struct shadow_mmu *mmu, uint64_t gpa, uint64_t *mpa, void **host);
 
@@ -617,13 +630,23 @@ int shadow_mmu_check(struct shadow_mmu *mmu);
 /* ---- sharing across VMs (docs/sharing.md) --------------------------- */
 
 /*
- * Names slot @slot_id (a private object of this VM, not shared, not
- * read-only, not mapped in the P2M) as where this VM's copy-on-write copies
- * go: each copy takes the next unused page of it (pages are not reused).
- * Required before shadow_mmu_clone() on the parent.  Takes mmu_lock.
- * Returns 0 or -EINVAL.
+ * Names slot @slot_id (a private object of this VM: not shared, not
+ * read-only, not a layer, npages >= every gfn that maps a non-shared slot)
+ * as where this VM's private copies go: the copy of gfn g is page g
+ * (docs/sharing.md, "Fork-style sharing: clone").  Required before
+ * shadow_mmu_clone() on the parent.  Takes mmu_lock.  Returns 0 or -EINVAL.
  */
-int shadow_mmu_set_cow_slot(struct shadow_mmu *mmu, int slot_id);
+int shadow_mmu_set_own_slot(struct shadow_mmu *mmu, int slot_id);
+
+/*
+ * Layer slot @slot_id is now this VM's alone (the VMM made its memslot
+ * writable: every other VM that held the layer is gone): a write to one of
+ * its pages that no other VM's P2M maps (reference count 1, on a P2M path of
+ * this VM's alone) is made writable in place, without a copy.  A later
+ * clone of this VM ends the take-over (the layer is shared again).  Takes
+ * mmu_lock.  Returns 0 or -EINVAL (not a layer).
+ */
+int shadow_mmu_slot_take_over(struct shadow_mmu *mmu, int slot_id);
 
 /*
  * Adds a slot for a shared segment: as shadow_mmu_add_slot(), and where the
@@ -639,43 +662,52 @@ int shadow_mmu_set_cow_slot(struct shadow_mmu *mmu, int slot_id);
 int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *slot, int *id);
 
 /*
- * Clones @parent (fork-style sharing): the child gets the parent's slots
- * (same ids, objects and machine addresses) plus @cow as its copy-on-write
- * slot (the next id), a copy of the P2M in which every page of a non-shared
- * slot is copy-on-write for both VMs, and a copy of each cached root whose
- * entries point at the parent's tables, whose use counts go up by one.
- * Nothing below the roots is walked or copied: the cost is one page per
- * cached root (charged to the child's quota, which is the parent's
- * max_tables) plus the P2M copy (8 bytes per 2 MiB mapped as one run, per
- * 4 KiB page elsewhere).  Both roots'
- * entries lose W (a write through either faults and privatizes) and the
- * parent's vCPUs are flushed before it returns.  The child has no vCPUs.
- * Locks: takes the parent's mmu_lock (after subscribing the child's slots
- * with none held); the caller holds no shadow lock.  May block.
- * Must not run concurrently with shadow_mmu_add_slot() or
- * shadow_mmu_add_segment() on @parent (the caller serializes them): the
- * slot list is copied before the parent's lock is taken, so a slot added
- * meanwhile could be missing from the child while its P2M refers to it.
- * Returns 0 and *@out, -EINVAL (no cow slot on the parent, bad @cow),
- * -ENOMEM, -EDQUOT (the parent has more cached roots than its quota), or
- * add_slot's errors.
+ * Clones @parent (fork-style sharing, docs/sharing.md): the parent's
+ * non-shared writable slots (its own slot among them) become layers, frozen
+ * and never mapped writable by either VM (but after a take-over); @parent_own
+ * is added to the parent as its new own slot, with id n (the parent's slot
+ * count before the call); the child gets the parent's slots with the same
+ * ids, objects and machine addresses, then @child_own as its own slot, also
+ * id n.  @parent_own NULL: the parent keeps its own slot, which must map no
+ * page yet (as after a clone, before the parent runs again: how one CLONE
+ * makes several children), and @child_own takes that slot's id in the
+ * child.  @parent_own NULL: the parent keeps its own slot as it is, not
+ * frozen, and the child's own slot @child_own takes its id; for the second
+ * and later clones of one fork-like call, when the parent's own slot maps
+ * nothing yet (the caller's duty: the parent has not run since its own
+ * slot was made).  The P2M is shared by use count: the child takes one more reference
+ * to the parent's root node, nothing is copied, and whichever VM stores
+ * into a shared node first copies the nodes on its path.  Each cached root
+ * of the parent is copied (entries pointing at the parent's tables, whose
+ * use counts go up by one; one page per root, charged to the child's quota,
+ * which is the parent's max_tables); both roots' entries lose W and the
+ * parent's vCPUs are flushed before it returns.  The cost is flat in guest
+ * size.  The child has no vCPUs.
+ * Locks: takes the parent's mmu_lock (after subscribing the new slots with
+ * none held); the caller holds no shadow lock.  May block.  Must not run
+ * concurrently with shadow_mmu_add_slot() or shadow_mmu_add_segment() on
+ * @parent (the caller serializes them).
+ * Returns 0 and *@out, -EINVAL (no own slot on the parent, bad slots),
+ * -ENOSPC (SHADOW_MAX_SLOTS reached), -ENOMEM, -EDQUOT (the parent has more
+ * cached roots than its quota), or add_slot's errors; on failure the parent
+ * is unchanged.
  */
 int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *parent_own,
 		     const struct shadow_slot *child_own, struct shadow_mmu **out);
-/* LEAD-TMP */ int shadow_mmu_set_own_slot(struct shadow_mmu *mmu, int slot_id);
-/* LEAD-TMP */ int shadow_mmu_slot_take_over(struct shadow_mmu *mmu, int slot_id);
 
 /*
- * Gives guest-physical page @gpa a private copy if it is still shared
- * copy-on-write with a clone (what the first guest write does; the VMM
- * calls it before writing guest memory on the guest's behalf): copies it
- * into the next page of the cow slot, points the P2M at the copy, and zaps
- * every shadow entry of the old page (every sharer refaults the same
- * translation it had; none ever sees the copy).  No-op if not shared.
- * Locks: takes mmu_lock; the caller holds none (uses
- * notifier_read_begin() and get_page: may block).  Returns 0, -EINVAL,
- * -EROFS (no cow slot), -ENOMEM (cow slot full, or the P2M's chunk of @gpa
- * needed its own array), or get_page's error.
+ * Gives guest-physical page @gpa of a write-ready P2M entry (what the first
+ * guest write does; the VMM calls it before writing guest memory on the
+ * guest's behalf): makes the P2M path of @gpa this VM's alone; then, if the
+ * page still needs it (a page of a layer, or shared with a clone, unless
+ * taken over with reference count 1), copies it into page gfn of the own
+ * slot, points the P2M there, drops a reference to the old page (put_page
+ * if it was the last), and zaps this VM's shadow entries of the old page
+ * (other sharers keep theirs).  No-op if no copy is needed.
+ * Locks: takes mmu_lock; the caller holds none (uses notifier_read_begin(),
+ * get_page and put_page: may block).  Returns 0, -EINVAL, -EROFS (no own
+ * slot), -ENOMEM (no memory for a P2M node, or the own slot does not cover
+ * @gpa), or get_page's error.
  */
 int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa);
 
