@@ -541,6 +541,7 @@ struct vm_stats {
 	X(SHARING, clones, " clones=", "", s->shadow.clones)                                       \
 	X(SHARING, privatizations, " privatizations=", "", s->shadow.privatizations)               \
 	X(SHARING, cow_breaks, " cow_breaks=", "", s->shadow.cow_breaks)                           \
+	X(SHARING, fills_in_place, " fills_in_place=", "", s->shadow.fills_in_place)               \
 	X(SHARING, canon_created, " canonical created=", "", s->shadow.canon_created)              \
 	X(SHARING, canon_reused, " reused=", "", s->shadow.canon_reused)                           \
 	X(SHARING, remote_flushes, " remote_flushes=", "", s->shadow.remote_flushes)

@@ -362,6 +362,8 @@ struct shadow_mmu_stats {
 	uint64_t clones;		/* shadow_mmu_clone() calls that made this MMU's clone */
 	uint64_t privatizations;	/* shared tables copied before a change (unshare) */
 	uint64_t cow_breaks;		/* guest pages copied on write (P2M copy-on-write) */
+	uint64_t fills_in_place;	/* leaves filled into a shared (non-canonical) table,
+					 * or below one, without privatizing it */
 	uint64_t canon_created;		/* canonical segment tables created */
 	uint64_t canon_reused;		/* ... and found already there */
 	uint64_t remote_flushes;	/* times another VM's zap flushed this VM (pmd-rmap) */
