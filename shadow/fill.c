@@ -4,9 +4,9 @@
  * sharing survives faults (docs/sharing.md, "Filling shared tables in
  * place").  A fill is a change from "not present" to a read-only leaf, and
  * it is made only if the leaf is the same for every VM that reaches the
- * table: each of them maps the leaf's guest page, and the guest table page
- * the leaf was read from, to the same object placement and page as we do,
- * under the same NX mode.  Otherwise (FILL_REFUSED) the fault privatizes the
+ * table: each of them maps the leaf's guest page to the same object
+ * placement and page as we do, reads the same guest entry (A and D aside,
+ * A set) through its own P2M, and has the same NX mode.  Otherwise (FILL_REFUSED) the fault privatizes the
  * path and installs as it would in a private table.
  *
  * Locks: under the filling VM's mmu_lock; the leaf's page's stripe around
@@ -23,74 +23,53 @@ struct fill_check {
 	uint64_t gfn;		/* the leaf's guest page */
 	struct pool_obj *pobj;	/* ... as our P2M maps it */
 	uint64_t page;
-	bool has_table;		/* a guest table was read (not a direct table) */
-	uint64_t table_gfn;	/* the guest table page the leaf was read from */
-	struct pool_obj *table_pobj;
-	uint64_t table_page;
+	bool has_entry;		/* a guest table entry was read (not a direct table) */
+	uint64_t entry_gpa;	/* where: the table's guest table, the leaf's index */
+	uint64_t entry;		/* what our walk read there */
 	bool nxe;
 };
 
-/* Does @vm's P2M map @gfn to page @page of @pobj?  Lock-free snapshot. */
-static bool p2m_maps(struct shadow_mmu *vm, uint64_t gfn, const struct pool_obj *pobj,
-		     uint64_t page)
+/* Is guest entry @g what @entry says, A and D aside (the leaf is
+ * read-only), with A set (a shadow of an entry without A never stands:
+ * docs/shadow.md)? */
+static bool guest_entry_agrees(uint64_t g, uint64_t entry)
 {
-	struct shadow_mmu_slot *slot;
-	uint64_t p;
+	const uint64_t ad = SPTE_ACCESSED | SPTE_DIRTY;
 
-	return !p2m_get(vm, gfn, &slot, &p) && slot->pobj == pobj && p == page;
+	return (g & SPTE_ACCESSED) && (g & ~ad) == (entry & ~ad);
 }
 
 /*
- * Does sharer @vm see the leaf as we do?  Called under the table lock of
- * @vm's root (pmd_rmap_for_each_root), which keeps @vm alive.  Its P2M is
- * read lock-free; a store to it that this read misses is ordered after our
- * check by the leaf's stripe or the fill sequence (fill_in_place_locked).
+ * Does sharer @vm see the leaf as we do: its P2M maps the leaf's gfn to the
+ * same object placement and page, its guest table entry (read through its
+ * own P2M: its page may be a copy of ours) is ours, and its NX mode is?
+ * Called under the table lock of @vm's root (pmd_rmap_for_each_root), which
+ * keeps @vm alive.  Its P2M and guest memory are read lock-free; a change
+ * that this read misses is ordered after our check by the leaf's stripe or
+ * the fill sequence (fill_in_place_locked).
  */
 static bool sharer_agrees(void *ctx, struct shadow_mmu *vm, bool path_shared)
 {
 	const struct fill_check *c = ctx;
+	struct shadow_mmu_slot *slot;
+	uint64_t page, g;
 
 	(void)path_shared;
 	if (vm == c->mmu)
 		return true;
-	return __atomic_load_n(&vm->mode.nxe, __ATOMIC_ACQUIRE) == c->nxe &&
-	       p2m_maps(vm, c->gfn, c->pobj, c->page) &&
-	       (!c->has_table || p2m_maps(vm, c->table_gfn, c->table_pobj, c->table_page));
-}
-
-/* Fills @c from our own view: false if we cannot (the guest table page is
- * not mapped any more: the fault's walk is stale). */
-static bool fill_check_init(struct fill_check *c, struct shadow_mmu *mmu,
-			    const struct shadow_page *sp, const struct shadow_walk *w,
-			    const struct shadow_mmu_slot *slot, uint64_t page)
-{
-	struct shadow_mmu_slot *ts;
-
-	*c = (struct fill_check){ .mmu = mmu, .gfn = w->pa >> SHADOW_PAGE_SHIFT,
-				  .pobj = slot->pobj, .page = page, .has_table = !sp->direct,
-				  .table_gfn = sp->gpa >> SHADOW_PAGE_SHIFT,
-				  .nxe = __atomic_load_n(&mmu->mode.nxe, __ATOMIC_RELAXED) };
-	if (!c->has_table)
-		return true;
-	if (p2m_get(mmu, c->table_gfn, &ts, &c->table_page))
+	if (__atomic_load_n(&vm->mode.nxe, __ATOMIC_ACQUIRE) != c->nxe ||
+	    p2m_get(vm, c->gfn, &slot, &page) || slot->pobj != c->pobj || page != c->page)
 		return false;
-	c->table_pobj = ts->pobj;
-	return true;
+	return !c->has_entry || (!guest_read(vm, c->entry_gpa, &g) && guest_entry_agrees(g, c->entry));
 }
 
-/* Is the guest entry the leaf was made from still what our walk read (A
- * set; A and D aside, since the leaf is read-only)?  For a direct table the
- * leaf follows from the table's role alone. */
-static bool guest_entry_is_unchanged(struct shadow_mmu *mmu, const struct shadow_page *sp,
-				     unsigned int i, const struct shadow_walk *w)
+/* Is the guest entry the leaf was made from still what our walk read?  For
+ * a direct table the leaf follows from the table's role alone. */
+static bool guest_entry_is_unchanged(struct shadow_mmu *mmu, const struct fill_check *c)
 {
-	const uint64_t ad = SPTE_ACCESSED | SPTE_DIRTY;
 	uint64_t g;
 
-	if (sp->direct)
-		return true;
-	return !guest_read(mmu, sp->gpa + i * sizeof(uint64_t), &g) && (g & SPTE_ACCESSED) &&
-	       (g & ~ad) == (w->entry[1] & ~ad);
+	return !c->has_entry || (!guest_read(mmu, c->entry_gpa, &g) && guest_entry_agrees(g, c->entry));
 }
 
 /*
@@ -101,7 +80,7 @@ static bool guest_entry_is_unchanged(struct shadow_mmu *mmu, const struct shadow
  * the table if the leaf does not match its view).
  */
 static int fill_write_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
-			     const struct shadow_walk *w, struct shadow_mmu_slot *slot,
+			     const struct fill_check *c, struct shadow_mmu_slot *slot,
 			     uint64_t page, uint64_t spte, uint64_t seq)
 {
 	umbra_mutex_assert_held(pool_obj_stripe(slot->pobj, page));
@@ -111,7 +90,7 @@ static int fill_write_locked(struct shadow_mmu *mmu, uint32_t table, unsigned in
 
 	umbra_mutex_lock(&sp->lock);
 	if (__atomic_load_n(&mmu->pool->fill_seq, __ATOMIC_SEQ_CST) != seq ||
-	    spte_is_present(spte_read(sptep)) || !guest_entry_is_unchanged(mmu, sp, i, w))
+	    spte_is_present(spte_read(sptep)) || !guest_entry_is_unchanged(mmu, c))
 		goto unlock;
 	ret = rmap_add(&slot->rmap[page], sptep_make(table, i));
 	if (ret)
@@ -131,10 +110,15 @@ unlock:
  *    Either we see the new entry (and refuse), or V's zap, which takes the
  *    stripe after our write, finds the leaf in the reverse map and leaves
  *    the table.
- *  - V's guest table (its P2M entry for the table page, its guest entry,
- *    its mode): V acts on such a change only at its invlpg / sync, which
- *    passes fill_barrier_locked before it checks the table; the guest entry
- *    itself is read again under the table lock.
+ *  - V's guest entry (in a page V shares with us, or in V's own copy of
+ *    the guest table after a copy-on-write break) and V's mode: V acts on
+ *    such a change only at its invlpg / sync, which passes
+ *    fill_barrier_locked before it checks the table: either our check
+ *    under the table lock sees fill_seq moved (we refuse), or V checks the
+ *    table after our write and leaves it if the leaf is not what its guest
+ *    says.  Until that invlpg / sync, V may use the leaf as a stale TLB
+ *    entry of the old guest entry, which x86 allows.  Our own guest entry
+ *    is read again under the table lock.
  * Canonical tables need none of this: their leaves follow from the run.
  */
 int fill_in_place_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
@@ -159,16 +143,18 @@ int fill_in_place_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
 	if (spte_is_present(old))
 		goto unlock; /* a change, not a fill */
 	seq = __atomic_load_n(&mmu->pool->fill_seq, __ATOMIC_SEQ_CST);
+	c = (struct fill_check){ .mmu = mmu, .gfn = w->pa >> SHADOW_PAGE_SHIFT,
+				 .pobj = slot->pobj, .page = page, .has_entry = !sp->direct,
+				 .entry_gpa = sp->gpa + i * sizeof(uint64_t), .entry = w->entry[1],
+				 .nxe = __atomic_load_n(&mmu->mode.nxe, __ATOMIC_RELAXED) };
 	if (!sp->canon) {
-		if (!fill_check_init(&c, mmu, sp, w, slot, page))
-			goto unlock;
 		ret = pmd_rmap_for_each_root(mmu, table, 1, sharer_agrees, &c);
 		if (ret != 1) {
 			ret = ret < 0 ? ret : FILL_REFUSED;
 			goto unlock;
 		}
 	}
-	ret = fill_write_locked(mmu, table, i, w, slot, page, spte, seq);
+	ret = fill_write_locked(mmu, table, i, &c, slot, page, spte, seq);
 	if (!ret) {
 		mmu_stat_inc(mmu, installs);
 		if (!sp->canon)
