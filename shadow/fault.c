@@ -2,7 +2,9 @@
  * The fault path: first the fast restore of an access-tracked leaf
  * (access.c); else walk the guest's tables, look the page up in the P2M,
  * make it resident with the notifier's sequence/retry protocol, and install
- * the shadow path and leaf (docs/shadow.md, "Fault path").
+ * the shadow path and leaf (docs/shadow.md, "Fault path"): a read-only leaf
+ * into a shared table in place where every sharer sees the same leaf
+ * (fill.c), else privatizing the path first.
  *
  * Locks: the walk, notifier_read_begin() and the slot's get_page run with no
  * shadow lock held (asserted); the retry checks and the install run under

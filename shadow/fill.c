@@ -148,11 +148,9 @@ int fill_in_place_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
 				 .entry_gpa = sp->gpa + i * sizeof(uint64_t), .entry = w->entry[1],
 				 .nxe = __atomic_load_n(&mmu->mode.nxe, __ATOMIC_RELAXED) };
 	if (!sp->canon) {
-		ret = pmd_rmap_for_each_root(mmu, table, 1, sharer_agrees, &c);
-		if (ret != 1) {
-			ret = ret < 0 ? ret : FILL_REFUSED;
+		/* No memory for the walk up: not known to agree, refused. */
+		if (pmd_rmap_for_each_root(mmu, table, 1, sharer_agrees, &c) != 1)
 			goto unlock;
-		}
 	}
 	ret = fill_write_locked(mmu, table, i, &c, slot, page, spte, seq);
 	if (!ret) {

@@ -17,6 +17,8 @@
  *   root.c      the root cache, CR3 loads and the reclaim of every table
  *   quota.c     the table quota: which VM's account each table page counts in
  *   fault.c     the fault path: guest walk, retry protocol, install
+ *   fill.c      fills in place: a read-only leaf written into a shared table
+ *               when every VM that reaches it sees the same leaf
  *   access.c    access tracking: young bytes, access-tracked leaves and
  *               the fault's fast restore
  *   clone.c     clone and copy-on-write break
@@ -239,7 +241,8 @@ void zap_slot_range_local_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot 
  * shared or below a shared table and reached from our root by the path of
  * @w.  0: the leaf is there (filled, or found); FILL_REFUSED: nothing
  * written (a sharer's view differs, or may have changed since the check
- * began: the caller privatizes); -ENOMEM.  mmu_lock held, no stripe.
+ * began: the caller privatizes); -ENOMEM (no memory for the reverse-map
+ * entry).  mmu_lock held, no stripe.
  */
 int fill_in_place_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
 			 const struct shadow_walk *w, struct shadow_mmu_slot *slot, uint64_t page,
