@@ -256,8 +256,9 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 	uint32_t table;
 	int ret = FILL_REFUSED;
 
-	/* A read-only leaf (!want_w) in a shared table: fill in place. */
-	if (!want_w && fill_path_find_locked(mmu, root, w, rights, &table))
+	/* A read-only leaf (!want_w) in a shared table: fill in place (a VM
+	 * that never shared has no shared table to look for). */
+	if (!want_w && mmu->sharing && fill_path_find_locked(mmu, root, w, rights, &table))
 		ret = fill_in_place_locked(mmu, table, SPTE_INDEX(w->va, 1), w, slot, page, spte);
 	if (ret == FILL_REFUSED) {
 		ret = install_tables_locked(mmu, root, w, rights, want_w, b, &table);
