@@ -478,8 +478,13 @@ END_TEST
  * VM's vCPU reads random pages (refaulting the evictor's pages, filling the
  * shared leaf table in place); the odd clones also write their own pages
  * now and then (copy-on-write break: their view diverges while the others
- * fill).  The oracle: no read sees poison; every read sees exactly the VM's
- * own last write of the page, or the base's original value.
+ * fill); a remapper points PTEs of clone FILL_REMAPPED (which never writes)
+ * at the neighbouring page and back, each followed by invlpg, while the
+ * others fill the entries it changes.  The oracle: no read sees poison;
+ * every read sees exactly the VM's own last write of the page, or the
+ * base's original value of the page its PTE maps, and a read of the
+ * remapped clone that began after an invlpg returned (and ended before the
+ * next change began) sees the new page.
  */
 #define FILL_VMS 4
 #define FILL_CLONES (FILL_VMS - 1)
@@ -487,6 +492,7 @@ END_TEST
 #define FILL_PHASES 3
 #define FILL_OPS_DEFAULT (TEST_TSAN ? 20000ul : 200000ul)
 #define FILL_ORIG(i) (TAG(0) | 0x100000ull | (i))
+#define FILL_REMAPPED 2
 
 struct fill_torture {
 	struct shadow_pool *pool;
@@ -495,6 +501,9 @@ struct fill_torture {
 	uint64_t cr3;
 	struct shadow_mmu *mmu[FILL_VMS];	/* [0]: the base */
 	uint64_t exp[FILL_VMS][FILL_PAGES];	/* VM's own last write, 0: none */
+	/* FILL_REMAPPED's PTEs: page i maps tgt[i] (i or i ^ 1); seq[i] is odd
+	 * while the remapper changes it (until its invlpg returned). */
+	uint64_t tgt[FILL_PAGES], seq[FILL_PAGES];	/* atomic */
 	unsigned long ops;
 	double start_s;
 	uint64_t fills, reads;			/* atomic */
@@ -507,9 +516,11 @@ struct fill_arg {
 	int vm;
 };
 
-static void fill_vcpu_check(struct fill_torture *t, int k, unsigned int i, int ret, uint64_t val)
+/* What VM @k reads at page @i when its PTE maps page @tgt. */
+static void fill_check_read(struct fill_torture *t, int k, unsigned int i, uint64_t tgt, int ret,
+			    uint64_t val)
 {
-	uint64_t want = t->exp[k][i] ? t->exp[k][i] : FILL_ORIG(i);
+	uint64_t want = t->exp[k][i] ? t->exp[k][i] : FILL_ORIG(tgt);
 
 	if (ret)
 		test_fail(&t->fails, "VM %d page %u: expected 0, got %d", k, i, ret);
@@ -518,6 +529,28 @@ static void fill_vcpu_check(struct fill_torture *t, int k, unsigned int i, int r
 	else if (val != want)
 		test_fail(&t->fails, "VM %d page %u: expected %#llx, got %#llx", k, i,
 			  (unsigned long long)want, (unsigned long long)val);
+}
+
+static void fill_vcpu_check(struct fill_torture *t, int k, unsigned int i, int ret, uint64_t val)
+{
+	fill_check_read(t, k, i, k == FILL_REMAPPED ? __atomic_load_n(&t->tgt[i], __ATOMIC_ACQUIRE) : i,
+			ret, val);
+}
+
+/* A read of FILL_REMAPPED's page @i: exact if no change overlapped it. */
+static void fill_remapped_read(struct fill_torture *t, struct shadow_vcpu *v, unsigned int i)
+{
+	uint64_t s1 = __atomic_load_n(&t->seq[i], __ATOMIC_SEQ_CST), val;
+	uint64_t tgt = __atomic_load_n(&t->tgt[i], __ATOMIC_SEQ_CST);
+	struct shadow_vcpu_result res;
+	int ret = shadow_vcpu_access64_fault_in(v, DATA_VA + (uint64_t)i * GM_PAGE, SHADOW_ACCESS_USER,
+						&val, &res);
+
+	if (__atomic_load_n(&t->seq[i], __ATOMIC_SEQ_CST) == s1 && !(s1 & 1))
+		fill_check_read(t, FILL_REMAPPED, i, tgt, ret, val);
+	else if (!ret && val != FILL_ORIG(i) && val != FILL_ORIG(i ^ 1))
+		test_fail(&t->fails, "VM %d page %u (remapped): got %#llx", FILL_REMAPPED, i,
+			  (unsigned long long)val);
 }
 
 static void *fill_vcpu_body(void *p)
@@ -546,8 +579,12 @@ static void *fill_vcpu_body(void *p)
 				t->exp[a->vm][i] = val;
 			continue;
 		}
-		ret = shadow_vcpu_access64_fault_in(v, va, SHADOW_ACCESS_USER, &val, &res);
-		fill_vcpu_check(t, a->vm, i, ret, val);
+		if (a->vm == FILL_REMAPPED) {
+			fill_remapped_read(t, v, i);
+		} else {
+			ret = shadow_vcpu_access64_fault_in(v, va, SHADOW_ACCESS_USER, &val, &res);
+			fill_vcpu_check(t, a->vm, i, ret, val);
+		}
 		__atomic_fetch_add(&t->reads, 1, __ATOMIC_RELAXED);
 		if (n % 32 == 0)
 			sched_yield();
@@ -575,6 +612,49 @@ static void *fill_evictor_thread(void *p)
 
 		if (ret && ret != -EALREADY)
 			test_fail(&t->fails, "evict: expected 0, got %d", ret);
+		sched_yield();
+	}
+	notifier_thread_exit();
+	return NULL;
+}
+
+/* Points FILL_REMAPPED's PTE of page i at page i ^ 1 and back, through its
+ * own (copy-on-write) copy of the page table, then invlpg.  Needs the
+ * evictor's notifier thread registration (evict). */
+static void *fill_remapper_thread(void *p)
+{
+	struct fill_torture *t = p;
+	struct shadow_mmu *mmu = t->mmu[FILL_REMAPPED];
+	uint64_t seed = 0x77aa55;
+
+	notifier_thread_init();
+	test_gate_pass(&t->gate);
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "fill remapper", n, t->ops / 16); n++) {
+		unsigned int i = (unsigned int)(test_rnd(&seed) % FILL_PAGES);
+		uint64_t va = DATA_VA + (uint64_t)i * GM_PAGE, pte = gm_entry(&t->gm, t->cr3, va, 1);
+		uint64_t tgt = __atomic_load_n(&t->tgt[i], __ATOMIC_RELAXED) ^ 1;
+		uint64_t mpa;
+		void *host;
+
+		int ret;
+
+		__atomic_fetch_add(&t->seq[i], 1, __ATOMIC_SEQ_CST);
+		/* Evicted first, the shared leaf is gone: the invlpg keeps the
+		 * shared table (nothing there disagrees), and the others' fills
+		 * of that entry race the change. */
+		ret = shadow_store_evict(t->ram.store, DATA_GPA / GM_PAGE + i);
+		if (ret && ret != -EALREADY)
+			test_fail(&t->fails, "remapper: evict: expected 0, got %d", ret);
+		if (shadow_mmu_cow_break(mmu, pte) || shadow_mmu_p2m_lookup(mmu, pte, &mpa, &host)) {
+			test_fail(&t->fails, "remapper: cow_break / lookup of the PTE failed");
+			break;
+		}
+		__atomic_store_n((uint64_t *)host, (DATA_GPA + tgt * GM_PAGE) | SPTE_PRESENT |
+					   SPTE_WRITABLE | SPTE_USER | SPTE_ACCESSED, __ATOMIC_RELEASE);
+		shadow_mmu_invlpg(mmu, t->cr3, va);
+		__atomic_store_n(&t->tgt[i], tgt, __ATOMIC_SEQ_CST);
+		__atomic_fetch_add(&t->seq[i], 1, __ATOMIC_SEQ_CST);
 		sched_yield();
 	}
 	notifier_thread_exit();
@@ -649,7 +729,7 @@ static void fill_torture_check(struct fill_torture *t)
 static void fill_torture_phase(struct fill_torture *t)
 {
 	struct fill_arg args[FILL_VMS];
-	pthread_t thr[FILL_VMS], ev;
+	pthread_t thr[FILL_VMS], ev, rm;
 
 	for (int k = 1; k < FILL_VMS; k++) {
 		struct shadow_slot s;
@@ -659,13 +739,19 @@ static void fill_torture_phase(struct fill_torture *t)
 		ck_assert_int_eq(shadow_mmu_clone(t->mmu[0], &s, &t->mmu[k]), 0);
 		memset(t->exp[k], 0, sizeof(t->exp[k]));
 	}
-	test_gate_init(&t->gate, FILL_VMS + 1);
+	for (unsigned int i = 0; i < FILL_PAGES; i++) {
+		t->tgt[i] = i;
+		t->seq[i] = 0;
+	}
+	test_gate_init(&t->gate, FILL_VMS + 2);
 	for (int k = 0; k < FILL_VMS; k++) {
 		args[k] = (struct fill_arg){ .t = t, .vm = k };
 		ck_assert_int_eq(pthread_create(&thr[k], NULL, fill_vcpu_thread, &args[k]), 0);
 	}
 	ck_assert_int_eq(pthread_create(&ev, NULL, fill_evictor_thread, t), 0);
+	ck_assert_int_eq(pthread_create(&rm, NULL, fill_remapper_thread, t), 0);
 	pthread_join(ev, NULL);
+	pthread_join(rm, NULL);
 	for (int k = 0; k < FILL_VMS; k++)
 		pthread_join(thr[k], NULL);
 	test_gate_exit(&t->gate);
