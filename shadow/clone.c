@@ -68,6 +68,9 @@ static int cow_copy_locked(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_m
 	if (ret)
 		return ret;
 	bump_sync_seq_locked(mmu);
+	/* The zap takes @p's stripe after the P2M store: a fill in place of @p
+	 * that another VM makes in a table we share either sees our new entry
+	 * or is found here (fill.c). */
 	zap_batch_init(&b);
 	zap_slot_range_local_locked(mmu, s, p, p, &b);
 	zap_batch_finish_locked(mmu, &b);

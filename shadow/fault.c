@@ -2,7 +2,9 @@
  * The fault path: first the fast restore of an access-tracked leaf
  * (access.c); else walk the guest's tables, look the page up in the P2M,
  * make it resident with the notifier's sequence/retry protocol, and install
- * the shadow path and leaf (docs/shadow.md, "Fault path").
+ * the shadow path and leaf (docs/shadow.md, "Fault path"): a read-only leaf
+ * into a shared table in place where every sharer sees the same leaf
+ * (fill.c), else privatizing the path first.
  *
  * Locks: the walk, notifier_read_begin() and the slot's get_page run with no
  * shadow lock held (asserted); the retry checks and the install run under
@@ -204,8 +206,44 @@ static int install_leaf_locked(struct shadow_mmu *mmu, uint32_t table, unsigned 
 	return 0;
 }
 
+/*
+ * The level-1 table of @w's path below @root, if every table of the path is
+ * already there with the right role, and the path is shared somewhere below
+ * the root (else the ordinary install is as cheap and changes nothing
+ * shared): true and *@table.  Read-only but for the visible copy of the
+ * path's entries (as install_tables_locked).  mmu_lock.
+ */
+static bool fill_path_find_locked(struct shadow_mmu *mmu, uint32_t root,
+				  const struct shadow_walk *w, unsigned int rights,
+				  uint32_t *table)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	bool shared = false;
+
+	*table = root;
+	for (int level = SPTE_LEVELS; level > 1; level--) {
+		const unsigned int i = SPTE_INDEX(w->va, level);
+		const uint64_t spte = spte_read(mmu_sptes(mmu, *table) + i);
+		struct role role = install_role(w, level - 1, rights);
+		uint32_t child;
+
+		if (!spte_is_present(spte) || spte_is_leaf(spte, level))
+			return false;
+		child = pool_page_index(spte_addr(spte));
+		if (!role_matches(mmu_page(mmu, child), &role))
+			return false;
+		pool_entry_mirror(mmu->pool, *table, i);
+		shared |= table_is_shared(mmu, child);
+		*table = child;
+	}
+	return shared;
+}
+
 /* Installs the translation of guest walk @w (page @page of @slot) below
- * root page @root.  mmu_lock. */
+ * root page @root: filled in place into a shared table when the fill is
+ * read-only and every sharer sees the same leaf (fill.c), else into a
+ * table this VM alone reaches (privatizing the path) or a canonical one.
+ * mmu_lock. */
 static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
 			  struct shadow_mmu_slot *slot, uint64_t page, struct zap_batch *b)
 {
@@ -214,14 +252,20 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 	const unsigned int rights = leaf_rights(w->rights, w->dirty);
 	const bool want_w = (rights & SHADOW_RIGHT_WRITE) && !cow && !slot->s.readonly;
 	const uint64_t mpa = slot->s.mpa + (page << SHADOW_PAGE_SHIFT);
+	const uint64_t spte = make_leaf(mmu, mpa, rights, slot->s.readonly || cow);
 	uint32_t table;
-	int ret;
+	int ret = FILL_REFUSED;
 
-	ret = install_tables_locked(mmu, root, w, rights, want_w, b, &table);
-	if (ret)
-		return ret;
-	ret = install_leaf_locked(mmu, table, SPTE_INDEX(w->va, 1), slot, page,
-				  make_leaf(mmu, mpa, rights, slot->s.readonly || cow), b);
+	/* A read-only leaf (!want_w) in a shared table: fill in place (a VM
+	 * that never shared has no shared table to look for). */
+	if (!want_w && mmu->sharing && fill_path_find_locked(mmu, root, w, rights, &table))
+		ret = fill_in_place_locked(mmu, table, SPTE_INDEX(w->va, 1), w, slot, page, spte);
+	if (ret == FILL_REFUSED) {
+		ret = install_tables_locked(mmu, root, w, rights, want_w, b, &table);
+		if (ret)
+			return ret;
+		ret = install_leaf_locked(mmu, table, SPTE_INDEX(w->va, 1), slot, page, spte, b);
+	}
 	if (ret)
 		return ret;
 	if (want_w && __atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE))

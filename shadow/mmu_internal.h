@@ -17,6 +17,8 @@
  *   root.c      the root cache, CR3 loads and the reclaim of every table
  *   quota.c     the table quota: which VM's account each table page counts in
  *   fault.c     the fault path: guest walk, retry protocol, install
+ *   fill.c      fills in place: a read-only leaf written into a shared table
+ *               when every VM that reaches it sees the same leaf
  *   access.c    access tracking: young bytes, access-tracked leaves and
  *               the fault's fast restore
  *   clone.c     clone and copy-on-write break
@@ -198,6 +200,10 @@ int page_refs_check_locked(struct shadow_pool *pool);
 /* Writes entry @i of @page under its table lock; returns the old value.
  * mmu_lock held; for a leaf, also the stripe of the page it maps. */
 uint64_t spte_set_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, uint64_t spte);
+/* The same, with @page's table lock already held by the caller (a check and
+ * the write under one hold of the lock: fill.c). */
+uint64_t spte_set_table_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
+			       uint64_t spte);
 /* The stripe of the page leaf @spte maps, with its slot and page; NULL if no
  * slot of ours holds it.  Lock-free. */
 struct umbra_mutex *leaf_stripe(struct shadow_mmu *mmu, uint64_t spte,
@@ -246,6 +252,20 @@ void mmu_flush_remote(struct shadow_mmu *mmu);
  * Called with @mmu's mmu_lock (and, from a non-local zap, the stripe of the
  * cleared pages); takes table locks, tlbs_lock, maybe pool->mmus_lock. */
 void batch_flush_remote(struct shadow_mmu *mmu, struct zap_batch *b);
+/*
+ * Calls @fn(@ctx, vm, path_shared) for every root user found by walking the
+ * users lists up from table @page (at @level): every VM that reaches @page,
+ * and possibly some that reached it a moment ago (links whose put is
+ * pending).  @path_shared: a table on the way (@page included) was shared.
+ * @fn runs with that root's table lock held, so @vm is not freed meanwhile
+ * (destroy unlinks its roots under that lock); it may take tlbs_lock, no
+ * other table lock.  The walk stops when @fn returns false.  Returns 1 if
+ * every call returned true, 0 if one returned false, -ENOMEM (the walk could
+ * not finish).  Called under @self's mmu_lock; one table lock at a time.
+ */
+int pmd_rmap_for_each_root(struct shadow_mmu *self, uint32_t page, int level,
+			   bool (*fn)(void *ctx, struct shadow_mmu *vm, bool path_shared),
+			   void *ctx);
 
 /* ---- sync.c: what the guest's tables say --------------------------------- */
 
@@ -297,6 +317,33 @@ void table_wrprot_locked(struct shadow_mmu *mmu, uint32_t page);
  * @slot, other VMs keep theirs.  mmu_lock held, no stripe. */
 void zap_slot_range_local_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 				 uint64_t first, uint64_t last, struct zap_batch *b);
+
+/* ---- fill.c: leaves filled in place into shared tables ------------------ */
+
+/* Results of fill_in_place_locked besides 0 and -errno. */
+#define FILL_REFUSED 1	/* the VMs' views may differ: privatize and install instead */
+
+/*
+ * Tries to fill leaf @spte (read-only), which maps page @page of @slot for
+ * guest walk @w, in place at entry @i of level-1 table @table, which is
+ * shared or below a shared table and reached from our root by the path of
+ * @w.  0: the leaf is there (filled, or found); FILL_REFUSED: nothing
+ * written (a sharer's view differs, or may have changed since the check
+ * began: the caller privatizes); -ENOMEM (no memory for the reverse-map
+ * entry).  mmu_lock held, no stripe.
+ */
+int fill_in_place_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
+			 const struct shadow_walk *w, struct shadow_mmu_slot *slot, uint64_t page,
+			 uint64_t spte);
+/*
+ * Orders a VM's check of shared level-1 table @page against its own view
+ * (sync, invlpg, a mode change) after every fill in place of @page in
+ * progress, and makes every fill that has not yet taken @page's table lock
+ * refuse: call it after what changed the VM's view (a P2M store, a guest
+ * write the VM syncs for) and before reading @page's leaves.  mmu_lock held,
+ * no table lock.
+ */
+void fill_barrier_locked(struct shadow_mmu *mmu, uint32_t page);
 
 /* ---- canon.c: canonical tables of shared segments ------------------------ */
 

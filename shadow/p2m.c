@@ -231,24 +231,29 @@ int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *s, 
 	return mmu_add_slot(mmu, s, true, id);
 }
 
-/* Stores @e as gfn @gfn's entry; whatever mapped the old backing page in
- * this VM goes first (conservative: every entry of that page, whichever gfn
- * it came from; other VMs keep theirs).  0 or -ENOMEM.  mmu_lock. */
+/* Stores @e as gfn @gfn's entry, then zaps whatever mapped the old backing
+ * page in this VM (conservative: every entry of that page, whichever gfn it
+ * came from; other VMs keep theirs).  0 or -ENOMEM (nothing changed).
+ * mmu_lock. */
 static int p2m_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e, struct zap_batch *b,
 			  struct p2m_batch *pb)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	uint64_t old = p2m_entry_lookup_locked(mmu, gfn, NULL);
 
+	int ret;
+
 	if (old == e)
 		return 0;
-	if (p2m_entry_is_present(old)) {
-		struct shadow_mmu_slot *os = &mmu->slots[p2m_entry_slot_id(old)];
-		uint64_t op = p2m_entry_page(old);
-
-		zap_slot_range_local_locked(mmu, os, op, op, b);
-	}
-	return p2m_entry_set_locked(mmu, gfn, e, pb);
+	/* The new entry first, then the zap of the old page under its stripe:
+	 * a fill in place that another VM makes in a table we share either
+	 * sees the new entry or is found by the zap (fill.c). */
+	ret = p2m_entry_set_locked(mmu, gfn, e, pb);
+	if (ret || !p2m_entry_is_present(old))
+		return ret;
+	zap_slot_range_local_locked(mmu, &mmu->slots[p2m_entry_slot_id(old)], p2m_entry_page(old),
+				    p2m_entry_page(old), b);
+	return 0;
 }
 
 /* Maps the @n gfns from @gfn, all in one chunk, to pages from @e's (P2M_NONE:
@@ -264,6 +269,7 @@ static int p2m_map_chunk_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t n
 	int ret;
 
 	if (!(gfn & (P2M_CHUNK_PAGES - 1)) && n == P2M_CHUNK_PAGES) {
+		/* The new run first, then the zap (as p2m_set_locked). */
 		ret = p2m_chunk_set_linear_locked(mmu, gfn, present ? e | P2M_LINEAR : 0, pb, &old);
 		if (ret <= 0) {
 			if (!ret && old && old != (present ? e | P2M_LINEAR : 0)) {

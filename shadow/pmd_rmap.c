@@ -34,20 +34,20 @@ static void flush_every_mmu(struct shadow_pool *pool, struct shadow_mmu *except)
 }
 
 /*
- * The pmd-rmap walk: flush every VM that reaches table @page (level
- * @level), by following the users lists up to the roots.  A root's user
- * names its VM exactly; it is flushed while the root's table lock is held,
- * so it cannot be destroyed meanwhile (destroy unlinks its roots under that
- * lock).  @self is flushed only when the path is shared (otherwise its own
- * batch flushes it, by va).  Each VM is flushed once per batch (@gen).  A
- * parent freed and reused between two steps only costs extra flushes: every
- * VM that reached @page through it flushed before dropping it.
+ * One step of the pmd-rmap walk: the users of table @page (at @level), with
+ * @shared telling whether a table below on the way was shared.  A parent
+ * freed and reused between two steps is detected by its level; one reused
+ * at the same level only makes the walk reach more VMs than reach the first
+ * page (for a flush, extra flushes: every VM that reached the page through
+ * it flushed before dropping it; for a fill's check, extra VMs compared).
  */
-static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, int level, bool shared,
-			      uint64_t gen)
+static int pmd_rmap_walk_up(struct shadow_mmu *self, uint32_t page, int level, bool shared,
+			    bool (*fn)(void *ctx, struct shadow_mmu *vm, bool path_shared),
+			    void *ctx)
 {
 	struct shadow_page *sp = mmu_page(self, page);
 	struct u32_vec parents;
+	int ret = 1;
 
 	u32_vec_init(&parents);
 	umbra_mutex_lock(&sp->lock);
@@ -56,31 +56,63 @@ static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, int level,
 	 * we read here under this lock.) */
 	if (__atomic_load_n(&sp->level, __ATOMIC_RELAXED) != level) {
 		umbra_mutex_unlock(&sp->lock);
-		return;
+		return 1;
 	}
 	shared |= __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) > 1 || sp->canon;
-	for (struct shadow_page_user *u = sp->users; u; u = u->next) {
-		if (u->parent == SHADOW_NO_PAGE) {
-			if ((u->mmu != self || shared) &&
-			    __atomic_exchange_n(&u->mmu->flush_mark, gen, __ATOMIC_ACQ_REL) != gen)
-				mmu_flush_remote(u->mmu);
-			continue;
-		}
-		if (u32_vec_push(&parents, u->parent)) {
-			/* No memory: flush everyone instead. */
-			umbra_mutex_unlock(&sp->lock);
-			goto flush_everyone;
-		}
+	for (struct shadow_page_user *u = sp->users; u && ret == 1; u = u->next) {
+		if (u->parent == SHADOW_NO_PAGE)
+			ret = fn(ctx, u->mmu, shared) ? 1 : 0;
+		else if (u32_vec_push(&parents, u->parent))
+			ret = -ENOMEM;
 	}
 	umbra_mutex_unlock(&sp->lock);
-	for (uint32_t k = 0; k < parents.nr; k++)
+	for (uint32_t k = 0; k < parents.nr && ret == 1; k++)
 		if (level < SPTE_LEVELS)
-			pmd_rmap_flush_up(self, parents.v[k], level + 1, shared, gen);
+			ret = pmd_rmap_walk_up(self, parents.v[k], level + 1, shared, fn, ctx);
 	u32_vec_fini(&parents);
-	return;
-flush_everyone:
-	u32_vec_fini(&parents);
-	flush_every_mmu(self->pool, NULL);
+	return ret;
+}
+
+int pmd_rmap_for_each_root(struct shadow_mmu *self, uint32_t page, int level,
+			   bool (*fn)(void *ctx, struct shadow_mmu *vm, bool path_shared),
+			   void *ctx)
+{
+	umbra_mutex_assert_held(&self->mmu_lock);
+	return pmd_rmap_walk_up(self, page, level, false, fn, ctx);
+}
+
+struct flush_up {
+	struct shadow_mmu *self;
+	uint64_t gen;
+};
+
+/* Flushes @vm once per batch (gen), @self only when its path is shared
+ * (otherwise its own batch flushes it, by va).  Under the root's table
+ * lock. */
+static bool flush_up_one(void *ctx, struct shadow_mmu *vm, bool path_shared)
+{
+	struct flush_up *f = ctx;
+
+	if ((vm != f->self || path_shared) &&
+	    __atomic_exchange_n(&vm->flush_mark, f->gen, __ATOMIC_ACQ_REL) != f->gen)
+		mmu_flush_remote(vm);
+	return true;
+}
+
+/*
+ * The pmd-rmap flush: every VM that reaches table @page (a level-1 table in
+ * which a leaf was cleared in place), found by following the users lists up
+ * to the roots.  A root's user names its VM exactly; it is flushed while the
+ * root's table lock is held, so it cannot be destroyed meanwhile.  Each VM
+ * is flushed once per batch (@gen).  Without memory for the walk, every VM
+ * of the pool is flushed.
+ */
+static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, uint64_t gen)
+{
+	struct flush_up f = { .self = self, .gen = gen };
+
+	if (pmd_rmap_for_each_root(self, page, 1, flush_up_one, &f) < 0)
+		flush_every_mmu(self->pool, NULL);
 }
 
 /*
@@ -100,7 +132,7 @@ void batch_flush_remote(struct shadow_mmu *mmu, struct zap_batch *b)
 		uint64_t gen = __atomic_add_fetch(&mmu->pool->flush_gen, 1, __ATOMIC_RELAXED);
 
 		for (unsigned int k = 0; k < b->nr_tables; k++)
-			pmd_rmap_flush_up(mmu, b->tables[k], 1, false, gen);
+			pmd_rmap_flush_up(mmu, b->tables[k], gen);
 	}
 	b->nr_tables = 0;
 	b->tables_overflow = false;

@@ -399,6 +399,8 @@ struct shadow_pool {
 	struct umbra_mutex mmus_lock;
 	struct shadow_mmu *mmus;	/* every MMU of the pool (flush-everyone fallback) */
 	uint64_t flush_gen;		/* atomic: batch ids for remote-flush dedup */
+	uint64_t fill_seq;		/* atomic: bumped by every fill_barrier_locked; a fill
+					 * in place that sees it move refuses (fill.c) */
 };
 
 /* Pool index <-> gpa; entry locations (index * 512 + entry) fit 32 bits. */

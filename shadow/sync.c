@@ -114,13 +114,17 @@ static bool table_entry_matches(struct shadow_mmu *mmu, uint64_t spte, const str
 }
 
 /* Read-only: does every present entry of the subtree at @page agree with
- * this VM's guest tables and P2M now?  mmu_lock. */
+ * this VM's guest tables and P2M now?  Each leaf table is read after
+ * fill_barrier_locked: a fill in place made for another VM's view either
+ * refuses or is seen here.  mmu_lock. */
 static bool subtree_matches_locked(struct shadow_mmu *mmu, uint32_t page)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t *sptes = mmu_sptes(mmu, page);
 
+	if (sp->level == 1)
+		fill_barrier_locked(mmu, page); /* after any fill in progress (fill.c) */
 	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
 		uint64_t spte = spte_read(&sptes[i]);
 		struct expect e;
@@ -185,16 +189,20 @@ void sync_table_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_batch *
 		sync_spte_locked(mmu, page, i, true, b);
 }
 
-/* Read-only: does the path of @va below @page agree with our guest now?
- * mmu_lock. */
+/* Read-only: does the path of @va below @page (a shared table) agree with
+ * our guest now?  The leaf table is read after fill_barrier_locked, as in
+ * subtree_matches_locked.  mmu_lock. */
 static bool path_matches_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t va)
 {
 	struct shadow_iter it;
 
 	for_each_shadow_entry(mmu, it, page, va) {
-		uint64_t spte = spte_read(it.sptep);
 		struct expect e;
+		uint64_t spte;
 
+		if (it.level == 1)
+			fill_barrier_locked(mmu, it.page); /* after any fill in progress (fill.c) */
+		spte = spte_read(it.sptep);
 		if (!spte_is_present(spte))
 			return true;
 		expect_entry(mmu, mmu_page(mmu, it.page), it.index, &e);

@@ -29,14 +29,15 @@ static void assert_leaf_stripe_held(struct shadow_mmu *mmu, int level, uint64_t 
 		umbra_mutex_assert_held(pool_obj_stripe(slot->pobj, bp));
 }
 
-uint64_t spte_set_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, uint64_t spte)
+uint64_t spte_set_table_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
+			       uint64_t spte)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t *sptep = mmu_sptes(mmu, page) + i;
 	uint64_t old;
 
-	umbra_mutex_lock(&sp->lock);
+	umbra_mutex_assert_held(&sp->lock);
 	old = spte_read(sptep);
 	assert_leaf_stripe_held(mmu, sp->level, old);
 	assert_leaf_stripe_held(mmu, sp->level, spte);
@@ -45,6 +46,16 @@ uint64_t spte_set_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, 
 		__atomic_fetch_sub(&sp->nr_present, 1, __ATOMIC_RELAXED);
 	else if (!spte_is_present(old) && spte_is_present(spte))
 		__atomic_fetch_add(&sp->nr_present, 1, __ATOMIC_RELAXED);
+	return old;
+}
+
+uint64_t spte_set_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, uint64_t spte)
+{
+	struct shadow_page *sp = mmu_page(mmu, page);
+	uint64_t old;
+
+	umbra_mutex_lock(&sp->lock);
+	old = spte_set_table_locked(mmu, page, i, spte);
 	umbra_mutex_unlock(&sp->lock);
 	return old;
 }

@@ -357,6 +357,225 @@ START_TEST(test_clone_guest_table_write_is_private_to_the_clone)
 }
 END_TEST
 
+/* ---- fills in place: read faults and refaults keep tables shared -------- */
+
+#define FILL_MAPPED 128 /* guest-mapped data pages: one leaf table */
+#define FILL_WARM 64	/* ... of which the parent reads these before the clone */
+
+struct fill_stats {
+	uint64_t privatizations, fills, faults;
+};
+
+static struct fill_stats fill_stats_of(struct shadow_mmu *mmu)
+{
+	struct shadow_mmu_stats st;
+
+	shadow_mmu_stats(mmu, &st);
+	return (struct fill_stats){ st.privatizations, st.fills_in_place, st.faults };
+}
+
+/* A family with FILL_MAPPED pages mapped, their PTEs accessed (as Linux
+ * makes them: a walk need not set A, which in a clone would copy the guest
+ * table), and the first FILL_WARM read by the parent's vCPU *@vp (no TLB)
+ * before the clone; *@vc runs on the child. */
+static void fill_fam_init(struct fam *f, struct shadow_vcpu **vp, struct shadow_vcpu **vc)
+{
+	fam_init(f, FILL_MAPPED);
+	for (uint64_t i = 0; i < FILL_MAPPED; i++)
+		*vm_ptr(f->gm.mmu, gm_entry(&f->gm, f->cr3, VA_BASE + i * GM_PAGE, 1)) |= SPTE_ACCESSED;
+	*vp = sh_vcpu(f->gm.mmu, 0, f->cr3);
+	for (uint64_t i = 0; i < FILL_WARM; i++)
+		read_u64(*vp, VA_BASE + i * GM_PAGE, NULL);
+	fam_clone(f);
+	*vc = sh_vcpu(f->child, 0, f->cr3);
+}
+
+/* Pages [first, last) read by @v, each the parent's original value at its
+ * own host address (the shared page). */
+static void fill_read_range(struct fam *f, struct shadow_vcpu *v, uint64_t first, uint64_t last)
+{
+	void *host;
+
+	for (uint64_t i = first; i < last; i++) {
+		uint64_t val = read_u64(v, VA_BASE + i * GM_PAGE, &host);
+
+		ck_assert_msg(val == 0x1000 + i, "page %llu: expected %#llx, got %#llx",
+			      (unsigned long long)i, (unsigned long long)(0x1000 + i),
+			      (unsigned long long)val);
+		ck_assert_ptr_eq(host, f->data.host + i * GM_PAGE);
+	}
+}
+
+/* Both VMs reach the same tables: one shared PDPT, nothing private below
+ * the roots, and the pool holds @pages table pages. */
+static void assert_fill_still_shared(struct fam *f, size_t pages)
+{
+	struct shadow_mmu *vms[2] = { f->gm.mmu, f->child };
+
+	ck_assert_msg(shadow_pool_shared_pages(f->pool) == 1,
+		      "expected 1 shared table (the PDPT), got %zu", shadow_pool_shared_pages(f->pool));
+	ck_assert_msg(shadow_pool_pages_in_use(f->pool, 0) == pages,
+		      "expected %zu table pages (no copy), got %zu", pages,
+		      shadow_pool_pages_in_use(f->pool, 0));
+	for (int k = 0; k < 2; k++) {
+		struct shadow_table_usage u;
+
+		ck_assert_int_eq(shadow_mmu_table_usage(vms[k], &u), 0);
+		ck_assert_msg(u.tables == 4 && u.shared == 1,
+			      "VM %d: expected 4 tables reached (its root, the shared PDPT, the "
+			      "PD and PT below it), 1 shared, got %llu, %llu shared", k,
+			      (unsigned long long)u.tables, (unsigned long long)u.shared);
+		assert_mmu_check(vms[k]);
+	}
+	assert_pool_check(f->pool);
+}
+
+/* After a clone, read faults of both VMs fill the shared leaf table in
+ * place: no privatization, no new table, and each VM then reads what the
+ * other filled without a fault. */
+START_TEST(test_read_faults_after_clone_fill_shared_tables_in_place)
+{
+	struct shadow_vcpu_stats v0, v1;
+	struct shadow_vcpu *vp, *vc;
+	struct fill_stats sp, sc;
+	struct fam f;
+
+	fill_fam_init(&f, &vp, &vc);
+	size_t pages = shadow_pool_pages_in_use(f.pool, 0);
+
+	fill_read_range(&f, vc, FILL_WARM, FILL_WARM + 32);	/* the child fills */
+	fill_read_range(&f, vp, FILL_WARM + 32, FILL_MAPPED);	/* the parent fills */
+	sp = fill_stats_of(f.gm.mmu);
+	sc = fill_stats_of(f.child);
+	ck_assert_msg(sp.privatizations == 0 && sc.privatizations == 0,
+		      "read faults must not privatize: parent %llu, child %llu",
+		      (unsigned long long)sp.privatizations, (unsigned long long)sc.privatizations);
+	ck_assert_msg(sc.fills == 32 && sp.fills == 32, "expected 32 fills each, got parent %llu, "
+		      "child %llu", (unsigned long long)sp.fills, (unsigned long long)sc.fills);
+	assert_fill_still_shared(&f, pages);
+	/* What one VM filled, the other reaches without a fault. */
+	shadow_vcpu_stats(vc, &v0);
+	fill_read_range(&f, vc, 0, FILL_MAPPED);
+	shadow_vcpu_stats(vc, &v1);
+	ck_assert_msg(v1.faults == v0.faults, "the child faulted %llu times on filled leaves",
+		      (unsigned long long)(v1.faults - v0.faults));
+	shadow_vcpu_destroy(vc);
+	shadow_vcpu_destroy(vp);
+	fam_fini(&f);
+}
+END_TEST
+
+/* An eviction clears the shared leaves in place; both VMs' refaults (and
+ * the swap-in) fill them again, and the tables stay shared. */
+START_TEST(test_refaults_after_eviction_fill_shared_tables_in_place)
+{
+	static const uint64_t evicted[] = { 3, 40, 63 };
+	struct shadow_vcpu *vp, *vc;
+	struct fill_stats sp, sc;
+	uint64_t ev, rs;
+	struct fam f;
+
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	fill_fam_init(&f, &vp, &vc);
+	fill_read_range(&f, vc, 0, NDATA);
+	size_t pages = shadow_pool_pages_in_use(f.pool, 0);
+
+	for (unsigned int k = 0; k < 3; k++)
+		ck_assert_int_eq(shadow_store_evict(f.data.store, evicted[k]), 0);
+	for (unsigned int k = 0; k < 3; k++)
+		ck_assert_uint_eq(f.data.host[evicted[k] * GM_PAGE], SHADOW_STORE_POISON);
+	fill_read_range(&f, vp, 0, NDATA); /* the parent refaults and swaps in */
+	fill_read_range(&f, vc, 0, NDATA);
+	shadow_store_stats(f.data.store, &ev, &rs);
+	ck_assert_uint_eq(ev, 3);
+	ck_assert_uint_eq(rs, 3);
+	sp = fill_stats_of(f.gm.mmu);
+	sc = fill_stats_of(f.child);
+	ck_assert_msg(sp.privatizations == 0 && sc.privatizations == 0,
+		      "refaults must not privatize: parent %llu, child %llu",
+		      (unsigned long long)sp.privatizations, (unsigned long long)sc.privatizations);
+	ck_assert_msg(sp.fills + sc.fills == 3, "expected the 3 evicted leaves filled again "
+		      "(once, by whichever VM refaulted first), got %llu",
+		      (unsigned long long)(sp.fills + sc.fills));
+	assert_fill_still_shared(&f, pages);
+	shadow_vcpu_destroy(vc);
+	shadow_vcpu_destroy(vp);
+	fam_fini(&f);
+}
+END_TEST
+
+/*
+ * A divergence privatizes: _i 0, the child writes a copy-on-write page;
+ * 1, the child's guest changes a PTE in its (copy of the) page table: the
+ * parent still fills the entry next to it (the same in both copies), not
+ * the changed one; 2, the child's P2M maps a gfn to another object, and the
+ * parent's fill of that gfn refuses.  Each VM reads its own view after.
+ */
+START_TEST(test_divergent_views_privatize_instead_of_filling)
+{
+	const uint64_t g = FILL_WARM + 6, va = VA_BASE + g * GM_PAGE, other = 200;
+	struct shadow_vcpu *vp, *vc;
+	struct hobj elsewhere = { 0 };
+	struct fill_stats sp, sc;
+	struct fam f;
+
+	fill_fam_init(&f, &vp, &vc);
+	*(uint64_t *)(f.data.host + other * GM_PAGE) = 0x1000 + other;
+	if (_i == 0) {
+		write_u64(vc, va, 0xc0ffee);
+		ck_assert_uint_eq(read_u64(vc, va, NULL), 0xc0ffee);
+		sc = fill_stats_of(f.child);
+		ck_assert_msg(sc.privatizations > 0, "a copy-on-write write must privatize");
+	} else if (_i == 1) {
+		vm_write(f.child, gm_entry(&f.gm, f.cr3, va, 1),
+			 (DATA_GPA + other * GM_PAGE) | UW | SPTE_PRESENT | SPTE_ACCESSED);
+		/* The entry next to it is the same in the child's copy: filled. */
+		fill_read_range(&f, vp, g + 1, g + 2);
+		sp = fill_stats_of(f.gm.mmu);
+		ck_assert_msg(sp.fills == 1 && sp.privatizations == 0, "an entry both guests agree "
+			      "on is filled in place: %llu fills, %llu privatizations",
+			      (unsigned long long)sp.fills, (unsigned long long)sp.privatizations);
+		/* The changed one is not: the parent privatizes. */
+		fill_read_range(&f, vp, g, g + 1);
+		sp = fill_stats_of(f.gm.mmu);
+		ck_assert_msg(sp.fills == 1 && sp.privatizations > 0, "the parent must not fill an "
+			      "entry the child's guest changed: %llu fills, %llu privatizations",
+			      (unsigned long long)sp.fills, (unsigned long long)sp.privatizations);
+		shadow_vcpu_invlpg(vc, va);
+		ck_assert_uint_eq(read_u64(vc, va, NULL), 0x1000 + other);
+	} else {
+		/* Another object, in the child only, holds what the child's
+		 * guest reads there. */
+		struct shadow_slot s;
+		int id;
+
+		hobj_init(&elsewhere, "elsewhere", 1, false);
+		s = hobj_slot(&elsewhere, SH_COW_MPA(7));
+		*(uint64_t *)elsewhere.host = 0x1000 + other;
+		ck_assert_int_eq(shadow_mmu_add_slot(f.child, &s, &id), 0);
+		ck_assert_int_eq(shadow_mmu_map_gpa(f.child, DATA_GPA + g * GM_PAGE, 1, id, 0), 0);
+		fill_read_range(&f, vp, g, g + 1);
+		sp = fill_stats_of(f.gm.mmu);
+		ck_assert_msg(sp.fills == 0 && sp.privatizations > 0, "the parent must not fill a "
+			      "gfn the child maps elsewhere: %llu fills, %llu privatizations",
+			      (unsigned long long)sp.fills, (unsigned long long)sp.privatizations);
+		ck_assert_uint_eq(read_u64(vc, va, NULL), 0x1000 + other);
+	}
+	/* Each VM keeps its own view. */
+	ck_assert_uint_eq(read_u64(vp, va, NULL), 0x1000 + g);
+	fill_read_range(&f, vp, 0, g);
+	fill_read_range(&f, vc, 0, g);
+	assert_mmu_check(f.gm.mmu);
+	assert_mmu_check(f.child);
+	assert_pool_check(f.pool);
+	shadow_vcpu_destroy(vc);
+	shadow_vcpu_destroy(vp);
+	fam_fini(&f);
+	if (elsewhere.host)
+		hobj_fini(&elsewhere);
+}
+END_TEST
+
 /* ---- local zaps (copy-on-write break, P2M redirect) with many sharers ---- */
 
 #define HERD_MAX 70
@@ -1233,6 +1452,7 @@ Suite *shadow_share_suite(void)
 {
 	Suite *s = suite_create("shadow_share");
 	TCase *clone = tcase_create("clone");
+	TCase *fill = tcase_create("fill_in_place");
 	TCase *seg = tcase_create("segment");
 	TCase *races = tcase_create("teardown_races");
 
@@ -1246,6 +1466,9 @@ Suite *shadow_share_suite(void)
 			    NR_LOCAL_ZAP_CASES);
 	tcase_add_loop_test(clone, test_local_zap_reaches_every_user_of_a_table_with_40_users, 0,
 			    NR_LOCAL_ZAP_CASES);
+	tcase_add_test(fill, test_read_faults_after_clone_fill_shared_tables_in_place);
+	tcase_add_test(fill, test_refaults_after_eviction_fill_shared_tables_in_place);
+	tcase_add_loop_test(fill, test_divergent_views_privatize_instead_of_filling, 0, 3);
 	tcase_add_test(seg, test_segment_run_uses_one_canonical_table_for_every_vm);
 	tcase_add_loop_test(
 		seg, test_readonly_and_writable_attachments_of_a_segment_never_share_a_leaf_table, 0, 2);
@@ -1256,6 +1479,7 @@ Suite *shadow_share_suite(void)
 	tcase_add_loop_test(races, test_concurrent_teardown_of_sharers_frees_every_shared_table_once, 0,
 			    NR_TEARDOWN_RACE_CASES);
 	suite_add_tcase(s, clone);
+	suite_add_tcase(s, fill);
 	suite_add_tcase(s, shadow_clone_p2m_tcase());
 	suite_add_tcase(s, seg);
 	suite_add_tcase(s, races);

@@ -254,7 +254,6 @@ static void clone_of(struct torture *t, int parent, int k)
 static void vm_fini(struct torture *t, int k)
 {
 	struct tvm *vm = &t->vm[k];
-
 	__atomic_store_n(&vm->live, false, __ATOMIC_RELEASE);
 	shadow_mmu_destroy(vm->mmu);
 	vm->mmu = NULL;
@@ -462,6 +461,334 @@ START_TEST(test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase)
 }
 END_TEST
 
+/* ---- fills in place: read faults of sharers racing divergence ------------ */
+
+/*
+ * A base VM that only reads and FILL_CLONES clones of it, made afresh each
+ * phase, all sharing the tables of FILL_PAGES data pages (PTEs accessed, as
+ * Linux makes them, so that a read fault need not copy a guest table).  Each
+ * VM's vCPU reads random pages (refaulting the evictor's pages, filling the
+ * shared leaf table in place); the odd clones also write their own pages
+ * now and then (copy-on-write break: their view diverges while the others
+ * fill); a remapper points PTEs of clone FILL_REMAPPED (which never writes)
+ * at the neighbouring page and back, each followed by invlpg, while the
+ * others fill the entries it changes.  The oracle: no read sees poison;
+ * every read sees exactly the VM's own last write of the page, or the
+ * base's original value of the page its PTE maps, and a read of the
+ * remapped clone that began after an invlpg returned (and ended before the
+ * next change began) sees the new page.
+ */
+#define FILL_VMS 4
+#define FILL_CLONES (FILL_VMS - 1)
+#define FILL_PAGES 128
+#define FILL_PHASES 3
+#define FILL_OPS_DEFAULT (TEST_TSAN ? 20000ul : 200000ul)
+#define FILL_ORIG(i) (TAG(0) | 0x100000ull | (i))
+#define FILL_REMAPPED 2
+
+struct fill_torture {
+	struct shadow_pool *pool;
+	struct hobj ram, own;		/* RAM; the base's first own slot */
+	struct sh_owns owns;		/* the own slots the clones add */
+	struct gm gm;
+	uint64_t cr3;
+	struct shadow_mmu *mmu[FILL_VMS];	/* [0]: the base */
+	uint64_t exp[FILL_VMS][FILL_PAGES];	/* VM's own last write, 0: none */
+	/* FILL_REMAPPED's PTEs: page i maps tgt[i] (i or i ^ 1); seq[i] is odd
+	 * while the remapper changes it (until its invlpg returned). */
+	uint64_t tgt[FILL_PAGES], seq[FILL_PAGES];	/* atomic */
+	unsigned long ops;
+	double start_s;
+	uint64_t fills, reads;			/* atomic */
+	struct test_gate gate;
+	struct test_failures fails;
+};
+
+struct fill_arg {
+	struct fill_torture *t;
+	int vm;
+};
+
+/* What VM @k reads at page @i when its PTE maps page @tgt. */
+static void fill_check_read(struct fill_torture *t, int k, unsigned int i, uint64_t tgt, int ret,
+			    uint64_t val)
+{
+	uint64_t want = t->exp[k][i] ? t->exp[k][i] : FILL_ORIG(tgt);
+
+	if (ret)
+		test_fail(&t->fails, "VM %d page %u: expected 0, got %d", k, i, ret);
+	else if (val == POISON64)
+		test_fail(&t->fails, "VM %d page %u: reached an evicted page", k, i);
+	else if (val != want)
+		test_fail(&t->fails, "VM %d page %u: expected %#llx, got %#llx", k, i,
+			  (unsigned long long)want, (unsigned long long)val);
+}
+
+static void fill_vcpu_check(struct fill_torture *t, int k, unsigned int i, int ret, uint64_t val)
+{
+	fill_check_read(t, k, i, k == FILL_REMAPPED ? __atomic_load_n(&t->tgt[i], __ATOMIC_ACQUIRE) : i,
+			ret, val);
+}
+
+/* A read of FILL_REMAPPED's page @i: exact if no change overlapped it. */
+static void fill_remapped_read(struct fill_torture *t, struct shadow_vcpu *v, unsigned int i)
+{
+	uint64_t s1 = __atomic_load_n(&t->seq[i], __ATOMIC_SEQ_CST), val;
+	uint64_t tgt = __atomic_load_n(&t->tgt[i], __ATOMIC_SEQ_CST);
+	struct shadow_vcpu_result res;
+	int ret = shadow_vcpu_access64_fault_in(v, DATA_VA + (uint64_t)i * GM_PAGE, SHADOW_ACCESS_USER,
+						&val, &res);
+
+	if (__atomic_load_n(&t->seq[i], __ATOMIC_SEQ_CST) == s1 && !(s1 & 1))
+		fill_check_read(t, FILL_REMAPPED, i, tgt, ret, val);
+	else if (!ret && val != FILL_ORIG(i) && val != FILL_ORIG(i ^ 1))
+		test_fail(&t->fails, "VM %d page %u (remapped): got %#llx", FILL_REMAPPED, i,
+			  (unsigned long long)val);
+}
+
+static void *fill_vcpu_body(void *p)
+{
+	struct fill_arg *a = p;
+	struct fill_torture *t = a->t;
+	struct shadow_vcpu *v = sh_vcpu(t->mmu[a->vm], 0, t->cr3);
+	uint64_t seed = 0x2545f4914f6cdd1dull * (uint64_t)(a->vm + 1), ctr = 0;
+
+	test_gate_pass(&t->gate);
+	for (unsigned long n = 0; test_torture_keep_going(&t->fails, t->start_s, "fill vcpu", n, t->ops);
+	     n++) {
+		uint64_t r = test_rnd(&seed), val;
+		unsigned int i = (unsigned int)(r % FILL_PAGES);
+		uint64_t va = DATA_VA + (uint64_t)i * GM_PAGE;
+		struct shadow_vcpu_result res;
+		int ret;
+
+		if (a->vm % 2 && i % FILL_VMS == (unsigned int)a->vm && (r >> 16) % 64 == 0) {
+			val = TAG(a->vm) | ++ctr;
+			ret = shadow_vcpu_access64_fault_in(v, va, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE,
+							    &val, &res);
+			if (ret)
+				test_fail(&t->fails, "VM %d write page %u: expected 0, got %d", a->vm, i, ret);
+			else
+				t->exp[a->vm][i] = val;
+			continue;
+		}
+		if (a->vm == FILL_REMAPPED) {
+			fill_remapped_read(t, v, i);
+		} else {
+			ret = shadow_vcpu_access64_fault_in(v, va, SHADOW_ACCESS_USER, &val, &res);
+			fill_vcpu_check(t, a->vm, i, ret, val);
+		}
+		__atomic_fetch_add(&t->reads, 1, __ATOMIC_RELAXED);
+		if (n % 32 == 0)
+			sched_yield();
+	}
+	shadow_vcpu_destroy(v);
+	return NULL;
+}
+
+static void *fill_vcpu_thread(void *p)
+{
+	return run_rcu_registered(fill_vcpu_body, p);
+}
+
+static void *fill_evictor_thread(void *p)
+{
+	struct fill_torture *t = p;
+	uint64_t seed = 0x1234567;
+
+	notifier_thread_init();
+	test_gate_pass(&t->gate);
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "fill evictor", n, t->ops / 8); n++) {
+		uint64_t r = test_rnd(&seed);
+		int ret = shadow_store_evict(t->ram.store, DATA_GPA / GM_PAGE + r % FILL_PAGES);
+
+		if (ret && ret != -EALREADY)
+			test_fail(&t->fails, "evict: expected 0, got %d", ret);
+		sched_yield();
+	}
+	notifier_thread_exit();
+	return NULL;
+}
+
+/* Points FILL_REMAPPED's PTE of page i at page i ^ 1 and back, through its
+ * own (copy-on-write) copy of the page table, then invlpg.  Needs the
+ * evictor's notifier thread registration (evict). */
+static void *fill_remapper_thread(void *p)
+{
+	struct fill_torture *t = p;
+	struct shadow_mmu *mmu = t->mmu[FILL_REMAPPED];
+	uint64_t seed = 0x77aa55;
+
+	notifier_thread_init();
+	test_gate_pass(&t->gate);
+	for (unsigned long n = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "fill remapper", n, t->ops / 16); n++) {
+		unsigned int i = (unsigned int)(test_rnd(&seed) % FILL_PAGES);
+		uint64_t va = DATA_VA + (uint64_t)i * GM_PAGE, pte = gm_entry(&t->gm, t->cr3, va, 1);
+		uint64_t tgt = __atomic_load_n(&t->tgt[i], __ATOMIC_RELAXED) ^ 1;
+		uint64_t mpa;
+		void *host;
+
+		int ret;
+
+		__atomic_fetch_add(&t->seq[i], 1, __ATOMIC_SEQ_CST);
+		/* Evicted first, the shared leaf is gone: the invlpg keeps the
+		 * shared table (nothing there disagrees), and the others' fills
+		 * of that entry race the change. */
+		ret = shadow_store_evict(t->ram.store, DATA_GPA / GM_PAGE + i);
+		if (ret && ret != -EALREADY)
+			test_fail(&t->fails, "remapper: evict: expected 0, got %d", ret);
+		if (shadow_mmu_cow_break(mmu, pte) || shadow_mmu_p2m_lookup(mmu, pte, &mpa, &host)) {
+			test_fail(&t->fails, "remapper: cow_break / lookup of the PTE failed");
+			break;
+		}
+		__atomic_store_n((uint64_t *)host, (DATA_GPA + tgt * GM_PAGE) | SPTE_PRESENT |
+					   SPTE_WRITABLE | SPTE_USER | SPTE_ACCESSED, __ATOMIC_RELEASE);
+		shadow_mmu_invlpg(mmu, t->cr3, va);
+		__atomic_store_n(&t->tgt[i], tgt, __ATOMIC_SEQ_CST);
+		__atomic_fetch_add(&t->seq[i], 1, __ATOMIC_SEQ_CST);
+		sched_yield();
+	}
+	notifier_thread_exit();
+	return NULL;
+}
+
+static void fill_torture_init(struct fill_torture *t)
+{
+	struct shadow_mmu_config cfg = { .pool = NULL, .max_gpa = RAM_PAGES * GM_PAGE,
+					 .mode = shadow_default_mode };
+	struct shadow_slot s;
+	int id;
+
+	test_failures_init(&t->fails);
+	t->ops = test_env_ulong("UMBRA_SHARE_TORTURE_OPS", FILL_OPS_DEFAULT);
+	t->start_s = test_now_s();
+	ck_assert_int_eq(shadow_pool_create(4096, &t->pool), 0);
+	cfg.pool = t->pool;
+	hobj_init(&t->ram, "ram", RAM_PAGES, true);
+	hobj_init(&t->own, "own", RAM_PAGES, false);
+	ck_assert_int_eq(shadow_mmu_create(&cfg, &t->mmu[0]), 0);
+	s = hobj_slot(&t->ram, 0);
+	ck_assert_int_eq(shadow_mmu_add_slot(t->mmu[0], &s, &id), 0);
+	ck_assert_int_eq(shadow_mmu_map_gpa(t->mmu[0], 0, RAM_PAGES, id, 0), 0);
+	s = hobj_slot(&t->own, SH_COW_MPA(0));
+	ck_assert_int_eq(shadow_mmu_add_slot(t->mmu[0], &s, &id), 0);
+	ck_assert_int_eq(shadow_mmu_set_own_slot(t->mmu[0], id), 0);
+	t->gm.host = t->ram.host;
+	t->gm.npages = RAM_PAGES;
+	t->gm.next_table = GM_TABLES;
+	t->cr3 = gm_table(&t->gm);
+	for (unsigned int i = 0; i < FILL_PAGES; i++) {
+		gm_map(&t->gm, t->cr3, DATA_VA + i * GM_PAGE, DATA_GPA + i * GM_PAGE, 1,
+		       SPTE_WRITABLE | SPTE_USER | SPTE_ACCESSED);
+		*(uint64_t *)(t->ram.host + DATA_GPA + i * GM_PAGE) = FILL_ORIG(i);
+	}
+	/* The base's tables: the upper levels, and half the leaves. */
+	struct shadow_vcpu *v = sh_vcpu(t->mmu[0], 0, t->cr3);
+
+	for (unsigned int i = 0; i < FILL_PAGES; i += 2) {
+		struct shadow_vcpu_result res;
+		uint64_t val;
+		int ret = shadow_vcpu_access64_fault_in(v, DATA_VA + i * GM_PAGE, SHADOW_ACCESS_USER,
+							&val, &res);
+
+		fill_vcpu_check(t, 0, i, ret, val);
+	}
+	shadow_vcpu_destroy(v);
+}
+
+/* Quiesced: invariants, then every VM reads its exact view. */
+static void fill_torture_check(struct fill_torture *t)
+{
+	ck_assert_int_eq(shadow_pool_check(t->pool), 0);
+	for (int k = 0; k < FILL_VMS; k++) {
+		struct shadow_vcpu *v = sh_vcpu(t->mmu[k], 0, t->cr3);
+
+		ck_assert_msg(shadow_mmu_check(t->mmu[k]) == 0, "shadow_mmu_check(VM %d)", k);
+		for (unsigned int i = 0; i < FILL_PAGES; i++) {
+			struct shadow_vcpu_result res;
+			uint64_t val;
+			int ret = shadow_vcpu_access64_fault_in(v, DATA_VA + i * GM_PAGE, SHADOW_ACCESS_USER,
+								&val, &res);
+
+			fill_vcpu_check(t, k, i, ret, val);
+		}
+		shadow_vcpu_destroy(v);
+	}
+	test_failures_assert_none(&t->fails);
+}
+
+static void fill_torture_phase(struct fill_torture *t)
+{
+	struct fill_arg args[FILL_VMS];
+	pthread_t thr[FILL_VMS], ev, rm;
+
+	/* One CLONE of FILL_VMS - 1 children, as the VMM makes it: the base
+	 * gets a new own slot at the first clone and keeps it for the next. */
+	for (int k = 1; k < FILL_VMS; k++) {
+		struct shadow_slot cs;
+
+		if (k == 1) {
+			sh_clone(&t->owns, RAM_PAGES, t->mmu[0], &t->mmu[k]);
+		} else {
+			cs = sh_own_new(&t->owns, RAM_PAGES);
+			ck_assert_int_eq(shadow_mmu_clone(t->mmu[0], NULL, &cs, &t->mmu[k]), 0);
+		}
+		memset(t->exp[k], 0, sizeof(t->exp[k]));
+	}
+	for (unsigned int i = 0; i < FILL_PAGES; i++) {
+		t->tgt[i] = i;
+		t->seq[i] = 0;
+	}
+	test_gate_init(&t->gate, FILL_VMS + 2);
+	for (int k = 0; k < FILL_VMS; k++) {
+		args[k] = (struct fill_arg){ .t = t, .vm = k };
+		ck_assert_int_eq(pthread_create(&thr[k], NULL, fill_vcpu_thread, &args[k]), 0);
+	}
+	ck_assert_int_eq(pthread_create(&ev, NULL, fill_evictor_thread, t), 0);
+	ck_assert_int_eq(pthread_create(&rm, NULL, fill_remapper_thread, t), 0);
+	pthread_join(ev, NULL);
+	pthread_join(rm, NULL);
+	for (int k = 0; k < FILL_VMS; k++)
+		pthread_join(thr[k], NULL);
+	test_gate_exit(&t->gate);
+	test_failures_assert_none(&t->fails);
+	fill_torture_check(t);
+	for (int k = 1; k < FILL_VMS; k++) {
+		struct shadow_mmu_stats st;
+
+		shadow_mmu_stats(t->mmu[k], &st);
+		t->fills += st.fills_in_place;
+		shadow_mmu_destroy(t->mmu[k]);
+		ck_assert_int_eq(shadow_pool_check(t->pool), 0);
+	}
+}
+
+START_TEST(test_fill_torture_read_faults_race_cow_breaks_and_evictions)
+{
+	struct fill_torture *t = calloc(1, sizeof(*t));
+	struct shadow_mmu_stats st;
+
+	ck_assert_ptr_nonnull(t);
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	fill_torture_init(t);
+	for (int phase = 0; phase < FILL_PHASES; phase++)
+		fill_torture_phase(t);
+	shadow_mmu_stats(t->mmu[0], &st);
+	t->fills += st.fills_in_place;
+	ck_assert_msg(t->fills > 0, "expected leaves filled in place, got none");
+	shadow_mmu_destroy(t->mmu[0]);
+	ck_assert_uint_eq(shadow_pool_pages_in_use(t->pool, 0), 0);
+	hobj_fini(&t->ram);
+	hobj_fini(&t->own);
+	sh_owns_fini(&t->owns);
+	shadow_pool_destroy(t->pool);
+	test_failures_exit(&t->fails);
+	free(t);
+}
+END_TEST
+
 Suite *shadow_share_torture_suite(void)
 {
 	Suite *s = suite_create("shadow_share_torture");
@@ -471,6 +798,10 @@ Suite *shadow_share_torture_suite(void)
 	 * backstop for a hang. */
 	tcase_set_timeout(tc, TEST_TORTURE_LIMIT_S + 60);
 	tcase_add_test(tc, test_share_torture_8_vms_2_vcpus_with_invariants_after_each_phase);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("fill_in_place");
+	tcase_set_timeout(tc, TEST_TORTURE_LIMIT_S + 60);
+	tcase_add_test(tc, test_fill_torture_read_faults_race_cow_breaks_and_evictions);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -580,6 +580,7 @@ struct vm_stats {
 	X(SHARING, clones, " clones=", "", s->shadow.clones)                                       \
 	X(SHARING, privatizations, " privatizations=", "", s->shadow.privatizations)               \
 	X(SHARING, cow_breaks, " cow_breaks=", "", s->shadow.cow_breaks)                           \
+	X(SHARING, fills_in_place, " fills_in_place=", "", s->shadow.fills_in_place)               \
 	X(SHARING, cow_takeovers, " cow_takeovers=", "", s->shadow.cow_takeovers)                  \
 	X(SHARING, pages_freed, " pages_freed=", "", s->shadow.pages_freed)                        \
 	X(SHARING, p2m_nodes_copied, " p2m_nodes_copied=", "", s->shadow.p2m_nodes_copied)         \

@@ -371,6 +371,8 @@ struct shadow_mmu_stats {
 	uint64_t clones;		/* shadow_mmu_clone() calls that made this MMU's clone */
 	uint64_t privatizations;	/* shared tables copied before a change (unshare) */
 	uint64_t cow_breaks;		/* guest pages copied on write (P2M copy-on-write) */
+	uint64_t fills_in_place;	/* leaves filled into a shared (non-canonical) table,
+					 * or below one, without privatizing it */
 	uint64_t cow_takeovers;		/* writable leaves installed in place on a taken-over
 					 * layer's page (refcount 1, no copy) */
 	uint64_t pages_freed;		/* pages whose last reference this VM dropped (put_page) */
