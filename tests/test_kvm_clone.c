@@ -265,13 +265,25 @@ START_TEST(test_clones_under_the_pager_refault_and_stay_shared)
 	ck_assert_msg(json_u64(root, "pager.swapins") > 0 && json_u64(root, "pager.swapouts_io") > 0,
 		      "no swapping: swapins %llu, swapouts_io %llu", (unsigned long long)json_u64(root, "pager.swapins"),
 		      (unsigned long long)json_u64(root, "pager.swapouts_io"));
+	/* A page the 5 VMs share is evicted once and swapped in once for all:
+	 * never more swap-ins than swap-outs (each clone reads every page each
+	 * round, so a swap-in per VM would be up to 5 times as many). */
+	uint64_t ins = json_u64(root, "pager.swapins");
+	uint64_t outs = json_u64(root, "pager.swapouts_io") + json_u64(root, "pager.swapouts_cached");
+	printf("under_pager: swap-outs %llu, swap-ins %llu\n", (unsigned long long)outs, (unsigned long long)ins);
+	ck_assert_msg(ins <= outs, "expected at most one swap-in per swap-out, got %llu swap-ins for %llu swap-outs",
+		      (unsigned long long)ins, (unsigned long long)outs);
 	for (unsigned int k = 1; k <= 4; k++) {
 		snprintf(name, sizeof(name), "vm0.%u", k);
 		uint64_t shared = json_u64(vm_stats(root, name), "shadow.tables_reached.shared");
 		uint64_t refaults = json_u64(vm_stats(root, name), "shadow.faults");
-		printf("under_pager: %s: %llu shadow faults, %llu shared tables at its end\n", name,
-		       (unsigned long long)refaults, (unsigned long long)shared);
+		uint64_t fills = json_u64(vm_stats(root, name), "shadow.sharing.fills_in_place");
+		uint64_t priv = json_u64(vm_stats(root, name), "shadow.sharing.privatizations");
+		printf("under_pager: %s: %llu shadow faults, %llu fills in place, %llu privatizations, "
+		       "%llu shared tables at its end\n", name, (unsigned long long)refaults, (unsigned long long)fills,
+		       (unsigned long long)priv, (unsigned long long)shared);
 		ck_assert_msg(shared > 0, "%s: no table shared at its end", name);
+		ck_assert_msg(fills > 0, "%s: no leaf filled in place into a shared table", name);
 	}
 	json_object_put(root);
 }
