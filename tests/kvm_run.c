@@ -123,6 +123,32 @@ void run_umbra_sampled(const char *const args[], int timeout_s, run_sampler samp
 	r->seconds = (double)(end.tv_sec - start.tv_sec) + (double)(end.tv_nsec - start.tv_nsec) / 1e9;
 }
 
+struct json_object *run_umbra_stats(const char *const args[], int timeout_s, run_sampler sample, void *arg,
+				    struct run_result *r)
+{
+	static char stats_path[sizeof(tmpdir) + 16];
+	const char *argv[32];
+	int n = 0;
+
+	for (; args[n]; n++) {
+		ck_assert_int_lt(n, 28);
+		argv[n] = args[n];
+	}
+	snprintf(stats_path, sizeof(stats_path), "%s/stats.json", tmpdir);
+	unlink(stats_path);
+	argv[n++] = "--stats-json";
+	argv[n++] = stats_path;
+	argv[n] = NULL;
+	run_umbra_sampled(argv, timeout_s, sample, arg, r);
+	printf("%s: %.1f s, exit status %d\n", tcase_name(), r->seconds, r->status);
+	ck_assert_msg(!r->timed_out, "umbra did not exit within %d s\nstdout:\n%s\nstderr:\n%s", timeout_s, r->out,
+		      r->err);
+	struct json_object *root = json_object_from_file(stats_path);
+	ck_assert_msg(root, "no statistics in %s (exit status %d)\nstdout:\n%s\nstderr:\n%s", stats_path, r->status,
+		      r->out, r->err);
+	return root;
+}
+
 void run_umbra_timeout(const char *const args[], int timeout_s, struct run_result *r)
 {
 	run_umbra_sampled(args, timeout_s, NULL, NULL, r);

@@ -44,6 +44,13 @@ void run_umbra_timeout(const char *const args[], int timeout_s, struct run_resul
 typedef void (*run_sampler)(pid_t pid, void *arg);
 void run_umbra_sampled(const char *const args[], int timeout_s, run_sampler sample, void *arg, struct run_result *r);
 
+/* Runs umbra with @args (at most 28), then "--stats-json FILE" (FILE in
+ * tmpdir), as run_umbra_sampled (@sample may be NULL), prints the test
+ * case's name, time and exit status, and returns the parsed statistics
+ * (json_object_put them); fails the test if umbra timed out or wrote none. */
+struct json_object *run_umbra_stats(const char *const args[], int timeout_s, run_sampler sample, void *arg,
+				    struct run_result *r);
+
 /* The host memory of umbra's guest memfds (RAM areas and segments, not
  * the table pool), sampled from outside: a run_sampler whose @arg is a
  * struct memfd_samples. */

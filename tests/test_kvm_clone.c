@@ -20,8 +20,10 @@
  *   readonly_memory the host memory of 8 read-only clones against 9
  *                   cold-booted VMs of the same image and size
  *   under_pager     read-only clones under a memory limit smaller than their
- *                   memory: every clone verifies its data, pages are swapped
- *                   in, and the clones still share tables at the end
+ *                   memory: every clone verifies its data, each swap-out is
+ *                   swapped in at most once for all of them, refaults fill
+ *                   shared tables in place, and every VM but the last to
+ *                   stop still shares tables when it stops
  */
 #include <check.h>
 #include <json-c/json.h>
@@ -36,33 +38,24 @@
 #define MIB (1ull << 20)
 
 static struct run_result result;
-static char image[256], stats_path[256];
+static char image[256];
 
 /* Runs umbra run IMAGE @args... --stats-json FILE and returns the parsed
  * statistics (json_object_put them). */
 static struct json_object *run_clone(const char *const args[], int timeout_s, run_sampler sample, void *arg)
 {
-	const char *argv[40];
+	const char *argv[30];
 	int n = 0;
 
 	guest_image("clone", image, sizeof(image));
 	argv[n++] = "run";
 	argv[n++] = image;
-	for (int i = 0; args[i] && n < 36; i++)
+	for (int i = 0; args[i]; i++) {
+		ck_assert_int_lt(n, 28);
 		argv[n++] = args[i];
-	snprintf(stats_path, sizeof(stats_path), "%s/stats.json", tmpdir);
-	unlink(stats_path);
-	argv[n++] = "--stats-json";
-	argv[n++] = stats_path;
+	}
 	argv[n] = NULL;
-	run_umbra_sampled(argv, timeout_s, sample, arg, &result);
-	printf("%s: %.1f s, exit status %d\n", tcase_name(), result.seconds, result.status);
-	ck_assert_msg(!result.timed_out, "umbra did not exit within %d s\nstdout:\n%s\nstderr:\n%s", timeout_s,
-		      result.out, result.err);
-	struct json_object *root = json_object_from_file(stats_path);
-	ck_assert_msg(root, "no statistics in %s (exit status %d)\nstdout:\n%s\nstderr:\n%s", stats_path, result.status,
-		      result.out, result.err);
-	return root;
+	return run_umbra_stats(argv, timeout_s, sample, arg, &result);
 }
 
 /* The VM called @name in the statistics, or NULL. */
@@ -119,22 +112,33 @@ static unsigned int count_of(const char *hay, const char *needle)
 	return n;
 }
 
+/* Umbra ran vm0 and its clones vm0.1 .. vm0.@n (and no other VM), with
+ * @vcpus vCPUs each; each exited 0 after printing "clone: VM k: @mib MiB,
+ * mode @mode: ok" and names vm0 as its parent. */
+static void assert_family(struct json_object *root, unsigned int n, unsigned int mib, const char *mode,
+			  unsigned int vcpus)
+{
+	char name[16], line[64];
+
+	assert_status(&result, 0);
+	ck_assert_msg(nr_vms(root) == n + 1, "expected %u VMs, got %u", n + 1, nr_vms(root));
+	for (unsigned int k = 0; k <= n; k++) {
+		snprintf(name, sizeof(name), k ? "vm0.%u" : "vm0", k);
+		snprintf(line, sizeof(line), "clone: VM %u: %u MiB, mode %s: ok", k, mib, mode);
+		assert_vm_vcpus(root, name, 0, line, vcpus);
+		if (k)
+			ck_assert_msg(strcmp(json_object_get_string(json_object_object_get(vm_stats(root, name), "parent")),
+					     "vm0") == 0, "%s: parent is not vm0", name);
+	}
+}
+
 START_TEST(test_eight_clones_each_see_their_own_memory)
 {
 	const char *args[] = { "--mem", "128M", "--cmdline", "mode=family mib=64 clones=8 rounds=1", NULL };
 	struct json_object *root = run_clone(args, 240, NULL, NULL);
-	char name[16], line[64];
+	char name[16];
 
-	assert_status(&result, 0);
-	ck_assert_msg(nr_vms(root) == 9, "expected 9 VMs, got %u", nr_vms(root));
-	assert_vm(root, "vm0", 0, "clone: VM 0: 64 MiB, mode family: ok");
-	for (unsigned int k = 1; k <= 8; k++) {
-		snprintf(name, sizeof(name), "vm0.%u", k);
-		snprintf(line, sizeof(line), "clone: VM %u: 64 MiB, mode family: ok", k);
-		assert_vm(root, name, 0, line);
-		ck_assert_msg(strcmp(json_object_get_string(json_object_object_get(vm_stats(root, name), "parent")),
-				     "vm0") == 0, "%s: parent is not vm0", name);
-	}
+	assert_family(root, 8, 64, "family", 1);
 	/* Every clone copied what it wrote and nothing more (8 MiB - 4 KiB:
 	 * 2047 pages, and the pinned pages its stack and handlers wrote). */
 	for (unsigned int k = 1; k <= 8; k++) {
@@ -152,15 +156,8 @@ START_TEST(test_clones_of_a_two_vcpu_vm_run_both_vcpus)
 	const char *args[] = { "--mem", "64M", "--vcpus", "2", "--cmdline", "mode=family mib=16 clones=3 rounds=1",
 			       NULL };
 	struct json_object *root = run_clone(args, 120, NULL, NULL);
-	char name[16], line[64];
 
-	assert_status(&result, 0);
-	ck_assert_msg(nr_vms(root) == 4, "expected 4 VMs, got %u", nr_vms(root));
-	for (unsigned int k = 0; k <= 3; k++) {
-		snprintf(name, sizeof(name), k ? "vm0.%u" : "vm0", k);
-		snprintf(line, sizeof(line), "clone: VM %u: 16 MiB, mode family: ok", k);
-		assert_vm_vcpus(root, name, 0, line, 2);
-	}
+	assert_family(root, 3, 16, "family", 2);
 	json_object_put(root);
 }
 END_TEST
@@ -208,15 +205,8 @@ START_TEST(test_clone_option_clones_when_ready)
 {
 	const char *args[] = { "--mem", "32M", "--clone", "3", "--cmdline", "mode=ready mib=4", NULL };
 	struct json_object *root = run_clone(args, 120, NULL, NULL);
-	char name[16], line[64];
 
-	assert_status(&result, 0);
-	ck_assert_msg(nr_vms(root) == 4, "expected 4 VMs, got %u", nr_vms(root));
-	for (unsigned int k = 0; k <= 3; k++) {
-		snprintf(name, sizeof(name), k ? "vm0.%u" : "vm0", k);
-		snprintf(line, sizeof(line), "clone: VM %u: 4 MiB, mode ready: ok", k);
-		assert_vm(root, name, 0, line);
-	}
+	assert_family(root, 3, 4, "ready", 1);
 	json_object_put(root);
 }
 END_TEST
@@ -231,8 +221,7 @@ START_TEST(test_read_only_clones_share_their_memory)
 	struct json_object *root;
 
 	root = run_clone(clones, 180, sample_memfds, &sc);
-	assert_status(&result, 0);
-	ck_assert_msg(nr_vms(root) == 9, "expected 9 VMs, got %u", nr_vms(root));
+	assert_family(root, 8, 32, "readonly", 1);
 	json_object_put(root);
 	root = run_clone(cold, 180, sample_memfds, &sb);
 	assert_status(&result, 0);
@@ -254,14 +243,9 @@ START_TEST(test_clones_under_the_pager_refault_and_stay_shared)
 	const char *args[] = { "--mem", "64M", "--mem-limit", "20M", "--cmdline",
 			       "mode=readonly mib=24 clones=4 rounds=4", NULL };
 	struct json_object *root = run_clone(args, 240, NULL, NULL);
-	char name[16], line[64];
+	char name[16];
 
-	assert_status(&result, 0);
-	for (unsigned int k = 0; k <= 4; k++) {
-		snprintf(name, sizeof(name), k ? "vm0.%u" : "vm0", k);
-		snprintf(line, sizeof(line), "clone: VM %u: 24 MiB, mode readonly: ok", k);
-		assert_vm(root, name, 0, line);
-	}
+	assert_family(root, 4, 24, "readonly", 1);
 	ck_assert_msg(json_u64(root, "pager.swapins") > 0 && json_u64(root, "pager.swapouts_io") > 0,
 		      "no swapping: swapins %llu, swapouts_io %llu", (unsigned long long)json_u64(root, "pager.swapins"),
 		      (unsigned long long)json_u64(root, "pager.swapouts_io"));
@@ -273,8 +257,14 @@ START_TEST(test_clones_under_the_pager_refault_and_stay_shared)
 	printf("under_pager: swap-outs %llu, swap-ins %llu\n", (unsigned long long)outs, (unsigned long long)ins);
 	ck_assert_msg(ins <= outs, "expected at most one swap-in per swap-out, got %llu swap-ins for %llu swap-outs",
 		      (unsigned long long)ins, (unsigned long long)outs);
-	for (unsigned int k = 1; k <= 4; k++) {
-		snprintf(name, sizeof(name), "vm0.%u", k);
+	/* The pager evicted pages every VM maps and each refaulted them: the
+	 * refaults filled the shared tables in place, and a VM still shares
+	 * tables when it stops (but the last to stop: nobody is left to share
+	 * them with). */
+	unsigned int sharing = 0;
+
+	for (unsigned int k = 0; k <= 4; k++) {
+		snprintf(name, sizeof(name), k ? "vm0.%u" : "vm0", k);
 		uint64_t shared = json_u64(vm_stats(root, name), "shadow.tables_reached.shared");
 		uint64_t refaults = json_u64(vm_stats(root, name), "shadow.faults");
 		uint64_t fills = json_u64(vm_stats(root, name), "shadow.sharing.fills_in_place");
@@ -282,9 +272,12 @@ START_TEST(test_clones_under_the_pager_refault_and_stay_shared)
 		printf("under_pager: %s: %llu shadow faults, %llu fills in place, %llu privatizations, "
 		       "%llu shared tables at its end\n", name, (unsigned long long)refaults, (unsigned long long)fills,
 		       (unsigned long long)priv, (unsigned long long)shared);
-		ck_assert_msg(shared > 0, "%s: no table shared at its end", name);
-		ck_assert_msg(fills > 0, "%s: no leaf filled in place into a shared table", name);
+		if (k)
+			ck_assert_msg(fills > 0, "%s: no leaf filled in place into a shared table", name);
+		sharing += shared > 0;
 	}
+	ck_assert_msg(sharing >= 4, "expected every VM but the last to stop to share tables at its end, got %u of 5",
+		      sharing);
 	json_object_put(root);
 }
 END_TEST

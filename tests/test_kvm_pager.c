@@ -42,7 +42,6 @@
 #define SEG_GPA "0x2000000000"
 
 static struct run_result result;
-static char stats_path[256];
 
 /* ---- running umbra and reading its statistics ---- */
 
@@ -51,23 +50,8 @@ static char stats_path[256];
  * fails the test if umbra wrote none. */
 static struct json_object *run_pager(const char *const args[], int timeout_s, run_sampler sample, void *arg)
 {
-	const char *argv[32];
-	int n = 0;
+	struct json_object *root = run_umbra_stats(args, timeout_s, sample, arg, &result);
 
-	for (; args[n] && n < 28; n++)
-		argv[n] = args[n];
-	snprintf(stats_path, sizeof(stats_path), "%s/stats.json", tmpdir);
-	unlink(stats_path);
-	argv[n++] = "--stats-json";
-	argv[n++] = stats_path;
-	argv[n] = NULL;
-	run_umbra_sampled(argv, timeout_s, sample, arg, &result);
-	printf("%s: %.1f s, exit status %d\n", tcase_name(), result.seconds, result.status);
-	ck_assert_msg(!result.timed_out, "umbra did not exit within %d s\nstdout:\n%s\nstderr:\n%s", timeout_s,
-		      result.out, result.err);
-	struct json_object *root = json_object_from_file(stats_path);
-	ck_assert_msg(root, "no statistics in %s (exit status %d)\nstdout:\n%s\nstderr:\n%s", stats_path, result.status,
-		      result.out, result.err);
 	ck_assert_msg(json_object_object_get_ex(root, "pager", NULL),
 		      "the statistics have no \"pager\" block: the pager is off\nstderr:\n%s", result.err);
 	return root;
