@@ -410,9 +410,9 @@ int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t
 		ret = -ENOMEM;
 		goto unlock;
 	}
-	/* One pointer per 2 MiB run; the runs' arrays come with their first
-	 * use (pool_obj_run_get_or_alloc). */
-	po->runs = calloc(pool_obj_nr_runs(npages), sizeof(*po->runs));
+	/* One pointer per GiB; the directory's pages and the runs' arrays
+	 * come with their first use (pool_obj_run_get_or_alloc). */
+	po->runs = calloc(pool_obj_nr_dirs(npages), sizeof(*po->runs));
 	if (!po->runs) {
 		ret = -ENOMEM;
 		goto free_po;
@@ -451,14 +451,19 @@ void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
 	umbra_mutex_unlock(&pool->objs_lock);
 	for (unsigned int k = 0; k < POOL_OBJ_STRIPES; k++)
 		umbra_mutex_exit(&po->stripes[k]);
-	for (uint64_t r = 0; r < pool_obj_nr_runs(po->npages); r++) {
-		struct pool_obj_run *run = po->runs[r];
+	for (uint64_t d = 0; d < pool_obj_nr_dirs(po->npages); d++) {
+		struct pool_obj_run **dir = po->runs[d];
 
-		if (!run)
-			continue;
-		for (unsigned int p = 0; p < SPTE_ENTRIES; p++)
-			rmap_free(&run->rmap[p]);
-		free(run);
+		for (unsigned int r = 0; dir && r < POOL_OBJ_RUNS_PER_DIR; r++) {
+			struct pool_obj_run *run = dir[r];
+
+			if (!run)
+				continue;
+			for (unsigned int p = 0; p < SPTE_ENTRIES; p++)
+				rmap_free(&run->rmap[p]);
+			free(run);
+		}
+		free(dir);
 	}
 	free(po->runs);
 	page_refs_exit(po);
@@ -468,14 +473,29 @@ void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
 int pool_obj_run_get_or_alloc(struct pool_obj *po, uint64_t run, struct pool_obj_run **out)
 {
 	umbra_mutex_assert_held(pool_obj_stripe(po, run * SPTE_ENTRIES));
-	struct pool_obj_run *r = pool_obj_run(po, run);
+	struct pool_obj_run ***slot = &po->runs[run / POOL_OBJ_RUNS_PER_DIR];
+	struct pool_obj_run **dir = __atomic_load_n(slot, __ATOMIC_ACQUIRE), **fresh;
+	struct pool_obj_run *r;
 
+	if (!dir) {
+		/* Another stripe's run of the same GiB may make it too: the
+		 * first published wins. */
+		fresh = calloc(POOL_OBJ_RUNS_PER_DIR, sizeof(*fresh));
+		if (!fresh)
+			return -ENOMEM;
+		dir = NULL;
+		if (__atomic_compare_exchange_n(slot, &dir, fresh, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			dir = fresh;
+		else
+			free(fresh);
+	}
+	r = __atomic_load_n(&dir[run % POOL_OBJ_RUNS_PER_DIR], __ATOMIC_ACQUIRE);
 	if (!r) {
 		r = calloc(1, sizeof(*r));
 		if (!r)
 			return -ENOMEM;
 		/* Release: a lock-free reader (young bytes) sees it zeroed. */
-		__atomic_store_n(&po->runs[run], r, __ATOMIC_RELEASE);
+		__atomic_store_n(&dir[run % POOL_OBJ_RUNS_PER_DIR], r, __ATOMIC_RELEASE);
 	}
 	*out = r;
 	return 0;

@@ -197,13 +197,17 @@ struct pool_obj_run {
  *         lock inside it), whichever VM writes: a leaf and its reverse-map
  *         entry change together.  A thread holds one stripe at a time (no
  *         global lock, no stripe order to follow).
- *  runs   the directory of the runs' side arrays, [nr_runs]: NULL until the
- *         run is first used (a leaf added to its reverse map, a canonical
- *         table created), then set once, under the run's stripe, with a
- *         release store, and kept until the pool_obj is freed.  Read with an
- *         acquire load (pool_obj_run), locked or not.  A run never used is
+ *  runs   the directory of the runs' side arrays, in two levels: one
+ *         pointer per GiB of the object (POOL_OBJ_RUNS_PER_DIR runs), NULL
+ *         until a run of that GiB is first used, then a page of one pointer
+ *         per run, NULL until the run is first used (a leaf added to its
+ *         reverse map, a canonical table created).  A run's pointer is set
+ *         once, under the run's stripe, with a release store; a GiB's page
+ *         is published with a compare-and-swap (two stripes may race to
+ *         make it); both are kept until the pool_obj is freed.  Read with
+ *         acquire loads (pool_obj_run), locked or not.  A run never used is
  *         an empty reverse map, no young page and no canonical table: adding
- *         a slot of an object costs 8 bytes per 2 MiB, not per page.
+ *         a slot of an object costs 8 bytes per GiB, not per page or run.
  *
  * Leaf rule: a present leaf that maps page p of the object is in p's
  * reverse map; a leaf goes from not present to mapping p, or from mapping p
@@ -218,7 +222,8 @@ struct pool_obj {
 	uint64_t npages;
 	unsigned int refs;		/* slots using it, under pool->objs_lock */
 	struct umbra_mutex stripes[POOL_OBJ_STRIPES];
-	struct pool_obj_run **runs;	/* [pool_obj_nr_runs(npages)], atomic pointers */
+	struct pool_obj_run ***runs;	/* [pool_obj_nr_dirs(npages)] of NULL or
+					 * [POOL_OBJ_RUNS_PER_DIR]; atomic pointers */
 	struct pool_obj *next;		/* pool->objs, under pool->objs_lock */
 	uint32_t **page_refs;		/* page reference counts (refcount.c): NULL or
 					 * [nr_runs] arrays of SPTE_ENTRIES counts, each
@@ -231,11 +236,22 @@ static inline uint64_t pool_obj_nr_runs(uint64_t npages)
 	return (npages + SPTE_ENTRIES - 1) / SPTE_ENTRIES;
 }
 
+/* The runs of one page of the runs directory: 1 GiB of the object. */
+#define POOL_OBJ_RUNS_PER_DIR 512u
+
+/* The pages of the runs directory of an object of @npages pages. */
+static inline uint64_t pool_obj_nr_dirs(uint64_t npages)
+{
+	return (pool_obj_nr_runs(npages) + POOL_OBJ_RUNS_PER_DIR - 1) / POOL_OBJ_RUNS_PER_DIR;
+}
+
 /* The side arrays of run @run of @po, or NULL (never used).  Lock-free: a
  * published run is never freed before the pool_obj. */
 static inline struct pool_obj_run *pool_obj_run(const struct pool_obj *po, uint64_t run)
 {
-	return __atomic_load_n(&po->runs[run], __ATOMIC_ACQUIRE);
+	struct pool_obj_run **dir = __atomic_load_n(&po->runs[run / POOL_OBJ_RUNS_PER_DIR], __ATOMIC_ACQUIRE);
+
+	return dir ? __atomic_load_n(&dir[run % POOL_OBJ_RUNS_PER_DIR], __ATOMIC_ACQUIRE) : NULL;
 }
 
 /* The side arrays of run @run of @po, allocated (zero-filled) if it has

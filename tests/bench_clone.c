@@ -25,7 +25,8 @@
  *    the clone, at its own machine address) and the child one of its own
  *    (reused: the clone is destroyed between runs).  Timed:
  *    shadow_mmu_clone() (one untimed clone first), REPS times; the clone is
- *    destroyed, untimed, after each.
+ *    destroyed, untimed, after each.  Every size's VM exists at once and the
+ *    timed clones go round-robin over the sizes (the forks come first).
  *    Checked: the clone adds exactly one table page (its root), the pool and
  *    both MMUs pass their checks after the first clone, and the pool is back
  *    to the parent's tables after every destroy.
@@ -289,17 +290,27 @@ static double clone_once(struct vm *vm, bool check)
 	return t1 - t0;
 }
 
-static void bench_size(struct row *row, uint64_t bytes, int reps)
+/* Every size's fork() first (each helper is forked while no VM exists),
+ * then a VM per size, then the clones round-robin over the sizes (run r of
+ * every size before run r + 1 of any), so that what the machine does
+ * meanwhile falls on every size alike. */
+static void bench_sizes(struct row *rows, const uint64_t *sizes, int nsizes, int reps)
 {
-	struct vm vm;
+	static struct vm vms[4];
 
-	row->bytes = bytes;
-	bench_fork(bytes, reps, row->fork);
-	vm_setup(&vm, bytes);
-	(void)clone_once(&vm, true); /* warm-up, checked */
+	for (int i = 0; i < nsizes; i++) {
+		rows[i].bytes = sizes[i];
+		bench_fork(sizes[i], reps, rows[i].fork);
+	}
+	for (int i = 0; i < nsizes; i++) {
+		vm_setup(&vms[i], sizes[i]);
+		(void)clone_once(&vms[i], true); /* warm-up, checked */
+	}
 	for (int r = 0; r < reps; r++)
-		row->clone[r] = clone_once(&vm, false);
-	vm_teardown(&vm);
+		for (int i = 0; i < nsizes; i++)
+			rows[i].clone[r] = clone_once(&vms[i], false);
+	for (int i = 0; i < nsizes; i++)
+		vm_teardown(&vms[i]);
 }
 
 /* ---- the table -------------------------------------------------------------- */
@@ -369,8 +380,7 @@ int main(int argc, char **argv)
 	nsizes = quick ? 2 : 4;
 	reps = quick ? 5 : 21;
 	CHECK(notifier_thread_init());
-	for (int i = 0; i < nsizes; i++)
-		bench_size(&rows[i], sizes[i], reps);
+	bench_sizes(rows, sizes, nsizes, reps);
 	if (uname(&un))
 		memset(&un, 0, sizeof(un));
 	printf("bench-clone%s: %s %s, %ld CPUs online; %d runs per size; %.0f s\n\n",

@@ -1657,14 +1657,15 @@ static uint64_t runs_allocated(struct shadow_mmu *mmu, int slot, uint64_t *last)
 }
 
 #define LAZY_RAM (4ull << 30)
-#define LAZY_MAX_SLOT_BYTES (1ul << 20)
+#define LAZY_MAX_SLOT_BYTES (16ul << 10)
 
 /*
  * The per-page side arrays of an object (reverse map, young bytes,
  * canonical tables) come per 2 MiB run with its first use: adding a slot of
  * a 4 GiB object (a VM clone adds one of its RAM's size) allocates under
- * 1 MiB (a pointer per run, where an array per page would be 17 MiB), and a
- * fault allocates the arrays of its page's run and of no other.  Pages of
+ * 16 KiB (a pointer per GiB, where an array per page would be 17 MiB), and
+ * a fault allocates the arrays of its page's run (and the directory page of
+ * its GiB) and of no other.  Pages of
  * runs never used read as unmapped and old.
  */
 START_TEST(test_slot_side_arrays_come_per_run_on_first_use)
