@@ -7,8 +7,8 @@
  *   bench-clone [--quick]          (or UMBRA_BENCH_QUICK=1 in the environment)
  *
  * For each guest size S:
- *  - fork: a helper process (forked from this one before the VM of that size
- *    exists) maps S bytes of anonymous memory with 4 KiB pages
+ *  - fork: a helper process (forked from this one before any VM exists)
+ *    maps S bytes of anonymous memory with 4 KiB pages
  *    (MADV_NOHUGEPAGE), writes every page, then forks REPS times; each child
  *    calls _exit(0) at once and the helper waits for it.  Timed in the helper:
  *    fork() until it returns in the parent.  The times come back through a
