@@ -95,7 +95,9 @@ static int root_create_locked(struct shadow_mmu *mmu, uint64_t key, struct zap_b
 	return 0;
 }
 
-static int load_cr3_once(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
+/* A CR3 load (@sync: the cached tree is brought up to date) or a resume
+ * (shadow_mmu_resume_cr3: it is taken as it is). */
+static int load_cr3_once(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3, bool sync,
 			 uint64_t *root_gpa)
 {
 	uint64_t key = cr3_key(mmu, cr3);
@@ -114,11 +116,11 @@ static int load_cr3_once(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_
 	tlb->root = 0;
 	tlb->cr3 = 0;
 	root = root_find_locked(mmu, key);
-	if (root) {
+	if (root && sync) {
 		/* A CR3 load flushes the TLB: bring the cached tree up to date. */
 		sync_table_locked(mmu, root->page, &b);
 		mmu_stat_inc(mmu, syncs);
-	} else {
+	} else if (!root) {
 		ret = root_create_locked(mmu, key, &b, &root);
 		if (ret)
 			goto unlock;
@@ -164,19 +166,31 @@ void mmu_reclaim(struct shadow_mmu *mmu)
 	pool_wait_deferred(mmu->pool);
 }
 
-int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
-			uint64_t *root_gpa)
+static int load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3, bool sync,
+		    uint64_t *root_gpa)
 {
-	int ret = load_cr3_once(mmu, tlb, cr3, root_gpa);
+	int ret = load_cr3_once(mmu, tlb, cr3, sync, root_gpa);
 
 	/* Pool full: an evicted root's page, or pages freed just before,
 	 * become reusable after a grace period. */
 	if (ret == -ENOMEM && pool_wait_deferred(mmu->pool))
-		ret = load_cr3_once(mmu, tlb, cr3, root_gpa);
+		ret = load_cr3_once(mmu, tlb, cr3, sync, root_gpa);
 	/* Still no room, or the quota reached: this VM's own tables go. */
 	if (ret == -ENOMEM || ret == -EDQUOT) {
 		mmu_reclaim(mmu);
-		ret = load_cr3_once(mmu, tlb, cr3, root_gpa);
+		ret = load_cr3_once(mmu, tlb, cr3, sync, root_gpa);
 	}
 	return ret;
+}
+
+int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
+			uint64_t *root_gpa)
+{
+	return load_cr3(mmu, tlb, cr3, true, root_gpa);
+}
+
+int shadow_mmu_resume_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
+			  uint64_t *root_gpa)
+{
+	return load_cr3(mmu, tlb, cr3, false, root_gpa);
 }

@@ -163,17 +163,32 @@ void shadow_vcpu_destroy(struct shadow_vcpu *vcpu)
 	free(vcpu);
 }
 
-int shadow_vcpu_load_cr3(struct shadow_vcpu *vcpu, uint64_t cr3)
+/* Points the vCPU at the root that a load (or resume) returned, @ret its
+ * result. */
+static int vcpu_set_root(struct shadow_vcpu *vcpu, int ret, uint64_t root)
 {
-	uint64_t root;
-	int ret = shadow_mmu_load_cr3(vcpu->mmu, &vcpu->tlb, cr3, &root);
-
 	umbra_mutex_lock(&vcpu->tlb_lock);
 	/* On failure the vCPU has no root (its old one was given up). */
 	vcpu->root = ret ? 0 : root;
 	tlb_flush_all_locked(vcpu); /* MOV CR3 flushes (no PCID, no global shadow entries) */
 	umbra_mutex_unlock(&vcpu->tlb_lock);
 	return ret;
+}
+
+int shadow_vcpu_load_cr3(struct shadow_vcpu *vcpu, uint64_t cr3)
+{
+	uint64_t root = 0;
+	int ret = shadow_mmu_load_cr3(vcpu->mmu, &vcpu->tlb, cr3, &root);
+
+	return vcpu_set_root(vcpu, ret, root);
+}
+
+int shadow_vcpu_resume_cr3(struct shadow_vcpu *vcpu, uint64_t cr3)
+{
+	uint64_t root = 0;
+	int ret = shadow_mmu_resume_cr3(vcpu->mmu, &vcpu->tlb, cr3, &root);
+
+	return vcpu_set_root(vcpu, ret, root);
 }
 
 static uint64_t vcpu_cr3(struct shadow_vcpu *vcpu)

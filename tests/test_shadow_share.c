@@ -115,6 +115,53 @@ static void fam_init_cloned(struct fam *f, unsigned int tlb, struct shadow_vcpu 
 	*vc = sh_vcpu(f->child, tlb, f->cr3);
 }
 
+/*
+ * A clone's vCPU resumes where the parent's left off: no sync, no new
+ * table (the parent's tree holds every translation), and a translation
+ * that was stale in the parent's tree (a guest PTE changed without INVLPG)
+ * is stale in the clone's too, until the clone's INVLPG; a CR3 load would
+ * have synced it.
+ */
+START_TEST(test_clone_vcpu_resumes_on_the_parents_tree_without_a_sync)
+{
+	const uint64_t g = 5, va = VA_BASE + g * GM_PAGE;
+	struct shadow_vcpu_config cfg = { .tlb_entries = 0 };
+	struct shadow_mmu_stats st;
+	struct shadow_vcpu *vp, *vc;
+	struct fam f;
+
+	fam_init(&f, NDATA);
+	vp = sh_vcpu(f.gm.mmu, 0, f.cr3);
+	for (uint64_t i = 0; i < NDATA; i++)
+		ck_assert_uint_eq(read_u64(vp, VA_BASE + i * GM_PAGE, NULL), 0x1000 + i);
+	/* The guest points va at page g + 1, without an INVLPG. */
+	*vm_ptr(f.gm.mmu, gm_entry(&f.gm, f.cr3, va, 1)) =
+		(DATA_GPA + (g + 1) * GM_PAGE) | UW | SPTE_PRESENT | SPTE_ACCESSED;
+	fam_clone(&f);
+	ck_assert_int_eq(shadow_vcpu_create(f.child, &cfg, &vc), 0);
+	ck_assert_int_eq(shadow_vcpu_resume_cr3(vc, f.cr3), 0);
+	for (uint64_t i = 0; i < NDATA; i++)
+		ck_assert_uint_eq(read_u64(vc, VA_BASE + i * GM_PAGE, NULL), 0x1000 + i);
+	shadow_mmu_stats(f.child, &st);
+	ck_assert_msg(st.syncs == 0 && st.faults == 0 && st.tables_created == 1,
+		      "expected no sync, no fault and one table (the root), got %llu syncs, %llu faults, "
+		      "%llu tables", (unsigned long long)st.syncs, (unsigned long long)st.faults,
+		      (unsigned long long)st.tables_created);
+	shadow_vcpu_invlpg(vc, va);
+	ck_assert_uint_eq(read_u64(vc, va, NULL), 0x1000 + g + 1);
+	/* The parent's own CR3 load syncs its tree. */
+	ck_assert_uint_eq(read_u64(vp, va, NULL), 0x1000 + g);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(vp, f.cr3), 0);
+	ck_assert_uint_eq(read_u64(vp, va, NULL), 0x1000 + g + 1);
+	assert_mmu_check(f.gm.mmu);
+	assert_mmu_check(f.child);
+	assert_pool_check(f.pool);
+	shadow_vcpu_destroy(vc);
+	shadow_vcpu_destroy(vp);
+	fam_fini(&f);
+}
+END_TEST
+
 START_TEST(test_clone_copies_only_roots_and_shares_lower_tables)
 {
 	struct shadow_mmu_stats st;
@@ -1457,6 +1504,7 @@ Suite *shadow_share_suite(void)
 	TCase *races = tcase_create("teardown_races");
 
 	tcase_add_test(clone, test_clone_copies_only_roots_and_shares_lower_tables);
+	tcase_add_test(clone, test_clone_vcpu_resumes_on_the_parents_tree_without_a_sync);
 	tcase_add_loop_test(clone, test_first_write_copies_page_for_the_writer_only, 0, 2);
 	tcase_add_loop_test(clone, test_eviction_reaches_every_vcpu_of_every_sharer_before_return, 0, 2);
 	tcase_add_test(clone, test_racing_unsharers_both_copy_and_tables_are_freed_once);

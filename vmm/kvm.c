@@ -429,7 +429,7 @@ static int clone_set_vcpus(struct vm *vm, struct vm *c, unsigned int caller, uns
 		}
 		if (i == caller)
 			snap.regs.rax = k;
-		ret = vcpu_load_guest_cr3(v, snap.guest_cr3, &root);
+		ret = vcpu_resume_guest_cr3(v, snap.guest_cr3, &root);
 		if (ret)
 			return vmm_error_set(err, -ret, "vCPU %u's address space %#" PRIx64 ": %s", i, snap.guest_cr3,
 					     strerror(-ret));

@@ -421,6 +421,15 @@ int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root)
 	return prefault_pins(vcpu->vm, guest_cr3, &vcpu->pins_reclaims);
 }
 
+int vcpu_resume_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root)
+{
+	int ret = shadow_mmu_resume_cr3(vcpu->vm->mmu, &vcpu->tlb, guest_cr3, root);
+
+	if (!ret)
+		vcpu->guest_cr3 = guest_cr3;
+	return ret;
+}
+
 int vcpu_prefault_pins(struct vcpu *vcpu)
 {
 	return prefault_pins(vcpu->vm, vcpu->guest_cr3, &vcpu->pins_reclaims);

@@ -251,6 +251,11 @@ void vm_pin_gpa(struct vm *vm, uint64_t gpa);
  * lock held. Returns 0, -ENOMEM (the pool is exhausted), -EDQUOT (the VM's
  * table quota is), -EBUSY or another -errno of the MMU. */
 int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root);
+/* A clone's vCPU goes on in @guest_cr3's address space where its parent's
+ * left off: its cached root as the clone copied it, not synced
+ * (shadow_mmu_resume_cr3), and no pin faulted in (the clone refreshes its
+ * pins before it runs). 0 or -errno. */
+int vcpu_resume_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root);
 /* Pre-faults every pin of the VM into the vCPU's address space (a pin the
  * guest may write is copied first if a clone shares it). No lock held. 0,
  * -ENOMEM or -EDQUOT. */

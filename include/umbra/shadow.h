@@ -466,6 +466,19 @@ void shadow_mmu_tlb_unregister(struct shadow_mmu *mmu, struct shadow_tlb *tlb);
 int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
 			uint64_t *root);
 
+/*
+ * As shadow_mmu_load_cr3(), without the sync when @cr3's root is cached:
+ * for a vCPU that goes on where another left off rather than loading CR3,
+ * as a clone's vCPU does from its parent's (shadow_mmu_clone copied the
+ * parent's cached roots: the clone's tree holds what the parent's did, and
+ * an entry in it that is stale against the guest's tables is one that the
+ * parent's vCPU could use as a stale TLB entry too, until the guest's next
+ * INVLPG or CR3 load).  The cost does not grow with what the tree maps.
+ * Same locks and results.
+ */
+int shadow_mmu_resume_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
+			  uint64_t *root);
+
 /* Results of shadow_mmu_fault() besides -errno. */
 #define SHADOW_FAULT_FIXED 0	/* the shadow now allows the access: retry it */
 #define SHADOW_FAULT_GUEST 1	/* the guest's own tables forbid it: inject #PF */
@@ -808,6 +821,12 @@ void shadow_vcpu_destroy(struct shadow_vcpu *vcpu);
  * shadow_mmu_load_cr3()'s result.  Not concurrently with this vCPU's access.
  */
 int shadow_vcpu_load_cr3(struct shadow_vcpu *vcpu, uint64_t cr3);
+/*
+ * A vCPU that goes on where another left off (a clone's): shadow_mmu_resume_cr3()
+ * then a flush of this vCPU's TLB.  Returns its result.  Not concurrently
+ * with this vCPU's access.
+ */
+int shadow_vcpu_resume_cr3(struct shadow_vcpu *vcpu, uint64_t cr3);
 
 /*
  * One access at @va of kind @access, as the CPU performs it on the shadow
