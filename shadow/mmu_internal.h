@@ -177,19 +177,28 @@ static inline uint32_t *page_ref_run(struct pool_obj *po, uint64_t run)
 
 	return runs ? __atomic_load_n(&runs[run], __ATOMIC_ACQUIRE) : NULL;
 }
-/* The count of @page (1 if its run has none).  Lock-free. */
-static inline uint32_t page_ref_read(struct pool_obj *po, uint64_t page)
-{
-	uint32_t *counts = page_ref_run(po, page / SPTE_ENTRIES);
-
-	return counts ? __atomic_load_n(&counts[page % SPTE_ENTRIES], __ATOMIC_ACQUIRE) : 1;
-}
-/* One more reference (the run prepared).  Lock-free. */
+/* The count of @page: its own (1 if its run has none) and its run's.
+ * refs_lock. */
+uint32_t page_ref_read(struct pool_obj *po, uint64_t page);
+/* One more reference (the run prepared).  refs_lock. */
 void page_ref_get(struct pool_obj *po, uint64_t page);
-/* One reference less: true when it was the last.  Lock-free. */
+/* One reference less: true when it was the last.  refs_lock. */
 bool page_ref_put(struct pool_obj *po, uint64_t page);
-/* A store maps @page: its count is 1.  Lock-free. */
+/* A store maps @page: its count is 1.  refs_lock. */
 void page_ref_set_one(struct pool_obj *po, uint64_t page);
+/* The same for the 512 pages of a linear P2M run from page @first: a
+ * whole run of the object (aligned) counts one reference in run_refs, any
+ * other per page.  _prepare makes the arrays a _get needs (0 or -ENOMEM);
+ * _put_run sets in @freed (a bitmap of the 512 pages) the pages whose last
+ * reference went and returns how many; _expand_run moves the run's
+ * reference to each page, as the run becomes a leaf of 512 entries (0 or
+ * -ENOMEM, nothing changed); _set_one_run: a store maps the run, each
+ * page's count is 1.  refs_lock. */
+int page_ref_prepare_run(struct pool_obj *po, uint64_t first);
+void page_ref_get_run(struct pool_obj *po, uint64_t first);
+unsigned int page_ref_put_run(struct pool_obj *po, uint64_t first, uint64_t freed[SPTE_ENTRIES / 64]);
+int page_ref_expand_run(struct pool_obj *po, uint64_t first);
+void page_ref_set_one_run(struct pool_obj *po, uint64_t first);
 /* The recount of every node's use and page's count against the pool's
  * P2Ms.  objs_lock and mmus_lock, the pool quiescent.  0, -EUCLEAN or
  * -ENOMEM. */

@@ -150,8 +150,17 @@ static void node_release(struct shadow_mmu *mmu, struct p2m_node *n, int skip_id
 			continue;
 		struct shadow_mmu_slot *slot = &mmu->slots[p2m_entry_slot_id(e)];
 
-		for (uint64_t j = 0; j < pages; j++)
-			if (page_ref_put(slot->pobj, p2m_entry_page(e) + j))
+		if (pages == 1) {
+			if (page_ref_put(slot->pobj, p2m_entry_page(e)))
+				put_page_now(mmu, slot, p2m_entry_page(e));
+			continue;
+		}
+		uint64_t freed[SPTE_ENTRIES / 64];
+
+		if (!page_ref_put_run(slot->pobj, p2m_entry_page(e), freed))
+			continue;
+		for (unsigned int j = 0; j < SPTE_ENTRIES; j++)
+			if (freed[j / 64] & (1ull << (j % 64)))
 				put_page_now(mmu, slot, p2m_entry_page(e) + j);
 	}
 	umbra_call_rcu(&n->rcu, node_free_rcu);
@@ -195,11 +204,9 @@ static int node_copy_locked(struct shadow_mmu *mmu, struct p2m_node *n, struct p
 
 	for (unsigned int k = 0; k < P2M_NODE_ENTRIES; k++) {
 		pages = entry_refs(mmu, n, __atomic_load_n(&n->e[k], __ATOMIC_RELAXED), &e);
-		for (uint64_t j = 0; j < pages; j += SPTE_ENTRIES - (p2m_entry_page(e) + j) % SPTE_ENTRIES)
-			if (page_ref_prepare(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e) + j))
-				return -ENOMEM;
-		if (pages > 1 &&
-		    page_ref_prepare(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e) + pages - 1))
+		if (pages == 1 && page_ref_prepare(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e)))
+			return -ENOMEM;
+		if (pages > 1 && page_ref_prepare_run(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e)))
 			return -ENOMEM;
 	}
 	c = node_alloc(n->level);
@@ -212,8 +219,10 @@ static int node_copy_locked(struct shadow_mmu *mmu, struct p2m_node *n, struct p
 		if (n->level > 1 && x && !p2m_is_linear(x))
 			__atomic_add_fetch(&p2m_node_of(x)->use, 1, __ATOMIC_RELAXED);
 		pages = entry_refs(mmu, n, x, &e);
-		for (uint64_t j = 0; j < pages; j++)
-			page_ref_get(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e) + j);
+		if (pages == 1)
+			page_ref_get(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e));
+		else if (pages > 1)
+			page_ref_get_run(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e));
 	}
 	mmu_stat_inc(mmu, p2m_nodes_copied);
 	*out = c;
@@ -253,8 +262,17 @@ static int node_private_locked(struct shadow_mmu *mmu, uint64_t *ref, int level,
 	n = node_alloc(level);
 	if (!n)
 		return -ENOMEM;
+	if (x && entry_is_counted(mmu, p2m_linear_entry(x, 0))) {
+		uint64_t e = p2m_linear_entry(x, 0);
+
+		/* The run's reference passes to the leaf's 512 entries. */
+		if (page_ref_expand_run(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e))) {
+			free(n);
+			return -ENOMEM;
+		}
+	}
 	for (unsigned int k = 0; x && k < P2M_NODE_ENTRIES; k++)
-		n->e[k] = p2m_linear_entry(x, k); /* the run's page references pass to the leaf */
+		n->e[k] = p2m_linear_entry(x, k);
 	__atomic_store_n(ref, (uint64_t)(uintptr_t)n, __ATOMIC_RELEASE);
 	*out = n;
 	return 0;
@@ -321,8 +339,7 @@ static void linear_refs_set_one(struct shadow_mmu *mmu, uint64_t x)
 
 	if (!x || !entry_is_counted(mmu, e))
 		return;
-	for (uint64_t j = 0; j < P2M_CHUNK_PAGES; j++)
-		page_ref_set_one(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e) + j);
+	page_ref_set_one_run(mmu->slots[p2m_entry_slot_id(e)].pobj, p2m_entry_page(e));
 }
 
 /* A store unmaps linear run @x (0: none): its pages lose our reference,
@@ -335,9 +352,13 @@ static void linear_refs_put_locked(struct shadow_mmu *mmu, uint64_t x, struct p2
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	if (!x || !entry_is_counted(mmu, e))
 		return;
+	uint64_t freed[SPTE_ENTRIES / 64];
+
 	slot = &mmu->slots[p2m_entry_slot_id(e)];
-	for (uint64_t j = 0; j < P2M_CHUNK_PAGES; j++)
-		if (page_ref_put(slot->pobj, p2m_entry_page(e) + j))
+	if (!page_ref_put_run(slot->pobj, p2m_entry_page(e), freed))
+		return;
+	for (unsigned int j = 0; j < P2M_CHUNK_PAGES; j++)
+		if (freed[j / 64] & (1ull << (j % 64)))
 			p2m_batch_add_page(b, slot, p2m_entry_page(e) + j);
 }
 

@@ -419,6 +419,7 @@ int pool_obj_get(struct shadow_pool *pool, struct notifier_object *obj, uint64_t
 	}
 	for (unsigned int k = 0; k < POOL_OBJ_STRIPES; k++)
 		umbra_mutex_init(&po->stripes[k], "shadow.obj.stripe", UMBRA_LOCK_RANK_RMAP);
+	umbra_mutex_init(&po->refs_lock, "shadow.obj.refs", UMBRA_LOCK_RANK_PAGE_REFS);
 	po->obj = obj;
 	po->mpa = mpa;
 	po->npages = npages;
@@ -451,6 +452,7 @@ void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
 	umbra_mutex_unlock(&pool->objs_lock);
 	for (unsigned int k = 0; k < POOL_OBJ_STRIPES; k++)
 		umbra_mutex_exit(&po->stripes[k]);
+	umbra_mutex_exit(&po->refs_lock);
 	for (uint64_t d = 0; d < pool_obj_nr_dirs(po->npages); d++) {
 		struct pool_obj_run **dir = po->runs[d];
 

@@ -4,17 +4,29 @@
  * number of P2M entries, in distinct nodes of the pool's VMs, that map it
  * (leaf entries, pages of linear runs).  Kept in the page's
  * struct pool_obj, which every VM's slot of that object (at that machine
- * address) shares, in one array of counts per 2 MiB run of the object,
- * allocated on the first count that is not 1: a run with no array has
- * every count 1 (a page mapped by one VM's one leaf, as RAM is mapped).
+ * address) shares, in two parts:
+ *  - page_refs: one array of counts per 2 MiB run of the object, allocated
+ *    on the first count that is not 1: a run with no array has every count
+ *    1 (a page mapped by one VM's one entry, as RAM is mapped);
+ *  - run_refs: per 2 MiB run, references that linear P2M runs hold to the
+ *    whole run, beyond page_refs.  A copied P2M node's linear run (one of
+ *    a run's 512 pages aligned on the run) adds one here instead of 512
+ *    page counts, so a path copy costs a count per run, not per page.
+ * A page's count is the sum (page_ref_read).  A linear run's reference
+ * that goes (page_ref_put_run) takes one from run_refs if it holds any,
+ * else from each page; a linear run expanded into a leaf
+ * (page_ref_expand_run) moves one from run_refs to each page.  A linear run
+ * not aligned on a run of its object counts per page.
  *
  * A page is mapped at one gfn at most (the VMM maps each page of its RAM
  * once): a store that maps a page sets its count to 1.
  *
- * Locks: none.  Counts are atomic; a run's array is published with a
- * compare-and-swap (the loser frees its own) and freed with the object.
- * Callers hold the mmu_lock of the VM whose P2M changes, or release nodes
- * with no lock held (p2m_tree.c).
+ * Locks: refs_lock (UMBRA_LOCK_RANK_PAGE_REFS, innermost: nothing is taken
+ * inside it and put_page is called after it is dropped) for every count
+ * change and read, so that a page's two parts are seen together; the
+ * arrays are published with a compare-and-swap (the loser frees its own)
+ * and freed with the object.  Callers hold the mmu_lock of the VM whose
+ * P2M changes, or release nodes with no lock held (p2m_tree.c).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -26,23 +38,30 @@ static uint32_t *run_counts(struct pool_obj *po, uint64_t run)
 	return page_ref_run(po, run);
 }
 
+/* Publishes a zero-filled array of @n @size-byte items at @where unless
+ * one is there: 0 or -ENOMEM. */
+static int array_publish(void **where, size_t n, size_t size)
+{
+	void *cur = NULL, *fresh;
+
+	if (__atomic_load_n(where, __ATOMIC_ACQUIRE))
+		return 0;
+	fresh = calloc(n, size);
+	if (!fresh)
+		return -ENOMEM;
+	if (!__atomic_compare_exchange_n(where, &cur, fresh, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		free(fresh);
+	return 0;
+}
+
 int page_ref_prepare(struct pool_obj *po, uint64_t page)
 {
 	const uint64_t run = page / SPTE_ENTRIES;
-	uint32_t **runs = __atomic_load_n(&po->page_refs, __ATOMIC_ACQUIRE), *counts, *none = NULL;
+	uint32_t **runs, *counts, *none = NULL;
 
-	if (!runs) {
-		uint32_t **fresh = calloc(pool_obj_nr_runs(po->npages), sizeof(*fresh)), **cur = NULL;
-
-		if (!fresh)
-			return -ENOMEM;
-		if (!__atomic_compare_exchange_n(&po->page_refs, &cur, fresh, false, __ATOMIC_ACQ_REL,
-						 __ATOMIC_ACQUIRE)) {
-			free(fresh);
-			fresh = cur;
-		}
-		runs = fresh;
-	}
+	if (array_publish((void **)&po->page_refs, pool_obj_nr_runs(po->npages), sizeof(*po->page_refs)))
+		return -ENOMEM;
+	runs = __atomic_load_n(&po->page_refs, __ATOMIC_ACQUIRE);
 	if (__atomic_load_n(&runs[run], __ATOMIC_ACQUIRE))
 		return 0;
 	counts = malloc(SPTE_ENTRIES * sizeof(*counts));
@@ -56,35 +75,178 @@ int page_ref_prepare(struct pool_obj *po, uint64_t page)
 	return 0;
 }
 
+/* run_refs[@run], 0 if none.  refs_lock. */
+static uint32_t run_refs_locked(struct pool_obj *po, uint64_t run)
+{
+	umbra_mutex_assert_held(&po->refs_lock);
+	return po->run_refs ? po->run_refs[run] : 0;
+}
+
+uint32_t page_ref_read(struct pool_obj *po, uint64_t page)
+{
+	uint32_t n;
+
+	umbra_mutex_lock(&po->refs_lock);
+	uint32_t *counts = run_counts(po, page / SPTE_ENTRIES);
+
+	n = (counts ? counts[page % SPTE_ENTRIES] : 1) + run_refs_locked(po, page / SPTE_ENTRIES);
+	umbra_mutex_unlock(&po->refs_lock);
+	return n;
+}
+
 void page_ref_get(struct pool_obj *po, uint64_t page)
 {
 	uint32_t *counts = run_counts(po, page / SPTE_ENTRIES);
 
 	if (UMBRA_LOCK_DEBUG && !counts)
 		abort(); /* page_ref_prepare makes the run first */
-	__atomic_add_fetch(&counts[page % SPTE_ENTRIES], 1, __ATOMIC_ACQ_REL);
+	umbra_mutex_lock(&po->refs_lock);
+	counts[page % SPTE_ENTRIES]++;
+	umbra_mutex_unlock(&po->refs_lock);
+}
+
+/* One reference less on @page's own count: true when the page's count
+ * (with its run's) is 0.  refs_lock. */
+static bool page_put_locked(struct pool_obj *po, uint64_t page)
+{
+	umbra_mutex_assert_held(&po->refs_lock);
+	uint32_t *counts = run_counts(po, page / SPTE_ENTRIES);
+	uint32_t left;
+
+	/* No array: the count was 1, and is 0 now (not recorded: a store that
+	 * maps the page again sets it to 1). */
+	left = counts ? --counts[page % SPTE_ENTRIES] : 0;
+	return left + run_refs_locked(po, page / SPTE_ENTRIES) == 0;
 }
 
 bool page_ref_put(struct pool_obj *po, uint64_t page)
 {
-	uint32_t *counts;
+	bool last;
 
-	if (page_ref_prepare(po, page))
-		return true; /* it was 1 (no run): 0 now, though not recorded */
-	counts = run_counts(po, page / SPTE_ENTRIES);
-	return __atomic_sub_fetch(&counts[page % SPTE_ENTRIES], 1, __ATOMIC_ACQ_REL) == 0;
+	(void)page_ref_prepare(po, page); /* without memory: the count was 1 */
+	umbra_mutex_lock(&po->refs_lock);
+	last = page_put_locked(po, page);
+	umbra_mutex_unlock(&po->refs_lock);
+	return last;
 }
 
 void page_ref_set_one(struct pool_obj *po, uint64_t page)
 {
+	umbra_mutex_lock(&po->refs_lock);
 	uint32_t *counts = run_counts(po, page / SPTE_ENTRIES);
 
 	if (counts)
-		__atomic_store_n(&counts[page % SPTE_ENTRIES], 1, __ATOMIC_RELEASE);
+		counts[page % SPTE_ENTRIES] = 1;
+	umbra_mutex_unlock(&po->refs_lock);
+}
+
+/* Is the linear run from page @first counted in run_refs (aligned on a
+ * run of the object)? */
+static bool run_is_whole(struct pool_obj *po, uint64_t first)
+{
+	return first % SPTE_ENTRIES == 0 && first + SPTE_ENTRIES <= po->npages;
+}
+
+int page_ref_prepare_run(struct pool_obj *po, uint64_t first)
+{
+	if (run_is_whole(po, first))
+		return array_publish((void **)&po->run_refs, pool_obj_nr_runs(po->npages), sizeof(*po->run_refs));
+	if (page_ref_prepare(po, first))
+		return -ENOMEM;
+	return page_ref_prepare(po, first + SPTE_ENTRIES - 1);
+}
+
+void page_ref_get_run(struct pool_obj *po, uint64_t first)
+{
+	if (!run_is_whole(po, first)) {
+		for (uint64_t j = 0; j < SPTE_ENTRIES; j++)
+			page_ref_get(po, first + j);
+		return;
+	}
+	umbra_mutex_lock(&po->refs_lock);
+	po->run_refs[first / SPTE_ENTRIES]++;
+	umbra_mutex_unlock(&po->refs_lock);
+}
+
+unsigned int page_ref_put_run(struct pool_obj *po, uint64_t first, uint64_t freed[SPTE_ENTRIES / 64])
+{
+	const uint64_t run = first / SPTE_ENTRIES;
+	unsigned int n = 0;
+
+	for (unsigned int w = 0; w < SPTE_ENTRIES / 64; w++)
+		freed[w] = 0;
+	umbra_mutex_lock(&po->refs_lock);
+	if (run_is_whole(po, first) && run_refs_locked(po, run)) {
+		/* One of the run's references goes: a page whose own count is
+		 * 0 goes with the last. */
+		if (--po->run_refs[run] == 0) {
+			uint32_t *counts = run_counts(po, run);
+
+			for (unsigned int j = 0; counts && j < SPTE_ENTRIES; j++)
+				if (!counts[j]) {
+					freed[j / 64] |= 1ull << (j % 64);
+					n++;
+				}
+		}
+	} else {
+		/* Each page loses one; a run without an array had every count 1:
+		 * its pages are all freed (and read 1 again, as pages that no
+		 * entry maps, until a store maps one: page_ref_set_one). */
+		for (unsigned int j = 0; j < SPTE_ENTRIES; j++)
+			if (page_put_locked(po, first + j)) {
+				freed[j / 64] |= 1ull << (j % 64);
+				n++;
+			}
+	}
+	umbra_mutex_unlock(&po->refs_lock);
+	return n;
+}
+
+int page_ref_expand_run(struct pool_obj *po, uint64_t first)
+{
+	const uint64_t run = first / SPTE_ENTRIES;
+
+	uint32_t *counts;
+
+	if (!run_is_whole(po, first))
+		return 0; /* already per page */
+	for (;;) {
+		umbra_mutex_lock(&po->refs_lock);
+		if (!run_refs_locked(po, run))
+			break; /* our reference is in the pages' counts */
+		counts = run_counts(po, run);
+		if (counts) {
+			po->run_refs[run]--;
+			for (unsigned int j = 0; j < SPTE_ENTRIES; j++)
+				counts[j]++;
+			break;
+		}
+		umbra_mutex_unlock(&po->refs_lock);
+		if (page_ref_prepare(po, first))
+			return -ENOMEM;
+	}
+	umbra_mutex_unlock(&po->refs_lock);
+	return 0;
+}
+
+void page_ref_set_one_run(struct pool_obj *po, uint64_t first)
+{
+	umbra_mutex_lock(&po->refs_lock);
+	if (run_is_whole(po, first) && po->run_refs)
+		po->run_refs[first / SPTE_ENTRIES] = 0;
+	for (uint64_t j = 0; j < SPTE_ENTRIES; j++) {
+		uint32_t *counts = run_counts(po, (first + j) / SPTE_ENTRIES);
+
+		if (counts)
+			counts[(first + j) % SPTE_ENTRIES] = 1;
+	}
+	umbra_mutex_unlock(&po->refs_lock);
 }
 
 void page_refs_exit(struct pool_obj *po)
 {
+	free(po->run_refs);
+	po->run_refs = NULL;
 	if (!po->page_refs)
 		return;
 	for (uint64_t r = 0; r < pool_obj_nr_runs(po->npages); r++)

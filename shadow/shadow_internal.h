@@ -227,7 +227,10 @@ struct pool_obj {
 	struct pool_obj *next;		/* pool->objs, under pool->objs_lock */
 	uint32_t **page_refs;		/* page reference counts (refcount.c): NULL or
 					 * [nr_runs] arrays of SPTE_ENTRIES counts, each
-					 * NULL (every count 1) until first needed; atomic */
+					 * NULL (every count 1) until first needed */
+	uint32_t *run_refs;		/* refcount.c: NULL or [nr_runs] references of
+					 * linear P2M runs to a whole run, beyond page_refs */
+	struct umbra_mutex refs_lock;	/* page_refs and run_refs (UMBRA_LOCK_RANK_PAGE_REFS) */
 };
 
 /* The 2 MiB runs of an object of @npages pages (the last may be partial). */

@@ -314,6 +314,46 @@ START_TEST(test_p2m_path_copy_increments_page_refcounts)
 }
 END_TEST
 
+/* 64 MiB: a P2M root of 32 linear runs.  The child's first store copies the
+ * root: each linear run it copies takes one reference to its whole run (no
+ * per-page count is made), but the run the store expands into a leaf,
+ * whose reference passes to its 512 pages.  Every page then counts 2
+ * (the written one 1); when the child goes, 1 again, and nothing is
+ * freed. */
+START_TEST(test_path_copy_counts_a_linear_run_once_per_run)
+{
+	const uint64_t pages = 16384, g = 5;
+	struct pool_obj *po;
+	struct cl c;
+
+	cl_init(&c, pages);
+	cl_clone(&c, 0, 1);
+	vm_write(c.vm[1], g * GM_PAGE, 0xc5);
+	po = c.vm[0]->slots[0].pobj;
+	ck_assert_ptr_nonnull(po->run_refs);
+	for (uint64_t r = 0; r < pages / 512; r++) {
+		ck_assert_msg(po->run_refs[r] == (r ? 1u : 0u), "run %llu: expected %u run references, got %u",
+			      (unsigned long long)r, r ? 1u : 0u, po->run_refs[r]);
+		ck_assert_msg((page_ref_run(po, r) != NULL) == (r == 0),
+			      "run %llu: per-page counts %s", (unsigned long long)r,
+			      r ? "made for a run copied whole" : "missing for the expanded run");
+	}
+	for (uint64_t p = 0; p < pages; p++) {
+		uint32_t want = p == g ? 1 : 2;
+
+		ck_assert_msg(page_ref_read(po, p) == want, "page %llu: expected %u references, got %u",
+			      (unsigned long long)p, want, page_ref_read(po, p));
+	}
+	assert_pool_check(c.pool);
+	cl_destroy(&c, 1);
+	for (uint64_t p = 0; p < pages; p++)
+		ck_assert_msg(page_ref_read(po, p) == 1 && c.log.calls[p] == 0,
+			      "page %llu: %u references, %u put_page calls after the child went",
+			      (unsigned long long)p, page_ref_read(po, p), c.log.calls[p]);
+	cl_fini(&c);
+}
+END_TEST
+
 /* Both copy page 9: the second copy drops its last reference, put_page
  * runs once. */
 START_TEST(test_page_freed_once_when_every_sharer_copied_it)
@@ -432,6 +472,7 @@ TCase *shadow_clone_p2m_tcase(void)
 	tcase_add_test(tc, test_second_clone_of_one_clone_keeps_the_parents_own_slot);
 	tcase_add_test(tc, test_clone_of_a_clone_sees_the_state_of_its_clone_time);
 	tcase_add_test(tc, test_p2m_path_copy_increments_page_refcounts);
+	tcase_add_test(tc, test_path_copy_counts_a_linear_run_once_per_run);
 	tcase_add_test(tc, test_page_freed_once_when_every_sharer_copied_it);
 	tcase_add_loop_test(tc, test_write_after_the_clone_is_gone_copies_unless_taken_over, 0, 2);
 	tcase_add_test(tc, test_clone_ends_a_take_over);

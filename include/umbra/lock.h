@@ -94,6 +94,9 @@ enum umbra_lock_rank {
 	UMBRA_LOCK_RANK_MMUS = 11,
 	UMBRA_LOCK_RANK_TABLE = 12,
 	UMBRA_LOCK_RANK_TLBS = 14,
+	/* shadow: a pool object's page reference counts (refcount.c); no lock
+	 * is taken inside it. */
+	UMBRA_LOCK_RANK_PAGE_REFS = 15,
 	UMBRA_LOCK_RANK_SUBSCRIBER_LEAF = 20,
 	UMBRA_LOCK_RANK_VMM_VCPU_MODE = 21,
 	UMBRA_LOCK_RANK_VMM_VM = 22,
