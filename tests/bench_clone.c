@@ -381,22 +381,13 @@ static void print_table(const struct row *rows, int nrows, int reps)
 
 int main(int argc, char **argv)
 {
-	const char *env = getenv("UMBRA_BENCH_QUICK");
-	bool quick = env && *env && strcmp(env, "0") != 0;
+	bool quick = bench_quick(argc, argv);
 	static const uint64_t sizes[] = { 64 * MIB, 256 * MIB, GIB, 4 * GIB };
 	struct row rows[4];
 	struct utsname un;
 	int nsizes, reps;
 	double t0 = now_ns();
 
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--quick")) {
-			quick = true;
-		} else {
-			fprintf(stderr, "usage: %s [--quick]   (or UMBRA_BENCH_QUICK=1)\n", argv[0]);
-			return 2;
-		}
-	}
 	nsizes = quick ? 2 : 4;
 	reps = quick ? 5 : 21;
 	CHECK(notifier_thread_init());

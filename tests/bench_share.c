@@ -792,8 +792,7 @@ static const char *size_str(uint64_t bytes, char *buf, size_t len)
 
 int main(int argc, char **argv)
 {
-	const char *env = getenv("UMBRA_BENCH_QUICK");
-	bool quick = env && *env && strcmp(env, "0") != 0;
+	bool quick = bench_quick(argc, argv);
 	static const uint64_t sizes_full[] = { 64 * MIB, 256 * MIB, GIB, 4 * GIB };
 	static const uint64_t sizes_quick[] = { 64 * MIB, 256 * MIB };
 	const uint64_t *sizes;
@@ -808,14 +807,6 @@ int main(int argc, char **argv)
 	char sbuf[32];
 	int nb;
 
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--quick")) {
-			quick = true;
-		} else {
-			fprintf(stderr, "usage: %s [--quick]   (or UMBRA_BENCH_QUICK=1)\n", argv[0]);
-			return 2;
-		}
-	}
 	/* A steady-state allocator: large blocks (a clone's P2M) come from the
 	 * heap and go back to it, instead of a fresh mmap per clone whose pages
 	 * fault in one by one (that cold cost is the "first" column). */

@@ -7,6 +7,7 @@
 #ifndef UMBRA_BENCH_UTIL_H
 #define UMBRA_BENCH_UTIL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,23 @@ static inline void *bench_mmap(uint64_t bytes)
 }
 
 /* CLOCK_MONOTONIC in nanoseconds. */
+/* Is this a quick run: "--quick" as the only argument, or UMBRA_BENCH_QUICK
+ * set (not "0")?  Any other argument: prints the usage and exits 2. */
+static inline bool bench_quick(int argc, char **argv)
+{
+	const char *env = getenv("UMBRA_BENCH_QUICK");
+	bool quick = env && *env && strcmp(env, "0") != 0;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--quick") != 0) {
+			fprintf(stderr, "usage: %s [--quick]   (or UMBRA_BENCH_QUICK=1)\n", argv[0]);
+			exit(2);
+		}
+		quick = true;
+	}
+	return quick;
+}
+
 static inline double now_ns(void)
 {
 	struct timespec ts;

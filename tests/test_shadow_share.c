@@ -78,6 +78,18 @@ static void fam_fini(struct fam *f)
 	shadow_pool_destroy(f->pool);
 }
 
+/* The end of a test of a parent and its clone: both MMUs and the pool
+ * pass their checks, then the vCPUs and everything go. */
+static void fam_check_and_fini(struct fam *f, struct shadow_vcpu *vp, struct shadow_vcpu *vc)
+{
+	assert_mmu_check(f->gm.mmu);
+	assert_mmu_check(f->child);
+	assert_pool_check(f->pool);
+	shadow_vcpu_destroy(vc);
+	shadow_vcpu_destroy(vp);
+	fam_fini(f);
+}
+
 static uint64_t read_u64(struct shadow_vcpu *v, uint64_t va, void **host)
 {
 	struct shadow_vcpu_result res;
@@ -153,12 +165,7 @@ START_TEST(test_clone_vcpu_resumes_on_the_parents_tree_without_a_sync)
 	ck_assert_uint_eq(read_u64(vp, va, NULL), 0x1000 + g);
 	ck_assert_int_eq(shadow_vcpu_load_cr3(vp, f.cr3), 0);
 	ck_assert_uint_eq(read_u64(vp, va, NULL), 0x1000 + g + 1);
-	assert_mmu_check(f.gm.mmu);
-	assert_mmu_check(f.child);
-	assert_pool_check(f.pool);
-	shadow_vcpu_destroy(vc);
-	shadow_vcpu_destroy(vp);
-	fam_fini(&f);
+	fam_check_and_fini(&f, vp, vc);
 }
 END_TEST
 
@@ -195,12 +202,7 @@ START_TEST(test_clone_copies_only_roots_and_shares_lower_tables)
 	ck_assert_msg(st.tables_created == 1, "child reads through the parent's tables: expected 1 "
 		      "table created (its root), got %llu", (unsigned long long)st.tables_created);
 	ck_assert_uint_eq(st.clones, 1);
-	assert_mmu_check(f.gm.mmu);
-	assert_mmu_check(f.child);
-	assert_pool_check(f.pool);
-	shadow_vcpu_destroy(vc);
-	shadow_vcpu_destroy(vp);
-	fam_fini(&f);
+	fam_check_and_fini(&f, vp, vc);
 }
 END_TEST
 
@@ -246,12 +248,7 @@ START_TEST(test_first_write_copies_page_for_the_writer_only)
 	shadow_vcpu_stats(other, &vs1);
 	ck_assert_msg(vs1.faults == vs0.faults, "the other VM must not fault: got %llu faults",
 		      (unsigned long long)(vs1.faults - vs0.faults));
-	assert_mmu_check(f.gm.mmu);
-	assert_mmu_check(f.child);
-	assert_pool_check(f.pool);
-	shadow_vcpu_destroy(vc);
-	shadow_vcpu_destroy(vp);
-	fam_fini(&f);
+	fam_check_and_fini(&f, vp, vc);
 }
 END_TEST
 
@@ -395,12 +392,7 @@ START_TEST(test_clone_guest_table_write_is_private_to_the_clone)
 	ck_assert_uint_eq(read_u64(vc, va, NULL), 0x1009);
 	ck_assert_msg(read_u64(vp, va, NULL) == 0x1002, "the parent's guest table is its own");
 	ck_assert_uint_eq(gm_read(&f.gm, pte) & SPTE_ADDR_MASK, DATA_GPA + 2 * GM_PAGE);
-	assert_mmu_check(f.gm.mmu);
-	assert_mmu_check(f.child);
-	assert_pool_check(f.pool);
-	shadow_vcpu_destroy(vc);
-	shadow_vcpu_destroy(vp);
-	fam_fini(&f);
+	fam_check_and_fini(&f, vp, vc);
 }
 END_TEST
 
@@ -612,12 +604,7 @@ START_TEST(test_divergent_views_privatize_instead_of_filling)
 	ck_assert_uint_eq(read_u64(vp, va, NULL), 0x1000 + g);
 	fill_read_range(&f, vp, 0, g);
 	fill_read_range(&f, vc, 0, g);
-	assert_mmu_check(f.gm.mmu);
-	assert_mmu_check(f.child);
-	assert_pool_check(f.pool);
-	shadow_vcpu_destroy(vc);
-	shadow_vcpu_destroy(vp);
-	fam_fini(&f);
+	fam_check_and_fini(&f, vp, vc);
 	if (elsewhere.host)
 		hobj_fini(&elsewhere);
 }
