@@ -807,7 +807,7 @@ int main(int argc, char **argv)
 	char sbuf[32];
 	int nb;
 
-	/* A steady-state allocator: large blocks (a clone's P2M) come from the
+	/* A steady-state allocator: large blocks (what a clone allocates) come from the
 	 * heap and go back to it, instead of a fresh mmap per clone whose pages
 	 * fault in one by one (that cold cost is the "first" column). */
 	mallopt(M_MMAP_THRESHOLD, 32 << 20);
