@@ -9,7 +9,7 @@
  *               references), cleared entries, a reserved address bit (above
  *               MAXPHYADDR); then INVLPG, FLUSH, a switch
  *               of address space, or nothing
- *   hypercalls  every number below UMBRA_HC_NR but EXIT and EXCEPTION, with
+ *   hypercalls  every number below UMBRA_HC_NR but EXIT, EXCEPTION and CLONE, with
  *               valid-looking arguments (PAGE_FAULT with any error code that
  *               a CPU gives, INVLPG anywhere canonical, pinned pages
  *               included, and every pinned=K-th operation (default 64, 0:
@@ -24,8 +24,8 @@
  *
  * and, once every end=K operations on average (default 20000; 0: never), an
  * ending operation that a guest may not make (an unknown hypercall or a bad
- * argument, a mapping of no RAM or of the pool, a write to a read-only
- * segment, an empty CR3, a halt, ...), after which umbra stops the VM or
+ * argument, a CLONE of 0 VMs, a mapping of no RAM or of the pool, a write to
+ * a read-only segment, an empty CR3, a halt, ...), after which umbra stops the VM or
  * the guest carries on if it can. Each ending operation is printed first.
  *
  * Every table page and data frame of the fuzz window lies in a 2 MiB-aligned
@@ -231,6 +231,7 @@ static void hypercall(struct fuzzer *f)
 		hypercall4(nr, 0, 0, 0, 0);
 		local_tlb_flush();
 		break;
+	case UMBRA_HC_CLONE: break; /* a fuzzer that cloned itself would multiply (kvm_clone covers CLONE) */
 	default: /* a newer hypercall: a page of RAM that is one of its tables */
 		hypercall4(nr, rng_below(&f->rng, 2) ? table_page(f) : fz.spaces[rng_below(&f->rng, NR_SPACES)].cr3, 0,
 			   0, 0);
@@ -332,7 +333,8 @@ static void ending_op(struct fuzzer *f)
 					     "unaligned CR3", "non-canonical invlpg", "write+fetch page fault",
 					     "pin of 0 bytes", "unsolicited flush ack", "exception hypercall",
 					     "empty CR3", "mapping of no RAM", "mapping of the pool",
-					     "write to the read-only segment", "pool scribble anywhere", "halt" };
+					     "write to the read-only segment", "pool scribble anywhere", "halt",
+					     "clone of 0 VMs" };
 	uint64_t k = rng_below(&f->rng, sizeof(names) / sizeof(names[0]));
 
 	printf("fuzz: vCPU %u op %lu: ending: %s\n", f->vcpu, (unsigned long)f->op, names[k]);
@@ -361,6 +363,7 @@ static void ending_op(struct fuzzer *f)
 		if (fz.pool_ok)
 			pool_op(f, 1);
 		break;
+	case 15: hypercall4(UMBRA_HC_CLONE, 0, 0, 0, 0); break;
 	default: cpu_halt_forever();
 	}
 }
