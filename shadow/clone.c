@@ -149,32 +149,31 @@ int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa)
 }
 
 /* Gives @child the slots of @parent (its non-shared writable ones as
- * layers), then @own as its own slot.  No lock held (the slots are
+ * layers) and @own as its own slot: with the id of the parent's own slot
+ * @keep_own, which the parent keeps (it maps nothing yet), or after the
+ * parent's @n slots (@keep_own -1).  No lock held (the slots are
  * subscribed). */
 static int clone_slots(struct shadow_mmu *parent, struct shadow_mmu *child, int n, int keep_own,
 		       const struct shadow_slot *own)
 {
+	const int own_id = keep_own >= 0 ? keep_own : n;
 	int id, ret;
 
-	for (int i = 0; i < n; i++) {
+	for (int i = 0; i < n || i == own_id; i++) {
 		const struct shadow_mmu_slot *ps = &parent->slots[i];
 
-		/* The parent's own slot that it keeps (empty): the child's own
-		 * slot takes its id. */
-		ret = i == keep_own ? shadow_mmu_add_slot(child, own, &id) : mmu_add_slot(child, &ps->s, ps->shared, &id);
+		if (i == own_id) {
+			ret = shadow_mmu_add_slot(child, own, &id);
+			if (ret)
+				return ret;
+			child->own_slot = id;
+			continue;
+		}
+		ret = mmu_add_slot(child, &ps->s, ps->shared, &id);
 		if (ret)
 			return ret;
-		if (i == keep_own)
-			child->own_slot = id;
-		else
-			child->slots[id].layer = !ps->shared && !ps->s.readonly;
+		child->slots[id].layer = !ps->shared && !ps->s.readonly;
 	}
-	if (keep_own >= 0)
-		return 0;
-	ret = shadow_mmu_add_slot(child, own, &id);
-	if (ret)
-		return ret;
-	child->own_slot = id;
 	return 0;
 }
 

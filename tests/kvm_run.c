@@ -308,3 +308,13 @@ void sample_memfds(pid_t pid, void *arg)
 	if (bytes > s->max)
 		s->max = bytes;
 }
+
+void kvm_add_case(Suite *s, const char *name, const TTest *test, int timeout_s, SFun teardown)
+{
+	TCase *tc = tcase_create(name);
+
+	tcase_add_checked_fixture(tc, tmpdir_setup, teardown);
+	tcase_add_test(tc, test);
+	tcase_set_timeout(tc, timeout_s);
+	suite_add_tcase(s, tc);
+}

@@ -51,6 +51,12 @@ void run_umbra_sampled(const char *const args[], int timeout_s, run_sampler samp
 struct json_object *run_umbra_stats(const char *const args[], int timeout_s, run_sampler sample, void *arg,
 				    struct run_result *r);
 
+/* Adds to @s a test case @name of the one test @test, with a fresh tmpdir
+ * (tmpdir_setup, then @teardown: tmpdir_teardown or one that calls it) and
+ * a timeout of @timeout_s: one case per test, so that each runs alone
+ * (CK_RUN_CASE=NAME). */
+void kvm_add_case(Suite *s, const char *name, const TTest *test, int timeout_s, SFun teardown);
+
 /* The host memory of umbra's guest memfds (RAM areas and segments, not
  * the table pool), sampled from outside: a run_sampler whose @arg is a
  * struct memfd_samples. */

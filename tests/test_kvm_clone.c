@@ -307,27 +307,17 @@ START_TEST(test_the_last_holder_takes_the_memory_over)
 }
 END_TEST
 
-static void add_case(Suite *s, const char *name, const TTest *test, int timeout_s)
-{
-	TCase *tc = tcase_create(name);
-
-	tcase_add_checked_fixture(tc, tmpdir_setup, tmpdir_teardown);
-	tcase_add_test(tc, test);
-	tcase_set_timeout(tc, timeout_s);
-	suite_add_tcase(s, tc);
-}
-
 Suite *kvm_clone_suite(void)
 {
 	Suite *s = suite_create("kvm_clone");
 
-	add_case(s, "family", test_eight_clones_each_see_their_own_memory, 300);
-	add_case(s, "family_vcpus", test_clones_of_a_two_vcpu_vm_run_both_vcpus, 150);
-	add_case(s, "own_cr3", test_a_clone_on_its_own_cr3_cannot_write_shared_memory, 150);
-	add_case(s, "nested", test_clones_of_clones_keep_their_lineage, 150);
-	add_case(s, "at_ready", test_clone_option_clones_when_ready, 150);
-	add_case(s, "takeover", test_the_last_holder_takes_the_memory_over, 150);
-	add_case(s, "readonly_memory", test_read_only_clones_share_their_memory, 400);
-	add_case(s, "under_pager", test_clones_under_the_pager_refault_and_stay_shared, 300);
+	kvm_add_case(s, "family", test_eight_clones_each_see_their_own_memory, 300, tmpdir_teardown);
+	kvm_add_case(s, "family_vcpus", test_clones_of_a_two_vcpu_vm_run_both_vcpus, 150, tmpdir_teardown);
+	kvm_add_case(s, "own_cr3", test_a_clone_on_its_own_cr3_cannot_write_shared_memory, 150, tmpdir_teardown);
+	kvm_add_case(s, "nested", test_clones_of_clones_keep_their_lineage, 150, tmpdir_teardown);
+	kvm_add_case(s, "at_ready", test_clone_option_clones_when_ready, 150, tmpdir_teardown);
+	kvm_add_case(s, "takeover", test_the_last_holder_takes_the_memory_over, 150, tmpdir_teardown);
+	kvm_add_case(s, "readonly_memory", test_read_only_clones_share_their_memory, 400, tmpdir_teardown);
+	kvm_add_case(s, "under_pager", test_clones_under_the_pager_refault_and_stay_shared, 300, tmpdir_teardown);
 	return s;
 }

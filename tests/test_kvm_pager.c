@@ -488,27 +488,17 @@ START_TEST(test_guest_on_its_own_cr3_reads_evicted_data_back)
 }
 END_TEST
 
-static void add_case(Suite *s, const char *name, const TTest *test, int timeout_s, SFun teardown)
-{
-	TCase *tc = tcase_create(name);
-
-	tcase_add_checked_fixture(tc, tmpdir_setup, teardown);
-	tcase_add_test(tc, test);
-	tcase_set_timeout(tc, timeout_s);
-	suite_add_tcase(s, tc);
-}
-
 Suite *kvm_pager_suite(void)
 {
 	Suite *s = suite_create("kvm_pager");
 
-	add_case(s, "four_vms", test_four_vms_twice_the_limit_stay_within_it, 150, tmpdir_teardown);
-	add_case(s, "shared_segment", test_eight_vms_read_a_segment_larger_than_the_limit, 150, tmpdir_teardown);
-	add_case(s, "hot_cold", test_clock_keeps_the_hot_set_that_round_robin_evicts, 270, tmpdir_teardown);
-	add_case(s, "write_error", test_write_error_loses_nothing, 90, tmpdir_teardown);
-	add_case(s, "read_error", test_read_error_stops_only_the_vm_that_needed_the_page, 90, tmpdir_teardown);
-	add_case(s, "corrupt", test_corrupt_slot_stops_only_the_vm_that_needed_the_page, 90, tmpdir_teardown);
-	add_case(s, "enospc", test_full_swap_loses_nothing, 90, small_fs_teardown);
-	add_case(s, "own_cr3", test_guest_on_its_own_cr3_reads_evicted_data_back, 90, tmpdir_teardown);
+	kvm_add_case(s, "four_vms", test_four_vms_twice_the_limit_stay_within_it, 150, tmpdir_teardown);
+	kvm_add_case(s, "shared_segment", test_eight_vms_read_a_segment_larger_than_the_limit, 150, tmpdir_teardown);
+	kvm_add_case(s, "hot_cold", test_clock_keeps_the_hot_set_that_round_robin_evicts, 270, tmpdir_teardown);
+	kvm_add_case(s, "write_error", test_write_error_loses_nothing, 90, tmpdir_teardown);
+	kvm_add_case(s, "read_error", test_read_error_stops_only_the_vm_that_needed_the_page, 90, tmpdir_teardown);
+	kvm_add_case(s, "corrupt", test_corrupt_slot_stops_only_the_vm_that_needed_the_page, 90, tmpdir_teardown);
+	kvm_add_case(s, "enospc", test_full_swap_loses_nothing, 90, small_fs_teardown);
+	kvm_add_case(s, "own_cr3", test_guest_on_its_own_cr3_reads_evicted_data_back, 90, tmpdir_teardown);
 	return s;
 }

@@ -132,6 +132,8 @@ int area_set_memslot(struct vm *vm, int slot_id, bool readonly, struct vmm_error
 	unsigned int memslot = slot_id == vm->ram_slot ? VMM_MEMSLOT_RAM : VMM_MEMSLOT_AREA(slot_id);
 	struct kvm_userspace_memory_region r = { .slot = memslot };
 
+	if (readonly && ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_READONLY_MEM) <= 0)
+		return vmm_error_set(err, ENOTSUP, "KVM lacks KVM_CAP_READONLY_MEM, needed to share RAM with clones");
 	/* Removes the memslot if there is one (KVM answers EINVAL if not). */
 	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0 && errno != EINVAL)
 		return vmm_error_set(err, errno, "KVM_SET_USER_MEMORY_REGION (removing %s): %s", a->name,
@@ -140,8 +142,6 @@ int area_set_memslot(struct vm *vm, int slot_id, bool readonly, struct vmm_error
 	r.guest_phys_addr = a->mpa;
 	r.memory_size = a->size;
 	r.userspace_addr = (uint64_t)(uintptr_t)a->host;
-	if (readonly && ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_READONLY_MEM) <= 0)
-		return vmm_error_set(err, ENOTSUP, "KVM lacks KVM_CAP_READONLY_MEM, needed to share RAM with clones");
 	if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
 		return vmm_error_set(err, errno, "KVM_SET_USER_MEMORY_REGION (%s at %#" PRIx64 "): %s", a->name,
 				     a->mpa, strerror(errno));

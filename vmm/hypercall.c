@@ -426,14 +426,9 @@ static int64_t hc_console_write(struct vcpu *vcpu, uint64_t gpa, uint64_t len)
 			  (unsigned long long)len, UMBRA_CONSOLE_WRITE_MAX);
 		return HC_STOPPED;
 	}
-	if (gpa >= vm->ram_size || len > vm->ram_size - gpa) {
-		vcpu_fail(vcpu, false, "bad hypercall: console write buffer %#llx+%llu (arguments 0, 1) is outside guest RAM",
-			  (unsigned long long)gpa, (unsigned long long)len);
-		return HC_STOPPED;
-	}
 	char buf[UMBRA_CONSOLE_WRITE_MAX];
 
-	if (vm_read_guest(vm, gpa, buf, len)) {
+	if (gpa >= vm->ram_size || len > vm->ram_size - gpa || vm_read_guest(vm, gpa, buf, len)) {
 		vcpu_fail(vcpu, false, "bad hypercall: console write buffer %#llx+%llu (arguments 0, 1) is outside guest RAM",
 			  (unsigned long long)gpa, (unsigned long long)len);
 		return HC_STOPPED;
