@@ -608,8 +608,24 @@ static int slot_get_page(void *priv, uint64_t page, bool write)
 	return pager_get_page(po->pager, po->id, page);
 }
 
+/* Resident and usable as it is: in the memfd, dirty or clean (a write to
+ * a clean page is caught by write-protect).  po->lock, a leaf here. */
+static bool slot_is_resident(void *priv, uint64_t page)
+{
+	struct pager_object *po = priv;
+	bool resident;
+
+	if (page >= po->npages)
+		return false;
+	umbra_mutex_lock(&po->lock);
+	resident = po->state[page] == PAGER_PAGE_RESIDENT || po->state[page] == PAGER_PAGE_CLEAN;
+	umbra_mutex_unlock(&po->lock);
+	return resident;
+}
+
 const struct shadow_slot_ops pager_slot_ops = {
 	.get_page = slot_get_page,
+	.is_resident = slot_is_resident,
 };
 
 void pager_object_slot(struct pager *pager, int id, struct shadow_slot *slot)

@@ -436,6 +436,7 @@ static int check_page_locked(struct shadow_pool *pool, uint32_t page, size_t *in
 }
 
 /* Object @po: every reverse-map entry is a present leaf mapping that page;
+ * a page's mapped bit is set exactly when its reverse map is not empty;
  * every canonical-array entry names a canonical table of @po at that key.
  * objs_lock (the pool quiescent). */
 static int check_obj_locked(struct shadow_pool *pool, struct pool_obj *po)
@@ -457,6 +458,9 @@ static int check_obj_locked(struct shadow_pool *pool, struct pool_obj *po)
 				    spte_addr(spte) != po->mpa + (p << SHADOW_PAGE_SHIFT))
 					ret = -EUCLEAN;
 			}
+			if (!(pool_obj_run(po, r)->mapped[p % SPTE_ENTRIES / 64] & (1ull << (p % 64))) !=
+			    !rmap_nr(pool_obj_rmap(po, p)))
+				ret = -EUCLEAN;
 		}
 		for (uint32_t k = (uint32_t)r * CANON_KEYS_PER_RUN; k < (r + 1) * CANON_KEYS_PER_RUN; k++) {
 			uint32_t c = canon_table_get(po, k);

@@ -267,6 +267,7 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *parent
 		.pool = parent->pool,
 		.max_gpa = parent->p2m_pages << SHADOW_PAGE_SHIFT,
 		.nr_roots = parent->nr_roots,
+		.fault_around = parent->fault_around,
 		.max_tables = parent->account->max,
 		.mode = parent->mode,
 	};

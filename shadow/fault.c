@@ -243,9 +243,10 @@ static bool fill_path_find_locked(struct shadow_mmu *mmu, uint32_t root,
  * root page @root: filled in place into a shared table when the fill is
  * read-only and every sharer sees the same leaf (fill.c), else into a
  * table this VM alone reaches (privatizing the path) or a canonical one.
- * mmu_lock. */
+ * The level-1 table of the leaf in *@leaf_table.  mmu_lock. */
 static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
-			  struct shadow_mmu_slot *slot, uint64_t page, struct zap_batch *b)
+			  struct shadow_mmu_slot *slot, uint64_t page, struct zap_batch *b,
+			  uint32_t *leaf_table)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	const bool cow = p2m_is_cow(mmu, w->pa >> SHADOW_PAGE_SHIFT);
@@ -273,6 +274,7 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 	/* Also restores a leaf found unchanged, if access-tracked (access.c). */
 	pool_entry_mirror(mmu->pool, table, SPTE_INDEX(w->va, 1));
 	pool_obj_mark_young(slot->pobj, page);
+	*leaf_table = table;
 	return 0;
 }
 
@@ -420,12 +422,108 @@ static bool fault_walk_is_current_locked(struct shadow_mmu *mmu, const struct fa
 	       page2 == f->page;
 }
 
-/* Steps 4-7 under mmu_lock: the retry checks, then the install and its
- * flush.  0, FAULT_RETRY, FAULT_STALE or -errno. */
+/* ---- fault-around (shadow_mmu_fault's contract) ------------------------------ */
+
+/* The guest's translation of @va, a neighbour of fault @f in the same
+ * level-1 shadow table, in *@w: under the same guest large page (no read
+ * needed), or through the same guest tables with every level's Accessed
+ * bit already set (read only: no A/D written under mmu_lock).  mmu_lock. */
+static bool around_walk_locked(struct shadow_mmu *mmu, const struct fault *f, uint64_t va,
+			       struct shadow_walk *w)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	const int leaf = f->w.leaf_level;
+
+	if (leaf > 1) {
+		*w = f->w;
+		w->va = va;
+		w->pa = spte_leaf_addr(f->w.entry[leaf], leaf) + (va & (SPTE_LEVEL_SIZE(leaf) - 1));
+		return true;
+	}
+	if (shadow_walk(&mmu->mode, &guest_mem_ops, mmu, f->cr3, va, 0, 0, w) || w->leaf_level != 1)
+		return false;
+	for (int l = SPTE_LEVELS; l >= 1; l--)
+		if (w->table[l] != f->w.table[l] || !(w->entry[l] & SPTE_ACCESSED))
+			return false;
+	return true;
+}
+
+/*
+ * Maps the neighbours of fault @f (whose leaf is in @table) that qualify,
+ * in the aligned window of mmu->fault_around pages: not mapped in @table
+ * (an access-tracked leaf stays as it is), mapped by the guest as
+ * around_walk_locked says with the role of @table, backed by the faulting
+ * page's slot and resident there.  One notifier_read_retry for them all,
+ * with the fault's sequence.  Best effort: what fails a test, or an
+ * allocation, is left to fault.  mmu_lock.
+ */
+static void fault_around_locked(struct shadow_mmu *mmu, const struct fault *f, uint32_t table,
+				struct zap_batch *b)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_mmu_slot *slot = f->slot;
+	const struct shadow_slot_ops *ops = slot->s.ops;
+	const unsigned int n = mmu->fault_around, i = SPTE_INDEX(f->va, 1), i0 = i & ~(n - 1);
+	struct {
+		unsigned int index;
+		uint64_t page, spte;
+		bool takeover;
+	} cand[SHADOW_FAULT_AROUND_MAX];
+	unsigned int nr = 0, done = 0;
+	uint64_t lo = UINT64_MAX, hi = 0;
+
+	if (n <= 1 || table_is_shared(mmu, table) || (ops && ops->get_page && !ops->is_resident))
+		return;
+	for (unsigned int j = i0; j < i0 + n; j++) {
+		const uint64_t va = (f->va & SPTE_LEVEL_MASK(2)) | ((uint64_t)j << SHADOW_PAGE_SHIFT);
+		struct shadow_mmu_slot *slot2;
+		struct shadow_walk w;
+		unsigned int rights;
+		uint64_t page;
+		struct role role;
+		bool cow;
+
+		if (j == i || spte_is_present(spte_read(mmu_sptes(mmu, table) + j)) ||
+		    !around_walk_locked(mmu, f, va, &w) ||
+		    p2m_get(mmu, w.pa >> SHADOW_PAGE_SHIFT, &slot2, &page) || slot2 != slot)
+			continue;
+		rights = leaf_rights(w.rights, w.dirty);
+		role = install_role(&w, 1, rights);
+		if (!role_matches(mmu_page(mmu, table), &role) ||
+		    (ops && ops->get_page && !ops->is_resident(slot->s.priv, page)))
+			continue;
+		cow = p2m_is_cow(mmu, w.pa >> SHADOW_PAGE_SHIFT);
+		cand[nr].index = j;
+		cand[nr].page = page;
+		cand[nr].spte = make_leaf(mmu, slot->s.mpa + (page << SHADOW_PAGE_SHIFT), rights,
+					  slot->s.readonly || cow);
+		cand[nr].takeover = (rights & SHADOW_RIGHT_WRITE) && !cow && !slot->s.readonly &&
+				    __atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE);
+		lo = page < lo ? page : lo;
+		hi = page > hi ? page : hi;
+		nr++;
+	}
+	if (!nr || notifier_read_retry(slot->s.obj, lo, hi, f->notifier_seq))
+		return;
+	for (unsigned int k = 0; k < nr; k++) {
+		if (install_leaf_locked(mmu, table, cand[k].index, slot, cand[k].page, cand[k].spte, b))
+			break;
+		pool_entry_mirror(mmu->pool, table, cand[k].index);
+		pool_obj_mark_young(slot->pobj, cand[k].page);
+		if (cand[k].takeover)
+			mmu_stat_inc(mmu, cow_takeovers);
+		done++;
+	}
+	mmu_stat_add(mmu, faulted_around, done);
+}
+
+/* Steps 4-7 under mmu_lock: the retry checks, then the install (and
+ * fault-around) and its flush.  0, FAULT_RETRY, FAULT_STALE or -errno. */
 static int fault_install(struct shadow_mmu *mmu, struct fault *f)
 {
 	struct shadow_root *root;
 	struct zap_batch b;
+	uint32_t table;
 	int ret;
 
 	zap_batch_init(&b);
@@ -447,7 +545,9 @@ static int fault_install(struct shadow_mmu *mmu, struct fault *f)
 		ret = -ENOENT;
 		goto unlock;
 	}
-	ret = install_locked(mmu, root->page, &f->w, f->slot, f->page, &b);
+	ret = install_locked(mmu, root->page, &f->w, f->slot, f->page, &b, &table);
+	if (!ret)
+		fault_around_locked(mmu, f, table, &b);
 	zap_batch_finish_locked(mmu, &b);
 unlock:
 	umbra_mutex_unlock(&mmu->mmu_lock);

@@ -20,7 +20,9 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 
 	if (!config || !config->pool || !config->max_gpa || config->max_gpa % SHADOW_PAGE_SIZE ||
 	    config->max_gpa > SHADOW_POOL_GPA || !walk_mode_is_valid(&config->mode) ||
-	    (config->max_tables && config->max_tables < SHADOW_MMU_MIN_TABLES))
+	    (config->max_tables && config->max_tables < SHADOW_MMU_MIN_TABLES) ||
+	    config->fault_around > SHADOW_FAULT_AROUND_MAX ||
+	    (config->fault_around & (config->fault_around - 1)))
 		return -EINVAL;
 	mmu = calloc(1, sizeof(*mmu));
 	if (!mmu)
@@ -35,6 +37,7 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 	if (ret)
 		goto exit_p2m;
 	mmu->nr_roots = config->nr_roots ? config->nr_roots : SHADOW_MMU_DEFAULT_ROOTS;
+	mmu->fault_around = config->fault_around > 1 ? config->fault_around : 1;
 	mmu->roots = calloc(mmu->nr_roots, sizeof(*mmu->roots));
 	if (!mmu->roots) {
 		ret = -ENOMEM;

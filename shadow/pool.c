@@ -511,5 +511,17 @@ int pool_obj_rmap_add(struct pool_obj *po, uint64_t page, shadow_sptep_t sptep)
 	ret = pool_obj_run_get_or_alloc(po, page / SPTE_ENTRIES, &run);
 	if (ret)
 		return ret;
-	return rmap_add(&run->rmap[page % SPTE_ENTRIES], sptep);
+	ret = rmap_add(&run->rmap[page % SPTE_ENTRIES], sptep);
+	if (!ret)
+		run->mapped[page % SPTE_ENTRIES / 64] |= 1ull << (page % 64);
+	return ret;
+}
+
+void pool_obj_rmap_del(struct pool_obj *po, uint64_t page, shadow_sptep_t sptep)
+{
+	struct pool_obj_run *run = pool_obj_run(po, page / SPTE_ENTRIES);
+
+	if (run && rmap_del(&run->rmap[page % SPTE_ENTRIES], sptep) &&
+	    !rmap_nr(&run->rmap[page % SPTE_ENTRIES]))
+		run->mapped[page % SPTE_ENTRIES / 64] &= ~(1ull << (page % 64));
 }

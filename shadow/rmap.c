@@ -48,18 +48,23 @@ int rmap_add(struct shadow_rmap *rmap, shadow_sptep_t sptep)
 	return 0;
 }
 
-void rmap_del(struct shadow_rmap *rmap, shadow_sptep_t sptep)
+bool rmap_del(struct shadow_rmap *rmap, shadow_sptep_t sptep)
 {
+	bool found = false;
+
 	if (!rmap)
-		return;
+		return false;
 	if (rmap->cap <= 1) {
-		if (rmap->nr == 1 && rmap->one == sptep)
+		if (rmap->nr == 1 && rmap->one == sptep) {
 			rmap->nr = 0;
-		return;
+			return true;
+		}
+		return false;
 	}
 	for (uint32_t i = 0; i < rmap->nr; i++) {
 		if (rmap->many[i] == sptep) {
 			rmap->many[i] = rmap->many[--rmap->nr];
+			found = true;
 			break;
 		}
 	}
@@ -73,6 +78,7 @@ void rmap_del(struct shadow_rmap *rmap, shadow_sptep_t sptep)
 		free(rmap->many);
 		rmap->cap = 0;
 	}
+	return found;
 }
 
 void rmap_free(struct shadow_rmap *rmap)

@@ -146,6 +146,16 @@ void mmu_reclaim(struct shadow_mmu *mmu)
 	zap_batch_init(&b);
 	umbra_mutex_lock(&mmu->mmu_lock);
 	mmu_stat_inc(mmu, reclaims);
+	/* Every vCPU flushed (on KVM: out of guest mode) before the pinned
+	 * translations go, not only after: a vCPU still running could walk
+	 * the emptied tables while it delivers an exception whose handler,
+	 * IDT or stack is pinned, and take a double, then a triple fault.  A
+	 * vCPU that sees the reclaims count move pre-faults its pins before
+	 * it runs again, which needs this mmu_lock. */
+	for (struct shadow_tlb *tlb = mmu->tlbs; tlb; tlb = tlb->next) {
+		tlb->ops->flush_all(tlb);
+		mmu_stat_inc(mmu, flushes_all);
+	}
 	for (unsigned int r = 0; r < mmu->nr_roots; r++) {
 		struct shadow_root *root = &mmu->roots[r];
 

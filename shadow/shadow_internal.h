@@ -170,6 +170,12 @@ static inline uint32_t canon_key(uint64_t run, bool readonly, unsigned int right
  * pages), allocated when the run is first used (pool_obj_run_get_or_alloc):
  *  rmap   page -> every leaf location in the pool that maps it, whichever
  *         VM installed it (under the run's stripe);
+ *  mapped a bit per page, set exactly while its reverse map is not empty
+ *         (under the run's stripe; changed only by pool_obj_rmap_add /
+ *         _del and the non-local zap): a zap of a range visits the pages
+ *         whose bit is set and no other, so the later callbacks of one
+ *         invalidation of a shared object do not rescan what the first one
+ *         emptied;
  *  young  per page: 1 once any VM's fault mapped it since the last
  *         clear_young (access.c).  Atomic bytes; cleared under the run's
  *         stripe, set without a lock;
@@ -181,6 +187,7 @@ static inline uint32_t canon_key(uint64_t run, bool readonly, unsigned int right
  */
 struct pool_obj_run {
 	struct shadow_rmap rmap[SPTE_ENTRIES];
+	uint64_t mapped[SPTE_ENTRIES / 64];
 	uint8_t young[SPTE_ENTRIES];
 	uint32_t canon[CANON_KEYS_PER_RUN];
 };
@@ -275,6 +282,9 @@ static inline struct shadow_rmap *pool_obj_rmap(const struct pool_obj *po, uint6
  * the run's side arrays on its first use.  The page's stripe held.  0 or
  * -ENOMEM (nothing changed).  pool.c. */
 int pool_obj_rmap_add(struct pool_obj *po, uint64_t page, shadow_sptep_t sptep);
+/* Removes @sptep from page @page's reverse map if there (and the page's
+ * mapped bit with the last location).  The page's stripe held. */
+void pool_obj_rmap_del(struct pool_obj *po, uint64_t page, shadow_sptep_t sptep);
 
 /* Frees @po's page reference counts (refcount.c): its last slot went.
  * objs_lock. */
@@ -504,8 +514,9 @@ bool walk_mode_is_valid(const struct shadow_paging_mode *mode);
 
 /* Adds @sptep to @rmap: 0 or -ENOMEM (nothing changed). */
 int rmap_add(struct shadow_rmap *rmap, shadow_sptep_t sptep);
-/* Removes @sptep from @rmap if there (NULL: an empty map, nothing to do). */
-void rmap_del(struct shadow_rmap *rmap, shadow_sptep_t sptep);
+/* Removes @sptep from @rmap if there (NULL: an empty map, nothing to do):
+ * true if it was there. */
+bool rmap_del(struct shadow_rmap *rmap, shadow_sptep_t sptep);
 /* Frees @rmap's array, leaving it empty. */
 void rmap_free(struct shadow_rmap *rmap);
 static inline shadow_sptep_t rmap_get(const struct shadow_rmap *rmap, uint32_t i)
@@ -622,6 +633,7 @@ struct shadow_mmu {
 
 	unsigned int nr_roots;
 	struct shadow_root *roots;	/* [nr_roots], under mmu_lock */
+	unsigned int fault_around;	/* immutable: window in pages, 1 = off (fault.c) */
 	uint64_t tick;			/* LRU clock, under mmu_lock */
 
 	/* tlbs_lock (UMBRA_LOCK_RANK_TLBS): lets another VM's zap flush our

@@ -135,6 +135,12 @@ static int store_get_page(void *priv, uint64_t page, bool write)
 	return 0;
 }
 
+static bool store_is_resident(void *priv, uint64_t page)
+{
+	return shadow_store_is_resident(priv, page);
+}
+
 const struct shadow_slot_ops shadow_store_slot_ops = {
 	.get_page = store_get_page,
+	.is_resident = store_is_resident,
 };

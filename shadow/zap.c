@@ -8,7 +8,8 @@
  * under the zapping VM's mmu_lock (asserted).  A leaf is written under the
  * stripe of the page it maps (leaf_clear takes it; zap_page_rmap_locked is
  * called with it); an entry under its table's lock (spte_set_locked takes
- * it).  The remote flush of a batch is pmd_rmap.c's.
+ * it; the zap of a run holds it across one table's consecutive leaves).
+ * The remote flush of a batch is pmd_rmap.c's.
  */
 #include <errno.h>
 
@@ -90,6 +91,8 @@ static void batch_add_va(struct zap_batch *b, uint64_t va)
 
 void batch_add_table(struct zap_batch *b, uint32_t page)
 {
+	if (b->nr_tables && b->tables[b->nr_tables - 1] == page)
+		return; /* the common case: the leaves of one table in a row */
 	for (unsigned int k = 0; k < b->nr_tables; k++)
 		if (b->tables[k] == page)
 			return;
@@ -230,7 +233,7 @@ uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struc
 		}
 		old = spte_set_locked(mmu, page, i, 0);
 		if (spte_is_present(old) && slot)
-			rmap_del(pool_obj_rmap(slot->pobj, bp), sptep_make(page, i));
+			pool_obj_rmap_del(slot->pobj, bp, sptep_make(page, i));
 		if (stripe)
 			umbra_mutex_unlock(stripe);
 		if (spte_is_present(old) && b) {
@@ -307,20 +310,41 @@ void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 	zap_batch_init(b);
 }
 
-/* Clears every leaf that maps page @page of @slot's object, in place (the
- * reverse map, @page's stripe held), and queues the tables for the remote
- * flush.  mmu_lock and the stripe held. */
+/* Makes @page the table whose lock the zap of a run holds (*@held: the one
+ * held now, SHADOW_NO_PAGE for none), so that consecutive leaves of one
+ * table (a canonical or direct leaf table maps a run in order) take its
+ * lock once.  mmu_lock and the run's stripe held. */
+static void zap_run_hold_table_locked(struct shadow_mmu *mmu, uint32_t *held, uint32_t page)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	if (*held == page)
+		return;
+	if (*held != SHADOW_NO_PAGE)
+		umbra_mutex_unlock(&mmu_page(mmu, *held)->lock);
+	*held = page;
+	if (page != SHADOW_NO_PAGE)
+		umbra_mutex_lock(&mmu_page(mmu, page)->lock);
+}
+
+/* Clears every leaf that maps page @page % SPTE_ENTRIES of @run (page @page
+ * of @slot's object), in place (the reverse map, @page's stripe held), and
+ * queues the tables for the remote flush; the page's mapped bit is cleared.
+ * mmu_lock and the stripe held; *@held as zap_run_hold_table_locked leaves
+ * it. */
 static void zap_page_rmap_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
-				 uint64_t page, struct zap_batch *b)
+				 struct pool_obj_run *run, uint64_t page, uint32_t *held,
+				 struct zap_batch *b)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	umbra_mutex_assert_held(pool_obj_stripe(slot->pobj, page));
-	struct shadow_rmap *rmap = pool_obj_rmap(slot->pobj, page);
+	struct shadow_rmap *rmap = &run->rmap[page % SPTE_ENTRIES];
 
 	while (rmap_nr(rmap)) {
 		shadow_sptep_t s = rmap_get(rmap, rmap->nr - 1);
-		uint64_t old = spte_set_locked(mmu, sptep_page(s), sptep_index(s), 0);
+		uint64_t old;
 
+		zap_run_hold_table_locked(mmu, held, sptep_page(s));
+		old = spte_set_table_locked(mmu, sptep_page(s), sptep_index(s), 0);
 		rmap_del(rmap, s);
 		if (!spte_is_present(old))
 			continue;
@@ -328,6 +352,40 @@ static void zap_page_rmap_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot 
 		batch_add_leaf_va(mmu, sptep_page(s), sptep_index(s), b);
 		batch_add_table(b, sptep_page(s));
 	}
+	run->mapped[page % SPTE_ENTRIES / 64] &= ~(1ull << (page % 64));
+}
+
+/* Clears the leaves of pages [first, last] of run @r of @slot's object
+ * (both in the run), visiting only the pages whose mapped bit is set.  The
+ * pages visited (mmu stat rmap_scans) in *@scanned.  mmu_lock and the run's
+ * stripe held. */
+static void zap_run_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t r,
+			   uint64_t first, uint64_t last, struct zap_batch *b, uint64_t *scanned)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct pool_obj_run *run = pool_obj_run(slot->pobj, r);
+	const unsigned int i0 = (unsigned int)(first % SPTE_ENTRIES);
+	const unsigned int i1 = (unsigned int)(last % SPTE_ENTRIES);
+	uint32_t held = SHADOW_NO_PAGE;
+
+	if (!run)
+		return; /* never used */
+	for (unsigned int w = i0 / 64; w <= i1 / 64; w++) {
+		uint64_t bits = run->mapped[w];
+
+		if (w == i0 / 64)
+			bits &= ~0ull << (i0 % 64);
+		if (w == i1 / 64 && i1 % 64 != 63)
+			bits &= (1ull << (i1 % 64 + 1)) - 1;
+		while (bits) {
+			unsigned int i = w * 64 + (unsigned int)__builtin_ctzll(bits);
+
+			bits &= bits - 1;
+			zap_page_rmap_locked(mmu, slot, run, r * SPTE_ENTRIES + i, &held, b);
+			(*scanned)++;
+		}
+	}
+	zap_run_hold_table_locked(mmu, &held, SHADOW_NO_PAGE);
 }
 
 /*
@@ -337,7 +395,9 @@ static void zap_page_rmap_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot 
  * stripe at a time: the pages of the range under stripe k (runs r with
  * r % POOL_OBJ_STRIPES == k) are cleared and the remote flush done before
  * that stripe is dropped, so at most POOL_OBJ_STRIPES remote flushes
- * whatever the range's size.
+ * whatever the range's size.  Only pages with a leaf are visited (a run's
+ * mapped bits): a page emptied by an earlier callback of the same
+ * invalidation in another VM costs a bit test, not a reverse-map look.
  */
 void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t first,
 			   uint64_t last, struct zap_batch *b)
@@ -349,6 +409,7 @@ void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 		return;
 	const uint64_t r0 = first / SPTE_ENTRIES, r1 = last / SPTE_ENTRIES;
 	const uint64_t nr_stripes = r1 - r0 + 1 < POOL_OBJ_STRIPES ? r1 - r0 + 1 : POOL_OBJ_STRIPES;
+	uint64_t scanned = 0;
 
 	for (uint64_t k = 0; k < nr_stripes; k++) {
 		struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, (r0 + k) * SPTE_ENTRIES);
@@ -359,8 +420,7 @@ void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 			uint64_t end = r * SPTE_ENTRIES + SPTE_ENTRIES - 1 < last ?
 					       r * SPTE_ENTRIES + SPTE_ENTRIES - 1 : last;
 
-			for (; p <= end; p++)
-				zap_page_rmap_locked(mmu, slot, p, b);
+			zap_run_locked(mmu, slot, r, p, end, b, &scanned);
 		}
 		/* Other VMs' vCPUs are flushed before the reverse map shows
 		 * the pages unmapped (our own ones in zap_batch_finish_locked,
@@ -368,6 +428,7 @@ void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 		batch_flush_remote(mmu, b);
 		umbra_mutex_unlock(stripe);
 	}
+	mmu_stat_add(mmu, rmap_scans, scanned);
 }
 
 long shadow_mmu_zap_range(struct shadow_mmu *mmu, int slot_id, uint64_t first, uint64_t last)

@@ -59,6 +59,7 @@
 #include <unistd.h>
 
 #include "umbra/notifier.h"
+#include "umbra/rcu.h"
 #define BENCH_NAME "bench-share"
 #include "bench_util.h"
 #include "umbra/shadow.h"
@@ -657,7 +658,7 @@ static int bench_b(struct seg *seg, unsigned int nmax, struct b_row *rows)
 struct c_row {
 	bool shared;
 	enum notifier_mode mode;
-	double ns;		/* median */
+	double ns, ns_min, ns_max;	/* median, spread */
 	uint64_t callbacks, zapped;	/* per invalidation, summed over VMs */
 	double flushes_mean;	/* TLB flushes each VM's vCPU received */
 	uint64_t flushes_min, flushes_max;
@@ -766,6 +767,11 @@ static void bench_c(struct seg *seg, unsigned int nvms, bool shared, int reps_ra
 			c_verify(vms, nvms, seg, false);
 		}
 		row->ns = median(t, reps);
+		row->ns_min = row->ns_max = t[0];
+		for (int r = 1; r < reps; r++) {
+			row->ns_min = t[r] < row->ns_min ? t[r] : row->ns_min;
+			row->ns_max = t[r] > row->ns_max ? t[r] : row->ns_max;
+		}
 		free(t);
 	}
 	CHECK(notifier_object_set_mode(seg->obj, NOTIFIER_MODE_RANGE));
@@ -775,6 +781,59 @@ static void bench_c(struct seg *seg, unsigned int nvms, bool shared, int reps_ra
 	shadow_pool_destroy(pool);
 	free(vms);
 	free(f0);
+}
+
+/* Does nothing: a deferred call that starts liburcu's worker thread. */
+static void rcu_nop(struct umbra_rcu_work *work)
+{
+	(void)work;
+}
+
+/*
+ * C with shared tables in a child process that has run nothing else (the
+ * parent has only forked for A's baseline): the figures "in a fresh
+ * process", to set against the same run after A and B in this one.
+ * @threaded: first one deferred call (umbra_call_rcu), as the engine's first
+ * table free makes, which starts liburcu's worker thread; without it the
+ * child has one thread for the whole run, and glibc (2.35 and later) then
+ * takes private mutexes with a plain store instead of an atomic
+ * instruction.  umbra itself always has several threads.
+ */
+static void bench_c_fresh(unsigned int nvms, bool threaded, int reps_range, int reps_page,
+			  struct c_row *out)
+{
+	struct c_row *shm = mmap(NULL, 2 * sizeof(*shm), PROT_READ | PROT_WRITE,
+				 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	int status;
+	pid_t pid;
+
+	if (shm == MAP_FAILED)
+		abort();
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0)
+		abort();
+	if (pid == 0) {
+		struct seg seg;
+
+		CHECK(notifier_thread_init());
+		if (threaded) {
+			struct umbra_rcu_work w;
+
+			umbra_call_rcu(&w, rcu_nop);
+			umbra_rcu_barrier();
+		}
+		seg_create(&seg, GIB);
+		bench_c(&seg, nvms, true, reps_range, reps_page, shm);
+		seg_destroy(&seg);
+		notifier_barrier();
+		notifier_thread_exit();
+		_exit(0);
+	}
+	ENSURE(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	       "the fresh-process run of C failed (status %#x)", status);
+	memcpy(out, shm, 2 * sizeof(*shm));
+	munmap(shm, 2 * sizeof(*shm));
 }
 
 /* ======================================================================
@@ -800,10 +859,12 @@ int main(int argc, char **argv)
 	unsigned int b_nmax, c_vms;
 	struct a_row arow[4];
 	struct b_row brow[16];
-	struct c_row crow[4];
+	/* shared (fresh process, one thread), shared (fresh process, with
+	 * liburcu's worker), shared, unshared: range, per-page */
+	struct c_row crow[8];
 	struct seg seg;
 	struct utsname un;
-	double t_start = now_ns(), t_a, t_b;
+	double t_start = now_ns(), t_c0, t_a, t_b;
 	char sbuf[32];
 	int nb;
 
@@ -818,9 +879,9 @@ int main(int argc, char **argv)
 	reps_fork = quick ? 3 : 7;
 	b_nmax = quick ? 16 : 256;
 	c_vms = quick ? 16 : 64;
-	reps_range = quick ? 3 : 5;
-	reps_page = quick ? 1 : 3;
-	reps_page_unshared = quick ? 1 : 3;
+	reps_range = quick ? 3 : 7;
+	reps_page = quick ? 1 : 5;
+	reps_page_unshared = quick ? 1 : 5;
 
 	/* A, fork first: nothing else of this process is mapped yet. */
 	for (int i = 0; i < nsizes; i++) {
@@ -828,6 +889,9 @@ int main(int argc, char **argv)
 		arow[i].bytes = sizes[i];
 		bench_fork(sizes[i], reps_fork, &arow[i].fork);
 	}
+	bench_c_fresh(c_vms, false, reps_range, reps_page, &crow[0]);
+	bench_c_fresh(c_vms, true, reps_range, reps_page, &crow[2]);
+	t_c0 = now_ns();
 	CHECK(notifier_thread_init());
 	for (int i = 0; i < nsizes; i++)
 		bench_a_shadow(&arow[i], reps_a);
@@ -835,17 +899,17 @@ int main(int argc, char **argv)
 	seg_create(&seg, GIB);
 	nb = bench_b(&seg, b_nmax, brow);
 	t_b = now_ns();
-	bench_c(&seg, c_vms, true, reps_range, reps_page, &crow[0]);
-	bench_c(&seg, c_vms, false, reps_range, reps_page_unshared, &crow[2]);
+	bench_c(&seg, c_vms, true, reps_range, reps_page, &crow[4]);
+	bench_c(&seg, c_vms, false, reps_range, reps_page_unshared, &crow[6]);
 	seg_destroy(&seg);
 	notifier_barrier();
 	notifier_thread_exit();
 
 	if (uname(&un))
 		memset(&un, 0, sizeof(un));
-	printf("bench-share%s: %s %s, %ld CPUs online; medians; A %.0f s, B %.0f s, C %.0f s\n\n",
+	printf("bench-share%s: %s %s, %ld CPUs online; medians; A %.0f s, B %.0f s, C %.0f + %.0f s\n\n",
 	       quick ? " --quick" : "", un.sysname, un.release, sysconf(_SC_NPROCESSORS_ONLN),
-	       (t_a - t_start) / 1e9, (t_b - t_a) / 1e9, (now_ns() - t_b) / 1e9);
+	       (t_a - t_c0) / 1e9, (t_b - t_a) / 1e9, (t_c0 - t_start) / 1e9, (now_ns() - t_b) / 1e9);
 
 	printf("A. clone cost: one VM, 4 KiB guest pages, every page pre-faulted (median of %d; fork: %d forks)\n\n",
 	       reps_a, reps_fork);
@@ -873,15 +937,19 @@ int main(int argc, char **argv)
 		       (double)r->pages[1] * PAGE / MIB, (double)r->pages[1] / (double)r->pages[0]);
 	}
 
-	printf("\nC. one invalidation of the whole 1 GiB segment (262144 pages) mapped by %u VMs, every page faulted (median of %d range / %d per-page runs)\n\n",
+	printf("\nC. one invalidation of the whole 1 GiB segment (262144 pages) mapped by %u VMs, every page faulted (median and min..max of %d range / %d per-page runs)\n\n",
 	       c_vms, reps_range, reps_page);
-	printf("| tables | range ms | per-page ms | per-page / range | callbacks (range / per-page) | leaves cleared (range / per-page) | TLB flushes per VM, range: mean (min..max) | TLB flushes per VM, per-page: mean (min..max) |\n");
-	printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-	for (int i = 0; i < 4; i += 2) {
+	printf("| tables | process | range ms | per-page ms | per-page / range | callbacks (range / per-page) | leaves cleared (range / per-page) | TLB flushes per VM, range: mean (min..max) | TLB flushes per VM, per-page: mean (min..max) |\n");
+	printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+	for (int i = 0; i < 8; i += 2) {
+		static const char *const process[] = { "fresh, one thread", "fresh, liburcu worker",
+							"after A and B", "after A and B" };
 		const struct c_row *r = &crow[i], *p = &crow[i + 1];
 
-		printf("| %s | %.2f | %.1f | %.0f | %llu / %llu | %llu / %llu | %.1f (%llu..%llu) | %.1f (%llu..%llu) |\n",
-		       r->shared ? "shared (segment)" : "unshared (add_slot)", r->ns / 1e6, p->ns / 1e6,
+		printf("| %s | %s | %.2f (%.2f..%.2f) | %.1f (%.1f..%.1f) | %.0f | %llu / %llu | %llu / %llu | %.1f (%llu..%llu) | %.1f (%llu..%llu) |\n",
+		       r->shared ? "shared (segment)" : "unshared (add_slot)",
+		       process[i / 2], r->ns / 1e6, r->ns_min / 1e6,
+		       r->ns_max / 1e6, p->ns / 1e6, p->ns_min / 1e6, p->ns_max / 1e6,
 		       p->ns / r->ns, (unsigned long long)r->callbacks,
 		       (unsigned long long)p->callbacks, (unsigned long long)r->zapped,
 		       (unsigned long long)p->zapped, r->flushes_mean,
@@ -889,5 +957,8 @@ int main(int argc, char **argv)
 		       p->flushes_mean, (unsigned long long)p->flushes_min,
 		       (unsigned long long)p->flushes_max);
 	}
+	printf("\nshared tables, after A and B / fresh process with liburcu's worker: range %.2f, per-page %.2f; one thread / with the worker: range %.2f, per-page %.2f\n",
+	       crow[4].ns / crow[2].ns, crow[5].ns / crow[3].ns, crow[0].ns / crow[2].ns,
+	       crow[1].ns / crow[3].ns);
 	return 0;
 }

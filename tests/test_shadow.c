@@ -1722,6 +1722,221 @@ START_TEST(test_slot_side_arrays_come_per_run_on_first_use)
 }
 END_TEST
 
+
+/* ---- fault-around ---- */
+
+#define FA_VA 0x40000000ull
+#define FA_GPA 0x200000ull	/* 2 MiB-aligned */
+#define FA_RIGHTS (SPTE_WRITABLE | SPTE_USER)
+
+/* A paged slot: get_page counts its calls; is_resident says no for @absent. */
+struct fa_slot {
+	unsigned int gets;
+	uint64_t absent;
+};
+
+static int fa_get_page(void *priv, uint64_t page, bool write)
+{
+	(void)page;
+	(void)write;
+	((struct fa_slot *)priv)->gets++;
+	return 0;
+}
+
+static bool fa_is_resident(void *priv, uint64_t page)
+{
+	return page != ((struct fa_slot *)priv)->absent;
+}
+
+static const struct shadow_slot_ops fa_ops = { .get_page = fa_get_page, .is_resident = fa_is_resident };
+static const struct shadow_slot_ops fa_ops_no_query = { .get_page = fa_get_page };
+
+static bool fa_reaches(struct shadow_vcpu *v, uint64_t va, unsigned int access)
+{
+	struct shadow_vcpu_result res;
+
+	return shadow_vcpu_access(v, va, access, &res) == 0;
+}
+
+static uint64_t fa_stat(struct shadow_mmu *mmu)
+{
+	struct shadow_mmu_stats st;
+
+	shadow_mmu_stats(mmu, &st);
+	return st.faulted_around;
+}
+
+static const unsigned int fa_windows[] = { 0, 1, 2, 16, 64 };
+
+/* One fault at page 5 of a guest 2 MiB page maps the aligned window around
+ * it, writable (the large page is dirty), and nothing beyond. */
+START_TEST(test_fault_around_maps_the_window_under_a_guest_large_page)
+{
+	const unsigned int w = fa_windows[_i] > 1 ? fa_windows[_i] : 1;
+	struct shadow_vcpu *v;
+	uint32_t ec;
+	uint64_t cr3;
+	struct gm gm;
+
+	gm_init_around(&gm, 1024, fa_windows[_i], NULL, NULL);
+	cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, FA_VA, FA_GPA, 2, FA_RIGHTS | SPTE_DIRTY);
+	v = sh_vcpu(gm.mmu, 64, cr3);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, FA_VA + 5 * GM_PAGE, SHADOW_ACCESS_USER, &ec),
+			 SHADOW_FAULT_FIXED);
+	for (uint64_t p = 0; p < 128; p++) {
+		bool want = p >= (5 & ~(w - 1)) && p < (5 & ~(w - 1)) + w;
+
+		ck_assert_msg(fa_reaches(v, FA_VA + p * GM_PAGE, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE) == want,
+			      "window %u, page %llu: expected %s, got the other", w, (unsigned long long)p,
+			      want ? "mapped writable" : "not mapped");
+	}
+	ck_assert_msg(fa_stat(gm.mmu) == w - 1, "window %u: expected %u pages faulted around, got %llu", w,
+		      w - 1, (unsigned long long)fa_stat(gm.mmu));
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* A read fault under a clean guest large page maps the window read-only;
+ * the first write dirties the large page, whose leaves then have other
+ * rights: a new direct table, and the window mapped writable in it. */
+START_TEST(test_fault_around_maps_the_window_writable_after_the_first_write)
+{
+	struct shadow_vcpu *v;
+	uint64_t cr3;
+	uint32_t ec;
+	struct gm gm;
+
+	gm_init_around(&gm, 1024, 16, NULL, NULL);
+	cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, FA_VA, FA_GPA, 2, FA_RIGHTS);
+	v = sh_vcpu(gm.mmu, 64, cr3);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, FA_VA, SHADOW_ACCESS_USER, &ec), SHADOW_FAULT_FIXED);
+	for (unsigned int p = 0; p < 16; p++) {
+		ck_assert_msg(fa_reaches(v, FA_VA + p * GM_PAGE, SHADOW_ACCESS_USER), "page %u: expected mapped", p);
+		ck_assert_msg(!fa_reaches(v, FA_VA + p * GM_PAGE, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE),
+			      "page %u: expected read-only before the first write", p);
+	}
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, FA_VA + 4 * GM_PAGE,
+					  SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE, &ec),
+			 SHADOW_FAULT_FIXED);
+	for (unsigned int p = 0; p < 16; p++)
+		ck_assert_msg(fa_reaches(v, FA_VA + p * GM_PAGE, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE),
+			      "page %u: expected writable after the first write", p);
+	ck_assert_uint_eq(fa_stat(gm.mmu), 30);
+	ck_assert_uint_eq(gm_read(&gm, gm_entry(&gm, cr3, FA_VA, 2)) & SPTE_DIRTY, SPTE_DIRTY);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* Under 4 KiB guest PTEs a neighbour is mapped only if the guest already
+ * accessed it (A set), writable only if dirty and allowed, and never if its
+ * entry is bad (no backing, a reserved bit): what a guest wrote there is
+ * checked as a fault's walk checks it. */
+START_TEST(test_fault_around_maps_only_accessed_valid_guest_ptes)
+{
+	static const struct {
+		uint64_t flags;
+		uint64_t gpa;	/* 0: FA_GPA + page */
+		bool read, write;
+	} pte[16] = {
+		[2] = { FA_RIGHTS | SPTE_ACCESSED, 0, true, false },
+		[4] = { FA_RIGHTS | SPTE_ACCESSED, 0, true, false },
+		[6] = { FA_RIGHTS | SPTE_ACCESSED | SPTE_DIRTY, 0, true, true },
+		[7] = { FA_RIGHTS | SPTE_DIRTY, 0, false, false },	/* never accessed */
+		[8] = { FA_RIGHTS | SPTE_ACCESSED, 0x10000000, false, false },	/* no backing */
+		[10] = { FA_RIGHTS | SPTE_ACCESSED | (1ull << 51), 0, false, false }, /* reserved */
+		[12] = { SPTE_USER | SPTE_ACCESSED | SPTE_DIRTY, 0, true, false },	/* read-only */
+		[14] = { FA_RIGHTS | SPTE_ACCESSED, 0, true, false },
+	};
+	struct shadow_vcpu *v;
+	uint64_t cr3, around = 0;
+	uint32_t ec;
+	struct gm gm;
+
+	gm_init_around(&gm, 1024, 16, NULL, NULL);
+	cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, FA_VA, FA_GPA, 1, FA_RIGHTS);
+	for (unsigned int p = 1; p < 16; p++) {
+		uint64_t gpa = pte[p].gpa ? pte[p].gpa : FA_GPA + p * GM_PAGE;
+
+		gm_map(&gm, cr3, FA_VA + p * GM_PAGE, gpa, 1, pte[p].flags ? pte[p].flags : FA_RIGHTS);
+		around += pte[p].read;
+	}
+	v = sh_vcpu(gm.mmu, 64, cr3);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, FA_VA, SHADOW_ACCESS_USER, &ec), SHADOW_FAULT_FIXED);
+	for (unsigned int p = 1; p < 16; p++) {
+		bool r = fa_reaches(v, FA_VA + p * GM_PAGE, SHADOW_ACCESS_USER);
+		bool w = fa_reaches(v, FA_VA + p * GM_PAGE, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE);
+
+		ck_assert_msg(r == pte[p].read && w == pte[p].write,
+			      "page %u: expected read %d write %d, got read %d write %d", p, pte[p].read,
+			      pte[p].write, r, w);
+	}
+	ck_assert_msg(fa_stat(gm.mmu) == around, "expected %llu pages faulted around, got %llu",
+		      (unsigned long long)around, (unsigned long long)fa_stat(gm.mmu));
+	/* The guest's own A/D bits are untouched by fault-around. */
+	ck_assert_uint_eq(gm_read(&gm, gm_entry(&gm, cr3, FA_VA + 2 * GM_PAGE, 1)) & SPTE_DIRTY, 0);
+	ck_assert_uint_eq(gm_read(&gm, gm_entry(&gm, cr3, FA_VA + 1 * GM_PAGE, 1)) & SPTE_ACCESSED, 0);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* A paged slot: a neighbour that is not resident is left to fault (and be
+ * made resident by its own get_page); fault-around never calls get_page.
+ * A slot that cannot say what is resident gets no fault-around. */
+START_TEST(test_fault_around_maps_only_resident_pages_and_never_pages_in)
+{
+	struct fa_slot fs = { .absent = FA_GPA / GM_PAGE + 3 };
+	const struct shadow_slot_ops *ops = _i ? &fa_ops_no_query : &fa_ops;
+	struct shadow_vcpu *v;
+	uint64_t cr3;
+	uint32_t ec;
+	struct gm gm;
+
+	gm_init_around(&gm, 1024, 16, ops, &fs);
+	cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, FA_VA, FA_GPA, 2, FA_RIGHTS | SPTE_DIRTY);
+	v = sh_vcpu(gm.mmu, 64, cr3);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, FA_VA, SHADOW_ACCESS_USER, &ec), SHADOW_FAULT_FIXED);
+	ck_assert_msg(fs.gets == 1, "expected get_page for the faulting page only, got %u calls", fs.gets);
+	for (unsigned int p = 1; p < 16; p++) {
+		bool want = !_i && p != 3;
+
+		ck_assert_msg(fa_reaches(v, FA_VA + p * GM_PAGE, SHADOW_ACCESS_USER) == want,
+			      "page %u: expected %s", p, want ? "mapped" : "not mapped");
+	}
+	ck_assert_uint_eq(fa_stat(gm.mmu), _i ? 0 : 14);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* A window that is not a power of two, or too large, is refused. */
+START_TEST(test_fault_around_window_must_be_a_power_of_two_up_to_the_max)
+{
+	static const unsigned int bad[] = { 3, 12, SHADOW_FAULT_AROUND_MAX * 2, 1000 };
+	struct shadow_mmu_config cfg = { .max_gpa = 1 << 20, .mode = shadow_default_mode };
+	struct shadow_mmu *mmu;
+
+	ck_assert_int_eq(shadow_pool_create(16, &cfg.pool), 0);
+	for (unsigned int k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+		cfg.fault_around = bad[k];
+		ck_assert_msg(shadow_mmu_create(&cfg, &mmu) == -EINVAL, "window %u: expected -EINVAL", bad[k]);
+	}
+	cfg.fault_around = SHADOW_FAULT_AROUND_MAX;
+	ck_assert_int_eq(shadow_mmu_create(&cfg, &mmu), 0);
+	shadow_mmu_destroy(mmu);
+	shadow_pool_destroy(cfg.pool);
+}
+END_TEST
+
 Suite *shadow_suite(void)
 {
 	Suite *s = suite_create("shadow");
@@ -1733,6 +1948,7 @@ Suite *shadow_suite(void)
 	TCase *resync = tcase_create("resync");
 	TCase *quota = tcase_create("quota");
 	TCase *bookkeeping = tcase_create("bookkeeping");
+	TCase *around = tcase_create("fault_around");
 
 	tcase_add_loop_test(spte, test_leaf_presets_accessed_and_dirty_only_when_writable, 0,
 			    sizeof(leaf_rights) / sizeof(leaf_rights[0]));
@@ -1788,5 +2004,12 @@ Suite *shadow_suite(void)
 	tcase_add_test(bookkeeping, test_slot_side_arrays_come_per_run_on_first_use);
 	tcase_set_timeout(bookkeeping, 60);
 	suite_add_tcase(s, bookkeeping);
+	tcase_add_loop_test(around, test_fault_around_maps_the_window_under_a_guest_large_page, 0,
+			    sizeof(fa_windows) / sizeof(fa_windows[0]));
+	tcase_add_test(around, test_fault_around_maps_only_accessed_valid_guest_ptes);
+	tcase_add_test(around, test_fault_around_maps_the_window_writable_after_the_first_write);
+	tcase_add_loop_test(around, test_fault_around_maps_only_resident_pages_and_never_pages_in, 0, 2);
+	tcase_add_test(around, test_fault_around_window_must_be_a_power_of_two_up_to_the_max);
+	suite_add_tcase(s, around);
 	return s;
 }

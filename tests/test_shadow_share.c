@@ -820,6 +820,25 @@ static void segvms_init(struct segvms *s)
 	}
 }
 
+static void segvms_fini(struct segvms *s)
+{
+	assert_pool_check(s->pool);
+	for (int k = 0; k < NVM; k++) {
+		assert_mmu_check(s->gm[k].mmu);
+		shadow_vcpu_destroy(s->v[k]);
+		shadow_mmu_destroy(s->gm[k].mmu);
+		s->gm[k].mmu = NULL;
+		assert_pool_check(s->pool);
+	}
+	ck_assert_uint_eq(shadow_pool_pages_in_use(s->pool, 0), 0);
+	for (int k = 0; k < NVM; k++) {
+		notifier_object_destroy(s->gm[k].ram);
+		munmap(s->gm[k].host, s->gm[k].npages * GM_PAGE);
+	}
+	hobj_fini(&s->seg);
+	shadow_pool_destroy(s->pool);
+}
+
 START_TEST(test_segment_run_uses_one_canonical_table_for_every_vm)
 {
 	struct shadow_vcpu_result res;
@@ -881,21 +900,75 @@ START_TEST(test_segment_run_uses_one_canonical_table_for_every_vm)
 	ck_assert_uint_eq(read_u64(s.v[0], SEG_VA + 3 * GM_PAGE, NULL), 0x5e00003);
 	write_u64(s.v[1], SEG_VA + 3 * GM_PAGE, 0x77);
 	ck_assert_uint_eq(read_u64(s.v[2], SEG_VA + 3 * GM_PAGE, NULL), 0x77);
+	segvms_fini(&s);
+}
+END_TEST
+
+/* Each VM reads pages 0..15 of the segment's first run (one canonical
+ * table); then one range invalidation of [first, last] reaches all NVM VMs.
+ * The first callback clears the leaves; the others find the pages' mapped
+ * bits clear: every VM's non-local zaps together visit each mapped page of
+ * the range once (rmap_scans), whatever NVM is. */
+static const struct {
+	uint64_t first, last;
+	uint64_t scans;	/* pages of 0..15 in [first, last] */
+} scan_cases[] = {
+	{ 0, 1023, 16 },	/* the whole segment: run 1 never used */
+	{ 8, 1023, 8 },		/* the end of the mapped pages */
+	{ 0, 7, 8 },		/* the start */
+	{ 16, 1023, 0 },	/* nothing mapped there */
+	{ 5, 5, 1 },		/* one page */
+};
+
+START_TEST(test_range_invalidation_of_a_shared_segment_visits_each_mapped_page_once)
+{
+	const uint64_t first = scan_cases[_i].first, last = scan_cases[_i].last;
+	struct notifier_range range;
+	struct segvms s;
+	uint64_t scans = 0, zapped = 0;
+
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	segvms_init(&s);
+	for (int k = 0; k < NVM; k++)
+		for (uint64_t p = 0; p < 16; p++)
+			ck_assert_uint_eq(read_u64(s.v[k], SEG_VA + p * GM_PAGE, NULL), 0x5e00000 + p);
+	for (int k = 0; k < NVM; k++) {
+		struct shadow_mmu_stats st;
+
+		shadow_mmu_stats(s.gm[k].mmu, &st);
+		scans -= st.rmap_scans;
+		zapped -= st.zapped;
+	}
+	notifier_range_init(&range, s.seg.obj, NOTIFIER_EVENT_SWAPOUT, first, last,
+			    NOTIFIER_RANGE_MAY_BLOCK);
+	ck_assert_int_eq(notifier_invalidate_range_start(&range), 0);
+	notifier_invalidate_range_end(&range);
+	for (int k = 0; k < NVM; k++) {
+		struct shadow_mmu_stats st;
+
+		shadow_mmu_stats(s.gm[k].mmu, &st);
+		scans += st.rmap_scans;
+		zapped += st.zapped;
+	}
+	ck_assert_msg(scans == scan_cases[_i].scans,
+		      "[%llu, %llu] over %d VMs: expected %llu reverse maps visited, got %llu",
+		      (unsigned long long)first, (unsigned long long)last, NVM,
+		      (unsigned long long)scan_cases[_i].scans, (unsigned long long)scans);
+	ck_assert_msg(zapped == scan_cases[_i].scans, "expected %llu leaves cleared, got %llu",
+		      (unsigned long long)scan_cases[_i].scans, (unsigned long long)zapped);
 	assert_pool_check(s.pool);
+	/* Every VM lost exactly the pages of the range. */
 	for (int k = 0; k < NVM; k++) {
-		assert_mmu_check(s.gm[k].mmu);
-		shadow_vcpu_destroy(s.v[k]);
-		shadow_mmu_destroy(s.gm[k].mmu);
-		s.gm[k].mmu = NULL;
-		assert_pool_check(s.pool);
+		for (uint64_t p = 0; p < 16; p++) {
+			struct shadow_vcpu_result res;
+			int ret = shadow_vcpu_access(s.v[k], SEG_VA + p * GM_PAGE, SHADOW_ACCESS_USER, &res);
+			int want = p >= first && p <= last ? -EFAULT : 0;
+
+			ck_assert_msg(ret == want, "VM %d, page %llu: expected access %d, got %d", k,
+				      (unsigned long long)p, want, ret);
+		}
 	}
-	ck_assert_uint_eq(shadow_pool_pages_in_use(s.pool, 0), 0);
-	for (int k = 0; k < NVM; k++) {
-		notifier_object_destroy(s.gm[k].ram);
-		munmap(s.gm[k].host, s.gm[k].npages * GM_PAGE);
-	}
-	hobj_fini(&s.seg);
-	shadow_pool_destroy(s.pool);
+	segvms_fini(&s);
 }
 END_TEST
 
@@ -1505,6 +1578,8 @@ Suite *shadow_share_suite(void)
 	tcase_add_test(fill, test_refaults_after_eviction_fill_shared_tables_in_place);
 	tcase_add_loop_test(fill, test_divergent_views_privatize_instead_of_filling, 0, 3);
 	tcase_add_test(seg, test_segment_run_uses_one_canonical_table_for_every_vm);
+	tcase_add_loop_test(seg, test_range_invalidation_of_a_shared_segment_visits_each_mapped_page_once,
+			    0, (int)(sizeof(scan_cases) / sizeof(scan_cases[0])));
 	tcase_add_loop_test(
 		seg, test_readonly_and_writable_attachments_of_a_segment_never_share_a_leaf_table, 0, 2);
 	/* Room for the sanitizer builds; a Debug build takes ~1 s a case. */

@@ -107,7 +107,19 @@ static int torture_get_page(void *priv, uint64_t page, bool write)
 	return 0;
 }
 
-static const struct shadow_slot_ops torture_slot_ops = { .get_page = torture_get_page };
+/* is_resident (fault-around): not swapped out. */
+static bool torture_is_resident(void *priv, uint64_t page)
+{
+	struct torture *t = priv;
+	uint64_t p = page - GM_DATA / GM_PAGE;
+
+	if (page < GM_DATA / GM_PAGE || p >= NR_DATA)
+		return true;
+	return !(__atomic_load_n(&t->out[p], __ATOMIC_ACQUIRE) & 1);
+}
+
+static const struct shadow_slot_ops torture_slot_ops = { .get_page = torture_get_page,
+							  .is_resident = torture_is_resident };
 
 /* Does target @tg allow @access (always a user access here)? */
 static bool target_allows(uint32_t tg, unsigned int access)
@@ -361,9 +373,10 @@ START_TEST(test_torture_vcpus_never_reach_a_stale_page)
 	test_failures_init(&t->fails);
 	test_gate_init(&t->gate, NR_VCPUS + 3);
 	t->vcpu_ops = test_env_ulong("UMBRA_SHADOW_TORTURE_OPS", VCPU_OPS_DEFAULT);
-	/* 3 roots cached for 4 address spaces: CR3 loads evict and re-sync. */
-	gm_init_full(&t->gm, 1024, NULL, 512, 3, NULL, &torture_slot_ops, t);
-	ck_assert_int_eq(notifier_object_set_mode(t->gm.ram, _i ? NOTIFIER_MODE_PAGE : NOTIFIER_MODE_RANGE),
+	/* 3 roots cached for 4 address spaces: CR3 loads evict and re-sync.
+	 * _i: bit 0 per-page delivery, bit 1 fault-around (a window of 16). */
+	gm_init_core(&t->gm, 1024, NULL, 512, 3, 0, _i & 2 ? 16 : 0, NULL, &torture_slot_ops, t);
+	ck_assert_int_eq(notifier_object_set_mode(t->gm.ram, _i & 1 ? NOTIFIER_MODE_PAGE : NOTIFIER_MODE_RANGE),
 			 0);
 	for (int c = 0; c < NR_CR3; c++)
 		t->cr3[c] = gm_table(&t->gm);
@@ -425,7 +438,7 @@ Suite *shadow_torture_suite(void)
 	 * backstop for a hang. */
 	tcase_set_timeout(tc, TEST_TORTURE_LIMIT_S + 60);
 	/* _i = 0: range delivery; 1: per-page invalidate_page delivery. */
-	tcase_add_loop_test(tc, test_torture_vcpus_never_reach_a_stale_page, 0, 2);
+	tcase_add_loop_test(tc, test_torture_vcpus_never_reach_a_stale_page, 0, 4);
 	suite_add_tcase(s, tc);
 	return s;
 }

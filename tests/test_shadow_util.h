@@ -38,7 +38,7 @@ struct gm {
 
 static inline void gm_init_core(struct gm *gm, uint64_t ram_pages, struct shadow_pool *pool,
 				size_t pool_pages, unsigned int nr_roots, unsigned long max_tables,
-				const struct shadow_paging_mode *mode,
+				unsigned int fault_around, const struct shadow_paging_mode *mode,
 				const struct shadow_slot_ops *ops, void *priv)
 {
 	struct shadow_mmu_config cfg = { 0 };
@@ -60,6 +60,7 @@ static inline void gm_init_core(struct gm *gm, uint64_t ram_pages, struct shadow
 	cfg.max_gpa = ram_pages * GM_PAGE;
 	cfg.nr_roots = nr_roots;
 	cfg.max_tables = max_tables;
+	cfg.fault_around = fault_around;
 	cfg.mode = mode ? *mode : shadow_default_mode;
 	ck_assert_int_eq(shadow_mmu_create(&cfg, &gm->mmu), 0);
 	slot.obj = gm->ram;
@@ -77,7 +78,7 @@ static inline void gm_init_full(struct gm *gm, uint64_t ram_pages, struct shadow
 				const struct shadow_paging_mode *mode,
 				const struct shadow_slot_ops *ops, void *priv)
 {
-	gm_init_core(gm, ram_pages, pool, pool_pages, nr_roots, 0, mode, ops, priv);
+	gm_init_core(gm, ram_pages, pool, pool_pages, nr_roots, 0, 0, mode, ops, priv);
 }
 
 /* A guest machine on @pool (or a pool of its own of @pool_pages) whose MMU
@@ -85,7 +86,15 @@ static inline void gm_init_full(struct gm *gm, uint64_t ram_pages, struct shadow
 static inline void gm_init_quota(struct gm *gm, uint64_t ram_pages, struct shadow_pool *pool,
 				 size_t pool_pages, unsigned long max_tables)
 {
-	gm_init_core(gm, ram_pages, pool, pool_pages, 0, max_tables, NULL, NULL, NULL);
+	gm_init_core(gm, ram_pages, pool, pool_pages, 0, max_tables, 0, NULL, NULL, NULL);
+}
+
+/* A guest machine with a pool of its own whose MMU maps @fault_around
+ * pages around a fault, its RAM slot with @ops / @priv. */
+static inline void gm_init_around(struct gm *gm, uint64_t ram_pages, unsigned int fault_around,
+				  const struct shadow_slot_ops *ops, void *priv)
+{
+	gm_init_core(gm, ram_pages, NULL, 256, 0, 0, fault_around, NULL, ops, priv);
 }
 
 static inline void gm_init(struct gm *gm, uint64_t ram_pages)

@@ -118,8 +118,19 @@ static int area_get_page(void *priv, uint64_t page, bool write)
 	return a->pager_slot.ops->get_page(a->pager_slot.priv, page, write);
 }
 
+static bool area_is_resident(void *priv, uint64_t page)
+{
+	struct vm_area *a = priv;
+
+	return a->pager_slot.ops->is_resident(a->pager_slot.priv, page);
+}
+
 static const struct shadow_slot_ops area_ops = { .put_page = area_put_page };
-static const struct shadow_slot_ops area_paged_ops = { .get_page = area_get_page, .put_page = area_put_page };
+static const struct shadow_slot_ops area_paged_ops = {
+	.get_page = area_get_page,
+	.is_resident = area_is_resident,
+	.put_page = area_put_page,
+};
 
 void area_slot(struct vm_area *a, bool readonly, struct shadow_slot *slot)
 {

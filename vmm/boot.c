@@ -63,32 +63,37 @@ static uint64_t boot_table_alloc(struct boot_tables *bt)
 	return page;
 }
 
+/* Boot table entries: directories accessed, leaves accessed and dirty (as
+ * Linux presets its kernel mappings), so that no first access or write
+ * of a boot mapping needs A/D written, and a fault may map the resident
+ * neighbours of its page writable (fault-around). */
+#define BOOT_DIR (X86_PTE_PRESENT | X86_PTE_WRITABLE | X86_PTE_ACCESSED)
+#define BOOT_LEAF (BOOT_DIR | X86_PTE_DIRTY)
+
 /* Identity-maps the 2 MiB page at gpa (2 MiB aligned, below 512 GiB). */
 static void boot_map_2m(struct boot_tables *bt, uint64_t gpa)
 {
-	const uint64_t rw = X86_PTE_PRESENT | X86_PTE_WRITABLE;
 	uint64_t *pdpte = &bt->ram[bt->pdpt / 8 + (gpa >> X86_HUGE_PAGE_SHIFT)];
 
 	if (!(*pdpte & X86_PTE_PRESENT))
-		*pdpte = boot_table_alloc(bt) | rw;
+		*pdpte = boot_table_alloc(bt) | BOOT_DIR;
 	uint64_t pd = *pdpte & X86_PTE_ADDR_MASK;
-	bt->ram[pd / 8 + ((gpa >> X86_PD_SHIFT) & (X86_ENTRIES_PER_TABLE - 1))] = gpa | rw | X86_PTE_LARGE;
+	bt->ram[pd / 8 + ((gpa >> X86_PD_SHIFT) & (X86_ENTRIES_PER_TABLE - 1))] = gpa | BOOT_LEAF | X86_PTE_LARGE;
 }
 
 /* The first 2 MiB through a page table, without page 0. */
 static void boot_map_first_2m(struct boot_tables *bt)
 {
-	const uint64_t rw = X86_PTE_PRESENT | X86_PTE_WRITABLE;
 	uint64_t pd0 = bt->ram[bt->pdpt / 8] & X86_PTE_ADDR_MASK;
 
 	if (!pd0) {
 		pd0 = boot_table_alloc(bt);
-		bt->ram[bt->pdpt / 8] = pd0 | rw;
+		bt->ram[bt->pdpt / 8] = pd0 | BOOT_DIR;
 	}
 	uint64_t pt0 = boot_table_alloc(bt);
-	bt->ram[pd0 / 8] = pt0 | rw;
+	bt->ram[pd0 / 8] = pt0 | BOOT_DIR;
 	for (uint64_t i = 1; i < X86_ENTRIES_PER_TABLE; i++)
-		bt->ram[pt0 / 8 + i] = (i * X86_PAGE_SIZE) | rw;
+		bt->ram[pt0 / 8 + i] = (i * X86_PAGE_SIZE) | BOOT_LEAF;
 }
 
 uint64_t boot_write_page_tables(const struct boot_layout *l, uint64_t *end)
@@ -103,7 +108,7 @@ uint64_t boot_write_page_tables(const struct boot_layout *l, uint64_t *end)
 		nr_pds += (l->segments[i]->size >> X86_HUGE_PAGE_SHIFT) + 2;
 	if (bt.next + (nr_pds + 1) * X86_PAGE_SIZE > UMBRA_IMAGE_MIN_GPA)
 		return 0;
-	bt.ram[bt.pml4 / 8] = bt.pdpt | X86_PTE_PRESENT | X86_PTE_WRITABLE;
+	bt.ram[bt.pml4 / 8] = bt.pdpt | BOOT_DIR;
 	for (uint64_t gpa = X86_LARGE_PAGE_SIZE; gpa < l->ram_size; gpa += X86_LARGE_PAGE_SIZE)
 		boot_map_2m(&bt, gpa);
 	boot_map_first_2m(&bt);

@@ -182,6 +182,7 @@ static int prepare(const struct vmm_options *opts, struct run_state *rs)
 		return UMBRA_STATUS_NO_KVM;
 	}
 	rs->host->console = opts->console;
+	rs->host->fault_around = opts->fault_around;
 	rs->host->memory = rs->memory;
 	return 0;
 }

@@ -54,6 +54,7 @@ int vmm_host_create(const struct plan *plan, struct vmm_host **out, struct vmm_e
 
 	if (!host)
 		return vmm_error_set(err, ENOMEM, "out of memory");
+	host->fault_around = VMM_FAULT_AROUND_DEFAULT;
 	host->groups = calloc(plan->nr_groups ? plan->nr_groups : 1, sizeof(*host->groups));
 	if (!host->groups) {
 		ret = vmm_error_set(err, ENOMEM, "out of memory");
@@ -239,6 +240,7 @@ int vm_mmu_init(struct vm *vm, struct vmm_error *err)
 	struct shadow_mmu_config config = {
 		.pool = vm->group->pool, .max_gpa = max_gpa, .nr_roots = vmm_nr_roots(vm->nr_vcpus),
 		.max_tables = (unsigned long)vm->table_quota, .mode = vm_paging_mode(vm),
+		.fault_around = vm->host->fault_around,
 	};
 	ret = shadow_mmu_create(&config, &vm->mmu);
 	if (ret)

@@ -16,10 +16,10 @@ const char vmm_usage[] =
 	"usage: umbra run IMAGE [--vms N] [--mem SIZE] [--vcpus N] [--cmdline STRING]\n"
 	"                 [--group NAME] [--table-quota PAGES] [--clone N]\n"
 	"                 [--stats] [--stats-json FILE] [--console escaped|raw]\n"
-	"                 [--mem-limit SIZE] [--swap FILE] [--swap-size SIZE]\n"
+	"                 [--fault-around PAGES] [--mem-limit SIZE] [--swap FILE] [--swap-size SIZE]\n"
 	"                 [--reclaim-policy clock|round-robin] [--evict-ms MS [--evict-pages N]]\n"
 	"       umbra run --config FILE [--stats] [--stats-json FILE] [--console escaped|raw]\n"
-	"                 [pager options as above]\n"
+	"                 [--fault-around PAGES] [pager options as above]\n"
 	"       umbra --help | --version\n"
 	"\n"
 	"Runs freestanding x86-64 ELF64 guest images in KVM virtual machines, all in\n"
@@ -48,6 +48,10 @@ const char vmm_usage[] =
 	"                    NAME.1 .. NAME.N (docs/abi.md, \"Clones\")\n"
 	"  --config FILE     a JSON file describing VMs and shared segments\n"
 	"                    (docs/config.md); replaces IMAGE and the options above\n"
+	"  --fault-around PAGES  a shadow fault also maps the other pages of its\n"
+	"                    aligned PAGES-page window that the guest already maps\n"
+	"                    and that are resident (1, 2, 4 .. 64; 1: off; default\n"
+	"                    32; docs/shadow.md, \"Fault-around\")\n"
 	"  --stats           print each VM's statistics when it stops (stderr)\n"
 	"  --stats-json FILE write the statistics of every VM as JSON to FILE (one\n"
 	"                    that cannot be written is a warning, not an exit status)\n"
@@ -269,7 +273,7 @@ static int parse_vm_option(int argc, char *const argv[], int *i, struct vmm_opti
 }
 
 /* The other options of run: --config, --stats, --stats-json, --console,
- * --evict-ms, --evict-pages. Returns 1 if argv[*i] is one (handled), 0 if
+ * --fault-around, --evict-ms, --evict-pages. Returns 1 if argv[*i] is one (handled), 0 if
  * it is not, -EINVAL with err. */
 static int parse_run_option(int argc, char *const argv[], int *i, struct vmm_options *opts, struct run_args *ra,
 			    struct vmm_error *err)
@@ -309,6 +313,14 @@ static int parse_run_option(int argc, char *const argv[], int *i, struct vmm_opt
 					     value, VMM_EVICT_PAGES_MAX);
 		opts->evict_pages = (unsigned int)n;
 		ra->evict_pages_given = true;
+	} else if (option_is(arg, "--fault-around")) {
+		if (!(value = option_value(argc, argv, i, "--fault-around")))
+			return vmm_error_set(err, EINVAL, "--fault-around needs a number of pages");
+		if (parse_uint(value, SHADOW_FAULT_AROUND_MAX, &n) || n == 0 || (n & (n - 1)))
+			return vmm_error_set(err, EINVAL,
+					     "--fault-around '%s': must be a power of two from 1 (off) to %u",
+					     value, SHADOW_FAULT_AROUND_MAX);
+		opts->fault_around = (unsigned int)n;
 	} else if (strcmp(arg, "--stats") == 0) {
 		opts->stats = true;
 	} else {
@@ -480,6 +492,7 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		.cmdline = "",
 		.evict_pages = VMM_EVICT_PAGES_DEFAULT,
 		.console = VMM_CONSOLE_ESCAPED,
+		.fault_around = VMM_FAULT_AROUND_DEFAULT,
 		.pager = { .policy = -1, .inject_kind = -1 },
 	};
 	if (argc < 2)

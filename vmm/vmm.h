@@ -136,9 +136,13 @@ struct vmm_options {
 	const char *group;        /* run: the trust group of the VMs (or NULL: none) */
 	uint64_t table_quota;     /* run: table pages each VM may hold (0: the default) */
 	unsigned int clones;      /* run: clones of each VM at READY (0: none) */
+	unsigned int fault_around; /* run: fault-around window in pages (1: off) */
 	struct vmm_pager_options pager; /* run: --mem-limit, --swap, ... (they override the config's) */
 };
 
+/* The fault-around window (shadow_mmu_config.fault_around) by default, in
+ * pages: a shadow fault maps up to 31 resident neighbours too. */
+#define VMM_FAULT_AROUND_DEFAULT 32u
 #define VMM_EVICT_MS_MAX 60000u
 #define VMM_EVICT_PAGES_DEFAULT 64u
 #define VMM_EVICT_PAGES_MAX 65536u
@@ -438,6 +442,10 @@ struct vmm_host {
 	/* Set by main() after vmm_host_create() (which leaves it
 	 * VMM_CONSOLE_ESCAPED) and before any VM starts; read-only afterwards. */
 	enum vmm_console_mode console;
+	/* Each VM's fault-around window in pages (--fault-around); set by
+	 * main() like console (vmm_host_create leaves it
+	 * VMM_FAULT_AROUND_DEFAULT). */
+	unsigned int fault_around;
 	/* The pager of guest memory, or NULL when it is off; set by main()
 	 * like console. */
 	struct vmm_memory *memory;
@@ -549,6 +557,7 @@ struct vm_stats {
 	X(SHADOW, guest_faults, " guest=", "", s->shadow.guest_faults)                             \
 	X(SHADOW, retries, " retries=", "", s->shadow.retries)                                     \
 	X(SHADOW, installs, " installs=", "", s->shadow.installs)                                  \
+	X(SHADOW, faulted_around, " faulted_around=", "", s->shadow.faulted_around)                \
 	X(SHADOW, zapped, " zapped=", "", s->shadow.zapped)                                        \
 	X(SHADOW, tables, " tables=", "", s->shadow.tables_created - s->shadow.tables_freed)       \
 	X(SHADOW, tables_created, " (created ", "", s->shadow.tables_created)                      \
@@ -557,6 +566,7 @@ struct vm_stats {
 	X(SHADOW, cr3_loads, " cr3_loads=", "", s->shadow.cr3_loads)                               \
 	X(SHADOW, syncs, " syncs=", "", s->shadow.syncs)                                           \
 	X(SHADOW, invalidations, " invalidations=", "", s->shadow.invalidations)                   \
+	X(SHADOW, rmap_scans, " rmap_scans=", "", s->shadow.rmap_scans)                            \
 	X(SHADOW, access_tracked, " access_tracked=", "", s->shadow.access_tracked)                \
 	X(SHADOW, fast_restores, " fast_restores=", "", s->shadow.fast_restores)                   \
 	X(SHADOW, root_evictions, " root_evictions=", "", s->shadow.root_evictions)                \

@@ -32,6 +32,8 @@
 /* Page-table entries. */
 #define X86_PTE_PRESENT (1ull << 0)
 #define X86_PTE_WRITABLE (1ull << 1)
+#define X86_PTE_ACCESSED (1ull << 5)
+#define X86_PTE_DIRTY (1ull << 6)  /* in a leaf */
 #define X86_PTE_LARGE (1ull << 7) /* PS: a 2 MiB (PDE) or 1 GiB (PDPTE) leaf */
 #define X86_PTE_ADDR_MASK (~(X86_PAGE_SIZE - 1))
 

@@ -297,6 +297,20 @@ struct shadow_slot_ops {
 	 */
 	int (*get_page)(void *priv, uint64_t page, bool write);
 	/*
+	 * is_resident - would get_page(@page) return 0 at once, with nothing
+	 * to do (the page in memory)?  Asked by fault-around
+	 * (shadow_mmu_config.fault_around) for the neighbours of a faulting
+	 * page, which it maps only if resident: it never makes a page
+	 * resident.  Called with the VM's mmu_lock held (no other shadow
+	 * lock): must not block, and may take only locks that rank above
+	 * UMBRA_LOCK_RANK_TLBS.  An answer that is stale by the time the
+	 * leaf is installed is harmless: a page that goes out meanwhile is
+	 * invalidated (notifier_read_retry catches it).  NULL with a
+	 * get_page: no page of the slot is mapped around a fault; NULL
+	 * without one: every page is resident.
+	 */
+	bool (*is_resident)(void *priv, uint64_t page);
+	/*
 	 * put_page - page @page of the slot's object (a layer or an own slot:
 	 * the pages that are reference-counted) is no longer mapped by any
 	 * VM's P2M (its last reference went: every VM that shared it copied it
@@ -321,6 +335,9 @@ struct shadow_slot {
 
 /* The root cache's size when shadow_mmu_config.nr_roots is 0. */
 #define SHADOW_MMU_DEFAULT_ROOTS 8u
+/* The largest fault-around window, in pages (it bounds the extra work a
+ * fault does under mmu_lock: one guest walk per page of the window). */
+#define SHADOW_FAULT_AROUND_MAX 64u
 
 /* The smallest table quota (shadow_mmu_config.max_tables other than 0): one
  * root and the three tables below it that one translation needs.  Each vCPU
@@ -341,6 +358,9 @@ struct shadow_mmu_config {
 	struct shadow_pool *pool;	/* shared by the VMs of one trust group; must outlive the MMU */
 	uint64_t max_gpa;		/* guest-physical space covered by the P2M */
 	unsigned int nr_roots;		/* root cache bound (>= 1); 0: SHADOW_MMU_DEFAULT_ROOTS */
+	unsigned int fault_around;	/* fault-around window in pages: 0 or 1 off, else a
+					 * power of two <= SHADOW_FAULT_AROUND_MAX
+					 * (shadow_mmu_fault) */
 	unsigned long max_tables;	/* table pages the MMU may hold (a quota); 0: no limit */
 	struct shadow_paging_mode mode;	/* the guest's paging controls */
 };
@@ -352,6 +372,8 @@ struct shadow_mmu_stats {
 	uint64_t guest_faults;		/* ... reflected to the guest */
 	uint64_t retries;		/* seq/retry collisions (notifier or guest-table sync) */
 	uint64_t installs;		/* leaf SPTEs written */
+	uint64_t faulted_around;	/* ... of them by fault-around, for a page that
+					 * did not fault */
 	uint64_t zapped;		/* present SPTEs cleared (leaves and tables) */
 	uint64_t tables_created;
 	uint64_t tables_freed;
@@ -362,6 +384,8 @@ struct shadow_mmu_stats {
 	uint64_t flushes_all;		/* flush_all requests sent to vCPUs */
 	uint64_t flushes_va;		/* flush_va requests sent to vCPUs */
 	uint64_t invalidations;		/* notifier invalidations (range or page) handled */
+	uint64_t rmap_scans;		/* pages whose reverse map this VM's non-local zaps
+					 * cleared (only pages that had a leaf are visited) */
 	/* access tracking (docs/shadow.md, "Access tracking") */
 	uint64_t access_tracked;	/* leaves made access-tracked by this VM's clear_young */
 	uint64_t fast_restores;		/* faults fixed by the fast path (no guest walk, no
@@ -511,6 +535,21 @@ int shadow_mmu_resume_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64
  * shadow_mmu_load_cr3 does: this VM's tables only, never another VM's; the
  * pinned translations of its vCPUs go too, and stats.reclaims says so) and
  * retries; -ENOMEM and -EDQUOT mean it still did not fit.
+ *
+ * Fault-around (shadow_mmu_config.fault_around = W > 1): once the faulting
+ * leaf is in a level-1 table that this VM alone reaches, the fault also
+ * maps the other pages of the aligned W-page window around @va that are not
+ * mapped yet, where (1) the guest's tables already map them through the
+ * same guest tables with the Accessed bit set on every level (a neighbour
+ * under a guest large page always qualifies: its one leaf was just
+ * accessed), with the rights a fault would give (writable only if the
+ * guest's leaf is dirty); (2) the P2M maps them to the same slot as the
+ * faulting page (same notifier object), not copy-on-write for a write; (3)
+ * the slot says they are resident (is_resident).  It never writes guest
+ * memory, never calls get_page, never waits: a neighbour that fails a test
+ * is left to fault on its own.  The pages mapped count as accessed
+ * (young), as Linux's fault-around maps young PTEs on x86; stats.faulted_around
+ * counts them.  A shared or canonical leaf table gets no fault-around.
  */
 int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access,
 		     uint32_t *error_code);
