@@ -119,6 +119,11 @@ void umbra_call_rcu(struct umbra_rcu_work *work, void (*func)(struct umbra_rcu_w
 	urcu_memb_call_rcu(work_head(work), rcu_work_run);
 }
 
+void umbra_rcu_worker_start(void)
+{
+	(void)urcu_memb_get_default_call_rcu_data();
+}
+
 /*
  * Our own barrier rather than urcu_memb_barrier(): the latter hands a
  * completion it allocates to liburcu's worker thread through uninstrumented

@@ -22,6 +22,8 @@ int shadow_pool_create(size_t nr_pages, struct shadow_pool **out)
 
 	if (nr_pages == 0 || nr_pages > SHADOW_POOL_MAX_PAGES)
 		return -EINVAL;
+	/* The deferred frees' worker from the start (umbra/rcu.h). */
+	umbra_rcu_worker_start();
 	pool = calloc(1, sizeof(*pool));
 	if (!pool)
 		return -ENOMEM;

@@ -59,7 +59,6 @@
 #include <unistd.h>
 
 #include "umbra/notifier.h"
-#include "umbra/rcu.h"
 #define BENCH_NAME "bench-share"
 #include "bench_util.h"
 #include "umbra/shadow.h"
@@ -783,24 +782,12 @@ static void bench_c(struct seg *seg, unsigned int nvms, bool shared, int reps_ra
 	free(f0);
 }
 
-/* Does nothing: a deferred call that starts liburcu's worker thread. */
-static void rcu_nop(struct umbra_rcu_work *work)
-{
-	(void)work;
-}
-
 /*
  * C with shared tables in a child process that has run nothing else (the
  * parent has only forked for A's baseline): the figures "in a fresh
  * process", to set against the same run after A and B in this one.
- * @threaded: first one deferred call (umbra_call_rcu), as the engine's first
- * table free makes, which starts liburcu's worker thread; without it the
- * child has one thread for the whole run, and glibc (2.35 and later) then
- * takes private mutexes with a plain store instead of an atomic
- * instruction.  umbra itself always has several threads.
  */
-static void bench_c_fresh(unsigned int nvms, bool threaded, int reps_range, int reps_page,
-			  struct c_row *out)
+static void bench_c_fresh(unsigned int nvms, int reps_range, int reps_page, struct c_row *out)
 {
 	struct c_row *shm = mmap(NULL, 2 * sizeof(*shm), PROT_READ | PROT_WRITE,
 				 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -817,12 +804,6 @@ static void bench_c_fresh(unsigned int nvms, bool threaded, int reps_range, int 
 		struct seg seg;
 
 		CHECK(notifier_thread_init());
-		if (threaded) {
-			struct umbra_rcu_work w;
-
-			umbra_call_rcu(&w, rcu_nop);
-			umbra_rcu_barrier();
-		}
 		seg_create(&seg, GIB);
 		bench_c(&seg, nvms, true, reps_range, reps_page, shm);
 		seg_destroy(&seg);
@@ -859,9 +840,7 @@ int main(int argc, char **argv)
 	unsigned int b_nmax, c_vms;
 	struct a_row arow[4];
 	struct b_row brow[16];
-	/* shared (fresh process, one thread), shared (fresh process, with
-	 * liburcu's worker), shared, unshared: range, per-page */
-	struct c_row crow[8];
+	struct c_row crow[6];	/* shared (fresh process), shared, unshared: range, per-page */
 	struct seg seg;
 	struct utsname un;
 	double t_start = now_ns(), t_c0, t_a, t_b;
@@ -889,8 +868,7 @@ int main(int argc, char **argv)
 		arow[i].bytes = sizes[i];
 		bench_fork(sizes[i], reps_fork, &arow[i].fork);
 	}
-	bench_c_fresh(c_vms, false, reps_range, reps_page, &crow[0]);
-	bench_c_fresh(c_vms, true, reps_range, reps_page, &crow[2]);
+	bench_c_fresh(c_vms, reps_range, reps_page, &crow[0]);
 	t_c0 = now_ns();
 	CHECK(notifier_thread_init());
 	for (int i = 0; i < nsizes; i++)
@@ -899,8 +877,8 @@ int main(int argc, char **argv)
 	seg_create(&seg, GIB);
 	nb = bench_b(&seg, b_nmax, brow);
 	t_b = now_ns();
-	bench_c(&seg, c_vms, true, reps_range, reps_page, &crow[4]);
-	bench_c(&seg, c_vms, false, reps_range, reps_page_unshared, &crow[6]);
+	bench_c(&seg, c_vms, true, reps_range, reps_page, &crow[2]);
+	bench_c(&seg, c_vms, false, reps_range, reps_page_unshared, &crow[4]);
 	seg_destroy(&seg);
 	notifier_barrier();
 	notifier_thread_exit();
@@ -941,9 +919,8 @@ int main(int argc, char **argv)
 	       c_vms, reps_range, reps_page);
 	printf("| tables | process | range ms | per-page ms | per-page / range | callbacks (range / per-page) | leaves cleared (range / per-page) | TLB flushes per VM, range: mean (min..max) | TLB flushes per VM, per-page: mean (min..max) |\n");
 	printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-	for (int i = 0; i < 8; i += 2) {
-		static const char *const process[] = { "fresh, one thread", "fresh, liburcu worker",
-							"after A and B", "after A and B" };
+	for (int i = 0; i < 6; i += 2) {
+		static const char *const process[] = { "fresh (C only)", "after A and B", "after A and B" };
 		const struct c_row *r = &crow[i], *p = &crow[i + 1];
 
 		printf("| %s | %s | %.2f (%.2f..%.2f) | %.1f (%.1f..%.1f) | %.0f | %llu / %llu | %llu / %llu | %.1f (%llu..%llu) | %.1f (%llu..%llu) |\n",
@@ -957,8 +934,7 @@ int main(int argc, char **argv)
 		       p->flushes_mean, (unsigned long long)p->flushes_min,
 		       (unsigned long long)p->flushes_max);
 	}
-	printf("\nshared tables, after A and B / fresh process with liburcu's worker: range %.2f, per-page %.2f; one thread / with the worker: range %.2f, per-page %.2f\n",
-	       crow[4].ns / crow[2].ns, crow[5].ns / crow[3].ns, crow[0].ns / crow[2].ns,
-	       crow[1].ns / crow[3].ns);
+	printf("\nshared tables, after A and B / fresh process: range %.2f, per-page %.2f\n",
+	       crow[2].ns / crow[0].ns, crow[3].ns / crow[1].ns);
 	return 0;
 }

@@ -57,6 +57,18 @@ struct umbra_rcu_work {
 
 void umbra_call_rcu(struct umbra_rcu_work *work, void (*func)(struct umbra_rcu_work *work));
 
+/*
+ * Starts liburcu's worker thread, which runs umbra_call_rcu work, now if it
+ * is not running yet (else the first umbra_call_rcu starts it).
+ * shadow_pool_create calls it, so that what a process's locks cost does not
+ * change halfway through its life: glibc (2.35 and later) takes a private
+ * mutex without an atomic instruction while the process has one thread,
+ * and the first deferred free would otherwise end that.  May block (it
+ * creates a thread); not inside a read-side critical section.  A process
+ * that forks keeps the worker in the parent only (liburcu's rule).
+ */
+void umbra_rcu_worker_start(void);
+
 /* The object of type @type whose member @member is at @ptr (e.g. the
  * object an umbra_rcu_work callback frees). */
 #define umbra_container_of(ptr, type, member) \

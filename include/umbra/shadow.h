@@ -64,7 +64,9 @@ struct shadow_pool;
  * writable) breaks at most the translations of the VMs that use the pool;
  * nothing umbra does depends on what it wrote.  Table memory is therefore
  * twice the tables' size; both copies are sparse (a page takes memory once a
- * table was allocated there).  May block (allocates).  Returns 0 and sets
+ * table was allocated there).  Starts liburcu's worker thread if it is not
+ * running (umbra_rcu_worker_start: the pool's deferred frees run there).
+ * May block (allocates).  Returns 0 and sets
  * *@out, -EINVAL, -ENOMEM or the memfd's -errno.
  */
 int shadow_pool_create(size_t nr_pages, struct shadow_pool **out);
