@@ -65,8 +65,10 @@ START_TEST(test_run_options_in_any_order)
 	ck_assert_uint_eq(o.vcpus, 3);
 	ck_assert_str_eq(o.cmdline, "a b");
 	ck_assert(o.stats);
+	ck_assert_uint_eq(o.fault_around, 32);
 	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "--evict-pages=9", "--config", "c.json",
-							   "--evict-ms", "20", NULL }), 0);
+							   "--evict-ms", "20", "--fault-around", "8", NULL }), 0);
+	ck_assert_uint_eq(o.fault_around, 8);
 	ck_assert_str_eq(o.config, "c.json");
 	ck_assert_uint_eq(o.evict_ms, 20);
 	ck_assert_uint_eq(o.evict_pages, 9);
@@ -148,6 +150,10 @@ static const struct {
 	{ { "run", "a", "--table-quota", "63", NULL }, "--table-quota '63': must be a number of table pages from 64" },
 	{ { "run", "a", "--table-quota", "8388609", NULL }, "--table-quota '8388609': must be" },
 	{ { "run", "a", "--table-quota", "x", NULL }, "--table-quota 'x': must be" },
+	{ { "run", "a", "--fault-around", "3", NULL }, "--fault-around '3': must be a power of two from 1 (off) to 64" },
+	{ { "run", "a", "--fault-around", "0", NULL }, "--fault-around '0': must be a power of two from 1 (off) to 64" },
+	{ { "run", "a", "--fault-around", "128", NULL }, "--fault-around '128': must be a power of two" },
+	{ { "run", "a", "--fault-around", NULL }, "--fault-around needs a number of pages" },
 	{ { "run", "a", "--clone", "0", NULL }, "--clone '0': must be a number from 1 to 64" },
 	{ { "run", "a", "--clone", "65", NULL }, "--clone '65': must be a number from 1 to 64" },
 	{ { "run", "--config", "c.json", "--clone", "2", NULL }, "--table-quota and --clone do not apply with --config" },
