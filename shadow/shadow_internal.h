@@ -598,6 +598,10 @@ struct zap_batch {
 	struct zap_put puts[ZAP_MAX_PUTS];
 	uint32_t free_head;		/* pages to free after the flush */
 	uint64_t zapped;
+	/* An invlpg's caller, which invalidates self_va itself: not sent a
+	 * flush for that va alone (shadow_mmu_invlpg); NULL otherwise. */
+	struct shadow_tlb *self;
+	uint64_t self_va;
 };
 
 struct shadow_mmu {

@@ -214,13 +214,15 @@ static bool path_matches_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t 
 	return true;
 }
 
-void shadow_mmu_invlpg(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va)
+void shadow_mmu_invlpg(struct shadow_mmu *mmu, struct shadow_tlb *self, uint64_t cr3, uint64_t va)
 {
 	struct shadow_root *root;
 	struct shadow_iter it;
 	struct zap_batch b;
 
 	zap_batch_init(&b);
+	b.self = self;
+	b.self_va = va & SPTE_LEVEL_MASK(1);
 	umbra_mutex_lock(&mmu->mmu_lock);
 	mmu_stat_inc(mmu, invlpg);
 	root = root_find_locked(mmu, cr3_key(mmu, cr3));

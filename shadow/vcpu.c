@@ -376,7 +376,7 @@ int shadow_vcpu_access_fault_in(struct shadow_vcpu *vcpu, uint64_t va, unsigned 
 
 void shadow_vcpu_invlpg(struct shadow_vcpu *vcpu, uint64_t va)
 {
-	shadow_mmu_invlpg(vcpu->mmu, vcpu_cr3(vcpu), va);
+	shadow_mmu_invlpg(vcpu->mmu, &vcpu->tlb, vcpu_cr3(vcpu), va);
 	umbra_mutex_lock(&vcpu->tlb_lock);
 	tlb_flush_va_locked(vcpu, va);
 	umbra_mutex_unlock(&vcpu->tlb_lock);

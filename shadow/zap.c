@@ -79,6 +79,8 @@ void zap_batch_init(struct zap_batch *b)
 	b->nr_puts = 0;
 	b->free_head = SHADOW_NO_PAGE;
 	b->zapped = 0;
+	b->self = NULL;
+	b->self_va = 0;
 }
 
 static void batch_add_va(struct zap_batch *b, uint64_t va)
@@ -276,7 +278,11 @@ static void zap_table_entries_locked(struct shadow_mmu *mmu, uint32_t page, stru
 static void batch_flush_local_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
+	const bool self_only_va = !b->flush_all && b->nr_va == 1 && b->va[0] == b->self_va;
+
 	for (struct shadow_tlb *tlb = mmu->tlbs; tlb; tlb = tlb->next) {
+		if (tlb == b->self && self_only_va)
+			continue; /* an invlpg's caller: it invalidates self_va itself */
 		if (b->flush_all) {
 			tlb->ops->flush_all(tlb);
 			mmu_stat_inc(mmu, flushes_all);

@@ -505,6 +505,11 @@ START_TEST(test_page_table_churn_is_seen_exactly)
 	 * 6 invlpg (remap, protect, unmap, each undone), plus the shared page. */
 	ck_assert_uint_eq(stat_value(result.err, "set_cr3="), 10 * (8 + 1));
 	ck_assert_uint_eq(stat_value(result.err, "invlpg="), 10 * (8 * 6 + 1));
+	/* One vCPU, which runs invlpg itself after each INVLPG: those send it
+	 * no shootdown NMI (only a SET_CR3 whose sync dropped something may). */
+	ck_assert_msg(stat_value(result.err, "nmis=") <= 10 * (8 + 1),
+		      "shootdown NMIs to the only vCPU: expected at most one per SET_CR3 (%d), got %lu\n%s",
+		      10 * (8 + 1), stat_value(result.err, "nmis="), result.err);
 }
 END_TEST
 

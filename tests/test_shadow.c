@@ -376,6 +376,61 @@ START_TEST(test_invlpg_removes_stale_translation_from_every_vcpu)
 }
 END_TEST
 
+static uint64_t vcpu_flushes(struct shadow_vcpu *v)
+{
+	struct shadow_vcpu_stats st;
+
+	shadow_vcpu_stats(v, &st);
+	return st.flushes_all + st.flushes_va;
+}
+
+/* The vCPU that executes an invlpg invalidates the address itself: when
+ * only that leaf went, umbra sends it no flush (on KVM: no shootdown NMI),
+ * and the other vCPUs one each; a table that went flushes everyone. */
+START_TEST(test_invlpg_sends_no_flush_to_the_vcpu_that_asked)
+{
+	struct shadow_vcpu_result res;
+	uint64_t f0, f1;
+	struct gm gm;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	struct shadow_vcpu *v0 = sh_vcpu(gm.mmu, 64, cr3), *v1 = sh_vcpu(gm.mmu, 64, cr3);
+
+	ck_assert_uint_eq(reach(v0, VA1, 0), GPA_A);
+	ck_assert_uint_eq(reach(v1, VA1, 0), GPA_A);
+	f0 = vcpu_flushes(v0);
+	f1 = vcpu_flushes(v1);
+	gm_map(&gm, cr3, VA1, GPA_B, 1, UW);
+	shadow_vcpu_invlpg(v0, VA1);
+	ck_assert_msg(vcpu_flushes(v0) == f0, "the asking vCPU: expected no flush request, got %llu",
+		      (unsigned long long)(vcpu_flushes(v0) - f0));
+	ck_assert_msg(vcpu_flushes(v1) == f1 + 1, "the other vCPU: expected 1 flush request, got %llu",
+		      (unsigned long long)(vcpu_flushes(v1) - f1));
+	/* Neither reaches A: v0 invalidated VA1 itself, v1 was flushed. */
+	ck_assert_int_eq(shadow_vcpu_access(v0, VA1, 0, &res), -EFAULT);
+	ck_assert_int_eq(shadow_vcpu_access(v1, VA1, 0, &res), -EFAULT);
+	ck_assert_uint_eq(reach(v0, VA1, 0), GPA_B);
+	ck_assert_uint_eq(reach(v1, VA1, 0), GPA_B);
+	/* The guest points the PDE at a new page table: a shadow table goes,
+	 * and both vCPUs are flushed (paging-structure caches). */
+	uint64_t pt = gm_table(&gm);
+	gm_write(&gm, pt + SPTE_INDEX(VA1, 1) * 8, GPA_C | SPTE_PRESENT | UW);
+	gm_write(&gm, gm_entry(&gm, cr3, VA1, 2), pt | GM_DIR);
+	f0 = vcpu_flushes(v0);
+	f1 = vcpu_flushes(v1);
+	shadow_vcpu_invlpg(v0, VA1);
+	ck_assert_uint_eq(vcpu_flushes(v0), f0 + 1);
+	ck_assert_uint_eq(vcpu_flushes(v1), f1 + 1);
+	ck_assert_uint_eq(reach(v1, VA1, 0), GPA_C);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v0);
+	shadow_vcpu_destroy(v1);
+	gm_fini(&gm);
+}
+END_TEST
+
 START_TEST(test_invlpg_drops_shadow_table_of_replaced_guest_table)
 {
 	struct gm gm;
@@ -1969,6 +2024,7 @@ Suite *shadow_suite(void)
 	tcase_add_test(mmu, test_fault_errors_for_unbacked_gpa_and_missing_root);
 	tcase_add_test(mmu, test_read_fault_maps_read_only_until_guest_dirty_is_set);
 	tcase_add_test(mmu, test_invlpg_removes_stale_translation_from_every_vcpu);
+	tcase_add_test(mmu, test_invlpg_sends_no_flush_to_the_vcpu_that_asked);
 	tcase_add_test(mmu, test_invlpg_drops_shadow_table_of_replaced_guest_table);
 	tcase_add_test(mmu, test_cr3_load_syncs_cached_root_and_keeps_valid_entries);
 	tcase_add_test(mmu, test_full_flush_syncs_changed_permissions);

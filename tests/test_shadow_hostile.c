@@ -539,7 +539,7 @@ static int flip_get_page(void *priv, uint64_t page, bool write)
 		return 0;
 	f->flips--;
 	gm_write(f->gm, f->pte, e ^ GM_PAGE);
-	shadow_mmu_invlpg(f->gm->mmu, f->cr3, FLIP_VA);
+	shadow_mmu_invlpg(f->gm->mmu, NULL, f->cr3, FLIP_VA);
 	return 0;
 }
 

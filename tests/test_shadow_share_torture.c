@@ -347,7 +347,7 @@ static void *remapper_thread(void *p)
 			continue;
 		}
 		__atomic_store_n(vm_ptr(vm->mmu, pte), val, __ATOMIC_RELEASE);
-		shadow_mmu_invlpg(vm->mmu, vm->cr3, va);
+		shadow_mmu_invlpg(vm->mmu, NULL, vm->cr3, va);
 		__atomic_fetch_add(&t->remaps, 1, __ATOMIC_RELAXED);
 		sched_yield();
 	}
@@ -645,7 +645,7 @@ static void *fill_remapper_thread(void *p)
 		}
 		__atomic_store_n((uint64_t *)host, (DATA_GPA + tgt * GM_PAGE) | SPTE_PRESENT |
 					   SPTE_WRITABLE | SPTE_USER | SPTE_ACCESSED, __ATOMIC_RELEASE);
-		shadow_mmu_invlpg(mmu, t->cr3, va);
+		shadow_mmu_invlpg(mmu, NULL, t->cr3, va);
 		__atomic_store_n(&t->tgt[i], tgt, __ATOMIC_SEQ_CST);
 		__atomic_fetch_add(&t->seq[i], 1, __ATOMIC_SEQ_CST);
 		sched_yield();

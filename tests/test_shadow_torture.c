@@ -285,7 +285,7 @@ static void *remap_thread(void *p)
 		__atomic_store_n(&t->ver[i], v + 1, __ATOMIC_SEQ_CST);
 		gm_write(&t->gm, t->pte_gpa[i], pte_of(tg));
 		for (int c = 0; c < NR_CR3; c++)
-			shadow_mmu_invlpg(t->gm.mmu, t->cr3[c], va_of(i));
+			shadow_mmu_invlpg(t->gm.mmu, NULL, t->cr3[c], va_of(i));
 		__atomic_store_n(&t->ver[i], v + 2, __ATOMIC_SEQ_CST);
 		__atomic_fetch_add(&t->remaps, 1, __ATOMIC_RELAXED);
 		if (rnd(&seed, 4) == 0)

@@ -260,7 +260,8 @@ static int64_t hc_invlpg(struct vcpu *vcpu, uint64_t va)
 			  (unsigned long long)va);
 		return HC_STOPPED;
 	}
-	shadow_mmu_invlpg(vcpu->vm->mmu, vcpu->guest_cr3, va);
+	/* The guest runs invlpg after the call (docs/abi.md): no NMI to it. */
+	shadow_mmu_invlpg(vcpu->vm->mmu, &vcpu->tlb, vcpu->guest_cr3, va);
 	return 0;
 }
 

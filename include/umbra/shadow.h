@@ -573,11 +573,19 @@ int shadow_mmu_translate(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, uint
  * what went from every registered vCPU.  An entry that still matches (same
  * frame, the rights a fault would give now or those without W, the guest's
  * A set, and its D set if the leaf is writable) stays: an invlpg of an
- * unchanged mapping is harmless, as on x86.  No-op if @cr3 has no root.  On
- * return no vCPU can reach what @va mapped before the call unless the
- * guest's tables still map it.  Takes mmu_lock.
+ * unchanged mapping is harmless, as on x86.  No-op if @cr3 has no root.
+ * @self: NULL, or the TLB of the vCPU that executes the invlpg and then
+ * invalidates @va in its own TLB (as the CPU's INVLPG does; on KVM the
+ * guest runs invlpg after UMBRA_HC_INVLPG): when the call cleared no more
+ * than the leaf of @va, @self is sent no flush (on KVM: no shootdown NMI to
+ * the vCPU that asked).  A removed table flushes every vCPU, @self
+ * included (paging-structure caches).  On return no vCPU but @self can
+ * reach what @va mapped before the call unless the guest's tables still
+ * map it, and @self only until it invalidates @va; what it may still reach
+ * is the guest's own page, at the address the guest gave it.  Takes
+ * mmu_lock.
  */
-void shadow_mmu_invlpg(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va);
+void shadow_mmu_invlpg(struct shadow_mmu *mmu, struct shadow_tlb *self, uint64_t cr3, uint64_t va);
 
 /*
  * Full flush of the address space @cr3 (MOV CR3 without a switch, CR4.PGE
