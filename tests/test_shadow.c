@@ -346,18 +346,28 @@ START_TEST(test_read_fault_maps_read_only_until_guest_dirty_is_set)
 }
 END_TEST
 
+/* A guest mapping VA1 -> A (4 KiB) and two vCPUs on it that both reached
+ * A; the guest's CR3 in *@cr3. */
+static void two_vcpus_on_va1(struct gm *gm, uint64_t *cr3, struct shadow_vcpu **v0,
+			     struct shadow_vcpu **v1)
+{
+	gm_init(gm, 1024);
+	*cr3 = gm_table(gm);
+	gm_map(gm, *cr3, VA1, GPA_A, 1, UW);
+	*v0 = sh_vcpu(gm->mmu, 64, *cr3);
+	*v1 = sh_vcpu(gm->mmu, 64, *cr3);
+	ck_assert_uint_eq(reach(*v0, VA1, 0), GPA_A);
+	ck_assert_uint_eq(reach(*v1, VA1, 0), GPA_A);
+}
+
 START_TEST(test_invlpg_removes_stale_translation_from_every_vcpu)
 {
 	struct shadow_vcpu_result res;
+	struct shadow_vcpu *v0, *v1;
+	uint64_t cr3;
 	struct gm gm;
 
-	gm_init(&gm, 1024);
-	uint64_t cr3 = gm_table(&gm);
-	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
-	struct shadow_vcpu *v0 = sh_vcpu(gm.mmu, 64, cr3), *v1 = sh_vcpu(gm.mmu, 64, cr3);
-
-	ck_assert_uint_eq(reach(v0, VA1, 0), GPA_A);
-	ck_assert_uint_eq(reach(v1, VA1, 0), GPA_A);
+	two_vcpus_on_va1(&gm, &cr3, &v0, &v1);
 	gm_map(&gm, cr3, VA1, GPA_B, 1, UW);
 	/* Before invlpg the old translation may still be used (as on x86). */
 	ck_assert_int_eq(shadow_vcpu_access(v1, VA1, 0, &res), 0);
@@ -390,16 +400,11 @@ static uint64_t vcpu_flushes(struct shadow_vcpu *v)
 START_TEST(test_invlpg_sends_no_flush_to_the_vcpu_that_asked)
 {
 	struct shadow_vcpu_result res;
-	uint64_t f0, f1;
+	struct shadow_vcpu *v0, *v1;
+	uint64_t cr3, f0, f1;
 	struct gm gm;
 
-	gm_init(&gm, 1024);
-	uint64_t cr3 = gm_table(&gm);
-	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
-	struct shadow_vcpu *v0 = sh_vcpu(gm.mmu, 64, cr3), *v1 = sh_vcpu(gm.mmu, 64, cr3);
-
-	ck_assert_uint_eq(reach(v0, VA1, 0), GPA_A);
-	ck_assert_uint_eq(reach(v1, VA1, 0), GPA_A);
+	two_vcpus_on_va1(&gm, &cr3, &v0, &v1);
 	f0 = vcpu_flushes(v0);
 	f1 = vcpu_flushes(v1);
 	gm_map(&gm, cr3, VA1, GPA_B, 1, UW);
