@@ -239,6 +239,33 @@ static bool fill_path_find_locked(struct shadow_mmu *mmu, uint32_t root,
 	return shared;
 }
 
+/* The leaf a fault installs for guest walk @w (page @page of @slot), and
+ * in *@want_w whether it grants writes: W only once the guest's leaf is
+ * dirty, never on a read-only slot or a copy-on-write page. */
+static uint64_t fault_leaf(struct shadow_mmu *mmu, const struct shadow_walk *w,
+			   struct shadow_mmu_slot *slot, uint64_t page, bool *want_w)
+{
+	const bool cow = p2m_is_cow(mmu, w->pa >> SHADOW_PAGE_SHIFT);
+	const unsigned int rights = leaf_rights(w->rights, w->dirty);
+
+	*want_w = (rights & SHADOW_RIGHT_WRITE) && !cow && !slot->s.readonly;
+	return make_leaf(mmu, slot->s.mpa + (page << SHADOW_PAGE_SHIFT), rights, slot->s.readonly || cow);
+}
+
+/* After leaf @i of level-1 table @table was installed (or found) for page
+ * @page of @slot: the visible copy restored if it differs (an
+ * access-tracked leaf too, access.c), the page young, a write in place on
+ * a taken-over layer counted.  mmu_lock. */
+static void leaf_installed_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
+				  struct shadow_mmu_slot *slot, uint64_t page, bool want_w)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	if (want_w && __atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE))
+		mmu_stat_inc(mmu, cow_takeovers); /* a taken-over page, written in place */
+	pool_entry_mirror(mmu->pool, table, i);
+	pool_obj_mark_young(slot->pobj, page);
+}
+
 /* Installs the translation of guest walk @w (page @page of @slot) below
  * root page @root: filled in place into a shared table when the fill is
  * read-only and every sharer sees the same leaf (fill.c), else into a
@@ -249,11 +276,9 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 			  uint32_t *leaf_table)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
-	const bool cow = p2m_is_cow(mmu, w->pa >> SHADOW_PAGE_SHIFT);
 	const unsigned int rights = leaf_rights(w->rights, w->dirty);
-	const bool want_w = (rights & SHADOW_RIGHT_WRITE) && !cow && !slot->s.readonly;
-	const uint64_t mpa = slot->s.mpa + (page << SHADOW_PAGE_SHIFT);
-	const uint64_t spte = make_leaf(mmu, mpa, rights, slot->s.readonly || cow);
+	bool want_w;
+	const uint64_t spte = fault_leaf(mmu, w, slot, page, &want_w);
 	uint32_t table;
 	int ret = FILL_REFUSED;
 
@@ -269,11 +294,7 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 	}
 	if (ret)
 		return ret;
-	if (want_w && __atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE))
-		mmu_stat_inc(mmu, cow_takeovers); /* a taken-over page, written in place */
-	/* Also restores a leaf found unchanged, if access-tracked (access.c). */
-	pool_entry_mirror(mmu->pool, table, SPTE_INDEX(w->va, 1));
-	pool_obj_mark_young(slot->pobj, page);
+	leaf_installed_locked(mmu, table, SPTE_INDEX(w->va, 1), slot, page, want_w);
 	*leaf_table = table;
 	return 0;
 }
@@ -467,7 +488,7 @@ static void fault_around_locked(struct shadow_mmu *mmu, const struct fault *f, u
 	struct {
 		unsigned int index;
 		uint64_t page, spte;
-		bool takeover;
+		bool want_w;
 	} cand[SHADOW_FAULT_AROUND_MAX];
 	unsigned int nr = 0, done = 0;
 	uint64_t lo = UINT64_MAX, hi = 0;
@@ -478,27 +499,20 @@ static void fault_around_locked(struct shadow_mmu *mmu, const struct fault *f, u
 		const uint64_t va = (f->va & SPTE_LEVEL_MASK(2)) | ((uint64_t)j << SHADOW_PAGE_SHIFT);
 		struct shadow_mmu_slot *slot2;
 		struct shadow_walk w;
-		unsigned int rights;
 		uint64_t page;
 		struct role role;
-		bool cow;
 
 		if (j == i || spte_is_present(spte_read(mmu_sptes(mmu, table) + j)) ||
 		    !around_walk_locked(mmu, f, va, &w) ||
 		    p2m_get(mmu, w.pa >> SHADOW_PAGE_SHIFT, &slot2, &page) || slot2 != slot)
 			continue;
-		rights = leaf_rights(w.rights, w.dirty);
-		role = install_role(&w, 1, rights);
+		role = install_role(&w, 1, leaf_rights(w.rights, w.dirty));
 		if (!role_matches(mmu_page(mmu, table), &role) ||
 		    (ops && ops->get_page && !ops->is_resident(slot->s.priv, page)))
 			continue;
-		cow = p2m_is_cow(mmu, w.pa >> SHADOW_PAGE_SHIFT);
 		cand[nr].index = j;
 		cand[nr].page = page;
-		cand[nr].spte = make_leaf(mmu, slot->s.mpa + (page << SHADOW_PAGE_SHIFT), rights,
-					  slot->s.readonly || cow);
-		cand[nr].takeover = (rights & SHADOW_RIGHT_WRITE) && !cow && !slot->s.readonly &&
-				    __atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE);
+		cand[nr].spte = fault_leaf(mmu, &w, slot, page, &cand[nr].want_w);
 		lo = page < lo ? page : lo;
 		hi = page > hi ? page : hi;
 		nr++;
@@ -508,10 +522,7 @@ static void fault_around_locked(struct shadow_mmu *mmu, const struct fault *f, u
 	for (unsigned int k = 0; k < nr; k++) {
 		if (install_leaf_locked(mmu, table, cand[k].index, slot, cand[k].page, cand[k].spte, b))
 			break;
-		pool_entry_mirror(mmu->pool, table, cand[k].index);
-		pool_obj_mark_young(slot->pobj, cand[k].page);
-		if (cand[k].takeover)
-			mmu_stat_inc(mmu, cow_takeovers);
+		leaf_installed_locked(mmu, table, cand[k].index, slot, cand[k].page, cand[k].want_w);
 		done++;
 	}
 	mmu_stat_add(mmu, faulted_around, done);
