@@ -416,7 +416,7 @@ static int check_page_locked(struct shadow_pool *pool, uint32_t page, size_t *in
 		return -EUCLEAN;
 	if (!nr_users || __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) != nr_users)
 		return -EUCLEAN;
-	if (sp->canon && (sp->level != 1 || canon_table_get(sp->canon_obj, sp->canon_key) != page))
+	if (sp->canon && (sp->level > 2 || canon_table_get(sp->canon_obj, sp->canon_key) != page))
 		return -EUCLEAN;
 	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
 		uint64_t spte = spte_read(&sptes[i]);
@@ -428,7 +428,9 @@ static int check_page_locked(struct shadow_pool *pool, uint32_t page, size_t *in
 			if (!leaf_is_rmapped_locked(pool, spte, sptep_make(page, i)))
 				return -EUCLEAN;
 		} else if (!shadow_pool_contains(pool, spte_addr(spte)) ||
-			   pool_page(pool, pool_page_index(spte_addr(spte)))->level != sp->level - 1) {
+			   pool_page(pool, pool_page_index(spte_addr(spte)))->level != sp->level - 1 ||
+			   (sp->canon &&
+			    !canon_child_is(sp, i, pool_page(pool, pool_page_index(spte_addr(spte)))))) {
 			return -EUCLEAN;
 		}
 	}

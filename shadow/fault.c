@@ -86,25 +86,35 @@ static int child_create_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned
 }
 
 /*
- * Returns the child table for entry @i of @parent (a table this VM alone
- * reaches) with role @role, reusing, attaching (a canonical table) or
- * creating it, and zapping a stale one first.  mmu_lock.
+ * Returns the child table for entry @i of @parent with role @role (or, if
+ * @alt, the direct role @alt that stands for it: see alt_role), reusing,
+ * attaching (a canonical table) or creating it, and zapping a stale one
+ * first.  @parent is a table this VM alone reaches, or a canonical level-2
+ * table, whose entries are the same for every user: -EXDEV if it cannot
+ * serve @role (the caller leaves it).  mmu_lock.
  */
 static int child_get_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
-			    const struct role *role, uint64_t gva, bool want_w,
-			    struct zap_batch *b, uint32_t *out)
+			    const struct role *role, const struct role *alt, uint64_t gva,
+			    bool want_w, struct zap_batch *b, uint32_t *out)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	uint64_t spte = spte_read(mmu_sptes(mmu, parent) + i);
 	int level = mmu_page(mmu, parent)->level - 1;
 	uint32_t child;
 
+	if (mmu_page(mmu, parent)->canon)
+		return canon_child_get_locked(mmu, parent, i, role, gva, b, out);
 	if (spte_is_present(spte)) {
-		if (role_matches(mmu_page(mmu, pool_page_index(spte_addr(spte))), role))
+		const struct shadow_page *csp = mmu_page(mmu, pool_page_index(spte_addr(spte)));
+
+		if (role_matches(csp, role) || (alt && role_matches(csp, alt)))
 			return child_reuse_locked(mmu, parent, i, spte, gva, want_w, b, out);
 		zap_spte_locked(mmu, parent, i, b); /* shadows what the guest no longer has */
 	}
-	if (level == 1 && role->direct && canon_get_locked(mmu, role, gva, &child) == 0)
+	if (level <= 2 && role->direct && canon_get_locked(mmu, level, role, gva, &child) == 0)
+		return child_link_canon_locked(mmu, parent, i, child, b, out);
+	if (level == 2 && alt && canon_guest_pd_matches(mmu, role->gpa, role->access, alt) &&
+	    canon_get_locked(mmu, level, alt, gva, &child) == 0)
 		return child_link_canon_locked(mmu, parent, i, child, b, out);
 	return child_create_locked(mmu, parent, i, level, role, gva, out);
 }
@@ -125,27 +135,118 @@ static struct role install_role(const struct shadow_walk *w, int level, unsigned
 	return (struct role){ .direct = true, .access = (uint8_t)rights, .gpa = base + off };
 }
 
+/*
+ * The direct role that may stand for the level-@level table on @w's path
+ * (with @rights, the leaf's): where the guest's page directory maps 2 MiB
+ * pages, a level-2 table for the GiB at G that its entry i's page
+ * (G + i * 2 MiB) belongs to, G 1 GiB-aligned.  Such a table (a segment's
+ * canonical one, or a VM's copy of it) shadows the directory as long as the
+ * directory maps that whole GiB in order with those rights
+ * (canon_guest_pd_matches, checked where it is attached and by sync);
+ * between syncs, a fault checks the one entry it walked, as a TLB may keep
+ * what the other entries mapped until the guest flushes.  False if none.
+ */
+static bool alt_role(const struct shadow_walk *w, int level, unsigned int rights, struct role *alt)
+{
+	uint64_t page, off = (uint64_t)SPTE_INDEX(w->va, 2) * SPTE_LEVEL_SIZE(2);
+
+	if (level != 2 || w->leaf_level != 2)
+		return false;
+	page = spte_leaf_addr(w->entry[2], 2);
+	if (page < off || (page - off) % SPTE_LEVEL_SIZE(3))
+		return false;
+	*alt = (struct role){ .direct = true, .access = (uint8_t)rights, .gpa = page - off };
+	return true;
+}
+
+/* Does table @child serve the level-@level table of @w's path?  */
+static bool child_serves(struct shadow_mmu *mmu, uint32_t child, const struct shadow_walk *w,
+			 int level, unsigned int rights)
+{
+	const struct role role = install_role(w, level, rights);
+	struct role alt;
+
+	return role_matches(mmu_page(mmu, child), &role) ||
+	       (alt_role(w, level, rights, &alt) && role_matches(mmu_page(mmu, child), &alt));
+}
+
+/*
+ * This VM's own shadow @pd of a guest page directory (entry @i of
+ * @pdpt) has just had its last entry filled: if the directory maps a whole
+ * GiB of a segment in order (alt_role, canon_guest_pd_matches), @pd is
+ * exchanged for the segment's canonical level-2 table, which other VMs
+ * share (a directory whose entries had A clear when it was first shadowed
+ * could not attach then: every entry must be accessed).  True and the
+ * canonical table in *@out if exchanged.  mmu_lock.
+ */
+static bool pd_exchange_locked(struct shadow_mmu *mmu, const struct shadow_walk *w,
+			       unsigned int rights, uint32_t pdpt, unsigned int i, uint32_t pd,
+			       struct zap_batch *b, uint32_t *out)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	const struct shadow_page *sp = mmu_page(mmu, pd);
+	struct role alt;
+	uint32_t canon;
+
+	if (sp->direct || table_is_shared(mmu, pd) || !alt_role(w, 2, rights, &alt) ||
+	    !canon_guest_pd_matches(mmu, sp->gpa, sp->access, &alt) ||
+	    canon_get_locked(mmu, 2, &alt, w->va & SPTE_LEVEL_MASK(4), &canon))
+		return false;
+	canon_adopt_locked(mmu, canon, pd);
+	zap_spte_locked(mmu, pdpt, i, b); /* @pd goes after the flush */
+	if (child_link_canon_locked(mmu, pdpt, i, canon, b, out))
+		return false; /* the next fault creates a table again */
+	mmu_stat_inc(mmu, canon_exchanged);
+	return true;
+}
+
 /* Descends from @root along @w's path, getting each table; the level-1
- * table in *@table.  Each entry of the path is also rewritten in the
- * visible copy of the pool if a guest changed it there (the CPU walks that
- * copy; what it had found there faulted).  mmu_lock. */
+ * table in *@table.  A canonical level-2 table that cannot serve the path
+ * below it is left: this VM's entry is pointed at a private copy of it
+ * (table_copy_locked); a VM's own level-2 table may be exchanged for a
+ * canonical one (pd_exchange_locked).  Each entry of the path is also
+ * rewritten in the visible copy of the pool if a guest changed it there
+ * (the CPU walks that copy; what it had found there faulted).  mmu_lock. */
 static int install_tables_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
 				 unsigned int rights, bool want_w, struct zap_batch *b,
 				 uint32_t *table)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
+	uint32_t grandparent = SHADOW_NO_PAGE;
 	int ret;
 
 	*table = root;
 	for (int level = SPTE_LEVELS; level > 1; level--) {
-		struct role role = install_role(w, level - 1, rights);
-		const uint32_t parent = *table;
+		const struct role role = install_role(w, level - 1, rights);
+		const unsigned int i = SPTE_INDEX(w->va, level);
+		uint32_t parent = *table;
+		struct role alt;
+		bool has_alt = alt_role(w, level - 1, rights, &alt);
 
-		ret = child_get_locked(mmu, parent, SPTE_INDEX(w->va, level), &role,
+		const uint32_t present = __atomic_load_n(&mmu_page(mmu, parent)->nr_present,
+							 __ATOMIC_RELAXED);
+
+		ret = child_get_locked(mmu, parent, i, &role, has_alt ? &alt : NULL,
 				       w->va & SPTE_LEVEL_MASK(level), want_w, b, table);
+		if (!ret && level == 2 && present == SPTE_ENTRIES - 1 &&
+		    __atomic_load_n(&mmu_page(mmu, parent)->nr_present, __ATOMIC_RELAXED) ==
+			    SPTE_ENTRIES &&
+		    pd_exchange_locked(mmu, w, rights, grandparent, SPTE_INDEX(w->va, 3), parent, b,
+				       &parent))
+			ret = child_get_locked(mmu, parent, i, &role, NULL,
+					       w->va & SPTE_LEVEL_MASK(level), want_w, b, table);
+		if (ret == -EXDEV) {
+			/* @parent is canonical (so not the root): leave it. */
+			ret = table_copy_locked(mmu, grandparent, SPTE_INDEX(w->va, level + 1), parent,
+						w->va & SPTE_LEVEL_MASK(level + 1), b, &parent);
+			if (!ret)
+				ret = child_get_locked(mmu, parent, i, &role, NULL,
+						       w->va & SPTE_LEVEL_MASK(level), want_w, b, table);
+		}
 		if (ret)
 			return ret;
-		pool_entry_mirror(mmu->pool, parent, SPTE_INDEX(w->va, level));
+		pool_entry_mirror(mmu->pool, parent, i);
+		grandparent = parent;
 	}
 	return 0;
 }
@@ -224,13 +325,12 @@ static bool fill_path_find_locked(struct shadow_mmu *mmu, uint32_t root,
 	for (int level = SPTE_LEVELS; level > 1; level--) {
 		const unsigned int i = SPTE_INDEX(w->va, level);
 		const uint64_t spte = spte_read(mmu_sptes(mmu, *table) + i);
-		struct role role = install_role(w, level - 1, rights);
 		uint32_t child;
 
 		if (!spte_is_present(spte) || spte_is_leaf(spte, level))
 			return false;
 		child = pool_page_index(spte_addr(spte));
-		if (!role_matches(mmu_page(mmu, child), &role))
+		if (!child_serves(mmu, child, w, level - 1, rights))
 			return false;
 		pool_entry_mirror(mmu->pool, *table, i);
 		shared |= table_is_shared(mmu, child);

@@ -97,6 +97,9 @@ static inline uint64_t p2m_entry_get(struct shadow_mmu *mmu, uint64_t gfn)
 /* The same under mmu_lock, with no read-side section (the nodes our tree
  * reaches are held by our references, which only we drop). */
 uint64_t p2m_entry_lookup_locked(struct shadow_mmu *mmu, uint64_t gfn, bool *private);
+/* The linear entry (P2M_LINEAR | e) that maps @gfn's whole chunk, or 0 if
+ * the chunk's gfns have entries of their own (or none).  mmu_lock. */
+uint64_t p2m_chunk_linear_locked(struct shadow_mmu *mmu, uint64_t gfn);
 /* Stores @e as @gfn's entry (nothing zapped), the path made private
  * first; the page @e maps gets count 1, the old one loses one reference
  * (to @b when it reaches 0).  0 or -ENOMEM.  mmu_lock. */
@@ -356,10 +359,43 @@ void fill_barrier_locked(struct shadow_mmu *mmu, uint32_t page);
 
 /* ---- canon.c: canonical tables of shared segments ------------------------ */
 
-/* The canonical table for @role (a direct level-1 role) with a reference
- * for the caller, found or created under the run's stripe: 0, -ENOENT (not
- * eligible) or -ENOMEM.  mmu_lock held, no stripe. */
-int canon_get_locked(struct shadow_mmu *mmu, const struct role *role, uint64_t gva, uint32_t *out);
+/* The canonical table of @level (1: a 2 MiB run, 2: a GiB) for @role (a
+ * direct role) with a reference for the caller, found or created under the
+ * run's stripe: 0, -ENOENT (not eligible) or -ENOMEM.  mmu_lock held, no
+ * stripe. */
+int canon_get_locked(struct shadow_mmu *mmu, int level, const struct role *role, uint64_t gva,
+		     uint32_t *out);
+/* The child for entry @i of canonical level-2 table @parent, with direct
+ * level-1 role @role: the canonical table of that run, linked there (once,
+ * for every user) if the entry was empty.  0; -EXDEV if the entry cannot
+ * be served so (not that run, or not eligible in this VM's P2M: the caller
+ * leaves @parent); -ENOMEM (a reference taken is dropped through @b).
+ * mmu_lock held, no stripe. */
+int canon_child_get_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
+			   const struct role *role, uint64_t gva, struct zap_batch *b,
+			   uint32_t *out);
+/* Is @child what entry @i of canonical level-2 table @sp links: the
+ * canonical level-1 table of run i of its GiB, with its readonly flag and
+ * rights? */
+static inline bool canon_child_is(const struct shadow_page *sp, unsigned int i,
+				  const struct shadow_page *child)
+{
+	return child->canon && child->canon_obj == sp->canon_obj && child->direct &&
+	       child->canon_key == sp->canon_key - CANON_KEY_LEVEL2 + i * CANON_KEYS_PER_RUN &&
+	       child->access == sp->access && child->gpa == sp->gpa + (uint64_t)i * SPTE_LEVEL_SIZE(2);
+}
+/* Links into every empty entry of canonical level-2 table @canon the
+ * canonical level-1 table that the same entry of @from (a level-2 table of
+ * this VM's, same GiB) links, so that what this VM had mapped stays mapped
+ * for every user.  mmu_lock held, no stripe. */
+void canon_adopt_locked(struct shadow_mmu *mmu, uint32_t canon, uint32_t from);
+/* Does the guest's page directory at @pd (read through this VM's P2M now),
+ * under entries granting @rights, map what a level-2 table of direct role
+ * @direct maps: 512 accessed 2 MiB pages at direct->gpa + i * 2 MiB, each
+ * with the leaf rights direct->access?  Then such a table shadows it.
+ * mmu_lock. */
+bool canon_guest_pd_matches(struct shadow_mmu *mmu, uint64_t pd, unsigned int rights,
+			    const struct role *direct);
 /* Removes canonical table @page, being freed, from its object's array.
  * mmu_lock held, no stripe (takes the run's). */
 void canon_forget_locked(struct shadow_mmu *mmu, uint32_t page);

@@ -96,6 +96,19 @@ uint64_t p2m_entry_lookup_locked(struct shadow_mmu *mmu, uint64_t gfn, bool *pri
 	return p2m_walk_to_entry(mmu, gfn, private);
 }
 
+uint64_t p2m_chunk_linear_locked(struct shadow_mmu *mmu, uint64_t gfn)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	uint64_t x = __atomic_load_n(&mmu->p2m_root, __ATOMIC_ACQUIRE);
+
+	for (int l = mmu->p2m_levels; l > 1 && x; l--) {
+		if (p2m_is_linear(x))
+			return x;
+		x = __atomic_load_n(&p2m_node_of(x)->e[p2m_index(gfn, l)], __ATOMIC_ACQUIRE);
+	}
+	return p2m_is_linear(x) ? x : 0;
+}
+
 /* ---- nodes ------------------------------------------------------------------ */
 
 static struct p2m_node *node_alloc(int level)

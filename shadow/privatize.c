@@ -242,7 +242,9 @@ static bool leaf_reread_under_stripe(struct shadow_mmu *mmu, const uint64_t *spt
 /*
  * Copies @old's entries into the new table @copy, write-protected (every
  * entry loses W, leaves lose D).  @old's non-leaf entries do not change
- * while we hold our reference (only a table's last user changes them); its
+ * while we hold our reference (only a table's last user changes them; an
+ * empty entry of a canonical level-2 table may become its final link, and
+ * is copied or not: it faults back); its
  * leaves may be cleared under us by a non-local zap, so each is read again
  * and registered in the reverse map under its page's stripe (one stripe at
  * a time, kept across leaves of the same stripe), and written into the copy

@@ -154,15 +154,20 @@ struct shadow_rmap {
 	};
 };
 
-/* Keys of one 2 MiB run in its canonical array: the slot's readonly flag and
- * the table's rights (SHADOW_RIGHTS_ALL, 3 bits). */
+/* Keys of one 2 MiB run in its canonical array: the table's level (a
+ * level-2 table, which maps a whole GiB, is in the array of the GiB's first
+ * run), the slot's readonly flag and the table's rights (SHADOW_RIGHTS_ALL,
+ * 3 bits). */
 #define CANON_KEY_READONLY (SHADOW_RIGHTS_ALL + 1u)
-#define CANON_KEYS_PER_RUN (2u * CANON_KEY_READONLY)
+#define CANON_KEY_LEVEL2 (2u * CANON_KEY_READONLY)
+#define CANON_KEYS_PER_RUN (2u * CANON_KEY_LEVEL2)
 _Static_assert((CANON_KEY_READONLY & SHADOW_RIGHTS_ALL) == 0, "the readonly key bit is above the rights");
-static inline uint32_t canon_key(uint64_t run, bool readonly, unsigned int rights)
+_Static_assert((CANON_KEY_LEVEL2 & (CANON_KEY_READONLY | SHADOW_RIGHTS_ALL)) == 0,
+	       "the level key bit is above the readonly bit");
+static inline uint32_t canon_key(uint64_t run, int level, bool readonly, unsigned int rights)
 {
-	return (uint32_t)(run * CANON_KEYS_PER_RUN + (readonly ? CANON_KEY_READONLY : 0u) +
-			  (rights & SHADOW_RIGHTS_ALL));
+	return (uint32_t)(run * CANON_KEYS_PER_RUN + (level == 2 ? CANON_KEY_LEVEL2 : 0u) +
+			  (readonly ? CANON_KEY_READONLY : 0u) + (rights & SHADOW_RIGHTS_ALL));
 }
 
 /*
@@ -180,10 +185,12 @@ static inline uint32_t canon_key(uint64_t run, bool readonly, unsigned int right
  *         clear_young (access.c).  Atomic bytes; cleared under the run's
  *         stripe, set without a lock;
  *  canon  the run's canonical tables (segments only): [key % CANON_KEYS_PER_RUN]
- *         -> pool index + 1, 0 for none (canon_table_get / _set); a
- *         read-only and a writable attachment of the segment never share a
- *         table (under the run's stripe; the table holds no reference: it is
- *         in the array exactly while its use count is > 0).
+ *         -> pool index + 1, 0 for none (canon_table_get / _set); the
+ *         level-1 tables of the run and, in a GiB's first run, the level-2
+ *         tables of the GiB; a read-only and a writable attachment of the
+ *         segment never share a table (under the run's stripe; the table
+ *         holds no reference: it is in the array exactly while its use count
+ *         is > 0).
  */
 struct pool_obj_run {
 	struct shadow_rmap rmap[SPTE_ENTRIES];

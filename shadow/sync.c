@@ -106,11 +106,20 @@ static bool leaf_matches(struct shadow_mmu *mmu, uint64_t spte, const struct exp
 	       spte == make_leaf(mmu, mpa, e->rights & ~SHADOW_RIGHT_WRITE, true);
 }
 
-/* Does present table entry @spte agree with @e: the child's role? */
+/* Does present table entry @spte agree with @e: the child's role, or, for a
+ * guest page directory, a direct level-2 table that maps what the whole
+ * directory maps now (a segment's canonical one, or a copy of it)? */
 static bool table_entry_matches(struct shadow_mmu *mmu, uint64_t spte, const struct expect *e)
 {
-	return e->kind == EXPECT_TABLE &&
-	       role_matches(mmu_page(mmu, pool_page_index(spte_addr(spte))), &e->role);
+	const struct shadow_page *csp = mmu_page(mmu, pool_page_index(spte_addr(spte)));
+	const struct role direct = { .direct = true, .access = csp->access, .gpa = csp->gpa };
+
+	if (e->kind != EXPECT_TABLE)
+		return false;
+	if (role_matches(csp, &e->role))
+		return true;
+	return csp->level == 2 && csp->direct && !e->role.direct &&
+	       canon_guest_pd_matches(mmu, e->role.gpa, e->role.access, &direct);
 }
 
 /* Read-only: does every present entry of the subtree at @page agree with

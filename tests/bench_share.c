@@ -495,7 +495,7 @@ static void bench_a_shadow(struct a_row *row, int reps)
 #define S_PML4 0x1000ull
 #define S_PDPT 0x2000ull
 #define S_PD 0x3000ull			/* one per GiB from here */
-#define S_SEG_GPA RUN			/* the segment at 2 MiB guest-physical */
+#define S_SEG_GPA GIB			/* the segment at 1 GiB guest-physical */
 #define S_SEG_MPA GIB			/* and at 1 GiB machine address */
 
 struct seg {

@@ -1032,6 +1032,232 @@ START_TEST(test_readonly_and_writable_attachments_of_a_segment_never_share_a_lea
 }
 END_TEST
 
+/* ---- shared segments: a canonical level-2 table per GiB ------------------ */
+
+#define GIB_PAGES 262144ull		/* a GiB of 4 KiB pages */
+#define GIB_RUNS 512u
+#define GIB_SEG_GPA (1ull << 30)	/* 1 GiB-aligned, in every VM */
+#define GIB_VA (1ull << 39)		/* 1 GiB-aligned: PML4 index 1 */
+#define GIB_RAM_PAGES (2 * GIB_PAGES)	/* RAM up to 2 GiB; the segment over its second GiB */
+#define GIB_RAM_GPA 0x200000ull		/* a 2 MiB page of RAM, stamped */
+#define GIB_SEG_MPA (8ull << 30)	/* above the 2 GiB of RAM at machine address 0 */
+
+/* How a guest maps the GiB of the segment. */
+enum gib_map {
+	GIB_PD_ACCESSED,	/* a page directory of 2 MiB pages, A set */
+	GIB_PD_FRESH,		/* the same, A clear: set as each run is first touched */
+	GIB_PAGE,		/* one 1 GiB page */
+	GIB_PD_CLEAN,		/* 2 MiB pages, A set, D clear: mapped read-only */
+};
+
+/* The page of run @r that the tests read, and its stamp. */
+static uint64_t gib_page(unsigned int r)
+{
+	return (uint64_t)r * SPTE_ENTRIES + r % SPTE_ENTRIES;
+}
+
+static uint64_t gib_stamp(uint64_t page)
+{
+	return 0x9e00000000ull + page;
+}
+
+static void gibvms_init(struct segvms *s, enum gib_map how)
+{
+	const uint64_t d = how == GIB_PD_CLEAN ? 0 : SPTE_DIRTY;
+	const uint64_t a = how == GIB_PD_FRESH ? 0 : SPTE_ACCESSED;
+
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	ck_assert_int_eq(shadow_pool_create(2048, &s->pool), 0);
+	hobj_init(&s->seg, "segment", GIB_PAGES, true);
+	for (unsigned int r = 0; r < GIB_RUNS; r++)
+		*(uint64_t *)(s->seg.host + gib_page(r) * GM_PAGE) = gib_stamp(gib_page(r));
+	for (int k = 0; k < NVM; k++) {
+		struct shadow_slot sl = hobj_slot(&s->seg, GIB_SEG_MPA);
+		int id;
+
+		gm_init_full(&s->gm[k], GIB_RAM_PAGES, s->pool, 0, 0, NULL, NULL, NULL);
+		ck_assert_int_eq(shadow_mmu_add_segment(s->gm[k].mmu, &sl, &id), 0);
+		ck_assert_int_eq(shadow_mmu_map_gpa(s->gm[k].mmu, GIB_SEG_GPA, GIB_PAGES, id, 0), 0);
+		*gm_ptr(&s->gm[k], GIB_RAM_GPA) = 0x7a0000 + (uint64_t)k;
+		s->cr3[k] = gm_table(&s->gm[k]);
+		if (how == GIB_PAGE) {
+			gm_map(&s->gm[k], s->cr3[k], GIB_VA, GIB_SEG_GPA, 3, UW | a | d);
+		} else {
+			for (unsigned int r = 0; r < GIB_RUNS; r++)
+				gm_map(&s->gm[k], s->cr3[k], GIB_VA + r * SPTE_LEVEL_SIZE(2),
+				       GIB_SEG_GPA + r * SPTE_LEVEL_SIZE(2), 2, UW | a | d);
+		}
+		s->v[k] = sh_vcpu(s->gm[k].mmu, 64, s->cr3[k]);
+	}
+}
+
+/* VM @k reads the test page of every run: the segment's stamp. */
+static void gib_read_all(struct segvms *s, int k)
+{
+	for (unsigned int r = 0; r < GIB_RUNS; r++) {
+		uint64_t got = read_u64(s->v[k], GIB_VA + gib_page(r) * GM_PAGE, NULL);
+
+		ck_assert_msg(got == gib_stamp(gib_page(r)), "VM %d, run %u: expected %#llx, got %#llx", k,
+			      r, (unsigned long long)gib_stamp(gib_page(r)), (unsigned long long)got);
+	}
+}
+
+/* Pool pages of @level in use: expected @want. */
+static void assert_level_pages(struct shadow_pool *pool, int level, size_t want, const char *what)
+{
+	size_t got = shadow_pool_pages_in_use(pool, level);
+
+	ck_assert_msg(got == want, "%s: expected %zu table pages at level %d, got %zu", what, want,
+		      level, got);
+}
+
+/* _i: how the guests map the GiB (enum gib_map).  Every VM reads a page of
+ * every run: the VMs share one level-2 table and its 512 leaf tables, and
+ * each has only its root and level-3 table of its own: 2N + 513 pages.
+ * Guests whose directory entries had A clear first shadow the directory on
+ * their own and exchange it for the shared one once every entry is in use. */
+START_TEST(test_vms_mapping_a_gib_of_a_segment_share_its_page_directory)
+{
+	const enum gib_map how = (enum gib_map)_i;
+	struct segvms s;
+
+	gibvms_init(&s, how);
+	for (int k = 0; k < NVM; k++)
+		gib_read_all(&s, k);
+	assert_level_pages(s.pool, 2, 1, "every VM's directory");
+	assert_level_pages(s.pool, 1, GIB_RUNS, "the leaf tables");
+	assert_level_pages(s.pool, 0, 2 * NVM + 1 + GIB_RUNS, "all tables (2N + 513)");
+	for (int k = 0; k < NVM; k++) {
+		struct shadow_table_usage u;
+		struct shadow_mmu_stats st;
+
+		ck_assert_int_eq(shadow_mmu_table_usage(s.gm[k].mmu, &u), 0);
+		ck_assert_msg(u.shared == 1 + GIB_RUNS && u.private_ == 2 && u.by_level[2] == 1,
+			      "VM %d: expected 513 shared tables and 2 of its own, got %llu and %llu", k,
+			      (unsigned long long)u.shared, (unsigned long long)u.private_);
+		shadow_mmu_stats(s.gm[k].mmu, &st);
+		ck_assert_msg(st.canon_exchanged == (how == GIB_PD_FRESH),
+			      "VM %d: expected %d directories exchanged, got %llu", k, how == GIB_PD_FRESH,
+			      (unsigned long long)st.canon_exchanged);
+	}
+	assert_pool_check(s.pool);
+	/* An eviction reaches every VM through the shared directory. */
+	const uint64_t page = gib_page(300), va = GIB_VA + page * GM_PAGE;
+	struct shadow_vcpu_result res;
+
+	ck_assert_int_eq(shadow_store_evict(s.seg.store, page), 0);
+	for (int k = 0; k < NVM; k++)
+		ck_assert_msg(shadow_vcpu_access(s.v[k], va, SHADOW_ACCESS_USER, &res) == -EFAULT,
+			      "VM %d still reaches the evicted page", k);
+	for (int k = 0; k < NVM; k++)
+		ck_assert_uint_eq(read_u64(s.v[k], va, NULL), gib_stamp(page));
+	segvms_fini(&s);
+}
+END_TEST
+
+/* A VM whose guest directory stops mapping the GiB in order (one entry now
+ * maps a 2 MiB page of its RAM) and invalidates the address leaves the
+ * shared directory: it reads its RAM there, the others still read the
+ * segment, and the shared tables are not altered. */
+START_TEST(test_a_vm_whose_directory_changes_leaves_the_shared_directory)
+{
+	const unsigned int r = 5;
+	const uint64_t va = GIB_VA + r * SPTE_LEVEL_SIZE(2);
+	uint64_t *canon = NULL, snap[SPTE_ENTRIES];
+	struct segvms s;
+
+	gibvms_init(&s, GIB_PD_ACCESSED);
+	for (int k = 0; k < NVM; k++)
+		gib_read_all(&s, k);
+	for (uint32_t i = 0; i < s.pool->nr_pages; i++)
+		if (s.pool->pages[i].level == 2)
+			canon = pool_entries(s.pool, i);
+	memcpy(snap, canon, sizeof(snap));
+	gm_map(&s.gm[1], s.cr3[1], va, GIB_RAM_GPA, 2, UW | SPTE_ACCESSED | SPTE_DIRTY);
+	shadow_vcpu_invlpg(s.v[1], va);
+	ck_assert_uint_eq(read_u64(s.v[1], va, NULL), 0x7a0001);
+	for (int k = 0; k < NVM; k += 2)
+		ck_assert_uint_eq(read_u64(s.v[k], va + gib_page(r) % SPTE_ENTRIES * GM_PAGE, NULL),
+				  gib_stamp(gib_page(r)));
+	ck_assert_msg(memcmp(snap, canon, sizeof(snap)) == 0, "the shared directory was altered");
+	assert_level_pages(s.pool, 2, 2, "the shared directory and VM 1's own");
+	/* VM 1 maps the run in order again: after the invalidation it shares
+	 * the leaf table of the run, under a directory of its own. */
+	gm_map(&s.gm[1], s.cr3[1], va, GIB_SEG_GPA + r * SPTE_LEVEL_SIZE(2), 2,
+	       UW | SPTE_ACCESSED | SPTE_DIRTY);
+	shadow_vcpu_invlpg(s.v[1], va);
+	gib_read_all(&s, 1);
+	assert_level_pages(s.pool, 1, GIB_RUNS, "the leaf tables");
+	segvms_fini(&s);
+}
+END_TEST
+
+/* The guests map the GiB clean (D clear): the shared directory maps it
+ * read-only.  A write by VM 0 sets D in one entry of its directory: VM 0
+ * leaves the shared directory and writes; the others still cannot write
+ * through theirs, and read what VM 0 wrote. */
+START_TEST(test_a_write_under_a_clean_directory_leaves_the_shared_directory)
+{
+	const uint64_t page = gib_page(9), va = GIB_VA + page * GM_PAGE;
+	struct shadow_vcpu_result res;
+	struct segvms s;
+
+	gibvms_init(&s, GIB_PD_CLEAN);
+	for (int k = 0; k < NVM; k++)
+		gib_read_all(&s, k);
+	assert_level_pages(s.pool, 2, 1, "every VM's directory");
+	write_u64(s.v[0], va, 0x5151);
+	ck_assert_msg(*gm_ptr(&s.gm[0], gm_entry(&s.gm[0], s.cr3[0], va, 2)) & SPTE_DIRTY,
+		      "the write did not set D in VM 0's directory entry");
+	assert_level_pages(s.pool, 2, 2, "the shared directory and VM 0's own");
+	for (int k = 1; k < NVM; k++) {
+		ck_assert_int_eq(shadow_vcpu_access(s.v[k], va, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE, &res),
+				 -EFAULT);
+		ck_assert_uint_eq(read_u64(s.v[k], va, NULL), 0x5151);
+	}
+	segvms_fini(&s);
+}
+END_TEST
+
+/* A VM whose P2M maps only part of the GiB to the segment (its RAM from
+ * the run @_i on) shadows the directory on its own, whatever the others
+ * share: through a shared directory it would reach segment pages its P2M
+ * does not map.  After the others linked the shared directory's entry for a
+ * run, that VM's P2M changes there: its next fault there leaves the shared
+ * directory (its own copy), and it reads its RAM. */
+START_TEST(test_a_vm_whose_p2m_maps_part_of_the_gib_does_not_share_the_directory)
+{
+	const unsigned int r = 40;
+	const uint64_t va = GIB_VA + r * SPTE_LEVEL_SIZE(2);
+	struct segvms s;
+
+	gibvms_init(&s, GIB_PD_ACCESSED);
+	if (_i == 0) {
+		/* Before any fault: VM 2's run r maps RAM. */
+		ck_assert_int_eq(shadow_mmu_map_gpa(s.gm[2].mmu, GIB_SEG_GPA + r * SPTE_LEVEL_SIZE(2),
+						    SPTE_ENTRIES, s.gm[2].slot, GIB_RAM_GPA / GM_PAGE), 0);
+		for (int k = 0; k < 2; k++)
+			gib_read_all(&s, k);
+		ck_assert_uint_eq(read_u64(s.v[2], va, NULL), 0x7a0002);
+		assert_level_pages(s.pool, 2, 2, "the shared directory and VM 2's own");
+	} else {
+		/* VMs 0 and 2 share the directory, then VM 2's P2M changes
+		 * for run r, which no VM has mapped yet; then VM 0 links run
+		 * r's table. */
+		read_u64(s.v[0], GIB_VA, NULL);
+		read_u64(s.v[2], GIB_VA, NULL);
+		assert_level_pages(s.pool, 2, 1, "the shared directory");
+		ck_assert_int_eq(shadow_mmu_map_gpa(s.gm[2].mmu, GIB_SEG_GPA + r * SPTE_LEVEL_SIZE(2),
+						    SPTE_ENTRIES, s.gm[2].slot, GIB_RAM_GPA / GM_PAGE), 0);
+		ck_assert_uint_eq(read_u64(s.v[2], va, NULL), 0x7a0002);
+		assert_level_pages(s.pool, 2, 2, "the shared directory and VM 2's copy");
+		gib_read_all(&s, 0);
+		ck_assert_uint_eq(read_u64(s.v[2], va, NULL), 0x7a0002);
+	}
+	segvms_fini(&s);
+}
+END_TEST
+
 /* ---- teardown races: swapout vs teardown, teardown vs teardown ----------- */
 
 /*
@@ -1562,6 +1788,7 @@ Suite *shadow_share_suite(void)
 	TCase *fill = tcase_create("fill_in_place");
 	TCase *seg = tcase_create("segment");
 	TCase *races = tcase_create("teardown_races");
+	TCase *gib = tcase_create("segment_gib");
 
 	tcase_add_test(clone, test_clone_copies_only_roots_and_shares_lower_tables);
 	tcase_add_test(clone, test_clone_vcpu_resumes_on_the_parents_tree_without_a_sync);
@@ -1578,6 +1805,11 @@ Suite *shadow_share_suite(void)
 	tcase_add_test(fill, test_refaults_after_eviction_fill_shared_tables_in_place);
 	tcase_add_loop_test(fill, test_divergent_views_privatize_instead_of_filling, 0, 3);
 	tcase_add_test(seg, test_segment_run_uses_one_canonical_table_for_every_vm);
+	tcase_add_loop_test(gib, test_vms_mapping_a_gib_of_a_segment_share_its_page_directory, 0, 4);
+	tcase_add_test(gib, test_a_vm_whose_directory_changes_leaves_the_shared_directory);
+	tcase_add_test(gib, test_a_write_under_a_clean_directory_leaves_the_shared_directory);
+	tcase_add_loop_test(gib, test_a_vm_whose_p2m_maps_part_of_the_gib_does_not_share_the_directory,
+			    0, 2);
 	tcase_add_loop_test(seg, test_range_invalidation_of_a_shared_segment_visits_each_mapped_page_once,
 			    0, (int)(sizeof(scan_cases) / sizeof(scan_cases[0])));
 	tcase_add_loop_test(
@@ -1592,6 +1824,7 @@ Suite *shadow_share_suite(void)
 	suite_add_tcase(s, fill);
 	suite_add_tcase(s, shadow_clone_p2m_tcase());
 	suite_add_tcase(s, seg);
+	suite_add_tcase(s, gib);
 	suite_add_tcase(s, races);
 	return s;
 }

@@ -596,6 +596,7 @@ struct vm_stats {
 	X(SHARING, p2m_nodes_copied, " p2m_nodes_copied=", "", s->shadow.p2m_nodes_copied)         \
 	X(SHARING, canon_created, " canonical created=", "", s->shadow.canon_created)              \
 	X(SHARING, canon_reused, " reused=", "", s->shadow.canon_reused)                           \
+	X(SHARING, canon_exchanged, " exchanged=", "", s->shadow.canon_exchanged)                  \
 	X(SHARING, remote_flushes, " remote_flushes=", "", s->shadow.remote_flushes)               \
 	X(SHARING, clones_made, " clones_made=", "", s->clones_made)                               \
 	X(SHARING, clone_ns, " clone_ns=", "", s->clone_ns)                                        \

@@ -403,8 +403,11 @@ struct shadow_mmu_stats {
 					 * layer's page (refcount 1, no copy) */
 	uint64_t pages_freed;		/* pages whose last reference this VM dropped (put_page) */
 	uint64_t p2m_nodes_copied;	/* P2M radix nodes privatized (path copies) */
-	uint64_t canon_created;		/* canonical segment tables created */
+	uint64_t canon_created;		/* canonical segment tables created (leaf tables of a
+					 * 2 MiB run, level-2 tables of a GiB) */
 	uint64_t canon_reused;		/* ... and found already there */
+	uint64_t canon_exchanged;	/* own shadows of a guest page directory exchanged for
+					 * a segment's canonical level-2 table once full */
 	uint64_t remote_flushes;	/* times another VM's zap flushed this VM (pmd-rmap) */
 	/* room (the table quota, a full pool) */
 	uint64_t quota_refusals;	/* table allocations refused: the quota was reached */
@@ -675,7 +678,8 @@ struct shadow_table_usage {
 /*
  * Fills @usage by walking the VM's cached roots.  Takes mmu_lock (the
  * tables it reaches hold still: a shared table's non-leaf entries change
- * only once it has one user left); counts of another VM's tables may be
+ * only once it has one user left, but for a canonical level-2 table's empty
+ * entries, which other VMs may link); counts of another VM's tables may be
  * stale by the time it returns.  May block.  Returns 0 or -ENOMEM.
  */
 int shadow_mmu_table_usage(struct shadow_mmu *mmu, struct shadow_table_usage *usage);
