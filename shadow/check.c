@@ -20,7 +20,11 @@
 /* ---- one VM: shadow_mmu_check ------------------------------------------- */
 
 struct check_ctx {
-	uint64_t leaves, tables;
+	uint64_t leaves, tables;	/* each table and its leaves counted once */
+	/* Pool pages checked, and checked on a path that grants W: a table
+	 * that several of the VM's entries link (table_hash.c) is checked
+	 * again only on a stricter path. */
+	uint8_t *seen, *seen_w;
 	uint8_t *cow[SHADOW_MAX_SLOTS];	/* [slot][page]: shared copy-on-write in our P2M */
 	struct shadow_mmu *mmu;
 	int err;
@@ -140,20 +144,33 @@ static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t pa
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	int level = mmu_page(mmu, page)->level;
+	const uint8_t bit = (uint8_t)(1u << (page % CHAR_BIT));
+	const bool first = !(c->seen[page / CHAR_BIT] & bit);
 	uint64_t snap[SPTE_ENTRIES];
 	int ret;
 
-	c->tables++;
+	if (!first && (!path_w || (c->seen_w[page / CHAR_BIT] & bit)))
+		return check_table_header(mmu, page, parent, index, snap);
+	c->seen[page / CHAR_BIT] |= bit;
+	if (path_w)
+		c->seen_w[page / CHAR_BIT] |= bit;
+	if (first)
+		c->tables++;
 	ret = check_table_header(mmu, page, parent, index, snap);
 	for (unsigned int i = 0; i < SPTE_ENTRIES && !ret; i++) {
 		if (!spte_is_present(snap[i]))
 			continue;
 		if (!spte_is_accessed(snap[i]))
 			return -EUCLEAN;
-		if (spte_is_leaf(snap[i], level))
+		if (spte_is_leaf(snap[i], level)) {
+			const uint64_t leaves = c->leaves;
+
 			ret = check_leaf_locked(mmu, page, i, snap[i], path_w, c);
-		else
+			if (!first)
+				c->leaves = leaves; /* counted at the first visit */
+		} else {
 			ret = check_child_locked(mmu, page, i, snap[i], path_w, c);
+		}
 	}
 	return ret;
 }
@@ -271,6 +288,13 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 	struct check_ctx c = { 0 };
 	int ret;
 
+	c.seen = calloc(mmu->pool->nr_pages / CHAR_BIT + 1, 1);
+	c.seen_w = calloc(mmu->pool->nr_pages / CHAR_BIT + 1, 1);
+	if (!c.seen || !c.seen_w) {
+		free(c.seen);
+		free(c.seen_w);
+		return -ENOMEM;
+	}
 	umbra_mutex_lock(&mmu->mmu_lock);
 	ret = check_cow_map_locked(mmu, &c);
 	for (unsigned int r = 0; r < mmu->nr_roots && !ret; r++)
@@ -283,6 +307,8 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 	umbra_mutex_unlock(&mmu->mmu_lock);
 	for (int i = 0; i < SHADOW_MAX_SLOTS; i++)
 		free(c.cow[i]);
+	free(c.seen);
+	free(c.seen_w);
 	return ret;
 }
 

@@ -231,8 +231,11 @@ static int clone_share_locked(struct shadow_mmu *parent, struct shadow_mmu *chil
 			      int own_id, bool keep_own, struct zap_batch *b)
 {
 	umbra_mutex_assert_held(&parent->mmu_lock);
-	int ret = 0;
+	/* The child, not yet in use, gets a slot for each of ours. */
+	int ret = root_cache_grow(child, parent->nr_roots);
 
+	/* Our tables become reachable by the child: no longer ours alone. */
+	parent->clone_gen++;
 	for (unsigned int r = 0; r < parent->nr_roots && !ret; r++)
 		if (parent->roots[r].page != SHADOW_NO_PAGE)
 			ret = clone_root_locked(parent, child, r);
@@ -266,7 +269,7 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *parent
 	struct shadow_mmu_config cfg = {
 		.pool = parent->pool,
 		.max_gpa = parent->p2m_pages << SHADOW_PAGE_SHIFT,
-		.nr_roots = parent->nr_roots,
+		.nr_roots = parent->max_roots,
 		.fault_around = parent->fault_around,
 		.max_tables = parent->account->max,
 		.mode = parent->mode,

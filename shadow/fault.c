@@ -81,15 +81,40 @@ static int child_create_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned
 	/* Release store: the zeroed entries are visible before the table is. */
 	spte_set_locked(mmu, parent, i, spte_make_table(pool_page_gpa(child)));
 	mmu_stat_inc(mmu, tables_created);
+	table_hash_add_locked(mmu, child);
 	*out = child;
 	return 0;
+}
+
+/* Points entry @i of @parent at @child, a table of this VM's with the role
+ * the entry needs that other entries of the VM point at already
+ * (table_hash.c), with one more reference; then as child_reuse_locked.
+ * A VM that shares with clones may have writable leaves of copy-on-write
+ * pages in it behind write-protected entries: the link is write-protected,
+ * and child_reuse_locked grants W after write-protecting the table.
+ * mmu_lock. */
+static int child_link_shared_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
+				    uint32_t child, uint64_t gva, bool want_w, struct zap_batch *b,
+				    uint32_t *out)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	uint64_t spte = spte_make_table(pool_page_gpa(child));
+	int ret = pool_user_add(mmu->pool, child, mmu, parent, i);
+
+	if (ret)
+		return ret;
+	if (mmu->sharing)
+		spte &= ~SPTE_WRITABLE;
+	spte_set_locked(mmu, parent, i, spte);
+	mmu_stat_inc(mmu, tables_reused);
+	return child_reuse_locked(mmu, parent, i, spte, gva, want_w, b, out);
 }
 
 /*
  * Returns the child table for entry @i of @parent with role @role (or, if
  * @alt, the direct role @alt that stands for it: see alt_role), reusing,
- * attaching (a canonical table) or creating it, and zapping a stale one
- * first.  @parent is a table this VM alone reaches, or a canonical level-2
+ * attaching (a canonical table), linking this VM's shadow of the same guest
+ * table (table_hash.c) or creating it, and zapping a stale one first.  @parent is a table this VM alone reaches, or a canonical level-2
  * table, whose entries are the same for every user: -EXDEV if it cannot
  * serve @role (the caller leaves it).  mmu_lock.
  */
@@ -116,6 +141,8 @@ static int child_get_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned in
 	if (level == 2 && alt && canon_guest_pd_matches(mmu, role->gpa, role->access, alt) &&
 	    canon_get_locked(mmu, level, alt, gva, &child) == 0)
 		return child_link_canon_locked(mmu, parent, i, child, b, out);
+	if (table_hash_find_locked(mmu, level, role, gva, &child))
+		return child_link_shared_locked(mmu, parent, i, child, gva, want_w, b, out);
 	return child_create_locked(mmu, parent, i, level, role, gva, out);
 }
 
@@ -704,9 +731,14 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 			continue;
 		}
 		if ((ret == -ENOMEM || ret == -EDQUOT) && !zapped_all) {
-			/* Pool full or quota reached: drop this VM's tables
-			 * (never another VM's) and try once more, when their
-			 * pages are reusable (after a grace period). */
+			/* Pool full or quota reached: the least recently used
+			 * address space no vCPU runs on goes (its tables when
+			 * their pages are reusable, after a grace period), and
+			 * the fault tries again; with none left, this VM's
+			 * tables go (never another VM's) and it tries once
+			 * more. */
+			if (mmu_evict_lru_root(mmu, ret == -ENOMEM))
+				continue;
 			mmu_reclaim(mmu);
 			zapped_all = true;
 			continue;

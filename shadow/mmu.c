@@ -21,7 +21,7 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 	if (!config || !config->pool || !config->max_gpa || config->max_gpa % SHADOW_PAGE_SIZE ||
 	    config->max_gpa > SHADOW_POOL_GPA || !walk_mode_is_valid(&config->mode) ||
 	    (config->max_tables && config->max_tables < SHADOW_MMU_MIN_TABLES) ||
-	    config->fault_around > SHADOW_FAULT_AROUND_MAX ||
+	    config->fault_around > SHADOW_FAULT_AROUND_MAX || config->nr_roots > SHADOW_MMU_MAX_ROOTS ||
 	    (config->fault_around & (config->fault_around - 1)))
 		return -EINVAL;
 	mmu = calloc(1, sizeof(*mmu));
@@ -36,15 +36,14 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 	ret = table_account_create(config->max_tables, &mmu->account);
 	if (ret)
 		goto exit_p2m;
-	mmu->nr_roots = config->nr_roots ? config->nr_roots : SHADOW_MMU_DEFAULT_ROOTS;
+	mmu->max_roots = config->nr_roots ? config->nr_roots : SHADOW_MMU_MAX_ROOTS;
 	mmu->fault_around = config->fault_around > 1 ? config->fault_around : 1;
-	mmu->roots = calloc(mmu->nr_roots, sizeof(*mmu->roots));
-	if (!mmu->roots) {
-		ret = -ENOMEM;
+	ret = root_cache_grow(mmu, ROOT_CACHE_FIRST);
+	if (ret)
 		goto put_account;
-	}
-	for (unsigned int r = 0; r < mmu->nr_roots; r++)
-		mmu->roots[r].page = SHADOW_NO_PAGE;
+	ret = table_hash_init(mmu);
+	if (ret)
+		goto free_roots;
 	umbra_mutex_init(&mmu->mmu_lock, "shadow.mmu_lock", UMBRA_LOCK_RANK_MMU);
 	umbra_mutex_init(&mmu->tlbs_lock, "shadow.mmu.tlbs_lock", UMBRA_LOCK_RANK_TLBS);
 	mmu->own_slot = -1;
@@ -55,6 +54,8 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 	*out = mmu;
 	return 0;
 
+free_roots:
+	free(mmu->roots);
 put_account:
 	table_account_put(mmu->account);
 exit_p2m:
@@ -115,6 +116,7 @@ void shadow_mmu_destroy(struct shadow_mmu *mmu)
 	umbra_mutex_exit(&mmu->tlbs_lock);
 	umbra_mutex_exit(&mmu->mmu_lock);
 	free(mmu->roots);
+	table_hash_exit(mmu);
 	table_account_put(mmu->account); /* pages a clone still reaches keep it */
 	free(mmu);
 }

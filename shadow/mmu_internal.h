@@ -301,15 +301,17 @@ static inline uint64_t make_leaf(const struct shadow_mmu *mmu, uint64_t mpa, uns
 			      !mmu->mode.nxe || (rights & SHADOW_RIGHT_EXEC));
 }
 
-/* Shared: more than one parent entry (or root) points at it, or it is a
- * segment's canonical table.  A VM changes only tables it alone reaches,
- * i.e. non-shared tables below non-shared tables (roots are never shared). */
-static inline bool table_is_shared(struct shadow_mmu *mmu, uint32_t page)
-{
-	struct shadow_page *sp = mmu_page(mmu, page);
-
-	return __atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE) > 1 || sp->canon;
-}
+/*
+ * Shared: another VM may reach it, or it is a segment's canonical table.  A
+ * table with one parent entry is not (its parent is checked first: a VM
+ * changes only tables it alone reaches, non-shared tables below non-shared
+ * tables, roots never shared); one with several is shared unless every
+ * root its users lists lead up to is this VM's (several address spaces of
+ * the VM using one shadow of a guest table, table_hash.c).  The answer
+ * "this VM's alone" is cached in the page until the VM is cloned.
+ * mmu_lock held, no table lock (pmd_rmap.c).
+ */
+bool table_is_shared(struct shadow_mmu *mmu, uint32_t page);
 
 /* Brings the subtree at @page (this VM's alone) in line with the guest's
  * tables: zaps what no longer matches.  mmu_lock. */
@@ -356,6 +358,22 @@ int fill_in_place_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
  * no table lock.
  */
 void fill_barrier_locked(struct shadow_mmu *mmu, uint32_t page);
+
+/* ---- table_hash.c: one shadow per guest table and role within a VM ------- */
+
+/* Buckets of a VM's table index (a power of two). */
+#define TABLE_HASH_SIZE 4096u
+/* The index, empty, and its release: 0 or -ENOMEM. */
+int table_hash_init(struct shadow_mmu *mmu);
+void table_hash_exit(struct shadow_mmu *mmu);
+/* Enters table @page (made by this VM: its level, role and gva set) in the
+ * index, in place of what its bucket held.  mmu_lock. */
+void table_hash_add_locked(struct shadow_mmu *mmu, uint32_t page);
+/* A live table of @level with @role at @gva that no other VM reaches and
+ * this VM may link under another parent entry: true and *@out, or false.
+ * mmu_lock held, no table lock. */
+bool table_hash_find_locked(struct shadow_mmu *mmu, int level, const struct role *role, uint64_t gva,
+			    uint32_t *out);
 
 /* ---- canon.c: canonical tables of shared segments ------------------------ */
 
@@ -415,6 +433,20 @@ struct shadow_root *root_of_page_locked(struct shadow_mmu *mmu, uint64_t gpa);
 /* Empties root-cache slot @root, its reference put after @b's flush.
  * mmu_lock. */
 void root_evict_locked(struct shadow_mmu *mmu, struct shadow_root *root, struct zap_batch *b);
+/* The root cache's first size (it doubles when full, up to max_roots). */
+#define ROOT_CACHE_FIRST 8u
+/* Grows @mmu's root cache to at least @n slots (at most max_roots), the new
+ * ones empty: 0 or -ENOMEM.  Under mmu_lock, or before anyone else uses
+ * @mmu (a clone being made). */
+int root_cache_grow(struct shadow_mmu *mmu, unsigned int n);
+/*
+ * Makes room when a table allocation was refused (the quota reached, or
+ * the pool full: then after the freed pages' grace period): evicts the
+ * least recently used root no vCPU runs on.  False if there was none.
+ * Takes mmu_lock; the caller holds no shadow lock and is not in a
+ * read-side section.
+ */
+bool mmu_evict_lru_root(struct shadow_mmu *mmu, bool wait);
 /*
  * Makes room when the pool is full or the quota reached: drops every root
  * no vCPU runs on and every table below the others, of this VM only (other

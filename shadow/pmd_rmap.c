@@ -14,6 +14,7 @@
 
 void mmu_flush_remote(struct shadow_mmu *mmu)
 {
+	__atomic_fetch_add(&mmu->zap_gen, 1, __ATOMIC_RELEASE); /* stale marks */
 	umbra_mutex_lock(&mmu->tlbs_lock);
 	for (struct shadow_tlb *tlb = mmu->tlbs; tlb; tlb = tlb->next) {
 		tlb->ops->flush_all(tlb);
@@ -79,6 +80,42 @@ int pmd_rmap_for_each_root(struct shadow_mmu *self, uint32_t page, int level,
 {
 	umbra_mutex_assert_held(&self->mmu_lock);
 	return pmd_rmap_walk_up(self, page, level, false, fn, ctx);
+}
+
+struct alone {
+	struct shadow_mmu *self;
+	unsigned int roots;
+};
+
+static bool root_is_ours(void *ctx, struct shadow_mmu *vm, bool path_shared)
+{
+	struct alone *a = ctx;
+
+	(void)path_shared;
+	a->roots++;
+	return vm == a->self;
+}
+
+bool table_is_shared(struct shadow_mmu *mmu, uint32_t page)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_page *sp = mmu_page(mmu, page);
+	const uint64_t gen = mmu->clone_gen;
+	struct alone a = { .self = mmu };
+
+	if (sp->canon)
+		return true;
+	if (__atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE) <= 1)
+		return false;
+	if (__atomic_load_n(&sp->private_mmu, __ATOMIC_RELAXED) == mmu &&
+	    __atomic_load_n(&sp->private_gen, __ATOMIC_RELAXED) == gen)
+		return false;
+	/* No memory for the walk, or no root found (being freed): shared. */
+	if (pmd_rmap_for_each_root(mmu, page, sp->level, root_is_ours, &a) != 1 || !a.roots)
+		return true;
+	__atomic_store_n(&sp->private_gen, gen, __ATOMIC_RELAXED);
+	__atomic_store_n(&sp->private_mmu, mmu, __ATOMIC_RELAXED);
+	return false;
 }
 
 struct flush_up {

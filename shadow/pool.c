@@ -182,6 +182,8 @@ int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index)
 	sp->canon_obj = NULL;
 	sp->canon_key = 0;
 	umbra_mutex_unlock(&sp->lock);
+	__atomic_store_n(&sp->private_mmu, NULL, __ATOMIC_RELAXED);
+	__atomic_store_n(&sp->private_gen, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&sp->use_count, 0, __ATOMIC_RELAXED);
 	/* Both copies; the release store that publishes the page orders
 	 * these writes before it. */

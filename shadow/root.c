@@ -1,13 +1,17 @@
 /*
- * The root cache: up to nr_roots shadow PML4s per VM, keyed by guest CR3
- * (its PML4 gpa), pinned by the vCPUs running on them, the least recently
- * used unpinned one evicted when a new one is needed.  A CR3 load finds or
+ * The root cache: shadow PML4s keyed by guest CR3 (its PML4 gpa), pinned by
+ * the vCPUs running on them.  It holds a root for every address space in
+ * use, growing as new ones are loaded, up to max_roots (the configured
+ * bound, or SHADOW_MMU_MAX_ROOTS); at the bound, the least recently used
+ * unpinned root is evicted when a new one is needed.  A CR3 load finds or
  * creates the root and syncs it (a CR3 load flushes the TLB).
  *
- * When the pool is full or the VM's table quota is reached, the VM
+ * When the pool is full or the VM's table quota is reached, the VM first
+ * evicts its least recently used unpinned roots, one at a time, and the
+ * fault or CR3 load tries again after each; with none left to evict it
  * reclaims: it drops every root no vCPU runs on and every table below the
- * others (its own references only), and the fault or CR3 load tries once
- * more.
+ * others (its own references only), and tries once more.  So the quota, not
+ * a constant, bounds the address spaces a VM keeps shadowed.
  *
  * Locks: the cache is under the VM's mmu_lock (asserted by every *_locked
  * function); shadow_mmu_load_cr3 and mmu_reclaim take it, and wait for a
@@ -46,20 +50,53 @@ void root_evict_locked(struct shadow_mmu *mmu, struct shadow_root *root, struct 
 	b->zapped++; /* a root went away: flush (it was not pinned, but be exact) */
 }
 
-/* A free slot of the cache, or the least recently used unpinned root,
- * evicted and freed now (reusable after a grace period: load_cr3 waits);
- * NULL if every root is pinned.  mmu_lock. */
+int root_cache_grow(struct shadow_mmu *mmu, unsigned int n)
+{
+	struct shadow_root *roots;
+
+	if (n > mmu->max_roots)
+		n = mmu->max_roots;
+	if (n <= mmu->nr_roots)
+		return 0;
+	roots = realloc(mmu->roots, n * sizeof(*roots));
+	if (!roots)
+		return -ENOMEM;
+	for (unsigned int r = mmu->nr_roots; r < n; r++)
+		roots[r] = (struct shadow_root){ .page = SHADOW_NO_PAGE };
+	mmu->roots = roots;
+	mmu->nr_roots = n;
+	return 0;
+}
+
+/* The least recently used root no vCPU runs on, or NULL.  mmu_lock. */
+static struct shadow_root *root_lru_unpinned_locked(struct shadow_mmu *mmu)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_root *lru = NULL;
+
+	for (unsigned int r = 0; r < mmu->nr_roots; r++)
+		if (mmu->roots[r].page != SHADOW_NO_PAGE && !mmu->roots[r].pins &&
+		    (!lru || mmu->roots[r].last_used < lru->last_used))
+			lru = &mmu->roots[r];
+	return lru;
+}
+
+/* A free slot of the cache, grown if it is full and below its bound, else
+ * the least recently used unpinned root, evicted and freed now (reusable
+ * after a grace period: load_cr3 waits); NULL if every root is pinned.
+ * mmu_lock. */
 static struct shadow_root *root_slot_get_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
-	struct shadow_root *slot = NULL;
+	const unsigned int n = mmu->nr_roots;
+	struct shadow_root *slot;
 
-	for (unsigned int r = 0; r < mmu->nr_roots; r++)
+	for (unsigned int r = 0; r < n; r++)
 		if (mmu->roots[r].page == SHADOW_NO_PAGE)
 			return &mmu->roots[r];
-	for (unsigned int r = 0; r < mmu->nr_roots; r++)
-		if (!mmu->roots[r].pins && (!slot || mmu->roots[r].last_used < slot->last_used))
-			slot = &mmu->roots[r];
+	if (!root_cache_grow(mmu, 2 * n) && mmu->nr_roots > n)
+		return &mmu->roots[n];
+	slot = root_lru_unpinned_locked(mmu);
 	if (!slot)
 		return NULL;
 	root_evict_locked(mmu, slot, b);
@@ -91,6 +128,7 @@ static int root_create_locked(struct shadow_mmu *mmu, uint64_t key, struct zap_b
 	slot->cr3 = key;
 	slot->page = page;
 	slot->pins = 0;
+	slot->mark = 0;
 	*out = slot;
 	return 0;
 }
@@ -176,6 +214,51 @@ void mmu_reclaim(struct shadow_mmu *mmu)
 	pool_wait_deferred(mmu->pool);
 }
 
+bool shadow_mmu_root_is_marked(struct shadow_mmu *mmu, uint64_t cr3, uint64_t *gen)
+{
+	struct shadow_root *root;
+	bool marked;
+
+	umbra_mutex_lock(&mmu->mmu_lock);
+	root = root_find_locked(mmu, cr3_key(mmu, cr3));
+	*gen = __atomic_load_n(&mmu->zap_gen, __ATOMIC_ACQUIRE) + 1;
+	marked = root && root->mark == *gen;
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	return marked;
+}
+
+void shadow_mmu_root_mark(struct shadow_mmu *mmu, uint64_t cr3, uint64_t gen)
+{
+	struct shadow_root *root;
+
+	umbra_mutex_lock(&mmu->mmu_lock);
+	root = root_find_locked(mmu, cr3_key(mmu, cr3));
+	if (root)
+		root->mark = gen;
+	umbra_mutex_unlock(&mmu->mmu_lock);
+}
+
+bool mmu_evict_lru_root(struct shadow_mmu *mmu, bool wait)
+{
+	struct shadow_root *lru;
+	struct zap_batch b;
+
+	shadow_assert_no_lock_held();
+	zap_batch_init(&b);
+	umbra_mutex_lock(&mmu->mmu_lock);
+	lru = root_lru_unpinned_locked(mmu);
+	if (lru) {
+		root_evict_locked(mmu, lru, &b);
+		mmu_stat_inc(mmu, root_evictions);
+		bump_sync_seq_locked(mmu);
+	}
+	zap_batch_finish_locked(mmu, &b);
+	umbra_mutex_unlock(&mmu->mmu_lock);
+	if (lru && wait)
+		pool_wait_deferred(mmu->pool);
+	return lru != NULL;
+}
+
 static int load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3, bool sync,
 		    uint64_t *root_gpa)
 {
@@ -185,7 +268,11 @@ static int load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3
 	 * become reusable after a grace period. */
 	if (ret == -ENOMEM && pool_wait_deferred(mmu->pool))
 		ret = load_cr3_once(mmu, tlb, cr3, sync, root_gpa);
-	/* Still no room, or the quota reached: this VM's own tables go. */
+	/* Still no room, or the quota reached: the least recently used
+	 * address spaces go, one at a time. */
+	while ((ret == -ENOMEM || ret == -EDQUOT) && mmu_evict_lru_root(mmu, ret == -ENOMEM))
+		ret = load_cr3_once(mmu, tlb, cr3, sync, root_gpa);
+	/* Still no room: this VM's own tables go. */
 	if (ret == -ENOMEM || ret == -EDQUOT) {
 		mmu_reclaim(mmu);
 		ret = load_cr3_once(mmu, tlb, cr3, sync, root_gpa);

@@ -114,6 +114,11 @@ struct shadow_page {
 	uint32_t canon_key;	/* its index in canon_obj->canon */
 	struct table_account *charge; /* the VM's quota it counts in, NULL: none
 				       * (quota.c); set at alloc, dropped at free */
+	/* The VM that alone reached it at its clone generation private_gen,
+	 * when last checked (table_is_shared's cache; atomic, reset at
+	 * alloc). */
+	struct shadow_mmu *private_mmu;
+	uint64_t private_gen;
 };
 
 /*
@@ -574,6 +579,7 @@ struct shadow_root {
 	uint32_t page;			/* pool index; SHADOW_NO_PAGE: slot empty */
 	unsigned int pins;		/* vCPUs running on it */
 	uint64_t last_used;
+	uint64_t mark;			/* shadow_mmu_root_mark's generation, 0: none */
 };
 
 /*
@@ -627,6 +633,9 @@ struct shadow_mmu {
 	 */
 	struct umbra_mutex mmu_lock;
 	uint64_t sync_seq;		/* atomic; bumped under mmu_lock by every sync / P2M change */
+	uint64_t zap_gen;		/* atomic; bumped (from 1) whenever a translation of this
+					 * VM may have gone: its own zaps, another VM's remote
+					 * flush of it (shadow_mmu_root_is_marked) */
 
 	/* The P2M (p2m.h, p2m_tree.c): a radix tree of p2m_levels levels over
 	 * p2m_pages gfns, whose nodes are shared with clones by use count;
@@ -642,9 +651,16 @@ struct shadow_mmu {
 	int nr_slots;			/* atomic (release): slots[0..nr) are published;
 					 * add_slot is not concurrent with itself */
 
-	unsigned int nr_roots;
+	unsigned int nr_roots;		/* slots in @roots: grows up to max_roots */
+	unsigned int max_roots;		/* immutable: the cache's bound */
 	struct shadow_root *roots;	/* [nr_roots], under mmu_lock */
 	unsigned int fault_around;	/* immutable: window in pages, 1 = off (fault.c) */
+	/* One shadow per (guest table, role, gva) within the VM (table_hash.c):
+	 * a direct-mapped cache of the tables it made, under mmu_lock. */
+	uint32_t *table_hash;		/* [TABLE_HASH_SIZE]; SHADOW_NO_PAGE: none */
+	uint64_t clone_gen;		/* bumped under mmu_lock by each clone of the VM:
+					 * only a clone makes its tables reachable by
+					 * another VM (private_gen) */
 	uint64_t tick;			/* LRU clock, under mmu_lock */
 
 	/* tlbs_lock (UMBRA_LOCK_RANK_TLBS): lets another VM's zap flush our

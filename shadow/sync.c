@@ -12,6 +12,8 @@
  * entries are written through zap.c (table locks, stripes).
  */
 #include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
 
 #include "iter.h"
 #include "mmu_internal.h"
@@ -310,15 +312,22 @@ static unsigned int subtree_count_shadows_locked(struct shadow_mmu *mmu, uint32_
  * the guest table at @gpa against the guest's page: its entries that no
  * longer match go.  A shared table below that holds such a shadow is never
  * changed for one VM: the entry that reaches it goes unless all of it still
- * agrees with our guest.  Returns the number of shadows found.  mmu_lock.
+ * agrees with our guest.  A table that several of the VM's entries link
+ * (table_hash.c) is visited once (@seen: a bit per pool page; NULL: once
+ * per path).  Returns the number of shadows found.  mmu_lock.
  */
 static unsigned int subtree_sync_shadows_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t gpa,
-						struct zap_batch *b)
+						uint8_t *seen, struct zap_batch *b)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	const struct shadow_page *sp = mmu_page(mmu, page);
 	unsigned int n = 0, i;
 
+	if (seen) {
+		if (seen[page / CHAR_BIT] & (1u << (page % CHAR_BIT)))
+			return 0;
+		seen[page / CHAR_BIT] |= (uint8_t)(1u << (page % CHAR_BIT));
+	}
 	if (shadows_guest_table(sp, gpa)) {
 		for_each_present_spte(mmu, page, i)
 			sync_spte_locked(mmu, page, i, false, b);
@@ -331,7 +340,7 @@ static unsigned int subtree_sync_shadows_locked(struct shadow_mmu *mmu, uint32_t
 		unsigned int found;
 
 		if (!table_is_shared(mmu, child)) {
-			n += subtree_sync_shadows_locked(mmu, child, gpa, b);
+			n += subtree_sync_shadows_locked(mmu, child, gpa, seen, b);
 			continue;
 		}
 		found = subtree_count_shadows_locked(mmu, child, gpa);
@@ -346,18 +355,23 @@ int shadow_mmu_sync_guest_table(struct shadow_mmu *mmu, uint64_t gpa)
 {
 	struct zap_batch b;
 	unsigned int n = 0;
+	uint8_t *seen;
 
 	if (gpa % SHADOW_PAGE_SIZE || gpa >> SHADOW_PAGE_SHIFT >= mmu->p2m_pages)
 		return -EINVAL;
+	/* Without memory for it, tables several roots link are synced (and
+	 * counted) once per path: more work, the same result. */
+	seen = calloc(mmu->pool->nr_pages / CHAR_BIT + 1, 1);
 	zap_batch_init(&b);
 	umbra_mutex_lock(&mmu->mmu_lock);
 	/* Every cached root, and below it every table this VM reaches: a
 	 * bounded scan (the tables this VM holds), no index by guest page. */
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
-			n += subtree_sync_shadows_locked(mmu, mmu->roots[r].page, gpa, &b);
+			n += subtree_sync_shadows_locked(mmu, mmu->roots[r].page, gpa, seen, &b);
 	bump_sync_seq_locked(mmu);
 	zap_batch_finish_locked(mmu, &b);
 	umbra_mutex_unlock(&mmu->mmu_lock);
+	free(seen);
 	return (int)n;
 }

@@ -143,10 +143,12 @@ int table_alloc_charged_locked(struct shadow_mmu *mmu, struct table_account *acc
 	sp = mmu_page(mmu, *out);
 	if (account)
 		table_charge(account, sp);
-	sp->direct = role->direct;
-	sp->access = role->access;
-	sp->gpa = role->gpa;
-	sp->gva = gva;
+	/* Atomic: table_hash_find_locked may read them for a page another
+	 * VM frees and allocates again meanwhile. */
+	__atomic_store_n(&sp->direct, role->direct, __ATOMIC_RELAXED);
+	__atomic_store_n(&sp->access, role->access, __ATOMIC_RELAXED);
+	__atomic_store_n(&sp->gpa, role->gpa, __ATOMIC_RELAXED);
+	__atomic_store_n(&sp->gva, gva, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -298,6 +300,9 @@ static void batch_flush_local_locked(struct shadow_mmu *mmu, struct zap_batch *b
 void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
+	if (b->zapped || b->nr_puts || b->free_head != SHADOW_NO_PAGE || b->nr_tables ||
+	    b->tables_overflow)
+		__atomic_fetch_add(&mmu->zap_gen, 1, __ATOMIC_RELEASE); /* stale marks */
 	if (b->zapped || b->nr_puts || b->free_head != SHADOW_NO_PAGE)
 		batch_flush_local_locked(mmu, b);
 	/* Leaves cleared in place: every other VM that reaches those tables. */

@@ -524,6 +524,94 @@ START_TEST(test_full_flush_syncs_changed_permissions)
 }
 END_TEST
 
+/* A root's mark holds while nothing of the VM is zapped (a CR3 load whose
+ * sync keeps every entry): an invlpg of a changed mapping, which removes
+ * its leaf, and a root made anew after an eviction, find it stale. */
+START_TEST(test_root_mark_goes_stale_on_a_zap_and_on_eviction)
+{
+	struct gm gm;
+	uint64_t gen, gen2;
+
+	gm_init_full(&gm, 1024, NULL, 256, 1, NULL, NULL, NULL);
+	uint64_t cr3a = gm_table(&gm), cr3b = gm_table(&gm);
+	gm_map(&gm, cr3a, VA1, GPA_A, 1, UW);
+	gm_map(&gm, cr3b, VA1, GPA_B, 1, UW);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 8, cr3a);
+	ck_assert_uint_eq(reach(v, VA1, 0), GPA_A);
+	ck_assert(!shadow_mmu_root_is_marked(gm.mmu, cr3a, &gen));
+	shadow_mmu_root_mark(gm.mmu, cr3a, gen);
+	ck_assert_msg(shadow_mmu_root_is_marked(gm.mmu, cr3a, &gen2) && gen2 == gen,
+		      "expected the mark to hold with nothing zapped");
+	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3a), 0); /* a sync that zaps nothing */
+	ck_assert(shadow_mmu_root_is_marked(gm.mmu, cr3a, &gen2));
+	gm_map(&gm, cr3a, VA1, GPA_C, 1, UW);
+	shadow_vcpu_invlpg(v, VA1);
+	ck_assert_msg(!shadow_mmu_root_is_marked(gm.mmu, cr3a, &gen), "a zapped leaf left the mark");
+	ck_assert_uint_eq(reach(v, VA1, 0), GPA_C);
+	shadow_mmu_root_mark(gm.mmu, cr3a, gen);
+	ck_assert(shadow_mmu_root_is_marked(gm.mmu, cr3a, &gen2));
+	/* One root slot: loading b evicts a, which comes back unmarked. */
+	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3b), 0);
+	ck_assert(!shadow_mmu_root_is_marked(gm.mmu, cr3a, &gen2));
+	ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3a), 0);
+	ck_assert_msg(!shadow_mmu_root_is_marked(gm.mmu, cr3a, &gen2), "a root made anew is marked");
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/*
+ * With no bound configured, the root cache holds every address space the
+ * guest switches among (more than its first 8 slots): a second round of
+ * switches creates no table and evicts no root.  With a quota, the least
+ * recently used unpinned roots make room for new ones (no reclaim) and the
+ * charged tables stay within the quota.  _i: 0 no quota, 1 a quota of 24.
+ */
+#define SPACES 40
+START_TEST(test_root_cache_holds_every_address_space_the_quota_allows)
+{
+	const unsigned long quota = _i ? 24 : 0;
+	struct shadow_mmu_stats st, st0;
+	uint64_t cr3[SPACES];
+	struct gm gm;
+
+	gm_init_quota(&gm, 1024, NULL, 512, quota);
+	for (int i = 0; i < SPACES; i++) {
+		cr3[i] = gm_table(&gm);
+		gm_map(&gm, cr3[i], VA1, GPA_A + (uint64_t)i * GM_PAGE, 1, UW);
+	}
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 8, cr3[0]);
+	for (int round = 0; round < 2; round++) {
+		if (round == 1)
+			shadow_mmu_stats(gm.mmu, &st0);
+		for (int i = 0; i < SPACES; i++) {
+			ck_assert_int_eq(shadow_vcpu_load_cr3(v, cr3[i]), 0);
+			ck_assert_uint_eq(reach(v, VA1, 0), GPA_A + (uint64_t)i * GM_PAGE);
+			if (quota)
+				ck_assert_uint_le(shadow_mmu_tables_charged(gm.mmu), quota);
+		}
+	}
+	shadow_mmu_stats(gm.mmu, &st);
+	ck_assert_uint_eq(st.reclaims, 0);
+	if (!quota) {
+		ck_assert_msg(st.root_evictions == 0 && st.tables_created == st0.tables_created,
+			      "second round over %d address spaces: expected no eviction and no table "
+			      "created, got %llu evictions and %llu tables",
+			      SPACES, (unsigned long long)st.root_evictions,
+			      (unsigned long long)(st.tables_created - st0.tables_created));
+		ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 4), SPACES);
+	} else {
+		/* 4 tables per address space: 6 fit the quota of 24. */
+		ck_assert_uint_gt(st.root_evictions, SPACES);
+		ck_assert_uint_le(shadow_pool_pages_in_use(gm.pool, 4), quota / 4);
+	}
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
 START_TEST(test_root_cache_is_bounded_and_evicts_lru_unpinned_root)
 {
 	struct gm gm;
@@ -1299,8 +1387,13 @@ START_TEST(test_invlpg_drops_path_whose_guest_table_entry_lost_accessed)
 }
 END_TEST
 
-/* Two address spaces x and y whose PDEs for VA1 point at one guest page
- * table *@pt (VA1 -> GPA_A); a vCPU on each.  Returns x. */
+/* VA_Y in y: VA1 2 MiB higher, so that y's PDE for it is another entry
+ * (another address: a shadow of its own). */
+#define VA_Y (VA1 + (2ull << 20))
+
+/* Two address spaces x and y whose PDEs for VA1 (x) and VA_Y (y) point at
+ * one guest page table *@pt (-> GPA_A): two shadows of it, one per
+ * address; a vCPU on each.  Returns x. */
 static uint64_t shared_pt_vm(struct gm *gm, uint64_t *y, uint64_t *pt, struct shadow_vcpu **vx,
 			     struct shadow_vcpu **vy)
 {
@@ -1311,11 +1404,11 @@ static uint64_t shared_pt_vm(struct gm *gm, uint64_t *y, uint64_t *pt, struct sh
 	*y = gm_table(gm);
 	gm_map(gm, x, VA1, GPA_A, 1, UW);
 	*pt = spte_addr(gm_read(gm, gm_entry(gm, x, VA1, 2)));
-	gm_write(gm, gm_entry(gm, *y, VA1, 2), *pt | GM_DIR);
+	gm_write(gm, gm_entry(gm, *y, VA_Y, 2), *pt | GM_DIR);
 	*vx = sh_vcpu(gm->mmu, 64, x);
 	*vy = sh_vcpu(gm->mmu, 64, *y);
 	ck_assert_uint_eq(reach(*vx, VA1, 0), GPA_A);
-	ck_assert_uint_eq(reach(*vy, VA1, 0), GPA_A);
+	ck_assert_uint_eq(reach(*vy, VA_Y, 0), GPA_A);
 	return x;
 }
 
@@ -1329,17 +1422,65 @@ START_TEST(test_sync_guest_table_reaches_every_address_space)
 	/* Nothing changed: both shadows of the page stay. */
 	ck_assert_int_eq(shadow_mmu_sync_guest_table(gm.mmu, pt), 2);
 	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 2);
-	ck_assert_uint_eq(reach_no_fault(vy, VA1, 0), GPA_A);
-	/* The guest remaps VA1 in the shared table; invlpg on x covers x only. */
+	ck_assert_uint_eq(reach_no_fault(vy, VA_Y, 0), GPA_A);
+	/* The guest remaps the page in the shared table; invlpg on x covers
+	 * x only. */
 	gm_write(&gm, pt + SPTE_INDEX(VA1, 1) * 8, GPA_B | SPTE_PRESENT | UW);
 	shadow_vcpu_invlpg(vx, VA1);
 	ck_assert_uint_eq(reach(vx, VA1, 0), GPA_B);
-	ck_assert_msg(reach_no_fault(vy, VA1, 0) == GPA_A, "y's shadow is stale until the sync");
+	ck_assert_msg(reach_no_fault(vy, VA_Y, 0) == GPA_A, "y's shadow is stale until the sync");
 	ck_assert_int_eq(shadow_mmu_sync_guest_table(gm.mmu, pt), 2);
 	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 0);
-	ck_assert_uint_eq(reach(vy, VA1, 0), GPA_B);
+	ck_assert_uint_eq(reach(vy, VA_Y, 0), GPA_B);
 	ck_assert_uint_eq(reach_no_fault(vx, VA1, 0), GPA_B);
 	(void)x;
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(vx);
+	shadow_vcpu_destroy(vy);
+	gm_fini(&gm);
+}
+END_TEST
+
+/*
+ * Address spaces whose PML4s point at one guest PDPT (a kernel half) share
+ * its shadow: the second links the first's shadow PDPT, and reaches VA1
+ * through it with no new table and no fault.  A remap in the shared guest
+ * table and an invlpg in one address space reach the other too (one
+ * shadow).  The shadow survives the eviction of the root that made it.
+ * (After a clone: test_shadow_share.c.)
+ */
+START_TEST(test_address_spaces_sharing_a_guest_table_share_its_shadow)
+{
+	struct shadow_mmu_stats st;
+	struct shadow_vcpu *vx, *vy;
+	struct gm gm;
+
+	gm_init_full(&gm, 1024, NULL, 256, 2, NULL, NULL, NULL);
+	uint64_t x = gm_table(&gm), y = gm_table(&gm), z = gm_table(&gm);
+	gm_map(&gm, x, VA1, GPA_A, 1, UW | SPTE_DIRTY);
+	const uint64_t pml4e = gm_read(&gm, x + SPTE_INDEX(VA1, 4) * 8);
+	const uint64_t pt = spte_addr(gm_read(&gm, gm_entry(&gm, x, VA1, 2)));
+	gm_write(&gm, y + SPTE_INDEX(VA1, 4) * 8, pml4e);
+	gm_map(&gm, z, VA2, GPA_C, 1, UW);
+	vx = sh_vcpu(gm.mmu, 64, x);
+	ck_assert_uint_eq(reach(vx, VA1, SHADOW_ACCESS_WRITE), GPA_A);
+	vy = sh_vcpu(gm.mmu, 64, y);
+	ck_assert_uint_eq(reach(vy, VA1, 0), GPA_A);
+	shadow_mmu_stats(gm.mmu, &st);
+	ck_assert_msg(shadow_pool_pages_in_use(gm.pool, 0) == 2 + 3 && st.tables_reused == 1,
+		      "expected 2 roots and one PDPT, PD and PT for both (1 link), got %zu tables, %llu links",
+		      shadow_pool_pages_in_use(gm.pool, 0), (unsigned long long)st.tables_reused);
+	ck_assert_int_eq(shadow_mmu_sync_guest_table(gm.mmu, pt), 1);
+	/* One shadow: x's invlpg of a remapped page reaches y as well. */
+	gm_write(&gm, pt + SPTE_INDEX(VA1, 1) * 8, GPA_B | SPTE_PRESENT | UW);
+	shadow_vcpu_invlpg(vx, VA1);
+	ck_assert_uint_eq(reach(vx, VA1, 0), GPA_B);
+	ck_assert_uint_eq(reach(vy, VA1, 0), GPA_B);
+	/* x's vCPU goes to z: the cache of 2 evicts x's root; y's path stays. */
+	ck_assert_int_eq(shadow_vcpu_load_cr3(vx, z), 0);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(vx, z), 0);
+	ck_assert_uint_eq(reach(vx, VA2, 0), GPA_C);
+	ck_assert_uint_eq(reach_no_fault(vy, VA1, 0), GPA_B);
 	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(vx);
 	shadow_vcpu_destroy(vy);
@@ -1565,7 +1706,8 @@ END_TEST
  * The quota's floor, and what it cannot make room for: roots that vCPUs
  * run on stay through a reclaim, so a fault that needs more than the quota
  * leaves fails with -EDQUOT after one reclaim; once a vCPU leaves its root,
- * the reclaim evicts it and the fault fits; a CR3 load reclaims too.
+ * the fault evicts that root (the least recently used unpinned one) and
+ * fits, with no reclaim; a CR3 load with no such root reclaims.
  */
 START_TEST(test_quota_refuses_what_running_roots_leave_no_room_for)
 {
@@ -1592,15 +1734,19 @@ START_TEST(test_quota_refuses_what_running_roots_leave_no_room_for)
 	ck_assert_uint_eq(shadow_mmu_tables_charged(gm.mmu), SHADOW_MMU_MIN_TABLES);
 
 	shadow_vcpu_destroy(vb); /* root b is cached, run by no vCPU */
+	uint64_t evictions = st.root_evictions;
 	ck_assert_uint_eq(reach(va, VA1, SHADOW_ACCESS_WRITE), GPA_A);
 	shadow_mmu_stats(gm.mmu, &st);
-	ck_assert_uint_eq(st.reclaims, 2);
+	ck_assert_msg(st.reclaims == 1 && st.root_evictions == evictions + 1,
+		      "expected root b evicted and no reclaim, got %llu evictions and %llu reclaims",
+		      (unsigned long long)(st.root_evictions - evictions), (unsigned long long)st.reclaims);
 	ck_assert_uint_eq(shadow_mmu_tables_charged(gm.mmu), SHADOW_MMU_MIN_TABLES);
 
-	/* A new root with the quota full: the CR3 load reclaims va's tables. */
+	/* A new root with the quota full and no unpinned root: the CR3 load
+	 * reclaims va's tables. */
 	struct shadow_vcpu *vc = sh_vcpu(gm.mmu, 0, cr3c);
 	shadow_mmu_stats(gm.mmu, &st);
-	ck_assert_uint_eq(st.reclaims, 3);
+	ck_assert_uint_eq(st.reclaims, 2);
 	ck_assert_uint_eq(shadow_mmu_tables_charged(gm.mmu), 2);
 	/* Two running roots and a path of three: one more than the quota. */
 	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3a, VA1, 0, &ec), -EDQUOT);
@@ -2034,6 +2180,8 @@ Suite *shadow_suite(void)
 	tcase_add_test(mmu, test_cr3_load_syncs_cached_root_and_keeps_valid_entries);
 	tcase_add_test(mmu, test_full_flush_syncs_changed_permissions);
 	tcase_add_test(mmu, test_root_cache_is_bounded_and_evicts_lru_unpinned_root);
+	tcase_add_loop_test(mmu, test_root_cache_holds_every_address_space_the_quota_allows, 0, 2);
+	tcase_add_test(mmu, test_root_mark_goes_stale_on_a_zap_and_on_eviction);
 	tcase_add_test(mmu, test_guest_2m_page_is_shadowed_by_4k_entries);
 	tcase_add_test(mmu, test_guest_1g_page_is_shadowed_by_4k_entries);
 	tcase_add_test(mmu, test_zap_range_removes_every_alias_of_backing_page);
@@ -2055,6 +2203,7 @@ Suite *shadow_suite(void)
 	tcase_add_test(resync, test_invlpg_drops_path_whose_guest_table_entry_lost_accessed);
 	tcase_add_test(resync, test_sync_guest_table_reaches_every_address_space);
 	tcase_add_test(resync, test_sync_guest_table_rejects_bad_address_and_counts_none);
+	tcase_add_test(resync, test_address_spaces_sharing_a_guest_table_share_its_shadow);
 	tcase_add_test(resync, test_set_mode_nxe_resyncs_shadow_under_new_mode);
 	suite_add_tcase(s, resync);
 	tcase_add_test(quota, test_quota_caps_a_vm_and_leaves_the_other_vm_untouched);

@@ -207,6 +207,49 @@ START_TEST(test_clone_copies_only_roots_and_shares_lower_tables)
 END_TEST
 
 /* _i: 0 = the clone writes first, 1 = the parent does. */
+/*
+ * The parent's two address spaces x and y share a guest PDPT, so they share
+ * its shadow (one shadow per guest table within a VM).  After a clone, the
+ * clone reaches those tables too: the parent's write through x privatizes
+ * its path instead of writing a table the clone reaches, so y sees the
+ * write and the clone keeps the original.
+ */
+START_TEST(test_tables_shared_within_a_vm_are_privatized_after_a_clone)
+{
+	struct shadow_mmu_stats st;
+	struct fam f;
+	struct shadow_vcpu *vx, *vy, *vc;
+
+	fam_init(&f, 8);
+	const uint64_t y = gm_table(&f.gm);
+
+	gm_write(&f.gm, y + SPTE_INDEX(VA_BASE, 4) * 8, gm_read(&f.gm, f.cr3 + SPTE_INDEX(VA_BASE, 4) * 8));
+	vx = sh_vcpu(f.gm.mmu, 64, f.cr3);
+	vy = sh_vcpu(f.gm.mmu, 64, y);
+	for (uint64_t i = 0; i < 8; i++) {
+		ck_assert_uint_eq(read_u64(vx, VA_BASE + i * GM_PAGE, NULL), 0x1000 + i);
+		ck_assert_uint_eq(read_u64(vy, VA_BASE + i * GM_PAGE, NULL), 0x1000 + i);
+	}
+	shadow_mmu_stats(f.gm.mmu, &st);
+	ck_assert_uint_eq(st.tables_reused, 1);
+	fam_clone(&f);
+	vc = sh_vcpu(f.child, 64, y);
+	ck_assert_uint_eq(read_u64(vc, VA_BASE + 2 * GM_PAGE, NULL), 0x1002);
+	write_u64(vx, VA_BASE + 2 * GM_PAGE, 0x77);
+	ck_assert_uint_eq(read_u64(vy, VA_BASE + 2 * GM_PAGE, NULL), 0x77);
+	ck_assert_msg(read_u64(vc, VA_BASE + 2 * GM_PAGE, NULL) == 0x1002,
+		      "the clone must keep the original: expected 0x1002, got %#llx",
+		      (unsigned long long)read_u64(vc, VA_BASE + 2 * GM_PAGE, NULL));
+	assert_mmu_check(f.gm.mmu);
+	assert_mmu_check(f.child);
+	assert_pool_check(f.pool);
+	shadow_vcpu_destroy(vc);
+	shadow_vcpu_destroy(vy);
+	shadow_vcpu_destroy(vx);
+	fam_fini(&f);
+}
+END_TEST
+
 START_TEST(test_first_write_copies_page_for_the_writer_only)
 {
 	struct shadow_mmu_stats st;
@@ -1793,6 +1836,7 @@ Suite *shadow_share_suite(void)
 	tcase_add_test(clone, test_clone_copies_only_roots_and_shares_lower_tables);
 	tcase_add_test(clone, test_clone_vcpu_resumes_on_the_parents_tree_without_a_sync);
 	tcase_add_loop_test(clone, test_first_write_copies_page_for_the_writer_only, 0, 2);
+	tcase_add_test(clone, test_tables_shared_within_a_vm_are_privatized_after_a_clone);
 	tcase_add_loop_test(clone, test_eviction_reaches_every_vcpu_of_every_sharer_before_return, 0, 2);
 	tcase_add_test(clone, test_racing_unsharers_both_copy_and_tables_are_freed_once);
 	tcase_add_test(clone, test_parent_destroy_leaves_clone_its_shared_tables);

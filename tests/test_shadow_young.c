@@ -7,6 +7,7 @@
 #include <check.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -263,7 +264,7 @@ static void *race_reader(void *arg)
 				test_fail(&r->fail, "VM %d page %llu: expected 0 and %#llx, got %d and %#llx",
 					  rd->k, (unsigned long long)pg, (unsigned long long)SEG_VALUE(pg),
 					  ret, (unsigned long long)val);
-			r->reads[rd->k]++;
+			__atomic_fetch_add(&r->reads[rd->k], 1, __ATOMIC_RELEASE);
 		}
 	}
 	return NULL;
@@ -278,6 +279,11 @@ static void *race_clearer(void *arg)
 {
 	struct young_race *r = arg;
 
+	/* The race needs both readers running: on a loaded machine a thread
+	 * may start late. */
+	for (int k = 0; k < NVM; k++)
+		while (!__atomic_load_n(&r->reads[k], __ATOMIC_ACQUIRE) && !test_failed(&r->fail))
+			sched_yield();
 	for (unsigned int n = 0; n < RACE_CLEARS && !test_failed(&r->fail); n++) {
 		uint64_t pg = n % RACE_PAGES;
 		int ret = notifier_clear_young(r->p.seg.obj, 0, RACE_PAGES - 1);

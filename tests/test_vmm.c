@@ -1021,7 +1021,7 @@ START_TEST(test_default_quota_and_roots_follow_the_vm)
 	ck_assert_uint_gt(vmm_table_quota_default(64ull << 30, 64, 0), vmm_table_quota_default(64ull << 30, 1, 0));
 	/* Every vCPU on its own address space, with roots left to switch. */
 	for (unsigned int v = 1; v <= UMBRA_MAX_VCPUS; v++)
-		ck_assert_uint_ge(vmm_nr_roots(v), v + SHADOW_MMU_DEFAULT_ROOTS);
+		ck_assert_uint_ge(vmm_quota_roots(v), v + VMM_QUOTA_SPACES);
 }
 END_TEST
 
@@ -1064,10 +1064,10 @@ START_TEST(test_vms_without_a_group_are_alone_where_the_pool_is_writable)
 	const struct plan_group *x = &plan.groups[plan.vms[0].group_index];
 	ck_assert_str_eq(x->name, "x");
 	ck_assert_uint_eq(x->nr_vms, 2);
-	/* The quotas of a and c, and two canonical tables per 2 MiB run of
-	 * the segment a attaches. */
-	ck_assert_uint_eq(x->pool_pages, 1000 + 1002 + 2 * 2);
-	ck_assert_uint_eq(plan.groups[plan.vms[1].group_index].pool_pages, 1001 + 2 * 2);
+	/* The quotas of a and c, and two canonical tables per 2 MiB run (2)
+	 * and per GiB (1) of the 4 MiB segment a attaches. */
+	ck_assert_uint_eq(x->pool_pages, 1000 + 1002 + 2 * (2 + 1));
+	ck_assert_uint_eq(plan.groups[plan.vms[1].group_index].pool_pages, 1001 + 2 * (2 + 1));
 	ck_assert_uint_eq(plan.groups[plan.vms[3].group_index].pool_pages, 1003);
 	plan_free(&plan);
 }
@@ -1084,7 +1084,7 @@ START_TEST(test_vms_without_a_group_share_the_default_where_the_pool_is_read_onl
 	ck_assert_uint_eq(plan.vms[1].group_index, plan.vms[3].group_index);
 	ck_assert_uint_ne(plan.vms[0].group_index, plan.vms[1].group_index);
 	ck_assert_uint_eq(plan.groups[plan.vms[1].group_index].nr_vms, 2);
-	ck_assert_uint_eq(plan.groups[plan.vms[1].group_index].pool_pages, 1001 + 1003 + 2 * 2);
+	ck_assert_uint_eq(plan.groups[plan.vms[1].group_index].pool_pages, 1001 + 1003 + 2 * (2 + 1));
 	/* A pool never exceeds what the shadow library allows. */
 	plan.vms[1].table_quota = plan.vms[3].table_quota = VMM_TABLE_QUOTA_MAX;
 	ck_assert_int_eq(plan_assign_groups(&plan, true, &err), 0);

@@ -15,15 +15,17 @@
 #include "vmm.h"
 
 #define TABLE_ENTRIES 512u /* entries of a table page: each level maps 512 times more */
-#define SEGMENT_RUN (2ull << 20) /* a canonical table maps one 2 MiB run */
+#define SEGMENT_RUN (2ull << 20) /* a canonical leaf table maps one 2 MiB run */
+#define SEGMENT_GIB (1ull << 30) /* a canonical level-2 table, one GiB */
 /* Default quota: how many times over the VM's memory may be mapped with
  * 4 KiB pages (address spaces that map the same memory), and the tables of
  * one address space's own (PML4, PDPT, PDs and PTs of the pinned boot
  * ranges and a stack or two). */
 #define QUOTA_MAPPINGS 4u
 #define QUOTA_TABLES_PER_ROOT 16u
-/* Canonical tables of a segment in a pool: one per 2 MiB run for each of the
- * rights (e.g. read-only and read-write mappings) the group's guests use. */
+/* Canonical tables of a segment in a pool: one per 2 MiB run and one per GiB
+ * for each of the rights (e.g. read-only and read-write mappings) the
+ * group's guests use. */
 #define CANON_RIGHTS_ALLOWANCE 2u
 
 int vmm_check_group(const char *what, const char *name, struct vmm_error *err)
@@ -64,15 +66,15 @@ static uint64_t tables_to_map(uint64_t bytes)
 	return pt + pd + div_up(pd, TABLE_ENTRIES) + 1;
 }
 
-unsigned int vmm_nr_roots(unsigned int vcpus)
+unsigned int vmm_quota_roots(unsigned int vcpus)
 {
-	return SHADOW_MMU_DEFAULT_ROOTS + vcpus;
+	return VMM_QUOTA_SPACES + vcpus;
 }
 
 uint64_t vmm_table_quota_default(uint64_t mem, unsigned int vcpus, uint64_t segment_bytes)
 {
 	uint64_t quota = QUOTA_MAPPINGS * tables_to_map(mem + segment_bytes) +
-			 (uint64_t)QUOTA_TABLES_PER_ROOT * vmm_nr_roots(vcpus);
+			 (uint64_t)QUOTA_TABLES_PER_ROOT * vmm_quota_roots(vcpus);
 
 	if (quota < VMM_TABLE_QUOTA_DEFAULT_MIN)
 		quota = VMM_TABLE_QUOTA_DEFAULT_MIN;
@@ -134,7 +136,8 @@ static uint64_t group_pool_pages(const struct plan *plan, unsigned int g)
 	}
 	for (unsigned int s = 0; s < plan->nr_segments; s++)
 		if (attached[s])
-			pages += CANON_RIGHTS_ALLOWANCE * div_up(plan->segments[s].size, SEGMENT_RUN);
+			pages += CANON_RIGHTS_ALLOWANCE * (div_up(plan->segments[s].size, SEGMENT_RUN) +
+							   div_up(plan->segments[s].size, SEGMENT_GIB));
 	return pages < SHADOW_POOL_MAX_PAGES ? pages : SHADOW_POOL_MAX_PAGES;
 }
 

@@ -238,7 +238,7 @@ int vm_mmu_init(struct vm *vm, struct vmm_error *err)
 			max_gpa = vm->segments[i]->gpa + vm->segments[i]->size;
 	/* Every vCPU may run an address space of its own, with room to switch. */
 	struct shadow_mmu_config config = {
-		.pool = vm->group->pool, .max_gpa = max_gpa, .nr_roots = vmm_nr_roots(vm->nr_vcpus),
+		.pool = vm->group->pool, .max_gpa = max_gpa, .nr_roots = 0,
 		.max_tables = (unsigned long)vm->table_quota, .mode = vm_paging_mode(vm),
 		.fault_around = vm->host->fault_around,
 	};
@@ -415,12 +415,26 @@ const char *vm_room_error(const struct vm *vm, int err, char *buf, size_t size)
 
 int vcpu_load_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root)
 {
-	int ret = shadow_mmu_load_cr3(vcpu->vm->mmu, &vcpu->tlb, guest_cr3, root);
+	struct vm *vm = vcpu->vm;
+	int ret = shadow_mmu_load_cr3(vm->mmu, &vcpu->tlb, guest_cr3, root);
+	uint64_t reclaims, gen;
 
 	if (ret)
 		return ret;
 	vcpu->guest_cr3 = guest_cr3;
-	return prefault_pins(vcpu->vm, guest_cr3, &vcpu->pins_reclaims);
+	/* A cached root that nothing was zapped from since the pins were
+	 * pre-faulted into it still has them: no walk. */
+	reclaims = shadow_mmu_reclaims(vm->mmu);
+	if (shadow_mmu_root_is_marked(vm->mmu, guest_cr3, &gen)) {
+		vcpu->pins_reclaims = reclaims;
+		__atomic_fetch_add(&vm->pin_walks_skipped, 1, __ATOMIC_RELAXED);
+		return 0;
+	}
+	__atomic_fetch_add(&vm->pin_walks, 1, __ATOMIC_RELAXED);
+	ret = prefault_pins(vm, guest_cr3, &vcpu->pins_reclaims);
+	if (!ret)
+		shadow_mmu_root_mark(vm->mmu, guest_cr3, gen);
+	return ret;
 }
 
 int vcpu_resume_guest_cr3(struct vcpu *vcpu, uint64_t guest_cr3, uint64_t *root)

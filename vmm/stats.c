@@ -66,6 +66,8 @@ void vm_get_stats(const struct vm *vm, struct vm_stats *stats)
 		stats->tables = vm->tables_at_stop;
 	}
 	stats->pinned_pages = __atomic_load_n(&vm->pinned_pages, __ATOMIC_RELAXED);
+	stats->pin_walks = __atomic_load_n(&vm->pin_walks, __ATOMIC_RELAXED);
+	stats->pin_walks_skipped = __atomic_load_n(&vm->pin_walks_skipped, __ATOMIC_RELAXED);
 	stats->flush_requests = __atomic_load_n(&vm->flush_requests, __ATOMIC_RELAXED);
 	stats->kicks = __atomic_load_n(&vm->kicks, __ATOMIC_RELAXED);
 	stats->nmis = __atomic_load_n(&vm->nmis, __ATOMIC_RELAXED);

@@ -202,6 +202,9 @@ struct vm {
 	unsigned int nr_pins;
 	uint64_t guest_pinned_bytes; /* of the guest's PINs (at most UMBRA_PIN_TOTAL_MAX) */
 	uint64_t pinned_pages; /* pin_pages() of every pin: written under lock, read atomically */
+	/* CR3 loads that pre-faulted the pins into their root, and those that
+	 * found the root still as the last pre-fault left it (atomic). */
+	uint64_t pin_walks, pin_walks_skipped;
 	bool stopped;
 	int exit_status;
 	unsigned int nr_halted;

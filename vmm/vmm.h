@@ -239,14 +239,16 @@ bool plan_uses_pager(const struct plan *plan, unsigned int evict_ms);
 /*
  * The default table quota of a VM of mem bytes of RAM with vcpus vCPUs and
  * segment_bytes of attached segments: four times the tables that map all of
- * it with 4 KiB pages, plus 16 tables for each address space the root cache
- * holds, and at least VMM_TABLE_QUOTA_DEFAULT_MIN (docs/config.md). Pure.
+ * it with 4 KiB pages, plus 16 tables for each of vmm_quota_roots() address
+ * spaces, and at least VMM_TABLE_QUOTA_DEFAULT_MIN (docs/config.md). Pure.
  */
 #define VMM_TABLE_QUOTA_DEFAULT_MIN 512u
 uint64_t vmm_table_quota_default(uint64_t mem, unsigned int vcpus, uint64_t segment_bytes);
-/* The shadow root cache of a VM with vcpus vCPUs: one address space per
- * vCPU and SHADOW_MMU_DEFAULT_ROOTS more to switch among. Pure. */
-unsigned int vmm_nr_roots(unsigned int vcpus);
+/* The address spaces the default quota of a VM with vcpus vCPUs has room
+ * for: one per vCPU and VMM_QUOTA_SPACES more to switch among (its root
+ * cache holds as many as its quota allows). Pure. */
+#define VMM_QUOTA_SPACES 8u
+unsigned int vmm_quota_roots(unsigned int vcpus);
 /* Fills in the default table quota of every VM of the plan that has none. */
 void plan_set_default_quotas(struct plan *plan);
 /*
@@ -526,6 +528,9 @@ struct vm_stats {
 	uint64_t exits_total;
 	uint64_t hypercalls[UMBRA_HC_NR]; /* by number */
 	uint64_t pinned_pages; /* the pages kept resident (docs/abi.md) */
+	/* CR3 loads that pre-faulted the pinned ranges into the root, and those
+	 * whose cached root had kept them since (docs/abi.md). */
+	uint64_t pin_walks, pin_walks_skipped;
 	struct shadow_mmu_stats shadow;
 	struct shadow_table_usage tables; /* the tables the VM reaches (when it stopped, once stopped) */
 	/* TLB shootdowns: flush requests posted to vCPU mailboxes, kicks of
@@ -562,6 +567,7 @@ struct vm_stats {
 	X(SHADOW, tables, " tables=", "", s->shadow.tables_created - s->shadow.tables_freed)       \
 	X(SHADOW, tables_created, " (created ", "", s->shadow.tables_created)                      \
 	X(SHADOW, tables_freed, ", freed ", ")", s->shadow.tables_freed)                           \
+	X(SHADOW, tables_reused, " tables_reused=", "", s->shadow.tables_reused)                   \
 	X(SHADOW, invlpg, " invlpg=", "", s->shadow.invlpg)                                        \
 	X(SHADOW, cr3_loads, " cr3_loads=", "", s->shadow.cr3_loads)                               \
 	X(SHADOW, syncs, " syncs=", "", s->shadow.syncs)                                           \
@@ -575,6 +581,8 @@ struct vm_stats {
 	X(SHADOW, quota_refusals, " quota_refusals=", "", s->shadow.quota_refusals)                \
 	X(SHADOW, reclaims, " reclaims=", "", s->shadow.reclaims)                                  \
 	X(SHADOW, pinned_pages, " pinned_pages=", "", s->pinned_pages)                             \
+	X(SHADOW, pin_walks, " pin_walks=", "", s->pin_walks)                                      \
+	X(SHADOW, pin_walks_skipped, " skipped=", "", s->pin_walks_skipped)                        \
 	X(SHOOTDOWNS, requests, " requests=", "", s->flush_requests)                               \
 	X(SHOOTDOWNS, kicks, " kicks=", "", s->kicks)                                              \
 	X(SHOOTDOWNS, nmis, " nmis=", "", s->nmis)                                                 \

@@ -335,8 +335,8 @@ struct shadow_slot {
 /* Most slots per shadow MMU. */
 #define SHADOW_MAX_SLOTS 64
 
-/* The root cache's size when shadow_mmu_config.nr_roots is 0. */
-#define SHADOW_MMU_DEFAULT_ROOTS 8u
+/* The most roots a root cache holds (shadow_mmu_config.nr_roots). */
+#define SHADOW_MMU_MAX_ROOTS 4096u
 /* The largest fault-around window, in pages (it bounds the extra work a
  * fault does under mmu_lock: one guest walk per page of the window). */
 #define SHADOW_FAULT_AROUND_MAX 64u
@@ -359,7 +359,10 @@ struct shadow_slot {
 struct shadow_mmu_config {
 	struct shadow_pool *pool;	/* shared by the VMs of one trust group; must outlive the MMU */
 	uint64_t max_gpa;		/* guest-physical space covered by the P2M */
-	unsigned int nr_roots;		/* root cache bound (>= 1); 0: SHADOW_MMU_DEFAULT_ROOTS */
+	unsigned int nr_roots;		/* root cache bound, 1..SHADOW_MMU_MAX_ROOTS; 0: the
+					 * address spaces in use, up to SHADOW_MMU_MAX_ROOTS,
+					 * bounded by max_tables and the pool (the least
+					 * recently used unpinned root makes room) */
 	unsigned int fault_around;	/* fault-around window in pages: 0 or 1 off, else a
 					 * power of two <= SHADOW_FAULT_AROUND_MAX
 					 * (shadow_mmu_fault) */
@@ -408,6 +411,9 @@ struct shadow_mmu_stats {
 	uint64_t canon_reused;		/* ... and found already there */
 	uint64_t canon_exchanged;	/* own shadows of a guest page directory exchanged for
 					 * a segment's canonical level-2 table once full */
+	uint64_t tables_reused;		/* links to a shadow of a guest table that another
+					 * of the VM's address spaces had made (one shadow
+					 * per guest table, role and address) */
 	uint64_t remote_flushes;	/* times another VM's zap flushed this VM (pmd-rmap) */
 	/* room (the table quota, a full pool) */
 	uint64_t quota_refusals;	/* table allocations refused: the quota was reached */
@@ -507,6 +513,19 @@ int shadow_mmu_load_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t
  */
 int shadow_mmu_resume_cr3(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_t cr3,
 			  uint64_t *root);
+
+/*
+ * Marks for work a caller does once per root (the VMM's pre-fault of the
+ * pinned ranges): shadow_mmu_root_is_marked() says whether @cr3's root is
+ * cached and nothing of this VM was zapped since the caller marked it with
+ * the generation it returned in *@gen before doing that work
+ * (shadow_mmu_root_mark(): a zap during the work makes the mark stale).
+ * Any zap of the VM's tables, its own or another VM's reaching it, and any
+ * eviction or reclaim, makes every mark stale; a root created anew has none.
+ * Take mmu_lock; may block.
+ */
+bool shadow_mmu_root_is_marked(struct shadow_mmu *mmu, uint64_t cr3, uint64_t *gen);
+void shadow_mmu_root_mark(struct shadow_mmu *mmu, uint64_t cr3, uint64_t gen);
 
 /* Results of shadow_mmu_fault() besides -errno. */
 #define SHADOW_FAULT_FIXED 0	/* the shadow now allows the access: retry it */
@@ -690,8 +709,8 @@ const struct shadow_paging_mode *shadow_mmu_mode(const struct shadow_mmu *mmu);
 
 /*
  * Debug check of the MMU's invariants (every present leaf is in the reverse
- * map and vice versa; use counts match parents; accounting): 0, or -EUCLEAN
- * on the first violation.  Takes mmu_lock.  For tests.
+ * map and vice versa; use counts match parents; accounting): 0, -EUCLEAN
+ * on the first violation, or -ENOMEM.  Takes mmu_lock.  For tests.
  */
 int shadow_mmu_check(struct shadow_mmu *mmu);
 
