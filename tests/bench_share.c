@@ -3,7 +3,7 @@
  * to its peer measured in the same run.  Prints three
  * Markdown tables (docs/bench-share.md has results, method and the command).
  *
- *   bench-share [--quick]          (or UMBRA_BENCH_QUICK=1 in the environment)
+ *   bench-share [--quick] [--vms LIST]   (or UMBRA_BENCH_QUICK=1 in the environment)
  *
  * A. Clone cost.  One VM maps S = 64 MiB .. 4 GiB of its RAM with 4 KiB guest
  *    pages through its own 4-level guest tables; every page is pre-faulted
@@ -42,6 +42,12 @@
  *    faulted back (untimed) between runs.  Counted: subscriber callbacks,
  *    leaves cleared, TLB flushes each VM's vCPU received.  The same with
  *    unshared tables (add_slot) is a second pair of rows.
+ *
+ * With --vms LIST (numbers 1..256, separated by spaces or commas) the program
+ * runs only C, once per N in LIST (N VMs instead of 64), shared tables and
+ * unshared, in this one process, and prints one table: the invalidation
+ * time against the number of VMs in both delivery modes, two rows per N.
+ * --quick (or UMBRA_BENCH_QUICK) gives it C's quick repetitions.
  *
  * A benchmark, not a test: exits 0 after printing, 1 on any setup error or
  * failed check.
@@ -817,6 +823,64 @@ static void bench_c_fresh(unsigned int nvms, int reps_range, int reps_page, stru
 	munmap(shm, 2 * sizeof(*shm));
 }
 
+#define SWEEP_MAX 16	/* entries of --vms LIST */
+
+/* C for each N of @ns, shared tables and unshared: one table, a row per N and
+ * kind of table, printed as it goes. */
+static void bench_c_sweep(const unsigned int *ns, int count, int reps_range, int reps_page)
+{
+	struct c_row rows[2];
+	struct seg seg;
+
+	CHECK(notifier_thread_init());
+	seg_create(&seg, GIB);
+	printf("bench-share --vms: one invalidation of the whole 1 GiB segment (262144 pages) mapped by N VMs, every page faulted (median and min..max of %d range / %d per-page runs)\n\n",
+	       reps_range, reps_page);
+	printf("| VMs | tables | range ms | per-page ms | per-page / range | callbacks (range / per-page) | leaves cleared (range / per-page) |\n");
+	printf("| ---: | --- | ---: | ---: | ---: | ---: | ---: |\n");
+	for (int i = 0; i < count; i++) {
+		for (int shared = 1; shared >= 0; shared--) {
+			const struct c_row *r = &rows[0], *p = &rows[1];
+
+			bench_c(&seg, ns[i], shared, reps_range, reps_page, rows);
+			printf("| %u | %s | %.2f (%.2f..%.2f) | %.1f (%.1f..%.1f) | %.0f | %llu / %llu | %llu / %llu |\n",
+			       ns[i], shared ? "shared (segment)" : "unshared (add_slot)", r->ns / 1e6,
+			       r->ns_min / 1e6, r->ns_max / 1e6, p->ns / 1e6, p->ns_min / 1e6,
+			       p->ns_max / 1e6, p->ns / r->ns, (unsigned long long)r->callbacks,
+			       (unsigned long long)p->callbacks, (unsigned long long)r->zapped,
+			       (unsigned long long)p->zapped);
+			fflush(stdout);
+		}
+	}
+	seg_destroy(&seg);
+	notifier_barrier();
+	notifier_thread_exit();
+}
+
+/* Parses --vms LIST into @ns (at most SWEEP_MAX numbers 1..256, separated
+ * by spaces or commas); the count, or -1 when LIST is not such a list. */
+static int parse_vms(const char *list, unsigned int *ns)
+{
+	int count = 0;
+
+	while (*list) {
+		char *end;
+		unsigned long n;
+
+		if (*list == ' ' || *list == ',') {
+			list++;
+			continue;
+		}
+		n = strtoul(list, &end, 10);
+		if (end == list || n < 1 || n > 256 || count == SWEEP_MAX ||
+		    (*end && *end != ' ' && *end != ','))
+			return -1;
+		ns[count++] = (unsigned int)n;
+		list = end;
+	}
+	return count ? count : -1;
+}
+
 /* ======================================================================
  * main: run, then print
  * ====================================================================== */
@@ -832,7 +896,9 @@ static const char *size_str(uint64_t bytes, char *buf, size_t len)
 
 int main(int argc, char **argv)
 {
-	bool quick = bench_quick(argc, argv);
+	bool quick = bench_quick_env();
+	unsigned int sweep[SWEEP_MAX];
+	int nsweep = 0;
 	static const uint64_t sizes_full[] = { 64 * MIB, 256 * MIB, GIB, 4 * GIB };
 	static const uint64_t sizes_quick[] = { 64 * MIB, 256 * MIB };
 	const uint64_t *sizes;
@@ -852,6 +918,18 @@ int main(int argc, char **argv)
 	 * fault in one by one (that cold cost is the "first" column). */
 	mallopt(M_MMAP_THRESHOLD, 32 << 20);
 	mallopt(M_TRIM_THRESHOLD, 1 << 30);
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--quick")) {
+			quick = true;
+		} else if (!strcmp(argv[i], "--vms") && i + 1 < argc &&
+			   (nsweep = parse_vms(argv[i + 1], sweep)) > 0) {
+			i++;
+		} else {
+			fprintf(stderr, "usage: %s [--quick] [--vms LIST (up to %d numbers 1..256)]   (or UMBRA_BENCH_QUICK=1)\n",
+				argv[0], SWEEP_MAX);
+			return 2;
+		}
+	}
 	sizes = quick ? sizes_quick : sizes_full;
 	nsizes = quick ? 2 : 4;
 	reps_a = quick ? 3 : 7;
@@ -861,6 +939,10 @@ int main(int argc, char **argv)
 	reps_range = quick ? 3 : 7;
 	reps_page = quick ? 1 : 5;
 	reps_page_unshared = quick ? 1 : 5;
+	if (nsweep) {
+		bench_c_sweep(sweep, nsweep, reps_range, reps_page);
+		return 0;
+	}
 
 	/* A, fork first: nothing else of this process is mapped yet. */
 	for (int i = 0; i < nsizes; i++) {

@@ -41,13 +41,19 @@ static inline void *bench_mmap(uint64_t bytes)
 	return p;
 }
 
-/* CLOCK_MONOTONIC in nanoseconds. */
+/* Does the environment ask for a quick run: UMBRA_BENCH_QUICK set, not "0"? */
+static inline bool bench_quick_env(void)
+{
+	const char *env = getenv("UMBRA_BENCH_QUICK");
+
+	return env && *env && strcmp(env, "0") != 0;
+}
+
 /* Is this a quick run: "--quick" as the only argument, or UMBRA_BENCH_QUICK
  * set (not "0")?  Any other argument: prints the usage and exits 2. */
 static inline bool bench_quick(int argc, char **argv)
 {
-	const char *env = getenv("UMBRA_BENCH_QUICK");
-	bool quick = env && *env && strcmp(env, "0") != 0;
+	bool quick = bench_quick_env();
 
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--quick") != 0) {
@@ -59,6 +65,7 @@ static inline bool bench_quick(int argc, char **argv)
 	return quick;
 }
 
+/* CLOCK_MONOTONIC in nanoseconds. */
 static inline double now_ns(void)
 {
 	struct timespec ts;
