@@ -85,12 +85,36 @@ END_TEST
 
 START_TEST(test_invlpg_alone_leaves_other_address_space_stale)
 {
-	/* What SYNC_TABLE is for (docs/abi.md): INVLPG covers only the
-	 * current address space, so vCPU 1 keeps the old frame. */
-	run_image("sharedpt", (const char *[]){ "--vcpus", "2", "--cmdline", "rounds=2 sync=0", NULL }, &run);
+	/* What SYNC_TABLE is for (docs/abi.md): B reaches the shared table at
+	 * another address, so it has a shadow of its own, and INVLPG covers
+	 * only the current address space's: vCPU 1 keeps the old frame. */
+	run_image("sharedpt", (const char *[]){ "--vcpus", "2", "--cmdline", "rounds=2 sync=0 alias=1", NULL },
+		  &run);
 	assert_status(&run, 1);
-	assert_contains(run.out, "sharedpt: round 1: vCPU 1 read 0x8000200000: expected 0x5348415245440001, "
+	assert_contains(run.out, "sharedpt: round 1: vCPU 1 read 0x20000200000: expected 0x5348415245440001, "
 		    "got 0x5348415245440000", &run);
+}
+END_TEST
+
+START_TEST(test_address_spaces_sharing_a_table_at_one_address_share_its_shadow)
+{
+	/* The same guest with B reaching the table at the same address: one
+	 * shadow for both (one shadow per guest table within a VM), so A's
+	 * INVLPG reaches it and vCPU 1 reads each new frame. */
+	run_image("sharedpt", (const char *[]){ "--vcpus", "2", "--cmdline", "rounds=20 sync=0", "--stats", NULL },
+		  &run);
+	const char *reused;
+	unsigned long links = 0;
+
+	assert_status(&run, 0);
+	assert_contains(run.out, "sharedpt: 20 rounds: ok", &run);
+	reused = strstr(run.err, " tables_reused=");
+	ck_assert_msg(reused && sscanf(reused, " tables_reused=%lu", &links) == 1 && links >= 1,
+		      "expected B to link A's shadows (tables_reused >= 1), got %lu\n%s", links, run.err);
+	/* With SYNC_TABLE and the alias, B's own shadow is re-checked. */
+	run_image("sharedpt", (const char *[]){ "--vcpus", "2", "--cmdline", "rounds=20 alias=1", NULL }, &run);
+	assert_status(&run, 0);
+	assert_contains(run.out, "sharedpt: 20 rounds: ok", &run);
 }
 END_TEST
 
@@ -235,6 +259,7 @@ Suite *kvm_paging_suite(void)
 	tcase_set_timeout(shared, 120);
 	tcase_add_test(shared, test_shared_table_change_reaches_other_address_space);
 	tcase_add_test(shared, test_invlpg_alone_leaves_other_address_space_stale);
+	tcase_add_test(shared, test_address_spaces_sharing_a_table_at_one_address_share_its_shadow);
 	tcase_add_test(shared, test_sync_table_with_unaligned_address_is_named);
 	suite_add_tcase(s, shared);
 	tcase_set_timeout(nxe, 120);

@@ -1849,6 +1849,9 @@ Suite *shadow_share_suite(void)
 	tcase_add_test(fill, test_refaults_after_eviction_fill_shared_tables_in_place);
 	tcase_add_loop_test(fill, test_divergent_views_privatize_instead_of_filling, 0, 3);
 	tcase_add_test(seg, test_segment_run_uses_one_canonical_table_for_every_vm);
+	/* A GiB of segment and 2 GiB of RAM per VM: room for the sanitizer
+	 * builds (a Debug build takes under a second a case). */
+	tcase_set_timeout(gib, 120);
 	tcase_add_loop_test(gib, test_vms_mapping_a_gib_of_a_segment_share_its_page_directory, 0, 4);
 	tcase_add_test(gib, test_a_vm_whose_directory_changes_leaves_the_shared_directory);
 	tcase_add_test(gib, test_a_write_under_a_clean_directory_leaves_the_shared_directory);

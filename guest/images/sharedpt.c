@@ -8,8 +8,13 @@
  * B still maps the old frame, must then read the new content.
  *
  * rounds=N (default 20); sync=0 uses INVLPG instead of SYNC_TABLE (which
- * covers only A: vCPU 1 reads a stale frame). Needs exactly 2 vCPUs. Prints
- * "sharedpt: N rounds: ok", or "expected X, got Y" and exits 1.
+ * covers only A's shadow); alias=1 makes B reach A's PDPT through PML4
+ * entry ALIAS_INDEX instead, so that vCPU 1 reads the shared table at
+ * another address (SHARED_VA + ALIAS_OFFSET): B then has a shadow of its
+ * own, and with sync=0 vCPU 1 reads a stale frame (at the same address,
+ * umbra keeps one shadow for both, which INVLPG reaches). Needs exactly 2
+ * vCPUs. Prints "sharedpt: N rounds: ok", or "expected X, got Y" and exits
+ * 1.
  *
  * bad_sync: SYNC_TABLE of an address that is not 4 KiB-aligned (umbra must
  * stop the VM naming argument 0; exits 1 if it does not).
@@ -18,6 +23,9 @@
 #include "paging.h"
 
 #define SHARED_VA (USER_BASE + 0x200000)
+/* B's alias of A's PDPT: PML4 entry 4 (2 TiB; entry 2 is the heap). */
+#define ALIAS_INDEX 4
+#define ALIAS_OFFSET ((uint64_t)(ALIAS_INDEX - 1) << 39)
 
 static struct address_space a, b;
 static uint64_t frames[2], table;
@@ -41,14 +49,14 @@ static void remap(uint64_t round, int sync)
 		tlb_invlpg(SHARED_VA);
 }
 
-static int setup(void)
+static int setup(int alias)
 {
 	frames[0] = page_alloc();
 	frames[1] = page_alloc();
 	if (!frames[0] || !frames[1] || as_create(&a) || as_create(&b) ||
 	    pt_map(&a, SHARED_VA, frames[0], PTE_W))
 		return -1;
-	((uint64_t *)b.cr3)[1] = ((uint64_t *)a.cr3)[1];
+	((uint64_t *)b.cr3)[alias ? ALIAS_INDEX : 1] = ((uint64_t *)a.cr3)[1];
 	table = pt_table_of(&a, SHARED_VA);
 	*(volatile uint64_t *)frames[0] = stamp(0);
 	return 0;
@@ -58,6 +66,9 @@ int main(const struct umbra_boot_info *boot)
 {
 	const uint64_t rounds = cmdline_u64(boot->cmdline, "rounds", 20);
 	const int sync = (int)cmdline_u64(boot->cmdline, "sync", 1);
+	const int alias = (int)cmdline_u64(boot->cmdline, "alias", 0);
+	/* Where this vCPU reads the shared table's page. */
+	const uint64_t va = SHARED_VA + (boot->vcpu_id == 1 && alias ? ALIAS_OFFSET : 0);
 
 	if (cmdline_get(boot->cmdline, "bad_sync", (char[2]){ 0 }, 2)) {
 		hypercall4(UMBRA_HC_SYNC_TABLE, 0x1008, 0, 0, 0);
@@ -68,7 +79,7 @@ int main(const struct umbra_boot_info *boot)
 		printf("sharedpt: needs exactly 2 vCPUs\n");
 		return 2;
 	}
-	if (boot->vcpu_id == 0 && setup()) {
+	if (boot->vcpu_id == 0 && setup(alias)) {
 		printf("sharedpt: out of memory\n");
 		return 2;
 	}
@@ -79,10 +90,10 @@ int main(const struct umbra_boot_info *boot)
 		if (r > 0 && boot->vcpu_id == 0)
 			remap(r, sync);
 		vcpu_barrier(boot);
-		uint64_t got = *(volatile uint64_t *)SHARED_VA;
+		uint64_t got = *(volatile uint64_t *)va;
 		if (got != stamp(r)) {
 			printf("sharedpt: round %lu: vCPU %u read %#lx: expected %#lx, got %#lx\n",
-			       (unsigned long)r, boot->vcpu_id, (unsigned long)SHARED_VA,
+			       (unsigned long)r, boot->vcpu_id, (unsigned long)va,
 			       (unsigned long)stamp(r), (unsigned long)got);
 			failed = 1;
 		}
