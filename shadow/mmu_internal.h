@@ -302,16 +302,24 @@ static inline uint64_t make_leaf(const struct shadow_mmu *mmu, uint64_t mpa, uns
 }
 
 /*
- * Shared: another VM may reach it, or it is a segment's canonical table.  A
- * table with one parent entry is not (its parent is checked first: a VM
- * changes only tables it alone reaches, non-shared tables below non-shared
- * tables, roots never shared); one with several is shared unless every
- * root its users lists lead up to is this VM's (several address spaces of
- * the VM using one shadow of a guest table, table_hash.c).  The answer
- * "this VM's alone" is cached in the page until the VM is cloned.
- * mmu_lock held, no table lock (pmd_rmap.c).
+ * Shared: another VM may reach it, or it is a segment's canonical table.
+ * For @page linked from an entry of a table this VM alone reaches (the
+ * descent from a root is top-down, so the caller has checked the parent):
+ * a table with one user is not shared, its one user being that entry; one
+ * with several is shared unless table_is_ours_alone.  mmu_lock held, no
+ * table lock (pmd_rmap.c).
  */
 bool table_is_shared(struct shadow_mmu *mmu, uint32_t page);
+/*
+ * Does every root that @page's users lists lead up to (the pmd-rmap walk)
+ * belong to this VM, and is there one: several address spaces of the VM
+ * use one shadow of a guest table (table_hash.c)?  Whatever its use count:
+ * a table found some other way than down from our roots (an index hint)
+ * may have another VM's one link.  The answer "ours alone" is cached in
+ * the page until the VM is next cloned (clone_gen: only a clone makes a
+ * VM's tables reachable by another VM).  mmu_lock held, no table lock.
+ */
+bool table_is_ours_alone(struct shadow_mmu *mmu, uint32_t page);
 
 /* Brings the subtree at @page (this VM's alone) in line with the guest's
  * tables: zaps what no longer matches.  mmu_lock. */

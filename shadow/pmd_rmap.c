@@ -96,7 +96,7 @@ static bool root_is_ours(void *ctx, struct shadow_mmu *vm, bool path_shared)
 	return vm == a->self;
 }
 
-bool table_is_shared(struct shadow_mmu *mmu, uint32_t page)
+bool table_is_ours_alone(struct shadow_mmu *mmu, uint32_t page)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
@@ -104,18 +104,30 @@ bool table_is_shared(struct shadow_mmu *mmu, uint32_t page)
 	struct alone a = { .self = mmu };
 
 	if (sp->canon)
-		return true;
-	if (__atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE) <= 1)
 		return false;
 	if (__atomic_load_n(&sp->private_mmu, __ATOMIC_RELAXED) == mmu &&
 	    __atomic_load_n(&sp->private_gen, __ATOMIC_RELAXED) == gen)
-		return false;
-	/* No memory for the walk, or no root found (being freed): shared. */
-	if (pmd_rmap_for_each_root(mmu, page, sp->level, root_is_ours, &a) != 1 || !a.roots)
 		return true;
+	/* No memory for the walk, or no root found (being freed): not ours. */
+	if (pmd_rmap_for_each_root(mmu, page, sp->level, root_is_ours, &a) != 1 || !a.roots)
+		return false;
 	__atomic_store_n(&sp->private_gen, gen, __ATOMIC_RELAXED);
 	__atomic_store_n(&sp->private_mmu, mmu, __ATOMIC_RELAXED);
-	return false;
+	return true;
+}
+
+bool table_is_shared(struct shadow_mmu *mmu, uint32_t page)
+{
+	umbra_mutex_assert_held(&mmu->mmu_lock);
+	struct shadow_page *sp = mmu_page(mmu, page);
+
+	if (sp->canon)
+		return true;
+	/* Its one user is the caller's entry, in a table this VM alone
+	 * reaches (the descent is top-down). */
+	if (__atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE) <= 1)
+		return false;
+	return !table_is_ours_alone(mmu, page);
 }
 
 struct flush_up {

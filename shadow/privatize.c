@@ -316,6 +316,7 @@ int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i, u
 	spte_set_locked(mmu, parent, i, spte_make_table(pool_page_gpa(copy)));
 	mmu_stat_inc(mmu, tables_created);
 	mmu_stat_inc(mmu, privatizations);
+	table_hash_add_locked(mmu, copy);
 	b->zapped++;
 	batch_add_put(mmu, b, old, parent, i);
 	*out = copy;

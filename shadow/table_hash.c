@@ -12,7 +12,8 @@
  * address in all of them).  An entry is only a hint: the page may since
  * have been freed, or taken again for another table by another VM, so a
  * hit is checked against the page's role, level and gva and linked only if
- * no other VM reaches it (table_is_shared).  A miss makes a new table.
+ * every root it leads up to is this VM's (table_is_ours_alone, whatever
+ * its use count).  A miss makes a new table.
  *
  * Locks: under the VM's mmu_lock (asserted); the check takes table locks
  * one at a time (the pmd-rmap walk).
@@ -78,8 +79,9 @@ bool table_hash_find_locked(struct shadow_mmu *mmu, int level, const struct role
 	    !__atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE) || sp->canon)
 		return false;
 	/* Every user ours (so no other VM can drop or add one while we hold
-	 * mmu_lock), and at least one: the table is live and ours. */
-	if (table_is_shared(mmu, page))
+	 * mmu_lock), and at least one: the table is live and ours.  Not the
+	 * use count: a table with one user may be another VM's. */
+	if (!table_is_ours_alone(mmu, page))
 		return false;
 	*out = page;
 	return true;

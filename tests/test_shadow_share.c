@@ -36,14 +36,15 @@ struct fam {
 	uint64_t cr3;
 };
 
-static void fam_init(struct fam *f, uint64_t mapped)
+/* With a root cache of @nr_roots (0: the default). */
+static void fam_init_roots(struct fam *f, uint64_t mapped, unsigned int nr_roots)
 {
 	struct shadow_slot s;
 	int id;
 
 	memset(f, 0, sizeof(*f));
 	ck_assert_int_eq(shadow_pool_create(2048, &f->pool), 0);
-	gm_init_full(&f->gm, 1024, f->pool, 0, 0, NULL, NULL, NULL);
+	gm_init_full(&f->gm, 1024, f->pool, 0, nr_roots, NULL, NULL, NULL);
 	hobj_init(&f->data, "data", 256, true);
 	s = hobj_slot(&f->data, DATA_MPA);
 	ck_assert_int_eq(shadow_mmu_add_slot(f->gm.mmu, &s, &id), 0);
@@ -57,6 +58,11 @@ static void fam_init(struct fam *f, uint64_t mapped)
 		gm_map(&f->gm, f->cr3, VA_BASE + i * GM_PAGE, DATA_GPA + i * GM_PAGE, 1, UW);
 		*(uint64_t *)(f->data.host + i * GM_PAGE) = 0x1000 + i;
 	}
+}
+
+static void fam_init(struct fam *f, uint64_t mapped)
+{
+	fam_init_roots(f, mapped, 0);
 }
 
 static void fam_clone(struct fam *f)
@@ -246,6 +252,48 @@ START_TEST(test_tables_shared_within_a_vm_are_privatized_after_a_clone)
 	shadow_vcpu_destroy(vc);
 	shadow_vcpu_destroy(vy);
 	shadow_vcpu_destroy(vx);
+	fam_fini(&f);
+}
+END_TEST
+
+/*
+ * An index hint that names another VM's table is not linked, whatever its
+ * use count: the parent's table T (its address space x's shadow PDPT), after
+ * a clone, is left to the clone alone when the parent's one-slot root cache
+ * evicts x; the clone then writes page 6 through T in place (its own copy
+ * of the page).  The parent's address space y, which maps the same guest
+ * PDPT at the same address, finds T in its index with use count 1: it must
+ * not link it (no link counted), and reads its own pages.
+ */
+START_TEST(test_an_index_hint_to_another_vms_table_is_not_linked)
+{
+	struct shadow_mmu_stats st;
+	struct fam f;
+	struct shadow_vcpu *vp, *vc;
+
+	fam_init_roots(&f, 8, 1);
+	const uint64_t y = gm_table(&f.gm), z = gm_table(&f.gm);
+
+	gm_write(&f.gm, y + SPTE_INDEX(VA_BASE, 4) * 8, gm_read(&f.gm, f.cr3 + SPTE_INDEX(VA_BASE, 4) * 8));
+	vp = sh_vcpu(f.gm.mmu, 64, f.cr3);
+	for (uint64_t i = 0; i < 8; i++)
+		ck_assert_uint_eq(read_u64(vp, VA_BASE + i * GM_PAGE, NULL), 0x1000 + i);
+	fam_clone(&f);
+	vc = sh_vcpu(f.child, 64, f.cr3);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(vp, z), 0); /* evicts the parent's x */
+	write_u64(vc, VA_BASE + 6 * GM_PAGE, 0xc10e);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(vp, y), 0);
+	ck_assert_uint_eq(read_u64(vp, VA_BASE + 5 * GM_PAGE, NULL), 0x1005);
+	ck_assert_msg(read_u64(vp, VA_BASE + 6 * GM_PAGE, NULL) == 0x1006,
+		      "the parent reads the clone's page: expected 0x1006, got %#llx",
+		      (unsigned long long)read_u64(vp, VA_BASE + 6 * GM_PAGE, NULL));
+	shadow_mmu_stats(f.gm.mmu, &st);
+	ck_assert_uint_eq(st.tables_reused, 0);
+	assert_mmu_check(f.gm.mmu);
+	assert_mmu_check(f.child);
+	assert_pool_check(f.pool);
+	shadow_vcpu_destroy(vc);
+	shadow_vcpu_destroy(vp);
 	fam_fini(&f);
 }
 END_TEST
@@ -1837,6 +1885,7 @@ Suite *shadow_share_suite(void)
 	tcase_add_test(clone, test_clone_vcpu_resumes_on_the_parents_tree_without_a_sync);
 	tcase_add_loop_test(clone, test_first_write_copies_page_for_the_writer_only, 0, 2);
 	tcase_add_test(clone, test_tables_shared_within_a_vm_are_privatized_after_a_clone);
+	tcase_add_test(clone, test_an_index_hint_to_another_vms_table_is_not_linked);
 	tcase_add_loop_test(clone, test_eviction_reaches_every_vcpu_of_every_sharer_before_return, 0, 2);
 	tcase_add_test(clone, test_racing_unsharers_both_copy_and_tables_are_freed_once);
 	tcase_add_test(clone, test_parent_destroy_leaves_clone_its_shared_tables);
