@@ -93,10 +93,12 @@
  *                           but does not check they are the VM's own.
  *   BUG_EVICT_PUT_EARLY     [evict-root] puts (and frees at 0) before it
  *                           flushes VM 0's vCPU: a table freed under a walk.
- *   HINT_ANY                not a seeded bug: the hash hint may name any
- *                           live table, as in C; table_is_shared's use
- *                           count 1 answer then links another VM's table
- *                           (docs/model.md, "Sharing within a VM").
+ *   BUG_LINK_COUNT1         the index hit is checked with table_is_shared,
+ *                           whose "use count 1: not shared" holds only for
+ *                           a table reached down from our own roots: a
+ *                           hint to a table another VM alone links (count
+ *                           1) is linked (docs/model.md, "Sharing within a
+ *                           VM").
  */
 
 #ifndef NT
@@ -380,6 +382,10 @@ inline drop_rest(d_t, d_v) {
 #define WALK_SHARED(t, v) (users[t] == 0 || (users[t] & ~SLOTS(v)) != 0)
 #endif
 #define SHARED(t, v) (iscanon[t] || (count[t] > 1 && priv[t] != (v) + 1 && WALK_SHARED(t, v)))
+/* table_is_ours_alone: at least one root found and every one v's, or the
+ * cache; whatever the use count (the index hit's check). */
+#define OURS_ALONE(t, v) (!iscanon[t] && (priv[t] == (v) + 1 || !WALK_SHARED(t, v)))
+#define CACHE_ALONE(t, v) if :: !iscanon[t] -> priv[t] = (v) + 1 :: else -> skip fi
 #define CACHE(t, v) \
 	if \
 	:: !iscanon[t] && count[t] > 1 && priv[t] != (v) + 1 -> priv[t] = (v) + 1 \
@@ -441,15 +447,17 @@ inline privatize(s) {
 	c = NONE; relabel()
 }
 
-/* [link-own] the hash hint c, if table_is_shared lets VM 0 link it.  The
- * hint: a table that VM 0's other root links (HINT_ANY: any live table, as
- * the C hint may name; see docs/model.md) */
-#ifdef HINT_ANY
-#define HINTED(t) 1
+/* [link-own] the hash hint c, if table_is_ours_alone lets VM 0 link it.
+ * The hint may name any live table, as the C hint may (a bucket keeps the
+ * page it last named, whoever has it now). */
+#ifdef BUG_LINK_COUNT1
+#define LINK_CHECK(t) (!SHARED(t, 0))
+#define LINK_CACHE(t) CACHE(t, 0)
 #else
-#define HINTED(t) (users[t] & SLOTS(0))
+#define LINK_CHECK(t) OURS_ALONE(t, 0)
+#define LINK_CACHE(t) CACHE_ALONE(t, 0)
 #endif
-#define LINKABLE(t) (live[t] && count[t] > 0 && !iscanon[t] && HINTED(t) && !SHARED(t, 0))
+#define LINKABLE(t) (live[t] && count[t] > 0 && !iscanon[t] && LINK_CHECK(t))
 #if NT == 4
 #define ANY_LINKABLE (LINKABLE(0) || LINKABLE(1) || LINKABLE(2) || LINKABLE(3))
 #else
@@ -464,7 +472,7 @@ inline link_own(s) {
 	:: LINKABLE(3) -> c = 3
 #endif
 	fi;
-	CACHE(c, 0);				/* table_hash_find_locked's answer */
+	LINK_CACHE(c);				/* table_hash_find_locked's answer */
 	assert((users[c] & ~SLOTS(0)) == 0);	/* only our roots reach what we link */
 	users[c] = users[c] | BIT(s); count[c]++; root[s] = c;
 	if
