@@ -76,8 +76,7 @@ bool table_hash_find_locked(struct shadow_mmu *mmu, int level, const struct role
 	    __atomic_load_n(&sp->access, __ATOMIC_RELAXED) != role->access ||
 	    __atomic_load_n(&sp->gpa, __ATOMIC_RELAXED) != role->gpa ||
 	    __atomic_load_n(&sp->gva, __ATOMIC_RELAXED) != gva ||
-	    !__atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE) ||
-	    __atomic_load_n(&sp->canon, __ATOMIC_RELAXED))
+	    !__atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE) || sp->canon)
 		return false;
 	/* Every user ours (so no other VM can drop or add one while we hold
 	 * mmu_lock), and at least one: the table is live and ours.  Not the
