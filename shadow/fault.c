@@ -89,11 +89,6 @@ static int child_create_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned
 /* Points entry @i of @parent at @child, a table of this VM's with the role
  * the entry needs that other entries of the VM point at already
  * (table_hash.c), with one more reference; then as child_reuse_locked.
- * The table is synced first: what it holds is up to date for the address
- * spaces that reach it only as far as their guest flushed (an invlpg of
- * theirs may still be to come), and this address space may already have
- * flushed what changed (its invlpg found no root of it then), so it gets
- * what a table built now would hold, as KVM syncs an unsync page it links.
  * A VM that shares with clones may have writable leaves of copy-on-write
  * pages in it behind write-protected entries: the link is write-protected,
  * and child_reuse_locked grants W after write-protecting the table.
@@ -104,11 +99,8 @@ static int child_link_shared_locked(struct shadow_mmu *mmu, uint32_t parent, uns
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	uint64_t spte = spte_make_table(pool_page_gpa(child));
-	int ret;
+	int ret = pool_user_add(mmu->pool, child, mmu, parent, i);
 
-	sync_table_locked(mmu, child, b);
-	bump_sync_seq_locked(mmu);
-	ret = pool_user_add(mmu->pool, child, mmu, parent, i);
 	if (ret)
 		return ret;
 	if (mmu->sharing)
