@@ -113,7 +113,7 @@ static int canon_create_locked(struct shadow_mmu *mmu, struct pool_obj *po, uint
 	if (ret)
 		return ret;
 	sp = mmu_page(mmu, idx);
-	sp->canon = true;
+	__atomic_store_n(&sp->canon, true, __ATOMIC_RELAXED); /* read by table_hash_find_locked */
 	sp->canon_obj = po;
 	sp->canon_key = key;
 	__atomic_store_n(&sp->use_count, 1, __ATOMIC_RELEASE);
@@ -292,6 +292,6 @@ void canon_forget_locked(struct shadow_mmu *mmu, uint32_t page)
 	if (canon_table_get(sp->canon_obj, sp->canon_key) == page)
 		canon_table_set(sp->canon_obj, sp->canon_key, SHADOW_NO_PAGE);
 	umbra_mutex_unlock(stripe);
-	sp->canon = false;
+	__atomic_store_n(&sp->canon, false, __ATOMIC_RELAXED);
 	sp->canon_obj = NULL;
 }

@@ -255,6 +255,7 @@ static int clone_share_locked(struct shadow_mmu *parent, struct shadow_mmu *chil
 		}
 		child->tick = parent->tick;
 		child->sharing = parent->sharing = true;
+		child->cloned = parent->cloned = true;
 		bump_sync_seq_locked(parent);
 	}
 	/* The parent's vCPUs must not keep a writable translation. */

@@ -86,25 +86,34 @@ static int child_create_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned
 	return 0;
 }
 
-/* Points entry @i of @parent at @child, a table of this VM's with the role
+/*
+ * Points entry @i of @parent at @child, a table of this VM's with the role
  * the entry needs that other entries of the VM point at already
  * (table_hash.c), with one more reference; then as child_reuse_locked.
- * A VM that shares with clones may have writable leaves of copy-on-write
- * pages in it behind write-protected entries: the link is write-protected,
- * and child_reuse_locked grants W after write-protecting the table.
- * mmu_lock. */
+ * The table is synced first: it is up to date for the address spaces that
+ * reach it only as far as their guest flushed, and this one may already
+ * have flushed a change to it (an invlpg that found no root of it did
+ * nothing), so it gets what a table built now would hold, as KVM syncs an
+ * unsync shadow page it links; the sync sequence moves, so a fault that
+ * walked the guest before the sync walks again.  The link grants W: the
+ * VM was never cloned (table_hash_find_locked), so no leaf in the table
+ * relies on a write-protected entry above it, and write-protecting the
+ * table to grant W later would take W from the pinned stacks of vCPUs on
+ * the other roots that reach it.  mmu_lock.
+ */
 static int child_link_shared_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
 				    uint32_t child, uint64_t gva, bool want_w, struct zap_batch *b,
 				    uint32_t *out)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
 	uint64_t spte = spte_make_table(pool_page_gpa(child));
-	int ret = pool_user_add(mmu->pool, child, mmu, parent, i);
+	int ret;
 
+	sync_table_locked(mmu, child, b);
+	bump_sync_seq_locked(mmu);
+	ret = pool_user_add(mmu->pool, child, mmu, parent, i);
 	if (ret)
 		return ret;
-	if (mmu->sharing)
-		spte &= ~SPTE_WRITABLE;
 	spte_set_locked(mmu, parent, i, spte);
 	mmu_stat_inc(mmu, tables_reused);
 	return child_reuse_locked(mmu, parent, i, spte, gva, want_w, b, out);

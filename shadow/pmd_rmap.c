@@ -103,7 +103,7 @@ bool table_is_ours_alone(struct shadow_mmu *mmu, uint32_t page)
 	const uint64_t gen = mmu->clone_gen;
 	struct alone a = { .self = mmu };
 
-	if (sp->canon)
+	if (__atomic_load_n(&sp->canon, __ATOMIC_RELAXED))
 		return false;
 	if (__atomic_load_n(&sp->private_mmu, __ATOMIC_RELAXED) == mmu &&
 	    __atomic_load_n(&sp->private_gen, __ATOMIC_RELAXED) == gen)

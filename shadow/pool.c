@@ -171,14 +171,16 @@ int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index)
 	 * reset under that lock (it finds no users, or ours later: extra
 	 * flushes at most). */
 	page_set_next(pool, i, SHADOW_NO_PAGE);
-	sp->direct = false;
-	sp->access = 0;
-	sp->gpa = 0;
-	sp->gva = 0;
+	/* Atomic: a VM's index of its tables may still name this page and read
+	 * them without a lock (table_hash_find_locked). */
+	__atomic_store_n(&sp->direct, false, __ATOMIC_RELAXED);
+	__atomic_store_n(&sp->access, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&sp->gpa, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&sp->gva, 0, __ATOMIC_RELAXED);
 	umbra_mutex_lock(&sp->lock);
 	sp->nr_present = 0;
 	sp->users = NULL;
-	sp->canon = false;
+	__atomic_store_n(&sp->canon, false, __ATOMIC_RELAXED);
 	sp->canon_obj = NULL;
 	sp->canon_key = 0;
 	umbra_mutex_unlock(&sp->lock);

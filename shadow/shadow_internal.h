@@ -674,6 +674,9 @@ struct shadow_mmu {
 	int own_slot;			/* where gfn g's private copy is page g, -1: none
 					 * (atomic: written under mmu_lock) */
 	bool sharing;			/* ever cloned or used a canonical table */
+	bool cloned;			/* ever cloned or made by a clone: its tables may
+					 * hold writable leaves of copy-on-write pages
+					 * behind write-protected entries (under mmu_lock) */
 	bool destroying;		/* roots dropped by destroy (under mmu_lock) */
 
 	struct shadow_mmu_stats stats;	/* relaxed atomic adds */

@@ -66,7 +66,12 @@ bool table_hash_find_locked(struct shadow_mmu *mmu, int level, const struct role
 	const uint32_t page = mmu->table_hash[table_hash_bucket(level, role, gva)];
 	struct shadow_page *sp;
 
-	if (page == SHADOW_NO_PAGE)
+	/* A VM that was cloned may hold tables whose writable leaves of
+	 * copy-on-write pages only a write-protected entry above guards: a
+	 * second link would have to be write-protected too, and granting W
+	 * through it later would take W from the whole table, under the
+	 * other roots' vCPUs as well.  It makes a table per link instead. */
+	if (page == SHADOW_NO_PAGE || mmu->cloned)
 		return false;
 	sp = mmu_page(mmu, page);
 	/* A hint: the page may be another VM's by now (read atomically: its
@@ -76,7 +81,8 @@ bool table_hash_find_locked(struct shadow_mmu *mmu, int level, const struct role
 	    __atomic_load_n(&sp->access, __ATOMIC_RELAXED) != role->access ||
 	    __atomic_load_n(&sp->gpa, __ATOMIC_RELAXED) != role->gpa ||
 	    __atomic_load_n(&sp->gva, __ATOMIC_RELAXED) != gva ||
-	    !__atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE) || sp->canon)
+	    !__atomic_load_n(&sp->use_count, __ATOMIC_ACQUIRE) ||
+	    __atomic_load_n(&sp->canon, __ATOMIC_RELAXED))
 		return false;
 	/* Every user ours (so no other VM can drop or add one while we hold
 	 * mmu_lock), and at least one: the table is live and ours.  Not the

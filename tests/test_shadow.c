@@ -1488,6 +1488,48 @@ START_TEST(test_address_spaces_sharing_a_guest_table_share_its_shadow)
 }
 END_TEST
 
+/*
+ * The guest remaps VA1 and flushes it in address space x while x has no
+ * shadow root (its invlpg finds nothing to do); y, which shares the guest
+ * tables, has not flushed yet, so its shadow may still hold the old page.
+ * When x gets a root again and links y's shadow of the shared tables, x
+ * must see the new page: the linked table is synced first.
+ */
+START_TEST(test_a_linked_shadow_is_synced_for_the_address_space_that_flushed)
+{
+	struct shadow_vcpu *vx, *vy;
+	struct gm gm;
+
+	const uint64_t va3 = VA1 + GM_PAGE; /* beside VA1, in the same table */
+
+	gm_init_full(&gm, 1024, NULL, 256, 2, NULL, NULL, NULL);
+	uint64_t x = gm_table(&gm), y = gm_table(&gm), z = gm_table(&gm);
+	gm_map(&gm, x, VA1, GPA_A, 1, UW);
+	gm_map(&gm, x, va3, GPA_C, 1, UW);
+	const uint64_t pml4e = gm_read(&gm, x + SPTE_INDEX(VA1, 4) * 8);
+	const uint64_t pte = gm_entry(&gm, x, VA1, 1);
+	gm_write(&gm, y + SPTE_INDEX(VA1, 4) * 8, pml4e);
+	gm_map(&gm, z, VA2, GPA_C, 1, UW);
+	vx = sh_vcpu(gm.mmu, 64, x);
+	ck_assert_uint_eq(reach(vx, VA1, 0), GPA_A);
+	vy = sh_vcpu(gm.mmu, 64, y);
+	ck_assert_uint_eq(reach(vy, VA1, 0), GPA_A);
+	ck_assert_int_eq(shadow_vcpu_load_cr3(vx, z), 0); /* 2 roots: x goes */
+	ck_assert_uint_eq(reach(vx, VA2, 0), GPA_C);
+	gm_write(&gm, pte, GPA_B | SPTE_PRESENT | UW);
+	shadow_mmu_invlpg(gm.mmu, NULL, x, VA1); /* x has no root: nothing to do */
+	ck_assert_int_eq(shadow_vcpu_load_cr3(vx, x), 0);
+	ck_assert_uint_eq(reach(vx, va3, 0), GPA_C); /* the fault that links y's tables */
+	ck_assert_msg(reach(vx, VA1, 0) == GPA_B,
+		      "x flushed VA1 after the remap: expected %#llx, got %#llx", (unsigned long long)GPA_B,
+		      (unsigned long long)reach(vx, VA1, 0));
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(vx);
+	shadow_vcpu_destroy(vy);
+	gm_fini(&gm);
+}
+END_TEST
+
 START_TEST(test_sync_guest_table_rejects_bad_address_and_counts_none)
 {
 	struct shadow_vcpu *vx, *vy;
@@ -2204,6 +2246,7 @@ Suite *shadow_suite(void)
 	tcase_add_test(resync, test_sync_guest_table_reaches_every_address_space);
 	tcase_add_test(resync, test_sync_guest_table_rejects_bad_address_and_counts_none);
 	tcase_add_test(resync, test_address_spaces_sharing_a_guest_table_share_its_shadow);
+	tcase_add_test(resync, test_a_linked_shadow_is_synced_for_the_address_space_that_flushed);
 	tcase_add_test(resync, test_set_mode_nxe_resyncs_shadow_under_new_mode);
 	suite_add_tcase(s, resync);
 	tcase_add_test(quota, test_quota_caps_a_vm_and_leaves_the_other_vm_untouched);

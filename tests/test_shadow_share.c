@@ -995,6 +995,51 @@ START_TEST(test_segment_run_uses_one_canonical_table_for_every_vm)
 }
 END_TEST
 
+/*
+ * A VM that uses a segment (so its MMU shares canonical tables) and runs
+ * two address spaces over one guest kernel half: the second root links the
+ * first one's shadow of it (table_hash.c).  Writing through the link must
+ * not take W from the leaves the first root's vCPU writes through: on KVM
+ * those include its pinned stack, and a stack push that faults is a double
+ * fault, then a triple fault.
+ */
+START_TEST(test_a_second_root_linking_a_vm_table_keeps_the_first_roots_leaves_writable)
+{
+	struct shadow_mmu_stats before, after;
+	struct segvms s;
+
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	segvms_init(&s);
+	struct gm *gm = &s.gm[0];
+	const uint64_t va = GM_DATA, y = gm_table(gm);
+	/* No TLB: every access walks the shadow, as a CPU's would once the
+	 * entry left its TLB. */
+	struct shadow_vcpu *vx = sh_vcpu(gm->mmu, 0, s.cr3[0]);
+
+	ck_assert_uint_eq(read_u64(vx, SEG_VA, NULL), 0x5e00000); /* a canonical table */
+	gm_map(gm, s.cr3[0], va, GM_DATA, 1, UW | SPTE_DIRTY);
+	gm_map(gm, s.cr3[0], va + GM_PAGE, GM_DATA + GM_PAGE, 1, UW | SPTE_DIRTY);
+	gm_write(gm, y, gm_read(gm, s.cr3[0])); /* PML4 entry 0: the same kernel half */
+	write_u64(vx, va, 1);
+	struct shadow_vcpu *vy = sh_vcpu(gm->mmu, 0, y);
+	/* Links the shadow of the kernel half, for a write to the page next
+	 * to the one vx wrote (its leaf in the same table). */
+	write_u64(vy, va + GM_PAGE, 2);
+	shadow_mmu_stats(gm->mmu, &before);
+	write_u64(vx, va + 16, 3);
+	shadow_mmu_stats(gm->mmu, &after);
+	ck_assert_msg(after.faults == before.faults,
+		      "the first root's writable leaf: expected no fault on a write through it, got %llu",
+		      (unsigned long long)(after.faults - before.faults));
+	ck_assert_msg(after.tables_reused >= 1, "expected the second root to link the kernel half, got %llu links",
+		      (unsigned long long)after.tables_reused);
+	ck_assert_uint_eq(read_u64(vy, va + 16, NULL), 3);
+	shadow_vcpu_destroy(vy);
+	shadow_vcpu_destroy(vx);
+	segvms_fini(&s);
+}
+END_TEST
+
 /* Each VM reads pages 0..15 of the segment's first run (one canonical
  * table); then one range invalidation of [first, last] reaches all NVM VMs.
  * The first callback clears the leaves; the others find the pages' mapped
@@ -1898,6 +1943,7 @@ Suite *shadow_share_suite(void)
 	tcase_add_test(fill, test_refaults_after_eviction_fill_shared_tables_in_place);
 	tcase_add_loop_test(fill, test_divergent_views_privatize_instead_of_filling, 0, 3);
 	tcase_add_test(seg, test_segment_run_uses_one_canonical_table_for_every_vm);
+	tcase_add_test(seg, test_a_second_root_linking_a_vm_table_keeps_the_first_roots_leaves_writable);
 	/* A GiB of segment and 2 GiB of RAM per VM: room for the sanitizer
 	 * builds (a Debug build takes under a second a case). */
 	tcase_set_timeout(gib, 120);
