@@ -11,6 +11,10 @@
  *    tables kept; then shadow_mmu_fault() on each page (guest walk with A/D,
  *    P2M, notifier read_begin/read_retry, install, rmap);
  *  - shadow fault, cold: every shadow table zapped first (zap_all);
+ *  - two threads faulting one VM, warm tables: each faults its half of the
+ *    pages (its own leaf tables), started together; the wall time of both
+ *    per fault, and the throughput against one thread faulting all pages
+ *    in the same round (the VM's mmu_lock serializes them);
  *  - software vCPU access after the fault (walk of the pool, TLB fill);
  *  - zap: shadow_mmu_zap_range() over all pages (rmap walk, flush of one
  *    registered vCPU, per page), and the same through the notifier:
@@ -21,6 +25,7 @@
  *    several pages at once: fault-around).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +142,60 @@ static double fault_all(struct setup *s)
 	return (now_ns() - t0) / (double)s->npages;
 }
 
+/* Faults pages [first, first + n). */
+static void fault_range(struct setup *s, uint64_t first, uint64_t n)
+{
+	uint32_t ec;
+
+	for (uint64_t i = first; i < first + n; i++)
+		if (shadow_mmu_fault(s->mmu, s->cr3, VA_BASE + i * PAGE, SHADOW_ACCESS_USER, &ec) !=
+		    SHADOW_FAULT_FIXED) {
+			fprintf(stderr, "bench-shadow: fault failed\n");
+			exit(1);
+		}
+}
+
+struct half {
+	struct setup *s;
+	pthread_barrier_t *start;
+	uint64_t first, n;
+};
+
+static void *fault_half(void *arg)
+{
+	struct half *h = arg;
+
+	CHECK(notifier_thread_init()); /* the fault's read side (RCU) */
+	pthread_barrier_wait(h->start);
+	fault_range(h->s, h->first, h->n);
+	notifier_thread_exit();
+	return NULL;
+}
+
+/* Two threads fault one half each (leaves zapped, tables kept): wall time
+ * from the common start to the last thread's end, per fault. */
+static double fault_two_threads(struct setup *s)
+{
+	pthread_barrier_t start;
+	struct half h[2] = { { s, &start, 0, s->npages / 2 },
+			     { s, &start, s->npages / 2, s->npages - s->npages / 2 } };
+	pthread_t t[2];
+	double t0;
+
+	pthread_barrier_init(&start, NULL, 3);
+	for (int k = 0; k < 2; k++)
+		if (pthread_create(&t[k], NULL, fault_half, &h[k])) {
+			fprintf(stderr, "bench-shadow: pthread_create failed\n");
+			exit(1);
+		}
+	pthread_barrier_wait(&start);
+	t0 = now_ns();
+	for (int k = 0; k < 2; k++)
+		pthread_join(t[k], NULL);
+	pthread_barrier_destroy(&start);
+	return (now_ns() - t0) / (double)s->npages;
+}
+
 static double access_all(struct setup *s)
 {
 	struct shadow_vcpu_result res;
@@ -219,7 +278,7 @@ int main(int argc, char **argv)
 	uint64_t npages = argc > 1 ? strtoull(argv[1], NULL, 0) : 4096;
 	int rounds = argc > 2 ? atoi(argv[2]) : 15;
 	enum { F_WARM, F_COLD, ACCESS, ZAP, ZAP_RANGE, ZAP_PAGE, L_READ, L_READ_F, L_WRITE,
-	       L_WRITE_F, NR };
+	       L_WRITE_F, F_ONE, F_TWO, F_SPEEDUP, NR };
 	double *v[NR];
 	struct setup s;
 
@@ -243,6 +302,11 @@ int main(int argc, char **argv)
 		v[ZAP_PAGE][r] = zap_notifier(&s, NOTIFIER_MODE_PAGE);
 		shadow_mmu_zap_all(s.mmu);
 		v[F_COLD][r] = fault_all(&s);
+		zap_range(&s);
+		v[F_ONE][r] = fault_all(&s);
+		zap_range(&s);
+		v[F_TWO][r] = fault_two_threads(&s);
+		v[F_SPEEDUP][r] = v[F_ONE][r] / v[F_TWO][r];
 		linux_minor(npages, false, &v[L_READ][r], &v[L_READ_F][r]);
 		linux_minor(npages, true, &v[L_WRITE][r], &v[L_WRITE_F][r]);
 	}
@@ -250,9 +314,15 @@ int main(int argc, char **argv)
 	notifier_barrier();
 	notifier_thread_exit();
 
-	double m[NR];
-	for (int k = 0; k < NR; k++)
+	double m[NR], lo[NR], hi[NR];
+	for (int k = 0; k < NR; k++) {
 		m[k] = median(v[k], rounds);
+		lo[k] = hi[k] = v[k][0];
+		for (int r = 1; r < rounds; r++) {
+			lo[k] = v[k][r] < lo[k] ? v[k][r] : lo[k];
+			hi[k] = v[k][r] > hi[k] ? v[k][r] : hi[k];
+		}
+	}
 	double l_read_fault = m[L_READ] / (m[L_READ_F] > 0 ? m[L_READ_F] : 1);
 	double l_write_fault = m[L_WRITE] / (m[L_WRITE_F] > 0 ? m[L_WRITE_F] : 1);
 
@@ -280,6 +350,13 @@ int main(int argc, char **argv)
 	       l_read_fault / l_write_fault);
 	printf("\nshadow fault / Linux minor fault (write): %.4f (Linux is %.0fx slower); zap per page / Linux minor fault: %.4f\n",
 	       m[F_WARM] / l_write_fault, l_write_fault / m[F_WARM], m[ZAP] / l_write_fault);
+	printf("\n| faults on one VM, tables present | ns per fault (median) | min | max |\n");
+	printf("| --- | ---: | ---: | ---: |\n");
+	printf("| one thread, every page | %.0f | %.0f | %.0f |\n", m[F_ONE], lo[F_ONE], hi[F_ONE]);
+	printf("| two threads, half the pages each (wall time per fault) | %.0f | %.0f | %.0f |\n", m[F_TWO],
+	       lo[F_TWO], hi[F_TWO]);
+	printf("\ntwo-thread fault throughput / one thread: %.2fx (median of the per-round ratios; min %.2f, max %.2f)\n",
+	       m[F_SPEEDUP], lo[F_SPEEDUP], hi[F_SPEEDUP]);
 	for (int k = 0; k < NR; k++)
 		free(v[k]);
 	return 0;
