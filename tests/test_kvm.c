@@ -613,7 +613,7 @@ START_TEST(test_help_documents_every_option)
 {
 	static const char *const options[] = { "--mem SIZE", "--vcpus N", "--cmdline STRING", "--stats",
 					       "--help", "--version", "--evict-ms MS", "--evict-pages N",
-					       "--group NAME", "--table-quota PAGES", "exit status" };
+					       "--group NAME", "--table-quota PAGES", "--notifier-mode M", "exit status" };
 
 	run_umbra((const char *[]){ "--help", NULL }, &result);
 	assert_status(&result, 0);
@@ -623,6 +623,98 @@ START_TEST(test_help_documents_every_option)
 END_TEST
 
 /* ---- many VMs on shared segment tables, with evictions ---- */
+
+/*
+ * The delivery mode of invalidations on live VMs: two readers of a segment
+ * whose pages the evictor swaps out while they checksum it, with
+ * --notifier-mode MODE and, in the last case, the segment's own
+ * "notifier_mode" over it. The segment's notifier counts its starts and
+ * callbacks in its mode only; the VMs' RAM objects take --notifier-mode.
+ */
+static const struct {
+	const char *option, *segment; /* --notifier-mode; the segment's key (NULL: none) */
+	const char *seg_mode, *ram_mode;
+} notifier_mode_cases[] = {
+	{ "range", NULL, "range", "range" },
+	{ "page", NULL, "page", "page" },
+	{ "range", "page", "page", "range" },
+};
+
+START_TEST(test_notifier_mode_chooses_how_evictions_reach_the_vms)
+{
+	char cfg[256], json[2048], dir[512], stats[256], seg_key[64] = "";
+	static uint8_t data[4u << 20];
+	const char *want = notifier_mode_cases[_i].seg_mode;
+
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(i * 7 + 3);
+	uint64_t sum = write_segment_file("nm.bin", data, sizeof(data));
+	guest_image_dir(dir, sizeof(dir));
+	if (notifier_mode_cases[_i].segment)
+		snprintf(seg_key, sizeof(seg_key), ", \"notifier_mode\": \"%s\"", notifier_mode_cases[_i].segment);
+	snprintf(json, sizeof(json),
+		 "{ \"segments\": [ { \"name\": \"data\", \"size\": \"4M\", \"gpa\": \"0x2000000000\",\n"
+		 "    \"writable\": false, \"file\": \"nm.bin\"%s } ],\n"
+		 "  \"vms\": [ { \"name\": \"reader\", \"count\": 2, \"image\": \"%s/segread.elf\", \"mem\": \"8M\",\n"
+		 "              \"cmdline\": \"seg=data rounds=8 expect=%#llx\", \"segments\": [\"data\"] } ] }\n",
+		 seg_key, dir, (unsigned long long)sum);
+	snprintf(cfg, sizeof(cfg), "%s/nm.json", tmpdir);
+	write_text(cfg, json);
+	snprintf(stats, sizeof(stats), "%s/nm-stats.json", tmpdir);
+	run_umbra_timeout((const char *[]){ "run", "--config", cfg, "--stats", "--stats-json", stats, "--evict-ms", "5",
+					    "--evict-pages", "128", "--notifier-mode", notifier_mode_cases[_i].option,
+					    NULL },
+			  120, &result);
+	assert_status(&result, 0);
+
+	struct json_object *root = json_object_from_file(stats), *segs, *vms, *mode;
+	ck_assert_msg(root, "cannot parse %s: %s", stats, json_util_get_last_err());
+	ck_assert(json_object_object_get_ex(root, "segments", &segs));
+	struct json_object *seg = json_object_array_get_idx(segs, 0), *n;
+	ck_assert(json_object_object_get_ex(seg, "notifier", &n));
+	ck_assert(json_object_object_get_ex(n, "mode", &mode));
+	ck_assert_msg(strcmp(json_object_get_string(mode), want) == 0, "segment's mode: expected %s, got %s", want,
+		      json_object_get_string(mode));
+	uint64_t starts = json_u64(seg, "notifier.starts"), evictions = json_u64(seg, "evictions");
+	uint64_t range_cb = json_u64(seg, "notifier.cb_range_start"), page_cb = json_u64(seg, "notifier.cb_page");
+	ck_assert_msg(starts > 0 && evictions > 0, "expected evictions and invalidations, got %llu and %llu",
+		      (unsigned long long)evictions, (unsigned long long)starts);
+	ck_assert_uint_eq(json_u64(seg, "notifier.ends"), starts);
+	if (strcmp(want, "range") == 0) {
+		ck_assert_uint_eq(json_u64(seg, "notifier.range_starts"), starts);
+		ck_assert_msg(range_cb > 0 && page_cb == 0, "range mode: expected range callbacks only, got %llu and %llu",
+			      (unsigned long long)range_cb, (unsigned long long)page_cb);
+	} else {
+		ck_assert_uint_eq(json_u64(seg, "notifier.page_starts"), starts);
+		/* One callback per page per subscriber that maps it: at least
+		 * one per invalidation. */
+		ck_assert_msg(page_cb >= starts && range_cb == 0,
+			      "page mode: expected at least %llu page callbacks and no range ones, got %llu and %llu",
+			      (unsigned long long)starts, (unsigned long long)page_cb, (unsigned long long)range_cb);
+	}
+	ck_assert(json_object_object_get_ex(root, "vms", &vms));
+	for (size_t i = 0; i < 2; i++) {
+		struct json_object *vm = json_object_array_get_idx(vms, i), *vn;
+		ck_assert(json_object_object_get_ex(vm, "notifier", &vn));
+		ck_assert(json_object_object_get_ex(vn, "mode", &mode));
+		ck_assert_msg(strcmp(json_object_get_string(mode), notifier_mode_cases[_i].ram_mode) == 0,
+			      "reader%zu's RAM: expected mode %s, got %s", i, notifier_mode_cases[_i].ram_mode,
+			      json_object_get_string(mode));
+		ck_assert_msg(json_u64(vm, "notifier.subscribes") > 0, "reader%zu's RAM: no subscriber", i);
+	}
+	json_object_put(root);
+	char line[128];
+	snprintf(line, sizeof(line), "umbra: segment 'data': evictions=");
+	assert_contains(result.err, line, &result);
+	snprintf(line, sizeof(line), "; notifier: mode=%s starts=", want);
+	assert_contains(result.err, line, &result);
+	snprintf(line, sizeof(line), "umbra: reader0: notifier (RAM): mode=%s starts=", notifier_mode_cases[_i].ram_mode);
+	assert_contains(result.err, line, &result);
+	const char *p = strstr(result.err, "umbra: segment 'data':"), *end = p ? strchr(p, '\n') : NULL;
+	if (p && end)
+		printf("notifier_mode %s: %.*s\n", want, (int)(end - p), p);
+}
+END_TEST
 
 
 #define SHARED_VMS 8
@@ -1048,6 +1140,8 @@ Suite *kvm_suite(void)
 	tcase_add_test(many, test_memtouch_verifies_ram_on_every_vcpu);
 	tcase_add_test(many, test_config_runs_vms_sharing_segments_with_preloaded_content);
 	tcase_add_test(many, test_eight_vms_share_segment_tables_and_fault_back_evicted_pages);
+	tcase_add_loop_test(many, test_notifier_mode_chooses_how_evictions_reach_the_vms, 0,
+			    (int)(sizeof(notifier_mode_cases) / sizeof(notifier_mode_cases[0])));
 	tcase_add_test(many, test_misbehaving_vms_are_stopped_while_the_others_finish);
 	tcase_add_test(many, test_write_to_read_only_segment_stops_only_that_vm);
 	tcase_add_test(many, test_bad_config_is_named);

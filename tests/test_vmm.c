@@ -66,9 +66,12 @@ START_TEST(test_run_options_in_any_order)
 	ck_assert_str_eq(o.cmdline, "a b");
 	ck_assert(o.stats);
 	ck_assert_uint_eq(o.fault_around, 32);
+	ck_assert_int_eq(o.notifier_mode, NOTIFIER_MODE_RANGE);
 	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "--evict-pages=9", "--config", "c.json",
-							   "--evict-ms", "20", "--fault-around", "8", NULL }), 0);
+							   "--evict-ms", "20", "--fault-around", "8",
+							   "--notifier-mode", "page", NULL }), 0);
 	ck_assert_uint_eq(o.fault_around, 8);
+	ck_assert_int_eq(o.notifier_mode, NOTIFIER_MODE_PAGE);
 	ck_assert_str_eq(o.config, "c.json");
 	ck_assert_uint_eq(o.evict_ms, 20);
 	ck_assert_uint_eq(o.evict_pages, 9);
@@ -154,6 +157,8 @@ static const struct {
 	{ { "run", "a", "--fault-around", "0", NULL }, "--fault-around '0': must be a power of two from 1 (off) to 64" },
 	{ { "run", "a", "--fault-around", "128", NULL }, "--fault-around '128': must be a power of two" },
 	{ { "run", "a", "--fault-around", NULL }, "--fault-around needs a number of pages" },
+	{ { "run", "a", "--notifier-mode", "pages", NULL }, "--notifier-mode 'pages': must be range or page" },
+	{ { "run", "a", "--notifier-mode", NULL }, "--notifier-mode needs a mode, range or page" },
 	{ { "run", "a", "--clone", "0", NULL }, "--clone '0': must be a number from 1 to 64" },
 	{ { "run", "a", "--clone", "65", NULL }, "--clone '65': must be a number from 1 to 64" },
 	{ { "run", "--config", "c.json", "--clone", "2", NULL }, "--table-quota and --clone do not apply with --config" },
@@ -357,7 +362,8 @@ START_TEST(test_config_expands_counts_and_resolves_paths)
 	struct vmm_error err = { "" };
 	const char *text =
 		"{ \"segments\": [ { \"name\": \"s\", \"size\": \"4M\", \"gpa\": \"0x2000000000\", \"file\": \"d.bin\" },\n"
-		"                { \"name\": \"t\", \"size\": 2097152, \"gpa\": 137443147776, \"writable\": false } ],\n"
+		"                { \"name\": \"t\", \"size\": 2097152, \"gpa\": 137443147776, \"writable\": false,\n"
+		"                  \"notifier_mode\": \"page\" } ],\n"
 		"  \"vms\": [ { \"name\": \"r\", \"count\": 3, \"image\": \"g.elf\", \"vcpus\": 2, \"segments\": [\"t\", \"s\"] },\n"
 		"           { \"name\": \"w\", \"image\": \"/abs/w.elf\", \"mem\": \"32M\", \"cmdline\": \"x=1\" } ] }";
 
@@ -365,6 +371,8 @@ START_TEST(test_config_expands_counts_and_resolves_paths)
 	ck_assert_uint_eq(plan.nr_segments, 2);
 	ck_assert_str_eq(plan.segments[0].file, "/cfg/d.bin");
 	ck_assert(plan.segments[0].writable && !plan.segments[1].writable);
+	ck_assert_int_eq(plan.segments[0].notifier_mode, -1); /* the run's */
+	ck_assert_int_eq(plan.segments[1].notifier_mode, NOTIFIER_MODE_PAGE);
 	ck_assert_uint_eq(plan.segments[1].gpa, 0x2000400000ull);
 	ck_assert_uint_eq(plan.nr_vms, 4);
 	const char *names[] = { "r0", "r1", "r2", "w" };
@@ -423,6 +431,8 @@ static const struct {
 	  "], \"vms\": [" VM_OK "] }", "segments[1].name: 's' is already the name of segments[0]" },
 	{ "{ \"segments\": [ { \"name\": \"s\", \"size\": \"2M\", \"gpa\": \"0x2000000000\", \"writable\": 1 } ], "
 	  "\"vms\": [" VM_OK "] }", "segments[0].writable: expected true or false, got int" },
+	{ "{ \"segments\": [ { \"name\": \"s\", \"size\": \"2M\", \"gpa\": \"0x2000000000\", \"notifier_mode\": \"both\" } ], "
+	  "\"vms\": [" VM_OK "] }", "segments[0].notifier_mode: 'both' must be range or page" },
 	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"group\": \"\" } ] }",
 	  "vms[0].group: must be 1 to 31 printable ASCII characters" },
 	{ "{ \"vms\": [ { \"name\": \"a\", \"image\": \"x\", \"group\": \"a\\tb\" } ] }",

@@ -66,6 +66,11 @@ int area_create(struct vmm_host *host, const char *name, struct vm *owner, uint6
 		vmm_error_set(err, -ret, "memory object for %s: %s", name, strerror(-ret));
 		goto unmap;
 	}
+	ret = notifier_object_set_mode(a->obj, host->notifier_mode); /* before anyone subscribes */
+	if (ret) {
+		vmm_error_set(err, -ret, "memory object for %s: notifier mode: %s", name, strerror(-ret));
+		goto destroy_obj;
+	}
 	if (host->memory) {
 		ret = vmm_memory_add(host->memory, name, owner, 0, a->obj, a->fd, a->host, size, &a->pager_id, err);
 		if (ret)

@@ -235,7 +235,7 @@ static int parse_object_name(struct config_ctx *c, const char *path, struct json
 
 static int parse_segment(struct config_ctx *c, unsigned int i, struct json_object *js, struct plan *plan)
 {
-	static const char *const keys[] = { "name", "size", "gpa", "writable", "file", NULL };
+	static const char *const keys[] = { "name", "size", "gpa", "writable", "file", "notifier_mode", NULL };
 	struct plan_segment *seg = &plan->segments[i];
 	struct json_object *v;
 	char key[64], path[32];
@@ -279,6 +279,17 @@ static int parse_segment(struct config_ctx *c, unsigned int i, struct json_objec
 	if (total > VMM_SEGMENTS_TOTAL_MAX)
 		return config_error(c, key, "segments total more than 64G");
 
+	seg->notifier_mode = -1;
+	if (json_object_object_get_ex(js, "notifier_mode", &v)) {
+		enum notifier_mode mode;
+
+		snprintf(key, sizeof(key), "%s.notifier_mode", path);
+		if ((ret = get_string(c, key, v, &s)))
+			return ret;
+		if (vmm_parse_notifier_mode(s, &mode))
+			return config_error(c, key, "'%s' must be range or page", s);
+		seg->notifier_mode = (int)mode;
+	}
 	seg->writable = true;
 	if (json_object_object_get_ex(js, "writable", &v)) {
 		snprintf(key, sizeof(key), "%s.writable", path);

@@ -171,6 +171,8 @@ static int prepare(const struct vmm_options *opts, struct run_state *rs)
 		return UMBRA_STATUS_NO_KVM;
 	}
 	for (unsigned int i = 0; i < rs->plan.nr_segments; i++) {
+		if (rs->plan.segments[i].notifier_mode < 0)
+			rs->plan.segments[i].notifier_mode = (int)opts->notifier_mode;
 		if (segment_create(&rs->plan.segments[i], rs->memory, &rs->segments[i], &err)) {
 			fprintf(stderr, "umbra: %s\n", err.msg);
 			return UMBRA_STATUS_SEGMENT_ERROR;
@@ -183,6 +185,7 @@ static int prepare(const struct vmm_options *opts, struct run_state *rs)
 	}
 	rs->host->console = opts->console;
 	rs->host->fault_around = opts->fault_around;
+	rs->host->notifier_mode = opts->notifier_mode;
 	rs->host->memory = rs->memory;
 	return 0;
 }

@@ -55,6 +55,7 @@ int vmm_host_create(const struct plan *plan, struct vmm_host **out, struct vmm_e
 	if (!host)
 		return vmm_error_set(err, ENOMEM, "out of memory");
 	host->fault_around = VMM_FAULT_AROUND_DEFAULT;
+	host->notifier_mode = NOTIFIER_MODE_RANGE;
 	host->groups = calloc(plan->nr_groups ? plan->nr_groups : 1, sizeof(*host->groups));
 	if (!host->groups) {
 		ret = vmm_error_set(err, ENOMEM, "out of memory");

@@ -16,10 +16,12 @@ const char vmm_usage[] =
 	"usage: umbra run IMAGE [--vms N] [--mem SIZE] [--vcpus N] [--cmdline STRING]\n"
 	"                 [--group NAME] [--table-quota PAGES] [--clone N]\n"
 	"                 [--stats] [--stats-json FILE] [--console escaped|raw]\n"
-	"                 [--fault-around PAGES] [--mem-limit SIZE] [--swap FILE] [--swap-size SIZE]\n"
+	"                 [--fault-around PAGES] [--notifier-mode range|page]\n"
+	"                 [--mem-limit SIZE] [--swap FILE] [--swap-size SIZE]\n"
 	"                 [--reclaim-policy clock|round-robin] [--evict-ms MS [--evict-pages N]]\n"
 	"       umbra run --config FILE [--stats] [--stats-json FILE] [--console escaped|raw]\n"
-	"                 [--fault-around PAGES] [pager options as above]\n"
+	"                 [--fault-around PAGES] [--notifier-mode range|page]\n"
+	"                 [pager options as above]\n"
 	"       umbra --help | --version\n"
 	"\n"
 	"Runs freestanding x86-64 ELF64 guest images in KVM virtual machines, all in\n"
@@ -52,6 +54,13 @@ const char vmm_usage[] =
 	"                    aligned PAGES-page window that the guest already maps\n"
 	"                    and that are resident (1, 2, 4 .. 64; 1: off; default\n"
 	"                    32; docs/shadow.md, \"Fault-around\")\n"
+	"  --notifier-mode M how an invalidation of guest memory (a swap-out, an\n"
+	"                    eviction) reaches the VMs that map it: range (the\n"
+	"                    default: one invalidate_range_start/end pair per\n"
+	"                    range, as Linux does now) or page (one invalidate_page\n"
+	"                    per page, as Linux did in 2008); a segment's\n"
+	"                    \"notifier_mode\" in the config overrides it for that\n"
+	"                    segment (docs/notifiers.md)\n"
 	"  --stats           print each VM's statistics when it stops (stderr)\n"
 	"  --stats-json FILE write the statistics of every VM as JSON to FILE (one\n"
 	"                    that cannot be written is a warning, not an exit status)\n"
@@ -273,7 +282,7 @@ static int parse_vm_option(int argc, char *const argv[], int *i, struct vmm_opti
 }
 
 /* The other options of run: --config, --stats, --stats-json, --console,
- * --fault-around, --evict-ms, --evict-pages. Returns 1 if argv[*i] is one (handled), 0 if
+ * --fault-around, --notifier-mode, --evict-ms, --evict-pages. Returns 1 if argv[*i] is one (handled), 0 if
  * it is not, -EINVAL with err. */
 static int parse_run_option(int argc, char *const argv[], int *i, struct vmm_options *opts, struct run_args *ra,
 			    struct vmm_error *err)
@@ -321,12 +330,27 @@ static int parse_run_option(int argc, char *const argv[], int *i, struct vmm_opt
 					     "--fault-around '%s': must be a power of two from 1 (off) to %u",
 					     value, SHADOW_FAULT_AROUND_MAX);
 		opts->fault_around = (unsigned int)n;
+	} else if (option_is(arg, "--notifier-mode")) {
+		if (!(value = option_value(argc, argv, i, "--notifier-mode")))
+			return vmm_error_set(err, EINVAL, "--notifier-mode needs a mode, range or page");
+		if (vmm_parse_notifier_mode(value, &opts->notifier_mode))
+			return vmm_error_set(err, EINVAL, "--notifier-mode '%s': must be range or page", value);
 	} else if (strcmp(arg, "--stats") == 0) {
 		opts->stats = true;
 	} else {
 		return 0;
 	}
 	return 1;
+}
+
+int vmm_parse_notifier_mode(const char *text, enum notifier_mode *mode)
+{
+	for (int m = 0; m < NOTIFIER_MODE_NR; m++)
+		if (strcmp(text, notifier_mode_name((enum notifier_mode)m)) == 0) {
+			*mode = (enum notifier_mode)m;
+			return 0;
+		}
+	return -EINVAL;
 }
 
 int vmm_parse_policy(const char *text, int *policy)
@@ -493,6 +517,7 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		.evict_pages = VMM_EVICT_PAGES_DEFAULT,
 		.console = VMM_CONSOLE_ESCAPED,
 		.fault_around = VMM_FAULT_AROUND_DEFAULT,
+		.notifier_mode = NOTIFIER_MODE_RANGE,
 		.pager = { .policy = -1, .inject_kind = -1 },
 	};
 	if (argc < 2)

@@ -78,6 +78,12 @@ int segment_create(const struct plan_segment *pseg, struct vmm_memory *memory, s
 		vmm_error_set(err, -ret, "segment '%s': memory object: %s", seg->name, strerror(-ret));
 		goto unmap;
 	}
+	ret = notifier_object_set_mode(seg->obj, pseg->notifier_mode < 0 ? NOTIFIER_MODE_RANGE
+									 : (enum notifier_mode)pseg->notifier_mode);
+	if (ret) {
+		vmm_error_set(err, -ret, "segment '%s': notifier mode: %s", seg->name, strerror(-ret));
+		goto destroy_obj;
+	}
 	/* The preloaded pages are in the memfd; the pager finds them there. */
 	snprintf(name, sizeof(name), "segment %s", seg->name);
 	if (memory && (ret = vmm_memory_add(memory, name, NULL, seg->gpa, seg->obj, seg->fd, seg->host, seg->size,

@@ -76,6 +76,11 @@ void vm_get_stats(const struct vm *vm, struct vm_stats *stats)
 	stats->clones_made = __atomic_load_n(&vm->nr_clones, __ATOMIC_RELAXED);
 	stats->clone_ns = __atomic_load_n(&vm->clone_ns, __ATOMIC_RELAXED);
 	stats->layers_taken_over = __atomic_load_n(&vm->layers_taken_over, __ATOMIC_RELAXED);
+	const struct vm_area *ram = vm->areas[vm->own_slot >= 0 ? vm->own_slot : vm->ram_slot];
+	if (ram && ram->obj) {
+		stats->notifier_mode = notifier_object_mode(ram->obj);
+		notifier_object_stats(ram->obj, &stats->notifier);
+	}
 	uint64_t first = __atomic_load_n(&vm->first_run_ns, __ATOMIC_ACQUIRE);
 	if (vm->parent && first > vm->clone_started_ns)
 		stats->clone_to_run_ns = first - vm->clone_started_ns;
@@ -139,6 +144,15 @@ void table_memory_get(const struct vmm_host *host, struct vm *const *vms, unsign
 
 /* ---- --stats ---- */
 
+/* " mode=M key=value ..." of a notifier object, on stderr. */
+static void print_notifier(enum notifier_mode mode, const struct notifier_stats *n)
+{
+	fprintf(stderr, " mode=%s", notifier_mode_name(mode));
+#define NOTIFIER_STAT_TEXT(key, value) fprintf(stderr, " %s=%llu", key, (unsigned long long)(value));
+	NOTIFIER_STATS(NOTIFIER_STAT_TEXT)
+#undef NOTIFIER_STAT_TEXT
+}
+
 /* Prints the text of every counter of group. */
 static void print_group(enum vm_stat_group group, const uint64_t *values)
 {
@@ -170,6 +184,8 @@ void vm_stats_print(const char *name, int status, const struct vm_stats *stats)
 	print_group(VM_STAT_TABLES_REACHED, values);
 	fprintf(stderr, "; sharing:");
 	print_group(VM_STAT_SHARING, values);
+	fprintf(stderr, "\numbra: %s: notifier (RAM):", name);
+	print_notifier(stats->notifier_mode, &stats->notifier);
 	fputc('\n', stderr);
 }
 
@@ -191,6 +207,10 @@ void vmm_stats_print_process(const struct table_memory *tm, struct segment *cons
 #define SEGMENT_STAT_PRINT(field, key) fprintf(stderr, " %s=%llu", key, (unsigned long long)ss.field);
 		SEGMENT_STATS(SEGMENT_STAT_PRINT)
 #undef SEGMENT_STAT_PRINT
+		struct notifier_stats ns;
+		notifier_object_stats(segments[i]->obj, &ns);
+		fprintf(stderr, "; notifier:");
+		print_notifier(notifier_object_mode(segments[i]->obj), &ns);
 		fputc('\n', stderr);
 	}
 }
@@ -213,6 +233,18 @@ static struct json_object *json_group(enum vm_stat_group group, const uint64_t *
 	return o;
 }
 
+/* {"mode": M, key: value, ...} of a notifier object. */
+static struct json_object *json_notifier(enum notifier_mode mode, const struct notifier_stats *n)
+{
+	struct json_object *o = json_object_new_object();
+
+	json_object_object_add(o, "mode", json_object_new_string(notifier_mode_name(mode)));
+#define NOTIFIER_STAT_JSON(key, value) json_add_u64(o, key, value);
+	NOTIFIER_STATS(NOTIFIER_STAT_JSON)
+#undef NOTIFIER_STAT_JSON
+	return o;
+}
+
 static struct json_object *json_segment(const struct plan_segment *ps, const struct segment *seg)
 {
 	struct json_object *js = json_object_new_object();
@@ -227,6 +259,12 @@ static struct json_object *json_segment(const struct plan_segment *ps, const str
 #define SEGMENT_STAT_JSON(field, key) json_add_u64(js, key, ss.field);
 	SEGMENT_STATS(SEGMENT_STAT_JSON)
 #undef SEGMENT_STAT_JSON
+	if (seg) {
+		struct notifier_stats ns;
+
+		notifier_object_stats(seg->obj, &ns);
+		json_object_object_add(js, "notifier", json_notifier(notifier_object_mode(seg->obj), &ns));
+	}
 	return js;
 }
 
@@ -250,6 +288,7 @@ static void json_add_vm_counters(struct json_object *jv, const struct vm_stats *
 	json_object_object_add(jshadow, "tables_reached", json_group(VM_STAT_TABLES_REACHED, values));
 	json_object_object_add(jv, "shadow", jshadow);
 	json_object_object_add(jv, "shootdowns", json_group(VM_STAT_SHOOTDOWNS, values));
+	json_object_object_add(jv, "notifier", json_notifier(stats->notifier_mode, &stats->notifier));
 }
 
 static struct json_object *json_vm(const struct plan *plan, const struct plan_vm *pv, const struct vm *vm,

@@ -116,6 +116,8 @@ struct vmm_pager_options {
 };
 /* Parses the value of --reclaim-policy / "reclaim_policy". 0 or -EINVAL. */
 int vmm_parse_policy(const char *text, int *policy);
+/* "range" or "page" into *mode: 0, or -EINVAL. */
+int vmm_parse_notifier_mode(const char *text, enum notifier_mode *mode);
 /* Checks a memory limit / swap size (what names the value). 0 or -EINVAL with err. */
 int vmm_check_mem_limit(const char *what, uint64_t bytes, struct vmm_error *err);
 int vmm_check_swap_size(const char *what, uint64_t bytes, struct vmm_error *err);
@@ -137,6 +139,8 @@ struct vmm_options {
 	uint64_t table_quota;     /* run: table pages each VM may hold (0: the default) */
 	unsigned int clones;      /* run: clones of each VM at READY (0: none) */
 	unsigned int fault_around; /* run: fault-around window in pages (1: off) */
+	enum notifier_mode notifier_mode; /* run: how invalidations of guest memory are
+					   * delivered (a segment's notifier_mode overrides it) */
 	struct vmm_pager_options pager; /* run: --mem-limit, --swap, ... (they override the config's) */
 };
 
@@ -173,6 +177,7 @@ struct plan_segment {
 	uint64_t size;
 	bool writable;
 	char *file; /* preload from this file, or NULL for zeroes */
+	int notifier_mode; /* enum notifier_mode, or -1: the run's (--notifier-mode) */
 };
 
 struct plan_vm {
@@ -448,6 +453,10 @@ struct vmm_host {
 	 * main() like console (vmm_host_create leaves it
 	 * VMM_FAULT_AROUND_DEFAULT). */
 	unsigned int fault_around;
+	/* How invalidations of the VMs' RAM are delivered (--notifier-mode);
+	 * set by main() like console (vmm_host_create leaves it
+	 * NOTIFIER_MODE_RANGE). */
+	enum notifier_mode notifier_mode;
 	/* The pager of guest memory, or NULL when it is off; set by main()
 	 * like console. */
 	struct vmm_memory *memory;
@@ -542,7 +551,35 @@ struct vm_stats {
 	 * the guest (ns, 0 if it never did). */
 	uint64_t clones_made, clone_ns, clone_to_run_ns;
 	uint64_t layers_taken_over; /* layers it became the last holder of and made its own */
+	/* The notifier object of the RAM the VM writes to (its own area, else
+	 * its boot RAM): its delivery mode and counters. */
+	enum notifier_mode notifier_mode;
+	struct notifier_stats notifier;
 };
+
+/*
+ * A notifier object's counters that --stats and --stats-json report, in
+ * output order: X(key, value), value an expression of n, a const struct
+ * notifier_stats * (include/umbra/notifier.h says what each counts).
+ */
+#define NOTIFIER_STATS(X)                              \
+	X("starts", n->starts)                         \
+	X("ends", n->ends)                             \
+	X("aborts", n->aborts)                         \
+	X("pages", n->pages)                           \
+	X("range_starts", n->starts_by_mode[NOTIFIER_MODE_RANGE]) \
+	X("page_starts", n->starts_by_mode[NOTIFIER_MODE_PAGE])   \
+	X("cb_range_start", n->cb_range_start)         \
+	X("cb_range_end", n->cb_range_end)             \
+	X("cb_page", n->cb_page)                       \
+	X("cb_eagain", n->cb_eagain)                   \
+	X("clear_young", n->clear_young)               \
+	X("test_young", n->test_young)                 \
+	X("subscribes", n->subscribes)                 \
+	X("unsubscribes", n->unsubscribes)             \
+	X("read_begins", n->read_begins)               \
+	X("read_waits", n->read_waits)                 \
+	X("read_retries", n->read_retries)
 
 /*
  * The counters of a VM that --stats and --stats-json report besides exits
