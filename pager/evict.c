@@ -37,6 +37,7 @@ struct batch {
 	unsigned int n;
 	struct notifier_range ranges[PAGER_EVICT_BATCH];
 	unsigned int nranges;
+	bool nonblocking;	/* its invalidations were not blockable */
 	char *bufs;		/* one page per victim */
 };
 
@@ -105,6 +106,9 @@ static unsigned int batch_pick_list(struct batch *b, const struct pager_victim *
  */
 static void batch_invalidate(struct batch *b)
 {
+	b->nonblocking = __atomic_load_n(&b->pager->nonblocking, __ATOMIC_ACQUIRE);
+	const unsigned int flags = b->nonblocking ? 0 : NOTIFIER_RANGE_MAY_BLOCK;
+
 	for (unsigned int i = 0, j; i < b->n; i = j) {
 		struct notifier_range *r = &b->ranges[b->nranges];
 		struct pager_object *po = b->v[i].po;
@@ -113,7 +117,7 @@ static void batch_invalidate(struct batch *b)
 		for (j = i + 1; run_continues(b, j); j++)
 			;
 		notifier_range_init(r, po->obj, NOTIFIER_EVENT_SWAPOUT, b->v[i].page,
-				    b->v[j - 1].page, NOTIFIER_RANGE_MAY_BLOCK);
+				    b->v[j - 1].page, flags);
 		ret = notifier_invalidate_range_start(r);
 		if (!ret)
 			b->nranges++;
@@ -140,6 +144,12 @@ static int batch_claim(struct batch *b)
 		for (; i < b->n && b->v[i].po == po; i++) {
 			struct victim v = b->v[i];
 
+			if (v.result == -EAGAIN && b->nonblocking) {
+				/* A non-blocking invalidation refused: the page
+				 * stays, which is not an error. */
+				po->busy_refusals++;
+				continue;
+			}
 			if (v.result) {
 				if (!first_err)
 					first_err = v.result;

@@ -81,6 +81,11 @@ void pager_set_discard_at_destroy(struct pager *pager, bool discard)
 	__atomic_store_n(&pager->discard_at_destroy, discard, __ATOMIC_RELEASE);
 }
 
+void pager_set_nonblocking(struct pager *pager, bool nonblocking)
+{
+	__atomic_store_n(&pager->nonblocking, nonblocking, __ATOMIC_RELEASE);
+}
+
 /* Brings every page of @po back (unless the contents are discarded) and
  * unregisters its mapping. */
 static void object_unregister(struct pager *pager, struct pager_object *po)

@@ -75,7 +75,7 @@ struct pager_object {
 	uint8_t *lost_err;		/* [npages] errno of a LOST page; NULL until the first loss */
 	uint64_t swapped, present, pinned, lost;
 	uint64_t swapouts_io, swapouts_cached, swapins, zero_fills, refaults;
-	uint64_t write_errors, read_errors, discarded;
+	uint64_t write_errors, read_errors, discarded, busy_refusals;
 	struct pager_hist swapin_ns;
 };
 
@@ -109,6 +109,7 @@ struct pager {
 	 * release, read with acquire) until pager_destroy. */
 	struct pager_reclaim *reclaim;
 	bool discard_at_destroy;	/* pager_set_discard_at_destroy (atomic) */
+	bool nonblocking;		/* pager_set_nonblocking (atomic) */
 	/* evict.c's spare batch (victims, ranges, 1 MiB of buffers), kept
 	 * between calls: taken and given back with atomic exchanges. */
 	struct batch *spare_batch;

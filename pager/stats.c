@@ -109,6 +109,7 @@ static int object_stats_add(struct pager_object *po, struct pager_stats *st,
 	st->swapins += po->swapins;
 	st->zero_fills += po->zero_fills;
 	st->write_errors += po->write_errors;
+	st->busy_refusals += po->busy_refusals;
 	st->read_errors += po->read_errors;
 	st->discarded_pages += po->discarded;
 	st->present += po->present;

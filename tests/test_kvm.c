@@ -613,7 +613,8 @@ START_TEST(test_help_documents_every_option)
 {
 	static const char *const options[] = { "--mem SIZE", "--vcpus N", "--cmdline STRING", "--stats",
 					       "--help", "--version", "--evict-ms MS", "--evict-pages N",
-					       "--group NAME", "--table-quota PAGES", "--notifier-mode M", "exit status" };
+					       "--group NAME", "--table-quota PAGES", "--notifier-mode M", "--reclaim-nonblocking",
+					       "exit status" };
 
 	run_umbra((const char *[]){ "--help", NULL }, &result);
 	assert_status(&result, 0);
@@ -630,14 +631,20 @@ END_TEST
  * --notifier-mode MODE and, in the last case, the segment's own
  * "notifier_mode" over it. The segment's notifier counts its starts and
  * callbacks in its mode only; the VMs' RAM objects take --notifier-mode.
+ * With --reclaim-nonblocking (the last case) an invalidation that a VM
+ * refuses (its mmu_lock busy: -EAGAIN) leaves its pages resident: the
+ * pager counts each page, the notifier each refused start, and the
+ * readers' sums stay right.
  */
 static const struct {
 	const char *option, *segment; /* --notifier-mode; the segment's key (NULL: none) */
 	const char *seg_mode, *ram_mode;
+	bool nonblocking;
 } notifier_mode_cases[] = {
-	{ "range", NULL, "range", "range" },
-	{ "page", NULL, "page", "page" },
-	{ "range", "page", "page", "range" },
+	{ "range", NULL, "range", "range", false },
+	{ "page", NULL, "page", "page", false },
+	{ "range", "page", "page", "range", false },
+	{ "range", NULL, "range", "range", true },
 };
 
 START_TEST(test_notifier_mode_chooses_how_evictions_reach_the_vms)
@@ -663,7 +670,7 @@ START_TEST(test_notifier_mode_chooses_how_evictions_reach_the_vms)
 	snprintf(stats, sizeof(stats), "%s/nm-stats.json", tmpdir);
 	run_umbra_timeout((const char *[]){ "run", "--config", cfg, "--stats", "--stats-json", stats, "--evict-ms", "5",
 					    "--evict-pages", "128", "--notifier-mode", notifier_mode_cases[_i].option,
-					    NULL },
+					    notifier_mode_cases[_i].nonblocking ? "--reclaim-nonblocking" : NULL, NULL },
 			  120, &result);
 	assert_status(&result, 0);
 
@@ -680,6 +687,31 @@ START_TEST(test_notifier_mode_chooses_how_evictions_reach_the_vms)
 	ck_assert_msg(starts > 0 && evictions > 0, "expected evictions and invalidations, got %llu and %llu",
 		      (unsigned long long)evictions, (unsigned long long)starts);
 	ck_assert_uint_eq(json_u64(seg, "notifier.ends"), starts);
+	uint64_t aborts = json_u64(seg, "notifier.aborts"), refused = 0;
+	struct json_object *pager, *objects;
+	ck_assert(json_object_object_get_ex(root, "pager", &pager));
+	ck_assert(json_object_object_get_ex(pager, "objects", &objects));
+	for (size_t k = 0; k < json_object_array_length(objects); k++) {
+		struct json_object *o = json_object_array_get_idx(objects, k), *name;
+		if (json_object_object_get_ex(o, "name", &name) &&
+		    strcmp(json_object_get_string(name), "segment data") == 0)
+			refused = json_u64(o, "busy_refusals");
+	}
+	if (!notifier_mode_cases[_i].nonblocking) {
+		ck_assert_msg(aborts == 0 && refused == 0, "blocking evictions: expected no refusal, got %llu and %llu",
+			      (unsigned long long)aborts, (unsigned long long)refused);
+	} else {
+		/* Each refused start is one run of at most 128 pages, each
+		 * page of it counted once. */
+		ck_assert_msg((aborts == 0) == (refused == 0) && refused <= aborts * 128 &&
+				      json_u64(seg, "notifier.cb_eagain") >= aborts,
+			      "non-blocking evictions: %llu refused starts, %llu refused pages, %llu -EAGAIN callbacks",
+			      (unsigned long long)aborts, (unsigned long long)refused,
+			      (unsigned long long)json_u64(seg, "notifier.cb_eagain"));
+		printf("notifier_mode nonblocking: %llu starts, %llu refused (%llu pages left resident), %llu evictions\n",
+		       (unsigned long long)starts, (unsigned long long)aborts, (unsigned long long)refused,
+		       (unsigned long long)evictions);
+	}
 	if (strcmp(want, "range") == 0) {
 		ck_assert_uint_eq(json_u64(seg, "notifier.range_starts"), starts);
 		ck_assert_msg(range_cb > 0 && page_cb == 0, "range mode: expected range callbacks only, got %llu and %llu",

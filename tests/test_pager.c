@@ -224,6 +224,63 @@ START_TEST(test_failed_swap_write_leaves_page_resident_with_its_content)
 }
 END_TEST
 
+/* A subscriber whose lock is always busy: it refuses every invalidation it
+ * may not sleep in, as a VM whose mmu_lock is held does. */
+static int busy_range_start(struct notifier_subscription *sub, const struct notifier_range *range)
+{
+	(void)sub;
+	return notifier_range_may_block(range) ? 0 : -EAGAIN;
+}
+
+static int busy_page(struct notifier_subscription *sub, const struct notifier_range *range, uint64_t page)
+{
+	(void)page;
+	return busy_range_start(sub, range);
+}
+
+static const struct notifier_ops busy_ops = { .invalidate_range_start = busy_range_start,
+					      .invalidate_page = busy_page };
+
+/* With pager_set_nonblocking the pager invalidates as the OOM reaper does:
+ * a refusal leaves the run resident and intact, counted, and is no error;
+ * blocking again, the same pages go. */
+START_TEST(test_nonblocking_eviction_refused_by_a_busy_subscriber_leaves_the_pages)
+{
+	struct notifier_subscription *sub;
+	struct notifier_stats ns;
+	struct pager_stats st;
+	struct pfix f;
+	int ret;
+
+	pfix_init(&f, 256, NPAGES);
+	ck_assert_int_eq(notifier_subscribe(f.obj, &busy_ops, NULL, &sub), 0);
+	pager_set_nonblocking(f.pager, true);
+	ret = pager_evict(f.pager, f.id, 16, 8);
+	ck_assert_msg(ret == 0, "a refused non-blocking eviction: expected 0, got %d", ret);
+	st = pstats(&f);
+	ck_assert_msg(st.swapped == 0 && st.busy_refusals == 8 && st.write_errors == 0,
+		      "expected 0 swapped and 8 refusals, got %llu swapped, %llu refusals, %llu write errors",
+		      (unsigned long long)st.swapped, (unsigned long long)st.busy_refusals,
+		      (unsigned long long)st.write_errors);
+	notifier_object_stats(f.obj, &ns);
+	ck_assert_uint_eq(ns.aborts, 1); /* one run, one invalidation */
+	ck_assert_uint_eq(ns.cb_eagain, 1);
+	for (uint64_t p = 16; p < 24; p++) {
+		ck_assert_msg(!pager_is_swapped(f.pager, f.id, p), "page %llu went", (unsigned long long)p);
+		ck_assert_msg(check_page(f.host, p) < 0, "page %llu lost its content", (unsigned long long)p);
+	}
+	pager_set_nonblocking(f.pager, false);
+	ck_assert_int_eq(pager_evict(f.pager, f.id, 16, 8), 0);
+	st = pstats(&f);
+	ck_assert_uint_eq(st.swapped, 8);
+	ck_assert_uint_eq(st.busy_refusals, 8);
+	for (uint64_t p = 16; p < 24; p++)
+		ck_assert_msg(check_page(f.host, p) < 0, "page %llu read back wrong", (unsigned long long)p);
+	notifier_unsubscribe(sub);
+	pfix_fini(&f);
+}
+END_TEST
+
 /* pager_destroy brings swapped pages back unless told to discard them
  * (_i = 1): then it reads nothing and still frees every slot. */
 START_TEST(test_destroy_brings_pages_back_unless_discarding)
@@ -404,6 +461,7 @@ Suite *pager_suite(void)
 	tcase_add_loop_test(evict, test_evicted_run_frees_memory_and_host_read_brings_it_back, 0, 2);
 	tcase_add_test(evict, test_shadow_fault_brings_evicted_page_back_through_get_page);
 	tcase_add_test(evict, test_failed_swap_write_leaves_page_resident_with_its_content);
+	tcase_add_test(evict, test_nonblocking_eviction_refused_by_a_busy_subscriber_leaves_the_pages);
 	tcase_add_test(evict, test_clean_swapped_in_page_evicts_without_io_until_written);
 	tcase_add_loop_test(evict, test_destroy_brings_pages_back_unless_discarding, 0, 2);
 	tcase_add_test(evict, test_never_written_hole_reads_zero_and_evicted_hole_stays_zero);

@@ -157,6 +157,7 @@ int vmm_memory_create(const struct plan *plan, const struct vmm_pager_options *p
 		goto destroy_swap;
 	}
 	pager_set_ops(m->pager, &memory_pager_ops, m);
+	pager_set_nonblocking(m->pager, po->nonblocking);
 	if (m->limit_pages)
 		pager_set_refault_window(m->pager, m->limit_pages);
 	*out = m;
@@ -282,6 +283,7 @@ int vmm_memory_object_stats(struct vmm_memory *m, int id, struct pager_stats *st
 	X("zero_fills", s->zero_fills)                            \
 	X("discarded_pages", s->discarded_pages)                  \
 	X("write_errors", s->write_errors)                        \
+	X("busy_refusals", s->busy_refusals)                      \
 	X("read_errors", s->read_errors)
 
 static void json_add_u64(struct json_object *o, const char *key, uint64_t v)

@@ -18,7 +18,8 @@ const char vmm_usage[] =
 	"                 [--stats] [--stats-json FILE] [--console escaped|raw]\n"
 	"                 [--fault-around PAGES] [--notifier-mode range|page]\n"
 	"                 [--mem-limit SIZE] [--swap FILE] [--swap-size SIZE]\n"
-	"                 [--reclaim-policy clock|round-robin] [--evict-ms MS [--evict-pages N]]\n"
+	"                 [--reclaim-policy clock|round-robin] [--reclaim-nonblocking]\n"
+	"                 [--evict-ms MS [--evict-pages N]]\n"
 	"       umbra run --config FILE [--stats] [--stats-json FILE] [--console escaped|raw]\n"
 	"                 [--fault-around PAGES] [--notifier-mode range|page]\n"
 	"                 [pager options as above]\n"
@@ -73,6 +74,11 @@ const char vmm_usage[] =
 	"                    guest memory\n"
 	"  --reclaim-policy P  how victims are chosen: clock (the default: pages not\n"
 	"                    used recently) or round-robin (in address order)\n"
+	"  --reclaim-nonblocking  the pager's invalidations (reclaim, --evict-ms)\n"
+	"                    are not blockable, as Linux's OOM reaper issues them:\n"
+	"                    a VM whose shadow-MMU lock is busy refuses (-EAGAIN)\n"
+	"                    instead of waiting, and those pages stay in memory\n"
+	"                    for a later pass (counted: busy_refusals, aborts)\n"
 	"  --evict-ms MS     testing: every MS milliseconds (1 to 60000), swap out\n"
 	"                    the next pages of every shared segment while the guests\n"
 	"                    run: every VM that maps a page has it invalidated and\n"
@@ -405,7 +411,7 @@ static int parse_inject(const char *value, struct vmm_pager_options *po, struct 
 }
 
 /* The pager options (--mem-limit, --swap, --swap-size, --reclaim-policy,
- * --swap-inject). Returns 1 if argv[*i] is one (handled), 0 if it is not,
+ * --reclaim-nonblocking, --swap-inject). Returns 1 if argv[*i] is one (handled), 0 if it is not,
  * -EINVAL with err. */
 static int parse_pager_option(int argc, char *const argv[], int *i, struct vmm_pager_options *po,
 			      struct vmm_error *err)
@@ -435,6 +441,8 @@ static int parse_pager_option(int argc, char *const argv[], int *i, struct vmm_p
 			return vmm_error_set(err, EINVAL, "--reclaim-policy needs clock or round-robin");
 		if (vmm_parse_policy(value, &po->policy))
 			return vmm_error_set(err, EINVAL, "--reclaim-policy '%s': must be clock or round-robin", value);
+	} else if (strcmp(arg, "--reclaim-nonblocking") == 0) {
+		po->nonblocking = true;
 	} else if (option_is(arg, "--swap-inject")) {
 		if (!(value = option_value(argc, argv, i, "--swap-inject")))
 			return vmm_error_set(err, EINVAL, "--swap-inject needs KIND:N");

@@ -113,6 +113,9 @@ struct vmm_pager_options {
 	/* Testing (--swap-inject KIND:N, command line only): kind -1 for none. */
 	int inject_kind;     /* enum pager_inject_kind */
 	uint64_t inject_n;
+	/* --reclaim-nonblocking (command line only): the pager's invalidations
+	 * are not blockable (pager_set_nonblocking). */
+	bool nonblocking;
 };
 /* Parses the value of --reclaim-policy / "reclaim_policy". 0 or -EINVAL. */
 int vmm_parse_policy(const char *text, int *policy);

@@ -243,6 +243,8 @@ struct pager_stats {
 	uint64_t swapins;		/* pages read back from swap */
 	uint64_t zero_fills;		/* never-evicted holes filled with zeros */
 	uint64_t write_errors;		/* evictions failed: page left resident (no slot, I/O...) */
+	uint64_t busy_refusals;		/* evictions a subscriber refused without blocking
+					 * (pager_set_nonblocking: -EAGAIN): page left resident */
 	uint64_t read_errors;		/* swap-ins whose read failed (the page is lost) */
 	uint64_t host_bytes;		/* memory of the memfd(s): st_blocks * 512 */
 	uint64_t present;		/* pages in host memory (what the budget counts) */
@@ -312,6 +314,16 @@ void pager_destroy(struct pager *pager);
  * that read as zeros.  Set before pager_destroy; any thread.
  */
 void pager_set_discard_at_destroy(struct pager *pager, bool discard);
+/*
+ * With @nonblocking, the pager's evictions (reclaim and pager_evict*)
+ * invalidate as Linux's OOM reaper does: the range is not blockable
+ * (no NOTIFIER_RANGE_MAY_BLOCK), so a subscriber that would have to sleep
+ * (a VM whose mmu_lock is busy) answers -EAGAIN; the pages of that range
+ * stay resident and intact, each counted in busy_refusals, and are not an
+ * error (a later eviction may take them).  Off by default; any thread,
+ * for the evictions that start after it.
+ */
+void pager_set_nonblocking(struct pager *pager, bool nonblocking);
 
 /*
  * Put @obj (of @size bytes, a multiple of PAGER_PAGE_SIZE equal to its page
