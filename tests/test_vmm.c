@@ -72,11 +72,12 @@ START_TEST(test_run_options_in_any_order)
 							   "--notifier-mode", "page", NULL }), 0);
 	ck_assert_uint_eq(o.fault_around, 8);
 	ck_assert_int_eq(o.notifier_mode, NOTIFIER_MODE_PAGE);
-	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "a.elf", "--reclaim-nonblocking", NULL }), 0);
-	ck_assert(o.pager.nonblocking);
 	ck_assert_str_eq(o.config, "c.json");
 	ck_assert_uint_eq(o.evict_ms, 20);
 	ck_assert_uint_eq(o.evict_pages, 9);
+	ck_assert(!o.pager.nonblocking);
+	ck_assert_int_eq(parse(&o, &err, (const char *[]){ "run", "a.elf", "--reclaim-nonblocking", NULL }), 0);
+	ck_assert(o.pager.nonblocking);
 }
 END_TEST
 
