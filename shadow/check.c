@@ -312,53 +312,127 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 	return ret;
 }
 
-/* ---- one VM: table usage --------------------------------------------------- */
+/* ---- one VM: the tables it reaches ------------------------------------------ */
 
-/* Counts @page and the tables below it, each once (@seen: one bit per pool
- * page).  mmu_lock. */
-static void usage_table_locked(struct shadow_mmu *mmu, uint32_t page, uint8_t *seen,
-			       struct shadow_table_usage *u)
+/* What a walk of the VM's tables reports for each link. */
+typedef void (*link_visit_fn)(void *ctx, uint64_t cr3, uint32_t parent, unsigned int index, uint32_t child,
+			      bool first);
+
+/* Reports the link to @page (from @parent's entry @index, or root slot
+ * @index when @parent is SHADOW_NO_PAGE), then, on the first visit of
+ * @page (@seen: one bit per pool page), the links below it.  mmu_lock. */
+static void walk_links_locked(struct shadow_mmu *mmu, uint64_t cr3, uint32_t parent, unsigned int index,
+			      uint32_t page, uint8_t *seen, link_visit_fn fn, void *ctx)
 {
 	umbra_mutex_assert_held(&mmu->mmu_lock);
-	struct shadow_page *sp = mmu_page(mmu, page);
+	const struct shadow_page *sp = mmu_page(mmu, page);
 	const uint64_t *sptes = mmu_sptes(mmu, page);
+	const bool first = !(seen[page / CHAR_BIT] & (1u << (page % CHAR_BIT)));
 
-	if (seen[page / CHAR_BIT] & (1u << (page % CHAR_BIT)))
-		return;
 	seen[page / CHAR_BIT] |= (uint8_t)(1u << (page % CHAR_BIT));
-	u->tables++;
-	if (sp->level >= 1 && sp->level <= SHADOW_LEVELS)
-		u->by_level[sp->level]++;
-	if (__atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) > 1 || sp->canon)
-		u->shared++;
-	else
-		u->private_++;
-	if (sp->level <= 1)
+	fn(ctx, cr3, parent, index, page, first);
+	if (!first || sp->level <= 1)
 		return;
 	for (unsigned int i = 0; i < SPTE_ENTRIES; i++) {
 		uint64_t spte = spte_read(&sptes[i]);
 
 		if (spte_is_present(spte) && !spte_is_leaf(spte, sp->level) &&
 		    shadow_pool_contains(mmu->pool, spte_addr(spte)))
-			usage_table_locked(mmu, pool_page_index(spte_addr(spte)), seen, u);
+			walk_links_locked(mmu, cr3, page, i, pool_page_index(spte_addr(spte)), seen, fn, ctx);
 	}
 }
 
-int shadow_mmu_table_usage(struct shadow_mmu *mmu, struct shadow_table_usage *usage)
+/* Walks every cached root of @mmu and the tables below, under mmu_lock:
+ * 0, or -ENOMEM (nothing reported). */
+static int walk_links(struct shadow_mmu *mmu, link_visit_fn fn, void *ctx)
 {
 	size_t nr_pages = shadow_pool_nr_pages(mmu->pool);
 	uint8_t *seen = calloc((nr_pages + CHAR_BIT - 1) / CHAR_BIT, 1);
 
-	memset(usage, 0, sizeof(*usage));
 	if (!seen)
 		return -ENOMEM;
 	umbra_mutex_lock(&mmu->mmu_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
-			usage_table_locked(mmu, mmu->roots[r].page, seen, usage);
+			walk_links_locked(mmu, mmu->roots[r].cr3, SHADOW_NO_PAGE, r, mmu->roots[r].page, seen, fn,
+					  ctx);
 	umbra_mutex_unlock(&mmu->mmu_lock);
 	free(seen);
 	return 0;
+}
+
+struct usage_walk {
+	struct shadow_mmu *mmu;
+	struct shadow_table_usage *u;
+};
+
+/* Counts each table once, on its first visit. */
+static void usage_visit(void *ctx, uint64_t cr3, uint32_t parent, unsigned int index, uint32_t page, bool first)
+{
+	struct usage_walk *w = ctx;
+	const struct shadow_page *sp = mmu_page(w->mmu, page);
+
+	(void)cr3, (void)parent, (void)index;
+	if (!first)
+		return;
+	w->u->tables++;
+	if (sp->level >= 1 && sp->level <= SHADOW_LEVELS)
+		w->u->by_level[sp->level]++;
+	if (__atomic_load_n(&sp->use_count, __ATOMIC_RELAXED) > 1 || sp->canon)
+		w->u->shared++;
+	else
+		w->u->private_++;
+}
+
+int shadow_mmu_table_usage(struct shadow_mmu *mmu, struct shadow_table_usage *usage)
+{
+	struct usage_walk w = { mmu, usage };
+
+	memset(usage, 0, sizeof(*usage));
+	return walk_links(mmu, usage_visit, &w);
+}
+
+/* The public description of table @page. */
+static void table_ref(struct shadow_mmu *mmu, uint32_t page, struct shadow_table_ref *ref)
+{
+	const struct shadow_page *sp = mmu_page(mmu, page);
+
+	*ref = (struct shadow_table_ref){
+		.page = page,
+		.alloc_gen = __atomic_load_n(&sp->alloc_gen, __ATOMIC_RELAXED),
+		.level = __atomic_load_n(&sp->level, __ATOMIC_RELAXED),
+		.canonical = sp->canon,
+		.direct = sp->direct,
+		.users = __atomic_load_n(&sp->use_count, __ATOMIC_RELAXED),
+	};
+}
+
+struct link_walk {
+	struct shadow_mmu *mmu;
+	shadow_link_fn fn;
+	void *arg;
+};
+
+static void link_visit(void *ctx, uint64_t cr3, uint32_t parent, unsigned int index, uint32_t page, bool first)
+{
+	struct link_walk *w = ctx;
+	struct shadow_table_ref p, c;
+
+	(void)first;
+	table_ref(w->mmu, page, &c);
+	if (parent == SHADOW_NO_PAGE) {
+		w->fn(w->arg, cr3, NULL, index, &c);
+		return;
+	}
+	table_ref(w->mmu, parent, &p);
+	w->fn(w->arg, cr3, &p, index, &c);
+}
+
+int shadow_mmu_for_each_link(struct shadow_mmu *mmu, shadow_link_fn fn, void *arg)
+{
+	struct link_walk w = { mmu, fn, arg };
+
+	return walk_links(mmu, link_visit, &w);
 }
 
 /* ---- the whole pool: shadow_pool_check --------------------------------------- */

@@ -163,6 +163,7 @@ int pool_alloc_index(struct shadow_pool *pool, int level, uint32_t *index)
 					      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
 	sp = &pool->pages[i];
 	__atomic_store_n(&sp->level, (uint8_t)level, __ATOMIC_RELAXED); /* walk-ups read it racily */
+	__atomic_fetch_add(&sp->alloc_gen, 1, __ATOMIC_RELAXED);       /* names this table: dumps */
 	__atomic_fetch_add(&pool->in_use[level], 1, __ATOMIC_RELAXED);
 
 	/* The page is ours alone until published, except that a walk up the

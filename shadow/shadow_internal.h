@@ -106,6 +106,7 @@ struct shadow_page {
 	uint64_t gva;
 	uint32_t use_count;
 	uint32_t nr_present;
+	uint32_t alloc_gen;	/* times the pool allocated the page (atomic; read racily) */
 	struct umbra_mutex lock;
 	struct shadow_page_user *users;
 	uint32_t next;

@@ -211,6 +211,14 @@ uint64_t fnv1a(uint64_t hash, const uint8_t *p, size_t len)
 	return hash;
 }
 
+void fill_pattern(uint8_t *data, size_t len, uint64_t x)
+{
+	for (size_t i = 0; i < len; i += 8) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		memcpy(data + i, &x, 8);
+	}
+}
+
 /* Writes @len bytes of @data to @name in the test's directory and returns
  * their FNV-1a sum (what segread computes over a segment of that size). */
 uint64_t write_segment_file(const char *name, const void *data, size_t len)

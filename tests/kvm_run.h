@@ -89,6 +89,9 @@ uint64_t fnv1a(uint64_t hash, const uint8_t *p, size_t len);
 /* Writes @len bytes of @data to @name in tmpdir and returns their FNV-1a sum
  * (what segread computes over a segment of that size). */
 uint64_t write_segment_file(const char *name, const void *data, size_t len);
+/* Fills @len bytes (a multiple of 8) from seed @x with a sequence that no
+ * page of it repeats. */
+void fill_pattern(uint8_t *data, size_t len, uint64_t x);
 
 /* The number after @key in @text ("faults=" -> 12); fails the test if absent. */
 unsigned long stat_value(const char *text, const char *key);

@@ -5,6 +5,7 @@
  */
 #include <check.h>
 #include <elf.h>
+#include <errno.h>
 #include <json-c/json.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -613,7 +614,7 @@ START_TEST(test_help_documents_every_option)
 {
 	static const char *const options[] = { "--mem SIZE", "--vcpus N", "--cmdline STRING", "--stats",
 					       "--help", "--version", "--evict-ms MS", "--evict-pages N",
-					       "--group NAME", "--table-quota PAGES", "--notifier-mode M", "--reclaim-nonblocking",
+					       "--group NAME", "--table-quota PAGES", "--notifier-mode M", "--reclaim-nonblocking", "--dump-tables FILE",
 					       "exit status" };
 
 	run_umbra((const char *[]){ "--help", NULL }, &result);
@@ -624,6 +625,72 @@ START_TEST(test_help_documents_every_option)
 END_TEST
 
 /* ---- many VMs on shared segment tables, with evictions ---- */
+
+/*
+ * --dump-tables: eight readers of a 4 MiB segment (two 2 MiB runs) in one
+ * trust group. The picture names each VM and its root, and the two
+ * canonical leaf tables of the segment drawn as one node ("2 PTs") that
+ * each VM's own page directory points at: eight parents.
+ */
+START_TEST(test_dump_tables_pictures_eight_vms_on_one_canonical_pair)
+{
+	char cfg[256], json[2048], dir[512], dot[256], line[256];
+	static uint8_t data[4u << 20];
+	static char text[1 << 20];
+
+	fill_pattern(data, sizeof(data), 0x6a09e667f3bcc909ull);
+	uint64_t sum = write_segment_file("dt.bin", data, sizeof(data));
+	guest_image_dir(dir, sizeof(dir));
+	snprintf(json, sizeof(json),
+		 "{ \"segments\": [ { \"name\": \"data\", \"size\": \"4M\", \"gpa\": \"0x2000000000\",\n"
+		 "    \"writable\": false, \"file\": \"dt.bin\" } ],\n"
+		 "  \"vms\": [ { \"name\": \"reader\", \"count\": 8, \"image\": \"%s/segread.elf\", \"mem\": \"8M\",\n"
+		 "              \"cmdline\": \"seg=data rounds=2 expect=%#llx\", \"segments\": [\"data\"],\n"
+		 "              \"group\": \"readers\" } ] }\n",
+		 dir, (unsigned long long)sum);
+	snprintf(cfg, sizeof(cfg), "%s/dt.json", tmpdir);
+	write_text(cfg, json);
+	snprintf(dot, sizeof(dot), "%s/tables.dot", tmpdir);
+	run_umbra_timeout((const char *[]){ "run", "--config", cfg, "--dump-tables", dot, NULL }, 120, &result);
+	assert_status(&result, 0);
+
+	FILE *f = fopen(dot, "re");
+	ck_assert_msg(f, "no %s: %s", dot, strerror(errno));
+	size_t n = fread(text, 1, sizeof(text) - 1, f);
+	fclose(f);
+	text[n] = '\0';
+	ck_assert_msg(strstr(text, "digraph shadow_tables {") && n > 0 && text[n - 2] == '}',
+		      "not a whole DOT graph:\n%.400s", text);
+	for (int i = 0; i < 8; i++) {
+		snprintf(line, sizeof(line), "\"vm reader%d\" [shape=ellipse", i);
+		ck_assert_msg(strstr(text, line), "no node for reader%d", i);
+		snprintf(line, sizeof(line), "\"vm reader%d\" -> ", i);
+		ck_assert_msg(strstr(text, line), "no root of reader%d", i);
+	}
+	/* The canonical pair: one drawn node, and its name's in-edges. */
+	const char *canon = strstr(text, "comment=\"level=1 kind=canonical tables=2 ");
+	ck_assert_msg(canon, "no node for the two canonical leaf tables:\n%s", text);
+	const char *start = canon;
+	while (start > text && start[-1] != '\n')
+		start--;
+	char name[64];
+	ck_assert_int_eq(sscanf(start, " %63s", name), 1);
+	unsigned int parents = 0, roots = 0;
+	for (const char *p = text; (p = strstr(p, "\n  ")); p++) {
+		char from[64], to[64];
+		if (sscanf(p, " %63s -> %63s", from, to) == 2) {
+			to[strcspn(to, ";")] = '\0';
+			parents += strcmp(to, name) == 0;
+			roots += strncmp(from, "\"vm", 3) == 0;
+		}
+	}
+	ck_assert_msg(parents == 8, "the canonical pair: expected 8 parents (each VM's page directory), got %u",
+		      parents);
+	ck_assert_msg(roots >= 8, "expected a root for each of 8 VMs, got %u links from VMs", roots);
+	printf("dump-tables: %zu bytes of DOT, %u VM roots, the canonical pair under %u directories\n", n, roots,
+	       parents);
+}
+END_TEST
 
 /*
  * The delivery mode of invalidations on live VMs: two readers of a segment
@@ -653,8 +720,7 @@ START_TEST(test_notifier_mode_chooses_how_evictions_reach_the_vms)
 	static uint8_t data[4u << 20];
 	const char *want = notifier_mode_cases[_i].seg_mode;
 
-	for (size_t i = 0; i < sizeof(data); i++)
-		data[i] = (uint8_t)(i * 7 + 3);
+	fill_pattern(data, sizeof(data), 0xbb67ae8584caa73bull);
 	uint64_t sum = write_segment_file("nm.bin", data, sizeof(data));
 	guest_image_dir(dir, sizeof(dir));
 	if (notifier_mode_cases[_i].segment)
@@ -1172,6 +1238,7 @@ Suite *kvm_suite(void)
 	tcase_add_test(many, test_memtouch_verifies_ram_on_every_vcpu);
 	tcase_add_test(many, test_config_runs_vms_sharing_segments_with_preloaded_content);
 	tcase_add_test(many, test_eight_vms_share_segment_tables_and_fault_back_evicted_pages);
+	tcase_add_test(many, test_dump_tables_pictures_eight_vms_on_one_canonical_pair);
 	tcase_add_loop_test(many, test_notifier_mode_chooses_how_evictions_reach_the_vms, 0,
 			    (int)(sizeof(notifier_mode_cases) / sizeof(notifier_mode_cases[0])));
 	tcase_add_test(many, test_misbehaving_vms_are_stopped_while_the_others_finish);

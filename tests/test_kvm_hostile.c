@@ -34,15 +34,6 @@
 
 static struct run_result result;
 
-/* Fills @len bytes with a sequence that no page of it repeats. */
-static void fill_pattern(uint8_t *data, size_t len, uint64_t x)
-{
-	for (size_t i = 0; i < len; i += 8) {
-		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-		memcpy(data + i, &x, 8);
-	}
-}
-
 /* The line of @text that contains @needle, without its newline, in @line. */
 static const char *line_with(const char *text, const char *needle, char *line, size_t size)
 {

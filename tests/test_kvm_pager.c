@@ -198,15 +198,6 @@ END_TEST
 #define SEGMENT_SIZE (16 * MIB)
 #define SEGMENT_LIMIT "8M"
 
-/* Fills @len bytes with a sequence that no page of it repeats. */
-static void fill_pattern(uint8_t *data, size_t len, uint64_t x)
-{
-	for (size_t i = 0; i < len; i += 8) {
-		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-		memcpy(data + i, &x, 8);
-	}
-}
-
 START_TEST(test_eight_vms_read_a_segment_larger_than_the_limit)
 {
 	struct memfd_samples samples = { 0 };

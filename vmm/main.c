@@ -187,6 +187,10 @@ static int prepare(const struct vmm_options *opts, struct run_state *rs)
 	rs->host->fault_around = opts->fault_around;
 	rs->host->notifier_mode = opts->notifier_mode;
 	rs->host->memory = rs->memory;
+	if (opts->dump_tables && vmm_dump_create(opts->dump_tables, &rs->host->dump)) {
+		fprintf(stderr, "umbra: out of memory\n");
+		return UMBRA_STATUS_NO_KVM;
+	}
 	return 0;
 }
 
@@ -241,6 +245,8 @@ static void report(const struct vmm_options *opts, struct run_state *rs)
 	    vmm_stats_write_json(opts->stats_json, &rs->plan, rs->host, rs->segments, vms, rs->nr_run, rs->status, &tm,
 				 &err))
 		fprintf(stderr, "umbra: warning: %s\n", err.msg);
+	if (rs->host->dump && vmm_dump_write(rs->host->dump, &err))
+		fprintf(stderr, "umbra: warning: %s\n", err.msg);
 }
 
 /*
@@ -286,6 +292,8 @@ static void run_free(struct run_state *rs)
 		vm_destroy(rs->host->vms[i]);
 	for (unsigned int i = 0; rs->vms && i < rs->plan.nr_vms; i++)
 		vm_destroy(rs->vms[i]);
+	if (rs->host)
+		vmm_dump_destroy(rs->host->dump);
 	vmm_host_destroy(rs->host);
 	if (rs->kvm_fd >= 0)
 		close(rs->kvm_fd);

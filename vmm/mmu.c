@@ -282,6 +282,8 @@ static void record_max(size_t *seen, size_t v)
 
 void vm_mmu_release(struct vm *vm)
 {
+	if (vm->host->dump)
+		vmm_dump_add_vm(vm->host->dump, vm);
 	shadow_mmu_stats(vm->mmu, &vm->mmu_stats_at_stop);
 	(void)shadow_mmu_table_usage(vm->mmu, &vm->tables_at_stop); /* on -ENOMEM: zeroes */
 	record_max(&vm->group->in_use_seen, shadow_pool_pages_in_use(vm->group->pool, 0));

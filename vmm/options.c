@@ -15,12 +15,13 @@
 const char vmm_usage[] =
 	"usage: umbra run IMAGE [--vms N] [--mem SIZE] [--vcpus N] [--cmdline STRING]\n"
 	"                 [--group NAME] [--table-quota PAGES] [--clone N]\n"
-	"                 [--stats] [--stats-json FILE] [--console escaped|raw]\n"
+	"                 [--stats] [--stats-json FILE] [--dump-tables FILE] [--console escaped|raw]\n"
 	"                 [--fault-around PAGES] [--notifier-mode range|page]\n"
 	"                 [--mem-limit SIZE] [--swap FILE] [--swap-size SIZE]\n"
 	"                 [--reclaim-policy clock|round-robin] [--reclaim-nonblocking]\n"
 	"                 [--evict-ms MS [--evict-pages N]]\n"
-	"       umbra run --config FILE [--stats] [--stats-json FILE] [--console escaped|raw]\n"
+	"       umbra run --config FILE [--stats] [--stats-json FILE] [--dump-tables FILE]\n"
+	"                 [--console escaped|raw]\n"
 	"                 [--fault-around PAGES] [--notifier-mode range|page]\n"
 	"                 [pager options as above]\n"
 	"       umbra --help | --version\n"
@@ -63,6 +64,10 @@ const char vmm_usage[] =
 	"                    \"notifier_mode\" in the config overrides it for that\n"
 	"                    segment (docs/notifiers.md)\n"
 	"  --stats           print each VM's statistics when it stops (stderr)\n"
+	"  --dump-tables FILE  write FILE, a Graphviz (DOT) picture of the shadow\n"
+	"                    tables each VM reached as it stopped: its roots, the\n"
+	"                    tables below, which are shared and which canonical\n"
+	"                    (render: dot -Tpng FILE -o FILE.png; docs/sharing.md)\n"
 	"  --stats-json FILE write the statistics of every VM as JSON to FILE (one\n"
 	"                    that cannot be written is a warning, not an exit status)\n"
 	"  --mem-limit SIZE  keep the guest memory of all VMs (RAM and segments) in\n"
@@ -300,6 +305,10 @@ static int parse_run_option(int argc, char *const argv[], int *i, struct vmm_opt
 		if (!(value = option_value(argc, argv, i, "--config")))
 			return vmm_error_set(err, EINVAL, "--config needs a file name");
 		opts->config = value;
+	} else if (option_is(arg, "--dump-tables")) {
+		if (!(value = option_value(argc, argv, i, "--dump-tables")))
+			return vmm_error_set(err, EINVAL, "--dump-tables needs a file name");
+		opts->dump_tables = value;
 	} else if (option_is(arg, "--stats-json")) {
 		if (!(value = option_value(argc, argv, i, "--stats-json")))
 			return vmm_error_set(err, EINVAL, "--stats-json needs a file name");

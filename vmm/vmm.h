@@ -135,6 +135,7 @@ struct vmm_options {
 	const char *cmdline;    /* run: string passed in the boot info ("" if none) */
 	bool stats;             /* run: print statistics at the end */
 	const char *stats_json; /* run: write statistics as JSON here (or NULL) */
+	const char *dump_tables; /* run: write the picture of the shadow tables here (or NULL) */
 	enum vmm_console_mode console; /* run: how guest console bytes are printed */
 	unsigned int evict_ms;    /* run: evict segment pages every evict_ms ms (0: never) */
 	unsigned int evict_pages; /* run: ... this many pages of each segment each time */
@@ -463,6 +464,9 @@ struct vmm_host {
 	/* The pager of guest memory, or NULL when it is off; set by main()
 	 * like console. */
 	struct vmm_memory *memory;
+	/* --dump-tables's graph, or NULL; set by main() like console. Each VM
+	 * adds its tables as it stops (vm_mmu_release). */
+	struct vmm_dump *dump;
 	/* The run's VMs in the order they were made: the plan's, then each
 	 * clone as its parent makes it (vmm_host_add_vm). vms_lock
 	 * (UMBRA_LOCK_RANK_VMM_VMS, a leaf) protects vms, nr_vms and
@@ -814,5 +818,20 @@ void boot_set_sregs(struct kvm_sregs *sregs, uint64_t cr3, bool nxe);
 /* Sets regs to the entry state: RIP = entry, RDI = info_gpa, RSP =
  * stack_top, RFLAGS 0x2, every other register 0. */
 void boot_set_regs(struct kvm_regs *regs, uint64_t entry, uint64_t info_gpa, uint64_t stack_top);
+
+/* ---- dump.c: --dump-tables ---- */
+
+struct vmm_dump;
+struct vm;
+/* An empty graph to be written to @path: 0 or -ENOMEM. */
+int vmm_dump_create(const char *path, struct vmm_dump **out);
+void vmm_dump_destroy(struct vmm_dump *d);
+/* Adds the tables @vm reaches (its roots and below) to @d; called by the
+ * VM's last thread as it stops, before its tables are freed, with no lock
+ * held. Takes @vm's mmu_lock, then d's lock. A failure to allocate is kept
+ * for vmm_dump_write to report. */
+void vmm_dump_add_vm(struct vmm_dump *d, struct vm *vm);
+/* Writes the graph in the DOT language (Graphviz): 0, or -errno with err. */
+int vmm_dump_write(struct vmm_dump *d, struct vmm_error *err);
 
 #endif

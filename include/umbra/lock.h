@@ -107,6 +107,8 @@ enum umbra_lock_rank {
 	UMBRA_LOCK_RANK_PAGER_OBJECT = 27,
 	UMBRA_LOCK_RANK_NOTIFIER_SEQ = 28,
 	UMBRA_LOCK_RANK_VMM_VMS = 29,
+	/* vmm: --dump-tables's graph (vmm/dump.c); taken alone. */
+	UMBRA_LOCK_RANK_VMM_DUMP = 30,
 	UMBRA_LOCK_RANK_MAX = 31,
 };
 

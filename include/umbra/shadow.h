@@ -703,6 +703,34 @@ struct shadow_table_usage {
  */
 int shadow_mmu_table_usage(struct shadow_mmu *mmu, struct shadow_table_usage *usage);
 
+/* One table, as shadow_mmu_for_each_link() reports it. */
+struct shadow_table_ref {
+	uint32_t page;		/* its page in the pool */
+	uint32_t alloc_gen;	/* times the pool had allocated that page: (page,
+				 * alloc_gen) names one table for the pool's life */
+	int level;		/* 4: a PML4 (a root) .. 1: a PT */
+	bool canonical;		/* a shared segment's canonical table */
+	bool direct;		/* shadows part of a guest large page */
+	uint32_t users;		/* entries (and root slots) of every VM that point at it */
+};
+
+/*
+ * Called for each link of a VM's tables: @parent NULL for a root (cached
+ * for guest CR3 @cr3 in root slot @index), else entry @index of @parent
+ * points at @child; @cr3 is the root the walk came from.  Runs under the
+ * VM's mmu_lock: it must not call into the shadow MMU.
+ */
+typedef void (*shadow_link_fn)(void *arg, uint64_t cr3, const struct shadow_table_ref *parent, unsigned int index,
+			       const struct shadow_table_ref *child);
+/*
+ * Reports every table @mmu reaches, from each cached root down: each link
+ * from a root, and the links below a table the first time the walk reaches
+ * it (a table several roots of the VM link is reported once per link, its
+ * children once).  Another VM's table's users may change meanwhile.  Takes
+ * mmu_lock; may block.  Returns 0 or -ENOMEM (nothing reported).
+ */
+int shadow_mmu_for_each_link(struct shadow_mmu *mmu, shadow_link_fn fn, void *arg);
+
 /* The pool and paging mode given at creation. */
 struct shadow_pool *shadow_mmu_pool(const struct shadow_mmu *mmu);
 const struct shadow_paging_mode *shadow_mmu_mode(const struct shadow_mmu *mmu);
