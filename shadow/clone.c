@@ -77,8 +77,8 @@ static int cow_copy_locked(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_m
 	return 0;
 }
 
-/* Under mmu_lock: if @gfn's entry is still @e and neither page's
- * invalidation sequence (@seq_s, @seq_o) moved, the path made private,
+/* Under mmu_lock: if @os is still the own slot, @gfn's entry still @e and
+ * neither page's invalidation sequence (@seq_s, @seq_o) moved, the path made private,
  * then, if the page still needs a break, the copy.  0 (done, or no copy
  * needed), 1 (raced: again) or -ENOMEM. */
 static int cow_break_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e,
@@ -92,7 +92,11 @@ static int cow_break_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e,
 	bool private;
 	int ret;
 
-	if (p2m_entry_lookup_locked(mmu, gfn, NULL) != e || notifier_read_retry(s->s.obj, p, p, seq_s) ||
+	/* @os was read with no lock held: a clone of this VM since then made
+	 * it a layer that the clone maps, and gave us a new own slot.  Copying
+	 * into the old one would write a page the clone reads. */
+	if (slot_of_id(mmu, __atomic_load_n(&mmu->own_slot, __ATOMIC_RELAXED)) != os ||
+	    p2m_entry_lookup_locked(mmu, gfn, NULL) != e || notifier_read_retry(s->s.obj, p, p, seq_s) ||
 	    notifier_read_retry(os->s.obj, gfn, gfn, seq_o))
 		return 1;
 	ret = p2m_path_privatize_locked(mmu, gfn, pb);
