@@ -298,6 +298,77 @@ START_TEST(test_an_index_hint_to_another_vms_table_is_not_linked)
 }
 END_TEST
 
+/* An own slot whose get_page clones its VM once, when armed: a clone that
+ * lands between the copy-on-write's unlocked read of the own slot and its
+ * mmu_lock. */
+struct clone_hook {
+	bool armed;
+	struct fam *f;
+	struct shadow_mmu *parent, *child;
+	struct hobj own; /* the parent's next own slot */
+};
+
+static int clone_hook_get_page(void *priv, uint64_t page, bool write)
+{
+	struct clone_hook *h = priv;
+
+	(void)page;
+	if (h->armed && write) {
+		struct shadow_slot ps = hobj_slot(&h->own, SH_OWN_MPA(SH_OWN_MAX - 1));
+		struct shadow_slot cs = sh_own_new(&h->f->owns, 1024);
+
+		h->armed = false;
+		ck_assert_int_eq(shadow_mmu_clone(h->parent, &ps, &cs, &h->child), 0);
+	}
+	return 0;
+}
+
+static const struct shadow_slot_ops clone_hook_ops = { .get_page = clone_hook_get_page };
+
+/* A clone made while a copy-on-write break of the parent is between its
+ * look at the own slot and its lock: that slot is now a layer the clone
+ * maps, so the copy must go to the parent's new own slot, not into it. */
+START_TEST(test_cow_break_racing_a_clone_copies_into_the_new_own_slot)
+{
+	struct clone_hook h = { 0 };
+	struct fam f;
+	struct hobj hooked;
+	uint64_t mpa, gpa = DATA_GPA + 3 * GM_PAGE;
+	void *host, *child_host;
+
+	fam_init(&f, 8);
+	h.f = &f;
+	h.parent = f.gm.mmu;
+	hobj_init(&h.own, "own-next", 1024, false);
+	hobj_init(&hooked, "own-hooked", 1024, false);
+	struct shadow_slot ps = hobj_slot(&hooked, SH_OWN_MPA(SH_OWN_MAX - 2));
+	struct shadow_slot cs = sh_own_new(&f.owns, 1024);
+
+	ps.ops = &clone_hook_ops;
+	ps.priv = &h;
+	ck_assert_int_eq(shadow_mmu_clone(f.gm.mmu, &ps, &cs, &f.child), 0); /* our own slot: hooked */
+	h.armed = true;
+	ck_assert_int_eq(shadow_mmu_cow_break(f.gm.mmu, gpa), 0);
+	ck_assert_msg(!h.armed && h.child, "the hook did not clone");
+	ck_assert_int_eq(shadow_mmu_p2m_lookup(f.gm.mmu, gpa, &mpa, &host), 0);
+	ck_assert_msg((uint8_t *)host == h.own.host + (gpa / GM_PAGE) * GM_PAGE,
+		      "the parent's copy: expected in its new own slot at %p, got %p (the hooked slot is at %p)",
+		      (void *)(h.own.host + (gpa / GM_PAGE) * GM_PAGE), host, (void *)hooked.host);
+	/* The parent's write stays its own. */
+	__atomic_store_n((uint64_t *)host, 0xbad, __ATOMIC_RELEASE);
+	ck_assert_int_eq(shadow_mmu_p2m_lookup(h.child, gpa, &mpa, &child_host), 0);
+	ck_assert_msg(__atomic_load_n((uint64_t *)child_host, __ATOMIC_ACQUIRE) == 0x1003,
+		      "the clone reads its page: expected 0x1003, got %#llx",
+		      (unsigned long long)__atomic_load_n((uint64_t *)child_host, __ATOMIC_ACQUIRE));
+	assert_mmu_check(f.gm.mmu);
+	assert_mmu_check(h.child);
+	shadow_mmu_destroy(h.child);
+	fam_fini(&f);
+	hobj_fini(&h.own);
+	hobj_fini(&hooked);
+}
+END_TEST
+
 START_TEST(test_first_write_copies_page_for_the_writer_only)
 {
 	struct shadow_mmu_stats st;
@@ -1931,6 +2002,7 @@ Suite *shadow_share_suite(void)
 	tcase_add_loop_test(clone, test_first_write_copies_page_for_the_writer_only, 0, 2);
 	tcase_add_test(clone, test_tables_shared_within_a_vm_are_privatized_after_a_clone);
 	tcase_add_test(clone, test_an_index_hint_to_another_vms_table_is_not_linked);
+	tcase_add_test(clone, test_cow_break_racing_a_clone_copies_into_the_new_own_slot);
 	tcase_add_loop_test(clone, test_eviction_reaches_every_vcpu_of_every_sharer_before_return, 0, 2);
 	tcase_add_test(clone, test_racing_unsharers_both_copy_and_tables_are_freed_once);
 	tcase_add_test(clone, test_parent_destroy_leaves_clone_its_shared_tables);
