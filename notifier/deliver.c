@@ -11,6 +11,7 @@
 #include "hold.h"
 #include "notifier_internal.h"
 #include "seq.h"
+#include "umbra/trace.h"
 
 void notifier_range_init(struct notifier_range *range, struct notifier_object *obj,
 			 enum notifier_event event, uint64_t first, uint64_t last,
@@ -161,6 +162,27 @@ static int nt_start_page_mode(struct notifier_object *obj, struct notifier_range
 	return ret;
 }
 
+/* The invalidation's bracket in a --trace (umbra/trace.h), ended with
+ * @result ("ok", "aborted"). */
+static uint64_t nt_trace_begin(const struct notifier_range *range, enum notifier_mode mode)
+{
+	if (!umbra_trace_on(UMBRA_TRACE_INVALIDATE))
+		return 0;
+	return umbra_trace_invalidation_begin(&(struct umbra_trace_args){
+		.key = { "first", "last", "pages", "blockable" },
+		.val = { range->first, range->last, notifier_range_npages(range),
+			 notifier_range_may_block(range) },
+		.skey = { "event", "mode" },
+		.sval = { notifier_event_name(range->event), notifier_mode_name(mode) } });
+}
+
+static void nt_trace_end(uint64_t id, const char *result)
+{
+	if (id)
+		umbra_trace_invalidation_end(id, &(struct umbra_trace_args){
+			.skey = { "result" }, .sval = { result } });
+}
+
 int notifier_invalidate_range_start(struct notifier_range *range)
 {
 	struct notifier_object *obj = range->obj;
@@ -173,6 +195,7 @@ int notifier_invalidate_range_start(struct notifier_range *range)
 	nt_callbacks_begin(NT_RULE_DELIVER);
 	mode = notifier_object_mode(obj);
 	range->internal.mode = mode;
+	range->internal.trace_id = nt_trace_begin(range, mode);
 
 	umbra_rcu_read_lock();
 	range->internal.gen = nt_seq_range_begin(obj, range);
@@ -188,6 +211,7 @@ int notifier_invalidate_range_start(struct notifier_range *range)
 	if (ret) {
 		nt_seq_range_finish(obj, range);
 		nt_count(obj, NT_CTR(aborts), 1);
+		nt_trace_end(range->internal.trace_id, "aborted");
 		return ret;
 	}
 	range->internal.state = NT_RANGE_STARTED;
@@ -227,6 +251,7 @@ void notifier_invalidate_range_end(struct notifier_range *range)
 	nt_seq_range_finish(obj, range);
 	range->internal.state = NT_RANGE_IDLE;
 	nt_count(obj, NT_CTR(ends), 1);
+	nt_trace_end(range->internal.trace_id, "ok");
 }
 
 /*

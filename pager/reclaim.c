@@ -34,6 +34,7 @@
 
 #include "clock.h"
 #include "pager_internal.h"
+#include "umbra/trace.h"
 
 #define RECLAIM_TICK_MS 50
 #define BACKOFF_MIN_MS 100u
@@ -347,6 +348,7 @@ static void *reclaimer_main(void *arg)
 	struct pager_reclaim *r = arg;
 	unsigned int idle_ms = RECLAIM_TICK_MS;
 
+	umbra_trace_thread_name("pager reclaimer");
 	if (notifier_thread_init())
 		return NULL;
 	while (wait_for_work(r)) {

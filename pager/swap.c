@@ -25,6 +25,7 @@
 
 #include "umbra/lock.h"
 #include "umbra/pager.h"
+#include "umbra/trace.h"
 
 /* ios[i].result while the page is still to be done (never returned). */
 #define IO_PENDING 1
@@ -515,14 +516,34 @@ static int do_batch(struct pager_swap *swap, struct pager_io *ios, unsigned int 
 	return 0;
 }
 
+/* A swap batch's span in a --trace: pages, the first page's swap slot, the
+ * first error. */
+static void trace_batch(const char *name, uint64_t t0, const struct pager_io *ios, unsigned int n,
+			int ret)
+{
+	umbra_trace_span(UMBRA_TRACE_SWAP, name, t0, &(struct umbra_trace_args){
+		.key = { "pages", "slot", "errno" },
+		.val = { n, n ? ios[0].slot : 0, ret < 0 ? (uint64_t)-ret : 0 } });
+}
+
 int pager_swap_write(struct pager_swap *swap, struct pager_io *ios, unsigned int n)
 {
-	return do_batch(swap, ios, n, write_chunk);
+	const uint64_t t0 = umbra_trace_begin_ns(UMBRA_TRACE_SWAP);
+	const int ret = do_batch(swap, ios, n, write_chunk);
+
+	if (t0)
+		trace_batch("swap out", t0, ios, n, ret);
+	return ret;
 }
 
 int pager_swap_read(struct pager_swap *swap, struct pager_io *ios, unsigned int n)
 {
-	return do_batch(swap, ios, n, read_chunk);
+	const uint64_t t0 = umbra_trace_begin_ns(UMBRA_TRACE_SWAP);
+	const int ret = do_batch(swap, ios, n, read_chunk);
+
+	if (t0)
+		trace_batch("swap in", t0, ios, n, ret);
+	return ret;
 }
 
 /* ---- create / destroy ------------------------------------------------ */

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "pager_internal.h"
+#include "umbra/trace.h"
 
 #ifndef USERFAULTFD_IOC_NEW
 #define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
@@ -177,6 +178,7 @@ static void *uffd_handler(void *arg)
 		{ .fd = pager->stop_fd, .events = POLLIN },
 	};
 
+	umbra_trace_thread_name("pager userfaultfd");
 	for (;;) {
 		ssize_t n;
 

@@ -112,7 +112,8 @@ static int cow_break_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e,
 	return ret;
 }
 
-int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa)
+/* shadow_mmu_cow_break without its trace span. */
+static int cow_break(struct shadow_mmu *mmu, uint64_t gpa)
 {
 	uint64_t gfn = gpa >> SHADOW_PAGE_SHIFT;
 	int ret;
@@ -150,6 +151,19 @@ int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa)
 			return ret;
 		mmu_stat_inc(mmu, retries);
 	}
+}
+
+int shadow_mmu_cow_break(struct shadow_mmu *mmu, uint64_t gpa)
+{
+	const uint64_t t0 = umbra_trace_begin_ns(UMBRA_TRACE_CLONE);
+	const int ret = cow_break(mmu, gpa);
+
+	if (t0)
+		umbra_trace_span(UMBRA_TRACE_CLONE, "cow break", t0, &(struct umbra_trace_args){
+			.key = { "vm", "gpa", "errno" },
+			.val = { mmu_trace_id(mmu), gpa, ret < 0 ? (uint64_t)-ret : 0 },
+			.hex = 2 });
+	return ret;
 }
 
 /* Gives @child the slots of @parent (its non-shared writable ones as
@@ -280,6 +294,7 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *parent
 		.mode = parent->mode,
 	};
 	int n = __atomic_load_n(&parent->nr_slots, __ATOMIC_ACQUIRE), own_id, ret;
+	const uint64_t t0 = umbra_trace_begin_ns(UMBRA_TRACE_CLONE);
 	struct shadow_mmu *child;
 	struct zap_batch b;
 
@@ -310,6 +325,9 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *parent
 	if (ret)
 		goto destroy_child;
 	mmu_stat_inc(child, clones);
+	if (t0)
+		umbra_trace_span(UMBRA_TRACE_CLONE, "shadow clone", t0, &(struct umbra_trace_args){
+			.key = { "vm", "slots" }, .val = { mmu_trace_id(parent), (uint64_t)n } });
 	*out = child;
 	return 0;
 

@@ -701,8 +701,9 @@ unlock:
 	return ret;
 }
 
-int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access,
-		     uint32_t *error_code)
+/* shadow_mmu_fault without its trace span. */
+static int fault_resolve(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access,
+			 uint32_t *error_code)
 {
 	struct fault f = { .cr3 = cr3, .va = va, .access = access };
 	unsigned int walks_again = 0;
@@ -757,6 +758,32 @@ int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned
 		mmu_stat_inc(mmu, fixed);
 		return SHADOW_FAULT_FIXED;
 	}
+}
+
+/* The fault's span in a --trace: address, access, outcome. */
+static void trace_fault(uint64_t t0, uint64_t va, unsigned int access, int ret)
+{
+	const char *outcome = ret == SHADOW_FAULT_FIXED	 ? "fixed"
+			      : ret == SHADOW_FAULT_GUEST ? "guest"
+							  : "error";
+
+	umbra_trace_span(UMBRA_TRACE_FAULT, "fault", t0, &(struct umbra_trace_args){
+		.key = { "va", "access", "errno" },
+		.val = { va, access, ret < 0 ? (uint64_t)-ret : 0 },
+		.hex = 1,
+		.skey = { "outcome" },
+		.sval = { outcome } });
+}
+
+int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access,
+		     uint32_t *error_code)
+{
+	const uint64_t t0 = umbra_trace_begin_ns(UMBRA_TRACE_FAULT);
+	const int ret = fault_resolve(mmu, cr3, va, access, error_code);
+
+	if (t0)
+		trace_fault(t0, va, access, ret);
+	return ret;
 }
 
 int shadow_mmu_translate(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, uint64_t *gpa)

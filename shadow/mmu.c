@@ -197,6 +197,11 @@ const struct shadow_paging_mode *shadow_mmu_mode(const struct shadow_mmu *mmu)
 
 /* ---- paging mode ------------------------------------------------------------ */
 
+void shadow_mmu_set_trace_id(struct shadow_mmu *mmu, uint32_t id)
+{
+	__atomic_store_n(&mmu->trace_id, id, __ATOMIC_RELAXED);
+}
+
 int shadow_mmu_set_mode(struct shadow_mmu *mmu, const struct shadow_paging_mode *mode)
 {
 	struct shadow_paging_mode *cur = &mmu->mode;

@@ -26,28 +26,47 @@ static int lock_for_range(struct shadow_mmu *mmu, bool may_block)
 	return umbra_mutex_trylock(&mmu->mmu_lock) ? 0 : -EAGAIN;
 }
 
+/* The callback's span in a --trace: the VM, the invalidation it serves,
+ * the pages, the leaves it cleared, and whether it could take mmu_lock. */
+static void trace_callback(struct shadow_mmu *mmu, const char *op, uint64_t t0, uint64_t first,
+			   uint64_t last, uint64_t zapped, int ret)
+{
+	umbra_trace_span(UMBRA_TRACE_CALLBACK, "callback", t0, &(struct umbra_trace_args){
+		.key = { "vm", "inv", "first", "zapped" },
+		.val = { mmu_trace_id(mmu), umbra_trace_current_invalidation(), first, zapped },
+		.skey = { "op", "result" },
+		.sval = { op, ret ? "eagain" : "ok" } });
+}
+
 static int zap_pages(struct shadow_mmu_slot *slot, const struct notifier_range *range,
-		     uint64_t first, uint64_t last)
+		     uint64_t first, uint64_t last, const char *op)
 {
 	struct shadow_mmu *mmu = slot->mmu;
+	const uint64_t t0 = umbra_trace_begin_ns(UMBRA_TRACE_CALLBACK);
 	struct zap_batch b;
 	int ret;
 
 	ret = lock_for_range(mmu, notifier_range_may_block(range));
-	if (ret)
+	if (ret) {
+		if (t0)
+			trace_callback(mmu, op, t0, first, last, 0, ret);
 		return ret;
+	}
 	zap_batch_init(&b);
 	zap_slot_range_locked(mmu, slot, first, last, &b);
 	zap_batch_finish_locked(mmu, &b); /* every vCPU flushed before we return */
 	mmu_stat_inc(mmu, invalidations);
 	umbra_mutex_unlock(&mmu->mmu_lock);
+	if (t0)
+		trace_callback(mmu, op, t0, first, last, b.zapped, 0);
 	return 0;
 }
 
 static int shadow_invalidate_range_start(struct notifier_subscription *sub,
 					 const struct notifier_range *range)
 {
-	return zap_pages(notifier_subscription_priv(sub), range, range->first, range->last);
+	return zap_pages(notifier_subscription_priv(sub), range, range->first, range->last,
+			 "range_start");
 }
 
 static void shadow_invalidate_range_end(struct notifier_subscription *sub,
@@ -60,7 +79,7 @@ static void shadow_invalidate_range_end(struct notifier_subscription *sub,
 static int shadow_invalidate_page(struct notifier_subscription *sub,
 				  const struct notifier_range *range, uint64_t page)
 {
-	return zap_pages(notifier_subscription_priv(sub), range, page, page);
+	return zap_pages(notifier_subscription_priv(sub), range, page, page, "page");
 }
 
 /*

@@ -14,14 +14,22 @@
 
 void mmu_flush_remote(struct shadow_mmu *mmu)
 {
+	const uint64_t t0 = umbra_trace_begin_ns(UMBRA_TRACE_FLUSH);
+	uint64_t n = 0;
+
 	__atomic_fetch_add(&mmu->zap_gen, 1, __ATOMIC_RELEASE); /* stale marks */
 	umbra_mutex_lock(&mmu->tlbs_lock);
 	for (struct shadow_tlb *tlb = mmu->tlbs; tlb; tlb = tlb->next) {
 		tlb->ops->flush_all(tlb);
 		mmu_stat_inc(mmu, flushes_all);
+		n++;
 	}
 	umbra_mutex_unlock(&mmu->tlbs_lock);
 	mmu_stat_inc(mmu, remote_flushes);
+	if (t0)
+		umbra_trace_span(UMBRA_TRACE_FLUSH, "remote flush", t0, &(struct umbra_trace_args){
+			.key = { "vm", "inv", "vcpus" },
+			.val = { mmu_trace_id(mmu), umbra_trace_current_invalidation(), n } });
 }
 
 /* Flushes every vCPU of every MMU of @pool but @except (NULL: none). */

@@ -316,6 +316,11 @@ int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i, u
 	spte_set_locked(mmu, parent, i, spte_make_table(pool_page_gpa(copy)));
 	mmu_stat_inc(mmu, tables_created);
 	mmu_stat_inc(mmu, privatizations);
+	if (umbra_trace_on(UMBRA_TRACE_CLONE))
+		umbra_trace_instant(UMBRA_TRACE_CLONE, "privatize", &(struct umbra_trace_args){
+			.key = { "vm", "level", "gva" },
+			.val = { mmu_trace_id(mmu), (uint64_t)osp->level, gva },
+			.hex = 4 });
 	table_hash_add_locked(mmu, copy);
 	b->zapped++;
 	batch_add_put(mmu, b, old, parent, i);

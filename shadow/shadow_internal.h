@@ -25,6 +25,7 @@
 
 #include "umbra/lock.h"
 #include "umbra/shadow.h"
+#include "umbra/trace.h"
 #include "p2m.h"
 #include "spte.h"
 
@@ -634,6 +635,7 @@ struct shadow_mmu {
 	 */
 	struct umbra_mutex mmu_lock;
 	uint64_t sync_seq;		/* atomic; bumped under mmu_lock by every sync / P2M change */
+	uint32_t trace_id;		/* atomic: the "vm" of its trace events (umbra/trace.h) */
 	uint64_t zap_gen;		/* atomic; bumped (from 1) whenever a translation of this
 					 * VM may have gone: its own zaps, another VM's remote
 					 * flush of it (shadow_mmu_root_is_marked) */
@@ -702,5 +704,11 @@ struct shadow_mmu_slot *mmu_mpa_to_slot(struct shadow_mmu *mmu, uint64_t mpa, ui
 
 /* notify.c */
 extern const struct notifier_ops shadow_notifier_ops;
+
+/* The "vm" of @mmu's trace events (umbra/trace.h). */
+static inline uint32_t mmu_trace_id(const struct shadow_mmu *mmu)
+{
+	return __atomic_load_n(&mmu->trace_id, __ATOMIC_RELAXED);
+}
 
 #endif

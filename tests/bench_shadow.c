@@ -36,6 +36,7 @@
 
 #include "umbra/notifier.h"
 #define BENCH_NAME "bench-shadow"
+#include "bench_trace.h"
 #include "bench_util.h"
 #include "umbra/shadow.h"
 #include "spte.h"
@@ -289,6 +290,7 @@ int main(int argc, char **argv)
 	for (int k = 0; k < NR; k++)
 		v[k] = calloc((size_t)rounds, sizeof(double));
 	notifier_thread_init();
+	bench_trace_start();
 	setup(&s, npages);
 	fault_all(&s); /* warm-up: tables exist */
 	for (int r = 0; r < rounds; r++) {
@@ -313,6 +315,7 @@ int main(int argc, char **argv)
 	teardown(&s);
 	notifier_barrier();
 	notifier_thread_exit();
+	bench_trace_finish();
 
 	double m[NR], lo[NR], hi[NR];
 	for (int k = 0; k < NR; k++) {

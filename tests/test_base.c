@@ -1,5 +1,6 @@
 /*
- * base/: the lock-rank checker and its rules (include/umbra/lock.h).
+ * base/: the lock-rank checker and its rules (include/umbra/lock.h), and
+ * the event recorder behind --trace (include/umbra/trace.h).
  *
  * Each seeded violation runs in a child process whose stderr is a pipe; the
  * test expects the child to die of SIGABRT and its message to name the rule
@@ -19,6 +20,9 @@
 #include "tests.h"
 #include "umbra/lock.h"
 #include "umbra/notifier.h"
+#include "umbra/trace.h"
+
+#include <json-c/json.h>
 
 #if UMBRA_LOCK_DEBUG
 
@@ -200,6 +204,174 @@ START_TEST(test_pseudo_lock_is_held_only_between_acquire_and_release)
 }
 END_TEST
 
+/* ---- the trace recorder ---- */
+
+/* Writes the trace to a temporary file and parses it back. */
+static struct json_object *trace_parse(void)
+{
+	FILE *f = tmpfile();
+	struct json_object *root;
+	char *text;
+	long n;
+
+	ck_assert_ptr_nonnull(f);
+	ck_assert_int_eq(umbra_trace_write(f), 0);
+	n = ftell(f);
+	rewind(f);
+	text = malloc((size_t)n + 1);
+	ck_assert_ptr_nonnull(text);
+	ck_assert_uint_eq(fread(text, 1, (size_t)n, f), (size_t)n);
+	text[n] = '\0';
+	fclose(f);
+	root = json_tokener_parse(text);
+	ck_assert_msg(root, "the trace is not JSON:\n%.600s", text);
+	free(text);
+	return root;
+}
+
+/* Events of the trace whose "ph" is @ph (and, unless NULL, name @name). */
+static unsigned int trace_count(struct json_object *root, const char *ph, const char *name)
+{
+	struct json_object *events, *v;
+	unsigned int n = 0;
+
+	ck_assert(json_object_object_get_ex(root, "traceEvents", &events));
+	for (size_t i = 0; i < json_object_array_length(events); i++) {
+		struct json_object *e = json_object_array_get_idx(events, i);
+
+		if (json_object_object_get_ex(e, "ph", &v) && !strcmp(json_object_get_string(v), ph) &&
+		    (!name || (json_object_object_get_ex(e, "name", &v) && !strcmp(json_object_get_string(v), name))))
+			n++;
+	}
+	return n;
+}
+
+static const struct {
+	const char *list;
+	int ret;
+	unsigned int mask;
+} trace_kind_lists[] = {
+	{ "fault", 0, 1u << UMBRA_TRACE_FAULT },
+	{ "invalidate,callback,shootdown", 0,
+	  1u << UMBRA_TRACE_INVALIDATE | 1u << UMBRA_TRACE_CALLBACK | 1u << UMBRA_TRACE_SHOOTDOWN },
+	{ "all", 0, UMBRA_TRACE_ALL },
+	{ "swap,clone,flush", 0, 1u << UMBRA_TRACE_SWAP | 1u << UMBRA_TRACE_CLONE | 1u << UMBRA_TRACE_FLUSH },
+	{ "faults", -EINVAL, 0 },
+	{ "fault,", 0, 1u << UMBRA_TRACE_FAULT },
+	{ "", -EINVAL, 0 },
+	{ "fault,nope", -EINVAL, 0 },
+};
+
+START_TEST(test_trace_kinds_are_parsed_by_name)
+{
+	unsigned int mask = 0;
+	int ret = umbra_trace_parse_kinds(trace_kind_lists[_i].list, &mask, NULL);
+
+	ck_assert_msg(ret == trace_kind_lists[_i].ret, "'%s': expected %d, got %d", trace_kind_lists[_i].list,
+		      trace_kind_lists[_i].ret, ret);
+	if (!ret)
+		ck_assert_msg(mask == trace_kind_lists[_i].mask, "'%s': expected mask %#x, got %#x",
+			      trace_kind_lists[_i].list, trace_kind_lists[_i].mask, mask);
+}
+END_TEST
+
+START_TEST(test_trace_off_records_nothing)
+{
+	struct umbra_trace_totals t;
+
+	ck_assert(!umbra_trace_on(UMBRA_TRACE_FAULT));
+	ck_assert_uint_eq(umbra_trace_begin_ns(UMBRA_TRACE_FAULT), 0);
+	ck_assert_uint_eq(umbra_trace_invalidation_begin(NULL), 0);
+	umbra_trace_instant(UMBRA_TRACE_FAULT, "x", NULL);
+	umbra_trace_totals(&t);
+	ck_assert_msg(t.events == 0 && t.threads == 0, "expected nothing recorded, got %llu events of %llu threads",
+		      (unsigned long long)t.events, (unsigned long long)t.threads);
+	/* Only the kinds asked for. */
+	ck_assert_int_eq(umbra_trace_init(1u << UMBRA_TRACE_SWAP, 0), 0);
+	ck_assert(umbra_trace_on(UMBRA_TRACE_SWAP) && !umbra_trace_on(UMBRA_TRACE_FAULT));
+	umbra_trace_instant(UMBRA_TRACE_FAULT, "fault", NULL);
+	umbra_trace_instant(UMBRA_TRACE_SWAP, "swap", NULL);
+	umbra_trace_totals(&t);
+	ck_assert_uint_eq(t.events, 1);
+	umbra_trace_exit();
+}
+END_TEST
+
+/* A thread's buffer at its cap drops what comes next and counts it; a
+ * begun invalidation always has room for its end. */
+START_TEST(test_trace_buffer_at_its_cap_drops_and_counts_but_every_begin_ends)
+{
+	const uint64_t cap = 1024;
+	struct umbra_trace_totals t;
+	unsigned int begun = 0;
+	uint64_t ids[3000];
+	struct json_object *root;
+
+	ck_assert_int_eq(umbra_trace_init(UMBRA_TRACE_ALL, cap), 0);
+	/* A begin, an instant and the end, until the buffer is full. */
+	for (unsigned int i = 0; i < 3000; i++) {
+		ids[i] = umbra_trace_invalidation_begin(NULL);
+		if (ids[i])
+			begun++;
+		umbra_trace_instant(UMBRA_TRACE_FAULT, "filler", NULL);
+		umbra_trace_invalidation_end(ids[i], NULL);
+	}
+	umbra_trace_totals(&t);
+	ck_assert_msg(t.events <= cap, "expected at most %llu events, got %llu", (unsigned long long)cap,
+		      (unsigned long long)t.events);
+	ck_assert_msg(t.events + t.dropped == 3 * begun + 2 * (3000 - begun), /* a failed begin is a drop */
+		      "expected every event recorded or counted dropped: %llu + %llu, %u begins",
+		      (unsigned long long)t.events, (unsigned long long)t.dropped, begun);
+	ck_assert_msg(t.dropped > 0 && begun > 0, "expected drops and begins, got %llu and %u",
+		      (unsigned long long)t.dropped, begun);
+	root = trace_parse();
+	ck_assert_uint_eq(trace_count(root, "B", "invalidate"), begun);
+	ck_assert_uint_eq(trace_count(root, "E", "invalidate"), begun);
+	json_object_put(root);
+	umbra_trace_exit();
+}
+END_TEST
+
+static void *trace_worker(void *arg)
+{
+	umbra_trace_thread_set(7, (uint32_t)(uintptr_t)arg, "vCPU \"quoted\"\\");
+	for (int i = 0; i < 100; i++) {
+		uint64_t t0 = umbra_trace_begin_ns(UMBRA_TRACE_FAULT);
+		umbra_trace_span(UMBRA_TRACE_FAULT, "fault", t0, &(struct umbra_trace_args){
+			.key = { "va" }, .val = { 0x1000u * (unsigned int)i }, .hex = 1 });
+	}
+	return NULL;
+}
+
+/* Threads record at once; the file names their tracks (escaped), holds
+ * every span, and the totals say so. */
+START_TEST(test_trace_of_several_threads_is_one_json_file)
+{
+	pthread_t th[4];
+	struct umbra_trace_totals t;
+	struct json_object *root, *other, *v;
+
+	ck_assert_int_eq(umbra_trace_init(UMBRA_TRACE_ALL, 0), 0);
+	ck_assert_int_eq(umbra_trace_process_name(7, "vm \"seven\""), 0);
+	for (uintptr_t i = 0; i < 4; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, trace_worker, (void *)(i + 1)), 0);
+	for (int i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	umbra_trace_totals(&t);
+	ck_assert_uint_eq(t.events, 400);
+	ck_assert_uint_eq(t.threads, 4);
+	root = trace_parse();
+	ck_assert_uint_eq(trace_count(root, "X", "fault"), 400);
+	ck_assert_uint_eq(trace_count(root, "M", "thread_name"), 4);
+	ck_assert_uint_eq(trace_count(root, "M", "process_name"), 2); /* the VM and umbra itself */
+	ck_assert(json_object_object_get_ex(root, "otherData", &other));
+	ck_assert(json_object_object_get_ex(other, "dropped_events", &v));
+	ck_assert_int_eq(json_object_get_int64(v), 0);
+	json_object_put(root);
+	umbra_trace_exit();
+}
+END_TEST
+
 Suite *base_suite(void)
 {
 	Suite *s = suite_create("base");
@@ -212,5 +384,13 @@ Suite *base_suite(void)
 	tcase_add_test(tc, test_mutex_knows_its_owner);
 	tcase_add_test(tc, test_pseudo_lock_is_held_only_between_acquire_and_release);
 	suite_add_tcase(s, tc);
+
+	TCase *tr = tcase_create("trace");
+	tcase_add_loop_test(tr, test_trace_kinds_are_parsed_by_name, 0,
+			    (int)(sizeof(trace_kind_lists) / sizeof(trace_kind_lists[0])));
+	tcase_add_test(tr, test_trace_off_records_nothing);
+	tcase_add_test(tr, test_trace_buffer_at_its_cap_drops_and_counts_but_every_begin_ends);
+	tcase_add_test(tr, test_trace_of_several_threads_is_one_json_file);
+	suite_add_tcase(s, tr);
 	return s;
 }

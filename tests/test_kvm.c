@@ -615,6 +615,7 @@ START_TEST(test_help_documents_every_option)
 	static const char *const options[] = { "--mem SIZE", "--vcpus N", "--cmdline STRING", "--stats",
 					       "--help", "--version", "--evict-ms MS", "--evict-pages N",
 					       "--group NAME", "--table-quota PAGES", "--notifier-mode M", "--reclaim-nonblocking", "--dump-tables FILE",
+					       "--trace FILE", "--trace-events LIST", "--trace-buffer EVENTS", "trace-report",
 					       "exit status" };
 
 	run_umbra((const char *[]){ "--help", NULL }, &result);
@@ -627,6 +628,35 @@ END_TEST
 /* ---- many VMs on shared segment tables, with evictions ---- */
 
 /*
+ * Writes a config of @count segread readers ("reader0".., @vcpus vCPUs,
+ * 8 MiB each, @rounds passes, in trust group "readers" if @group) of
+ * "data": a 4 MiB read-only segment from file @stem.bin, filled with the
+ * pattern of @seed (@seg_extra goes inside the segment's object).  Its
+ * path into @cfg.
+ */
+static void write_readers_config(const char *stem, uint64_t seed, unsigned int count, unsigned int vcpus,
+				 unsigned int rounds, const char *seg_extra, bool group, char *cfg, size_t len)
+{
+	static uint8_t data[4u << 20];
+	char json[2048], dir[512], file[64];
+
+	fill_pattern(data, sizeof(data), seed);
+	snprintf(file, sizeof(file), "%s.bin", stem);
+	uint64_t sum = write_segment_file(file, data, sizeof(data));
+	guest_image_dir(dir, sizeof(dir));
+	snprintf(json, sizeof(json),
+		 "{ \"segments\": [ { \"name\": \"data\", \"size\": \"4M\", \"gpa\": \"0x2000000000\",\n"
+		 "    \"writable\": false, \"file\": \"%s\"%s } ],\n"
+		 "  \"vms\": [ { \"name\": \"reader\", \"count\": %u, \"image\": \"%s/segread.elf\", \"mem\": \"8M\",\n"
+		 "              \"vcpus\": %u, \"cmdline\": \"seg=data rounds=%u expect=%#llx\",\n"
+		 "              \"segments\": [\"data\"]%s } ] }\n",
+		 file, seg_extra, count, dir, vcpus, rounds, (unsigned long long)sum,
+		 group ? ", \"group\": \"readers\"" : "");
+	snprintf(cfg, len, "%s/%s.json", tmpdir, stem);
+	write_text(cfg, json);
+}
+
+/*
  * --dump-tables: eight readers of a 4 MiB segment (two 2 MiB runs) in one
  * trust group. The picture names each VM and its root, and the two
  * canonical leaf tables of the segment drawn as one node ("2 PTs") that
@@ -634,22 +664,10 @@ END_TEST
  */
 START_TEST(test_dump_tables_pictures_eight_vms_on_one_canonical_pair)
 {
-	char cfg[256], json[2048], dir[512], dot[256], line[256];
-	static uint8_t data[4u << 20];
+	char cfg[256], dot[256], line[256];
 	static char text[1 << 20];
 
-	fill_pattern(data, sizeof(data), 0x6a09e667f3bcc909ull);
-	uint64_t sum = write_segment_file("dt.bin", data, sizeof(data));
-	guest_image_dir(dir, sizeof(dir));
-	snprintf(json, sizeof(json),
-		 "{ \"segments\": [ { \"name\": \"data\", \"size\": \"4M\", \"gpa\": \"0x2000000000\",\n"
-		 "    \"writable\": false, \"file\": \"dt.bin\" } ],\n"
-		 "  \"vms\": [ { \"name\": \"reader\", \"count\": 8, \"image\": \"%s/segread.elf\", \"mem\": \"8M\",\n"
-		 "              \"cmdline\": \"seg=data rounds=2 expect=%#llx\", \"segments\": [\"data\"],\n"
-		 "              \"group\": \"readers\" } ] }\n",
-		 dir, (unsigned long long)sum);
-	snprintf(cfg, sizeof(cfg), "%s/dt.json", tmpdir);
-	write_text(cfg, json);
+	write_readers_config("dt", 0x6a09e667f3bcc909ull, 8, 1, 2, "", true, cfg, sizeof(cfg));
 	snprintf(dot, sizeof(dot), "%s/tables.dot", tmpdir);
 	run_umbra_timeout((const char *[]){ "run", "--config", cfg, "--dump-tables", dot, NULL }, 120, &result);
 	assert_status(&result, 0);
@@ -719,23 +737,12 @@ static const struct {
 
 START_TEST(test_notifier_mode_chooses_how_evictions_reach_the_vms)
 {
-	char cfg[256], json[2048], dir[512], stats[256], seg_key[64] = "";
-	static uint8_t data[4u << 20];
+	char cfg[256], stats[256], seg_key[64] = "";
 	const char *want = notifier_mode_cases[_i].seg_mode;
 
-	fill_pattern(data, sizeof(data), 0xbb67ae8584caa73bull);
-	uint64_t sum = write_segment_file("nm.bin", data, sizeof(data));
-	guest_image_dir(dir, sizeof(dir));
 	if (notifier_mode_cases[_i].segment)
 		snprintf(seg_key, sizeof(seg_key), ", \"notifier_mode\": \"%s\"", notifier_mode_cases[_i].segment);
-	snprintf(json, sizeof(json),
-		 "{ \"segments\": [ { \"name\": \"data\", \"size\": \"4M\", \"gpa\": \"0x2000000000\",\n"
-		 "    \"writable\": false, \"file\": \"nm.bin\"%s } ],\n"
-		 "  \"vms\": [ { \"name\": \"reader\", \"count\": 2, \"image\": \"%s/segread.elf\", \"mem\": \"8M\",\n"
-		 "              \"cmdline\": \"seg=data rounds=8 expect=%#llx\", \"segments\": [\"data\"] } ] }\n",
-		 seg_key, dir, (unsigned long long)sum);
-	snprintf(cfg, sizeof(cfg), "%s/nm.json", tmpdir);
-	write_text(cfg, json);
+	write_readers_config("nm", 0xbb67ae8584caa73bull, 2, 1, 8, seg_key, false, cfg, sizeof(cfg));
 	snprintf(stats, sizeof(stats), "%s/nm-stats.json", tmpdir);
 	run_umbra_timeout((const char *[]){ "run", "--config", cfg, "--stats", "--stats-json", stats, "--evict-ms", "5",
 					    "--evict-pages", "128", "--notifier-mode", notifier_mode_cases[_i].option,
@@ -814,6 +821,243 @@ START_TEST(test_notifier_mode_chooses_how_evictions_reach_the_vms)
 	const char *p = strstr(result.err, "umbra: segment 'data':"), *end = p ? strchr(p, '\n') : NULL;
 	if (p && end)
 		printf("notifier_mode %s: %.*s\n", want, (int)(end - p), p);
+}
+END_TEST
+
+
+/* ---- --trace: an eviction followed to every VM and vCPU ---- */
+
+/* The trace's process id of each VM name "readerK" (from the process_name
+ * metadata events) into pid_of[K]; the count found. */
+static unsigned int trace_reader_pids(struct json_object *events, uint64_t *pid_of, unsigned int max)
+{
+	unsigned int found = 0;
+
+	for (size_t i = 0; i < json_object_array_length(events); i++) {
+		struct json_object *e = json_object_array_get_idx(events, i), *v, *args;
+		unsigned int k;
+
+		if (!json_object_object_get_ex(e, "name", &v) ||
+		    strcmp(json_object_get_string(v), "process_name") != 0 ||
+		    !json_object_object_get_ex(e, "args", &args) || !json_object_object_get_ex(args, "name", &v) ||
+		    sscanf(json_object_get_string(v), "reader%u", &k) != 1 || k >= max)
+			continue;
+		pid_of[k] = json_u64(e, "pid");
+		found++;
+	}
+	return found;
+}
+
+/* Key @key of @o as a number, 0 if absent. */
+static uint64_t u64_or_0(struct json_object *o, const char *key)
+{
+	struct json_object *v;
+
+	return o && json_object_object_get_ex(o, key, &v) ? (uint64_t)json_object_get_int64(v) : 0;
+}
+
+static bool event_is(struct json_object *e, const char *ph, const char *name)
+{
+	struct json_object *v;
+
+	return json_object_object_get_ex(e, "ph", &v) && strcmp(json_object_get_string(v), ph) == 0 &&
+	       json_object_object_get_ex(e, "name", &v) && strcmp(json_object_get_string(v), name) == 0;
+}
+
+#define TRACE_READERS 3
+#define TRACE_INVS_MAX 65536
+
+/*
+ * --trace on three readers (two vCPUs each) of a segment that the evictor
+ * swaps out every 5 ms, in each delivery mode. Checked with json-c: every
+ * invalidation that begins ends; the VMs whose callbacks serve each
+ * invalidation are exactly the three that map the segment; every NMI
+ * injected is acknowledged (but a vCPU's last, which may be in flight when
+ * its VM stops); nothing was dropped. Then `umbra trace-report` prints
+ * totals equal to what --stats-json counts.
+ */
+static const char *const trace_modes[] = { "range", "page" };
+
+START_TEST(test_trace_follows_each_eviction_to_every_vm_and_vcpu)
+{
+	char cfg[256], stats[256], trace[256];
+	static uint64_t inv_vms[TRACE_INVS_MAX];	/* bit k: readerK's callback seen */
+	static uint8_t inv_state[TRACE_INVS_MAX];	/* 1 begun, 2 ended, 3 aborted */
+
+	write_readers_config("tr", 0x3c6ef372fe94f82bull, TRACE_READERS, 2, 4, "", true, cfg, sizeof(cfg));
+	snprintf(stats, sizeof(stats), "%s/tr-stats.json", tmpdir);
+	snprintf(trace, sizeof(trace), "%s/trace.json", tmpdir);
+	run_umbra_timeout((const char *[]){ "run", "--config", cfg, "--stats-json", stats, "--evict-ms", "5",
+					    "--evict-pages", "128", "--notifier-mode", trace_modes[_i], "--trace",
+					    trace, NULL },
+			  180, &result);
+	assert_status(&result, 0);
+	assert_contains(result.err, " 0 dropped", &result);
+
+	struct json_object *root = json_object_from_file(trace), *events, *v;
+	ck_assert_msg(root, "cannot parse the trace %s: %s", trace, json_util_get_last_err());
+	ck_assert(json_object_object_get_ex(root, "traceEvents", &events));
+	uint64_t pid_of[TRACE_READERS];
+	ck_assert_uint_eq(trace_reader_pids(events, pid_of, TRACE_READERS), TRACE_READERS);
+
+	/* Invalidations: begun, ended, and their callbacks' VMs. */
+	uint64_t nr_inv = 0, max_inv = 0, nr_callbacks = 0, nmis = 0, acks = 0;
+	memset(inv_vms, 0, sizeof(inv_vms));
+	memset(inv_state, 0, sizeof(inv_state));
+	for (size_t i = 0; i < json_object_array_length(events); i++) {
+		struct json_object *e = json_object_array_get_idx(events, i), *args = NULL;
+		json_object_object_get_ex(e, "args", &args);
+		uint64_t inv = u64_or_0(args, "inv");
+
+		ck_assert_msg(inv < TRACE_INVS_MAX, "invalidation id %llu out of the test's range",
+			      (unsigned long long)inv);
+		if (event_is(e, "B", "invalidate")) {
+			ck_assert_msg(inv && !inv_state[inv], "invalidation %llu begins twice", (unsigned long long)inv);
+			ck_assert(json_object_object_get_ex(args, "mode", &v));
+			ck_assert_msg(strcmp(json_object_get_string(v), trace_modes[_i]) == 0,
+				      "invalidation %llu: expected mode %s, got %s", (unsigned long long)inv,
+				      trace_modes[_i], json_object_get_string(v));
+			inv_state[inv] = 1;
+			nr_inv++;
+			max_inv = inv > max_inv ? inv : max_inv;
+		} else if (event_is(e, "E", "invalidate")) {
+			ck_assert_msg(inv_state[inv] == 1, "invalidation %llu ends without a begin (state %u)",
+				      (unsigned long long)inv, inv_state[inv]);
+			ck_assert(json_object_object_get_ex(args, "result", &v));
+			inv_state[inv] = strcmp(json_object_get_string(v), "aborted") == 0 ? 3 : 2;
+		} else if (event_is(e, "X", "callback")) {
+			uint64_t vm = json_u64(args, "vm");
+			int k;
+			for (k = 0; k < TRACE_READERS && pid_of[k] != vm; k++)
+				;
+			ck_assert_msg(k < TRACE_READERS, "a callback of vm %llu, which is no reader",
+				      (unsigned long long)vm);
+			ck_assert_msg(inv, "a callback outside any invalidation");
+			inv_vms[inv] |= 1ull << k;
+			nr_callbacks++;
+		} else if (event_is(e, "X", "nmi")) {
+			nmis++;
+		} else if (event_is(e, "X", "ack")) {
+			acks++;
+		}
+	}
+	ck_assert_msg(nr_inv > 0, "no invalidation in the trace");
+	for (uint64_t inv = 1; inv <= max_inv; inv++) {
+		ck_assert_msg(inv_state[inv] >= 2, "invalidation %llu never ends", (unsigned long long)inv);
+		ck_assert_msg(inv_vms[inv] == (1u << TRACE_READERS) - 1,
+			      "invalidation %llu: expected callbacks of the %d VMs that map the segment "
+			      "(mask %#x), got mask %#llx",
+			      (unsigned long long)inv, TRACE_READERS, (1u << TRACE_READERS) - 1,
+			      (unsigned long long)inv_vms[inv]);
+	}
+
+	/* Every NMI acknowledged: per vCPU (process, thread), NMI n has an
+	 * ack n, but for its last NMI. */
+	static struct { uint64_t pid, tid, n; } nmi_seen[8192], ack_seen[8192];
+	size_t nr_nmi = 0, nr_ack = 0;
+	for (size_t i = 0; i < json_object_array_length(events); i++) {
+		struct json_object *e = json_object_array_get_idx(events, i), *args;
+		bool is_nmi = event_is(e, "X", "nmi");
+		if ((!is_nmi && !event_is(e, "X", "ack")) || !json_object_object_get_ex(e, "args", &args))
+			continue;
+		ck_assert_msg(nr_nmi < 8192 && nr_ack < 8192, "more NMIs than the test counts");
+		if (is_nmi)
+			nmi_seen[nr_nmi++] = (typeof(nmi_seen[0])){ json_u64(e, "pid"), json_u64(e, "tid"),
+								    json_u64(args, "nmi") };
+		else
+			ack_seen[nr_ack++] = (typeof(ack_seen[0])){ json_u64(e, "pid"), json_u64(e, "tid"),
+								    json_u64(args, "nmi") };
+	}
+	for (size_t i = 0; i < nr_nmi; i++) {
+		bool acked = false, later = false;
+		for (size_t j = 0; j < nr_ack && !acked; j++)
+			acked = ack_seen[j].pid == nmi_seen[i].pid && ack_seen[j].tid == nmi_seen[i].tid &&
+				ack_seen[j].n == nmi_seen[i].n;
+		for (size_t j = 0; j < nr_nmi && !later; j++)
+			later = nmi_seen[j].pid == nmi_seen[i].pid && nmi_seen[j].tid == nmi_seen[i].tid &&
+				nmi_seen[j].n > nmi_seen[i].n;
+		ck_assert_msg(acked || !later, "vm %llu vCPU thread %llu: NMI %llu was never acknowledged",
+			      (unsigned long long)nmi_seen[i].pid, (unsigned long long)nmi_seen[i].tid,
+			      (unsigned long long)nmi_seen[i].n);
+	}
+	json_object_put(root);
+
+	/* The report's totals against --stats-json. */
+	struct json_object *st = json_object_from_file(stats), *vms, *segs;
+	ck_assert_msg(st, "cannot parse %s: %s", stats, json_util_get_last_err());
+	ck_assert(json_object_object_get_ex(st, "vms", &vms));
+	ck_assert(json_object_object_get_ex(st, "segments", &segs));
+	struct json_object *seg = json_object_array_get_idx(segs, 0);
+	uint64_t want_inv = json_u64(seg, "notifier.starts") + json_u64(seg, "notifier.aborts");
+	uint64_t want_cb = json_u64(seg, "notifier.cb_range_start") + json_u64(seg, "notifier.cb_page");
+	uint64_t want_req = 0, want_nmi = 0, want_ack = 0, want_early = 0;
+	for (size_t i = 0; i < json_object_array_length(vms); i++) {
+		struct json_object *vm = json_object_array_get_idx(vms, i);
+		want_inv += json_u64(vm, "notifier.starts") + json_u64(vm, "notifier.aborts");
+		want_cb += json_u64(vm, "notifier.cb_range_start") + json_u64(vm, "notifier.cb_page");
+		want_req += json_u64(vm, "shootdowns.requests");
+		want_nmi += json_u64(vm, "shootdowns.nmis");
+		want_ack += json_u64(vm, "shootdowns.acks");
+		want_early += json_u64(vm, "shootdowns.early_flushes");
+	}
+	json_object_put(st);
+	ck_assert_uint_eq(nr_callbacks, want_cb);
+	ck_assert_uint_eq(nmis, want_nmi);
+	ck_assert_uint_eq(acks, want_ack);
+
+	run_umbra((const char *[]){ "trace-report", trace, NULL }, &result);
+	assert_status(&result, 0);
+	unsigned long long inv, cb, req, nmi, ack, early;
+	const char *tot = strstr(result.out, "totals: ");
+	ck_assert_msg(tot && sscanf(tot, "totals: invalidations %llu, callbacks %llu, shootdown requests %llu, "
+					 "NMIs %llu, acks %llu, early flushes %llu",
+				    &inv, &cb, &req, &nmi, &ack, &early) == 6,
+		      "no totals line in the report:\n%s", result.out);
+	ck_assert_msg(inv == want_inv && cb == want_cb && req == want_req && nmi == want_nmi && ack == want_ack &&
+			      early == want_early,
+		      "report totals against --stats: invalidations %llu/%llu, callbacks %llu/%llu, requests "
+		      "%llu/%llu, NMIs %llu/%llu, acks %llu/%llu, early flushes %llu/%llu",
+		      inv, (unsigned long long)want_inv, cb, (unsigned long long)want_cb, req,
+		      (unsigned long long)want_req, nmi, (unsigned long long)want_nmi, ack,
+		      (unsigned long long)want_ack, early, (unsigned long long)want_early);
+	char row[32];
+	snprintf(row, sizeof(row), "| %s | ", trace_modes[_i]);
+	assert_contains(result.out, row, &result);
+	printf("trace %s: %llu invalidations to %d VMs, %llu callbacks, %llu requests, %llu NMIs, %llu acks\n%s",
+	       trace_modes[_i], inv, TRACE_READERS, cb, req, nmi, ack, result.out);
+}
+END_TEST
+
+/* --trace-events keeps to the kinds named: a memtouch run with "fault"
+ * holds fault spans and nothing else but the names of the tracks. */
+START_TEST(test_trace_events_records_only_the_kinds_named)
+{
+	char image[600], dir[512], trace[256];
+	guest_image_dir(dir, sizeof(dir));
+	snprintf(image, sizeof(image), "%s/memtouch.elf", dir);
+	snprintf(trace, sizeof(trace), "%s/fault_spans.json", tmpdir);
+	run_umbra_timeout((const char *[]){ "run", image, "--trace", trace, "--trace-events", "fault", NULL }, 120,
+			  &result);
+	assert_status(&result, 0);
+	struct json_object *root = json_object_from_file(trace), *events, *v;
+	ck_assert_msg(root, "cannot parse the trace %s: %s", trace, json_util_get_last_err());
+	ck_assert(json_object_object_get_ex(root, "traceEvents", &events));
+	uint64_t fault_spans = 0;
+	for (size_t i = 0; i < json_object_array_length(events); i++) {
+		struct json_object *e = json_object_array_get_idx(events, i);
+		ck_assert(json_object_object_get_ex(e, "ph", &v));
+		if (strcmp(json_object_get_string(v), "M") == 0)
+			continue;
+		ck_assert(json_object_object_get_ex(e, "cat", &v));
+		ck_assert_msg(strcmp(json_object_get_string(v), "fault") == 0, "expected only fault_spans, got a '%s' event",
+			      json_object_get_string(v));
+		fault_spans++;
+	}
+	json_object_put(root);
+	ck_assert_msg(fault_spans > 0, "expected fault spans, got none");
+	run_umbra((const char *[]){ "run", image, "--trace", trace, "--trace-events", "fault,bogus", NULL }, &result);
+	assert_status(&result, UMBRA_STATUS_USAGE);
+	assert_contains(result.err, "--trace-events 'fault,bogus': unknown kind at 'bogus'", &result);
 }
 END_TEST
 
@@ -1248,6 +1492,14 @@ Suite *kvm_suite(void)
 	tcase_add_test(many, test_write_to_read_only_segment_stops_only_that_vm);
 	tcase_add_test(many, test_bad_config_is_named);
 	suite_add_tcase(s, many);
+
+	TCase *trace = tcase_create("trace");
+	tcase_set_timeout(trace, 400);
+	tcase_add_checked_fixture(trace, tmpdir_setup, tmpdir_teardown);
+	tcase_add_loop_test(trace, test_trace_follows_each_eviction_to_every_vm_and_vcpu, 0,
+			    (int)(sizeof(trace_modes) / sizeof(trace_modes[0])));
+	tcase_add_test(trace, test_trace_events_records_only_the_kinds_named);
+	suite_add_tcase(s, trace);
 
 	TCase *bad = tcase_create("bad_input");
 	tcase_set_timeout(bad, 120);

@@ -30,6 +30,7 @@
 #include <sys/ioctl.h>
 #include <time.h>
 
+#include "umbra/trace.h"
 #include "vm_internal.h"
 #include "x86.h"
 
@@ -375,6 +376,7 @@ int vm_clone(struct vcpu *self, unsigned int n)
 	struct vmm_error err = { "" };
 	unsigned int made = 0;
 	uint64_t mpa, start = vmm_now_ns();
+	const uint64_t trace_t0 = umbra_trace_begin_ns(UMBRA_TRACE_CLONE);
 	int ret;
 
 	ret = vm_park_others(self);
@@ -423,6 +425,10 @@ int vm_clone(struct vcpu *self, unsigned int n)
 	}
 	vm_resume_others(vm);
 	__atomic_fetch_add(&vm->clone_ns, vmm_now_ns() - start, __ATOMIC_RELAXED);
+	if (trace_t0)
+		umbra_trace_span(UMBRA_TRACE_CLONE, "clone", trace_t0, &(struct umbra_trace_args){
+			.key = { "vm", "clones", "first_clone_vm" },
+			.val = { vm->trace_id, made, clones[0]->trace_id } });
 	if (ret) {
 		vm_print_error(vm, "clone: %s", err.msg);
 		vm_stop(vm, UMBRA_STATUS_GUEST_ERROR);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "umbra/trace.h"
 #include "vmm.h"
 
 #define MS_PER_S 1000u
@@ -79,6 +80,7 @@ static void *evictor_thread(void *arg)
 {
 	struct evictor *ev = arg;
 
+	umbra_trace_thread_name("evictor");
 	if (notifier_thread_init()) {
 		fprintf(stderr, "umbra: warning: the evictor could not register with liburcu; no evictions\n");
 		return NULL;

@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include "umbra/abi.h"
+#include "umbra/trace.h"
 #include "vmm.h"
 
 #define IMAGE_SIZE_MAX (256u << 20)
@@ -308,10 +310,54 @@ static void run_free(struct run_state *rs)
 	plan_free(&rs->plan);
 }
 
+/* --trace: opens the file now (a name that cannot be written fails the run
+ * before it starts) and starts recording.  0, or the exit status. */
+static int trace_start(const struct vmm_options *opts, FILE **f)
+{
+	*f = NULL;
+	if (!opts->trace)
+		return 0;
+	*f = fopen(opts->trace, "w");
+	if (!*f) {
+		fprintf(stderr, "umbra: --trace '%s': %s\n", opts->trace, strerror(errno));
+		return UMBRA_STATUS_USAGE;
+	}
+	if (umbra_trace_init(opts->trace_events ? opts->trace_events : UMBRA_TRACE_ALL,
+			     opts->trace_buffer)) {
+		fclose(*f);
+		*f = NULL;
+		fprintf(stderr, "umbra: --trace-events: no kind selected\n");
+		return UMBRA_STATUS_USAGE;
+	}
+	umbra_trace_thread_name("main");
+	return 0;
+}
+
+/* Writes the trace once every thread has stopped, and says on stderr how
+ * much it holds and how much was dropped (a failed write is a warning). */
+static void trace_finish(const struct vmm_options *opts, FILE *f)
+{
+	struct umbra_trace_totals t;
+
+	if (!f)
+		return;
+	umbra_trace_totals(&t);
+	if (umbra_trace_write(f) || fclose(f))
+		fprintf(stderr, "umbra: warning: --trace '%s': write failed: %s\n", opts->trace,
+			strerror(errno ? errno : EIO));
+	else
+		fprintf(stderr, "umbra: trace: %" PRIu64 " events of %" PRIu64 " threads in %s, %" PRIu64
+				" dropped (at most %" PRIu64 " per thread)\n",
+			t.events, t.threads, opts->trace, t.dropped,
+			(uint64_t)(opts->trace_buffer ? opts->trace_buffer : UMBRA_TRACE_DEFAULT_CAP));
+	umbra_trace_exit();
+}
+
 static int run(const struct vmm_options *opts)
 {
 	struct vmm_error err = { "" };
 	struct run_state rs = { .kvm_fd = -1 };
+	FILE *trace = NULL;
 	int ret;
 
 	ret = opts->config ? plan_from_config(opts->config, &rs.plan, &err) : plan_from_options(opts, &rs.plan, &err);
@@ -323,6 +369,8 @@ static int run(const struct vmm_options *opts)
 	}
 	ret = plan_check(&rs.plan);
 	if (ret == 0)
+		ret = trace_start(opts, &trace);
+	if (ret == 0)
 		ret = prepare(opts, &rs);
 	if (ret == 0) {
 		vmm_signals_init();
@@ -333,6 +381,7 @@ static int run(const struct vmm_options *opts)
 		report(opts, &rs);
 	}
 	run_free(&rs);
+	trace_finish(opts, trace);
 	return ret;
 }
 
@@ -354,6 +403,8 @@ int main(int argc, char **argv)
 		return 0;
 	case VMM_CMD_RUN:
 		return run(&opts);
+	case VMM_CMD_TRACE_REPORT:
+		return vmm_trace_report(opts.report_traces, opts.nr_report_traces, opts.report_png);
 	}
 	return UMBRA_STATUS_USAGE;
 }

@@ -11,6 +11,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include "umbra/trace.h"
 #include "vm_internal.h"
 #include "x86.h"
 
@@ -120,7 +121,12 @@ void vmm_host_add_vm(struct vmm_host *host, struct vm *vm)
 	if (vm->parent)
 		host->nr_reserved--;
 	host->vms[host->nr_vms++] = vm;
+	vm->trace_id = host->nr_vms;
 	umbra_mutex_unlock(&host->vms_lock);
+	if (vm->mmu)
+		shadow_mmu_set_trace_id(vm->mmu, vm->trace_id);
+	if (umbra_trace_active())
+		(void)umbra_trace_process_name(vm->trace_id, vm->name); /* unnamed without memory */
 }
 
 size_t vmm_host_ram_bytes(struct vmm_host *host, unsigned int *nr_areas)

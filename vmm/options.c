@@ -10,20 +10,23 @@
 #include <string.h>
 
 #include "umbra/abi.h"
+#include "umbra/trace.h"
 #include "vmm.h"
 
 const char vmm_usage[] =
 	"usage: umbra run IMAGE [--vms N] [--mem SIZE] [--vcpus N] [--cmdline STRING]\n"
 	"                 [--group NAME] [--table-quota PAGES] [--clone N]\n"
 	"                 [--stats] [--stats-json FILE] [--dump-tables FILE] [--console escaped|raw]\n"
+	"                 [--trace FILE [--trace-events LIST] [--trace-buffer EVENTS]]\n"
 	"                 [--fault-around PAGES] [--notifier-mode range|page]\n"
 	"                 [--mem-limit SIZE] [--swap FILE] [--swap-size SIZE]\n"
 	"                 [--reclaim-policy clock|round-robin] [--reclaim-nonblocking]\n"
 	"                 [--evict-ms MS [--evict-pages N]]\n"
 	"       umbra run --config FILE [--stats] [--stats-json FILE] [--dump-tables FILE]\n"
-	"                 [--console escaped|raw]\n"
+	"                 [--console escaped|raw] [--trace FILE ...]\n"
 	"                 [--fault-around PAGES] [--notifier-mode range|page]\n"
 	"                 [pager options as above]\n"
+	"       umbra trace-report TRACE... [--png FILE]\n"
 	"       umbra --help | --version\n"
 	"\n"
 	"Runs freestanding x86-64 ELF64 guest images in KVM virtual machines, all in\n"
@@ -68,6 +71,18 @@ const char vmm_usage[] =
 	"                    tables each VM reached as it stopped: its roots, the\n"
 	"                    tables below, which are shared and which canonical\n"
 	"                    (render: dot -Tpng FILE -o FILE.png; docs/sharing.md)\n"
+	"  --trace FILE      record a trace and write it to FILE at exit, in the\n"
+	"                    Chrome trace-event JSON format (open it in Perfetto or\n"
+	"                    chrome://tracing; docs/tracing.md): a process per VM,\n"
+	"                    a thread per vCPU; faults, invalidations, callbacks,\n"
+	"                    remote flushes, shootdowns (request, NMI, ack, linked\n"
+	"                    by flows), swap-outs and -ins, clones\n"
+	"  --trace-events LIST  the kinds recorded, comma-separated: fault,\n"
+	"                    invalidate, callback, flush, shootdown, swap, clone, or\n"
+	"                    all (the default)\n"
+	"  --trace-buffer EVENTS  at most EVENTS events per thread (1024 to\n"
+	"                    16777216; default 262144, 136 bytes each): the rest are\n"
+	"                    dropped and counted (the file's otherData, stderr)\n"
 	"  --stats-json FILE write the statistics of every VM as JSON to FILE (one\n"
 	"                    that cannot be written is a warning, not an exit status)\n"
 	"  --mem-limit SIZE  keep the guest memory of all VMs (RAM and segments) in\n"
@@ -309,6 +324,28 @@ static int parse_run_option(int argc, char *const argv[], int *i, struct vmm_opt
 		if (!(value = option_value(argc, argv, i, "--dump-tables")))
 			return vmm_error_set(err, EINVAL, "--dump-tables needs a file name");
 		opts->dump_tables = value;
+	} else if (option_is(arg, "--trace")) {
+		if (!(value = option_value(argc, argv, i, "--trace")))
+			return vmm_error_set(err, EINVAL, "--trace needs a file name");
+		opts->trace = value;
+	} else if (option_is(arg, "--trace-events")) {
+		const char *bad = NULL;
+
+		if (!(value = option_value(argc, argv, i, "--trace-events")))
+			return vmm_error_set(err, EINVAL, "--trace-events needs a list of kinds");
+		if (umbra_trace_parse_kinds(value, &opts->trace_events, &bad))
+			return vmm_error_set(err, EINVAL,
+					     "--trace-events '%s': unknown kind at '%.24s' (known: fault, "
+					     "invalidate, callback, flush, shootdown, swap, clone, all)",
+					     value, bad ? bad : value);
+	} else if (option_is(arg, "--trace-buffer")) {
+		if (!(value = option_value(argc, argv, i, "--trace-buffer")))
+			return vmm_error_set(err, EINVAL, "--trace-buffer needs a number of events");
+		if (parse_uint(value, VMM_TRACE_BUFFER_MAX, &n) || n < VMM_TRACE_BUFFER_MIN)
+			return vmm_error_set(err, EINVAL,
+					     "--trace-buffer '%s': must be a number from %u to %u", value,
+					     VMM_TRACE_BUFFER_MIN, VMM_TRACE_BUFFER_MAX);
+		opts->trace_buffer = n;
 	} else if (option_is(arg, "--stats-json")) {
 		if (!(value = option_value(argc, argv, i, "--stats-json")))
 			return vmm_error_set(err, EINVAL, "--stats-json needs a file name");
@@ -522,6 +559,36 @@ static int parse_run(int argc, char *const argv[], struct vmm_options *opts, str
 	return check_run_options(opts, &ra, err);
 }
 
+/* The arguments of trace-report (argv[2..]): TRACE... [--png FILE]. */
+static int parse_trace_report(int argc, char *const argv[], struct vmm_options *opts,
+			      struct vmm_error *err)
+{
+	opts->command = VMM_CMD_TRACE_REPORT;
+	for (int i = 2; i < argc; i++) {
+		const char *arg = argv[i], *value;
+
+		if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+			opts->command = VMM_CMD_HELP;
+			return 0;
+		}
+		if (option_is(arg, "--png")) {
+			if (!(value = option_value(argc, argv, &i, "--png")))
+				return vmm_error_set(err, EINVAL, "--png needs a file name");
+			opts->report_png = value;
+		} else if (arg[0] == '-' && arg[1] != '\0') {
+			return vmm_error_set(err, EINVAL, "unknown option '%s' (try 'umbra --help')", arg);
+		} else if (opts->nr_report_traces == VMM_REPORT_TRACES_MAX) {
+			return vmm_error_set(err, EINVAL, "trace-report: at most %u traces", VMM_REPORT_TRACES_MAX);
+		} else {
+			opts->report_traces[opts->nr_report_traces++] = arg;
+		}
+	}
+	if (!opts->nr_report_traces)
+		return vmm_error_set(err, EINVAL,
+				     "trace-report: no TRACE given (usage: umbra trace-report TRACE... [--png FILE])");
+	return 0;
+}
+
 int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		      struct vmm_error *err)
 {
@@ -548,6 +615,8 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		opts->command = VMM_CMD_VERSION;
 		return argc == 2 ? 0 : vmm_error_set(err, EINVAL, "unexpected argument '%s' after %s", argv[2], cmd);
 	}
+	if (strcmp(cmd, "trace-report") == 0)
+		return parse_trace_report(argc, argv, opts, err);
 	if (strcmp(cmd, "run") != 0)
 		return vmm_error_set(err, EINVAL, "unknown command '%s' (try 'umbra --help')", cmd);
 	return parse_run(argc, argv, opts, err);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
+#include "umbra/trace.h"
 #include "vm_internal.h"
 
 #define KICK_SIGNAL SIGUSR1
@@ -97,6 +98,12 @@ static void *vcpu_thread(void *arg)
 
 	__atomic_store_n(&vcpu->tid, gettid(), __ATOMIC_RELEASE);
 	vcpu_shootdown_thread_init(vcpu);
+	if (umbra_trace_active()) {
+		char name[32];
+
+		snprintf(name, sizeof(name), "vCPU %u", vcpu->id);
+		umbra_trace_thread_set(vcpu->vm->trace_id, vcpu->id + 1, name);
+	}
 	sigemptyset(&kick);
 	sigaddset(&kick, KICK_SIGNAL);
 	pthread_sigmask(SIG_UNBLOCK, &kick, NULL);

@@ -81,6 +81,8 @@ struct vcpu_snapshot {
 	uint64_t tsc_offset; /* KVM_VCPU_TSC_OFFSET, where KVM has it */
 };
 
+#define VCPU_NMI_RING 8u
+
 struct vcpu {
 	struct vm *vm;
 	unsigned int id;
@@ -122,6 +124,14 @@ struct vcpu {
 	 * only): a guest acknowledges at most what it received (NMIs that
 	 * coalesce only lower the count received). */
 	uint64_t nmis_injected, acks_received;
+	/* The requests each of the last VCPU_NMI_RING NMIs served, (first,
+	 * last] in flush_req's numbering, by NMI number modulo the ring (its
+	 * thread only; for --trace's acknowledgements: KVM holds at most two
+	 * NMIs, one pending and one being handled, so an acknowledgement
+	 * answers one of the last few). */
+	struct vcpu_nmi_served {
+		uint64_t first, last;
+	} nmi_served[VCPU_NMI_RING];
 	/* The VM's shadow reclaims count (shadow_mmu_stats.reclaims) when this
 	 * vCPU's pins were last pre-faulted (its thread only). */
 	uint64_t pins_reclaims;
@@ -145,6 +155,10 @@ struct pin {
 
 struct vm {
 	char name[VM_NAME_MAX];
+	/* Its process in a --trace (umbra/trace.h): its place in the run's
+	 * list of VMs + 1, set as it joins (vmm_host_add_vm), before its
+	 * vCPU threads start. */
+	uint32_t trace_id;
 	int kvm_fd; /* borrowed */
 	int vm_fd;
 	void *ram; /* the boot RAM's mapping (areas[ram_slot]), for loading the image */

@@ -65,6 +65,7 @@ enum vmm_command {
 	VMM_CMD_HELP,
 	VMM_CMD_VERSION,
 	VMM_CMD_RUN,
+	VMM_CMD_TRACE_REPORT,
 };
 
 #define VMM_MEM_MIN (4ull << 20)
@@ -125,6 +126,8 @@ int vmm_parse_notifier_mode(const char *text, enum notifier_mode *mode);
 int vmm_check_mem_limit(const char *what, uint64_t bytes, struct vmm_error *err);
 int vmm_check_swap_size(const char *what, uint64_t bytes, struct vmm_error *err);
 
+#define VMM_REPORT_TRACES_MAX 16u
+
 struct vmm_options {
 	enum vmm_command command;
 	const char *image;      /* run: path of the ELF64 image (or NULL with config) */
@@ -136,6 +139,12 @@ struct vmm_options {
 	bool stats;             /* run: print statistics at the end */
 	const char *stats_json; /* run: write statistics as JSON here (or NULL) */
 	const char *dump_tables; /* run: write the picture of the shadow tables here (or NULL) */
+	const char *trace;        /* run: write the trace here at exit (or NULL: no trace) */
+	unsigned int trace_events; /* run: the umbra/trace.h kinds recorded (0: all) */
+	unsigned long trace_buffer; /* run: events per thread (0: UMBRA_TRACE_DEFAULT_CAP) */
+	const char *report_traces[VMM_REPORT_TRACES_MAX]; /* trace-report: the traces read */
+	unsigned int nr_report_traces;
+	const char *report_png;   /* trace-report: the histogram's PNG (or NULL) */
 	enum vmm_console_mode console; /* run: how guest console bytes are printed */
 	unsigned int evict_ms;    /* run: evict segment pages every evict_ms ms (0: never) */
 	unsigned int evict_pages; /* run: ... this many pages of each segment each time */
@@ -151,6 +160,8 @@ struct vmm_options {
 /* The fault-around window (shadow_mmu_config.fault_around) by default, in
  * pages: a shadow fault maps up to 31 resident neighbours too. */
 #define VMM_FAULT_AROUND_DEFAULT 32u
+#define VMM_TRACE_BUFFER_MIN 1024u
+#define VMM_TRACE_BUFFER_MAX 16777216u
 #define VMM_EVICT_MS_MAX 60000u
 #define VMM_EVICT_PAGES_DEFAULT 64u
 #define VMM_EVICT_PAGES_MAX 65536u
@@ -818,6 +829,15 @@ void boot_set_sregs(struct kvm_sregs *sregs, uint64_t cr3, bool nxe);
 /* Sets regs to the entry state: RIP = entry, RDI = info_gpa, RSP =
  * stack_top, RFLAGS 0x2, every other register 0. */
 void boot_set_regs(struct kvm_regs *regs, uint64_t entry, uint64_t info_gpa, uint64_t stack_top);
+
+/* ---- report.c: umbra trace-report ---- */
+
+/* Reads the --trace files @paths[@n] and prints, per delivery mode, the
+ * fan-out of their invalidations and the start-to-last-acknowledgement
+ * latency, then the totals; with @png, writes a histogram of the latencies
+ * there (runs gnuplot).  Returns the exit status (0, or 123 for a file that
+ * is not a trace or a plot that failed, after saying why on stderr). */
+int vmm_trace_report(const char *const *paths, unsigned int n, const char *png);
 
 /* ---- dump.c: --dump-tables ---- */
 

@@ -113,6 +113,7 @@ struct notifier_range {
 		uint64_t gen;		/* subscriber generation snapshot */
 		enum notifier_mode mode;	/* mode snapshot taken at start */
 		unsigned int state;
+		uint64_t trace_id;	/* umbra/trace.h invalidation id, 0 if untraced */
 	} internal;
 };
 

@@ -652,6 +652,13 @@ int shadow_mmu_sync_guest_table(struct shadow_mmu *mmu, uint64_t gpa);
 int shadow_mmu_set_mode(struct shadow_mmu *mmu, const struct shadow_paging_mode *mode);
 
 /*
+ * Names the MMU in a --trace (umbra/trace.h): its callbacks and remote
+ * flushes carry @id as their "vm" argument (the VMM passes the VM's trace
+ * process id).  0 until set.  Any time, no lock; never blocks.
+ */
+void shadow_mmu_set_trace_id(struct shadow_mmu *mmu, uint32_t id);
+
+/*
  * Zaps every shadow entry that maps pages [first, last] of slot @slot_id's
  * object, through the reverse map, and flushes every vCPU that may cache one,
  * before returning.  Takes mmu_lock.  Returns the number of entries zapped,
