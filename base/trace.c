@@ -14,6 +14,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -208,13 +209,21 @@ static struct trace_buf *this_buf(void)
 	return b;
 }
 
-/* Is there a chunk for event @i of @b (allocated here if not)? */
+#define CHUNK_BYTES (UMBRA_TRACE_CHUNK * sizeof(struct trace_event))
+
+/* Is there a chunk for event @i of @b (allocated here if not)?  A chunk is
+ * mapped populated: its pages are faulted in by one system call, not one
+ * page fault per 30 events on the recording path. */
 static bool chunk_ready(struct trace_buf *b, uint64_t i)
 {
 	struct trace_event **c = &b->chunks[i / UMBRA_TRACE_CHUNK];
 
-	if (!*c)
-		*c = malloc(UMBRA_TRACE_CHUNK * sizeof(**c));
+	if (!*c) {
+		void *p = mmap(NULL, CHUNK_BYTES, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+
+		*c = p == MAP_FAILED ? NULL : p;
+	}
 	return *c != NULL;
 }
 
@@ -497,7 +506,8 @@ void umbra_trace_exit(void)
 		struct trace_buf *next = b->next;
 
 		for (uint64_t c = 0; c <= trace.cap / UMBRA_TRACE_CHUNK; c++)
-			free(b->chunks[c]);
+			if (b->chunks[c])
+				munmap(b->chunks[c], CHUNK_BYTES);
 		free(b->chunks);
 		free(b);
 		b = next;
