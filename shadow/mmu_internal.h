@@ -257,7 +257,8 @@ void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 
 /* ---- pmd_rmap.c: the remote flush ---------------------------------------- */
 
-/* Flushes every vCPU of @mmu (from another VM's zap): takes its tlbs_lock. */
+/* Flushes every vCPU of @mmu (from another VM's zap): takes its tlbs_lock.
+ * Recorded as a "remote flush" span in a --trace (umbra/trace.h). */
 void mmu_flush_remote(struct shadow_mmu *mmu);
 /* Flushes every VM that reaches a table of @b in which a leaf was cleared
  * in place (every VM of the pool on overflow), then forgets those tables.

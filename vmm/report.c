@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <json-c/json.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +29,7 @@ struct inv {
 	uint64_t id, begin_ns, end_ns, last_ack_ns;
 	int mode; /* 0 range, 1 page, -1 unknown */
 	bool ended, aborted;
-	unsigned int vms, vcpus, requests, unanswered;
+	unsigned int vms, vcpus, requests, answered, unanswered;
 };
 
 struct served {	/* an acknowledged NMI or an early flush of one vCPU */
@@ -304,7 +305,7 @@ static void join(struct report *r)
 			r->idle++; /* its vCPU never ran again */
 		else if (!s)
 			inv->unanswered++;
-		else if (s->ns > inv->last_ack_ns)
+		else if (inv->answered++ == 0 || s->ns > inv->last_ack_ns)
 			inv->last_ack_ns = s->ns;
 	}
 }
@@ -338,7 +339,12 @@ static size_t latencies(const struct report *r, int mode, uint64_t **out)
 
 		if (inv->mode != mode || !inv->ended || inv->aborted || inv->unanswered)
 			continue;
-		v[n++] = (inv->requests ? inv->last_ack_ns : inv->end_ns) - inv->begin_ns;
+		/* No request answered (none made, or none to a vCPU that ran
+		 * again): from start to end.  (An answer follows its request,
+		 * so the start; the test keeps a bad file from wrapping.) */
+		const uint64_t last = inv->answered ? inv->last_ack_ns : inv->end_ns;
+
+		v[n++] = last > inv->begin_ns ? last - inv->begin_ns : 0;
 	}
 	qsort(v, n, sizeof(*v), u64_cmp);
 	*out = v;
@@ -378,7 +384,11 @@ static void print_mode(const struct report *r, int mode)
 	free(lat);
 }
 
-/* The latencies of both modes as gnuplot data, then the histogram. */
+#define BINS_PER_DECADE 5
+
+/* The latencies of both modes in bins of BINS_PER_DECADE per decade (one
+ * block per mode: "low high count", us), then the histogram: one bar per
+ * bin and mode, drawn from low to high on a log scale. */
 static int plot(const struct report *r, const char *png)
 {
 	char data[] = "/tmp/umbra-trace-report-XXXXXX";
@@ -391,13 +401,23 @@ static int plot(const struct report *r, const char *png)
 	}
 	for (int m = 0; m < MODES; m++) {
 		uint64_t *lat;
-		size_t n = latencies(r, m, &lat);
+		size_t n = latencies(r, m, &lat), i = 0;
 
-		fprintf(f, "# %s\n", mode_names[m]);
-		for (size_t i = 0; i < n; i++)
-			fprintf(f, "%.3f\n", (double)lat[i] / 1000.0);
+		fprintf(f, "# %s: low_us high_us invalidations\n", mode_names[m]);
+		while (i < n) {
+			/* The bin of lat[i]: [10^(k/B), 10^((k+1)/B)) us, from 1 us. */
+			double us = (double)lat[i] / 1000.0;
+			int k = us < 1.0 ? 0 : (int)(log10(us) * BINS_PER_DECADE);
+			double lo = pow(10.0, (double)k / BINS_PER_DECADE);
+			double hi = pow(10.0, (double)(k + 1) / BINS_PER_DECADE);
+			size_t c = 0;
+
+			while (i < n && (double)lat[i] / 1000.0 < hi)
+				c++, i++;
+			fprintf(f, "%.3f %.3f %zu\n", lo, hi, c);
+		}
 		if (!n)
-			fputs("NaN\n", f);
+			fputs("NaN NaN 0\n", f);
 		fputs("\n\n", f);
 		free(lat);
 	}
@@ -412,12 +432,11 @@ static int plot(const struct report *r, const char *png)
 		"set terminal pngcairo size 900,500\n"
 		"set output '%s'\n"
 		"set title 'invalidation start to last shootdown acknowledgement'\n"
-		"set xlabel 'latency (us, log scale)'\nset ylabel 'invalidations'\n"
-		"set logscale x\nset style fill transparent solid 0.5\n"
-		"binw = 0.05\nbin(x) = 10**(binw * floor(log10(x) / binw))\n"
-		"plot '%s' index 0 using (bin($1)):(1) smooth frequency with boxes title 'range', "
-		"'' index 1 using (bin($1)):(1) smooth frequency with boxes title 'page'\n",
-		png, data);
+		"set xlabel 'latency (us, log scale, %d bins per decade)'\nset ylabel 'invalidations'\n"
+		"set logscale x\nset yrange [0:*]\nset style fill transparent solid 0.5\n"
+		"plot '%s' index 0 using (($1+$2)/2):3:($2-$1) with boxes title 'range', "
+		"'' index 1 using (($1+$2)/2):3:($2-$1) with boxes title 'page'\n",
+		png, BINS_PER_DECADE, data);
 	if (pclose(gp) != 0) {
 		fprintf(stderr, "umbra: trace-report: gnuplot failed (is gnuplot-nox installed?)\n");
 		ret = UMBRA_STATUS_USAGE;

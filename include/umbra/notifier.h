@@ -419,6 +419,8 @@ void notifier_range_init(struct notifier_range *range, struct notifier_object *o
  *   retry later in blockable context or give up.
  * Returns -EINVAL: the range does not fit the object, or bad flags; nothing
  *   was done.
+ * Tracing (umbra/trace.h): a recorded invalidation begins here and ends when
+ *   notifier_invalidate_range_end returns (or here, "aborted", on -EAGAIN).
  */
 int notifier_invalidate_range_start(struct notifier_range *range);
 

@@ -574,6 +574,8 @@ void shadow_mmu_root_mark(struct shadow_mmu *mmu, uint64_t cr3, uint64_t gen);
  * is left to fault on its own.  The pages mapped count as accessed
  * (young), as Linux's fault-around maps young PTEs on x86; stats.faulted_around
  * counts them.  A shared or canonical leaf table gets no fault-around.
+ * Tracing (umbra/trace.h): each call is a "fault" span (address, access,
+ * outcome) when faults are recorded.
  */
 int shadow_mmu_fault(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access,
 		     uint32_t *error_code);
