@@ -883,6 +883,8 @@ START_TEST(test_trace_follows_each_eviction_to_every_vm_and_vcpu)
 	char cfg[256], stats[256], trace[256];
 	static uint64_t inv_vms[TRACE_INVS_MAX];	/* bit k: readerK's callback seen */
 	static uint8_t inv_state[TRACE_INVS_MAX];	/* 1 begun, 2 ended, 3 aborted */
+	static double inv_begin[TRACE_INVS_MAX], inv_end[TRACE_INVS_MAX]; /* us */
+	double first_ts[TRACE_READERS], last_ts[TRACE_READERS];
 
 	write_readers_config("tr", 0x3c6ef372fe94f82bull, TRACE_READERS, 2, 4, "", true, cfg, sizeof(cfg));
 	snprintf(stats, sizeof(stats), "%s/tr-stats.json", tmpdir);
@@ -904,10 +906,21 @@ START_TEST(test_trace_follows_each_eviction_to_every_vm_and_vcpu)
 	uint64_t nr_inv = 0, max_inv = 0, nr_callbacks = 0, nmis = 0, acks = 0;
 	memset(inv_vms, 0, sizeof(inv_vms));
 	memset(inv_state, 0, sizeof(inv_state));
+	for (int k = 0; k < TRACE_READERS; k++)
+		first_ts[k] = 1e300, last_ts[k] = 0;
 	for (size_t i = 0; i < json_object_array_length(events); i++) {
 		struct json_object *e = json_object_array_get_idx(events, i), *args = NULL;
 		json_object_object_get_ex(e, "args", &args);
 		uint64_t inv = u64_or_0(args, "inv");
+		double ts = json_object_object_get_ex(e, "ts", &v) ? json_object_get_double(v) : 0;
+
+		/* A reader's life as its vCPUs' events show it. */
+		for (int k = 0; k < TRACE_READERS; k++)
+			if (!event_is(e, "M", "thread_name") && !event_is(e, "M", "process_name") &&
+			    u64_or_0(e, "pid") == pid_of[k]) {
+				first_ts[k] = ts < first_ts[k] ? ts : first_ts[k];
+				last_ts[k] = ts > last_ts[k] ? ts : last_ts[k];
+			}
 
 		ck_assert_msg(inv < TRACE_INVS_MAX, "invalidation id %llu out of the test's range",
 			      (unsigned long long)inv);
@@ -918,6 +931,7 @@ START_TEST(test_trace_follows_each_eviction_to_every_vm_and_vcpu)
 				      "invalidation %llu: expected mode %s, got %s", (unsigned long long)inv,
 				      trace_modes[_i], json_object_get_string(v));
 			inv_state[inv] = 1;
+			inv_begin[inv] = ts;
 			nr_inv++;
 			max_inv = inv > max_inv ? inv : max_inv;
 		} else if (event_is(e, "E", "invalidate")) {
@@ -925,6 +939,7 @@ START_TEST(test_trace_follows_each_eviction_to_every_vm_and_vcpu)
 				      (unsigned long long)inv, inv_state[inv]);
 			ck_assert(json_object_object_get_ex(args, "result", &v));
 			inv_state[inv] = strcmp(json_object_get_string(v), "aborted") == 0 ? 3 : 2;
+			inv_end[inv] = ts;
 		} else if (event_is(e, "X", "callback")) {
 			uint64_t vm = json_u64(args, "vm");
 			int k;
@@ -942,14 +957,29 @@ START_TEST(test_trace_follows_each_eviction_to_every_vm_and_vcpu)
 		}
 	}
 	ck_assert_msg(nr_inv > 0, "no invalidation in the trace");
+	/* While all three run (from the last first event of a reader to the
+	 * first last one), each maps the segment: every invalidation then
+	 * reaches all three. Before and after, a reader that has not
+	 * subscribed yet or has gone may be missing, never another VM. */
+	double all_from = 0, all_to = 1e300;
+	unsigned int checked = 0;
+	for (int k = 0; k < TRACE_READERS; k++) {
+		all_from = first_ts[k] > all_from ? first_ts[k] : all_from;
+		all_to = last_ts[k] < all_to ? last_ts[k] : all_to;
+	}
 	for (uint64_t inv = 1; inv <= max_inv; inv++) {
 		ck_assert_msg(inv_state[inv] >= 2, "invalidation %llu never ends", (unsigned long long)inv);
+		if (inv_state[inv] != 2 || inv_begin[inv] < all_from || inv_end[inv] > all_to)
+			continue;
+		checked++;
 		ck_assert_msg(inv_vms[inv] == (1u << TRACE_READERS) - 1,
 			      "invalidation %llu: expected callbacks of the %d VMs that map the segment "
 			      "(mask %#x), got mask %#llx",
 			      (unsigned long long)inv, TRACE_READERS, (1u << TRACE_READERS) - 1,
 			      (unsigned long long)inv_vms[inv]);
 	}
+	ck_assert_msg(checked > 0, "no invalidation while all three readers ran (of %llu)",
+		      (unsigned long long)nr_inv);
 
 	/* Every NMI acknowledged: per vCPU (process, thread), NMI n has an
 	 * ack n, but for its last NMI. */
@@ -1023,8 +1053,9 @@ START_TEST(test_trace_follows_each_eviction_to_every_vm_and_vcpu)
 	char row[32];
 	snprintf(row, sizeof(row), "| %s | ", trace_modes[_i]);
 	assert_contains(result.out, row, &result);
-	printf("trace %s: %llu invalidations to %d VMs, %llu callbacks, %llu requests, %llu NMIs, %llu acks\n%s",
-	       trace_modes[_i], inv, TRACE_READERS, cb, req, nmi, ack, result.out);
+	printf("trace %s: %llu invalidations (%u while all %d VMs ran), %llu callbacks, %llu requests, %llu NMIs, "
+	       "%llu acks\n%s",
+	       trace_modes[_i], inv, checked, TRACE_READERS, cb, req, nmi, ack, result.out);
 }
 END_TEST
 
@@ -1058,6 +1089,41 @@ START_TEST(test_trace_events_records_only_the_kinds_named)
 	run_umbra((const char *[]){ "run", image, "--trace", trace, "--trace-events", "fault,bogus", NULL }, &result);
 	assert_status(&result, UMBRA_STATUS_USAGE);
 	assert_contains(result.err, "--trace-events 'fault,bogus': unknown kind at 'bogus'", &result);
+}
+END_TEST
+
+/* A guest that faults more than a thread's buffer holds cannot grow the
+ * trace: memtouch faults every page of 16 MiB one by one (no fault-around)
+ * under --trace-buffer 1024; the vCPU's thread keeps 1024 events, the rest
+ * are counted as dropped, in the file and on stderr, and the run is as
+ * without a trace. */
+START_TEST(test_trace_buffer_bounds_what_a_guest_can_record)
+{
+	char image[600], dir[512], trace[256];
+	unsigned long long events, threads, dropped, cap;
+
+	guest_image_dir(dir, sizeof(dir));
+	snprintf(image, sizeof(image), "%s/memtouch.elf", dir);
+	snprintf(trace, sizeof(trace), "%s/bounded.json", tmpdir);
+	run_umbra_timeout((const char *[]){ "run", image, "--mem", "32M", "--cmdline", "mib=16 rounds=1",
+					    "--fault-around", "1", "--trace", trace, "--trace-buffer", "1024", NULL },
+			  120, &result);
+	assert_status(&result, 0);
+	const char *line = strstr(result.err, "umbra: trace: ");
+	ck_assert_msg(line && sscanf(line, "umbra: trace: %llu events of %llu threads in %*s %llu dropped (at most %llu",
+				     &events, &threads, &dropped, &cap) == 4,
+		      "no trace line on stderr:\n%s", result.err);
+	ck_assert_uint_eq(cap, 1024);
+	ck_assert_msg(events <= threads * cap, "expected at most %llu events (%llu threads), got %llu",
+		      threads * cap, threads, events);
+	ck_assert_msg(dropped >= 4096 - 1024, "16 MiB faulted page by page: expected at least %d dropped, got %llu",
+		      4096 - 1024, dropped);
+	struct json_object *root = json_object_from_file(trace), *other;
+	ck_assert_msg(root, "cannot parse the trace %s: %s", trace, json_util_get_last_err());
+	ck_assert(json_object_object_get_ex(root, "otherData", &other));
+	ck_assert_uint_eq(json_u64(other, "dropped_events"), dropped);
+	ck_assert_uint_eq(json_u64(other, "events"), events);
+	json_object_put(root);
 }
 END_TEST
 
@@ -1499,6 +1565,7 @@ Suite *kvm_suite(void)
 	tcase_add_loop_test(trace, test_trace_follows_each_eviction_to_every_vm_and_vcpu, 0,
 			    (int)(sizeof(trace_modes) / sizeof(trace_modes[0])));
 	tcase_add_test(trace, test_trace_events_records_only_the_kinds_named);
+	tcase_add_test(trace, test_trace_buffer_bounds_what_a_guest_can_record);
 	suite_add_tcase(s, trace);
 
 	TCase *bad = tcase_create("bad_input");
