@@ -9,6 +9,7 @@
 
 __thread uint32_t umbra_lock_ranks_held;
 __thread const char *umbra_lock_names_held[UMBRA_LOCK_RANK_MAX + 1];
+__thread const struct umbra_rwlock *umbra_lock_read_held[UMBRA_LOCK_RANK_MAX + 1];
 
 void umbra_lock_violation(const char *what, const char *name, unsigned int rank)
 {

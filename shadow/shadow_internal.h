@@ -90,9 +90,13 @@ struct shadow_page_user {
  *              (after the TLB flush).
  *  lock        the per-table lock (rank UMBRA_LOCK_RANK_TABLE): held for
  *              every write of one of the page's 512 entries and for
- *              nr_present and users.  Taken inside mmu_lock; never two at a
- *              time.
- *  nr_present  present entries in the page (under lock).
+ *              nr_present and users, but for one: a fault holding mmu_lock
+ *              in read mode sets a not-present leaf entry of a table only
+ *              its VM reaches by compare-and-exchange under the page's
+ *              stripe, without it (fault.c, install_leaf_read_mode).
+ *              Taken inside mmu_lock; never two at a time.
+ *  nr_present  present entries in the page (atomic; changed under lock,
+ *              or by that read-mode install).
  *  users       the pmd-rmap list (under lock).
  *  next        free-list, dying or waiting link while free (atomic: see
  *              pool.c's lock-free stacks); zap-list link (under the zapping
@@ -624,15 +628,24 @@ struct shadow_mmu {
 					 * shadow_mmu_set_mode); read anywhere */
 
 	/*
-	 * mmu_lock (UMBRA_LOCK_RANK_MMU): the per-VM lock.  Protects the
-	 * structure of this VM's shadow tables (which tables exist, their
-	 * users entries for this VM), the reverse maps, the root cache, the
-	 * TLB list, P2M stores and sync_seq stores.  Taken by the fault
-	 * path (around notifier_read_retry and the install), invlpg, CR3
-	 * loads, flushes, zaps and the notifier callbacks.  Never held while
-	 * calling notifier_read_begin(), get_page or notifier (un)subscribe.
+	 * mmu_lock (UMBRA_LOCK_RANK_MMU): the per-VM lock, a reader-writer
+	 * lock.  Write mode protects the structure of this VM's shadow
+	 * tables (which tables exist, their users entries for this VM), the
+	 * reverse maps, the root cache, the TLB list, P2M stores and
+	 * sync_seq stores; every *_locked function asserts write mode unless
+	 * its comment says "either mode".  Taken in write mode by the fault
+	 * path's full install (around notifier_read_retry and the install),
+	 * invlpg, CR3 loads, flushes, zaps, clones and the notifier
+	 * callbacks.  Read mode is taken only by a fault whose shadow path is
+	 * all there and this VM's alone (fault.c, fault_install_read_mode):
+	 * it changes nothing but one not-present leaf entry of a table no
+	 * other VM reaches (by compare-and-exchange, under the page's
+	 * stripe), its reverse-map entry, atomic counters and young bytes,
+	 * so read-mode faults run together and every write-mode holder
+	 * excludes them.  Never held while calling notifier_read_begin(),
+	 * get_page or notifier (un)subscribe.
 	 */
-	struct umbra_mutex mmu_lock;
+	struct umbra_rwlock mmu_lock;
 	uint64_t sync_seq;		/* atomic; bumped under mmu_lock by every sync / P2M change */
 	uint64_t zap_gen;		/* atomic; bumped (from 1) whenever a translation of this
 					 * VM may have gone: its own zaps, another VM's remote

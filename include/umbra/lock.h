@@ -6,7 +6,8 @@
  * nesting order, and asserts both in debug builds (UMBRA_DEBUG=1, the default
  * for CMAKE_BUILD_TYPE=Debug).  struct umbra_mutex is the small wrapper that
  * makes this possible; notifier/, shadow/ and vmm/ use it for all their
- * locks, so that one rank table orders them all.
+ * locks (struct umbra_rwlock, below, where readers may share one), so that
+ * one rank table orders them all.
  *
  *   umbra_mutex_init(&m, "vm.mmu_lock", UMBRA_LOCK_RANK_MMU);
  *   umbra_mutex_lock(&m);
@@ -38,8 +39,10 @@
  *   NOTIFIER_OBJECT  notifier object's subscription lock (subscribe,
  *                    unsubscribe, destroy; the release callback runs under it)
  *   NOTIFIER_CALLBACK  pseudo-lock: held while a notifier callback runs
- *   MMU              a subscriber's main lock: the per-VM mmu_lock, taken by
- *                    its notifier callbacks and held around read_retry
+ *   MMU              a subscriber's main lock: the per-VM mmu_lock (a
+ *                    struct umbra_rwlock: faults that only install a leaf
+ *                    take it in read mode), taken by its notifier
+ *                    callbacks and held around read_retry
  *   OBJS             shadow: the pool's list of memory objects
  *   RMAP             shadow: one reverse-map stripe of one object
  *   MMUS             shadow: the pool's list of MMUs
@@ -321,6 +324,197 @@ static inline int umbra_cond_timedwait(pthread_cond_t *cond, struct umbra_mutex 
 	umbra_mutex_note_acquired(m);
 #endif
 	return ret;
+}
+
+/*
+ * Reader-writer locks.  struct umbra_rwlock is held either by one writer or
+ * by any number of readers, and has a rank like a mutex's: taking it in
+ * either mode obeys the rank order, and a thread never holds two locks of
+ * one rank (so it never takes the same rwlock twice, in either mode).  It
+ * is writer-preferring (a waiting writer stops new readers), so readers
+ * that keep coming cannot starve a writer.
+ *
+ *   umbra_rwlock_write_lock(&l);     // as umbra_mutex_lock
+ *   umbra_rwlock_assert_held_write(&l);  // a function that changes what l protects
+ *   umbra_rwlock_read_lock(&l);      // shared with other readers
+ *   umbra_rwlock_assert_held(&l);    // held in either mode
+ *
+ * Debug builds keep the writer (owner) and, per thread, which rwlock of
+ * each rank it holds in read mode (umbra_lock_read_held), so that both
+ * assertions are exact for the calling thread.
+ */
+struct umbra_rwlock {
+	pthread_rwlock_t lock;
+#if UMBRA_LOCK_DEBUG
+	uintptr_t owner;	/* pthread_self() of the writer, 0 if none (atomic) */
+	uint32_t readers;	/* threads holding it in read mode (atomic) */
+	const char *name;
+	unsigned int rank;
+#endif
+};
+
+/* umbra_lock_read_held[r]: the rwlock of rank r this thread holds in read
+ * mode, or NULL (base/lock.c). */
+extern __thread const struct umbra_rwlock *umbra_lock_read_held[UMBRA_LOCK_RANK_MAX + 1];
+
+/* Initialise @l (writer-preferring), as umbra_mutex_init. */
+static inline void umbra_rwlock_init(struct umbra_rwlock *l, const char *name, unsigned int rank)
+{
+	pthread_rwlockattr_t attr;
+
+	pthread_rwlockattr_init(&attr);
+	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&l->lock, &attr);
+	pthread_rwlockattr_destroy(&attr);
+#if UMBRA_LOCK_DEBUG
+	__atomic_store_n(&l->owner, (uintptr_t)0, __ATOMIC_RELAXED);
+	__atomic_store_n(&l->readers, 0u, __ATOMIC_RELAXED);
+	l->name = name;
+	l->rank = rank;
+#else
+	(void)name;
+	(void)rank;
+#endif
+}
+
+/* Release @l's resources.  @l must not be held in either mode. */
+static inline void umbra_rwlock_exit(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	if (__atomic_load_n(&l->owner, __ATOMIC_RELAXED) != 0 ||
+	    __atomic_load_n(&l->readers, __ATOMIC_RELAXED) != 0)
+		umbra_lock_violation("destroying an rwlock that is held", l->name, l->rank);
+#endif
+	pthread_rwlock_destroy(&l->lock);
+}
+
+/* True if the calling thread holds @l in write mode (debug builds only;
+ * true otherwise). */
+static inline bool umbra_rwlock_is_held_write(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	return __atomic_load_n(&l->owner, __ATOMIC_RELAXED) == (uintptr_t)pthread_self();
+#else
+	(void)l;
+	return true;
+#endif
+}
+
+/* True if the calling thread holds @l in read or write mode (debug builds
+ * only; true otherwise). */
+static inline bool umbra_rwlock_is_held(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	return umbra_rwlock_is_held_write(l) || umbra_lock_read_held[l->rank] == l;
+#else
+	(void)l;
+	return true;
+#endif
+}
+
+#if UMBRA_LOCK_DEBUG
+#define umbra_rwlock_assert_held_write(l)                                                  \
+	do {                                                                               \
+		if (!umbra_rwlock_is_held_write(l))                                        \
+			umbra_lock_violation("the caller must hold this lock in write mode (" \
+					     __FILE__ ")", (l)->name, (l)->rank);          \
+	} while (0)
+#define umbra_rwlock_assert_held(l)                                                        \
+	do {                                                                               \
+		if (!umbra_rwlock_is_held(l))                                              \
+			umbra_lock_violation("the caller must hold this lock (" __FILE__ ")", \
+					     (l)->name, (l)->rank);                        \
+	} while (0)
+#define umbra_rwlock_assert_not_held(l)                                                    \
+	do {                                                                               \
+		if (umbra_rwlock_is_held(l))                                               \
+			umbra_lock_violation("the caller must not hold this lock (" __FILE__ ")", \
+					     (l)->name, (l)->rank);                        \
+	} while (0)
+#else
+#define umbra_rwlock_assert_held_write(l) ((void)(l))
+#define umbra_rwlock_assert_held(l) ((void)(l))
+#define umbra_rwlock_assert_not_held(l) ((void)(l))
+#endif
+
+#if UMBRA_LOCK_DEBUG
+static inline void umbra_rwlock_check_order(struct umbra_rwlock *l)
+{
+	if (umbra_rwlock_is_held(l))
+		umbra_lock_violation("recursive locking", l->name, l->rank);
+	umbra_lock_check_order(l->name, l->rank);
+}
+#endif
+
+/* Acquire @l in write mode (alone); may block.  Debug builds check the rank
+ * order first. */
+static inline void umbra_rwlock_write_lock(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	umbra_rwlock_check_order(l);
+#endif
+	pthread_rwlock_wrlock(&l->lock);
+#if UMBRA_LOCK_DEBUG
+	__atomic_store_n(&l->owner, (uintptr_t)pthread_self(), __ATOMIC_RELAXED);
+	umbra_lock_note_acquired(l->name, l->rank);
+#endif
+}
+
+/* Try to acquire @l in write mode without blocking: true if acquired. */
+static inline bool umbra_rwlock_write_trylock(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	umbra_rwlock_check_order(l);
+#endif
+	if (pthread_rwlock_trywrlock(&l->lock) != 0)
+		return false;
+#if UMBRA_LOCK_DEBUG
+	__atomic_store_n(&l->owner, (uintptr_t)pthread_self(), __ATOMIC_RELAXED);
+	umbra_lock_note_acquired(l->name, l->rank);
+#endif
+	return true;
+}
+
+/* Release @l, which the calling thread holds in write mode. */
+static inline void umbra_rwlock_write_unlock(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	if (!umbra_rwlock_is_held_write(l))
+		umbra_lock_violation("write-unlocking an rwlock this thread does not hold "
+				     "in write mode", l->name, l->rank);
+	umbra_lock_note_released(l->rank);
+	__atomic_store_n(&l->owner, (uintptr_t)0, __ATOMIC_RELAXED);
+#endif
+	pthread_rwlock_unlock(&l->lock);
+}
+
+/* Acquire @l in read mode (shared with other readers); may block while a
+ * writer holds or waits for it.  Debug builds check the rank order first. */
+static inline void umbra_rwlock_read_lock(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	umbra_rwlock_check_order(l);
+#endif
+	pthread_rwlock_rdlock(&l->lock);
+#if UMBRA_LOCK_DEBUG
+	__atomic_fetch_add(&l->readers, 1u, __ATOMIC_RELAXED);
+	umbra_lock_read_held[l->rank] = l;
+	umbra_lock_note_acquired(l->name, l->rank);
+#endif
+}
+
+/* Release @l, which the calling thread holds in read mode. */
+static inline void umbra_rwlock_read_unlock(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	if (umbra_lock_read_held[l->rank] != l)
+		umbra_lock_violation("read-unlocking an rwlock this thread does not hold "
+				     "in read mode", l->name, l->rank);
+	umbra_lock_read_held[l->rank] = NULL;
+	umbra_lock_note_released(l->rank);
+	__atomic_fetch_sub(&l->readers, 1u, __ATOMIC_RELAXED);
+#endif
+	pthread_rwlock_unlock(&l->lock);
 }
 
 /*
