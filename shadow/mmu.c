@@ -173,16 +173,23 @@ size_t shadow_mmu_rmap_count(struct shadow_mmu *mmu, int slot_id, uint64_t page)
 
 void shadow_mmu_stats(const struct shadow_mmu *mmu, struct shadow_mmu_stats *stats)
 {
-	const uint64_t *src = (const uint64_t *)&mmu->stats;
 	uint64_t *dst = (uint64_t *)stats;
 
-	for (size_t i = 0; i < sizeof(*stats) / sizeof(uint64_t); i++)
-		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+	for (size_t i = 0; i < sizeof(*stats) / sizeof(uint64_t); i++) {
+		dst[i] = 0;
+		for (unsigned int k = 0; k < UMBRA_THREAD_SLOTS; k++)
+			dst[i] += __atomic_load_n((const uint64_t *)&mmu->stats[k].s + i,
+						  __ATOMIC_RELAXED);
+	}
 }
 
 uint64_t shadow_mmu_reclaims(const struct shadow_mmu *mmu)
 {
-	return __atomic_load_n(&mmu->stats.reclaims, __ATOMIC_RELAXED);
+	uint64_t n = 0;
+
+	for (unsigned int k = 0; k < UMBRA_THREAD_SLOTS; k++)
+		n += __atomic_load_n(&mmu->stats[k].s.reclaims, __ATOMIC_RELAXED);
+	return n;
 }
 
 struct shadow_pool *shadow_mmu_pool(const struct shadow_mmu *mmu)

@@ -622,6 +622,13 @@ struct zap_batch {
 	uint64_t self_va;
 };
 
+/* One thread slot's statistics, padded so that the counters of two slots
+ * never share a cache line. */
+struct mmu_stats_slot {
+	struct shadow_mmu_stats s;
+	char pad[64];
+};
+
 struct shadow_mmu {
 	struct shadow_pool *pool;	/* immutable */
 	struct shadow_paging_mode mode; /* written under mmu_lock (atomic stores,
@@ -693,7 +700,10 @@ struct shadow_mmu {
 					 * behind write-protected entries (under mmu_lock) */
 	bool destroying;		/* roots dropped by destroy (under mmu_lock) */
 
-	struct shadow_mmu_stats stats;	/* relaxed atomic adds */
+	/* Relaxed atomic adds, each thread to its slot's block
+	 * (umbra_thread_slot: the vCPU threads of a VM count on lines of
+	 * their own); shadow_mmu_stats sums them. */
+	struct mmu_stats_slot stats[UMBRA_THREAD_SLOTS];
 };
 
 static inline struct shadow_page *mmu_page(struct shadow_mmu *mmu, uint32_t index)
@@ -706,7 +716,8 @@ static inline uint64_t *mmu_sptes(struct shadow_mmu *mmu, uint32_t index)
 	return pool_entries(mmu->pool, index);
 }
 
-#define mmu_stat_add(mmu, field, n) __atomic_fetch_add(&(mmu)->stats.field, (n), __ATOMIC_RELAXED)
+#define mmu_stat_add(mmu, field, n)                                                       \
+	__atomic_fetch_add(&(mmu)->stats[umbra_thread_slot()].s.field, (n), __ATOMIC_RELAXED)
 #define mmu_stat_inc(mmu, field) mmu_stat_add(mmu, field, 1)
 
 /* Machine address -> (slot, page); NULL if no slot holds it.  Lock-free

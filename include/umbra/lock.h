@@ -327,11 +327,28 @@ static inline int umbra_cond_timedwait(pthread_cond_t *cond, struct umbra_mutex 
 }
 
 /*
+ * Per-thread slots.  umbra_thread_slot() gives the calling thread one of
+ * UMBRA_THREAD_SLOTS indices, assigned round-robin at its first call and
+ * kept for its life, so that up to UMBRA_THREAD_SLOTS threads (a VM's vCPU
+ * threads) update per-slot state (a reader count, a statistics block) on
+ * cache lines of their own instead of all on one.
+ */
+#define UMBRA_THREAD_SLOTS 8u
+extern __thread unsigned int umbra_thread_slot_plus1;
+unsigned int umbra_thread_slot_assign(void);
+static inline unsigned int umbra_thread_slot(void)
+{
+	const unsigned int s = umbra_thread_slot_plus1;
+
+	return s ? s - 1 : umbra_thread_slot_assign();
+}
+
+/*
  * Reader-writer locks.  struct umbra_rwlock is held either by one writer or
  * by any number of readers, and has a rank like a mutex's: taking it in
  * either mode obeys the rank order, and a thread never holds two locks of
  * one rank (so it never takes the same rwlock twice, in either mode).  It
- * is writer-preferring (a waiting writer stops new readers), so readers
+ * is writer-preferring (a writer that waits stops new readers), so readers
  * that keep coming cannot starve a writer.
  *
  *   umbra_rwlock_write_lock(&l);     // as umbra_mutex_lock
@@ -339,12 +356,33 @@ static inline int umbra_cond_timedwait(pthread_cond_t *cond, struct umbra_mutex 
  *   umbra_rwlock_read_lock(&l);      // shared with other readers
  *   umbra_rwlock_assert_held(&l);    // held in either mode
  *
+ * Made for short read sections taken often by several threads at once (a
+ * VM's faults): a reader counts itself in its thread's slot
+ * (umbra_thread_slot), on a cache line of its own, so readers on other
+ * slots never write a line it reads or writes.  A reader adds itself to
+ * its slot, then checks `writer`; a writer takes `writer_mutex` (writers
+ * queue there), sets `writer`, then waits until every slot is 0 (spinning,
+ * then yielding: read sections are short).  Both sides are sequentially
+ * consistent, so one of them always sees the other.  A reader that finds
+ * `writer` set takes itself out and waits on `writer_mutex` for the writer
+ * to finish.  Readers get their section's effects to the next writer by
+ * the release of their slot's decrement, writers to the next readers by
+ * the release of `writer`'s clearing (all __atomic: ThreadSanitizer sees
+ * them).
+ *
  * Debug builds keep the writer (owner) and, per thread, which rwlock of
  * each rank it holds in read mode (umbra_lock_read_held), so that both
  * assertions are exact for the calling thread.
  */
+struct umbra_rwlock_slot {
+	uint32_t readers;	/* atomic: readers counted in this slot */
+	char pad[60];		/* one slot per cache line (64 bytes apart) */
+};
+
 struct umbra_rwlock {
-	pthread_rwlock_t lock;
+	struct umbra_rwlock_slot slot[UMBRA_THREAD_SLOTS];
+	uint32_t writer;		/* atomic: a writer holds it, or waits for readers */
+	pthread_mutex_t writer_mutex;	/* held by the writer */
 #if UMBRA_LOCK_DEBUG
 	uintptr_t owner;	/* pthread_self() of the writer, 0 if none (atomic) */
 	uint32_t readers;	/* threads holding it in read mode (atomic) */
@@ -357,15 +395,25 @@ struct umbra_rwlock {
  * mode, or NULL (base/lock.c). */
 extern __thread const struct umbra_rwlock *umbra_lock_read_held[UMBRA_LOCK_RANK_MAX + 1];
 
-/* Initialise @l (writer-preferring), as umbra_mutex_init. */
+/* Waits until no reader is counted in @l (its writer flag set): base/lock.c. */
+void umbra_rwlock_wait_readers(struct umbra_rwlock *l);
+
+/* Any reader counted in @l? */
+static inline bool umbra_rwlock_has_readers(struct umbra_rwlock *l)
+{
+	for (unsigned int i = 0; i < UMBRA_THREAD_SLOTS; i++)
+		if (__atomic_load_n(&l->slot[i].readers, __ATOMIC_SEQ_CST))
+			return true;
+	return false;
+}
+
+/* Initialise @l, as umbra_mutex_init. */
 static inline void umbra_rwlock_init(struct umbra_rwlock *l, const char *name, unsigned int rank)
 {
-	pthread_rwlockattr_t attr;
-
-	pthread_rwlockattr_init(&attr);
-	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-	pthread_rwlock_init(&l->lock, &attr);
-	pthread_rwlockattr_destroy(&attr);
+	for (unsigned int i = 0; i < UMBRA_THREAD_SLOTS; i++)
+		__atomic_store_n(&l->slot[i].readers, 0u, __ATOMIC_RELAXED);
+	__atomic_store_n(&l->writer, 0u, __ATOMIC_RELAXED);
+	pthread_mutex_init(&l->writer_mutex, NULL);
 #if UMBRA_LOCK_DEBUG
 	__atomic_store_n(&l->owner, (uintptr_t)0, __ATOMIC_RELAXED);
 	__atomic_store_n(&l->readers, 0u, __ATOMIC_RELAXED);
@@ -385,7 +433,7 @@ static inline void umbra_rwlock_exit(struct umbra_rwlock *l)
 	    __atomic_load_n(&l->readers, __ATOMIC_RELAXED) != 0)
 		umbra_lock_violation("destroying an rwlock that is held", l->name, l->rank);
 #endif
-	pthread_rwlock_destroy(&l->lock);
+	pthread_mutex_destroy(&l->writer_mutex);
 }
 
 /* True if the calling thread holds @l in write mode (debug builds only;
@@ -444,6 +492,12 @@ static inline void umbra_rwlock_check_order(struct umbra_rwlock *l)
 		umbra_lock_violation("recursive locking", l->name, l->rank);
 	umbra_lock_check_order(l->name, l->rank);
 }
+
+static inline void umbra_rwlock_note_write_acquired(struct umbra_rwlock *l)
+{
+	__atomic_store_n(&l->owner, (uintptr_t)pthread_self(), __ATOMIC_RELAXED);
+	umbra_lock_note_acquired(l->name, l->rank);
+}
 #endif
 
 /* Acquire @l in write mode (alone); may block.  Debug builds check the rank
@@ -453,24 +507,32 @@ static inline void umbra_rwlock_write_lock(struct umbra_rwlock *l)
 #if UMBRA_LOCK_DEBUG
 	umbra_rwlock_check_order(l);
 #endif
-	pthread_rwlock_wrlock(&l->lock);
+	pthread_mutex_lock(&l->writer_mutex);
+	__atomic_store_n(&l->writer, 1u, __ATOMIC_SEQ_CST);
+	if (umbra_rwlock_has_readers(l))
+		umbra_rwlock_wait_readers(l);
 #if UMBRA_LOCK_DEBUG
-	__atomic_store_n(&l->owner, (uintptr_t)pthread_self(), __ATOMIC_RELAXED);
-	umbra_lock_note_acquired(l->name, l->rank);
+	umbra_rwlock_note_write_acquired(l);
 #endif
 }
 
-/* Try to acquire @l in write mode without blocking: true if acquired. */
+/* Try to acquire @l in write mode without blocking: true if acquired
+ * (false if a writer or a reader holds it). */
 static inline bool umbra_rwlock_write_trylock(struct umbra_rwlock *l)
 {
 #if UMBRA_LOCK_DEBUG
 	umbra_rwlock_check_order(l);
 #endif
-	if (pthread_rwlock_trywrlock(&l->lock) != 0)
+	if (pthread_mutex_trylock(&l->writer_mutex) != 0)
 		return false;
+	__atomic_store_n(&l->writer, 1u, __ATOMIC_SEQ_CST);
+	if (umbra_rwlock_has_readers(l)) {
+		__atomic_store_n(&l->writer, 0u, __ATOMIC_RELEASE);
+		pthread_mutex_unlock(&l->writer_mutex);
+		return false;
+	}
 #if UMBRA_LOCK_DEBUG
-	__atomic_store_n(&l->owner, (uintptr_t)pthread_self(), __ATOMIC_RELAXED);
-	umbra_lock_note_acquired(l->name, l->rank);
+	umbra_rwlock_note_write_acquired(l);
 #endif
 	return true;
 }
@@ -485,17 +547,28 @@ static inline void umbra_rwlock_write_unlock(struct umbra_rwlock *l)
 	umbra_lock_note_released(l->rank);
 	__atomic_store_n(&l->owner, (uintptr_t)0, __ATOMIC_RELAXED);
 #endif
-	pthread_rwlock_unlock(&l->lock);
+	__atomic_store_n(&l->writer, 0u, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&l->writer_mutex);
 }
 
 /* Acquire @l in read mode (shared with other readers); may block while a
  * writer holds or waits for it.  Debug builds check the rank order first. */
 static inline void umbra_rwlock_read_lock(struct umbra_rwlock *l)
 {
+	uint32_t *readers = &l->slot[umbra_thread_slot()].readers;
+
 #if UMBRA_LOCK_DEBUG
 	umbra_rwlock_check_order(l);
 #endif
-	pthread_rwlock_rdlock(&l->lock);
+	for (;;) {
+		__atomic_fetch_add(readers, 1u, __ATOMIC_SEQ_CST);
+		if (!__atomic_load_n(&l->writer, __ATOMIC_SEQ_CST))
+			break;
+		/* A writer holds it or waits: step out, wait for it to finish. */
+		__atomic_fetch_sub(readers, 1u, __ATOMIC_RELEASE);
+		pthread_mutex_lock(&l->writer_mutex);
+		pthread_mutex_unlock(&l->writer_mutex);
+	}
 #if UMBRA_LOCK_DEBUG
 	__atomic_fetch_add(&l->readers, 1u, __ATOMIC_RELAXED);
 	umbra_lock_read_held[l->rank] = l;
@@ -514,7 +587,7 @@ static inline void umbra_rwlock_read_unlock(struct umbra_rwlock *l)
 	umbra_lock_note_released(l->rank);
 	__atomic_fetch_sub(&l->readers, 1u, __ATOMIC_RELAXED);
 #endif
-	pthread_rwlock_unlock(&l->lock);
+	__atomic_fetch_sub(&l->slot[umbra_thread_slot()].readers, 1u, __ATOMIC_RELEASE);
 }
 
 /*
