@@ -457,12 +457,13 @@ static int install_leaf_read_mode(struct shadow_mmu *mmu, uint32_t table, unsign
 
 /* The leaf a fault installs for guest walk @w (page @page of @slot), and
  * in *@want_w whether it grants writes: W only once the guest's leaf is
- * dirty, never on a read-only slot or a copy-on-write page. */
+ * dirty, never on a read-only slot or a copy-on-write page (looked up only
+ * for a leaf the guest lets write: copy-on-write takes nothing else). */
 static uint64_t fault_leaf(struct shadow_mmu *mmu, const struct shadow_walk *w,
 			   struct shadow_mmu_slot *slot, uint64_t page, bool *want_w)
 {
-	const bool cow = p2m_is_cow(mmu, w->pa >> SHADOW_PAGE_SHIFT);
 	const unsigned int rights = leaf_rights(w->rights, w->dirty);
+	const bool cow = (rights & SHADOW_RIGHT_WRITE) && p2m_is_cow(mmu, w->pa >> SHADOW_PAGE_SHIFT);
 
 	*want_w = (rights & SHADOW_RIGHT_WRITE) && !cow && !slot->s.readonly;
 	return make_leaf(mmu, slot->s.mpa + (page << SHADOW_PAGE_SHIFT), rights, slot->s.readonly || cow);
