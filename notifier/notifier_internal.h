@@ -127,11 +127,12 @@ struct nt_trace_hook {
 
 /* Counters: updated with relaxed atomic adds, read with relaxed loads. */
 /* One thread slot's counters (umbra_thread_slot), padded so that two
- * slots' counters never share a cache line: the readers of an object (a
- * VM's vCPU threads faulting) count on lines of their own. */
+ * slots' counters never share a cache line, nor a pair of lines that a CPU
+ * prefetches together: the readers of an object (a VM's vCPU threads
+ * faulting) count on lines of their own. */
 struct nt_counters {
 	uint64_t v[sizeof(struct notifier_stats) / sizeof(uint64_t)];
-	char pad[64];
+	char pad[128];
 };
 
 struct notifier_object {

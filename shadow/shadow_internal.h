@@ -623,10 +623,11 @@ struct zap_batch {
 };
 
 /* One thread slot's statistics, padded so that the counters of two slots
- * never share a cache line. */
+ * never share a cache line, nor a pair of lines that a CPU prefetches
+ * together. */
 struct mmu_stats_slot {
 	struct shadow_mmu_stats s;
-	char pad[64];
+	char pad[128];
 };
 
 struct shadow_mmu {

@@ -376,7 +376,8 @@ static inline unsigned int umbra_thread_slot(void)
  */
 struct umbra_rwlock_slot {
 	uint32_t readers;	/* atomic: readers counted in this slot */
-	char pad[60];		/* one slot per cache line (64 bytes apart) */
+	char pad[124];		/* 128 bytes apart: no two slots in one line, nor in one
+				 * pair of lines that a CPU prefetches together */
 };
 
 struct umbra_rwlock {
