@@ -126,8 +126,13 @@ struct nt_trace_hook {
 };
 
 /* Counters: updated with relaxed atomic adds, read with relaxed loads. */
+/* One thread slot's counters (umbra_thread_slot), padded so that two
+ * slots' counters never share a cache line, nor a pair of lines that a CPU
+ * prefetches together: the readers of an object (a VM's vCPU threads
+ * faulting) count on lines of their own. */
 struct nt_counters {
 	uint64_t v[sizeof(struct notifier_stats) / sizeof(uint64_t)];
+	char pad[128];
 };
 
 struct notifier_object {
@@ -151,17 +156,19 @@ struct notifier_object {
 
 	/*
 	 * seq_lock - the sequence lock (rank UMBRA_LOCK_RANK_NOTIFIER_SEQ, a leaf:
-	 * nothing is taken while it is held).  Protects seq, in_progress,
-	 * the active range list and waiters; seq_cond waits on it.
+	 * nothing is taken while it is held).  Protects the active range
+	 * list and waiters, and every store to seq and in_progress (atomic:
+	 * read_begin and read_retry read them without it while no range is
+	 * in progress, seq.c); seq_cond waits on it.
 	 */
 	struct umbra_mutex seq_lock;
 	pthread_cond_t seq_cond;
-	uint64_t seq;				/* advanced at every end/abort */
-	unsigned int in_progress;		/* ranges started and not ended */
+	uint64_t seq;				/* atomic; advanced at every end/abort */
+	unsigned int in_progress;		/* atomic; ranges started and not ended */
 	struct notifier_range *active;		/* those ranges, doubly linked */
 	unsigned int waiters;			/* threads in read_begin's wait */
 
-	struct nt_counters counters;
+	struct nt_counters counters[UMBRA_THREAD_SLOTS];	/* notifier_object_stats sums them */
 	struct umbra_rcu_work rcu;
 };
 
@@ -173,7 +180,7 @@ struct notifier_object {
 static inline void nt_count(struct notifier_object *obj, size_t idx, uint64_t n)
 {
 	if (n)
-		__atomic_fetch_add(&obj->counters.v[idx], n, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&obj->counters[umbra_thread_slot()].v[idx], n, __ATOMIC_RELAXED);
 }
 
 

@@ -370,8 +370,11 @@ void notifier_object_stats(const struct notifier_object *obj, struct notifier_st
 {
 	uint64_t *out = (uint64_t *)stats;
 
-	for (size_t i = 0; i < sizeof(obj->counters.v) / sizeof(obj->counters.v[0]); i++)
-		out[i] = __atomic_load_n(&obj->counters.v[i], __ATOMIC_RELAXED);
+	for (size_t i = 0; i < sizeof(obj->counters[0].v) / sizeof(obj->counters[0].v[0]); i++) {
+		out[i] = 0;
+		for (unsigned int k = 0; k < UMBRA_THREAD_SLOTS; k++)
+			out[i] += __atomic_load_n(&obj->counters[k].v[i], __ATOMIC_RELAXED);
+	}
 }
 
 int notifier_object_set_trace(struct notifier_object *obj, notifier_trace_fn fn, void *arg)

@@ -99,7 +99,7 @@ int pool_obj_clear_young(struct shadow_pool *pool, struct pool_obj *po, uint64_t
 static bool fast_restore_locked(struct shadow_mmu *mmu, uint32_t root, uint64_t va,
 				unsigned int access)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	unsigned int rights = SHADOW_RIGHTS_ALL, idx[SPTE_LEVELS + 1];
 	uint32_t table[SPTE_LEVELS + 1];
 	struct shadow_mmu_slot *slot;
@@ -139,11 +139,11 @@ bool fault_fast_restore(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsig
 	 * mmu_lock round trip. */
 	if (!__atomic_load_n(&mmu->pool->young_tracked, __ATOMIC_RELAXED))
 		return false;
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	root = root_find_locked(mmu, cr3_key(mmu, cr3));
 	if (root)
 		fixed = fast_restore_locked(mmu, root->page, va, access);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	if (fixed)
 		mmu_stat_inc(mmu, fast_restores);
 	return fixed;

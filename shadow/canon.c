@@ -98,7 +98,7 @@ static bool canon_ref_get(struct shadow_page *sp)
 static int canon_create_locked(struct shadow_mmu *mmu, struct pool_obj *po, uint32_t key, int level,
 			       const struct role *role, uint64_t gva, uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	umbra_mutex_assert_held(canon_stripe(po, key));
 	struct pool_obj_run *run;
 	struct shadow_page *sp;
@@ -129,7 +129,7 @@ static int canon_create_locked(struct shadow_mmu *mmu, struct pool_obj *po, uint
 static int canon_get_stripe_locked(struct shadow_mmu *mmu, struct pool_obj *po, uint32_t key,
 				   int level, const struct role *role, uint64_t gva, uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	umbra_mutex_assert_held(canon_stripe(po, key));
 	uint32_t idx = canon_table_get(po, key);
 
@@ -151,7 +151,7 @@ static int canon_get_stripe_locked(struct shadow_mmu *mmu, struct pool_obj *po, 
 int canon_get_locked(struct shadow_mmu *mmu, int level, const struct role *role, uint64_t gva,
 		     uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_mmu_slot *slot;
 	struct umbra_mutex *stripe;
 	struct pool_obj *po;
@@ -176,7 +176,7 @@ int canon_child_get_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int
 			   const struct role *role, uint64_t gva, struct zap_batch *b,
 			   uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const struct shadow_page *psp = mmu_page(mmu, parent);
 	const uint64_t *sptep = mmu_sptes(mmu, parent) + i;
 	struct shadow_mmu_slot *slot;
@@ -240,7 +240,7 @@ unlock:
 
 void canon_adopt_locked(struct shadow_mmu *mmu, uint32_t canon, uint32_t from)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const struct shadow_page *csp = mmu_page(mmu, canon);
 	const uint64_t *src = mmu_sptes(mmu, from), *dst = mmu_sptes(mmu, canon);
 
@@ -264,7 +264,7 @@ void canon_adopt_locked(struct shadow_mmu *mmu, uint32_t canon, uint32_t from)
 bool canon_guest_pd_matches(struct shadow_mmu *mmu, uint64_t pd, unsigned int rights,
 			    const struct role *direct)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const struct shadow_paging_mode *mode = &mmu->mode;
 
 	if (!direct->direct || direct->gpa % SPTE_LEVEL_SIZE(3))
@@ -284,7 +284,7 @@ bool canon_guest_pd_matches(struct shadow_mmu *mmu, uint64_t pd, unsigned int ri
 
 void canon_forget_locked(struct shadow_mmu *mmu, uint32_t page)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	struct umbra_mutex *stripe = canon_stripe(sp->canon_obj, sp->canon_key);
 

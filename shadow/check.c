@@ -79,7 +79,7 @@ static int check_table_header(struct shadow_mmu *mmu, uint32_t page, uint32_t pa
 static int check_leaf_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, uint64_t spte,
 			     bool path_w, struct check_ctx *c)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_mmu_slot *slot;
 	struct umbra_mutex *stripe;
 	uint64_t bp, now;
@@ -119,7 +119,7 @@ static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t pa
 static int check_child_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, uint64_t spte,
 			      bool path_w, struct check_ctx *c)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint32_t child = pool_page_index(spte_addr(spte));
 	struct shadow_page *csp = mmu_page(mmu, child);
@@ -142,7 +142,7 @@ static int check_child_locked(struct shadow_mmu *mmu, uint32_t page, unsigned in
 static int check_table_locked(struct shadow_mmu *mmu, uint32_t page, uint32_t parent,
 			      uint32_t index, bool path_w, struct check_ctx *c)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	int level = mmu_page(mmu, page)->level;
 	const uint8_t bit = (uint8_t)(1u << (page % CHAR_BIT));
 	const bool first = !(c->seen[page / CHAR_BIT] & bit);
@@ -206,7 +206,7 @@ static void check_cow_node(void *ctx, struct p2m_node *n, uint64_t first, bool p
  * mmu_lock.  0 or -ENOMEM. */
 static int check_cow_map_locked(struct shadow_mmu *mmu, struct check_ctx *c)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const struct p2m_walker w = { .node = check_cow_node, .ctx = c };
 
 	c->mmu = mmu;
@@ -219,7 +219,7 @@ static int check_cow_map_locked(struct shadow_mmu *mmu, struct check_ctx *c)
  * run's stripe.  mmu_lock. */
 static int check_run_rmaps_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t r)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, r * SPTE_ENTRIES);
 	int ret = 0;
 
@@ -245,7 +245,7 @@ static int check_run_rmaps_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot
  * present leaf mapping that page; runs never used have none.  mmu_lock. */
 static int check_rmaps_locked(struct shadow_mmu *mmu)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	int n = __atomic_load_n(&mmu->nr_slots, __ATOMIC_ACQUIRE), ret = 0;
 
 	for (int i = 0; i < n && !ret; i++) {
@@ -263,7 +263,7 @@ static int check_rmaps_locked(struct shadow_mmu *mmu)
  * mmu_lock. */
 static int check_counts_locked(struct shadow_mmu *mmu, const struct check_ctx *c)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	int n = __atomic_load_n(&mmu->nr_slots, __ATOMIC_ACQUIRE);
 	struct shadow_mmu_stats st;
 	uint64_t rmapped = 0;
@@ -295,7 +295,7 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 		free(c.seen_w);
 		return -ENOMEM;
 	}
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	ret = check_cow_map_locked(mmu, &c);
 	for (unsigned int r = 0; r < mmu->nr_roots && !ret; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
@@ -304,7 +304,7 @@ int shadow_mmu_check(struct shadow_mmu *mmu)
 		ret = check_rmaps_locked(mmu);
 	if (!ret && !mmu->sharing)
 		ret = check_counts_locked(mmu, &c);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	for (int i = 0; i < SHADOW_MAX_SLOTS; i++)
 		free(c.cow[i]);
 	free(c.seen);
@@ -324,7 +324,7 @@ typedef void (*link_visit_fn)(void *ctx, uint64_t cr3, uint32_t parent, unsigned
 static void walk_links_locked(struct shadow_mmu *mmu, uint64_t cr3, uint32_t parent, unsigned int index,
 			      uint32_t page, uint8_t *seen, link_visit_fn fn, void *ctx)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const struct shadow_page *sp = mmu_page(mmu, page);
 	const uint64_t *sptes = mmu_sptes(mmu, page);
 	const bool first = !(seen[page / CHAR_BIT] & (1u << (page % CHAR_BIT)));
@@ -351,12 +351,12 @@ static int walk_links(struct shadow_mmu *mmu, link_visit_fn fn, void *ctx)
 
 	if (!seen)
 		return -ENOMEM;
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
 			walk_links_locked(mmu, mmu->roots[r].cr3, SHADOW_NO_PAGE, r, mmu->roots[r].page, seen, fn,
 					  ctx);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	free(seen);
 	return 0;
 }

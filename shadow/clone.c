@@ -30,9 +30,9 @@ int shadow_mmu_set_own_slot(struct shadow_mmu *mmu, int slot_id)
 
 	if (!slot || slot->s.readonly || slot->shared || __atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE))
 		return -EINVAL;
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	__atomic_store_n(&mmu->own_slot, slot_id, __ATOMIC_RELAXED);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	return 0;
 }
 
@@ -42,10 +42,10 @@ int shadow_mmu_slot_take_over(struct shadow_mmu *mmu, int slot_id)
 
 	if (!slot || !__atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE))
 		return -EINVAL;
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	__atomic_store_n(&slot->taken_over, true, __ATOMIC_RELEASE);
 	bump_sync_seq_locked(mmu);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	return 0;
 }
 
@@ -58,7 +58,7 @@ int shadow_mmu_slot_take_over(struct shadow_mmu *mmu, int slot_id)
 static int cow_copy_locked(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_mmu_slot *s,
 			   uint64_t p, struct shadow_mmu_slot *os, uint64_t q, struct p2m_batch *pb)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct zap_batch b;
 	int ret;
 
@@ -85,7 +85,7 @@ static int cow_break_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e,
 			    struct shadow_mmu_slot *os, uint64_t seq_s, uint64_t seq_o,
 			    struct p2m_batch *pb)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_mmu_slot *s = &mmu->slots[p2m_entry_slot_id(e)];
 	const uint64_t p = p2m_entry_page(e);
 	uint64_t now;
@@ -143,9 +143,9 @@ static int cow_break(struct shadow_mmu *mmu, uint64_t gpa)
 		if (ret)
 			return ret;
 		p2m_batch_init(&pb);
-		umbra_mutex_lock(&mmu->mmu_lock);
+		umbra_rwlock_write_lock(&mmu->mmu_lock);
 		ret = cow_break_locked(mmu, gfn, e, os, seq_s, seq_o, &pb);
-		umbra_mutex_unlock(&mmu->mmu_lock);
+		umbra_rwlock_write_unlock(&mmu->mmu_lock);
 		p2m_batch_finish(mmu, &pb);
 		if (ret != 1)
 			return ret;
@@ -204,7 +204,7 @@ static int clone_slots(struct shadow_mmu *parent, struct shadow_mmu *child, int 
  */
 static int clone_root_locked(struct shadow_mmu *parent, struct shadow_mmu *child, unsigned int r)
 {
-	umbra_mutex_assert_held(&parent->mmu_lock);
+	umbra_rwlock_assert_held_write(&parent->mmu_lock);
 	struct shadow_root *pr = &parent->roots[r];
 	const struct role role = { .direct = false, .access = SHADOW_RIGHTS_ALL, .gpa = pr->cr3 };
 	uint32_t page, present = 0;
@@ -248,7 +248,7 @@ static int clone_root_locked(struct shadow_mmu *parent, struct shadow_mmu *child
 static int clone_share_locked(struct shadow_mmu *parent, struct shadow_mmu *child, int n,
 			      int own_id, bool keep_own, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&parent->mmu_lock);
+	umbra_rwlock_assert_held_write(&parent->mmu_lock);
 	/* The child, not yet in use, gets a slot for each of ours. */
 	int ret = root_cache_grow(child, parent->nr_roots);
 
@@ -318,10 +318,10 @@ int shadow_mmu_clone(struct shadow_mmu *parent, const struct shadow_slot *parent
 	if (ret)
 		goto destroy_child;
 	zap_batch_init(&b);
-	umbra_mutex_lock(&parent->mmu_lock);
+	umbra_rwlock_write_lock(&parent->mmu_lock);
 	ret = clone_share_locked(parent, child, n, own_id, !parent_own, &b);
 	zap_batch_finish_locked(parent, &b);
-	umbra_mutex_unlock(&parent->mmu_lock);
+	umbra_rwlock_write_unlock(&parent->mmu_lock);
 	if (ret)
 		goto destroy_child;
 	mmu_stat_inc(child, clones);

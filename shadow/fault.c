@@ -8,8 +8,12 @@
  *
  * Locks: the walk, notifier_read_begin() and the slot's get_page run with no
  * shadow lock held (asserted); the retry checks and the install run under
- * the VM's mmu_lock (every *_locked function asserts it), leaves under
- * their page's stripe, entries under their table's lock.
+ * the VM's mmu_lock, leaves under their page's stripe, entries under their
+ * table's lock.  A fault whose shadow path is all there and the VM's alone
+ * takes mmu_lock in read mode and installs the leaf alone, by
+ * compare-and-exchange (fault_install_read_mode); any other, in write
+ * mode (every *_locked function asserts write mode unless its comment
+ * says "either mode").
  */
 #include <errno.h>
 
@@ -25,7 +29,7 @@ static int child_reuse_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned 
 			      uint64_t spte, uint64_t gva, bool want_w, struct zap_batch *b,
 			      uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint32_t child = pool_page_index(spte_addr(spte));
 
 	if (mmu_page(mmu, child)->canon) {
@@ -49,7 +53,7 @@ static int child_reuse_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned 
 static int child_link_canon_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i,
 				   uint32_t child, struct zap_batch *b, uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	int ret = pool_user_link(mmu->pool, child, mmu, parent, i);
 
 	if (ret) {
@@ -66,7 +70,7 @@ static int child_link_canon_locked(struct shadow_mmu *mmu, uint32_t parent, unsi
 static int child_create_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i, int level,
 			       const struct role *role, uint64_t gva, uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint32_t child;
 	int ret;
 
@@ -105,7 +109,7 @@ static int child_link_shared_locked(struct shadow_mmu *mmu, uint32_t parent, uns
 				    uint32_t child, uint64_t gva, bool want_w, struct zap_batch *b,
 				    uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint64_t spte = spte_make_table(pool_page_gpa(child));
 	int ret;
 
@@ -131,7 +135,7 @@ static int child_get_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned in
 			    const struct role *role, const struct role *alt, uint64_t gva,
 			    bool want_w, struct zap_batch *b, uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint64_t spte = spte_read(mmu_sptes(mmu, parent) + i);
 	int level = mmu_page(mmu, parent)->level - 1;
 	uint32_t child;
@@ -219,7 +223,7 @@ static bool pd_exchange_locked(struct shadow_mmu *mmu, const struct shadow_walk 
 			       unsigned int rights, uint32_t pdpt, unsigned int i, uint32_t pd,
 			       struct zap_batch *b, uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const struct shadow_page *sp = mmu_page(mmu, pd);
 	struct role alt;
 	uint32_t canon;
@@ -247,7 +251,7 @@ static int install_tables_locked(struct shadow_mmu *mmu, uint32_t root, const st
 				 unsigned int rights, bool want_w, struct zap_batch *b,
 				 uint32_t *table)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint32_t grandparent = SHADOW_NO_PAGE;
 	int ret;
 
@@ -298,7 +302,7 @@ static int install_leaf_locked(struct shadow_mmu *mmu, uint32_t table, unsigned 
 			       struct shadow_mmu_slot *slot, uint64_t page, uint64_t spte,
 			       struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const uint64_t mpa = spte_addr(spte);
 	uint64_t *sptep = mmu_sptes(mmu, table) + i;
 	struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, page);
@@ -344,45 +348,122 @@ static int install_leaf_locked(struct shadow_mmu *mmu, uint32_t table, unsigned 
 }
 
 /*
- * The level-1 table of @w's path below @root, if every table of the path is
- * already there with the right role, and the path is shared somewhere below
- * the root (else the ordinary install is as cheap and changes nothing
- * shared): true and *@table.  Read-only but for the visible copy of the
- * path's entries (as install_tables_locked).  mmu_lock.
+ * The level-1 table of @w's path below @root in *@table, if every table of
+ * the path is already there with the right role (child_serves): true.
+ * With @private_only, also every table below the root this VM's alone in a
+ * way that holds while mmu_lock is held in read mode (no canonical table,
+ * one user: the path's entry, in a table this VM alone reaches), and with
+ * @want_w every entry of the path granting W; *@shared is then false.
+ * Without, *@shared says whether a table of the path is shared
+ * (table_is_shared: mmu_lock in write mode).  Read-only but for the
+ * visible copy of the path's entries (as install_tables_locked).  mmu_lock
+ * in either mode.
  */
+static bool path_find(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
+		      unsigned int rights, bool private_only, bool want_w, uint32_t *table,
+		      bool *shared)
+{
+	umbra_rwlock_assert_held(&mmu->mmu_lock);
+
+	*table = root;
+	*shared = false;
+	for (int level = SPTE_LEVELS; level > 1; level--) {
+		const unsigned int i = SPTE_INDEX(w->va, level);
+		const uint64_t spte = spte_read(mmu_sptes(mmu, *table) + i);
+		const struct shadow_page *csp;
+		uint32_t child;
+
+		if (!spte_is_present(spte) || spte_is_leaf(spte, level) ||
+		    (want_w && !(spte & SPTE_WRITABLE)))
+			return false;
+		child = pool_page_index(spte_addr(spte));
+		csp = mmu_page(mmu, child);
+		if (private_only &&
+		    (csp->canon || __atomic_load_n(&csp->use_count, __ATOMIC_ACQUIRE) > 1))
+			return false;
+		if (!child_serves(mmu, child, w, level - 1, rights))
+			return false;
+		pool_entry_mirror(mmu->pool, *table, i);
+		if (!private_only)
+			*shared |= table_is_shared(mmu, child);
+		*table = child;
+	}
+	return true;
+}
+
+/* The level-1 table of @w's path below @root, if every table of the path
+ * is already there with the right role and the path is shared somewhere
+ * below the root (else the ordinary install is as cheap and changes
+ * nothing shared): true and *@table.  mmu_lock. */
 static bool fill_path_find_locked(struct shadow_mmu *mmu, uint32_t root,
 				  const struct shadow_walk *w, unsigned int rights,
 				  uint32_t *table)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
-	bool shared = false;
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
+	bool shared;
 
-	*table = root;
-	for (int level = SPTE_LEVELS; level > 1; level--) {
-		const unsigned int i = SPTE_INDEX(w->va, level);
-		const uint64_t spte = spte_read(mmu_sptes(mmu, *table) + i);
-		uint32_t child;
+	return path_find(mmu, root, w, rights, false, false, table, &shared) && shared;
+}
 
-		if (!spte_is_present(spte) || spte_is_leaf(spte, level))
-			return false;
-		child = pool_page_index(spte_addr(spte));
-		if (!child_serves(mmu, child, w, level - 1, rights))
-			return false;
-		pool_entry_mirror(mmu->pool, *table, i);
-		shared |= table_is_shared(mmu, child);
-		*table = child;
+/*
+ * Installs leaf @spte, which maps page @page of @slot, at entry @i of
+ * level-1 table @table, which this VM alone reaches (path_find with
+ * @private_only), with mmu_lock in read mode: two such installs may run at
+ * once.  Under the page's stripe (the leaf rule): the reverse-map entry
+ * added, then the entry set from not present by compare-and-exchange, so
+ * that of two installs on one entry (of different pages: different
+ * stripes) exactly one succeeds; then the visible copy and the present
+ * count, still under the stripe, so a non-local zap that finds the leaf
+ * in the reverse map finds it whole.  No table lock: every other writer
+ * of the entry holds mmu_lock in write mode (excluded), or the stripe of
+ * the page the entry maps (a non-local zap of a present leaf, which the
+ * exchange from not present sees).  0 (installed, or @spte already
+ * there), -EBUSY (the entry holds another leaf: the write-mode install
+ * decides) or -ENOMEM.  mmu_lock in read mode, no stripe; never blocks
+ * but on the stripe.
+ */
+static int install_leaf_read_mode(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
+				  struct shadow_mmu_slot *slot, uint64_t page, uint64_t spte)
+{
+	umbra_rwlock_assert_held(&mmu->mmu_lock);
+	uint64_t *sptep = mmu_sptes(mmu, table) + i;
+	struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, page);
+	uint64_t old;
+	int ret;
+
+	umbra_mutex_lock(stripe);
+	old = spte_read(sptep);
+	if (old == spte) {
+		ret = 0; /* another vCPU fixed it */
+	} else if (spte_is_present(old)) {
+		ret = -EBUSY;
+	} else {
+		ret = pool_obj_rmap_add(slot->pobj, page, sptep_make(table, i));
+		if (!ret && !__atomic_compare_exchange_n(sptep, &old, spte, false, __ATOMIC_ACQ_REL,
+							 __ATOMIC_ACQUIRE)) {
+			/* Another page's leaf, installed under its stripe. */
+			pool_obj_rmap_del(slot->pobj, page, sptep_make(table, i));
+			ret = -EBUSY;
+		} else if (!ret) {
+			spte_write(pool_visible_entries(mmu->pool, table) + i, spte);
+			__atomic_fetch_add(&mmu_page(mmu, table)->nr_present, 1, __ATOMIC_RELAXED);
+			mmu_stat_inc(mmu, installs);
+			mmu_stat_inc(mmu, read_mode_installs);
+		}
 	}
-	return shared;
+	umbra_mutex_unlock(stripe);
+	return ret;
 }
 
 /* The leaf a fault installs for guest walk @w (page @page of @slot), and
  * in *@want_w whether it grants writes: W only once the guest's leaf is
- * dirty, never on a read-only slot or a copy-on-write page. */
+ * dirty, never on a read-only slot or a copy-on-write page (looked up only
+ * for a leaf the guest lets write: copy-on-write takes nothing else). */
 static uint64_t fault_leaf(struct shadow_mmu *mmu, const struct shadow_walk *w,
 			   struct shadow_mmu_slot *slot, uint64_t page, bool *want_w)
 {
-	const bool cow = p2m_is_cow(mmu, w->pa >> SHADOW_PAGE_SHIFT);
 	const unsigned int rights = leaf_rights(w->rights, w->dirty);
+	const bool cow = (rights & SHADOW_RIGHT_WRITE) && p2m_is_cow(mmu, w->pa >> SHADOW_PAGE_SHIFT);
 
 	*want_w = (rights & SHADOW_RIGHT_WRITE) && !cow && !slot->s.readonly;
 	return make_leaf(mmu, slot->s.mpa + (page << SHADOW_PAGE_SHIFT), rights, slot->s.readonly || cow);
@@ -391,11 +472,12 @@ static uint64_t fault_leaf(struct shadow_mmu *mmu, const struct shadow_walk *w,
 /* After leaf @i of level-1 table @table was installed (or found) for page
  * @page of @slot: the visible copy restored if it differs (an
  * access-tracked leaf too, access.c), the page young, a write in place on
- * a taken-over layer counted.  mmu_lock. */
+ * a taken-over layer counted.  mmu_lock in either mode (each step is
+ * atomic or under the table lock). */
 static void leaf_installed_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
 				  struct shadow_mmu_slot *slot, uint64_t page, bool want_w)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held(&mmu->mmu_lock);
 	if (want_w && __atomic_load_n(&slot->layer, __ATOMIC_ACQUIRE))
 		mmu_stat_inc(mmu, cow_takeovers); /* a taken-over page, written in place */
 	pool_entry_mirror(mmu->pool, table, i);
@@ -411,7 +493,7 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 			  struct shadow_mmu_slot *slot, uint64_t page, struct zap_batch *b,
 			  uint32_t *leaf_table)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const unsigned int rights = leaf_rights(w->rights, w->dirty);
 	bool want_w;
 	const uint64_t spte = fault_leaf(mmu, w, slot, page, &want_w);
@@ -443,9 +525,12 @@ static int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
 #define FAULT_RETRY 3		/* an invalidation raced: count a retry, walk again */
 #define FAULT_STALE 4		/* a sync raced and the guest's tables or the P2M changed
 				 * since the walk: count a retry, walk again */
+#define FAULT_SLOW 5		/* the read-mode install cannot do it: install in write
+				 * mode */
 _Static_assert(FAULT_WALK_AGAIN != SHADOW_FAULT_GUEST && FAULT_RETRY != SHADOW_FAULT_GUEST &&
-		       FAULT_STALE != SHADOW_FAULT_GUEST && FAULT_WALK_AGAIN != SHADOW_FAULT_FIXED &&
-		       FAULT_RETRY != SHADOW_FAULT_FIXED && FAULT_STALE != SHADOW_FAULT_FIXED,
+		       FAULT_STALE != SHADOW_FAULT_GUEST && FAULT_SLOW != SHADOW_FAULT_GUEST &&
+		       FAULT_WALK_AGAIN != SHADOW_FAULT_FIXED && FAULT_RETRY != SHADOW_FAULT_FIXED &&
+		       FAULT_STALE != SHADOW_FAULT_FIXED && FAULT_SLOW != SHADOW_FAULT_FIXED,
 	       "internal fault results are not public ones");
 
 /*
@@ -562,7 +647,7 @@ static int fault_walk(struct shadow_mmu *mmu, struct fault *f, uint32_t *error_c
  * without the lock. */
 static bool fault_walk_is_current_locked(struct shadow_mmu *mmu, const struct fault *f)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_mmu_slot *slot2;
 	struct shadow_walk w2;
 	uint64_t page2;
@@ -588,7 +673,7 @@ static bool fault_walk_is_current_locked(struct shadow_mmu *mmu, const struct fa
 static bool around_walk_locked(struct shadow_mmu *mmu, const struct fault *f, uint64_t va,
 			       struct shadow_walk *w)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const int leaf = f->w.leaf_level;
 
 	if (leaf > 1) {
@@ -617,7 +702,7 @@ static bool around_walk_locked(struct shadow_mmu *mmu, const struct fault *f, ui
 static void fault_around_locked(struct shadow_mmu *mmu, const struct fault *f, uint32_t table,
 				struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_mmu_slot *slot = f->slot;
 	const struct shadow_slot_ops *ops = slot->s.ops;
 	const unsigned int n = mmu->fault_around, i = SPTE_INDEX(f->va, 1), i0 = i & ~(n - 1);
@@ -664,8 +749,69 @@ static void fault_around_locked(struct shadow_mmu *mmu, const struct fault *f, u
 	mmu_stat_add(mmu, faulted_around, done);
 }
 
-/* Steps 4-7 under mmu_lock: the retry checks, then the install (and
- * fault-around) and its flush.  0, FAULT_RETRY, FAULT_STALE or -errno. */
+/* Step 4: did an invalidation of the page begin since
+ * notifier_read_begin (FAULT_RETRY), or its slot go (-ENODEV)?  0 if
+ * neither.  mmu_lock in either mode. */
+static int fault_recheck(struct shadow_mmu *mmu, const struct fault *f)
+{
+	umbra_rwlock_assert_held(&mmu->mmu_lock);
+	if (notifier_read_retry(f->slot->s.obj, f->page, f->page, f->notifier_seq))
+		return FAULT_RETRY;
+	if (__atomic_load_n(&f->slot->released, __ATOMIC_RELAXED))
+		return -ENODEV;
+	return 0;
+}
+
+/*
+ * Steps 4-7 with mmu_lock in read mode, for the common fault whose shadow
+ * path is all there and this VM's alone: the retry checks, then the leaf
+ * alone (install_leaf_read_mode), so that faults of one VM on other pages
+ * run at once.  What holds for the write-mode install holds here: every
+ * change to the path's tables, every sync, P2M change and invalidation
+ * callback of this VM takes mmu_lock in write mode, so none runs between
+ * the checks and the install.  0, FAULT_RETRY, -ENODEV, or FAULT_SLOW
+ * where the write-mode install (fault_install) must decide: a sync since
+ * the walk, no cached root, a table of the path missing, shared, canonical
+ * or of another role, an entry of the path not granting a W the leaf
+ * needs, the entry holding another leaf (other rights, another page), no
+ * memory, or fault-around to do.  Takes and drops mmu_lock in read mode;
+ * no lock held on entry.
+ */
+static int fault_install_read_mode(struct shadow_mmu *mmu, struct fault *f)
+{
+	const unsigned int rights = leaf_rights(f->w.rights, f->w.dirty);
+	struct shadow_root *root;
+	uint32_t table;
+	uint64_t spte;
+	bool want_w, shared;
+	int ret;
+
+	if (mmu->fault_around > 1)
+		return FAULT_SLOW;
+	umbra_rwlock_read_lock(&mmu->mmu_lock);
+	ret = fault_recheck(mmu, f);
+	if (ret)
+		goto unlock;
+	ret = FAULT_SLOW;
+	if (__atomic_load_n(&mmu->sync_seq, __ATOMIC_ACQUIRE) != f->sync_seq)
+		goto unlock;
+	root = root_find_locked(mmu, cr3_key(mmu, f->cr3));
+	if (!root)
+		goto unlock;
+	spte = fault_leaf(mmu, &f->w, f->slot, f->page, &want_w);
+	if (!path_find(mmu, root->page, &f->w, rights, true, want_w, &table, &shared) ||
+	    install_leaf_read_mode(mmu, table, SPTE_INDEX(f->va, 1), f->slot, f->page, spte))
+		goto unlock;
+	leaf_installed_locked(mmu, table, SPTE_INDEX(f->va, 1), f->slot, f->page, want_w);
+	ret = 0;
+unlock:
+	umbra_rwlock_read_unlock(&mmu->mmu_lock);
+	return ret;
+}
+
+/* Steps 4-7 with mmu_lock in write mode: the retry checks, then the
+ * install (and fault-around) and its flush.  0, FAULT_RETRY, FAULT_STALE or
+ * -errno. */
 static int fault_install(struct shadow_mmu *mmu, struct fault *f)
 {
 	struct shadow_root *root;
@@ -674,15 +820,10 @@ static int fault_install(struct shadow_mmu *mmu, struct fault *f)
 	int ret;
 
 	zap_batch_init(&b);
-	umbra_mutex_lock(&mmu->mmu_lock);
-	if (notifier_read_retry(f->slot->s.obj, f->page, f->page, f->notifier_seq)) {
-		ret = FAULT_RETRY;
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
+	ret = fault_recheck(mmu, f);
+	if (ret)
 		goto unlock;
-	}
-	if (__atomic_load_n(&f->slot->released, __ATOMIC_RELAXED)) {
-		ret = -ENODEV;
-		goto unlock;
-	}
 	if (!fault_walk_is_current_locked(mmu, f)) {
 		ret = FAULT_STALE;
 		goto unlock;
@@ -697,7 +838,7 @@ static int fault_install(struct shadow_mmu *mmu, struct fault *f)
 		fault_around_locked(mmu, f, table, &b);
 	zap_batch_finish_locked(mmu, &b);
 unlock:
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	return ret;
 }
 
@@ -733,7 +874,9 @@ static int fault_resolve(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsi
 				    &f.notifier_seq);
 		if (ret)
 			return ret;
-		ret = fault_install(mmu, &f);
+		ret = fault_install_read_mode(mmu, &f);
+		if (ret == FAULT_SLOW)
+			ret = fault_install(mmu, &f);
 		if (ret == FAULT_STALE && ++walks_again > FAULT_MAX_WALKS_AGAIN)
 			return -ELOOP;
 		if (ret == FAULT_RETRY || ret == FAULT_STALE) {

@@ -125,7 +125,7 @@ int fill_in_place_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
 			 const struct shadow_walk *w, struct shadow_mmu_slot *slot, uint64_t page,
 			 uint64_t spte)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct umbra_mutex *stripe = pool_obj_stripe(slot->pobj, page);
 	struct shadow_page *sp = mmu_page(mmu, table);
 	uint64_t old, seq;
@@ -165,7 +165,7 @@ unlock:
 
 void fill_barrier_locked(struct shadow_mmu *mmu, uint32_t page)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 
 	__atomic_fetch_add(&mmu->pool->fill_seq, 1, __ATOMIC_SEQ_CST);

@@ -46,7 +46,7 @@ static inline bool shadow_iter_next(struct shadow_mmu *mmu, struct shadow_iter *
 /* The loop test: mmu_lock is held (asserted), and the walk goes on. */
 static inline bool shadow_iter_valid_locked(struct shadow_mmu *mmu, const struct shadow_iter *it)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	return it->level > 0;
 }
 
@@ -66,7 +66,7 @@ static inline bool shadow_iter_valid_locked(struct shadow_mmu *mmu, const struct
  * body zaps them). */
 static inline bool present_iter_valid_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	return i < SPTE_ENTRIES && __atomic_load_n(&mmu_page(mmu, page)->nr_present, __ATOMIC_RELAXED);
 }
 

@@ -44,7 +44,7 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 	ret = table_hash_init(mmu);
 	if (ret)
 		goto free_roots;
-	umbra_mutex_init(&mmu->mmu_lock, "shadow.mmu_lock", UMBRA_LOCK_RANK_MMU);
+	umbra_rwlock_init(&mmu->mmu_lock, "shadow.mmu_lock", UMBRA_LOCK_RANK_MMU);
 	umbra_mutex_init(&mmu->tlbs_lock, "shadow.mmu.tlbs_lock", UMBRA_LOCK_RANK_TLBS);
 	mmu->own_slot = -1;
 	umbra_mutex_lock(&mmu->pool->mmus_lock);
@@ -73,13 +73,13 @@ static void mmu_drop_roots(struct shadow_mmu *mmu)
 	struct zap_batch b;
 
 	zap_batch_init(&b);
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
 			root_evict_locked(mmu, &mmu->roots[r], &b);
 	zap_batch_finish_locked(mmu, &b);
 	mmu->destroying = true;
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 }
 
 /* Takes @mmu off the pool's list (the flush-everyone fallback's). */
@@ -114,7 +114,7 @@ void shadow_mmu_destroy(struct shadow_mmu *mmu)
 	for (int i = 0; i < n; i++)
 		pool_obj_put(mmu->pool, mmu->slots[i].pobj);
 	umbra_mutex_exit(&mmu->tlbs_lock);
-	umbra_mutex_exit(&mmu->mmu_lock);
+	umbra_rwlock_exit(&mmu->mmu_lock);
 	free(mmu->roots);
 	table_hash_exit(mmu);
 	table_account_put(mmu->account); /* pages a clone still reaches keep it */
@@ -125,19 +125,19 @@ void shadow_mmu_destroy(struct shadow_mmu *mmu)
 
 void shadow_mmu_tlb_register(struct shadow_mmu *mmu, struct shadow_tlb *tlb)
 {
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	tlb->root = 0;
 	tlb->cr3 = 0;
 	umbra_mutex_lock(&mmu->tlbs_lock);
 	tlb->next = mmu->tlbs;
 	mmu->tlbs = tlb;
 	umbra_mutex_unlock(&mmu->tlbs_lock);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 }
 
 void shadow_mmu_tlb_unregister(struct shadow_mmu *mmu, struct shadow_tlb *tlb)
 {
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	umbra_mutex_lock(&mmu->tlbs_lock);
 	for (struct shadow_tlb **pp = &mmu->tlbs; *pp; pp = &(*pp)->next) {
 		if (*pp == tlb) {
@@ -153,7 +153,7 @@ void shadow_mmu_tlb_unregister(struct shadow_mmu *mmu, struct shadow_tlb *tlb)
 			root->pins--;
 		tlb->root = 0;
 	}
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 }
 
 /* ---- introspection ---------------------------------------------------------- */
@@ -173,16 +173,23 @@ size_t shadow_mmu_rmap_count(struct shadow_mmu *mmu, int slot_id, uint64_t page)
 
 void shadow_mmu_stats(const struct shadow_mmu *mmu, struct shadow_mmu_stats *stats)
 {
-	const uint64_t *src = (const uint64_t *)&mmu->stats;
 	uint64_t *dst = (uint64_t *)stats;
 
-	for (size_t i = 0; i < sizeof(*stats) / sizeof(uint64_t); i++)
-		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+	for (size_t i = 0; i < sizeof(*stats) / sizeof(uint64_t); i++) {
+		dst[i] = 0;
+		for (unsigned int k = 0; k < UMBRA_THREAD_SLOTS; k++)
+			dst[i] += __atomic_load_n((const uint64_t *)&mmu->stats[k].s + i,
+						  __ATOMIC_RELAXED);
+	}
 }
 
 uint64_t shadow_mmu_reclaims(const struct shadow_mmu *mmu)
 {
-	return __atomic_load_n(&mmu->stats.reclaims, __ATOMIC_RELAXED);
+	uint64_t n = 0;
+
+	for (unsigned int k = 0; k < UMBRA_THREAD_SLOTS; k++)
+		n += __atomic_load_n(&mmu->stats[k].s.reclaims, __ATOMIC_RELAXED);
+	return n;
 }
 
 struct shadow_pool *shadow_mmu_pool(const struct shadow_mmu *mmu)
@@ -210,7 +217,7 @@ int shadow_mmu_set_mode(struct shadow_mmu *mmu, const struct shadow_paging_mode 
 	if (!mode || !walk_mode_is_valid(mode) || mode->maxphyaddr != cur->maxphyaddr)
 		return -EINVAL;
 	zap_batch_init(&b);
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	if (cur->wp != mode->wp || cur->nxe != mode->nxe || cur->smep != mode->smep ||
 	    cur->gbpages != mode->gbpages) {
 		/* Field by field, atomically: a fault's lock-free guest walk may
@@ -231,6 +238,6 @@ int shadow_mmu_set_mode(struct shadow_mmu *mmu, const struct shadow_paging_mode 
 		bump_sync_seq_locked(mmu);
 	}
 	zap_batch_finish_locked(mmu, &b);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	return 0;
 }

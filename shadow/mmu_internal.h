@@ -28,8 +28,11 @@
  * Rules every function of these files keeps (docs/locking.md, "shadow/"):
  *  - an entry of a table page is written only under the page's table lock,
  *    with pool_spte_write (release stores: the private copy, then the
- *    pool), and under the writing VM's mmu_lock, which serialises the
- *    structure of the tables that VM alone reaches;
+ *    pool), and under the writing VM's mmu_lock in write mode, which
+ *    serialises the structure of the tables that VM alone reaches; the
+ *    one exception is a fault's read-mode install (fault.c): a leaf set
+ *    from not present by compare-and-exchange, under mmu_lock in read
+ *    mode and the page's stripe, in a table only that VM reaches;
  *  - a table page is freed only after every registered vCPU was flushed
  *    (zap_batch_finish_locked), so no vCPU uses a translation through it;
  *    a lock-free walk still reading it is an RCU reader, and the page is
@@ -61,7 +64,7 @@ struct role {
  * walk began before walks again under the lock (fault.c). */
 static inline void bump_sync_seq_locked(struct shadow_mmu *mmu)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	__atomic_fetch_add(&mmu->sync_seq, 1, __ATOMIC_RELEASE);
 }
 
@@ -435,7 +438,8 @@ static inline uint64_t cr3_key(const struct shadow_mmu *mmu, uint64_t cr3)
 	return cr3 & SPTE_ADDR_MASK & ((1ull << mmu->mode.maxphyaddr) - 1);
 }
 
-/* The cached root for @key, or NULL.  mmu_lock. */
+/* The cached root for @key, or NULL; changes nothing (no LRU tick).
+ * mmu_lock in either mode. */
 struct shadow_root *root_find_locked(struct shadow_mmu *mmu, uint64_t key);
 /* The cached root whose table is at pool gpa @gpa, or NULL.  mmu_lock. */
 struct shadow_root *root_of_page_locked(struct shadow_mmu *mmu, uint64_t gpa);

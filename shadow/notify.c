@@ -20,10 +20,10 @@
 static int lock_for_range(struct shadow_mmu *mmu, bool may_block)
 {
 	if (may_block) {
-		umbra_mutex_lock(&mmu->mmu_lock);
+		umbra_rwlock_write_lock(&mmu->mmu_lock);
 		return 0;
 	}
-	return umbra_mutex_trylock(&mmu->mmu_lock) ? 0 : -EAGAIN;
+	return umbra_rwlock_write_trylock(&mmu->mmu_lock) ? 0 : -EAGAIN;
 }
 
 /* The callback's span in a --trace: the VM, the invalidation it serves,
@@ -56,7 +56,7 @@ static int zap_pages(struct shadow_mmu_slot *slot, const struct notifier_range *
 	zap_slot_range_locked(mmu, slot, first, last, &b);
 	zap_batch_finish_locked(mmu, &b); /* every vCPU flushed before we return */
 	mmu_stat_inc(mmu, invalidations);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	if (t0)
 		trace_callback(mmu, op, t0, first, last, b.zapped, 0);
 	return 0;
@@ -119,7 +119,7 @@ static void shadow_release(struct notifier_subscription *sub, struct notifier_ob
 	struct shadow_mmu *mmu = slot->mmu;
 	struct zap_batch b;
 
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	__atomic_store_n(&slot->released, true, __ATOMIC_RELEASE);
 	zap_batch_init(&b);
 	/* A VM being destroyed has dropped its roots already: the leaves of
@@ -129,7 +129,7 @@ static void shadow_release(struct notifier_subscription *sub, struct notifier_ob
 	if (!mmu->destroying)
 		zap_slot_range_locked(mmu, slot, 0, slot->npages - 1, &b);
 	zap_batch_finish_locked(mmu, &b);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 }
 
 const struct notifier_ops shadow_notifier_ops = {

@@ -195,7 +195,7 @@ put_pobj:
 
 void mmu_slot_publish_locked(struct shadow_mmu *mmu, int id)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	__atomic_store_n(&mmu->nr_slots, id + 1, __ATOMIC_RELEASE);
 }
 
@@ -215,9 +215,9 @@ int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool share
 
 	if (ret)
 		return ret;
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	mmu_slot_publish_locked(mmu, *id);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	return 0;
 }
 
@@ -238,7 +238,7 @@ int shadow_mmu_add_segment(struct shadow_mmu *mmu, const struct shadow_slot *s, 
 static int p2m_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e, struct zap_batch *b,
 			  struct p2m_batch *pb)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint64_t old = p2m_entry_lookup_locked(mmu, gfn, NULL);
 
 	int ret;
@@ -263,7 +263,7 @@ static int p2m_set_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t e, stru
 static int p2m_map_chunk_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t n, uint64_t e,
 				struct zap_batch *b, struct p2m_batch *pb)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const bool present = p2m_entry_is_present(e);
 	uint64_t old;
 	int ret;
@@ -307,7 +307,7 @@ int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, in
 	}
 	zap_batch_init(&b);
 	p2m_batch_init(&pb);
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	while (done < npages && !ret) {
 		uint64_t g = gfn + done, left = npages - done;
 		uint64_t n = P2M_CHUNK_PAGES - (g & (P2M_CHUNK_PAGES - 1));
@@ -321,7 +321,7 @@ int shadow_mmu_map_gpa(struct shadow_mmu *mmu, uint64_t gpa, uint64_t npages, in
 	}
 	bump_sync_seq_locked(mmu);
 	zap_batch_finish_locked(mmu, &b);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	p2m_batch_finish(mmu, &pb);
 	return ret;
 }

@@ -92,13 +92,13 @@ uint64_t p2m_entry_lookup(struct shadow_mmu *mmu, uint64_t gfn, bool *private)
 
 uint64_t p2m_entry_lookup_locked(struct shadow_mmu *mmu, uint64_t gfn, bool *private)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	return p2m_walk_to_entry(mmu, gfn, private);
 }
 
 uint64_t p2m_chunk_linear_locked(struct shadow_mmu *mmu, uint64_t gfn)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint64_t x = __atomic_load_n(&mmu->p2m_root, __ATOMIC_ACQUIRE);
 
 	for (int l = mmu->p2m_levels; l > 1 && x; l--) {
@@ -182,7 +182,7 @@ static void node_release(struct shadow_mmu *mmu, struct p2m_node *n, int skip_id
 /* Drops one reference to @n; the last one queues it on @b for release. */
 static void node_put_locked(struct shadow_mmu *mmu, struct p2m_node *n, struct p2m_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	if (__atomic_sub_fetch(&n->use, 1, __ATOMIC_ACQ_REL) == 0) {
 		n->next = b->nodes;
 		b->nodes = n;
@@ -211,7 +211,7 @@ static uint64_t entry_refs(struct shadow_mmu *mmu, const struct p2m_node *n, uin
  */
 static int node_copy_locked(struct shadow_mmu *mmu, struct p2m_node *n, struct p2m_node **out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct p2m_node *c;
 	uint64_t e, pages;
 
@@ -252,7 +252,7 @@ static int node_copy_locked(struct shadow_mmu *mmu, struct p2m_node *n, struct p
 static int node_private_locked(struct shadow_mmu *mmu, uint64_t *ref, int level, bool create,
 			       struct p2m_batch *b, struct p2m_node **out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint64_t x = __atomic_load_n(ref, __ATOMIC_RELAXED);
 	struct p2m_node *n;
 	int ret;
@@ -300,7 +300,7 @@ static int node_private_locked(struct shadow_mmu *mmu, uint64_t *ref, int level,
 static int path_private_locked(struct shadow_mmu *mmu, uint64_t gfn, int stop, bool create,
 			       struct p2m_batch *b, uint64_t **entry)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint64_t *ref = &mmu->p2m_root;
 
 	for (int l = mmu->p2m_levels; l >= stop; l--) {
@@ -362,7 +362,7 @@ static void linear_refs_put_locked(struct shadow_mmu *mmu, uint64_t x, struct p2
 	const uint64_t e = p2m_linear_entry(x, 0);
 	struct shadow_mmu_slot *slot;
 
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	if (!x || !entry_is_counted(mmu, e))
 		return;
 	uint64_t freed[SPTE_ENTRIES / 64];
@@ -378,7 +378,7 @@ static void linear_refs_put_locked(struct shadow_mmu *mmu, uint64_t x, struct p2
 int p2m_chunk_set_linear_locked(struct shadow_mmu *mmu, uint64_t gfn, uint64_t x,
 				struct p2m_batch *b, uint64_t *old)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint64_t *entry, cur;
 	int ret;
 
@@ -420,7 +420,7 @@ void p2m_exit(struct shadow_mmu *mmu, int skip_id)
 
 void p2m_share_locked(struct shadow_mmu *parent, struct shadow_mmu *child)
 {
-	umbra_mutex_assert_held(&parent->mmu_lock);
+	umbra_rwlock_assert_held_write(&parent->mmu_lock);
 	uint64_t x = __atomic_load_n(&parent->p2m_root, __ATOMIC_RELAXED);
 
 	if (x)
@@ -452,7 +452,7 @@ void p2m_walk_quiescent(struct shadow_mmu *mmu, const struct p2m_walker *w)
 
 void p2m_walk_locked(struct shadow_mmu *mmu, const struct p2m_walker *w)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	p2m_walk_quiescent(mmu, w);
 }
 

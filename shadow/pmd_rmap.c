@@ -86,7 +86,7 @@ int pmd_rmap_for_each_root(struct shadow_mmu *self, uint32_t page, int level,
 			   bool (*fn)(void *ctx, struct shadow_mmu *vm, bool path_shared),
 			   void *ctx)
 {
-	umbra_mutex_assert_held(&self->mmu_lock);
+	umbra_rwlock_assert_held_write(&self->mmu_lock);
 	return pmd_rmap_walk_up(self, page, level, false, fn, ctx);
 }
 
@@ -106,7 +106,7 @@ static bool root_is_ours(void *ctx, struct shadow_mmu *vm, bool path_shared)
 
 bool table_is_ours_alone(struct shadow_mmu *mmu, uint32_t page)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	const uint64_t gen = mmu->clone_gen;
 	struct alone a = { .self = mmu };
@@ -126,7 +126,7 @@ bool table_is_ours_alone(struct shadow_mmu *mmu, uint32_t page)
 
 bool table_is_shared(struct shadow_mmu *mmu, uint32_t page)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 
 	if (sp->canon)
@@ -182,7 +182,7 @@ static void pmd_rmap_flush_up(struct shadow_mmu *self, uint32_t page, uint64_t g
  */
 void batch_flush_remote(struct shadow_mmu *mmu, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	if (b->tables_overflow) {
 		flush_every_mmu(mmu->pool, mmu);
 	} else if (b->nr_tables) {

@@ -39,7 +39,7 @@ struct chain_link {
 static int find_chain(struct shadow_mmu *mmu, uint32_t page, int level, struct chain_link *chain,
 		      int depth)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	struct u32_vec up;
 	bool root = false;
@@ -108,7 +108,7 @@ static uint64_t chain_va(const struct chain_link *chain)
 static void chain_unshare_locked(struct shadow_mmu *mmu, struct chain_link *chain,
 				 struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const uint64_t va = chain_va(chain);
 
 	for (int k = CHAIN_ROOT - 1; k >= 0; k--) {
@@ -135,7 +135,7 @@ static void chain_unshare_locked(struct shadow_mmu *mmu, struct chain_link *chai
 static void zap_leaf_everywhere_locked(struct shadow_mmu *mmu, shadow_sptep_t s,
 				       struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	if (spte_is_present(leaf_clear(mmu, sptep_page(s), sptep_index(s), b)))
 		batch_add_table(b, sptep_page(s));
 }
@@ -152,7 +152,7 @@ static void zap_leaf_everywhere_locked(struct shadow_mmu *mmu, shadow_sptep_t s,
  */
 static bool zap_local_locked(struct shadow_mmu *mmu, shadow_sptep_t s, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct chain_link chain[SPTE_LEVELS + 1];
 	bool changed = false;
 
@@ -203,7 +203,7 @@ static int rmap_snapshot(struct shadow_mmu_slot *slot, uint64_t p, struct u32_ve
 void zap_slot_range_local_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 				 uint64_t first, uint64_t last, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	for (uint64_t p = first; p <= last && p < slot->npages; p++) {
 		bool changed;
 
@@ -253,7 +253,7 @@ static bool leaf_reread_under_stripe(struct shadow_mmu *mmu, const uint64_t *spt
  */
 static void table_copy_entries_locked(struct shadow_mmu *mmu, uint32_t old, uint32_t copy)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const int level = mmu_page(mmu, old)->level;
 	uint64_t *from = mmu_sptes(mmu, old);
 	struct umbra_mutex *held = NULL;
@@ -297,7 +297,7 @@ static void table_copy_entries_locked(struct shadow_mmu *mmu, uint32_t old, uint
 int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i, uint32_t old,
 		      uint64_t gva, struct zap_batch *b, uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *osp = mmu_page(mmu, old);
 	const struct role role = { .direct = osp->direct, .access = osp->access, .gpa = osp->gpa };
 	uint32_t copy;
@@ -333,7 +333,7 @@ int table_copy_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned int i, u
  * No flush: no vCPU could write through it (the entry above lacked W). */
 void table_wrprot_locked(struct shadow_mmu *mmu, uint32_t page)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint64_t *sptes = mmu_sptes(mmu, page);
 	int level = mmu_page(mmu, page)->level;
 	struct umbra_mutex *held = NULL;

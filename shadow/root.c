@@ -24,7 +24,7 @@
 
 struct shadow_root *root_find_locked(struct shadow_mmu *mmu, uint64_t key)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held(&mmu->mmu_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE && mmu->roots[r].cr3 == key)
 			return &mmu->roots[r];
@@ -33,7 +33,7 @@ struct shadow_root *root_find_locked(struct shadow_mmu *mmu, uint64_t key)
 
 struct shadow_root *root_of_page_locked(struct shadow_mmu *mmu, uint64_t gpa)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE && pool_page_gpa(mmu->roots[r].page) == gpa)
 			return &mmu->roots[r];
@@ -42,7 +42,7 @@ struct shadow_root *root_of_page_locked(struct shadow_mmu *mmu, uint64_t gpa)
 
 void root_evict_locked(struct shadow_mmu *mmu, struct shadow_root *root, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint32_t page = root->page;
 
 	root->page = SHADOW_NO_PAGE;
@@ -71,7 +71,7 @@ int root_cache_grow(struct shadow_mmu *mmu, unsigned int n)
 /* The least recently used root no vCPU runs on, or NULL.  mmu_lock. */
 static struct shadow_root *root_lru_unpinned_locked(struct shadow_mmu *mmu)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_root *lru = NULL;
 
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
@@ -87,7 +87,7 @@ static struct shadow_root *root_lru_unpinned_locked(struct shadow_mmu *mmu)
  * mmu_lock. */
 static struct shadow_root *root_slot_get_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const unsigned int n = mmu->nr_roots;
 	struct shadow_root *slot;
 
@@ -108,7 +108,7 @@ static struct shadow_root *root_slot_get_locked(struct shadow_mmu *mmu, struct z
 static int root_create_locked(struct shadow_mmu *mmu, uint64_t key, struct zap_batch *b,
 			      struct shadow_root **out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const struct role role = { .direct = false, .access = SHADOW_RIGHTS_ALL, .gpa = key };
 	struct shadow_root *slot = root_slot_get_locked(mmu, b);
 	uint32_t page;
@@ -144,7 +144,7 @@ static int load_cr3_once(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_
 	int ret = 0;
 
 	zap_batch_init(&b);
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	mmu_stat_inc(mmu, cr3_loads);
 	/* The vCPU leaves its current root first: that root may be evicted
 	 * to make room (it is not in use any more once we switch). */
@@ -171,7 +171,7 @@ static int load_cr3_once(struct shadow_mmu *mmu, struct shadow_tlb *tlb, uint64_
 	bump_sync_seq_locked(mmu);
 unlock:
 	zap_batch_finish_locked(mmu, &b);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	return ret;
 }
 
@@ -182,7 +182,7 @@ void mmu_reclaim(struct shadow_mmu *mmu)
 
 	shadow_assert_no_lock_held();
 	zap_batch_init(&b);
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	mmu_stat_inc(mmu, reclaims);
 	/* Every vCPU flushed (on KVM: out of guest mode) before the pinned
 	 * translations go, not only after: a vCPU still running could walk
@@ -210,7 +210,7 @@ void mmu_reclaim(struct shadow_mmu *mmu)
 	b.flush_all = true;
 	bump_sync_seq_locked(mmu);
 	zap_batch_finish_locked(mmu, &b);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	pool_wait_deferred(mmu->pool);
 }
 
@@ -219,11 +219,11 @@ bool shadow_mmu_root_is_marked(struct shadow_mmu *mmu, uint64_t cr3, uint64_t *g
 	struct shadow_root *root;
 	bool marked;
 
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	root = root_find_locked(mmu, cr3_key(mmu, cr3));
 	*gen = __atomic_load_n(&mmu->zap_gen, __ATOMIC_ACQUIRE) + 1;
 	marked = root && root->mark == *gen;
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	return marked;
 }
 
@@ -231,11 +231,11 @@ void shadow_mmu_root_mark(struct shadow_mmu *mmu, uint64_t cr3, uint64_t gen)
 {
 	struct shadow_root *root;
 
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	root = root_find_locked(mmu, cr3_key(mmu, cr3));
 	if (root)
 		root->mark = gen;
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 }
 
 bool mmu_evict_lru_root(struct shadow_mmu *mmu, bool wait)
@@ -245,7 +245,7 @@ bool mmu_evict_lru_root(struct shadow_mmu *mmu, bool wait)
 
 	shadow_assert_no_lock_held();
 	zap_batch_init(&b);
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	lru = root_lru_unpinned_locked(mmu);
 	if (lru) {
 		root_evict_locked(mmu, lru, &b);
@@ -253,7 +253,7 @@ bool mmu_evict_lru_root(struct shadow_mmu *mmu, bool wait)
 		bump_sync_seq_locked(mmu);
 	}
 	zap_batch_finish_locked(mmu, &b);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	if (lru && wait)
 		pool_wait_deferred(mmu->pool);
 	return lru != NULL;

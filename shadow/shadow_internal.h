@@ -91,9 +91,13 @@ struct shadow_page_user {
  *              (after the TLB flush).
  *  lock        the per-table lock (rank UMBRA_LOCK_RANK_TABLE): held for
  *              every write of one of the page's 512 entries and for
- *              nr_present and users.  Taken inside mmu_lock; never two at a
- *              time.
- *  nr_present  present entries in the page (under lock).
+ *              nr_present and users, but for one: a fault holding mmu_lock
+ *              in read mode sets a not-present leaf entry of a table only
+ *              its VM reaches by compare-and-exchange under the page's
+ *              stripe, without it (fault.c, install_leaf_read_mode).
+ *              Taken inside mmu_lock; never two at a time.
+ *  nr_present  present entries in the page (atomic; changed under lock,
+ *              or by that read-mode install).
  *  users       the pmd-rmap list (under lock).
  *  next        free-list, dying or waiting link while free (atomic: see
  *              pool.c's lock-free stacks); zap-list link (under the zapping
@@ -619,21 +623,38 @@ struct zap_batch {
 	uint64_t self_va;
 };
 
+/* One thread slot's statistics, padded so that the counters of two slots
+ * never share a cache line, nor a pair of lines that a CPU prefetches
+ * together. */
+struct mmu_stats_slot {
+	struct shadow_mmu_stats s;
+	char pad[128];
+};
+
 struct shadow_mmu {
 	struct shadow_pool *pool;	/* immutable */
 	struct shadow_paging_mode mode; /* written under mmu_lock (atomic stores,
 					 * shadow_mmu_set_mode); read anywhere */
 
 	/*
-	 * mmu_lock (UMBRA_LOCK_RANK_MMU): the per-VM lock.  Protects the
-	 * structure of this VM's shadow tables (which tables exist, their
-	 * users entries for this VM), the reverse maps, the root cache, the
-	 * TLB list, P2M stores and sync_seq stores.  Taken by the fault
-	 * path (around notifier_read_retry and the install), invlpg, CR3
-	 * loads, flushes, zaps and the notifier callbacks.  Never held while
-	 * calling notifier_read_begin(), get_page or notifier (un)subscribe.
+	 * mmu_lock (UMBRA_LOCK_RANK_MMU): the per-VM lock, a reader-writer
+	 * lock.  Write mode protects the structure of this VM's shadow
+	 * tables (which tables exist, their users entries for this VM), the
+	 * reverse maps, the root cache, the TLB list, P2M stores and
+	 * sync_seq stores; every *_locked function asserts write mode unless
+	 * its comment says "either mode".  Taken in write mode by the fault
+	 * path's full install (around notifier_read_retry and the install),
+	 * invlpg, CR3 loads, flushes, zaps, clones and the notifier
+	 * callbacks.  Read mode is taken only by a fault whose shadow path is
+	 * all there and this VM's alone (fault.c, fault_install_read_mode):
+	 * it changes nothing but one not-present leaf entry of a table no
+	 * other VM reaches (by compare-and-exchange, under the page's
+	 * stripe), its reverse-map entry, atomic counters and young bytes,
+	 * so read-mode faults run together and every write-mode holder
+	 * excludes them.  Never held while calling notifier_read_begin(),
+	 * get_page or notifier (un)subscribe.
 	 */
-	struct umbra_mutex mmu_lock;
+	struct umbra_rwlock mmu_lock;
 	uint64_t sync_seq;		/* atomic; bumped under mmu_lock by every sync / P2M change */
 	uint32_t trace_id;		/* atomic: the "vm" of its trace events (umbra/trace.h) */
 	uint64_t zap_gen;		/* atomic; bumped (from 1) whenever a translation of this
@@ -682,7 +703,10 @@ struct shadow_mmu {
 					 * behind write-protected entries (under mmu_lock) */
 	bool destroying;		/* roots dropped by destroy (under mmu_lock) */
 
-	struct shadow_mmu_stats stats;	/* relaxed atomic adds */
+	/* Relaxed atomic adds, each thread to its slot's block
+	 * (umbra_thread_slot: the vCPU threads of a VM count on lines of
+	 * their own); shadow_mmu_stats sums them. */
+	struct mmu_stats_slot stats[UMBRA_THREAD_SLOTS];
 };
 
 static inline struct shadow_page *mmu_page(struct shadow_mmu *mmu, uint32_t index)
@@ -695,7 +719,8 @@ static inline uint64_t *mmu_sptes(struct shadow_mmu *mmu, uint32_t index)
 	return pool_entries(mmu->pool, index);
 }
 
-#define mmu_stat_add(mmu, field, n) __atomic_fetch_add(&(mmu)->stats.field, (n), __ATOMIC_RELAXED)
+#define mmu_stat_add(mmu, field, n)                                                       \
+	__atomic_fetch_add(&(mmu)->stats[umbra_thread_slot()].s.field, (n), __ATOMIC_RELAXED)
 #define mmu_stat_inc(mmu, field) mmu_stat_add(mmu, field, 1)
 
 /* Machine address -> (slot, page); NULL if no slot holds it.  Lock-free

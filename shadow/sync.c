@@ -130,7 +130,7 @@ static bool table_entry_matches(struct shadow_mmu *mmu, uint64_t spte, const str
  * refuses or is seen here.  mmu_lock. */
 static bool subtree_matches_locked(struct shadow_mmu *mmu, uint32_t page)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t *sptes = mmu_sptes(mmu, page);
 
@@ -163,7 +163,7 @@ static bool subtree_matches_locked(struct shadow_mmu *mmu, uint32_t page)
 static bool sync_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, bool recurse,
 			     struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t spte = spte_read(mmu_sptes(mmu, page) + i);
 	struct expect e;
@@ -234,7 +234,7 @@ void shadow_mmu_invlpg(struct shadow_mmu *mmu, struct shadow_tlb *self, uint64_t
 	zap_batch_init(&b);
 	b.self = self;
 	b.self_va = va & SPTE_LEVEL_MASK(1);
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	mmu_stat_inc(mmu, invlpg);
 	root = root_find_locked(mmu, cr3_key(mmu, cr3));
 	if (root) {
@@ -259,7 +259,7 @@ void shadow_mmu_invlpg(struct shadow_mmu *mmu, struct shadow_tlb *self, uint64_t
 	}
 	bump_sync_seq_locked(mmu);
 	zap_batch_finish_locked(mmu, &b);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 }
 
 int shadow_mmu_flush(struct shadow_mmu *mmu, uint64_t cr3)
@@ -269,7 +269,7 @@ int shadow_mmu_flush(struct shadow_mmu *mmu, uint64_t cr3)
 	int ret = 0;
 
 	zap_batch_init(&b);
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	root = root_find_locked(mmu, cr3_key(mmu, cr3));
 	if (root) {
 		sync_table_locked(mmu, root->page, &b);
@@ -279,7 +279,7 @@ int shadow_mmu_flush(struct shadow_mmu *mmu, uint64_t cr3)
 	}
 	bump_sync_seq_locked(mmu);
 	zap_batch_finish_locked(mmu, &b);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	return ret;
 }
 
@@ -295,7 +295,7 @@ static bool shadows_guest_table(const struct shadow_page *sp, uint64_t gpa)
  * at @gpa.  mmu_lock. */
 static unsigned int subtree_count_shadows_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t gpa)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const struct shadow_page *sp = mmu_page(mmu, page);
 	unsigned int n = shadows_guest_table(sp, gpa), i;
 
@@ -319,7 +319,7 @@ static unsigned int subtree_count_shadows_locked(struct shadow_mmu *mmu, uint32_
 static unsigned int subtree_sync_shadows_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t gpa,
 						uint8_t *seen, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const struct shadow_page *sp = mmu_page(mmu, page);
 	unsigned int n = 0, i;
 
@@ -363,7 +363,7 @@ int shadow_mmu_sync_guest_table(struct shadow_mmu *mmu, uint64_t gpa)
 	 * counted) once per path: more work, the same result. */
 	seen = calloc(mmu->pool->nr_pages / CHAR_BIT + 1, 1);
 	zap_batch_init(&b);
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	/* Every cached root, and below it every table this VM reaches: a
 	 * bounded scan (the tables this VM holds), no index by guest page. */
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
@@ -371,7 +371,7 @@ int shadow_mmu_sync_guest_table(struct shadow_mmu *mmu, uint64_t gpa)
 			n += subtree_sync_shadows_locked(mmu, mmu->roots[r].page, gpa, seen, &b);
 	bump_sync_seq_locked(mmu);
 	zap_batch_finish_locked(mmu, &b);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	free(seen);
 	return (int)n;
 }

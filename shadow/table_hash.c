@@ -52,7 +52,7 @@ void table_hash_exit(struct shadow_mmu *mmu)
 
 void table_hash_add_locked(struct shadow_mmu *mmu, uint32_t page)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const struct shadow_page *sp = mmu_page(mmu, page);
 	const struct role role = { .direct = sp->direct, .access = sp->access, .gpa = sp->gpa };
 
@@ -62,7 +62,7 @@ void table_hash_add_locked(struct shadow_mmu *mmu, uint32_t page)
 bool table_hash_find_locked(struct shadow_mmu *mmu, int level, const struct role *role, uint64_t gva,
 			    uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const uint32_t page = mmu->table_hash[table_hash_bucket(level, role, gva)];
 	struct shadow_page *sp;
 

@@ -33,7 +33,7 @@ static void assert_leaf_stripe_held(struct shadow_mmu *mmu, int level, uint64_t 
 uint64_t spte_set_table_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i,
 			       uint64_t spte)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t *sptep = mmu_sptes(mmu, page) + i;
 	uint64_t old;
@@ -117,7 +117,7 @@ void batch_add_leaf_va(struct shadow_mmu *mmu, uint32_t page, unsigned int i, st
 void batch_add_put(struct shadow_mmu *mmu, struct zap_batch *b, uint32_t child, uint32_t parent,
 		   uint32_t index)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	if (b->nr_puts == ZAP_MAX_PUTS)
 		zap_batch_finish_locked(mmu, b);
 	b->puts[b->nr_puts++] = (struct zap_put){ .child = child, .parent = parent, .index = index };
@@ -129,7 +129,7 @@ void batch_add_put(struct shadow_mmu *mmu, struct zap_batch *b, uint32_t child, 
 int table_alloc_charged_locked(struct shadow_mmu *mmu, struct table_account *account, int level,
 			       const struct role *role, uint64_t gva, uint32_t *out)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp;
 	int ret;
 
@@ -170,7 +170,7 @@ static void table_put_now_locked(struct shadow_mmu *mmu, uint32_t child, uint32_
  */
 void table_free_locked(struct shadow_mmu *mmu, uint32_t page)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, page);
 	uint64_t *sptes = mmu_sptes(mmu, page);
 
@@ -197,7 +197,7 @@ void table_free_locked(struct shadow_mmu *mmu, uint32_t page)
 static void table_put_now_locked(struct shadow_mmu *mmu, uint32_t child, uint32_t parent,
 				 uint32_t index)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, child);
 
 	pool_user_del(mmu->pool, child, mmu, parent, index);
@@ -215,7 +215,7 @@ static void table_put_now_locked(struct shadow_mmu *mmu, uint32_t child, uint32_
  */
 uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	uint64_t *sptep = mmu_sptes(mmu, page) + i;
 
 	for (;;) {
@@ -250,7 +250,7 @@ uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struc
 
 void zap_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	int level = mmu_page(mmu, page)->level;
 	uint64_t old = spte_read(mmu_sptes(mmu, page) + i);
 
@@ -279,7 +279,7 @@ static void zap_table_entries_locked(struct shadow_mmu *mmu, uint32_t page, stru
 /* Sends this VM's own vCPUs the flush @b requires.  mmu_lock. */
 static void batch_flush_local_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	const bool self_only_va = !b->flush_all && b->nr_va == 1 && b->va[0] == b->self_va;
 
 	for (struct shadow_tlb *tlb = mmu->tlbs; tlb; tlb = tlb->next) {
@@ -299,7 +299,7 @@ static void batch_flush_local_locked(struct shadow_mmu *mmu, struct zap_batch *b
 
 void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	if (b->zapped || b->nr_puts || b->free_head != SHADOW_NO_PAGE || b->nr_tables ||
 	    b->tables_overflow)
 		__atomic_fetch_add(&mmu->zap_gen, 1, __ATOMIC_RELEASE); /* stale marks */
@@ -327,7 +327,7 @@ void zap_batch_finish_locked(struct shadow_mmu *mmu, struct zap_batch *b)
  * lock once.  mmu_lock and the run's stripe held. */
 static void zap_run_hold_table_locked(struct shadow_mmu *mmu, uint32_t *held, uint32_t page)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	if (*held == page)
 		return;
 	if (*held != SHADOW_NO_PAGE)
@@ -346,7 +346,7 @@ static void zap_page_rmap_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot 
 				 struct pool_obj_run *run, uint64_t page, uint32_t *held,
 				 struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	umbra_mutex_assert_held(pool_obj_stripe(slot->pobj, page));
 	struct shadow_rmap *rmap = &run->rmap[page % SPTE_ENTRIES];
 
@@ -373,7 +373,7 @@ static void zap_page_rmap_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot 
 static void zap_run_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t r,
 			   uint64_t first, uint64_t last, struct zap_batch *b, uint64_t *scanned)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct pool_obj_run *run = pool_obj_run(slot->pobj, r);
 	const unsigned int i0 = (unsigned int)(first % SPTE_ENTRIES);
 	const unsigned int i1 = (unsigned int)(last % SPTE_ENTRIES);
@@ -413,7 +413,7 @@ static void zap_run_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 void zap_slot_range_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t first,
 			   uint64_t last, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	if (last >= slot->npages)
 		last = slot->npages - 1;
 	if (first > last)
@@ -451,17 +451,17 @@ long shadow_mmu_zap_range(struct shadow_mmu *mmu, int slot_id, uint64_t first, u
 	if (!slot || first > last || first >= slot->npages)
 		return -EINVAL;
 	zap_batch_init(&b);
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	zap_slot_range_locked(mmu, slot, first, last, &b);
 	n = (long)b.zapped;
 	zap_batch_finish_locked(mmu, &b);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 	return n;
 }
 
 static void zap_all_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 {
-	umbra_mutex_assert_held(&mmu->mmu_lock);
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	for (unsigned int r = 0; r < mmu->nr_roots; r++)
 		if (mmu->roots[r].page != SHADOW_NO_PAGE)
 			zap_table_entries_locked(mmu, mmu->roots[r].page, b);
@@ -474,8 +474,8 @@ void shadow_mmu_zap_all(struct shadow_mmu *mmu)
 	struct zap_batch b;
 
 	zap_batch_init(&b);
-	umbra_mutex_lock(&mmu->mmu_lock);
+	umbra_rwlock_write_lock(&mmu->mmu_lock);
 	zap_all_locked(mmu, &b);
 	zap_batch_finish_locked(mmu, &b);
-	umbra_mutex_unlock(&mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&mmu->mmu_lock);
 }

@@ -331,7 +331,7 @@ static void eager_copy(struct shadow_mmu *child)
 {
 	struct shadow_pool *pool = child->pool;
 
-	umbra_mutex_lock(&child->mmu_lock);
+	umbra_rwlock_write_lock(&child->mmu_lock);
 	for (unsigned int r = 0; r < child->nr_roots; r++) {
 		uint32_t root = child->roots[r].page;
 		uint64_t *entries;
@@ -361,7 +361,7 @@ static void eager_copy(struct shadow_mmu *child)
 			       "the parent's table lost its last user");
 		}
 	}
-	umbra_mutex_unlock(&child->mmu_lock);
+	umbra_rwlock_write_unlock(&child->mmu_lock);
 }
 
 /* Pool indices of every table below @mmu's roots (depth first). */

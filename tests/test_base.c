@@ -96,6 +96,40 @@ static void assert_held_without_the_lock(void)
 	umbra_mutex_assert_held(&subscriber_lock);
 }
 
+/* A _locked function that changes what an rwlock protects, called by a
+ * thread that holds it in read mode only. */
+static void write_assert_under_read_mode(void)
+{
+	static struct umbra_rwlock l;
+
+	umbra_rwlock_init(&l, "test.rw_mmu_lock", UMBRA_LOCK_RANK_MMU);
+	umbra_rwlock_read_lock(&l);
+	umbra_rwlock_assert_held(&l);	/* held (read mode): passes */
+	umbra_rwlock_assert_held_write(&l);
+}
+
+/* An rwlock taken in read mode by a thread that already reads it. */
+static void rwlock_read_twice(void)
+{
+	static struct umbra_rwlock l;
+
+	umbra_rwlock_init(&l, "test.rw_mmu_lock", UMBRA_LOCK_RANK_MMU);
+	umbra_rwlock_read_lock(&l);
+	umbra_rwlock_read_lock(&l);
+}
+
+/* An rwlock in read mode taken inside a table lock. */
+static void rwlock_rank_inversion(void)
+{
+	static struct umbra_rwlock l;
+	struct umbra_mutex table;
+
+	umbra_rwlock_init(&l, "test.rw_mmu_lock", UMBRA_LOCK_RANK_MMU);
+	umbra_mutex_init(&table, "test.table_lock", UMBRA_LOCK_RANK_TABLE);
+	umbra_mutex_lock(&table);
+	umbra_rwlock_read_lock(&l);
+}
+
 static const struct violation {
 	const char *what;
 	void (*run)(void);
@@ -113,6 +147,14 @@ static const struct violation {
 	  "holds 'test.table_lock'" },
 	{ "a _locked function called without its lock", assert_held_without_the_lock,
 	  "the caller must hold this lock", "lock 'test.mmu_lock' (rank 8)" },
+	{ "a write-mode _locked function under the rwlock in read mode",
+	  write_assert_under_read_mode, "the caller must hold this lock in write mode",
+	  "holds 'test.rw_mmu_lock'" },
+	{ "an rwlock read twice by one thread", rwlock_read_twice,
+	  "recursive locking: lock 'test.rw_mmu_lock'", "holds 'test.rw_mmu_lock'" },
+	{ "an rwlock read inside a table lock", rwlock_rank_inversion,
+	  "rank order: a lock of equal or higher rank is held: lock 'test.rw_mmu_lock'",
+	  "holds 'test.table_lock'" },
 };
 
 START_TEST(test_seeded_violation_aborts_naming_the_rule)
@@ -179,6 +221,52 @@ START_TEST(test_mutex_knows_its_owner)
 #endif
 	umbra_mutex_unlock(&held_elsewhere);
 	umbra_mutex_exit(&held_elsewhere);
+}
+END_TEST
+
+static struct umbra_rwlock rw;
+
+/* Another thread: takes @rw in read mode and tries write mode; bit 0: it
+ * read while the main thread read, bit 1: its write try-lock succeeded,
+ * bit 2: it saw itself holding rw while it read. */
+static void *rw_other(void *p)
+{
+	unsigned int *r = p;
+
+	umbra_rwlock_read_lock(&rw);
+	*r |= 1u;
+	*r |= umbra_rwlock_is_held(&rw) ? 4u : 0u;
+	umbra_rwlock_read_unlock(&rw);
+	if (umbra_rwlock_write_trylock(&rw)) {
+		*r |= 2u;
+		umbra_rwlock_write_unlock(&rw);
+	}
+	return NULL;
+}
+
+START_TEST(test_rwlock_admits_readers_together_and_a_writer_alone)
+{
+	unsigned int r = 0;
+	pthread_t th;
+
+	umbra_rwlock_init(&rw, "test.rw", UMBRA_LOCK_RANK_MMU);
+	umbra_rwlock_read_lock(&rw);
+	ck_assert(umbra_rwlock_is_held(&rw));
+#if UMBRA_LOCK_DEBUG
+	ck_assert_msg(!umbra_rwlock_is_held_write(&rw), "read mode is not write mode");
+#endif
+	pthread_create(&th, NULL, rw_other, &r);
+	pthread_join(th, NULL);
+	ck_assert_msg(r == 5u, "expected a second reader admitted and no writer, got %#x", r);
+	umbra_rwlock_read_unlock(&rw);
+	ck_assert(umbra_rwlock_write_trylock(&rw));
+	ck_assert(umbra_rwlock_is_held_write(&rw));
+	umbra_rwlock_write_unlock(&rw);
+	r = 0;
+	pthread_create(&th, NULL, rw_other, &r);
+	pthread_join(th, NULL);
+	ck_assert_msg(r == 7u, "expected the free lock read and written, got %#x", r);
+	umbra_rwlock_exit(&rw);
 }
 END_TEST
 
@@ -383,6 +471,7 @@ Suite *base_suite(void)
 #endif
 	tcase_add_test(tc, test_mutex_knows_its_owner);
 	tcase_add_test(tc, test_pseudo_lock_is_held_only_between_acquire_and_release);
+	tcase_add_test(tc, test_rwlock_admits_readers_together_and_a_writer_alone);
 	suite_add_tcase(s, tc);
 
 	TCase *tr = tcase_create("trace");

@@ -839,6 +839,9 @@ static int racing_get_page(void *priv, uint64_t page, bool write)
 
 static const struct shadow_slot_ops racing_ops = { .get_page = racing_get_page };
 
+/* _i = 0: the fault builds the path (write mode); 1: the path is there
+ * (a fault on the next page built it), so the fault installs in read mode
+ * and must see the invalidation there. */
 START_TEST(test_fault_retries_when_invalidation_begins_during_resolution)
 {
 	struct shadow_mmu_stats st;
@@ -848,15 +851,22 @@ START_TEST(test_fault_retries_when_invalidation_begins_during_resolution)
 	ck_assert_int_eq(notifier_thread_init(), 0);
 	gm_init_full(&gm, 1024, NULL, 256, 0, NULL, &racing_ops, NULL);
 	invalidating_gm = &gm;
-	get_page_calls = 0;
 	uint64_t cr3 = gm_table(&gm);
 	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	gm_map(&gm, cr3, VA1 + GM_PAGE, GPA_B, 1, UW);
 	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 8, cr3);
+	get_page_calls = 1; /* the path's first fault: no race */
+	if (_i)
+		ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1 + GM_PAGE, 0, &ec),
+				 SHADOW_FAULT_FIXED);
+	get_page_calls = 0;
 	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1, 0, &ec), SHADOW_FAULT_FIXED);
 	shadow_mmu_stats(gm.mmu, &st);
 	ck_assert_msg(st.retries == 1, "expected 1 retry, got %llu", (unsigned long long)st.retries);
 	ck_assert_int_eq(get_page_calls, 2);
+	ck_assert_uint_eq(st.read_mode_installs, (uint64_t)_i);
 	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_A / GM_PAGE), 1);
+	assert_mmu_check(gm.mmu);
 	shadow_vcpu_destroy(v);
 	gm_fini(&gm);
 	notifier_thread_exit();
@@ -890,10 +900,10 @@ START_TEST(test_nonblocking_invalidation_answers_eagain_when_mmu_lock_is_held)
 
 	gm_init(&gm, 1024);
 	a.gm = &gm;
-	umbra_mutex_lock(&gm.mmu->mmu_lock);
+	umbra_rwlock_write_lock(&gm.mmu->mmu_lock);
 	ck_assert_int_eq(pthread_create(&t, NULL, nonblocking_invalidate, &a), 0);
 	ck_assert_int_eq(pthread_join(t, NULL), 0);
-	umbra_mutex_unlock(&gm.mmu->mmu_lock);
+	umbra_rwlock_write_unlock(&gm.mmu->mmu_lock);
 	ck_assert_int_eq(a.ret, -EAGAIN);
 	ck_assert_int_eq(pthread_create(&t, NULL, nonblocking_invalidate, &a), 0);
 	ck_assert_int_eq(pthread_join(t, NULL), 0);
@@ -2185,6 +2195,237 @@ START_TEST(test_fault_around_window_must_be_a_power_of_two_up_to_the_max)
 }
 END_TEST
 
+/* ---- faults that install in read mode (fault.c) ------------------------- */
+
+static uint64_t st_read_mode(struct shadow_mmu *mmu, uint64_t *installs)
+{
+	struct shadow_mmu_stats st;
+
+	shadow_mmu_stats(mmu, &st);
+	if (installs)
+		*installs = st.installs;
+	return st.read_mode_installs;
+}
+
+/*
+ * The first fault builds the path (write mode); a fault on the next page
+ * of the same guest table finds it all there and this VM's alone, and
+ * installs its leaf in read mode, with its reverse-map entry; a fault on a
+ * leaf already there installs nothing; a write to a page mapped read-only
+ * (the entry holds the page with other rights) goes to the write-mode
+ * install, which upgrades the leaf.
+ */
+START_TEST(test_a_fault_below_present_private_tables_installs_its_leaf_in_read_mode)
+{
+	struct gm gm;
+	uint64_t installs;
+	uint32_t ec;
+
+	gm_init(&gm, 1024);
+	uint64_t cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, VA1, GPA_A, 1, UW);
+	gm_map(&gm, cr3, VA1 + GM_PAGE, GPA_B, 1, UW);
+	struct shadow_vcpu *v = sh_vcpu(gm.mmu, 8, cr3);
+
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1, 0, &ec), SHADOW_FAULT_FIXED);
+	ck_assert_uint_eq(st_read_mode(gm.mmu, &installs), 0);
+	ck_assert_uint_eq(installs, 1);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1 + GM_PAGE, 0, &ec), SHADOW_FAULT_FIXED);
+	ck_assert_uint_eq(st_read_mode(gm.mmu, &installs), 1);
+	ck_assert_uint_eq(installs, 2);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_B / GM_PAGE), 1);
+	ck_assert_uint_eq(reach(v, VA1 + GM_PAGE, 0), GPA_B);
+	/* The same fault again: the leaf is there, nothing installed. */
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1 + GM_PAGE, 0, &ec), SHADOW_FAULT_FIXED);
+	ck_assert_uint_eq(st_read_mode(gm.mmu, &installs), 1);
+	ck_assert_uint_eq(installs, 2);
+	/* A write: read-only leaf there, the write-mode install replaces it. */
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, cr3, VA1 + GM_PAGE, SHADOW_ACCESS_WRITE, &ec),
+			 SHADOW_FAULT_FIXED);
+	ck_assert_uint_eq(st_read_mode(gm.mmu, &installs), 1);
+	ck_assert_uint_eq(installs, 3);
+	ck_assert_uint_eq(reach_no_fault(v, VA1 + GM_PAGE, SHADOW_ACCESS_WRITE), GPA_B);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_B / GM_PAGE), 1);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* Address spaces x and y share the guest's PDPT, so this VM's shadow PDPT
+ * has two users: a fault through it, even with every table present,
+ * installs in write mode (read mode only writes tables one user reaches). */
+START_TEST(test_a_fault_below_a_table_two_address_spaces_share_installs_in_write_mode)
+{
+	struct gm gm;
+	uint64_t installs;
+	uint32_t ec;
+
+	gm_init_full(&gm, 1024, NULL, 256, 2, NULL, NULL, NULL);
+	uint64_t x = gm_table(&gm), y = gm_table(&gm);
+	gm_map(&gm, x, VA1, GPA_A, 1, UW);
+	gm_map(&gm, x, VA1 + GM_PAGE, GPA_B, 1, UW);
+	gm_write(&gm, y + SPTE_INDEX(VA1, 4) * 8, gm_read(&gm, x + SPTE_INDEX(VA1, 4) * 8));
+	struct shadow_vcpu *vx = sh_vcpu(gm.mmu, 8, x), *vy = sh_vcpu(gm.mmu, 8, y);
+
+	ck_assert_uint_eq(reach(vx, VA1, 0), GPA_A);
+	ck_assert_uint_eq(reach(vy, VA1, 0), GPA_A);
+	ck_assert_uint_eq(st_read_mode(gm.mmu, &installs), 0);
+	ck_assert_int_eq(shadow_mmu_fault(gm.mmu, x, VA1 + GM_PAGE, 0, &ec), SHADOW_FAULT_FIXED);
+	ck_assert_msg(st_read_mode(gm.mmu, &installs) == 0,
+		      "expected the fault below the shared PDPT in write mode");
+	ck_assert_uint_eq(installs, 2);
+	ck_assert_uint_eq(reach_no_fault(vy, VA1 + GM_PAGE, 0), GPA_B);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, GPA_B / GM_PAGE), 1);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(vx);
+	shadow_vcpu_destroy(vy);
+	gm_fini(&gm);
+}
+END_TEST
+
+#define RM_VA 0x0000000040000000ull	/* the pages' first address: one guest table */
+#define RM_PAGES 256u
+#define RM_GPA(k) (GM_DATA + (64ull + (k)) * GM_PAGE)
+
+/* Maps RM_PAGES pages from RM_VA under the returned cr3, with a vCPU *@v
+ * on it (its root), and builds their path. */
+static uint64_t rm_vm(struct gm *gm, struct shadow_vcpu **v)
+{
+	uint32_t ec;
+
+	gm_init(gm, 1024);
+	uint64_t cr3 = gm_table(gm);
+	for (unsigned int k = 0; k < RM_PAGES; k++)
+		gm_map(gm, cr3, RM_VA + k * GM_PAGE, RM_GPA(k), 1, UW);
+	*v = sh_vcpu(gm->mmu, 8, cr3);
+	ck_assert_int_eq(shadow_mmu_fault(gm->mmu, cr3, RM_VA, 0, &ec), SHADOW_FAULT_FIXED);
+	return cr3;
+}
+
+struct rm_faulter {
+	struct gm *gm;
+	uint64_t cr3;
+	unsigned int start, step;	/* faults pages start, start + step, ... (mod RM_PAGES) */
+	pthread_barrier_t *go;
+	bool *stop;			/* NULL: one pass */
+	int bad;			/* a fault that did not fix */
+};
+
+static void *rm_fault_body(void *p)
+{
+	struct rm_faulter *f = p;
+	uint32_t ec;
+
+	if (f->go)
+		pthread_barrier_wait(f->go);
+	do {
+		for (unsigned int n = 0, k = f->start; n < RM_PAGES; n++, k = (k + f->step) % RM_PAGES)
+			if (shadow_mmu_fault(f->gm->mmu, f->cr3, RM_VA + k * GM_PAGE, 0, &ec) !=
+			    SHADOW_FAULT_FIXED)
+				f->bad++;
+	} while (f->stop && !__atomic_load_n(f->stop, __ATOMIC_ACQUIRE));
+	return NULL;
+}
+
+static void *rm_fault_thread(void *p)
+{
+	return run_rcu_registered(rm_fault_body, p);
+}
+
+/*
+ * Three threads fault the same pages of one guest table at once, in
+ * different orders, with every table present: each leaf is installed
+ * exactly once (one reverse-map entry per page, installs = pages), all in
+ * read mode.  Twenty rounds, the leaves zapped between them.
+ */
+START_TEST(test_threads_faulting_the_same_pages_of_private_tables_install_every_leaf_once)
+{
+	static const unsigned int steps[] = { 1, RM_PAGES - 1, 7 };
+	struct rm_faulter f[3];
+	pthread_barrier_t go;
+	pthread_t t[3];
+	struct shadow_vcpu *v;
+	struct gm gm;
+	uint64_t cr3 = rm_vm(&gm, &v), installs0, installs, rm0, rm;
+
+	for (int round = 0; round < 20; round++) {
+		ck_assert_int_ge(shadow_mmu_zap_range(gm.mmu, gm.slot, RM_GPA(0) / GM_PAGE,
+						      RM_GPA(RM_PAGES - 1) / GM_PAGE), 0);
+		rm0 = st_read_mode(gm.mmu, &installs0);
+		pthread_barrier_init(&go, NULL, 3);
+		for (int k = 0; k < 3; k++) {
+			f[k] = (struct rm_faulter){ .gm = &gm, .cr3 = cr3, .start = (unsigned int)k * 85u,
+						    .step = steps[k], .go = &go };
+			ck_assert_int_eq(pthread_create(&t[k], NULL, rm_fault_thread, &f[k]), 0);
+		}
+		for (int k = 0; k < 3; k++) {
+			ck_assert_int_eq(pthread_join(t[k], NULL), 0);
+			ck_assert_int_eq(f[k].bad, 0);
+		}
+		pthread_barrier_destroy(&go);
+		rm = st_read_mode(gm.mmu, &installs);
+		ck_assert_msg(installs - installs0 == RM_PAGES && rm - rm0 == RM_PAGES,
+			      "round %d: expected %u installs, all in read mode, got %llu (%llu)", round,
+			      RM_PAGES, (unsigned long long)(installs - installs0),
+			      (unsigned long long)(rm - rm0));
+		for (unsigned int k = 0; k < RM_PAGES; k++)
+			ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, RM_GPA(k) / GM_PAGE), 1);
+		assert_mmu_check(gm.mmu);
+	}
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/*
+ * Two threads keep faulting the pages (read mode: the path stays) while
+ * the main thread invalidates them, 300 times: while each invalidation is
+ * in progress no page of it has a leaf or a reverse-map entry (a read-mode
+ * install that slipped past the callback would leave one), and afterwards
+ * every leaf has its reverse-map entry (shadow_mmu_check).
+ */
+START_TEST(test_read_mode_faults_racing_invalidations_leave_no_leaf_inside_one)
+{
+	struct notifier_range range;
+	struct rm_faulter f[2];
+	bool stop = false;
+	pthread_t t[2];
+	struct shadow_vcpu *v;
+	struct gm gm;
+
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	uint64_t cr3 = rm_vm(&gm, &v);
+	for (int k = 0; k < 2; k++) {
+		f[k] = (struct rm_faulter){ .gm = &gm, .cr3 = cr3, .start = (unsigned int)k * 128u,
+					    .step = k ? RM_PAGES - 1 : 1, .stop = &stop };
+		ck_assert_int_eq(pthread_create(&t[k], NULL, rm_fault_thread, &f[k]), 0);
+	}
+	for (int n = 0; n < 300; n++) {
+		const uint64_t first = RM_GPA((unsigned int)n % 4 * 64) / GM_PAGE;
+
+		notifier_range_init(&range, gm.ram, NOTIFIER_EVENT_SWAPOUT, first, first + 63,
+				    NOTIFIER_RANGE_MAY_BLOCK);
+		ck_assert_int_eq(notifier_invalidate_range_start(&range), 0);
+		for (uint64_t p = first; p <= first + 63; p++)
+			ck_assert_msg(shadow_mmu_rmap_count(gm.mmu, gm.slot, p) == 0,
+				      "invalidation %d: page %llu mapped while invalidated", n,
+				      (unsigned long long)p);
+		notifier_invalidate_range_end(&range);
+	}
+	__atomic_store_n(&stop, true, __ATOMIC_RELEASE);
+	for (int k = 0; k < 2; k++) {
+		ck_assert_int_eq(pthread_join(t[k], NULL), 0);
+		ck_assert_int_eq(f[k].bad, 0);
+	}
+	ck_assert_msg(st_read_mode(gm.mmu, NULL) > 0, "expected faults installing in read mode");
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+	notifier_thread_exit();
+}
+END_TEST
+
 Suite *shadow_suite(void)
 {
 	Suite *s = suite_create("shadow");
@@ -2197,6 +2438,7 @@ Suite *shadow_suite(void)
 	TCase *quota = tcase_create("quota");
 	TCase *bookkeeping = tcase_create("bookkeeping");
 	TCase *around = tcase_create("fault_around");
+	TCase *read_mode = tcase_create("read_mode");
 
 	tcase_add_loop_test(spte, test_leaf_presets_accessed_and_dirty_only_when_writable, 0,
 			    sizeof(leaf_rights) / sizeof(leaf_rights[0]));
@@ -2231,7 +2473,7 @@ Suite *shadow_suite(void)
 	tcase_add_test(mmu, test_teardown_frees_every_table_of_many_roots);
 	suite_add_tcase(s, mmu);
 	tcase_add_loop_test(notify, test_invalidate_range_start_unmaps_and_flushes_before_return, 0, 2);
-	tcase_add_test(notify, test_fault_retries_when_invalidation_begins_during_resolution);
+	tcase_add_loop_test(notify, test_fault_retries_when_invalidation_begins_during_resolution, 0, 2);
 	tcase_add_test(notify, test_nonblocking_invalidation_answers_eagain_when_mmu_lock_is_held);
 	tcase_add_test(notify, test_young_tracks_faults_and_clear_tracks_access);
 	tcase_add_test(notify, test_object_release_unmaps_everything_and_refuses_faults);
@@ -2256,6 +2498,14 @@ Suite *shadow_suite(void)
 	tcase_add_test(bookkeeping, test_bookkeeping_of_a_64g_vm_stays_small);
 	tcase_add_test(bookkeeping, test_slot_side_arrays_come_per_run_on_first_use);
 	tcase_set_timeout(bookkeeping, 60);
+	tcase_add_test(read_mode, test_a_fault_below_present_private_tables_installs_its_leaf_in_read_mode);
+	tcase_add_test(read_mode,
+		       test_a_fault_below_a_table_two_address_spaces_share_installs_in_write_mode);
+	tcase_add_test(read_mode,
+		       test_threads_faulting_the_same_pages_of_private_tables_install_every_leaf_once);
+	tcase_add_test(read_mode, test_read_mode_faults_racing_invalidations_leave_no_leaf_inside_one);
+	tcase_set_timeout(read_mode, 120);
+	suite_add_tcase(s, read_mode);
 	suite_add_tcase(s, bookkeeping);
 	tcase_add_loop_test(around, test_fault_around_maps_the_window_under_a_guest_large_page, 0,
 			    sizeof(fa_windows) / sizeof(fa_windows[0]));

@@ -618,6 +618,7 @@ struct vm_stats {
 	X(SHADOW, retries, " retries=", "", s->shadow.retries)                                     \
 	X(SHADOW, installs, " installs=", "", s->shadow.installs)                                  \
 	X(SHADOW, faulted_around, " faulted_around=", "", s->shadow.faulted_around)                \
+	X(SHADOW, read_mode_installs, " read_mode_installs=", "", s->shadow.read_mode_installs)    \
 	X(SHADOW, zapped, " zapped=", "", s->shadow.zapped)                                        \
 	X(SHADOW, tables, " tables=", "", s->shadow.tables_created - s->shadow.tables_freed)       \
 	X(SHADOW, tables_created, " (created ", "", s->shadow.tables_created)                      \

@@ -6,7 +6,8 @@
  * nesting order, and asserts both in debug builds (UMBRA_DEBUG=1, the default
  * for CMAKE_BUILD_TYPE=Debug).  struct umbra_mutex is the small wrapper that
  * makes this possible; notifier/, shadow/ and vmm/ use it for all their
- * locks, so that one rank table orders them all.
+ * locks (struct umbra_rwlock, below, where readers may share one), so that
+ * one rank table orders them all.
  *
  *   umbra_mutex_init(&m, "vm.mmu_lock", UMBRA_LOCK_RANK_MMU);
  *   umbra_mutex_lock(&m);
@@ -38,8 +39,10 @@
  *   NOTIFIER_OBJECT  notifier object's subscription lock (subscribe,
  *                    unsubscribe, destroy; the release callback runs under it)
  *   NOTIFIER_CALLBACK  pseudo-lock: held while a notifier callback runs
- *   MMU              a subscriber's main lock: the per-VM mmu_lock, taken by
- *                    its notifier callbacks and held around read_retry
+ *   MMU              a subscriber's main lock: the per-VM mmu_lock (a
+ *                    struct umbra_rwlock: faults that only install a leaf
+ *                    take it in read mode), taken by its notifier
+ *                    callbacks and held around read_retry
  *   OBJS             shadow: the pool's list of memory objects
  *   RMAP             shadow: one reverse-map stripe of one object
  *   MMUS             shadow: the pool's list of MMUs
@@ -321,6 +324,271 @@ static inline int umbra_cond_timedwait(pthread_cond_t *cond, struct umbra_mutex 
 	umbra_mutex_note_acquired(m);
 #endif
 	return ret;
+}
+
+/*
+ * Per-thread slots.  umbra_thread_slot() gives the calling thread one of
+ * UMBRA_THREAD_SLOTS indices, assigned round-robin at its first call and
+ * kept for its life, so that up to UMBRA_THREAD_SLOTS threads (a VM's vCPU
+ * threads) update per-slot state (a reader count, a statistics block) on
+ * cache lines of their own instead of all on one.
+ */
+#define UMBRA_THREAD_SLOTS 8u
+extern __thread unsigned int umbra_thread_slot_plus1;
+unsigned int umbra_thread_slot_assign(void);
+static inline unsigned int umbra_thread_slot(void)
+{
+	const unsigned int s = umbra_thread_slot_plus1;
+
+	return s ? s - 1 : umbra_thread_slot_assign();
+}
+
+/*
+ * Reader-writer locks.  struct umbra_rwlock is held either by one writer or
+ * by any number of readers, and has a rank like a mutex's: taking it in
+ * either mode obeys the rank order, and a thread never holds two locks of
+ * one rank (so it never takes the same rwlock twice, in either mode).  It
+ * is writer-preferring (a writer that waits stops new readers), so readers
+ * that keep coming cannot starve a writer.
+ *
+ *   umbra_rwlock_write_lock(&l);     // as umbra_mutex_lock
+ *   umbra_rwlock_assert_held_write(&l);  // a function that changes what l protects
+ *   umbra_rwlock_read_lock(&l);      // shared with other readers
+ *   umbra_rwlock_assert_held(&l);    // held in either mode
+ *
+ * Made for short read sections taken often by several threads at once (a
+ * VM's faults): a reader counts itself in its thread's slot
+ * (umbra_thread_slot), on a cache line of its own, so readers on other
+ * slots never write a line it reads or writes.  A reader adds itself to
+ * its slot, then checks `writer`; a writer takes `writer_mutex` (writers
+ * queue there), sets `writer`, then waits until every slot is 0 (spinning,
+ * then yielding: read sections are short).  Both sides are sequentially
+ * consistent, so one of them always sees the other.  A reader that finds
+ * `writer` set takes itself out and waits on `writer_mutex` for the writer
+ * to finish.  Readers get their section's effects to the next writer by
+ * the release of their slot's decrement, writers to the next readers by
+ * the release of `writer`'s clearing (all __atomic: ThreadSanitizer sees
+ * them).
+ *
+ * Debug builds keep the writer (owner) and, per thread, which rwlock of
+ * each rank it holds in read mode (umbra_lock_read_held), so that both
+ * assertions are exact for the calling thread.
+ */
+struct umbra_rwlock_slot {
+	uint32_t readers;	/* atomic: readers counted in this slot */
+	char pad[124];		/* 128 bytes apart: no two slots in one line, nor in one
+				 * pair of lines that a CPU prefetches together */
+};
+
+struct umbra_rwlock {
+	struct umbra_rwlock_slot slot[UMBRA_THREAD_SLOTS];
+	uint32_t writer;		/* atomic: a writer holds it, or waits for readers */
+	pthread_mutex_t writer_mutex;	/* held by the writer */
+#if UMBRA_LOCK_DEBUG
+	uintptr_t owner;	/* pthread_self() of the writer, 0 if none (atomic) */
+	uint32_t readers;	/* threads holding it in read mode (atomic) */
+	const char *name;
+	unsigned int rank;
+#endif
+};
+
+/* umbra_lock_read_held[r]: the rwlock of rank r this thread holds in read
+ * mode, or NULL (base/lock.c). */
+extern __thread const struct umbra_rwlock *umbra_lock_read_held[UMBRA_LOCK_RANK_MAX + 1];
+
+/* Waits until no reader is counted in @l (its writer flag set): base/lock.c. */
+void umbra_rwlock_wait_readers(struct umbra_rwlock *l);
+
+/* Any reader counted in @l? */
+static inline bool umbra_rwlock_has_readers(struct umbra_rwlock *l)
+{
+	for (unsigned int i = 0; i < UMBRA_THREAD_SLOTS; i++)
+		if (__atomic_load_n(&l->slot[i].readers, __ATOMIC_SEQ_CST))
+			return true;
+	return false;
+}
+
+/* Initialise @l, as umbra_mutex_init. */
+static inline void umbra_rwlock_init(struct umbra_rwlock *l, const char *name, unsigned int rank)
+{
+	for (unsigned int i = 0; i < UMBRA_THREAD_SLOTS; i++)
+		__atomic_store_n(&l->slot[i].readers, 0u, __ATOMIC_RELAXED);
+	__atomic_store_n(&l->writer, 0u, __ATOMIC_RELAXED);
+	pthread_mutex_init(&l->writer_mutex, NULL);
+#if UMBRA_LOCK_DEBUG
+	__atomic_store_n(&l->owner, (uintptr_t)0, __ATOMIC_RELAXED);
+	__atomic_store_n(&l->readers, 0u, __ATOMIC_RELAXED);
+	l->name = name;
+	l->rank = rank;
+#else
+	(void)name;
+	(void)rank;
+#endif
+}
+
+/* Release @l's resources.  @l must not be held in either mode. */
+static inline void umbra_rwlock_exit(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	if (__atomic_load_n(&l->owner, __ATOMIC_RELAXED) != 0 ||
+	    __atomic_load_n(&l->readers, __ATOMIC_RELAXED) != 0)
+		umbra_lock_violation("destroying an rwlock that is held", l->name, l->rank);
+#endif
+	pthread_mutex_destroy(&l->writer_mutex);
+}
+
+/* True if the calling thread holds @l in write mode (debug builds only;
+ * true otherwise). */
+static inline bool umbra_rwlock_is_held_write(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	return __atomic_load_n(&l->owner, __ATOMIC_RELAXED) == (uintptr_t)pthread_self();
+#else
+	(void)l;
+	return true;
+#endif
+}
+
+/* True if the calling thread holds @l in read or write mode (debug builds
+ * only; true otherwise). */
+static inline bool umbra_rwlock_is_held(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	return umbra_rwlock_is_held_write(l) || umbra_lock_read_held[l->rank] == l;
+#else
+	(void)l;
+	return true;
+#endif
+}
+
+#if UMBRA_LOCK_DEBUG
+#define umbra_rwlock_assert_held_write(l)                                                  \
+	do {                                                                               \
+		if (!umbra_rwlock_is_held_write(l))                                        \
+			umbra_lock_violation("the caller must hold this lock in write mode (" \
+					     __FILE__ ")", (l)->name, (l)->rank);          \
+	} while (0)
+#define umbra_rwlock_assert_held(l)                                                        \
+	do {                                                                               \
+		if (!umbra_rwlock_is_held(l))                                              \
+			umbra_lock_violation("the caller must hold this lock (" __FILE__ ")", \
+					     (l)->name, (l)->rank);                        \
+	} while (0)
+#define umbra_rwlock_assert_not_held(l)                                                    \
+	do {                                                                               \
+		if (umbra_rwlock_is_held(l))                                               \
+			umbra_lock_violation("the caller must not hold this lock (" __FILE__ ")", \
+					     (l)->name, (l)->rank);                        \
+	} while (0)
+#else
+#define umbra_rwlock_assert_held_write(l) ((void)(l))
+#define umbra_rwlock_assert_held(l) ((void)(l))
+#define umbra_rwlock_assert_not_held(l) ((void)(l))
+#endif
+
+#if UMBRA_LOCK_DEBUG
+static inline void umbra_rwlock_check_order(struct umbra_rwlock *l)
+{
+	if (umbra_rwlock_is_held(l))
+		umbra_lock_violation("recursive locking", l->name, l->rank);
+	umbra_lock_check_order(l->name, l->rank);
+}
+
+static inline void umbra_rwlock_note_write_acquired(struct umbra_rwlock *l)
+{
+	__atomic_store_n(&l->owner, (uintptr_t)pthread_self(), __ATOMIC_RELAXED);
+	umbra_lock_note_acquired(l->name, l->rank);
+}
+#endif
+
+/* Acquire @l in write mode (alone); may block.  Debug builds check the rank
+ * order first. */
+static inline void umbra_rwlock_write_lock(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	umbra_rwlock_check_order(l);
+#endif
+	pthread_mutex_lock(&l->writer_mutex);
+	__atomic_store_n(&l->writer, 1u, __ATOMIC_SEQ_CST);
+	if (umbra_rwlock_has_readers(l))
+		umbra_rwlock_wait_readers(l);
+#if UMBRA_LOCK_DEBUG
+	umbra_rwlock_note_write_acquired(l);
+#endif
+}
+
+/* Try to acquire @l in write mode without blocking: true if acquired
+ * (false if a writer or a reader holds it). */
+static inline bool umbra_rwlock_write_trylock(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	umbra_rwlock_check_order(l);
+#endif
+	if (pthread_mutex_trylock(&l->writer_mutex) != 0)
+		return false;
+	__atomic_store_n(&l->writer, 1u, __ATOMIC_SEQ_CST);
+	if (umbra_rwlock_has_readers(l)) {
+		__atomic_store_n(&l->writer, 0u, __ATOMIC_RELEASE);
+		pthread_mutex_unlock(&l->writer_mutex);
+		return false;
+	}
+#if UMBRA_LOCK_DEBUG
+	umbra_rwlock_note_write_acquired(l);
+#endif
+	return true;
+}
+
+/* Release @l, which the calling thread holds in write mode. */
+static inline void umbra_rwlock_write_unlock(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	if (!umbra_rwlock_is_held_write(l))
+		umbra_lock_violation("write-unlocking an rwlock this thread does not hold "
+				     "in write mode", l->name, l->rank);
+	umbra_lock_note_released(l->rank);
+	__atomic_store_n(&l->owner, (uintptr_t)0, __ATOMIC_RELAXED);
+#endif
+	__atomic_store_n(&l->writer, 0u, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&l->writer_mutex);
+}
+
+/* Acquire @l in read mode (shared with other readers); may block while a
+ * writer holds or waits for it.  Debug builds check the rank order first. */
+static inline void umbra_rwlock_read_lock(struct umbra_rwlock *l)
+{
+	uint32_t *readers = &l->slot[umbra_thread_slot()].readers;
+
+#if UMBRA_LOCK_DEBUG
+	umbra_rwlock_check_order(l);
+#endif
+	for (;;) {
+		__atomic_fetch_add(readers, 1u, __ATOMIC_SEQ_CST);
+		if (!__atomic_load_n(&l->writer, __ATOMIC_SEQ_CST))
+			break;
+		/* A writer holds it or waits: step out, wait for it to finish. */
+		__atomic_fetch_sub(readers, 1u, __ATOMIC_RELEASE);
+		pthread_mutex_lock(&l->writer_mutex);
+		pthread_mutex_unlock(&l->writer_mutex);
+	}
+#if UMBRA_LOCK_DEBUG
+	__atomic_fetch_add(&l->readers, 1u, __ATOMIC_RELAXED);
+	umbra_lock_read_held[l->rank] = l;
+	umbra_lock_note_acquired(l->name, l->rank);
+#endif
+}
+
+/* Release @l, which the calling thread holds in read mode. */
+static inline void umbra_rwlock_read_unlock(struct umbra_rwlock *l)
+{
+#if UMBRA_LOCK_DEBUG
+	if (umbra_lock_read_held[l->rank] != l)
+		umbra_lock_violation("read-unlocking an rwlock this thread does not hold "
+				     "in read mode", l->name, l->rank);
+	umbra_lock_read_held[l->rank] = NULL;
+	umbra_lock_note_released(l->rank);
+	__atomic_fetch_sub(&l->readers, 1u, __ATOMIC_RELAXED);
+#endif
+	__atomic_fetch_sub(&l->slot[umbra_thread_slot()].readers, 1u, __ATOMIC_RELEASE);
 }
 
 /*

@@ -419,6 +419,10 @@ struct shadow_mmu_stats {
 	uint64_t quota_refusals;	/* table allocations refused: the quota was reached */
 	uint64_t reclaims;		/* every table of this VM dropped to make room, to retry
 					 * a fault or CR3 load (pool full or quota reached) */
+	/* the fault path (docs/shadow.md, "Fault path") */
+	uint64_t read_mode_installs;	/* leaves installed by a fault holding mmu_lock in
+					 * read mode (its shadow path all there and the VM's
+					 * alone); counted in installs too */
 };
 
 /*
