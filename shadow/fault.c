@@ -762,6 +762,19 @@ static int fault_recheck(struct shadow_mmu *mmu, const struct fault *f)
 	return 0;
 }
 
+/* Is every other entry of @va's fault-around window in level-1 table
+ * @table present (nothing for fault-around to map; true with fault-around
+ * off)?  Entries read atomically; mmu_lock in either mode. */
+static bool around_window_is_full(struct shadow_mmu *mmu, uint32_t table, uint64_t va)
+{
+	const unsigned int n = mmu->fault_around, i = SPTE_INDEX(va, 1), i0 = i & ~(n - 1);
+
+	for (unsigned int j = i0; n > 1 && j < i0 + n; j++)
+		if (j != i && !spte_is_present(spte_read(mmu_sptes(mmu, table) + j)))
+			return false;
+	return true;
+}
+
 /*
  * Steps 4-7 with mmu_lock in read mode, for the common fault whose shadow
  * path is all there and this VM's alone: the retry checks, then the leaf
@@ -774,7 +787,8 @@ static int fault_recheck(struct shadow_mmu *mmu, const struct fault *f)
  * the walk, no cached root, a table of the path missing, shared, canonical
  * or of another role, an entry of the path not granting a W the leaf
  * needs, the entry holding another leaf (other rights, another page), no
- * memory, or fault-around to do.  Takes and drops mmu_lock in read mode;
+ * memory, or fault-around to do (an entry of the window not present).
+ * Takes and drops mmu_lock in read mode;
  * no lock held on entry.
  */
 static int fault_install_read_mode(struct shadow_mmu *mmu, struct fault *f)
@@ -786,8 +800,6 @@ static int fault_install_read_mode(struct shadow_mmu *mmu, struct fault *f)
 	bool want_w, shared;
 	int ret;
 
-	if (mmu->fault_around > 1)
-		return FAULT_SLOW;
 	umbra_rwlock_read_lock(&mmu->mmu_lock);
 	ret = fault_recheck(mmu, f);
 	if (ret)
@@ -800,6 +812,7 @@ static int fault_install_read_mode(struct shadow_mmu *mmu, struct fault *f)
 		goto unlock;
 	spte = fault_leaf(mmu, &f->w, f->slot, f->page, &want_w);
 	if (!path_find(mmu, root->page, &f->w, rights, true, want_w, &table, &shared) ||
+	    !around_window_is_full(mmu, table, f->va) ||
 	    install_leaf_read_mode(mmu, table, SPTE_INDEX(f->va, 1), f->slot, f->page, spte))
 		goto unlock;
 	leaf_installed_locked(mmu, table, SPTE_INDEX(f->va, 1), f->slot, f->page, want_w);
