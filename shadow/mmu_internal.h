@@ -16,7 +16,8 @@
  *   canon.c     canonical tables of shared segments
  *   root.c      the root cache, CR3 loads and the reclaim of every table
  *   quota.c     the table quota: which VM's account each table page counts in
- *   fault.c     the fault path: guest walk, retry protocol, install
+ *   fault.c     the fault path: guest walk, retry protocol, fault-around
+ *   install.c   a fault's shadow path and leaf, in write or read mode
  *   fill.c      fills in place: a read-only leaf written into a shared table
  *               when every VM that reaches it sees the same leaf
  *   access.c    access tracking: young bytes, access-tracked leaves and
@@ -370,6 +371,37 @@ int fill_in_place_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
  * no table lock.
  */
 void fill_barrier_locked(struct shadow_mmu *mmu, uint32_t page);
+
+/* ---- install.c: the shadow path and the leaf of a fault ------------------ */
+
+/* The role of the level-@level table on @w's path (with @rights below a
+ * guest large page). */
+struct role install_role(const struct shadow_walk *w, int level, unsigned int rights);
+/* The leaf a fault installs for @w (page @page of @slot); *@want_w: does
+ * it grant writes. */
+uint64_t fault_leaf(struct shadow_mmu *mmu, const struct shadow_walk *w,
+		    struct shadow_mmu_slot *slot, uint64_t page, bool *want_w);
+/* Installs @w's path and leaf below @root (write mode); its level-1 table
+ * in *@leaf_table.  0 or -errno. */
+int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
+		   struct shadow_mmu_slot *slot, uint64_t page, struct zap_batch *b,
+		   uint32_t *leaf_table);
+/* Writes leaf @spte at entry @i of level-1 table @table (write mode). */
+int install_leaf_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
+			struct shadow_mmu_slot *slot, uint64_t page, uint64_t spte,
+			struct zap_batch *b);
+/* After leaf @i of @table was installed or found: the visible copy, young,
+ * counters (either mode). */
+void leaf_installed_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
+			   struct shadow_mmu_slot *slot, uint64_t page, bool want_w);
+/* The level-1 table of @w's path if every table is there with its role
+ * (either mode; install.c says what @private_only and @want_w require). */
+bool path_find(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
+	       unsigned int rights, bool private_only, bool want_w, uint32_t *table, bool *shared);
+/* Sets leaf @spte from not present by compare-and-exchange (read mode):
+ * 0, -EBUSY (another leaf there) or -ENOMEM. */
+int install_leaf_read_mode(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
+			   struct shadow_mmu_slot *slot, uint64_t page, uint64_t spte);
 
 /* ---- table_hash.c: one shadow per guest table and role within a VM ------- */
 

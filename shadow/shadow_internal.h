@@ -94,7 +94,7 @@ struct shadow_page_user {
  *              nr_present and users, but for one: a fault holding mmu_lock
  *              in read mode sets a not-present leaf entry of a table only
  *              its VM reaches by compare-and-exchange under the page's
- *              stripe, without it (fault.c, install_leaf_read_mode).
+ *              stripe, without it (install.c, install_leaf_read_mode).
  *              Taken inside mmu_lock; never two at a time.
  *  nr_present  present entries in the page (atomic; changed under lock,
  *              or by that read-mode install).

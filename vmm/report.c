@@ -176,15 +176,19 @@ static int take_event(struct report *r, struct json_object *e)
 	return 0;
 }
 
+/* -1, 0 or 1 as @x is below, at or above @y. */
+static int cmp_u64(uint64_t x, uint64_t y)
+{
+	return x < y ? -1 : x > y;
+}
+
 static int served_cmp(const void *a, const void *b)
 {
 	const struct served *x = a, *y = b;
 
-	if (x->vm != y->vm)
-		return x->vm < y->vm ? -1 : 1;
-	if (x->vcpu != y->vcpu)
-		return x->vcpu < y->vcpu ? -1 : 1;
-	return x->first < y->first ? -1 : x->first > y->first;
+	return x->vm != y->vm ? cmp_u64(x->vm, y->vm)
+	       : x->vcpu != y->vcpu ? cmp_u64(x->vcpu, y->vcpu)
+				    : cmp_u64(x->first, y->first);
 }
 
 /* The answer to request @q: the served range that holds it, or NULL. */
@@ -241,29 +245,23 @@ static bool served_later(const struct report *r, const struct request *q)
 
 static int inv_cmp(const void *a, const void *b)
 {
-	const struct inv *x = a, *y = b;
-
-	return x->id < y->id ? -1 : x->id > y->id;
+	return cmp_u64(((const struct inv *)a)->id, ((const struct inv *)b)->id);
 }
 
 static int callback_cmp(const void *a, const void *b)
 {
 	const struct callback *x = a, *y = b;
 
-	if (x->inv != y->inv)
-		return x->inv < y->inv ? -1 : 1;
-	return x->vm < y->vm ? -1 : x->vm > y->vm;
+	return x->inv != y->inv ? cmp_u64(x->inv, y->inv) : cmp_u64(x->vm, y->vm);
 }
 
 static int request_cmp(const void *a, const void *b)
 {
 	const struct request *x = a, *y = b;
 
-	if (x->inv != y->inv)
-		return x->inv < y->inv ? -1 : 1;
-	if (x->vm != y->vm)
-		return x->vm < y->vm ? -1 : 1;
-	return x->vcpu < y->vcpu ? -1 : x->vcpu > y->vcpu;
+	return x->inv != y->inv ? cmp_u64(x->inv, y->inv)
+	       : x->vm != y->vm ? cmp_u64(x->vm, y->vm)
+				: cmp_u64(x->vcpu, y->vcpu);
 }
 
 /* The invalidation @id (invs sorted), or NULL. */
@@ -312,9 +310,7 @@ static void join(struct report *r)
 
 static int u64_cmp(const void *a, const void *b)
 {
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
+	return cmp_u64(*(const uint64_t *)a, *(const uint64_t *)b);
 }
 
 /* Nearest-rank percentile @p of sorted @v[n] (n > 0). */
