@@ -84,6 +84,15 @@ int pool_obj_clear_young(struct shadow_pool *pool, struct pool_obj *po, uint64_t
 		else
 			all = false;
 	}
+	/* A 2 MiB leaf over the page's run: tracked whole (the run's other
+	 * pages stay young, with no visible leaf, until an access restores
+	 * it and marks them all). */
+	for_each_rmap_sptep(pool_obj_huge_rmap(po, page), stripe, i, s) {
+		if (leaf_track(pool, s))
+			(*tracked)++;
+		else
+			all = false;
+	}
 	if (!all)
 		pool_obj_mark_young(po, page); /* a leaf may still be visible */
 	umbra_mutex_unlock(stripe);
@@ -104,28 +113,31 @@ static bool fast_restore_locked(struct shadow_mmu *mmu, uint32_t root, uint64_t 
 	uint32_t table[SPTE_LEVELS + 1];
 	struct shadow_mmu_slot *slot;
 	uint64_t e = 0, page;
+	int level;
 
 	table[SPTE_LEVELS] = root;
-	for (int level = SPTE_LEVELS; level >= 1; level--) {
+	for (level = SPTE_LEVELS; level >= 1; level--) {
 		idx[level] = SPTE_INDEX(va, level);
 		e = spte_read(mmu_sptes(mmu, table[level]) + idx[level]);
 		if (!spte_is_present(e))
 			return false;
 		rights &= walk_entry_rights(&mmu->mode, e);
-		if (level > 1) {
-			if (spte_is_leaf(e, level))
-				return false; /* shadow leaves are 4 KiB: not ours */
-			table[level - 1] = pool_page_index(spte_addr(e));
-		}
+		if (spte_is_leaf(e, level))
+			break;
+		table[level - 1] = pool_page_index(spte_addr(e));
 	}
-	if (shadow_permission_fault(&mmu->mode, rights, access))
-		return false;
+	if (level == 3 || shadow_permission_fault(&mmu->mode, rights, access))
+		return false; /* shadow leaves are 4 KiB or 2 MiB */
 	slot = mmu_mpa_to_slot(mmu, spte_addr(e), &page);
 	if (!slot)
 		return false;
-	for (int level = SPTE_LEVELS; level >= 1; level--)
-		pool_entry_mirror(mmu->pool, table[level], idx[level]);
-	pool_obj_mark_young(slot->pobj, page);
+	for (int l = SPTE_LEVELS; l >= level; l--)
+		pool_entry_mirror(mmu->pool, table[l], idx[l]);
+	if (level == 2) /* a 2 MiB leaf: the whole run is mapped, and young */
+		for (uint64_t k = 0; k < SPTE_ENTRIES; k++)
+			pool_obj_mark_young(slot->pobj, page + k);
+	else
+		pool_obj_mark_young(slot->pobj, page);
 	return true;
 }
 

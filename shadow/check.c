@@ -72,10 +72,12 @@ static int check_table_header(struct shadow_mmu *mmu, uint32_t page, uint32_t pa
 	return 0;
 }
 
-/* Leaf @spte, entry @i of @page: a 4 KiB non-global leaf, D exactly when
- * W, no write reaching copy-on-write data (@path_w: every entry above
- * grants W), and in its page's reverse map (under its stripe, if it still
- * maps that page: another VM's zap may have cleared it since).  mmu_lock. */
+/* Leaf @spte, entry @i of @page: a 4 KiB non-global leaf, or a 2 MiB one
+ * over a whole run of a VM never cloned (huge.c), D exactly when W, no
+ * write reaching copy-on-write data (@path_w: every entry above grants W),
+ * and in its page's reverse map, or its run's for a 2 MiB leaf (under the
+ * stripe, if it still maps that page: another VM's zap may have cleared it
+ * since).  mmu_lock. */
 static int check_leaf_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, uint64_t spte,
 			     bool path_w, struct check_ctx *c)
 {
@@ -87,11 +89,13 @@ static int check_leaf_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int
 	shadow_sptep_t s;
 	bool found = false;
 
-	if (mmu_page(mmu, page)->level != 1 || spte_is_writable(spte) != spte_is_dirty(spte) ||
+	const int level = mmu_page(mmu, page)->level;
+
+	if ((level != 1 && (level != 2 || mmu->cloned)) || spte_is_writable(spte) != spte_is_dirty(spte) ||
 	    (spte & SPTE_GLOBAL))
 		return -EUCLEAN;
 	stripe = leaf_stripe(mmu, spte, &slot, &bp);
-	if (!stripe)
+	if (!stripe || (level == 2 && (bp % SPTE_ENTRIES || bp + SPTE_ENTRIES > slot->npages)))
 		return -EUCLEAN;
 	/* Write protection: no write can reach shared data. */
 	if (path_w && spte_is_writable(spte) && c->cow[slot->id] && c->cow[slot->id][bp])
@@ -99,7 +103,9 @@ static int check_leaf_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int
 	umbra_mutex_lock(stripe);
 	now = spte_read(mmu_sptes(mmu, page) + i);
 	if (spte_is_present(now) && spte_addr(now) == spte_addr(spte))
-		for_each_rmap_sptep(pool_obj_rmap(slot->pobj, bp), stripe, k, s)
+		for_each_rmap_sptep(level == 2 ? pool_obj_huge_rmap(slot->pobj, bp) :
+						 pool_obj_rmap(slot->pobj, bp),
+				    stripe, k, s)
 			found |= s == sptep_make(page, i);
 	else
 		found = true; /* cleared by a zap since: nothing to check */
@@ -237,6 +243,20 @@ static int check_run_rmaps_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot
 				ret = -EUCLEAN;
 		}
 	}
+	{
+		uint32_t k;
+		shadow_sptep_t s;
+
+		/* 2 MiB leaves: present, at level 2, mapping the whole run. */
+		for_each_rmap_sptep(pool_obj_huge_rmap(slot->pobj, r * SPTE_ENTRIES), stripe, k, s) {
+			uint64_t spte = spte_read(mmu_sptes(mmu, sptep_page(s)) + sptep_index(s));
+
+			if (!spte_is_present(spte) || !spte_is_leaf(spte, 2) ||
+			    __atomic_load_n(&mmu_page(mmu, sptep_page(s))->level, __ATOMIC_RELAXED) != 2 ||
+			    spte_addr(spte) != slot->s.mpa + (r * SPTE_ENTRIES << SHADOW_PAGE_SHIFT))
+				ret = -EUCLEAN;
+		}
+	}
 	umbra_mutex_unlock(stripe);
 	return ret;
 }
@@ -272,7 +292,8 @@ static int check_counts_locked(struct shadow_mmu *mmu, const struct check_ctx *c
 	for (int i = 0; i < n; i++)
 		if (mmu->slots[i].pobj->refs == 1)
 			for (uint64_t p = 0; p < mmu->slots[i].npages; p++)
-				rmapped += rmap_nr(pool_obj_rmap(mmu->slots[i].pobj, p));
+				rmapped += rmap_nr(pool_obj_rmap(mmu->slots[i].pobj, p)) +
+					   (p % SPTE_ENTRIES ? 0 : rmap_nr(pool_obj_huge_rmap(mmu->slots[i].pobj, p)));
 	shadow_mmu_stats(mmu, &st);
 	if (st.tables_created - st.tables_freed != c->tables)
 		return -EUCLEAN;
@@ -463,6 +484,10 @@ static bool leaf_is_rmapped_locked(struct shadow_pool *pool, uint64_t spte, shad
 		for_each_rmap_sptep(pool_obj_rmap(po, (mpa - po->mpa) >> SHADOW_PAGE_SHIFT), &pool->objs_lock,
 				    k, t)
 			if (t == s)
+				return true;
+		for_each_rmap_sptep(pool_obj_huge_rmap(po, (mpa - po->mpa) >> SHADOW_PAGE_SHIFT),
+				    &pool->objs_lock, k, t)
+			if (t == s && pool_page(pool, sptep_page(s))->level == 2)
 				return true;
 	}
 	return false;

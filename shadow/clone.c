@@ -252,6 +252,9 @@ static int clone_share_locked(struct shadow_mmu *parent, struct shadow_mmu *chil
 	/* The child, not yet in use, gets a slot for each of ours. */
 	int ret = root_cache_grow(child, parent->nr_roots);
 
+	/* Copy-on-write is per page: no 2 MiB leaf stays. */
+	if (parent->huge_used)
+		huge_zap_all_locked(parent, b);
 	/* Our tables become reachable by the child: no longer ours alone. */
 	parent->clone_gen++;
 	for (unsigned int r = 0; r < parent->nr_roots && !ret; r++)

@@ -349,7 +349,7 @@ static int fault_install(struct shadow_mmu *mmu, struct fault *f)
 		goto unlock;
 	}
 	ret = install_locked(mmu, root->page, &f->w, f->slot, f->page, &b, &table);
-	if (!ret)
+	if (!ret && table != SHADOW_NO_PAGE)
 		fault_around_locked(mmu, f, table, &b);
 	zap_batch_finish_locked(mmu, &b);
 unlock:

@@ -139,7 +139,9 @@ static int child_get_locked(struct shadow_mmu *mmu, uint32_t parent, unsigned in
 
 	if (mmu_page(mmu, parent)->canon)
 		return canon_child_get_locked(mmu, parent, i, role, gva, b, out);
-	if (spte_is_present(spte)) {
+	if (spte_is_present(spte) && spte_is_leaf(spte, level + 1)) {
+		zap_spte_locked(mmu, parent, i, b); /* a 2 MiB leaf: a table replaces it */
+	} else if (spte_is_present(spte)) {
 		const struct shadow_page *csp = mmu_page(mmu, pool_page_index(spte_addr(spte)));
 
 		if (role_matches(csp, role) || (alt && role_matches(csp, alt)))
@@ -237,15 +239,15 @@ static bool pd_exchange_locked(struct shadow_mmu *mmu, const struct shadow_walk 
 	return true;
 }
 
-/* Descends from @root along @w's path, getting each table; the level-1
- * table in *@table.  A canonical level-2 table that cannot serve the path
+/* Descends from @root along @w's path, getting each table; the level-@stop
+ * table (1, or 2 for a 2 MiB leaf) in *@table.  A canonical level-2 table that cannot serve the path
  * below it is left: this VM's entry is pointed at a private copy of it
  * (table_copy_locked); a VM's own level-2 table may be exchanged for a
  * canonical one (pd_exchange_locked).  Each entry of the path is also
  * rewritten in the visible copy of the pool if a guest changed it there
  * (the CPU walks that copy; what it had found there faulted).  mmu_lock. */
-static int install_tables_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
-				 unsigned int rights, bool want_w, struct zap_batch *b,
+int install_tables_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
+				 unsigned int rights, bool want_w, int stop, struct zap_batch *b,
 				 uint32_t *table)
 {
 	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
@@ -253,7 +255,7 @@ static int install_tables_locked(struct shadow_mmu *mmu, uint32_t root, const st
 	int ret;
 
 	*table = root;
-	for (int level = SPTE_LEVELS; level > 1; level--) {
+	for (int level = SPTE_LEVELS; level > stop; level--) {
 		const struct role role = install_role(w, level - 1, rights);
 		const unsigned int i = SPTE_INDEX(w->va, level);
 		uint32_t parent = *table;
@@ -497,12 +499,20 @@ int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_wa
 	uint32_t table;
 	int ret = FILL_REFUSED;
 
+	/* A guest 2 MiB page over a whole run of contiguous resident backing:
+	 * one 2 MiB leaf (huge.c). */
+	ret = install_huge_locked(mmu, root, w, slot, page, b, &table);
+	if (ret != HUGE_REFUSED) {
+		*leaf_table = table;
+		return ret;
+	}
+	ret = FILL_REFUSED;
 	/* A read-only leaf (!want_w) in a shared table: fill in place (a VM
 	 * that never shared has no shared table to look for). */
 	if (!want_w && mmu->sharing && fill_path_find_locked(mmu, root, w, rights, &table))
 		ret = fill_in_place_locked(mmu, table, SPTE_INDEX(w->va, 1), w, slot, page, spte);
 	if (ret == FILL_REFUSED) {
-		ret = install_tables_locked(mmu, root, w, rights, want_w, b, &table);
+		ret = install_tables_locked(mmu, root, w, rights, want_w, 1, b, &table);
 		if (ret)
 			return ret;
 		ret = install_leaf_locked(mmu, table, SPTE_INDEX(w->va, 1), slot, page, spte, b);

@@ -38,6 +38,7 @@ int shadow_mmu_create(const struct shadow_mmu_config *config, struct shadow_mmu 
 		goto exit_p2m;
 	mmu->max_roots = config->nr_roots ? config->nr_roots : SHADOW_MMU_MAX_ROOTS;
 	mmu->fault_around = config->fault_around > 1 ? config->fault_around : 1;
+	mmu->huge_leaves = config->huge_leaves;
 	ret = root_cache_grow(mmu, ROOT_CACHE_FIRST);
 	if (ret)
 		goto put_account;

@@ -18,6 +18,7 @@
  *   quota.c     the table quota: which VM's account each table page counts in
  *   fault.c     the fault path: guest walk, retry protocol, fault-around
  *   install.c   a fault's shadow path and leaf, in write or read mode
+ *   huge.c      2 MiB shadow leaves: when, install, split or clear
  *   fill.c      fills in place: a read-only leaf written into a shared table
  *               when every VM that reaches it sees the same leaf
  *   access.c    access tracking: young bytes, access-tracked leaves and
@@ -402,6 +403,45 @@ bool path_find(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *
  * 0, -EBUSY (another leaf there) or -ENOMEM. */
 int install_leaf_read_mode(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
 			   struct shadow_mmu_slot *slot, uint64_t page, uint64_t spte);
+
+/* Descends from @root along @w's path to the level-@stop table (1 or 2),
+ * in *@table.  0 or -errno.  mmu_lock. */
+int install_tables_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
+			  unsigned int rights, bool want_w, int stop, struct zap_batch *b,
+			  uint32_t *table);
+
+/* ---- huge.c: 2 MiB shadow leaves ----------------------------------------- */
+
+/* install_huge_locked's answer where no 2 MiB leaf may serve (not an errno). */
+#define HUGE_REFUSED 1
+/*
+ * Installs @w's translation (page @page of @slot) below @root as one 2 MiB
+ * leaf if the guest maps a 2 MiB page there and a 2 MiB leaf may serve it
+ * (huge.c says when); *@leaf_table is then SHADOW_NO_PAGE (nothing to map
+ * around).  0, HUGE_REFUSED (install 4 KiB leaves) or -errno.  mmu_lock.
+ */
+int install_huge_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
+			struct shadow_mmu_slot *slot, uint64_t page, struct zap_batch *b,
+			uint32_t *leaf_table);
+/* Every 2 MiB leaf that maps run @r of @slot's object (@run: its side
+ * arrays), while pages [@first, @last] of the run are zapped: cleared if
+ * the range is the whole run, else split where it can be (the run's other
+ * pages stay mapped by 4 KiB leaves), else cleared.  mmu_lock, the run's
+ * stripe, no table lock. */
+void huge_zap_run_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, struct pool_obj_run *run,
+			 uint64_t r, uint64_t first, uint64_t last, struct zap_batch *b);
+/* Does 2 MiB leaf @spte, entry @i of level-2 table @pd, still shadow what
+ * the guest's entry and the P2M map now (the leaf a fault would install,
+ * or its read-only form from before the guest's D)?  mmu_lock. */
+bool huge_leaf_is_current_locked(struct shadow_mmu *mmu, uint32_t pd, unsigned int i, uint64_t spte);
+/* Clears every 2 MiB leaf below this VM's cached roots (before a clone,
+ * which shares pages copy-on-write, page by page).  mmu_lock. */
+void huge_zap_all_locked(struct shadow_mmu *mmu, struct zap_batch *b);
+/* Removes location (@page, @i), a leaf mapping page @bp of @slot, from its
+ * reverse map: the page's, or for a 2 MiB leaf (@page a level-2 table) its
+ * run's.  The stripe held. */
+void leaf_rmap_del(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t bp, uint32_t page,
+		   unsigned int i);
 
 /* ---- table_hash.c: one shadow per guest table and role within a VM ------- */
 

@@ -470,6 +470,7 @@ void pool_obj_put(struct shadow_pool *pool, struct pool_obj *po)
 				continue;
 			for (unsigned int p = 0; p < SPTE_ENTRIES; p++)
 				rmap_free(&run->rmap[p]);
+			rmap_free(&run->huge);
 			free(run);
 		}
 		free(dir);
@@ -531,4 +532,21 @@ void pool_obj_rmap_del(struct pool_obj *po, uint64_t page, shadow_sptep_t sptep)
 	if (run && rmap_del(&run->rmap[page % SPTE_ENTRIES], sptep) &&
 	    !rmap_nr(&run->rmap[page % SPTE_ENTRIES]))
 		run->mapped[page % SPTE_ENTRIES / 64] &= ~(1ull << (page % 64));
+}
+
+int pool_obj_huge_rmap_add(struct pool_obj *po, uint64_t run, shadow_sptep_t sptep)
+{
+	struct pool_obj_run *r;
+	int ret;
+
+	ret = pool_obj_run_get_or_alloc(po, run, &r);
+	return ret ? ret : rmap_add(&r->huge, sptep);
+}
+
+void pool_obj_huge_rmap_del(struct pool_obj *po, uint64_t run, shadow_sptep_t sptep)
+{
+	struct pool_obj_run *r = pool_obj_run(po, run);
+
+	if (r)
+		rmap_del(&r->huge, sptep);
 }

@@ -263,7 +263,9 @@ static void table_copy_entries_locked(struct shadow_mmu *mmu, uint32_t old, uint
 
 		if (!spte_is_present(e))
 			continue;
-		if (spte_is_leaf(e, level)) {
+		if (spte_is_leaf(e, level) && level > 1) {
+			continue; /* a 2 MiB leaf (huge.c) is not copied: it faults back */
+		} else if (spte_is_leaf(e, level)) {
 			struct shadow_mmu_slot *slot;
 			uint64_t bp;
 

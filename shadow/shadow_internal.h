@@ -195,6 +195,10 @@ static inline uint32_t canon_key(uint64_t run, int level, bool readonly, unsigne
  *  young  per page: 1 once any VM's fault mapped it since the last
  *         clear_young (access.c).  Atomic bytes; cleared under the run's
  *         stripe, set without a lock;
+ *  huge   every 2 MiB leaf in the pool that maps the whole run (its first
+ *         page 2 MiB-aligned in machine memory: docs/shadow.md, "2 MiB
+ *         shadow leaves"), whichever VM installed it; a zap of any page of
+ *         the run visits it (under the run's stripe);
  *  canon  the run's canonical tables (segments only): [key % CANON_KEYS_PER_RUN]
  *         -> pool index + 1, 0 for none (canon_table_get / _set); the
  *         level-1 tables of the run and, in a GiB's first run, the level-2
@@ -207,6 +211,7 @@ struct pool_obj_run {
 	struct shadow_rmap rmap[SPTE_ENTRIES];
 	uint64_t mapped[SPTE_ENTRIES / 64];
 	uint8_t young[SPTE_ENTRIES];
+	struct shadow_rmap huge;
 	uint32_t canon[CANON_KEYS_PER_RUN];
 };
 
@@ -303,6 +308,22 @@ int pool_obj_rmap_add(struct pool_obj *po, uint64_t page, shadow_sptep_t sptep);
 /* Removes @sptep from page @page's reverse map if there (and the page's
  * mapped bit with the last location).  The page's stripe held. */
 void pool_obj_rmap_del(struct pool_obj *po, uint64_t page, shadow_sptep_t sptep);
+
+/* Adds location @sptep (a 2 MiB leaf mapping all of run @run) to the run's
+ * reverse map of 2 MiB leaves, allocating the run's side arrays on first
+ * use.  The run's stripe held.  0 or -ENOMEM (nothing changed).  pool.c. */
+int pool_obj_huge_rmap_add(struct pool_obj *po, uint64_t run, shadow_sptep_t sptep);
+/* Removes @sptep from run @run's 2 MiB leaves if there.  The run's stripe
+ * held. */
+void pool_obj_huge_rmap_del(struct pool_obj *po, uint64_t run, shadow_sptep_t sptep);
+/* The reverse map of the 2 MiB leaves of the run of page @page of @po, or
+ * NULL (empty, the run never used).  The run's stripe held. */
+static inline struct shadow_rmap *pool_obj_huge_rmap(const struct pool_obj *po, uint64_t page)
+{
+	struct pool_obj_run *run = pool_obj_run(po, page / SPTE_ENTRIES);
+
+	return run ? &run->huge : NULL;
+}
 
 /* Frees @po's page reference counts (refcount.c): its last slot went.
  * objs_lock. */
@@ -698,6 +719,8 @@ struct shadow_mmu {
 	int own_slot;			/* where gfn g's private copy is page g, -1: none
 					 * (atomic: written under mmu_lock) */
 	bool sharing;			/* ever cloned or used a canonical table */
+	bool huge_leaves;		/* 2 MiB shadow leaves allowed (config; immutable) */
+	bool huge_used;			/* ever installed a 2 MiB leaf (under mmu_lock) */
 	bool cloned;			/* ever cloned or made by a clone: its tables may
 					 * hold writable leaves of copy-on-write pages
 					 * behind write-protected entries (under mmu_lock) */

@@ -124,6 +124,21 @@ static bool table_entry_matches(struct shadow_mmu *mmu, uint64_t spte, const str
 	       canon_guest_pd_matches(mmu, e->role.gpa, e->role.access, &direct);
 }
 
+/* Does present entry @spte, entry @i of @page, agree with @e: a leaf (4
+ * KiB, or 2 MiB: huge.c) with what a fault would install now, a table entry
+ * with its child's role? */
+static bool entry_matches(struct shadow_mmu *mmu, uint32_t page, unsigned int i, uint64_t spte,
+			  const struct expect *e)
+{
+	const int level = mmu_page(mmu, page)->level;
+
+	if (level == 1)
+		return leaf_matches(mmu, spte, e);
+	if (spte_is_leaf(spte, level))
+		return huge_leaf_is_current_locked(mmu, page, i, spte);
+	return table_entry_matches(mmu, spte, e);
+}
+
 /* Read-only: does every present entry of the subtree at @page agree with
  * this VM's guest tables and P2M now?  Each leaf table is read after
  * fill_barrier_locked: a fill in place made for another VM's view either
@@ -143,12 +158,9 @@ static bool subtree_matches_locked(struct shadow_mmu *mmu, uint32_t page)
 		if (!spte_is_present(spte))
 			continue;
 		expect_entry(mmu, sp, i, &e);
-		if (sp->level == 1) {
-			if (!leaf_matches(mmu, spte, &e))
-				return false;
-			continue;
-		}
-		if (!table_entry_matches(mmu, spte, &e) ||
+		if (!entry_matches(mmu, page, i, spte, &e))
+			return false;
+		if (sp->level > 1 && !spte_is_leaf(spte, sp->level) &&
 		    !subtree_matches_locked(mmu, pool_page_index(spte_addr(spte))))
 			return false;
 	}
@@ -171,11 +183,11 @@ static bool sync_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int
 	if (!spte_is_present(spte))
 		return false;
 	expect_entry(mmu, sp, i, &e);
-	if (sp->level == 1 ? !leaf_matches(mmu, spte, &e) : !table_entry_matches(mmu, spte, &e)) {
+	if (!entry_matches(mmu, page, i, spte, &e)) {
 		zap_spte_locked(mmu, page, i, b);
 		return false;
 	}
-	if (sp->level == 1 || !recurse)
+	if (sp->level == 1 || !recurse || spte_is_leaf(spte, sp->level))
 		return true;
 	uint32_t child = pool_page_index(spte_addr(spte));
 
@@ -217,8 +229,8 @@ static bool path_matches_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t 
 		if (!spte_is_present(spte))
 			return true;
 		expect_entry(mmu, mmu_page(mmu, it.page), it.index, &e);
-		if (it.level == 1)
-			return leaf_matches(mmu, spte, &e);
+		if (it.level == 1 || spte_is_leaf(spte, it.level))
+			return entry_matches(mmu, it.page, it.index, spte, &e);
 		if (!table_entry_matches(mmu, spte, &e))
 			return false;
 	}
@@ -244,7 +256,8 @@ void shadow_mmu_invlpg(struct shadow_mmu *mmu, struct shadow_tlb *self, uint64_t
 			 * still matches stays: the leaf too, so that an invlpg
 			 * of a mapping the guest did not change (its IDT, stack,
 			 * #PF handler) costs it nothing. */
-			if (!sync_spte_locked(mmu, it.page, it.index, false, &b) || it.level == 1)
+			if (!sync_spte_locked(mmu, it.page, it.index, false, &b) || it.level == 1 ||
+			    spte_is_leaf(spte_read(it.sptep), it.level))
 				break;
 			/* A shared table below is never changed for one VM: keep
 			 * it if it still agrees with our guest, else leave it. */
@@ -301,9 +314,12 @@ static unsigned int subtree_count_shadows_locked(struct shadow_mmu *mmu, uint32_
 
 	if (sp->level == 1)
 		return n;
-	for_each_present_spte(mmu, page, i)
-		n += subtree_count_shadows_locked(
-			mmu, pool_page_index(spte_addr(spte_read(mmu_sptes(mmu, page) + i))), gpa);
+	for_each_present_spte(mmu, page, i) {
+		const uint64_t spte = spte_read(mmu_sptes(mmu, page) + i);
+
+		if (!spte_is_leaf(spte, sp->level))
+			n += subtree_count_shadows_locked(mmu, pool_page_index(spte_addr(spte)), gpa);
+	}
 	return n;
 }
 
@@ -336,9 +352,12 @@ static unsigned int subtree_sync_shadows_locked(struct shadow_mmu *mmu, uint32_t
 	if (sp->level == 1)
 		return n;
 	for_each_present_spte(mmu, page, i) {
-		uint32_t child = pool_page_index(spte_addr(spte_read(mmu_sptes(mmu, page) + i)));
+		const uint64_t spte = spte_read(mmu_sptes(mmu, page) + i);
+		uint32_t child = pool_page_index(spte_addr(spte));
 		unsigned int found;
 
+		if (spte_is_leaf(spte, sp->level))
+			continue; /* a 2 MiB leaf */
 		if (!table_is_shared(mmu, child)) {
 			n += subtree_sync_shadows_locked(mmu, child, gpa, seen, b);
 			continue;

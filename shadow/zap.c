@@ -108,8 +108,9 @@ void batch_add_leaf_va(struct shadow_mmu *mmu, uint32_t page, unsigned int i, st
 {
 	struct shadow_page *sp = mmu_page(mmu, page);
 
-	if (sp->canon)
-		b->flush_all = true; /* one table, a different va in each VM */
+	if (sp->canon || sp->level > 1)
+		b->flush_all = true; /* one table, a different va in each VM; or a 2 MiB
+				      * leaf, which a TLB may hold as 512 pages */
 	else
 		batch_add_va(b, sp->gva + ((uint64_t)i << SHADOW_PAGE_SHIFT));
 }
@@ -207,6 +208,15 @@ static void table_put_now_locked(struct shadow_mmu *mmu, uint32_t child, uint32_
 
 /* ---- zaps ------------------------------------------------------------------ */
 
+void leaf_rmap_del(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t bp, uint32_t page,
+		   unsigned int i)
+{
+	if (mmu_page(mmu, page)->level == 2)
+		pool_obj_huge_rmap_del(slot->pobj, bp / SPTE_ENTRIES, sptep_make(page, i));
+	else
+		pool_obj_rmap_del(slot->pobj, bp, sptep_make(page, i));
+}
+
 /*
  * The leaf rule's clear (struct pool_obj): read the leaf, take the stripe of
  * the page it maps, and clear it there if it still maps that page (a leaf
@@ -237,7 +247,7 @@ uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struc
 		}
 		old = spte_set_locked(mmu, page, i, 0);
 		if (spte_is_present(old) && slot)
-			pool_obj_rmap_del(slot->pobj, bp, sptep_make(page, i));
+			leaf_rmap_del(mmu, slot, bp, page, i);
 		if (stripe)
 			umbra_mutex_unlock(stripe);
 		if (spte_is_present(old) && b) {
@@ -381,6 +391,8 @@ static void zap_run_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot,
 
 	if (!run)
 		return; /* never used */
+	if (rmap_nr(&run->huge))
+		huge_zap_run_locked(mmu, slot, run, r, first, last, b);
 	for (unsigned int w = i0 / 64; w <= i1 / 64; w++) {
 		uint64_t bits = run->mapped[w];
 

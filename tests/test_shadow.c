@@ -2514,5 +2514,6 @@ Suite *shadow_suite(void)
 	tcase_add_loop_test(around, test_fault_around_maps_only_resident_pages_and_never_pages_in, 0, 2);
 	tcase_add_test(around, test_fault_around_window_must_be_a_power_of_two_up_to_the_max);
 	suite_add_tcase(s, around);
+	shadow_huge_add_tcase(s);
 	return s;
 }

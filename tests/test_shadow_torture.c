@@ -375,7 +375,7 @@ START_TEST(test_torture_vcpus_never_reach_a_stale_page)
 	t->vcpu_ops = test_env_ulong("UMBRA_SHADOW_TORTURE_OPS", VCPU_OPS_DEFAULT);
 	/* 3 roots cached for 4 address spaces: CR3 loads evict and re-sync.
 	 * _i: bit 0 per-page delivery, bit 1 fault-around (a window of 16). */
-	gm_init_core(&t->gm, 1024, NULL, 512, 3, 0, _i & 2 ? 16 : 0, NULL, &torture_slot_ops, t);
+	gm_init_core(&t->gm, 1024, NULL, 512, 3, 0, _i & 2 ? 16 : 0, NULL, &torture_slot_ops, t, false);
 	ck_assert_int_eq(notifier_object_set_mode(t->gm.ram, _i & 1 ? NOTIFIER_MODE_PAGE : NOTIFIER_MODE_RANGE),
 			 0);
 	for (int c = 0; c < NR_CR3; c++)

@@ -39,7 +39,7 @@ struct gm {
 static inline void gm_init_core(struct gm *gm, uint64_t ram_pages, struct shadow_pool *pool,
 				size_t pool_pages, unsigned int nr_roots, unsigned long max_tables,
 				unsigned int fault_around, const struct shadow_paging_mode *mode,
-				const struct shadow_slot_ops *ops, void *priv)
+				const struct shadow_slot_ops *ops, void *priv, bool huge_leaves)
 {
 	struct shadow_mmu_config cfg = { 0 };
 	struct shadow_slot slot = { 0 };
@@ -62,6 +62,7 @@ static inline void gm_init_core(struct gm *gm, uint64_t ram_pages, struct shadow
 	cfg.max_tables = max_tables;
 	cfg.fault_around = fault_around;
 	cfg.mode = mode ? *mode : shadow_default_mode;
+	cfg.huge_leaves = huge_leaves;
 	ck_assert_int_eq(shadow_mmu_create(&cfg, &gm->mmu), 0);
 	slot.obj = gm->ram;
 	slot.mpa = 0;
@@ -78,7 +79,7 @@ static inline void gm_init_full(struct gm *gm, uint64_t ram_pages, struct shadow
 				const struct shadow_paging_mode *mode,
 				const struct shadow_slot_ops *ops, void *priv)
 {
-	gm_init_core(gm, ram_pages, pool, pool_pages, nr_roots, 0, 0, mode, ops, priv);
+	gm_init_core(gm, ram_pages, pool, pool_pages, nr_roots, 0, 0, mode, ops, priv, false);
 }
 
 /* A guest machine on @pool (or a pool of its own of @pool_pages) whose MMU
@@ -86,7 +87,7 @@ static inline void gm_init_full(struct gm *gm, uint64_t ram_pages, struct shadow
 static inline void gm_init_quota(struct gm *gm, uint64_t ram_pages, struct shadow_pool *pool,
 				 size_t pool_pages, unsigned long max_tables)
 {
-	gm_init_core(gm, ram_pages, pool, pool_pages, 0, max_tables, 0, NULL, NULL, NULL);
+	gm_init_core(gm, ram_pages, pool, pool_pages, 0, max_tables, 0, NULL, NULL, NULL, false);
 }
 
 /* A guest machine with a pool of its own whose MMU maps @fault_around
@@ -94,7 +95,16 @@ static inline void gm_init_quota(struct gm *gm, uint64_t ram_pages, struct shado
 static inline void gm_init_around(struct gm *gm, uint64_t ram_pages, unsigned int fault_around,
 				  const struct shadow_slot_ops *ops, void *priv)
 {
-	gm_init_core(gm, ram_pages, NULL, 256, 0, 0, fault_around, NULL, ops, priv);
+	gm_init_core(gm, ram_pages, NULL, 256, 0, 0, fault_around, NULL, ops, priv, false);
+}
+
+/* A guest machine with a pool of its own whose MMU installs 2 MiB shadow
+ * leaves where it may (shadow_mmu_config.huge_leaves), its RAM slot with
+ * @ops / @priv. */
+static inline void gm_init_huge(struct gm *gm, uint64_t ram_pages, const struct shadow_slot_ops *ops,
+				void *priv)
+{
+	gm_init_core(gm, ram_pages, NULL, 256, 0, 0, 0, NULL, ops, priv, true);
 }
 
 static inline void gm_init(struct gm *gm, uint64_t ram_pages)

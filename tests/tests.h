@@ -23,6 +23,7 @@ Suite *shadow_walk_suite(void);
 Suite *shadow_torture_suite(void);
 Suite *shadow_share_suite(void);
 TCase *shadow_clone_p2m_tcase(void); /* test_shadow_clone.c, in shadow_share */
+void shadow_huge_add_tcase(Suite *s); /* test_shadow_huge.c, in shadow */
 Suite *shadow_share_torture_suite(void);
 Suite *shadow_hostile_suite(void);
 Suite *shadow_young_suite(void);

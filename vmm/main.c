@@ -187,6 +187,7 @@ static int prepare(const struct vmm_options *opts, struct run_state *rs)
 	}
 	rs->host->console = opts->console;
 	rs->host->fault_around = opts->fault_around;
+	rs->host->huge_leaves = opts->huge_leaves;
 	rs->host->notifier_mode = opts->notifier_mode;
 	rs->host->memory = rs->memory;
 	if (opts->dump_tables && vmm_dump_create(opts->dump_tables, &rs->host->dump)) {

@@ -56,6 +56,7 @@ int vmm_host_create(const struct plan *plan, struct vmm_host **out, struct vmm_e
 	if (!host)
 		return vmm_error_set(err, ENOMEM, "out of memory");
 	host->fault_around = VMM_FAULT_AROUND_DEFAULT;
+	host->huge_leaves = true;
 	host->notifier_mode = NOTIFIER_MODE_RANGE;
 	host->groups = calloc(plan->nr_groups ? plan->nr_groups : 1, sizeof(*host->groups));
 	if (!host->groups) {
@@ -247,7 +248,7 @@ int vm_mmu_init(struct vm *vm, struct vmm_error *err)
 	struct shadow_mmu_config config = {
 		.pool = vm->group->pool, .max_gpa = max_gpa, .nr_roots = 0,
 		.max_tables = (unsigned long)vm->table_quota, .mode = vm_paging_mode(vm),
-		.fault_around = vm->host->fault_around,
+		.fault_around = vm->host->fault_around, .huge_leaves = vm->host->huge_leaves,
 	};
 	ret = shadow_mmu_create(&config, &vm->mmu);
 	if (ret)

@@ -18,13 +18,13 @@ const char vmm_usage[] =
 	"                 [--group NAME] [--table-quota PAGES] [--clone N]\n"
 	"                 [--stats] [--stats-json FILE] [--dump-tables FILE] [--console escaped|raw]\n"
 	"                 [--trace FILE [--trace-events LIST] [--trace-buffer EVENTS]]\n"
-	"                 [--fault-around PAGES] [--notifier-mode range|page]\n"
+	"                 [--fault-around PAGES] [--huge-leaves on|off] [--notifier-mode range|page]\n"
 	"                 [--mem-limit SIZE] [--swap FILE] [--swap-size SIZE]\n"
 	"                 [--reclaim-policy clock|round-robin] [--reclaim-nonblocking]\n"
 	"                 [--evict-ms MS [--evict-pages N]]\n"
 	"       umbra run --config FILE [--stats] [--stats-json FILE] [--dump-tables FILE]\n"
 	"                 [--console escaped|raw] [--trace FILE ...]\n"
-	"                 [--fault-around PAGES] [--notifier-mode range|page]\n"
+	"                 [--fault-around PAGES] [--huge-leaves on|off] [--notifier-mode range|page]\n"
 	"                 [pager options as above]\n"
 	"       umbra trace-report TRACE... [--png FILE]\n"
 	"       umbra --help | --version\n"
@@ -59,6 +59,10 @@ const char vmm_usage[] =
 	"                    aligned PAGES-page window that the guest already maps\n"
 	"                    and that are resident (1, 2, 4 .. 64; 1: off; default\n"
 	"                    32; docs/shadow.md, \"Fault-around\")\n"
+	"  --huge-leaves on|off  a guest 2 MiB page over 2 MiB of contiguous resident\n"
+	"                    RAM gets one 2 MiB shadow leaf, split when part of it\n"
+	"                    is invalidated (default on; docs/shadow.md, \"2 MiB\n"
+	"                    shadow leaves\")\n"
 	"  --notifier-mode M how an invalidation of guest memory (a swap-out, an\n"
 	"                    eviction) reaches the VMs that map it: range (the\n"
 	"                    default: one invalidate_range_start/end pair per\n"
@@ -382,6 +386,12 @@ static int parse_run_option(int argc, char *const argv[], int *i, struct vmm_opt
 					     "--fault-around '%s': must be a power of two from 1 (off) to %u",
 					     value, SHADOW_FAULT_AROUND_MAX);
 		opts->fault_around = (unsigned int)n;
+	} else if (option_is(arg, "--huge-leaves")) {
+		if (!(value = option_value(argc, argv, i, "--huge-leaves")))
+			return vmm_error_set(err, EINVAL, "--huge-leaves needs on or off");
+		if (strcmp(value, "on") && strcmp(value, "off"))
+			return vmm_error_set(err, EINVAL, "--huge-leaves '%s': must be on or off", value);
+		opts->huge_leaves = strcmp(value, "on") == 0;
 	} else if (option_is(arg, "--notifier-mode")) {
 		if (!(value = option_value(argc, argv, i, "--notifier-mode")))
 			return vmm_error_set(err, EINVAL, "--notifier-mode needs a mode, range or page");
@@ -601,6 +611,7 @@ int vmm_options_parse(int argc, char *const argv[], struct vmm_options *opts,
 		.evict_pages = VMM_EVICT_PAGES_DEFAULT,
 		.console = VMM_CONSOLE_ESCAPED,
 		.fault_around = VMM_FAULT_AROUND_DEFAULT,
+		.huge_leaves = true,
 		.notifier_mode = NOTIFIER_MODE_RANGE,
 		.pager = { .policy = -1, .inject_kind = -1 },
 	};

@@ -152,6 +152,7 @@ struct vmm_options {
 	uint64_t table_quota;     /* run: table pages each VM may hold (0: the default) */
 	unsigned int clones;      /* run: clones of each VM at READY (0: none) */
 	unsigned int fault_around; /* run: fault-around window in pages (1: off) */
+	bool huge_leaves;          /* run: 2 MiB shadow leaves (--huge-leaves; default on) */
 	enum notifier_mode notifier_mode; /* run: how invalidations of guest memory are
 					   * delivered (a segment's notifier_mode overrides it) */
 	struct vmm_pager_options pager; /* run: --mem-limit, --swap, ... (they override the config's) */
@@ -468,6 +469,9 @@ struct vmm_host {
 	 * main() like console (vmm_host_create leaves it
 	 * VMM_FAULT_AROUND_DEFAULT). */
 	unsigned int fault_around;
+	/* 2 MiB shadow leaves for the VMs (--huge-leaves); set by main() like
+	 * console (vmm_host_create leaves it true). */
+	bool huge_leaves;
 	/* How invalidations of the VMs' RAM are delivered (--notifier-mode);
 	 * set by main() like console (vmm_host_create leaves it
 	 * NOTIFIER_MODE_RANGE). */
@@ -619,6 +623,8 @@ struct vm_stats {
 	X(SHADOW, installs, " installs=", "", s->shadow.installs)                                  \
 	X(SHADOW, faulted_around, " faulted_around=", "", s->shadow.faulted_around)                \
 	X(SHADOW, read_mode_installs, " read_mode_installs=", "", s->shadow.read_mode_installs)    \
+	X(SHADOW, huge_installs, " huge_installs=", "", s->shadow.huge_installs)                   \
+	X(SHADOW, huge_splits, " huge_splits=", "", s->shadow.huge_splits)                         \
 	X(SHADOW, zapped, " zapped=", "", s->shadow.zapped)                                        \
 	X(SHADOW, tables, " tables=", "", s->shadow.tables_created - s->shadow.tables_freed)       \
 	X(SHADOW, tables_created, " (created ", "", s->shadow.tables_created)                      \

@@ -368,6 +368,10 @@ struct shadow_mmu_config {
 					 * (shadow_mmu_fault) */
 	unsigned long max_tables;	/* table pages the MMU may hold (a quota); 0: no limit */
 	struct shadow_paging_mode mode;	/* the guest's paging controls */
+	bool huge_leaves;		/* a guest 2 MiB page over a whole 2 MiB run of
+					 * contiguous resident backing gets one 2 MiB shadow
+					 * leaf, split when part of it is invalidated
+					 * (shadow_mmu_fault); false: 4 KiB leaves only */
 };
 
 /* Counters, monotonic since creation (read without a snapshot guarantee). */
@@ -423,6 +427,10 @@ struct shadow_mmu_stats {
 	uint64_t read_mode_installs;	/* leaves installed by a fault holding mmu_lock in
 					 * read mode (its shadow path all there and the VM's
 					 * alone); counted in installs too */
+	/* 2 MiB shadow leaves (docs/shadow.md, "2 MiB shadow leaves") */
+	uint64_t huge_installs;		/* 2 MiB leaves installed (counted in installs too) */
+	uint64_t huge_splits;		/* 2 MiB leaves split into a table of 4 KiB leaves
+					 * by an invalidation of part of them */
 };
 
 /*

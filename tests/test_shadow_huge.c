@@ -1,0 +1,304 @@
+/*
+ * 2 MiB shadow leaves (docs/shadow.md, "2 MiB shadow leaves"), with the
+ * software vCPU: a guest 2 MiB page over a whole run of contiguous resident
+ * backing is one shadow leaf; an invalidation of part of it splits it and
+ * keeps the rest mapped; a whole-run invalidation, a guest change, a clone
+ * clear it; access tracking treats it whole; where the backing is not a
+ * whole run, 4 KiB leaves as before.
+ */
+#include <check.h>
+#include <errno.h>
+#include <string.h>
+
+#include "umbra/notifier.h"
+#include "umbra/shadow.h"
+#include "spte.h"
+#include "test_shadow_util.h"
+#include "tests.h"
+
+#define HG_VA 0x0000000040000000ull	/* 1 GiB: PD entry 0 of PDPT entry 1 */
+#define HG_FRAME 0x400000ull		/* a 2 MiB-aligned guest frame */
+#define HG_RAM_PAGES 2048ull		/* 8 MiB */
+#define HG_PAGE0 (HG_FRAME / GM_PAGE)	/* the frame's first page of RAM */
+#define HG_RIGHTS (SPTE_WRITABLE | SPTE_USER | SPTE_ACCESSED | SPTE_DIRTY)
+
+static struct shadow_mmu_stats hg_stats(struct gm *gm)
+{
+	struct shadow_mmu_stats st;
+
+	shadow_mmu_stats(gm->mmu, &st);
+	return st;
+}
+
+/* Accesses @va through @v, faulting it in: 0 or the access's error. */
+static int hg_touch(struct shadow_vcpu *v, uint64_t va, unsigned int access)
+{
+	struct shadow_vcpu_result res;
+
+	return shadow_vcpu_access_fault_in(v, va, access, &res);
+}
+
+/* Does the vCPU reach @va at guest frame @frame's offset without a fault? */
+static bool hg_reaches_without_fault(struct shadow_vcpu *v, struct gm *gm, uint64_t va, uint64_t gpa)
+{
+	struct shadow_vcpu_result res;
+
+	return shadow_vcpu_access(v, va, SHADOW_ACCESS_USER, &res) == 0 &&
+	       res.host == gm->host + gpa;
+}
+
+/* A guest with one 2 MiB page HG_VA -> HG_FRAME (@flags), huge leaves on;
+ * a vCPU on it. */
+static struct shadow_vcpu *hg_vm(struct gm *gm, uint64_t flags, uint64_t *cr3)
+{
+	gm_init_huge(gm, HG_RAM_PAGES, NULL, NULL);
+	*cr3 = gm_table(gm);
+	gm_map(gm, *cr3, HG_VA, HG_FRAME, 2, flags);
+	return sh_vcpu(gm->mmu, 64, *cr3);
+}
+
+START_TEST(test_guest_2m_page_over_a_whole_run_is_one_2m_leaf)
+{
+	struct gm gm;
+	uint64_t cr3;
+	struct shadow_vcpu *v = hg_vm(&gm, HG_RIGHTS, &cr3);
+
+	ck_assert_int_eq(hg_touch(v, HG_VA + 0x5008, SHADOW_ACCESS_USER | SHADOW_ACCESS_WRITE), 0);
+	struct shadow_mmu_stats st = hg_stats(&gm);
+
+	ck_assert_msg(st.huge_installs == 1 && st.faults == 1,
+		      "expected 1 fault and 1 2 MiB leaf, got %llu faults, %llu 2 MiB leaves",
+		      (unsigned long long)st.faults, (unsigned long long)st.huge_installs);
+	ck_assert_msg(shadow_pool_pages_in_use(gm.pool, 1) == 0,
+		      "expected no level-1 table, got %zu", shadow_pool_pages_in_use(gm.pool, 1));
+	/* Every page of the 2 MiB page answers without another fault. */
+	for (uint64_t k = 0; k < SPTE_ENTRIES; k++)
+		ck_assert_msg(hg_reaches_without_fault(v, &gm, HG_VA + k * GM_PAGE + 8,
+						       HG_FRAME + k * GM_PAGE + 8),
+			      "page %llu of the 2 MiB page: expected a translation, got a fault",
+			      (unsigned long long)k);
+	ck_assert_uint_eq(hg_stats(&gm).faults, 1);
+	/* A write went through the 2 MiB leaf to the backing. */
+	ck_assert_int_eq(hg_touch(v, HG_VA + 0x1ff000, SHADOW_ACCESS_WRITE), 0);
+	ck_assert_uint_eq(hg_stats(&gm).faults, 1);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* Backings that are not a whole run of one slot in order, each made from
+ * the identity P2M of hg_vm by one change. */
+enum hg_refusal { HG_ONE_GFN_ELSEWHERE, HG_SHIFTED_BY_ONE_PAGE, HG_NOT_RESIDENT, HG_OFF, HG_NR };
+static const char *const hg_refusal_names[HG_NR] = {
+	"one frame mapped to another page", "the run shifted by one page", "one page not resident",
+	"huge leaves off",
+};
+
+/* Slot ops whose page HG_PAGE0 + 77 is not resident (get_page makes it so
+ * at once: only the answer of is_resident matters). */
+static int hg_get_page(void *priv, uint64_t page, bool write)
+{
+	(void)priv, (void)page, (void)write;
+	return 0;
+}
+
+static bool hg_is_resident(void *priv, uint64_t page)
+{
+	(void)priv;
+	return page != HG_PAGE0 + 77;
+}
+
+static const struct shadow_slot_ops hg_partly_resident_ops = {
+	.get_page = hg_get_page,
+	.is_resident = hg_is_resident,
+};
+
+START_TEST(test_2m_leaf_is_refused_where_the_backing_is_not_a_whole_resident_run)
+{
+	struct shadow_vcpu *v;
+	struct gm gm;
+	uint64_t cr3;
+
+	if (_i == HG_NOT_RESIDENT)
+		gm_init_huge(&gm, HG_RAM_PAGES, &hg_partly_resident_ops, NULL);
+	else if (_i == HG_OFF)
+		gm_init(&gm, HG_RAM_PAGES);
+	else
+		gm_init_huge(&gm, HG_RAM_PAGES, NULL, NULL);
+	cr3 = gm_table(&gm);
+	gm_map(&gm, cr3, HG_VA, HG_FRAME, 2, HG_RIGHTS);
+	if (_i == HG_ONE_GFN_ELSEWHERE)
+		ck_assert_int_eq(shadow_mmu_map_gpa(gm.mmu, HG_FRAME + 300 * GM_PAGE, 1, gm.slot, 5), 0);
+	if (_i == HG_SHIFTED_BY_ONE_PAGE)
+		ck_assert_int_eq(shadow_mmu_map_gpa(gm.mmu, HG_FRAME, SPTE_ENTRIES, gm.slot, HG_PAGE0 + 1),
+				 0);
+	v = sh_vcpu(gm.mmu, 64, cr3);
+	ck_assert_int_eq(hg_touch(v, HG_VA + 0x3000, SHADOW_ACCESS_USER), 0);
+	ck_assert_msg(hg_stats(&gm).huge_installs == 0, "%s: expected no 2 MiB leaf, got %llu",
+		      hg_refusal_names[_i], (unsigned long long)hg_stats(&gm).huge_installs);
+	ck_assert_msg(shadow_pool_pages_in_use(gm.pool, 1) == 1,
+		      "%s: expected the level-1 table of 4 KiB leaves, got %zu level-1 tables",
+		      hg_refusal_names[_i], shadow_pool_pages_in_use(gm.pool, 1));
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* Invalidates pages [first, last] of the RAM object (a swap-out). */
+static void hg_invalidate(struct gm *gm, uint64_t first, uint64_t last)
+{
+	struct notifier_range range;
+
+	notifier_range_init(&range, gm->ram, NOTIFIER_EVENT_SWAPOUT, first, last,
+			    NOTIFIER_RANGE_MAY_BLOCK);
+	ck_assert_int_eq(notifier_invalidate_range_start(&range), 0);
+	notifier_invalidate_range_end(&range);
+}
+
+/* In both delivery modes: one range, or invalidate_page per page. */
+START_TEST(test_invalidating_part_of_a_2m_leaf_splits_it_and_keeps_the_rest_mapped)
+{
+	struct gm gm;
+	uint64_t cr3;
+	struct shadow_vcpu *v = hg_vm(&gm, HG_RIGHTS, &cr3);
+
+	ck_assert_int_eq(notifier_object_set_mode(gm.ram, _i ? NOTIFIER_MODE_PAGE : NOTIFIER_MODE_RANGE), 0);
+	ck_assert_int_eq(hg_touch(v, HG_VA, SHADOW_ACCESS_USER), 0);
+	ck_assert_uint_eq(hg_stats(&gm).huge_installs, 1);
+	hg_invalidate(&gm, HG_PAGE0 + 7, HG_PAGE0 + 9);
+	struct shadow_mmu_stats st = hg_stats(&gm);
+
+	ck_assert_msg(st.huge_splits == 1, "expected 1 split, got %llu", (unsigned long long)st.huge_splits);
+	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 1), 1);
+	for (uint64_t k = 0; k < SPTE_ENTRIES; k++) {
+		const bool gone = k >= 7 && k <= 9;
+
+		ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, HG_PAGE0 + k), gone ? 0 : 1);
+		ck_assert_msg(hg_reaches_without_fault(v, &gm, HG_VA + k * GM_PAGE, HG_FRAME + k * GM_PAGE) == !gone,
+			      "page %llu: expected %s, got the other", (unsigned long long)k,
+			      gone ? "a fault (invalidated)" : "a translation (kept by the split)");
+	}
+	assert_mmu_check(gm.mmu);
+	/* The invalidated pages fault back in as 4 KiB leaves. */
+	ck_assert_int_eq(hg_touch(v, HG_VA + 8 * GM_PAGE, SHADOW_ACCESS_USER), 0);
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, HG_PAGE0 + 8), 1);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+START_TEST(test_invalidating_the_whole_run_clears_the_2m_leaf_and_it_faults_back)
+{
+	struct gm gm;
+	uint64_t cr3;
+	struct shadow_vcpu *v = hg_vm(&gm, HG_RIGHTS, &cr3);
+
+	ck_assert_int_eq(hg_touch(v, HG_VA, SHADOW_ACCESS_USER), 0);
+	hg_invalidate(&gm, HG_PAGE0 - 3, HG_PAGE0 + SPTE_ENTRIES + 3);
+	ck_assert_uint_eq(hg_stats(&gm).huge_splits, 0);
+	ck_assert(!hg_reaches_without_fault(v, &gm, HG_VA + 0x10000, HG_FRAME + 0x10000));
+	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 1), 0);
+	assert_mmu_check(gm.mmu);
+	ck_assert_int_eq(hg_touch(v, HG_VA + 0x10000, SHADOW_ACCESS_USER), 0);
+	ck_assert_uint_eq(hg_stats(&gm).huge_installs, 2);
+	ck_assert(hg_reaches_without_fault(v, &gm, HG_VA + 0x1ff000, HG_FRAME + 0x1ff000));
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* A clean guest 2 MiB page: a read-only 2 MiB leaf; the first write sets
+ * the guest's D and makes the leaf writable. */
+START_TEST(test_a_write_to_a_clean_2m_page_makes_its_leaf_writable)
+{
+	struct shadow_vcpu_result res;
+	struct gm gm;
+	uint64_t cr3;
+	struct shadow_vcpu *v = hg_vm(&gm, SPTE_WRITABLE | SPTE_USER, &cr3);
+
+	ck_assert_int_eq(hg_touch(v, HG_VA + 0x2000, SHADOW_ACCESS_USER), 0);
+	ck_assert_int_eq(shadow_vcpu_access(v, HG_VA + 0x4000, SHADOW_ACCESS_WRITE, &res), -EFAULT);
+	ck_assert_int_eq(hg_touch(v, HG_VA + 0x4000, SHADOW_ACCESS_WRITE), 0);
+	ck_assert_msg(gm_read(&gm, gm_entry(&gm, cr3, HG_VA, 2)) & SPTE_DIRTY, "expected D on the PDE");
+	ck_assert_int_eq(shadow_vcpu_access(v, HG_VA + 0x1f0000, SHADOW_ACCESS_WRITE, &res), 0);
+	ck_assert_uint_eq(hg_stats(&gm).huge_installs, 2);
+	ck_assert_uint_eq(shadow_pool_pages_in_use(gm.pool, 1), 0);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* The guest points its 2 MiB page elsewhere and invalidates it: the old
+ * leaf goes at the invlpg; the next access maps the new frame. */
+START_TEST(test_guest_moving_its_2m_page_drops_the_leaf_at_invlpg)
+{
+	const uint64_t frame2 = 0x200000;
+	struct gm gm;
+	uint64_t cr3;
+	struct shadow_vcpu *v = hg_vm(&gm, HG_RIGHTS, &cr3);
+
+	ck_assert_int_eq(hg_touch(v, HG_VA + 0x1000, SHADOW_ACCESS_USER), 0);
+	gm_map(&gm, cr3, HG_VA, frame2, 2, HG_RIGHTS);
+	shadow_vcpu_invlpg(v, HG_VA + 0x1000);
+	ck_assert_int_eq(hg_touch(v, HG_VA + 0x1000, SHADOW_ACCESS_USER), 0);
+	ck_assert(hg_reaches_without_fault(v, &gm, HG_VA + 0x7000, frame2 + 0x7000));
+	ck_assert_uint_eq(shadow_mmu_rmap_count(gm.mmu, gm.slot, HG_PAGE0), 0);
+	ck_assert_uint_eq(hg_stats(&gm).huge_installs, 2);
+	/* A full flush (CR3 load) keeps a leaf that still matches. */
+	ck_assert_int_eq(shadow_mmu_flush(gm.mmu, cr3), 0);
+	ck_assert_uint_eq(hg_stats(&gm).huge_installs, 2);
+	ck_assert_int_eq(hg_touch(v, HG_VA + 0x9000, SHADOW_ACCESS_USER), 0);
+	ck_assert_uint_eq(hg_stats(&gm).huge_installs, 2);
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+/* Aging one page hides the whole 2 MiB leaf; the next access anywhere in
+ * it restores the leaf (no guest walk) and marks every page young. */
+START_TEST(test_clear_young_tracks_a_2m_leaf_whole)
+{
+	struct gm gm;
+	uint64_t cr3;
+	struct shadow_vcpu *v = hg_vm(&gm, HG_RIGHTS, &cr3);
+
+	ck_assert_int_eq(hg_touch(v, HG_VA, SHADOW_ACCESS_USER), 0);
+	ck_assert_int_eq(notifier_clear_young(gm.ram, HG_PAGE0 + 3, HG_PAGE0 + 3), 1);
+	ck_assert_int_eq(notifier_test_young(gm.ram, HG_PAGE0 + 3), 0);
+	/* Not in the TLB: the walk finds the leaf hidden. */
+	ck_assert(!hg_reaches_without_fault(v, &gm, HG_VA + 0x100000, HG_FRAME + 0x100000));
+	ck_assert_int_eq(hg_touch(v, HG_VA + 0x100000, SHADOW_ACCESS_USER), 0);
+	struct shadow_mmu_stats st = hg_stats(&gm);
+
+	ck_assert_msg(st.fast_restores == 1 && st.huge_installs == 1,
+		      "expected the leaf restored (1 fast restore, 1 install), got %llu, %llu",
+		      (unsigned long long)st.fast_restores, (unsigned long long)st.huge_installs);
+	ck_assert_int_eq(notifier_test_young(gm.ram, HG_PAGE0 + 3), 1);
+	ck_assert(hg_reaches_without_fault(v, &gm, HG_VA + 0x3000, HG_FRAME + 0x3000));
+	assert_mmu_check(gm.mmu);
+	shadow_vcpu_destroy(v);
+	gm_fini(&gm);
+}
+END_TEST
+
+void shadow_huge_add_tcase(Suite *s)
+{
+	TCase *tc = tcase_create("huge_leaf");
+
+	tcase_add_test(tc, test_guest_2m_page_over_a_whole_run_is_one_2m_leaf);
+	tcase_add_loop_test(tc, test_2m_leaf_is_refused_where_the_backing_is_not_a_whole_resident_run, 0,
+			    HG_NR);
+	tcase_add_loop_test(tc, test_invalidating_part_of_a_2m_leaf_splits_it_and_keeps_the_rest_mapped,
+			    0, 2);
+	tcase_add_test(tc, test_invalidating_the_whole_run_clears_the_2m_leaf_and_it_faults_back);
+	tcase_add_test(tc, test_a_write_to_a_clean_2m_page_makes_its_leaf_writable);
+	tcase_add_test(tc, test_guest_moving_its_2m_page_drops_the_leaf_at_invlpg);
+	tcase_add_test(tc, test_clear_young_tracks_a_2m_leaf_whole);
+	suite_add_tcase(s, tc);
+}
