@@ -446,7 +446,8 @@ END_TEST
 /* ---- shadow paging on KVM ---- */
 
 
-/* Fault-around windows for memtouch: off, and the default (none given). */
+/* Fault-around windows for memtouch with 4 KiB leaves only: off, and the
+ * default (none given). */
 static const unsigned int memtouch_windows[] = { 1, 0 };
 
 START_TEST(test_memtouch_costs_one_exit_per_shadow_fault)
@@ -458,10 +459,11 @@ START_TEST(test_memtouch_costs_one_exit_per_shadow_fault)
 	snprintf(around, sizeof(around), "%u", window);
 	if (memtouch_windows[_i])
 		run_umbra((const char *[]){ "run", img, "--mem", "16M", "--cmdline", "mib=8 rounds=2", "--stats",
-					    "--fault-around", around, NULL },
+					    "--fault-around", around, "--huge-leaves", "off", NULL },
 			  &result);
 	else
-		run_umbra((const char *[]){ "run", img, "--mem", "16M", "--cmdline", "mib=8 rounds=2", "--stats", NULL },
+		run_umbra((const char *[]){ "run", img, "--mem", "16M", "--cmdline", "mib=8 rounds=2", "--stats",
+					    "--huge-leaves", "off", NULL },
 			  &result);
 	assert_status(&result, 0);
 	unsigned long nr_faults = stat_value(result.err, "shadow: faults=");
@@ -491,6 +493,38 @@ START_TEST(test_memtouch_costs_one_exit_per_shadow_fault)
 	if (window >= 16)
 		ck_assert_msg(exits * 16 <= 2048 + 16 * (3 + demand_fault_bound(img)),
 			      "exits per page: expected at most 1/16 for the 2048 data pages, got %lu exits", exits);
+}
+END_TEST
+
+/* With 2 MiB shadow leaves (the default): memtouch's 8 MiB lie in guest
+ * 2 MiB pages over whole runs of RAM, so each whole 2 MiB page of it is
+ * one 2 MiB leaf and one exit; what the guest maps with 4 KiB pages, or a
+ * 2 MiB page it shares with its image, still goes by fault-around windows.
+ * Never more exits than fault-around alone makes, and at most 1/16 a page. */
+START_TEST(test_memtouch_maps_2m_pages_with_one_exit_each)
+{
+	char img[512];
+
+	guest_image("memtouch", img, sizeof(img));
+	run_umbra((const char *[]){ "run", img, "--mem", "16M", "--cmdline", "mib=8 rounds=2", "--stats", NULL },
+		  &result);
+	assert_status(&result, 0);
+	unsigned long pf_calls = stat_value(result.err, "page_fault=");
+	unsigned long exits = stat_value(result.err, "exit status 0, ");
+	unsigned long huge = stat_value(result.err, "huge_installs=");
+
+	printf("memtouch 8 MiB with 2 MiB leaves: %lu page_fault hypercalls, %lu exits, %lu 2 MiB leaves\n",
+	       pf_calls, exits, huge);
+	ck_assert_msg(huge >= 3, "2 MiB leaves: expected at least 3 (8 MiB holds 3 whole 2 MiB pages), got %lu\n%s",
+		      huge, result.err);
+	ck_assert_msg(pf_calls <= 2048 / DEFAULT_FAULT_AROUND + demand_fault_bound(img),
+		      "page_fault hypercalls: expected at most %lu (fault-around alone), got %lu\n%s",
+		      2048 / DEFAULT_FAULT_AROUND + demand_fault_bound(img), pf_calls, result.err);
+	ck_assert_msg(exits == pf_calls + 3, "exits: expected %lu (page faults + ready, printf, exit), got %lu\n%s",
+		      pf_calls + 3, exits, result.err);
+	ck_assert_msg(exits * 16 <= 2048 + 16 * (3 + demand_fault_bound(img)),
+		      "exits per page: expected at most 1/16 for the 2048 data pages, got %lu exits", exits);
+	ck_assert_uint_eq(stat_value(result.err, "huge_splits="), 0);
 }
 END_TEST
 
@@ -1093,7 +1127,8 @@ START_TEST(test_trace_events_records_only_the_kinds_named)
 END_TEST
 
 /* A guest that faults more than a thread's buffer holds cannot grow the
- * trace: memtouch faults every page of 16 MiB one by one (no fault-around)
+ * trace: memtouch faults every page of 16 MiB one by one (no fault-around,
+ * no 2 MiB leaves)
  * under --trace-buffer 1024; the vCPU's thread keeps 1024 events, the rest
  * are counted as dropped, in the file and on stderr, and the run is as
  * without a trace. */
@@ -1106,7 +1141,8 @@ START_TEST(test_trace_buffer_bounds_what_a_guest_can_record)
 	snprintf(image, sizeof(image), "%s/memtouch.elf", dir);
 	snprintf(trace, sizeof(trace), "%s/bounded.json", tmpdir);
 	run_umbra_timeout((const char *[]){ "run", image, "--mem", "32M", "--cmdline", "mib=16 rounds=1",
-					    "--fault-around", "1", "--trace", trace, "--trace-buffer", "1024", NULL },
+					    "--fault-around", "1", "--huge-leaves", "off", "--trace", trace,
+					    "--trace-buffer", "1024", NULL },
 			  120, &result);
 	assert_status(&result, 0);
 	const char *line = strstr(result.err, "umbra: trace: ");
@@ -1504,13 +1540,16 @@ START_TEST(test_large_bss_works_when_touched)
 	char img[512];
 
 	guest_image("bigbss", img, sizeof(img));
-	run_umbra((const char *[]){ "run", img, "--mem", "64M", "--cmdline", "touch=48", "--stats", NULL }, &result);
+	run_umbra((const char *[]){ "run", img, "--mem", "64M", "--cmdline", "touch=48", "--stats",
+				    "--huge-leaves", "off", NULL },
+		  &result);
 	assert_status(&result, 0);
 	assert_contains(result.out, "bigbss: 48 of 48 MiB at 0x", &result);
 	unsigned long pf = page_fault_calls(result.err);
 	printf("resident: bigbss touched: %lu page_fault hypercalls\n", pf);
 	/* Every page of the array is faulted in on demand, by the guest: one
-	 * fault per fault-around window (umbra did not map the bss at load). */
+	 * fault per fault-around window (umbra did not map the bss at load;
+	 * 4 KiB leaves only, so that the count is per window). */
 	unsigned long windows = BIGBSS_PAGES / DEFAULT_FAULT_AROUND;
 	ck_assert_msg(pf >= windows && pf <= windows + 1 + demand_fault_bound(img),
 		      "page_fault hypercalls: expected %lu to %lu, got %lu\n%s", windows,
@@ -1540,6 +1579,7 @@ Suite *kvm_suite(void)
 	tcase_add_test(tc, test_guest_bypassing_shadow_paging_cannot_write_tables_unseen);
 	tcase_add_loop_test(tc, test_memtouch_costs_one_exit_per_shadow_fault, 0,
 			    sizeof(memtouch_windows) / sizeof(memtouch_windows[0]));
+	tcase_add_test(tc, test_memtouch_maps_2m_pages_with_one_exit_each);
 	tcase_add_test(tc, test_page_table_churn_is_seen_exactly);
 	tcase_add_test(tc, test_remap_is_shot_down_on_the_other_vcpu);
 	suite_add_tcase(s, tc);
