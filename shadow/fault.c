@@ -348,7 +348,7 @@ static int fault_install(struct shadow_mmu *mmu, struct fault *f)
 		ret = -ENOENT;
 		goto unlock;
 	}
-	ret = install_locked(mmu, root->page, &f->w, f->slot, f->page, &b, &table);
+	ret = install_locked(mmu, root->page, &f->w, f->slot, f->page, f->notifier_seq, &b, &table);
 	if (!ret && table != SHADOW_NO_PAGE)
 		fault_around_locked(mmu, f, table, &b);
 	zap_batch_finish_locked(mmu, &b);

@@ -56,7 +56,7 @@ static uint64_t make_huge_leaf(const struct shadow_mmu *mmu, uint64_t mpa, unsig
 }
 
 int install_huge_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
-			struct shadow_mmu_slot *slot, uint64_t page, struct zap_batch *b,
+			struct shadow_mmu_slot *slot, uint64_t page, uint64_t seq, struct zap_batch *b,
 			uint32_t *leaf_table)
 {
 	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
@@ -75,8 +75,13 @@ int install_huge_locked(struct shadow_mmu *mmu, uint32_t root, const struct shad
 		return HUGE_REFUSED;
 	page0 = page - off;
 	mpa = slot->s.mpa + (page0 << SHADOW_PAGE_SHIFT);
+	/* The fault checked its own page's sequence; the leaf maps the run's
+	 * other pages too: none may have been invalidated since the fault's
+	 * read_begin (is_resident may answer for a page whose invalidation is
+	 * in progress, as for fault-around). */
 	if (page0 % SPTE_ENTRIES || mpa % SPTE_LEVEL_SIZE(2) ||
-	    !huge_backing_is_whole_locked(mmu, slot, gfn0, page0))
+	    !huge_backing_is_whole_locked(mmu, slot, gfn0, page0) ||
+	    notifier_read_retry(slot->s.obj, page0, page0 + SPTE_ENTRIES - 1, seq))
 		return HUGE_REFUSED;
 	ret = install_tables_locked(mmu, root, w, rights, rights & SHADOW_RIGHT_WRITE, 2, b, &pd);
 	if (ret)

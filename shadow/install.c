@@ -483,13 +483,14 @@ void leaf_installed_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int 
 	pool_obj_mark_young(slot->pobj, page);
 }
 
-/* Installs the translation of guest walk @w (page @page of @slot) below
- * root page @root: filled in place into a shared table when the fill is
+/* Installs the translation of guest walk @w (page @page of @slot, @seq the
+ * fault's notifier_read_begin) below root page @root: a 2 MiB leaf where
+ * one may serve (huge.c), else filled in place into a shared table when the fill is
  * read-only and every sharer sees the same leaf (fill.c), else into a
  * table this VM alone reaches (privatizing the path) or a canonical one.
  * The level-1 table of the leaf in *@leaf_table.  mmu_lock. */
 int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
-		   struct shadow_mmu_slot *slot, uint64_t page, struct zap_batch *b,
+		   struct shadow_mmu_slot *slot, uint64_t page, uint64_t seq, struct zap_batch *b,
 		   uint32_t *leaf_table)
 {
 	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
@@ -501,7 +502,7 @@ int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_wa
 
 	/* A guest 2 MiB page over a whole run of contiguous resident backing:
 	 * one 2 MiB leaf (huge.c). */
-	ret = install_huge_locked(mmu, root, w, slot, page, b, &table);
+	ret = install_huge_locked(mmu, root, w, slot, page, seq, b, &table);
 	if (ret != HUGE_REFUSED) {
 		*leaf_table = table;
 		return ret;

@@ -382,10 +382,11 @@ struct role install_role(const struct shadow_walk *w, int level, unsigned int ri
  * it grant writes. */
 uint64_t fault_leaf(struct shadow_mmu *mmu, const struct shadow_walk *w,
 		    struct shadow_mmu_slot *slot, uint64_t page, bool *want_w);
-/* Installs @w's path and leaf below @root (write mode); its level-1 table
- * in *@leaf_table.  0 or -errno. */
+/* Installs @w's path and leaf below @root (write mode; @seq: the fault's
+ * notifier_read_begin); its level-1 table in *@leaf_table (SHADOW_NO_PAGE
+ * for a 2 MiB leaf).  0 or -errno. */
 int install_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
-		   struct shadow_mmu_slot *slot, uint64_t page, struct zap_batch *b,
+		   struct shadow_mmu_slot *slot, uint64_t page, uint64_t seq, struct zap_batch *b,
 		   uint32_t *leaf_table);
 /* Writes leaf @spte at entry @i of level-1 table @table (write mode). */
 int install_leaf_locked(struct shadow_mmu *mmu, uint32_t table, unsigned int i,
@@ -418,10 +419,11 @@ int install_tables_locked(struct shadow_mmu *mmu, uint32_t root, const struct sh
  * Installs @w's translation (page @page of @slot) below @root as one 2 MiB
  * leaf if the guest maps a 2 MiB page there and a 2 MiB leaf may serve it
  * (huge.c says when); *@leaf_table is then SHADOW_NO_PAGE (nothing to map
- * around).  0, HUGE_REFUSED (install 4 KiB leaves) or -errno.  mmu_lock.
+ * around).  @seq: the fault's notifier_read_begin, checked for the whole
+ * run.  0, HUGE_REFUSED (install 4 KiB leaves) or -errno.  mmu_lock.
  */
 int install_huge_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
-			struct shadow_mmu_slot *slot, uint64_t page, struct zap_batch *b,
+			struct shadow_mmu_slot *slot, uint64_t page, uint64_t seq, struct zap_batch *b,
 			uint32_t *leaf_table);
 /* Every 2 MiB leaf that maps run @r of @slot's object (@run: its side
  * arrays), while pages [@first, @last] of the run are zapped: cleared if

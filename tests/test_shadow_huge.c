@@ -8,6 +8,10 @@
  */
 #include <check.h>
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "umbra/notifier.h"
@@ -287,6 +291,225 @@ START_TEST(test_clear_young_tracks_a_2m_leaf_whole)
 }
 END_TEST
 
+
+/* ---- torture: vCPUs on 2 MiB leaves while pages go out and come back ---- */
+
+#define HT_FRAMES 3			/* guest 2 MiB pages, frames 1..3 of RAM */
+#define HT_PAGES (HT_FRAMES * SPTE_ENTRIES)	/* their RAM pages, from page 512 */
+#define HT_VCPUS 2
+#define HT_OPS_DEFAULT (TEST_TSAN ? 40000ul : 300000ul)
+
+struct ht {
+	struct gm gm;
+	uint64_t cr3;
+	uint64_t out[HT_PAGES];		/* atomic: odd = swapped out */
+	uint64_t out_since[HT_PAGES];	/* atomic: clock stamp of the swap-out */
+	uint64_t clock;			/* atomic */
+	uint64_t accesses, swapouts;	/* atomic */
+	unsigned long ops;
+	double start_s;
+	struct test_gate gate;
+	struct test_failures fails;
+};
+
+static unsigned int ht_rnd(unsigned int *seed, unsigned int n)
+{
+	*seed = *seed * 1103515245u + 12345u;
+	return (*seed >> 8) % n;
+}
+
+/* get_page: swap the page back in if it was out. */
+static int ht_get_page(void *priv, uint64_t page, bool write)
+{
+	struct ht *t = priv;
+	uint64_t o;
+
+	(void)write;
+	if (page < SPTE_ENTRIES || page >= SPTE_ENTRIES + HT_PAGES)
+		return 0;
+	o = __atomic_load_n(&t->out[page - SPTE_ENTRIES], __ATOMIC_ACQUIRE);
+	if (o & 1)
+		__atomic_compare_exchange_n(&t->out[page - SPTE_ENTRIES], &o, o + 1, false,
+					    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+	return 0;
+}
+
+static bool ht_is_resident(void *priv, uint64_t page)
+{
+	struct ht *t = priv;
+
+	if (page < SPTE_ENTRIES || page >= SPTE_ENTRIES + HT_PAGES)
+		return true;
+	return !(__atomic_load_n(&t->out[page - SPTE_ENTRIES], __ATOMIC_ACQUIRE) & 1);
+}
+
+static const struct shadow_slot_ops ht_slot_ops = { .get_page = ht_get_page,
+						     .is_resident = ht_is_resident };
+
+/* Guest 2 MiB page k: dirty and writable (0), writable but clean (1: its
+ * leaf is read-only until the first write sets D), read-only (2). */
+static uint64_t ht_flags(unsigned int k)
+{
+	return k == 0 ? HG_RIGHTS : k == 1 ? (SPTE_WRITABLE | SPTE_USER) : SPTE_USER | SPTE_ACCESSED;
+}
+
+static void *ht_vcpu_body(void *p)
+{
+	struct ht *t = p;
+	struct shadow_vcpu_config cfg = { .tlb_entries = 16 };
+	unsigned int seed = 0x2545f491u ^ (unsigned int)(uintptr_t)&cfg;
+	struct shadow_vcpu *v;
+	int ret;
+
+	ret = shadow_vcpu_create(t->gm.mmu, &cfg, &v);
+	if (ret || (ret = shadow_vcpu_load_cr3(v, t->cr3))) {
+		test_fail(&t->fails, "vcpu setup: %d", ret);
+		test_gate_pass(&t->gate);
+		return NULL;
+	}
+	test_gate_pass(&t->gate);
+	for (unsigned long n = 0; test_torture_keep_going(&t->fails, t->start_s, "vcpu", n, t->ops); n++) {
+		/* A few hot pages per frame, and the rest. */
+		const unsigned int k = ht_rnd(&seed, HT_FRAMES);
+		const unsigned int j = ht_rnd(&seed, 4) ? ht_rnd(&seed, 8) * 61 : ht_rnd(&seed, SPTE_ENTRIES);
+		const unsigned int access = SHADOW_ACCESS_USER |
+					    (k < 2 && ht_rnd(&seed, 3) == 0 ? SHADOW_ACCESS_WRITE : 0);
+		const uint64_t va = HG_VA + k * SPTE_LEVEL_SIZE(2) + (uint64_t)j * GM_PAGE;
+		const uint64_t page = SPTE_ENTRIES + (uint64_t)k * SPTE_ENTRIES + j;
+		struct shadow_vcpu_result res;
+
+		if (ht_rnd(&seed, 1024) == 0 && (ret = shadow_vcpu_flush(v))) {
+			test_fail(&t->fails, "flush: %d", ret);
+			break;
+		}
+		const uint64_t t1 = __atomic_load_n(&t->clock, __ATOMIC_SEQ_CST);
+
+		ret = shadow_vcpu_access_fault_in(v, va, access, &res);
+		__atomic_fetch_add(&t->accesses, 1, __ATOMIC_RELAXED);
+		if (ret) {
+			test_fail(&t->fails, "va %#llx access %#x: expected 0, got %d (ec %#x)",
+				  (unsigned long long)va, access, ret, res.error_code);
+			break;
+		}
+		if (res.mpa != page * GM_PAGE || (uint8_t *)res.host != t->gm.host + page * GM_PAGE) {
+			test_fail(&t->fails, "va %#llx: expected page %llu, got mpa %#llx",
+				  (unsigned long long)va, (unsigned long long)page,
+				  (unsigned long long)res.mpa);
+			break;
+		}
+		const uint64_t o = __atomic_load_n(&t->out[page - SPTE_ENTRIES], __ATOMIC_ACQUIRE);
+		const uint64_t since = __atomic_load_n(&t->out_since[page - SPTE_ENTRIES], __ATOMIC_ACQUIRE);
+
+		if ((o & 1) && since <= t1)
+			test_fail(&t->fails, "va %#llx reached page %llu, swapped out (stamp %llu) before the access began (%llu)",
+				  (unsigned long long)va, (unsigned long long)page, (unsigned long long)since,
+				  (unsigned long long)t1);
+	}
+	shadow_vcpu_destroy(v);
+	return NULL;
+}
+
+static void *ht_vcpu(void *p)
+{
+	return run_rcu_registered(ht_vcpu_body, p);
+}
+
+/* Swaps pages out: mostly a few pages of a run (a split, or 4 KiB
+ * leaves), sometimes a whole run (the 2 MiB leaf cleared). */
+static void *ht_swapper(void *p)
+{
+	struct ht *t = p;
+	unsigned int seed = 0x7f4a7c15u;
+	struct notifier_range range;
+
+	notifier_thread_init();
+	test_gate_pass(&t->gate);
+	for (unsigned long op = 0;
+	     test_torture_keep_going(&t->fails, t->start_s, "swapper", op, t->ops / 8); op++) {
+		const bool whole = op && ht_rnd(&seed, 16) == 0;
+		const unsigned int first = whole ? ht_rnd(&seed, HT_FRAMES) * SPTE_ENTRIES : ht_rnd(&seed, HT_PAGES);
+		unsigned int last = whole ? first + SPTE_ENTRIES - 1 : first + ht_rnd(&seed, 6);
+
+		if (last >= HT_PAGES)
+			last = HT_PAGES - 1;
+		notifier_range_init(&range, t->gm.ram, NOTIFIER_EVENT_SWAPOUT, SPTE_ENTRIES + first,
+				    SPTE_ENTRIES + last, NOTIFIER_RANGE_MAY_BLOCK);
+		if (notifier_invalidate_range_start(&range)) {
+			test_fail(&t->fails, "blockable invalidate_range_start failed");
+			break;
+		}
+		for (unsigned int q = first; q <= last; q++) {
+			uint64_t o = __atomic_load_n(&t->out[q], __ATOMIC_ACQUIRE);
+			uint64_t stamp = __atomic_add_fetch(&t->clock, 1, __ATOMIC_SEQ_CST);
+
+			__atomic_store_n(&t->out_since[q], stamp, __ATOMIC_RELEASE);
+			if (!(o & 1))
+				__atomic_store_n(&t->out[q], o + 1, __ATOMIC_SEQ_CST);
+		}
+		__atomic_fetch_add(&t->swapouts, 1, __ATOMIC_RELAXED);
+		if (ht_rnd(&seed, 2))
+			sched_yield();
+		notifier_invalidate_range_end(&range);
+		if (ht_rnd(&seed, 16) == 0)
+			notifier_clear_young(t->gm.ram, SPTE_ENTRIES + first, SPTE_ENTRIES + last);
+	}
+	notifier_thread_exit();
+	return NULL;
+}
+
+/* _i: bit 0 per-page delivery, bit 1 fault-around (a window of 16). */
+START_TEST(test_torture_2m_leaves_never_reach_a_page_swapped_out)
+{
+	struct ht *t = calloc(1, sizeof(*t));
+	pthread_t vt[HT_VCPUS], st;
+	struct shadow_mmu_stats stats;
+
+	ck_assert_ptr_nonnull(t);
+	ck_assert_int_eq(notifier_thread_init(), 0);
+	test_failures_init(&t->fails);
+	test_gate_init(&t->gate, HT_VCPUS + 1);
+	t->ops = test_env_ulong("UMBRA_SHADOW_TORTURE_OPS", HT_OPS_DEFAULT);
+	gm_init_core(&t->gm, HG_RAM_PAGES, NULL, 256, 0, 0, _i & 2 ? 16 : 0, NULL, &ht_slot_ops, t, true);
+	ck_assert_int_eq(notifier_object_set_mode(t->gm.ram, _i & 1 ? NOTIFIER_MODE_PAGE : NOTIFIER_MODE_RANGE),
+			 0);
+	t->cr3 = gm_table(&t->gm);
+	for (unsigned int k = 0; k < HT_FRAMES; k++)
+		gm_map(&t->gm, t->cr3, HG_VA + k * SPTE_LEVEL_SIZE(2), (k + 1) * SPTE_LEVEL_SIZE(2), 2,
+		       ht_flags(k));
+	/* Every run resident: the first fault in each is a 2 MiB leaf. */
+	struct shadow_vcpu *v0 = sh_vcpu(t->gm.mmu, 16, t->cr3);
+
+	for (unsigned int k = 0; k < HT_FRAMES; k++)
+		ck_assert_int_eq(hg_touch(v0, HG_VA + k * SPTE_LEVEL_SIZE(2), SHADOW_ACCESS_USER), 0);
+	ck_assert_uint_eq(hg_stats(&t->gm).huge_installs, HT_FRAMES);
+	t->start_s = test_now_s();
+	for (unsigned int k = 0; k < HT_VCPUS; k++)
+		ck_assert_int_eq(pthread_create(&vt[k], NULL, ht_vcpu, t), 0);
+	ck_assert_int_eq(pthread_create(&st, NULL, ht_swapper, t), 0);
+	for (unsigned int k = 0; k < HT_VCPUS; k++)
+		pthread_join(vt[k], NULL);
+	pthread_join(st, NULL);
+	test_failures_assert_none(&t->fails);
+	assert_mmu_check(t->gm.mmu);
+	shadow_vcpu_destroy(v0);
+	ck_assert_uint_eq(t->accesses, HT_VCPUS * t->ops);
+	ck_assert_uint_eq(t->swapouts, t->ops / 8);
+	shadow_mmu_stats(t->gm.mmu, &stats);
+	printf("huge torture %d: %llu 2 MiB leaves, %llu splits, %llu faults\n", _i,
+	       (unsigned long long)stats.huge_installs, (unsigned long long)stats.huge_splits,
+	       (unsigned long long)stats.faults);
+	/* The swapper's first swap-out takes a few pages of a run that a
+	 * 2 MiB leaf maps: a split. */
+	ck_assert_msg(stats.huge_splits >= 1, "expected at least 1 split, got %llu",
+		      (unsigned long long)stats.huge_splits);
+	gm_fini(&t->gm);
+	test_gate_exit(&t->gate);
+	test_failures_exit(&t->fails);
+	free(t);
+	notifier_thread_exit();
+}
+END_TEST
+
 void shadow_huge_add_tcase(Suite *s)
 {
 	TCase *tc = tcase_create("huge_leaf");
@@ -300,5 +523,8 @@ void shadow_huge_add_tcase(Suite *s)
 	tcase_add_test(tc, test_a_write_to_a_clean_2m_page_makes_its_leaf_writable);
 	tcase_add_test(tc, test_guest_moving_its_2m_page_drops_the_leaf_at_invlpg);
 	tcase_add_test(tc, test_clear_young_tracks_a_2m_leaf_whole);
+	tcase_add_loop_test(tc, test_torture_2m_leaves_never_reach_a_page_swapped_out, 0, 4);
+	/* Each torture run fails itself at TEST_TORTURE_LIMIT_S. */
+	tcase_set_timeout(tc, TEST_TORTURE_LIMIT_S + 60);
 	suite_add_tcase(s, tc);
 }
