@@ -322,15 +322,10 @@ static unsigned int ht_rnd(unsigned int *seed, unsigned int n)
 static int ht_get_page(void *priv, uint64_t page, bool write)
 {
 	struct ht *t = priv;
-	uint64_t o;
 
 	(void)write;
-	if (page < SPTE_ENTRIES || page >= SPTE_ENTRIES + HT_PAGES)
-		return 0;
-	o = __atomic_load_n(&t->out[page - SPTE_ENTRIES], __ATOMIC_ACQUIRE);
-	if (o & 1)
-		__atomic_compare_exchange_n(&t->out[page - SPTE_ENTRIES], &o, o + 1, false,
-					    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+	if (page >= SPTE_ENTRIES && page < SPTE_ENTRIES + HT_PAGES)
+		torture_swap_in(&t->out[page - SPTE_ENTRIES]);
 	return 0;
 }
 
@@ -438,14 +433,7 @@ static void *ht_swapper(void *p)
 			test_fail(&t->fails, "blockable invalidate_range_start failed");
 			break;
 		}
-		for (unsigned int q = first; q <= last; q++) {
-			uint64_t o = __atomic_load_n(&t->out[q], __ATOMIC_ACQUIRE);
-			uint64_t stamp = __atomic_add_fetch(&t->clock, 1, __ATOMIC_SEQ_CST);
-
-			__atomic_store_n(&t->out_since[q], stamp, __ATOMIC_RELEASE);
-			if (!(o & 1))
-				__atomic_store_n(&t->out[q], o + 1, __ATOMIC_SEQ_CST);
-		}
+		torture_stamp_out(t->out, t->out_since, &t->clock, first, last);
 		__atomic_fetch_add(&t->swapouts, 1, __ATOMIC_RELAXED);
 		if (ht_rnd(&seed, 2))
 			sched_yield();

@@ -96,14 +96,11 @@ static unsigned int rnd(unsigned int *seed, unsigned int n)
 static int torture_get_page(void *priv, uint64_t page, bool write)
 {
 	struct torture *t = priv;
-	uint64_t p = page - GM_DATA / GM_PAGE, o;
+	uint64_t p = page - GM_DATA / GM_PAGE;
 
 	if (page < GM_DATA / GM_PAGE || p >= NR_DATA)
 		return 0;
-	o = __atomic_load_n(&t->out[p], __ATOMIC_ACQUIRE);
-	if (o & 1)
-		__atomic_compare_exchange_n(&t->out[p], &o, o + 1, false, __ATOMIC_ACQ_REL,
-					    __ATOMIC_ACQUIRE);
+	torture_swap_in(&t->out[p]);
 	return 0;
 }
 
@@ -322,14 +319,7 @@ static void *swap_thread(void *p)
 			break;
 		}
 		/* Every subscriber unmapped: the pages are now out. */
-		for (unsigned int q = first; q <= last; q++) {
-			uint64_t o = __atomic_load_n(&t->out[q], __ATOMIC_ACQUIRE);
-			uint64_t stamp = __atomic_add_fetch(&t->clock, 1, __ATOMIC_SEQ_CST);
-
-			__atomic_store_n(&t->out_since[q], stamp, __ATOMIC_RELEASE);
-			if (!(o & 1))
-				__atomic_store_n(&t->out[q], o + 1, __ATOMIC_SEQ_CST);
-		}
+		torture_stamp_out(t->out, t->out_since, &t->clock, first, last);
 		__atomic_fetch_add(&t->swapouts, 1, __ATOMIC_RELAXED);
 		if (rnd(&seed, 2))
 			sched_yield();

@@ -205,6 +205,34 @@ static inline void assert_mmu_check(struct shadow_mmu *mmu)
 	ck_assert_msg(ret == 0, "shadow_mmu_check: expected 0, got %d", ret);
 }
 
+/*
+ * The swap oracle of the tortures: out[q] is odd while page q is out,
+ * out_since[q] the clock stamp of its last swap-out (all atomic).  Marks
+ * pages [first, last] out, once their invalidation_range_start returned.
+ */
+static inline void torture_stamp_out(uint64_t *out, uint64_t *out_since, uint64_t *clock,
+				     unsigned int first, unsigned int last)
+{
+	for (unsigned int q = first; q <= last; q++) {
+		uint64_t o = __atomic_load_n(&out[q], __ATOMIC_ACQUIRE);
+		uint64_t stamp = __atomic_add_fetch(clock, 1, __ATOMIC_SEQ_CST);
+
+		__atomic_store_n(&out_since[q], stamp, __ATOMIC_RELEASE);
+		if (!(o & 1))
+			__atomic_store_n(&out[q], o + 1, __ATOMIC_SEQ_CST);
+	}
+}
+
+/* The get_page of the tortures: brings the page whose state is @out back
+ * in if it is out. */
+static inline void torture_swap_in(uint64_t *out)
+{
+	uint64_t o = __atomic_load_n(out, __ATOMIC_ACQUIRE);
+
+	if (o & 1)
+		__atomic_compare_exchange_n(out, &o, o + 1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
 /* Runs @fn(@arg) registered with liburcu, as every thread that runs a
  * software vCPU must be (its walk is an RCU reader): a pthread body. */
 static inline void *run_rcu_registered(void *(*fn)(void *), void *arg)
