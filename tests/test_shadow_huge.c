@@ -17,7 +17,7 @@
 #include "umbra/notifier.h"
 #include "umbra/shadow.h"
 #include "spte.h"
-#include "test_shadow_util.h"
+#include "test_shadow_share_util.h"
 #include "tests.h"
 
 #define HG_VA 0x0000000040000000ull	/* 1 GiB: PD entry 0 of PDPT entry 1 */
@@ -292,6 +292,64 @@ START_TEST(test_clear_young_tracks_a_2m_leaf_whole)
 END_TEST
 
 
+/* A clone shares pages copy-on-write, page by page: the parent's 2 MiB
+ * leaves go first, neither VM installs one afterwards, and a write after
+ * the clone copies the one page it writes. */
+START_TEST(test_a_clone_clears_2m_leaves_and_copies_on_write_page_by_page)
+{
+	struct shadow_vcpu_result res;
+	struct sh_owns owns = { 0 };
+	struct shadow_mmu *child;
+	struct shadow_slot os;
+	struct hobj own;
+	struct gm gm;
+	uint64_t cr3;
+	int id;
+	struct shadow_vcpu *vp = hg_vm(&gm, HG_RIGHTS, &cr3);
+
+	hobj_init(&own, "own0", HG_RAM_PAGES, false);
+	os = hobj_slot(&own, SH_COW_MPA(0));
+	ck_assert_int_eq(shadow_mmu_add_slot(gm.mmu, &os, &id), 0);
+	ck_assert_int_eq(shadow_mmu_set_own_slot(gm.mmu, id), 0);
+	ck_assert_int_eq(shadow_vcpu_access_fault_in(vp, HG_VA + 0x5000, SHADOW_ACCESS_WRITE, &res), 0);
+	__atomic_store_n((uint64_t *)res.host, 0x1234, __ATOMIC_RELEASE);
+	ck_assert_uint_eq(hg_stats(&gm).huge_installs, 1);
+	sh_clone(&owns, HG_RAM_PAGES, gm.mmu, &child);
+	/* The leaf went with the clone (the parent's vCPUs flushed). */
+	ck_assert(!hg_reaches_without_fault(vp, &gm, HG_VA + 0x5000, HG_FRAME + 0x5000));
+	ck_assert_uint_eq(*(uint64_t *)(uintptr_t)(gm.host + HG_FRAME + 0x5000), 0x1234);
+	ck_assert_int_eq(shadow_vcpu_access_fault_in(vp, HG_VA + 0x5000, SHADOW_ACCESS_USER, &res), 0);
+	ck_assert_uint_eq(__atomic_load_n((uint64_t *)res.host, __ATOMIC_ACQUIRE), 0x1234);
+	/* The parent writes: a copy of that page, in its own slot. */
+	ck_assert_int_eq(shadow_vcpu_access_fault_in(vp, HG_VA + 0x5000, SHADOW_ACCESS_WRITE, &res), 0);
+	ck_assert_msg(res.mpa >= SH_OWN_MPA(0), "the parent's write: expected in its new own slot, got mpa %#llx",
+		      (unsigned long long)res.mpa);
+	__atomic_store_n((uint64_t *)res.host, 0x5678, __ATOMIC_RELEASE);
+	/* The clone reads the page as it was. */
+	struct shadow_vcpu *vc = sh_vcpu(child, 64, cr3);
+
+	ck_assert_int_eq(shadow_vcpu_access_fault_in(vc, HG_VA + 0x5000, SHADOW_ACCESS_USER, &res), 0);
+	ck_assert_msg(__atomic_load_n((uint64_t *)res.host, __ATOMIC_ACQUIRE) == 0x1234,
+		      "the clone reads its page: expected 0x1234, got %#llx",
+		      (unsigned long long)__atomic_load_n((uint64_t *)res.host, __ATOMIC_ACQUIRE));
+	ck_assert_int_eq(shadow_vcpu_access_fault_in(vc, HG_VA + 0x9000, SHADOW_ACCESS_USER, &res), 0);
+	ck_assert_uint_eq(hg_stats(&gm).huge_installs, 1);
+	struct shadow_mmu_stats cst;
+
+	shadow_mmu_stats(child, &cst);
+	ck_assert_uint_eq(cst.huge_installs, 0);
+	assert_mmu_check(gm.mmu);
+	assert_mmu_check(child);
+	assert_pool_check(gm.pool);
+	shadow_vcpu_destroy(vc);
+	shadow_vcpu_destroy(vp);
+	shadow_mmu_destroy(child);
+	gm_fini(&gm);
+	hobj_fini(&own);
+	sh_owns_fini(&owns);
+}
+END_TEST
+
 /* ---- torture: vCPUs on 2 MiB leaves while pages go out and come back ---- */
 
 #define HT_FRAMES 3			/* guest 2 MiB pages, frames 1..3 of RAM */
@@ -511,6 +569,7 @@ void shadow_huge_add_tcase(Suite *s)
 	tcase_add_test(tc, test_a_write_to_a_clean_2m_page_makes_its_leaf_writable);
 	tcase_add_test(tc, test_guest_moving_its_2m_page_drops_the_leaf_at_invlpg);
 	tcase_add_test(tc, test_clear_young_tracks_a_2m_leaf_whole);
+	tcase_add_test(tc, test_a_clone_clears_2m_leaves_and_copies_on_write_page_by_page);
 	tcase_add_loop_test(tc, test_torture_2m_leaves_never_reach_a_page_swapped_out, 0, 4);
 	/* Each torture run fails itself at TEST_TORTURE_LIMIT_S. */
 	tcase_set_timeout(tc, TEST_TORTURE_LIMIT_S + 60);
