@@ -73,8 +73,9 @@ END_TEST
 
 /*
  * A VM with 128 MiB of RAM and a quota of 64 table pages writes and checks
- * all its RAM on two vCPUs (64 page tables' worth, with the paths and the
- * pins more than the quota): it reclaims again and again, and every time
+ * all its RAM on two vCPUs (64 page tables' worth with 4 KiB shadow leaves,
+ * --huge-leaves off, with the paths and the pins more than the quota): it
+ * reclaims again and again, and every time
  * both vCPUs' pinned handlers and stacks are pre-faulted back before they
  * run: it finishes with 0. (Some 130,000 faults: slow under the sandbox's
  * emulation, hence the longer limit.)
@@ -85,7 +86,7 @@ START_TEST(test_vm_whose_working_set_fits_runs_across_reclaims)
 
 	guest_image("memtouch", image, sizeof(image));
 	run_umbra_timeout((const char *[]){ "run", image, "--mem", "128M", "--vcpus", "2", "--table-quota",
-					    "64", "--stats", NULL },
+					    "64", "--huge-leaves", "off", "--stats", NULL },
 			  240, &result);
 	assert_status(&result, 0);
 	ck_assert_msg(stat_value(result.err, " reclaims=") > 0, "expected reclaims, stderr:\n%s", result.err);
