@@ -38,6 +38,10 @@ static bool huge_backing_is_whole_locked(struct shadow_mmu *mmu, struct shadow_m
 		return false;
 	if (ops && ops->get_page && !ops->is_resident)
 		return false;
+	/* A run touched in order is whole last: its last page first, so that
+	 * a fault of a run being filled refuses at once. */
+	if (ops && ops->get_page && !ops->is_resident(slot->s.priv, page0 + SPTE_ENTRIES - 1))
+		return false;
 	for (uint64_t k = 0; k < SPTE_ENTRIES; k++) {
 		if (p2m_entry_lookup_locked(mmu, gfn0 + k, NULL) !=
 		    p2m_entry_make(slot->id, page0 + k))
