@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -134,12 +135,10 @@ int umbra_trace_init(unsigned int mask, uint64_t cap)
 	return 0;
 }
 
+/* Copies NUL-terminated @src into @dst (NAME_MAX_LEN bytes), cut short. */
 static void copy_name(char *dst, const char *src)
 {
-	size_t n = strnlen(src, NAME_MAX_LEN - 1);
-
-	memcpy(dst, src, n);
-	dst[n] = '\0';
+	snprintf(dst, NAME_MAX_LEN, "%s", src);
 }
 
 void umbra_trace_thread_set(uint32_t pid, uint32_t tid, const char *thread_name)
