@@ -125,8 +125,7 @@ static int fault_walk_read(struct shadow_mmu *mmu, struct fault *f, uint64_t *e,
 	int ret;
 
 	p2m_reader_begin(&r, mmu);
-	ret = shadow_walk(&mmu->mode, &guest_reader_mem_ops, &r, f->cr3, f->va, f->access, 0,
-			  &f->w);
+	ret = walk_guest_reader(&mmu->mode, &r, f->cr3, f->va, f->access, &f->w);
 	for (int l = SPTE_LEVELS; !ret && l >= f->w.leaf_level; l--)
 		if (walk_entry_needs_ad(&f->w, l, f->access))
 			ret = 1;
@@ -405,13 +404,21 @@ unlock:
 static int fault_resolve(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access,
 			 uint32_t *error_code)
 {
-	struct fault f = { .cr3 = cr3, .va = va, .access = access };
+	/* Field by field, not an initializer: zeroing the whole struct (its
+	 * walk's arrays) compiles to a string store (rep stos) that a fault
+	 * pays for on every call.  Every other field is written before it is
+	 * read (fault_walk: sync_seq, w, slot, page; slot_page_get:
+	 * notifier_seq). */
+	struct fault f;
 	unsigned int walks_again = 0;
 	bool zapped_all = false;
 	int ret;
 
 	if (access & ~SHADOW_ACCESS_MASK)
 		return -EINVAL;
+	f.cr3 = cr3;
+	f.va = va;
+	f.access = access;
 	mmu_stat_inc(mmu, faults);
 	/* An access-tracked leaf: restored without a guest walk (access.c). */
 	if (fault_fast_restore(mmu, cr3, va, access)) {

@@ -180,9 +180,15 @@ int slot_page_get(struct shadow_mmu_slot *slot, uint64_t page, bool write, uint6
 int guest_read(void *ctx, uint64_t pa, uint64_t *val);
 /* The guest's memory as the walker sees it (ctx: the MMU). */
 extern const struct shadow_mem_ops guest_mem_ops;
-/* Reads of guest memory (no A/D update: no cmpxchg) through a struct
- * p2m_reader, the ctx, inside its section: a walk's lookups share it. */
-extern const struct shadow_mem_ops guest_reader_mem_ops;
+/* guest_read through the struct p2m_reader @ctx, inside its section (a
+ * walk's lookups share it).  p2m.c. */
+int guest_reader_read(void *ctx, uint64_t pa, uint64_t *val);
+/* shadow_walk(@mode, ops reading with guest_reader_read through @r, no
+ * cmpxchg, @cr3, @va, @access, no flags, @w): a read-only guest walk
+ * inside @r's section, its reads called directly (no call through an ops
+ * table per level).  The fault's first walk (fault.c).  walk.c. */
+int walk_guest_reader(const struct shadow_paging_mode *mode, struct p2m_reader *r, uint64_t cr3,
+		      uint64_t va, unsigned int access, struct shadow_walk *w);
 /* Adds and subscribes a slot (a segment if @shared).  Takes no lock around
  * the subscribe; mmu_lock to publish.  May block. */
 int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool shared, int *id);

@@ -121,8 +121,7 @@ int guest_read(void *ctx, uint64_t pa, uint64_t *val)
 	return 0;
 }
 
-/* guest_read inside the section of the struct p2m_reader @ctx. */
-static int guest_reader_read(void *ctx, uint64_t pa, uint64_t *val)
+int guest_reader_read(void *ctx, uint64_t pa, uint64_t *val)
 {
 	struct shadow_mmu_slot *slot;
 	uint64_t page;
@@ -132,10 +131,6 @@ static int guest_reader_read(void *ctx, uint64_t pa, uint64_t *val)
 	*val = __atomic_load_n((uint64_t *)guest_host(slot, page, pa), __ATOMIC_ACQUIRE);
 	return 0;
 }
-
-const struct shadow_mem_ops guest_reader_mem_ops = {
-	.read = guest_reader_read,
-};
 
 static int guest_cmpxchg(void *ctx, uint64_t pa, uint64_t old, uint64_t new_val)
 {
