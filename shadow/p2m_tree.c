@@ -25,9 +25,9 @@
  *    reached, which the section keeps from being freed: a lookup in the
  *    same chunk reads it without a walk from the root.  A store that
  *    replaces the chunk meanwhile (a path copy, a linear run expanded)
- *    leaves the reader on the old one, as if its lookups had all been
- *    made before the store; the fault path, its one user, re-checks what
- *    it read against sync_seq, which every P2M store advances.
+ *    leaves the reader on the old one, as if its lookups in that chunk had
+ *    been made before the store; the fault path, its one user, re-checks
+ *    what it read against sync_seq, which every P2M store advances.
  */
 #include <errno.h>
 #include <pthread.h>
