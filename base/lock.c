@@ -1,8 +1,10 @@
 /*
  * base/lock.c - the per-thread state of the lock-rank checker and its
- * violation report (include/umbra/lock.h).  Defined in every build type;
- * only code built with UMBRA_DEBUG=1 uses them.
+ * violation report (defined in every build type; only code built with
+ * UMBRA_DEBUG=1 uses them), the claim and give-back of per-thread slots,
+ * and the rwlock writer's wait for readers (include/umbra/lock.h).
  */
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 
@@ -30,11 +32,51 @@ void umbra_lock_violation(const char *what, const char *name, unsigned int rank)
 
 __thread unsigned int umbra_thread_slot_plus1;
 
+_Static_assert(UMBRA_THREAD_SLOTS >= 2 && UMBRA_THREAD_SLOTS <= 32,
+	       "the owned slots are bits of one uint32_t, the shared slot comes after them");
+
+/* Bit s set while a live thread owns slot s (atomic: claimed with acquire,
+ * given back with release). */
+static uint32_t slots_owned;
+static pthread_key_t slot_key;
+static pthread_once_t slot_once = PTHREAD_ONCE_INIT;
+
+/* Gives back slot @s - 1 (@arg: s) and sends any later use by this thread
+ * to the shared slot.  The pthread key's destructor, at thread exit. */
+static void slot_give_back(void *arg)
+{
+	const unsigned int s = (unsigned int)(uintptr_t)arg - 1;
+
+	umbra_thread_slot_plus1 = UMBRA_THREAD_SLOT_SHARED + 1;
+	__atomic_fetch_and(&slots_owned, ~(1u << s), __ATOMIC_RELEASE);
+}
+
+static void slot_key_create(void)
+{
+	if (pthread_key_create(&slot_key, slot_give_back))
+		abort(); /* no key left in the process */
+}
+
 unsigned int umbra_thread_slot_assign(void)
 {
-	static unsigned int next;
-	const unsigned int s = __atomic_fetch_add(&next, 1u, __ATOMIC_RELAXED) % UMBRA_THREAD_SLOTS;
+	const uint32_t ownable = (1u << UMBRA_THREAD_SLOT_SHARED) - 1;
+	uint32_t owned = __atomic_load_n(&slots_owned, __ATOMIC_RELAXED);
+	unsigned int s;
 
+	pthread_once(&slot_once, slot_key_create);
+	do {
+		if (!(~owned & ownable)) {
+			umbra_thread_slot_plus1 = UMBRA_THREAD_SLOT_SHARED + 1;
+			return UMBRA_THREAD_SLOT_SHARED;
+		}
+		s = (unsigned int)__builtin_ctz(~owned & ownable);
+	} while (!__atomic_compare_exchange_n(&slots_owned, &owned, owned | (1u << s), true,
+					      __ATOMIC_ACQUIRE, __ATOMIC_RELAXED));
+	if (pthread_setspecific(slot_key, (void *)(uintptr_t)(s + 1))) {
+		/* No memory for the key's value: nothing would give it back. */
+		slot_give_back((void *)(uintptr_t)(s + 1));
+		return UMBRA_THREAD_SLOT_SHARED;
+	}
 	umbra_thread_slot_plus1 = s + 1;
 	return s;
 }

@@ -125,7 +125,8 @@ struct nt_trace_hook {
 	void *arg;
 };
 
-/* Counters: updated with relaxed atomic adds, read with relaxed loads. */
+/* Counters: each thread adds to its slot's (umbra_slot_add), readers sum
+ * them with relaxed loads. */
 /* One thread slot's counters (umbra_thread_slot), padded so that two
  * slots' counters never share a cache line, nor a pair of lines that a CPU
  * prefetches together: the readers of an object (a VM's vCPU threads
@@ -179,8 +180,11 @@ struct notifier_object {
 
 static inline void nt_count(struct notifier_object *obj, size_t idx, uint64_t n)
 {
-	if (n)
-		__atomic_fetch_add(&obj->counters[umbra_thread_slot()].v[idx], n, __ATOMIC_RELAXED);
+	if (n) {
+		const unsigned int slot = umbra_thread_slot();
+
+		umbra_slot_add(&obj->counters[slot].v[idx], slot, n);
+	}
 }
 
 

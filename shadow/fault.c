@@ -69,6 +69,14 @@ static bool same_walk(const struct shadow_walk *a, const struct shadow_walk *b)
 	return true;
 }
 
+/* Does the entry of level @l of walk @w lack an A/D bit that an access
+ * @access through it sets (A at every level, D in the leaf of a write)? */
+static bool walk_entry_needs_ad(const struct shadow_walk *w, int l, unsigned int access)
+{
+	return !(w->entry[l] & SPTE_ACCESSED) ||
+	       (l == w->leaf_level && (access & SHADOW_ACCESS_WRITE) && !(w->entry[l] & SPTE_DIRTY));
+}
+
 /*
  * The walk could not set A/D (-EROFS): in a guest table shared
  * copy-on-write with a clone, copy the table first (0: walk again); in a
@@ -80,9 +88,7 @@ static int fault_copy_guest_tables(struct shadow_mmu *mmu, const struct fault *f
 	const struct shadow_walk *w = &f->w;
 
 	for (int l = SPTE_LEVELS; l >= w->leaf_level && l >= 1; l--) {
-		bool needs_ad = !(w->entry[l] & SPTE_ACCESSED) ||
-				(l == w->leaf_level && (f->access & SHADOW_ACCESS_WRITE) &&
-				 !(w->entry[l] & SPTE_DIRTY));
+		const bool needs_ad = walk_entry_needs_ad(w, l, f->access);
 		const uint64_t gfn = w->table[l] >> SHADOW_PAGE_SHIFT;
 		struct shadow_mmu_slot *slot;
 		uint64_t page;
@@ -101,17 +107,54 @@ static int fault_copy_guest_tables(struct shadow_mmu *mmu, const struct fault *f
 	return 0;
 }
 
+/*
+ * The guest walk of fault @f and the P2M entry of its page, read-only, in
+ * one P2M read-side section (struct p2m_reader: the walk's lookups and the
+ * page's share it, and its cache of the last chunk): shadow_walk's result,
+ * or 1 if the walk succeeded but an entry lacks an A/D bit the access sets
+ * (the caller walks again, setting them).  On 0, *@e and *@private: the
+ * page's entry (P2M_NONE: none) and whether its path is this VM's alone.
+ * No lock held; reads of guest memory inside the section may fault on a
+ * page the pager brings in, which delays grace periods, never waits for
+ * one.
+ */
+static int fault_walk_read(struct shadow_mmu *mmu, struct fault *f, uint64_t *e, bool *private)
+{
+	struct p2m_reader r;
+	uint64_t gfn;
+	int ret;
+
+	p2m_reader_begin(&r, mmu);
+	ret = walk_guest_reader(&mmu->mode, &r, f->cr3, f->va, f->access, &f->w);
+	for (int l = SPTE_LEVELS; !ret && l >= f->w.leaf_level; l--)
+		if (walk_entry_needs_ad(&f->w, l, f->access))
+			ret = 1;
+	gfn = f->w.pa >> SHADOW_PAGE_SHIFT;
+	if (!ret)
+		*e = gfn < mmu->p2m_pages ? p2m_reader_lookup(&r, gfn, private) : P2M_NONE;
+	p2m_reader_end(&r);
+	return ret;
+}
+
 /* Steps 1-2: the guest walk (with A/D) and the P2M lookup.  0,
  * SHADOW_FAULT_GUEST (*@error_code set), FAULT_WALK_AGAIN or -errno.  No
  * lock held. */
 static int fault_walk(struct shadow_mmu *mmu, struct fault *f, uint32_t *error_code)
 {
 	const bool write = f->access & SHADOW_ACCESS_WRITE;
+	uint64_t e = P2M_NONE;
+	bool private = false;
 	int ret;
 
 	f->sync_seq = __atomic_load_n(&mmu->sync_seq, __ATOMIC_ACQUIRE);
-	ret = shadow_walk(&mmu->mode, &guest_mem_ops, mmu, f->cr3, f->va, f->access,
-			  SHADOW_WALK_SET_AD, &f->w);
+	ret = fault_walk_read(mmu, f, &e, &private);
+	if (ret == 1) {
+		/* First use of an entry, or first write: the walk that sets A/D. */
+		ret = shadow_walk(&mmu->mode, &guest_mem_ops, mmu, f->cr3, f->va, f->access,
+				  SHADOW_WALK_SET_AD, &f->w);
+		if (!ret && (f->w.pa >> SHADOW_PAGE_SHIFT) < mmu->p2m_pages)
+			e = p2m_entry_lookup(mmu, f->w.pa >> SHADOW_PAGE_SHIFT, &private);
+	}
 	if (ret == -EFAULT) {
 		*error_code = f->w.error_code;
 		mmu_stat_inc(mmu, guest_faults);
@@ -125,9 +168,9 @@ static int fault_walk(struct shadow_mmu *mmu, struct fault *f, uint32_t *error_c
 		return FAULT_WALK_AGAIN; /* entries kept changing under the A/D updates */
 	if (ret)
 		return ret == -EIO ? -EFAULT : ret;
-	if (p2m_get(mmu, f->w.pa >> SHADOW_PAGE_SHIFT, &f->slot, &f->page))
+	if (p2m_entry_to_page(mmu, e, &f->slot, &f->page))
 		return -EFAULT;
-	if (write && p2m_is_cow(mmu, f->w.pa >> SHADOW_PAGE_SHIFT)) {
+	if (write && p2m_entry_needs_break(mmu, e, private)) {
 		/* The first write to a page shared with a clone. */
 		ret = shadow_mmu_cow_break(mmu, f->w.pa);
 		return ret ? ret : FAULT_WALK_AGAIN;
@@ -361,13 +404,21 @@ unlock:
 static int fault_resolve(struct shadow_mmu *mmu, uint64_t cr3, uint64_t va, unsigned int access,
 			 uint32_t *error_code)
 {
-	struct fault f = { .cr3 = cr3, .va = va, .access = access };
+	/* Field by field, not an initializer: zeroing the whole struct (its
+	 * walk's arrays) compiles to a string store (rep stos) that a fault
+	 * pays for on every call.  Every other field is written before it is
+	 * read (fault_walk: sync_seq, w, slot, page; slot_page_get:
+	 * notifier_seq). */
+	struct fault f;
 	unsigned int walks_again = 0;
 	bool zapped_all = false;
 	int ret;
 
 	if (access & ~SHADOW_ACCESS_MASK)
 		return -EINVAL;
+	f.cr3 = cr3;
+	f.va = va;
+	f.access = access;
 	mmu_stat_inc(mmu, faults);
 	/* An access-tracked leaf: restored without a guest walk (access.c). */
 	if (fault_fast_restore(mmu, cr3, va, access)) {

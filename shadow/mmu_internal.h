@@ -102,6 +102,26 @@ static inline uint64_t p2m_entry_get(struct shadow_mmu *mmu, uint64_t gfn)
 /* The same under mmu_lock, with no read-side section (the nodes our tree
  * reaches are held by our references, which only we drop). */
 uint64_t p2m_entry_lookup_locked(struct shadow_mmu *mmu, uint64_t gfn, bool *private);
+/*
+ * Several lookups in one RCU read-side section (p2m_tree.c): between
+ * p2m_reader_begin and p2m_reader_end, p2m_reader_lookup is
+ * p2m_entry_lookup (@gfn < p2m_pages) without a section of its own, and a
+ * lookup in the chunk of the one before it reads the chunk that one
+ * reached without a walk from the root.  Each lookup is a snapshot of
+ * the P2M at some point since the reader's first walk into its chunk:
+ * a store made since may not be seen (the caller re-checks sync_seq).
+ * The section is held from begin to end: nothing between them may wait
+ * for a grace period.  No lock taken; never blocks.
+ */
+struct p2m_reader {
+	struct shadow_mmu *mmu;
+	uint64_t chunk;		/* gfn / P2M_CHUNK_PAGES of @x, UINT64_MAX: none yet */
+	uint64_t x;		/* that chunk as its walk reached it (p2m_walk_to_chunk) */
+	bool private_above;	/* every node above @x had one user at that walk */
+};
+void p2m_reader_begin(struct p2m_reader *r, struct shadow_mmu *mmu);
+uint64_t p2m_reader_lookup(struct p2m_reader *r, uint64_t gfn, bool *private);
+void p2m_reader_end(struct p2m_reader *r);
 /* The linear entry (P2M_LINEAR | e) that maps @gfn's whole chunk, or 0 if
  * the chunk's gfns have entries of their own (or none).  mmu_lock. */
 uint64_t p2m_chunk_linear_locked(struct shadow_mmu *mmu, uint64_t gfn);
@@ -140,8 +160,15 @@ void p2m_walk_quiescent(struct shadow_mmu *mmu, const struct p2m_walker *w);
 bool p2m_entry_needs_break(struct shadow_mmu *mmu, uint64_t e, bool private);
 /* The published slot @id, or NULL.  Lock-free. */
 struct shadow_mmu_slot *slot_of_id(struct shadow_mmu *mmu, int id);
+/* Entry @e -> (slot, page): 0, or -EFAULT if it maps nothing.  Pure. */
+int p2m_entry_to_page(struct shadow_mmu *mmu, uint64_t e, struct shadow_mmu_slot **slot,
+		      uint64_t *page);
 /* gfn -> (slot, page): 0, or -EFAULT if unmapped.  Lock-free snapshot. */
 int p2m_get(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_mmu_slot **slot, uint64_t *page);
+/* The same inside @r's section (p2m_reader_lookup), with in *@private (if
+ * not NULL) whether the entry's path is this VM's alone. */
+int p2m_reader_get(struct p2m_reader *r, uint64_t gfn, struct shadow_mmu_slot **slot,
+		   uint64_t *page, bool *private);
 /* True if a write to @gfn needs a copy-on-write break first
  * (p2m_entry_needs_break).  Lock-free snapshot; exact under mmu_lock. */
 bool p2m_is_cow(struct shadow_mmu *mmu, uint64_t gfn);
@@ -154,6 +181,15 @@ int slot_page_get(struct shadow_mmu_slot *slot, uint64_t page, bool write, uint6
 int guest_read(void *ctx, uint64_t pa, uint64_t *val);
 /* The guest's memory as the walker sees it (ctx: the MMU). */
 extern const struct shadow_mem_ops guest_mem_ops;
+/* guest_read through the struct p2m_reader @ctx, inside its section (a
+ * walk's lookups share it).  p2m.c. */
+int guest_reader_read(void *ctx, uint64_t pa, uint64_t *val);
+/* shadow_walk(@mode, ops reading with guest_reader_read through @r, no
+ * cmpxchg, @cr3, @va, @access, no flags, @w): a read-only guest walk
+ * inside @r's section, its reads called directly (no call through an ops
+ * table per level).  The fault's first walk (fault.c).  walk.c. */
+int walk_guest_reader(const struct shadow_paging_mode *mode, struct p2m_reader *r, uint64_t cr3,
+		      uint64_t va, unsigned int access, struct shadow_walk *w);
 /* Adds and subscribes a slot (a segment if @shared).  Takes no lock around
  * the subscribe; mmu_lock to publish.  May block. */
 int mmu_add_slot(struct shadow_mmu *mmu, const struct shadow_slot *s, bool shared, int *id);

@@ -38,18 +38,29 @@ struct shadow_mmu_slot *mmu_mpa_to_slot(struct shadow_mmu *mmu, uint64_t mpa, ui
 	return NULL;
 }
 
-int p2m_get(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_mmu_slot **slot, uint64_t *page)
+int p2m_entry_to_page(struct shadow_mmu *mmu, uint64_t e, struct shadow_mmu_slot **slot,
+		      uint64_t *page)
 {
-	uint64_t e;
-
-	if (gfn >= mmu->p2m_pages)
-		return -EFAULT;
-	e = p2m_entry_get(mmu, gfn);
 	if (!p2m_entry_is_present(e))
 		return -EFAULT;
 	*slot = &mmu->slots[p2m_entry_slot_id(e)];
 	*page = p2m_entry_page(e);
 	return 0;
+}
+
+int p2m_get(struct shadow_mmu *mmu, uint64_t gfn, struct shadow_mmu_slot **slot, uint64_t *page)
+{
+	if (gfn >= mmu->p2m_pages)
+		return -EFAULT;
+	return p2m_entry_to_page(mmu, p2m_entry_get(mmu, gfn), slot, page);
+}
+
+int p2m_reader_get(struct p2m_reader *r, uint64_t gfn, struct shadow_mmu_slot **slot,
+		   uint64_t *page, bool *private)
+{
+	if (gfn >= r->mmu->p2m_pages)
+		return -EFAULT;
+	return p2m_entry_to_page(r->mmu, p2m_reader_lookup(r, gfn, private), slot, page);
 }
 
 bool p2m_entry_needs_break(struct shadow_mmu *mmu, uint64_t e, bool private)
@@ -80,6 +91,12 @@ bool p2m_is_cow(struct shadow_mmu *mmu, uint64_t gfn)
 	return p2m_entry_needs_break(mmu, e, private);
 }
 
+/* The host address of guest-physical @pa, in page @page of @slot. */
+static void *guest_host(const struct shadow_mmu_slot *slot, uint64_t page, uint64_t pa)
+{
+	return (char *)slot->s.host + (page << SHADOW_PAGE_SHIFT) + (pa & (SHADOW_PAGE_SIZE - 1));
+}
+
 int shadow_mmu_p2m_lookup(struct shadow_mmu *mmu, uint64_t gpa, uint64_t *mpa, void **host)
 {
 	struct shadow_mmu_slot *slot;
@@ -89,7 +106,7 @@ int shadow_mmu_p2m_lookup(struct shadow_mmu *mmu, uint64_t gpa, uint64_t *mpa, v
 		return -EFAULT;
 	*mpa = slot->s.mpa + (page << SHADOW_PAGE_SHIFT) + off;
 	if (host)
-		*host = (char *)slot->s.host + (page << SHADOW_PAGE_SHIFT) + off;
+		*host = guest_host(slot, page, gpa);
 	return 0;
 }
 
@@ -104,6 +121,17 @@ int guest_read(void *ctx, uint64_t pa, uint64_t *val)
 	return 0;
 }
 
+int guest_reader_read(void *ctx, uint64_t pa, uint64_t *val)
+{
+	struct shadow_mmu_slot *slot;
+	uint64_t page;
+
+	if (p2m_reader_get(ctx, pa >> SHADOW_PAGE_SHIFT, &slot, &page, NULL))
+		return -EFAULT;
+	*val = __atomic_load_n((uint64_t *)guest_host(slot, page, pa), __ATOMIC_ACQUIRE);
+	return 0;
+}
+
 static int guest_cmpxchg(void *ctx, uint64_t pa, uint64_t old, uint64_t new_val)
 {
 	struct shadow_mmu *mmu = ctx;
@@ -114,8 +142,7 @@ static int guest_cmpxchg(void *ctx, uint64_t pa, uint64_t old, uint64_t new_val)
 		return -EFAULT;
 	if (slot->s.readonly || p2m_is_cow(mmu, pa >> SHADOW_PAGE_SHIFT))
 		return -EROFS; /* a COW guest table: shadow_mmu_fault copies it first */
-	uint64_t *p = (uint64_t *)((char *)slot->s.host + (page << SHADOW_PAGE_SHIFT) +
-				   (pa & (SHADOW_PAGE_SIZE - 1)));
+	uint64_t *p = guest_host(slot, page, pa);
 	return __atomic_compare_exchange_n(p, &old, new_val, false, __ATOMIC_ACQ_REL,
 					   __ATOMIC_ACQUIRE)
 		       ? 0

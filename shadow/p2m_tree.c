@@ -19,7 +19,15 @@
  *    when it exits), so a node that another VM released after we replaced
  *    it, while we were still reading it, is not freed under the lookup.
  *    Under mmu_lock a VM reads its own tree with no RCU section needed:
- *    the nodes it reaches are held by its own references.
+ *    the nodes it reaches are held by its own references;
+ *  - a reader (struct p2m_reader) makes several lookups in one read-side
+ *    section and keeps the chunk (leaf node or linear entry) its last walk
+ *    reached, which the section keeps from being freed: a lookup in the
+ *    same chunk reads it without a walk from the root.  A store that
+ *    replaces the chunk meanwhile (a path copy, a linear run expanded)
+ *    leaves the reader on the old one, as if its lookups in that chunk had
+ *    been made before the store; the fault path, its one user, re-checks
+ *    what it read against sync_seq, which every P2M store advances.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -56,25 +64,45 @@ static void p2m_read_lock(void)
 	umbra_rcu_read_lock();
 }
 
+/* The chunk of @gfn as its path from the root reaches it: the level-1
+ * node (as its pointer), a linear level-2 entry, or 0 (nothing mapped);
+ * *@priv cleared if a node above the chunk has another user.  Under an RCU
+ * read-side section or mmu_lock. */
+static uint64_t p2m_walk_to_chunk(struct shadow_mmu *mmu, uint64_t gfn, bool *priv)
+{
+	uint64_t x = __atomic_load_n(&mmu->p2m_root, __ATOMIC_ACQUIRE);
+
+	for (int l = mmu->p2m_levels; l > 1 && x && !p2m_is_linear(x); l--) {
+		const struct p2m_node *n = p2m_node_of(x);
+
+		*priv &= __atomic_load_n(&n->use, __ATOMIC_ACQUIRE) == 1;
+		x = __atomic_load_n(&n->e[p2m_index(gfn, l)], __ATOMIC_ACQUIRE);
+	}
+	return x;
+}
+
+/* The entry of @gfn in its chunk @x (p2m_walk_to_chunk's); *@priv cleared
+ * if the chunk's leaf node has another user.  Under an RCU read-side
+ * section or mmu_lock. */
+static uint64_t p2m_chunk_entry(uint64_t x, uint64_t gfn, bool *priv)
+{
+	const struct p2m_node *n;
+
+	if (!x)
+		return P2M_NONE;
+	if (p2m_is_linear(x))
+		return p2m_linear_entry(x, gfn & (P2M_CHUNK_PAGES - 1));
+	n = p2m_node_of(x);
+	*priv &= __atomic_load_n(&n->use, __ATOMIC_ACQUIRE) == 1;
+	return __atomic_load_n(&n->e[p2m_index(gfn, 1)], __ATOMIC_ACQUIRE);
+}
+
 /* The walk of a lookup: under an RCU read-side section or mmu_lock. */
 static uint64_t p2m_walk_to_entry(struct shadow_mmu *mmu, uint64_t gfn, bool *private)
 {
-	uint64_t x = __atomic_load_n(&mmu->p2m_root, __ATOMIC_ACQUIRE), e = P2M_NONE;
 	bool priv = true;
+	const uint64_t e = p2m_chunk_entry(p2m_walk_to_chunk(mmu, gfn, &priv), gfn, &priv);
 
-	for (int l = mmu->p2m_levels; l >= 1 && x; l--) {
-		struct p2m_node *n;
-
-		if (p2m_is_linear(x)) {
-			e = p2m_linear_entry(x, gfn & (P2M_CHUNK_PAGES - 1));
-			break;
-		}
-		n = p2m_node_of(x);
-		priv &= __atomic_load_n(&n->use, __ATOMIC_ACQUIRE) == 1;
-		x = __atomic_load_n(&n->e[p2m_index(gfn, l)], __ATOMIC_ACQUIRE);
-		if (l == 1)
-			e = x;
-	}
 	if (private)
 		*private = priv;
 	return e;
@@ -94,6 +122,37 @@ uint64_t p2m_entry_lookup_locked(struct shadow_mmu *mmu, uint64_t gfn, bool *pri
 {
 	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	return p2m_walk_to_entry(mmu, gfn, private);
+}
+
+void p2m_reader_begin(struct p2m_reader *r, struct shadow_mmu *mmu)
+{
+	p2m_read_lock();
+	r->mmu = mmu;
+	r->chunk = UINT64_MAX;
+}
+
+void p2m_reader_end(struct p2m_reader *r)
+{
+	(void)r;
+	umbra_rcu_read_unlock();
+}
+
+uint64_t p2m_reader_lookup(struct p2m_reader *r, uint64_t gfn, bool *private)
+{
+	const uint64_t chunk = gfn / P2M_CHUNK_PAGES;
+	bool priv;
+
+	if (chunk != r->chunk) {
+		r->private_above = true;
+		r->x = p2m_walk_to_chunk(r->mmu, gfn, &r->private_above);
+		r->chunk = chunk;
+	}
+	priv = r->private_above;
+	const uint64_t e = p2m_chunk_entry(r->x, gfn, &priv);
+
+	if (private)
+		*private = priv;
+	return e;
 }
 
 uint64_t p2m_chunk_linear_locked(struct shadow_mmu *mmu, uint64_t gfn)

@@ -726,9 +726,10 @@ struct shadow_mmu {
 					 * behind write-protected entries (under mmu_lock) */
 	bool destroying;		/* roots dropped by destroy (under mmu_lock) */
 
-	/* Relaxed atomic adds, each thread to its slot's block
-	 * (umbra_thread_slot: the vCPU threads of a VM count on lines of
-	 * their own); shadow_mmu_stats sums them. */
+	/* Each thread counts in its slot's block (umbra_thread_slot: the
+	 * vCPU threads of a VM count on lines of their own; umbra_slot_add:
+	 * no locked instruction on an owned slot); shadow_mmu_stats sums
+	 * them with relaxed loads. */
 	struct mmu_stats_slot stats[UMBRA_THREAD_SLOTS];
 };
 
@@ -743,7 +744,10 @@ static inline uint64_t *mmu_sptes(struct shadow_mmu *mmu, uint32_t index)
 }
 
 #define mmu_stat_add(mmu, field, n)                                                       \
-	__atomic_fetch_add(&(mmu)->stats[umbra_thread_slot()].s.field, (n), __ATOMIC_RELAXED)
+	do {                                                                               \
+		const unsigned int mmu_stat_slot_ = umbra_thread_slot();                   \
+		umbra_slot_add(&(mmu)->stats[mmu_stat_slot_].s.field, mmu_stat_slot_, (n)); \
+	} while (0)
 #define mmu_stat_inc(mmu, field) mmu_stat_add(mmu, field, 1)
 
 /* Machine address -> (slot, page); NULL if no slot holds it.  Lock-free

@@ -5,9 +5,8 @@
  * software vCPU's "hardware", to walk the shadow tables in the pool.
  */
 #include <errno.h>
-#include <string.h>
 
-#include "shadow_internal.h"
+#include "mmu_internal.h"
 
 /* Physical address bits: what a default mode has, and the valid range
  * (52: the architectural maximum, SPTE_ADDR_MASK). */
@@ -77,9 +76,34 @@ uint32_t shadow_permission_fault(const struct shadow_paging_mode *mode, unsigned
 	return fault ? SHADOW_PFERR_PRESENT | shadow_access_error_code(mode, access) : 0;
 }
 
-int shadow_walk(const struct shadow_paging_mode *mode, const struct shadow_mem_ops *ops, void *ctx,
-		uint64_t cr3, uint64_t va, unsigned int access, unsigned int flags,
-		struct shadow_walk *w)
+/* @w as a walk of @va for @access that has read nothing: every other field
+ * 0.  Field by field, not memset: a fault walks on every call, and the
+ * string store a memset of this size compiles to costs more than the
+ * stores. */
+static void walk_reset(struct shadow_walk *w, uint64_t va, unsigned int access)
+{
+	w->va = va;
+	w->access = access;
+	w->leaf_level = 0;
+	w->fault_level = 0;
+	for (int l = 0; l <= SHADOW_LEVELS; l++) {
+		w->table[l] = 0;
+		w->entry[l] = 0;
+		w->rights_above[l] = 0;
+	}
+	w->rights = 0;
+	w->dirty = false;
+	w->pa = 0;
+	w->error_code = 0;
+}
+
+/* shadow_walk with its memory operations as @read and @cmpxchg (NULL: none,
+ * as in struct shadow_mem_ops): inlined into each caller below, so that a
+ * caller that names its read calls it directly. */
+static inline __attribute__((always_inline)) int
+walk_impl(const struct shadow_paging_mode *mode, int (*read)(void *ctx, uint64_t pa, uint64_t *val),
+	  int (*cmpxchg)(void *ctx, uint64_t pa, uint64_t old, uint64_t new_val), void *ctx,
+	  uint64_t cr3, uint64_t va, unsigned int access, unsigned int flags, struct shadow_walk *w)
 {
 	const uint64_t pa_mask = SPTE_ADDR_MASK & ((1ull << mode->maxphyaddr) - 1);
 	unsigned int tries = 0;
@@ -91,16 +115,14 @@ int shadow_walk(const struct shadow_paging_mode *mode, const struct shadow_mem_o
 	if (!shadow_va_is_canonical(va))
 		return -EINVAL;
 again:
-	memset(w, 0, sizeof(*w));
-	w->va = va;
-	w->access = access;
+	walk_reset(w, va, access);
 	uint64_t table = cr3 & pa_mask;
 	unsigned int rights = SHADOW_RIGHTS_ALL;
 
 	for (level = SPTE_LEVELS; level >= 1; level--) {
 		uint64_t entry;
 
-		if (ops->read(ctx, table + SPTE_INDEX(va, level) * sizeof(uint64_t), &entry))
+		if (read(ctx, table + SPTE_INDEX(va, level) * sizeof(uint64_t), &entry))
 			return -EIO;
 		w->table[level] = table;
 		w->entry[level] = entry;
@@ -130,7 +152,7 @@ again:
 		w->fault_level = level;
 		return -EFAULT;
 	}
-	if (!(flags & SHADOW_WALK_SET_AD) || !ops->cmpxchg)
+	if (!(flags & SHADOW_WALK_SET_AD) || !cmpxchg)
 		return 0;
 	/* The CPU sets A in every entry it used and D in the leaf of a write
 	 * (SDM 4.8), atomically; if an entry changed meanwhile, walk again. */
@@ -141,7 +163,7 @@ again:
 			want |= SPTE_DIRTY;
 		if (want == old)
 			continue;
-		ret = ops->cmpxchg(ctx, w->table[l] + SPTE_INDEX(va, l) * sizeof(uint64_t), old, want);
+		ret = cmpxchg(ctx, w->table[l] + SPTE_INDEX(va, l) * sizeof(uint64_t), old, want);
 		if (ret == -EAGAIN && ++tries < WALK_MAX_TRIES)
 			goto again;
 		if (ret == -EAGAIN)
@@ -153,4 +175,17 @@ again:
 	if (access & SHADOW_ACCESS_WRITE)
 		w->dirty = true;
 	return 0;
+}
+
+int shadow_walk(const struct shadow_paging_mode *mode, const struct shadow_mem_ops *ops, void *ctx,
+		uint64_t cr3, uint64_t va, unsigned int access, unsigned int flags,
+		struct shadow_walk *w)
+{
+	return walk_impl(mode, ops->read, ops->cmpxchg, ctx, cr3, va, access, flags, w);
+}
+
+int walk_guest_reader(const struct shadow_paging_mode *mode, struct p2m_reader *r, uint64_t cr3,
+		      uint64_t va, unsigned int access, struct shadow_walk *w)
+{
+	return walk_impl(mode, guest_reader_read, NULL, r, cr3, va, access, 0, w);
 }

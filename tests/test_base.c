@@ -270,6 +270,93 @@ START_TEST(test_rwlock_admits_readers_together_and_a_writer_alone)
 }
 END_TEST
 
+/* ---- per-thread slots (umbra_thread_slot, umbra_slot_add) ---------------- */
+
+#define SLOT_THREADS (2 * UMBRA_THREAD_SLOTS)
+#define SLOT_ADDS 20000u
+
+static struct {
+	uint64_t v;
+	char pad[120];
+} slot_ctr[UMBRA_THREAD_SLOTS];
+static pthread_barrier_t slot_barrier;
+static struct umbra_rwlock slot_rw;
+
+/* Counts SLOT_ADDS in its slot and reads slot_rw as often, all threads
+ * alive at once; its slot in *@arg. */
+static void *slot_counter(void *arg)
+{
+	unsigned int s;
+
+	pthread_barrier_wait(&slot_barrier);
+	s = umbra_thread_slot();
+	*(unsigned int *)arg = s;
+	for (unsigned int i = 0; i < SLOT_ADDS; i++) {
+		umbra_slot_add(&slot_ctr[s].v, s, 1);
+		umbra_rwlock_read_lock(&slot_rw);
+		umbra_rwlock_read_unlock(&slot_rw);
+	}
+	pthread_barrier_wait(&slot_barrier); /* nobody exits (gives back) before all counted */
+	return NULL;
+}
+
+START_TEST(test_thread_slots_count_exactly_from_more_threads_than_slots)
+{
+	pthread_t th[SLOT_THREADS];
+	unsigned int slot[SLOT_THREADS], owners[UMBRA_THREAD_SLOTS] = { 0 }, shared = 0;
+	uint64_t sum = 0;
+
+	memset(slot_ctr, 0, sizeof(slot_ctr));
+	umbra_rwlock_init(&slot_rw, "test.slot_rw", UMBRA_LOCK_RANK_MMU);
+	pthread_barrier_init(&slot_barrier, NULL, SLOT_THREADS);
+	for (unsigned int k = 0; k < SLOT_THREADS; k++)
+		ck_assert_int_eq(pthread_create(&th[k], NULL, slot_counter, &slot[k]), 0);
+	for (unsigned int k = 0; k < SLOT_THREADS; k++)
+		pthread_join(th[k], NULL);
+	pthread_barrier_destroy(&slot_barrier);
+	for (unsigned int k = 0; k < SLOT_THREADS; k++) {
+		ck_assert_uint_lt(slot[k], UMBRA_THREAD_SLOTS);
+		if (umbra_thread_slot_is_owned(slot[k]))
+			owners[slot[k]]++;
+		else
+			shared++;
+	}
+	for (unsigned int s = 0; s < UMBRA_THREAD_SLOTS; s++) {
+		ck_assert_msg(owners[s] <= 1, "slot %u owned by %u live threads at once", s, owners[s]);
+		sum += __atomic_load_n(&slot_ctr[s].v, __ATOMIC_RELAXED);
+	}
+	ck_assert_msg(shared >= SLOT_THREADS - (UMBRA_THREAD_SLOTS - 1),
+		      "%u threads on the shared slot, expected every one past the owned slots",
+		      shared);
+	ck_assert_uint_eq(sum, (uint64_t)SLOT_THREADS * SLOT_ADDS);
+	ck_assert_msg(!umbra_rwlock_has_readers(&slot_rw), "a reader count was lost or doubled");
+	ck_assert(umbra_rwlock_write_trylock(&slot_rw));
+	umbra_rwlock_write_unlock(&slot_rw);
+	umbra_rwlock_exit(&slot_rw);
+}
+END_TEST
+
+static void *slot_of_thread(void *arg)
+{
+	*(unsigned int *)arg = umbra_thread_slot();
+	return NULL;
+}
+
+START_TEST(test_thread_slot_is_reused_after_its_thread_exits)
+{
+	unsigned int first, second;
+	pthread_t th;
+
+	ck_assert_int_eq(pthread_create(&th, NULL, slot_of_thread, &first), 0);
+	pthread_join(th, NULL);
+	ck_assert_msg(umbra_thread_slot_is_owned(first), "a lone new thread gets an owned slot");
+	ck_assert_int_eq(pthread_create(&th, NULL, slot_of_thread, &second), 0);
+	pthread_join(th, NULL);
+	ck_assert_msg(second == first, "slot %u given back at exit, next thread got %u", first,
+		      second);
+}
+END_TEST
+
 START_TEST(test_pseudo_lock_is_held_only_between_acquire_and_release)
 {
 	static const struct umbra_pseudo_lock p = { .name = "test.pseudo", .rank = UMBRA_LOCK_RANK_NOTIFIER_CALLBACK };
@@ -473,6 +560,11 @@ Suite *base_suite(void)
 	tcase_add_test(tc, test_pseudo_lock_is_held_only_between_acquire_and_release);
 	tcase_add_test(tc, test_rwlock_admits_readers_together_and_a_writer_alone);
 	suite_add_tcase(s, tc);
+
+	TCase *ts = tcase_create("thread slots");
+	tcase_add_test(ts, test_thread_slots_count_exactly_from_more_threads_than_slots);
+	tcase_add_test(ts, test_thread_slot_is_reused_after_its_thread_exits);
+	suite_add_tcase(s, ts);
 
 	TCase *tr = tcase_create("trace");
 	tcase_add_loop_test(tr, test_trace_kinds_are_parsed_by_name, 0,

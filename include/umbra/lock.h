@@ -328,19 +328,59 @@ static inline int umbra_cond_timedwait(pthread_cond_t *cond, struct umbra_mutex 
 
 /*
  * Per-thread slots.  umbra_thread_slot() gives the calling thread one of
- * UMBRA_THREAD_SLOTS indices, assigned round-robin at its first call and
- * kept for its life, so that up to UMBRA_THREAD_SLOTS threads (a VM's vCPU
- * threads) update per-slot state (a reader count, a statistics block) on
- * cache lines of their own instead of all on one.
+ * UMBRA_THREAD_SLOTS indices, so that up to UMBRA_THREAD_SLOTS threads (a
+ * VM's vCPU threads) update per-slot state (a reader count, a statistics
+ * block) on cache lines of their own instead of all on one.
+ *
+ * Owned slots.  Slots 0 .. UMBRA_THREAD_SLOTS - 2 are owned: at its first
+ * call a thread claims the lowest free one (a bit of a process-wide
+ * bitmap, by compare-and-exchange) and keeps it until it exits, when a
+ * pthread key's destructor gives it back; no two live threads own one slot.
+ * A thread that finds every owned slot taken uses UMBRA_THREAD_SLOT_SHARED
+ * for its life, with every other such thread; so does a thread that uses a
+ * slot after its own was given back (another key's destructor).
+ *
+ * What owning buys: state in an owned slot is written by its owner alone,
+ * so the owner updates it with a relaxed load and a relaxed (or release)
+ * store instead of a locked read-modify-write (umbra_slot_add,
+ * umbra_rwlock_read_unlock); the shared slot takes atomic read-modify-
+ * writes.  Every access is __atomic (readers sum or scan the slots with
+ * atomic loads), so there is no data race and ThreadSanitizer sees none;
+ * a reader sees each slot's count at some value it held.  The handover of
+ * a slot orders the old owner's last stores before the new owner's first
+ * loads (the release of the bitmap bit, the acquire of its claim), so the
+ * new owner carries on from what the old one left: a statistic keeps
+ * counting, a reader count is 0 (a thread exits holding no rwlock).
  */
-#define UMBRA_THREAD_SLOTS 8u
+#define UMBRA_THREAD_SLOTS 16u
+#define UMBRA_THREAD_SLOT_SHARED (UMBRA_THREAD_SLOTS - 1)
 extern __thread unsigned int umbra_thread_slot_plus1;
+/* Claims a slot for the calling thread (the first call's slow path of
+ * umbra_thread_slot).  Never blocks; cannot fail (the shared slot). */
 unsigned int umbra_thread_slot_assign(void);
 static inline unsigned int umbra_thread_slot(void)
 {
 	const unsigned int s = umbra_thread_slot_plus1;
 
 	return s ? s - 1 : umbra_thread_slot_assign();
+}
+
+/* Is slot @slot (the caller's, from umbra_thread_slot) owned by the caller
+ * alone? */
+static inline bool umbra_thread_slot_is_owned(unsigned int slot)
+{
+	return slot != UMBRA_THREAD_SLOT_SHARED;
+}
+
+/* Adds @n to counter @ctr of the caller's slot @slot (from
+ * umbra_thread_slot): a relaxed load and store on an owned slot, a relaxed
+ * atomic add on the shared one.  Readers load it relaxed. */
+static inline void umbra_slot_add(uint64_t *ctr, unsigned int slot, uint64_t n)
+{
+	if (umbra_thread_slot_is_owned(slot))
+		__atomic_store_n(ctr, __atomic_load_n(ctr, __ATOMIC_RELAXED) + n, __ATOMIC_RELAXED);
+	else
+		__atomic_fetch_add(ctr, n, __ATOMIC_RELAXED);
 }
 
 /*
@@ -366,9 +406,10 @@ static inline unsigned int umbra_thread_slot(void)
  * consistent, so one of them always sees the other.  A reader that finds
  * `writer` set takes itself out and waits on `writer_mutex` for the writer
  * to finish.  Readers get their section's effects to the next writer by
- * the release of their slot's decrement, writers to the next readers by
- * the release of `writer`'s clearing (all __atomic: ThreadSanitizer sees
- * them).
+ * the release of their slot's decrement (on an owned slot a release store
+ * of the count less one, no locked instruction: only its owner writes
+ * it), writers to the next readers by the release of `writer`'s clearing
+ * (all __atomic: ThreadSanitizer sees them).
  *
  * Debug builds keep the writer (owner) and, per thread, which rwlock of
  * each rank it holds in read mode (umbra_lock_read_held), so that both
@@ -552,11 +593,24 @@ static inline void umbra_rwlock_write_unlock(struct umbra_rwlock *l)
 	pthread_mutex_unlock(&l->writer_mutex);
 }
 
+/* Takes the calling thread's count (slot @slot) out of @readers, with
+ * release: a release store on an owned slot, an atomic subtraction on the
+ * shared one. */
+static inline void umbra_rwlock_slot_leave(uint32_t *readers, unsigned int slot)
+{
+	if (umbra_thread_slot_is_owned(slot))
+		__atomic_store_n(readers, __atomic_load_n(readers, __ATOMIC_RELAXED) - 1u,
+				 __ATOMIC_RELEASE);
+	else
+		__atomic_fetch_sub(readers, 1u, __ATOMIC_RELEASE);
+}
+
 /* Acquire @l in read mode (shared with other readers); may block while a
  * writer holds or waits for it.  Debug builds check the rank order first. */
 static inline void umbra_rwlock_read_lock(struct umbra_rwlock *l)
 {
-	uint32_t *readers = &l->slot[umbra_thread_slot()].readers;
+	const unsigned int slot = umbra_thread_slot();
+	uint32_t *readers = &l->slot[slot].readers;
 
 #if UMBRA_LOCK_DEBUG
 	umbra_rwlock_check_order(l);
@@ -566,7 +620,7 @@ static inline void umbra_rwlock_read_lock(struct umbra_rwlock *l)
 		if (!__atomic_load_n(&l->writer, __ATOMIC_SEQ_CST))
 			break;
 		/* A writer holds it or waits: step out, wait for it to finish. */
-		__atomic_fetch_sub(readers, 1u, __ATOMIC_RELEASE);
+		umbra_rwlock_slot_leave(readers, slot);
 		pthread_mutex_lock(&l->writer_mutex);
 		pthread_mutex_unlock(&l->writer_mutex);
 	}
@@ -580,6 +634,8 @@ static inline void umbra_rwlock_read_lock(struct umbra_rwlock *l)
 /* Release @l, which the calling thread holds in read mode. */
 static inline void umbra_rwlock_read_unlock(struct umbra_rwlock *l)
 {
+	const unsigned int slot = umbra_thread_slot();
+
 #if UMBRA_LOCK_DEBUG
 	if (umbra_lock_read_held[l->rank] != l)
 		umbra_lock_violation("read-unlocking an rwlock this thread does not hold "
@@ -588,7 +644,7 @@ static inline void umbra_rwlock_read_unlock(struct umbra_rwlock *l)
 	umbra_lock_note_released(l->rank);
 	__atomic_fetch_sub(&l->readers, 1u, __ATOMIC_RELAXED);
 #endif
-	__atomic_fetch_sub(&l->slot[umbra_thread_slot()].readers, 1u, __ATOMIC_RELEASE);
+	umbra_rwlock_slot_leave(&l->slot[slot].readers, slot);
 }
 
 /*
