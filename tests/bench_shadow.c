@@ -16,8 +16,11 @@
  *    of its own (CPUs 0 and 1 of the process's set, where it has two: as
  *    vCPU threads run on CPUs of their own; unpinned, the scheduler often
  *    starts both woken threads on the waker's CPU and a round ends before
- *    it moves one); the wall time of both per fault, and the throughput
- *    against one thread faulting all pages in the same round;
+ *    it moves one); once both are awake they meet at a spin rendezvous, so
+ *    that neither starts its clock while the other still waits to be
+ *    scheduled (a futex wake-up here can take tens of microseconds, a
+ *    tenth of a round); the wall time of both per fault, and the
+ *    throughput against one thread faulting all pages in the same round;
  *  - software vCPU access after the fault (walk of the pool, TLB fill);
  *  - zap: shadow_mmu_zap_range() over all pages (rmap walk, flush of one
  *    registered vCPU, per page), and the same through the notifier:
@@ -163,6 +166,7 @@ static void fault_range(struct setup *s, uint64_t first, uint64_t n)
 struct half {
 	struct setup *s;
 	pthread_barrier_t *start;
+	unsigned int *arrived;	/* atomic: the spin rendezvous after the barrier */
 	uint64_t first, n;
 	int cpu;	/* the CPU to run on, -1: any */
 	double t0, t1;	/* the thread's own clock readings around its faults */
@@ -194,6 +198,13 @@ static void *fault_half(void *arg)
 	}
 	CHECK(notifier_thread_init()); /* the fault's read side (RCU) */
 	pthread_barrier_wait(h->start);
+	__atomic_add_fetch(h->arrived, 1, __ATOMIC_ACQ_REL);
+	for (unsigned int spins = 0; __atomic_load_n(h->arrived, __ATOMIC_ACQUIRE) < 2; spins++) {
+		if (spins < 100000)
+			__builtin_ia32_pause();
+		else
+			sched_yield(); /* the other is not running: one CPU */
+	}
 	h->t0 = now_ns();
 	fault_range(h->s, h->first, h->n);
 	h->t1 = now_ns();
@@ -208,9 +219,10 @@ static void *fault_half(void *arg)
 static double fault_two_threads(struct setup *s)
 {
 	pthread_barrier_t start;
+	unsigned int arrived = 0;
 	const int cpu1 = nth_cpu(1), cpu0 = cpu1 >= 0 ? nth_cpu(0) : -1;
-	struct half h[2] = { { s, &start, 0, s->npages / 2, cpu0, 0, 0 },
-			     { s, &start, s->npages / 2, s->npages - s->npages / 2, cpu1, 0, 0 } };
+	struct half h[2] = { { s, &start, &arrived, 0, s->npages / 2, cpu0, 0, 0 },
+			     { s, &start, &arrived, s->npages / 2, s->npages - s->npages / 2, cpu1, 0, 0 } };
 	pthread_t t[2];
 
 	pthread_barrier_init(&start, NULL, 3);
