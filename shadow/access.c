@@ -134,8 +134,7 @@ static bool fast_restore_locked(struct shadow_mmu *mmu, uint32_t root, uint64_t 
 	for (int l = SPTE_LEVELS; l >= level; l--)
 		pool_entry_mirror(mmu->pool, table[l], idx[l]);
 	if (level == 2) /* a 2 MiB leaf: the whole run is mapped, and young */
-		for (uint64_t k = 0; k < SPTE_ENTRIES; k++)
-			pool_obj_mark_young(slot->pobj, page + k);
+		pool_obj_mark_run_young(slot->pobj, page);
 	else
 		pool_obj_mark_young(slot->pobj, page);
 	return true;

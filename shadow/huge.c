@@ -24,6 +24,7 @@
  */
 #include <errno.h>
 
+#include "iter.h"
 #include "mmu_internal.h"
 
 /* Does the P2M map the run of guest frames from @gfn0 to pages [@page0,
@@ -50,13 +51,6 @@ static bool huge_backing_is_whole_locked(struct shadow_mmu *mmu, struct shadow_m
 			return false;
 	}
 	return true;
-}
-
-/* The 2 MiB leaf for @mpa (the run's first byte) with @rights. */
-static uint64_t make_huge_leaf(const struct shadow_mmu *mmu, uint64_t mpa, unsigned int rights)
-{
-	return spte_make_huge_leaf(mpa, rights & SHADOW_RIGHT_WRITE, rights & SHADOW_RIGHT_USER,
-				   !mmu->mode.nxe || (rights & SHADOW_RIGHT_EXEC));
 }
 
 int install_huge_locked(struct shadow_mmu *mmu, uint32_t root, const struct shadow_walk *w,
@@ -113,8 +107,7 @@ int install_huge_locked(struct shadow_mmu *mmu, uint32_t root, const struct shad
 		mmu_stat_inc(mmu, installs);
 		mmu_stat_inc(mmu, huge_installs);
 	}
-	for (uint64_t k = 0; k < SPTE_ENTRIES; k++)
-		pool_obj_mark_young(slot->pobj, page0 + k);
+	pool_obj_mark_run_young(slot->pobj, page0);
 	*leaf_table = SHADOW_NO_PAGE;
 	return 0;
 }
@@ -133,51 +126,25 @@ static bool table_is_ours(struct shadow_mmu *mmu, uint32_t pd)
 	return ours && !sp->canon;
 }
 
-/* The rights of 2 MiB leaf @old at entry @i of this VM's shadow @pd of a
- * guest page directory, if the guest's entry still maps that page of run
- * @r of @slot with them (a split keeps only what a fault would install
- * now): true and *@rights, *@gpa (the guest frame).  mmu_lock. */
-static bool huge_leaf_rights_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, uint64_t r,
-				    uint32_t pd, unsigned int i, uint64_t old, unsigned int *rights,
-				    uint64_t *gpa)
-{
-	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
-	const struct shadow_paging_mode *mode = &mmu->mode;
-	const struct shadow_page *sp = mmu_page(mmu, pd);
-	const uint64_t mpa = slot->s.mpa + (r * SPTE_ENTRIES << SHADOW_PAGE_SHIFT);
-	struct shadow_mmu_slot *s2;
-	uint64_t g, p2;
-	unsigned int want;
-
-	if (sp->direct || guest_read(mmu, sp->gpa + i * sizeof(uint64_t), &g) ||
-	    !spte_is_present(g) || !spte_is_leaf(g, 2) || !spte_is_accessed(g) ||
-	    (g & spte_rsvd_mask(g, 2, mode->maxphyaddr, mode->nxe, mode->gbpages)))
-		return false;
-	*gpa = spte_leaf_addr(g, 2);
-	if (p2m_get(mmu, *gpa >> SHADOW_PAGE_SHIFT, &s2, &p2) || s2 != slot ||
-	    p2 != r * SPTE_ENTRIES)
-		return false;
-	want = leaf_rights(sp->access & walk_entry_rights(mode, g), spte_is_dirty(g));
-	if (old == make_huge_leaf(mmu, mpa, want)) {
-		*rights = want;
-		return true;
-	}
-	if (old == make_huge_leaf(mmu, mpa, want & ~SHADOW_RIGHT_WRITE)) {
-		*rights = want & ~SHADOW_RIGHT_WRITE; /* installed before the guest's D */
-		return true;
-	}
-	return false;
-}
-
-bool huge_leaf_is_current_locked(struct shadow_mmu *mmu, uint32_t pd, unsigned int i, uint64_t spte)
+bool huge_leaf_matches(struct shadow_mmu *mmu, uint64_t spte, const struct role *role,
+		       unsigned int *rights)
 {
 	struct shadow_mmu_slot *slot;
-	unsigned int rights;
-	uint64_t bp, gpa;
+	uint64_t page;
 
-	slot = mmu_mpa_to_slot(mmu, spte_addr(spte), &bp);
-	return slot && bp % SPTE_ENTRIES == 0 &&
-	       huge_leaf_rights_locked(mmu, slot, bp / SPTE_ENTRIES, pd, i, spte, &rights, &gpa);
+	if (p2m_get(mmu, role->gpa >> SHADOW_PAGE_SHIFT, &slot, &page) || page % SPTE_ENTRIES)
+		return false;
+	for (unsigned int r = role->access;; r &= ~SHADOW_RIGHT_WRITE) {
+		/* The leaf a fault installs now, or, installed before the
+		 * guest's D, its read-only form. */
+		if (spte == make_huge_leaf(mmu, slot->s.mpa + (page << SHADOW_PAGE_SHIFT), r)) {
+			if (rights)
+				*rights = r;
+			return true;
+		}
+		if (!(r & SHADOW_RIGHT_WRITE))
+			return false;
+	}
 }
 
 /* Clears the leaves of level-1 table @pt set so far (entries below @upto)
@@ -211,12 +178,14 @@ static bool huge_split_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *sl
 	const uint64_t mpa = slot->s.mpa + (r * SPTE_ENTRIES << SHADOW_PAGE_SHIFT);
 	unsigned int rights, k;
 	struct role role;
-	uint64_t gpa;
 	uint32_t pt;
 
-	if (!table_is_ours(mmu, pd) || !huge_leaf_rights_locked(mmu, slot, r, pd, i, old, &rights, &gpa))
+	/* The new table shadows what the guest's entry maps now, with the
+	 * leaf's rights: only if the leaf still shadows that. */
+	if (!table_is_ours(mmu, pd) || !expect_large_page_locked(mmu, pd, i, &role) ||
+	    !huge_leaf_matches(mmu, old, &role, &rights))
 		return false;
-	role = (struct role){ .direct = true, .access = (uint8_t)rights, .gpa = gpa };
+	role.access = (uint8_t)rights;
 	if (table_alloc_locked(mmu, 1, &role, mmu_page(mmu, pd)->gva + i * SPTE_LEVEL_SIZE(2), &pt))
 		return false;
 	for (k = 0; k < SPTE_ENTRIES; k++) {
@@ -271,32 +240,26 @@ void huge_zap_run_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, s
 	}
 }
 
+/* Clears the 2 MiB leaves below table @page.  mmu_lock. */
+static void huge_zap_below_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_batch *b)
+{
+	const int level = mmu_page(mmu, page)->level;
+	unsigned int i;
+
+	for_each_present_spte(mmu, page, i) {
+		const uint64_t e = spte_read(mmu_sptes(mmu, page) + i);
+
+		if (level == 2 && spte_is_leaf(e, 2))
+			zap_spte_locked(mmu, page, i, b);
+		else if (level > 2 && !spte_is_leaf(e, level))
+			huge_zap_below_locked(mmu, pool_page_index(spte_addr(e)), b);
+	}
+}
+
 void huge_zap_all_locked(struct shadow_mmu *mmu, struct zap_batch *b)
 {
 	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
-
-	for (unsigned int n = 0; n < mmu->nr_roots; n++) {
-		const uint32_t root = mmu->roots[n].page;
-		unsigned int i3, i2, i1;
-
-		if (root == SHADOW_NO_PAGE)
-			continue;
-		for (i3 = 0; i3 < SPTE_ENTRIES; i3++) {
-			uint64_t e3 = spte_read(mmu_sptes(mmu, root) + i3);
-			uint32_t pdpt = pool_page_index(spte_addr(e3));
-
-			if (!spte_is_present(e3))
-				continue;
-			for (i2 = 0; i2 < SPTE_ENTRIES; i2++) {
-				uint64_t e2 = spte_read(mmu_sptes(mmu, pdpt) + i2);
-				uint32_t pd = pool_page_index(spte_addr(e2));
-
-				if (!spte_is_present(e2) || spte_is_leaf(e2, 3))
-					continue;
-				for (i1 = 0; i1 < SPTE_ENTRIES; i1++)
-					if (spte_is_leaf(spte_read(mmu_sptes(mmu, pd) + i1), 2))
-						zap_spte_locked(mmu, pd, i1, b);
-			}
-		}
-	}
+	for (unsigned int n = 0; n < mmu->nr_roots; n++)
+		if (mmu->roots[n].page != SHADOW_NO_PAGE)
+			huge_zap_below_locked(mmu, mmu->roots[n].page, b);
 }

@@ -347,6 +347,12 @@ static inline uint64_t make_leaf(const struct shadow_mmu *mmu, uint64_t mpa, uns
 			      !mmu->mode.nxe || (rights & SHADOW_RIGHT_EXEC));
 }
 
+/* The 2 MiB leaf for @mpa, the first byte of a 2 MiB-aligned run. */
+static inline uint64_t make_huge_leaf(const struct shadow_mmu *mmu, uint64_t mpa, unsigned int rights)
+{
+	return make_leaf(mmu, mpa, rights, false) | SPTE_LARGE;
+}
+
 /*
  * Shared: another VM may reach it, or it is a segment's canonical table.
  * For @page linked from an entry of a table this VM alone reaches (the
@@ -370,6 +376,12 @@ bool table_is_ours_alone(struct shadow_mmu *mmu, uint32_t page);
 /* Brings the subtree at @page (this VM's alone) in line with the guest's
  * tables: zaps what no longer matches.  mmu_lock. */
 void sync_table_locked(struct shadow_mmu *mmu, uint32_t page, struct zap_batch *b);
+/* Where the guest's entry that entry @i of this VM's shadow @page (of a
+ * guest page table) shadows maps a large page now (present, accessed, no
+ * reserved bit): true, and in *@role the direct role of the table that
+ * stands for it (its frame, its leaf rights: W only once dirty).  Reads
+ * guest memory, validated as sync's every read is.  mmu_lock. */
+bool expect_large_page_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct role *role);
 
 /* ---- privatize.c: local zaps --------------------------------------------- */
 
@@ -472,10 +484,13 @@ int install_huge_locked(struct shadow_mmu *mmu, uint32_t root, const struct shad
  * stripe, no table lock. */
 void huge_zap_run_locked(struct shadow_mmu *mmu, struct shadow_mmu_slot *slot, struct pool_obj_run *run,
 			 uint64_t r, uint64_t first, uint64_t last, struct zap_batch *b);
-/* Does 2 MiB leaf @spte, entry @i of level-2 table @pd, still shadow what
- * the guest's entry and the P2M map now (the leaf a fault would install,
- * or its read-only form from before the guest's D)?  mmu_lock. */
-bool huge_leaf_is_current_locked(struct shadow_mmu *mmu, uint32_t pd, unsigned int i, uint64_t spte);
+/* Does 2 MiB leaf @spte shadow the guest 2 MiB page that direct role
+ * @role stands for (its frame, its leaf rights: expect_large_page_locked)
+ * as the P2M maps it now: the leaf a fault would install, or its read-only
+ * form from before the guest's D?  Its rights in *@rights (may be NULL).
+ * mmu_lock. */
+bool huge_leaf_matches(struct shadow_mmu *mmu, uint64_t spte, const struct role *role,
+		       unsigned int *rights);
 /* Clears every 2 MiB leaf below this VM's cached roots (before a clone,
  * which shares pages copy-on-write, page by page).  mmu_lock. */
 void huge_zap_all_locked(struct shadow_mmu *mmu, struct zap_batch *b);

@@ -360,6 +360,14 @@ static inline void pool_obj_mark_young(struct pool_obj *po, uint64_t page)
 		__atomic_store_n(young, 1, __ATOMIC_RELAXED);
 }
 
+/* Marks every page of the 2 MiB run from @page0 young (a 2 MiB leaf maps
+ * them all). */
+static inline void pool_obj_mark_run_young(struct pool_obj *po, uint64_t page0)
+{
+	for (uint64_t k = 0; k < SPTE_ENTRIES; k++)
+		pool_obj_mark_young(po, page0 + k);
+}
+
 /* Page @page of @po touched since the last clear?  Read-only, lock-free. */
 static inline bool pool_obj_is_young(const struct pool_obj *po, uint64_t page)
 {

@@ -125,7 +125,9 @@ static inline uint64_t spte_make_table(uint64_t table_pa)
 }
 
 /* A 4 KiB leaf: A preset, D preset when writable (the CPU must never write
- * the pool).  Never global. */
+ * the pool).  Never global.  With SPTE_LARGE added, for a 2 MiB-aligned
+ * @pa, the 2 MiB leaf of a PDE (PAT 0: write-back; docs/shadow.md, "2 MiB
+ * shadow leaves"). */
 static inline uint64_t spte_make_leaf(uint64_t pa, bool writable, bool user, bool executable)
 {
 	uint64_t spte = (pa & SPTE_ADDR_MASK) | SPTE_PRESENT | SPTE_ACCESSED;
@@ -137,15 +139,6 @@ static inline uint64_t spte_make_leaf(uint64_t pa, bool writable, bool user, boo
 	if (!executable)
 		spte |= SPTE_NX;
 	return spte;
-}
-
-/* A 2 MiB leaf (a PDE with PS) mapping the 2 MiB-aligned frame at @pa, as
- * spte_make_leaf otherwise (PAT 0: write-back).  Made only over a whole
- * 2 MiB run of backing that is contiguous and resident (docs/shadow.md,
- * "2 MiB shadow leaves"). */
-static inline uint64_t spte_make_huge_leaf(uint64_t pa, bool writable, bool user, bool executable)
-{
-	return spte_make_leaf(pa & SPTE_LARGE_ADDR_MASK(2), writable, user, executable) | SPTE_LARGE;
 }
 
 /* Atomic access to an entry that a CPU (or a software vCPU) may be walking. */

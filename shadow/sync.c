@@ -124,18 +124,31 @@ static bool table_entry_matches(struct shadow_mmu *mmu, uint64_t spte, const str
 	       canon_guest_pd_matches(mmu, e->role.gpa, e->role.access, &direct);
 }
 
-/* Does present entry @spte, entry @i of @page, agree with @e: a leaf (4
- * KiB, or 2 MiB: huge.c) with what a fault would install now, a table entry
- * with its child's role? */
-static bool entry_matches(struct shadow_mmu *mmu, uint32_t page, unsigned int i, uint64_t spte,
-			  const struct expect *e)
+bool expect_large_page_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struct role *role)
 {
-	const int level = mmu_page(mmu, page)->level;
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
+	const struct shadow_page *sp = mmu_page(mmu, page);
+	struct expect e;
 
+	if (sp->direct)
+		return false;
+	expect_entry(mmu, sp, i, &e);
+	if (e.kind != EXPECT_TABLE || !e.role.direct)
+		return false;
+	*role = e.role;
+	return true;
+}
+
+/* Does present entry @spte, entry of a level-@level table, agree with @e:
+ * a leaf (4 KiB, or 2 MiB: huge.c) with what a fault would install now, a
+ * table entry with its child's role? */
+static bool entry_matches(struct shadow_mmu *mmu, int level, uint64_t spte, const struct expect *e)
+{
 	if (level == 1)
 		return leaf_matches(mmu, spte, e);
 	if (spte_is_leaf(spte, level))
-		return huge_leaf_is_current_locked(mmu, page, i, spte);
+		return e->kind == EXPECT_TABLE && e->role.direct &&
+		       huge_leaf_matches(mmu, spte, &e->role, NULL);
 	return table_entry_matches(mmu, spte, e);
 }
 
@@ -158,7 +171,7 @@ static bool subtree_matches_locked(struct shadow_mmu *mmu, uint32_t page)
 		if (!spte_is_present(spte))
 			continue;
 		expect_entry(mmu, sp, i, &e);
-		if (!entry_matches(mmu, page, i, spte, &e))
+		if (!entry_matches(mmu, sp->level, spte, &e))
 			return false;
 		if (sp->level > 1 && !spte_is_leaf(spte, sp->level) &&
 		    !subtree_matches_locked(mmu, pool_page_index(spte_addr(spte))))
@@ -183,7 +196,7 @@ static bool sync_spte_locked(struct shadow_mmu *mmu, uint32_t page, unsigned int
 	if (!spte_is_present(spte))
 		return false;
 	expect_entry(mmu, sp, i, &e);
-	if (!entry_matches(mmu, page, i, spte, &e)) {
+	if (!entry_matches(mmu, sp->level, spte, &e)) {
 		zap_spte_locked(mmu, page, i, b);
 		return false;
 	}
@@ -230,7 +243,7 @@ static bool path_matches_locked(struct shadow_mmu *mmu, uint32_t page, uint64_t 
 			return true;
 		expect_entry(mmu, mmu_page(mmu, it.page), it.index, &e);
 		if (it.level == 1 || spte_is_leaf(spte, it.level))
-			return entry_matches(mmu, it.page, it.index, spte, &e);
+			return entry_matches(mmu, it.level, spte, &e);
 		if (!table_entry_matches(mmu, spte, &e))
 			return false;
 	}
