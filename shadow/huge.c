@@ -116,6 +116,7 @@ int install_huge_locked(struct shadow_mmu *mmu, uint32_t root, const struct shad
  * new table of this VM's)?  mmu_lock, no table lock. */
 static bool table_is_ours(struct shadow_mmu *mmu, uint32_t pd)
 {
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_page *sp = mmu_page(mmu, pd);
 	bool ours = true;
 
@@ -129,6 +130,7 @@ static bool table_is_ours(struct shadow_mmu *mmu, uint32_t pd)
 bool huge_leaf_matches(struct shadow_mmu *mmu, uint64_t spte, const struct role *role,
 		       unsigned int *rights)
 {
+	umbra_rwlock_assert_held_write(&mmu->mmu_lock);
 	struct shadow_mmu_slot *slot;
 	uint64_t page;
 
