@@ -108,9 +108,8 @@ void batch_add_leaf_va(struct shadow_mmu *mmu, uint32_t page, unsigned int i, st
 {
 	struct shadow_page *sp = mmu_page(mmu, page);
 
-	if (sp->canon || sp->level > 1)
-		b->flush_all = true; /* one table, a different va in each VM; or a 2 MiB
-				      * leaf, which a TLB may hold as 512 pages */
+	if (sp->canon)
+		b->flush_all = true; /* one table, a different va in each VM */
 	else
 		batch_add_va(b, sp->gva + ((uint64_t)i << SHADOW_PAGE_SHIFT));
 }
@@ -253,6 +252,10 @@ uint64_t leaf_clear(struct shadow_mmu *mmu, uint32_t page, unsigned int i, struc
 		if (spte_is_present(old) && b) {
 			b->zapped++;
 			batch_add_leaf_va(mmu, page, i, b);
+			/* A 2 MiB leaf (in a table of ours: its level is stable),
+			 * which a TLB may hold as 512 pages. */
+			if (mmu_page(mmu, page)->level > 1)
+				b->flush_all = true;
 		}
 		return old;
 	}
